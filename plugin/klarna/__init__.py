@@ -1,0 +1,13 @@
+"""Klarna Order management: wire types, the async client and its error type."""
+
+from plugin.klarna.client import Credentials, KlarnaClient, RetryPolicy, base_url, make_http_client
+from plugin.klarna.errors import KlarnaError
+
+__all__ = [
+    "Credentials",
+    "KlarnaClient",
+    "KlarnaError",
+    "RetryPolicy",
+    "base_url",
+    "make_http_client",
+]
