@@ -84,8 +84,10 @@ def main() -> int:
         ours_best = min(ours_best, timeit.timeit(ours, number=number) / number)
         baseline_best = min(baseline_best, timeit.timeit(baseline, number=number) / number)
     ratio = ours_best / baseline_best
-    print(f"shipment JSON: {len(raw)} bytes, {len(captured['order_lines'])} order lines, "
-          f"captured_amount {captured['captured_amount']}")
+    print(
+        f"shipment JSON: {len(raw)} bytes, {len(captured['order_lines'])} order lines, "
+        f"captured_amount {captured['captured_amount']}"
+    )
     print(f"decode + plan + encode: {ours_best * 1e6:8.2f} us per shipment")
     print(f"msgspec.json.decode:    {baseline_best * 1e6:8.2f} us per shipment")
     print(f"ratio: {ratio:.2f} (target <= {TARGET:g}) {'OK' if ratio <= TARGET else 'OVER TARGET'}")

@@ -61,14 +61,20 @@ def plan(shipment: FulfillmentEvent, klarna_order: Order, **kwargs: object) -> C
 def test_a_full_shipment_captures_its_lines_with_tax_and_tracking() -> None:
     shipment = event(
         TOMATOES,
-        ShipmentLine(name="Basil", quantity=2, unit_price=250, tax_rate=1200,
-                     total_discount_amount=100),
-        shipping=[Tracking(carrier="DHL Express", method="Home", tracking_number="JJD1",
-                           tracking_url="https://dhl.example/JJD1")],
+        ShipmentLine(
+            name="Basil", quantity=2, unit_price=250, tax_rate=1200, total_discount_amount=100
+        ),
+        shipping=[
+            Tracking(
+                carrier="DHL Express",
+                method="Home",
+                tracking_number="JJD1",
+                tracking_url="https://dhl.example/JJD1",
+            )
+        ],
         complete=True,
     )
-    result = plan(shipment, order(6400), description="Shipment #1001.1",
-                  idempotency_key="key-1")
+    result = plan(shipment, order(6400), description="Shipment #1001.1", idempotency_key="key-1")
     capture = result.capture
     assert capture.captured_amount == 6400
     assert capture.reference == "1001-F1"
@@ -93,13 +99,14 @@ def test_each_plan_gets_its_own_idempotency_key() -> None:
 def test_tax_exclusive_prices_become_one_sales_tax_line() -> None:
     shipment = event(
         ShipmentLine(name="Sunglasses", quantity=1, unit_price=8999, tax_rate=725),
-        ShipmentLine(name="Case", quantity=2, unit_price=2499, tax_rate=725,
-                     total_tax_amount=362),
+        ShipmentLine(name="Case", quantity=2, unit_price=2499, tax_rate=725, total_tax_amount=362),
         currency="USD",
         taxes_included=False,
     )
     lines = klarna_lines(shipment)
-    assert [(line.type, line.tax_rate, line.total_tax_amount, line.total_amount) for line in lines] == [
+    assert [
+        (line.type, line.tax_rate, line.total_tax_amount, line.total_amount) for line in lines
+    ] == [
         ("physical", 0, 0, 8999),
         ("physical", 0, 0, 4998),
         ("sales_tax", 0, 0, 652 + 362),
@@ -108,11 +115,13 @@ def test_tax_exclusive_prices_become_one_sales_tax_line() -> None:
 
 
 def test_the_same_reference_at_klarna_is_not_captured_again() -> None:
-    earlier = Capture(capture_id="cap-9", captured_amount=6000, reference="1001-F1",
-                      klarna_reference="K1-1")
+    earlier = Capture(
+        capture_id="cap-9", captured_amount=6000, reference="1001-F1", klarna_reference="K1-1"
+    )
     result = plan_capture(
-        event(TOMATOES), order(6000, captures=[earlier], status="CAPTURED",
-                               remaining_authorized_amount=0), now=NOW
+        event(TOMATOES),
+        order(6000, captures=[earlier], status="CAPTURED", remaining_authorized_amount=0),
+        now=NOW,
     )
     assert result == AlreadyCaptured(
         klarna_order_id="kl-1", capture_id="cap-9", captured_amount=6000, klarna_reference="K1-1"
@@ -126,8 +135,7 @@ def test_the_same_reference_at_klarna_is_not_captured_again() -> None:
         ({"status": "EXPIRED"}, "ORDER_EXPIRED", False),
         ({"status": "CLOSED"}, "ORDER_CLOSED", False),
         ({"status": "CAPTURED", "remaining_authorized_amount": 0}, "NOTHING_REMAINING", False),
-        ({"status": "PART_CAPTURED", "remaining_authorized_amount": 0}, "NOTHING_REMAINING",
-         False),
+        ({"status": "PART_CAPTURED", "remaining_authorized_amount": 0}, "NOTHING_REMAINING", False),
         ({"fraud_status": "PENDING"}, "FRAUD_PENDING", True),
         ({"fraud_status": "REJECTED"}, "FRAUD_REJECTED", False),
         ({"expires_at": NOW - timedelta(seconds=1)}, "AUTHORIZATION_EXPIRED", False),
@@ -152,8 +160,9 @@ def test_a_shipment_of_nothing_is_refused() -> None:
 
 
 def test_a_line_klarna_would_reject_is_named_with_its_rule() -> None:
-    too_much_discount = ShipmentLine(reference="SKU-7", name="Chair", quantity=1,
-                                     unit_price=1000, total_discount_amount=1500)
+    too_much_discount = ShipmentLine(
+        reference="SKU-7", name="Chair", quantity=1, unit_price=1000, total_discount_amount=1500
+    )
     with pytest.raises(
         CaptureRefused,
         match=r"^INVALID_LINE: line 1 \(SKU-7\): a physical line has a negative total_amount -500$",
@@ -162,8 +171,15 @@ def test_a_line_klarna_would_reject_is_named_with_its_rule() -> None:
 
 
 def test_line_problems_names_every_rule() -> None:
-    good = OrderLine(name="A", quantity=2, unit_price=1000, total_amount=1900,
-                     total_discount_amount=100, tax_rate=2500, total_tax_amount=380)
+    good = OrderLine(
+        name="A",
+        quantity=2,
+        unit_price=1000,
+        total_amount=1900,
+        total_discount_amount=100,
+        tax_rate=2500,
+        total_tax_amount=380,
+    )
     assert line_problems(good) == []
     assert line_problems(msgspec.structs.replace(good, total_tax_amount=379)) == []
     assert line_problems(msgspec.structs.replace(good, total_amount=2000)) == [
@@ -182,13 +198,21 @@ def test_line_problems_names_every_rule() -> None:
     assert line_problems(
         msgspec.structs.replace(good, type="coupon")  # type: ignore[arg-type]
     ) == ["type 'coupon' is not one of Klarna's line types"]
-    discount = OrderLine(name="D", type="discount", quantity=1, unit_price=500,
-                         total_amount=500, tax_rate=0, total_tax_amount=0)
+    discount = OrderLine(
+        name="D",
+        type="discount",
+        quantity=1,
+        unit_price=500,
+        total_amount=500,
+        tax_rate=0,
+        total_tax_amount=0,
+    )
     assert line_problems(discount) == ["a discount line has a positive total_amount 500"]
-    assert line_problems(msgspec.structs.replace(good, total_discount_amount=2100,
-                                                 total_amount=-100, total_tax_amount=-20)) == [
-        "a physical line has a negative total_amount -100"
-    ]
+    assert line_problems(
+        msgspec.structs.replace(
+            good, total_discount_amount=2100, total_amount=-100, total_tax_amount=-20
+        )
+    ) == ["a physical line has a negative total_amount -100"]
     huge = OrderLine(name="H", quantity=1, unit_price=200_000_001, total_amount=200_000_001)
     assert line_problems(huge) == [
         "unit_price 200000001 is beyond Klarna's limit of 200000000",
@@ -250,11 +274,19 @@ class SimulatedOrder:
     captures: list[Capture] = field(default_factory=list)
 
     def as_read(self, currency: str) -> Order:
-        status = "AUTHORIZED" if not self.captures else (
-            "CAPTURED" if self.remaining == 0 else "PART_CAPTURED")
-        return order(self.amount, remaining_authorized_amount=self.remaining, status=status,
-                     captured_amount=self.amount - self.remaining, captures=self.captures,
-                     purchase_currency=currency)
+        status = (
+            "AUTHORIZED"
+            if not self.captures
+            else ("CAPTURED" if self.remaining == 0 else "PART_CAPTURED")
+        )
+        return order(
+            self.amount,
+            remaining_authorized_amount=self.remaining,
+            status=status,
+            captured_amount=self.amount - self.remaining,
+            captures=self.captures,
+            purchase_currency=currency,
+        )
 
 
 line_specs = st.builds(
@@ -292,19 +324,31 @@ def test_partial_shipments_add_up_to_the_order_exactly(
             left = spec.quantity - spec.shipped
             part = left if last or not left else data.draw(st.integers(0, left))
             if part:
-                lines.append(ShipmentLine(
-                    reference=f"SKU-{index}", name=f"Item {index}", quantity=part,
-                    unit_price=spec.unit_price, tax_rate=spec.tax_rate,
-                    total_discount_amount=money.prorate(
-                        spec.discount, part, spec.quantity, already=spec.shipped),
-                    total_tax_amount=None if taxes_included else money.prorate(
-                        spec.tax, part, spec.quantity, already=spec.shipped),
-                ))
+                lines.append(
+                    ShipmentLine(
+                        reference=f"SKU-{index}",
+                        name=f"Item {index}",
+                        quantity=part,
+                        unit_price=spec.unit_price,
+                        tax_rate=spec.tax_rate,
+                        total_discount_amount=money.prorate(
+                            spec.discount, part, spec.quantity, already=spec.shipped
+                        ),
+                        total_tax_amount=None
+                        if taxes_included
+                        else money.prorate(spec.tax, part, spec.quantity, already=spec.shipped),
+                    )
+                )
                 spec.shipped += part
         if not lines:
             continue
-        shipment = event(*lines, fulfillment_id=f"F{shipment_number}", currency=currency,
-                         taxes_included=taxes_included, complete=last)
+        shipment = event(
+            *lines,
+            fulfillment_id=f"F{shipment_number}",
+            currency=currency,
+            taxes_included=taxes_included,
+            complete=last,
+        )
         itemised = sum(line.total_amount for line in klarna_lines(shipment))
         try:
             result = plan_capture(shipment, klarna.as_read(currency), now=NOW)
@@ -316,15 +360,21 @@ def test_partial_shipments_add_up_to_the_order_exactly(
         assert isinstance(result, CapturePlan)
         capture = result.capture
         assert capture.captured_amount <= klarna.remaining
-        assert capture.captured_amount == sum(line.total_amount for line in capture.order_lines or [])
+        assert capture.captured_amount == sum(
+            line.total_amount for line in capture.order_lines or []
+        )
         assert result.rounding_adjustment == 0
         for line in capture.order_lines or []:
             assert line_problems(line) == []
         msgspec.json.decode(msgspec.json.encode(capture), type=type(capture))  # spec constraints
         klarna.remaining -= capture.captured_amount
-        klarna.captures.append(Capture(capture_id=f"c{shipment_number}",
-                                       captured_amount=capture.captured_amount,
-                                       reference=capture.reference))
+        klarna.captures.append(
+            Capture(
+                capture_id=f"c{shipment_number}",
+                captured_amount=capture.captured_amount,
+                reference=capture.reference,
+            )
+        )
     assert klarna.remaining == 0
     assert sum(c.captured_amount for c in klarna.captures) == amount
 
@@ -342,11 +392,17 @@ def test_storefront_rounding_residue_is_taken_by_the_completing_shipment(
         part = data.draw(st.integers(0, spec.quantity))
         for shipped, bucket in ((part, first), (spec.quantity - part, second)):
             if shipped:
-                bucket.append(ShipmentLine(
-                    name=f"Item {index}", quantity=shipped, unit_price=spec.unit_price,
-                    tax_rate=spec.tax_rate,
-                    total_discount_amount=money.div_round(spec.discount * shipped, spec.quantity),
-                ))
+                bucket.append(
+                    ShipmentLine(
+                        name=f"Item {index}",
+                        quantity=shipped,
+                        unit_price=spec.unit_price,
+                        tax_rate=spec.tax_rate,
+                        total_discount_amount=money.div_round(
+                            spec.discount * shipped, spec.quantity
+                        ),
+                    )
+                )
     klarna = SimulatedOrder(amount=amount, remaining=amount)
     captured = 0
     for number, lines in enumerate((first, second), 1):
@@ -363,9 +419,13 @@ def test_storefront_rounding_residue_is_taken_by_the_completing_shipment(
         assert all(line_problems(line) == [] for line in result.capture.order_lines or [])
         captured += result.capture.captured_amount
         klarna.remaining -= result.capture.captured_amount
-        klarna.captures.append(Capture(capture_id=f"c{number}",
-                                       captured_amount=result.capture.captured_amount,
-                                       reference=f"F{number}"))
+        klarna.captures.append(
+            Capture(
+                capture_id=f"c{number}",
+                captured_amount=result.capture.captured_amount,
+                reference=f"F{number}",
+            )
+        )
     if second:
         assert captured == amount
 

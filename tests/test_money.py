@@ -65,7 +65,7 @@ def test_allocate_largest_remainder_is_exact_and_deterministic() -> None:
 
 
 @given(
-    st.integers(-10**9, 10**9),
+    st.integers(-(10**9), 10**9),
     st.lists(st.integers(0, 10**6), min_size=1, max_size=20).filter(lambda w: sum(w) > 0),
 )
 def test_allocate_parts_add_up_and_stay_within_one_of_the_exact_share(

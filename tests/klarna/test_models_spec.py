@@ -89,8 +89,9 @@ def _check_type(where: str, typ: inspect.Type, prop: dict[str, Any], exact: bool
         raise AssertionError(f"{where}: no rule for {typ!r}")
 
 
-def _check_struct(struct: type[msgspec.Struct], schema_name: str, schemas: dict[str, Any],
-                  exact: bool) -> None:
+def _check_struct(
+    struct: type[msgspec.Struct], schema_name: str, schemas: dict[str, Any], exact: bool
+) -> None:
     schema = schemas[schema_name]
     info = inspect.type_info(struct)
     assert isinstance(info, inspect.StructType)
@@ -132,7 +133,9 @@ def test_order_status_enum_is_the_specs(schemas: dict[str, Any]) -> None:
     assert isinstance(info, inspect.StructType)
     field = next(f for f in info.fields if f.name == "status")
     assert isinstance(field.type, inspect.LiteralType)
-    assert set(field.type.values) == set(schemas["MerchantOrderDto"]["properties"]["status"]["enum"])
+    assert set(field.type.values) == set(
+        schemas["MerchantOrderDto"]["properties"]["status"]["enum"]
+    )
 
 
 def test_a_drifted_struct_is_caught(schemas: dict[str, Any]) -> None:
