@@ -1,6 +1,7 @@
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -16,7 +17,9 @@ from plugin.capture import (
     plan_capture,
 )
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
+from plugin.klarna import Credentials, KlarnaClient
 from plugin.klarna.models import Capture, Order, OrderLine
+from plugin.sandbox.klarna import DEFAULT_PASSWORD, DEFAULT_USERNAME, KlarnaSandbox
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
@@ -452,3 +455,108 @@ def test_the_fast_check_agrees_with_the_itemised_rules(line: OrderLine) -> None:
     from plugin.capture import _passes, _problems
 
     assert _passes(line) == (_problems(line) == [])
+
+
+# --- the same property against the Klarna sandbox over HTTP: Klarna itself must agree ----------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    currency=st.sampled_from(CURRENCIES),
+    taxes_included=st.booleans(),
+    specs=st.lists(line_specs, min_size=1, max_size=5),
+    data=st.data(),
+)
+def test_planned_captures_pass_the_klarna_sandbox_and_complete_the_order(
+    klarna_server: tuple[KlarnaSandbox, str],
+    currency: str,
+    taxes_included: bool,
+    specs: list[OrderLineSpec],
+    data: st.DataObject,
+) -> None:
+    sandbox, url = klarna_server
+    whole = event(
+        *[
+            ShipmentLine(
+                name=f"Item {i}",
+                reference=f"SKU-{i}",
+                quantity=s.quantity,
+                unit_price=s.unit_price,
+                tax_rate=s.tax_rate,
+                total_discount_amount=s.discount,
+            )
+            for i, s in enumerate(specs)
+        ],
+        currency=currency,
+        taxes_included=taxes_included,
+    )
+    order_lines = klarna_lines(whole)
+    amount = sum(line.total_amount for line in order_lines)
+    if amount == 0:
+        return
+    tax_by_line = {
+        i: money.tax_on(s.quantity * s.unit_price - s.discount, s.tax_rate)
+        for i, s in enumerate(specs)
+    }
+    placed = sandbox.create_order(
+        order_amount=amount, order_lines=order_lines, purchase_currency=currency
+    )
+    shipments = []
+    splits = data.draw(st.integers(1, 3), label="shipments")
+    for number in range(1, splits + 1):
+        lines = []
+        for index, spec in enumerate(specs):
+            left = spec.quantity - spec.shipped
+            part = left if number == splits or not left else data.draw(st.integers(0, left))
+            if part:
+                lines.append(
+                    ShipmentLine(
+                        name=f"Item {index}",
+                        reference=f"SKU-{index}",
+                        quantity=part,
+                        unit_price=spec.unit_price,
+                        tax_rate=spec.tax_rate,
+                        total_discount_amount=money.prorate(
+                            spec.discount, part, spec.quantity, already=spec.shipped
+                        ),
+                        total_tax_amount=None
+                        if taxes_included
+                        else money.prorate(
+                            tax_by_line[index], part, spec.quantity, already=spec.shipped
+                        ),
+                    )
+                )
+                spec.shipped += part
+        if lines:
+            shipments.append(
+                event(
+                    *lines,
+                    fulfillment_id=f"F{number}",
+                    currency=currency,
+                    klarna_order_id=placed.order_id,
+                    taxes_included=taxes_included,
+                    complete=number == splits,
+                )
+            )
+
+    async def capture_all() -> Order:
+        async with KlarnaClient(Credentials(DEFAULT_USERNAME, DEFAULT_PASSWORD), url=url) as client:
+            for shipment in shipments:
+                read = await client.read_order(placed.order_id)
+                try:
+                    result = plan_capture(shipment, read)
+                except CaptureRefused as refused:
+                    assert refused.code in {"NOTHING_TO_CAPTURE", "NOTHING_REMAINING"}
+                    continue
+                assert isinstance(result, CapturePlan)
+                await client.create_capture(
+                    placed.order_id, result.capture, idempotency_key=result.idempotency_key
+                )
+            return await client.read_order(placed.order_id)
+
+    final = anyio.run(capture_all)
+    assert (final.status, final.captured_amount, final.remaining_authorized_amount) == (
+        "CAPTURED",
+        amount,
+        0,
+    )

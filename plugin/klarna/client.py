@@ -147,7 +147,7 @@ class KlarnaClient:
         self._http = http or make_http_client()
         self._retry = retry or RetryPolicy()
         self._limiter = limiter or rate_limiter_for(credentials.username, environment)
-        self._sleep = sleep or asyncio.sleep
+        self._sleep = sleep if sleep is not None else asyncio.sleep
 
     def __repr__(self) -> str:
         return f"KlarnaClient(username={self.username!r}, url={self.url!r})"
@@ -382,13 +382,15 @@ _DEFAULT_CODES = {
     503: "TEMPORARILY_UNAVAILABLE",
     504: "TEMPORARILY_UNAVAILABLE",
 }
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.DOTALL | re.IGNORECASE)
 _TAG = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.DOTALL | re.IGNORECASE)
 
 
 def _describe_body(response: httpx2.Response) -> str:
     """A one-line account of an answer that is not Klarna's JSON (say, a proxy's HTML page)."""
     kind = response.headers.get("Content-Type", "no content type").split(";")[0]
-    text = " ".join(_TAG.sub(" ", response.text).split())
+    title = _TITLE.search(response.text)
+    text = " ".join(_TAG.sub(" ", title.group(1) if title else response.text).split())
     if not text:
         return f"{response.reason_phrase or 'empty answer'} ({kind}, no Klarna error body)"
     return f"{text[:200]} ({kind}, no Klarna error body)"
