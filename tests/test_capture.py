@@ -303,6 +303,58 @@ line_specs = st.builds(
 )
 
 
+def draw_shipments(
+    specs: list[OrderLineSpec],
+    data: st.DataObject,
+    *,
+    currency: str,
+    taxes_included: bool,
+    klarna_order_id: str = "kl-1",
+) -> list[FulfillmentEvent]:
+    """Split every line's quantity over 1-4 shipments at random; discount and tax go with each
+    part by `money.prorate`, as an adapter does. The last shipment completes the order."""
+    for spec in specs:
+        net = spec.quantity * spec.unit_price - spec.discount
+        spec.tax = 0 if taxes_included else money.tax_on(net, spec.tax_rate)
+    count = data.draw(st.integers(1, 4), label="shipments")
+    shipments = []
+    for number in range(1, count + 1):
+        lines = []
+        for index, spec in enumerate(specs):
+            left = spec.quantity - spec.shipped
+            part = left if number == count or not left else data.draw(st.integers(0, left))
+            if not part:
+                continue
+            lines.append(
+                ShipmentLine(
+                    reference=f"SKU-{index}",
+                    name=f"Item {index}",
+                    quantity=part,
+                    unit_price=spec.unit_price,
+                    tax_rate=spec.tax_rate,
+                    total_discount_amount=money.prorate(
+                        spec.discount, part, spec.quantity, already=spec.shipped
+                    ),
+                    total_tax_amount=None
+                    if taxes_included
+                    else money.prorate(spec.tax, part, spec.quantity, already=spec.shipped),
+                )
+            )
+            spec.shipped += part
+        if lines:
+            shipments.append(
+                event(
+                    *lines,
+                    fulfillment_id=f"F{number}",
+                    klarna_order_id=klarna_order_id,
+                    currency=currency,
+                    taxes_included=taxes_included,
+                    complete=number == count,
+                )
+            )
+    return shipments
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     currency=st.sampled_from(CURRENCIES),
@@ -313,45 +365,10 @@ line_specs = st.builds(
 def test_partial_shipments_add_up_to_the_order_exactly(
     currency: str, taxes_included: bool, specs: list[OrderLineSpec], data: st.DataObject
 ) -> None:
-    for spec in specs:
-        net = spec.quantity * spec.unit_price - spec.discount
-        spec.tax = 0 if taxes_included else money.tax_on(net, spec.tax_rate)
+    shipments = draw_shipments(specs, data, currency=currency, taxes_included=taxes_included)
     amount = sum(s.quantity * s.unit_price - s.discount + s.tax for s in specs)
     klarna = SimulatedOrder(amount=amount, remaining=amount)
-
-    shipments = data.draw(st.integers(1, 4), label="shipments")
-    for shipment_number in range(1, shipments + 1):
-        last = shipment_number == shipments
-        lines = []
-        for index, spec in enumerate(specs):
-            left = spec.quantity - spec.shipped
-            part = left if last or not left else data.draw(st.integers(0, left))
-            if part:
-                lines.append(
-                    ShipmentLine(
-                        reference=f"SKU-{index}",
-                        name=f"Item {index}",
-                        quantity=part,
-                        unit_price=spec.unit_price,
-                        tax_rate=spec.tax_rate,
-                        total_discount_amount=money.prorate(
-                            spec.discount, part, spec.quantity, already=spec.shipped
-                        ),
-                        total_tax_amount=None
-                        if taxes_included
-                        else money.prorate(spec.tax, part, spec.quantity, already=spec.shipped),
-                    )
-                )
-                spec.shipped += part
-        if not lines:
-            continue
-        shipment = event(
-            *lines,
-            fulfillment_id=f"F{shipment_number}",
-            currency=currency,
-            taxes_included=taxes_included,
-            complete=last,
-        )
+    for shipment in shipments:
         itemised = sum(line.total_amount for line in klarna_lines(shipment))
         try:
             result = plan_capture(shipment, klarna.as_read(currency), now=NOW)
@@ -373,7 +390,7 @@ def test_partial_shipments_add_up_to_the_order_exactly(
         klarna.remaining -= capture.captured_amount
         klarna.captures.append(
             Capture(
-                capture_id=f"c{shipment_number}",
+                capture_id=f"c-{shipment.fulfillment_id}",
                 captured_amount=capture.captured_amount,
                 reference=capture.reference,
             )
@@ -494,50 +511,16 @@ def test_planned_captures_pass_the_klarna_sandbox_and_complete_the_order(
     amount = sum(line.total_amount for line in order_lines)
     if amount == 0:
         return
-    tax_by_line = {
-        i: money.tax_on(s.quantity * s.unit_price - s.discount, s.tax_rate)
-        for i, s in enumerate(specs)
-    }
     placed = sandbox.create_order(
         order_amount=amount, order_lines=order_lines, purchase_currency=currency
     )
-    shipments = []
-    splits = data.draw(st.integers(1, 3), label="shipments")
-    for number in range(1, splits + 1):
-        lines = []
-        for index, spec in enumerate(specs):
-            left = spec.quantity - spec.shipped
-            part = left if number == splits or not left else data.draw(st.integers(0, left))
-            if part:
-                lines.append(
-                    ShipmentLine(
-                        name=f"Item {index}",
-                        reference=f"SKU-{index}",
-                        quantity=part,
-                        unit_price=spec.unit_price,
-                        tax_rate=spec.tax_rate,
-                        total_discount_amount=money.prorate(
-                            spec.discount, part, spec.quantity, already=spec.shipped
-                        ),
-                        total_tax_amount=None
-                        if taxes_included
-                        else money.prorate(
-                            tax_by_line[index], part, spec.quantity, already=spec.shipped
-                        ),
-                    )
-                )
-                spec.shipped += part
-        if lines:
-            shipments.append(
-                event(
-                    *lines,
-                    fulfillment_id=f"F{number}",
-                    currency=currency,
-                    klarna_order_id=placed.order_id,
-                    taxes_included=taxes_included,
-                    complete=number == splits,
-                )
-            )
+    shipments = draw_shipments(
+        specs,
+        data,
+        currency=currency,
+        taxes_included=taxes_included,
+        klarna_order_id=placed.order_id,
+    )
 
     async def capture_all() -> Order:
         async with KlarnaClient(Credentials(DEFAULT_USERNAME, DEFAULT_PASSWORD), url=url) as client:
