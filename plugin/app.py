@@ -1,0 +1,61 @@
+"""Builds the Starlette app: routes, and a lifespan that opens the store, the HTTP clients and
+runs the workers beside the webhook receiver."""
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from plugin import metrics
+from plugin.config import Settings
+from plugin.receiver import standard_webhook
+from plugin.service import Service, open_service
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    service: Service = request.app.state.service
+    try:
+        await service.store.ping()
+    except Exception as exc:
+        return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, 503)
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    service: Service = request.app.state.service
+    metrics.set_job_counts(await service.store.job_counts())
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+def create_app(settings: Settings, **service_options: Any) -> Starlette:
+    """The service; `service_options` go to `open_service` (tests shorten leases and backoff)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_service(settings, **service_options) as service:
+            app.state.service = service
+            async with anyio.create_task_group() as group:
+                if settings.workers:
+                    group.start_soon(service.worker.run)
+                yield
+                group.cancel_scope.cancel()
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/standard/{shop_id}", standard_webhook, methods=["POST"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,223 @@
+"""Settings from the environment, typed and validated at start-up with one-line errors.
+
+Every variable is `KLARNA_CAPTURE_<NAME>`; an empty value counts as unset.
+"""
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from plugin.vault import MIN_KEY_LENGTH, generate_key
+
+PREFIX = "KLARNA_CAPTURE_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+KEY_FILE_NAME = "secret-key"
+_SQLITE = "sqlite:///"
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names the variable and what is wrong."""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Settings:
+    data_dir: Path
+    database_url: str
+    secret_keys: tuple[str, ...]
+    klarna_url: str | None
+    public_url: str
+    workers: int
+    webhook_tolerance_seconds: int
+    log_level: str
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(data_dir={str(self.data_dir)!r}, "
+            f"database_url={_without_password(self.database_url)!r}, "
+            f"secret_keys=<{len(self.secret_keys)} keys>, klarna_url={self.klarna_url!r}, "
+            f"public_url={self.public_url!r}, workers={self.workers}, "
+            f"webhook_tolerance_seconds={self.webhook_tolerance_seconds}, "
+            f"log_level={self.log_level!r})"
+        )
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and check every setting; touches nothing on disk."""
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        value = env.get(PREFIX + name, "").strip()
+        return value or None
+
+    data_dir = Path(get("DATA_DIR") or "./var").expanduser().resolve()
+    database_url = _database_url(get("DATABASE_URL"), data_dir)
+    klarna_url = get("KLARNA_URL")
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        secret_keys=_secret_keys(get("SECRET_KEY")),
+        klarna_url=None if klarna_url is None else _http_url("KLARNA_URL", klarna_url),
+        public_url=_http_url("PUBLIC_URL", get("PUBLIC_URL") or "http://127.0.0.1:8000"),
+        workers=_whole_number("WORKERS", get("WORKERS"), default=4, low=0, high=256),
+        webhook_tolerance_seconds=_whole_number(
+            "WEBHOOK_TOLERANCE", get("WEBHOOK_TOLERANCE"), default=300, low=1, high=86400
+        ),
+        log_level=_log_level(get("LOG_LEVEL")),
+    )
+
+
+def sqlite_path(settings: Settings) -> Path | None:
+    """The database file of a SQLite URL (absolute), None for PostgreSQL."""
+    if not settings.database_url.startswith(_SQLITE):
+        return None
+    return Path(settings.database_url.removeprefix(_SQLITE))
+
+
+def ensure_secret_keys(settings: Settings) -> tuple[Settings, str | None]:
+    """Settings with a secret key: the configured ones, else `<data_dir>/secret-key`, made once.
+
+    Returns the message to show the operator when a key file was created, else None.
+    """
+    if settings.secret_keys:
+        return settings, None
+    path = settings.data_dir / KEY_FILE_NAME
+    created = False
+    if not path.exists():
+        try:
+            created = _create_key_file(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the secret key file {path}: {exc.strerror}") from None
+    key = _read_key_file(path)
+    settings = replace(settings, secret_keys=(key,))
+    if not created:
+        return settings, None
+    return settings, (
+        f"klarna-capture: created a secret key in {path}. It encrypts the stored Klarna and "
+        "storefront credentials: back it up, since they cannot be read without it. In production "
+        f"set {PREFIX}SECRET_KEY to it instead of relying on the file."
+    )
+
+
+def _create_key_file(path: Path) -> bool:
+    """Write a new key to `path` unless another process got there first; True if this one did."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Written aside and hard-linked into place so that a serve and a worker starting together
+    # agree on one key, and nobody ever reads a half-written file.
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret-key-")
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(generate_key() + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(temporary)
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the secret key file {path}: {exc.strerror}") from None
+    if len(key) < MIN_KEY_LENGTH:
+        raise ConfigError(
+            f"the secret key file {path} must hold a key of at least {MIN_KEY_LENGTH} characters"
+        )
+    return key
+
+
+def _database_url(value: str | None, data_dir: Path) -> str:
+    name = PREFIX + "DATABASE_URL"
+    if value is None:
+        return _SQLITE + str(data_dir / "klarna-capture.db")
+    scheme = value.partition(":")[0].lower()
+    if scheme in _POSTGRES_SCHEMES and value[len(scheme) :].startswith("://"):
+        return value
+    if scheme != "sqlite":
+        # Only the scheme is quoted: the rest of a database URL may hold a password.
+        shown = f"a {scheme!r} URL" if "://" in value else _shown(value)
+        raise ConfigError(
+            f"{name} must be sqlite:///<path>, postgresql://... or postgres://..., not {shown}"
+        )
+    path = value.removeprefix(_SQLITE) if value.startswith(_SQLITE) else ""
+    if not path or path == ":memory:" or "?" in path or path.endswith("/"):
+        raise ConfigError(
+            f"{name} must name a database file after three slashes: sqlite:///var/capture.db "
+            f"(relative) or sqlite:////srv/capture.db (absolute), not {_shown(value)}"
+        )
+    # Fixed against today's directory, as data_dir is, so that a later chdir does not move it.
+    return _SQLITE + str(Path(path).expanduser().resolve())
+
+
+def _secret_keys(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    keys = tuple(key.strip() for key in value.split(",") if key.strip())
+    for position, key in enumerate(keys, start=1):
+        if len(key) < MIN_KEY_LENGTH:
+            raise ConfigError(
+                f"{PREFIX}SECRET_KEY must hold keys of at least {MIN_KEY_LENGTH} characters "
+                f"each, but key {position} of {len(keys)} has {len(key)}"
+            )
+    return keys
+
+
+def _http_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{PREFIX}{name} must not carry a user name or password")
+    problem: str | None = None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problem = "must be an http:// or https:// URL with a host"
+    elif parts.query or parts.fragment:
+        problem = "must not have a query or a fragment"
+    else:
+        try:
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            problem = "has a port that is not a number from 0 to 65535"
+    if problem is not None:
+        raise ConfigError(f"{PREFIX}{name} {problem}, not {_shown(value)}")
+    return value.rstrip("/")
+
+
+def _whole_number(name: str, value: str | None, *, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    if re.fullmatch(r"[0-9]+", value) and low <= int(value) <= high:
+        return int(value)
+    raise ConfigError(
+        f"{PREFIX}{name} must be a whole number from {low} to {high}, not {_shown(value)}"
+    )
+
+
+def _log_level(value: str | None) -> str:
+    if value is None:
+        return "INFO"
+    if value.upper() in LOG_LEVELS:
+        return value.upper()
+    raise ConfigError(
+        f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {_shown(value)}"
+    )
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value as quoted in an error: repr keeps it on one line, the cut keeps it short."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()

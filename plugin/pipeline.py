@@ -1,0 +1,458 @@
+"""The steps one shipment goes through, each durable and resumable: plan (idempotency key stored
+before the call) -> capture -> shipping info -> customer send-out; outcomes are reported to the
+shop's status URL by their own jobs.
+
+A fulfilment has one job. Every run reconciles what the storefront sent (all its deliveries) with
+what the ledger says is done, and does only what is missing; so a retry, a duplicate or a late
+tracking update never repeats a side effect.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+import httpx2
+import msgspec
+
+from plugin import metrics, signatures
+from plugin.capture import AlreadyCaptured, CaptureRefused, klarna_shipping_info, plan_capture
+from plugin.events import FulfillmentEvent, Tracking
+from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
+from plugin.klarna.client import new_idempotency_key
+from plugin.klarna.models import CaptureObject, ShippingInfo
+from plugin.platforms import decode_delivery
+from plugin.shops import Shops
+from plugin.store import Captured, NewCallback, Plan, Store
+from plugin.store.records import CaptureRecord, Job, Operation, Shop
+from plugin.worker import Handler, JobError, JobFailure, Report
+
+log = logging.getLogger("plugin.pipeline")
+
+# Klarna honours an idempotency key for 24 h; past this, reconcile against the order first.
+KEY_TRUST_SECONDS = 23 * 3600.0
+
+_encoder = msgspec.json.Encoder()
+_capture_decoder = msgspec.json.Decoder(CaptureObject)
+_shipping_decoder = msgspec.json.Decoder(list[ShippingInfo])
+
+
+class StatusEvent(msgspec.Struct, kw_only=True):
+    """What the shop's status URL receives, signed per Standard Webhooks."""
+
+    type: str
+    timestamp: datetime
+    data: dict[str, object]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: Store,
+        shops: Shops,
+        *,
+        klarna_http: httpx2.AsyncClient,
+        status_http: httpx2.AsyncClient,
+        klarna_url: str | None = None,
+        klarna_retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.shops = shops
+        self.klarna_http = klarna_http
+        self.status_http = status_http
+        self.klarna_url = klarna_url
+        self.klarna_retry = klarna_retry
+        self.clock = clock
+
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        return {"fulfillment": self.run_fulfillment, "callback": self.run_callback}
+
+    def klarna(self, shop: Shop) -> KlarnaClient:
+        return KlarnaClient(
+            Credentials(shop.klarna_username, self.shops.klarna_password(shop)),
+            region=shop.klarna_region,  # type: ignore[arg-type]
+            environment=shop.klarna_environment,  # type: ignore[arg-type]
+            url=self.klarna_url,
+            http=self.klarna_http,
+            retry=self.klarna_retry,
+        )
+
+    # fulfilments
+
+    async def run_fulfillment(self, job: Job) -> None:
+        shop = await self.store.get_shop(job.shop_id)
+        if shop is None or not shop.enabled:
+            return
+        deliveries = await self.store.fulfillment_deliveries(shop.id, job.key)
+        events = [decode_delivery(shop.platform, delivery.body) for delivery in deliveries]
+        if not events:
+            return
+        # The first `created` carries what to capture; every delivery may add tracking.
+        base = next(
+            (event for kind, event in events if kind == "fulfillment.created"), events[0][1]
+        )
+        tracking = _merged_tracking(event for _, event in events)
+        run = _Run(self, job, shop, base, tracking)
+        await run.capture()
+        await run.add_shipping_info()
+        await run.send_out()
+
+    # status callbacks
+
+    async def run_callback(self, job: Job) -> None:
+        callback = await self.store.get_callback(int(job.key))
+        shop = await self.store.get_shop(job.shop_id)
+        if callback is None or shop is None or callback.sent_at is not None:
+            return
+        if not shop.status_url:
+            await self.store.mark_callback_sent(callback.id, self.clock())
+            return
+        loaded = await self.shops.get(shop.id)
+        if loaded is None or not loaded.webhook_keys:
+            raise JobFailure(JobError(step="report", error_code="NO_WEBHOOK_SECRET"), final=True)
+        timestamp = int(self.clock())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": callback.webhook_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signatures.sign(
+                loaded.webhook_keys[0], callback.webhook_id, timestamp, callback.payload
+            ),
+        }
+        try:
+            response = await self.status_http.post(
+                shop.status_url, content=callback.payload, headers=headers
+            )
+        except httpx2.HTTPError as exc:
+            raise JobFailure(
+                JobError(
+                    step="report",
+                    error_code="NETWORK_ERROR",
+                    error_messages=[f"{type(exc).__name__} posting to the status URL"],
+                ),
+                final=False,
+            ) from exc
+        if not response.is_success:
+            raise JobFailure(
+                JobError(
+                    step="report",
+                    error_code=f"HTTP_{response.status_code}",
+                    error_messages=["the status URL did not accept the event"],
+                    status=response.status_code,
+                ),
+                final=False,
+            )
+        await self.store.mark_callback_sent(callback.id, self.clock())
+
+
+class _Run:
+    """One pass over one fulfilment."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        job: Job,
+        shop: Shop,
+        event: FulfillmentEvent,
+        tracking: list[Tracking],
+    ) -> None:
+        self.p = pipeline
+        self.store = pipeline.store
+        self.job = job
+        self.shop = shop
+        self.event = event
+        self.tracking = tracking if shop.options.send_tracking else []
+        self.client = pipeline.klarna(shop)
+        self.record: CaptureRecord | None = None
+
+    @property
+    def ids(self) -> dict[str, object]:
+        return {
+            "order_id": self.event.order_id,
+            "fulfillment_id": self.event.fulfillment_id,
+            "klarna_order_id": self.event.klarna_order_id,
+        }
+
+    async def capture(self) -> None:
+        self.record = await self.store.get_capture(self.shop.id, self.event.fulfillment_id)
+        if self.record is not None and self.record.state == "captured":
+            return
+        if self.record is None or self._key_expired(self.record):
+            await self._plan()
+            if self.record is None or self.record.state == "captured":
+                return
+        request = _capture_decoder.decode(self.record.request or b"")
+        try:
+            capture_id = await self.client.create_capture(
+                self.event.klarna_order_id,
+                request,
+                idempotency_key=self.record.idempotency_key or "",
+            )
+        except KlarnaError as error:
+            metrics.CAPTURES.labels("failed").inc()
+            raise self._klarna_failure("capture", error) from error
+        await self._captured(capture_id, request.captured_amount, request.shipping_info or [])
+        await self._audit("capture", "captured", {"capture_id": capture_id, "request": request})
+
+    def _key_expired(self, record: CaptureRecord) -> bool:
+        return record.planned_at is None or self.p.clock() - record.planned_at > KEY_TRUST_SECONDS
+
+    async def _plan(self) -> None:
+        try:
+            order = await self.client.read_order(self.event.klarna_order_id)
+        except KlarnaError as error:
+            raise self._klarna_failure("plan", error) from error
+        event = msgspec.structs.replace(self.event, shipping=self.tracking)
+        description = _description(self.shop, event)
+        try:
+            result = plan_capture(event, order, description=description)
+        except CaptureRefused as refused:
+            metrics.CAPTURES.labels("refused").inc()
+            await self._audit("plan", "refused", {"code": refused.code, "reason": refused.reason})
+            raise JobFailure(
+                JobError(step="plan", error_code=refused.code, error_messages=[refused.reason]),
+                final=not refused.retry_later,
+                report=self._failed_report(refused.code, [refused.reason], None),
+            ) from refused
+        plan = Plan(
+            shop_id=self.shop.id,
+            fulfillment_id=event.fulfillment_id,
+            order_id=event.order_id,
+            klarna_order_id=event.klarna_order_id,
+            currency=event.currency.upper(),
+            idempotency_key=result.capture_id
+            if isinstance(result, AlreadyCaptured)
+            else result.idempotency_key,
+            request=b"" if isinstance(result, AlreadyCaptured) else _encoder.encode(result.capture),
+        )
+        await self.store.save_plan(plan, self.p.clock())
+        if isinstance(result, AlreadyCaptured):
+            # Captured before (an earlier run whose answer was lost, past the key's 24 h):
+            # take Klarna's word for it, shipping info included.
+            try:
+                existing = await self.client.read_capture(order.order_id, result.capture_id)
+            except KlarnaError as error:
+                raise self._klarna_failure("plan", error) from error
+            metrics.CAPTURES.labels("already_captured").inc()
+            await self._captured(
+                existing.capture_id,
+                existing.captured_amount,
+                existing.shipping_info,
+                existing.klarna_reference,
+            )
+            await self._audit("plan", "already_captured", {"capture_id": existing.capture_id})
+            return
+        if result.uncaptured_remainder:
+            log.warning(
+                "completing shipment leaves more than rounding uncaptured",
+                extra={
+                    "shop": self.shop.id,
+                    "fulfillment": event.fulfillment_id,
+                    "uncaptured": result.uncaptured_remainder,
+                },
+            )
+        await self._audit(
+            "plan",
+            "planned",
+            {
+                "idempotency_key": result.idempotency_key,
+                "request": result.capture,
+                "uncaptured_remainder": result.uncaptured_remainder,
+            },
+        )
+        self.record = await self.store.get_capture(self.shop.id, event.fulfillment_id)
+
+    async def _captured(
+        self,
+        capture_id: str,
+        amount: int,
+        shipping_info: list[ShippingInfo],
+        klarna_reference: str | None = None,
+    ) -> None:
+        data = {
+            **self.ids,
+            "capture_id": capture_id,
+            "captured_amount": amount,
+            "currency": self.event.currency.upper(),
+        }
+        await self.store.mark_captured(
+            Captured(
+                shop_id=self.shop.id,
+                fulfillment_id=self.event.fulfillment_id,
+                capture_id=capture_id,
+                captured_amount=amount,
+                shipping_info=_encoder.encode(shipping_info).decode(),
+                klarna_reference=klarna_reference,
+            ),
+            self._callback("capture.succeeded", data),
+            self.p.clock(),
+        )
+        metrics.CAPTURES.labels("captured").inc()
+        metrics.CAPTURED_AMOUNT.labels(self.event.currency.upper()).inc(amount)
+        log.info(
+            "captured",
+            extra={
+                "shop": self.shop.id,
+                "order": self.event.order_id,
+                "fulfillment": self.event.fulfillment_id,
+                "capture_id": capture_id,
+                "amount": amount,
+            },
+        )
+        self.record = await self.store.get_capture(self.shop.id, self.event.fulfillment_id)
+
+    async def add_shipping_info(self) -> None:
+        record = self.record
+        if record is None or record.capture_id is None:
+            return
+        operation = await self.store.pending_operation(
+            self.shop.id, self.event.fulfillment_id, "shipping_info"
+        )
+        sent = _shipping_decoder.decode(record.shipping_info)
+        if operation is None:
+            new = [entry for entry in klarna_shipping_info(self.tracking) if entry not in sent]
+            if not new:
+                return
+            operation = await self.store.plan_operation(
+                self.shop.id,
+                self.event.fulfillment_id,
+                "shipping_info",
+                new_idempotency_key(),
+                _encoder.encode(new),
+                self.p.clock(),
+            )
+        entries = _shipping_decoder.decode(operation.body)
+        try:
+            await self.client.add_shipping_info(
+                record.klarna_order_id,
+                record.capture_id,
+                entries,
+                idempotency_key=operation.idempotency_key,
+            )
+        except KlarnaError as error:
+            raise self._klarna_failure("shipping_info", error, report=False) from error
+        data = {
+            **self.ids,
+            "capture_id": record.capture_id,
+            "shipping_info": msgspec.to_builtins(entries),
+        }
+        await self.store.complete_operation(
+            operation,
+            shipping_info=_encoder.encode(sent + [e for e in entries if e not in sent]).decode(),
+            callback=self._callback("shipping_info.added", data),
+            now=self.p.clock(),
+        )
+        await self._audit("shipping_info", "added", {"shipping_info": entries})
+        self.record = await self.store.get_capture(self.shop.id, self.event.fulfillment_id)
+
+    async def send_out(self) -> None:
+        record = self.record
+        if (
+            record is None
+            or record.capture_id is None
+            or record.send_out_done
+            or not self.shop.options.trigger_send_out
+        ):
+            return
+        operation: Operation | None = await self.store.pending_operation(
+            self.shop.id, self.event.fulfillment_id, "send_out"
+        )
+        if operation is None:
+            operation = await self.store.plan_operation(
+                self.shop.id,
+                self.event.fulfillment_id,
+                "send_out",
+                new_idempotency_key(),
+                b"",
+                self.p.clock(),
+            )
+        try:
+            await self.client.trigger_send_out(
+                record.klarna_order_id,
+                record.capture_id,
+                idempotency_key=operation.idempotency_key,
+            )
+        except KlarnaError as error:
+            raise self._klarna_failure("send_out", error, report=False) from error
+        await self.store.complete_operation(
+            operation, shipping_info=None, callback=None, now=self.p.clock()
+        )
+        await self._audit("send_out", "sent", {"capture_id": record.capture_id})
+
+    def _klarna_failure(self, step: str, error: KlarnaError, *, report: bool = True) -> JobFailure:
+        return JobFailure(
+            JobError(
+                step=step,
+                error_code=error.error_code,
+                error_messages=list(error.error_messages),
+                correlation_id=error.correlation_id,
+                status=error.status,
+            ),
+            final=not error.retryable,
+            retry_after=error.retry_after,
+            report=self._failed_report(
+                error.error_code, list(error.error_messages), error.correlation_id
+            )
+            if report
+            else None,
+        )
+
+    def _failed_report(self, code: str, messages: list[str], correlation_id: str | None) -> Report:
+        def report(retrying: bool) -> NewCallback | None:
+            return self._callback(
+                "capture.failed",
+                {
+                    **self.ids,
+                    "error_code": code,
+                    "error_messages": messages,
+                    "correlation_id": correlation_id,
+                    "retrying": retrying,
+                },
+            )
+
+        return report
+
+    def _callback(self, event_type: str, data: dict[str, object]) -> NewCallback | None:
+        if not self.shop.status_url:
+            return None
+        event = StatusEvent(type=event_type, timestamp=datetime.now(UTC), data=data)
+        return NewCallback(
+            event_type=event_type,
+            webhook_id="msg_" + new_idempotency_key().replace("-", ""),
+            payload=_encoder.encode(event),
+        )
+
+    async def _audit(self, step: str, outcome: str, detail: dict[str, object]) -> None:
+        await self.store.add_audit(
+            self.shop.id,
+            self.event.fulfillment_id,
+            self.job.id,
+            step,
+            outcome,
+            _encoder.encode(detail).decode(),
+            self.p.clock(),
+        )
+
+
+def _merged_tracking(events: Iterable[FulfillmentEvent]) -> list[Tracking]:
+    merged: list[Tracking] = []
+    for event in events:
+        merged.extend(entry for entry in event.shipping if entry not in merged)
+    return merged
+
+
+def _description(shop: Shop, event: FulfillmentEvent) -> str | None:
+    template = shop.options.description_template
+    if not template:
+        return None
+    fields = {
+        "fulfillment_name": event.fulfillment_name or event.fulfillment_id,
+        "fulfillment_id": event.fulfillment_id,
+        "order_id": event.order_id,
+    }
+    try:
+        return template.format_map(fields)
+    except (KeyError, ValueError, IndexError):
+        return template

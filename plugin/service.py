@@ -1,0 +1,91 @@
+"""Everything a running process holds: settings, store, vault, shops, HTTP clients, workers."""
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx2
+
+from plugin.config import Settings
+from plugin.klarna import RetryPolicy, make_http_client
+from plugin.klarna.client import DEFAULT_TIMEOUT
+from plugin.pipeline import Pipeline
+from plugin.shops import Shops
+from plugin.store import Store, open_store
+from plugin.vault import Vault
+from plugin.worker import Backoff, Worker
+
+STATUS_TIMEOUT = httpx2.Timeout(10.0, connect=5.0)
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        klarna_http: httpx2.AsyncClient,
+        status_http: httpx2.AsyncClient,
+        klarna_retry: RetryPolicy | None = None,
+        backoff: Backoff | None = None,
+        lease_seconds: float = 60.0,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.vault = Vault(settings.secret_keys)
+        self.shops = Shops(store, self.vault)
+        self.pipeline = Pipeline(
+            store,
+            self.shops,
+            klarna_http=klarna_http,
+            status_http=status_http,
+            klarna_url=settings.klarna_url,
+            klarna_retry=klarna_retry,
+        )
+        self.worker = Worker(
+            store,
+            self.pipeline.handlers,
+            concurrency=settings.workers,
+            lease_seconds=lease_seconds,
+            poll_seconds=poll_seconds,
+            backoff=backoff,
+        )
+
+    def wake_workers(self) -> None:
+        self.worker.wake()
+
+
+@contextlib.asynccontextmanager
+async def open_service(
+    settings: Settings,
+    *,
+    klarna_transport: httpx2.AsyncBaseTransport | None = None,
+    status_transport: httpx2.AsyncBaseTransport | None = None,
+    klarna_retry: RetryPolicy | None = None,
+    klarna_timeout: httpx2.Timeout = DEFAULT_TIMEOUT,
+    backoff: Backoff | None = None,
+    lease_seconds: float = 60.0,
+    poll_seconds: float = 1.0,
+) -> AsyncIterator[Service]:
+    """A service with its store migrated and its HTTP clients open, closed again on exit."""
+    store = open_store(settings.database_url)
+    try:
+        await store.migrate()
+        async with (
+            make_http_client(transport=klarna_transport, timeout=klarna_timeout) as klarna_http,
+            httpx2.AsyncClient(
+                transport=status_transport, timeout=STATUS_TIMEOUT, follow_redirects=False
+            ) as status_http,
+        ):
+            yield Service(
+                settings,
+                store,
+                klarna_http=klarna_http,
+                status_http=status_http,
+                klarna_retry=klarna_retry,
+                backoff=backoff,
+                lease_seconds=lease_seconds,
+                poll_seconds=poll_seconds,
+            )
+    finally:
+        await store.close()

@@ -1,0 +1,137 @@
+"""Shops with their secrets: created and rotated here, sealed by the vault, cached briefly in
+memory so the webhook receiver verifies a delivery without a database round trip."""
+
+import secrets
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from plugin import signatures
+from plugin.store import NewShop, ShopChanges, Store
+from plugin.store.records import Shop, ShopOptions
+from plugin.vault import Vault
+
+CACHE_SECONDS = 5.0
+ROTATION_GRACE_SECONDS = 24 * 3600.0
+
+
+class ShopSecrets(msgspec.Struct, frozen=True):
+    shop: Shop
+    webhook_keys: tuple[bytes, ...]
+
+
+class Shops:
+    def __init__(
+        self,
+        store: Store,
+        vault: Vault,
+        *,
+        cache_seconds: float = CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.vault = vault
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        # Other processes may change a shop: entries live briefly, misses included.
+        self._cache: dict[str, tuple[float, ShopSecrets | None]] = {}
+
+    async def create(
+        self,
+        *,
+        platform: str,
+        name: str,
+        klarna_region: str,
+        klarna_environment: str,
+        klarna_username: str,
+        klarna_password: str,
+        status_url: str | None = None,
+        options: ShopOptions | None = None,
+    ) -> tuple[Shop, str]:
+        """A new shop and its webhook secret (`whsec_...`), shown to the merchant once."""
+        shop_id = "shop_" + secrets.token_hex(6)
+        secret = signatures.new_secret()
+        shop = await self.store.create_shop(
+            NewShop(
+                id=shop_id,
+                platform=platform,
+                name=name,
+                klarna_region=klarna_region,
+                klarna_environment=klarna_environment,
+                klarna_username=klarna_username,
+                klarna_password=self.vault.encrypt(
+                    klarna_password, context=_context(shop_id, "klarna_password")
+                ),
+                status_url=status_url,
+                options=options or ShopOptions(),
+            ),
+            self.vault.encrypt(secret, context=_context(shop_id, "webhook_secret")),
+            time.time(),
+        )
+        return shop, secret
+
+    async def rotate_secret(
+        self, shop_id: str, grace_seconds: float = ROTATION_GRACE_SECONDS
+    ) -> str:
+        """A new webhook secret; the old ones keep verifying for `grace_seconds`."""
+        secret = signatures.new_secret()
+        await self.store.rotate_webhook_secret(
+            shop_id,
+            self.vault.encrypt(secret, context=_context(shop_id, "webhook_secret")),
+            grace_seconds,
+            time.time(),
+        )
+        self._cache.pop(shop_id, None)
+        return secret
+
+    async def get(self, shop_id: str) -> ShopSecrets | None:
+        """The shop with its current webhook keys, from a cache of a few seconds."""
+        now = self._clock()
+        cached = self._cache.get(shop_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        loaded = await self._load(shop_id)
+        self._cache[shop_id] = (now + self._cache_seconds, loaded)
+        return loaded
+
+    async def _load(self, shop_id: str) -> ShopSecrets | None:
+        shop = await self.store.get_shop(shop_id)
+        if shop is None:
+            return None
+        stored = await self.store.webhook_secrets(shop_id, time.time())
+        keys = tuple(
+            signatures.parse_secret(
+                self.vault.decrypt(item.secret, context=_context(shop_id, "webhook_secret"))
+            )
+            for item in stored
+        )
+        return ShopSecrets(shop=shop, webhook_keys=keys)
+
+    async def update(
+        self, shop_id: str, changes: ShopChanges, *, klarna_password: str | None = None
+    ) -> Shop | None:
+        """Change a shop; a new Klarna password is sealed here, never stored in the clear."""
+        if klarna_password is not None:
+            changes = msgspec.structs.replace(
+                changes,
+                klarna_password=self.vault.encrypt(
+                    klarna_password, context=_context(shop_id, "klarna_password")
+                ),
+            )
+        shop = await self.store.update_shop(shop_id, changes, time.time())
+        self._cache.pop(shop_id, None)
+        return shop
+
+    def klarna_password(self, shop: Shop) -> str:
+        return self.vault.decrypt(
+            shop.klarna_password, context=_context(shop.id, "klarna_password")
+        )
+
+    def forget(self, shop_id: str) -> None:
+        self._cache.pop(shop_id, None)
+
+
+def _context(shop_id: str, field: str) -> str:
+    # Bound into each ciphertext: a secret copied to another shop or field does not open.
+    return f"shop:{shop_id}:{field}"

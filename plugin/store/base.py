@@ -1,0 +1,251 @@
+"""The one interface the service uses for storage; each backend (SQLite, PostgreSQL) implements it.
+
+Every method is one transaction. Methods that change a job take the worker's `owner` and do
+nothing if the lease has passed to another worker (fencing), returning False.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import msgspec
+
+from plugin.store.records import (
+    AuditEntry,
+    Callback,
+    CaptureRecord,
+    Delivery,
+    Job,
+    Operation,
+    OperationKind,
+    Shop,
+    ShopOptions,
+    WebhookSecret,
+)
+
+
+class NewShop(msgspec.Struct, kw_only=True):
+    id: str
+    platform: str
+    name: str
+    klarna_region: str
+    klarna_environment: str
+    klarna_username: str
+    klarna_password: bytes
+    status_url: str | None = None
+    options: ShopOptions = msgspec.field(default_factory=ShopOptions)
+
+
+class ShopChanges(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Fields to change on a shop; UNSET ones stay as they are."""
+
+    name: str | msgspec.UnsetType = msgspec.UNSET
+    klarna_region: str | msgspec.UnsetType = msgspec.UNSET
+    klarna_environment: str | msgspec.UnsetType = msgspec.UNSET
+    klarna_username: str | msgspec.UnsetType = msgspec.UNSET
+    klarna_password: bytes | msgspec.UnsetType = msgspec.UNSET
+    status_url: str | msgspec.UnsetType | None = msgspec.UNSET
+    options: ShopOptions | msgspec.UnsetType = msgspec.UNSET
+    enabled: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class NewCallback(msgspec.Struct, kw_only=True):
+    """An outcome to report: stored with the change that caused it, sent by its own job."""
+
+    event_type: str
+    webhook_id: str
+    payload: bytes
+
+
+class Plan(msgspec.Struct, kw_only=True):
+    shop_id: str
+    fulfillment_id: str
+    order_id: str
+    klarna_order_id: str
+    currency: str
+    idempotency_key: str
+    request: bytes
+
+
+class Captured(msgspec.Struct, kw_only=True):
+    shop_id: str
+    fulfillment_id: str
+    capture_id: str
+    captured_amount: int
+    shipping_info: str
+    klarna_reference: str | None = None
+
+
+class Store(ABC):
+    @abstractmethod
+    async def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+
+    # shops
+    @abstractmethod
+    async def create_shop(self, shop: NewShop, webhook_secret: bytes, now: float) -> Shop: ...
+
+    @abstractmethod
+    async def get_shop(self, shop_id: str) -> Shop | None: ...
+
+    @abstractmethod
+    async def list_shops(self) -> list[Shop]: ...
+
+    @abstractmethod
+    async def update_shop(self, shop_id: str, changes: ShopChanges, now: float) -> Shop | None:
+        """Change the fields `changes` sets; the others stay."""
+
+    @abstractmethod
+    async def remove_shop(self, shop_id: str) -> bool:
+        """Delete the shop and everything stored for it."""
+
+    @abstractmethod
+    async def webhook_secrets(self, shop_id: str, now: float) -> list[WebhookSecret]:
+        """The secrets a delivery may be signed with now, newest first."""
+
+    @abstractmethod
+    async def rotate_webhook_secret(
+        self, shop_id: str, secret: bytes, grace_seconds: float, now: float
+    ) -> None:
+        """Add `secret`; the ones before it stay valid for `grace_seconds`."""
+
+    # deliveries
+    @abstractmethod
+    async def record_delivery(
+        self,
+        shop_id: str,
+        delivery_id: str,
+        *,
+        body: bytes,
+        event_type: str | None,
+        fulfillment_id: str | None,
+        rejected: str | None,
+        now: float,
+    ) -> tuple[int, bool]:
+        """Store a verified delivery and, when accepted, queue its fulfilment's job, together.
+
+        Returns (delivery row id, whether it was a duplicate that created nothing)."""
+
+    @abstractmethod
+    async def get_delivery(self, delivery_row_id: int) -> Delivery | None: ...
+
+    @abstractmethod
+    async def fulfillment_deliveries(self, shop_id: str, fulfillment_id: str) -> list[Delivery]:
+        """Accepted deliveries of one fulfilment, in arrival order."""
+
+    @abstractmethod
+    async def queue_fulfillment(self, shop_id: str, fulfillment_id: str, now: float) -> int:
+        """Queue (or re-queue) a fulfilment's job; returns its id."""
+
+    # jobs
+    @abstractmethod
+    async def claim_job(self, owner: str, lease_seconds: float, now: float) -> Job | None: ...
+
+    @abstractmethod
+    async def next_due_at(self) -> float | None:
+        """When the next queued job falls due, or None."""
+
+    @abstractmethod
+    async def extend_lease(self, job_id: int, owner: str, until: float) -> bool: ...
+
+    @abstractmethod
+    async def finish_job(self, job_id: int, owner: str, now: float) -> bool: ...
+
+    @abstractmethod
+    async def retry_job_later(
+        self,
+        job_id: int,
+        owner: str,
+        due_at: float,
+        error: str,
+        now: float,
+        callback: NewCallback | None = None,
+    ) -> bool: ...
+
+    @abstractmethod
+    async def bury_job(
+        self, job_id: int, owner: str, error: str, now: float, callback: NewCallback | None = None
+    ) -> bool:
+        """The job failed for good: a dead letter, until someone retries it."""
+
+    @abstractmethod
+    async def requeue_job(self, job_id: int, now: float) -> bool:
+        """Run a job that is not running again from its first attempt (`jobs retry`)."""
+
+    @abstractmethod
+    async def get_job(self, job_id: int) -> Job | None: ...
+
+    @abstractmethod
+    async def list_jobs(self, *, dead_only: bool = False, limit: int = 100) -> list[Job]: ...
+
+    @abstractmethod
+    async def job_counts(self) -> Mapping[str, int]: ...
+
+    # the capture ledger
+    @abstractmethod
+    async def get_capture(self, shop_id: str, fulfillment_id: str) -> CaptureRecord | None: ...
+
+    @abstractmethod
+    async def save_plan(self, plan: Plan, now: float) -> None:
+        """Store a planned capture with its idempotency key, before it is sent. A fulfilment
+        already captured is never planned again."""
+
+    @abstractmethod
+    async def mark_captured(
+        self, captured: Captured, callback: NewCallback | None, now: float
+    ) -> None: ...
+
+    @abstractmethod
+    async def pending_operation(
+        self, shop_id: str, fulfillment_id: str, kind: OperationKind
+    ) -> Operation | None: ...
+
+    @abstractmethod
+    async def plan_operation(
+        self,
+        shop_id: str,
+        fulfillment_id: str,
+        kind: OperationKind,
+        idempotency_key: str,
+        body: bytes,
+        now: float,
+    ) -> Operation: ...
+
+    @abstractmethod
+    async def complete_operation(
+        self,
+        operation: Operation,
+        *,
+        shipping_info: str | None,
+        callback: NewCallback | None,
+        now: float,
+    ) -> None:
+        """Mark a side effect done and record what it changed on the capture, together."""
+
+    # callbacks and audit
+    @abstractmethod
+    async def get_callback(self, callback_id: int) -> Callback | None: ...
+
+    @abstractmethod
+    async def mark_callback_sent(self, callback_id: int, now: float) -> None: ...
+
+    @abstractmethod
+    async def add_audit(
+        self,
+        shop_id: str,
+        fulfillment_id: str | None,
+        job_id: int | None,
+        step: str,
+        outcome: str,
+        detail: str,
+        now: float,
+    ) -> None: ...
+
+    @abstractmethod
+    async def audit_trail(self, shop_id: str, fulfillment_id: str) -> list[AuditEntry]: ...

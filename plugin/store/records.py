@@ -1,0 +1,135 @@
+"""What the store holds, as typed records; secrets stay encrypted blobs until the vault opens."""
+
+from typing import Literal
+
+import msgspec
+
+JobKind = Literal["fulfillment", "callback"]
+JobState = Literal["queued", "running", "done", "dead"]
+CaptureState = Literal["planned", "captured"]
+OperationKind = Literal["shipping_info", "send_out"]
+
+
+class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """What a merchant chooses; defaults are the safe choice."""
+
+    send_tracking: bool = True
+    trigger_send_out: bool = False
+    description_template: str | None = None
+
+
+class Shop(msgspec.Struct, kw_only=True):
+    id: str
+    platform: str
+    name: str
+    klarna_region: str
+    klarna_environment: str
+    klarna_username: str
+    klarna_password: bytes
+    status_url: str | None
+    options: ShopOptions
+    enabled: bool
+    created_at: float
+    updated_at: float
+
+    def __repr__(self) -> str:
+        return f"Shop(id={self.id!r}, platform={self.platform!r}, name={self.name!r})"
+
+
+class WebhookSecret(msgspec.Struct, kw_only=True):
+    id: int
+    shop_id: str
+    secret: bytes
+    created_at: float
+    expires_at: float | None
+
+    def __repr__(self) -> str:
+        return f"WebhookSecret(id={self.id!r}, shop_id={self.shop_id!r})"
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    id: int
+    shop_id: str
+    delivery_id: str
+    event_type: str | None
+    fulfillment_id: str | None
+    body: bytes
+    status: Literal["accepted", "rejected"]
+    reason: str | None
+    received_at: float
+
+
+class Job(msgspec.Struct, kw_only=True):
+    id: int
+    shop_id: str
+    kind: JobKind
+    key: str
+    state: JobState
+    attempts: int
+    due_at: float
+    lease_owner: str | None
+    lease_until: float | None
+    rerun: bool
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+class CaptureRecord(msgspec.Struct, kw_only=True):
+    """The ledger: one row per (shop, storefront fulfilment), so a fulfilment is captured once."""
+
+    shop_id: str
+    fulfillment_id: str
+    order_id: str
+    klarna_order_id: str
+    currency: str
+    state: CaptureState
+    idempotency_key: str | None
+    planned_at: float | None
+    request: bytes | None
+    captured_amount: int | None
+    capture_id: str | None
+    klarna_reference: str | None
+    captured_at: float | None
+    shipping_info: str  # JSON: the shipping_info entries Klarna has for this capture
+    send_out_done: bool
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+class Operation(msgspec.Struct, kw_only=True):
+    """A side effect after the capture, its idempotency key stored before it is sent."""
+
+    id: int
+    shop_id: str
+    fulfillment_id: str
+    kind: OperationKind
+    idempotency_key: str
+    body: bytes
+    state: Literal["planned", "done"]
+    created_at: float
+    done_at: float | None
+
+
+class Callback(msgspec.Struct, kw_only=True):
+    """An outcome to post to the shop's status URL; `webhook_id` is stable across retries."""
+
+    id: int
+    shop_id: str
+    event_type: str
+    webhook_id: str
+    payload: bytes
+    created_at: float
+    sent_at: float | None
+
+
+class AuditEntry(msgspec.Struct, kw_only=True):
+    id: int
+    shop_id: str
+    fulfillment_id: str | None
+    job_id: int | None
+    at: float
+    step: str
+    outcome: str
+    detail: str

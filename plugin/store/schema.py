@@ -1,0 +1,117 @@
+"""Versioned migrations: each is applied once, in order, inside one transaction.
+
+Times are unix seconds (REAL); money is INTEGER minor units; secrets are vault-encrypted BLOBs.
+"""
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: shops, deliveries, the job queue, the capture ledger, side effects, outbox, audit trail
+    """
+    CREATE TABLE shops (
+        id TEXT PRIMARY KEY,
+        platform TEXT NOT NULL,
+        name TEXT NOT NULL,
+        klarna_region TEXT NOT NULL,
+        klarna_environment TEXT NOT NULL,
+        klarna_username TEXT NOT NULL,
+        klarna_password BLOB NOT NULL,
+        status_url TEXT,
+        options TEXT NOT NULL DEFAULT '{}',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE webhook_secrets (
+        id INTEGER PRIMARY KEY,
+        shop_id TEXT NOT NULL REFERENCES shops (id) ON DELETE CASCADE,
+        secret BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL
+    );
+    CREATE INDEX webhook_secrets_shop ON webhook_secrets (shop_id);
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        shop_id TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        event_type TEXT,
+        fulfillment_id TEXT,
+        body BLOB NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        received_at REAL NOT NULL,
+        UNIQUE (shop_id, delivery_id)
+    );
+    CREATE INDEX deliveries_fulfillment ON deliveries (shop_id, fulfillment_id, id);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        shop_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
+        rerun INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (shop_id, kind, key)
+    );
+    CREATE INDEX jobs_due ON jobs (due_at) WHERE state = 'queued';
+    CREATE INDEX jobs_lease ON jobs (lease_until) WHERE state = 'running';
+    CREATE INDEX jobs_state ON jobs (state, updated_at);
+    CREATE TABLE captures (
+        shop_id TEXT NOT NULL,
+        fulfillment_id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        klarna_order_id TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        state TEXT NOT NULL,
+        idempotency_key TEXT,
+        planned_at REAL,
+        request BLOB,
+        captured_amount INTEGER,
+        capture_id TEXT,
+        klarna_reference TEXT,
+        captured_at REAL,
+        shipping_info BLOB NOT NULL DEFAULT '[]',
+        send_out_done INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (shop_id, fulfillment_id)
+    );
+    CREATE TABLE operations (
+        id INTEGER PRIMARY KEY,
+        shop_id TEXT NOT NULL,
+        fulfillment_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        body BLOB NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        done_at REAL
+    );
+    CREATE INDEX operations_fulfillment ON operations (shop_id, fulfillment_id, kind, state);
+    CREATE TABLE callbacks (
+        id INTEGER PRIMARY KEY,
+        shop_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        webhook_id TEXT NOT NULL UNIQUE,
+        payload BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        sent_at REAL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        shop_id TEXT NOT NULL,
+        fulfillment_id TEXT,
+        job_id INTEGER,
+        at REAL NOT NULL,
+        step TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_fulfillment ON audit (shop_id, fulfillment_id, id);
+    """,
+)

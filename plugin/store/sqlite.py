@@ -1,0 +1,690 @@
+"""The SQLite backend: one file in WAL mode, safe for several processes on one machine.
+
+Writes run on one thread and one connection; writes that arrive together commit together (group
+commit), so each acknowledged delivery is on disk (synchronous=FULL) without one fsync per request.
+Reads run on their own connections beside it.
+"""
+
+import asyncio
+import concurrent.futures
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from plugin.store.base import Captured, NewCallback, NewShop, Plan, ShopChanges, Store
+from plugin.store.records import (
+    AuditEntry,
+    Callback,
+    CaptureRecord,
+    Delivery,
+    Job,
+    Operation,
+    OperationKind,
+    Shop,
+    ShopOptions,
+    WebhookSecret,
+)
+from plugin.store.schema import MIGRATIONS
+
+T = TypeVar("T")
+Work = Callable[[sqlite3.Connection], Any]
+
+BUSY_TIMEOUT_MS = 10_000
+MAX_BATCH = 256
+_STOP = object()
+
+_options_decoder = msgspec.json.Decoder(ShopOptions)
+_encoder = msgspec.json.Encoder()
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = FULL")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+class _Writer(threading.Thread):
+    """Runs write work in batches, each batch one transaction with a savepoint per piece."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="sqlite-writer", daemon=True)
+        self._path = path
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def submit(self, work: Work) -> "concurrent.futures.Future[Any]":
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((work, future))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+        self.join(timeout=30)
+
+    def run(self) -> None:
+        conn = _connect(self._path)
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                batch = [item]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        self._queue.put(_STOP)
+                        break
+                    batch.append(item)
+                self._run_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[Work, "concurrent.futures.Future[Any]"]]
+    ) -> None:
+        # A caller that gave up (cancelled) before its turn gets nothing done; after this
+        # point a future can no longer be cancelled, so every result below can be set.
+        batch = [(work, future) for work, future in batch if future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for work, future in batch:
+                conn.execute("SAVEPOINT piece")
+                try:
+                    result = work(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO piece")
+                    conn.execute("RELEASE piece")
+                    results.append((future, None, exc))
+                else:
+                    conn.execute("RELEASE piece")
+                    results.append((future, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        for future, result, error in results:
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _connect(path) as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+        self._writer = _Writer(path)
+        self._writer.start()
+        self._local = threading.local()
+        self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sqlite-read")
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        result: T = await asyncio.wrap_future(self._writer.submit(work))
+        return result
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._on_reader, work)
+
+    def _on_reader(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self.path, readonly=True)
+            with self._lock:
+                self._reader_connections.append(conn)
+        return work(conn)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._writer.stop)
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._reader_connections:
+                conn.close()
+            self._reader_connections.clear()
+
+    async def migrate(self) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            return len(MIGRATIONS)
+
+        return await self._write(work)
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # shops
+
+    async def create_shop(self, shop: NewShop, webhook_secret: bytes, now: float) -> Shop:
+        def work(conn: sqlite3.Connection) -> Shop:
+            conn.execute(
+                "INSERT INTO shops (id, platform, name, klarna_region, klarna_environment,"
+                " klarna_username, klarna_password, status_url, options, enabled, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                (
+                    shop.id,
+                    shop.platform,
+                    shop.name,
+                    shop.klarna_region,
+                    shop.klarna_environment,
+                    shop.klarna_username,
+                    shop.klarna_password,
+                    shop.status_url,
+                    _encoder.encode(shop.options).decode(),
+                    now,
+                    now,
+                ),
+            )
+            conn.execute(
+                "INSERT INTO webhook_secrets (shop_id, secret, created_at) VALUES (?, ?, ?)",
+                (shop.id, webhook_secret, now),
+            )
+            return _shop(conn.execute("SELECT * FROM shops WHERE id = ?", (shop.id,)).fetchone())
+
+        return await self._write(work)
+
+    async def get_shop(self, shop_id: str) -> Shop | None:
+        row = await self._read(
+            lambda conn: conn.execute("SELECT * FROM shops WHERE id = ?", (shop_id,)).fetchone()
+        )
+        return _shop(row) if row else None
+
+    async def list_shops(self) -> list[Shop]:
+        rows = await self._read(
+            lambda conn: conn.execute("SELECT * FROM shops ORDER BY created_at").fetchall()
+        )
+        return [_shop(row) for row in rows]
+
+    async def update_shop(self, shop_id: str, changes: ShopChanges, now: float) -> Shop | None:
+        fields: dict[str, object] = {
+            name: getattr(changes, name)
+            for name in changes.__struct_fields__
+            if getattr(changes, name) is not msgspec.UNSET
+        }
+        if isinstance(changes.options, ShopOptions):
+            fields["options"] = _encoder.encode(changes.options).decode()
+        # Column names come from ShopChanges' own fields, never from input.
+        assignments = "".join(f"{name} = ?, " for name in fields)
+
+        def work(conn: sqlite3.Connection) -> Shop | None:
+            row = conn.execute(
+                f"UPDATE shops SET {assignments}updated_at = ? WHERE id = ? RETURNING *",  # noqa: S608
+                (*fields.values(), now, shop_id),
+            ).fetchone()
+            return _shop(row) if row else None
+
+        return await self._write(work)
+
+    async def remove_shop(self, shop_id: str) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            for table in ("deliveries", "jobs", "captures", "operations", "callbacks", "audit"):
+                conn.execute(f"DELETE FROM {table} WHERE shop_id = ?", (shop_id,))  # noqa: S608
+            return conn.execute("DELETE FROM shops WHERE id = ?", (shop_id,)).rowcount > 0
+
+        return await self._write(work)
+
+    async def webhook_secrets(self, shop_id: str, now: float) -> list[WebhookSecret]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM webhook_secrets WHERE shop_id = ?"
+                " AND (expires_at IS NULL OR expires_at > ?) ORDER BY id DESC",
+                (shop_id, now),
+            ).fetchall()
+        )
+        return [msgspec.convert(dict(row), WebhookSecret, strict=False) for row in rows]
+
+    async def rotate_webhook_secret(
+        self, shop_id: str, secret: bytes, grace_seconds: float, now: float
+    ) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE webhook_secrets SET expires_at = ? WHERE shop_id = ?"
+                " AND (expires_at IS NULL OR expires_at > ?)",
+                (now + grace_seconds, shop_id, now + grace_seconds),
+            )
+            conn.execute(
+                "INSERT INTO webhook_secrets (shop_id, secret, created_at) VALUES (?, ?, ?)",
+                (shop_id, secret, now),
+            )
+
+        await self._write(work)
+
+    # deliveries
+
+    async def record_delivery(
+        self,
+        shop_id: str,
+        delivery_id: str,
+        *,
+        body: bytes,
+        event_type: str | None,
+        fulfillment_id: str | None,
+        rejected: str | None,
+        now: float,
+    ) -> tuple[int, bool]:
+        def work(conn: sqlite3.Connection) -> tuple[int, bool]:
+            row = conn.execute(
+                "INSERT INTO deliveries (shop_id, delivery_id, event_type, fulfillment_id, body,"
+                " status, reason, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (shop_id, delivery_id) DO NOTHING RETURNING id",
+                (
+                    shop_id,
+                    delivery_id,
+                    event_type,
+                    fulfillment_id,
+                    body,
+                    "rejected" if rejected else "accepted",
+                    rejected,
+                    now,
+                ),
+            ).fetchone()
+            if row is None:
+                existing = conn.execute(
+                    "SELECT id FROM deliveries WHERE shop_id = ? AND delivery_id = ?",
+                    (shop_id, delivery_id),
+                ).fetchone()
+                return int(existing[0]), True
+            if fulfillment_id is not None and not rejected:
+                _queue_fulfillment(conn, shop_id, fulfillment_id, now)
+            return int(row[0]), False
+
+        return await self._write(work)
+
+    async def get_delivery(self, delivery_row_id: int) -> Delivery | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM deliveries WHERE id = ?", (delivery_row_id,)
+            ).fetchone()
+        )
+        return msgspec.convert(dict(row), Delivery, strict=False) if row else None
+
+    async def fulfillment_deliveries(self, shop_id: str, fulfillment_id: str) -> list[Delivery]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM deliveries WHERE shop_id = ? AND fulfillment_id = ?"
+                " AND status = 'accepted' ORDER BY id",
+                (shop_id, fulfillment_id),
+            ).fetchall()
+        )
+        return [msgspec.convert(dict(row), Delivery, strict=False) for row in rows]
+
+    async def queue_fulfillment(self, shop_id: str, fulfillment_id: str, now: float) -> int:
+        return await self._write(
+            lambda conn: _queue_fulfillment(conn, shop_id, fulfillment_id, now, revive=True)
+        )
+
+    # jobs
+
+    async def claim_job(self, owner: str, lease_seconds: float, now: float) -> Job | None:
+        def work(conn: sqlite3.Connection) -> Job | None:
+            # A lease that ran out belongs to a worker that died: its job is claimable again.
+            row = (
+                conn.execute(
+                    "SELECT id FROM jobs WHERE state = 'running' AND lease_until < ?"
+                    " ORDER BY lease_until LIMIT 1",
+                    (now,),
+                ).fetchone()
+                or conn.execute(
+                    "SELECT id FROM jobs WHERE state = 'queued' AND due_at <= ?"
+                    " ORDER BY due_at LIMIT 1",
+                    (now,),
+                ).fetchone()
+            )
+            if row is None:
+                return None
+            claimed = conn.execute(
+                "UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?,"
+                " updated_at = ? WHERE id = ? RETURNING *",
+                (owner, now + lease_seconds, now, row[0]),
+            ).fetchone()
+            return _job(claimed)
+
+        return await self._write(work)
+
+    async def next_due_at(self) -> float | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT min(due_at) FROM jobs WHERE state = 'queued'"
+            ).fetchone()
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def extend_lease(self, job_id: int, owner: str, until: float) -> bool:
+        return await self._write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ?"
+                    " AND state = 'running'",
+                    (until, job_id, owner),
+                ).rowcount
+                > 0
+            )
+        )
+
+    async def finish_job(self, job_id: int, owner: str, now: float) -> bool:
+        # New input that arrived while the job ran (`rerun`) sends it round once more.
+        return await self._write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE jobs SET state = CASE WHEN rerun = 1 THEN 'queued' ELSE 'done' END,"
+                    " due_at = ?, rerun = 0, attempts = 0, last_error = NULL, lease_owner = NULL,"
+                    " lease_until = NULL, updated_at = ?"
+                    " WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                    (now, now, job_id, owner),
+                ).rowcount
+                > 0
+            )
+        )
+
+    async def retry_job_later(
+        self,
+        job_id: int,
+        owner: str,
+        due_at: float,
+        error: str,
+        now: float,
+        callback: NewCallback | None = None,
+    ) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "UPDATE jobs SET state = 'queued', due_at = ?, attempts = attempts + 1,"
+                " last_error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND lease_owner = ? AND state = 'running' RETURNING shop_id",
+                (due_at, error, now, job_id, owner),
+            ).fetchone()
+            if row is not None:
+                _add_callback(conn, row[0], callback, now)
+            return row is not None
+
+        return await self._write(work)
+
+    async def bury_job(
+        self, job_id: int, owner: str, error: str, now: float, callback: NewCallback | None = None
+    ) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "UPDATE jobs SET state = 'dead', attempts = attempts + 1, rerun = 0,"
+                " last_error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND lease_owner = ? AND state = 'running' RETURNING shop_id",
+                (error, now, job_id, owner),
+            ).fetchone()
+            if row is not None:
+                _add_callback(conn, row[0], callback, now)
+            return row is not None
+
+        return await self._write(work)
+
+    async def requeue_job(self, job_id: int, now: float) -> bool:
+        return await self._write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE jobs SET state = 'queued', due_at = ?, attempts = 0, updated_at = ?"
+                    " WHERE id = ? AND state != 'running'",
+                    (now, now, job_id),
+                ).rowcount
+                > 0
+            )
+        )
+
+    async def get_job(self, job_id: int) -> Job | None:
+        row = await self._read(
+            lambda conn: conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        )
+        return _job(row) if row else None
+
+    async def list_jobs(self, *, dead_only: bool = False, limit: int = 100) -> list[Job]:
+        where = "WHERE state = 'dead'" if dead_only else ""
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT * FROM jobs {where} ORDER BY updated_at DESC LIMIT ?",  # noqa: S608
+                (limit,),
+            ).fetchall()
+        )
+        return [_job(row) for row in rows]
+
+    async def job_counts(self) -> Mapping[str, int]:
+        rows = await self._read(
+            lambda conn: conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
+        )
+        return {str(row[0]): int(row[1]) for row in rows}
+
+    # the capture ledger
+
+    async def get_capture(self, shop_id: str, fulfillment_id: str) -> CaptureRecord | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM captures WHERE shop_id = ? AND fulfillment_id = ?",
+                (shop_id, fulfillment_id),
+            ).fetchone()
+        )
+        return msgspec.convert(dict(row), CaptureRecord, strict=False) if row else None
+
+    async def save_plan(self, plan: Plan, now: float) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"
+                " currency, state, idempotency_key, planned_at, request, error, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, NULL, ?, ?)"
+                " ON CONFLICT (shop_id, fulfillment_id) DO UPDATE SET"
+                " order_id = excluded.order_id, klarna_order_id = excluded.klarna_order_id,"
+                " currency = excluded.currency, state = 'planned',"
+                " idempotency_key = excluded.idempotency_key, planned_at = excluded.planned_at,"
+                " request = excluded.request, error = NULL, updated_at = excluded.updated_at"
+                " WHERE captures.capture_id IS NULL",
+                (
+                    plan.shop_id,
+                    plan.fulfillment_id,
+                    plan.order_id,
+                    plan.klarna_order_id,
+                    plan.currency,
+                    plan.idempotency_key,
+                    now,
+                    plan.request,
+                    now,
+                    now,
+                ),
+            )
+
+        await self._write(work)
+
+    async def mark_captured(
+        self, captured: Captured, callback: NewCallback | None, now: float
+    ) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE captures SET state = 'captured', capture_id = ?, captured_amount = ?,"
+                " shipping_info = ?, klarna_reference = ?, captured_at = ?, error = NULL,"
+                " updated_at = ? WHERE shop_id = ? AND fulfillment_id = ?",
+                (
+                    captured.capture_id,
+                    captured.captured_amount,
+                    captured.shipping_info,
+                    captured.klarna_reference,
+                    now,
+                    now,
+                    captured.shop_id,
+                    captured.fulfillment_id,
+                ),
+            )
+            _add_callback(conn, captured.shop_id, callback, now)
+
+        await self._write(work)
+
+    async def pending_operation(
+        self, shop_id: str, fulfillment_id: str, kind: OperationKind
+    ) -> Operation | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM operations WHERE shop_id = ? AND fulfillment_id = ? AND kind = ?"
+                " AND state = 'planned' ORDER BY id LIMIT 1",
+                (shop_id, fulfillment_id, kind),
+            ).fetchone()
+        )
+        return msgspec.convert(dict(row), Operation, strict=False) if row else None
+
+    async def plan_operation(
+        self,
+        shop_id: str,
+        fulfillment_id: str,
+        kind: OperationKind,
+        idempotency_key: str,
+        body: bytes,
+        now: float,
+    ) -> Operation:
+        def work(conn: sqlite3.Connection) -> Operation:
+            row = conn.execute(
+                "INSERT INTO operations (shop_id, fulfillment_id, kind, idempotency_key, body,"
+                " state, created_at) VALUES (?, ?, ?, ?, ?, 'planned', ?) RETURNING *",
+                (shop_id, fulfillment_id, kind, idempotency_key, body, now),
+            ).fetchone()
+            return msgspec.convert(dict(row), Operation, strict=False)
+
+        return await self._write(work)
+
+    async def complete_operation(
+        self,
+        operation: Operation,
+        *,
+        shipping_info: str | None,
+        callback: NewCallback | None,
+        now: float,
+    ) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE operations SET state = 'done', done_at = ? WHERE id = ?",
+                (now, operation.id),
+            )
+            if operation.kind == "send_out":
+                conn.execute(
+                    "UPDATE captures SET send_out_done = 1, updated_at = ?"
+                    " WHERE shop_id = ? AND fulfillment_id = ?",
+                    (now, operation.shop_id, operation.fulfillment_id),
+                )
+            if shipping_info is not None:
+                conn.execute(
+                    "UPDATE captures SET shipping_info = ?, updated_at = ?"
+                    " WHERE shop_id = ? AND fulfillment_id = ?",
+                    (shipping_info, now, operation.shop_id, operation.fulfillment_id),
+                )
+            _add_callback(conn, operation.shop_id, callback, now)
+
+        await self._write(work)
+
+    # callbacks and audit
+
+    async def get_callback(self, callback_id: int) -> Callback | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM callbacks WHERE id = ?", (callback_id,)
+            ).fetchone()
+        )
+        return msgspec.convert(dict(row), Callback, strict=False) if row else None
+
+    async def mark_callback_sent(self, callback_id: int, now: float) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "UPDATE callbacks SET sent_at = ? WHERE id = ?", (now, callback_id)
+            )
+        )
+
+    async def add_audit(
+        self,
+        shop_id: str,
+        fulfillment_id: str | None,
+        job_id: int | None,
+        step: str,
+        outcome: str,
+        detail: str,
+        now: float,
+    ) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO audit (shop_id, fulfillment_id, job_id, at, step, outcome, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (shop_id, fulfillment_id, job_id, now, step, outcome, detail),
+            )
+        )
+
+    async def audit_trail(self, shop_id: str, fulfillment_id: str) -> list[AuditEntry]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM audit WHERE shop_id = ? AND fulfillment_id = ? ORDER BY id",
+                (shop_id, fulfillment_id),
+            ).fetchall()
+        )
+        return [msgspec.convert(dict(row), AuditEntry, strict=False) for row in rows]
+
+
+def _queue_fulfillment(
+    conn: sqlite3.Connection, shop_id: str, fulfillment_id: str, now: float, *, revive: bool = False
+) -> int:
+    """Queue a fulfilment's one job: a running job is flagged to run again, a finished one is
+    queued afresh; a dead one stays dead (a dead letter waits for `jobs retry`) unless `revive`."""
+    row = conn.execute(
+        "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"
+        " VALUES (?, 'fulfillment', ?, 'queued', ?, ?, ?)"
+        " ON CONFLICT (shop_id, kind, key) DO UPDATE SET"
+        " rerun = CASE WHEN jobs.state = 'running' THEN 1 ELSE jobs.rerun END,"
+        " due_at = CASE WHEN jobs.state IN ('done', 'dead') THEN excluded.due_at"
+        "   ELSE jobs.due_at END,"
+        " attempts = CASE WHEN jobs.state IN ('done', 'dead') THEN 0 ELSE jobs.attempts END,"
+        " state = CASE WHEN jobs.state = 'done' OR (jobs.state = 'dead' AND ?) THEN 'queued'"
+        "   ELSE jobs.state END,"
+        " updated_at = excluded.updated_at"
+        " RETURNING id",
+        (shop_id, fulfillment_id, now, now, now, revive),
+    ).fetchone()
+    return int(row[0])
+
+
+def _add_callback(
+    conn: sqlite3.Connection, shop_id: str, callback: NewCallback | None, now: float
+) -> None:
+    if callback is None:
+        return
+    row = conn.execute(
+        "INSERT INTO callbacks (shop_id, event_type, webhook_id, payload, created_at)"
+        " VALUES (?, ?, ?, ?, ?) RETURNING id",
+        (shop_id, callback.event_type, callback.webhook_id, callback.payload, now),
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"
+        " VALUES (?, 'callback', ?, 'queued', ?, ?, ?)",
+        (shop_id, str(row[0]), now, now, now),
+    )
+
+
+def _shop(row: sqlite3.Row) -> Shop:
+    fields = dict(row)
+    fields["options"] = _options_decoder.decode(fields["options"])
+    return msgspec.convert(fields, Shop, strict=False)
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return msgspec.convert(dict(row), Job, strict=False)

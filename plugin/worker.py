@@ -1,0 +1,189 @@
+"""Workers: claim a job with a lease, run it, and on failure retry with backoff or bury it as a dead
+letter. A worker that dies leaves its job to whoever claims it after the lease runs out."""
+
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import anyio
+import msgspec
+
+from plugin import metrics
+from plugin.store import NewCallback, Store
+from plugin.store.records import Job
+
+log = logging.getLogger("plugin.worker")
+
+Handler = Callable[[Job], Awaitable[None]]
+Report = Callable[[bool], NewCallback | None]
+
+
+class JobError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Why a job failed, as an operator reads it in a dead letter."""
+
+    step: str
+    error_code: str
+    error_messages: list[str] = []
+    correlation_id: str | None = None
+    status: int | None = None
+
+    def line(self) -> str:
+        text = f"{self.step}: {self.error_code}"
+        if self.error_messages:
+            text += ": " + "; ".join(self.error_messages)
+        if self.correlation_id:
+            text += f" (correlation_id {self.correlation_id})"
+        return text
+
+
+class JobFailure(Exception):
+    """Raised by a handler. `final` failures are buried at once; others are retried with backoff
+    until the attempts run out. `report(retrying)` makes the outcome to post to the shop."""
+
+    def __init__(
+        self,
+        error: JobError,
+        *,
+        final: bool,
+        retry_after: float | None = None,
+        report: Report | None = None,
+    ) -> None:
+        self.error = error
+        self.final = final
+        self.retry_after = retry_after
+        self.report = report
+        super().__init__(error.line())
+
+
+class Backoff(msgspec.Struct, frozen=True, kw_only=True):
+    """Exponential with jitter: 15 s doubling to at most 4 h, 14 attempts, about a day in all."""
+
+    base_seconds: float = 15.0
+    max_seconds: float = 4 * 3600.0
+    attempts: int = 14
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.max_seconds, self.base_seconds * float(2 ** max(attempt - 1, 0)))
+        return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+
+
+_encoder = msgspec.json.Encoder()
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        handlers: dict[str, Handler],
+        *,
+        concurrency: int = 4,
+        lease_seconds: float = 60.0,
+        poll_seconds: float = 1.0,
+        backoff: Backoff | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.handlers = handlers
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.backoff = backoff or Backoff()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wakeup = anyio.Event()
+
+    def wake(self) -> None:
+        """New work is stored: idle loops look now instead of at their next poll."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as group:
+            for _ in range(self.concurrency):
+                group.start_soon(self._loop)
+
+    async def run_until_idle(self) -> None:
+        """Run jobs until none is due (tests, `worker --once`)."""
+        while job := await self.store.claim_job(self.owner, self.lease_seconds, time.time()):
+            await self._process(job)
+
+    async def _loop(self) -> None:
+        while True:
+            job = await self.store.claim_job(self.owner, self.lease_seconds, time.time())
+            if job is None:
+                if self._wakeup.is_set():
+                    self._wakeup = anyio.Event()
+                with anyio.move_on_after(self.poll_seconds):
+                    await self._wakeup.wait()
+                continue
+            await self._process(job)
+
+    async def _process(self, job: Job) -> None:
+        metrics.JOB_LAG.observe(max(0.0, time.time() - job.due_at))
+        handler = self.handlers[job.kind]
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._keep_lease, job, group.cancel_scope)
+            try:
+                await handler(job)
+            except JobFailure as failure:
+                await self._failed(job, failure)
+            except Exception as exc:
+                log.exception("job crashed", extra={"job": job.id, "kind": job.kind})
+                error = JobError(
+                    step=job.kind,
+                    error_code="INTERNAL_ERROR",
+                    error_messages=[f"{type(exc).__name__}: {exc}"],
+                )
+                await self._failed(job, JobFailure(error, final=False))
+            else:
+                await self.store.finish_job(job.id, self.owner, time.time())
+            group.cancel_scope.cancel()
+
+    async def _keep_lease(self, job: Job, scope: anyio.CancelScope) -> None:
+        while True:
+            await anyio.sleep(self.lease_seconds / 3)
+            extended = await self.store.extend_lease(
+                job.id, self.owner, time.time() + self.lease_seconds
+            )
+            if not extended:
+                log.warning("lease lost; another worker has the job", extra={"job": job.id})
+                scope.cancel()
+                return
+
+    async def _failed(self, job: Job, failure: JobFailure) -> None:
+        now = time.time()
+        error = _encoder.encode(failure.error).decode()
+        attempt = job.attempts + 1
+        if failure.final or attempt >= self.backoff.attempts:
+            callback = failure.report(False) if failure.report else None
+            await self.store.bury_job(job.id, self.owner, error, now, callback)
+            log.error(
+                "job dead",
+                extra={
+                    "job": job.id,
+                    "kind": job.kind,
+                    "key": job.key,
+                    "attempt": attempt,
+                    "error": failure.error.line(),
+                },
+            )
+            return
+        delay = self.backoff.delay(attempt)
+        if failure.retry_after is not None:
+            delay = max(delay, failure.retry_after)
+        # Report a retrying failure once, not at every attempt.
+        callback = failure.report(True) if failure.report and job.attempts == 0 else None
+        await self.store.retry_job_later(job.id, self.owner, now + delay, error, now, callback)
+        log.warning(
+            "job will retry",
+            extra={
+                "job": job.id,
+                "kind": job.kind,
+                "key": job.key,
+                "attempt": attempt,
+                "retry_in": round(delay, 3),
+                "error": failure.error.line(),
+            },
+        )

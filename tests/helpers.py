@@ -1,0 +1,133 @@
+"""What the service tests share: a storefront that signs events, a status-URL inbox, waiting."""
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx2
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from plugin import signatures
+from plugin.config import Settings
+from plugin.service import open_service
+from plugin.store.records import Shop, ShopOptions
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    """Poll until `predicate` holds; a bounded wait, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting {what}".strip())
+        time.sleep(0.02)
+
+
+def create_shop(settings: Settings, **fields: Any) -> tuple[Shop, str]:
+    async def create() -> tuple[Shop, str]:
+        async with open_service(settings) as service:
+            return await service.shops.create(
+                platform="standard",
+                name=fields.pop("name", "Test shop"),
+                klarna_region="eu",
+                klarna_environment="playground",
+                klarna_username=fields.pop("klarna_username", "PK_SANDBOX"),
+                klarna_password=fields.pop("klarna_password", "sandbox-secret"),
+                status_url=fields.pop("status_url", None),
+                options=fields.pop("options", ShopOptions()),
+            )
+
+    return anyio.run(create)
+
+
+def shipment(
+    klarna_order_id: str,
+    fulfillment_id: str = "1001-F1",
+    *,
+    lines: list[dict[str, Any]] | None = None,
+    shipping: list[dict[str, Any]] | None = None,
+    complete: bool = False,
+    event_type: str = "fulfillment.created",
+    currency: str = "EUR",
+) -> dict[str, Any]:
+    """An event in the public schema (README: "The event a storefront sends")."""
+    return {
+        "type": event_type,
+        "timestamp": "2026-11-27T10:00:00Z",
+        "data": {
+            "order_id": fulfillment_id.split("-")[0],
+            "fulfillment_id": fulfillment_id,
+            "klarna_order_id": klarna_order_id,
+            "currency": currency,
+            "complete": complete,
+            "lines": lines
+            if lines is not None
+            else [
+                {
+                    "reference": "SKU-1",
+                    "name": "Tomatoes",
+                    "quantity": 10,
+                    "unit_price": 600,
+                    "tax_rate": 2500,
+                    "total_discount_amount": 0,
+                    "type": "physical",
+                }
+            ],
+            "shipping": shipping or [],
+        },
+    }
+
+
+class Storefront:
+    """Sends signed deliveries to the service, as a Standard Webhooks storefront does."""
+
+    def __init__(self, base_url: str, shop_id: str, secret: str) -> None:
+        self.url = f"{base_url}/webhooks/standard/{shop_id}"
+        self.key = signatures.parse_secret(secret)
+
+    def signed(
+        self,
+        body: bytes,
+        *,
+        delivery_id: str | None = None,
+        timestamp: int | None = None,
+        key: bytes | None = None,
+    ) -> dict[str, str]:
+        delivery_id = delivery_id or f"msg_{uuid.uuid4().hex}"
+        timestamp = int(time.time()) if timestamp is None else timestamp
+        return {
+            "content-type": "application/json",
+            "webhook-id": delivery_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signatures.sign(key or self.key, delivery_id, timestamp, body),
+        }
+
+    def send(self, event: dict[str, Any] | bytes, **options: Any) -> httpx2.Response:
+        body = event if isinstance(event, bytes) else msgspec.json.encode(event)
+        return httpx2.post(self.url, content=body, headers=self.signed(body, **options), timeout=30)
+
+
+class StatusInbox:
+    """A shop's status URL: keeps every event posted to it."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.app = Starlette(routes=[Route("/status", self._receive, methods=["POST"])])
+
+    async def _receive(self, request: Request) -> Response:
+        self.received.append((dict(request.headers), await request.body()))
+        return Response(status_code=204)
+
+    def events(self, secret: str | None = None) -> list[dict[str, Any]]:
+        """Events received, each verified against `secret` when given."""
+        out = []
+        for headers, body in self.received:
+            if secret is not None:
+                signatures.verify([signatures.parse_secret(secret)], headers, body)
+            out.append(msgspec.json.decode(body))
+        return out

@@ -1,0 +1,200 @@
+import stat
+from pathlib import Path
+
+import pytest
+
+from plugin.config import (
+    ConfigError,
+    Settings,
+    ensure_secret_keys,
+    load_settings,
+    sqlite_path,
+)
+
+KEY = "k" * 16
+OTHER_KEY = "o" * 24
+
+
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({})
+    data_dir = tmp_path.resolve() / "var"
+    assert settings == Settings(
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir}/klarna-capture.db",
+        secret_keys=(),
+        klarna_url=None,
+        public_url="http://127.0.0.1:8000",
+        workers=4,
+        webhook_tolerance_seconds=300,
+        log_level="INFO",
+    )
+    assert sqlite_path(settings) == data_dir / "klarna-capture.db"
+    assert not data_dir.exists()
+
+
+def test_every_variable_is_read(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path / "data"),
+            "KLARNA_CAPTURE_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite",
+            "KLARNA_CAPTURE_SECRET_KEY": f" {KEY} ,{OTHER_KEY}",
+            "KLARNA_CAPTURE_KLARNA_URL": "http://127.0.0.1:8100/",
+            "KLARNA_CAPTURE_PUBLIC_URL": "https://capture.example.com/",
+            "KLARNA_CAPTURE_WORKERS": "0",
+            "KLARNA_CAPTURE_WEBHOOK_TOLERANCE": "86400",
+            "KLARNA_CAPTURE_LOG_LEVEL": "debug",
+        }
+    )
+    assert settings.data_dir == tmp_path / "data"
+    assert sqlite_path(settings) == tmp_path / "db.sqlite"
+    assert settings.secret_keys == (KEY, OTHER_KEY)
+    assert settings.klarna_url == "http://127.0.0.1:8100"
+    assert settings.public_url == "https://capture.example.com"
+    assert settings.workers == 0
+    assert settings.webhook_tolerance_seconds == 86400
+    assert settings.log_level == "DEBUG"
+
+
+def test_empty_values_count_as_unset() -> None:
+    settings = load_settings({"KLARNA_CAPTURE_WORKERS": "", "KLARNA_CAPTURE_SECRET_KEY": " "})
+    assert settings.workers == 4
+    assert settings.secret_keys == ()
+
+
+def test_relative_sqlite_path_is_fixed_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({"KLARNA_CAPTURE_DATABASE_URL": "sqlite:///db/capture.sqlite"})
+    expected = tmp_path.resolve() / "db" / "capture.sqlite"
+    assert settings.database_url == f"sqlite:///{expected}"
+    assert sqlite_path(settings) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://capture:pw@db.internal:5432/capture",
+        "postgres://capture@db.internal/capture",
+        "postgresql:///capture",
+    ],
+)
+def test_postgres_urls_are_kept_as_given(url: str) -> None:
+    settings = load_settings({"KLARNA_CAPTURE_DATABASE_URL": url})
+    assert settings.database_url == url
+    assert sqlite_path(settings) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://capture:pw@db/capture"),
+        ("DATABASE_URL", "sqlite://capture.db"),
+        ("DATABASE_URL", "sqlite:///"),
+        ("DATABASE_URL", "sqlite:///:memory:"),
+        ("DATABASE_URL", "sqlite:///capture.db?mode=ro"),
+        ("DATABASE_URL", "capture.db"),
+        ("SECRET_KEY", "too-short"),
+        ("SECRET_KEY", f"{KEY},short"),
+        ("KLARNA_URL", "api.klarna.com"),
+        ("KLARNA_URL", "ftp://api.klarna.com"),
+        ("KLARNA_URL", "https://user:pw@api.klarna.com"),
+        ("PUBLIC_URL", "https://capture.example.com/?shop=x"),
+        ("PUBLIC_URL", "https://capture.example.com/#top"),
+        ("PUBLIC_URL", "https://capture.example.com:http/"),
+        ("PUBLIC_URL", "https://"),
+        ("WORKERS", "lots"),
+        ("WORKERS", "257"),
+        ("WORKERS", "-1"),
+        ("WORKERS", "2.5"),
+        ("WEBHOOK_TOLERANCE", "0"),
+        ("WEBHOOK_TOLERANCE", "86401"),
+        ("WEBHOOK_TOLERANCE", "5m"),
+        ("LOG_LEVEL", "verbose"),
+        ("LOG_LEVEL", "CRITICAL"),
+    ],
+)
+def test_bad_values_name_the_variable_in_one_line(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({f"KLARNA_CAPTURE_{name}": value})
+    message = str(caught.value)
+    assert message.startswith(f"KLARNA_CAPTURE_{name} ")
+    assert "\n" not in message
+
+
+def test_workers_error_reads_well() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"KLARNA_CAPTURE_WORKERS": "lots"})
+    assert str(caught.value) == (
+        "KLARNA_CAPTURE_WORKERS must be a whole number from 0 to 256, not 'lots'"
+    )
+
+
+def test_errors_do_not_repeat_secrets() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"KLARNA_CAPTURE_DATABASE_URL": "mysql://capture:hunter2@db/capture"})
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"KLARNA_CAPTURE_SECRET_KEY": f"{KEY},hunter2"})
+    assert "hunter2" not in str(caught.value)
+    assert KEY not in str(caught.value)
+
+
+def test_key_file_is_created_once_and_reused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "not-yet" / "var"
+    settings = load_settings({"KLARNA_CAPTURE_DATA_DIR": str(data_dir)})
+
+    first, message = ensure_secret_keys(settings)
+    key_file = data_dir / "secret-key"
+    assert message is not None
+    assert str(key_file) in message
+    assert "KLARNA_CAPTURE_SECRET_KEY" in message
+    assert "back it up" in message
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(first.secret_keys) == 1
+    assert len(first.secret_keys[0]) >= 32
+    assert first.secret_keys[0] == key_file.read_text().strip()
+    assert [path.name for path in data_dir.iterdir()] == ["secret-key"]
+
+    second, message = ensure_secret_keys(settings)
+    assert message is None
+    assert second.secret_keys == first.secret_keys
+    assert second == first
+
+
+def test_configured_keys_leave_the_disk_alone(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"KLARNA_CAPTURE_DATA_DIR": str(tmp_path / "var"), "KLARNA_CAPTURE_SECRET_KEY": KEY}
+    )
+    assert ensure_secret_keys(settings) == (settings, None)
+    assert not (tmp_path / "var").exists()
+
+
+def test_a_short_key_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret-key").write_text("short\n")
+    settings = load_settings({"KLARNA_CAPTURE_DATA_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError, match="secret-key must hold a key of at least 16"):
+        ensure_secret_keys(settings)
+
+
+def test_repr_counts_keys_and_hides_them_and_the_database_password() -> None:
+    settings = load_settings(
+        {
+            "KLARNA_CAPTURE_SECRET_KEY": f"{KEY},{OTHER_KEY}",
+            "KLARNA_CAPTURE_DATABASE_URL": "postgresql://capture:hunter2@db.internal/capture",
+        }
+    )
+    shown = repr(settings)
+    assert KEY not in shown
+    assert OTHER_KEY not in shown
+    assert "hunter2" not in shown
+    assert "<2 keys>" in shown
+    assert "postgresql://capture:***@db.internal/capture" in shown
+
+
+def test_an_unusable_data_dir_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "var").write_text("a file, not a directory")
+    settings = load_settings({"KLARNA_CAPTURE_DATA_DIR": str(tmp_path / "var")})
+    with pytest.raises(ConfigError, match="cannot create the secret key file"):
+        ensure_secret_keys(settings)

@@ -1,0 +1,470 @@
+"""The service end to end: real ASGI app under uvicorn, a real SQLite file, the Klarna sandbox and a
+status URL over HTTP."""
+
+import concurrent.futures
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx2
+import msgspec
+import pytest
+
+from plugin.app import create_app
+from plugin.config import Settings, load_settings
+from plugin.klarna import RetryPolicy
+from plugin.klarna.models import OrderLine
+from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
+from plugin.sandbox.server import serve_in_thread
+from plugin.service import open_service
+from plugin.store import ShopChanges
+from plugin.store.records import ShopOptions
+from plugin.worker import Backoff
+from tests.helpers import StatusInbox, Storefront, create_shop, shipment, wait_until
+
+TOMATOES = OrderLine(
+    name="Tomatoes",
+    reference="SKU-1",
+    quantity=10,
+    unit_price=600,
+    total_amount=6000,
+    tax_rate=2500,
+    total_tax_amount=1200,
+)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, klarna_url: str) -> Settings:
+    return load_settings(
+        {
+            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
+            "KLARNA_CAPTURE_SECRET_KEY": "a-test-secret-key-of-some-length",
+            "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
+            "KLARNA_CAPTURE_WORKERS": "4",
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def status_server() -> Iterator[tuple[StatusInbox, str]]:
+    inbox = StatusInbox()
+    with serve_in_thread(inbox.app) as url:
+        yield inbox, f"{url}/status"
+
+
+@pytest.fixture
+def inbox(status_server: tuple[StatusInbox, str]) -> StatusInbox:
+    status_server[0].received.clear()
+    return status_server[0]
+
+
+@pytest.fixture
+def service(settings: Settings) -> Iterator[str]:
+    app = create_app(
+        settings,
+        backoff=Backoff(base_seconds=0.05, max_seconds=0.2, attempts=4),
+        klarna_retry=RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05),
+        poll_seconds=0.05,
+    )
+    with serve_in_thread(app) as url:
+        yield url
+
+
+def db(settings: Settings) -> sqlite3.Connection:
+    return sqlite3.connect(settings.data_dir / "klarna-capture.db")
+
+
+def count(settings: Settings, sql: str) -> int:
+    with db(settings) as conn:
+        return int(conn.execute(sql).fetchone()[0])
+
+
+def test_a_full_shipment_is_captured_with_tracking_and_reported(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    inbox: StatusInbox,
+    status_server: tuple[StatusInbox, str],
+    service: str,
+) -> None:
+    shop, secret = create_shop(settings, status_url=status_server[1])
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    event = shipment(
+        order.order_id,
+        complete=True,
+        shipping=[
+            {
+                "carrier": "DHL",
+                "method": "Home",
+                "tracking_number": "JJD0001",
+                "tracking_url": "https://dhl.example/JJD0001",
+            }
+        ],
+    )
+
+    answer = Storefront(service, shop.id, secret).send(event)
+
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "accepted"
+    wait_until(lambda: len(inbox.received) == 1, what="for the status callback")
+    captures = klarna_sandbox.orders[order.order_id].captures
+    assert len(captures) == 1
+    capture = captures[0]
+    assert (capture.captured_amount, capture.reference) == (6000, "1001-F1")
+    assert [(s.shipping_company, s.tracking_number) for s in capture.shipping_info] == [
+        ("dhl", "JJD0001")
+    ]
+    assert klarna_sandbox.orders[order.order_id].status == "CAPTURED"
+    [reported] = inbox.events(secret)
+    assert reported["type"] == "capture.succeeded"
+    assert reported["data"] == {
+        "order_id": "1001",
+        "fulfillment_id": "1001-F1",
+        "klarna_order_id": order.order_id,
+        "capture_id": capture.capture_id,
+        "captured_amount": 6000,
+        "currency": "EUR",
+    }
+
+
+def test_partial_shipments_then_a_completing_one_add_up_to_the_order(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    shop, secret = create_shop(settings)
+    basil = OrderLine(
+        name="Basil",
+        reference="SKU-2",
+        quantity=3,
+        unit_price=333,
+        total_amount=999,
+        tax_rate=1200,
+        total_tax_amount=107,
+    )
+    order = klarna_sandbox.create_order(order_amount=6999, order_lines=[TOMATOES, basil])
+    storefront = Storefront(service, shop.id, secret)
+
+    def line(sku: str, quantity: int) -> dict[str, object]:
+        source = TOMATOES if sku == "SKU-1" else basil
+        return {
+            "reference": sku,
+            "name": source.name,
+            "quantity": quantity,
+            "unit_price": source.unit_price,
+            "tax_rate": source.tax_rate,
+        }
+
+    storefront.send(shipment(order.order_id, "1001-F1", lines=[line("SKU-1", 4)]))
+    storefront.send(shipment(order.order_id, "1001-F2", lines=[line("SKU-1", 6), line("SKU-2", 1)]))
+    storefront.send(shipment(order.order_id, "1001-F3", lines=[line("SKU-2", 2)], complete=True))
+
+    wait_until(lambda: klarna_sandbox.orders[order.order_id].status == "CAPTURED")
+    captures = klarna_sandbox.orders[order.order_id].captures
+    assert sorted(c.captured_amount for c in captures) == sorted([2400, 3600 + 333, 666])
+    assert sum(c.captured_amount for c in captures) == 6999
+    assert sorted(c.reference or "" for c in captures) == ["1001-F1", "1001-F2", "1001-F3"]
+
+
+def test_the_same_delivery_ten_times_at_once_captures_once(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    shop, secret = create_shop(settings)
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    storefront = Storefront(service, shop.id, secret)
+    body = msgspec.json.encode(shipment(order.order_id))
+    headers = storefront.signed(body, delivery_id="msg_same")
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(
+            pool.map(
+                lambda _: httpx2.post(storefront.url, content=body, headers=headers, timeout=30),
+                range(10),
+            )
+        )
+    assert sorted(a.json()["status"] for a in answers) == ["accepted"] + ["duplicate"] * 9
+    assert all(a.status_code == 200 for a in answers)
+    wait_until(
+        lambda: (
+            count(
+                settings, "SELECT count(*) FROM jobs WHERE kind = 'fulfillment' AND state = 'done'"
+            )
+            == 1
+        )
+    )
+    assert len(klarna_sandbox.orders[order.order_id].captures) == 1
+    assert count(settings, "SELECT count(*) FROM deliveries") == 1
+
+
+def test_the_same_fulfilment_under_new_delivery_ids_captures_once(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    shop, secret = create_shop(settings)
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    storefront = Storefront(service, shop.id, secret)
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: storefront.send(shipment(order.order_id)), range(5)))
+    assert [a.json()["status"] for a in answers] == ["accepted"] * 5
+    wait_until(
+        lambda: (
+            count(
+                settings, "SELECT count(*) FROM jobs WHERE kind = 'fulfillment' AND state = 'done'"
+            )
+            == 1
+        )
+    )
+    storefront.send(shipment(order.order_id))  # and again, after it was captured
+    wait_until(
+        lambda: (
+            count(
+                settings, "SELECT count(*) FROM jobs WHERE kind = 'fulfillment' AND state = 'done'"
+            )
+            == 1
+            and count(settings, "SELECT count(*) FROM deliveries") == 6
+        )
+    )
+    time.sleep(0.3)
+    assert len(klarna_sandbox.orders[order.order_id].captures) == 1
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        FaultSettings(fail_next=3, fail_status=503),
+        FaultSettings(rate_limit_next=2, retry_after=1),
+        FaultSettings(drop_after_commit_next=1),
+        FaultSettings(latency_ms=200),
+        FaultSettings(error_rate=0.5, seed=7),
+    ],
+    ids=["503s", "429", "commit-then-drop", "latency", "random-5xx"],
+)
+def test_klarna_faults_still_end_in_exactly_one_capture_each(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    faults: FaultSettings,
+    tmp_path: Path,
+) -> None:
+    app = create_app(
+        settings,
+        backoff=Backoff(base_seconds=0.05, max_seconds=0.2, attempts=20),
+        klarna_retry=RetryPolicy(attempts=2, backoff_seconds=0.01, max_backoff_seconds=0.05),
+        klarna_timeout=httpx2.Timeout(5.0, read=1.0),
+        poll_seconds=0.05,
+    )
+    shop, secret = create_shop(settings)
+    orders = [
+        klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES]) for _ in range(5)
+    ]
+    klarna_sandbox.set_faults(faults)
+
+    with serve_in_thread(app) as url:
+        storefront = Storefront(url, shop.id, secret)
+        for index, order in enumerate(orders):
+            assert storefront.send(shipment(order.order_id, f"F{index}")).status_code == 200
+        wait_until(lambda: all(o.status == "CAPTURED" for o in orders), timeout=60)
+        assert httpx2.get(f"{url}/healthz").status_code == 200
+    assert [len(o.captures) for o in orders] == [1] * 5
+
+
+def test_what_is_refused_and_what_is_stored(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    shop, secret = create_shop(settings)
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    storefront = Storefront(service, shop.id, secret)
+    body = msgspec.json.encode(shipment(order.order_id))
+
+    wrong_key = storefront.signed(body, key=b"k" * 32)
+    assert httpx2.post(storefront.url, content=body, headers=wrong_key).status_code == 401
+    tampered = storefront.signed(body)
+    assert httpx2.post(storefront.url, content=body + b" ", headers=tampered).status_code == 401
+    stale = storefront.signed(body, timestamp=int(time.time()) - 301)
+    answer = httpx2.post(storefront.url, content=body, headers=stale)
+    assert (answer.status_code, answer.json()["status"]) == (401, "unauthorized")
+    future = storefront.signed(body, timestamp=int(time.time()) + 301)
+    assert httpx2.post(storefront.url, content=body, headers=future).status_code == 401
+    unsigned = {"content-type": "application/json"}
+    assert httpx2.post(storefront.url, content=body, headers=unsigned).status_code == 401
+    unknown = f"{service}/webhooks/standard/shop_nosuchshop"
+    assert httpx2.post(unknown, content=body, headers=storefront.signed(body)).status_code == 404
+    huge = b"{" + b" " * (1024 * 1024) + b"}"
+    answer = httpx2.post(storefront.url, content=huge, headers=storefront.signed(huge))
+    assert answer.status_code == 413
+    assert count(settings, "SELECT count(*) FROM deliveries") == 0
+
+    malformed = msgspec.json.encode({"type": "fulfillment.created", "data": {"order_id": 1}})
+    answer = storefront.send(malformed)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == (
+        "not a valid event: Expected `str`, got `int` - at `$.data.order_id`"
+    )
+    assert storefront.send(b"not json").status_code == 400
+    with db(settings) as conn:
+        rows = conn.execute("SELECT status, reason FROM deliveries ORDER BY id").fetchall()
+    assert [status for status, _ in rows] == ["rejected", "rejected"]
+    assert rows[1][1].startswith("not a valid event: JSON is malformed")
+    assert count(settings, "SELECT count(*) FROM jobs") == 0
+
+    assert storefront.send(shipment(order.order_id)).status_code == 200
+    wait_until(lambda: len(klarna_sandbox.orders[order.order_id].captures) == 1)
+    metrics = httpx2.get(f"{service}/metrics").text
+    assert 'klarna_capture_deliveries_total{outcome="unauthorized",platform="standard"}' in metrics
+    assert httpx2.get(f"{service}/readyz").json() == {"status": "ready"}
+
+
+def test_tracking_added_later_reaches_the_existing_capture(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    inbox: StatusInbox,
+    status_server: tuple[StatusInbox, str],
+    service: str,
+) -> None:
+    shop, secret = create_shop(settings, status_url=status_server[1])
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    storefront = Storefront(service, shop.id, secret)
+    first = {"carrier": "UPS", "tracking_number": "1Z1"}
+    storefront.send(shipment(order.order_id, shipping=[first]))
+    wait_until(lambda: len(inbox.received) == 1)
+
+    second = {"carrier": "Royal Mail", "tracking_number": "RM2", "method": "PickUpPoint"}
+    updated = shipment(order.order_id, shipping=[first, second], event_type="fulfillment.updated")
+    assert storefront.send(updated).status_code == 200
+    wait_until(lambda: len(inbox.received) == 2)
+    storefront.send(updated)  # the same tracking again adds nothing
+
+    [capture] = klarna_sandbox.orders[order.order_id].captures
+    assert [(s.shipping_company, s.tracking_number) for s in capture.shipping_info] == [
+        ("ups", "1Z1"),
+        ("royal-mail", "RM2"),
+    ]
+    events = inbox.events(secret)
+    assert [e["type"] for e in events] == ["capture.succeeded", "shipping_info.added"]
+    assert events[1]["data"]["shipping_info"] == [
+        {
+            "shipping_company": "royal-mail",
+            "shipping_method": "PickUpPoint",
+            "tracking_number": "RM2",
+        }
+    ]
+    wait_until(
+        lambda: (
+            count(settings, "SELECT count(*) FROM deliveries") == 3
+            and count(settings, "SELECT count(*) FROM jobs WHERE state = 'queued'") == 0
+        )
+    )
+    time.sleep(0.2)
+    assert len(klarna_sandbox.orders[order.order_id].captures[0].shipping_info) == 2
+    assert len(klarna_sandbox.orders[order.order_id].captures) == 1
+
+
+def test_an_update_before_its_create_still_captures_once(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    shop, secret = create_shop(settings)
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    storefront = Storefront(service, shop.id, secret)
+    tracked = [{"carrier": "DHL", "tracking_number": "JJD9"}]
+    storefront.send(shipment(order.order_id, shipping=tracked, event_type="fulfillment.updated"))
+    storefront.send(shipment(order.order_id))
+    wait_until(
+        lambda: (
+            count(settings, "SELECT count(*) FROM deliveries") == 2
+            and count(settings, "SELECT count(*) FROM jobs WHERE state = 'done'") == 1
+        )
+    )
+    [capture] = klarna_sandbox.orders[order.order_id].captures
+    assert [s.tracking_number for s in capture.shipping_info] == ["JJD9"]
+
+
+def test_a_final_failure_is_a_dead_letter_and_runs_again_once_fixed(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    inbox: StatusInbox,
+    status_server: tuple[StatusInbox, str],
+    service: str,
+) -> None:
+    shop, secret = create_shop(
+        settings, status_url=status_server[1], klarna_password="a-wrong-password"
+    )
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    Storefront(service, shop.id, secret).send(shipment(order.order_id))
+
+    wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'dead'") == 1)
+    with db(settings) as conn:
+        job_id, error = conn.execute("SELECT id, last_error FROM jobs").fetchone()
+    failure = msgspec.json.decode(error)
+    assert (failure["step"], failure["error_code"], failure["status"]) == (
+        "plan",
+        "UNAUTHORIZED",
+        401,
+    )
+    assert failure["correlation_id"]
+    wait_until(lambda: len(inbox.received) == 1)
+    [reported] = inbox.events(secret)
+    assert reported["type"] == "capture.failed"
+    assert reported["data"]["error_code"] == "UNAUTHORIZED"
+    assert reported["data"]["retrying"] is False
+    assert reported["data"]["correlation_id"] == failure["correlation_id"]
+
+    async def fix_and_retry() -> None:
+        async with open_service(settings) as other:
+            await other.shops.update(shop.id, ShopChanges(), klarna_password="sandbox-secret")
+            assert await other.store.requeue_job(job_id, time.time())
+
+    anyio.run(fix_and_retry)
+    wait_until(lambda: len(klarna_sandbox.orders[order.order_id].captures) == 1, timeout=30)
+    wait_until(lambda: len(inbox.received) == 2)
+    assert inbox.events(secret)[1]["type"] == "capture.succeeded"
+
+
+def test_a_refused_capture_is_dead_with_klarnas_reason(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    shop, secret = create_shop(settings)
+    order = klarna_sandbox.create_order(
+        order_amount=6000, order_lines=[TOMATOES], status="CANCELLED"
+    )
+    Storefront(service, shop.id, secret).send(shipment(order.order_id))
+    wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'dead'") == 1)
+    with db(settings) as conn:
+        failure = msgspec.json.decode(conn.execute("SELECT last_error FROM jobs").fetchone()[0])
+    assert failure == {
+        "step": "plan",
+        "error_code": "ORDER_CANCELLED",
+        "error_messages": ["the Klarna order is cancelled"],
+    }
+
+
+def test_send_out_is_triggered_when_the_shop_wants_it(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    shop, secret = create_shop(
+        settings,
+        options=ShopOptions(
+            trigger_send_out=True, description_template="Shipment {fulfillment_name}"
+        ),
+    )
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    event = shipment(order.order_id)
+    event["data"]["fulfillment_name"] = "#1001.1"
+    Storefront(service, shop.id, secret).send(event)
+    wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'done'") == 1)
+    [capture] = klarna_sandbox.orders[order.order_id].captures
+    assert capture.send_outs == 1
+    assert capture.description == "Shipment #1001.1"
+    with db(settings) as conn:
+        steps = [row[0] for row in conn.execute("SELECT step || ':' || outcome FROM audit")]
+    assert steps == ["plan:planned", "capture:captured", "send_out:sent"]
