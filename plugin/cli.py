@@ -1,29 +1,343 @@
-"""The `klarna-capture` command."""
+"""The `klarna-capture` command: serve, worker, migrate, shops, jobs, deliveries, sandboxes."""
 
 import argparse
+import asyncio
+import contextlib
+import getpass
+import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
+import msgspec
 import uvicorn
+
+from plugin.config import ConfigError, Settings, ensure_secret_keys, load_settings
+from plugin.logs import configure_logging
+from plugin.service import Service, open_service
+from plugin.store.records import Job, Shop
+
+REGIONS = ("eu", "na", "oc")
+ENVIRONMENTS = ("live", "playground")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"klarna-capture: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klarna-capture", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="receive webhooks and run workers (SQLite default)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser("worker", help="run workers only, beside one or more serve")
+    worker.set_defaults(run=_worker)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(run=lambda args: _run(_migrate))
+
+    shop = commands.add_parser("shop", help="add, list, show, rotate the secret of, remove shops")
+    shops = shop.add_subparsers(dest="shop_command", required=True, metavar="SHOP_COMMAND")
+    add = shops.add_parser("add", help="create a shop; prints its id, webhook path and secret")
+    add.add_argument("--platform", choices=["standard"], default="standard")
+    add.add_argument("--name", required=True)
+    add.add_argument("--klarna-region", choices=REGIONS, required=True)
+    add.add_argument("--klarna-environment", choices=ENVIRONMENTS, required=True)
+    add.add_argument("--klarna-username", required=True)
+    add.add_argument(
+        "--klarna-password-stdin",
+        action="store_true",
+        help="read the Klarna API password from standard input (never from the command line)",
+    )
+    add.add_argument("--status-url", help="where capture outcomes are posted, signed")
+    add.add_argument("--json", action="store_true", help="print one JSON object")
+    add.set_defaults(run=lambda args: _run(_shop_add, args))
+    listing = shops.add_parser("list", help="every shop, one a line")
+    listing.set_defaults(run=lambda args: _run(_shop_list))
+    show = shops.add_parser("show", help="one shop, without its secrets")
+    show.add_argument("shop_id")
+    show.set_defaults(run=lambda args: _run(_shop_show, args))
+    rotate = shops.add_parser("rotate-secret", help="new webhook secret; the old one works 24 h")
+    rotate.add_argument("shop_id")
+    rotate.set_defaults(run=lambda args: _run(_shop_rotate, args))
+    remove = shops.add_parser("remove", help="delete a shop and everything stored for it")
+    remove.add_argument("shop_id")
+    remove.set_defaults(run=lambda args: _run(_shop_remove, args))
+
+    jobs = commands.add_parser("jobs", help="list jobs, retry a dead letter")
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="JOBS_COMMAND")
+    job_list = job_commands.add_parser("list", help="recent jobs, newest first")
+    job_list.add_argument("--dead", action="store_true", help="dead letters only")
+    job_list.add_argument("--limit", type=int, default=50)
+    job_list.set_defaults(run=lambda args: _run(_jobs_list, args))
+    retry = job_commands.add_parser("retry", help="run a job again from its first attempt")
+    retry.add_argument("job_id", type=int)
+    retry.set_defaults(run=lambda args: _run(_jobs_retry, args))
+
+    deliveries = commands.add_parser("deliveries", help="replay a stored delivery")
+    delivery_commands = deliveries.add_subparsers(
+        dest="deliveries_command", required=True, metavar="DELIVERIES_COMMAND"
+    )
+    replay = delivery_commands.add_parser("replay", help="process a stored delivery again")
+    replay.add_argument("delivery_id", type=int)
+    replay.set_defaults(run=lambda args: _run(_deliveries_replay, args))
 
     sandbox = commands.add_parser("sandbox", help="run a simulator of a system we talk to")
-    simulators = sandbox.add_subparsers(dest="simulator", required=True)
+    simulators = sandbox.add_subparsers(dest="simulator", required=True, metavar="SIMULATOR")
     klarna = simulators.add_parser("klarna", help="Klarna's Order management API, in memory")
     klarna.add_argument("--host", default="127.0.0.1")
     klarna.add_argument("--port", type=int, default=8100)
     klarna.add_argument("--username", help="the API username it accepts")
     klarna.add_argument("--password", help="the API password it accepts")
+    klarna.set_defaults(run=_sandbox_klarna)
+    return parser
 
-    args = parser.parse_args(argv)
-    if args.command == "sandbox" and args.simulator == "klarna":
-        return _sandbox_klarna(args)
-    parser.error("unknown command")
-    return 2
+
+def _settings() -> Settings:
+    settings, created = ensure_secret_keys(load_settings())
+    if created:
+        print(created, file=sys.stderr)
+    return settings
+
+
+def _run(command: Callable[..., Awaitable[int]], *args: Any) -> int:
+    settings = _settings()
+    configure_logging(settings.log_level)
+
+    async def main() -> int:
+        async with open_service(settings) as service:
+            return await command(service, *args)
+
+    return asyncio.run(main())
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from plugin.app import create_app
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    print(
+        f"klarna-capture serving on http://{args.host}:{args.port} "
+        f"({settings.workers} workers, database {settings.database_url.split(':', 1)[0]})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        create_app(
+            settings, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_ms / 1000
+        ),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    configure_logging(settings.log_level)
+    if settings.workers < 1:
+        raise ConfigError("KLARNA_CAPTURE_WORKERS must be at least 1 for `klarna-capture worker`")
+
+    async def main() -> int:
+        async with open_service(
+            settings, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_ms / 1000
+        ) as service:
+            task = asyncio.ensure_future(service.worker.run())
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, task.cancel)
+            print(
+                f"klarna-capture worker running ({settings.workers} workers)",
+                file=sys.stderr,
+                flush=True,
+            )
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return 0
+
+    return asyncio.run(main())
+
+
+async def _migrate(service: Service) -> int:
+    print(f"schema version {await service.store.migrate()}")
+    return 0
+
+
+async def _shop_add(service: Service, args: argparse.Namespace) -> int:
+    if args.klarna_password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Klarna API password: ")
+    else:
+        print(
+            "klarna-capture: give the password on standard input with --klarna-password-stdin",
+            file=sys.stderr,
+        )
+        return 2
+    if not password:
+        print("klarna-capture: the Klarna API password is empty", file=sys.stderr)
+        return 2
+    if args.status_url and not args.status_url.startswith(("https://", "http://")):
+        print("klarna-capture: --status-url must be an http(s) URL", file=sys.stderr)
+        return 2
+    shop, secret = await service.shops.create(
+        platform=args.platform,
+        name=args.name,
+        klarna_region=args.klarna_region,
+        klarna_environment=args.klarna_environment,
+        klarna_username=args.klarna_username,
+        klarna_password=password,
+        status_url=args.status_url,
+    )
+    path = f"/webhooks/{shop.platform}/{shop.id}"
+    if args.json:
+        print(
+            msgspec.json.encode(
+                {"shop_id": shop.id, "webhook_path": path, "webhook_secret": secret}
+            ).decode()
+        )
+    else:
+        print(f"shop {shop.id} created")
+        print(f"webhook URL:    {service.settings.public_url}{path}")
+        print(f"webhook secret: {secret}  (shown this once)")
+    return 0
+
+
+def _shop_line(shop: Shop) -> str:
+    state = "enabled" if shop.enabled else "disabled"
+    return (
+        f"{shop.id}  {shop.platform:<8}  {shop.klarna_region}/{shop.klarna_environment:<10}  "
+        f"{state:<8}  {shop.name}"
+    )
+
+
+async def _shop_list(service: Service) -> int:
+    for shop in await service.store.list_shops():
+        print(_shop_line(shop))
+    return 0
+
+
+async def _find_shop(service: Service, shop_id: str) -> Shop | None:
+    shop = await service.store.get_shop(shop_id)
+    if shop is None:
+        print(f"klarna-capture: no shop {shop_id}", file=sys.stderr)
+    return shop
+
+
+async def _shop_show(service: Service, args: argparse.Namespace) -> int:
+    shop = await _find_shop(service, args.shop_id)
+    if shop is None:
+        return 1
+    secrets = await service.store.webhook_secrets(shop.id, time.time())
+    shown = {
+        "shop_id": shop.id,
+        "platform": shop.platform,
+        "name": shop.name,
+        "enabled": shop.enabled,
+        "klarna_region": shop.klarna_region,
+        "klarna_environment": shop.klarna_environment,
+        "klarna_username": shop.klarna_username,
+        "klarna_password": "set",
+        "status_url": shop.status_url,
+        "options": msgspec.to_builtins(shop.options),
+        "webhook_url": f"{service.settings.public_url}/webhooks/{shop.platform}/{shop.id}",
+        "webhook_secrets": [
+            {
+                "created_at": _iso(s.created_at),
+                "expires_at": _iso(s.expires_at) if s.expires_at else None,
+            }
+            for s in secrets
+        ],
+        "created_at": _iso(shop.created_at),
+    }
+    print(msgspec.json.format(msgspec.json.encode(shown)).decode())
+    return 0
+
+
+async def _shop_rotate(service: Service, args: argparse.Namespace) -> int:
+    if await _find_shop(service, args.shop_id) is None:
+        return 1
+    secret = await service.shops.rotate_secret(args.shop_id)
+    print(f"new webhook secret: {secret}  (shown this once; the previous one works for 24 hours)")
+    return 0
+
+
+async def _shop_remove(service: Service, args: argparse.Namespace) -> int:
+    if not await service.store.remove_shop(args.shop_id):
+        print(f"klarna-capture: no shop {args.shop_id}", file=sys.stderr)
+        return 1
+    print(f"shop {args.shop_id} removed, with everything stored for it")
+    return 0
+
+
+def _job_line(job: Job) -> str:
+    line = (
+        f"{job.id:>8}  {job.state:<7}  {job.kind:<11}  {job.shop_id}  {job.key}  "
+        f"attempts={job.attempts}  updated={_iso(job.updated_at)}"
+    )
+    if job.last_error:
+        error = msgspec.json.decode(job.last_error)
+        line += f"  error={error.get('step')}: {error.get('error_code')}"
+        if error.get("correlation_id"):
+            line += f" (correlation_id {error['correlation_id']})"
+    return line
+
+
+async def _jobs_list(service: Service, args: argparse.Namespace) -> int:
+    for job in await service.store.list_jobs(dead_only=args.dead, limit=args.limit):
+        print(_job_line(job))
+    return 0
+
+
+async def _jobs_retry(service: Service, args: argparse.Namespace) -> int:
+    job = await service.store.get_job(args.job_id)
+    if job is None:
+        print(f"klarna-capture: no job {args.job_id}", file=sys.stderr)
+        return 1
+    if not await service.store.requeue_job(job.id, time.time()):
+        print(f"klarna-capture: job {job.id} is running; it cannot be retried now", file=sys.stderr)
+        return 1
+    print(f"job {job.id} queued again")
+    return 0
+
+
+async def _deliveries_replay(service: Service, args: argparse.Namespace) -> int:
+    delivery = await service.store.get_delivery(args.delivery_id)
+    if delivery is None:
+        print(f"klarna-capture: no delivery {args.delivery_id}", file=sys.stderr)
+        return 1
+    if delivery.status != "accepted" or delivery.fulfillment_id is None:
+        print(
+            f"klarna-capture: delivery {delivery.id} was rejected ({delivery.reason}); "
+            "there is nothing to replay",
+            file=sys.stderr,
+        )
+        return 1
+    job_id = await service.store.queue_fulfillment(
+        delivery.shop_id, delivery.fulfillment_id, time.time()
+    )
+    print(f"delivery {delivery.id} replayed: job {job_id} queued")
+    return 0
+
+
+def _iso(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
 
 
 def _sandbox_klarna(args: argparse.Namespace) -> int:

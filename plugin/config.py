@@ -34,6 +34,8 @@ class Settings:
     workers: int
     webhook_tolerance_seconds: int
     log_level: str
+    lease_seconds: int = 60
+    poll_ms: int = 1000
 
     def __repr__(self) -> str:
         return (
@@ -42,7 +44,8 @@ class Settings:
             f"secret_keys=<{len(self.secret_keys)} keys>, klarna_url={self.klarna_url!r}, "
             f"public_url={self.public_url!r}, workers={self.workers}, "
             f"webhook_tolerance_seconds={self.webhook_tolerance_seconds}, "
-            f"log_level={self.log_level!r})"
+            f"log_level={self.log_level!r}, lease_seconds={self.lease_seconds}, "
+            f"poll_ms={self.poll_ms})"
         )
 
 
@@ -68,6 +71,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "WEBHOOK_TOLERANCE", get("WEBHOOK_TOLERANCE"), default=300, low=1, high=86400
         ),
         log_level=_log_level(get("LOG_LEVEL")),
+        lease_seconds=_whole_number(
+            "LEASE_SECONDS", get("LEASE_SECONDS"), default=60, low=1, high=3600
+        ),
+        poll_ms=_whole_number("POLL_MS", get("POLL_MS"), default=1000, low=10, high=60000),
     )
 
 

@@ -1,0 +1,155 @@
+"""`klarna-capture serve` killed with SIGKILL in the middle of a burst, then started again: every
+acknowledged delivery ends captured exactly once."""
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import msgspec
+import pytest
+
+from plugin.klarna.models import OrderLine
+from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
+from tests.helpers import Storefront, shipment, wait_until
+from tests.test_cli import free_port
+
+LINE = OrderLine(
+    name="Tomatoes",
+    reference="SKU-1",
+    quantity=10,
+    unit_price=600,
+    total_amount=6000,
+    tax_rate=2500,
+    total_tax_amount=1200,
+)
+
+
+@pytest.fixture
+def env(tmp_path: Path, klarna_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
+        "KLARNA_CAPTURE_SECRET_KEY": "crash-test-secret-key-0123456789",
+        "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
+        "KLARNA_CAPTURE_WORKERS": "8",
+        "KLARNA_CAPTURE_LEASE_SECONDS": "2",
+        "KLARNA_CAPTURE_POLL_MS": "50",
+        "KLARNA_CAPTURE_LOG_LEVEL": "WARNING",
+    }
+
+
+def klarna_capture(env: dict[str, str], *args: str, stdin: str = "") -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "plugin", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout
+
+
+class Server:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "plugin", "serve", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def ready() -> bool:
+            try:
+                return httpx2.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx2.TransportError:
+                assert self.process.poll() is None, "serve exited"
+                return False
+
+        wait_until(ready, timeout=30, what="for serve to start")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def test_sigkill_mid_burst_loses_nothing_and_captures_nothing_twice(
+    env: dict[str, str],
+    klarna_sandbox: KlarnaSandbox,
+    servers: list[Server],
+) -> None:
+    shop = msgspec.json.decode(
+        klarna_capture(
+            env,
+            "shop",
+            "add",
+            "--name",
+            "Crash shop",
+            "--klarna-region",
+            "eu",
+            "--klarna-environment",
+            "live",
+            "--klarna-username",
+            "PK_SANDBOX",
+            "--klarna-password-stdin",
+            "--json",
+            stdin="sandbox-secret\n",
+        )
+    )
+    orders = [klarna_sandbox.create_order(order_amount=6000, order_lines=[LINE]) for _ in range(60)]
+    # Slow Klarna down so captures are in flight when the process dies.
+    klarna_sandbox.set_faults(FaultSettings(latency_ms=150))
+    servers.append(Server(env))
+    storefront = Storefront(servers[0].url, shop["shop_id"], shop["webhook_secret"])
+    events = [shipment(order.order_id, f"F{index}") for index, order in enumerate(orders)]
+
+    def deliver(index: int) -> bool:
+        try:
+            return storefront.send(events[index]).status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    acknowledged: set[int] = set()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = {pool.submit(deliver, index): index for index in range(len(events))}
+        for future in concurrent.futures.as_completed(futures):
+            if future.result():
+                acknowledged.add(futures[future])
+            if len(acknowledged) == 30 and servers[0].process.poll() is None:
+                servers[0].kill()
+    assert 30 <= len(acknowledged) < len(events)
+    captured_before_restart = sum(1 for o in orders if o.captures)
+    assert captured_before_restart < len(acknowledged)
+
+    servers.append(Server(env))
+    storefront.url = storefront.url.replace(servers[0].url, servers[1].url)
+    for index in range(len(events)):  # the storefront redelivers what was not acknowledged
+        if index not in acknowledged:
+            assert deliver(index)
+    wait_until(
+        lambda: all(order.captures for order in orders),
+        timeout=90,
+        what="for every shipment to be captured",
+    )
+    assert [len(order.captures) for order in orders] == [1] * len(orders)
