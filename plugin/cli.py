@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
     shop = commands.add_parser("shop", help="add, list, show, rotate the secret of, remove shops")
     shops = shop.add_subparsers(dest="shop_command", required=True, metavar="SHOP_COMMAND")
-    add = shops.add_parser("add", help="create a shop; prints its id, webhook path and secret")
+    add = shops.add_parser(
+        "add", help="create a shop; prints its id, webhook path and secret", allow_abbrev=False
+    )
     add.add_argument("--platform", choices=["standard"], default="standard")
     add.add_argument("--name", required=True)
     add.add_argument("--klarna-region", choices=REGIONS, required=True)

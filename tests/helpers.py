@@ -1,5 +1,8 @@
 """What the service tests share: a storefront that signs events, a status-URL inbox, waiting."""
 
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +20,27 @@ from plugin import signatures
 from plugin.config import Settings
 from plugin.service import open_service
 from plugin.store.records import Shop, ShopOptions
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_cli(
+    env: dict[str, str], *args: str, stdin: str = "", check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`klarna-capture ARGS` in a process of its own, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "plugin", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=check,
+        timeout=60,
+    )
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:

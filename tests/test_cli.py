@@ -1,19 +1,20 @@
-import socket
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import anyio
 import httpx2
+import msgspec
 import pytest
 
+from plugin import signatures
+from plugin.config import ensure_secret_keys, load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from plugin.service import open_service
+from tests.helpers import free_port, run_cli
 
 
 @pytest.fixture
@@ -81,3 +82,154 @@ def test_username_without_password_is_refused() -> None:
     )
     assert done.returncode == 2
     assert "give --username and --password together" in done.stderr
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
+        "KLARNA_CAPTURE_PUBLIC_URL": "https://capture.example",
+        "KLARNA_CAPTURE_LOG_LEVEL": "WARNING",
+    }
+
+
+def add_shop(env: dict[str, str], *extra: str) -> dict[str, str]:
+    done = run_cli(
+        env,
+        "shop",
+        "add",
+        "--platform",
+        "standard",
+        "--name",
+        "Corner shop",
+        "--klarna-region",
+        "eu",
+        "--klarna-environment",
+        "playground",
+        "--klarna-username",
+        "PK_CORNER",
+        "--klarna-password-stdin",
+        "--json",
+        *extra,
+        stdin="the-klarna-password\n",
+    )
+    shop: dict[str, str] = msgspec.json.decode(done.stdout)
+    return shop
+
+
+def test_shop_add_prints_its_id_path_and_secret_and_stores_no_secret_in_clear(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    first = run_cli(env, "migrate")
+    assert "created a secret key in" in first.stderr  # no KLARNA_CAPTURE_SECRET_KEY: one is made
+    assert (tmp_path / "secret-key").stat().st_mode & 0o777 == 0o600
+    shop = add_shop(env, "--status-url", "https://shop.example/klarna-status")
+    assert set(shop) == {"shop_id", "webhook_path", "webhook_secret"}
+    assert shop["webhook_path"] == f"/webhooks/standard/{shop['shop_id']}"
+    assert len(signatures.parse_secret(shop["webhook_secret"])) == 32
+
+    raw = (tmp_path / "klarna-capture.db").read_bytes()
+    for stored in (tmp_path / "klarna-capture.db-wal",):
+        if stored.exists():
+            raw += stored.read_bytes()
+    assert b"the-klarna-password" not in raw
+    assert shop["webhook_secret"].encode() not in raw
+
+    listed = run_cli(env, "shop", "list").stdout
+    assert shop["shop_id"] in listed
+    assert "Corner shop" in listed
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop["shop_id"]).stdout)
+    assert shown["klarna_password"] == "set"
+    assert shown["webhook_url"] == (f"https://capture.example/webhooks/standard/{shop['shop_id']}")
+    assert shown["status_url"] == "https://shop.example/klarna-status"
+    assert "the-klarna-password" not in str(shown)
+    assert shop["webhook_secret"] not in str(shown)
+
+
+def test_rotate_secret_keeps_the_old_one_for_a_while(env: dict[str, str]) -> None:
+    shop = add_shop(env)
+    rotated = run_cli(env, "shop", "rotate-secret", shop["shop_id"]).stdout
+    new_secret = rotated.split()[3]
+    assert new_secret.startswith("whsec_")
+    assert new_secret != shop["webhook_secret"]
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop["shop_id"]).stdout)
+    expiries = [secret["expires_at"] for secret in shown["webhook_secrets"]]
+    assert expiries[0] is None
+    assert expiries[1] is not None
+
+
+def test_shop_remove_and_unknown_ids(env: dict[str, str]) -> None:
+    shop = add_shop(env)
+    assert "removed" in run_cli(env, "shop", "remove", shop["shop_id"]).stdout
+    gone = run_cli(env, "shop", "show", shop["shop_id"], check=False)
+    assert (gone.returncode, gone.stderr.strip()) == (
+        1,
+        f"klarna-capture: no shop {shop['shop_id']}",
+    )
+    assert run_cli(env, "jobs", "retry", "999", check=False).returncode == 1
+    assert run_cli(env, "deliveries", "replay", "999", check=False).returncode == 1
+
+
+def test_the_password_never_comes_from_the_command_line(env: dict[str, str]) -> None:
+    done = run_cli(
+        env,
+        "shop",
+        "add",
+        "--name",
+        "S",
+        "--klarna-region",
+        "eu",
+        "--klarna-environment",
+        "live",
+        "--klarna-username",
+        "PK",
+        "--klarna-password",
+        "oops",
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "unrecognized arguments: --klarna-password oops" in done.stderr
+
+
+def test_bad_configuration_stops_with_one_clear_line(env: dict[str, str]) -> None:
+    done = run_cli({**env, "KLARNA_CAPTURE_WORKERS": "lots"}, "migrate", check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "klarna-capture: KLARNA_CAPTURE_WORKERS must be a whole number from 0 to 256, not 'lots'"
+    ]
+
+
+def test_jobs_list_retry_and_deliveries_replay(env: dict[str, str]) -> None:
+    shop = add_shop(env)
+    settings = load_settings(env)
+
+    async def a_dead_letter() -> tuple[int, int]:
+        async with open_service(ensure_secret_keys(settings)[0]) as service:
+            store = service.store
+            delivery, _ = await store.record_delivery(
+                shop["shop_id"],
+                "msg_1",
+                body=b"{}",
+                event_type="fulfillment.created",
+                fulfillment_id="1001-F1",
+                rejected=None,
+                now=time.time(),
+            )
+            job = await store.claim_job("test", 60, time.time())
+            assert job is not None
+            error = (
+                '{"step": "capture", "error_code": "CAPTURE_NOT_ALLOWED", "correlation_id": "c-1"}'
+            )
+            assert await store.bury_job(job.id, "test", error, time.time())
+            return job.id, delivery
+
+    job_id, delivery_id = anyio.run(a_dead_letter)
+    [line] = run_cli(env, "jobs", "list", "--dead").stdout.splitlines()
+    assert line.split()[:3] == [str(job_id), "dead", "fulfillment"]
+    assert "error=capture: CAPTURE_NOT_ALLOWED (correlation_id c-1)" in line
+    assert run_cli(env, "jobs", "retry", str(job_id)).stdout == f"job {job_id} queued again\n"
+    assert run_cli(env, "jobs", "list", "--dead").stdout == ""
+    assert f"{job_id}  queued" in run_cli(env, "jobs", "list").stdout
+    replayed = run_cli(env, "deliveries", "replay", str(delivery_id)).stdout
+    assert replayed == f"delivery {delivery_id} replayed: job {job_id} queued\n"

@@ -15,8 +15,7 @@ import pytest
 
 from plugin.klarna.models import OrderLine
 from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
-from tests.helpers import Storefront, shipment, wait_until
-from tests.test_cli import free_port
+from tests.helpers import Storefront, free_port, run_cli, shipment, wait_until
 
 LINE = OrderLine(
     name="Tomatoes",
@@ -100,7 +99,7 @@ def test_sigkill_mid_burst_loses_nothing_and_captures_nothing_twice(
     servers: list[Server],
 ) -> None:
     shop = msgspec.json.decode(
-        klarna_capture(
+        run_cli(
             env,
             "shop",
             "add",
@@ -115,7 +114,7 @@ def test_sigkill_mid_burst_loses_nothing_and_captures_nothing_twice(
             "--klarna-password-stdin",
             "--json",
             stdin="sandbox-secret\n",
-        )
+        ).stdout
     )
     orders = [klarna_sandbox.create_order(order_amount=6000, order_lines=[LINE]) for _ in range(60)]
     # Slow Klarna down so captures are in flight when the process dies.
@@ -153,3 +152,43 @@ def test_sigkill_mid_burst_loses_nothing_and_captures_nothing_twice(
         what="for every shipment to be captured",
     )
     assert [len(order.captures) for order in orders] == [1] * len(orders)
+
+
+def test_workers_run_alone_beside_a_serve_that_only_receives(
+    env: dict[str, str],
+    klarna_sandbox: KlarnaSandbox,
+    servers: list[Server],
+) -> None:
+    shop = msgspec.json.decode(
+        run_cli(
+            env,
+            "shop",
+            "add",
+            "--name",
+            "Split shop",
+            "--klarna-region",
+            "eu",
+            "--klarna-environment",
+            "playground",
+            "--klarna-username",
+            "PK_SANDBOX",
+            "--klarna-password-stdin",
+            "--json",
+            stdin="sandbox-secret\n",
+        ).stdout
+    )
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[LINE])
+    servers.append(Server({**env, "KLARNA_CAPTURE_WORKERS": "0"}))
+    storefront = Storefront(servers[0].url, shop["shop_id"], shop["webhook_secret"])
+    assert storefront.send(shipment(order.order_id)).status_code == 200
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "plugin", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: len(order.captures) == 1, what="for the worker to capture")
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0

@@ -28,7 +28,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from plugin import __version__
+from plugin import __version__, metrics
 from plugin.klarna.errors import KlarnaError, is_retryable_status
 from plugin.klarna.models import (
     Capture,
@@ -273,6 +273,7 @@ class KlarnaClient:
         try:
             response = await self._http.send(request, auth=self._auth)
         except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
+            metrics.KLARNA_LATENCY.labels(operation, "error").observe(time.perf_counter() - started)
             log.warning(
                 "klarna call failed",
                 extra={"operation": operation, "error": type(exc).__name__},
@@ -286,7 +287,9 @@ class KlarnaClient:
                 error_messages=[f"{type(exc).__name__} calling {request.url.host}"],
                 retryable=True,
             ) from exc
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        elapsed = time.perf_counter() - started
+        metrics.KLARNA_LATENCY.labels(operation, str(response.status_code)).observe(elapsed)
+        elapsed_ms = round(elapsed * 1000, 1)
         if response.is_success:
             log.info(
                 "klarna call",

@@ -1,0 +1,298 @@
+"""The store's contract, on a real SQLite file: queue semantics, leases and fencing, the ledger."""
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from plugin.store import Captured, NewCallback, NewShop, Plan, ShopChanges, Store, open_store
+from plugin.store.records import ShopOptions
+
+pytestmark = pytest.mark.anyio
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = open_store(f"sqlite:///{tmp_path}/store.db")
+    await opened.migrate()
+    yield opened
+    await opened.close()
+
+
+async def add_shop(store: Store, shop_id: str = "shop_1") -> None:
+    await store.create_shop(
+        NewShop(
+            id=shop_id,
+            platform="standard",
+            name="S",
+            klarna_region="eu",
+            klarna_environment="playground",
+            klarna_username="PK",
+            klarna_password=b"sealed",
+        ),
+        b"sealed-secret",
+        NOW,
+    )
+
+
+async def deliver(store: Store, delivery_id: str, fulfillment_id: str = "F1") -> tuple[int, bool]:
+    return await store.record_delivery(
+        "shop_1",
+        delivery_id,
+        body=b"{}",
+        event_type="fulfillment.created",
+        fulfillment_id=fulfillment_id,
+        rejected=None,
+        now=NOW,
+    )
+
+
+async def test_migrations_apply_once(store: Store) -> None:
+    assert await store.migrate() == 1
+    assert await store.migrate() == 1
+
+
+async def test_shops_round_trip_and_change(store: Store) -> None:
+    await add_shop(store)
+    shop = await store.get_shop("shop_1")
+    assert shop is not None
+    assert (shop.klarna_password, shop.options, shop.enabled) == (b"sealed", ShopOptions(), True)
+    changed = await store.update_shop(
+        "shop_1",
+        ShopChanges(name="New", options=ShopOptions(trigger_send_out=True), status_url=None),
+        NOW + 1,
+    )
+    assert changed is not None
+    assert (changed.name, changed.options.trigger_send_out, changed.klarna_username) == (
+        "New",
+        True,
+        "PK",
+    )
+    assert await store.update_shop("shop_nope", ShopChanges(name="x"), NOW) is None
+
+
+async def test_rotated_secrets_stay_valid_for_the_grace_period(store: Store) -> None:
+    await add_shop(store)
+    await store.rotate_webhook_secret("shop_1", b"new", grace_seconds=100, now=NOW)
+    assert [s.secret for s in await store.webhook_secrets("shop_1", NOW + 99)] == [
+        b"new",
+        b"sealed-secret",
+    ]
+    assert [s.secret for s in await store.webhook_secrets("shop_1", NOW + 101)] == [b"new"]
+
+
+async def test_a_duplicate_delivery_creates_nothing(store: Store) -> None:
+    await add_shop(store)
+    first = await deliver(store, "d1")
+    assert first[1] is False
+    assert await deliver(store, "d1") == (first[0], True)
+    assert [j.key for j in await store.list_jobs()] == ["F1"]
+
+
+async def test_one_job_per_fulfilment_whatever_arrives(store: Store) -> None:
+    await add_shop(store)
+    await deliver(store, "d1")
+    await deliver(store, "d2")
+    [job] = await store.list_jobs()
+    assert (job.state, job.key) == ("queued", "F1")
+    assert len(await store.fulfillment_deliveries("shop_1", "F1")) == 2
+
+
+async def test_input_arriving_while_running_runs_the_job_again(store: Store) -> None:
+    await add_shop(store)
+    await deliver(store, "d1")
+    job = await store.claim_job("w1", 60, NOW)
+    assert job is not None
+    await deliver(store, "d2")
+    assert await store.finish_job(job.id, "w1", NOW + 1)
+    again = await store.get_job(job.id)
+    assert again is not None
+    assert (again.state, again.rerun) == ("queued", False)
+    claimed = await store.claim_job("w1", 60, NOW + 1)
+    assert claimed is not None
+    assert await store.finish_job(claimed.id, "w1", NOW + 2)
+    done = await store.get_job(job.id)
+    assert done is not None
+    assert done.state == "done"
+    await deliver(store, "d3")  # a tracking update after the capture
+    requeued = await store.get_job(job.id)
+    assert requeued is not None
+    assert requeued.state == "queued"
+
+
+async def test_a_dead_letter_waits_for_retry(store: Store) -> None:
+    await add_shop(store)
+    await deliver(store, "d1")
+    job = await store.claim_job("w1", 60, NOW)
+    assert job is not None
+    assert await store.bury_job(job.id, "w1", '{"error_code": "X"}', NOW)
+    await deliver(store, "d2")
+    dead = await store.get_job(job.id)
+    assert dead is not None
+    assert (dead.state, dead.last_error) == ("dead", '{"error_code": "X"}')
+    assert [j.id for j in await store.list_jobs(dead_only=True)] == [job.id]
+    assert await store.requeue_job(job.id, NOW + 5)
+    revived = await store.get_job(job.id)
+    assert revived is not None
+    assert (revived.state, revived.attempts, revived.due_at) == ("queued", 0, NOW + 5)
+
+
+async def test_leases_expire_and_fence_the_old_owner(store: Store) -> None:
+    await add_shop(store)
+    await deliver(store, "d1")
+    job = await store.claim_job("w1", 10, NOW)
+    assert job is not None
+    assert await store.claim_job("w2", 10, NOW + 5) is None
+    taken = await store.claim_job("w2", 10, NOW + 11)
+    assert taken is not None
+    assert (taken.id, taken.lease_owner) == (job.id, "w2")
+    assert not await store.finish_job(job.id, "w1", NOW + 12)  # w1 lost it
+    assert not await store.extend_lease(job.id, "w1", NOW + 30)
+    assert await store.extend_lease(job.id, "w2", NOW + 30)
+    assert await store.finish_job(job.id, "w2", NOW + 12)
+
+
+async def test_retry_later_waits_for_its_time(store: Store) -> None:
+    await add_shop(store)
+    await deliver(store, "d1")
+    job = await store.claim_job("w1", 60, NOW)
+    assert job is not None
+    callback = NewCallback(event_type="capture.failed", webhook_id="msg_1", payload=b"{}")
+    assert await store.retry_job_later(job.id, "w1", NOW + 30, "{}", NOW, callback)
+    assert await store.next_due_at() == NOW  # the callback's own job is due now
+    claimed = await store.claim_job("w1", 60, NOW + 1)
+    assert claimed is not None
+    assert claimed.kind == "callback"
+    assert await store.claim_job("w1", 60, NOW + 29) is None
+    again = await store.claim_job("w1", 60, NOW + 30)
+    assert again is not None
+    assert (again.id, again.attempts) == (job.id, 1)
+
+
+async def test_no_job_is_claimed_twice_by_concurrent_workers(store: Store) -> None:
+    await add_shop(store)
+    for index in range(40):
+        await deliver(store, f"d{index}", f"F{index}")
+    claimed: list[int] = []
+
+    async def claim_all(owner: str) -> None:
+        while (job := await store.claim_job(owner, 60, NOW)) is not None:
+            claimed.append(job.id)
+
+    async with anyio.create_task_group() as group:
+        for worker in range(8):
+            group.start_soon(claim_all, f"w{worker}")
+    assert sorted(claimed) == sorted(set(claimed))
+    assert len(claimed) == 40
+
+
+async def test_a_captured_fulfilment_is_never_planned_again(store: Store) -> None:
+    await add_shop(store)
+    plan = Plan(
+        shop_id="shop_1",
+        fulfillment_id="F1",
+        order_id="1",
+        klarna_order_id="k1",
+        currency="EUR",
+        idempotency_key="key-1",
+        request=b"{}",
+    )
+    await store.save_plan(plan, NOW)
+    replanned = Plan(
+        **{**{f: getattr(plan, f) for f in plan.__struct_fields__}, "idempotency_key": "key-2"}
+    )
+    await store.save_plan(replanned, NOW + 1)
+    record = await store.get_capture("shop_1", "F1")
+    assert record is not None
+    assert (record.state, record.idempotency_key) == ("planned", "key-2")
+    await store.mark_captured(
+        Captured(
+            shop_id="shop_1",
+            fulfillment_id="F1",
+            capture_id="c1",
+            captured_amount=100,
+            shipping_info="[]",
+        ),
+        None,
+        NOW + 2,
+    )
+    await store.save_plan(
+        Plan(
+            **{**{f: getattr(plan, f) for f in plan.__struct_fields__}, "idempotency_key": "key-3"}
+        ),
+        NOW + 3,
+    )
+    record = await store.get_capture("shop_1", "F1")
+    assert record is not None
+    assert (record.state, record.capture_id, record.idempotency_key) == ("captured", "c1", "key-2")
+
+
+async def test_operations_and_callbacks_commit_with_their_change(store: Store) -> None:
+    await add_shop(store)
+    await store.save_plan(
+        Plan(
+            shop_id="shop_1",
+            fulfillment_id="F1",
+            order_id="1",
+            klarna_order_id="k1",
+            currency="EUR",
+            idempotency_key="k",
+            request=b"{}",
+        ),
+        NOW,
+    )
+    callback = NewCallback(event_type="capture.succeeded", webhook_id="msg_a", payload=b"{}")
+    await store.mark_captured(
+        Captured(
+            shop_id="shop_1",
+            fulfillment_id="F1",
+            capture_id="c1",
+            captured_amount=1,
+            shipping_info="[]",
+        ),
+        callback,
+        NOW,
+    )
+    operation = await store.plan_operation("shop_1", "F1", "send_out", "op-key", b"", NOW)
+    assert await store.pending_operation("shop_1", "F1", "send_out") == operation
+    await store.complete_operation(operation, shipping_info=None, callback=None, now=NOW)
+    assert await store.pending_operation("shop_1", "F1", "send_out") is None
+    record = await store.get_capture("shop_1", "F1")
+    assert record is not None
+    assert record.send_out_done
+    [job] = await store.list_jobs()
+    assert job.kind == "callback"
+    stored = await store.get_callback(int(job.key))
+    assert stored is not None
+    assert (stored.webhook_id, stored.sent_at) == ("msg_a", None)
+
+
+async def test_a_failing_write_does_not_spoil_the_others_committed_with_it(
+    store: Store, tmp_path: Path
+) -> None:
+    await add_shop(store)
+
+    async def duplicate_shop() -> None:
+        with pytest.raises(sqlite3.IntegrityError):
+            await add_shop(store)
+
+    async with anyio.create_task_group() as group:
+        for index in range(20):
+            group.start_soon(deliver, store, f"d{index}", f"F{index}")
+        group.start_soon(duplicate_shop)
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 20
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_remove_shop_deletes_everything_of_it(store: Store, tmp_path: Path) -> None:
+    await add_shop(store)
+    await deliver(store, "d1")
+    assert await store.remove_shop("shop_1")
+    assert await store.get_shop("shop_1") is None
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        for table in ("deliveries", "jobs", "webhook_secrets"):
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0  # noqa: S608
