@@ -468,3 +468,32 @@ def test_send_out_is_triggered_when_the_shop_wants_it(
     with db(settings) as conn:
         steps = [row[0] for row in conn.execute("SELECT step || ':' || outcome FROM audit")]
     assert steps == ["plan:planned", "capture:captured", "send_out:sent"]
+
+
+def test_retries_that_run_out_end_as_a_dead_letter_reported_twice(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    inbox: StatusInbox,
+    status_server: tuple[StatusInbox, str],
+    service: str,
+) -> None:
+    shop, secret = create_shop(settings, status_url=status_server[1])
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    klarna_sandbox.set_faults(FaultSettings(order_id=order.order_id, fail_next=1000))
+    Storefront(service, shop.id, secret).send(shipment(order.order_id))
+
+    wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'dead'") == 1)
+    with db(settings) as conn:
+        attempts, error = conn.execute(
+            "SELECT attempts, last_error FROM jobs WHERE kind = 'fulfillment'"
+        ).fetchone()
+    assert attempts == 4  # the service fixture's Backoff(attempts=4)
+    assert msgspec.json.decode(error)["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    wait_until(lambda: len(inbox.received) == 2)
+    assert [(e["type"], e["data"]["retrying"]) for e in inbox.events(secret)] == [
+        ("capture.failed", True),
+        ("capture.failed", False),
+    ]
+    # each job attempt made the client's own 3 attempts, all with nothing captured
+    assert len([r for r in klarna_sandbox.requests if r.method == "GET"]) == 4 * 3
+    assert klarna_sandbox.orders[order.order_id].captures == []
