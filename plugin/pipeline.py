@@ -179,7 +179,9 @@ class _Run:
         self.record = await self.store.get_capture(self.shop.id, self.event.fulfillment_id)
         if self.record is not None and self.record.state == "captured":
             return
-        if self.record is None or self._key_expired(self.record):
+        # No plan, a plan cut short by a crash before it was captured (no request), or a key
+        # Klarna may have forgotten: plan (again), reconciling against the order first.
+        if self.record is None or not self.record.request or self._key_expired(self.record):
             await self._plan()
             if self.record is None or self.record.state == "captured":
                 return
@@ -222,9 +224,8 @@ class _Run:
             order_id=event.order_id,
             klarna_order_id=event.klarna_order_id,
             currency=event.currency.upper(),
-            idempotency_key=result.capture_id
-            if isinstance(result, AlreadyCaptured)
-            else result.idempotency_key,
+            # An existing capture sends nothing: no key, no request.
+            idempotency_key="" if isinstance(result, AlreadyCaptured) else result.idempotency_key,
             request=b"" if isinstance(result, AlreadyCaptured) else _encoder.encode(result.capture),
         )
         await self.store.save_plan(plan, self.p.clock())

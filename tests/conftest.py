@@ -20,11 +20,13 @@ def klarna_server() -> Iterator[tuple[KlarnaSandbox, str]]:
 
 
 @pytest.fixture
-def klarna_sandbox(klarna_server: tuple[KlarnaSandbox, str]) -> KlarnaSandbox:
+def klarna_sandbox(klarna_server: tuple[KlarnaSandbox, str]) -> Iterator[KlarnaSandbox]:
     sandbox = klarna_server[0]
     sandbox.reset()
     sandbox.clear_faults()
-    return sandbox
+    clock = sandbox.clock
+    yield sandbox
+    sandbox.clock = clock
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import concurrent.futures
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -16,7 +17,7 @@ from plugin.app import create_app
 from plugin.config import Settings, load_settings
 from plugin.klarna import RetryPolicy
 from plugin.klarna.models import OrderLine
-from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
+from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox, ManualClock
 from plugin.sandbox.server import serve_in_thread
 from plugin.service import open_service
 from plugin.store import ShopChanges
@@ -497,3 +498,45 @@ def test_retries_that_run_out_end_as_a_dead_letter_reported_twice(
     # each job attempt made the client's own 3 attempts, all with nothing captured
     assert len([r for r in klarna_sandbox.requests if r.method == "GET"]) == 4 * 3
     assert klarna_sandbox.orders[order.order_id].captures == []
+
+
+def test_a_capture_klarna_already_has_is_reconciled_not_repeated(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    # Captured at Klarna by an earlier run whose answer was lost, 25 hours ago: the
+    # idempotency key no longer protects, the capture's reference does.
+    shop, secret = create_shop(settings)
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    storefront = Storefront(service, shop.id, secret)
+    storefront.send(shipment(order.order_id))
+    wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'done'") == 1)
+    [capture] = klarna_sandbox.orders[order.order_id].captures
+    with db(settings) as conn:
+        conn.execute(
+            "UPDATE captures SET state = 'planned', capture_id = NULL,"
+            " planned_at = planned_at - 25 * 3600"
+        )
+    clock = ManualClock(datetime.now(UTC) + timedelta(hours=25))
+    klarna_sandbox.clock = clock
+
+    async def retry() -> None:
+        async with open_service(settings) as other:
+            [job] = await other.store.list_jobs()
+            assert await other.store.requeue_job(job.id, time.time())
+
+    anyio.run(retry)
+    wait_until(
+        lambda: count(settings, "SELECT count(*) FROM captures WHERE state = 'captured'") == 1
+    )
+    assert [c.capture_id for c in klarna_sandbox.orders[order.order_id].captures] == [
+        capture.capture_id
+    ]
+    with db(settings) as conn:
+        assert conn.execute("SELECT capture_id, klarna_reference FROM captures").fetchone() == (
+            capture.capture_id,
+            capture.klarna_reference,
+        )
+        outcomes = [row[0] for row in conn.execute("SELECT outcome FROM audit ORDER BY id")]
+    assert outcomes == ["planned", "captured", "already_captured"]
