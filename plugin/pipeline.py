@@ -17,10 +17,10 @@ import msgspec
 
 from plugin import metrics, signatures
 from plugin.capture import AlreadyCaptured, CaptureRefused, klarna_shipping_info, plan_capture
-from plugin.events import FulfillmentEvent, Tracking
+from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
 from plugin.klarna.client import new_idempotency_key
-from plugin.klarna.models import CaptureObject, ShippingInfo
+from plugin.klarna.models import CaptureObject, OrderLine, ShippingInfo
 from plugin.platforms import decode_delivery
 from plugin.shops import Shops
 from plugin.store import Captured, NewCallback, Plan, Store
@@ -95,6 +95,10 @@ class Pipeline:
         )
         tracking = _merged_tracking(event for _, event in events)
         run = _Run(self, job, shop, base, tracking)
+        if shop.options.capture_mode == "complete" and not base.complete:
+            # This shop captures once, with the shipment that completes the order.
+            await run.record_partial_shipment()
+            return
         await run.capture()
         await run.add_shipping_info()
         await run.send_out()
@@ -175,6 +179,15 @@ class _Run:
             "klarna_order_id": self.event.klarna_order_id,
         }
 
+    async def record_partial_shipment(self) -> None:
+        trail = await self.store.audit_trail(self.shop.id, self.event.fulfillment_id)
+        if not any(entry.step == "wait" for entry in trail):
+            await self._audit(
+                "wait",
+                "not_captured",
+                {"reason": "the shop captures when the order is completely shipped"},
+            )
+
     async def capture(self) -> None:
         self.record = await self.store.get_capture(self.shop.id, self.event.fulfillment_id)
         if self.record is not None and self.record.state == "captured":
@@ -207,6 +220,14 @@ class _Run:
         except KlarnaError as error:
             raise self._klarna_failure("plan", error) from error
         event = msgspec.structs.replace(self.event, shipping=self.tracking)
+        if self.shop.options.capture_mode == "complete":
+            # One capture for the whole order: Klarna's own lines are what was bought.
+            event = msgspec.structs.replace(
+                event,
+                lines=[_shipment_line(line) for line in order.order_lines],
+                taxes_included=True,
+                complete=True,
+            )
         description = _description(self.shop, event)
         try:
             result = plan_capture(event, order, description=description)
@@ -227,6 +248,7 @@ class _Run:
             # An existing capture sends nothing: no key, no request.
             idempotency_key="" if isinstance(result, AlreadyCaptured) else result.idempotency_key,
             request=b"" if isinstance(result, AlreadyCaptured) else _encoder.encode(result.capture),
+            klarna_reference=order.klarna_reference,
         )
         await self.store.save_plan(plan, self.p.clock())
         if isinstance(result, AlreadyCaptured):
@@ -435,6 +457,21 @@ class _Run:
             _encoder.encode(detail).decode(),
             self.p.clock(),
         )
+
+
+def _shipment_line(line: OrderLine) -> ShipmentLine:
+    return ShipmentLine(
+        name=line.name,
+        quantity=max(line.quantity, 1),
+        unit_price=line.unit_price if line.quantity else line.total_amount,
+        tax_rate=line.tax_rate or 0,
+        total_discount_amount=line.total_discount_amount or 0,
+        type=line.type or "physical",
+        reference=line.reference,
+        quantity_unit=line.quantity_unit,
+        product_url=line.product_url,
+        image_url=line.image_url,
+    )
 
 
 def _merged_tracking(events: Iterable[FulfillmentEvent]) -> list[Tracking]:

@@ -540,3 +540,49 @@ def test_a_capture_klarna_already_has_is_reconciled_not_repeated(
         )
         outcomes = [row[0] for row in conn.execute("SELECT outcome FROM audit ORDER BY id")]
     assert outcomes == ["planned", "captured", "already_captured"]
+
+
+def test_a_shop_that_captures_on_completion_captures_the_whole_order_once(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    shop, secret = create_shop(settings, options=ShopOptions(capture_mode="complete"))
+    basil = OrderLine(
+        name="Basil",
+        reference="SKU-2",
+        quantity=3,
+        unit_price=333,
+        total_amount=999,
+        tax_rate=1200,
+        total_tax_amount=107,
+    )
+    order = klarna_sandbox.create_order(order_amount=6999, order_lines=[TOMATOES, basil])
+    storefront = Storefront(service, shop.id, secret)
+    first = shipment(
+        order.order_id, "1001-F1", shipping=[{"carrier": "DHL", "tracking_number": "A1"}]
+    )
+    storefront.send(first)
+    wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'done'") == 1)
+    assert klarna_sandbox.orders[order.order_id].captures == []
+    last = shipment(
+        order.order_id,
+        "1001-F2",
+        complete=True,
+        shipping=[{"carrier": "UPS", "tracking_number": "B2"}],
+        lines=[
+            {
+                "reference": "SKU-2",
+                "name": "Basil",
+                "quantity": 3,
+                "unit_price": 333,
+                "tax_rate": 1200,
+            }
+        ],
+    )
+    storefront.send(last)
+    wait_until(lambda: klarna_sandbox.orders[order.order_id].status == "CAPTURED")
+    [capture] = klarna_sandbox.orders[order.order_id].captures
+    assert capture.captured_amount == 6999
+    assert [line.reference for line in capture.order_lines] == ["SKU-1", "SKU-2"]
+    assert [s.tracking_number for s in capture.shipping_info] == ["B2"]

@@ -17,6 +17,8 @@ from plugin.store.records import (
     Job,
     Operation,
     OperationKind,
+    SealedSecret,
+    Shipment,
     Shop,
     ShopOptions,
     WebhookSecret,
@@ -64,6 +66,7 @@ class Plan(msgspec.Struct, kw_only=True):
     currency: str
     idempotency_key: str
     request: bytes
+    klarna_reference: str | None = None  # the Klarna order's customer-facing reference
 
 
 class Captured(msgspec.Struct, kw_only=True):
@@ -114,6 +117,17 @@ class Store(ABC):
         self, shop_id: str, secret: bytes, grace_seconds: float, now: float
     ) -> None:
         """Add `secret`; the ones before it stay valid for `grace_seconds`."""
+
+    @abstractmethod
+    async def use_admin_link(self, nonce: str, shop_id: str, now: float) -> bool:
+        """Mark a sign-in link used; False if it was used before."""
+
+    @abstractmethod
+    async def sealed_secrets(self) -> list[SealedSecret]: ...
+
+    @abstractmethod
+    async def reseal(self, secrets: list[SealedSecret]) -> None:
+        """Store re-encrypted blobs in place of the old ones, all together."""
 
     # deliveries
     @abstractmethod
@@ -186,6 +200,16 @@ class Store(ABC):
 
     @abstractmethod
     async def job_counts(self) -> Mapping[str, int]: ...
+
+    @abstractmethod
+    async def shipments(
+        self, shop_id: str, *, before: tuple[float, int] | None = None, limit: int = 50
+    ) -> list[Shipment]:
+        """A shop's fulfilments, most recently changed first; `before` is the (updated_at,
+        job_id) of the last one of the previous page."""
+
+    @abstractmethod
+    async def shipment(self, shop_id: str, fulfillment_id: str) -> Shipment | None: ...
 
     # the capture ledger
     @abstractmethod

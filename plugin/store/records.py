@@ -13,6 +13,7 @@ OperationKind = Literal["shipping_info", "send_out"]
 class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """What a merchant chooses; defaults are the safe choice."""
 
+    capture_mode: Literal["each", "complete"] = "each"
     send_tracking: bool = True
     trigger_send_out: bool = False
     description_template: str | None = None
@@ -31,6 +32,7 @@ class Shop(msgspec.Struct, kw_only=True):
     enabled: bool
     created_at: float
     updated_at: float
+    klarna_password_set_at: float | None = None
 
     def __repr__(self) -> str:
         return f"Shop(id={self.id!r}, platform={self.platform!r}, name={self.name!r})"
@@ -133,3 +135,35 @@ class AuditEntry(msgspec.Struct, kw_only=True):
     step: str
     outcome: str
     detail: str
+
+
+class Shipment(msgspec.Struct, kw_only=True):
+    """One fulfilment as the activity view shows it: its job and, once planned, its capture."""
+
+    job_id: int
+    fulfillment_id: str
+    job_state: JobState
+    attempts: int
+    last_error: str | None
+    received_at: float
+    updated_at: float
+    capture_state: CaptureState | None = None
+    order_id: str | None = None
+    klarna_order_id: str | None = None
+    currency: str | None = None
+    planned_request: bytes | None = None
+    captured_amount: int | None = None
+    capture_id: str | None = None
+    klarna_reference: str | None = None
+    shipping_info: str | None = None
+    send_out_done: bool = False
+
+
+class SealedSecret(msgspec.Struct, kw_only=True, frozen=True):
+    """A stored secret, sealed by the vault, and where it lives (for key rotation)."""
+
+    table: Literal["shops", "webhook_secrets"]
+    row_id: str
+    shop_id: str
+    field: str
+    blob: bytes

@@ -114,4 +114,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_fulfillment ON audit (shop_id, fulfillment_id, id);
     """,
+    # 2: the settings page: one-time sign-in links, when the Klarna password was set, the Klarna
+    # order's reference on the ledger, and an index for a shop's recent shipments
+    """
+    CREATE TABLE admin_links (
+        nonce TEXT PRIMARY KEY,
+        shop_id TEXT NOT NULL,
+        used_at REAL NOT NULL
+    );
+    ALTER TABLE shops ADD COLUMN klarna_password_set_at REAL;
+    UPDATE shops SET klarna_password_set_at = created_at;
+    CREATE INDEX jobs_shop_activity ON jobs (shop_id, kind, updated_at, id);
+    """,
 )

@@ -25,6 +25,8 @@ from plugin.store.records import (
     Job,
     Operation,
     OperationKind,
+    SealedSecret,
+    Shipment,
     Shop,
     ShopOptions,
     WebhookSecret,
@@ -186,7 +188,8 @@ class SqliteStore(Store):
             conn.execute(
                 "INSERT INTO shops (id, platform, name, klarna_region, klarna_environment,"
                 " klarna_username, klarna_password, status_url, options, enabled, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                " updated_at, klarna_password_set_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
                 (
                     shop.id,
                     shop.platform,
@@ -197,6 +200,7 @@ class SqliteStore(Store):
                     shop.klarna_password,
                     shop.status_url,
                     _encoder.encode(shop.options).decode(),
+                    now,
                     now,
                     now,
                 ),
@@ -229,6 +233,8 @@ class SqliteStore(Store):
         }
         if isinstance(changes.options, ShopOptions):
             fields["options"] = _encoder.encode(changes.options).decode()
+        if "klarna_password" in fields:
+            fields["klarna_password_set_at"] = now
         # Column names come from ShopChanges' own fields, never from input.
         assignments = "".join(f"{name} = ?, " for name in fields)
 
@@ -248,6 +254,60 @@ class SqliteStore(Store):
             return conn.execute("DELETE FROM shops WHERE id = ?", (shop_id,)).rowcount > 0
 
         return await self._write(work)
+
+    async def use_admin_link(self, nonce: str, shop_id: str, now: float) -> bool:
+        return await self._write(
+            lambda conn: (
+                conn.execute(
+                    "INSERT INTO admin_links (nonce, shop_id, used_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (nonce) DO NOTHING",
+                    (nonce, shop_id, now),
+                ).rowcount
+                > 0
+            )
+        )
+
+    async def sealed_secrets(self) -> list[SealedSecret]:
+        def work(conn: sqlite3.Connection) -> list[SealedSecret]:
+            shops = conn.execute("SELECT id, klarna_password FROM shops").fetchall()
+            secrets = conn.execute("SELECT id, shop_id, secret FROM webhook_secrets").fetchall()
+            return [
+                SealedSecret(
+                    table="shops",
+                    row_id=row[0],
+                    shop_id=row[0],
+                    field="klarna_password",
+                    blob=row[1],
+                )
+                for row in shops
+            ] + [
+                SealedSecret(
+                    table="webhook_secrets",
+                    row_id=str(row[0]),
+                    shop_id=row[1],
+                    field="webhook_secret",
+                    blob=row[2],
+                )
+                for row in secrets
+            ]
+
+        return await self._read(work)
+
+    async def reseal(self, secrets: list[SealedSecret]) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            for secret in secrets:
+                if secret.table == "shops":
+                    conn.execute(
+                        "UPDATE shops SET klarna_password = ? WHERE id = ?",
+                        (secret.blob, secret.row_id),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE webhook_secrets SET secret = ? WHERE id = ?",
+                        (secret.blob, int(secret.row_id)),
+                    )
+
+        await self._write(work)
 
     async def webhook_secrets(self, shop_id: str, now: float) -> list[WebhookSecret]:
         rows = await self._read(
@@ -474,6 +534,28 @@ class SqliteStore(Store):
         )
         return {str(row[0]): int(row[1]) for row in rows}
 
+    async def shipments(
+        self, shop_id: str, *, before: tuple[float, int] | None = None, limit: int = 50
+    ) -> list[Shipment]:
+        after = "AND (j.updated_at, j.id) < (?, ?)" if before else ""
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"{_SHIPMENTS} WHERE j.shop_id = ? AND j.kind = 'fulfillment' {after}"
+                " ORDER BY j.updated_at DESC, j.id DESC LIMIT ?",
+                (shop_id, *(before or ()), limit),
+            ).fetchall()
+        )
+        return [msgspec.convert(dict(row), Shipment, strict=False) for row in rows]
+
+    async def shipment(self, shop_id: str, fulfillment_id: str) -> Shipment | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                f"{_SHIPMENTS} WHERE j.shop_id = ? AND j.kind = 'fulfillment' AND j.key = ?",
+                (shop_id, fulfillment_id),
+            ).fetchone()
+        )
+        return msgspec.convert(dict(row), Shipment, strict=False) if row else None
+
     # the capture ledger
 
     async def get_capture(self, shop_id: str, fulfillment_id: str) -> CaptureRecord | None:
@@ -489,13 +571,14 @@ class SqliteStore(Store):
         def work(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"
-                " currency, state, idempotency_key, planned_at, request, error, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, NULL, ?, ?)"
+                " currency, state, idempotency_key, planned_at, request, klarna_reference, error,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, NULL, ?, ?)"
                 " ON CONFLICT (shop_id, fulfillment_id) DO UPDATE SET"
                 " order_id = excluded.order_id, klarna_order_id = excluded.klarna_order_id,"
                 " currency = excluded.currency, state = 'planned',"
                 " idempotency_key = excluded.idempotency_key, planned_at = excluded.planned_at,"
-                " request = excluded.request, error = NULL, updated_at = excluded.updated_at"
+                " request = excluded.request, klarna_reference = excluded.klarna_reference,"
+                " error = NULL, updated_at = excluded.updated_at"
                 " WHERE captures.capture_id IS NULL",
                 (
                     plan.shop_id,
@@ -506,6 +589,7 @@ class SqliteStore(Store):
                     plan.idempotency_key,
                     now,
                     plan.request,
+                    plan.klarna_reference,
                     now,
                     now,
                 ),
@@ -519,8 +603,9 @@ class SqliteStore(Store):
         def work(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE captures SET state = 'captured', capture_id = ?, captured_amount = ?,"
-                " shipping_info = ?, klarna_reference = ?, captured_at = ?, error = NULL,"
-                " updated_at = ? WHERE shop_id = ? AND fulfillment_id = ?",
+                " shipping_info = ?, klarna_reference = coalesce(?, klarna_reference),"
+                " captured_at = ?, error = NULL, updated_at = ?"
+                " WHERE shop_id = ? AND fulfillment_id = ?",
                 (
                     captured.capture_id,
                     captured.captured_amount,
@@ -639,6 +724,16 @@ class SqliteStore(Store):
             ).fetchall()
         )
         return [msgspec.convert(dict(row), AuditEntry, strict=False) for row in rows]
+
+
+_SHIPMENTS = (
+    "SELECT j.id AS job_id, j.key AS fulfillment_id, j.state AS job_state, j.attempts,"
+    " j.last_error, j.created_at AS received_at, j.updated_at, c.state AS capture_state,"
+    " c.order_id, c.klarna_order_id, c.currency, c.request AS planned_request,"
+    " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info, c.send_out_done"
+    " FROM jobs AS j LEFT JOIN captures AS c"
+    " ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
+)
 
 
 def _queue_fulfillment(

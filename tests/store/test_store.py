@@ -51,8 +51,8 @@ async def deliver(store: Store, delivery_id: str, fulfillment_id: str = "F1") ->
 
 
 async def test_migrations_apply_once(store: Store) -> None:
-    assert await store.migrate() == 1
-    assert await store.migrate() == 1
+    assert await store.migrate() == 2
+    assert await store.migrate() == 2
 
 
 async def test_shops_round_trip_and_change(store: Store) -> None:
