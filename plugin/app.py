@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -15,6 +16,7 @@ from plugin import metrics
 from plugin.config import Settings
 from plugin.receiver import standard_webhook
 from plugin.service import Service, open_service
+from plugin.web import routes as web
 
 
 async def healthz(request: Request) -> Response:
@@ -56,6 +58,8 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
+            *web.routes(),
         ],
+        middleware=[Middleware(web.SecurityHeaders)],
         lifespan=lifespan,
     )

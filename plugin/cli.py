@@ -79,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("shop_id")
     remove.set_defaults(run=lambda args: _run(_shop_remove, args))
 
+    link = commands.add_parser("admin-link", help="print a one-time sign-in URL for a shop")
+    link.add_argument("shop_id")
+    link.set_defaults(run=lambda args: _run(_admin_link, args))
+
+    rotate_keys = commands.add_parser(
+        "rotate-keys", help="re-encrypt stored secrets with the first KLARNA_CAPTURE_SECRET_KEY"
+    )
+    rotate_keys.set_defaults(run=lambda args: _run(_rotate_keys))
+
     jobs = commands.add_parser("jobs", help="list jobs, retry a dead letter")
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="JOBS_COMMAND")
     job_list = job_commands.add_parser("list", help="recent jobs, newest first")
@@ -285,6 +294,21 @@ async def _shop_remove(service: Service, args: argparse.Namespace) -> int:
         print(f"klarna-capture: no shop {args.shop_id}", file=sys.stderr)
         return 1
     print(f"shop {args.shop_id} removed, with everything stored for it")
+    return 0
+
+
+async def _admin_link(service: Service, args: argparse.Namespace) -> int:
+    if await _find_shop(service, args.shop_id) is None:
+        return 1
+    token = service.auth.link_token(args.shop_id)
+    print(f"{service.settings.public_url}/admin/login?token={token}")
+    print("Works once, for 15 minutes.", file=sys.stderr)
+    return 0
+
+
+async def _rotate_keys(service: Service) -> int:
+    resealed, stored = await service.shops.rotate_keys()
+    print(f"re-encrypted {resealed} of {stored} stored secrets with the first key")
     return 0
 
 

@@ -12,6 +12,7 @@ from plugin.pipeline import Pipeline
 from plugin.shops import Shops
 from plugin.store import Store, open_store
 from plugin.vault import Vault
+from plugin.web.auth import Auth
 from plugin.worker import Backoff, Worker
 
 STATUS_TIMEOUT = httpx2.Timeout(10.0, connect=5.0)
@@ -33,6 +34,7 @@ class Service:
         self.settings = settings
         self.store = store
         self.vault = Vault(settings.secret_keys)
+        self.auth = Auth(settings.secret_keys)
         self.shops = Shops(store, self.vault)
         self.pipeline = Pipeline(
             store,

@@ -61,12 +61,12 @@ class Shops:
                 klarna_environment=klarna_environment,
                 klarna_username=klarna_username,
                 klarna_password=self.vault.encrypt(
-                    klarna_password, context=_context(shop_id, "klarna_password")
+                    klarna_password, context=secret_context(shop_id, "klarna_password")
                 ),
                 status_url=status_url,
                 options=options or ShopOptions(),
             ),
-            self.vault.encrypt(secret, context=_context(shop_id, "webhook_secret")),
+            self.vault.encrypt(secret, context=secret_context(shop_id, "webhook_secret")),
             time.time(),
         )
         return shop, secret
@@ -78,7 +78,7 @@ class Shops:
         secret = signatures.new_secret()
         await self.store.rotate_webhook_secret(
             shop_id,
-            self.vault.encrypt(secret, context=_context(shop_id, "webhook_secret")),
+            self.vault.encrypt(secret, context=secret_context(shop_id, "webhook_secret")),
             grace_seconds,
             time.time(),
         )
@@ -102,7 +102,7 @@ class Shops:
         stored = await self.store.webhook_secrets(shop_id, time.time())
         keys = tuple(
             signatures.parse_secret(
-                self.vault.decrypt(item.secret, context=_context(shop_id, "webhook_secret"))
+                self.vault.decrypt(item.secret, context=secret_context(shop_id, "webhook_secret"))
             )
             for item in stored
         )
@@ -116,7 +116,7 @@ class Shops:
             changes = msgspec.structs.replace(
                 changes,
                 klarna_password=self.vault.encrypt(
-                    klarna_password, context=_context(shop_id, "klarna_password")
+                    klarna_password, context=secret_context(shop_id, "klarna_password")
                 ),
             )
         shop = await self.store.update_shop(shop_id, changes, time.time())
@@ -125,13 +125,31 @@ class Shops:
 
     def klarna_password(self, shop: Shop) -> str:
         return self.vault.decrypt(
-            shop.klarna_password, context=_context(shop.id, "klarna_password")
+            shop.klarna_password, context=secret_context(shop.id, "klarna_password")
         )
+
+    async def rotate_keys(self) -> tuple[int, int]:
+        """Re-encrypt every stored secret not sealed with the vault's first key; returns
+        (re-encrypted, stored)."""
+        sealed = await self.store.sealed_secrets()
+        resealed = [
+            msgspec.structs.replace(
+                secret,
+                blob=self.vault.reencrypt(
+                    secret.blob, context=secret_context(secret.shop_id, secret.field)
+                ),
+            )
+            for secret in sealed
+            if self.vault.needs_rotation(secret.blob)
+        ]
+        await self.store.reseal(resealed)
+        self._cache.clear()
+        return len(resealed), len(sealed)
 
     def forget(self, shop_id: str) -> None:
         self._cache.pop(shop_id, None)
 
 
-def _context(shop_id: str, field: str) -> str:
+def secret_context(shop_id: str, field: str) -> str:
     # Bound into each ciphertext: a secret copied to another shop or field does not open.
     return f"shop:{shop_id}:{field}"

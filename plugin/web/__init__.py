@@ -1,0 +1,1 @@
+"""The merchant's settings and activity pages, under /admin."""

@@ -1,0 +1,68 @@
+"""Sign-in for the settings page: one-time admin links, signed session cookies and per-session
+CSRF tokens, all with itsdangerous and the service's secret keys."""
+
+import hmac
+import secrets
+from collections.abc import Sequence
+
+import msgspec
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+LINK_SECONDS = 15 * 60
+SESSION_SECONDS = 8 * 3600
+COOKIE = "kc_session"
+
+
+class LinkError(Exception):
+    """A sign-in link that cannot be used; the message is for the merchant."""
+
+
+class Session(msgspec.Struct, frozen=True):
+    shop_id: str
+    sid: str
+
+
+class Auth:
+    def __init__(self, secret_keys: Sequence[str]) -> None:
+        # itsdangerous signs with the last key and accepts all; ours lists the newest first.
+        keys = list(reversed(secret_keys))
+        self._links = URLSafeTimedSerializer(keys, salt="klarna-capture admin link")
+        self._sessions = URLSafeTimedSerializer(keys, salt="klarna-capture session")
+        self._csrf = URLSafeTimedSerializer(keys, salt="klarna-capture csrf")
+
+    def link_token(self, shop_id: str) -> str:
+        return self._links.dumps({"shop": shop_id, "nonce": secrets.token_hex(16)})
+
+    def read_link(self, token: str) -> tuple[str, str]:
+        """(shop id, nonce) of a valid link token; the caller makes sure it is used once."""
+        try:
+            data = self._links.loads(token, max_age=LINK_SECONDS)
+        except SignatureExpired:
+            raise LinkError("This sign-in link has expired: links work for 15 minutes.") from None
+        except BadSignature:
+            raise LinkError("This sign-in link is not valid.") from None
+        return str(data["shop"]), str(data["nonce"])
+
+    def session_cookie(self, shop_id: str) -> str:
+        return self._sessions.dumps({"shop": shop_id, "sid": secrets.token_hex(16)})
+
+    def read_session(self, cookie: str | None) -> Session | None:
+        if not cookie:
+            return None
+        try:
+            data = self._sessions.loads(cookie, max_age=SESSION_SECONDS)
+        except BadSignature:
+            return None
+        return Session(shop_id=str(data["shop"]), sid=str(data["sid"]))
+
+    def csrf_token(self, session: Session) -> str:
+        return self._csrf.dumps(session.sid)
+
+    def csrf_valid(self, session: Session, token: str | None) -> bool:
+        if not token:
+            return False
+        try:
+            sid = self._csrf.loads(token, max_age=SESSION_SECONDS)
+        except BadSignature:
+            return False
+        return hmac.compare_digest(str(sid), session.sid)

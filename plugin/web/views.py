@@ -1,0 +1,448 @@
+"""The merchant's pages: settings, activity, one shipment; sign-in by admin link."""
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from plugin import money
+from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
+from plugin.klarna.client import new_idempotency_key
+from plugin.klarna.models import CaptureObject
+from plugin.service import Service
+from plugin.store.records import Shipment, Shop
+from plugin.web.auth import COOKIE, SESSION_SECONDS, LinkError, Session
+from plugin.web.forms import CAPTURE_MODES, ENVIRONMENTS, REGIONS, TEMPLATE_FIELDS, SettingsForm
+
+PAGE_SIZE = 50
+templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
+templates.env.filters["datetime"] = lambda at: datetime.fromtimestamp(at, UTC).strftime(
+    "%Y-%m-%d %H:%M UTC"
+)
+
+NOTICES = {
+    "saved": "Settings saved.",
+    "retried": "The shipment is queued to be processed again.",
+    "sent": "Klarna was asked to send the customer their payment details again.",
+}
+
+Page = Callable[[Request, Service, Shop, Session], Awaitable[Response]]
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _render(
+    request: Request, name: str, context: dict[str, Any], status_code: int = 200
+) -> Response:
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def _message(request: Request, title: str, text: str, status_code: int) -> Response:
+    return _render(request, "message.html", {"title": title, "text": text}, status_code)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _same_origin(request: Request, service: Service) -> bool:
+    allowed = {_origin(service.settings.public_url), _origin(str(request.base_url))}
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin in allowed
+    referer = request.headers.get("referer")
+    return referer is not None and _origin(referer) in allowed
+
+
+def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitable[Response]]]:
+    """A page of one shop: needs that shop's session; a POST also a CSRF token and same origin."""
+
+    def wrap(view: Page) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            service = _service(request)
+            session = service.auth.read_session(request.cookies.get(COOKIE))
+            if session is None:
+                return _message(
+                    request,
+                    "Please sign in",
+                    "Open the settings from your storefront's admin, or ask for a sign-in link: "
+                    "klarna-capture admin-link SHOP_ID prints one.",
+                    401,
+                )
+            shop_id = request.path_params["shop_id"]
+            if session.shop_id != shop_id:
+                return _message(request, "Not your shop", "This session is for another shop.", 403)
+            shop = await service.store.get_shop(shop_id)
+            if shop is None:
+                return _message(request, "No such shop", "This shop no longer exists.", 404)
+            if post:
+                form = await request.form()
+                token = form.get("csrf_token")
+                if not _same_origin(request, service) or not service.auth.csrf_valid(
+                    session, token if isinstance(token, str) else None
+                ):
+                    return _message(
+                        request,
+                        "Request refused",
+                        "The form was out of date or came from another site. Reload the page "
+                        "and try again.",
+                        403,
+                    )
+                request.state.form = form
+            request.state.csrf_token = service.auth.csrf_token(session)
+            return await view(request, service, shop, session)
+
+        return endpoint
+
+    return wrap
+
+
+async def login(request: Request) -> Response:
+    service = _service(request)
+    token = request.query_params.get("token", "")
+    try:
+        shop_id, nonce = service.auth.read_link(token)
+    except LinkError as exc:
+        return _message(request, "Sign-in link not valid", str(exc), 400)
+    if not await service.store.use_admin_link(nonce, shop_id, time.time()):
+        return _message(
+            request,
+            "Sign-in link already used",
+            "Each sign-in link works once. Ask for a new one.",
+            400,
+        )
+    if await service.store.get_shop(shop_id) is None:
+        return _message(request, "No such shop", "This shop no longer exists.", 404)
+    response = RedirectResponse(f"/admin/{shop_id}/settings", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        service.auth.session_cookie(shop_id),
+        max_age=SESSION_SECONDS,
+        path="/admin",
+        httponly=True,
+        samesite="lax",
+        secure=service.settings.public_url.startswith("https://"),
+    )
+    return response
+
+
+def _settings_context(
+    request: Request, service: Service, shop: Shop, form: SettingsForm, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "shop": shop,
+        "form": form,
+        "regions": REGIONS,
+        "environments": ENVIRONMENTS,
+        "capture_modes": CAPTURE_MODES,
+        "template_fields": TEMPLATE_FIELDS,
+        "webhook_url": f"{service.settings.public_url}/webhooks/{shop.platform}/{shop.id}",
+        "csrf_token": request.state.csrf_token,
+        "notice": NOTICES.get(request.query_params.get("notice", "")),
+        **extra,
+    }
+
+
+@page()
+async def settings_page(
+    request: Request, service: Service, shop: Shop, session: Session
+) -> Response:
+    form = SettingsForm.from_shop(shop)
+    return _render(request, "settings.html", _settings_context(request, service, shop, form))
+
+
+def _form(request: Request) -> dict[str, str]:
+    form: FormData = request.state.form
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+@page(post=True)
+async def save_settings(
+    request: Request, service: Service, shop: Shop, session: Session
+) -> Response:
+    form = SettingsForm.from_post(_form(request))
+    if form.errors:
+        form.klarna_password = ""
+        context = _settings_context(request, service, shop, form)
+        return _render(request, "settings.html", context, status_code=400)
+    await service.shops.update(
+        shop.id, form.changes(), klarna_password=form.klarna_password or None
+    )
+    return RedirectResponse(f"/admin/{shop.id}/settings?notice=saved", status_code=303)
+
+
+@page(post=True)
+async def test_connection(
+    request: Request, service: Service, shop: Shop, session: Session
+) -> Response:
+    form = SettingsForm.from_post(_form(request))
+    errors = {k: v for k, v in form.errors.items() if k.startswith("klarna_")}
+    result: dict[str, str]
+    if errors:
+        result = {"ok": "", "text": "Fix the Klarna fields first."}
+    else:
+        password = form.klarna_password or service.shops.klarna_password(shop)
+        result = await _try_credentials(service, form, password)
+    form.klarna_password = ""
+    form.errors = errors
+    context = _settings_context(request, service, shop, form, connection=result)
+    return _render(request, "settings.html", context)
+
+
+async def _try_credentials(service: Service, form: SettingsForm, password: str) -> dict[str, str]:
+    client = KlarnaClient(
+        Credentials(form.klarna_username, password),
+        region=form.klarna_region,  # type: ignore[arg-type]
+        environment=form.klarna_environment,  # type: ignore[arg-type]
+        url=service.settings.klarna_url,
+        http=service.pipeline.klarna_http,
+        retry=RetryPolicy(attempts=1),
+    )
+    try:
+        # An order that cannot exist: 404 means Klarna accepted the credentials.
+        await client.read_order(f"klarna-capture-connection-test-{uuid.uuid4()}")
+    except KlarnaError as error:
+        if error.status == 404:
+            return {"ok": "yes", "text": "Klarna accepted these credentials."}
+        if error.status == 401:
+            return {
+                "ok": "",
+                "text": "Klarna did not accept these credentials. Check the username and "
+                "password, that the region is your account's, and that playground keys are "
+                "not used on live (or live keys on playground).",
+                "detail": str(error),
+            }
+        return {"ok": "", "text": "Klarna could not be asked just now.", "detail": str(error)}
+    return {"ok": "yes", "text": "Klarna accepted these credentials."}
+
+
+@page(post=True)
+async def rotate_secret(
+    request: Request, service: Service, shop: Shop, session: Session
+) -> Response:
+    secret = await service.shops.rotate_secret(shop.id)
+    form = SettingsForm.from_shop(shop)
+    context = _settings_context(request, service, shop, form, new_secret=secret)
+    return _render(request, "settings.html", context)
+
+
+class Row(msgspec.Struct, kw_only=True):
+    """A shipment as the pages show it."""
+
+    fulfillment_id: str
+    state: str
+    amount: str
+    currency: str
+    capture_id: str
+    klarna_reference: str
+    klarna_order_id: str
+    order_id: str
+    updated_at: float
+    error: dict[str, Any] | None
+    dead: bool
+    can_send_out: bool
+
+
+def _row(shipment: Shipment) -> Row:
+    error = msgspec.json.decode(shipment.last_error) if shipment.last_error else None
+    amount = shipment.captured_amount
+    if amount is None and shipment.planned_request:
+        amount = msgspec.json.decode(shipment.planned_request, type=CaptureObject).captured_amount
+    currency = shipment.currency or ""
+    shown = ""
+    if amount is not None and currency:
+        try:
+            shown = str(money.to_decimal(amount, currency))
+        except money.MoneyError:
+            shown = str(amount)
+    return Row(
+        fulfillment_id=shipment.fulfillment_id,
+        state=_state(shipment),
+        amount=shown,
+        currency=currency,
+        capture_id=shipment.capture_id or "",
+        klarna_reference=shipment.klarna_reference or "",
+        klarna_order_id=shipment.klarna_order_id or "",
+        order_id=shipment.order_id or "",
+        updated_at=shipment.updated_at,
+        error=error,
+        dead=shipment.job_state == "dead",
+        can_send_out=shipment.capture_id is not None,
+    )
+
+
+def _state(shipment: Shipment) -> str:
+    if shipment.job_state == "dead":
+        return "dead"
+    if shipment.job_state == "queued" and shipment.attempts and shipment.capture_id is None:
+        return "failed"
+    if shipment.capture_state == "captured":
+        sent = shipment.shipping_info not in (None, "", "[]")
+        return "shipping info sent" if sent else "captured"
+    if shipment.capture_state == "planned":
+        return "planned"
+    return "received"
+
+
+@page()
+async def activity(request: Request, service: Service, shop: Shop, session: Session) -> Response:
+    before: tuple[float, int] | None = None
+    cursor = request.query_params.get("before", "")
+    if cursor:
+        try:
+            at, _, job_id = cursor.partition("_")
+            before = (float(at), int(job_id))
+        except ValueError:
+            return _message(request, "Bad page", "That page link is not valid.", 400)
+    shipments = await service.store.shipments(shop.id, before=before, limit=PAGE_SIZE + 1)
+    more = len(shipments) > PAGE_SIZE
+    shipments = shipments[:PAGE_SIZE]
+    next_cursor = (
+        f"{shipments[-1].updated_at!r}_{shipments[-1].job_id}" if more and shipments else None
+    )
+    return _render(
+        request,
+        "activity.html",
+        {
+            "shop": shop,
+            "rows": [_row(s) for s in shipments],
+            "next_cursor": next_cursor,
+            "first_page": before is None,
+            "csrf_token": request.state.csrf_token,
+        },
+    )
+
+
+async def _shipment_page(
+    request: Request,
+    service: Service,
+    shop: Shop,
+    *,
+    outcome: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    shipment = await service.store.shipment(shop.id, request.path_params["fulfillment_id"])
+    if shipment is None:
+        return _message(request, "No such shipment", "This shop has no such shipment.", 404)
+    row = _row(shipment)
+    live: dict[str, Any] | None = None
+    live_error = None
+    if shipment.capture_id and shipment.klarna_order_id:
+        try:
+            capture = await service.pipeline.klarna(shop).read_capture(
+                shipment.klarna_order_id, shipment.capture_id
+            )
+        except KlarnaError as error:
+            live_error = str(error)
+        else:
+            live = {
+                "capture": capture,
+                "amount": str(money.to_decimal(capture.captured_amount, row.currency)),
+                "refunded": str(money.to_decimal(capture.refunded_amount, row.currency)),
+            }
+    trail = await service.store.audit_trail(shop.id, shipment.fulfillment_id)
+    return _render(
+        request,
+        "shipment.html",
+        {
+            "shop": shop,
+            "row": row,
+            "live": live,
+            "live_error": live_error,
+            "trail": trail,
+            "outcome": outcome,
+            "notice": NOTICES.get(request.query_params.get("notice", "")),
+            "csrf_token": request.state.csrf_token,
+        },
+        status_code=status_code,
+    )
+
+
+@page()
+async def shipment_page(
+    request: Request, service: Service, shop: Shop, session: Session
+) -> Response:
+    return await _shipment_page(request, service, shop)
+
+
+@page(post=True)
+async def retry_shipment(
+    request: Request, service: Service, shop: Shop, session: Session
+) -> Response:
+    fulfillment_id = request.path_params["fulfillment_id"]
+    shipment = await service.store.shipment(shop.id, fulfillment_id)
+    if shipment is None:
+        return _message(request, "No such shipment", "This shop has no such shipment.", 404)
+    if shipment.job_state != "dead" or not await service.store.requeue_job(
+        shipment.job_id, time.time()
+    ):
+        outcome = {"ok": "", "text": "Only a shipment that failed for good can be retried."}
+        return await _shipment_page(request, service, shop, outcome=outcome, status_code=409)
+    service.wake_workers()
+    return RedirectResponse(
+        f"/admin/{shop.id}/shipments/{fulfillment_id}?notice=retried", status_code=303
+    )
+
+
+@page(post=True)
+async def send_out(request: Request, service: Service, shop: Shop, session: Session) -> Response:
+    fulfillment_id = request.path_params["fulfillment_id"]
+    shipment = await service.store.shipment(shop.id, fulfillment_id)
+    if shipment is None:
+        return _message(request, "No such shipment", "This shop has no such shipment.", 404)
+    if not shipment.capture_id or not shipment.klarna_order_id:
+        outcome = {"ok": "", "text": "Nothing is captured yet, so there is nothing to resend."}
+        return await _shipment_page(request, service, shop, outcome=outcome, status_code=409)
+    key = new_idempotency_key()
+    try:
+        await service.pipeline.klarna(shop).trigger_send_out(
+            shipment.klarna_order_id, shipment.capture_id, idempotency_key=key
+        )
+    except KlarnaError as error:
+        await service.store.add_audit(
+            shop.id, fulfillment_id, shipment.job_id, "send_out", "failed", str(error), time.time()
+        )
+        outcome = {"ok": "", "text": "Klarna did not resend.", "detail": str(error)}
+        return await _shipment_page(request, service, shop, outcome=outcome, status_code=502)
+    await service.store.add_audit(
+        shop.id,
+        fulfillment_id,
+        shipment.job_id,
+        "send_out",
+        "resent by the merchant",
+        msgspec.json.encode({"idempotency_key": key}).decode(),
+        time.time(),
+    )
+    return RedirectResponse(
+        f"/admin/{shop.id}/shipments/{fulfillment_id}?notice=sent", status_code=303
+    )
+
+
+@page(post=True)
+async def logout(request: Request, service: Service, shop: Shop, session: Session) -> Response:
+    response = _message(request, "Signed out", "You are signed out.", 200)
+    response.delete_cookie(COOKIE, path="/admin")
+    return response
+
+
+async def home(request: Request) -> Response:
+    return _message(
+        request,
+        "klarna-capture",
+        "Open the settings from your storefront's admin, or ask for a sign-in link: "
+        "klarna-capture admin-link SHOP_ID prints one.",
+        200,
+    )
