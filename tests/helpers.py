@@ -43,6 +43,38 @@ def run_cli(
     )
 
 
+def cli_shop(
+    env: dict[str, str],
+    *extra: str,
+    name: str = "Test shop",
+    environment: str = "playground",
+    username: str = "PK_SANDBOX",
+    password: str = "sandbox-secret",
+) -> dict[str, str]:
+    """`klarna-capture shop add --json`: the new shop's id, webhook path and secret."""
+    done = run_cli(
+        env,
+        "shop",
+        "add",
+        "--platform",
+        "standard",
+        "--name",
+        name,
+        "--klarna-region",
+        "eu",
+        "--klarna-environment",
+        environment,
+        "--klarna-username",
+        username,
+        "--klarna-password-stdin",
+        "--json",
+        *extra,
+        stdin=password + "\n",
+    )
+    shop: dict[str, str] = msgspec.json.decode(done.stdout)
+    return shop
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
     """Poll until `predicate` holds; a bounded wait, not a timing assertion."""
     deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ from plugin import signatures
 from plugin.config import ensure_secret_keys, load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError
 from plugin.service import open_service
-from tests.helpers import free_port, run_cli
+from tests.helpers import cli_shop, free_port, run_cli
 
 
 @pytest.fixture
@@ -95,27 +95,9 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def add_shop(env: dict[str, str], *extra: str) -> dict[str, str]:
-    done = run_cli(
-        env,
-        "shop",
-        "add",
-        "--platform",
-        "standard",
-        "--name",
-        "Corner shop",
-        "--klarna-region",
-        "eu",
-        "--klarna-environment",
-        "playground",
-        "--klarna-username",
-        "PK_CORNER",
-        "--klarna-password-stdin",
-        "--json",
-        *extra,
-        stdin="the-klarna-password\n",
+    return cli_shop(
+        env, *extra, name="Corner shop", username="PK_CORNER", password="the-klarna-password"
     )
-    shop: dict[str, str] = msgspec.json.decode(done.stdout)
-    return shop
 
 
 def test_shop_add_prints_its_id_path_and_secret_and_stores_no_secret_in_clear(

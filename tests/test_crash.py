@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
-import msgspec
 import pytest
 
 from plugin.klarna.models import OrderLine
 from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
-from tests.helpers import Storefront, free_port, run_cli, shipment, wait_until
+from tests.helpers import Storefront, cli_shop, free_port, shipment, wait_until
 
 LINE = OrderLine(
     name="Tomatoes",
@@ -98,24 +97,7 @@ def test_sigkill_mid_burst_loses_nothing_and_captures_nothing_twice(
     klarna_sandbox: KlarnaSandbox,
     servers: list[Server],
 ) -> None:
-    shop = msgspec.json.decode(
-        run_cli(
-            env,
-            "shop",
-            "add",
-            "--name",
-            "Crash shop",
-            "--klarna-region",
-            "eu",
-            "--klarna-environment",
-            "live",
-            "--klarna-username",
-            "PK_SANDBOX",
-            "--klarna-password-stdin",
-            "--json",
-            stdin="sandbox-secret\n",
-        ).stdout
-    )
+    shop = cli_shop(env, name="Crash shop", environment="live")
     orders = [klarna_sandbox.create_order(order_amount=6000, order_lines=[LINE]) for _ in range(60)]
     # Slow Klarna down so captures are in flight when the process dies.
     klarna_sandbox.set_faults(FaultSettings(latency_ms=150))
@@ -159,24 +141,7 @@ def test_workers_run_alone_beside_a_serve_that_only_receives(
     klarna_sandbox: KlarnaSandbox,
     servers: list[Server],
 ) -> None:
-    shop = msgspec.json.decode(
-        run_cli(
-            env,
-            "shop",
-            "add",
-            "--name",
-            "Split shop",
-            "--klarna-region",
-            "eu",
-            "--klarna-environment",
-            "playground",
-            "--klarna-username",
-            "PK_SANDBOX",
-            "--klarna-password-stdin",
-            "--json",
-            stdin="sandbox-secret\n",
-        ).stdout
-    )
+    shop = cli_shop(env, name="Split shop")
     order = klarna_sandbox.create_order(order_amount=6000, order_lines=[LINE])
     servers.append(Server({**env, "KLARNA_CAPTURE_WORKERS": "0"}))
     storefront = Storefront(servers[0].url, shop["shop_id"], shop["webhook_secret"])

@@ -36,6 +36,17 @@ TOMATOES = OrderLine(
 )
 
 
+BASIL = OrderLine(
+    name="Basil",
+    reference="SKU-2",
+    quantity=3,
+    unit_price=333,
+    total_amount=999,
+    tax_rate=1200,
+    total_tax_amount=107,
+)
+
+
 @pytest.fixture
 def settings(tmp_path: Path, klarna_url: str) -> Settings:
     return load_settings(
@@ -135,20 +146,11 @@ def test_partial_shipments_then_a_completing_one_add_up_to_the_order(
     service: str,
 ) -> None:
     shop, secret = create_shop(settings)
-    basil = OrderLine(
-        name="Basil",
-        reference="SKU-2",
-        quantity=3,
-        unit_price=333,
-        total_amount=999,
-        tax_rate=1200,
-        total_tax_amount=107,
-    )
-    order = klarna_sandbox.create_order(order_amount=6999, order_lines=[TOMATOES, basil])
+    order = klarna_sandbox.create_order(order_amount=6999, order_lines=[TOMATOES, BASIL])
     storefront = Storefront(service, shop.id, secret)
 
     def line(sku: str, quantity: int) -> dict[str, object]:
-        source = TOMATOES if sku == "SKU-1" else basil
+        source = TOMATOES if sku == "SKU-1" else BASIL
         return {
             "reference": sku,
             "name": source.name,
@@ -548,16 +550,7 @@ def test_a_shop_that_captures_on_completion_captures_the_whole_order_once(
     service: str,
 ) -> None:
     shop, secret = create_shop(settings, options=ShopOptions(capture_mode="complete"))
-    basil = OrderLine(
-        name="Basil",
-        reference="SKU-2",
-        quantity=3,
-        unit_price=333,
-        total_amount=999,
-        tax_rate=1200,
-        total_tax_amount=107,
-    )
-    order = klarna_sandbox.create_order(order_amount=6999, order_lines=[TOMATOES, basil])
+    order = klarna_sandbox.create_order(order_amount=6999, order_lines=[TOMATOES, BASIL])
     storefront = Storefront(service, shop.id, secret)
     first = shipment(
         order.order_id, "1001-F1", shipping=[{"carrier": "DHL", "tracking_number": "A1"}]
