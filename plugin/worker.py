@@ -13,6 +13,7 @@ import anyio
 import msgspec
 
 from plugin import metrics
+from plugin.klarna.errors import join_messages
 from plugin.store import NewCallback, Store
 from plugin.store.records import Job
 
@@ -34,7 +35,7 @@ class JobError(msgspec.Struct, kw_only=True, omit_defaults=True):
     def line(self) -> str:
         text = f"{self.step}: {self.error_code}"
         if self.error_messages:
-            text += ": " + "; ".join(self.error_messages)
+            text += ": " + join_messages(self.error_messages)
         if self.correlation_id:
             text += f" (correlation_id {self.correlation_id})"
         return text
@@ -156,7 +157,18 @@ class Worker:
         now = time.time()
         error = _encoder.encode(failure.error).decode()
         attempt = job.attempts + 1
-        if failure.final or attempt >= self.backoff.attempts:
+        dead = failure.final or attempt >= self.backoff.attempts
+        if job.kind == "fulfillment":
+            await self.store.add_audit(
+                job.shop_id,
+                job.key,
+                job.id,
+                failure.error.step,
+                "dead" if dead else "failed, will retry",
+                error,
+                now,
+            )
+        if dead:
             callback = failure.report(False) if failure.report else None
             await self.store.bury_job(job.id, self.owner, error, now, callback)
             log.error(

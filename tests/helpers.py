@@ -1,5 +1,6 @@
 """What the service tests share: a storefront that signs events, a status-URL inbox, waiting."""
 
+import signal
 import socket
 import subprocess
 import sys
@@ -18,8 +19,20 @@ from starlette.routing import Route
 
 from plugin import signatures
 from plugin.config import Settings
+from plugin.klarna.models import OrderLine
 from plugin.service import open_service
 from plugin.store.records import Shop, ShopOptions
+
+# A Klarna order line for 6000 EUR incl. 25 % VAT, as the sandbox orders in the tests use.
+TOMATOES = OrderLine(
+    name="Tomatoes",
+    reference="SKU-1",
+    quantity=10,
+    unit_price=600,
+    total_amount=6000,
+    tax_rate=2500,
+    total_tax_amount=1200,
+)
 
 
 def free_port() -> int:
@@ -187,3 +200,35 @@ class StatusInbox:
                 signatures.verify([signatures.parse_secret(secret)], headers, body)
             out.append(msgspec.json.decode(body))
         return out
+
+
+class Server:
+    """`klarna-capture serve` in a process of its own, ready when its /readyz answers."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "plugin", "serve", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def ready() -> bool:
+            try:
+                return httpx2.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx2.TransportError:
+                assert self.process.poll() is None, "serve exited"
+                return False
+
+        wait_until(ready, timeout=30, what="for serve to start")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)

@@ -3,7 +3,6 @@ acknowledged delivery ends captured exactly once."""
 
 import concurrent.futures
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,19 +11,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from plugin.klarna.models import OrderLine
 from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
-from tests.helpers import Storefront, cli_shop, free_port, shipment, wait_until
-
-LINE = OrderLine(
-    name="Tomatoes",
-    reference="SKU-1",
-    quantity=10,
-    unit_price=600,
-    total_amount=6000,
-    tax_rate=2500,
-    total_tax_amount=1200,
-)
+from tests.helpers import TOMATOES, Server, Storefront, cli_shop, shipment, wait_until
 
 
 @pytest.fixture
@@ -54,36 +42,6 @@ def klarna_capture(env: dict[str, str], *args: str, stdin: str = "") -> str:
     return done.stdout
 
 
-class Server:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "plugin", "serve", "--port", str(self.port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def ready() -> bool:
-            try:
-                return httpx2.get(f"{self.url}/readyz", timeout=1).status_code == 200
-            except httpx2.TransportError:
-                assert self.process.poll() is None, "serve exited"
-                return False
-
-        wait_until(ready, timeout=30, what="for serve to start")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-
 @pytest.fixture
 def servers() -> Iterator[list[Server]]:
     started: list[Server] = []
@@ -98,7 +56,9 @@ def test_sigkill_mid_burst_loses_nothing_and_captures_nothing_twice(
     servers: list[Server],
 ) -> None:
     shop = cli_shop(env, name="Crash shop", environment="live")
-    orders = [klarna_sandbox.create_order(order_amount=6000, order_lines=[LINE]) for _ in range(60)]
+    orders = [
+        klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES]) for _ in range(60)
+    ]
     # Slow Klarna down so captures are in flight when the process dies.
     klarna_sandbox.set_faults(FaultSettings(latency_ms=150))
     servers.append(Server(env))
@@ -142,7 +102,7 @@ def test_workers_run_alone_beside_a_serve_that_only_receives(
     servers: list[Server],
 ) -> None:
     shop = cli_shop(env, name="Split shop")
-    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[LINE])
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
     servers.append(Server({**env, "KLARNA_CAPTURE_WORKERS": "0"}))
     storefront = Storefront(servers[0].url, shop["shop_id"], shop["webhook_secret"])
     assert storefront.send(shipment(order.order_id)).status_code == 200

@@ -23,18 +23,7 @@ from plugin.service import open_service
 from plugin.store import ShopChanges
 from plugin.store.records import ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import StatusInbox, Storefront, create_shop, shipment, wait_until
-
-TOMATOES = OrderLine(
-    name="Tomatoes",
-    reference="SKU-1",
-    quantity=10,
-    unit_price=600,
-    total_amount=6000,
-    tax_rate=2500,
-    total_tax_amount=1200,
-)
-
+from tests.helpers import TOMATOES, StatusInbox, Storefront, create_shop, shipment, wait_until
 
 BASIL = OrderLine(
     name="Basil",
@@ -530,7 +519,11 @@ def test_a_capture_klarna_already_has_is_reconciled_not_repeated(
 
     anyio.run(retry)
     wait_until(
-        lambda: count(settings, "SELECT count(*) FROM captures WHERE state = 'captured'") == 1
+        lambda: (
+            count(settings, "SELECT count(*) FROM jobs WHERE state = 'done'") == 1
+            and count(settings, "SELECT count(*) FROM audit WHERE outcome = 'already_captured'")
+            == 1
+        )
     )
     assert [c.capture_id for c in klarna_sandbox.orders[order.order_id].captures] == [
         capture.capture_id

@@ -37,7 +37,7 @@ class KlarnaError(Exception):
         where = f"HTTP {self.status}" if self.status is not None else "no answer"
         text = f"Klarna {self.operation} failed: {where} {self.error_code}"
         if self.error_messages:
-            text += ": " + "; ".join(self.error_messages)
+            text += ": " + join_messages(self.error_messages)
         if self.correlation_id:
             text += f" (correlation_id {self.correlation_id})"
         if self.retryable:
@@ -50,6 +50,17 @@ class KlarnaError(Exception):
             f"error_code={self.error_code!r}, error_messages={self.error_messages!r}, "
             f"correlation_id={self.correlation_id!r}, retryable={self.retryable!r})"
         )
+
+
+def join_messages(messages: Sequence[str]) -> str:
+    """Messages in one line: sentences follow each other, fragments are separated by '; '."""
+    text = ""
+    for message in messages:
+        message = message.strip()
+        if text:
+            text += " " if text.endswith((".", "!", "?")) else "; "
+        text += message
+    return text
 
 
 def is_retryable_status(status: int) -> bool:

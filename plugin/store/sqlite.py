@@ -730,7 +730,8 @@ _SHIPMENTS = (
     "SELECT j.id AS job_id, j.key AS fulfillment_id, j.state AS job_state, j.attempts,"
     " j.last_error, j.created_at AS received_at, j.updated_at, c.state AS capture_state,"
     " c.order_id, c.klarna_order_id, c.currency, c.request AS planned_request,"
-    " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info, c.send_out_done"
+    " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info,"
+    " coalesce(c.send_out_done, 0) AS send_out_done"
     " FROM jobs AS j LEFT JOIN captures AS c"
     " ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
 )

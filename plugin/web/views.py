@@ -17,6 +17,7 @@ from starlette.templating import Jinja2Templates
 from plugin import money
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
 from plugin.klarna.client import new_idempotency_key
+from plugin.klarna.errors import join_messages
 from plugin.klarna.models import CaptureObject
 from plugin.service import Service
 from plugin.store.records import Shipment, Shop
@@ -25,6 +26,7 @@ from plugin.web.forms import CAPTURE_MODES, ENVIRONMENTS, REGIONS, TEMPLATE_FIEL
 
 PAGE_SIZE = 50
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
+templates.env.filters["messages"] = join_messages
 templates.env.filters["datetime"] = lambda at: datetime.fromtimestamp(at, UTC).strftime(
     "%Y-%m-%d %H:%M UTC"
 )
