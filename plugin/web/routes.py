@@ -24,7 +24,7 @@ SECURITY_HEADERS = [
 
 def routes() -> list[BaseRoute]:
     shop = "/admin/{shop_id}"
-    shipment = shop + "/shipments/{fulfillment_id}"
+    shipments = shop + "/shipments/"
     return [
         Route("/admin", views.home),
         Route("/admin/login", views.login),
@@ -38,9 +38,9 @@ def routes() -> list[BaseRoute]:
         Route(shop + "/settings/test-connection", views.test_connection, methods=["POST"]),
         Route(shop + "/settings/rotate-secret", views.rotate_secret, methods=["POST"]),
         Route(shop + "/activity", views.activity, methods=["GET"]),
-        Route(shipment, views.shipment_page, methods=["GET"]),
-        Route(shipment + "/retry", views.retry_shipment, methods=["POST"]),
-        Route(shipment + "/send-out", views.send_out, methods=["POST"]),
+        Route(shipments + "{fulfillment_id:path}", views.shipment_page, methods=["GET"]),
+        # .../shipments/<fulfillment id>/retry and .../send-out; the id may hold slashes.
+        Route(shipments + "{target:path}", views.shipment_action, methods=["POST"]),
         Route(shop + "/logout", views.logout, methods=["POST"]),
     ]
 

@@ -1,5 +1,6 @@
 """The merchant's pages: settings, activity, one shipment; sign-in by admin link."""
 
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -304,10 +305,12 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
     before: tuple[float, int] | None = None
     cursor = request.query_params.get("before", "")
     if cursor:
+        at, _, job_id = cursor.partition("_")
         try:
-            at, _, job_id = cursor.partition("_")
             before = (float(at), int(job_id))
         except ValueError:
+            before = None
+        if before is None or not math.isfinite(before[0]) or not 0 <= before[1] < 2**63:
             return _message(request, "Bad page", "That page link is not valid.", 400)
     shipments = await service.store.shipments(shop.id, before=before, limit=PAGE_SIZE + 1)
     more = len(shipments) > PAGE_SIZE
@@ -381,9 +384,19 @@ async def shipment_page(
 
 
 @page(post=True)
-async def retry_shipment(
+async def shipment_action(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
+    """POST .../shipments/<fulfillment id>/<action>: ids may hold slashes (Shopify's do)."""
+    fulfillment_id, _, action = request.path_params["target"].rpartition("/")
+    handler = _ACTIONS.get(action)
+    if not fulfillment_id or handler is None:
+        return _message(request, "Not found", "There is no such page.", 404)
+    request.path_params["fulfillment_id"] = fulfillment_id
+    return await handler(request, service, shop, session)
+
+
+async def _retry(request: Request, service: Service, shop: Shop, session: Session) -> Response:
     fulfillment_id = request.path_params["fulfillment_id"]
     shipment = await service.store.shipment(shop.id, fulfillment_id)
     if shipment is None:
@@ -399,8 +412,7 @@ async def retry_shipment(
     )
 
 
-@page(post=True)
-async def send_out(request: Request, service: Service, shop: Shop, session: Session) -> Response:
+async def _send_out(request: Request, service: Service, shop: Shop, session: Session) -> Response:
     fulfillment_id = request.path_params["fulfillment_id"]
     shipment = await service.store.shipment(shop.id, fulfillment_id)
     if shipment is None:
@@ -431,6 +443,9 @@ async def send_out(request: Request, service: Service, shop: Shop, session: Sess
     return RedirectResponse(
         f"/admin/{shop.id}/shipments/{fulfillment_id}?notice=sent", status_code=303
     )
+
+
+_ACTIONS: dict[str, Page] = {"retry": _retry, "send-out": _send_out}
 
 
 @page(post=True)
