@@ -33,7 +33,12 @@ _SECRET_WORDS = frozenset(
 _KEY_WORDS = frozenset({"key", "keys"})
 # A key named after one of these is an identifier, not a credential.
 _PUBLIC_KEY_KINDS = frozenset({"idempotency"})
-_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# color_message: uvicorn's copy of the message with terminal colour codes.
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 _MAX_DEPTH = 8
 _ACCESS_FORMAT = '%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s'
 

@@ -176,7 +176,7 @@ class Worker:
                 extra={
                     "job": job.id,
                     "kind": job.kind,
-                    "key": job.key,
+                    "subject": job.key,
                     "attempt": attempt,
                     "error": failure.error.line(),
                 },
@@ -193,7 +193,7 @@ class Worker:
             extra={
                 "job": job.id,
                 "kind": job.kind,
-                "key": job.key,
+                "subject": job.key,
                 "attempt": attempt,
                 "retry_in": round(delay, 3),
                 "error": failure.error.line(),

@@ -277,10 +277,10 @@ def test_what_is_refused_and_what_is_stored(
     assert httpx2.post(storefront.url, content=body, headers=wrong_key).status_code == 401
     tampered = storefront.signed(body)
     assert httpx2.post(storefront.url, content=body + b" ", headers=tampered).status_code == 401
-    stale = storefront.signed(body, timestamp=int(time.time()) - 301)
+    stale = storefront.signed(body, timestamp=int(time.time()) - 310)
     answer = httpx2.post(storefront.url, content=body, headers=stale)
     assert (answer.status_code, answer.json()["status"]) == (401, "unauthorized")
-    future = storefront.signed(body, timestamp=int(time.time()) + 301)
+    future = storefront.signed(body, timestamp=int(time.time()) + 310)
     assert httpx2.post(storefront.url, content=body, headers=future).status_code == 401
     unsigned = {"content-type": "application/json"}
     assert httpx2.post(storefront.url, content=body, headers=unsigned).status_code == 401

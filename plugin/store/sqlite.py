@@ -406,12 +406,14 @@ class SqliteStore(Store):
             # A lease that ran out belongs to a worker that died: its job is claimable again.
             row = (
                 conn.execute(
-                    "SELECT id FROM jobs WHERE state = 'running' AND lease_until < ?"
+                    # INDEXED BY: left alone, SQLite takes jobs_state and sorts the whole queue.
+                    "SELECT id FROM jobs INDEXED BY jobs_lease"
+                    " WHERE state = 'running' AND lease_until < ?"
                     " ORDER BY lease_until LIMIT 1",
                     (now,),
                 ).fetchone()
                 or conn.execute(
-                    "SELECT id FROM jobs WHERE state = 'queued' AND due_at <= ?"
+                    "SELECT id FROM jobs INDEXED BY jobs_due WHERE state = 'queued' AND due_at <= ?"
                     " ORDER BY due_at LIMIT 1",
                     (now,),
                 ).fetchone()

@@ -1,0 +1,182 @@
+"""Webhook ingest, measured side by side with wrk: `klarna-capture serve` (SQLite, no workers)
+receiving pre-signed, unique Standard Webhooks deliveries for one shop, against a bare Starlette
+endpoint that only reads the body (scripts/bare_app.py) under the same uvicorn settings.
+
+Every delivery has its own webhook-id, signature and fulfillment_id, so the service stores each one;
+the deliveries table is counted afterwards against wrk's 2xx answers. A measurement: exit 0 either
+way, with OK or BELOW TARGET printed."""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import msgspec
+from bench_support import (
+    Process,
+    add_shop,
+    free_port,
+    klarna_capture,
+    query,
+    service_env,
+    shipment,
+    signed,
+    stop_children_on_signals,
+)
+
+SCRIPTS = Path(__file__).resolve().parent
+LUA = SCRIPTS / "ingest.lua"
+TARGET_RATIO = 0.6
+TARGET_P99_MS = 25.0
+WARMUP_REQUESTS = 200
+MAX_DURATION_S = 240  # the deliveries are signed beforehand; tolerance is 300 s
+
+
+def write_deliveries(path: Path, secret: str, count: int) -> int:
+    """`count` signed deliveries, one a line (id, timestamp, signature, body; tab-separated)."""
+    encoder = msgspec.json.Encoder()
+    timestamp = int(time.time())
+    size = 0
+    with path.open("w") as out:
+        for index in range(count):
+            body = encoder.encode(shipment(str(uuid.uuid4()), f"B{index:07d}-F1"))
+            headers = signed(secret, body, timestamp)
+            size = len(body)
+            out.write(
+                f"{headers['webhook-id']}\t{timestamp}\t{headers['webhook-signature']}\t"
+                f"{body.decode()}\n"
+            )
+    return size
+
+
+def warm_up(url: str, secret: str) -> int:
+    """A few sequential deliveries, so both servers have imported and cached what they need."""
+    ok = 0
+    with httpx2.Client(timeout=10) as client:
+        for index in range(WARMUP_REQUESTS):
+            body = msgspec.json.encode(shipment(str(uuid.uuid4()), f"W{index:07d}-F1"))
+            ok += client.post(url, content=body, headers=signed(secret, body)).status_code == 200
+    return ok
+
+
+def run_wrk(args: argparse.Namespace, url: str, deliveries: Path) -> dict[str, Any]:
+    command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s"]
+    command += ["--latency", "-s", str(LUA), url, "--", str(deliveries), str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    for line in done.stdout.splitlines():
+        if line.startswith("WRK_RESULT "):
+            result: dict[str, Any] = json.loads(line.removeprefix("WRK_RESULT "))
+            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+            result["ok"] = result["requests"] - result["non_2xx"]
+            result["socket_errors"] = sum(
+                result[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")
+            )
+            return result
+    raise SystemExit(f"wrk failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--deliveries", type=int, help="pre-signed deliveries (default 10,000 per second)"
+    )
+    args = parser.parse_args()
+    stop_children_on_signals()
+    if not 1 <= args.duration <= MAX_DURATION_S:
+        parser.error(f"--duration must be 1 to {MAX_DURATION_S} s (signatures go stale)")
+    count = args.deliveries or 10_000 * args.duration
+
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        work = Path(tmp)
+        data_dir = work / "data"
+        env = service_env(data_dir, workers="0", log_level="WARNING")
+        shop = add_shop(env, "PK_BENCH", "bench-password", "live")
+        secret = shop["webhook_secret"]
+        path = shop["webhook_path"]
+
+        bare_port = free_port()
+        bare = Process(
+            "bare app",
+            [sys.executable, str(SCRIPTS / "bare_app.py"), "--port", str(bare_port)],
+            env,
+            work / "bare.log",
+        )
+        try:
+            bare.wait_http(f"http://127.0.0.1:{bare_port}/healthz")
+            bare_url = f"http://127.0.0.1:{bare_port}{path}"
+            warm_up(bare_url, secret)
+            print(f"signing {count:,} deliveries...", flush=True)
+            size = write_deliveries(work / "deliveries.tsv", secret, count)
+            print(f"wrk against the bare app ({args.duration} s)...", flush=True)
+            bare_result = run_wrk(args, bare_url, work / "deliveries.tsv")
+        finally:
+            bare.stop()
+
+        port = free_port()
+        serve = Process(
+            "klarna-capture serve",
+            [klarna_capture(), "serve", "--port", str(port)],
+            env,
+            work / "serve.log",
+        )
+        try:
+            serve.wait_http(f"http://127.0.0.1:{port}/readyz")
+            url = f"http://127.0.0.1:{port}{path}"
+            warmed = warm_up(url, secret)
+            # Signed afresh: timestamps as young for the service as they were for the bare app.
+            write_deliveries(work / "deliveries.tsv", secret, count)
+            print(f"wrk against klarna-capture serve ({args.duration} s)...", flush=True)
+            result = run_wrk(args, url, work / "deliveries.tsv")
+            time.sleep(0.5)  # the requests wrk left in flight finish
+            rss, peak = serve.memory()
+            database = data_dir / "klarna-capture.db"
+            stored = query(database, "SELECT count(*) FROM deliveries WHERE status = 'accepted'")
+            stored_count = int(stored[0][0]) - warmed
+        finally:
+            serve.stop()
+
+    ratio = result["rps"] / bare_result["rps"]
+    p99 = result["p99_us"] / 1000
+    print()
+    print(
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency; "
+        f"{count:,} unique pre-signed deliveries of {size} bytes for one shop"
+    )
+    header = ("req/s", "p50 ms", "p99 ms", "max ms", "non-2xx", "sock err")
+    print(f"{'':22}{header[0]:>8}" + "".join(f"{h:>9}" for h in header[1:]))
+    for name, r in (("klarna-capture serve", result), ("bare Starlette", bare_result)):
+        print(
+            f"{name:22}{r['rps']:8.0f}{r['p50_us'] / 1000:9.2f}{r['p99_us'] / 1000:9.2f}"
+            f"{r['max_us'] / 1000:9.2f}{r['non_2xx']:9d}{r['socket_errors']:9d}"
+        )
+    ok = verdict(ratio >= TARGET_RATIO)
+    print(f"ratio service/bare: {ratio:.2f} (target >= {TARGET_RATIO}) {ok}")
+    print(
+        f"service p99: {p99:.1f} ms (target < {TARGET_P99_MS:g} ms at 32 connections) "
+        f"{verdict(p99 < TARGET_P99_MS)}"
+    )
+    print(
+        f"deliveries stored: {stored_count:,} (wrk saw {result['ok']:,} 2xx; "
+        f"besides {warmed} warm-up deliveries)"
+    )
+    if result["wrapped"]:
+        print(f"WARNING: {result['wrapped']:,} requests repeated a delivery; raise --deliveries")
+    print(f"serve RSS at the end: {rss:.1f} MB (peak {peak:.1f} MB)")
+    return 0
+
+
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "BELOW TARGET"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

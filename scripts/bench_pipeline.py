@@ -1,0 +1,242 @@
+"""Capture throughput: `klarna-capture worker` draining shipments against the Klarna sandbox, with
+0 ms and then 50 ms of added Klarna latency, and the worker's peak memory.
+
+Each run starts from nothing: a fresh data dir, its own sandbox process (accepting PK_0 ... PK_19,
+since Klarna's limit of 200 requests/s live is per API username and a capture costs two calls: GET
+order + POST capture), the orders, 20 shops and every delivery ingested by `klarna-capture serve`
+with no workers. Only then is the worker started and timed, until every fulfilment job is done."""
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import httpx2
+import msgspec
+from bench_support import (
+    ORDER,
+    SANDBOX_PASSWORD,
+    Process,
+    free_port,
+    klarna_capture,
+    query,
+    service_env,
+    shipment,
+    signed,
+    stop_children_on_signals,
+)
+
+from plugin.config import load_settings
+from plugin.service import open_service
+
+SCRIPTS = Path(__file__).resolve().parent
+SHOPS = 20
+WORKERS = 64
+POLL_MS = 20
+CONCURRENCY = 32
+TARGET_RATE = 200.0
+TARGET_RATIO = 0.8
+TARGET_RSS_MB = 150.0
+
+
+class Run(msgspec.Struct):
+    latency_ms: int
+    seconds: float
+    captured: int
+    done: int
+    dead: int
+    peak_rss_mb: float
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds
+
+
+async def create_orders(sandbox_url: str, count: int) -> list[str]:
+    limit = anyio.Semaphore(CONCURRENCY)
+    ids: list[str] = [""] * count
+    async with httpx2.AsyncClient(base_url=sandbox_url, timeout=30) as client:
+
+        async def one(index: int) -> None:
+            async with limit:
+                answer = await client.post("/sandbox/orders", json=ORDER)
+                answer.raise_for_status()
+                ids[index] = answer.json()["order_id"]
+
+        async with anyio.create_task_group() as group:
+            for index in range(count):
+                group.start_soon(one, index)
+    return ids
+
+
+async def create_shops(env: dict[str, str]) -> list[tuple[str, str]]:
+    """(shop_id, webhook secret) of SHOPS live shops, PK_0 ... PK_19 (what `shop add` does)."""
+    async with open_service(load_settings(env)) as service:
+        shops = []
+        for i in range(SHOPS):
+            shop, secret = await service.shops.create(
+                platform="standard",
+                name=f"Bench shop {i}",
+                klarna_region="eu",
+                klarna_environment="live",
+                klarna_username=f"PK_{i}",
+                klarna_password=SANDBOX_PASSWORD,
+            )
+            shops.append((shop.id, secret))
+        return shops
+
+
+async def deliver(service_url: str, shops: list[tuple[str, str]], orders: list[str]) -> None:
+    """One signed shipment per order, round robin over the shops; every one must be accepted."""
+    limit = anyio.Semaphore(CONCURRENCY)
+    encoder = msgspec.json.Encoder()
+    async with httpx2.AsyncClient(base_url=service_url, timeout=30) as client:
+
+        async def one(index: int) -> None:
+            shop_id, secret = shops[index % len(shops)]
+            body = encoder.encode(shipment(orders[index], f"{index + 1000}-F1"))
+            async with limit:
+                answer = await client.post(
+                    f"/webhooks/standard/{shop_id}", content=body, headers=signed(secret, body)
+                )
+            if answer.status_code != 200 or answer.json()["status"] != "accepted":
+                raise SystemExit(f"delivery {index}: HTTP {answer.status_code} {answer.text}")
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(orders)):
+                group.start_soon(one, index)
+
+
+def job_states(database: Path) -> dict[str, int]:
+    rows = query(database, "SELECT state, count(*) FROM jobs WHERE kind = 'fulfillment' GROUP BY 1")
+    return {str(state): int(count) for state, count in rows}
+
+
+def run(count: int, latency_ms: int, work: Path) -> Run:
+    data_dir = work / "data"
+    database = data_dir / "klarna-capture.db"
+    sandbox_port = free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    env = service_env(data_dir, klarna_url=sandbox_url, log_level="WARNING")
+    processes: list[Process] = []
+    try:
+        sandbox = Process(
+            "Klarna sandbox",
+            [
+                *(sys.executable, str(SCRIPTS / "bench_support.py"), "sandbox"),
+                *("--port", str(sandbox_port), "--usernames", str(SHOPS)),
+            ],
+            env,
+            work / "sandbox.log",
+        )
+        processes.append(sandbox)
+        sandbox.wait_http(f"{sandbox_url}/sandbox/orders/none")
+        orders = asyncio.run(create_orders(sandbox_url, count))
+        shops = asyncio.run(create_shops(env))
+
+        port = free_port()
+        serve = Process(
+            "klarna-capture serve",
+            [klarna_capture(), "serve", "--port", str(port)],
+            {**env, "KLARNA_CAPTURE_WORKERS": "0"},
+            work / "serve.log",
+        )
+        processes.append(serve)
+        serve.wait_http(f"http://127.0.0.1:{port}/readyz")
+        asyncio.run(deliver(f"http://127.0.0.1:{port}", shops, orders))
+        serve.stop()
+        queued = job_states(database)
+        if queued != {"queued": count}:
+            raise SystemExit(f"expected {count} queued fulfilment jobs, found {queued}")
+        httpx2.post(f"{sandbox_url}/sandbox/faults", json={"latency_ms": latency_ms})
+
+        worker = Process(
+            "klarna-capture worker",
+            [klarna_capture(), "worker"],
+            {**env, "KLARNA_CAPTURE_WORKERS": str(WORKERS), "KLARNA_CAPTURE_POLL_MS": str(POLL_MS)},
+            work / "worker.log",
+        )
+        processes.append(worker)
+        worker.wait_output("klarna-capture worker running")
+        started = time.monotonic()
+        deadline = started + max(120.0, count / 10)
+        while True:
+            states = job_states(database)
+            finished = states.get("done", 0) + states.get("dead", 0)
+            if finished >= count:
+                break
+            if worker.popen.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the drain did not finish: {states}\n{worker.tail()}")
+            time.sleep(0.05)
+        seconds = time.monotonic() - started
+        _, peak = worker.memory()
+        captured = query(database, "SELECT count(*) FROM captures WHERE state = 'captured'")
+        dead = states.get("dead", 0)
+        if dead:
+            print(f"  {dead} dead jobs, e.g.: {first_error(database)}")
+        return Run(latency_ms, seconds, int(captured[0][0]), states.get("done", 0), dead, peak)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def first_error(database: Path) -> str:
+    rows = query(database, "SELECT last_error FROM jobs WHERE state = 'dead' LIMIT 1")
+    return str(rows[0][0]) if rows else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shipments", type=int, default=5000)
+    args = parser.parse_args()
+    stop_children_on_signals()
+    print(
+        f"{args.shipments:,} shipments over {SHOPS} live shops (PK_0 ... PK_{SHOPS - 1}); "
+        f"klarna-capture worker, {WORKERS} workers, poll {POLL_MS} ms",
+        flush=True,
+    )
+    runs = []
+    for latency_ms in (0, 50):
+        with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+            print(f"run with {latency_ms} ms Klarna latency: setting up...", flush=True)
+            runs.append(result := run(args.shipments, latency_ms, Path(tmp)))
+            print(
+                f"  drained in {result.seconds:.2f} s: {result.rate:.0f} captures/s",
+                flush=True,
+            )
+
+    print()
+    print(
+        f"{'Klarna latency':16}{'drain s':>9}{'captures/s':>12}{'captured':>10}{'dead':>6}"
+        f"{'peak RSS MB':>13}"
+    )
+    for r in runs:
+        print(
+            f"{f'{r.latency_ms} ms':16}{r.seconds:9.2f}{r.rate:12.0f}{r.captured:10d}{r.dead:6d}"
+            f"{r.peak_rss_mb:13.1f}"
+        )
+    fast, slow = runs
+    ratio = slow.rate / fast.rate
+    peak = max(r.peak_rss_mb for r in runs)
+    print(
+        f"captures/s at 50 ms: {slow.rate:.0f} (target >= {TARGET_RATE:g}) "
+        f"{verdict(slow.rate >= TARGET_RATE)}"
+    )
+    ok = verdict(ratio >= TARGET_RATIO)
+    print(f"ratio 50ms/0ms: {ratio:.2f} (target >= {TARGET_RATIO}) {ok}")
+    print(
+        f"worker peak RSS: {peak:.1f} MB (target < {TARGET_RSS_MB:g} MB) "
+        f"{verdict(peak < TARGET_RSS_MB)}"
+    )
+    return 0
+
+
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "BELOW TARGET"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
