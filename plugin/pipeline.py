@@ -9,7 +9,7 @@ tracking update never repeats a side effect.
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 import httpx2
@@ -51,7 +51,7 @@ class Pipeline:
         store: Store,
         shops: Shops,
         *,
-        klarna_http: httpx2.AsyncClient,
+        klarna_http: Sequence[httpx2.AsyncClient],
         status_http: httpx2.AsyncClient,
         klarna_url: str | None = None,
         klarna_retry: RetryPolicy | None = None,
@@ -69,19 +69,23 @@ class Pipeline:
     def handlers(self) -> dict[str, Handler]:
         return {"fulfillment": self.run_fulfillment, "callback": self.run_callback}
 
-    def klarna(self, shop: Shop) -> KlarnaClient:
+    def klarna(self, shop: Shop, *, shard: int = 0) -> KlarnaClient:
+        """A client for `shop`'s Klarna account over one of the connection pools: several small
+        pools, because each request checks every idle connection of its pool."""
         return KlarnaClient(
             Credentials(shop.klarna_username, self.shops.klarna_password(shop)),
             region=shop.klarna_region,  # type: ignore[arg-type]
             environment=shop.klarna_environment,  # type: ignore[arg-type]
             url=self.klarna_url,
-            http=self.klarna_http,
+            http=self.klarna_http[shard % len(self.klarna_http)],
             retry=self.klarna_retry,
         )
 
     # fulfilments
 
     async def run_fulfillment(self, job: Job) -> None:
+        # Read afresh, not from the shops cache: a password fixed a moment ago in another
+        # process must be the one this retry uses.
         shop = await self.store.get_shop(job.shop_id)
         if shop is None or not shop.enabled:
             return
@@ -168,7 +172,7 @@ class _Run:
         self.shop = shop
         self.event = event
         self.tracking = tracking if shop.options.send_tracking else []
-        self.client = pipeline.klarna(shop)
+        self.client = pipeline.klarna(shop, shard=job.id)
         self.record: CaptureRecord | None = None
 
     @property
@@ -250,7 +254,7 @@ class _Run:
             request=b"" if isinstance(result, AlreadyCaptured) else _encoder.encode(result.capture),
             klarna_reference=order.klarna_reference,
         )
-        await self.store.save_plan(plan, self.p.clock())
+        self.record = await self.store.save_plan(plan, self.p.clock())
         if isinstance(result, AlreadyCaptured):
             # Captured before (an earlier run whose answer was lost, past the key's 24 h):
             # take Klarna's word for it, shipping info included.
@@ -285,7 +289,8 @@ class _Run:
                 "uncaptured_remainder": result.uncaptured_remainder,
             },
         )
-        self.record = await self.store.get_capture(self.shop.id, event.fulfillment_id)
+        if self.record is None:  # captured meanwhile by another run
+            self.record = await self.store.get_capture(self.shop.id, event.fulfillment_id)
 
     async def _captured(
         self,
@@ -300,7 +305,7 @@ class _Run:
             "captured_amount": amount,
             "currency": self.event.currency.upper(),
         }
-        await self.store.mark_captured(
+        self.record = await self.store.mark_captured(
             Captured(
                 shop_id=self.shop.id,
                 fulfillment_id=self.event.fulfillment_id,
@@ -324,20 +329,21 @@ class _Run:
                 "amount": amount,
             },
         )
-        self.record = await self.store.get_capture(self.shop.id, self.event.fulfillment_id)
 
     async def add_shipping_info(self) -> None:
         record = self.record
         if record is None or record.capture_id is None:
             return
+        sent = _shipping_decoder.decode(record.shipping_info)
+        new = [entry for entry in klarna_shipping_info(self.tracking) if entry not in sent]
+        if not new:
+            # Tracking only grows, and a planned operation holds entries not yet sent: with
+            # nothing new, no operation can be pending either.
+            return
         operation = await self.store.pending_operation(
             self.shop.id, self.event.fulfillment_id, "shipping_info"
         )
-        sent = _shipping_decoder.decode(record.shipping_info)
         if operation is None:
-            new = [entry for entry in klarna_shipping_info(self.tracking) if entry not in sent]
-            if not new:
-                return
             operation = await self.store.plan_operation(
                 self.shop.id,
                 self.event.fulfillment_id,
@@ -361,14 +367,13 @@ class _Run:
             "capture_id": record.capture_id,
             "shipping_info": msgspec.to_builtins(entries),
         }
-        await self.store.complete_operation(
+        self.record = await self.store.complete_operation(
             operation,
             shipping_info=_encoder.encode(sent + [e for e in entries if e not in sent]).decode(),
             callback=self._callback("shipping_info.added", data),
             now=self.p.clock(),
         )
         await self._audit("shipping_info", "added", {"shipping_info": entries})
-        self.record = await self.store.get_capture(self.shop.id, self.event.fulfillment_id)
 
     async def send_out(self) -> None:
         record = self.record

@@ -1,7 +1,7 @@
 """Everything a running process holds: settings, store, vault, shops, HTTP clients, workers."""
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import httpx2
 
@@ -16,6 +16,7 @@ from plugin.web.auth import Auth
 from plugin.worker import Backoff, Worker
 
 STATUS_TIMEOUT = httpx2.Timeout(10.0, connect=5.0)
+WORKERS_PER_POOL = 8
 
 
 class Service:
@@ -24,7 +25,7 @@ class Service:
         settings: Settings,
         store: Store,
         *,
-        klarna_http: httpx2.AsyncClient,
+        klarna_http: Sequence[httpx2.AsyncClient],
         status_http: httpx2.AsyncClient,
         klarna_retry: RetryPolicy | None = None,
         backoff: Backoff | None = None,
@@ -73,12 +74,18 @@ async def open_service(
     store = open_store(settings.database_url)
     try:
         await store.migrate()
-        async with (
-            make_http_client(transport=klarna_transport, timeout=klarna_timeout) as klarna_http,
-            httpx2.AsyncClient(
-                transport=status_transport, timeout=STATUS_TIMEOUT, follow_redirects=False
-            ) as status_http,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            klarna_http = [
+                await stack.enter_async_context(
+                    make_http_client(transport=klarna_transport, timeout=klarna_timeout)
+                )
+                for _ in range(max(1, -(-settings.workers // WORKERS_PER_POOL)))
+            ]
+            status_http = await stack.enter_async_context(
+                httpx2.AsyncClient(
+                    transport=status_transport, timeout=STATUS_TIMEOUT, follow_redirects=False
+                )
+            )
             yield Service(
                 settings,
                 store,

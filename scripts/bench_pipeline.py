@@ -115,13 +115,13 @@ def job_states(database: Path) -> dict[str, int]:
     return {str(state): int(count) for state, count in rows}
 
 
-def run(count: int, latency_ms: int, work: Path) -> Run:
+def run(count: int, latency_ms: int, work: Path, processes: int = 1) -> Run:
     data_dir = work / "data"
     database = data_dir / "klarna-capture.db"
     sandbox_port = free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     env = service_env(data_dir, klarna_url=sandbox_url, log_level="WARNING")
-    processes: list[Process] = []
+    processes_started: list[Process] = []
     try:
         sandbox = Process(
             "Klarna sandbox",
@@ -132,7 +132,7 @@ def run(count: int, latency_ms: int, work: Path) -> Run:
             env,
             work / "sandbox.log",
         )
-        processes.append(sandbox)
+        processes_started.append(sandbox)
         sandbox.wait_http(f"{sandbox_url}/sandbox/orders/none")
         orders = asyncio.run(create_orders(sandbox_url, count))
         shops = asyncio.run(create_shops(env))
@@ -144,7 +144,7 @@ def run(count: int, latency_ms: int, work: Path) -> Run:
             {**env, "KLARNA_CAPTURE_WORKERS": "0"},
             work / "serve.log",
         )
-        processes.append(serve)
+        processes_started.append(serve)
         serve.wait_http(f"http://127.0.0.1:{port}/readyz")
         asyncio.run(deliver(f"http://127.0.0.1:{port}", shops, orders))
         serve.stop()
@@ -153,14 +153,23 @@ def run(count: int, latency_ms: int, work: Path) -> Run:
             raise SystemExit(f"expected {count} queued fulfilment jobs, found {queued}")
         httpx2.post(f"{sandbox_url}/sandbox/faults", json={"latency_ms": latency_ms})
 
-        worker = Process(
-            "klarna-capture worker",
-            [klarna_capture(), "worker"],
-            {**env, "KLARNA_CAPTURE_WORKERS": str(WORKERS), "KLARNA_CAPTURE_POLL_MS": str(POLL_MS)},
-            work / "worker.log",
-        )
-        processes.append(worker)
-        worker.wait_output("klarna-capture worker running")
+        # The same WORKERS in all, split over `processes` worker processes.
+        workers = [
+            Process(
+                "klarna-capture worker",
+                [klarna_capture(), "worker"],
+                {
+                    **env,
+                    "KLARNA_CAPTURE_WORKERS": str(WORKERS // processes),
+                    "KLARNA_CAPTURE_POLL_MS": str(POLL_MS),
+                },
+                work / f"worker-{index}.log",
+            )
+            for index in range(processes)
+        ]
+        processes_started.extend(workers)
+        for worker in workers:
+            worker.wait_output("klarna-capture worker running")
         started = time.monotonic()
         deadline = started + max(120.0, count / 10)
         while True:
@@ -168,18 +177,19 @@ def run(count: int, latency_ms: int, work: Path) -> Run:
             finished = states.get("done", 0) + states.get("dead", 0)
             if finished >= count:
                 break
-            if worker.popen.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the drain did not finish: {states}\n{worker.tail()}")
+            if any(w.popen.poll() is not None for w in workers) or time.monotonic() > deadline:
+                tails = "\n".join(w.tail() for w in workers)
+                raise SystemExit(f"the drain did not finish: {states}\n{tails}")
             time.sleep(0.05)
         seconds = time.monotonic() - started
-        _, peak = worker.memory()
+        peak = max(w.memory()[1] for w in workers)
         captured = query(database, "SELECT count(*) FROM captures WHERE state = 'captured'")
         dead = states.get("dead", 0)
         if dead:
             print(f"  {dead} dead jobs, e.g.: {first_error(database)}")
         return Run(latency_ms, seconds, int(captured[0][0]), states.get("done", 0), dead, peak)
     finally:
-        for process in reversed(processes):
+        for process in reversed(processes_started):
             process.stop()
 
 
@@ -191,18 +201,22 @@ def first_error(database: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shipments", type=int, default=5000)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="worker processes sharing the 64 workers"
+    )
     args = parser.parse_args()
     stop_children_on_signals()
     print(
         f"{args.shipments:,} shipments over {SHOPS} live shops (PK_0 ... PK_{SHOPS - 1}); "
-        f"klarna-capture worker, {WORKERS} workers, poll {POLL_MS} ms",
+        f"{args.processes} klarna-capture worker process(es), {WORKERS} workers in all, "
+        f"poll {POLL_MS} ms",
         flush=True,
     )
     runs = []
     for latency_ms in (0, 50):
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
             print(f"run with {latency_ms} ms Klarna latency: setting up...", flush=True)
-            runs.append(result := run(args.shipments, latency_ms, Path(tmp)))
+            runs.append(result := run(args.shipments, latency_ms, Path(tmp), args.processes))
             print(
                 f"  drained in {result.seconds:.2f} s: {result.rate:.0f} captures/s",
                 flush=True,

@@ -291,7 +291,7 @@ class KlarnaClient:
         metrics.KLARNA_LATENCY.labels(operation, str(response.status_code)).observe(elapsed)
         elapsed_ms = round(elapsed * 1000, 1)
         if response.is_success:
-            log.info(
+            log.debug(
                 "klarna call",
                 extra={"operation": operation, "status": response.status_code, "ms": elapsed_ms},
             )

@@ -216,14 +216,14 @@ class Store(ABC):
     async def get_capture(self, shop_id: str, fulfillment_id: str) -> CaptureRecord | None: ...
 
     @abstractmethod
-    async def save_plan(self, plan: Plan, now: float) -> None:
-        """Store a planned capture with its idempotency key, before it is sent. A fulfilment
-        already captured is never planned again."""
+    async def save_plan(self, plan: Plan, now: float) -> CaptureRecord | None:
+        """Store a planned capture with its idempotency key, before it is sent, and return it.
+        A fulfilment already captured is never planned again (None)."""
 
     @abstractmethod
     async def mark_captured(
         self, captured: Captured, callback: NewCallback | None, now: float
-    ) -> None: ...
+    ) -> CaptureRecord | None: ...
 
     @abstractmethod
     async def pending_operation(
@@ -249,8 +249,9 @@ class Store(ABC):
         shipping_info: str | None,
         callback: NewCallback | None,
         now: float,
-    ) -> None:
-        """Mark a side effect done and record what it changed on the capture, together."""
+    ) -> CaptureRecord | None:
+        """Mark a side effect done and record what it changed on the capture, together; returns
+        the capture as it now stands."""
 
     # callbacks and audit
     @abstractmethod

@@ -567,11 +567,11 @@ class SqliteStore(Store):
                 (shop_id, fulfillment_id),
             ).fetchone()
         )
-        return msgspec.convert(dict(row), CaptureRecord, strict=False) if row else None
+        return _capture(row) if row else None
 
-    async def save_plan(self, plan: Plan, now: float) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
+    async def save_plan(self, plan: Plan, now: float) -> CaptureRecord | None:
+        def work(conn: sqlite3.Connection) -> CaptureRecord | None:
+            row = conn.execute(
                 "INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"
                 " currency, state, idempotency_key, planned_at, request, klarna_reference, error,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, NULL, ?, ?)"
@@ -581,7 +581,7 @@ class SqliteStore(Store):
                 " idempotency_key = excluded.idempotency_key, planned_at = excluded.planned_at,"
                 " request = excluded.request, klarna_reference = excluded.klarna_reference,"
                 " error = NULL, updated_at = excluded.updated_at"
-                " WHERE captures.capture_id IS NULL",
+                " WHERE captures.capture_id IS NULL RETURNING *",
                 (
                     plan.shop_id,
                     plan.fulfillment_id,
@@ -595,19 +595,20 @@ class SqliteStore(Store):
                     now,
                     now,
                 ),
-            )
+            ).fetchone()
+            return _capture(row) if row else None
 
-        await self._write(work)
+        return await self._write(work)
 
     async def mark_captured(
         self, captured: Captured, callback: NewCallback | None, now: float
-    ) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
+    ) -> CaptureRecord | None:
+        def work(conn: sqlite3.Connection) -> CaptureRecord | None:
+            row = conn.execute(
                 "UPDATE captures SET state = 'captured', capture_id = ?, captured_amount = ?,"
                 " shipping_info = ?, klarna_reference = coalesce(?, klarna_reference),"
                 " captured_at = ?, error = NULL, updated_at = ?"
-                " WHERE shop_id = ? AND fulfillment_id = ?",
+                " WHERE shop_id = ? AND fulfillment_id = ? RETURNING *",
                 (
                     captured.capture_id,
                     captured.captured_amount,
@@ -618,10 +619,11 @@ class SqliteStore(Store):
                     captured.shop_id,
                     captured.fulfillment_id,
                 ),
-            )
+            ).fetchone()
             _add_callback(conn, captured.shop_id, callback, now)
+            return _capture(row) if row else None
 
-        await self._write(work)
+        return await self._write(work)
 
     async def pending_operation(
         self, shop_id: str, fulfillment_id: str, kind: OperationKind
@@ -661,8 +663,8 @@ class SqliteStore(Store):
         shipping_info: str | None,
         callback: NewCallback | None,
         now: float,
-    ) -> None:
-        def work(conn: sqlite3.Connection) -> None:
+    ) -> CaptureRecord | None:
+        def work(conn: sqlite3.Connection) -> CaptureRecord | None:
             conn.execute(
                 "UPDATE operations SET state = 'done', done_at = ? WHERE id = ?",
                 (now, operation.id),
@@ -680,8 +682,13 @@ class SqliteStore(Store):
                     (shipping_info, now, operation.shop_id, operation.fulfillment_id),
                 )
             _add_callback(conn, operation.shop_id, callback, now)
+            row = conn.execute(
+                "SELECT * FROM captures WHERE shop_id = ? AND fulfillment_id = ?",
+                (operation.shop_id, operation.fulfillment_id),
+            ).fetchone()
+            return _capture(row) if row else None
 
-        await self._write(work)
+        return await self._write(work)
 
     # callbacks and audit
 
@@ -782,6 +789,10 @@ def _shop(row: sqlite3.Row) -> Shop:
     fields = dict(row)
     fields["options"] = _options_decoder.decode(fields["options"])
     return msgspec.convert(fields, Shop, strict=False)
+
+
+def _capture(row: sqlite3.Row) -> CaptureRecord:
+    return msgspec.convert(dict(row), CaptureRecord, strict=False)
 
 
 def _job(row: sqlite3.Row) -> Job:

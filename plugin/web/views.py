@@ -211,7 +211,7 @@ async def _try_credentials(service: Service, form: SettingsForm, password: str) 
         region=form.klarna_region,  # type: ignore[arg-type]
         environment=form.klarna_environment,  # type: ignore[arg-type]
         url=service.settings.klarna_url,
-        http=service.pipeline.klarna_http,
+        http=service.pipeline.klarna_http[0],
         retry=RetryPolicy(attempts=1),
     )
     try:
