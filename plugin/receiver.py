@@ -6,7 +6,7 @@ import time
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from plugin import metrics, signatures
 from plugin.platforms import standard
@@ -15,6 +15,7 @@ from plugin.service import Service
 log = logging.getLogger("plugin.receiver")
 
 MAX_BODY_BYTES = 1024 * 1024
+_encoder = msgspec.json.Encoder()
 
 
 class BodyTooLarge(Exception):
@@ -38,7 +39,8 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
 
 def _answer(status: int, platform: str, outcome: str, **fields: object) -> Response:
     metrics.DELIVERIES.labels(platform, outcome).inc()
-    return JSONResponse({"status": outcome, **fields}, status_code=status)
+    body = _encoder.encode({"status": outcome, **fields})
+    return Response(body, status_code=status, media_type="application/json")
 
 
 async def standard_webhook(request: Request) -> Response:

@@ -169,6 +169,8 @@ class Worker:
                 now,
             )
         if dead:
+            if job.kind == "fulfillment":
+                metrics.CAPTURES.labels("dead").inc()
             callback = failure.report(False) if failure.report else None
             await self.store.bury_job(job.id, self.owner, error, now, callback)
             log.error(

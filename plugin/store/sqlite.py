@@ -7,6 +7,7 @@ Reads run on their own connections beside it.
 
 import asyncio
 import concurrent.futures
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -35,6 +36,8 @@ from plugin.store.schema import MIGRATIONS
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
+_Pending = tuple[Work, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_Outcome = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Any, BaseException | None]
 
 BUSY_TIMEOUT_MS = 10_000
 MAX_BATCH = 256
@@ -56,16 +59,17 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 class _Writer(threading.Thread):
-    """Runs write work in batches, each batch one transaction with a savepoint per piece."""
+    """Runs write work in batches, each batch one transaction with a savepoint per piece; the
+    callers of a batch are woken together, with one call into their event loop."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(name="sqlite-writer", daemon=True)
         self._path = path
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
-    def submit(self, work: Work) -> "concurrent.futures.Future[Any]":
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put((work, future))
+    def submit(self, work: Work, loop: asyncio.AbstractEventLoop) -> "asyncio.Future[Any]":
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((work, loop, future))
         return future
 
     def stop(self) -> None:
@@ -93,40 +97,46 @@ class _Writer(threading.Thread):
         finally:
             conn.close()
 
-    def _run_batch(
-        self, conn: sqlite3.Connection, batch: list[tuple[Work, "concurrent.futures.Future[Any]"]]
-    ) -> None:
-        # A caller that gave up (cancelled) before its turn gets nothing done; after this
-        # point a future can no longer be cancelled, so every result below can be set.
-        batch = [(work, future) for work, future in batch if future.set_running_or_notify_cancel()]
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+        # A caller that already gave up (cancelled) gets nothing done.
+        batch = [pending for pending in batch if not pending[2].cancelled()]
         if not batch:
             return
-        results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for work, future in batch:
+            for work, loop, future in batch:
                 conn.execute("SAVEPOINT piece")
                 try:
                     result = work(conn)
                 except Exception as exc:
                     conn.execute("ROLLBACK TO piece")
                     conn.execute("RELEASE piece")
-                    results.append((future, None, exc))
+                    outcomes.append((loop, future, None, exc))
                 else:
                     conn.execute("RELEASE piece")
-                    results.append((future, result, None))
+                    outcomes.append((loop, future, result, None))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for _, future in batch:
-                future.set_exception(exc)
-            return
-        for future, result, error in results:
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
+            outcomes = [(loop, future, None, exc) for _, loop, future in batch]
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0], []).append(outcome)
+        for loop, group in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, group)
+
+
+def _resolve(outcomes: list[_Outcome]) -> None:
+    for _, future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
 
 
 class SqliteStore(Store):
@@ -143,7 +153,7 @@ class SqliteStore(Store):
         self._lock = threading.Lock()
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        result: T = await asyncio.wrap_future(self._writer.submit(work))
+        result: T = await self._writer.submit(work, asyncio.get_running_loop())
         return result
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:

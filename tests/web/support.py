@@ -19,7 +19,6 @@ from starlette.testclient import TestClient
 from plugin.app import create_app
 from plugin.config import Settings, load_settings
 from plugin.klarna import RetryPolicy
-from plugin.klarna.models import OrderLine
 from plugin.service import Service
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
@@ -32,15 +31,6 @@ SECRET_KEY = "a-test-secret-key-of-some-length"
 SANDBOX_USERNAME = "PK_SANDBOX"
 SANDBOX_PASSWORD = "sandbox-secret"
 COOKIE = "kc_session"
-TOMATOES = OrderLine(
-    name="Tomatoes",
-    reference="SKU-1",
-    quantity=10,
-    unit_price=600,
-    total_amount=6000,
-    tax_rate=2500,
-    total_tax_amount=1200,
-)
 
 
 def page_settings(

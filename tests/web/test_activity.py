@@ -13,9 +13,8 @@ from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox, SandboxOrder
 from plugin.store import Captured, Plan
 from plugin.store.records import Shop
 from plugin.store.sqlite import _SHIPMENTS
-from tests.helpers import shipment, wait_until
+from tests.helpers import TOMATOES, shipment, wait_until
 from tests.web.support import (
-    TOMATOES,
     Browser,
     Site,
     assert_no_script,

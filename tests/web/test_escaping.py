@@ -6,9 +6,8 @@ from typing import Any
 
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.store.records import ShopOptions
-from tests.helpers import shipment, wait_until
+from tests.helpers import TOMATOES, shipment, wait_until
 from tests.web.support import (
-    TOMATOES,
     Site,
     assert_page_headers,
     captured,

@@ -9,10 +9,9 @@ import pytest
 import plugin
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.store.records import Shop
-from tests.helpers import shipment, wait_until
+from tests.helpers import TOMATOES, shipment, wait_until
 from tests.web.support import (
     ORIGIN,
-    TOMATOES,
     Browser,
     Site,
     assert_no_script,
