@@ -146,9 +146,6 @@ class Shops:
         self._cache.clear()
         return len(resealed), len(sealed)
 
-    def forget(self, shop_id: str) -> None:
-        self._cache.pop(shop_id, None)
-
 
 def secret_context(shop_id: str, field: str) -> str:
     # Bound into each ciphertext: a secret copied to another shop or field does not open.

@@ -105,11 +105,6 @@ class Worker:
             for _ in range(self.concurrency):
                 group.start_soon(self._loop)
 
-    async def run_until_idle(self) -> None:
-        """Run jobs until none is due (tests, `worker --once`)."""
-        while job := await self.store.claim_job(self.owner, self.lease_seconds, time.time()):
-            await self._process(job)
-
     async def _loop(self) -> None:
         while True:
             job = await self.store.claim_job(self.owner, self.lease_seconds, time.time())

@@ -50,7 +50,6 @@ ShippingMethod = Literal[
 OrderStatus = Literal["AUTHORIZED", "PART_CAPTURED", "CAPTURED", "CANCELLED", "EXPIRED", "CLOSED"]
 
 ORDER_LINE_TYPES: frozenset[str] = frozenset(get_args(OrderLineType))
-SHIPPING_METHODS: frozenset[str] = frozenset(get_args(ShippingMethod))
 
 
 class OrderLine(msgspec.Struct, omit_defaults=True, kw_only=True):

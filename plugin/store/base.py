@@ -162,10 +162,6 @@ class Store(ABC):
     async def claim_job(self, owner: str, lease_seconds: float, now: float) -> Job | None: ...
 
     @abstractmethod
-    async def next_due_at(self) -> float | None:
-        """When the next queued job falls due, or None."""
-
-    @abstractmethod
     async def extend_lease(self, job_id: int, owner: str, until: float) -> bool: ...
 
     @abstractmethod

@@ -439,14 +439,6 @@ class SqliteStore(Store):
 
         return await self._write(work)
 
-    async def next_due_at(self) -> float | None:
-        row = await self._read(
-            lambda conn: conn.execute(
-                "SELECT min(due_at) FROM jobs WHERE state = 'queued'"
-            ).fetchone()
-        )
-        return float(row[0]) if row and row[0] is not None else None
-
     async def extend_lease(self, job_id: int, owner: str, until: float) -> bool:
         return await self._write(
             lambda conn: (
