@@ -1,0 +1,245 @@
+"""Shopify's Admin GraphQL API, as the Shopify adapter uses it: one query call with cost-based
+throttling and retries, and the two write-backs (metafieldsSet, tagsAdd).
+
+Throttling is by query cost: a THROTTLED answer carries `extensions.cost` (what the query asked
+for, what the bucket holds and how fast it refills), so the wait is computed, not guessed.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import httpx2
+import msgspec
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from plugin.klarna.client import RetryPolicy
+
+log = logging.getLogger("plugin.shopify")
+
+DEFAULT_BASE_URL = "https://{shop}"
+
+METAFIELDS_SET = """
+mutation metafieldsSet($metafields: [MetafieldsSetInput!]!) {
+  metafieldsSet(metafields: $metafields) {
+    metafields { namespace key }
+    userErrors { field message code }
+  }
+}
+"""
+TAGS_ADD = """
+mutation tagsAdd($id: ID!, $tags: [String!]!) {
+  tagsAdd(id: $id, tags: $tags) {
+    userErrors { field message }
+  }
+}
+"""
+
+
+class ShopifyError(Exception):
+    """A failed Admin API call; `retryable` says whether the same call may succeed later."""
+
+    def __init__(
+        self,
+        operation: str,
+        *,
+        status: int | None,
+        code: str,
+        messages: Sequence[str] = (),
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.operation = operation
+        self.status = status
+        self.code = code
+        self.messages = tuple(messages)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        where = f"HTTP {status}" if status is not None else "no answer"
+        text = f"Shopify {operation} failed: {where} {code}"
+        if self.messages:
+            text += ": " + "; ".join(self.messages)
+        super().__init__(" ".join(text.split()))
+
+
+class _ThrottleStatus(msgspec.Struct, rename="camel"):
+    maximum_available: float = 0.0
+    currently_available: float = 0.0
+    restore_rate: float = 0.0
+
+
+class _Cost(msgspec.Struct, rename="camel"):
+    requested_query_cost: float = 0.0
+    throttle_status: _ThrottleStatus = msgspec.field(default_factory=_ThrottleStatus)
+
+
+class _Extensions(msgspec.Struct):
+    cost: _Cost | None = None
+    code: str | None = None
+
+
+class _Error(msgspec.Struct):
+    message: str = ""
+    extensions: _Extensions | None = None
+
+
+class _Answer(msgspec.Struct):
+    data: dict[str, Any] | None = None
+    errors: list[_Error] = []
+    extensions: _Extensions | None = None
+
+
+_answer_decoder = msgspec.json.Decoder(_Answer)
+
+
+def throttle_wait(cost: _Cost | None) -> float:
+    """Seconds until the bucket holds what the throttled query asked for (at least one)."""
+    if cost is None or cost.throttle_status.restore_rate <= 0:
+        return 1.0
+    missing = cost.requested_query_cost - cost.throttle_status.currently_available
+    return max(1.0, missing / cost.throttle_status.restore_rate)
+
+
+class AdminClient:
+    """One shop's Admin GraphQL API. The access token never shows in a repr, log or error."""
+
+    def __init__(
+        self,
+        shop: str,
+        access_token: str,
+        *,
+        api_version: str,
+        http: httpx2.AsyncClient,
+        base_url: str = DEFAULT_BASE_URL,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.shop = shop
+        self.url = base_url.format(shop=shop).rstrip("/") + f"/admin/api/{api_version}/graphql.json"
+        self._token = access_token
+        self._http = http
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep if sleep is not None else asyncio.sleep
+
+    def __repr__(self) -> str:
+        return f"AdminClient(shop={self.shop!r}, url={self.url!r})"
+
+    async def execute(
+        self, operation: str, query: str, variables: Mapping[str, object] | None = None
+    ) -> dict[str, Any]:
+        """Run one query or mutation; its `data`, or a ShopifyError."""
+        body = msgspec.json.encode({"query": query, "variables": variables or {}})
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, ShopifyError) and e.retryable),
+            stop=stop_any(
+                stop_after_attempt(self._retry.attempts),
+                stop_before_delay(self._retry.total_seconds),
+            ),
+            wait=self._wait,
+            reraise=True,
+            sleep=self._sleep,
+        )
+        data: dict[str, Any] = await retrying(self._attempt, operation, body)
+        return data
+
+    async def _attempt(self, operation: str, body: bytes) -> dict[str, Any]:
+        headers = {"X-Shopify-Access-Token": self._token, "Content-Type": "application/json"}
+        try:
+            response = await self._http.post(self.url, content=body, headers=headers)
+        except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
+            raise ShopifyError(
+                operation,
+                status=None,
+                code="NETWORK_ERROR",
+                messages=[f"{type(exc).__name__} calling {self.shop}"],
+                retryable=True,
+            ) from exc
+        status = response.status_code
+        try:
+            answer = _answer_decoder.decode(response.content)
+        except msgspec.MsgspecError:
+            answer = _Answer()
+        throttled = any(
+            error.extensions is not None and error.extensions.code == "THROTTLED"
+            for error in answer.errors
+        )
+        if throttled or status == 429:
+            cost = answer.extensions.cost if answer.extensions else None
+            retry_after = response.headers.get("Retry-After")
+            wait = float(retry_after) if retry_after and retry_after.isdigit() else None
+            raise ShopifyError(
+                operation,
+                status=status,
+                code="THROTTLED",
+                retryable=True,
+                retry_after=wait if wait is not None else throttle_wait(cost),
+            )
+        if status >= 500:
+            raise ShopifyError(operation, status=status, code=f"HTTP_{status}", retryable=True)
+        if status in (401, 403):
+            # An uninstalled app's token stops working: nothing to retry.
+            raise ShopifyError(
+                operation,
+                status=status,
+                code="UNAUTHORIZED",
+                messages=["the shop's access token was refused (app uninstalled?)"],
+            )
+        if not response.is_success or answer.errors or answer.data is None:
+            messages = [error.message for error in answer.errors] or [response.reason_phrase]
+            raise ShopifyError(operation, status=status, code="GRAPHQL_ERROR", messages=messages)
+        return answer.data
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, ShopifyError) and error.retry_after is not None:
+            return error.retry_after
+        backoff = wait_random_exponential(
+            multiplier=self._retry.backoff_seconds, max=self._retry.max_backoff_seconds
+        )
+        return float(backoff(state))
+
+    async def set_metafields(
+        self, owner_id: str, namespace: str, values: Mapping[str, tuple[str, str]]
+    ) -> None:
+        """`metafieldsSet` on one owner (an order's gid): key -> (type, value); at most 25,
+        written atomically by Shopify."""
+        if len(values) > 25:
+            raise ValueError("metafieldsSet takes at most 25 metafields per call")
+        metafields = [
+            {"ownerId": owner_id, "namespace": namespace, "key": key, "type": kind, "value": value}
+            for key, (kind, value) in values.items()
+        ]
+        data = await self.execute("metafieldsSet", METAFIELDS_SET, {"metafields": metafields})
+        _raise_user_errors("metafieldsSet", data.get("metafieldsSet"))
+
+    async def add_tags(self, node_id: str, tags: Sequence[str]) -> None:
+        """`tagsAdd`: appends, never replacing the merchant's own tags (orderUpdate would)."""
+        data = await self.execute("tagsAdd", TAGS_ADD, {"id": node_id, "tags": list(tags)})
+        _raise_user_errors("tagsAdd", data.get("tagsAdd"))
+
+
+def _user_error(error: dict[str, Any]) -> str:
+    field = ".".join(str(part) for part in error.get("field") or [])
+    message = str(error.get("message"))
+    return f"{field}: {message}" if field else message
+
+
+def _raise_user_errors(operation: str, payload: object) -> None:
+    if not isinstance(payload, dict):
+        raise ShopifyError(
+            operation, status=200, code="GRAPHQL_ERROR", messages=["the answer holds no result"]
+        )
+    errors = payload.get("userErrors") or []
+    if errors:
+        messages = [_user_error(error) for error in errors]
+        raise ShopifyError(operation, status=200, code="USER_ERRORS", messages=messages)
+    log.debug("shopify write-back", extra={"operation": operation})
