@@ -1,7 +1,8 @@
 """Klarna Order management: wire types, the async client and its error type."""
 
-from plugin.klarna.client import Credentials, KlarnaClient, RetryPolicy, base_url, make_http_client
+from plugin.klarna.client import Credentials, KlarnaClient, base_url, make_http_client
 from plugin.klarna.errors import KlarnaError
+from plugin.retries import RetryPolicy
 
 __all__ = [
     "Credentials",

@@ -17,16 +17,6 @@ from urllib.parse import quote
 
 import httpx2
 import msgspec
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_any,
-    stop_before_delay,
-    wait_random_exponential,
-)
-from tenacity.stop import stop_base
 
 from plugin import __version__, metrics
 from plugin.klarna.errors import KlarnaError, is_retryable_status
@@ -39,6 +29,7 @@ from plugin.klarna.models import (
     UpdateShippingInfo,
 )
 from plugin.klarna.ratelimit import RateLimiter, rate_limiter_for
+from plugin.retries import RetryPolicy, retrying
 
 Region = Literal["eu", "na", "oc"]
 Environment = Literal["live", "playground"]
@@ -94,16 +85,6 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, password=<hidden>)"
-
-
-class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """How long one operation may keep trying before its KlarnaError reaches the caller."""
-
-    attempts: int = 5
-    total_seconds: float = 30.0
-    backoff_seconds: float = 0.25
-    max_backoff_seconds: float = 8.0
-    max_retry_after_seconds: float = 30.0
 
 
 def make_http_client(
@@ -253,18 +234,8 @@ class KlarnaClient:
         if idempotency_key:
             headers["Klarna-Idempotency-Key"] = idempotency_key
         request = self._http.build_request(method, self.url + path, content=body, headers=headers)
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_is_retryable),
-            stop=stop_any(
-                stop_after_attempt(self._retry.attempts),
-                stop_before_delay(self._retry.total_seconds),
-                _StopIfRetryAfterBeyond(self._retry.max_retry_after_seconds),
-            ),
-            wait=self._wait,
-            reraise=True,
-            sleep=self._sleep,
-        )
-        response: httpx2.Response = await retrying(self._attempt, operation, request)
+        retry = retrying(self._retry, sleep=self._sleep)
+        response: httpx2.Response = await retry(self._attempt, operation, request)
         return response
 
     async def _attempt(self, operation: str, request: httpx2.Request) -> httpx2.Response:
@@ -309,15 +280,6 @@ class KlarnaClient:
         )
         raise error
 
-    def _wait(self, state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, KlarnaError) and error.retry_after is not None:
-            return error.retry_after
-        backoff = wait_random_exponential(
-            multiplier=self._retry.backoff_seconds, max=self._retry.max_backoff_seconds
-        )
-        return float(backoff(state))
-
     @staticmethod
     def _decode(operation: str, response: httpx2.Response, decoder: msgspec.json.Decoder[T]) -> T:
         try:
@@ -331,28 +293,9 @@ class KlarnaClient:
             ) from exc
 
 
-class _StopIfRetryAfterBeyond(stop_base):
-    """A Retry-After longer than one call may wait goes back to the caller to schedule."""
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        error = retry_state.outcome.exception() if retry_state.outcome else None
-        return (
-            isinstance(error, KlarnaError)
-            and error.retry_after is not None
-            and error.retry_after > self.limit
-        )
-
-
 def _order_path(order_id: str, *parts: str) -> str:
     segments = [quote(segment, safe="") for segment in (order_id, *parts)]
     return "/ordermanagement/v1/orders/" + "/".join(segments)
-
-
-def _is_retryable(error: BaseException) -> bool:
-    return isinstance(error, KlarnaError) and error.retryable
 
 
 def _error_from(operation: str, response: httpx2.Response) -> KlarnaError:

@@ -12,17 +12,8 @@ from typing import Any
 
 import httpx2
 import msgspec
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_any,
-    stop_before_delay,
-    wait_random_exponential,
-)
 
-from plugin.klarna.client import RetryPolicy
+from plugin.retries import RetryPolicy, retrying
 
 log = logging.getLogger("plugin.shopify")
 
@@ -138,17 +129,8 @@ class AdminClient:
     ) -> dict[str, Any]:
         """Run one query or mutation; its `data`, or a ShopifyError."""
         body = msgspec.json.encode({"query": query, "variables": variables or {}})
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, ShopifyError) and e.retryable),
-            stop=stop_any(
-                stop_after_attempt(self._retry.attempts),
-                stop_before_delay(self._retry.total_seconds),
-            ),
-            wait=self._wait,
-            reraise=True,
-            sleep=self._sleep,
-        )
-        data: dict[str, Any] = await retrying(self._attempt, operation, body)
+        retry = retrying(self._retry, sleep=self._sleep)
+        data: dict[str, Any] = await retry(self._attempt, operation, body)
         return data
 
     async def _attempt(self, operation: str, body: bytes) -> dict[str, Any]:
@@ -197,15 +179,6 @@ class AdminClient:
             messages = [error.message for error in answer.errors] or [response.reason_phrase]
             raise ShopifyError(operation, status=status, code="GRAPHQL_ERROR", messages=messages)
         return answer.data
-
-    def _wait(self, state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, ShopifyError) and error.retry_after is not None:
-            return error.retry_after
-        backoff = wait_random_exponential(
-            multiplier=self._retry.backoff_seconds, max=self._retry.max_backoff_seconds
-        )
-        return float(backoff(state))
 
     async def set_metafields(
         self, owner_id: str, namespace: str, values: Mapping[str, tuple[str, str]]

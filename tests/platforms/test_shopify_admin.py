@@ -6,8 +6,8 @@ import httpx2
 import msgspec
 import pytest
 
-from plugin.klarna.client import RetryPolicy
 from plugin.platforms._shopify_admin import AdminClient, ShopifyError
+from plugin.retries import RetryPolicy
 
 pytestmark = pytest.mark.anyio
 TOKEN = "shpat_a-token-that-must-not-leak"
