@@ -165,7 +165,12 @@ class AdminClient:
                 retryable=True,
                 retry_after=wait if wait is not None else throttle_wait(cost),
             )
-        if status >= 500:
+        internal = any(
+            error.extensions is not None and error.extensions.code == "INTERNAL_SERVER_ERROR"
+            for error in answer.errors
+        )
+        if status >= 500 or internal:
+            # Shopify sometimes reports its own failure inside a 200: as retryable as a 5xx.
             raise ShopifyError(operation, status=status, code=f"HTTP_{status}", retryable=True)
         if status in (401, 403):
             # An uninstalled app's token stops working: nothing to retry.

@@ -205,3 +205,17 @@ async def test_tags_are_added_not_replaced() -> None:
     body = msgspec.json.decode(seen[0].content)
     assert "tagsAdd(id: $id, tags: $tags)" in body["query"]
     assert body["variables"] == {"id": "gid://shopify/Order/1", "tags": ["klarna-captured"]}
+
+
+async def test_an_internal_error_inside_a_200_is_retried() -> None:
+    internal = httpx2.Response(
+        200,
+        json={
+            "errors": [
+                {"message": "Internal error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+            ]
+        },
+    )
+    admin, seen, _ = client(internal, ok({"x": 1}))
+    assert await admin.execute("order", "query { x }") == {"x": 1}
+    assert len(seen) == 2

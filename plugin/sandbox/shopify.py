@@ -1,0 +1,1046 @@
+"""An in-memory fake of Shopify: shops with orders answering the app's Admin GraphQL calls (with
+cost-based throttling and injectable faults), OAuth token grants, and signed webhooks to send."""
+
+import base64
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import secrets
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import jwt
+import msgspec
+from msgspec import Meta
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from plugin.platforms.shopify import API_VERSION
+from plugin.sandbox.klarna import Answer, ManualClock
+
+__all__ = [
+    "DEFAULT_CLIENT_ID",
+    "DEFAULT_CLIENT_SECRET",
+    "DEFAULT_SCOPES",
+    "Amount",
+    "FaultSettings",
+    "Line",
+    "LoggedRequest",
+    "ManualClock",
+    "ShippingLine",
+    "ShopifySandbox",
+    "Tax",
+    "Transaction",
+    "create_app",
+    "session_token",
+    "signed_webhook",
+]
+
+DEFAULT_CLIENT_ID = "sandbox-client-id"
+# A published sandbox default, as long as a real client secret (HS256 wants 32 bytes).
+DEFAULT_CLIENT_SECRET = "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"  # noqa: S105
+DEFAULT_SCOPES = "read_orders,write_orders"
+MAXIMUM_AVAILABLE = 1000.0
+DEFAULT_RESTORE_RATE = 50.0
+QUERY_COST = 20
+MUTATION_COST = 10
+MAX_METAFIELDS = 25
+METAFIELD_TYPES = frozenset(
+    {
+        "single_line_text_field",
+        "multi_line_text_field",
+        "number_integer",
+        "number_decimal",
+        "boolean",
+        "json",
+        "date_time",
+        "url",
+    }
+)
+
+# OAuth identifiers, not secrets.
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
+OFFLINE_TOKEN_TYPE = "urn:shopify:params:oauth:token-type:offline-access-token"  # noqa: S105
+
+_UNAUTHORIZED = "[API] Invalid API key or access token (unrecognized login or wrong password)"
+_RATE_LIMIT_DOCS = "https://shopify.dev/api/usage/rate-limits"
+_BAD_GATEWAY_HTML = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
+)
+_encode = msgspec.json.Encoder(decimal_format="number").encode
+
+# A money amount: shop money, or (shop money, presentment money) when the currencies differ.
+Amount = str | tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Tax:
+    rate: str  # "0.25"
+    amount: Amount  # for the whole order line
+    title: str = "Tax"
+
+
+@dataclass(frozen=True)
+class Line:
+    """An order line as the merchant sold it; discounts and taxes are for the whole line."""
+
+    name: str
+    price: Amount  # unit price before discounts
+    quantity: int = 1
+    sku: str | None = None
+    discounts: Sequence[Amount] = ()
+    taxes: Sequence[Tax] = ()
+    requires_shipping: bool = True
+    gift_card: bool = False
+    id: int | None = None  # the REST line item id; None picks a fresh one
+
+
+@dataclass(frozen=True)
+class ShippingLine:
+    title: str
+    price: Amount  # before shipping discounts
+    discounted_price: Amount | None = None
+    code: str | None = None
+    taxes: Sequence[Tax] = ()
+
+
+@dataclass(frozen=True)
+class Transaction:
+    gateway: str
+    kind: str = "AUTHORIZATION"
+    status: str = "SUCCESS"
+    authorization_code: str | None = None
+
+
+@dataclass
+class _LineItem:
+    id: int
+    spec: Line
+
+
+@dataclass
+class _Fulfillment:
+    id: int
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    status: str  # REST spelling: success, cancelled
+    lines: dict[int, int]
+    tracking_company: str | None
+    tracking_numbers: list[str]
+    tracking_urls: list[str]
+
+
+@dataclass
+class _Order:
+    id: int
+    name: str
+    currency: str
+    presentment_currency: str
+    taxes_included: bool
+    lines: list[_LineItem]
+    shipping: list[ShippingLine]
+    transactions: list[Transaction]
+    attributes: list[tuple[str, str]]
+    metafields: dict[tuple[str, str], tuple[str, str]]
+    tags: list[str]
+    fulfillments: list[_Fulfillment] = field(default_factory=list)
+
+    @property
+    def gid(self) -> str:
+        return f"gid://shopify/Order/{self.id}"
+
+
+@dataclass
+class _Shop:
+    domain: str
+    tokens: set[str] = field(default_factory=set)
+    orders: dict[int, _Order] = field(default_factory=dict)
+    available: float = MAXIMUM_AVAILABLE
+    refilled_at: datetime | None = None
+    next_order_number: int = 1001
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One Admin API or OAuth request and what was answered."""
+
+    method: str
+    path: str
+    shop: str
+    operation: str | None  # order, metafieldsSet, tagsAdd, oauth, or None when unrecognised
+    status: int
+    throttled: bool = False
+    fault: str | None = None  # fail_next or throttle_next
+
+
+class FaultSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of POST /sandbox/faults; omitted fields keep their current value."""
+
+    fail_next: Annotated[int, Meta(ge=0)] | None = None
+    fail_status: Literal[500, 502, 503] | None = None
+    throttle_next: Annotated[int, Meta(ge=0)] | None = None
+
+
+@dataclass
+class _Faults:
+    fail_next: int = 0
+    fail_status: int = 503
+    throttle_next: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "fail_next": self.fail_next,
+            "fail_status": self.fail_status,
+            "throttle_next": self.throttle_next,
+        }
+
+
+class _GraphQLRequest(msgspec.Struct, kw_only=True):
+    query: str
+    variables: dict[str, Any] | None = None
+
+
+class _GraphQLError(Exception):
+    """A top-level GraphQL error: HTTP 200, `errors`, no data."""
+
+
+def _json(status: int, payload: object) -> Answer:
+    return Answer(status, _encode(payload), media_type="application/json")
+
+
+def _gid(kind: str, legacy_id: int) -> str:
+    return f"gid://shopify/{kind}/{legacy_id}"
+
+
+def _legacy(value: str | int, kind: str) -> int | None:
+    """The numeric id in `gid://shopify/{kind}/N` (or a bare N); None when it is not one."""
+    text = str(value)
+    prefix = f"gid://shopify/{kind}/"
+    text = text.removeprefix(prefix)
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _first(query: str, connection: str, default: int) -> int:
+    found = re.search(rf"\b{connection}\s*\(\s*first\s*:\s*(\d+)", query)
+    return int(found.group(1)) if found else default
+
+
+def _page(nodes: list[dict[str, Any]], query: str, connection: str, default: int) -> dict[str, Any]:
+    first = _first(query, connection, default)
+    page: dict[str, Any] = {"nodes": nodes[:first]}
+    if "pageInfo" in query:
+        page["pageInfo"] = {"hasNextPage": len(nodes) > first}
+    return page
+
+
+class ShopifySandbox:
+    """The fake's whole state; thread-safe, so tests may inspect it while a server runs."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str = DEFAULT_CLIENT_ID,
+        client_secret: str = DEFAULT_CLIENT_SECRET,
+        scopes: str = DEFAULT_SCOPES,
+        restore_rate: float = DEFAULT_RESTORE_RATE,
+        query_cost: int = QUERY_COST,
+        mutation_cost: int = MUTATION_COST,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.scopes = scopes
+        self.restore_rate = restore_rate
+        self.query_cost = query_cost
+        self.mutation_cost = mutation_cost
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.lock = threading.RLock()
+        self.requests: list[LoggedRequest] = []
+        self.faults = _Faults()
+        self._shops: dict[str, _Shop] = {}
+        self._codes: dict[str, str] = {}
+        self._ids = itertools.count(5_100_000_000_001)
+
+    # --- state helpers for tests and the demo -------------------------------------------------
+
+    def reset(self) -> None:
+        with self.lock:
+            self._shops.clear()
+            self._codes.clear()
+            self.requests.clear()
+            self.faults = _Faults()
+
+    def add_shop(self, domain: str) -> str:
+        """Install the app on `domain` (created when new); a fresh offline access token."""
+        with self.lock:
+            return self._issue_token(domain)
+
+    def revoke_tokens(self, domain: str) -> None:
+        """What an uninstall does: every token of the shop stops working."""
+        with self.lock:
+            self._shop(domain).tokens.clear()
+
+    def authorize(self, domain: str) -> str:
+        """A merchant approving the install: a one-use authorization code for `domain`."""
+        with self.lock:
+            self._shops.setdefault(domain, _Shop(domain))
+            code = secrets.token_hex(16)
+            self._codes[code] = domain
+            return code
+
+    def set_bucket(self, domain: str, available: float) -> None:
+        """Put the shop's cost bucket at `available` points, as of now."""
+        with self.lock:
+            shop = self._shop(domain)
+            shop.available = min(MAXIMUM_AVAILABLE, max(0.0, available))
+            shop.refilled_at = self.clock()
+
+    def add_order(
+        self,
+        domain: str,
+        lines: Sequence[Line],
+        *,
+        currency: str = "EUR",
+        presentment_currency: str | None = None,
+        taxes_included: bool = True,
+        shipping: Sequence[ShippingLine] = (),
+        transactions: Sequence[Transaction] = (),
+        note_attributes: Mapping[str, str] | None = None,
+        metafields: Mapping[tuple[str, str], str] | None = None,
+        tags: Sequence[str] = (),
+        order_id: int | None = None,
+    ) -> str:
+        """Place an order on the shop; its GraphQL id. Metafields are (namespace, key) -> text.
+
+        With a presentment currency other than the shop's, every amount must be a
+        (shop, presentment) pair.
+        """
+        presentment = (presentment_currency or currency).upper()
+        currency = currency.upper()
+        amounts: list[Amount] = []
+        for line in lines:
+            if line.quantity <= 0:
+                raise ValueError(f"line {line.name!r}: quantity must be positive")
+            amounts += [line.price, *line.discounts, *(t.amount for t in line.taxes)]
+        for ship in shipping:
+            amounts += [ship.price, *(t.amount for t in ship.taxes)]
+            if ship.discounted_price is not None:
+                amounts.append(ship.discounted_price)
+        if presentment != currency and any(isinstance(a, str) for a in amounts):
+            raise ValueError(
+                f"the order presents {presentment} but the shop is in {currency}: "
+                "give every amount as a (shop, presentment) pair"
+            )
+        with self.lock:
+            shop = self._shop(domain)
+            legacy_id = order_id if order_id is not None else next(self._ids)
+            if legacy_id in shop.orders:
+                raise ValueError(f"order {legacy_id} already exists on {domain}")
+            order = _Order(
+                id=legacy_id,
+                name=f"#{shop.next_order_number}",
+                currency=currency,
+                presentment_currency=presentment,
+                taxes_included=taxes_included,
+                lines=[
+                    _LineItem(line.id if line.id is not None else next(self._ids), line)
+                    for line in lines
+                ],
+                shipping=list(shipping),
+                transactions=list(transactions),
+                attributes=list((note_attributes or {}).items()),
+                metafields={
+                    k: ("single_line_text_field", v) for k, v in (metafields or {}).items()
+                },
+                tags=[],
+            )
+            _add_tags(order.tags, tags)
+            shop.next_order_number += 1
+            shop.orders[legacy_id] = order
+            return order.gid
+
+    def fulfill(
+        self,
+        domain: str,
+        order_gid: str,
+        lines: Mapping[str | int, int] | None = None,
+        *,
+        tracking_company: str | None = None,
+        tracking_numbers: Sequence[str] = (),
+        tracking_urls: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Ship `lines` (line item gid or id -> quantity; None: all that is left) and return
+        the `fulfillments/create` webhook body (the REST Fulfillment)."""
+        with self.lock:
+            order = self._order(domain, order_gid)
+            shipped = _shipped(order)
+            by_id = {item.id: item for item in order.lines}
+            wanted: dict[int, int] = {}
+            if lines is None:
+                for item in order.lines:
+                    left = item.spec.quantity - shipped.get(item.id, 0)
+                    if left > 0:
+                        wanted[item.id] = left
+            else:
+                for key, quantity in lines.items():
+                    line_id = _legacy(key, "LineItem")
+                    if line_id is None or line_id not in by_id:
+                        raise ValueError(f"{key} is not a line item of {order_gid}")
+                    left = by_id[line_id].spec.quantity - shipped.get(line_id, 0)
+                    if not 0 < quantity <= left:
+                        raise ValueError(f"line item {line_id}: {quantity} to ship, {left} left")
+                    wanted[line_id] = quantity
+            if not wanted:
+                raise ValueError(f"{order_gid} has nothing left to fulfil")
+            now = self.clock()
+            fulfillment = _Fulfillment(
+                id=next(self._ids),
+                name=f"{order.name}.{len(order.fulfillments) + 1}",
+                created_at=now,
+                updated_at=now,
+                status="success",
+                lines=wanted,
+                tracking_company=tracking_company,
+                tracking_numbers=list(tracking_numbers),
+                tracking_urls=list(tracking_urls),
+            )
+            order.fulfillments.append(fulfillment)
+            return _rest_fulfillment(order, fulfillment)
+
+    def cancel_fulfillment(
+        self, domain: str, order_gid: str, fulfillment_id: str | int
+    ) -> dict[str, Any]:
+        """Cancel a fulfilment; the `fulfillments/update` webhook body that follows."""
+        with self.lock:
+            order = self._order(domain, order_gid)
+            legacy_id = _legacy(fulfillment_id, "Fulfillment")
+            found = next((f for f in order.fulfillments if f.id == legacy_id), None)
+            if found is None:
+                raise ValueError(f"{fulfillment_id} is not a fulfilment of {order_gid}")
+            found.status = "cancelled"
+            found.updated_at = self.clock()
+            return _rest_fulfillment(order, found)
+
+    def metafields(self, domain: str, order_gid: str) -> dict[tuple[str, str], tuple[str, str]]:
+        """The order's metafields: (namespace, key) -> (type, value)."""
+        with self.lock:
+            return dict(self._order(domain, order_gid).metafields)
+
+    def tags(self, domain: str, order_gid: str) -> list[str]:
+        with self.lock:
+            return list(self._order(domain, order_gid).tags)
+
+    def order_json(self, domain: str, order_gid: str, ns: str = "", key: str = "") -> Any:
+        """The order as the order query answers it (for inspection)."""
+        with self.lock:
+            return msgspec.json.decode(
+                _encode(_graphql_order(self._order(domain, order_gid), ns, key, ""))
+            )
+
+    def set_faults(self, settings: FaultSettings) -> None:
+        with self.lock:
+            for name in ("fail_next", "fail_status", "throttle_next"):
+                value = getattr(settings, name)
+                if value is not None:
+                    setattr(self.faults, name, value)
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults = _Faults()
+
+    def log(self, entry: LoggedRequest) -> None:
+        with self.lock:
+            self.requests.append(entry)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _shop(self, domain: str) -> _Shop:
+        shop = self._shops.get(domain)
+        if shop is None:
+            raise ValueError(f"no shop {domain!r} in the sandbox")
+        return shop
+
+    def _order(self, domain: str, order_gid: str) -> _Order:
+        legacy_id = _legacy(order_gid, "Order")
+        order = self._shop(domain).orders.get(legacy_id or -1)
+        if order is None:
+            raise ValueError(f"no order {order_gid} on {domain}")
+        return order
+
+    def _issue_token(self, domain: str) -> str:
+        shop = self._shops.setdefault(domain, _Shop(domain))
+        token = "shpat_" + secrets.token_hex(16)
+        shop.tokens.add(token)
+        return token
+
+    def _cost_status(self, shop: _Shop) -> dict[str, float]:
+        return {
+            "maximumAvailable": MAXIMUM_AVAILABLE,
+            "currentlyAvailable": shop.available,
+            "restoreRate": float(self.restore_rate),
+        }
+
+    def _refill(self, shop: _Shop) -> None:
+        now = self.clock()
+        if shop.refilled_at is not None:
+            elapsed = max(0.0, (now - shop.refilled_at).total_seconds())
+            shop.available = min(MAXIMUM_AVAILABLE, shop.available + elapsed * self.restore_rate)
+        shop.refilled_at = now
+
+    def graphql(self, domain: str, token: str | None, body: bytes) -> tuple[Answer, LoggedRequest]:
+        """Answer one Admin GraphQL request (path, method and status of the log entry aside)."""
+        with self.lock:
+            entry = LoggedRequest("POST", "", domain, None, 0)
+            shop = self._shops.get(domain)
+            if shop is None:
+                return _json(404, {"errors": "Not Found"}), entry
+            if not token or token not in shop.tokens:
+                return _json(401, {"errors": _UNAUTHORIZED}), entry
+            if self.faults.fail_next > 0:
+                self.faults.fail_next -= 1
+                return _server_error(self.faults.fail_status), _with(entry, fault="fail_next")
+            try:
+                request = msgspec.json.decode(body, type=_GraphQLRequest)
+            except msgspec.DecodeError:
+                errors = {"query": "Required parameter missing or invalid"}
+                return _json(400, {"errors": errors}), entry
+            query, variables = request.query, request.variables or {}
+            operation = _operation(query)
+            entry = _with(entry, operation=operation)
+            if operation is None:
+                message = "the sandbox answers only the order query, metafieldsSet and tagsAdd"
+                return _json(200, {"errors": [{"message": message}]}), entry
+            cost = self.query_cost if operation == "order" else self.mutation_cost
+            self._refill(shop)
+            forced = self.faults.throttle_next > 0
+            if forced or shop.available < cost:
+                if forced:
+                    self.faults.throttle_next -= 1
+                answer = {
+                    "errors": [
+                        {
+                            "message": "Throttled",
+                            "extensions": {"code": "THROTTLED", "documentation": _RATE_LIMIT_DOCS},
+                        }
+                    ],
+                    "extensions": {
+                        "cost": {
+                            "requestedQueryCost": cost,
+                            "actualQueryCost": None,
+                            "throttleStatus": self._cost_status(shop),
+                        }
+                    },
+                }
+                fault = "throttle_next" if forced else None
+                return _json(200, answer), _with(entry, throttled=True, fault=fault)
+            shop.available -= cost
+            extensions = {
+                "cost": {
+                    "requestedQueryCost": cost,
+                    "actualQueryCost": cost,
+                    "throttleStatus": self._cost_status(shop),
+                }
+            }
+            try:
+                data = self._execute(shop, operation, query, variables)
+            except _GraphQLError as error:
+                payload = {"errors": [{"message": str(error)}], "extensions": extensions}
+                return _json(200, payload), entry
+            return _json(200, {"data": data, "extensions": extensions}), entry
+
+    def _execute(
+        self, shop: _Shop, operation: str, query: str, variables: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        if operation == "order":
+            order_id = variables.get("id")
+            if not isinstance(order_id, str):
+                raise _GraphQLError("Variable $id of type ID! was provided invalid value")
+            legacy_id = _legacy(order_id, "Order")
+            if legacy_id is None:
+                raise _GraphQLError(f"Invalid global id '{order_id}'")
+            order = shop.orders.get(legacy_id)
+            ns, key = str(variables.get("ns", "")), str(variables.get("key", ""))
+            return {"order": None if order is None else _graphql_order(order, ns, key, query)}
+        if operation == "metafieldsSet":
+            return {"metafieldsSet": _metafields_set(shop, variables.get("metafields"))}
+        return {"tagsAdd": _tags_add(shop, variables, query)}
+
+    def oauth(self, domain: str, params: Mapping[str, str]) -> Answer:
+        """POST /admin/oauth/access_token: the authorization code grant or token exchange."""
+        with self.lock:
+            client_ok = hmac.compare_digest(
+                params.get("client_id", "").encode(), self.client_id.encode()
+            ) and hmac.compare_digest(
+                params.get("client_secret", "").encode(), self.client_secret.encode()
+            )
+            if not client_ok:
+                return _oauth_error("invalid_client", "Client authentication failed.")
+            if params.get("grant_type") == TOKEN_EXCHANGE_GRANT:
+                return self._token_exchange(domain, params)
+            code = params.get("code", "")
+            if not code or self._codes.get(code) != domain:
+                return _oauth_error(
+                    "invalid_request", "The authorization code was not found or was already used"
+                )
+            del self._codes[code]
+            return _json(200, {"access_token": self._issue_token(domain), "scope": self.scopes})
+
+    def _token_exchange(self, domain: str, params: Mapping[str, str]) -> Answer:
+        if params.get("subject_token_type") != ID_TOKEN_TYPE:
+            return _oauth_error("invalid_request", "subject_token_type must be an id_token")
+        if params.get("requested_token_type") != OFFLINE_TOKEN_TYPE:
+            return _oauth_error("invalid_request", "the sandbox issues offline access tokens only")
+        try:
+            claims = jwt.decode(
+                params.get("subject_token", ""),
+                self.client_secret,
+                algorithms=["HS256"],
+                audience=self.client_id,
+                options={
+                    "require": ["exp", "nbf", "iss", "dest", "aud"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.InvalidTokenError:
+            return _oauth_error("invalid_subject_token", "The session token is invalid.")
+        now = self.clock().timestamp()
+        nbf, exp = claims["nbf"], claims["exp"]
+        if not (isinstance(nbf, int) and isinstance(exp, int) and nbf - 5 <= now < exp + 5):
+            return _oauth_error("invalid_subject_token", "The session token has expired.")
+        if claims["dest"] != f"https://{domain}":
+            return _oauth_error("invalid_subject_token", "The session token is for another shop.")
+        return _json(200, {"access_token": self._issue_token(domain), "scope": self.scopes})
+
+
+def _with(entry: LoggedRequest, **changes: Any) -> LoggedRequest:
+    return replace(entry, **changes)
+
+
+def _oauth_error(code: str, description: str) -> Answer:
+    return _json(400, {"error": code, "error_description": description})
+
+
+def _server_error(status: int) -> Answer:
+    if status == 502:
+        return Answer(502, _BAD_GATEWAY_HTML, media_type="text/html")
+    reason = "Internal Server Error" if status == 500 else "Service Unavailable"
+    return _json(status, {"errors": reason})
+
+
+def _operation(query: str) -> str | None:
+    if re.search(r"\bmetafieldsSet\s*\(", query):
+        return "metafieldsSet"
+    if re.search(r"\btagsAdd\s*\(", query):
+        return "tagsAdd"
+    if re.search(r"\border\s*\(\s*id\s*:", query):
+        return "order"
+    return None
+
+
+def _shipped(order: _Order) -> dict[int, int]:
+    shipped: dict[int, int] = {}
+    for fulfillment in order.fulfillments:
+        if fulfillment.status != "cancelled":
+            for line_id, quantity in fulfillment.lines.items():
+                shipped[line_id] = shipped.get(line_id, 0) + quantity
+    return shipped
+
+
+def _pair(amount: Amount) -> tuple[str, str]:
+    return (amount, amount) if isinstance(amount, str) else amount
+
+
+def _bag(amount: Amount, order: _Order) -> dict[str, Any]:
+    shop, presentment = _pair(amount)
+    return {
+        "shopMoney": {"amount": shop, "currencyCode": order.currency},
+        "presentmentMoney": {"amount": presentment, "currencyCode": order.presentment_currency},
+    }
+
+
+def _price_set(amount: Amount, order: _Order) -> dict[str, Any]:
+    shop, presentment = _pair(amount)
+    return {
+        "shop_money": {"amount": shop, "currency_code": order.currency},
+        "presentment_money": {"amount": presentment, "currency_code": order.presentment_currency},
+    }
+
+
+def _gql_taxes(taxes: Iterable[Tax], order: _Order) -> list[dict[str, Any]]:
+    return [
+        {"title": t.title, "rate": Decimal(t.rate), "priceSet": _bag(t.amount, order)}
+        for t in taxes
+    ]
+
+
+def _graphql_order(order: _Order, ns: str, key: str, query: str) -> dict[str, Any]:
+    """`data.order` in the field names of plugin.platforms.shopify.ORDER_QUERY."""
+    lines = [
+        {
+            "id": _gid("LineItem", item.id),
+            "sku": item.spec.sku,
+            "name": item.spec.name,
+            "quantity": item.spec.quantity,
+            "currentQuantity": item.spec.quantity,
+            "requiresShipping": item.spec.requires_shipping,
+            "isGiftCard": item.spec.gift_card,
+            "originalUnitPriceSet": _bag(item.spec.price, order),
+            "discountAllocations": [
+                {"allocatedAmountSet": _bag(d, order)} for d in item.spec.discounts
+            ],
+            "taxLines": _gql_taxes(item.spec.taxes, order),
+        }
+        for item in order.lines
+    ]
+    shipping = [
+        {
+            "title": s.title,
+            "code": s.code,
+            "originalPriceSet": _bag(s.price, order),
+            "discountedPriceSet": _bag(
+                s.discounted_price if s.discounted_price is not None else s.price, order
+            ),
+            "taxLines": _gql_taxes(s.taxes, order),
+        }
+        for s in order.shipping
+    ]
+    fulfillments = [
+        {
+            "id": _gid("Fulfillment", f.id),
+            "createdAt": _timestamp(f.created_at),
+            "status": f.status.upper(),
+            "fulfillmentLineItems": _page(
+                [
+                    {"lineItem": {"id": _gid("LineItem", line_id)}, "quantity": quantity}
+                    for line_id, quantity in f.lines.items()
+                ],
+                query,
+                "fulfillmentLineItems",
+                50,
+            ),
+        }
+        for f in order.fulfillments
+    ]
+    metafield = order.metafields.get((ns, key))
+    return {
+        "id": order.gid,
+        "currencyCode": order.currency,
+        "presentmentCurrencyCode": order.presentment_currency,
+        "taxesIncluded": order.taxes_included,
+        "lineItems": _page(lines, query, "lineItems", 50),
+        "shippingLines": _page(shipping, query, "shippingLines", 50),
+        "fulfillments": fulfillments,
+        "metafield": None
+        if metafield is None
+        else {"namespace": ns, "key": key, "value": metafield[1]},
+        "customAttributes": [{"key": k, "value": v} for k, v in order.attributes],
+        "transactions": [
+            {
+                "gateway": t.gateway,
+                "kind": t.kind,
+                "status": t.status,
+                "authorizationCode": t.authorization_code,
+            }
+            for t in order.transactions
+        ],
+    }
+
+
+def _rest_fulfillment(order: _Order, fulfillment: _Fulfillment) -> dict[str, Any]:
+    """The REST Fulfillment of a `fulfillments/*` webhook (see the reference sample)."""
+    by_id = {item.id: item for item in order.lines}
+    items = []
+    for line_id, quantity in fulfillment.lines.items():
+        spec = by_id[line_id].spec
+        discount = sum((Decimal(_pair(d)[0]) for d in spec.discounts), Decimal("0.00"))
+        discount_p = sum((Decimal(_pair(d)[1]) for d in spec.discounts), Decimal("0.00"))
+        items.append(
+            {
+                "id": line_id,
+                "admin_graphql_api_id": _gid("LineItem", line_id),
+                "title": spec.name,
+                "name": spec.name,
+                "sku": spec.sku,
+                "quantity": quantity,
+                "price": _pair(spec.price)[0],
+                "price_set": _price_set(spec.price, order),
+                "total_discount": f"{discount:.2f}",
+                "total_discount_set": _price_set((f"{discount:.2f}", f"{discount_p:.2f}"), order),
+                "discount_allocations": [
+                    {
+                        "amount": _pair(d)[0],
+                        "amount_set": _price_set(d, order),
+                        "discount_application_index": index,
+                    }
+                    for index, d in enumerate(spec.discounts)
+                ],
+                "tax_lines": [
+                    {
+                        "title": t.title,
+                        "rate": Decimal(t.rate),
+                        "price": _pair(t.amount)[0],
+                        "price_set": _price_set(t.amount, order),
+                    }
+                    for t in spec.taxes
+                ],
+                "requires_shipping": spec.requires_shipping,
+                "taxable": bool(spec.taxes),
+                "gift_card": spec.gift_card,
+                "fulfillment_service": "manual",
+                "product_exists": True,
+            }
+        )
+    numbers, urls = fulfillment.tracking_numbers, fulfillment.tracking_urls
+    return {
+        "id": fulfillment.id,
+        "admin_graphql_api_id": _gid("Fulfillment", fulfillment.id),
+        "order_id": order.id,
+        "name": fulfillment.name,
+        "status": fulfillment.status,
+        "created_at": fulfillment.created_at.astimezone(UTC).isoformat(timespec="seconds"),
+        "updated_at": fulfillment.updated_at.astimezone(UTC).isoformat(timespec="seconds"),
+        "service": "manual",
+        "shipment_status": None,
+        "location_id": None,
+        "tracking_company": fulfillment.tracking_company,
+        "tracking_number": numbers[0] if numbers else None,
+        "tracking_numbers": list(numbers),
+        "tracking_url": urls[0] if urls else None,
+        "tracking_urls": list(urls),
+        "line_items": items,
+    }
+
+
+def _user_error(path: Sequence[str | int], message: str, code: str | None = None) -> dict[str, Any]:
+    return {"field": [str(part) for part in path], "message": message, "code": code}
+
+
+def _value_problem(kind: str, value: str) -> str | None:
+    if kind == "json":
+        try:
+            json.loads(value)
+        except ValueError as error:
+            return f"Value is invalid JSON: {error}."
+    elif kind == "number_integer":
+        if not re.fullmatch(r"-?\d+", value):
+            return "Value must be an integer."
+    elif kind == "number_decimal":
+        if not re.fullmatch(r"-?\d+(\.\d+)?", value):
+            return "Value must be a decimal."
+    elif kind == "boolean":
+        if value not in ("true", "false"):
+            return "Value must be true or false."
+    elif kind == "single_line_text_field" and "\n" in value:
+        return "Value must be a single line."
+    return None
+
+
+def _metafields_set(shop: _Shop, raw: object) -> dict[str, Any]:
+    """metafieldsSet: validated as a whole, then written atomically (all or none)."""
+    if not isinstance(raw, list):
+        raise _GraphQLError("Variable $metafields of type [MetafieldsSetInput!]! was not provided")
+    if len(raw) > MAX_METAFIELDS:
+        raise _GraphQLError(
+            f"The input array size of {len(raw)} is greater than the maximum allowed of "
+            f"{MAX_METAFIELDS}."
+        )
+    errors: list[dict[str, Any]] = []
+    writes: list[tuple[_Order, str, str, str, str]] = []
+    for index, item in enumerate(raw):
+        at: list[str | int] = ["metafields", index]
+        if not isinstance(item, dict):
+            errors.append(_user_error(at, "Metafield is invalid.", "INVALID"))
+            continue
+        owner_id = _legacy(str(item.get("ownerId", "")), "Order")
+        order = shop.orders.get(owner_id if owner_id is not None else -1)
+        namespace, key = str(item.get("namespace") or ""), str(item.get("key") or "")
+        kind, value = item.get("type"), item.get("value")
+        before = len(errors)
+        if order is None:
+            errors.append(_user_error([*at, "ownerId"], "Owner does not exist.", "INVALID"))
+        if not key:
+            errors.append(_user_error([*at, "key"], "Key can't be blank.", "BLANK"))
+        if not isinstance(value, str) or value == "":
+            errors.append(_user_error([*at, "value"], "Value can't be blank.", "BLANK"))
+        if kind not in METAFIELD_TYPES:
+            known = ", ".join(sorted(METAFIELD_TYPES))
+            errors.append(
+                _user_error([*at, "type"], f"Type must be one of: {known}.", "INVALID_TYPE")
+            )
+        elif isinstance(value, str) and value:
+            problem = _value_problem(str(kind), value)
+            if problem is not None:
+                errors.append(_user_error([*at, "value"], problem, "INVALID_VALUE"))
+        if len(errors) == before and order is not None:
+            writes.append((order, namespace or "app", key, str(kind), str(value)))
+    if errors:
+        return {"metafields": None, "userErrors": errors}
+    for order, namespace, key, kind, value in writes:
+        order.metafields[(namespace, key)] = (kind, value)
+    return {
+        "metafields": [{"namespace": ns, "key": key} for _, ns, key, _, _ in writes],
+        "userErrors": [],
+    }
+
+
+def _add_tags(current: list[str], new: Iterable[str]) -> None:
+    """Append tags (comma-separated strings split), skipping ones present in any case."""
+    known = {tag.casefold() for tag in current}
+    for raw in new:
+        for tag in raw.split(","):
+            tag = tag.strip()
+            if tag and tag.casefold() not in known:
+                current.append(tag)
+                known.add(tag.casefold())
+
+
+def _tags_add(shop: _Shop, variables: Mapping[str, Any], query: str) -> dict[str, Any]:
+    raw_id, tags = variables.get("id"), variables.get("tags")
+    if not isinstance(tags, list | str) or not isinstance(raw_id, str):
+        raise _GraphQLError("Variables $id: ID! and $tags: [String!]! are required")
+    legacy_id = _legacy(raw_id, "Order")
+    order = shop.orders.get(legacy_id if legacy_id is not None else -1)
+    result: dict[str, Any] = {}
+    if order is None:
+        if re.search(r"\bnode\b", query):
+            result["node"] = None
+        result["userErrors"] = [_user_error(["id"], "Order does not exist")]
+        return result
+    _add_tags(order.tags, [tags] if isinstance(tags, str) else [str(t) for t in tags])
+    if re.search(r"\bnode\b", query):
+        result["node"] = {"id": order.gid}
+    result["userErrors"] = []
+    return result
+
+
+# --- webhooks and session tokens, as Shopify makes them ------------------------------------------
+
+
+def signed_webhook(
+    secret: str,
+    topic: str,
+    shop: str,
+    body: bytes,
+    *,
+    webhook_id: str | None = None,
+    event_id: str | None = None,
+    api_version: str = API_VERSION,
+    triggered_at: datetime | None = None,
+) -> dict[str, str]:
+    """The headers Shopify sends with a webhook: only the body is signed (base64 HMAC-SHA256)."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    moment = (triggered_at or datetime.now(UTC)).astimezone(UTC)
+    return {
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode(),
+        "X-Shopify-Shop-Domain": shop,
+        "X-Shopify-API-Version": api_version,
+        "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
+        "X-Shopify-Event-Id": event_id or str(uuid.uuid4()),
+        "X-Shopify-Triggered-At": moment.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+    }
+
+
+def session_token(
+    secret: str,
+    client_id: str,
+    shop: str,
+    *,
+    now: float | None = None,
+    lifetime: int = 60,
+    user_id: str = "42",
+) -> str:
+    """An embedded-app session token as App Bridge hands one out (HS256, client secret)."""
+    issued = int(now if now is not None else datetime.now(UTC).timestamp())
+    claims = {
+        "iss": f"https://{shop}/admin",
+        "dest": f"https://{shop}",
+        "aud": client_id,
+        "sub": user_id,
+        "exp": issued + lifetime,
+        "nbf": issued,
+        "iat": issued,
+        "jti": str(uuid.uuid4()),
+        "sid": secrets.token_hex(16),
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+# --- the HTTP face -------------------------------------------------------------------------------
+
+
+async def _graphql_endpoint(request: Request) -> Response:
+    sandbox: ShopifySandbox = request.app.state.sandbox
+    shop = request.path_params["shop"]
+    answer, entry = sandbox.graphql(
+        shop, request.headers.get("X-Shopify-Access-Token"), await request.body()
+    )
+    sandbox.log(_with(entry, path=request.url.path, status=answer.status))
+    return answer.response()
+
+
+async def _oauth_endpoint(request: Request) -> Response:
+    sandbox: ShopifySandbox = request.app.state.sandbox
+    shop = request.path_params["shop"]
+    params: dict[str, str] = dict(request.query_params)
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.startswith("application/json"):
+        try:
+            body = msgspec.json.decode(await request.body(), type=dict[str, str])
+        except msgspec.DecodeError:
+            body = {}
+        params.update(body)
+    else:
+        form = await request.form()
+        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    answer = sandbox.oauth(shop, params)
+    entry = LoggedRequest("POST", request.url.path, shop, "oauth", answer.status)
+    sandbox.log(entry)
+    return answer.response()
+
+
+async def _faults_endpoint(request: Request) -> Response:
+    sandbox: ShopifySandbox = request.app.state.sandbox
+    if request.method == "DELETE":
+        sandbox.clear_faults()
+        return Response(status_code=204)
+    try:
+        settings = msgspec.json.decode(await request.body(), type=FaultSettings)
+    except msgspec.DecodeError as exc:
+        return _json(400, {"errors": str(exc)}).response()
+    sandbox.set_faults(settings)
+    with sandbox.lock:
+        return _json(200, sandbox.faults.to_json()).response()
+
+
+def create_app(sandbox: ShopifySandbox | None = None) -> Starlette:
+    """The fake as an ASGI app; point the Admin client's base_url at `{url}/shops/{shop}`."""
+    routes: list[BaseRoute] = [
+        Route(
+            "/shops/{shop}/admin/api/{version}/graphql.json", _graphql_endpoint, methods=["POST"]
+        ),
+        Route("/shops/{shop}/admin/oauth/access_token", _oauth_endpoint, methods=["POST"]),
+        Route("/sandbox/faults", _faults_endpoint, methods=["POST", "DELETE"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.sandbox = sandbox if sandbox is not None else ShopifySandbox()
+    return app

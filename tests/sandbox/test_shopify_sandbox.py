@@ -1,0 +1,549 @@
+"""The Shopify sandbox over real HTTP, driven by the app's own Admin client, order query, Structs
+and signature checks: what the fake answers is what the adapter decodes."""
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import msgspec
+import pytest
+
+from plugin.capture import klarna_lines
+from plugin.events import FulfillmentEvent, Tracking
+from plugin.platforms import shopify
+from plugin.platforms._shopify_admin import AdminClient, ShopifyError
+from plugin.platforms.shopify import (
+    ORDER_QUERY,
+    MetafieldSource,
+    NoteAttributeSource,
+    ShopifyMappingError,
+    TransactionSource,
+    decode_fulfillment,
+    decode_order,
+    klarna_order_id,
+    order_query_variables,
+    shipment_from,
+)
+from plugin.retries import RetryPolicy
+from plugin.sandbox.server import serve_in_thread
+from plugin.sandbox.shopify import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_SCOPES,
+    Line,
+    ManualClock,
+    ShippingLine,
+    ShopifySandbox,
+    Tax,
+    Transaction,
+    create_app,
+    session_token,
+    signed_webhook,
+)
+from plugin.signatures import (
+    WebhookVerificationError,
+    verify_shopify_session_token,
+    verify_shopify_webhook,
+)
+
+pytestmark = pytest.mark.anyio
+
+SAMPLE = (
+    Path(__file__).resolve().parents[3] / "shared/reference/shopify/fulfillments-create.sample.json"
+)
+SHOP = "corner.myshopify.com"
+VERSION = shopify.API_VERSION
+START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+SOURCE = MetafieldSource(namespace="klarna", key="order_id")
+FAST = RetryPolicy(attempts=4, backoff_seconds=0.01, max_backoff_seconds=0.02)
+UPS_URL = "https://www.ups.com/WebTracking?loc=en_US&requester=ST&trackNums=1z827wk74630"
+
+
+class Sleeps(list[float]):
+    """Records the client's waits and lets the sandbox's clock pass them: no real waiting."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+        self.clock.advance(timedelta(seconds=seconds))
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[ShopifySandbox, str]]:
+    sandbox = ShopifySandbox()
+    with serve_in_thread(create_app(sandbox)) as url:
+        yield sandbox, url
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def sandbox(served: tuple[ShopifySandbox, str], clock: ManualClock) -> ShopifySandbox:
+    sandbox = served[0]
+    sandbox.reset()
+    sandbox.clock = clock
+    sandbox.restore_rate = 50.0
+    return sandbox
+
+
+@pytest.fixture
+def url(served: tuple[ShopifySandbox, str], sandbox: ShopifySandbox) -> str:
+    return served[1]
+
+
+@pytest.fixture
+def token(sandbox: ShopifySandbox) -> str:
+    return sandbox.add_shop(SHOP)
+
+
+@pytest.fixture
+def sleeps(clock: ManualClock) -> Sleeps:
+    return Sleeps(clock)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(timeout=10) as client:
+        yield client
+
+
+def admin_client(
+    url: str, token: str, http: httpx2.AsyncClient, sleeps: Sleeps, shop: str = SHOP
+) -> AdminClient:
+    return AdminClient(
+        shop,
+        token,
+        api_version=VERSION,
+        http=http,
+        base_url=f"{url}/shops/{{shop}}",
+        retry=FAST,
+        sleep=sleeps,
+    )
+
+
+@pytest.fixture
+def admin(url: str, token: str, http: httpx2.AsyncClient, sleeps: Sleeps) -> AdminClient:
+    return admin_client(url, token, http, sleeps)
+
+
+def legacy(gid: str) -> str:
+    return gid.rsplit("/", 1)[1]
+
+
+def sample_order(sandbox: ShopifySandbox, klarna_id: str = "kl-1") -> str:
+    """The order behind the reference sample: its five lines (ids, SKUs, prices, the lounger's
+    two 5.00 allocations), a US shop pricing without tax, 9.99 shipping."""
+    sample = json.loads(SAMPLE.read_text())
+    lines = [
+        Line(
+            name=item["name"],
+            price=item["price"],
+            sku=item["sku"],
+            discounts=[a["amount"] for a in item["discount_allocations"]],
+            id=item["id"],
+        )
+        for item in sample["line_items"]
+    ]
+    return sandbox.add_order(
+        SHOP,
+        lines,
+        currency="USD",
+        taxes_included=False,
+        shipping=[ShippingLine("Standard", "9.99", code="STANDARD")],
+        transactions=[Transaction("klarna", authorization_code=klarna_id)],
+        note_attributes={"klarna_order_id": klarna_id},
+        metafields={("klarna", "order_id"): klarna_id},
+        tags=["vip"],
+        order_id=sample["order_id"],
+    )
+
+
+async def read_order(
+    http: httpx2.AsyncClient, url: str, token: str, gid: str, query: str = ORDER_QUERY
+) -> shopify.Order:
+    """The app's own query over HTTP, the raw answer through the app's own decoder."""
+    response = await http.post(
+        f"{url}/shops/{SHOP}/admin/api/{VERSION}/graphql.json",
+        json={"query": query, "variables": order_query_variables(legacy(gid), SOURCE)},
+        headers={"X-Shopify-Access-Token": token},
+    )
+    assert response.status_code == 200
+    return decode_order(response.content)
+
+
+def summary(event: FulfillmentEvent) -> list[tuple[Any, ...]]:
+    return [
+        (line.reference, line.type, line.quantity, line.unit_price, line.total_discount_amount)
+        for line in klarna_lines(event)
+    ]
+
+
+# --- the order query ------------------------------------------------------------------------------
+
+
+async def test_an_order_decodes_through_the_apps_query_and_structs(
+    sandbox: ShopifySandbox, url: str, token: str, http: httpx2.AsyncClient
+) -> None:
+    gid = sample_order(sandbox, "kl-42")
+    order = await read_order(http, url, token, gid)
+    assert (order.id, order.currency_code, order.presentment_currency_code) == (gid, "USD", "USD")
+    assert order.taxes_included is False
+    assert [line.sku for line in order.line_items.nodes][3] == "SKU2006-020"
+    lounger = order.line_items.nodes[3]
+    assert [a.allocated_amount_set.shop_money.amount for a in lounger.discount_allocations] == [
+        "5.00",
+        "5.00",
+    ]
+    assert order.line_items.page_info.has_next_page is False
+    assert [s.code for s in order.shipping_lines.nodes] == ["STANDARD"]
+    assert order.fulfillments == []
+    for source in (
+        SOURCE,
+        NoteAttributeSource(name="klarna_order_id"),
+        TransactionSource(gateway="Klarna"),
+    ):
+        assert klarna_order_id(order, source) == "kl-42"
+
+
+async def test_a_presentment_currency_and_tax_lines_come_back_as_bags(
+    sandbox: ShopifySandbox, url: str, token: str, http: httpx2.AsyncClient
+) -> None:
+    gid = sandbox.add_order(
+        SHOP,
+        [Line("Mug", ("10.00", "110.00"), taxes=[Tax("0.25", ("2.00", "22.00"), "VAT")])],
+        currency="EUR",
+        presentment_currency="SEK",
+    )
+    order = await read_order(http, url, token, gid)
+    [line] = order.line_items.nodes
+    assert line.original_unit_price_set is not None
+    assert line.original_unit_price_set.presentment_money.amount == "110.00"
+    [tax] = line.tax_lines
+    assert (str(tax.rate), tax.title, tax.price_set.presentment_money.currency_code) == (
+        "0.25",
+        "VAT",
+        "SEK",
+    )
+    with pytest.raises(ValueError, match="pair"):
+        sandbox.add_order(SHOP, [Line("Mug", "10.00")], currency="EUR", presentment_currency="SEK")
+
+
+async def test_a_page_smaller_than_the_order_is_reported_and_refused(
+    sandbox: ShopifySandbox, url: str, token: str, http: httpx2.AsyncClient
+) -> None:
+    gid = sandbox.add_order(SHOP, [Line(f"Item {i}", "1.00") for i in range(3)])
+    body = decode_fulfillment(msgspec.json.encode(sandbox.fulfill(SHOP, gid)))
+    small = ORDER_QUERY.replace(
+        f"lineItems(first: {shopify.LINE_ITEMS_PAGE})", "lineItems(first: 2)"
+    )
+    order = await read_order(http, url, token, gid, small)
+    assert (len(order.line_items.nodes), order.line_items.page_info.has_next_page) == (2, True)
+    with pytest.raises(ShopifyMappingError, match="more lines"):
+        shipment_from(body, order, klarna_order_id="kl")
+
+
+async def test_an_unknown_order_is_null(
+    sandbox: ShopifySandbox, url: str, token: str, http: httpx2.AsyncClient
+) -> None:
+    with pytest.raises(ShopifyMappingError, match="no order"):
+        await read_order(http, url, token, "gid://shopify/Order/404")
+
+
+# --- fulfilments: the webhook body and the order after it ----------------------------------------
+
+
+async def test_the_fulfilment_body_maps_like_the_sample(
+    sandbox: ShopifySandbox, url: str, token: str, http: httpx2.AsyncClient
+) -> None:
+    gid = sample_order(sandbox)
+    body = sandbox.fulfill(
+        SHOP,
+        gid,
+        tracking_company="UPS",
+        tracking_numbers=["1z827wk74630"],
+        tracking_urls=[UPS_URL],
+    )
+    assert (body["status"], body["name"], body["order_id"]) == (
+        "success",
+        "#1001.1",
+        int(legacy(gid)),
+    )
+    fulfillment = decode_fulfillment(msgspec.json.encode(body))
+    order = await read_order(http, url, token, gid)
+    [listed] = order.fulfillments
+    assert (listed.id, listed.status, listed.created_at) == (
+        f"gid://shopify/Fulfillment/{fulfillment.id}",
+        "SUCCESS",
+        START,
+    )
+    event = shipment_from(fulfillment, order, klarna_order_id="kl-1", currency="USD")
+    assert summary(event) == [
+        ("SKU2006-001", "physical", 1, 8999, 0),
+        ("LENS-PROTECT-2YR", "physical", 1, 1999, 0),
+        ("CASE-LEATHER-PREM", "physical", 1, 2499, 0),
+        ("SKU2006-020", "physical", 1, 15999, 1000),
+        ("SKU2006-035", "physical", 1, 11999, 0),
+        ("STANDARD", "shipping_fee", 1, 999, 0),
+    ]
+    assert event.complete is True
+    assert event.shipping == [
+        Tracking(carrier="ups", tracking_number="1z827wk74630", tracking_url=UPS_URL)
+    ]
+
+
+async def test_a_line_shipped_in_two_parts_and_a_cancelled_fulfilment(
+    sandbox: ShopifySandbox, clock: ManualClock, url: str, token: str, http: httpx2.AsyncClient
+) -> None:
+    gid = sandbox.add_order(
+        SHOP,
+        [Line("Chair", "20.00", quantity=3, sku="CHAIR", discounts=["6.00"])],
+        shipping=[ShippingLine("Post", "5.00", code="POST")],
+    )
+    [line_gid] = [line.id for line in (await read_order(http, url, token, gid)).line_items.nodes]
+    first = sandbox.fulfill(SHOP, gid, {line_gid: 1})
+    clock.advance(timedelta(minutes=5))
+    second = sandbox.fulfill(SHOP, gid, {line_gid: 2})
+    with pytest.raises(ValueError, match="nothing left"):
+        sandbox.fulfill(SHOP, gid)
+    order = await read_order(http, url, token, gid)
+    one = shipment_from(decode_fulfillment(msgspec.json.encode(first)), order, klarna_order_id="k")
+    two = shipment_from(decode_fulfillment(msgspec.json.encode(second)), order, klarna_order_id="k")
+    assert summary(one) == [
+        ("CHAIR", "physical", 1, 2000, 200),
+        ("POST", "shipping_fee", 1, 500, 0),
+    ]
+    assert summary(two) == [("CHAIR", "physical", 2, 2000, 400)]
+    assert (one.complete, two.complete, second["name"]) == (False, True, "#1001.2")
+
+    update = sandbox.cancel_fulfillment(SHOP, gid, first["id"])
+    assert update["status"] == "cancelled"
+    order = await read_order(http, url, token, gid)
+    assert [f.status for f in order.fulfillments] == ["CANCELLED", "SUCCESS"]
+    # The shipping fee moves to the first fulfilment still standing.
+    two = shipment_from(decode_fulfillment(msgspec.json.encode(second)), order, klarna_order_id="k")
+    assert summary(two)[-1] == ("POST", "shipping_fee", 1, 500, 0)
+
+
+# --- write-backs ---------------------------------------------------------------------------------
+
+
+async def test_metafields_and_tags_land_and_tags_are_appended(
+    sandbox: ShopifySandbox, admin: AdminClient
+) -> None:
+    gid = sample_order(sandbox)
+    await admin.set_metafields(
+        gid,
+        "klarna_capture",
+        {
+            "capture_id": ("single_line_text_field", "cap-1"),
+            "captured_amount": ("number_integer", "50494"),
+            "detail": ("json", '{"lines": 6}'),
+        },
+    )
+    assert sandbox.metafields(SHOP, gid) == {
+        ("klarna", "order_id"): ("single_line_text_field", "kl-1"),
+        ("klarna_capture", "capture_id"): ("single_line_text_field", "cap-1"),
+        ("klarna_capture", "captured_amount"): ("number_integer", "50494"),
+        ("klarna_capture", "detail"): ("json", '{"lines": 6}'),
+    }
+    await admin.add_tags(gid, ["klarna-captured", "VIP"])
+    await admin.add_tags(gid, ["klarna-captured, shipped"])
+    assert sandbox.tags(SHOP, gid) == ["vip", "klarna-captured", "shipped"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "field", "code"),
+    [
+        ("json", "{not json", "metafields.1.value", "INVALID_VALUE"),
+        ("number_integer", "12.5", "metafields.1.value", "INVALID_VALUE"),
+        ("money_bag", "1", "metafields.1.type", "INVALID_TYPE"),
+    ],
+)
+async def test_user_errors_are_raised_and_nothing_is_written(
+    sandbox: ShopifySandbox, admin: AdminClient, kind: str, value: str, field: str, code: str
+) -> None:
+    gid = sample_order(sandbox)
+    with pytest.raises(ShopifyError) as raised:
+        await admin.set_metafields(
+            gid, "klarna_capture", {"ok": ("single_line_text_field", "x"), "bad": (kind, value)}
+        )
+    assert (raised.value.code, raised.value.status) == ("USER_ERRORS", 200)
+    [message] = raised.value.messages
+    assert message.startswith(f"{field}: ")
+    assert sandbox.metafields(SHOP, gid) == {
+        ("klarna", "order_id"): ("single_line_text_field", "kl-1")
+    }
+
+
+async def test_an_unknown_owner_is_a_user_error(
+    sandbox: ShopifySandbox, admin: AdminClient
+) -> None:
+    with pytest.raises(ShopifyError, match=r"metafields\.0\.ownerId"):
+        await admin.set_metafields("gid://shopify/Order/1", "ns", {"k": ("json", "1")})
+    with pytest.raises(ShopifyError, match="USER_ERRORS"):
+        await admin.add_tags("gid://shopify/Order/1", ["x"])
+
+
+# --- throttling, faults and tokens ---------------------------------------------------------------
+
+
+async def test_a_throttled_query_waits_what_the_bucket_lacks(
+    sandbox: ShopifySandbox, admin: AdminClient, sleeps: Sleeps
+) -> None:
+    gid = sample_order(sandbox)
+    sandbox.restore_rate = 2.0
+    sandbox.set_bucket(SHOP, 4.0)
+    data = await admin.execute("order", ORDER_QUERY, order_query_variables(legacy(gid), SOURCE))
+    assert data["order"]["id"] == gid
+    requested, available, restore = sandbox.query_cost, 4.0, 2.0
+    assert sleeps == [(requested - available) / restore]
+    assert [(r.operation, r.status, r.throttled) for r in sandbox.requests] == [
+        ("order", 200, True),
+        ("order", 200, False),
+    ]
+
+
+async def test_an_injected_throttle_and_server_errors_are_retried(
+    sandbox: ShopifySandbox, url: str, admin: AdminClient, http: httpx2.AsyncClient, sleeps: Sleeps
+) -> None:
+    gid = sample_order(sandbox)
+    response = await http.post(
+        f"{url}/sandbox/faults", json={"fail_next": 2, "fail_status": 502, "throttle_next": 1}
+    )
+    assert response.json() == {"fail_next": 2, "fail_status": 502, "throttle_next": 1}
+    await admin.add_tags(gid, ["captured"])
+    assert [(r.status, r.fault) for r in sandbox.requests] == [
+        (502, "fail_next"),
+        (502, "fail_next"),
+        (200, "throttle_next"),
+        (200, None),
+    ]
+    assert len(sleeps) == 3
+    assert sleeps[2] == 1.0  # the bucket held enough: the client's minimum wait
+    assert sandbox.tags(SHOP, gid) == ["vip", "captured"]
+    assert (await http.delete(f"{url}/sandbox/faults")).status_code == 204
+
+
+async def test_a_wrong_token_is_a_final_401(
+    sandbox: ShopifySandbox, url: str, token: str, http: httpx2.AsyncClient, sleeps: Sleeps
+) -> None:
+    wrong = admin_client(url, "shpat_wrong", http, sleeps)
+    with pytest.raises(ShopifyError) as raised:
+        await wrong.execute("order", ORDER_QUERY, order_query_variables(1, SOURCE))
+    assert (raised.value.status, raised.value.code, raised.value.retryable) == (
+        401,
+        "UNAUTHORIZED",
+        False,
+    )
+    assert "shpat_wrong" not in str(raised.value)
+    assert [r.status for r in sandbox.requests] == [401]
+    response = await http.post(
+        f"{url}/shops/{SHOP}/admin/api/{VERSION}/graphql.json",
+        json={"query": ORDER_QUERY},
+        headers={"X-Shopify-Access-Token": "nope"},
+    )
+    assert response.json() == {
+        "errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"
+    }
+    sandbox.revoke_tokens(SHOP)
+    with pytest.raises(ShopifyError, match="UNAUTHORIZED"):
+        await admin_client(url, token, http, sleeps).add_tags("gid://shopify/Order/1", ["x"])
+
+
+# --- OAuth ---------------------------------------------------------------------------------------
+
+
+async def test_an_authorization_code_is_exchanged_once(
+    sandbox: ShopifySandbox, url: str, http: httpx2.AsyncClient, sleeps: Sleeps
+) -> None:
+    shop = "fresh.myshopify.com"
+    code = sandbox.authorize(shop)
+    endpoint = f"{url}/shops/{shop}/admin/oauth/access_token"
+    grant = {"client_id": DEFAULT_CLIENT_ID, "client_secret": DEFAULT_CLIENT_SECRET, "code": code}
+    wrong = await http.post(endpoint, json={**grant, "client_secret": "guess"})
+    assert (wrong.status_code, wrong.json()["error"]) == (400, "invalid_client")
+    first = await http.post(endpoint, json=grant)
+    assert first.status_code == 200
+    assert set(first.json()) == {"access_token", "scope"}
+    assert first.json()["scope"] == DEFAULT_SCOPES
+    again = await http.post(endpoint, data=grant)  # form-encoded this time
+    assert (again.status_code, again.json()["error"]) == (400, "invalid_request")
+    elsewhere = await http.post(f"{url}/shops/{SHOP}/admin/oauth/access_token", json=grant)
+    assert elsewhere.status_code == 400
+
+    gid = sandbox.add_order(shop, [Line("Lamp", "30.00")])
+    client = admin_client(url, first.json()["access_token"], http, sleeps, shop=shop)
+    await client.add_tags(gid, ["installed"])
+    assert sandbox.tags(shop, gid) == ["installed"]
+
+
+async def test_a_session_token_is_exchanged_for_an_offline_token(
+    sandbox: ShopifySandbox, url: str, http: httpx2.AsyncClient
+) -> None:
+    endpoint = f"{url}/shops/{SHOP}/admin/oauth/access_token"
+
+    def grant(subject: str) -> dict[str, str]:
+        return {
+            "client_id": DEFAULT_CLIENT_ID,
+            "client_secret": DEFAULT_CLIENT_SECRET,
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": subject,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+            "requested_token_type": "urn:shopify:params:oauth:token-type:offline-access-token",
+        }
+
+    now = START.timestamp()
+    fresh = session_token(DEFAULT_CLIENT_SECRET, DEFAULT_CLIENT_ID, SHOP, now=now)
+    answer = await http.post(endpoint, json=grant(fresh))
+    assert (answer.status_code, answer.json()["scope"]) == (200, DEFAULT_SCOPES)
+    stale = session_token(DEFAULT_CLIENT_SECRET, DEFAULT_CLIENT_ID, SHOP, now=now - 3600)
+    forged = session_token("shpss_" + "0" * 32, DEFAULT_CLIENT_ID, SHOP, now=now)
+    other_shop = session_token(DEFAULT_CLIENT_SECRET, DEFAULT_CLIENT_ID, "x.myshopify.com", now=now)
+    for bad in (stale, forged, other_shop):
+        refused = await http.post(endpoint, data=grant(bad))
+        assert (refused.status_code, refused.json()["error"]) == (400, "invalid_subject_token")
+
+
+# --- what Shopify signs --------------------------------------------------------------------------
+
+
+def test_signed_webhook_headers_verify() -> None:
+    body = SAMPLE.read_bytes()
+    headers = signed_webhook(DEFAULT_CLIENT_SECRET, "fulfillments/create", SHOP, body)
+    secret = [DEFAULT_CLIENT_SECRET.encode()]
+    verify_shopify_webhook(secret, headers["X-Shopify-Hmac-Sha256"], body)
+    with pytest.raises(WebhookVerificationError):
+        verify_shopify_webhook(secret, headers["X-Shopify-Hmac-Sha256"], body + b" ")
+    assert (headers["X-Shopify-Topic"], headers["X-Shopify-Shop-Domain"]) == (
+        "fulfillments/create",
+        SHOP,
+    )
+    assert headers["X-Shopify-API-Version"] == VERSION
+    again = signed_webhook(DEFAULT_CLIENT_SECRET, "fulfillments/create", SHOP, body)
+    assert again["X-Shopify-Webhook-Id"] != headers["X-Shopify-Webhook-Id"]
+    assert again["X-Shopify-Hmac-Sha256"] == headers["X-Shopify-Hmac-Sha256"]
+    fixed = signed_webhook("s", "app/uninstalled", SHOP, b"{}", webhook_id="w-1")
+    assert fixed["X-Shopify-Webhook-Id"] == "w-1"
+
+
+def test_session_token_verifies() -> None:
+    now = START.timestamp()
+    token = session_token(DEFAULT_CLIENT_SECRET, DEFAULT_CLIENT_ID, SHOP, now=now, user_id="7")
+    session = verify_shopify_session_token(
+        token, client_id=DEFAULT_CLIENT_ID, secrets=[DEFAULT_CLIENT_SECRET], now=now + 30
+    )
+    assert (session.shop, session.user_id, session.expires_at) == (SHOP, "7", int(now) + 60)
+    assert session.session_id
+    with pytest.raises(WebhookVerificationError, match="expired"):
+        verify_shopify_session_token(
+            token, client_id=DEFAULT_CLIENT_ID, secrets=[DEFAULT_CLIENT_SECRET], now=now + 120
+        )
