@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx2
 import msgspec
-from bench_support import (
+from support import (
     Process,
     add_shop,
     free_port,

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import httpx2
 import msgspec
-from bench_support import (
+from support import (
     ORDER,
     SANDBOX_PASSWORD,
     Process,
@@ -126,7 +126,7 @@ def run(count: int, latency_ms: int, work: Path, processes: int = 1) -> Run:
         sandbox = Process(
             "Klarna sandbox",
             [
-                *(sys.executable, str(SCRIPTS / "bench_support.py"), "sandbox"),
+                *(sys.executable, str(SCRIPTS / "support.py"), "sandbox"),
                 *("--port", str(sandbox_port), "--usernames", str(SHOPS)),
             ],
             env,

@@ -5,7 +5,6 @@ both processes are stopped at the end, on error and on Ctrl-C too."""
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from typing import Any, NoReturn
 
 import httpx2
 import msgspec
+from support import add_shop, free_port, klarna_capture
 
 from plugin import signatures
 
@@ -60,18 +60,6 @@ SHIPMENT_KEYS = (
     "tax_rate",
     "total_discount_amount",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def klarna_capture() -> str:
-    """The `klarna-capture` command of this venv (scripts/_venv puts it on PATH too)."""
-    beside = Path(sys.executable).parent / "klarna-capture"
-    return str(beside) if beside.exists() else "klarna-capture"
 
 
 @contextlib.contextmanager
@@ -175,22 +163,7 @@ def demo(command: str, env: dict[str, str], sandbox_url: str, service_url: str, 
     print(f"Klarna order:   {order_id} (EUR {amount / 100:.2f}, authorized)")
 
     # 2. The merchant's shop, with its Klarna API credentials (the password on stdin).
-    added = subprocess.run(  # noqa: S603 - our own command
-        [
-            *(command, "shop", "add", "--platform", "standard", "--name", "Demo"),
-            *("--klarna-region", "eu", "--klarna-environment", "playground"),
-            *("--klarna-username", KLARNA_USER, "--klarna-password-stdin", "--json"),
-        ],
-        input=KLARNA_PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=60,
-    )
-    if added.returncode != 0:
-        fail(f"`klarna-capture shop add` failed: {added.stderr.strip()}")
-    shop = msgspec.json.decode(added.stdout)
+    shop = add_shop(env, KLARNA_USER, KLARNA_PASSWORD, "playground", name="Demo")
     print(f"shop id:        {shop['shop_id']}")
     print(f"webhook URL:    {service_url}{shop['webhook_path']}")
 

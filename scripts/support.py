@@ -1,8 +1,8 @@
-"""What scripts/bench-ingest and scripts/bench-pipeline share: processes on loopback ports, their
+"""What the demo and the benchmarks share: processes on loopback ports, their
 memory, shops, signed deliveries; and, run as a program, a Klarna sandbox that accepts many API
 usernames (Klarna's rate limit is per username, so a benchmark spreads its shops over several):
 
-    python scripts/bench_support.py sandbox --port 8100 --usernames 20   # PK_0 ... PK_19, "pw"
+    python scripts/support.py sandbox --port 8100 --usernames 20   # PK_0 ... PK_19, "pw"
 """
 
 import argparse
@@ -111,11 +111,13 @@ class Process:
                 self.popen.wait()
 
 
-def add_shop(env: dict[str, str], username: str, password: str, environment: str) -> Any:
+def add_shop(
+    env: dict[str, str], username: str, password: str, environment: str, *, name: str = ""
+) -> Any:
     """`klarna-capture shop add --json`: {"shop_id", "webhook_path", "webhook_secret"}."""
     done = subprocess.run(  # noqa: S603 - our own command
         [
-            *(klarna_capture(), "shop", "add", "--name", f"Bench {username}"),
+            *(klarna_capture(), "shop", "add", "--name", name or f"Bench {username}"),
             *("--klarna-region", "eu", "--klarna-environment", environment),
             *("--klarna-username", username, "--klarna-password-stdin", "--json"),
         ],
@@ -212,7 +214,7 @@ def query(database: Path, sql: str) -> list[tuple[Any, ...]]:
 def _serve_sandbox() -> None:
     from plugin.sandbox import klarna
 
-    parser = argparse.ArgumentParser(prog="bench_support.py sandbox")
+    parser = argparse.ArgumentParser(prog="support.py sandbox")
     parser.add_argument("command", choices=["sandbox"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--usernames", type=int, default=20)
