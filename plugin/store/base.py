@@ -5,7 +5,7 @@ nothing if the lease has passed to another worker (fencing), returning False.
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
@@ -13,6 +13,7 @@ from plugin.store.records import (
     AuditEntry,
     Callback,
     CaptureRecord,
+    ComplianceRequest,
     Delivery,
     Job,
     Operation,
@@ -35,6 +36,8 @@ class NewShop(msgspec.Struct, kw_only=True):
     klarna_password: bytes
     status_url: str | None = None
     options: ShopOptions = msgspec.field(default_factory=ShopOptions)
+    shop_domain: str | None = None
+    platform_token: bytes | None = None
 
 
 class ShopChanges(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -48,6 +51,7 @@ class ShopChanges(msgspec.Struct, kw_only=True, omit_defaults=True):
     status_url: str | msgspec.UnsetType | None = msgspec.UNSET
     options: ShopOptions | msgspec.UnsetType = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
+    platform_token: bytes | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class NewCallback(msgspec.Struct, kw_only=True):
@@ -67,6 +71,7 @@ class Plan(msgspec.Struct, kw_only=True):
     idempotency_key: str
     request: bytes
     klarna_reference: str | None = None  # the Klarna order's customer-facing reference
+    completes_order: bool = False  # the shipment that leaves nothing of the order to capture
 
 
 class Captured(msgspec.Struct, kw_only=True):
@@ -99,6 +104,9 @@ class Store(ABC):
 
     @abstractmethod
     async def list_shops(self) -> list[Shop]: ...
+
+    @abstractmethod
+    async def shop_by_domain(self, platform: str, shop_domain: str) -> Shop | None: ...
 
     @abstractmethod
     async def update_shop(self, shop_id: str, changes: ShopChanges, now: float) -> Shop | None:
@@ -141,6 +149,7 @@ class Store(ABC):
         fulfillment_id: str | None,
         rejected: str | None,
         now: float,
+        order_id: str | None = None,
     ) -> tuple[int, bool]:
         """Store a verified delivery and, when accepted, queue its fulfilment's job, together.
 
@@ -152,6 +161,10 @@ class Store(ABC):
     @abstractmethod
     async def fulfillment_deliveries(self, shop_id: str, fulfillment_id: str) -> list[Delivery]:
         """Accepted deliveries of one fulfilment, in arrival order."""
+
+    @abstractmethod
+    async def order_deliveries(self, shop_id: str, order_ids: Sequence[str]) -> list[Delivery]:
+        """Every stored delivery (accepted or not) about these storefront orders."""
 
     @abstractmethod
     async def queue_fulfillment(self, shop_id: str, fulfillment_id: str, now: float) -> int:
@@ -212,6 +225,10 @@ class Store(ABC):
     async def get_capture(self, shop_id: str, fulfillment_id: str) -> CaptureRecord | None: ...
 
     @abstractmethod
+    async def order_captures(self, shop_id: str, order_ids: Sequence[str]) -> list[CaptureRecord]:
+        """The ledger rows of these storefront orders, oldest first."""
+
+    @abstractmethod
     async def save_plan(self, plan: Plan, now: float) -> CaptureRecord | None:
         """Store a planned capture with its idempotency key, before it is sent, and return it.
         A fulfilment already captured is never planned again (None)."""
@@ -270,3 +287,32 @@ class Store(ABC):
 
     @abstractmethod
     async def audit_trail(self, shop_id: str, fulfillment_id: str) -> list[AuditEntry]: ...
+
+    # privacy requests
+
+    @abstractmethod
+    async def redact_orders(
+        self,
+        shop_id: str,
+        order_ids: Sequence[str],
+        scrub_body: Callable[[bytes], bytes],
+        scrub_detail: Callable[[str], str],
+    ) -> tuple[int, int]:
+        """Rewrite, in one transaction, the stored deliveries of these orders with `scrub_body`
+        and the audit entries of their fulfilments with `scrub_detail`; returns how many of each
+        changed. Amounts and ids in the ledger stay."""
+
+    @abstractmethod
+    async def record_compliance(
+        self,
+        platform: str,
+        shop_domain: str,
+        topic: str,
+        webhook_id: str,
+        report: str,
+        now: float,
+    ) -> bool:
+        """Keep a privacy request's report; False when this webhook id was recorded before."""
+
+    @abstractmethod
+    async def compliance_requests(self, limit: int = 100) -> list[ComplianceRequest]: ...

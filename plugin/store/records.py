@@ -17,6 +17,12 @@ class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     send_tracking: bool = True
     trigger_send_out: bool = False
     description_template: str | None = None
+    # Storefront apps (Shopify): where the shop keeps the Klarna order id on its orders
+    # ("metafield": namespace.key, "note_attribute": its name, "transaction": the gateway's name)
+    # and the Klarna shipping method its tracking entries get.
+    klarna_order_id_source: Literal["metafield", "note_attribute", "transaction"] = "metafield"
+    klarna_order_id_field: str = "klarna.order_id"
+    shipping_method: str | None = None
 
 
 class Shop(msgspec.Struct, kw_only=True):
@@ -33,6 +39,13 @@ class Shop(msgspec.Struct, kw_only=True):
     created_at: float
     updated_at: float
     klarna_password_set_at: float | None = None
+    # A storefront app's shop: its domain there and its sealed API token (None once uninstalled).
+    shop_domain: str | None = None
+    platform_token: bytes | None = None
+
+    @property
+    def klarna_configured(self) -> bool:
+        return bool(self.klarna_username)
 
     def __repr__(self) -> str:
         return f"Shop(id={self.id!r}, platform={self.platform!r}, name={self.name!r})"
@@ -59,6 +72,7 @@ class Delivery(msgspec.Struct, kw_only=True):
     status: Literal["accepted", "rejected"]
     reason: str | None
     received_at: float
+    order_id: str | None = None
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -98,6 +112,7 @@ class CaptureRecord(msgspec.Struct, kw_only=True):
     error: str | None
     created_at: float
     updated_at: float
+    completes_order: bool = False
 
 
 class Operation(msgspec.Struct, kw_only=True):
@@ -159,11 +174,24 @@ class Shipment(msgspec.Struct, kw_only=True):
     send_out_done: bool = False
 
 
+class ComplianceRequest(msgspec.Struct, kw_only=True):
+    """A storefront's privacy request (data request, customer or shop redaction) and the report of
+    what was found or removed: kept for the operator, without the customer's contact details."""
+
+    id: int
+    platform: str
+    shop_domain: str
+    topic: str
+    webhook_id: str
+    report: str  # JSON
+    received_at: float
+
+
 class SealedSecret(msgspec.Struct, kw_only=True, frozen=True):
     """A stored secret, sealed by the vault, and where it lives (for key rotation)."""
 
     table: Literal["shops", "webhook_secrets"]
     row_id: str
     shop_id: str
-    field: str
+    field: Literal["klarna_password", "platform_token", "webhook_secret"]
     blob: bytes

@@ -126,4 +126,27 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE shops SET klarna_password_set_at = created_at;
     CREATE INDEX jobs_shop_activity ON jobs (shop_id, kind, updated_at, id);
     """,
+    # 3: storefront apps (Shopify): a shop's storefront domain (unique per platform) and its sealed
+    # API token; the order of each delivery and capture, for write-backs and compliance requests;
+    # whether a capture completed its order; compliance requests and the report each produced
+    """
+    ALTER TABLE shops ADD COLUMN shop_domain TEXT;
+    ALTER TABLE shops ADD COLUMN platform_token BLOB;
+    CREATE UNIQUE INDEX shops_domain ON shops (platform, shop_domain)
+        WHERE shop_domain IS NOT NULL;
+    ALTER TABLE deliveries ADD COLUMN order_id TEXT;
+    CREATE INDEX deliveries_order ON deliveries (shop_id, order_id) WHERE order_id IS NOT NULL;
+    ALTER TABLE captures ADD COLUMN completes_order INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX captures_order ON captures (shop_id, order_id);
+    CREATE TABLE compliance_requests (
+        id INTEGER PRIMARY KEY,
+        platform TEXT NOT NULL,
+        shop_domain TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        webhook_id TEXT NOT NULL,
+        report TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        UNIQUE (platform, webhook_id)
+    );
+    """,
 )

@@ -11,7 +11,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from plugin.store.records import (
     AuditEntry,
     Callback,
     CaptureRecord,
+    ComplianceRequest,
     Delivery,
     Job,
     Operation,
@@ -198,8 +199,8 @@ class SqliteStore(Store):
             conn.execute(
                 "INSERT INTO shops (id, platform, name, klarna_region, klarna_environment,"
                 " klarna_username, klarna_password, status_url, options, enabled, created_at,"
-                " updated_at, klarna_password_set_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+                " updated_at, klarna_password_set_at, shop_domain, platform_token)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
                 (
                     shop.id,
                     shop.platform,
@@ -212,7 +213,9 @@ class SqliteStore(Store):
                     _encoder.encode(shop.options).decode(),
                     now,
                     now,
-                    now,
+                    now if shop.klarna_username else None,
+                    shop.shop_domain,
+                    shop.platform_token,
                 ),
             )
             conn.execute(
@@ -234,6 +237,15 @@ class SqliteStore(Store):
             lambda conn: conn.execute("SELECT * FROM shops ORDER BY created_at").fetchall()
         )
         return [_shop(row) for row in rows]
+
+    async def shop_by_domain(self, platform: str, shop_domain: str) -> Shop | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM shops WHERE platform = ? AND shop_domain = ?",
+                (platform, shop_domain),
+            ).fetchone()
+        )
+        return _shop(row) if row else None
 
     async def update_shop(self, shop_id: str, changes: ShopChanges, now: float) -> Shop | None:
         fields: dict[str, object] = {
@@ -259,7 +271,8 @@ class SqliteStore(Store):
 
     async def remove_shop(self, shop_id: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
-            for table in ("deliveries", "jobs", "captures", "operations", "callbacks", "audit"):
+            tables = ("deliveries", "jobs", "captures", "operations", "callbacks", "audit")
+            for table in (*tables, "admin_links"):
                 conn.execute(f"DELETE FROM {table} WHERE shop_id = ?", (shop_id,))  # noqa: S608
             return conn.execute("DELETE FROM shops WHERE id = ?", (shop_id,)).rowcount > 0
 
@@ -279,27 +292,41 @@ class SqliteStore(Store):
 
     async def sealed_secrets(self) -> list[SealedSecret]:
         def work(conn: sqlite3.Connection) -> list[SealedSecret]:
-            shops = conn.execute("SELECT id, klarna_password FROM shops").fetchall()
+            shops = conn.execute("SELECT id, klarna_password, platform_token FROM shops").fetchall()
             secrets = conn.execute("SELECT id, shop_id, secret FROM webhook_secrets").fetchall()
-            return [
-                SealedSecret(
-                    table="shops",
-                    row_id=row[0],
-                    shop_id=row[0],
-                    field="klarna_password",
-                    blob=row[1],
-                )
-                for row in shops
-            ] + [
-                SealedSecret(
-                    table="webhook_secrets",
-                    row_id=str(row[0]),
-                    shop_id=row[1],
-                    field="webhook_secret",
-                    blob=row[2],
-                )
-                for row in secrets
-            ]
+            return (
+                [
+                    SealedSecret(
+                        table="shops",
+                        row_id=row[0],
+                        shop_id=row[0],
+                        field="klarna_password",
+                        blob=row[1],
+                    )
+                    for row in shops
+                ]
+                + [
+                    SealedSecret(
+                        table="shops",
+                        row_id=row[0],
+                        shop_id=row[0],
+                        field="platform_token",
+                        blob=row[2],
+                    )
+                    for row in shops
+                    if row[2] is not None
+                ]
+                + [
+                    SealedSecret(
+                        table="webhook_secrets",
+                        row_id=str(row[0]),
+                        shop_id=row[1],
+                        field="webhook_secret",
+                        blob=row[2],
+                    )
+                    for row in secrets
+                ]
+            )
 
         return await self._read(work)
 
@@ -307,8 +334,9 @@ class SqliteStore(Store):
         def work(conn: sqlite3.Connection) -> None:
             for secret in secrets:
                 if secret.table == "shops":
+                    # The column is the record's own field name (a Literal), never input.
                     conn.execute(
-                        "UPDATE shops SET klarna_password = ? WHERE id = ?",
+                        f"UPDATE shops SET {secret.field} = ? WHERE id = ?",  # noqa: S608
                         (secret.blob, secret.row_id),
                     )
                 else:
@@ -357,11 +385,12 @@ class SqliteStore(Store):
         fulfillment_id: str | None,
         rejected: str | None,
         now: float,
+        order_id: str | None = None,
     ) -> tuple[int, bool]:
         def work(conn: sqlite3.Connection) -> tuple[int, bool]:
             row = conn.execute(
                 "INSERT INTO deliveries (shop_id, delivery_id, event_type, fulfillment_id, body,"
-                " status, reason, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " status, reason, received_at, order_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (shop_id, delivery_id) DO NOTHING RETURNING id",
                 (
                     shop_id,
@@ -372,6 +401,7 @@ class SqliteStore(Store):
                     "rejected" if rejected else "accepted",
                     rejected,
                     now,
+                    order_id,
                 ),
             ).fetchone()
             if row is None:
@@ -400,6 +430,17 @@ class SqliteStore(Store):
                 "SELECT * FROM deliveries WHERE shop_id = ? AND fulfillment_id = ?"
                 " AND status = 'accepted' ORDER BY id",
                 (shop_id, fulfillment_id),
+            ).fetchall()
+        )
+        return [msgspec.convert(dict(row), Delivery, strict=False) for row in rows]
+
+    async def order_deliveries(self, shop_id: str, order_ids: Sequence[str]) -> list[Delivery]:
+        marks = ", ".join("?" for _ in order_ids)
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT * FROM deliveries WHERE shop_id = ? AND order_id IN ({marks})"  # noqa: S608
+                " ORDER BY id",
+                (shop_id, *order_ids),
             ).fetchall()
         )
         return [msgspec.convert(dict(row), Delivery, strict=False) for row in rows]
@@ -571,18 +612,31 @@ class SqliteStore(Store):
         )
         return _capture(row) if row else None
 
+    async def order_captures(self, shop_id: str, order_ids: Sequence[str]) -> list[CaptureRecord]:
+        marks = ", ".join("?" for _ in order_ids)
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT * FROM captures WHERE shop_id = ? AND order_id IN ({marks})"  # noqa: S608
+                " ORDER BY created_at, fulfillment_id",
+                (shop_id, *order_ids),
+            ).fetchall()
+        )
+        return [_capture(row) for row in rows]
+
     async def save_plan(self, plan: Plan, now: float) -> CaptureRecord | None:
         def work(conn: sqlite3.Connection) -> CaptureRecord | None:
             row = conn.execute(
                 "INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"
                 " currency, state, idempotency_key, planned_at, request, klarna_reference, error,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, NULL, ?, ?)"
+                " created_at, updated_at, completes_order)"
+                " VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, NULL, ?, ?, ?)"
                 " ON CONFLICT (shop_id, fulfillment_id) DO UPDATE SET"
                 " order_id = excluded.order_id, klarna_order_id = excluded.klarna_order_id,"
                 " currency = excluded.currency, state = 'planned',"
                 " idempotency_key = excluded.idempotency_key, planned_at = excluded.planned_at,"
                 " request = excluded.request, klarna_reference = excluded.klarna_reference,"
-                " error = NULL, updated_at = excluded.updated_at"
+                " error = NULL, updated_at = excluded.updated_at,"
+                " completes_order = excluded.completes_order"
                 " WHERE captures.capture_id IS NULL RETURNING *",
                 (
                     plan.shop_id,
@@ -596,6 +650,7 @@ class SqliteStore(Store):
                     plan.klarna_reference,
                     now,
                     now,
+                    plan.completes_order,
                 ),
             ).fetchone()
             return _capture(row) if row else None
@@ -735,6 +790,83 @@ class SqliteStore(Store):
             ).fetchall()
         )
         return [msgspec.convert(dict(row), AuditEntry, strict=False) for row in rows]
+
+    # privacy requests
+
+    async def redact_orders(
+        self,
+        shop_id: str,
+        order_ids: Sequence[str],
+        scrub_body: Callable[[bytes], bytes],
+        scrub_detail: Callable[[str], str],
+    ) -> tuple[int, int]:
+        marks = ", ".join("?" for _ in order_ids)
+
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
+            deliveries = conn.execute(
+                f"SELECT id, fulfillment_id, body FROM deliveries"  # noqa: S608
+                f" WHERE shop_id = ? AND order_id IN ({marks})",
+                (shop_id, *order_ids),
+            ).fetchall()
+            fulfillments = {row[1] for row in deliveries if row[1] is not None}
+            fulfillments.update(
+                row[0]
+                for row in conn.execute(
+                    f"SELECT fulfillment_id FROM captures"  # noqa: S608
+                    f" WHERE shop_id = ? AND order_id IN ({marks})",
+                    (shop_id, *order_ids),
+                )
+            )
+            changed_bodies = 0
+            for row_id, _, body in deliveries:
+                scrubbed = scrub_body(body)
+                if scrubbed != body:
+                    conn.execute("UPDATE deliveries SET body = ? WHERE id = ?", (scrubbed, row_id))
+                    changed_bodies += 1
+            changed_details = 0
+            for fulfillment_id in sorted(fulfillments):
+                for entry_id, detail in conn.execute(
+                    "SELECT id, detail FROM audit WHERE shop_id = ? AND fulfillment_id = ?",
+                    (shop_id, fulfillment_id),
+                ).fetchall():
+                    scrubbed_detail = scrub_detail(detail)
+                    if scrubbed_detail != detail:
+                        conn.execute(
+                            "UPDATE audit SET detail = ? WHERE id = ?", (scrubbed_detail, entry_id)
+                        )
+                        changed_details += 1
+            return changed_bodies, changed_details
+
+        return await self._write(work)
+
+    async def record_compliance(
+        self,
+        platform: str,
+        shop_domain: str,
+        topic: str,
+        webhook_id: str,
+        report: str,
+        now: float,
+    ) -> bool:
+        return await self._write(
+            lambda conn: (
+                conn.execute(
+                    "INSERT INTO compliance_requests (platform, shop_domain, topic, webhook_id,"
+                    " report, received_at) VALUES (?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (platform, webhook_id) DO NOTHING",
+                    (platform, shop_domain, topic, webhook_id, report, now),
+                ).rowcount
+                > 0
+            )
+        )
+
+    async def compliance_requests(self, limit: int = 100) -> list[ComplianceRequest]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM compliance_requests ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        )
+        return [msgspec.convert(dict(row), ComplianceRequest, strict=False) for row in rows]
 
 
 _SHIPMENTS = (

@@ -5,10 +5,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
 from plugin.store import Captured, NewCallback, NewShop, Plan, ShopChanges, Store, open_store
 from plugin.store.records import ShopOptions
+from plugin.store.schema import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000.0
@@ -51,8 +53,8 @@ async def deliver(store: Store, delivery_id: str, fulfillment_id: str = "F1") ->
 
 
 async def test_migrations_apply_once(store: Store) -> None:
-    assert await store.migrate() == 2
-    assert await store.migrate() == 2
+    assert await store.migrate() == len(MIGRATIONS)
+    assert await store.migrate() == len(MIGRATIONS)
 
 
 async def test_shops_round_trip_and_change(store: Store) -> None:
@@ -295,3 +297,153 @@ async def test_remove_shop_deletes_everything_of_it(store: Store, tmp_path: Path
     with sqlite3.connect(tmp_path / "store.db") as conn:
         for table in ("deliveries", "jobs", "webhook_secrets"):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0  # noqa: S608
+
+
+# storefront apps and privacy requests
+
+
+async def add_app_shop(store: Store, shop_id: str, domain: str) -> None:
+    await store.create_shop(
+        NewShop(
+            id=shop_id,
+            platform="shopify",
+            name=domain,
+            klarna_region="eu",
+            klarna_environment="playground",
+            klarna_username="",
+            klarna_password=b"sealed-empty",
+            shop_domain=domain,
+            platform_token=b"sealed-token",
+        ),
+        b"sealed-secret",
+        NOW,
+    )
+
+
+async def test_a_storefront_domain_names_one_shop(store: Store) -> None:
+    await add_app_shop(store, "shop_a", "a.myshopify.com")
+    found = await store.shop_by_domain("shopify", "a.myshopify.com")
+    assert found is not None
+    assert (found.id, found.platform_token, found.klarna_configured) == (
+        "shop_a",
+        b"sealed-token",
+        False,
+    )
+    assert found.klarna_password_set_at is None  # no Klarna password yet
+    assert await store.shop_by_domain("shopify", "b.myshopify.com") is None
+    assert await store.shop_by_domain("standard", "a.myshopify.com") is None
+    with pytest.raises(sqlite3.IntegrityError):
+        await add_app_shop(store, "shop_b", "a.myshopify.com")
+
+
+async def test_an_uninstall_clears_the_token_and_key_rotation_sees_it(store: Store) -> None:
+    await add_app_shop(store, "shop_a", "a.myshopify.com")
+    fields = {(s.shop_id, s.field) for s in await store.sealed_secrets()}
+    assert ("shop_a", "platform_token") in fields
+    changed = await store.update_shop(
+        "shop_a", ShopChanges(enabled=False, platform_token=None), NOW + 1
+    )
+    assert changed is not None
+    assert (changed.enabled, changed.platform_token) == (False, None)
+    fields = {(s.shop_id, s.field) for s in await store.sealed_secrets()}
+    assert ("shop_a", "platform_token") not in fields
+    assert ("shop_a", "klarna_password") in fields
+
+
+async def test_a_resealed_token_is_stored_in_its_own_column(store: Store) -> None:
+    await add_app_shop(store, "shop_a", "a.myshopify.com")
+    sealed = [s for s in await store.sealed_secrets() if s.field == "platform_token"]
+    await store.reseal([msgspec.structs.replace(s, blob=b"resealed") for s in sealed])
+    shop = await store.get_shop("shop_a")
+    assert shop is not None
+    assert (shop.platform_token, shop.klarna_password) == (b"resealed", b"sealed-empty")
+
+
+async def test_deliveries_and_captures_are_found_by_order(store: Store) -> None:
+    await add_shop(store)
+    for delivery_id, order_id, fulfillment_id in (("d1", "O1", "F1"), ("d2", "O2", "F2")):
+        await store.record_delivery(
+            "shop_1",
+            delivery_id,
+            body=b"{}",
+            event_type="fulfillment.created",
+            fulfillment_id=fulfillment_id,
+            rejected=None,
+            now=NOW,
+            order_id=order_id,
+        )
+    plan = Plan(
+        shop_id="shop_1",
+        fulfillment_id="F1",
+        order_id="O1",
+        klarna_order_id="K1",
+        currency="EUR",
+        idempotency_key="key",
+        request=b"{}",
+        completes_order=True,
+    )
+    await store.save_plan(plan, NOW)
+    assert [d.delivery_id for d in await store.order_deliveries("shop_1", ["O1"])] == ["d1"]
+    assert len(await store.order_deliveries("shop_1", ["O1", "O2"])) == 2
+    captures = await store.order_captures("shop_1", ["O1"])
+    assert [(c.fulfillment_id, c.completes_order) for c in captures] == [("F1", True)]
+    assert await store.order_captures("shop_1", ["O2"]) == []
+
+
+async def test_redaction_rewrites_only_that_orders_deliveries_and_trail(store: Store) -> None:
+    await add_shop(store)
+    for delivery_id, order_id, fulfillment_id in (("d1", "O1", "F1"), ("d2", "O2", "F2")):
+        await store.record_delivery(
+            "shop_1",
+            delivery_id,
+            body=b'{"email":"ann@example.com"}',
+            event_type="fulfillment.created",
+            fulfillment_id=fulfillment_id,
+            rejected=None,
+            now=NOW,
+            order_id=order_id,
+        )
+        await store.add_audit("shop_1", fulfillment_id, None, "plan", "planned", '"Ann"', NOW)
+    changed = await store.redact_orders(
+        "shop_1",
+        ["O1"],
+        lambda body: body.replace(b"ann@example.com", b"redacted"),
+        lambda detail: detail.replace("Ann", "redacted"),
+    )
+    assert changed == (1, 1)
+    bodies = {d.order_id: d.body for d in await store.order_deliveries("shop_1", ["O1", "O2"])}
+    assert bodies == {"O1": b'{"email":"redacted"}', "O2": b'{"email":"ann@example.com"}'}
+    assert [e.detail for e in await store.audit_trail("shop_1", "F1")] == ['"redacted"']
+    assert [e.detail for e in await store.audit_trail("shop_1", "F2")] == ['"Ann"']
+
+
+async def test_removing_a_shop_leaves_nothing_of_it(store: Store, tmp_path: Path) -> None:
+    await add_shop(store)
+    await add_shop(store, "shop_2")
+    await deliver(store, "d1")
+    await store.add_audit("shop_1", "F1", None, "plan", "planned", "{}", NOW)
+    await store.use_admin_link("nonce", "shop_1", NOW)
+    assert await store.remove_shop("shop_1")
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        for table in ("shops", "webhook_secrets", "deliveries", "jobs", "audit", "admin_links"):
+            rows = conn.execute(
+                f"SELECT count(*) FROM {table} WHERE {'id' if table == 'shops' else 'shop_id'}"  # noqa: S608
+                " = 'shop_1'"
+            ).fetchone()[0]
+            assert rows == 0, table
+    assert await store.get_shop("shop_2") is not None
+
+
+async def test_a_privacy_request_is_recorded_once(store: Store) -> None:
+    assert await store.record_compliance(
+        "shopify", "a.myshopify.com", "customers/data_request", "w1", '{"orders": []}', NOW
+    )
+    assert not await store.record_compliance(
+        "shopify", "a.myshopify.com", "customers/data_request", "w1", "{}", NOW
+    )
+    [request] = await store.compliance_requests()
+    assert (request.topic, request.webhook_id, request.report) == (
+        "customers/data_request",
+        "w1",
+        '{"orders": []}',
+    )
