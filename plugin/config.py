@@ -6,12 +6,16 @@ Every variable is `KLARNA_CAPTURE_<NAME>`; an empty value counts as unset.
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from plugin.vault import MIN_KEY_LENGTH, generate_key
+
+SHOPIFY_API_VERSION = "2026-07"  # the manifest's [webhooks] api_version; a test keeps them equal
+SHOPIFY_ADMIN_URL = "https://{shop}"
 
 PREFIX = "KLARNA_CAPTURE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -36,6 +40,16 @@ class Settings:
     log_level: str
     lease_seconds: int = 60
     poll_ms: int = 1000
+    # The Shopify app: its client id and secrets (current first, then the previous one while a
+    # rotation is under way), the Admin API version, and where the Admin API of a shop lives.
+    shopify_client_id: str | None = None
+    shopify_client_secrets: tuple[str, ...] = ()
+    shopify_api_version: str = SHOPIFY_API_VERSION
+    shopify_admin_url: str = SHOPIFY_ADMIN_URL
+
+    @property
+    def shopify_enabled(self) -> bool:
+        return self.shopify_client_id is not None and bool(self.shopify_client_secrets)
 
     def __repr__(self) -> str:
         return (
@@ -45,7 +59,10 @@ class Settings:
             f"public_url={self.public_url!r}, workers={self.workers}, "
             f"webhook_tolerance_seconds={self.webhook_tolerance_seconds}, "
             f"log_level={self.log_level!r}, lease_seconds={self.lease_seconds}, "
-            f"poll_ms={self.poll_ms})"
+            f"poll_ms={self.poll_ms}, shopify_client_id={self.shopify_client_id!r}, "
+            f"shopify_client_secrets=<{len(self.shopify_client_secrets)} secrets>, "
+            f"shopify_api_version={self.shopify_api_version!r}, "
+            f"shopify_admin_url={self.shopify_admin_url!r})"
         )
 
 
@@ -75,7 +92,43 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "LEASE_SECONDS", get("LEASE_SECONDS"), default=60, low=1, high=3600
         ),
         poll_ms=_whole_number("POLL_MS", get("POLL_MS"), default=1000, low=10, high=60000),
+        **_shopify(get),
     )
+
+
+def _shopify(get: Callable[[str], str | None]) -> dict[str, Any]:
+    client_id = get("SHOPIFY_CLIENT_ID")
+    secret = get("SHOPIFY_CLIENT_SECRET")
+    previous = get("SHOPIFY_PREVIOUS_CLIENT_SECRET")
+    if (client_id is None) != (secret is None):
+        raise ConfigError(
+            f"{PREFIX}SHOPIFY_CLIENT_ID and {PREFIX}SHOPIFY_CLIENT_SECRET go together: "
+            "set both (the Shopify app's client credentials) or neither"
+        )
+    if previous is not None and secret is None:
+        raise ConfigError(
+            f"{PREFIX}SHOPIFY_PREVIOUS_CLIENT_SECRET is for a rotation: set "
+            f"{PREFIX}SHOPIFY_CLIENT_SECRET to the new secret too"
+        )
+    version = get("SHOPIFY_API_VERSION") or SHOPIFY_API_VERSION
+    if not re.fullmatch(r"[0-9]{4}-(01|04|07|10)|unstable", version):
+        raise ConfigError(
+            f"{PREFIX}SHOPIFY_API_VERSION must be a Shopify API version such as "
+            f"{SHOPIFY_API_VERSION}, not {_shown(version)}"
+        )
+    admin_url = get("SHOPIFY_ADMIN_URL") or SHOPIFY_ADMIN_URL
+    if admin_url.count("{shop}") != 1:
+        raise ConfigError(
+            f"{PREFIX}SHOPIFY_ADMIN_URL must hold {{shop}} once, where the shop's "
+            f"myshopify.com domain goes (default {SHOPIFY_ADMIN_URL}), not {_shown(admin_url)}"
+        )
+    _http_url("SHOPIFY_ADMIN_URL", admin_url.replace("{shop}", "shop.myshopify.com"))
+    return {
+        "shopify_client_id": client_id,
+        "shopify_client_secrets": tuple(s for s in (secret, previous) if s is not None),
+        "shopify_api_version": version,
+        "shopify_admin_url": admin_url.rstrip("/"),
+    }
 
 
 def sqlite_path(settings: Settings) -> Path | None:

@@ -198,3 +198,43 @@ def test_an_unusable_data_dir_is_a_config_error(tmp_path: Path) -> None:
     settings = load_settings({"KLARNA_CAPTURE_DATA_DIR": str(tmp_path / "var")})
     with pytest.raises(ConfigError, match="cannot create the secret key file"):
         ensure_secret_keys(settings)
+
+
+def test_the_shopify_app_settings_are_read_and_its_secrets_hidden() -> None:
+    settings = load_settings(
+        {
+            "KLARNA_CAPTURE_SHOPIFY_CLIENT_ID": "client-1",
+            "KLARNA_CAPTURE_SHOPIFY_CLIENT_SECRET": "shpss_new_secret_value",
+            "KLARNA_CAPTURE_SHOPIFY_PREVIOUS_CLIENT_SECRET": "shpss_old_secret_value",
+            "KLARNA_CAPTURE_SHOPIFY_API_VERSION": "2026-10",
+            "KLARNA_CAPTURE_SHOPIFY_ADMIN_URL": "http://127.0.0.1:8200/shops/{shop}/",
+        }
+    )
+    assert settings.shopify_enabled
+    assert settings.shopify_client_id == "client-1"
+    assert settings.shopify_client_secrets == ("shpss_new_secret_value", "shpss_old_secret_value")
+    assert settings.shopify_api_version == "2026-10"
+    assert settings.shopify_admin_url == "http://127.0.0.1:8200/shops/{shop}"
+    assert "secret_value" not in repr(settings)
+    assert "<2 secrets>" in repr(settings)
+    default = load_settings({})
+    assert not default.shopify_enabled
+    assert default.shopify_admin_url == "https://{shop}"
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"KLARNA_CAPTURE_SHOPIFY_CLIENT_ID": "c"}, "SHOPIFY_CLIENT_ID"),
+        ({"KLARNA_CAPTURE_SHOPIFY_CLIENT_SECRET": "s"}, "SHOPIFY_CLIENT_ID"),
+        ({"KLARNA_CAPTURE_SHOPIFY_PREVIOUS_CLIENT_SECRET": "s"}, "SHOPIFY_PREVIOUS_CLIENT_SECRET"),
+        ({"KLARNA_CAPTURE_SHOPIFY_API_VERSION": "latest"}, "SHOPIFY_API_VERSION"),
+        ({"KLARNA_CAPTURE_SHOPIFY_ADMIN_URL": "http://127.0.0.1:1/"}, "SHOPIFY_ADMIN_URL"),
+        ({"KLARNA_CAPTURE_SHOPIFY_ADMIN_URL": "ftp://{shop}"}, "SHOPIFY_ADMIN_URL"),
+    ],
+)
+def test_bad_shopify_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert str(caught.value).startswith(f"KLARNA_CAPTURE_{variable} ")
+    assert "\n" not in str(caught.value)

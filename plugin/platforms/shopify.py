@@ -35,12 +35,13 @@ from typing import Literal
 import msgspec
 
 from plugin import money
+from plugin.config import SHOPIFY_API_VERSION
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna.carriers import klarna_carrier
 from plugin.klarna.models import ShippingMethod
 
 NAME = "shopify"
-API_VERSION = "2026-07"
+API_VERSION = SHOPIFY_API_VERSION
 
 MAX_TEXT = 255
 MAX_TRACKING_NUMBER = 100
