@@ -9,7 +9,7 @@ tracking update never repeats a side effect.
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import httpx2
@@ -22,6 +22,7 @@ from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
 from plugin.klarna.client import new_idempotency_key
 from plugin.klarna.models import CaptureObject, OrderLine, ShippingInfo
 from plugin.platforms import decode_delivery
+from plugin.platforms.base import Storefront
 from plugin.shops import Shops
 from plugin.store import Captured, NewCallback, Plan, Store
 from plugin.store.records import CaptureRecord, Job, Operation, Shop
@@ -55,8 +56,10 @@ class Pipeline:
         status_http: httpx2.AsyncClient,
         klarna_url: str | None = None,
         klarna_retry: RetryPolicy | None = None,
+        storefronts: Mapping[str, Storefront] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.storefronts = dict(storefronts or {})
         self.store = store
         self.shops = shops
         self.klarna_http = klarna_http

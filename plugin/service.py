@@ -9,6 +9,8 @@ from plugin.config import Settings
 from plugin.klarna import RetryPolicy, make_http_client
 from plugin.klarna.client import DEFAULT_TIMEOUT
 from plugin.pipeline import Pipeline
+from plugin.platforms import shopify
+from plugin.platforms.shopify_storefront import ShopifyStorefront
 from plugin.shops import Shops
 from plugin.store import Store, open_store
 from plugin.vault import Vault
@@ -16,6 +18,7 @@ from plugin.web.auth import Auth
 from plugin.worker import Backoff, Worker
 
 STATUS_TIMEOUT = httpx2.Timeout(10.0, connect=5.0)
+SHOPIFY_TIMEOUT = httpx2.Timeout(15.0, connect=5.0)
 WORKERS_PER_POOL = 8
 
 
@@ -27,12 +30,15 @@ class Service:
         *,
         klarna_http: Sequence[httpx2.AsyncClient],
         status_http: httpx2.AsyncClient,
+        shopify_http: httpx2.AsyncClient,
         klarna_retry: RetryPolicy | None = None,
+        shopify_retry: RetryPolicy | None = None,
         backoff: Backoff | None = None,
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
     ) -> None:
         self.settings = settings
+        self.shopify_http = shopify_http
         self.store = store
         self.vault = Vault(settings.secret_keys)
         self.auth = Auth(settings.secret_keys)
@@ -44,6 +50,11 @@ class Service:
             status_http=status_http,
             klarna_url=settings.klarna_url,
             klarna_retry=klarna_retry,
+            storefronts={
+                shopify.NAME: ShopifyStorefront(
+                    settings, self.shops, shopify_http, retry=shopify_retry
+                )
+            },
         )
         self.worker = Worker(
             store,
@@ -64,7 +75,9 @@ async def open_service(
     *,
     klarna_transport: httpx2.AsyncBaseTransport | None = None,
     status_transport: httpx2.AsyncBaseTransport | None = None,
+    shopify_transport: httpx2.AsyncBaseTransport | None = None,
     klarna_retry: RetryPolicy | None = None,
+    shopify_retry: RetryPolicy | None = None,
     klarna_timeout: httpx2.Timeout = DEFAULT_TIMEOUT,
     backoff: Backoff | None = None,
     lease_seconds: float = 60.0,
@@ -86,12 +99,19 @@ async def open_service(
                     transport=status_transport, timeout=STATUS_TIMEOUT, follow_redirects=False
                 )
             )
+            shopify_http = await stack.enter_async_context(
+                httpx2.AsyncClient(
+                    transport=shopify_transport, timeout=SHOPIFY_TIMEOUT, follow_redirects=False
+                )
+            )
             yield Service(
                 settings,
                 store,
                 klarna_http=klarna_http,
                 status_http=status_http,
+                shopify_http=shopify_http,
                 klarna_retry=klarna_retry,
+                shopify_retry=shopify_retry,
                 backoff=backoff,
                 lease_seconds=lease_seconds,
                 poll_seconds=poll_seconds,

@@ -36,6 +36,7 @@ class Shops:
         self._clock = clock
         # Other processes may change a shop: entries live briefly, misses included.
         self._cache: dict[str, tuple[float, ShopSecrets | None]] = {}
+        self._domains: dict[str, tuple[float, Shop | None]] = {}
 
     async def create(
         self,
@@ -121,7 +122,77 @@ class Shops:
             )
         shop = await self.store.update_shop(shop_id, changes, time.time())
         self._cache.pop(shop_id, None)
+        self._domains.clear()
         return shop
+
+    async def install(self, *, platform: str, shop_domain: str, token: str) -> Shop:
+        """A storefront app installed (or installed again) on `shop_domain` with API `token`:
+        the shop is created on first install, with no Klarna credentials yet, else re-enabled
+        with the new token. Its settings, ledger and history survive a reinstall."""
+        shop = await self.store.shop_by_domain(platform, shop_domain)
+        if shop is None:
+            shop_id = "shop_" + secrets.token_hex(6)
+            try:
+                shop = await self.store.create_shop(
+                    NewShop(
+                        id=shop_id,
+                        platform=platform,
+                        name=shop_domain,
+                        klarna_region="eu",
+                        klarna_environment="playground",
+                        klarna_username="",
+                        klarna_password=self.vault.encrypt(
+                            "", context=secret_context(shop_id, "klarna_password")
+                        ),
+                        shop_domain=shop_domain,
+                        platform_token=self.vault.encrypt(
+                            token, context=secret_context(shop_id, "platform_token")
+                        ),
+                    ),
+                    self.vault.encrypt(
+                        signatures.new_secret(), context=secret_context(shop_id, "webhook_secret")
+                    ),
+                    time.time(),
+                )
+                return shop
+            except Exception:
+                # Two installs racing: the other one created the shop; take it from there.
+                shop = await self.store.shop_by_domain(platform, shop_domain)
+                if shop is None:
+                    raise
+        changed = await self.update(
+            shop.id,
+            ShopChanges(
+                enabled=True,
+                platform_token=self.vault.encrypt(
+                    token, context=secret_context(shop.id, "platform_token")
+                ),
+            ),
+        )
+        return changed or shop
+
+    async def uninstall(self, shop_id: str) -> Shop | None:
+        """The app was removed from the storefront: disabled, its token forgotten."""
+        return await self.update(shop_id, ShopChanges(enabled=False, platform_token=None))
+
+    async def by_domain(self, platform: str, shop_domain: str) -> Shop | None:
+        """The shop installed on a storefront domain, from a cache of a few seconds."""
+        now = self._clock()
+        key = f"{platform}:{shop_domain}"
+        cached = self._domains.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        shop = await self.store.shop_by_domain(platform, shop_domain)
+        self._domains[key] = (now + self._cache_seconds, shop)
+        return shop
+
+    def platform_token(self, shop: Shop) -> str | None:
+        """The storefront API token, None when the app is not installed."""
+        if shop.platform_token is None:
+            return None
+        return self.vault.decrypt(
+            shop.platform_token, context=secret_context(shop.id, "platform_token")
+        )
 
     def klarna_password(self, shop: Shop) -> str:
         return self.vault.decrypt(

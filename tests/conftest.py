@@ -4,6 +4,8 @@ import pytest
 
 from plugin.sandbox.klarna import KlarnaSandbox, create_app
 from plugin.sandbox.server import serve_in_thread
+from plugin.sandbox.shopify import ShopifySandbox
+from plugin.sandbox.shopify import create_app as create_shopify_app
 
 
 @pytest.fixture
@@ -32,3 +34,26 @@ def klarna_sandbox(klarna_server: tuple[KlarnaSandbox, str]) -> Iterator[KlarnaS
 @pytest.fixture
 def klarna_url(klarna_server: tuple[KlarnaSandbox, str], klarna_sandbox: KlarnaSandbox) -> str:
     return klarna_server[1]
+
+
+@pytest.fixture(scope="session")
+def shopify_server() -> Iterator[tuple[ShopifySandbox, str]]:
+    """One fake Shopify over real HTTP for the session: (its state, its base URL)."""
+    sandbox = ShopifySandbox()
+    with serve_in_thread(create_shopify_app(sandbox)) as url:
+        yield sandbox, url
+
+
+@pytest.fixture
+def shopify_sandbox(shopify_server: tuple[ShopifySandbox, str]) -> ShopifySandbox:
+    sandbox = shopify_server[0]
+    sandbox.reset()
+    return sandbox
+
+
+@pytest.fixture
+def shopify_admin_url(
+    shopify_server: tuple[ShopifySandbox, str], shopify_sandbox: ShopifySandbox
+) -> str:
+    """KLARNA_CAPTURE_SHOPIFY_ADMIN_URL for the fake: each shop's Admin API under /shops/."""
+    return shopify_server[1] + "/shops/{shop}"

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 import jwt
 import msgspec
 from msgspec import Meta
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from plugin.platforms.shopify import API_VERSION
@@ -41,6 +42,7 @@ __all__ = [
     "Tax",
     "Transaction",
     "create_app",
+    "query_hmac",
     "session_token",
     "signed_webhook",
 ]
@@ -304,6 +306,25 @@ class ShopifySandbox:
             self._codes[code] = domain
             return code
 
+    def authorize_redirect(self, domain: str, params: Mapping[str, str]) -> str:
+        """GET /admin/oauth/authorize, the merchant approving at once: the app's redirect URI
+        with a code and a query signed as Shopify signs it (hex HMAC with the client secret)."""
+        if params.get("client_id") != self.client_id:
+            raise ValueError("unknown client_id")
+        redirect_uri = params.get("redirect_uri", "")
+        if not redirect_uri.startswith(("http://", "https://")):
+            raise ValueError("redirect_uri must be an absolute URL")
+        query = {
+            "code": self.authorize(domain),
+            "host": base64.urlsafe_b64encode(f"{domain}/admin".encode()).decode().rstrip("="),
+            "shop": domain,
+            "state": params.get("state", ""),
+            "timestamp": str(int(self.clock().timestamp())),
+        }
+        return (
+            redirect_uri + "?" + urlencode({**query, "hmac": query_hmac(self.client_secret, query)})
+        )
+
     def set_bucket(self, domain: str, available: float) -> None:
         """Put the shop's cost bucket at `available` points, as of now."""
         with self.lock:
@@ -524,7 +545,10 @@ class ShopifySandbox:
             operation = _operation(query)
             entry = _with(entry, operation=operation)
             if operation is None:
-                message = "the sandbox answers only the order query, metafieldsSet and tagsAdd"
+                message = (
+                    "the sandbox answers only the order query, metafieldsSet, tagsAdd and "
+                    "tagsRemove"
+                )
                 return _json(200, {"errors": [{"message": message}]}), entry
             cost = self.query_cost if operation == "order" else self.mutation_cost
             self._refill(shop)
@@ -579,7 +603,9 @@ class ShopifySandbox:
             return {"order": None if order is None else _graphql_order(order, ns, key, query)}
         if operation == "metafieldsSet":
             return {"metafieldsSet": _metafields_set(shop, variables.get("metafields"))}
-        return {"tagsAdd": _tags_add(shop, variables, query)}
+        if operation == "tagsRemove":
+            return {"tagsRemove": _tags_change(shop, variables, query, remove=True)}
+        return {"tagsAdd": _tags_change(shop, variables, query, remove=False)}
 
     def oauth(self, domain: str, params: Mapping[str, str]) -> Answer:
         """POST /admin/oauth/access_token: the authorization code grant or token exchange."""
@@ -650,6 +676,8 @@ def _operation(query: str) -> str | None:
         return "metafieldsSet"
     if re.search(r"\btagsAdd\s*\(", query):
         return "tagsAdd"
+    if re.search(r"\btagsRemove\s*\(", query):
+        return "tagsRemove"
     if re.search(r"\border\s*\(\s*id\s*:", query):
         return "order"
     return None
@@ -912,7 +940,14 @@ def _add_tags(current: list[str], new: Iterable[str]) -> None:
                 known.add(tag.casefold())
 
 
-def _tags_add(shop: _Shop, variables: Mapping[str, Any], query: str) -> dict[str, Any]:
+def _remove_tags(current: list[str], old: Iterable[str]) -> None:
+    gone = {tag.strip().casefold() for raw in old for tag in raw.split(",")}
+    current[:] = [tag for tag in current if tag.casefold() not in gone]
+
+
+def _tags_change(
+    shop: _Shop, variables: Mapping[str, Any], query: str, *, remove: bool
+) -> dict[str, Any]:
     raw_id, tags = variables.get("id"), variables.get("tags")
     if not isinstance(tags, list | str) or not isinstance(raw_id, str):
         raise _GraphQLError("Variables $id: ID! and $tags: [String!]! are required")
@@ -924,7 +959,11 @@ def _tags_add(shop: _Shop, variables: Mapping[str, Any], query: str) -> dict[str
             result["node"] = None
         result["userErrors"] = [_user_error(["id"], "Order does not exist")]
         return result
-    _add_tags(order.tags, [tags] if isinstance(tags, str) else [str(t) for t in tags])
+    given = [tags] if isinstance(tags, str) else [str(t) for t in tags]
+    if remove:
+        _remove_tags(order.tags, given)
+    else:
+        _add_tags(order.tags, given)
     if re.search(r"\bnode\b", query):
         result["node"] = {"id": order.gid}
     result["userErrors"] = []
@@ -958,6 +997,15 @@ def signed_webhook(
         "X-Shopify-Event-Id": event_id or str(uuid.uuid4()),
         "X-Shopify-Triggered-At": moment.isoformat(timespec="microseconds").replace("+00:00", "Z"),
     }
+
+
+def query_hmac(secret: str, params: Mapping[str, str]) -> str:
+    """The `hmac` Shopify adds to the queries it sends an app (OAuth callback, app URL): hex
+    HMAC-SHA256 of the other parameters, sorted, joined as k=v&..."""
+    message = "&".join(
+        f"{k}={v}" for k, v in sorted(params.items()) if k not in {"hmac", "signature"}
+    )
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
 def session_token(
@@ -1018,6 +1066,17 @@ async def _oauth_endpoint(request: Request) -> Response:
     return answer.response()
 
 
+async def _authorize_endpoint(request: Request) -> Response:
+    sandbox: ShopifySandbox = request.app.state.sandbox
+    shop = request.path_params["shop"]
+    try:
+        location = sandbox.authorize_redirect(shop, dict(request.query_params))
+    except ValueError as exc:
+        return Response(str(exc), status_code=400, media_type="text/plain")
+    sandbox.log(LoggedRequest("GET", request.url.path, shop, "authorize", 302))
+    return RedirectResponse(location, status_code=302)
+
+
 async def _faults_endpoint(request: Request) -> Response:
     sandbox: ShopifySandbox = request.app.state.sandbox
     if request.method == "DELETE":
@@ -1039,6 +1098,7 @@ def create_app(sandbox: ShopifySandbox | None = None) -> Starlette:
             "/shops/{shop}/admin/api/{version}/graphql.json", _graphql_endpoint, methods=["POST"]
         ),
         Route("/shops/{shop}/admin/oauth/access_token", _oauth_endpoint, methods=["POST"]),
+        Route("/shops/{shop}/admin/oauth/authorize", _authorize_endpoint, methods=["GET"]),
         Route("/sandbox/faults", _faults_endpoint, methods=["POST", "DELETE"]),
     ]
     app = Starlette(routes=routes)

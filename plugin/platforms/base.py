@@ -1,0 +1,58 @@
+"""What the pipeline asks of a storefront app (an adapter that must call the storefront's API to
+know what shipped, and writes the outcome back onto the storefront's order)."""
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from plugin.events import FulfillmentEvent
+from plugin.store.records import CaptureRecord, Delivery, Shop
+
+
+class StorefrontError(Exception):
+    """A storefront call or mapping that failed; `retryable` says whether later may work."""
+
+    def __init__(
+        self,
+        step: str,
+        code: str,
+        messages: Sequence[str],
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+    ) -> None:
+        self.step = step
+        self.code = code
+        self.messages = list(messages)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(f"{step}: {code}: " + "; ".join(self.messages))
+
+
+class Skipped(msgspec.Struct, frozen=True, kw_only=True):
+    """A fulfilment that is not to be captured (cancelled, say), and why."""
+
+    reason: str
+
+
+class Resolved(msgspec.Struct, frozen=True, kw_only=True):
+    """The shipment to capture; `remap` maps it again in another currency (the Klarna order's),
+    raising StorefrontError when the storefront order has no amounts in that currency."""
+
+    event: FulfillmentEvent
+    remap: Callable[[str], FulfillmentEvent] | None = None
+
+
+class Storefront(Protocol):
+    async def shipment(
+        self, shop: Shop, deliveries: Sequence[Delivery], record: CaptureRecord | None
+    ) -> Resolved | Skipped:
+        """The shipment a fulfilment's deliveries describe. With a capture on record, only what
+        can still change (tracking) needs to be right."""
+        ...
+
+    async def write_back(self, shop: Shop, order_id: str) -> None:
+        """Put the order's capture status on the storefront order, from the ledger as it now
+        stands (so a retried or late write-back never goes backwards)."""
+        ...
