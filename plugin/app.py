@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from plugin import metrics
 from plugin.config import Settings
-from plugin.receiver import standard_webhook
+from plugin.receiver import shopify_webhook, standard_webhook
 from plugin.service import Service, open_service
 from plugin.web import routes as web
 
@@ -55,6 +55,7 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
     return Starlette(
         routes=[
             Route("/webhooks/standard/{shop_id}", standard_webhook, methods=["POST"]),
+            Route("/webhooks/shopify", shopify_webhook, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),

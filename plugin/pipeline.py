@@ -22,13 +22,17 @@ from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
 from plugin.klarna.client import new_idempotency_key
 from plugin.klarna.models import CaptureObject, OrderLine, ShippingInfo
 from plugin.platforms import decode_delivery
-from plugin.platforms.base import Storefront
+from plugin.platforms.base import Skipped, Storefront, StorefrontError
 from plugin.shops import Shops
 from plugin.store import Captured, NewCallback, Plan, Store
 from plugin.store.records import CaptureRecord, Job, Operation, Shop
 from plugin.worker import Handler, JobError, JobFailure, Report
 
 log = logging.getLogger("plugin.pipeline")
+
+# Outcomes a storefront app writes back onto its order.
+WRITE_BACK_EVENTS = frozenset({"capture.succeeded", "capture.failed"})
+Remap = Callable[[str], FulfillmentEvent]
 
 # Klarna honours an idempotency key for 24 h; past this, reconcile against the order first.
 KEY_TRUST_SECONDS = 23 * 3600.0
@@ -90,18 +94,48 @@ class Pipeline:
         # Read afresh, not from the shops cache: a password fixed a moment ago in another
         # process must be the one this retry uses.
         shop = await self.store.get_shop(job.shop_id)
-        if shop is None or not shop.enabled:
+        if shop is None:
             return
         deliveries = await self.store.fulfillment_deliveries(shop.id, job.key)
-        events = [decode_delivery(shop.platform, delivery.body) for delivery in deliveries]
-        if not events:
+        if not deliveries:
             return
-        # The first `created` carries what to capture; every delivery may add tracking.
-        base = next(
-            (event for kind, event in events if kind == "fulfillment.created"), events[0][1]
-        )
-        tracking = _merged_tracking(event for _, event in events)
-        run = _Run(self, job, shop, base, tracking)
+        if not shop.enabled:
+            # Disabled, or the storefront app was uninstalled: nothing more is called.
+            await self._note_once(shop, job, "skip", {"reason": "the shop is disabled"})
+            return
+        storefront = self.storefronts.get(shop.platform)
+        remap: Remap | None = None
+        if storefront is None:
+            events = [decode_delivery(shop.platform, delivery.body) for delivery in deliveries]
+            # The first `created` carries what to capture; every delivery may add tracking.
+            base = next(
+                (event for kind, event in events if kind == "fulfillment.created"), events[0][1]
+            )
+            tracking = _merged_tracking(event for _, event in events)
+        else:
+            record = await self.store.get_capture(shop.id, job.key)
+            ids = {"order_id": deliveries[0].order_id, "fulfillment_id": job.key}
+            try:
+                outcome = await storefront.shipment(shop, deliveries, record)
+            except StorefrontError as error:
+                raise self._storefront_failure(shop, ids, error) from error
+            if isinstance(outcome, Skipped):
+                await self._note_once(shop, job, "skip", {"reason": outcome.reason})
+                return
+            base, tracking, remap = outcome.event, outcome.event.shipping, outcome.remap
+        if not shop.klarna_configured:
+            ids = {"order_id": base.order_id, "fulfillment_id": base.fulfillment_id}
+            raise self._storefront_failure(
+                shop,
+                ids,
+                StorefrontError(
+                    "plan",
+                    "KLARNA_NOT_CONFIGURED",
+                    ["no Klarna credentials yet: enter them on the settings page"],
+                    retryable=True,
+                ),
+            )
+        run = _Run(self, job, shop, base, tracking, remap)
         if shop.options.capture_mode == "complete" and not base.complete:
             # This shop captures once, with the shipment that completes the order.
             await run.record_partial_shipment()
@@ -110,6 +144,44 @@ class Pipeline:
         await run.add_shipping_info()
         await run.send_out()
 
+    async def _note_once(self, shop: Shop, job: Job, step: str, detail: dict[str, object]) -> None:
+        """An audit entry for an outcome that repeats on every rerun, written the first time."""
+        trail = await self.store.audit_trail(shop.id, job.key)
+        if not any(entry.step == step for entry in trail):
+            await self.store.add_audit(
+                shop.id,
+                job.key,
+                job.id,
+                step,
+                "not_captured",
+                _encoder.encode(detail).decode(),
+                self.clock(),
+            )
+
+    def _storefront_failure(
+        self, shop: Shop, ids: Mapping[str, object], error: StorefrontError
+    ) -> JobFailure:
+        def report(retrying: bool) -> NewCallback | None:
+            return _status_callback(
+                self,
+                shop,
+                "capture.failed",
+                {
+                    **ids,
+                    "error_code": error.code,
+                    "error_messages": error.messages,
+                    "correlation_id": None,
+                    "retrying": retrying,
+                },
+            )
+
+        return JobFailure(
+            JobError(step=error.step, error_code=error.code, error_messages=error.messages),
+            final=not error.retryable,
+            retry_after=error.retry_after,
+            report=report,
+        )
+
     # status callbacks
 
     async def run_callback(self, job: Job) -> None:
@@ -117,6 +189,20 @@ class Pipeline:
         shop = await self.store.get_shop(job.shop_id)
         if callback is None or shop is None or callback.sent_at is not None:
             return
+        storefront = self.storefronts.get(shop.platform)
+        if storefront is not None and callback.event_type in WRITE_BACK_EVENTS:
+            order_id = _order_of(callback.payload)
+            if order_id is not None:
+                try:
+                    await storefront.write_back(shop, order_id)
+                except StorefrontError as error:
+                    raise JobFailure(
+                        JobError(
+                            step=error.step, error_code=error.code, error_messages=error.messages
+                        ),
+                        final=not error.retryable,
+                        retry_after=error.retry_after,
+                    ) from error
         if not shop.status_url:
             await self.store.mark_callback_sent(callback.id, self.clock())
             return
@@ -168,7 +254,9 @@ class _Run:
         shop: Shop,
         event: FulfillmentEvent,
         tracking: list[Tracking],
+        remap: "Remap | None" = None,
     ) -> None:
+        self.remap = remap
         self.p = pipeline
         self.store = pipeline.store
         self.job = job
@@ -226,6 +314,13 @@ class _Run:
             order = await self.client.read_order(self.event.klarna_order_id)
         except KlarnaError as error:
             raise self._klarna_failure("plan", error) from error
+        klarna_currency = (order.purchase_currency or "").upper()
+        if self.remap is not None and klarna_currency and klarna_currency != self.event.currency:
+            # The storefront order has amounts in several currencies: take the Klarna order's.
+            try:
+                self.event = self.remap(klarna_currency)
+            except StorefrontError as error:
+                raise self.p._storefront_failure(self.shop, self.ids, error) from error
         event = msgspec.structs.replace(self.event, shipping=self.tracking)
         if self.shop.options.capture_mode == "complete":
             # One capture for the whole order: Klarna's own lines are what was bought.
@@ -256,6 +351,7 @@ class _Run:
             idempotency_key="" if isinstance(result, AlreadyCaptured) else result.idempotency_key,
             request=b"" if isinstance(result, AlreadyCaptured) else _encoder.encode(result.capture),
             klarna_reference=order.klarna_reference,
+            completes_order=event.complete,
         )
         self.record = await self.store.save_plan(plan, self.p.clock())
         if isinstance(result, AlreadyCaptured):
@@ -446,14 +542,7 @@ class _Run:
         return report
 
     def _callback(self, event_type: str, data: dict[str, object]) -> NewCallback | None:
-        if not self.shop.status_url:
-            return None
-        event = StatusEvent(type=event_type, timestamp=datetime.now(UTC), data=data)
-        return NewCallback(
-            event_type=event_type,
-            webhook_id="msg_" + new_idempotency_key().replace("-", ""),
-            payload=_encoder.encode(event),
-        )
+        return _status_callback(self.p, self.shop, event_type, data)
 
     async def _audit(self, step: str, outcome: str, detail: dict[str, object]) -> None:
         await self.store.add_audit(
@@ -465,6 +554,35 @@ class _Run:
             _encoder.encode(detail).decode(),
             self.p.clock(),
         )
+
+
+def _status_callback(
+    pipeline: Pipeline, shop: Shop, event_type: str, data: dict[str, object]
+) -> NewCallback | None:
+    """An outcome to report: to the shop's status URL, and to its storefront app's write-back."""
+    if not shop.status_url and shop.platform not in pipeline.storefronts:
+        return None
+    event = StatusEvent(type=event_type, timestamp=datetime.now(UTC), data=data)
+    return NewCallback(
+        event_type=event_type,
+        webhook_id="msg_" + new_idempotency_key().replace("-", ""),
+        payload=_encoder.encode(event),
+    )
+
+
+class _OrderOf(msgspec.Struct):
+    order_id: str | None = None
+
+
+class _EventOrder(msgspec.Struct):
+    data: _OrderOf
+
+
+def _order_of(payload: bytes) -> str | None:
+    try:
+        return msgspec.json.decode(payload, type=_EventOrder).data.order_id
+    except msgspec.MsgspecError:
+        return None
 
 
 def _shipment_line(line: OrderLine) -> ShipmentLine:

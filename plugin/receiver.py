@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from plugin import metrics, signatures
-from plugin.platforms import standard
+from plugin.platforms import shopify, shopify_compliance, standard
 from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
@@ -93,6 +93,112 @@ async def standard_webhook(request: Request) -> Response:
         "webhook accepted",
         extra={
             "shop": shop_id,
+            "delivery": row,
+            "fulfillment": fulfillment_id,
+            "event_type": event_type,
+        },
+    )
+    return _answer(200, platform, "accepted", delivery=row)
+
+
+async def shopify_webhook(request: Request) -> Response:
+    """Shopify's webhooks for every installed shop, signed with the app's client secret."""
+    service: Service = request.app.state.service
+    settings = service.settings
+    platform = shopify.NAME
+    if not settings.shopify_enabled:
+        return _answer(404, platform, "not_configured", error="the Shopify app is not set up here")
+    try:
+        body = await read_body(request)
+    except BodyTooLarge:
+        return _answer(413, platform, "too_large", error=f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        signatures.verify_shopify_webhook(
+            [secret.encode() for secret in settings.shopify_client_secrets],
+            request.headers.get("X-Shopify-Hmac-Sha256"),
+            body,
+        )
+    except signatures.WebhookVerificationError as exc:
+        log.warning("shopify webhook refused", extra={"reason": str(exc)})
+        return _answer(401, platform, "unauthorized", error=str(exc))
+    topic = request.headers.get("X-Shopify-Topic", "")
+    domain = request.headers.get("X-Shopify-Shop-Domain", "")
+    webhook_id = request.headers.get("X-Shopify-Webhook-Id", "")
+    if not topic or not webhook_id or not signatures.is_shop_domain(domain):
+        return _answer(
+            400,
+            platform,
+            "bad_headers",
+            error="X-Shopify-Topic, X-Shopify-Webhook-Id and a myshopify.com "
+            "X-Shopify-Shop-Domain are required",
+        )
+
+    if topic in shopify.COMPLIANCE_TOPICS:
+        try:
+            report = await shopify_compliance.handle(service.store, topic, webhook_id, body)
+        except msgspec.MsgspecError as exc:
+            return _answer(400, platform, "rejected", error=f"not a privacy request: {exc}")
+        service.shops.forget(platform, domain)
+        log.info(
+            "privacy request",
+            extra={"topic": topic, "shop_domain": domain, "shop_known": report["shop_known"]},
+        )
+        return _answer(200, platform, "recorded", topic=topic)
+
+    shop = await service.shops.by_domain(platform, domain)
+    if shop is None:
+        return _answer(404, platform, "unknown_shop", error="the app is not installed on this shop")
+    if topic == shopify.UNINSTALLED_TOPIC:
+        row, duplicate = await service.store.record_delivery(
+            shop.id,
+            webhook_id,
+            body=body,
+            event_type="app.uninstalled",
+            fulfillment_id=None,
+            rejected=None,
+            now=time.time(),
+        )
+        if shop.enabled or shop.platform_token is not None:
+            await service.shops.uninstall(shop.id)
+            await service.store.add_audit(
+                shop.id, None, None, "install", "uninstalled", "{}", time.time()
+            )
+            log.info("app uninstalled", extra={"shop": shop.id, "shop_domain": domain})
+        return _answer(200, platform, "uninstalled", delivery=row)
+    if not shop.enabled:
+        return _answer(404, platform, "unknown_shop", error="the app is uninstalled from this shop")
+    event_type = shopify.FULFILLMENT_TOPICS.get(topic)
+    if event_type is None:
+        return _answer(200, platform, "ignored", topic=topic)
+
+    rejected: str | None = None
+    fulfillment_id = order_id = None
+    try:
+        fulfillment_id, order_id = shopify.fulfillment_ids(body)
+    except msgspec.MsgspecError as exc:
+        rejected = f"not a fulfilment: {exc}"
+    row, duplicate = await service.store.record_delivery(
+        shop.id,
+        webhook_id,
+        body=body,
+        event_type=event_type,
+        fulfillment_id=fulfillment_id,
+        rejected=rejected,
+        now=time.time(),
+        order_id=order_id,
+    )
+    if duplicate:
+        return _answer(200, platform, "duplicate", delivery=row)
+    if rejected:
+        log.warning(
+            "webhook rejected", extra={"shop": shop.id, "delivery": row, "reason": rejected}
+        )
+        return _answer(400, platform, "rejected", delivery=row, error=rejected)
+    service.wake_workers()
+    log.info(
+        "webhook accepted",
+        extra={
+            "shop": shop.id,
             "delivery": row,
             "fulfillment": fulfillment_id,
             "event_type": event_type,

@@ -186,6 +186,11 @@ class Shops:
         self._domains[key] = (now + self._cache_seconds, shop)
         return shop
 
+    def forget(self, platform: str, shop_domain: str) -> None:
+        """Drop a cached domain lookup (the shop was removed behind the cache's back)."""
+        self._domains.pop(f"{platform}:{shop_domain}", None)
+        self._cache.clear()
+
     def platform_token(self, shop: Shop) -> str | None:
         """The storefront API token, None when the app is not installed."""
         if shop.platform_token is None:

@@ -34,6 +34,13 @@ mutation tagsAdd($id: ID!, $tags: [String!]!) {
   }
 }
 """
+TAGS_REMOVE = """
+mutation tagsRemove($id: ID!, $tags: [String!]!) {
+  tagsRemove(id: $id, tags: $tags) {
+    userErrors { field message }
+  }
+}
+"""
 
 
 class ShopifyError(Exception):
@@ -203,6 +210,11 @@ class AdminClient:
         """`tagsAdd`: appends, never replacing the merchant's own tags (orderUpdate would)."""
         data = await self.execute("tagsAdd", TAGS_ADD, {"id": node_id, "tags": list(tags)})
         _raise_user_errors("tagsAdd", data.get("tagsAdd"))
+
+    async def remove_tags(self, node_id: str, tags: Sequence[str]) -> None:
+        """`tagsRemove`: takes off these tags only; the merchant's others stay."""
+        data = await self.execute("tagsRemove", TAGS_REMOVE, {"id": node_id, "tags": list(tags)})
+        _raise_user_errors("tagsRemove", data.get("tagsRemove"))
 
 
 def _user_error(error: dict[str, Any]) -> str:

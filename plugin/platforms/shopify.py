@@ -703,3 +703,136 @@ def _tracking(fulfillment: Fulfillment, shipping_method: ShippingMethod | None) 
     if not entries and (carrier or shipping_method):
         entries.append(Tracking(carrier=carrier, method=shipping_method))
     return entries[:MAX_TRACKING_ENTRIES]
+
+
+# --- webhooks: what the receiver needs to know of each topic ------------------------------------
+
+FULFILLMENT_TOPICS = {
+    "fulfillments/create": "fulfillment.created",
+    "fulfillments/update": "fulfillment.updated",
+}
+UNINSTALLED_TOPIC = "app/uninstalled"
+DATA_REQUEST_TOPIC = "customers/data_request"
+CUSTOMER_REDACT_TOPIC = "customers/redact"
+SHOP_REDACT_TOPIC = "shop/redact"
+COMPLIANCE_TOPICS = frozenset({DATA_REQUEST_TOPIC, CUSTOMER_REDACT_TOPIC, SHOP_REDACT_TOPIC})
+
+
+class _FulfillmentIds(msgspec.Struct):
+    id: int
+    order_id: int
+
+
+_ids_decoder = msgspec.json.Decoder(_FulfillmentIds)
+
+
+def fulfillment_ids(body: bytes) -> tuple[str, str]:
+    """(fulfilment id, order id) of a verified `fulfillments/*` body, checked as a whole
+    fulfilment so a body the worker cannot map is refused at the door."""
+    decode_fulfillment(body)
+    ids = _ids_decoder.decode(body)
+    return str(ids.id), str(ids.order_id)
+
+
+def is_cancelled(fulfillment: Fulfillment) -> bool:
+    """A fulfilment that shipped nothing (cancelled, or failed at the carrier)."""
+    return (fulfillment.status or "").lower() in _NOT_SHIPPED
+
+
+def tracking(fulfillment: Fulfillment, shipping_method: ShippingMethod | None) -> list[Tracking]:
+    """The tracking entries a fulfilment body carries (see `_tracking`)."""
+    return _tracking(fulfillment, shipping_method)
+
+
+# --- privacy (compliance) webhooks ---------------------------------------------------------------
+
+
+class ComplianceCustomer(msgspec.Struct, kw_only=True):
+    id: int | None = None
+    email: str | None = None
+    phone: str | None = None
+
+
+class ComplianceRequest(msgspec.Struct, kw_only=True):
+    """The body of `customers/data_request`, `customers/redact` and `shop/redact`."""
+
+    shop_domain: str
+    shop_id: int | None = None
+    customer: ComplianceCustomer | None = None
+    orders_requested: list[int] = []
+    orders_to_redact: list[int] = []
+
+
+_compliance_decoder = msgspec.json.Decoder(ComplianceRequest)
+
+
+def decode_compliance(body: bytes) -> ComplianceRequest:
+    return _compliance_decoder.decode(body)
+
+
+# What identifies or locates a person in a stored fulfilment body: the shipping address and
+# contact details, the customer, and line item properties (engraving text and the like).
+PERSONAL_KEYS = frozenset(
+    {
+        "destination",
+        "email",
+        "phone",
+        "customer",
+        "billing_address",
+        "shipping_address",
+        "contact_email",
+        "properties",
+        "note",
+        "note_attributes",
+        "browser_ip",
+        "client_details",
+    }
+)
+REDACTED = "[redacted]"
+
+
+def redact(value: object) -> object:
+    """`value` (decoded JSON) with every personal field's value replaced; amounts, ids, lines
+    and tracking stay."""
+    if isinstance(value, dict):
+        return {
+            key: (REDACTED if key in PERSONAL_KEYS and item is not None else redact(item))
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    return value
+
+
+def redact_json(raw: bytes) -> bytes:
+    """A stored body or audit detail with the personal fields redacted (unchanged if not JSON)."""
+    try:
+        decoded = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return raw
+    redacted = redact(decoded)
+    return raw if redacted == decoded else msgspec.json.encode(redacted)
+
+
+def personal_fields(raw: bytes) -> list[str]:
+    """The paths of personal fields a stored body holds (for a data request's report)."""
+    try:
+        decoded = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return []
+    found: list[str] = []
+
+    def walk(value: object, path: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else key
+                if key in PERSONAL_KEYS and item not in (None, REDACTED):
+                    found.append(where)
+                else:
+                    walk(item, where)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, f"{path}[]")
+
+    walk(decoded, "")
+    return sorted(set(found))

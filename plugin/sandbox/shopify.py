@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_CLIENT_SECRET",
     "DEFAULT_SCOPES",
     "Amount",
+    "Customer",
     "FaultSettings",
     "Line",
     "LoggedRequest",
@@ -125,6 +126,20 @@ class Transaction:
     authorization_code: str | None = None
 
 
+@dataclass(frozen=True)
+class Customer:
+    """Who bought and where it ships: the personal data a fulfilment body carries."""
+
+    first_name: str = "Steve"
+    last_name: str = "Shipper"
+    email: str = "steve.shipper@example.com"
+    phone: str = "555-555-SHIP"
+    address1: str = "123 Shipping Street"
+    city: str = "Shippington"
+    zip: str = "40003"
+    country_code: str = "DE"
+
+
 @dataclass
 class _LineItem:
     id: int
@@ -158,6 +173,7 @@ class _Order:
     metafields: dict[tuple[str, str], tuple[str, str]]
     tags: list[str]
     fulfillments: list[_Fulfillment] = field(default_factory=list)
+    customer: "Customer | None" = None
 
     @property
     def gid(self) -> str:
@@ -346,6 +362,7 @@ class ShopifySandbox:
         metafields: Mapping[tuple[str, str], str] | None = None,
         tags: Sequence[str] = (),
         order_id: int | None = None,
+        customer: Customer | None = None,
     ) -> str:
         """Place an order on the shop; its GraphQL id. Metafields are (namespace, key) -> text.
 
@@ -390,6 +407,7 @@ class ShopifySandbox:
                     k: ("single_line_text_field", v) for k, v in (metafields or {}).items()
                 },
                 tags=[],
+                customer=customer or Customer(),
             )
             _add_tags(order.tags, tags)
             shop.next_order_number += 1
@@ -854,6 +872,25 @@ def _rest_fulfillment(order: _Order, fulfillment: _Fulfillment) -> dict[str, Any
         "tracking_url": urls[0] if urls else None,
         "tracking_urls": list(urls),
         "line_items": items,
+        **_personal(order.customer),
+    }
+
+
+def _personal(customer: Customer | None) -> dict[str, Any]:
+    if customer is None:
+        return {"email": None, "destination": None}
+    return {
+        "email": customer.email,
+        "destination": {
+            "first_name": customer.first_name,
+            "last_name": customer.last_name,
+            "name": f"{customer.first_name} {customer.last_name}",
+            "address1": customer.address1,
+            "city": customer.city,
+            "zip": customer.zip,
+            "country_code": customer.country_code,
+            "phone": customer.phone,
+        },
     }
 
 
