@@ -557,3 +557,147 @@ def test_a_failed_write_back_is_retried_alone_and_never_repeats_the_capture(
             "SELECT count(*) FROM audit WHERE step = 'capture'"
         ).fetchone()[0]
     assert fulfillment_runs == 1
+
+
+# --- privacy (compliance) webhooks ----------------------------------------------------------------
+
+
+def captured_order(
+    settings: Settings, shopify: ShopifySandbox, klarna: KlarnaSandbox, service: str
+) -> tuple[str, dict[str, Any]]:
+    """An order shipped and captured; (its REST id, the fulfilment body)."""
+    gid, _ = place_order(shopify, klarna)
+    body = shopify.fulfill(DOMAIN, gid)
+    assert send(service, "fulfillments/create", body).is_success
+    wait_until(lambda: status_of(shopify, gid) == "captured", what="the capture")
+    return str(body["order_id"]), body
+
+
+def privacy_request(topic: str, **fields: Any) -> dict[str, Any]:
+    customer = {"id": 207119551, "email": "steve.shipper@example.com", "phone": "555-555-SHIP"}
+    return {"shop_id": 954889, "shop_domain": DOMAIN, "customer": customer, **fields}
+
+
+def reports(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
+    with db(settings) as conn:
+        rows = conn.execute("SELECT topic, report FROM compliance_requests ORDER BY id").fetchall()
+    return [(topic, json.loads(report)) for topic, report in rows]
+
+
+def test_a_data_request_reports_what_is_held_about_the_customers_orders(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    install(settings, shopify_sandbox)
+    order_id, _ = captured_order(settings, shopify_sandbox, klarna_sandbox, service)
+    request = privacy_request(
+        "customers/data_request",
+        orders_requested=[int(order_id), 1],
+        data_request={"id": 9999},
+    )
+    webhook_id = str(uuid.uuid4())
+
+    answers = [
+        send(service, "customers/data_request", request, **{"X-Shopify-Webhook-Id": webhook_id})
+        for _ in range(2)
+    ]
+
+    assert [a.status_code for a in answers] == [200, 200]
+    [(topic, report)] = reports(settings)
+    assert topic == "customers/data_request"
+    assert report["customer_id"] == 207119551
+    held, nothing = report["orders"]
+    assert (held["order_id"], held["deliveries"]) == (order_id, 1)
+    assert held["personal_fields"] == ["destination", "email"]
+    [capture] = held["captures"]
+    assert (capture["captured_amount"], capture["currency"]) == (5290, "EUR")
+    assert nothing == {
+        "order_id": "1",
+        "deliveries": 0,
+        "personal_fields": [],
+        "captures": [],
+    }
+    # The report keeps the customer's id, not their contact details.
+    assert "steve.shipper" not in json.dumps(report)
+
+
+def test_a_customer_redaction_removes_personal_data_and_keeps_amounts_and_ids(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    install(settings, shopify_sandbox)
+    order_id, body = captured_order(settings, shopify_sandbox, klarna_sandbox, service)
+    other_id, _ = captured_order(settings, shopify_sandbox, klarna_sandbox, service)
+    with db(settings) as conn:
+        ledger_before = conn.execute("SELECT * FROM captures ORDER BY order_id").fetchall()
+        trail = [row[0] for row in conn.execute("SELECT detail FROM audit")]
+    # The audit trail never held personal data to begin with.
+    assert not any("Steve" in detail or "steve.shipper" in detail for detail in trail)
+
+    answer = send(
+        service,
+        "customers/redact",
+        privacy_request("customers/redact", orders_to_redact=[int(order_id)]),
+    )
+
+    assert answer.status_code == 200
+    with db(settings) as conn:
+        bodies = dict(conn.execute("SELECT order_id, body FROM deliveries").fetchall())
+        ledger_after = conn.execute("SELECT * FROM captures ORDER BY order_id").fetchall()
+    redacted = json.loads(bodies[order_id])
+    assert (redacted["destination"], redacted["email"]) == ("[redacted]", "[redacted]")
+    for personal in (b"Steve", b"steve.shipper@example.com", b"123 Shipping Street", b"555-555"):
+        assert personal not in bodies[order_id]
+    assert (redacted["id"], redacted["order_id"]) == (body["id"], body["order_id"])
+    assert [item["price"] for item in redacted["line_items"]] == [
+        item["price"] for item in body["line_items"]
+    ]
+    assert b"steve.shipper@example.com" in bodies[other_id]  # another order of the shop
+    assert ledger_after == ledger_before
+    [(_, report)] = reports(settings)
+    assert (report["deliveries_redacted"], report["orders"]) == (1, [order_id])
+
+
+def test_shop_redaction_deletes_everything_of_an_uninstalled_shop_only(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    shop = install(settings, shopify_sandbox)
+    captured_order(settings, shopify_sandbox, klarna_sandbox, service)
+    request = {"shop_id": 954889, "shop_domain": DOMAIN}
+
+    while_installed = send(service, "shop/redact", request)
+    kept = count(settings, "SELECT count(*) FROM deliveries WHERE shop_id = ?", shop.id)
+    assert send(service, "app/uninstalled", {"id": 954889, "domain": DOMAIN}).is_success
+    after_uninstall = send(service, "shop/redact", request)
+    again = send(service, "shop/redact", request)
+
+    assert [while_installed.status_code, after_uninstall.status_code, again.status_code] == [
+        200,
+        200,
+        200,
+    ]
+    assert kept == 1
+    for table in ("deliveries", "jobs", "captures", "audit", "callbacks", "webhook_secrets"):
+        assert count(settings, f"SELECT count(*) FROM {table} WHERE shop_id = ?", shop.id) == 0  # noqa: S608
+    assert count(settings, "SELECT count(*) FROM shops") == 0
+    outcomes = [(topic, report.get("deleted")) for topic, report in reports(settings)]
+    assert outcomes == [("shop/redact", False), ("shop/redact", True), ("shop/redact", False)]
+    assert reports(settings)[0][1]["kept_because"] == "the app is installed on this shop again"
+
+
+def test_privacy_requests_for_a_shop_never_installed_are_answered(
+    settings: Settings, service: str
+) -> None:
+    for topic in ("customers/data_request", "customers/redact", "shop/redact"):
+        answer = send(service, topic, privacy_request(topic, orders_requested=[1]))
+        assert (answer.status_code, answer.json()["status"]) == (200, "recorded")
+    assert [report["shop_known"] for _, report in reports(settings)] == [False] * 3
+    bad = send(service, "customers/redact", b'{"customer": 1}')
+    assert bad.status_code == 400
