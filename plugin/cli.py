@@ -106,6 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("delivery_id", type=int)
     replay.set_defaults(run=lambda args: _run(_deliveries_replay, args))
 
+    compliance = commands.add_parser("compliance", help="privacy requests and their reports")
+    compliance_commands = compliance.add_subparsers(
+        dest="compliance_command", required=True, metavar="COMPLIANCE_COMMAND"
+    )
+    compliance_list = compliance_commands.add_parser(
+        "list", help="recent privacy requests (data requests, redactions), oldest first"
+    )
+    compliance_list.add_argument("--limit", type=int, default=100)
+    compliance_list.set_defaults(run=lambda args: _run(_compliance_list, args))
+
     sandbox = commands.add_parser("sandbox", help="run a simulator of a system we talk to")
     simulators = sandbox.add_subparsers(dest="simulator", required=True, metavar="SIMULATOR")
     klarna = simulators.add_parser("klarna", help="Klarna's Order management API, in memory")
@@ -114,6 +124,10 @@ def _parser() -> argparse.ArgumentParser:
     klarna.add_argument("--username", help="the API username it accepts")
     klarna.add_argument("--password", help="the API password it accepts")
     klarna.set_defaults(run=_sandbox_klarna)
+    shopify = simulators.add_parser("shopify", help="Shopify's Admin API and OAuth, in memory")
+    shopify.add_argument("--host", default="127.0.0.1")
+    shopify.add_argument("--port", type=int, default=8200)
+    shopify.set_defaults(run=_sandbox_shopify)
     return parser
 
 
@@ -264,10 +278,10 @@ async def _shop_show(service: Service, args: argparse.Namespace) -> int:
         "klarna_region": shop.klarna_region,
         "klarna_environment": shop.klarna_environment,
         "klarna_username": shop.klarna_username,
-        "klarna_password": "set",
+        "klarna_password": "set" if shop.klarna_configured else "not set",
         "status_url": shop.status_url,
         "options": msgspec.to_builtins(shop.options),
-        "webhook_url": f"{service.settings.public_url}/webhooks/{shop.platform}/{shop.id}",
+        "webhook_url": _webhook_url(service, shop),
         "webhook_secrets": [
             {
                 "created_at": _iso(s.created_at),
@@ -277,7 +291,25 @@ async def _shop_show(service: Service, args: argparse.Namespace) -> int:
         ],
         "created_at": _iso(shop.created_at),
     }
+    if shop.shop_domain is not None:
+        shown["shop_domain"] = shop.shop_domain
+        shown["app_installed"] = shop.platform_token is not None
     print(msgspec.json.format(msgspec.json.encode(shown)).decode())
+    return 0
+
+
+def _webhook_url(service: Service, shop: Shop) -> str:
+    if shop.shop_domain is not None:  # a storefront app: one endpoint for every shop
+        return f"{service.settings.public_url}/webhooks/{shop.platform}"
+    return f"{service.settings.public_url}/webhooks/{shop.platform}/{shop.id}"
+
+
+async def _compliance_list(service: Service, args: argparse.Namespace) -> int:
+    for request in reversed(await service.store.compliance_requests(limit=args.limit)):
+        print(
+            f"{_iso(request.received_at)}  {request.platform}  {request.shop_domain}  "
+            f"{request.topic}  {request.report}"
+        )
     return 0
 
 
@@ -381,6 +413,21 @@ def _sandbox_klarna(args: argparse.Namespace) -> int:
         flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _sandbox_shopify(args: argparse.Namespace) -> int:
+    from plugin.sandbox import shopify
+
+    base = f"http://{args.host}:{args.port}"
+    print(
+        f"Shopify sandbox on {base}; set KLARNA_CAPTURE_SHOPIFY_ADMIN_URL={base}/shops/{{shop}}, "
+        f"KLARNA_CAPTURE_SHOPIFY_CLIENT_ID={shopify.DEFAULT_CLIENT_ID} and "
+        "KLARNA_CAPTURE_SHOPIFY_CLIENT_SECRET to its published client secret "
+        "(plugin/sandbox/shopify.py, DEFAULT_CLIENT_SECRET)",
+        flush=True,
+    )
+    uvicorn.run(shopify.create_app(), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

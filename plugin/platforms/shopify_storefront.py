@@ -168,7 +168,9 @@ class ShopifyStorefront:
                     currency=currency,
                 )
             except shopify.ShopifyMappingError as error:
-                code = "CURRENCY_MISMATCH" if "currency" in str(error) else "UNMAPPABLE_FULFILLMENT"
+                currencies = {order.currency_code.upper(), order.presentment_currency_code.upper()}
+                mismatch = currency is not None and currency.upper() not in currencies
+                code = "CURRENCY_MISMATCH" if mismatch else "UNMAPPABLE_FULFILLMENT"
                 raise StorefrontError("map", code, [str(error)], retryable=False) from None
             return msgspec.structs.replace(event, shipping=tracking)
 

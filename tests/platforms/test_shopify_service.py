@@ -3,6 +3,7 @@ Shopify and the Klarna sandbox over HTTP. A fulfilment webhook goes in; a captur
 Klarna and the status lands on the Shopify order as metafields and tags."""
 
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -35,7 +36,7 @@ from plugin.service import open_service
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import wait_until
+from tests.helpers import run_cli, wait_until
 
 DOMAIN = "tomato-farm.myshopify.com"
 KLARNA_USERNAME = "PK_SANDBOX"
@@ -143,6 +144,13 @@ def send(url: str, topic: str, body: dict[str, Any] | bytes, **headers: str) -> 
     signed = signed_webhook(DEFAULT_CLIENT_SECRET, topic, DOMAIN, raw)
     signed.update(headers)
     return httpx2.post(f"{url}/webhooks/shopify", content=raw, headers=signed, timeout=10)
+
+
+def cli_environment(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLARNA_CAPTURE_")}
+    env["KLARNA_CAPTURE_DATA_DIR"] = str(settings.data_dir)
+    env["KLARNA_CAPTURE_SECRET_KEY"] = settings.secret_keys[0]
+    return env
 
 
 def db(settings: Settings) -> sqlite3.Connection:
@@ -621,6 +629,21 @@ def test_a_data_request_reports_what_is_held_about_the_customers_orders(
     }
     # The report keeps the customer's id, not their contact details.
     assert "steve.shipper" not in json.dumps(report)
+    # The operator reads it with the CLI.
+    listed = run_cli(cli_environment(settings), "compliance", "list").stdout
+    assert f"shopify  {DOMAIN}  customers/data_request" in listed
+    assert '"customer_id":207119551' in listed
+
+
+def test_the_cli_shows_a_shopify_shop_without_its_token(
+    settings: Settings, shopify_sandbox: ShopifySandbox
+) -> None:
+    shop = install(settings, shopify_sandbox, klarna=False)
+    shown = json.loads(run_cli(cli_environment(settings), "shop", "show", shop.id).stdout)
+    assert (shown["shop_domain"], shown["app_installed"]) == (DOMAIN, True)
+    assert shown["klarna_password"] == "not set"
+    assert shown["webhook_url"] == "http://127.0.0.1:8000/webhooks/shopify"
+    assert "shpat_" not in json.dumps(shown)
 
 
 def test_a_customer_redaction_removes_personal_data_and_keeps_amounts_and_ids(
@@ -701,3 +724,48 @@ def test_privacy_requests_for_a_shop_never_installed_are_answered(
     assert [report["shop_known"] for _, report in reports(settings)] == [False] * 3
     bad = send(service, "customers/redact", b'{"customer": 1}')
     assert bad.status_code == 400
+
+
+# --- currencies ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("klarna_currency", "captured"), [("SEK", 10000), ("EUR", 1000), ("GBP", None)]
+)
+def test_the_capture_is_in_the_klarna_orders_currency_or_refused_clearly(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+    klarna_currency: str,
+    captured: int | None,
+) -> None:
+    install(settings, shopify_sandbox)
+    placed = klarna_sandbox.create_order(
+        order_amount=10000, purchase_currency=klarna_currency, purchase_country="SE"
+    )
+    # A shop in EUR selling to a shopper who paid in SEK: every amount in both.
+    gid = shopify_sandbox.add_order(
+        DOMAIN,
+        [Line("Tomatoes", ("10.00", "100.00"), taxes=[Tax("0.25", ("2.00", "20.00"))])],
+        currency="EUR",
+        presentment_currency="SEK",
+        metafields={("klarna", "order_id"): placed.order_id},
+    )
+    assert send(service, "fulfillments/create", shopify_sandbox.fulfill(DOMAIN, gid)).is_success
+
+    if captured is None:
+        wait_until(lambda: status_of(shopify_sandbox, gid) == "failed", what="the refusal")
+        with db(settings) as conn:
+            [error] = conn.execute("SELECT last_error FROM jobs WHERE state = 'dead'").fetchone()
+        assert "CURRENCY_MISMATCH" in error
+        assert "GBP" in error
+        assert klarna_sandbox.orders[placed.order_id].captures == []
+        return
+    wait_until(lambda: status_of(shopify_sandbox, gid) == "captured", what="the capture")
+    [capture] = klarna_sandbox.orders[placed.order_id].captures
+    assert capture.captured_amount == captured
+    [summary] = json.loads(
+        shopify_sandbox.metafields(DOMAIN, gid)[("klarna_capture", "captures")][1]
+    )
+    assert summary["currency"] == klarna_currency
