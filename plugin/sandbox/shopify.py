@@ -476,6 +476,11 @@ class ShopifySandbox:
             found.updated_at = self.clock()
             return _rest_fulfillment(order, found)
 
+    def delete_order(self, domain: str, order_gid: str) -> None:
+        """The merchant deletes the order: the API then answers for it as for a missing one."""
+        with self.lock:
+            del self._shop(domain).orders[self._order(domain, order_gid).id]
+
     def metafields(self, domain: str, order_gid: str) -> dict[tuple[str, str], tuple[str, str]]:
         """The order's metafields: (namespace, key) -> (type, value)."""
         with self.lock:

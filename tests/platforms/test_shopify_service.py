@@ -769,3 +769,42 @@ def test_the_capture_is_in_the_klarna_orders_currency_or_refused_clearly(
         shopify_sandbox.metafields(DOMAIN, gid)[("klarna_capture", "captures")][1]
     )
     assert summary["currency"] == klarna_currency
+
+
+def test_user_errors_bury_the_write_back_with_shopifys_words_and_leave_the_capture(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    install(settings, shopify_sandbox)
+    gid, klarna_id = place_order(shopify_sandbox, klarna_sandbox)
+    klarna_sandbox.set_faults(FaultSettings(latency_ms=800))
+    assert send(service, "fulfillments/create", shopify_sandbox.fulfill(DOMAIN, gid)).is_success
+    wait_until(
+        lambda: any(r.operation == "order" for r in shopify_sandbox.requests),
+        what="the order read",
+    )
+    shopify_sandbox.delete_order(DOMAIN, gid)  # while Klarna captures
+
+    wait_until(
+        lambda: (
+            count(settings, "SELECT count(*) FROM jobs WHERE kind = 'callback' AND state = 'dead'")
+            == 1
+        ),
+        what="the write-back to give up",
+    )
+    with db(settings) as conn:
+        [error] = conn.execute("SELECT last_error FROM jobs WHERE state = 'dead'").fetchone()
+    assert json.loads(error) == {
+        "step": "write_back",
+        "error_code": "SHOPIFY_USER_ERRORS",
+        "error_messages": [
+            "Shopify tagsAdd failed: HTTP 200 USER_ERRORS: id: Order does not exist"
+        ],
+    }
+    assert len(klarna_sandbox.orders[klarna_id].captures) == 1
+    assert (
+        count(settings, "SELECT count(*) FROM jobs WHERE kind = 'fulfillment' AND state = 'done'")
+        == 1
+    )
