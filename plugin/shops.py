@@ -154,6 +154,7 @@ class Shops:
                     ),
                     time.time(),
                 )
+                self._domains.clear()  # a miss cached before the install must not linger
                 return shop
             except Exception:
                 # Two installs racing: the other one created the shop; take it from there.
