@@ -175,6 +175,19 @@ def writes(shopify: ShopifySandbox) -> list[str]:
     ]
 
 
+def shipped_while_klarna_is_slow(
+    settings: Settings, shopify: ShopifySandbox, klarna: KlarnaSandbox, service: str, ms: int
+) -> tuple[str, str]:
+    """An order shipped with Klarna answering after `ms`; returns once the worker has read the
+    order, so the capture is in flight. (Shopify order gid, Klarna order id)."""
+    install(settings, shopify)
+    gid, klarna_id = place_order(shopify, klarna)
+    klarna.set_faults(FaultSettings(latency_ms=ms))
+    assert send(service, "fulfillments/create", shopify.fulfill(DOMAIN, gid)).is_success
+    wait_until(lambda: any(r.operation == "order" for r in shopify.requests), what="the order read")
+    return gid, klarna_id
+
+
 # --- capture and write-back ----------------------------------------------------------------------
 
 
@@ -442,14 +455,8 @@ def test_an_uninstall_mid_flight_lets_the_capture_finish_and_calls_shopify_no_mo
     klarna_sandbox: KlarnaSandbox,
     service: str,
 ) -> None:
-    install(settings, shopify_sandbox)
-    gid, klarna_id = place_order(shopify_sandbox, klarna_sandbox)
-    klarna_sandbox.set_faults(FaultSettings(latency_ms=1500))
-    body = shopify_sandbox.fulfill(DOMAIN, gid)
-    assert send(service, "fulfillments/create", body).status_code == 200
-    wait_until(
-        lambda: any(r.operation == "order" for r in shopify_sandbox.requests),
-        what="the order read",
+    _, klarna_id = shipped_while_klarna_is_slow(
+        settings, shopify_sandbox, klarna_sandbox, service, 1500
     )
 
     assert send(service, "app/uninstalled", {"id": 1, "domain": DOMAIN}).status_code == 200
@@ -546,13 +553,8 @@ def test_a_failed_write_back_is_retried_alone_and_never_repeats_the_capture(
     klarna_sandbox: KlarnaSandbox,
     service: str,
 ) -> None:
-    install(settings, shopify_sandbox)
-    gid, klarna_id = place_order(shopify_sandbox, klarna_sandbox)
-    klarna_sandbox.set_faults(FaultSettings(latency_ms=800))
-    assert send(service, "fulfillments/create", shopify_sandbox.fulfill(DOMAIN, gid)).is_success
-    wait_until(
-        lambda: any(r.operation == "order" for r in shopify_sandbox.requests),
-        what="the order read",
+    gid, klarna_id = shipped_while_klarna_is_slow(
+        settings, shopify_sandbox, klarna_sandbox, service, 800
     )
     # While Klarna captures, Shopify starts failing: more 503s than one write-back's retries.
     shopify_sandbox.set_faults(ShopifyFaults(fail_next=5, fail_status=503))
@@ -777,13 +779,8 @@ def test_user_errors_bury_the_write_back_with_shopifys_words_and_leave_the_captu
     klarna_sandbox: KlarnaSandbox,
     service: str,
 ) -> None:
-    install(settings, shopify_sandbox)
-    gid, klarna_id = place_order(shopify_sandbox, klarna_sandbox)
-    klarna_sandbox.set_faults(FaultSettings(latency_ms=800))
-    assert send(service, "fulfillments/create", shopify_sandbox.fulfill(DOMAIN, gid)).is_success
-    wait_until(
-        lambda: any(r.operation == "order" for r in shopify_sandbox.requests),
-        what="the order read",
+    gid, klarna_id = shipped_while_klarna_is_slow(
+        settings, shopify_sandbox, klarna_sandbox, service, 800
     )
     shopify_sandbox.delete_order(DOMAIN, gid)  # while Klarna captures
 
