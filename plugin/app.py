@@ -17,6 +17,7 @@ from plugin.config import Settings
 from plugin.receiver import shopify_webhook, standard_webhook
 from plugin.service import Service, open_service
 from plugin.web import routes as web
+from plugin.web import shopify as shopify_web
 
 
 async def healthz(request: Request) -> Response:
@@ -60,6 +61,7 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             *web.routes(),
+            *shopify_web.routes(),
         ],
         middleware=[Middleware(web.SecurityHeaders)],
         lifespan=lifespan,

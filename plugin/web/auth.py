@@ -1,5 +1,6 @@
 """Sign-in for the settings page: one-time admin links, signed session cookies and per-session
-CSRF tokens, all with itsdangerous and the service's secret keys."""
+CSRF tokens, and the `state` of a Shopify install, all with itsdangerous and the service's secret
+keys."""
 
 import hmac
 import secrets
@@ -11,10 +12,17 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 LINK_SECONDS = 15 * 60
 SESSION_SECONDS = 8 * 3600
 COOKIE = "kc_session"
+INSTALL_STATE_SECONDS = 10 * 60
+INSTALL_STATE_COOKIE = "kc_install_state"
+INSTALL_STATE_SALT = "klarna-capture install state"
 
 
 class LinkError(Exception):
     """A sign-in link that cannot be used; the message is for the merchant."""
+
+
+class InstallStateError(Exception):
+    """An OAuth `state` that did not come back as it was sent; the message is for the log."""
 
 
 class Session(msgspec.Struct, frozen=True):
@@ -29,6 +37,7 @@ class Auth:
         self._links = URLSafeTimedSerializer(keys, salt="klarna-capture admin link")
         self._sessions = URLSafeTimedSerializer(keys, salt="klarna-capture session")
         self._csrf = URLSafeTimedSerializer(keys, salt="klarna-capture csrf")
+        self._install_states = URLSafeTimedSerializer(keys, salt=INSTALL_STATE_SALT)
 
     def link_token(self, shop_id: str) -> str:
         return self._links.dumps({"shop": shop_id, "nonce": secrets.token_hex(16)})
@@ -66,3 +75,26 @@ class Auth:
         except BadSignature:
             return False
         return hmac.compare_digest(str(sid), session.sid)
+
+    def install_state(self, shop_domain: str) -> str:
+        """The `state` of one install of the storefront app on `shop_domain`: signed, short-lived,
+        also kept in the browser's cookie so the callback must reach the browser that started."""
+        return self._install_states.dumps({"shop": shop_domain, "nonce": secrets.token_hex(16)})
+
+    def check_install_state(self, state: str, *, shop_domain: str, cookie: str | None) -> None:
+        if not state:
+            raise InstallStateError("missing state parameter")
+        try:
+            data = self._install_states.loads(state, max_age=INSTALL_STATE_SECONDS)
+        except SignatureExpired:
+            raise InstallStateError("state is older than 10 minutes") from None
+        except BadSignature:
+            raise InstallStateError("state signature is not valid") from None
+        if not isinstance(data, dict) or not hmac.compare_digest(
+            str(data.get("shop", "")).encode(), shop_domain.encode()
+        ):
+            raise InstallStateError("state was issued for another shop")
+        if not cookie:
+            raise InstallStateError("no install state cookie: another browser, or cookies blocked")
+        if not hmac.compare_digest(cookie.encode(), state.encode()):
+            raise InstallStateError("state does not match this browser's install state cookie")

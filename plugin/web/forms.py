@@ -1,10 +1,14 @@
 """The settings form: what a merchant may enter, checked field by field."""
 
+import re
 import string
 from collections.abc import Mapping
+from typing import Literal, get_args
 
 import msgspec
 
+from plugin.klarna.models import ShippingMethod
+from plugin.platforms import shopify
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
 
@@ -15,6 +19,22 @@ CAPTURE_MODES = {
     "complete": "Capture once, when the order is completely shipped",
 }
 TEMPLATE_FIELDS = ("fulfillment_name", "fulfillment_id", "order_id")
+KLARNA_ACCOUNT_FIELDS = (
+    "klarna_region",
+    "klarna_environment",
+    "klarna_username",
+    "klarna_password",
+)
+KLARNA_ORDER_ID_SOURCES = {
+    "metafield": "An order metafield",
+    "note_attribute": "A note attribute of the order",
+    "transaction": "The authorization of the order's payment transaction",
+}
+SHIPPING_METHODS: tuple[str, ...] = get_args(ShippingMethod)
+NO_SHIPPING_METHOD = "none"
+# Shopify's own limits: namespace 3-255 and key 2-64 letters, digits, hyphens and underscores.
+_METAFIELD = re.compile(r"[A-Za-z0-9_-]{3,255}\.[A-Za-z0-9_-]{2,64}")
+_MAX_NAME = 255
 
 
 class SettingsForm(msgspec.Struct, kw_only=True):
@@ -29,6 +49,10 @@ class SettingsForm(msgspec.Struct, kw_only=True):
     trigger_send_out: bool = False
     description_template: str = ""
     status_url: str = ""
+    # A Shopify shop's: where its orders keep the Klarna order id, and the tracking's method.
+    klarna_order_id_source: str = "metafield"
+    klarna_order_id_field: str = "klarna.order_id"
+    shipping_method: str = NO_SHIPPING_METHOD
     errors: dict[str, str] = {}
 
     @classmethod
@@ -42,10 +66,15 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             trigger_send_out=shop.options.trigger_send_out,
             description_template=shop.options.description_template or "",
             status_url=shop.status_url or "",
+            klarna_order_id_source=shop.options.klarna_order_id_source,
+            klarna_order_id_field=shop.options.klarna_order_id_field,
+            shipping_method=shop.options.shipping_method or NO_SHIPPING_METHOD,
         )
 
     @classmethod
-    def from_post(cls, data: Mapping[str, str]) -> "SettingsForm":
+    def from_post(cls, data: Mapping[str, str], shop: Shop) -> "SettingsForm":
+        """The form as posted for `shop`. Fields its page does not show keep the shop's values; a
+        shop without a stored Klarna password must be given one."""
         form = cls(
             klarna_region=data.get("klarna_region", "").strip(),
             klarna_environment=data.get("klarna_environment", "").strip(),
@@ -57,7 +86,22 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             description_template=data.get("description_template", "").strip(),
             status_url=data.get("status_url", "").strip(),
         )
-        form.errors = form._check()
+        kept = cls.from_shop(shop)
+        if shop.platform == shopify.NAME:
+            form.klarna_order_id_source = data.get("klarna_order_id_source", "").strip()
+            form.klarna_order_id_field = data.get("klarna_order_id_field", "").strip()
+            form.shipping_method = data.get("shipping_method", "").strip()
+            # Status callbacks are signed with the shop's webhook secret, which a Shopify
+            # merchant never sees: the page does not offer them.
+            form.status_url = kept.status_url
+            form.errors = form._storefront_errors()
+        else:
+            form.klarna_order_id_source = kept.klarna_order_id_source
+            form.klarna_order_id_field = kept.klarna_order_id_field
+            form.shipping_method = kept.shipping_method
+        form.errors.update(form._check())
+        if not form.klarna_password and shop.klarna_password_set_at is None:
+            form.errors["klarna_password"] = "Enter the API password Klarna gave you."  # noqa: S105
         return form
 
     def _check(self) -> dict[str, str]:
@@ -83,6 +127,18 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             errors["status_url"] = "Enter an http(s) URL, or leave it empty."
         return errors
 
+    def _storefront_errors(self) -> dict[str, str]:
+        errors = {}
+        if self.klarna_order_id_source not in KLARNA_ORDER_ID_SOURCES:
+            errors["klarna_order_id_source"] = "Choose where your orders keep the Klarna order id."
+        else:
+            problem = _field_problem(self.klarna_order_id_source, self.klarna_order_id_field)
+            if problem:
+                errors["klarna_order_id_field"] = problem
+        if self.shipping_method not in (NO_SHIPPING_METHOD, *SHIPPING_METHODS):
+            errors["shipping_method"] = "Choose one of Klarna's shipping methods, or none."
+        return errors
+
     def changes(self) -> ShopChanges:
         return ShopChanges(
             klarna_region=self.klarna_region,
@@ -94,8 +150,37 @@ class SettingsForm(msgspec.Struct, kw_only=True):
                 send_tracking=self.send_tracking,
                 trigger_send_out=self.trigger_send_out,
                 description_template=self.description_template or None,
+                klarna_order_id_source=_source(self.klarna_order_id_source),
+                klarna_order_id_field=self.klarna_order_id_field,
+                shipping_method=(
+                    None if self.shipping_method == NO_SHIPPING_METHOD else self.shipping_method
+                ),
             ),
         )
+
+
+def _source(value: str) -> Literal["metafield", "note_attribute", "transaction"]:
+    if value == "note_attribute":
+        return "note_attribute"
+    if value == "transaction":
+        return "transaction"
+    return "metafield"
+
+
+def _field_problem(source: str, field: str) -> str | None:
+    if source == "metafield":
+        if _METAFIELD.fullmatch(field):
+            return None
+        return (
+            "Enter the metafield as namespace.key, as in klarna.order_id: a namespace of 3-255 "
+            "and a key of 2-64 letters, digits, - or _."
+        )
+    what = "attribute" if source == "note_attribute" else "payment gateway"
+    if not field:
+        return f"Enter the name of the {what}."
+    if len(field) > _MAX_NAME or not field.isprintable():
+        return f"A {what} name has at most {_MAX_NAME} characters, all printable."
+    return None
 
 
 def _template_problem(template: str) -> str | None:

@@ -1,5 +1,8 @@
-"""The routes of the merchant's pages under /admin, and their security headers."""
+"""The routes of the merchant's pages under /admin, and the security headers of every page (the
+Shopify app's entry points included)."""
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from starlette.routing import BaseRoute, Mount, Route
@@ -8,18 +11,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plugin.web import views
 
-# No inline script anywhere; forms post only to us; nobody frames the page (the Shopify issue
-# lets the shop's own admin frame it).
+# No inline script anywhere; forms post only to us; nobody frames a page unless its view said
+# who may (views.allow_framing: a Shopify shop's own admin).
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "base-uri 'none'; frame-ancestors 'none'"
+    "base-uri 'none'; frame-ancestors {frame_ancestors}"
 )
 SECURITY_HEADERS = [
-    (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
+PAGE_PREFIXES = ("/admin", "/shopify", "/auth/")
+_SOURCE = re.compile(r"https://[a-z0-9.-]+", re.IGNORECASE)
 
 
 def routes() -> list[BaseRoute]:
@@ -45,20 +49,40 @@ def routes() -> list[BaseRoute]:
     ]
 
 
+def content_security_policy(frame_ancestors: Sequence[str] | None) -> str:
+    """The page CSP; `frame_ancestors` (https origins) may frame it, nobody when None."""
+    sources = [s for s in frame_ancestors or () if _SOURCE.fullmatch(s)]
+    return CSP.format(frame_ancestors=" ".join(sources) if sources else "'none'")
+
+
 class SecurityHeaders:
-    """Adds the page security headers to everything under /admin; webhooks pass untouched."""
+    """Adds the page security headers to every page; webhooks and probes pass untouched.
+
+    Who may frame a page is the view's decision, left in the request state under
+    `views.FRAME_ANCESTORS`; without it nobody may.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/admin"):
+        if scope["type"] != "http" or not scope["path"].startswith(PAGE_PREFIXES):
             await self.app(scope, receive, send)
             return
+        # The dict Request.state writes into: made here so the view and this share it.
+        state: dict[str, object] = scope.setdefault("state", {})
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                frame_ancestors = state.get(views.FRAME_ANCESTORS)
+                csp = content_security_policy(
+                    frame_ancestors if isinstance(frame_ancestors, tuple) else None
+                )
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"content-security-policy", csp.encode()),
+                    *SECURITY_HEADERS,
+                ]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

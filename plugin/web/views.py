@@ -20,12 +20,27 @@ from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
 from plugin.klarna.client import new_idempotency_key
 from plugin.klarna.errors import join_messages
 from plugin.klarna.models import CaptureObject
+from plugin.platforms import shopify
 from plugin.service import Service
+from plugin.signatures import is_shop_domain
 from plugin.store.records import Shipment, Shop
 from plugin.web.auth import COOKIE, SESSION_SECONDS, LinkError, Session
-from plugin.web.forms import CAPTURE_MODES, ENVIRONMENTS, REGIONS, TEMPLATE_FIELDS, SettingsForm
+from plugin.web.forms import (
+    CAPTURE_MODES,
+    ENVIRONMENTS,
+    KLARNA_ACCOUNT_FIELDS,
+    KLARNA_ORDER_ID_SOURCES,
+    NO_SHIPPING_METHOD,
+    REGIONS,
+    SHIPPING_METHODS,
+    TEMPLATE_FIELDS,
+    SettingsForm,
+)
 
 PAGE_SIZE = 50
+SHOPIFY_ADMIN = "https://admin.shopify.com"
+# The request state entry SecurityHeaders reads: who may frame this answer (absent: nobody).
+FRAME_ANCESTORS = "frame_ancestors"
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 templates.env.filters["messages"] = join_messages
 templates.env.filters["datetime"] = lambda at: datetime.fromtimestamp(at, UTC).strftime(
@@ -41,7 +56,7 @@ NOTICES = {
 Page = Callable[[Request, Service, Shop, Session], Awaitable[Response]]
 
 
-def _service(request: Request) -> Service:
+def service_of(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -52,8 +67,39 @@ def _render(
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
-def _message(request: Request, title: str, text: str, status_code: int) -> Response:
+def message(request: Request, title: str, text: str, status_code: int) -> Response:
     return _render(request, "message.html", {"title": title, "text": text}, status_code)
+
+
+def allow_framing(request: Request, shop: Shop) -> None:
+    """Let the shop's own storefront admin frame this answer: a Shopify app's pages run embedded
+    in the shop's admin. Any other shop's pages stay unframeable."""
+    if shop.platform == shopify.NAME and shop.shop_domain and is_shop_domain(shop.shop_domain):
+        setattr(request.state, FRAME_ANCESTORS, (f"https://{shop.shop_domain}", SHOPIFY_ADMIN))
+
+
+def set_session_cookie(
+    response: Response, service: Service, shop_id: str, *, embedded: bool = False
+) -> None:
+    """The settings session. An embedded app's cookie is a third-party one inside the storefront
+    admin's iframe, so over https it is SameSite=None and partitioned (CHIPS) to that admin."""
+    value = service.auth.session_cookie(shop_id)
+    https = service.settings.public_url.startswith("https://")
+    if embedded and https:
+        response.headers.append("set-cookie", _partitioned_cookie(value, SESSION_SECONDS))
+        return
+    response.set_cookie(
+        COOKIE, value, max_age=SESSION_SECONDS, path="/admin", httponly=True, secure=https
+    )
+
+
+def _partitioned_cookie(value: str, max_age: int) -> str:
+    # Written out by hand: http.cookies (under Starlette) knows Partitioned only from Python 3.14.
+    # The value is itsdangerous' URL-safe text, or empty to delete.
+    return (
+        f"{COOKIE}={value}; HttpOnly; Max-Age={max_age}; Path=/admin; SameSite=None; Secure; "
+        "Partitioned"
+    )
 
 
 def _origin(url: str) -> str:
@@ -75,10 +121,10 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
 
     def wrap(view: Page) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            service = _service(request)
+            service = service_of(request)
             session = service.auth.read_session(request.cookies.get(COOKIE))
             if session is None:
-                return _message(
+                return message(
                     request,
                     "Please sign in",
                     "Open the settings from your storefront's admin, or ask for a sign-in link: "
@@ -87,17 +133,18 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
                 )
             shop_id = request.path_params["shop_id"]
             if session.shop_id != shop_id:
-                return _message(request, "Not your shop", "This session is for another shop.", 403)
+                return message(request, "Not your shop", "This session is for another shop.", 403)
             shop = await service.store.get_shop(shop_id)
             if shop is None:
-                return _message(request, "No such shop", "This shop no longer exists.", 404)
+                return message(request, "No such shop", "This shop no longer exists.", 404)
+            allow_framing(request, shop)
             if post:
                 form = await request.form()
                 token = form.get("csrf_token")
                 if not _same_origin(request, service) or not service.auth.csrf_valid(
                     session, token if isinstance(token, str) else None
                 ):
-                    return _message(
+                    return message(
                         request,
                         "Request refused",
                         "The form was out of date or came from another site. Reload the page "
@@ -114,31 +161,23 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
 
 
 async def login(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     token = request.query_params.get("token", "")
     try:
         shop_id, nonce = service.auth.read_link(token)
     except LinkError as exc:
-        return _message(request, "Sign-in link not valid", str(exc), 400)
+        return message(request, "Sign-in link not valid", str(exc), 400)
     if not await service.store.use_admin_link(nonce, shop_id, time.time()):
-        return _message(
+        return message(
             request,
             "Sign-in link already used",
             "Each sign-in link works once. Ask for a new one.",
             400,
         )
     if await service.store.get_shop(shop_id) is None:
-        return _message(request, "No such shop", "This shop no longer exists.", 404)
+        return message(request, "No such shop", "This shop no longer exists.", 404)
     response = RedirectResponse(f"/admin/{shop_id}/settings", status_code=303)
-    response.set_cookie(
-        COOKIE,
-        service.auth.session_cookie(shop_id),
-        max_age=SESSION_SECONDS,
-        path="/admin",
-        httponly=True,
-        samesite="lax",
-        secure=service.settings.public_url.startswith("https://"),
-    )
+    set_session_cookie(response, service, shop_id)
     return response
 
 
@@ -148,6 +187,10 @@ def _settings_context(
     return {
         "shop": shop,
         "form": form,
+        "shopify": shop.platform == shopify.NAME,
+        "klarna_order_id_sources": KLARNA_ORDER_ID_SOURCES,
+        "shipping_methods": SHIPPING_METHODS,
+        "no_shipping_method": NO_SHIPPING_METHOD,
         "regions": REGIONS,
         "environments": ENVIRONMENTS,
         "capture_modes": CAPTURE_MODES,
@@ -176,7 +219,7 @@ def _form(request: Request) -> dict[str, str]:
 async def save_settings(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
-    form = SettingsForm.from_post(_form(request))
+    form = SettingsForm.from_post(_form(request), shop)
     if form.errors:
         form.klarna_password = ""
         context = _settings_context(request, service, shop, form)
@@ -191,8 +234,8 @@ async def save_settings(
 async def test_connection(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
-    form = SettingsForm.from_post(_form(request))
-    errors = {k: v for k, v in form.errors.items() if k.startswith("klarna_")}
+    form = SettingsForm.from_post(_form(request), shop)
+    errors = {k: v for k, v in form.errors.items() if k in KLARNA_ACCOUNT_FIELDS}
     result: dict[str, str]
     if errors:
         result = {"ok": "", "text": "Fix the Klarna fields first."}
@@ -236,6 +279,9 @@ async def _try_credentials(service: Service, form: SettingsForm, password: str) 
 async def rotate_secret(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
+    if shop.platform == shopify.NAME:
+        # Shopify signs its webhooks with the app's secret: this shop has none of its own to show.
+        return message(request, "Not found", "There is no such page.", 404)
     secret = await service.shops.rotate_secret(shop.id)
     form = SettingsForm.from_shop(shop)
     context = _settings_context(request, service, shop, form, new_secret=secret)
@@ -311,7 +357,7 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
         except ValueError:
             before = None
         if before is None or not math.isfinite(before[0]) or not 0 <= before[1] < 2**63:
-            return _message(request, "Bad page", "That page link is not valid.", 400)
+            return message(request, "Bad page", "That page link is not valid.", 400)
     shipments = await service.store.shipments(shop.id, before=before, limit=PAGE_SIZE + 1)
     more = len(shipments) > PAGE_SIZE
     shipments = shipments[:PAGE_SIZE]
@@ -341,7 +387,7 @@ async def _shipment_page(
 ) -> Response:
     shipment = await service.store.shipment(shop.id, request.path_params["fulfillment_id"])
     if shipment is None:
-        return _message(request, "No such shipment", "This shop has no such shipment.", 404)
+        return message(request, "No such shipment", "This shop has no such shipment.", 404)
     row = _row(shipment)
     live: dict[str, Any] | None = None
     live_error = None
@@ -391,7 +437,7 @@ async def shipment_action(
     fulfillment_id, _, action = request.path_params["target"].rpartition("/")
     handler = _ACTIONS.get(action)
     if not fulfillment_id or handler is None:
-        return _message(request, "Not found", "There is no such page.", 404)
+        return message(request, "Not found", "There is no such page.", 404)
     request.path_params["fulfillment_id"] = fulfillment_id
     return await handler(request, service, shop, session)
 
@@ -400,7 +446,7 @@ async def _retry(request: Request, service: Service, shop: Shop, session: Sessio
     fulfillment_id = request.path_params["fulfillment_id"]
     shipment = await service.store.shipment(shop.id, fulfillment_id)
     if shipment is None:
-        return _message(request, "No such shipment", "This shop has no such shipment.", 404)
+        return message(request, "No such shipment", "This shop has no such shipment.", 404)
     if shipment.job_state != "dead" or not await service.store.requeue_job(
         shipment.job_id, time.time()
     ):
@@ -416,7 +462,7 @@ async def _send_out(request: Request, service: Service, shop: Shop, session: Ses
     fulfillment_id = request.path_params["fulfillment_id"]
     shipment = await service.store.shipment(shop.id, fulfillment_id)
     if shipment is None:
-        return _message(request, "No such shipment", "This shop has no such shipment.", 404)
+        return message(request, "No such shipment", "This shop has no such shipment.", 404)
     if not shipment.capture_id or not shipment.klarna_order_id:
         outcome = {"ok": "", "text": "Nothing is captured yet, so there is nothing to resend."}
         return await _shipment_page(request, service, shop, outcome=outcome, status_code=409)
@@ -450,13 +496,16 @@ _ACTIONS: dict[str, Page] = {"retry": _retry, "send-out": _send_out}
 
 @page(post=True)
 async def logout(request: Request, service: Service, shop: Shop, session: Session) -> Response:
-    response = _message(request, "Signed out", "You are signed out.", 200)
+    response = message(request, "Signed out", "You are signed out.", 200)
     response.delete_cookie(COOKIE, path="/admin")
+    if service.settings.public_url.startswith("https://"):
+        # A partitioned cookie (the embedded app's) is only removed by a partitioned deletion.
+        response.headers.append("set-cookie", _partitioned_cookie("", 0))
     return response
 
 
 async def home(request: Request) -> Response:
-    return _message(
+    return message(
         request,
         "klarna-capture",
         "Open the settings from your storefront's admin, or ask for a sign-in link: "

@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 from plugin.app import create_app
 from plugin.config import Settings, load_settings
 from plugin.klarna import RetryPolicy
+from plugin.sandbox.shopify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, query_hmac
 from plugin.service import Service
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
@@ -40,6 +41,7 @@ def page_settings(
     public_url: str = ORIGIN,
     workers: int = 2,
     secret_key: str = SECRET_KEY,
+    extra: Mapping[str, str] | None = None,
 ) -> Settings:
     return load_settings(
         {
@@ -48,8 +50,48 @@ def page_settings(
             "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
             "KLARNA_CAPTURE_PUBLIC_URL": public_url,
             "KLARNA_CAPTURE_WORKERS": str(workers),
+            **(extra or {}),
         }
     )
+
+
+def shopify_settings(
+    data_dir: Path,
+    klarna_url: str,
+    shopify_admin_url: str,
+    *,
+    public_url: str = ORIGIN,
+    client_secret: str = DEFAULT_CLIENT_SECRET,
+    previous_client_secret: str | None = None,
+) -> Settings:
+    """The page settings with the Shopify app configured as the fake Shopify knows it."""
+    extra = {
+        "KLARNA_CAPTURE_SHOPIFY_CLIENT_ID": DEFAULT_CLIENT_ID,
+        "KLARNA_CAPTURE_SHOPIFY_CLIENT_SECRET": client_secret,
+        "KLARNA_CAPTURE_SHOPIFY_ADMIN_URL": shopify_admin_url,
+    }
+    if previous_client_secret is not None:
+        extra["KLARNA_CAPTURE_SHOPIFY_PREVIOUS_CLIENT_SECRET"] = previous_client_secret
+    return page_settings(data_dir, klarna_url, public_url=public_url, workers=0, extra=extra)
+
+
+def shopify_query(
+    secret: str = DEFAULT_CLIENT_SECRET, *, timestamp: float | None = None, **params: str
+) -> dict[str, str]:
+    """A query as Shopify sends it to the app: `params`, a timestamp, and their hex `hmac`."""
+    query = {**params, "timestamp": str(int(time.time() if timestamp is None else timestamp))}
+    return {**query, "hmac": query_hmac(secret, query)}
+
+
+def set_cookie(response: httpx2.Response, name: str) -> str | None:
+    """The Set-Cookie header `response` gives for cookie `name` (the last one), else None."""
+    found = [h for h in response.headers.get_list("set-cookie") if h.startswith(name + "=")]
+    return found[-1] if found else None
+
+
+def csp_directives(response: httpx2.Response) -> dict[str, list[str]]:
+    csp = response.headers.get("content-security-policy", "")
+    return {part.split()[0]: part.split()[1:] for part in csp.split(";") if part.strip()}
 
 
 def cli_env(settings: Settings, **overrides: str) -> dict[str, str]:

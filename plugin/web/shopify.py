@@ -1,0 +1,268 @@
+"""The Shopify app's entry points: the OAuth install (/auth/shopify/install, /callback), which
+stores the shop's offline access token, and the embedded admin entry (/shopify), which signs the
+merchant in to the shop's settings pages inside the Shopify admin."""
+
+import logging
+from urllib.parse import quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from plugin import signatures
+from plugin.config import Settings
+from plugin.platforms import shopify
+from plugin.platforms.shopify_oauth import (
+    AccessToken,
+    ShopifyOAuthError,
+    exchange_code,
+    exchange_session_token,
+)
+from plugin.web import views
+from plugin.web.auth import INSTALL_STATE_COOKIE, INSTALL_STATE_SECONDS, InstallStateError
+
+# The least that works: write_orders for the capture metafields and tags on an order (and it
+# implies read_orders); read_orders for the fulfilment webhooks and the order's transactions.
+SCOPES = ("read_orders", "write_orders")
+INSTALL_PATH = "/auth/shopify/install"
+CALLBACK_PATH = "/auth/shopify/callback"
+EMBEDDED_PATH = "/shopify"
+QUERY_MAX_AGE_SECONDS = 300.0
+
+log = logging.getLogger("plugin.web.shopify")
+
+_FROM_ADMIN = "Open the app again from your Shopify admin."
+_INSTALL_AGAIN = "Start the install again from your Shopify admin."
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route(INSTALL_PATH, install, methods=["GET"]),
+        Route(CALLBACK_PATH, callback, methods=["GET"]),
+        Route(EMBEDDED_PATH, embedded, methods=["GET"]),
+    ]
+
+
+class _Refused(Exception):
+    """A request answered with a short page; `reason` goes to the log, never a secret."""
+
+    def __init__(self, status: int, title: str, text: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.title = title
+        self.text = text
+
+
+def _refusal(request: Request, refused: _Refused, shop: str) -> Response:
+    log.warning(
+        "shopify request refused",
+        extra={"path": request.url.path, "shop": shop[:255], "reason": str(refused)},
+    )
+    return views.message(request, refused.title, refused.text, refused.status)
+
+
+def _configured(settings: Settings) -> str:
+    if settings.shopify_client_id is None or not settings.shopify_client_secrets:
+        raise _Refused(
+            404,
+            "Shopify app not set up",
+            "This server does not run the Shopify app.",
+            "shopify client id and secret are not configured",
+        )
+    return settings.shopify_client_id
+
+
+def _admin_base(settings: Settings, shop: str) -> str:
+    return settings.shopify_admin_url.replace("{shop}", shop)
+
+
+def _signed_shop(request: Request, settings: Settings) -> str:
+    """The `shop` of a query Shopify signed (hmac, fresh timestamp), a myshopify.com domain."""
+    try:
+        signatures.verify_shopify_query(
+            [secret.encode() for secret in settings.shopify_client_secrets],
+            request.query_params.multi_items(),
+            max_age=QUERY_MAX_AGE_SECONDS,
+        )
+    except signatures.ShopifyRequestError as exc:
+        raise _Refused(
+            401,
+            "Request not accepted",
+            "This link did not come from Shopify, or it is too old. " + _INSTALL_AGAIN,
+            str(exc),
+        ) from None
+    shop = request.query_params.get("shop", "")
+    if not signatures.is_shop_domain(shop):
+        raise _Refused(
+            400,
+            "Not a Shopify shop",
+            "The shop must be a name.myshopify.com domain. " + _INSTALL_AGAIN,
+            "shop parameter is not a myshopify.com domain",
+        )
+    return shop
+
+
+def _checked_grant(grant: AccessToken) -> str:
+    if not grant.covers(SCOPES):
+        raise _Refused(
+            403,
+            "Permissions missing",
+            f"The app needs the {', '.join(SCOPES)} permissions to capture payments. "
+            + _INSTALL_AGAIN,
+            f"granted scopes {grant.scope!r} lack some of {','.join(SCOPES)}",
+        )
+    return grant.access_token
+
+
+def _grant_refused(error: ShopifyOAuthError) -> _Refused:
+    if error.status is not None and 400 <= error.status < 500:
+        return _Refused(
+            400,
+            "Install not completed",
+            "Shopify did not accept this install. " + _INSTALL_AGAIN,
+            str(error),
+        )
+    return _Refused(
+        502,
+        "Shopify unavailable",
+        "Shopify could not be reached just now. Try again in a minute.",
+        str(error),
+    )
+
+
+async def install(request: Request) -> Response:
+    """GET /auth/shopify/install: Shopify's signed start of an install, sent on to Shopify's
+    consent screen with a `state` bound to the shop and to this browser."""
+    service = views.service_of(request)
+    settings = service.settings
+    shop = request.query_params.get("shop", "")
+    try:
+        client_id = _configured(settings)
+        shop = _signed_shop(request, settings)
+    except _Refused as refused:
+        return _refusal(request, refused, shop)
+    state = service.auth.install_state(shop)
+    query = urlencode(
+        {
+            "client_id": client_id,
+            "scope": ",".join(SCOPES),
+            "redirect_uri": settings.public_url + CALLBACK_PATH,
+            "state": state,
+        }
+    )
+    response = RedirectResponse(
+        f"{_admin_base(settings, shop)}/admin/oauth/authorize?{query}", status_code=302
+    )
+    response.set_cookie(
+        INSTALL_STATE_COOKIE,
+        state,
+        max_age=INSTALL_STATE_SECONDS,
+        path="/auth/shopify",
+        httponly=True,
+        samesite="lax",
+        secure=settings.public_url.startswith("https://"),
+    )
+    return response
+
+
+async def callback(request: Request) -> Response:
+    """GET /auth/shopify/callback: the merchant approved; the code becomes the shop's offline
+    access token, stored sealed, and the merchant lands in the app inside their admin."""
+    service = views.service_of(request)
+    settings = service.settings
+    shop = request.query_params.get("shop", "")
+    try:
+        client_id = _configured(settings)
+        shop = _signed_shop(request, settings)
+        try:
+            service.auth.check_install_state(
+                request.query_params.get("state", ""),
+                shop_domain=shop,
+                cookie=request.cookies.get(INSTALL_STATE_COOKIE),
+            )
+        except InstallStateError as exc:
+            raise _Refused(
+                403,
+                "Install not completed",
+                "This install was not started in this browser, or took too long. " + _INSTALL_AGAIN,
+                str(exc),
+            ) from None
+        code = request.query_params.get("code", "")
+        if not code:
+            raise _Refused(400, "Install not completed", _INSTALL_AGAIN, "missing code parameter")
+        try:
+            grant = await exchange_code(
+                service.shopify_http,
+                admin_url=_admin_base(settings, shop),
+                client_id=client_id,
+                client_secret=settings.shopify_client_secrets[0],
+                code=code,
+            )
+        except ShopifyOAuthError as error:
+            raise _grant_refused(error) from None
+        token = _checked_grant(grant)
+    except _Refused as refused:
+        return _refusal(request, refused, shop)
+    installed = await service.shops.install(platform=shopify.NAME, shop_domain=shop, token=token)
+    log.info("shopify app installed", extra={"shop": shop, "shop_id": installed.id})
+    response = RedirectResponse(
+        f"{_admin_base(settings, shop)}/admin/apps/{quote(client_id, safe='')}", status_code=302
+    )
+    response.delete_cookie(
+        INSTALL_STATE_COOKIE,
+        path="/auth/shopify",
+        httponly=True,
+        secure=settings.public_url.startswith("https://"),
+    )
+    return response
+
+
+def _session_token(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.query_params.get("id_token", "")
+
+
+async def embedded(request: Request) -> Response:
+    """GET /shopify, the app URL Shopify opens in its admin's iframe with a session token
+    (`id_token`, or an `Authorization: Bearer` header): the shop is installed by token exchange
+    when it has no access token yet, and the merchant gets the settings session."""
+    service = views.service_of(request)
+    settings = service.settings
+    shop = request.query_params.get("shop", "")
+    try:
+        client_id = _configured(settings)
+        session_token = _session_token(request)
+        if not session_token:
+            raise _Refused(401, "Please sign in", _FROM_ADMIN, "no session token")
+        try:
+            session = signatures.verify_shopify_session_token(
+                session_token, client_id=client_id, secrets=settings.shopify_client_secrets
+            )
+        except signatures.ShopifyRequestError as exc:
+            raise _Refused(401, "Please sign in", _FROM_ADMIN, str(exc)) from None
+        shop = session.shop
+        found = await service.store.shop_by_domain(shopify.NAME, shop)
+        if found is None or found.platform_token is None:
+            # Installed by Shopify (managed install) or installed again after an uninstall.
+            try:
+                grant = await exchange_session_token(
+                    service.shopify_http,
+                    admin_url=_admin_base(settings, shop),
+                    client_id=client_id,
+                    client_secret=settings.shopify_client_secrets[0],
+                    session_token=session_token,
+                )
+            except ShopifyOAuthError as error:
+                raise _grant_refused(error) from None
+            token = _checked_grant(grant)
+            found = await service.shops.install(
+                platform=shopify.NAME, shop_domain=shop, token=token
+            )
+            log.info("shopify app installed", extra={"shop": shop, "shop_id": found.id})
+    except _Refused as refused:
+        return _refusal(request, refused, shop)
+    response = RedirectResponse(f"/admin/{found.id}/settings", status_code=303)
+    views.set_session_cookie(response, service, found.id, embedded=True)
+    return response
