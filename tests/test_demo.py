@@ -1,0 +1,28 @@
+"""The demos a newcomer runs first keep working: each exits 0 only when its capture appeared."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("demo.py", "capture read back from Klarna (order now CAPTURED)"),
+        ("demo_shopify.py", '"klarna_capture.status": "captured"'),
+    ],
+)
+def test_the_demo_captures(script: str, expected: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert expected in done.stdout
