@@ -29,6 +29,7 @@ def klarna_sandbox(klarna_server: tuple[KlarnaSandbox, str]) -> Iterator[KlarnaS
     clock = sandbox.clock
     yield sandbox
     sandbox.clock = clock
+    sandbox.clear_faults()  # tests on the session's server without this fixture get none
 
 
 @pytest.fixture
@@ -45,10 +46,11 @@ def shopify_server() -> Iterator[tuple[ShopifySandbox, str]]:
 
 
 @pytest.fixture
-def shopify_sandbox(shopify_server: tuple[ShopifySandbox, str]) -> ShopifySandbox:
+def shopify_sandbox(shopify_server: tuple[ShopifySandbox, str]) -> Iterator[ShopifySandbox]:
     sandbox = shopify_server[0]
     sandbox.reset()
-    return sandbox
+    yield sandbox
+    sandbox.clear_faults()
 
 
 @pytest.fixture
