@@ -12,9 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from plugin import metrics
+from plugin import metrics, receivers
 from plugin.config import Settings
-from plugin.receiver import shopify_webhook, standard_webhook
 from plugin.service import Service, open_service
 from plugin.web import routes as web
 from plugin.web import shopify as shopify_web
@@ -55,8 +54,7 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/webhooks/standard/{shop_id}", standard_webhook, methods=["POST"]),
-            Route("/webhooks/shopify", shopify_webhook, methods=["POST"]),
+            *receivers.routes(),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),

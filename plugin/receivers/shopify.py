@@ -1,5 +1,5 @@
-"""The webhook endpoints: verify over the raw body, store the delivery and its job in one
-transaction, answer within milliseconds. Nothing unverified is stored."""
+"""POST /webhooks/shopify: every installed shop's webhooks, signed with the app's client secret:
+fulfilments, the uninstall, and the mandatory privacy topics."""
 
 import logging
 import time
@@ -8,97 +8,13 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from plugin import metrics, signatures
-from plugin.platforms import shopify, shopify_compliance, standard
+from plugin import signatures
+from plugin.platforms import shopify, shopify_compliance
+from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body
+from plugin.receivers.common import answer as _answer
 from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
-
-MAX_BODY_BYTES = 1024 * 1024
-_encoder = msgspec.json.Encoder()
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The raw body, refused as soon as it passes `limit` rather than read whole."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _answer(status: int, platform: str, outcome: str, **fields: object) -> Response:
-    metrics.DELIVERIES.labels(platform, outcome).inc()
-    body = _encoder.encode({"status": outcome, **fields})
-    return Response(body, status_code=status, media_type="application/json")
-
-
-async def standard_webhook(request: Request) -> Response:
-    service: Service = request.app.state.service
-    platform = standard.NAME
-    try:
-        body = await read_body(request)
-    except BodyTooLarge:
-        return _answer(413, platform, "too_large", error=f"body over {MAX_BODY_BYTES} bytes")
-    shop_id = request.path_params["shop_id"]
-    loaded = await service.shops.get(shop_id)
-    if loaded is None or loaded.shop.platform != platform or not loaded.shop.enabled:
-        return _answer(404, platform, "unknown_shop", error="no such shop")
-    try:
-        delivery_id = signatures.verify(
-            loaded.webhook_keys,
-            request.headers,
-            body,
-            tolerance=service.settings.webhook_tolerance_seconds,
-        )
-    except signatures.WebhookVerificationError as exc:
-        log.warning("webhook refused", extra={"shop": shop_id, "reason": str(exc)})
-        return _answer(401, platform, "unauthorized", error=str(exc))
-
-    rejected: str | None = None
-    event_type = fulfillment_id = None
-    try:
-        envelope = standard.decode(body)
-        event_type, fulfillment_id = envelope.type, envelope.data.fulfillment_id
-    except msgspec.MsgspecError as exc:
-        rejected = f"not a valid event: {exc}"
-    row, duplicate = await service.store.record_delivery(
-        shop_id,
-        delivery_id,
-        body=body,
-        event_type=event_type,
-        fulfillment_id=fulfillment_id,
-        rejected=rejected,
-        now=time.time(),
-    )
-    if duplicate:
-        return _answer(200, platform, "duplicate", delivery=row)
-    if rejected:
-        log.warning(
-            "webhook rejected", extra={"shop": shop_id, "delivery": row, "reason": rejected}
-        )
-        return _answer(400, platform, "rejected", delivery=row, error=rejected)
-    service.wake_workers()
-    log.info(
-        "webhook accepted",
-        extra={
-            "shop": shop_id,
-            "delivery": row,
-            "fulfillment": fulfillment_id,
-            "event_type": event_type,
-        },
-    )
-    return _answer(200, platform, "accepted", delivery=row)
 
 
 async def shopify_webhook(request: Request) -> Response:

@@ -1,0 +1,15 @@
+"""The webhook endpoints, one module a storefront platform: each verifies over the raw body, stores
+the delivery and its job in one transaction and answers within milliseconds. Nothing unverified
+is stored."""
+
+from starlette.routing import BaseRoute, Route
+
+from plugin.receivers.shopify import shopify_webhook
+from plugin.receivers.standard import standard_webhook
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/webhooks/standard/{shop_id}", standard_webhook, methods=["POST"]),
+        Route("/webhooks/shopify", shopify_webhook, methods=["POST"]),
+    ]

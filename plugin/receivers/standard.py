@@ -1,0 +1,75 @@
+"""POST /webhooks/standard/{shop_id}: any storefront that signs per Standard Webhooks and sends
+our public event schema."""
+
+import logging
+import time
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from plugin import signatures
+from plugin.platforms import standard
+from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body
+from plugin.receivers.common import answer as _answer
+from plugin.service import Service
+
+log = logging.getLogger("plugin.receiver")
+
+
+async def standard_webhook(request: Request) -> Response:
+    service: Service = request.app.state.service
+    platform = standard.NAME
+    try:
+        body = await read_body(request)
+    except BodyTooLarge:
+        return _answer(413, platform, "too_large", error=f"body over {MAX_BODY_BYTES} bytes")
+    shop_id = request.path_params["shop_id"]
+    loaded = await service.shops.get(shop_id)
+    if loaded is None or loaded.shop.platform != platform or not loaded.shop.enabled:
+        return _answer(404, platform, "unknown_shop", error="no such shop")
+    try:
+        delivery_id = signatures.verify(
+            loaded.webhook_keys,
+            request.headers,
+            body,
+            tolerance=service.settings.webhook_tolerance_seconds,
+        )
+    except signatures.WebhookVerificationError as exc:
+        log.warning("webhook refused", extra={"shop": shop_id, "reason": str(exc)})
+        return _answer(401, platform, "unauthorized", error=str(exc))
+
+    rejected: str | None = None
+    event_type = fulfillment_id = None
+    try:
+        envelope = standard.decode(body)
+        event_type, fulfillment_id = envelope.type, envelope.data.fulfillment_id
+    except msgspec.MsgspecError as exc:
+        rejected = f"not a valid event: {exc}"
+    row, duplicate = await service.store.record_delivery(
+        shop_id,
+        delivery_id,
+        body=body,
+        event_type=event_type,
+        fulfillment_id=fulfillment_id,
+        rejected=rejected,
+        now=time.time(),
+    )
+    if duplicate:
+        return _answer(200, platform, "duplicate", delivery=row)
+    if rejected:
+        log.warning(
+            "webhook rejected", extra={"shop": shop_id, "delivery": row, "reason": rejected}
+        )
+        return _answer(400, platform, "rejected", delivery=row, error=rejected)
+    service.wake_workers()
+    log.info(
+        "webhook accepted",
+        extra={
+            "shop": shop_id,
+            "delivery": row,
+            "fulfillment": fulfillment_id,
+            "event_type": event_type,
+        },
+    )
+    return _answer(200, platform, "accepted", delivery=row)
