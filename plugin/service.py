@@ -18,7 +18,7 @@ from plugin.web.auth import Auth
 from plugin.worker import Backoff, Worker
 
 STATUS_TIMEOUT = httpx2.Timeout(10.0, connect=5.0)
-SHOPIFY_TIMEOUT = httpx2.Timeout(15.0, connect=5.0)
+STOREFRONT_TIMEOUT = httpx2.Timeout(15.0, connect=5.0)
 WORKERS_PER_POOL = 8
 
 
@@ -30,15 +30,15 @@ class Service:
         *,
         klarna_http: Sequence[httpx2.AsyncClient],
         status_http: httpx2.AsyncClient,
-        shopify_http: httpx2.AsyncClient,
+        storefront_http: httpx2.AsyncClient,
         klarna_retry: RetryPolicy | None = None,
-        shopify_retry: RetryPolicy | None = None,
+        storefront_retry: RetryPolicy | None = None,
         backoff: Backoff | None = None,
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
     ) -> None:
         self.settings = settings
-        self.shopify_http = shopify_http
+        self.storefront_http = storefront_http
         self.store = store
         self.vault = Vault(settings.secret_keys)
         self.auth = Auth(settings.secret_keys)
@@ -52,7 +52,7 @@ class Service:
             klarna_retry=klarna_retry,
             storefronts={
                 shopify.NAME: ShopifyStorefront(
-                    settings, self.shops, shopify_http, retry=shopify_retry
+                    settings, self.shops, storefront_http, retry=storefront_retry
                 )
             },
         )
@@ -75,9 +75,9 @@ async def open_service(
     *,
     klarna_transport: httpx2.AsyncBaseTransport | None = None,
     status_transport: httpx2.AsyncBaseTransport | None = None,
-    shopify_transport: httpx2.AsyncBaseTransport | None = None,
+    storefront_transport: httpx2.AsyncBaseTransport | None = None,
     klarna_retry: RetryPolicy | None = None,
-    shopify_retry: RetryPolicy | None = None,
+    storefront_retry: RetryPolicy | None = None,
     klarna_timeout: httpx2.Timeout = DEFAULT_TIMEOUT,
     backoff: Backoff | None = None,
     lease_seconds: float = 60.0,
@@ -99,9 +99,11 @@ async def open_service(
                     transport=status_transport, timeout=STATUS_TIMEOUT, follow_redirects=False
                 )
             )
-            shopify_http = await stack.enter_async_context(
+            storefront_http = await stack.enter_async_context(
                 httpx2.AsyncClient(
-                    transport=shopify_transport, timeout=SHOPIFY_TIMEOUT, follow_redirects=False
+                    transport=storefront_transport,
+                    timeout=STOREFRONT_TIMEOUT,
+                    follow_redirects=False,
                 )
             )
             yield Service(
@@ -109,9 +111,9 @@ async def open_service(
                 store,
                 klarna_http=klarna_http,
                 status_http=status_http,
-                shopify_http=shopify_http,
+                storefront_http=storefront_http,
                 klarna_retry=klarna_retry,
-                shopify_retry=shopify_retry,
+                storefront_retry=storefront_retry,
                 backoff=backoff,
                 lease_seconds=lease_seconds,
                 poll_seconds=poll_seconds,

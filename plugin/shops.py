@@ -172,6 +172,15 @@ class Shops:
         )
         return changed or shop
 
+    async def set_platform_token(self, shop_id: str, token: str | None) -> Shop | None:
+        """Store (sealed) or forget a shop's storefront API credential."""
+        sealed = (
+            None
+            if token is None
+            else self.vault.encrypt(token, context=secret_context(shop_id, "platform_token"))
+        )
+        return await self.update(shop_id, ShopChanges(platform_token=sealed))
+
     async def uninstall(self, shop_id: str) -> Shop | None:
         """The app was removed from the storefront: disabled, its token forgotten."""
         return await self.update(shop_id, ShopChanges(enabled=False, platform_token=None))

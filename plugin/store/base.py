@@ -52,6 +52,7 @@ class ShopChanges(msgspec.Struct, kw_only=True, omit_defaults=True):
     options: ShopOptions | msgspec.UnsetType = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
     platform_token: bytes | msgspec.UnsetType | None = msgspec.UNSET
+    shop_domain: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class NewCallback(msgspec.Struct, kw_only=True):

@@ -23,6 +23,9 @@ class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     klarna_order_id_source: Literal["metafield", "note_attribute", "transaction"] = "metafield"
     klarna_order_id_field: str = "klarna.order_id"
     shipping_method: str | None = None
+    # WooCommerce: the order statuses that mean "shipped, capture it" (a custom one such as
+    # "shipped" included), without the "wc-" prefix.
+    capture_statuses: list[str] = msgspec.field(default_factory=lambda: ["completed"])
 
 
 class Shop(msgspec.Struct, kw_only=True):

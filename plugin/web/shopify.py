@@ -192,7 +192,7 @@ async def callback(request: Request) -> Response:
             raise _Refused(400, "Install not completed", _INSTALL_AGAIN, "missing code parameter")
         try:
             grant = await exchange_code(
-                service.shopify_http,
+                service.storefront_http,
                 admin_url=_admin_base(settings, shop),
                 client_id=client_id,
                 client_secret=settings.shopify_client_secrets[0],
@@ -248,7 +248,7 @@ async def embedded(request: Request) -> Response:
             # Installed by Shopify (managed install) or installed again after an uninstall.
             try:
                 grant = await exchange_session_token(
-                    service.shopify_http,
+                    service.storefront_http,
                     admin_url=_admin_base(settings, shop),
                     client_id=client_id,
                     client_secret=settings.shopify_client_secrets[0],

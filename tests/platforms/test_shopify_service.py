@@ -64,7 +64,7 @@ def service(settings: Settings) -> Iterator[str]:
         settings,
         backoff=Backoff(base_seconds=0.05, max_seconds=0.2, attempts=4),
         klarna_retry=RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05),
-        shopify_retry=RetryPolicy(attempts=2, backoff_seconds=0.01, max_backoff_seconds=0.05),
+        storefront_retry=RetryPolicy(attempts=2, backoff_seconds=0.01, max_backoff_seconds=0.05),
         poll_seconds=0.05,
     )
     with serve_in_thread(app) as url:
