@@ -15,6 +15,7 @@ from starlette.routing import Route
 from plugin import metrics, receivers
 from plugin.config import Settings
 from plugin.service import Service, open_service
+from plugin.web import bigcommerce as bigcommerce_web
 from plugin.web import routes as web
 from plugin.web import shopify as shopify_web
 
@@ -60,6 +61,7 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
             Route("/metrics", metrics_endpoint),
             *web.routes(),
             *shopify_web.routes(),
+            *bigcommerce_web.routes(),
         ],
         middleware=[Middleware(web.SecurityHeaders)],
         lifespan=lifespan,

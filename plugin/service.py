@@ -1,7 +1,7 @@
 """Everything a running process holds: settings, store, vault, shops, HTTP clients, workers."""
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import httpx2
 
@@ -9,8 +9,10 @@ from plugin.config import Settings
 from plugin.klarna import RetryPolicy, make_http_client
 from plugin.klarna.client import DEFAULT_TIMEOUT
 from plugin.pipeline import Pipeline
-from plugin.platforms import shopify
+from plugin.platforms.base import Storefront
+from plugin.platforms.bigcommerce_storefront import BigCommerceStorefront
 from plugin.platforms.shopify_storefront import ShopifyStorefront
+from plugin.platforms.woocommerce_storefront import WooCommerceStorefront
 from plugin.shops import Shops
 from plugin.store import Store, open_store
 from plugin.vault import Vault
@@ -20,6 +22,12 @@ from plugin.worker import Backoff, Worker
 STATUS_TIMEOUT = httpx2.Timeout(10.0, connect=5.0)
 STOREFRONT_TIMEOUT = httpx2.Timeout(15.0, connect=5.0)
 WORKERS_PER_POOL = 8
+# The storefront apps: platforms whose shipments and write-backs go through their APIs.
+STOREFRONTS: dict[str, Callable[..., Storefront]] = {
+    "shopify": ShopifyStorefront,
+    "woocommerce": WooCommerceStorefront,
+    "bigcommerce": BigCommerceStorefront,
+}
 
 
 class Service:
@@ -51,9 +59,8 @@ class Service:
             klarna_url=settings.klarna_url,
             klarna_retry=klarna_retry,
             storefronts={
-                shopify.NAME: ShopifyStorefront(
-                    settings, self.shops, storefront_http, retry=storefront_retry
-                )
+                platform: kind(settings, self.shops, storefront_http, retry=storefront_retry)
+                for platform, kind in STOREFRONTS.items()
             },
         )
         self.worker = Worker(

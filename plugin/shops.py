@@ -49,10 +49,20 @@ class Shops:
         klarna_password: str,
         status_url: str | None = None,
         options: ShopOptions | None = None,
+        shop_domain: str | None = None,
+        platform_token: str | None = None,
     ) -> tuple[Shop, str]:
-        """A new shop and its webhook secret (`whsec_...`), shown to the merchant once."""
+        """A new shop and its webhook secret (`whsec_...`), shown to the merchant once.
+        `shop_domain` and `platform_token` are a storefront's site and API credential."""
         shop_id = "shop_" + secrets.token_hex(6)
         secret = signatures.new_secret()
+        sealed_token = (
+            None
+            if platform_token is None
+            else self.vault.encrypt(
+                platform_token, context=secret_context(shop_id, "platform_token")
+            )
+        )
         shop = await self.store.create_shop(
             NewShop(
                 id=shop_id,
@@ -66,10 +76,13 @@ class Shops:
                 ),
                 status_url=status_url,
                 options=options or ShopOptions(),
+                shop_domain=shop_domain,
+                platform_token=sealed_token,
             ),
             self.vault.encrypt(secret, context=secret_context(shop_id, "webhook_secret")),
             time.time(),
         )
+        self._domains.clear()
         return shop, secret
 
     async def rotate_secret(

@@ -4,12 +4,16 @@ is stored."""
 
 from starlette.routing import BaseRoute, Route
 
+from plugin.receivers.bigcommerce import bigcommerce_webhook
 from plugin.receivers.shopify import shopify_webhook
 from plugin.receivers.standard import standard_webhook
+from plugin.receivers.woocommerce import woocommerce_webhook
 
 
 def routes() -> list[BaseRoute]:
     return [
         Route("/webhooks/standard/{shop_id}", standard_webhook, methods=["POST"]),
         Route("/webhooks/shopify", shopify_webhook, methods=["POST"]),
+        Route("/webhooks/woocommerce/{shop_id}", woocommerce_webhook, methods=["POST"]),
+        Route("/webhooks/bigcommerce", bigcommerce_webhook, methods=["POST"]),
     ]
