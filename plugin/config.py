@@ -16,6 +16,8 @@ from plugin.vault import MIN_KEY_LENGTH, generate_key
 
 SHOPIFY_API_VERSION = "2026-07"  # the manifest's [webhooks] api_version; a test keeps them equal
 SHOPIFY_ADMIN_URL = "https://{shop}"
+BIGCOMMERCE_API_URL = "https://api.bigcommerce.com"
+BIGCOMMERCE_LOGIN_URL = "https://login.bigcommerce.com"
 
 PREFIX = "KLARNA_CAPTURE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -46,10 +48,20 @@ class Settings:
     shopify_client_secrets: tuple[str, ...] = ()
     shopify_api_version: str = SHOPIFY_API_VERSION
     shopify_admin_url: str = SHOPIFY_ADMIN_URL
+    # The BigCommerce app: its client id and secret, and the hosts of the store API and of the
+    # OAuth token endpoint (loopback in tests and demos).
+    bigcommerce_client_id: str | None = None
+    bigcommerce_client_secret: str | None = None
+    bigcommerce_api_url: str = BIGCOMMERCE_API_URL
+    bigcommerce_login_url: str = BIGCOMMERCE_LOGIN_URL
 
     @property
     def shopify_enabled(self) -> bool:
         return self.shopify_client_id is not None and bool(self.shopify_client_secrets)
+
+    @property
+    def bigcommerce_enabled(self) -> bool:
+        return self.bigcommerce_client_id is not None and bool(self.bigcommerce_client_secret)
 
     def __repr__(self) -> str:
         return (
@@ -62,7 +74,11 @@ class Settings:
             f"poll_ms={self.poll_ms}, shopify_client_id={self.shopify_client_id!r}, "
             f"shopify_client_secrets=<{len(self.shopify_client_secrets)} secrets>, "
             f"shopify_api_version={self.shopify_api_version!r}, "
-            f"shopify_admin_url={self.shopify_admin_url!r})"
+            f"shopify_admin_url={self.shopify_admin_url!r}, "
+            f"bigcommerce_client_id={self.bigcommerce_client_id!r}, "
+            f"bigcommerce_client_secret=<{'set' if self.bigcommerce_client_secret else 'unset'}>, "
+            f"bigcommerce_api_url={self.bigcommerce_api_url!r}, "
+            f"bigcommerce_login_url={self.bigcommerce_login_url!r})"
         )
 
 
@@ -93,6 +109,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         poll_ms=_whole_number("POLL_MS", get("POLL_MS"), default=1000, low=10, high=60000),
         **_shopify(get),
+        **_bigcommerce(get),
     )
 
 
@@ -128,6 +145,26 @@ def _shopify(get: Callable[[str], str | None]) -> dict[str, Any]:
         "shopify_client_secrets": tuple(s for s in (secret, previous) if s is not None),
         "shopify_api_version": version,
         "shopify_admin_url": admin_url.rstrip("/"),
+    }
+
+
+def _bigcommerce(get: Callable[[str], str | None]) -> dict[str, Any]:
+    client_id = get("BIGCOMMERCE_CLIENT_ID")
+    secret = get("BIGCOMMERCE_CLIENT_SECRET")
+    if (client_id is None) != (secret is None):
+        raise ConfigError(
+            f"{PREFIX}BIGCOMMERCE_CLIENT_ID and {PREFIX}BIGCOMMERCE_CLIENT_SECRET go together: "
+            "set both (the BigCommerce app's client credentials) or neither"
+        )
+    return {
+        "bigcommerce_client_id": client_id,
+        "bigcommerce_client_secret": secret,
+        "bigcommerce_api_url": _http_url(
+            "BIGCOMMERCE_API_URL", get("BIGCOMMERCE_API_URL") or BIGCOMMERCE_API_URL
+        ),
+        "bigcommerce_login_url": _http_url(
+            "BIGCOMMERCE_LOGIN_URL", get("BIGCOMMERCE_LOGIN_URL") or BIGCOMMERCE_LOGIN_URL
+        ),
     }
 
 

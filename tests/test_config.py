@@ -238,3 +238,44 @@ def test_bad_shopify_settings_name_the_variable(environ: dict[str, str], variabl
         load_settings(environ)
     assert str(caught.value).startswith(f"KLARNA_CAPTURE_{variable} ")
     assert "\n" not in str(caught.value)
+
+
+def test_the_bigcommerce_app_settings_are_read_and_its_secret_hidden() -> None:
+    settings = load_settings(
+        {
+            "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_ID": "bc-client-1",
+            "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_SECRET": "bc_secret_value",
+            "KLARNA_CAPTURE_BIGCOMMERCE_API_URL": "http://127.0.0.1:8300/",
+            "KLARNA_CAPTURE_BIGCOMMERCE_LOGIN_URL": "http://127.0.0.1:8300/login/",
+        }
+    )
+    assert settings.bigcommerce_enabled
+    assert settings.bigcommerce_client_id == "bc-client-1"
+    assert settings.bigcommerce_client_secret == "bc_secret_value"
+    assert settings.bigcommerce_api_url == "http://127.0.0.1:8300"
+    assert settings.bigcommerce_login_url == "http://127.0.0.1:8300/login"
+    assert "bc_secret_value" not in repr(settings)
+    assert "bigcommerce_client_secret=<set>" in repr(settings)
+    default = load_settings({})
+    assert not default.bigcommerce_enabled
+    assert default.bigcommerce_api_url == "https://api.bigcommerce.com"
+    assert default.bigcommerce_login_url == "https://login.bigcommerce.com"
+    assert "bigcommerce_client_secret=<unset>" in repr(default)
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_ID": "c"}, "BIGCOMMERCE_CLIENT_ID"),
+        ({"KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_SECRET": "s"}, "BIGCOMMERCE_CLIENT_ID"),
+        ({"KLARNA_CAPTURE_BIGCOMMERCE_API_URL": "api.bigcommerce.com"}, "BIGCOMMERCE_API_URL"),
+        ({"KLARNA_CAPTURE_BIGCOMMERCE_LOGIN_URL": "ftp://login"}, "BIGCOMMERCE_LOGIN_URL"),
+        ({"KLARNA_CAPTURE_BIGCOMMERCE_LOGIN_URL": "https://u:p@login"}, "BIGCOMMERCE_LOGIN_URL"),
+    ],
+)
+def test_bad_bigcommerce_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert str(caught.value).startswith(f"KLARNA_CAPTURE_{variable} ")
+    assert "\n" not in str(caught.value)
+    assert "u:p" not in str(caught.value)

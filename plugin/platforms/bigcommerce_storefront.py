@@ -1,14 +1,73 @@
-"""The BigCommerce storefront at work (being built)."""
+"""The BigCommerce app at work: reads the order behind a shipment through the REST API to map it,
+and writes the capture status back onto the order (a metafield, and lines in the staff notes).
 
+The write-back is computed from the ledger as it stands when it runs, not from the event that
+queued it, so a retried or late write-back never puts an older status on the order.
+"""
+
+import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Literal, cast, get_args
 
 import httpx2
+import msgspec
 
+from plugin import money
 from plugin.config import Settings
-from plugin.platforms.base import Resolved, Skipped
+from plugin.events import FulfillmentEvent
+from plugin.klarna.models import ShippingMethod
+from plugin.platforms import bigcommerce
+from plugin.platforms._bigcommerce_api import BigCommerceError, StoreClient
+from plugin.platforms.base import Resolved, Skipped, StorefrontError
 from plugin.retries import RetryPolicy
 from plugin.shops import Shops
-from plugin.store.records import CaptureRecord, Delivery, Shop
+from plugin.store import Store
+from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
+from plugin.worker import JobError
+
+log = logging.getLogger("plugin.bigcommerce")
+
+Status = Literal["captured", "partially_captured", "failed", "pending"]
+METAFIELD_DESCRIPTION = "Klarna capture status of this order (written by the Klarna capture app)"
+
+_error_decoder = msgspec.json.Decoder(JobError)
+_status_encoder = msgspec.json.Encoder()
+
+
+class _Ids(msgspec.Struct):
+    shipment_id: str
+    order_id: str
+
+
+def klarna_order_id_source(options: ShopOptions) -> bigcommerce.KlarnaOrderIdSource:
+    field = options.klarna_order_id_field.strip()
+    if options.klarna_order_id_source == "transaction":
+        return bigcommerce.TransactionSource(payment_method=field)
+    if options.klarna_order_id_source != "metafield":
+        raise StorefrontError(
+            "map",
+            "KLARNA_ORDER_ID_SOURCE_UNSUPPORTED",
+            [
+                f"BigCommerce orders have no {options.klarna_order_id_source.replace('_', ' ')}s: "
+                "keep the Klarna order id in an order metafield or the payment provider id"
+            ],
+            retryable=False,
+        )
+    namespace, _, key = field.partition(".")
+    return bigcommerce.MetafieldSource(namespace=namespace.strip(), key=key.strip())
+
+
+def _where(source: bigcommerce.KlarnaOrderIdSource) -> str:
+    if isinstance(source, bigcommerce.MetafieldSource):
+        return f"order metafield {source.namespace}.{source.key}"
+    method = source.payment_method or "any payment method"
+    return f"the payment provider id of an order paid with {method}"
+
+
+def shipping_method(options: ShopOptions) -> ShippingMethod | None:
+    method = options.shipping_method
+    return cast(ShippingMethod, method) if method in get_args(ShippingMethod) else None
 
 
 class BigCommerceStorefront:
@@ -22,13 +81,222 @@ class BigCommerceStorefront:
     ) -> None:
         self.settings = settings
         self.shops = shops
+        self.store: Store = shops.store
         self.http = http
         self.retry = retry
+
+    def client(self, shop: Shop, step: str) -> StoreClient:
+        token = self.shops.platform_token(shop)
+        if token is None or not shop.shop_domain:
+            raise StorefrontError(
+                step,
+                "NOT_INSTALLED",
+                ["the app is not installed on this store: no API token"],
+                retryable=False,
+            )
+        return StoreClient(
+            shop.shop_domain,
+            token,
+            http=self.http,
+            base_url=self.settings.bigcommerce_api_url,
+            retry=self.retry,
+        )
+
+    # the shipment
 
     async def shipment(
         self, shop: Shop, deliveries: Sequence[Delivery], record: CaptureRecord | None
     ) -> Resolved | Skipped:
-        return Skipped(reason="BigCommerce support is being built")
+        ids = _ids(deliveries)
+        if ids is None:
+            return Skipped(reason="no shipment delivery")
+        client = self.client(shop, "map")
+        method = shipping_method(shop.options)
+        if record is not None and record.state == "captured":
+            # Captured: only tracking can still change, and the ledger knows the rest.
+            try:
+                current = await client.shipment(ids.order_id, ids.shipment_id)
+                tracking = bigcommerce.tracking(current, method)
+            except BigCommerceError as error:
+                if error.code != "NOT_FOUND":
+                    raise _failure("map", error) from None
+                tracking = []  # deleted since: nothing more to add
+            return Resolved(
+                event=FulfillmentEvent(
+                    order_id=record.order_id,
+                    fulfillment_id=record.fulfillment_id,
+                    klarna_order_id=record.klarna_order_id,
+                    currency=record.currency,
+                    shipping=tracking,
+                    fulfillment_name=f"#{record.order_id}-{record.fulfillment_id}",
+                )
+            )
+        source = klarna_order_id_source(shop.options)
+        try:
+            order = await client.order(ids.order_id)
+        except BigCommerceError as error:
+            if error.code == "NOT_FOUND":
+                return Skipped(reason=f"order {ids.order_id} no longer exists on the store")
+            raise _failure("map", error) from None
+        try:
+            metafields = (
+                await client.order_metafields(
+                    ids.order_id, namespace=source.namespace, key=source.key
+                )
+                if isinstance(source, bigcommerce.MetafieldSource)
+                else []
+            )
+            klarna_id = bigcommerce.klarna_order_id(order, metafields, source)
+            if klarna_id is None:
+                return Skipped(
+                    reason=f"order {ids.order_id} has no Klarna order id in {_where(source)}: "
+                    "not a Klarna order"
+                )
+            products = await client.order_products(ids.order_id)
+            shipments = await client.order_shipments(ids.order_id)
+        except BigCommerceError as error:
+            raise _failure("map", error) from None
+        shipment = next((s for s in shipments if str(s.id) == ids.shipment_id), None)
+        if shipment is None:
+            return Skipped(
+                reason=f"shipment {ids.shipment_id} is no longer on order {ids.order_id} "
+                "(deleted before it was captured)"
+            )
+        try:
+            event = bigcommerce.shipment_from(
+                shipment,
+                order,
+                products,
+                shipments,
+                klarna_order_id=klarna_id,
+                taxes_included=bigcommerce.taxes_included(shop.klarna_region),
+                shipping_method=method,
+            )
+        except bigcommerce.BigCommerceMappingError as error:
+            raise StorefrontError(
+                "map", "UNMAPPABLE_SHIPMENT", [str(error)], retryable=False
+            ) from None
+        return Resolved(event=event)
+
+    # the write-back
 
     async def write_back(self, shop: Shop, order_id: str) -> None:
-        return None
+        if not shop.enabled or shop.platform_token is None:
+            return  # uninstalled: nothing more is called
+        records = await self.store.order_captures(shop.id, [order_id])
+        failures = await self._failures(shop, order_id)
+        captured = [r for r in records if r.state == "captured" and r.capture_id]
+        status = _status(records, failures)
+        if status == "pending":
+            return
+        summaries = [
+            bigcommerce.CaptureSummary(
+                shipment_id=r.fulfillment_id,
+                capture_id=r.capture_id or "",
+                amount=str(money.to_decimal(r.captured_amount or 0, r.currency)),
+                currency=r.currency,
+                klarna_order_id=r.klarna_order_id,
+                klarna_reference=r.klarna_reference,
+                captured_at=datetime.fromtimestamp(r.captured_at or r.updated_at, UTC),
+            )
+            for r in captured
+        ]
+        currency = captured[0].currency if captured else None
+        value = bigcommerce.CaptureStatus(
+            status=status,
+            currency=currency,
+            captured_amount=(
+                str(money.to_decimal(sum(r.captured_amount or 0 for r in captured), currency))
+                if currency
+                else None
+            ),
+            captures=summaries,
+            failures=failures,
+        )
+        notes = [bigcommerce.capture_note(s) for s in summaries]
+        notes += [bigcommerce.failure_note(f) for f in failures]
+        client = self.client(shop, "write_back")
+        try:
+            # The staff notes first, the metafield last: a status there means all is written.
+            order = await client.order(order_id)
+            merged = bigcommerce.staff_notes_with(order.staff_notes, notes)
+            if merged is not None:
+                await client.set_staff_notes(order_id, merged)
+            await client.put_order_metafield(
+                order_id,
+                namespace=bigcommerce.METAFIELD_NAMESPACE,
+                key=bigcommerce.METAFIELD_KEY,
+                value=_status_encoder.encode(value).decode(),
+                description=METAFIELD_DESCRIPTION,
+            )
+        except BigCommerceError as error:
+            raise _failure("write_back", error) from None
+        log.info(
+            "bigcommerce write-back", extra={"shop": shop.id, "order": order_id, "status": status}
+        )
+
+    async def _failures(self, shop: Shop, order_id: str) -> list[bigcommerce.FailureSummary]:
+        """The order's shipments not captured whose last run failed, with Klarna's words."""
+        shipment_ids = {
+            d.fulfillment_id
+            for d in await self.store.order_deliveries(shop.id, [order_id])
+            if d.fulfillment_id is not None and d.status == "accepted"
+        }
+        failures = []
+        for shipment_id in sorted(shipment_ids, key=lambda s: (len(s), s)):
+            shipment = await self.store.shipment(shop.id, shipment_id)
+            if (
+                shipment is None
+                or shipment.capture_state == "captured"
+                or shipment.last_error is None
+            ):
+                continue
+            try:
+                error = _error_decoder.decode(shipment.last_error)
+            except msgspec.MsgspecError:
+                error = JobError(step="unknown", error_code="UNKNOWN", error_messages=[])
+            failures.append(
+                bigcommerce.FailureSummary(
+                    shipment_id=shipment_id,
+                    step=error.step,
+                    error_code=error.error_code,
+                    error_messages=list(error.error_messages),
+                    correlation_id=error.correlation_id,
+                )
+            )
+        return failures
+
+
+def _status(
+    records: Sequence[CaptureRecord], failures: Sequence[bigcommerce.FailureSummary]
+) -> Status:
+    if failures:
+        return "failed"
+    captured = [r for r in records if r.state == "captured"]
+    if not captured:
+        return "pending"
+    if len(captured) == len(records) and any(r.completes_order for r in captured):
+        return "captured"
+    return "partially_captured"
+
+
+def _ids(deliveries: Sequence[Delivery]) -> _Ids | None:
+    for delivery in deliveries:
+        if delivery.fulfillment_id and delivery.order_id:
+            return _Ids(shipment_id=delivery.fulfillment_id, order_id=delivery.order_id)
+        try:
+            shipment_id, order_id = bigcommerce.shipment_ids(delivery.body)
+        except (msgspec.MsgspecError, bigcommerce.BigCommerceMappingError):
+            continue
+        return _Ids(shipment_id=shipment_id, order_id=order_id)
+    return None
+
+
+def _failure(step: str, error: BigCommerceError) -> StorefrontError:
+    return StorefrontError(
+        step,
+        f"BIGCOMMERCE_{error.code}",
+        [str(error)],
+        retryable=error.retryable,
+        retry_after=error.retry_after,
+    )

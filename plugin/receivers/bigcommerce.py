@@ -1,10 +1,93 @@
-"""The BigCommerce webhook endpoint (being built)."""
+"""POST /webhooks/bigcommerce: every installed store's webhooks, signed per Standard Webhooks with
+the app's client secret. A shipment queues its job; the worker reads the rest from the API."""
 
+import logging
+import time
+
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from plugin.receivers.common import answer
+from plugin import signatures
+from plugin.platforms import bigcommerce
+from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body
+from plugin.receivers.common import answer as _answer
+from plugin.service import Service
+
+log = logging.getLogger("plugin.receiver")
 
 
 async def bigcommerce_webhook(request: Request) -> Response:
-    return answer(404, "bigcommerce", "not_configured", error="BigCommerce support is being built")
+    service: Service = request.app.state.service
+    settings = service.settings
+    platform = bigcommerce.NAME
+    secret = settings.bigcommerce_client_secret
+    if not settings.bigcommerce_enabled or not secret:
+        return _answer(
+            404, platform, "not_configured", error="the BigCommerce app is not set up here"
+        )
+    try:
+        body = await read_body(request)
+    except BodyTooLarge:
+        return _answer(413, platform, "too_large", error=f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        # BigCommerce's Standard Webhooks secret is the client secret itself: the base64 it hands
+        # a Standard Webhooks library decodes back to the secret's bytes, which key the HMAC.
+        webhook_id = signatures.verify(
+            [secret.encode()],
+            request.headers,
+            body,
+            tolerance=settings.webhook_tolerance_seconds,
+        )
+    except signatures.WebhookVerificationError as exc:
+        log.warning("bigcommerce webhook refused", extra={"reason": str(exc)})
+        return _answer(401, platform, "unauthorized", error=str(exc))
+    try:
+        scope, store_hash = bigcommerce.webhook_envelope(body)
+    except msgspec.MsgspecError as exc:
+        return _answer(400, platform, "rejected", error=f"not a BigCommerce webhook: {exc}")
+    if store_hash is None:
+        return _answer(400, platform, "rejected", error="producer is not stores/{store hash}")
+    shop = await service.shops.by_domain(platform, store_hash)
+    if shop is None or not shop.enabled:
+        return _answer(
+            404, platform, "unknown_shop", error="the app is not installed on this store"
+        )
+    event_type = bigcommerce.SHIPMENT_SCOPES.get(scope)
+    if event_type is None:
+        return _answer(200, platform, "ignored", scope=scope)
+
+    rejected: str | None = None
+    shipment_id = order_id = None
+    try:
+        shipment_id, order_id = bigcommerce.shipment_ids(body)
+    except (msgspec.MsgspecError, bigcommerce.BigCommerceMappingError) as exc:
+        rejected = f"not a shipment: {exc}"
+    row, duplicate = await service.store.record_delivery(
+        shop.id,
+        webhook_id,
+        body=body,
+        event_type=event_type,
+        fulfillment_id=shipment_id,
+        rejected=rejected,
+        now=time.time(),
+        order_id=order_id,
+    )
+    if duplicate:
+        return _answer(200, platform, "duplicate", delivery=row)
+    if rejected:
+        log.warning(
+            "webhook rejected", extra={"shop": shop.id, "delivery": row, "reason": rejected}
+        )
+        return _answer(400, platform, "rejected", delivery=row, error=rejected)
+    service.wake_workers()
+    log.info(
+        "webhook accepted",
+        extra={
+            "shop": shop.id,
+            "delivery": row,
+            "fulfillment": shipment_id,
+            "event_type": event_type,
+        },
+    )
+    return _answer(200, platform, "accepted", delivery=row)

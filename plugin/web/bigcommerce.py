@@ -1,7 +1,277 @@
-"""BigCommerce app callbacks: /auth/bigcommerce/callback, /load, /uninstall (being built)."""
+"""The BigCommerce app's callbacks: the install (/auth/bigcommerce/callback), which trades the code
+for the store's access token, stores it sealed and subscribes the shipment webhooks; /load, which
+signs the merchant in to the store's settings inside the BigCommerce control panel; and
+/uninstall, which disables the shop and forgets its token."""
 
-from starlette.routing import BaseRoute
+import logging
+import time
+
+import httpx2
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from plugin.config import Settings
+from plugin.platforms import bigcommerce
+from plugin.platforms._bigcommerce_api import BigCommerceError, StoreClient
+from plugin.platforms.bigcommerce_oauth import (
+    BigCommerceOAuthError,
+    SignedPayload,
+    SignedPayloadError,
+    exchange_code,
+    verify_signed_payload,
+)
+from plugin.retries import RetryPolicy
+from plugin.service import Service
+from plugin.store.records import Shop
+from plugin.web import views
+from plugin.web.routes import SECURITY_HEADERS, content_security_policy
+
+CALLBACK_PATH = "/auth/bigcommerce/callback"
+LOAD_PATH = "/load"
+UNINSTALL_PATH = "/uninstall"
+WEBHOOK_PATH = "/webhooks/bigcommerce"
+# A merchant waits on these calls: a short policy, not the worker's.
+INTERACTIVE_RETRY = RetryPolicy(attempts=2, total_seconds=5.0, max_retry_after_seconds=2.0)
+
+log = logging.getLogger("plugin.web.bigcommerce")
+
+_FROM_CONTROL_PANEL = "Open the app again from your BigCommerce control panel (Apps)."
+_INSTALL_AGAIN = "Install the app again from your BigCommerce control panel."
+_encoder = msgspec.json.Encoder()
 
 
 def routes() -> list[BaseRoute]:
-    return []
+    return [
+        Route(CALLBACK_PATH, callback, methods=["GET"]),
+        Route(LOAD_PATH, load, methods=["GET"]),
+        Route(UNINSTALL_PATH, uninstall, methods=["GET"]),
+    ]
+
+
+class _Refused(Exception):
+    """A request answered with a short page; `reason` goes to the log, never a secret."""
+
+    def __init__(self, status: int, title: str, text: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.title = title
+        self.text = text
+
+
+def _refusal(request: Request, refused: _Refused, store_hash: str) -> Response:
+    log.warning(
+        "bigcommerce request refused",
+        extra={"path": request.url.path, "store_hash": store_hash[:64], "reason": str(refused)},
+    )
+    return views.message(request, refused.title, refused.text, refused.status)
+
+
+def _credentials(settings: Settings) -> tuple[str, str]:
+    if settings.bigcommerce_client_id is None or not settings.bigcommerce_client_secret:
+        raise _Refused(
+            404,
+            "BigCommerce app not set up",
+            "This server does not run the BigCommerce app.",
+            "bigcommerce client id and secret are not configured",
+        )
+    return settings.bigcommerce_client_id, settings.bigcommerce_client_secret
+
+
+def _frame_for(request: Request, store_hash: str) -> None:
+    """The store's control panel frames the app: let it show this answer."""
+    setattr(request.state, views.FRAME_ANCESTORS, (bigcommerce.control_panel_origin(store_hash),))
+
+
+def _api(service: Service, store_hash: str, token: str) -> StoreClient:
+    return StoreClient(
+        store_hash,
+        token,
+        http=service.storefront_http,
+        base_url=service.settings.bigcommerce_api_url,
+        retry=INTERACTIVE_RETRY,
+    )
+
+
+async def _subscribe(service: Service, store_hash: str, token: str) -> None:
+    destination = service.settings.public_url + WEBHOOK_PATH
+    await _api(service, store_hash, token).ensure_hooks(bigcommerce.WEBHOOK_SCOPES, destination)
+
+
+def _settings_page(service: Service, shop: Shop) -> Response:
+    response = RedirectResponse(f"/admin/{shop.id}/settings", status_code=303)
+    views.set_session_cookie(response, service, shop.id, embedded=True)
+    return response
+
+
+async def callback(request: Request) -> Response:
+    """GET /auth/bigcommerce/callback: the merchant approved the install in the control panel,
+    whose iframe now shows this. The code becomes the store's access token (stored sealed), the
+    shipment webhooks are subscribed, and the merchant lands on the settings page."""
+    service = views.service_of(request)
+    settings = service.settings
+    params = request.query_params
+    store_hash = bigcommerce.store_hash_of(params.get("context", "")) or ""
+    try:
+        client_id, client_secret = _credentials(settings)
+        if not store_hash:
+            raise _Refused(
+                400, "Install not completed", _INSTALL_AGAIN, "context is not stores/{hash}"
+            )
+        _frame_for(request, store_hash)
+        code = params.get("code", "")
+        if not code:
+            raise _Refused(400, "Install not completed", _INSTALL_AGAIN, "missing code parameter")
+        try:
+            grant = await exchange_code(
+                service.storefront_http,
+                login_url=settings.bigcommerce_login_url,
+                client_id=client_id,
+                client_secret=client_secret,
+                code=code,
+                scope=params.get("scope", ""),
+                context=params.get("context", ""),
+                redirect_uri=settings.public_url + CALLBACK_PATH,
+            )
+        except BigCommerceOAuthError as error:
+            if error.status is not None and 400 <= error.status < 500:
+                raise _Refused(
+                    400,
+                    "Install not completed",
+                    "BigCommerce did not accept this install. " + _INSTALL_AGAIN,
+                    str(error),
+                ) from None
+            raise _Refused(
+                502,
+                "BigCommerce unavailable",
+                "BigCommerce could not be reached just now. Try again in a minute.",
+                str(error),
+            ) from None
+        # The token endpoint's context, not the query's, says whose token this is.
+        if grant.store_hash != store_hash:
+            raise _Refused(
+                400,
+                "Install not completed",
+                _INSTALL_AGAIN,
+                f"the token is for context {grant.context!r}, the callback named {store_hash!r}",
+            )
+        if not grant.covers(bigcommerce.OAUTH_SCOPES):
+            raise _Refused(
+                403,
+                "Permissions missing",
+                "The app needs the Orders (modify) permission to capture payments and note "
+                "them on the order. " + _INSTALL_AGAIN,
+                f"granted scopes {grant.scope!r} lack some of {' '.join(bigcommerce.OAUTH_SCOPES)}",
+            )
+        shop = await service.shops.install(
+            platform=bigcommerce.NAME, shop_domain=store_hash, token=grant.access_token
+        )
+        await service.store.add_audit(
+            shop.id,
+            None,
+            None,
+            "install",
+            "installed",
+            _encoder.encode({"store_hash": store_hash, "scope": grant.scope}).decode(),
+            time.time(),
+        )
+        log.info("bigcommerce app installed", extra={"store_hash": store_hash, "shop": shop.id})
+        try:
+            await _subscribe(service, store_hash, grant.access_token)
+        except (BigCommerceError, httpx2.HTTPError) as error:
+            raise _Refused(
+                502,
+                "Webhooks not set up",
+                "The app is installed, but BigCommerce did not let it subscribe to your "
+                "shipments just now. " + _FROM_CONTROL_PANEL,
+                f"hook registration failed: {error}",
+            ) from None
+    except _Refused as refused:
+        return _refusal(request, refused, store_hash)
+    return _settings_page(service, shop)
+
+
+def _verified(request: Request, settings: Settings) -> SignedPayload:
+    client_id, client_secret = _credentials(settings)
+    try:
+        return verify_signed_payload(
+            request.query_params.get("signed_payload_jwt", ""),
+            client_id=client_id,
+            client_secret=client_secret,
+        )
+    except SignedPayloadError as exc:
+        raise _Refused(401, "Please sign in", _FROM_CONTROL_PANEL, str(exc)) from None
+
+
+async def load(request: Request) -> Response:
+    """GET /load: the merchant opens the app in the control panel. The signed payload (each used
+    once) names the store; the merchant gets that store's settings session."""
+    service = views.service_of(request)
+    store_hash = ""
+    try:
+        payload = _verified(request, service.settings)
+        store_hash = payload.store_hash
+        _frame_for(request, store_hash)
+        shop = await service.store.shop_by_domain(bigcommerce.NAME, store_hash)
+        token = service.shops.platform_token(shop) if shop is not None else None
+        if shop is None or token is None:
+            raise _Refused(
+                404,
+                "App not installed",
+                "The app is not installed on this store. " + _INSTALL_AGAIN,
+                "no installed shop for this store",
+            )
+        if payload.jti is None or not await service.store.use_admin_link(
+            f"bigcommerce:{payload.jti}", shop.id, time.time()
+        ):
+            raise _Refused(
+                401, "Please sign in", _FROM_CONTROL_PANEL, "signed_payload_jwt used before"
+            )
+        try:
+            # Subscribed on install; BigCommerce turns a failing hook off, and this turns it on.
+            await _subscribe(service, store_hash, token)
+        except (BigCommerceError, httpx2.HTTPError) as error:
+            log.warning(
+                "bigcommerce hooks not checked",
+                extra={"store_hash": store_hash, "reason": str(error)},
+            )
+    except _Refused as refused:
+        return _with_page_headers(request, _refusal(request, refused, store_hash))
+    return _with_page_headers(request, _settings_page(service, shop))
+
+
+def _with_page_headers(request: Request, response: Response) -> Response:
+    """/load is not under the page prefixes the security middleware covers: same headers here."""
+    frame_ancestors = getattr(request.state, views.FRAME_ANCESTORS, None)
+    response.headers["content-security-policy"] = content_security_policy(
+        frame_ancestors if isinstance(frame_ancestors, tuple) else None
+    )
+    for name, value in SECURITY_HEADERS:
+        response.headers[name.decode()] = value.decode()
+    return response
+
+
+async def uninstall(request: Request) -> Response:
+    """GET /uninstall, from BigCommerce's servers: the shop is disabled and its token deleted
+    (BigCommerce deletes the app's webhooks itself). Running jobs finish their Klarna step."""
+    service = views.service_of(request)
+    try:
+        payload = _verified(request, service.settings)
+    except _Refused as refused:
+        log.warning("bigcommerce uninstall refused", extra={"reason": str(refused)})
+        status = "not_configured" if refused.status == 404 else "unauthorized"
+        return JSONResponse({"status": status, "error": refused.title}, refused.status)
+    shop = await service.store.shop_by_domain(bigcommerce.NAME, payload.store_hash)
+    if shop is None:
+        return JSONResponse({"status": "unknown_shop"})
+    if shop.enabled or shop.platform_token is not None:
+        await service.shops.uninstall(shop.id)
+        await service.store.add_audit(
+            shop.id, None, None, "install", "uninstalled", "{}", time.time()
+        )
+        log.info(
+            "bigcommerce app uninstalled",
+            extra={"store_hash": payload.store_hash, "shop": shop.id},
+        )
+    return JSONResponse({"status": "uninstalled"})

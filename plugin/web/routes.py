@@ -22,7 +22,7 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
-PAGE_PREFIXES = ("/admin", "/shopify", "/auth/")
+PAGE_PREFIXES = ("/admin", "/shopify", "/auth/", "/load", "/uninstall")
 _SOURCE = re.compile(r"https://[a-z0-9.-]+", re.IGNORECASE)
 
 
