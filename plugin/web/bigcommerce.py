@@ -26,7 +26,6 @@ from plugin.retries import RetryPolicy
 from plugin.service import Service
 from plugin.store.records import Shop
 from plugin.web import views
-from plugin.web.routes import SECURITY_HEADERS, content_security_policy
 
 CALLBACK_PATH = "/auth/bigcommerce/callback"
 LOAD_PATH = "/load"
@@ -237,19 +236,8 @@ async def load(request: Request) -> Response:
                 extra={"store_hash": store_hash, "reason": str(error)},
             )
     except _Refused as refused:
-        return _with_page_headers(request, _refusal(request, refused, store_hash))
-    return _with_page_headers(request, _settings_page(service, shop))
-
-
-def _with_page_headers(request: Request, response: Response) -> Response:
-    """/load is not under the page prefixes the security middleware covers: same headers here."""
-    frame_ancestors = getattr(request.state, views.FRAME_ANCESTORS, None)
-    response.headers["content-security-policy"] = content_security_policy(
-        frame_ancestors if isinstance(frame_ancestors, tuple) else None
-    )
-    for name, value in SECURITY_HEADERS:
-        response.headers[name.decode()] = value.decode()
-    return response
+        return _refusal(request, refused, store_hash)
+    return _settings_page(service, shop)
 
 
 async def uninstall(request: Request) -> Response:
