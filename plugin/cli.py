@@ -16,8 +16,9 @@ import uvicorn
 
 from plugin.config import ConfigError, Settings, ensure_secret_keys, load_settings
 from plugin.logs import configure_logging
+from plugin.platforms import woocommerce
 from plugin.service import Service, open_service
-from plugin.store.records import Job, Shop
+from plugin.store.records import Job, Shop, ShopOptions
 
 REGIONS = ("eu", "na", "oc")
 ENVIRONMENTS = ("live", "playground")
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     add = shops.add_parser(
         "add", help="create a shop; prints its id, webhook path and secret", allow_abbrev=False
     )
-    add.add_argument("--platform", choices=["standard"], default="standard")
+    add.add_argument("--platform", choices=["standard", woocommerce.NAME], default="standard")
     add.add_argument("--name", required=True)
     add.add_argument("--klarna-region", choices=REGIONS, required=True)
     add.add_argument("--klarna-environment", choices=ENVIRONMENTS, required=True)
@@ -65,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
         help="read the Klarna API password from standard input (never from the command line)",
     )
     add.add_argument("--status-url", help="where capture outcomes are posted, signed")
+    add.add_argument("--site-url", help="woocommerce: the site's address, https://...")
+    add.add_argument("--consumer-key", help="woocommerce: the REST API key's consumer key (ck_...)")
+    add.add_argument(
+        "--consumer-secret-stdin",
+        action="store_true",
+        help="woocommerce: read the consumer secret from standard input (after the Klarna "
+        "password, when both are read from it)",
+    )
+    add.add_argument(
+        "--capture-statuses",
+        help="woocommerce: order statuses that capture, comma-separated (default: completed)",
+    )
     add.add_argument("--json", action="store_true", help="print one JSON object")
     add.set_defaults(run=lambda args: _run(_shop_add, args))
     listing = shops.add_parser("list", help="every shop, one a line")
@@ -128,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     shopify.add_argument("--host", default="127.0.0.1")
     shopify.add_argument("--port", type=int, default=8200)
     shopify.set_defaults(run=_sandbox_shopify)
+    woo = simulators.add_parser("woocommerce", help="a WooCommerce site's REST API, in memory")
+    woo.add_argument("--host", default="127.0.0.1")
+    woo.add_argument("--port", type=int, default=8300)
+    woo.set_defaults(run=_sandbox_woocommerce)
     return parser
 
 
@@ -204,20 +221,81 @@ async def _migrate(service: Service) -> int:
     return 0
 
 
+def _secret_from(flag: bool, prompt: str, what: str, option: str) -> str | None:
+    """A secret from standard input (one line) or a prompt; None, said why, when neither."""
+    if flag:
+        return sys.stdin.readline().rstrip("\r\n")
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    print(f"klarna-capture: give the {what} on standard input with {option}", file=sys.stderr)
+    return None
+
+
 async def _shop_add(service: Service, args: argparse.Namespace) -> int:
-    if args.klarna_password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    elif sys.stdin.isatty():
-        password = getpass.getpass("Klarna API password: ")
-    else:
-        print(
-            "klarna-capture: give the password on standard input with --klarna-password-stdin",
-            file=sys.stderr,
+    woo = args.platform == woocommerce.NAME
+    given = [
+        name
+        for name, value in (
+            ("--site-url", args.site_url),
+            ("--consumer-key", args.consumer_key),
+            ("--consumer-secret-stdin", args.consumer_secret_stdin),
+            ("--capture-statuses", args.capture_statuses),
         )
+        if value
+    ]
+    if not woo and given:
+        print(f"klarna-capture: {given[0]} is for --platform woocommerce", file=sys.stderr)
+        return 2
+    site_url = api_key = None
+    options = None
+    if woo:
+        if not args.site_url or not args.consumer_key:
+            print(
+                "klarna-capture: --platform woocommerce needs --site-url and --consumer-key",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            site_url = woocommerce.normalize_site_url(args.site_url)
+            if args.capture_statuses:
+                options = ShopOptions(
+                    capture_statuses=woocommerce.parse_statuses(args.capture_statuses)
+                )
+        except ValueError as error:
+            print(f"klarna-capture: {error}", file=sys.stderr)
+            return 2
+        if await service.store.shop_by_domain(woocommerce.NAME, site_url) is not None:
+            print(f"klarna-capture: a shop is already connected to {site_url}", file=sys.stderr)
+            return 1
+    password = _secret_from(
+        args.klarna_password_stdin,
+        "Klarna API password: ",
+        "password",
+        "--klarna-password-stdin",
+    )
+    if password is None:
         return 2
     if not password:
         print("klarna-capture: the Klarna API password is empty", file=sys.stderr)
         return 2
+    if woo:
+        secret = _secret_from(
+            args.consumer_secret_stdin,
+            "WooCommerce consumer secret: ",
+            "consumer secret",
+            "--consumer-secret-stdin",
+        )
+        if secret is None:
+            return 2
+        problem = woocommerce.api_key_problem(args.consumer_key.strip(), secret.strip())
+        if problem:
+            print(f"klarna-capture: {problem[1]}", file=sys.stderr)
+            return 2
+        api_key = woocommerce.encode_api_key(
+            woocommerce.ApiKey(
+                consumer_key=args.consumer_key.strip(), consumer_secret=secret.strip()
+            )
+        )
     if args.status_url and not args.status_url.startswith(("https://", "http://")):
         print("klarna-capture: --status-url must be an http(s) URL", file=sys.stderr)
         return 2
@@ -229,6 +307,9 @@ async def _shop_add(service: Service, args: argparse.Namespace) -> int:
         klarna_username=args.klarna_username,
         klarna_password=password,
         status_url=args.status_url,
+        options=options,
+        shop_domain=site_url,
+        platform_token=api_key,
     )
     path = f"/webhooks/{shop.platform}/{shop.id}"
     if args.json:
@@ -241,6 +322,12 @@ async def _shop_add(service: Service, args: argparse.Namespace) -> int:
         print(f"shop {shop.id} created")
         print(f"webhook URL:    {service.settings.public_url}{path}")
         print(f"webhook secret: {secret}  (shown this once)")
+        if woo:
+            print(
+                "In WooCommerce → Settings → Advanced → Webhooks, add the topics Order updated "
+                "and Order created with that delivery URL, that secret as their Secret, and API "
+                "version WP REST API Integration v3."
+            )
     return 0
 
 
@@ -291,7 +378,10 @@ async def _shop_show(service: Service, args: argparse.Namespace) -> int:
         ],
         "created_at": _iso(shop.created_at),
     }
-    if shop.shop_domain is not None:
+    if shop.platform == woocommerce.NAME:
+        shown["site_url"] = shop.shop_domain
+        shown["rest_api_key"] = "set" if shop.platform_token is not None else "not set"
+    elif shop.shop_domain is not None:
         shown["shop_domain"] = shop.shop_domain
         shown["app_installed"] = shop.platform_token is not None
     print(msgspec.json.format(msgspec.json.encode(shown)).decode())
@@ -299,7 +389,8 @@ async def _shop_show(service: Service, args: argparse.Namespace) -> int:
 
 
 def _webhook_url(service: Service, shop: Shop) -> str:
-    if shop.shop_domain is not None:  # a storefront app: one endpoint for every shop
+    if shop.shop_domain is not None and shop.platform != woocommerce.NAME:
+        # a storefront app: one endpoint for every shop
         return f"{service.settings.public_url}/webhooks/{shop.platform}"
     return f"{service.settings.public_url}/webhooks/{shop.platform}/{shop.id}"
 
@@ -428,6 +519,22 @@ def _sandbox_shopify(args: argparse.Namespace) -> int:
         flush=True,
     )
     uvicorn.run(shopify.create_app(), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _sandbox_woocommerce(args: argparse.Namespace) -> int:
+    from plugin.sandbox import woocommerce as sandbox
+
+    base = f"http://{args.host}:{args.port}"
+    state = sandbox.WooCommerceSandbox(base_url=base)
+    site = state.add_site(sandbox.DEFAULT_SITE)
+    print(
+        f"WooCommerce sandbox on {base}: a site at {site} whose REST API key is "
+        f"{sandbox.DEFAULT_CONSUMER_KEY} with its published secret "
+        "(plugin/sandbox/woocommerce.py, DEFAULT_CONSUMER_SECRET)",
+        flush=True,
+    )
+    uvicorn.run(sandbox.create_app(state), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from plugin import signatures
 from plugin.config import ensure_secret_keys, load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError
+from plugin.platforms import woocommerce
 from plugin.service import open_service
 from tests.helpers import cli_shop, free_port, run_cli
 
@@ -215,3 +217,221 @@ def test_jobs_list_retry_and_deliveries_replay(env: dict[str, str]) -> None:
     assert f"{job_id}  queued" in run_cli(env, "jobs", "list").stdout
     replayed = run_cli(env, "deliveries", "replay", str(delivery_id)).stdout
     assert replayed == f"delivery {delivery_id} replayed: job {job_id} queued\n"
+
+
+# --- WooCommerce shops ---------------------------------------------------------------------------
+
+WOO_KEY = "ck_" + "a1" * 20
+WOO_SECRET = "cs_" + "b2" * 20
+
+
+def add_woocommerce_shop(
+    env: dict[str, str], *extra: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        env,
+        "shop",
+        "add",
+        "--platform",
+        "woocommerce",
+        "--name",
+        "Tomato farm",
+        "--klarna-region",
+        "eu",
+        "--klarna-environment",
+        "playground",
+        "--klarna-username",
+        "PK_FARM",
+        "--klarna-password-stdin",
+        "--consumer-secret-stdin",
+        *extra,
+        stdin=f"the-klarna-password\n{WOO_SECRET}\n" if stdin is None else stdin,
+        check=check,
+    )
+
+
+def test_a_woocommerce_shop_is_added_with_its_site_and_sealed_api_key(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    done = add_woocommerce_shop(
+        env,
+        "--site-url",
+        "https://Tomato-Farm.example/shop/",
+        "--consumer-key",
+        WOO_KEY,
+        "--capture-statuses",
+        "completed, wc-shipped",
+    )
+
+    assert done.stdout.startswith("shop shop_")
+    assert "/webhooks/woocommerce/shop_" in done.stdout
+    assert "Order updated and Order created" in done.stdout
+    [secret] = [line.split()[2] for line in done.stdout.splitlines() if "webhook secret" in line]
+    shop_id = done.stdout.split()[1]
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop_id).stdout)
+    assert (shown["platform"], shown["site_url"], shown["rest_api_key"]) == (
+        "woocommerce",
+        "https://tomato-farm.example/shop",
+        "set",
+    )
+    assert shown["webhook_url"] == f"https://capture.example/webhooks/woocommerce/{shop_id}"
+    assert shown["options"]["capture_statuses"] == ["completed", "shipped"]
+    assert WOO_KEY not in json.dumps(shown)
+
+    async def stored() -> woocommerce.ApiKey:
+        settings, _ = ensure_secret_keys(load_settings(env))
+        async with open_service(settings) as service:
+            shop = await service.store.get_shop(shop_id)
+            assert shop is not None
+            token = service.shops.platform_token(shop)
+            assert token is not None
+            return woocommerce.decode_api_key(token)
+
+    assert anyio.run(stored) == woocommerce.ApiKey(consumer_key=WOO_KEY, consumer_secret=WOO_SECRET)
+    raw = b"".join(
+        path.read_bytes() for path in tmp_path.glob("klarna-capture.db*") if path.is_file()
+    )
+    for clear in (WOO_SECRET, WOO_KEY, "the-klarna-password", secret):
+        assert clear.encode() not in raw
+
+
+@pytest.mark.parametrize(
+    ("extra", "stdin", "error"),
+    [
+        ((), None, "needs --site-url and --consumer-key"),
+        (("--site-url", "https://shop.example"), None, "needs --site-url and --consumer-key"),
+        (
+            ("--site-url", "http://shop.example", "--consumer-key", WOO_KEY),
+            None,
+            "https only",
+        ),
+        (
+            ("--site-url", "https://shop.example", "--consumer-key", WOO_SECRET),
+            None,
+            "consumer key starts with ck_",
+        ),
+        (
+            ("--site-url", "https://shop.example", "--consumer-key", WOO_KEY),
+            "the-klarna-password\n",
+            "Enter the consumer secret.",
+        ),
+        (
+            ("--site-url", "https://shop.example", "--consumer-key", WOO_KEY),
+            "the-klarna-password\nck_swapped\n",
+            "consumer secret starts with cs_",
+        ),
+        (
+            (
+                "--site-url",
+                "https://shop.example",
+                "--consumer-key",
+                WOO_KEY,
+                "--capture-statuses",
+                "done!",
+            ),
+            None,
+            "not an order status",
+        ),
+    ],
+)
+def test_a_woocommerce_shop_needs_a_working_site_and_key(
+    env: dict[str, str], extra: tuple[str, ...], stdin: str | None, error: str
+) -> None:
+    done = add_woocommerce_shop(env, *extra, stdin=stdin, check=False)
+    assert done.returncode == 2
+    assert error in done.stderr
+    assert WOO_SECRET not in done.stderr + done.stdout
+    assert run_cli(env, "shop", "list").stdout == ""
+
+
+def test_woocommerce_options_are_refused_for_other_platforms_and_sites_are_not_shared(
+    env: dict[str, str],
+) -> None:
+    done = run_cli(
+        env,
+        "shop",
+        "add",
+        "--name",
+        "Corner shop",
+        "--klarna-region",
+        "eu",
+        "--klarna-environment",
+        "live",
+        "--klarna-username",
+        "PK",
+        "--klarna-password-stdin",
+        "--site-url",
+        "https://shop.example",
+        stdin="pw\n",
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--site-url is for --platform woocommerce" in done.stderr
+
+    site = ("--site-url", "https://shop.example", "--consumer-key", WOO_KEY)
+    add_woocommerce_shop(env, *site)
+    again = add_woocommerce_shop(env, *site, check=False)
+    assert again.returncode == 1
+    assert "a shop is already connected to https://shop.example" in again.stderr
+    assert len(run_cli(env, "shop", "list").stdout.splitlines()) == 1
+
+
+def test_without_the_consumer_secret_on_stdin_nothing_is_created(env: dict[str, str]) -> None:
+    done = run_cli(
+        env,
+        "shop",
+        "add",
+        "--platform",
+        "woocommerce",
+        "--name",
+        "Farm",
+        "--klarna-region",
+        "eu",
+        "--klarna-environment",
+        "live",
+        "--klarna-username",
+        "PK",
+        "--klarna-password-stdin",
+        "--site-url",
+        "https://shop.example",
+        "--consumer-key",
+        WOO_KEY,
+        stdin="pw\n" + WOO_SECRET + "\n",
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "give the consumer secret on standard input with --consumer-secret-stdin" in done.stderr
+    assert run_cli(env, "shop", "list").stdout == ""
+
+
+def test_the_woocommerce_sandbox_runs_alone_with_its_published_key() -> None:
+    from plugin.sandbox.woocommerce import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "plugin", "sandbox", "woocommerce", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    orders = f"http://127.0.0.1:{port}/shop/wp-json/wc/v3/orders/1"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                anonymous = httpx2.get(orders, timeout=1)
+                break
+            except httpx2.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        keyed = httpx2.get(orders, auth=(DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET))
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=10)
+    assert anonymous.status_code == 401
+    assert (keyed.status_code, keyed.json()["code"]) == (
+        404,
+        "woocommerce_rest_shop_order_invalid_id",
+    )
+    assert f"a site at http://127.0.0.1:{port}/shop" in output
+    assert DEFAULT_CONSUMER_SECRET not in output

@@ -1,14 +1,202 @@
-"""The WooCommerce storefront at work (being built)."""
+"""The WooCommerce storefront at work: decides from an order's deliveries whether and what to
+capture (the webhook body is the whole order, so no API read is needed for that), and writes the
+outcome back onto the order through the REST API: an order note and the `_klarna_capture_status`
+meta.
 
-from collections.abc import Sequence
+The write-back is computed from the ledger as it stands when it runs, not from the event that
+queued it, so a retried or late write-back never puts an older status on the order; a note
+already on the order is not added again.
+"""
+
+import asyncio
+import html
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import httpx2
+import msgspec
 
+from plugin import money
 from plugin.config import Settings
-from plugin.platforms.base import Resolved, Skipped
-from plugin.retries import RetryPolicy
+from plugin.events import FulfillmentEvent, Tracking
+from plugin.klarna.errors import join_messages
+from plugin.platforms import woocommerce
+from plugin.platforms.base import Resolved, Skipped, StorefrontError
+from plugin.retries import RetryPolicy, retrying
 from plugin.shops import Shops
-from plugin.store.records import CaptureRecord, Delivery, Shop
+from plugin.store import Store
+from plugin.store.records import CaptureRecord, Delivery, Shipment, Shop
+
+log = logging.getLogger("plugin.woocommerce")
+
+Status = Literal["captured", "failed"]
+
+
+class WooCommerceError(Exception):
+    """A failed REST API call; `retryable` says whether the same call may succeed later."""
+
+    def __init__(
+        self,
+        operation: str,
+        *,
+        status: int | None,
+        code: str,
+        messages: Sequence[str] = (),
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.operation = operation
+        self.status = status
+        self.code = code
+        self.messages = tuple(messages)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        where = f"HTTP {status}" if status is not None else "no answer"
+        text = f"WooCommerce {operation} failed: {where} {code}"
+        if self.messages:
+            text += ": " + "; ".join(self.messages)
+        super().__init__(" ".join(text.split()))
+
+
+class _RestError(msgspec.Struct):
+    code: str = ""
+    message: str = ""
+
+
+class Note(msgspec.Struct, kw_only=True):
+    id: int
+    note: str = ""
+    customer_note: bool = False
+
+
+_error_decoder = msgspec.json.Decoder(_RestError)
+_notes_decoder = msgspec.json.Decoder(list[Note])
+
+
+class RestClient:
+    """One site's REST API (v3) with one API key. The key never shows in a repr, log or error."""
+
+    def __init__(
+        self,
+        site_url: str,
+        key: woocommerce.ApiKey,
+        *,
+        http: httpx2.AsyncClient,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.site_url = site_url.rstrip("/")
+        self.base = self.site_url + woocommerce.REST_PREFIX
+        self._auth = httpx2.BasicAuth(key.consumer_key, key.consumer_secret)
+        self._http = http
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep if sleep is not None else asyncio.sleep
+
+    def __repr__(self) -> str:
+        return f"RestClient(site_url={self.site_url!r})"
+
+    async def order(self, order_id: str) -> woocommerce.Order:
+        body = await self._call("read_order", "GET", f"/orders/{order_id}")
+        try:
+            return woocommerce.decode_order(body)
+        except msgspec.MsgspecError as error:
+            raise WooCommerceError(
+                "read_order", status=200, code="BAD_ORDER", messages=[str(error)]
+            ) from None
+
+    async def notes(self, order_id: str) -> list[Note]:
+        body = await self._call("read_notes", "GET", f"/orders/{order_id}/notes")
+        try:
+            return _notes_decoder.decode(body)
+        except msgspec.MsgspecError as error:
+            raise WooCommerceError(
+                "read_notes", status=200, code="BAD_NOTES", messages=[str(error)]
+            ) from None
+
+    async def add_note(self, order_id: str, note: str) -> None:
+        payload = {"note": note, "customer_note": False}
+        await self._call("add_note", "POST", f"/orders/{order_id}/notes", payload)
+
+    async def set_meta(self, order_id: str, values: Mapping[str, str]) -> None:
+        payload = {"meta_data": [{"key": key, "value": value} for key, value in values.items()]}
+        await self._call("update_order", "PUT", f"/orders/{order_id}", payload)
+
+    async def _call(
+        self, operation: str, method: str, path: str, payload: object | None = None
+    ) -> bytes:
+        content = None if payload is None else msgspec.json.encode(payload)
+        retry = retrying(self._retry, sleep=self._sleep)
+        body: bytes = await retry(self._attempt, operation, method, path, content)
+        return body
+
+    async def _attempt(
+        self, operation: str, method: str, path: str, content: bytes | None
+    ) -> bytes:
+        headers = {"Accept": "application/json"}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = await self._http.request(
+                method, self.base + path, content=content, headers=headers, auth=self._auth
+            )
+        except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
+            raise WooCommerceError(
+                operation,
+                status=None,
+                code="NETWORK_ERROR",
+                messages=[f"{type(exc).__name__} calling {self.site_url}"],
+                retryable=True,
+            ) from exc
+        status = response.status_code
+        if response.is_success:
+            return response.content
+        try:
+            error = _error_decoder.decode(response.content)
+        except msgspec.MsgspecError:
+            error = _RestError(message=response.reason_phrase)
+        messages = [html.unescape(error.message)] if error.message else []
+        if status == 429 or status >= 500:
+            retry_after = response.headers.get("Retry-After", "")
+            raise WooCommerceError(
+                operation,
+                status=status,
+                code=f"HTTP_{status}",
+                messages=messages,
+                retryable=True,
+                retry_after=float(retry_after) if retry_after.isdigit() else None,
+            )
+        if response.is_redirect:
+            where = response.headers.get("Location", "elsewhere")
+            raise WooCommerceError(
+                operation,
+                status=status,
+                code="REDIRECTED",
+                messages=[
+                    f"the site redirects to {where}: set the shop's site URL to where it leads"
+                ],
+            )
+        if status in (401, 403):
+            raise WooCommerceError(
+                operation,
+                status=status,
+                code="UNAUTHORIZED",
+                messages=[
+                    *messages,
+                    "check the consumer key and secret, and that the key has Read/Write "
+                    "permission (WooCommerce → Settings → Advanced → REST API)",
+                ],
+            )
+        if status == 404:
+            code = "ORDER_NOT_FOUND" if "invalid_id" in error.code else "NOT_FOUND"
+            hint = [] if code == "ORDER_NOT_FOUND" else ["is the site URL the shop's address?"]
+            raise WooCommerceError(operation, status=status, code=code, messages=messages + hint)
+        raise WooCommerceError(
+            operation,
+            status=status,
+            code=(error.code or f"HTTP_{status}").upper(),
+            messages=messages,
+        )
 
 
 class WooCommerceStorefront:
@@ -22,13 +210,177 @@ class WooCommerceStorefront:
     ) -> None:
         self.settings = settings
         self.shops = shops
+        self.store: Store = shops.store
         self.http = http
         self.retry = retry
+
+    def rest(self, shop: Shop, step: str) -> RestClient:
+        token = self.shops.platform_token(shop)
+        if token is None or not shop.shop_domain:
+            raise StorefrontError(
+                step,
+                "NO_API_KEY",
+                ["the shop has no WooCommerce site URL and REST API key: enter them in settings"],
+                retryable=False,
+            )
+        return RestClient(
+            shop.shop_domain, woocommerce.decode_api_key(token), http=self.http, retry=self.retry
+        )
+
+    # the shipment
 
     async def shipment(
         self, shop: Shop, deliveries: Sequence[Delivery], record: CaptureRecord | None
     ) -> Resolved | Skipped:
-        return Skipped(reason="WooCommerce support is being built")
+        try:
+            orders = [woocommerce.decode_order(delivery.body) for delivery in deliveries]
+        except msgspec.MsgspecError as error:
+            raise StorefrontError("map", "BAD_ORDER", [str(error)], retryable=False) from None
+        if not orders:
+            return Skipped(reason="no order body")
+        latest = woocommerce.latest(orders)
+        tracking: list[Tracking] = []
+        for order in sorted(orders, key=lambda o: o.date_modified_gmt or ""):
+            tracking.extend(entry for entry in woocommerce.tracking(order) if entry not in tracking)
+        if record is not None and record.state == "captured":
+            # Captured: only tracking can still change, and the ledger knows the rest.
+            return Resolved(
+                event=FulfillmentEvent(
+                    order_id=record.order_id,
+                    fulfillment_id=record.fulfillment_id,
+                    klarna_order_id=record.klarna_order_id,
+                    currency=record.currency,
+                    shipping=tracking,
+                    complete=True,
+                )
+            )
+        status = woocommerce.normalize_status(latest.status)
+        statuses = woocommerce.capture_statuses(shop.options)
+        if status not in statuses:
+            return Skipped(
+                reason=f"the order is {status}, not in a capture status "
+                f"({', '.join(sorted(statuses))}): nothing to capture yet"
+            )
+        if not woocommerce.is_klarna_payment(latest):
+            return Skipped(reason=f"paid with {woocommerce.payment_label(latest)}, not Klarna")
+        klarna_id = next(
+            (
+                found
+                for order in [latest, *reversed(orders)]
+                if (found := woocommerce.klarna_order_id(order)) is not None
+            ),
+            None,
+        )
+        if klarna_id is None and shop.platform_token is not None:
+            # Klarna's plugin may write the id after the webhook left: ask the order as it is now.
+            try:
+                fresh = await self.rest(shop, "map").order(str(latest.id))
+            except WooCommerceError as error:
+                raise _failure("map", error) from None
+            klarna_id = woocommerce.klarna_order_id(fresh)
+        if klarna_id is None:
+            raise StorefrontError(
+                "map",
+                "KLARNA_ORDER_ID_MISSING",
+                [
+                    f"order {latest.id} is paid with {woocommerce.payment_label(latest)} but has "
+                    f"no {woocommerce.KLARNA_ORDER_ID_META} meta and no transaction id"
+                ],
+                retryable=True,
+            )
+        sales_tax = shop.klarna_region == "na" and not latest.prices_include_tax
+        try:
+            event = woocommerce.shipment_from(
+                latest, klarna_order_id=klarna_id, sales_tax=sales_tax, shipping=tracking
+            )
+        except woocommerce.WooCommerceMappingError as error:
+            raise StorefrontError(
+                "map", "UNMAPPABLE_ORDER", [str(error)], retryable=False
+            ) from None
+        return Resolved(event=event)
+
+    # the write-back
 
     async def write_back(self, shop: Shop, order_id: str) -> None:
+        if not shop.enabled:
+            return
+        records = await self.store.order_captures(shop.id, [order_id])
+        record = next((r for r in records if r.fulfillment_id == order_id), None)
+        shipment = await self.store.shipment(shop.id, order_id)
+        outcome = outcome_of(record, shipment)
+        if outcome is None:
+            return
+        status, note = outcome
+        client = self.rest(shop, "write_back")
+        values: dict[str, str] = {woocommerce.STATUS_META: status}
+        if record is not None and record.state == "captured" and record.capture_id:
+            values[woocommerce.CAPTURE_ID_META] = record.capture_id
+        try:
+            # The note first, the meta last: a status in the meta means all is written.
+            existing = await client.notes(order_id)
+            if not any(_same_note(n.note, note) for n in existing):
+                await client.add_note(order_id, note)
+            await client.set_meta(order_id, values)
+        except WooCommerceError as error:
+            raise _failure("write_back", error) from None
+        log.info(
+            "woocommerce write-back",
+            extra={"shop": shop.id, "order": order_id, "status": status},
+        )
+
+
+def outcome_of(
+    record: CaptureRecord | None, shipment: Shipment | None
+) -> tuple[Status, str] | None:
+    """The status and order note an order's ledger calls for; None while nothing is decided. The
+    note is the same text for the same facts, so a retried write-back finds it already there."""
+    if record is not None and record.state == "captured" and record.capture_id:
+        amount = money.to_decimal(record.captured_amount or 0, record.currency)
+        facts = [f"capture id {record.capture_id}", f"Klarna order {record.klarna_order_id}"]
+        if record.klarna_reference:
+            facts.append(f"Klarna reference {record.klarna_reference}")
+        return "captured", (
+            f"Klarna capture: {amount} {record.currency} captured ({'; '.join(facts)})."
+        )
+    if shipment is None or shipment.last_error is None:
         return None
+    error = _last_error(shipment.last_error)
+    text = f"Klarna capture failed: {error.get('error_code') or 'UNKNOWN_ERROR'}"
+    if error.get("correlation_id"):
+        text += f" (correlation id {error['correlation_id']})"
+    messages = [str(m) for m in error.get("error_messages") or []]
+    if messages:
+        text += f": {join_messages(messages)}"
+    if not text.endswith((".", "!", "?")):
+        text += "."
+    if shipment.job_state == "dead":
+        text += (
+            " Not retried automatically: once the cause is fixed, retry the shipment on the "
+            "Klarna capture activity page."
+        )
+    else:
+        text += " It will be retried automatically."
+    return "failed", text
+
+
+def _last_error(raw: str) -> dict[str, Any]:
+    try:
+        decoded = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return {"error_code": "UNKNOWN_ERROR", "error_messages": [raw]}
+    return decoded if isinstance(decoded, dict) else {"error_code": "UNKNOWN_ERROR"}
+
+
+def _same_note(stored: str, note: str) -> bool:
+    # WordPress may store the text with entities or collapsed whitespace.
+    return " ".join(html.unescape(stored).split()) == " ".join(note.split())
+
+
+def _failure(step: str, error: WooCommerceError) -> StorefrontError:
+    return StorefrontError(
+        step,
+        f"WOOCOMMERCE_{error.code}",
+        [str(error)],
+        retryable=error.retryable,
+        retry_after=error.retry_after,
+    )

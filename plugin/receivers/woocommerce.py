@@ -1,10 +1,116 @@
-"""The WooCommerce webhook endpoint (being built)."""
+"""POST /webhooks/woocommerce/{shop_id}: a WooCommerce site's order webhooks (`order.created`,
+`order.updated`), signed with the shop's webhook secret.
 
+What is stored: a delivery whose order is in one of the shop's capture statuses or carries
+tracking, and every later delivery of an order already stored (so the worker sees its latest
+state, a cancellation included), each under its order's job. Anything else is answered 200
+`ignored` and not stored: a shop's other order updates are none of this app's business.
+Deliveries are deduplicated on their content, since WooCommerce's delivery id changes with every
+(re)delivery.
+"""
+
+import logging
+import time
+
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from plugin.receivers.common import answer
+from plugin import signatures
+from plugin.platforms import woocommerce
+from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body
+from plugin.receivers.common import answer as _answer
+from plugin.service import Service
+
+log = logging.getLogger("plugin.receiver")
 
 
 async def woocommerce_webhook(request: Request) -> Response:
-    return answer(404, "woocommerce", "not_configured", error="WooCommerce support is being built")
+    service: Service = request.app.state.service
+    platform = woocommerce.NAME
+    try:
+        body = await read_body(request)
+    except BodyTooLarge:
+        return _answer(413, platform, "too_large", error=f"body over {MAX_BODY_BYTES} bytes")
+    shop_id = request.path_params["shop_id"]
+    loaded = await service.shops.get(shop_id)
+    if loaded is None or loaded.shop.platform != platform or not loaded.shop.enabled:
+        return _answer(404, platform, "unknown_shop", error="no such shop")
+    shop = loaded.shop
+    signature = request.headers.get(woocommerce.SIGNATURE_HEADER)
+    if signature is None and woocommerce.is_ping(body):
+        # Saving a webhook in WooCommerce sends this once, unsigned; it must get a 2xx.
+        log.info("woocommerce ping", extra={"shop": shop_id})
+        return _answer(200, platform, "ping")
+    try:
+        woocommerce.verify_signature(
+            [woocommerce.webhook_secret(key) for key in loaded.webhook_keys], signature, body
+        )
+    except signatures.WebhookVerificationError as exc:
+        log.warning("webhook refused", extra={"shop": shop_id, "reason": str(exc)})
+        return _answer(401, platform, "unauthorized", error=str(exc))
+    source = request.headers.get(woocommerce.SOURCE_HEADER)
+    if not woocommerce.same_site(source, shop.shop_domain):
+        error = (
+            f"{woocommerce.SOURCE_HEADER} {source!r} is not this shop's site URL "
+            f"{shop.shop_domain!r}: correct the site URL in the settings, or WordPress's "
+            "Site Address"
+            if shop.shop_domain
+            else "this shop has no site URL yet: enter it in the settings"
+        )
+        log.warning("webhook refused", extra={"shop": shop_id, "reason": error})
+        return _answer(403, platform, "wrong_source", error=error)
+    topic = request.headers.get(woocommerce.TOPIC_HEADER, "")
+    if topic not in woocommerce.ORDER_TOPICS:
+        return _answer(200, platform, "ignored", topic=topic)
+
+    delivery_id = woocommerce.delivery_key(body)
+    rejected: str | None = None
+    order_id: str | None = None
+    try:
+        order = woocommerce.decode_order(body)
+    except msgspec.MsgspecError as exc:
+        rejected = f"not an order: {exc}"
+    else:
+        order_id = str(order.id)
+        statuses = woocommerce.capture_statuses(shop.options)
+        if not woocommerce.wants_job(order, statuses) and not await _known(
+            service, shop_id, order_id
+        ):
+            status = woocommerce.normalize_status(order.status)
+            return _answer(200, platform, "ignored", topic=topic, order_status=status)
+    row, duplicate = await service.store.record_delivery(
+        shop_id,
+        delivery_id,
+        body=body,
+        event_type=topic,
+        fulfillment_id=order_id if rejected is None else None,
+        rejected=rejected,
+        now=time.time(),
+        order_id=order_id,
+    )
+    if duplicate:
+        return _answer(200, platform, "duplicate", delivery=row)
+    if rejected:
+        log.warning(
+            "webhook rejected", extra={"shop": shop_id, "delivery": row, "reason": rejected}
+        )
+        return _answer(400, platform, "rejected", delivery=row, error=rejected)
+    service.wake_workers()
+    log.info(
+        "webhook accepted",
+        extra={
+            "shop": shop_id,
+            "delivery": row,
+            "fulfillment": order_id,
+            "event_type": topic,
+            "woocommerce_delivery": request.headers.get(woocommerce.DELIVERY_ID_HEADER),
+        },
+    )
+    return _answer(200, platform, "accepted", delivery=row)
+
+
+async def _known(service: Service, shop_id: str, order_id: str) -> bool:
+    """Whether an order already has a job here (so its later states matter)."""
+    stored = await service.store.order_deliveries(shop_id, [order_id])
+    return any(d.status == "accepted" and d.fulfillment_id is not None for d in stored)

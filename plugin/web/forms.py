@@ -8,7 +8,7 @@ from typing import Literal, get_args
 import msgspec
 
 from plugin.klarna.models import ShippingMethod
-from plugin.platforms import shopify
+from plugin.platforms import bigcommerce, shopify, woocommerce
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
 
@@ -30,10 +30,22 @@ KLARNA_ORDER_ID_SOURCES = {
     "note_attribute": "A note attribute of the order",
     "transaction": "The authorization of the order's payment transaction",
 }
+BIGCOMMERCE = bigcommerce.NAME
+BIGCOMMERCE_ORDER_ID_SOURCES = {
+    "metafield": "An order metafield",
+    "transaction": "The payment provider id of the order's transaction",
+}
+# Where each storefront app's orders may keep the Klarna order id (the settings it shows).
+ORDER_ID_SOURCES = {
+    shopify.NAME: KLARNA_ORDER_ID_SOURCES,
+    BIGCOMMERCE: BIGCOMMERCE_ORDER_ID_SOURCES,
+}
 SHIPPING_METHODS: tuple[str, ...] = get_args(ShippingMethod)
 NO_SHIPPING_METHOD = "none"
 # Shopify's own limits: namespace 3-255 and key 2-64 letters, digits, hyphens and underscores.
 _METAFIELD = re.compile(r"[A-Za-z0-9_-]{3,255}\.[A-Za-z0-9_-]{2,64}")
+# BigCommerce's: a namespace and a key of 1-64 characters each (split at the first dot).
+_BIGCOMMERCE_METAFIELD = re.compile(r"[^.\s]{1,64}\.\S{1,64}")
 _MAX_NAME = 255
 
 
@@ -49,15 +61,25 @@ class SettingsForm(msgspec.Struct, kw_only=True):
     trigger_send_out: bool = False
     description_template: str = ""
     status_url: str = ""
-    # A Shopify shop's: where its orders keep the Klarna order id, and the tracking's method.
+    # A storefront app's (Shopify, BigCommerce): where its orders keep the Klarna order id; a
+    # Shopify shop's: the tracking's shipping method.
     klarna_order_id_source: str = "metafield"
     klarna_order_id_field: str = "klarna.order_id"
     shipping_method: str = NO_SHIPPING_METHOD
+    # A WooCommerce shop's: its site, REST API key (write-only, as entered) and capture statuses.
+    site_url: str = ""
+    consumer_key: str = ""
+    consumer_secret: str = ""
+    capture_statuses: str = "completed"
+    platform: str = ""
     errors: dict[str, str] = {}
 
     @classmethod
     def from_shop(cls, shop: Shop) -> "SettingsForm":
         return cls(
+            platform=shop.platform,
+            site_url=(shop.shop_domain or "") if shop.platform == woocommerce.NAME else "",
+            capture_statuses=", ".join(shop.options.capture_statuses),
             klarna_region=shop.klarna_region,
             klarna_environment=shop.klarna_environment,
             klarna_username=shop.klarna_username,
@@ -76,6 +98,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
         """The form as posted for `shop`. Fields its page does not show keep the shop's values; a
         shop without a stored Klarna password must be given one."""
         form = cls(
+            platform=shop.platform,
             klarna_region=data.get("klarna_region", "").strip(),
             klarna_environment=data.get("klarna_environment", "").strip(),
             klarna_username=data.get("klarna_username", "").strip(),
@@ -87,18 +110,35 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             status_url=data.get("status_url", "").strip(),
         )
         kept = cls.from_shop(shop)
-        if shop.platform == shopify.NAME:
+        if shop.platform in ORDER_ID_SOURCES:
             form.klarna_order_id_source = data.get("klarna_order_id_source", "").strip()
             form.klarna_order_id_field = data.get("klarna_order_id_field", "").strip()
-            form.shipping_method = data.get("shipping_method", "").strip()
-            # Status callbacks are signed with the shop's webhook secret, which a Shopify
-            # merchant never sees: the page does not offer them.
+            # Status callbacks are signed with the shop's webhook secret, which a storefront
+            # app's merchant never sees: the page does not offer them.
             form.status_url = kept.status_url
-            form.errors = form._storefront_errors()
+            form.errors = form._order_id_errors()
         else:
             form.klarna_order_id_source = kept.klarna_order_id_source
             form.klarna_order_id_field = kept.klarna_order_id_field
+        if shop.platform == shopify.NAME:
+            form.shipping_method = data.get("shipping_method", "").strip()
+            if form.shipping_method not in (NO_SHIPPING_METHOD, *SHIPPING_METHODS):
+                form.errors["shipping_method"] = "Choose one of Klarna's shipping methods, or none."
+        else:
             form.shipping_method = kept.shipping_method
+        if shop.platform == woocommerce.NAME:
+            form.site_url = data.get("site_url", "").strip()
+            form.consumer_key = data.get("consumer_key", "").strip()
+            form.consumer_secret = data.get("consumer_secret", "").strip()
+            form.capture_statuses = data.get("capture_statuses", "").strip()
+            # The outcome goes onto the WooCommerce order: the page offers no status URL.
+            form.status_url = kept.status_url
+            form.errors.update(
+                form._woocommerce_errors(has_api_key=shop.platform_token is not None)
+            )
+        else:
+            form.site_url = kept.site_url
+            form.capture_statuses = kept.capture_statuses
         form.errors.update(form._check())
         if not form.klarna_password and shop.klarna_password_set_at is None:
             form.errors["klarna_password"] = "Enter the API password Klarna gave you."  # noqa: S105
@@ -127,20 +167,55 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             errors["status_url"] = "Enter an http(s) URL, or leave it empty."
         return errors
 
-    def _storefront_errors(self) -> dict[str, str]:
+    def _order_id_errors(self) -> dict[str, str]:
         errors = {}
-        if self.klarna_order_id_source not in KLARNA_ORDER_ID_SOURCES:
+        if self.klarna_order_id_source not in ORDER_ID_SOURCES.get(self.platform, {}):
             errors["klarna_order_id_source"] = "Choose where your orders keep the Klarna order id."
         else:
-            problem = _field_problem(self.klarna_order_id_source, self.klarna_order_id_field)
+            problem = _field_problem(
+                self.klarna_order_id_source, self.klarna_order_id_field, self.platform
+            )
             if problem:
                 errors["klarna_order_id_field"] = problem
-        if self.shipping_method not in (NO_SHIPPING_METHOD, *SHIPPING_METHODS):
-            errors["shipping_method"] = "Choose one of Klarna's shipping methods, or none."
         return errors
 
+    def _woocommerce_errors(self, *, has_api_key: bool) -> dict[str, str]:
+        errors = {}
+        try:
+            self.site_url = woocommerce.normalize_site_url(self.site_url)
+        except ValueError as error:
+            errors["site_url"] = str(error)
+        key, secret = self.consumer_key, self.consumer_secret
+        if key or secret or not has_api_key:
+            if not key and not secret:
+                errors["consumer_key"] = (
+                    "Enter the consumer key and secret of a WooCommerce REST API key with "
+                    "Read/Write permission."
+                )
+            elif not key:
+                errors["consumer_key"] = "Enter the consumer key that goes with the secret."
+            elif not secret:
+                errors["consumer_secret"] = "Enter the consumer secret that goes with the key."  # noqa: S105
+            else:
+                problem = woocommerce.api_key_problem(key, secret)
+                if problem:
+                    errors[problem[0]] = problem[1]
+        try:
+            self.capture_statuses = ", ".join(woocommerce.parse_statuses(self.capture_statuses))
+        except ValueError as error:
+            errors["capture_statuses"] = str(error)
+        return errors
+
+    def api_key(self) -> woocommerce.ApiKey | None:
+        """The REST API key entered, None when the stored one is to stay."""
+        if not self.consumer_key or not self.consumer_secret:
+            return None
+        return woocommerce.ApiKey(
+            consumer_key=self.consumer_key, consumer_secret=self.consumer_secret
+        )
+
     def changes(self) -> ShopChanges:
-        return ShopChanges(
+        changes = ShopChanges(
             klarna_region=self.klarna_region,
             klarna_environment=self.klarna_environment,
             klarna_username=self.klarna_username,
@@ -155,8 +230,19 @@ class SettingsForm(msgspec.Struct, kw_only=True):
                 shipping_method=(
                     None if self.shipping_method == NO_SHIPPING_METHOD else self.shipping_method
                 ),
+                capture_statuses=_statuses(self.capture_statuses),
             ),
         )
+        if self.platform == woocommerce.NAME and self.site_url:
+            changes.shop_domain = self.site_url
+        return changes
+
+
+def _statuses(text: str) -> list[str]:
+    try:
+        return woocommerce.parse_statuses(text)
+    except ValueError:
+        return ["completed"]
 
 
 def _source(value: str) -> Literal["metafield", "note_attribute", "transaction"]:
@@ -167,8 +253,15 @@ def _source(value: str) -> Literal["metafield", "note_attribute", "transaction"]
     return "metafield"
 
 
-def _field_problem(source: str, field: str) -> str | None:
+def _field_problem(source: str, field: str, platform: str = shopify.NAME) -> str | None:
     if source == "metafield":
+        if platform == BIGCOMMERCE:
+            if _BIGCOMMERCE_METAFIELD.fullmatch(field):
+                return None
+            return (
+                "Enter the metafield as namespace.key, as in klarna.order_id: a namespace and a "
+                "key of 1-64 characters each, without spaces."
+            )
         if _METAFIELD.fullmatch(field):
             return None
         return (
@@ -176,6 +269,11 @@ def _field_problem(source: str, field: str) -> str | None:
             "and a key of 2-64 letters, digits, - or _."
         )
     what = "attribute" if source == "note_attribute" else "payment gateway"
+    if platform == BIGCOMMERCE:
+        # The payment method the order names; empty: an order paid any way.
+        what = "payment method"
+        if not field:
+            return None
     if not field:
         return f"Enter the name of the {what}."
     if len(field) > _MAX_NAME or not field.isprintable():

@@ -20,7 +20,7 @@ from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
 from plugin.klarna.client import new_idempotency_key
 from plugin.klarna.errors import join_messages
 from plugin.klarna.models import CaptureObject
-from plugin.platforms import shopify
+from plugin.platforms import bigcommerce, shopify, woocommerce
 from plugin.service import Service
 from plugin.signatures import is_shop_domain
 from plugin.store.records import Shipment, Shop
@@ -29,8 +29,8 @@ from plugin.web.forms import (
     CAPTURE_MODES,
     ENVIRONMENTS,
     KLARNA_ACCOUNT_FIELDS,
-    KLARNA_ORDER_ID_SOURCES,
     NO_SHIPPING_METHOD,
+    ORDER_ID_SOURCES,
     REGIONS,
     SHIPPING_METHODS,
     TEMPLATE_FIELDS,
@@ -72,10 +72,14 @@ def message(request: Request, title: str, text: str, status_code: int) -> Respon
 
 
 def allow_framing(request: Request, shop: Shop) -> None:
-    """Let the shop's own storefront admin frame this answer: a Shopify app's pages run embedded
-    in the shop's admin. Any other shop's pages stay unframeable."""
-    if shop.platform == shopify.NAME and shop.shop_domain and is_shop_domain(shop.shop_domain):
-        setattr(request.state, FRAME_ANCESTORS, (f"https://{shop.shop_domain}", SHOPIFY_ADMIN))
+    """Let the shop's own storefront admin frame this answer: a Shopify or BigCommerce app's pages
+    run embedded in the shop's admin. Any other shop's pages stay unframeable."""
+    domain = shop.shop_domain
+    if shop.platform == shopify.NAME and domain and is_shop_domain(domain):
+        setattr(request.state, FRAME_ANCESTORS, (f"https://{domain}", SHOPIFY_ADMIN))
+    elif shop.platform == bigcommerce.NAME and domain and bigcommerce.is_store_hash(domain):
+        # A BigCommerce shop's domain is its store hash.
+        setattr(request.state, FRAME_ANCESTORS, (bigcommerce.control_panel_origin(domain),))
 
 
 def set_session_cookie(
@@ -188,7 +192,10 @@ def _settings_context(
         "shop": shop,
         "form": form,
         "shopify": shop.platform == shopify.NAME,
-        "klarna_order_id_sources": KLARNA_ORDER_ID_SOURCES,
+        "bigcommerce": shop.platform == bigcommerce.NAME,
+        "woocommerce": shop.platform == woocommerce.NAME,
+        "api_key_ending": _api_key_ending(service, shop),
+        "klarna_order_id_sources": ORDER_ID_SOURCES.get(shop.platform, {}),
         "shipping_methods": SHIPPING_METHODS,
         "no_shipping_method": NO_SHIPPING_METHOD,
         "regions": REGIONS,
@@ -210,6 +217,20 @@ async def settings_page(
     return _render(request, "settings.html", _settings_context(request, service, shop, form))
 
 
+def _api_key_ending(service: Service, shop: Shop) -> str | None:
+    """The last characters of a WooCommerce shop's consumer key, as WooCommerce itself shows a
+    key ("ending in ..."); the secret is never shown."""
+    if shop.platform != woocommerce.NAME:
+        return None
+    token = service.shops.platform_token(shop)
+    if token is None:
+        return None
+    try:
+        return woocommerce.decode_api_key(token).consumer_key[-7:]
+    except msgspec.MsgspecError:
+        return None
+
+
 def _form(request: Request) -> dict[str, str]:
     form: FormData = request.state.form
     return {key: value for key, value in form.items() if isinstance(value, str)}
@@ -220,13 +241,21 @@ async def save_settings(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
     form = SettingsForm.from_post(_form(request), shop)
+    if shop.platform == woocommerce.NAME and "site_url" not in form.errors:
+        other = await service.store.shop_by_domain(woocommerce.NAME, form.site_url)
+        if other is not None and other.id != shop.id:
+            form.errors["site_url"] = "Another shop here is already connected to this site."
     if form.errors:
-        form.klarna_password = ""
+        # Write-only fields are never sent back, not even as they were typed.
+        form.klarna_password = form.consumer_key = form.consumer_secret = ""
         context = _settings_context(request, service, shop, form)
         return _render(request, "settings.html", context, status_code=400)
     await service.shops.update(
         shop.id, form.changes(), klarna_password=form.klarna_password or None
     )
+    api_key = form.api_key()
+    if shop.platform == woocommerce.NAME and api_key is not None:
+        await service.shops.set_platform_token(shop.id, woocommerce.encode_api_key(api_key))
     return RedirectResponse(f"/admin/{shop.id}/settings?notice=saved", status_code=303)
 
 
@@ -242,7 +271,7 @@ async def test_connection(
     else:
         password = form.klarna_password or service.shops.klarna_password(shop)
         result = await _try_credentials(service, form, password)
-    form.klarna_password = ""
+    form.klarna_password = form.consumer_key = form.consumer_secret = ""
     form.errors = errors
     context = _settings_context(request, service, shop, form, connection=result)
     return _render(request, "settings.html", context)
@@ -279,8 +308,8 @@ async def _try_credentials(service: Service, form: SettingsForm, password: str) 
 async def rotate_secret(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
-    if shop.platform == shopify.NAME:
-        # Shopify signs its webhooks with the app's secret: this shop has none of its own to show.
+    if shop.platform in (shopify.NAME, bigcommerce.NAME):
+        # The app's own secret signs these platforms' webhooks: the shop has none to show.
         return message(request, "Not found", "There is no such page.", 404)
     secret = await service.shops.rotate_secret(shop.id)
     form = SettingsForm.from_shop(shop)

@@ -1,0 +1,693 @@
+"""The WooCommerce storefront adapter.
+
+WooCommerce announces an order with the `order.created` and `order.updated` webhooks, whose body is
+the whole order as its REST API (v3) returns it: lines with their taxes, shipping, fees, coupons,
+payment method and meta data. This module holds that body's types, the webhook's signature and
+site checks, and the pure mapping of an order onto the neutral `FulfillmentEvent` that captures it
+whole; the webhook route and the REST client live with the receiver and the storefront.
+
+Mapping rules, in short (see `shipment_from`):
+
+- WooCommerce core has no partial shipments: an order entering a capture status is captured whole
+  (`complete=True`), and its capture must come to the order's `total` exactly.
+- A line item's unit price is its `subtotal` (before coupons) with `subtotal_tax`, divided by the
+  quantity and rounded up to a whole minor unit; its total is `total` with `total_tax`; the line's
+  discount is the difference, so Klarna's `quantity * unit_price - discount = total` holds exactly
+  and a discount never goes negative. Coupons are already taken off the lines they apply to
+  (`subtotal` vs `total`), so `coupon_lines` become no lines of their own.
+- Shipping lines become `shipping_fee` lines, fee lines `surcharge` lines (a negative fee a
+  `discount` line); their amounts are `total` with `total_tax`.
+- WooCommerce keeps line totals without tax whether or not its prices include tax, so both ways
+  the lines are built from the same fields. The tax rate comes from the order's `tax_lines`
+  (`rate_percent`, stacked and compound rates combined) when that rate explains the line's tax,
+  else from the line's own tax and net amounts.
+- A shop in Klarna's North America region whose prices exclude tax gets US-style lines instead:
+  net lines with tax rate 0 and the order's tax as one `sales_tax` line.
+- Rounding (WooCommerce rounds the order's tax per rate, not per line) can leave the lines a
+  few minor units away from `total`: at most one unit per line is taken up by a `Rounding` line
+  (the planner's rule); more than that is refused, naming both sums.
+"""
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Sequence
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from plugin import money
+from plugin.capture import ROUNDING_NAME
+from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
+from plugin.klarna.carriers import klarna_carrier
+from plugin.signatures import WebhookVerificationError
+from plugin.store.records import ShopOptions
+
+NAME = "woocommerce"
+REST_PREFIX = "/wp-json/wc/v3"
+
+SIGNATURE_HEADER = "X-WC-Webhook-Signature"
+SOURCE_HEADER = "X-WC-Webhook-Source"
+TOPIC_HEADER = "X-WC-Webhook-Topic"
+WEBHOOK_ID_HEADER = "X-WC-Webhook-ID"
+DELIVERY_ID_HEADER = "X-WC-Webhook-Delivery-ID"
+ORDER_TOPICS = frozenset({"order.created", "order.updated"})
+
+# Payment method ids of Klarna's WooCommerce plugins (Klarna Payments, Klarna Checkout).
+KLARNA_PAYMENT_METHODS = frozenset({"klarna_payments", "kco"})
+KLARNA_ORDER_ID_META = "_wc_klarna_order_id"
+TRACKING_META = "_wc_shipment_tracking_items"
+# What the write-back puts on the order.
+STATUS_META = "_klarna_capture_status"
+CAPTURE_ID_META = "_klarna_capture_id"
+
+MAX_TEXT = 255
+MAX_CARRIER = 100
+MAX_TRACKING_NUMBER = 100
+MAX_TRACKING_URL = 1024
+MAX_TRACKING_ENTRIES = 500
+MAX_CAPTURE_STATUSES = 20
+# WordPress keeps a post status in 20 characters, "wc-" included.
+MAX_STATUS_LENGTH = 17
+_STATUS = re.compile(r"[a-z0-9_-]{1,17}")
+_PING = re.compile(rb"webhook_id=\d{1,20}")
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+class WooCommerceMappingError(ValueError):
+    """A WooCommerce order that cannot be turned into a capture, and why."""
+
+
+# --- the webhook: signature, ping, site, delivery key --------------------------------------------
+
+
+def webhook_secret(key: bytes) -> bytes:
+    """The secret WooCommerce signs with, as the UTF-8 bytes it HMACs: the shop's `whsec_...`
+    string itself, which the merchant pastes into the webhook's Secret field. (The shop stores
+    the decoded key; the string is its `whsec_` + base64 form, exactly as it was shown.)"""
+    return ("whsec_" + base64.b64encode(key).decode()).encode()
+
+
+def verify_signature(secrets: Sequence[bytes], header: str | None, body: bytes) -> None:
+    """Check `X-WC-Webhook-Signature` (base64 HMAC-SHA256 of the raw body) against any secret."""
+    if not header:
+        raise WebhookVerificationError(f"missing {SIGNATURE_HEADER} header")
+    try:
+        received = binascii.a2b_base64(header.strip(), strict_mode=True)
+    except binascii.Error:
+        received = b""
+    if len(received) != hashlib.sha256().digest_size:
+        raise WebhookVerificationError(f"{SIGNATURE_HEADER} is not a base64 SHA-256 digest")
+    for secret in secrets:
+        if not secret:
+            raise ValueError("an empty webhook secret would accept forged deliveries")
+        if hmac.compare_digest(hmac.new(secret, body, hashlib.sha256).digest(), received):
+            return
+    raise WebhookVerificationError(f"{SIGNATURE_HEADER} matches no webhook secret of this shop")
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The `X-WC-Webhook-Signature` WooCommerce sends with `body`."""
+    return base64.b64encode(hmac.new(secret, body, hashlib.sha256).digest()).decode()
+
+
+def is_ping(body: bytes) -> bool:
+    """The unsigned form body WooCommerce posts once when a webhook is saved: `webhook_id=N`."""
+    return _PING.fullmatch(body.strip()) is not None
+
+
+def delivery_key(body: bytes) -> str:
+    """What a delivery is deduplicated on: its content. WooCommerce's delivery id is made from the
+    webhook id and the time, so a redelivery of the same order state gets a new one."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def normalize_site_url(url: str) -> str:
+    """A WooCommerce site URL as stored: lowercase scheme and host, no default port, no trailing
+    slash; the path (a WordPress in a subdirectory) kept. Raises ValueError saying what is wrong.
+
+    https only: WooCommerce takes REST API keys over plain http only with OAuth 1.0a signatures;
+    http is allowed for a test site on this machine (localhost, 127.0.0.1).
+    """
+    canonical = _canonical(url)
+    if canonical.startswith("http://") and urlsplit(canonical).hostname not in _LOOPBACK:
+        raise ValueError(
+            "Use the site's https:// address: WooCommerce accepts API keys over https only "
+            "(http works only for a test site on this machine)."
+        )
+    return canonical
+
+
+def same_site(source: str | None, site_url: str | None) -> bool:
+    """Whether an `X-WC-Webhook-Source` (WordPress's `home_url('/')`) names the shop's site."""
+    if not source or not site_url:
+        return False
+    try:
+        return _canonical(source) == _canonical(site_url)
+    except ValueError:
+        return False
+
+
+def _canonical(url: str) -> str:
+    text = url.strip()
+    if not text or any(c.isspace() for c in text) or not text.isprintable():
+        raise ValueError("Enter the site's address, as in https://shop.example.")
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError("A site URL starts with https://.")
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise ValueError("A site URL has no user name, query or fragment.")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ValueError("A site URL names its host, as in https://shop.example.")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("The port of the site URL is not a number.") from None
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        netloc += f":{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+# --- the order, as the REST API (v3) and the order.* webhooks carry it ---------------------------
+
+
+class MetaData(msgspec.Struct, kw_only=True):
+    key: str
+    value: Any = None
+    id: int | None = None
+
+
+class LineTax(msgspec.Struct, kw_only=True):
+    """A line's tax at one rate; amounts unrounded ("2.181818") when the shop rounds at subtotal."""
+
+    id: int
+    total: str = ""
+    subtotal: str = ""
+
+
+class LineItem(msgspec.Struct, kw_only=True):
+    # `price` (a float on the wire) is never read: the amounts below are exact decimal strings.
+    id: int
+    quantity: int
+    name: str = ""
+    product_id: int | None = None
+    variation_id: int | None = None
+    sku: str | None = None
+    subtotal: str = "0"
+    subtotal_tax: str = "0"
+    total: str = "0"
+    total_tax: str = "0"
+    taxes: list[LineTax] = []
+
+
+class ShippingLine(msgspec.Struct, kw_only=True):
+    id: int
+    method_title: str = ""
+    method_id: str = ""
+    total: str = "0"
+    total_tax: str = "0"
+    taxes: list[LineTax] = []
+
+
+class FeeLine(msgspec.Struct, kw_only=True):
+    id: int
+    name: str = ""
+    tax_status: str = "taxable"
+    total: str = "0"
+    total_tax: str = "0"
+    taxes: list[LineTax] = []
+
+
+class CouponLine(msgspec.Struct, kw_only=True):
+    id: int
+    code: str = ""
+    discount: str = "0"
+    discount_tax: str = "0"
+
+
+class TaxLine(msgspec.Struct, kw_only=True):
+    id: int
+    rate_id: int
+    rate_code: str = ""
+    label: str = ""
+    compound: bool = False
+    tax_total: str = "0"
+    shipping_tax_total: str = "0"
+    # A JSON number on the wire (18, 7.5): decoded straight into an exact Decimal.
+    rate_percent: Decimal | None = None
+
+
+class Address(msgspec.Struct, kw_only=True):
+    postcode: str = ""
+    country: str = ""
+
+
+class Order(msgspec.Struct, kw_only=True):
+    """The body of `order.created` / `order.updated`, and of GET /wp-json/wc/v3/orders/{id}."""
+
+    id: int
+    status: str
+    currency: str
+    total: str
+    number: str | None = None
+    prices_include_tax: bool = False
+    total_tax: str = "0"
+    discount_total: str = "0"
+    shipping_total: str = "0"
+    payment_method: str = ""
+    payment_method_title: str = ""
+    transaction_id: str = ""
+    date_modified_gmt: str | None = None
+    shipping: Address | None = None
+    meta_data: list[MetaData] = []
+    line_items: list[LineItem] = []
+    shipping_lines: list[ShippingLine] = []
+    fee_lines: list[FeeLine] = []
+    coupon_lines: list[CouponLine] = []
+    tax_lines: list[TaxLine] = []
+
+
+_order_decoder = msgspec.json.Decoder(Order)
+
+
+def decode_order(body: bytes) -> Order:
+    """A verified order body; msgspec's error names the field that is wrong."""
+    return _order_decoder.decode(body)
+
+
+def meta(order: Order, key: str) -> Any:
+    """The value of the order's first meta entry `key`, None when it has none."""
+    return next((entry.value for entry in order.meta_data if entry.key == key), None)
+
+
+# --- statuses and payment ------------------------------------------------------------------------
+
+
+def normalize_status(status: str) -> str:
+    """An order status as the REST API spells it: lowercase, without WordPress's `wc-` prefix."""
+    return status.strip().lower().removeprefix("wc-")
+
+
+def capture_statuses(options: ShopOptions) -> frozenset[str]:
+    return frozenset(normalize_status(s) for s in options.capture_statuses if s.strip())
+
+
+def parse_statuses(text: str) -> list[str]:
+    """Capture statuses as a merchant types them ("completed, wc-shipped"): normalized, in order,
+    without repeats. Raises ValueError naming the first one WordPress could not have."""
+    statuses: list[str] = []
+    for raw in re.split(r"[,\s]+", text):
+        if not raw:
+            continue
+        status = normalize_status(raw)
+        if not _STATUS.fullmatch(status):
+            raise ValueError(
+                f"{raw!r} is not an order status: use its slug, as in completed or shipped "
+                f"(lowercase letters, digits, - and _, at most {MAX_STATUS_LENGTH})."
+            )
+        if status not in statuses:
+            statuses.append(status)
+    if not statuses:
+        raise ValueError("Name at least one status, as in completed.")
+    if len(statuses) > MAX_CAPTURE_STATUSES:
+        raise ValueError(f"At most {MAX_CAPTURE_STATUSES} statuses.")
+    return statuses
+
+
+def wants_job(order: Order, statuses: frozenset[str]) -> bool:
+    """Whether a delivery of `order` is worth a job: it may be captured, or it carries tracking
+    for a capture made before."""
+    return normalize_status(order.status) in statuses or bool(tracking_items(order))
+
+
+def is_klarna_payment(order: Order) -> bool:
+    return order.payment_method.strip().lower() in KLARNA_PAYMENT_METHODS
+
+
+def payment_label(order: Order) -> str:
+    """How the order was paid, for a merchant to read: "Direct bank transfer (bacs)"."""
+    method = order.payment_method.strip()
+    title = order.payment_method_title.strip()
+    if title and method and title != method:
+        return f"{title} ({method})"
+    return title or method or "no payment method"
+
+
+def klarna_order_id(order: Order) -> str | None:
+    """The Klarna order id of an order paid with Klarna: the `_wc_klarna_order_id` meta that
+    Klarna's plugins write, else the order's `transaction_id`. None for an order paid otherwise,
+    or one whose id is not (yet) there."""
+    if not is_klarna_payment(order):
+        return None
+    value = meta(order, KLARNA_ORDER_ID_META)
+    if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+        return str(value).strip()[:MAX_TEXT]
+    transaction = order.transaction_id.strip()
+    return transaction[:MAX_TEXT] or None
+
+
+# --- tracking (the Shipment Tracking extension) --------------------------------------------------
+
+
+class TrackingItem(msgspec.Struct, kw_only=True):
+    """One entry of `_wc_shipment_tracking_items`."""
+
+    tracking_provider: str = ""
+    custom_tracking_provider: str = ""
+    custom_tracking_link: str = ""
+    tracking_number: str = ""
+    date_shipped: str | int | None = None
+    tracking_id: str = ""
+
+
+def tracking_items(order: Order) -> list[TrackingItem]:
+    """The order's Shipment Tracking entries; an entry that is not one is left out, never fatal
+    (tracking is a courtesy to the customer, the capture does not wait for it)."""
+    value = meta(order, TRACKING_META)
+    if not isinstance(value, list):
+        return []
+    items = []
+    for raw in value:
+        try:
+            item = msgspec.convert(raw, TrackingItem, strict=False)
+        except msgspec.ValidationError:
+            continue
+        if item.tracking_number.strip() or item.custom_tracking_link.strip():
+            items.append(item)
+    return items
+
+
+def tracking(order: Order) -> list[Tracking]:
+    """The order's parcels as tracking entries for Klarna."""
+    postcode = order.shipping.postcode.strip() if order.shipping else ""
+    country = order.shipping.country.strip() if order.shipping else ""
+    entries: list[Tracking] = []
+    for item in tracking_items(order):
+        number = item.tracking_number.strip()
+        name = item.custom_tracking_provider.strip() or item.tracking_provider.strip()
+        link = item.custom_tracking_link.strip()
+        # Shipment Tracking fills these in when it shows the link; the stored one has them open.
+        link = link.replace("%1$s", number).replace("%2$s", postcode).replace("%3$s", country)
+        entry = Tracking(
+            carrier=carrier_code(name)[:MAX_CARRIER] if name else None,
+            tracking_number=number if number and len(number) <= MAX_TRACKING_NUMBER else None,
+            tracking_url=link
+            if link.startswith(("https://", "http://")) and len(link) <= MAX_TRACKING_URL
+            else None,
+        )
+        if entry not in entries and entry != Tracking():
+            entries.append(entry)
+    return entries[:MAX_TRACKING_ENTRIES]
+
+
+def carrier_code(name: str) -> str:
+    """Klarna's carrier code for a Shipment Tracking provider, whose predefined providers are
+    stored by slug and often with their country ("dhl-us", "postnord-sverige-ab"): the longest
+    leading words that name a carrier Klarna knows. Other names go through unchanged."""
+    words = [word for word in re.split(r"[-_\s]+", name.strip()) if word]
+    for length in range(len(words), 0, -1):
+        # klarna_carrier gives a name it does not know back unchanged, a known one as Klarna's
+        # lowercase code: upper case tells the two apart.
+        candidate = " ".join(words[:length]).upper()
+        code = klarna_carrier(candidate)
+        if code != candidate:
+            return code
+    return name.strip()
+
+
+# --- the mapping ---------------------------------------------------------------------------------
+
+
+def shipment_from(
+    order: Order,
+    *,
+    klarna_order_id: str,
+    sales_tax: bool = False,
+    shipping: Sequence[Tracking] = (),
+) -> FulfillmentEvent:
+    """The capture of a whole WooCommerce order, as a neutral shipment whose lines add up to the
+    order's `total` exactly.
+
+    `sales_tax` asks for US-style lines (net, tax rate 0, the tax as one sales_tax line).
+    Raises WooCommerceMappingError for amounts that are not money in the order's currency, or
+    lines that do not add up to the total within rounding.
+    """
+    currency = order.currency.strip().upper()
+    try:
+        money.exponent(currency)
+    except money.MoneyError as error:
+        raise WooCommerceMappingError(str(error)) from None
+    rates = {line.rate_id: line for line in order.tax_lines}
+    lines: list[ShipmentLine] = []
+    for item in order.line_items:
+        if item.quantity <= 0:
+            continue
+        lines.append(_item_line(item, rates, currency, sales_tax))
+    for ship in order.shipping_lines:
+        lines.append(
+            _single_line(
+                name=ship.method_title or "Shipping",
+                reference=ship.method_id or None,
+                kind="shipping_fee",
+                net=_minor(ship.total, currency, f"shipping line {ship.id}"),
+                tax=_minor(ship.total_tax, currency, f"shipping line {ship.id}"),
+                rate_taxes=ship.taxes,
+                rates=rates,
+                sales_tax=sales_tax,
+            )
+        )
+    for fee in order.fee_lines:
+        net = _minor(fee.total, currency, f"fee line {fee.id}")
+        tax = _minor(fee.total_tax, currency, f"fee line {fee.id}")
+        lines.append(
+            _single_line(
+                name=fee.name or "Fee",
+                reference=None,
+                kind="surcharge" if net + tax >= 0 else "discount",
+                net=net,
+                tax=tax,
+                rate_taxes=fee.taxes,
+                rates=rates,
+                sales_tax=sales_tax,
+            )
+        )
+    total = _minor(order.total, currency, "the order total")
+    if sales_tax:
+        _settle_sales_tax(lines, _minor(order.total_tax, currency, "the order's total_tax"))
+    itemised = sum(_line_total(line) for line in lines)
+    if sales_tax:
+        itemised += sum(line.total_tax_amount or 0 for line in lines)
+    residue = total - itemised
+    if abs(residue) > max(len(lines), 1):
+        raise WooCommerceMappingError(
+            f"the order's lines come to {money.to_decimal(itemised, currency)} {currency} but its "
+            f"total is {money.to_decimal(total, currency)} {currency}: more apart than rounding "
+            "(a payment or discount outside the order's lines?), not capturing on a guess"
+        )
+    if residue:
+        lines.append(_rounding(residue, lines, sales_tax))
+    event = FulfillmentEvent(
+        order_id=str(order.id),
+        fulfillment_id=str(order.id),
+        klarna_order_id=klarna_order_id,
+        currency=currency,
+        lines=lines,
+        shipping=list(shipping),
+        complete=True,
+        taxes_included=not sales_tax,
+        fulfillment_name=_text(f"#{order.number or order.id}"),
+    )
+    try:  # Struct constructors do not check constraints: the event a pipeline captures must.
+        return msgspec.convert(msgspec.to_builtins(event), FulfillmentEvent)
+    except msgspec.ValidationError as error:
+        raise WooCommerceMappingError(f"the order breaks Klarna's limits: {error}") from None
+
+
+def _item_line(
+    item: LineItem, rates: dict[int, TaxLine], currency: str, sales_tax: bool
+) -> ShipmentLine:
+    label = f"line item {item.id}"
+    subtotal = _minor(item.subtotal, currency, label)
+    subtotal_tax = _minor(item.subtotal_tax, currency, label)
+    total = _minor(item.total, currency, label)
+    total_tax = _minor(item.total_tax, currency, label)
+    before, after = (subtotal, total) if sales_tax else (subtotal + subtotal_tax, total + total_tax)
+    if after < 0:
+        raise WooCommerceMappingError(f"{label} has a negative total")
+    quantity = item.quantity
+    # Rounded up, so the discount that makes the line's total exact is never negative.
+    unit_price = -(-max(before, after) // quantity)
+    reference = item.sku.strip() if item.sku and item.sku.strip() else None
+    if reference is None and item.product_id:
+        reference = str(item.variation_id or item.product_id)
+    return ShipmentLine(
+        name=_text(item.name) or f"Item {item.id}",
+        reference=_text(reference),
+        quantity=quantity,
+        unit_price=unit_price,
+        total_discount_amount=quantity * unit_price - after,
+        tax_rate=0 if sales_tax else _tax_rate(item.taxes, rates, total or subtotal, total_tax),
+        type="physical",
+        total_tax_amount=total_tax if sales_tax else None,
+    )
+
+
+def _single_line(
+    *,
+    name: str,
+    reference: str | None,
+    kind: str,
+    net: int,
+    tax: int,
+    rate_taxes: Sequence[LineTax],
+    rates: dict[int, TaxLine],
+    sales_tax: bool,
+) -> ShipmentLine:
+    return msgspec.convert(
+        {
+            "name": _text(name) or kind,
+            "reference": _text(reference),
+            "quantity": 1,
+            "unit_price": net if sales_tax else net + tax,
+            "tax_rate": 0 if sales_tax else _tax_rate(rate_taxes, rates, net, tax),
+            "type": kind,
+            "total_tax_amount": tax if sales_tax else None,
+        },
+        ShipmentLine,
+    )
+
+
+def _tax_rate(taxes: Sequence[LineTax], rates: dict[int, TaxLine], net: int, tax: int) -> int:
+    """The line's tax rate in basis points. The order's rates when they explain the line's tax
+    (within a unit per rate: WooCommerce rounds); otherwise, as when a negative fee's tax is
+    spread over several rates, the rate the line's own amounts show."""
+    if tax == 0:
+        return 0
+    applied = [t.id for t in taxes if _nonzero(t.total) or _nonzero(t.subtotal)]
+    known = [rates[i] for i in applied if i in rates and rates[i].rate_percent is not None]
+    if applied and len(known) == len(applied):
+        simple = sum((r.rate_percent or Decimal(0) for r in known if not r.compound), Decimal(0))
+        factor = 1 + simple / 100
+        for rate in known:
+            if rate.compound:
+                factor *= 1 + (rate.rate_percent or Decimal(0)) / 100
+        combined = _basis_points((factor - 1) * 100)
+        if combined >= 0 and abs(money.tax_on(net, combined) - tax) <= len(applied):
+            return combined
+    if net == 0:
+        return 0
+    return max(0, _basis_points(Decimal(tax) * 100 / Decimal(net)))
+
+
+def _settle_sales_tax(lines: list[ShipmentLine], order_tax: int) -> None:
+    """US-style: the order's tax is what its lines' taxes add up to; WooCommerce rounds per rate,
+    so a unit or two of difference goes to the line with the most tax."""
+    gap = order_tax - sum(line.total_tax_amount or 0 for line in lines)
+    if gap and lines and abs(gap) <= len(lines):
+        largest = max(lines, key=lambda line: abs(line.total_tax_amount or 0))
+        largest.total_tax_amount = (largest.total_tax_amount or 0) + gap
+    if sum(line.total_tax_amount or 0 for line in lines) < 0:
+        # Klarna takes no negative sales tax: a discount's tax then goes with the discount.
+        for line in lines:
+            if line.type == "discount" and line.total_tax_amount:
+                line.unit_price += line.total_tax_amount
+                line.total_tax_amount = 0
+
+
+def _rounding(residue: int, lines: Sequence[ShipmentLine], sales_tax: bool) -> ShipmentLine:
+    rate = 0
+    if not sales_tax and lines:
+        rate = max(lines, key=lambda line: abs(_line_total(line))).tax_rate
+    return ShipmentLine(
+        name=ROUNDING_NAME,
+        quantity=1,
+        unit_price=residue,
+        tax_rate=rate,
+        type="surcharge" if residue > 0 else "discount",
+        total_tax_amount=0 if sales_tax else None,
+    )
+
+
+def _line_total(line: ShipmentLine) -> int:
+    return line.quantity * line.unit_price - line.total_discount_amount
+
+
+def _minor(amount: str, currency: str, label: str) -> int:
+    """A WooCommerce amount in minor units. Shops may show more decimals than the currency has;
+    those amounts are rounded half up, and the total check catches what that loses."""
+    if not amount.strip():
+        return 0
+    try:
+        return money.to_minor(amount.strip(), currency, exact=False)
+    except money.MoneyError as error:
+        raise WooCommerceMappingError(f"{label}: {error}") from None
+
+
+def _nonzero(amount: str) -> bool:
+    try:
+        return Decimal(amount.strip() or "0") != 0
+    except InvalidOperation:
+        return False
+
+
+def _basis_points(percent: Decimal) -> int:
+    return int((percent * 100).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def _text(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return value[:MAX_TEXT] or None
+
+
+def latest(orders: Iterable[Order]) -> Order:
+    """The most recent state among bodies of one order: by `date_modified_gmt`, later arrivals
+    winning ties (deliveries go through wp-cron and need not arrive in order)."""
+    ranked = sorted(enumerate(orders), key=lambda pair: (pair[1].date_modified_gmt or "", pair[0]))
+    if not ranked:
+        raise ValueError("no order bodies")
+    return ranked[-1][1]
+
+
+# --- the REST API key ----------------------------------------------------------------------------
+
+
+class ApiKey(msgspec.Struct, kw_only=True, frozen=True):
+    """A WooCommerce REST API key (WooCommerce → Settings → Advanced → REST API), stored sealed
+    as the shop's platform token."""
+
+    consumer_key: str
+    consumer_secret: str
+
+    def __repr__(self) -> str:
+        return f"ApiKey(consumer_key='...{self.consumer_key[-4:]}')"
+
+
+def encode_api_key(key: ApiKey) -> str:
+    return msgspec.json.encode(key).decode()
+
+
+def decode_api_key(token: str) -> ApiKey:
+    return msgspec.json.decode(token, type=ApiKey)
+
+
+def api_key_problem(consumer_key: str, consumer_secret: str) -> tuple[str, str] | None:
+    """(field, what is wrong) for a key pair as entered; None when it looks like WooCommerce's."""
+    for value, field, prefix, what in (
+        (consumer_key, "consumer_key", "ck_", "consumer key"),
+        (consumer_secret, "consumer_secret", "cs_", "consumer secret"),
+    ):
+        if not value:
+            return field, f"Enter the {what}."
+        if any(c.isspace() for c in value):
+            return field, f"A WooCommerce {what} has no spaces."
+        if not value.startswith(prefix) or len(value) > 255 or not value.isprintable():
+            return field, f"A WooCommerce {what} starts with {prefix}, as WooCommerce shows it."
+    return None
