@@ -145,6 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     woo.add_argument("--host", default="127.0.0.1")
     woo.add_argument("--port", type=int, default=8300)
     woo.set_defaults(run=_sandbox_woocommerce)
+    bigcommerce = simulators.add_parser(
+        "bigcommerce", help="BigCommerce's REST API and OAuth, in memory"
+    )
+    bigcommerce.add_argument("--host", default="127.0.0.1")
+    bigcommerce.add_argument("--port", type=int, default=8400)
+    bigcommerce.set_defaults(run=_sandbox_bigcommerce)
     return parser
 
 
@@ -535,6 +541,21 @@ def _sandbox_woocommerce(args: argparse.Namespace) -> int:
         flush=True,
     )
     uvicorn.run(sandbox.create_app(state), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _sandbox_bigcommerce(args: argparse.Namespace) -> int:
+    from plugin.sandbox import bigcommerce
+
+    base = f"http://{args.host}:{args.port}"
+    print(
+        f"BigCommerce sandbox on {base}; set KLARNA_CAPTURE_BIGCOMMERCE_API_URL and "
+        f"KLARNA_CAPTURE_BIGCOMMERCE_LOGIN_URL to it, KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_ID="
+        f"{bigcommerce.DEFAULT_CLIENT_ID} and KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_SECRET to its "
+        "published client secret (plugin/sandbox/bigcommerce.py, DEFAULT_CLIENT_SECRET)",
+        flush=True,
+    )
+    uvicorn.run(bigcommerce.create_app(), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -435,3 +435,37 @@ def test_the_woocommerce_sandbox_runs_alone_with_its_published_key() -> None:
     )
     assert f"a site at http://127.0.0.1:{port}/shop" in output
     assert DEFAULT_CONSUMER_SECRET not in output
+
+
+@pytest.mark.parametrize(
+    ("name", "banner"),
+    [
+        ("shopify", "Shopify sandbox on"),
+        ("woocommerce", "WooCommerce"),
+        ("bigcommerce", "BigCommerce sandbox on"),
+    ],
+)
+def test_the_storefront_sandboxes_run_alone_where_they_say(name: str, banner: str) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "plugin", "sandbox", name, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                answer = httpx2.get(f"{url}/no-such-path", timeout=1)
+                break
+            except httpx2.TransportError:
+                assert process.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert answer.status_code == 404
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=10)
+    assert url in output
+    assert banner in output
