@@ -13,6 +13,7 @@ import httpx2
 import msgspec
 
 from plugin.platforms import bigcommerce
+from plugin.platforms.base import ApiError
 from plugin.retries import RetryPolicy, retrying
 
 log = logging.getLogger("plugin.bigcommerce")
@@ -23,30 +24,10 @@ PAGE_LIMIT = 250
 MAX_PAGES = 40
 
 
-class BigCommerceError(Exception):
-    """A failed API call; `retryable` says whether the same call may succeed later."""
+class BigCommerceError(ApiError):
+    """A failed BigCommerce API call; `retryable` says whether the same call may succeed later."""
 
-    def __init__(
-        self,
-        operation: str,
-        *,
-        status: int | None,
-        code: str,
-        messages: Sequence[str] = (),
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        self.operation = operation
-        self.status = status
-        self.code = code
-        self.messages = tuple(messages)
-        self.retryable = retryable
-        self.retry_after = retry_after
-        where = f"HTTP {status}" if status is not None else "no answer"
-        text = f"BigCommerce {operation} failed: {where} {code}"
-        if self.messages:
-            text += ": " + "; ".join(self.messages)
-        super().__init__(" ".join(text.split()))
+    platform = "BigCommerce"
 
 
 class _V2Error(msgspec.Struct):

@@ -13,6 +13,7 @@ from typing import Any
 import httpx2
 import msgspec
 
+from plugin.platforms.base import ApiError
 from plugin.retries import RetryPolicy, retrying
 
 log = logging.getLogger("plugin.shopify")
@@ -43,30 +44,10 @@ mutation tagsRemove($id: ID!, $tags: [String!]!) {
 """
 
 
-class ShopifyError(Exception):
-    """A failed Admin API call; `retryable` says whether the same call may succeed later."""
+class ShopifyError(ApiError):
+    """A failed Shopify API call; `retryable` says whether the same call may succeed later."""
 
-    def __init__(
-        self,
-        operation: str,
-        *,
-        status: int | None,
-        code: str,
-        messages: Sequence[str] = (),
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        self.operation = operation
-        self.status = status
-        self.code = code
-        self.messages = tuple(messages)
-        self.retryable = retryable
-        self.retry_after = retry_after
-        where = f"HTTP {status}" if status is not None else "no answer"
-        text = f"Shopify {operation} failed: {where} {code}"
-        if self.messages:
-            text += ": " + "; ".join(self.messages)
-        super().__init__(" ".join(text.split()))
+    platform = "Shopify"
 
 
 class _ThrottleStatus(msgspec.Struct, rename="camel"):

@@ -2,12 +2,13 @@
 know what shipped, and writes the outcome back onto the storefront's order)."""
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol, cast, get_args
 
 import msgspec
 
 from plugin.events import FulfillmentEvent
-from plugin.store.records import CaptureRecord, Delivery, Shop
+from plugin.klarna.models import ShippingMethod
+from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 
 
 class StorefrontError(Exception):
@@ -28,6 +29,51 @@ class StorefrontError(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         super().__init__(f"{step}: {code}: " + "; ".join(self.messages))
+
+
+class ApiError(Exception):
+    """A failed call to a storefront's API; `retryable` says whether the same call may succeed
+    later. Each platform's client raises its own subclass, named for the platform."""
+
+    platform: ClassVar[str] = "storefront"
+
+    def __init__(
+        self,
+        operation: str,
+        *,
+        status: int | None,
+        code: str,
+        messages: Sequence[str] = (),
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.operation = operation
+        self.status = status
+        self.code = code
+        self.messages = tuple(messages)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        where = f"HTTP {status}" if status is not None else "no answer"
+        text = f"{self.platform} {operation} failed: {where} {code}"
+        if self.messages:
+            text += ": " + "; ".join(self.messages)
+        super().__init__(" ".join(text.split()))
+
+    def failure(self, step: str) -> "StorefrontError":
+        """This failure as the pipeline takes it: code `<PLATFORM>_<code>`, same retry."""
+        return StorefrontError(
+            step,
+            f"{self.platform.upper()}_{self.code}",
+            [str(self)],
+            retryable=self.retryable,
+            retry_after=self.retry_after,
+        )
+
+
+def shipping_method(options: ShopOptions) -> ShippingMethod | None:
+    """The Klarna shipping method the shop chose for its tracking entries, if it is one."""
+    method = options.shipping_method
+    return cast(ShippingMethod, method) if method in get_args(ShippingMethod) else None
 
 
 class Skipped(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,7 +8,7 @@ queued it, so a retried or late write-back never puts an older status on the ord
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal, cast, get_args
+from typing import Literal
 
 import httpx2
 import msgspec
@@ -16,10 +16,9 @@ import msgspec
 from plugin import money
 from plugin.config import Settings
 from plugin.events import FulfillmentEvent
-from plugin.klarna.models import ShippingMethod
 from plugin.platforms import bigcommerce
 from plugin.platforms._bigcommerce_api import BigCommerceError, StoreClient
-from plugin.platforms.base import Resolved, Skipped, StorefrontError
+from plugin.platforms.base import Resolved, Skipped, StorefrontError, shipping_method
 from plugin.retries import RetryPolicy
 from plugin.shops import Shops
 from plugin.store import Store
@@ -63,11 +62,6 @@ def _where(source: bigcommerce.KlarnaOrderIdSource) -> str:
         return f"order metafield {source.namespace}.{source.key}"
     method = source.payment_method or "any payment method"
     return f"the payment provider id of an order paid with {method}"
-
-
-def shipping_method(options: ShopOptions) -> ShippingMethod | None:
-    method = options.shipping_method
-    return cast(ShippingMethod, method) if method in get_args(ShippingMethod) else None
 
 
 class BigCommerceStorefront:
@@ -119,7 +113,7 @@ class BigCommerceStorefront:
                 tracking = bigcommerce.tracking(current, method)
             except BigCommerceError as error:
                 if error.code != "NOT_FOUND":
-                    raise _failure("map", error) from None
+                    raise error.failure("map") from None
                 tracking = []  # deleted since: nothing more to add
             return Resolved(
                 event=FulfillmentEvent(
@@ -137,7 +131,7 @@ class BigCommerceStorefront:
         except BigCommerceError as error:
             if error.code == "NOT_FOUND":
                 return Skipped(reason=f"order {ids.order_id} no longer exists on the store")
-            raise _failure("map", error) from None
+            raise error.failure("map") from None
         try:
             metafields = (
                 await client.order_metafields(
@@ -155,7 +149,7 @@ class BigCommerceStorefront:
             products = await client.order_products(ids.order_id)
             shipments = await client.order_shipments(ids.order_id)
         except BigCommerceError as error:
-            raise _failure("map", error) from None
+            raise error.failure("map") from None
         shipment = next((s for s in shipments if str(s.id) == ids.shipment_id), None)
         if shipment is None:
             return Skipped(
@@ -230,7 +224,7 @@ class BigCommerceStorefront:
                 description=METAFIELD_DESCRIPTION,
             )
         except BigCommerceError as error:
-            raise _failure("write_back", error) from None
+            raise error.failure("write_back") from None
         log.info(
             "bigcommerce write-back", extra={"shop": shop.id, "order": order_id, "status": status}
         )
@@ -290,13 +284,3 @@ def _ids(deliveries: Sequence[Delivery]) -> _Ids | None:
             continue
         return _Ids(shipment_id=shipment_id, order_id=order_id)
     return None
-
-
-def _failure(step: str, error: BigCommerceError) -> StorefrontError:
-    return StorefrontError(
-        step,
-        f"BIGCOMMERCE_{error.code}",
-        [str(error)],
-        retryable=error.retryable,
-        retry_after=error.retry_after,
-    )

@@ -7,7 +7,7 @@ queued it, so a retried or late write-back never puts an older status on the ord
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal, cast, get_args
+from typing import Literal
 
 import httpx2
 import msgspec
@@ -15,10 +15,9 @@ import msgspec
 from plugin import money
 from plugin.config import Settings
 from plugin.events import FulfillmentEvent, Tracking
-from plugin.klarna.models import ShippingMethod
 from plugin.platforms import shopify
 from plugin.platforms._shopify_admin import AdminClient, ShopifyError
-from plugin.platforms.base import Resolved, Skipped, StorefrontError
+from plugin.platforms.base import Resolved, Skipped, StorefrontError, shipping_method
 from plugin.retries import RetryPolicy
 from plugin.shops import Shops
 from plugin.store import Store
@@ -62,11 +61,6 @@ def _where(options: ShopOptions) -> str:
         "note_attribute": f"note attribute {field!r}",
         "transaction": f"the authorization of a successful {field} transaction",
     }[options.klarna_order_id_source]
-
-
-def shipping_method(options: ShopOptions) -> ShippingMethod | None:
-    method = options.shipping_method
-    return cast(ShippingMethod, method) if method in get_args(ShippingMethod) else None
 
 
 class ShopifyStorefront:
@@ -183,7 +177,7 @@ class ShopifyStorefront:
             data = await client.execute("order", shopify.ORDER_QUERY, variables)
             found = msgspec.convert(data, shopify.OrderData)
         except ShopifyError as error:
-            raise _failure("map", error) from None
+            raise error.failure("map") from None
         except msgspec.ValidationError as error:
             raise StorefrontError(
                 "map", "BAD_ORDER", [f"the order query answered {error}"], retryable=True
@@ -238,7 +232,7 @@ class ShopifyStorefront:
             await client.remove_tags(gid, [tag for key, tag in TAGS.items() if key != status])
             await client.set_metafields(gid, NAMESPACE, values)
         except ShopifyError as error:
-            raise _failure("write_back", error) from None
+            raise error.failure("write_back") from None
 
     async def _status(self, shop: Shop, order_id: str, records: list[CaptureRecord]) -> Status:
         fulfillments = {
@@ -260,13 +254,3 @@ class ShopifyStorefront:
         if len(captured) == len(records) and any(r.completes_order for r in captured):
             return "captured"
         return "partially_captured"
-
-
-def _failure(step: str, error: ShopifyError) -> StorefrontError:
-    return StorefrontError(
-        step,
-        f"SHOPIFY_{error.code}",
-        [str(error)],
-        retryable=error.retryable,
-        retry_after=error.retry_after,
-    )

@@ -22,7 +22,7 @@ from plugin.config import Settings
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.klarna.errors import join_messages
 from plugin.platforms import woocommerce
-from plugin.platforms.base import Resolved, Skipped, StorefrontError
+from plugin.platforms.base import ApiError, Resolved, Skipped, StorefrontError
 from plugin.retries import RetryPolicy, retrying
 from plugin.shops import Shops
 from plugin.store import Store
@@ -33,30 +33,10 @@ log = logging.getLogger("plugin.woocommerce")
 Status = Literal["captured", "failed"]
 
 
-class WooCommerceError(Exception):
-    """A failed REST API call; `retryable` says whether the same call may succeed later."""
+class WooCommerceError(ApiError):
+    """A failed WooCommerce API call; `retryable` says whether the same call may succeed later."""
 
-    def __init__(
-        self,
-        operation: str,
-        *,
-        status: int | None,
-        code: str,
-        messages: Sequence[str] = (),
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        self.operation = operation
-        self.status = status
-        self.code = code
-        self.messages = tuple(messages)
-        self.retryable = retryable
-        self.retry_after = retry_after
-        where = f"HTTP {status}" if status is not None else "no answer"
-        text = f"WooCommerce {operation} failed: {where} {code}"
-        if self.messages:
-            text += ": " + "; ".join(self.messages)
-        super().__init__(" ".join(text.split()))
+    platform = "WooCommerce"
 
 
 class _RestError(msgspec.Struct):
@@ -276,7 +256,7 @@ class WooCommerceStorefront:
             try:
                 fresh = await self.rest(shop, "map").order(str(latest.id))
             except WooCommerceError as error:
-                raise _failure("map", error) from None
+                raise error.failure("map") from None
             klarna_id = woocommerce.klarna_order_id(fresh)
         if klarna_id is None:
             raise StorefrontError(
@@ -322,7 +302,7 @@ class WooCommerceStorefront:
                 await client.add_note(order_id, note)
             await client.set_meta(order_id, values)
         except WooCommerceError as error:
-            raise _failure("write_back", error) from None
+            raise error.failure("write_back") from None
         log.info(
             "woocommerce write-back",
             extra={"shop": shop.id, "order": order_id, "status": status},
@@ -374,13 +354,3 @@ def _last_error(raw: str) -> dict[str, Any]:
 def _same_note(stored: str, note: str) -> bool:
     # WordPress may store the text with entities or collapsed whitespace.
     return " ".join(html.unescape(stored).split()) == " ".join(note.split())
-
-
-def _failure(step: str, error: WooCommerceError) -> StorefrontError:
-    return StorefrontError(
-        step,
-        f"WOOCOMMERCE_{error.code}",
-        [str(error)],
-        retryable=error.retryable,
-        retry_after=error.retry_after,
-    )
