@@ -2,7 +2,6 @@
 the app's client secret. A shipment queues its job; the worker reads the rest from the API."""
 
 import logging
-import time
 
 import msgspec
 from starlette.requests import Request
@@ -10,7 +9,7 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms import bigcommerce
-from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body
+from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body, store_delivery
 from plugin.receivers.common import answer as _answer
 from plugin.service import Service
 
@@ -63,31 +62,14 @@ async def bigcommerce_webhook(request: Request) -> Response:
         shipment_id, order_id = bigcommerce.shipment_ids(body)
     except (msgspec.MsgspecError, bigcommerce.BigCommerceMappingError) as exc:
         rejected = f"not a shipment: {exc}"
-    row, duplicate = await service.store.record_delivery(
+    return await store_delivery(
+        service,
+        platform,
         shop.id,
         webhook_id,
         body=body,
         event_type=event_type,
         fulfillment_id=shipment_id,
         rejected=rejected,
-        now=time.time(),
         order_id=order_id,
     )
-    if duplicate:
-        return _answer(200, platform, "duplicate", delivery=row)
-    if rejected:
-        log.warning(
-            "webhook rejected", extra={"shop": shop.id, "delivery": row, "reason": rejected}
-        )
-        return _answer(400, platform, "rejected", delivery=row, error=rejected)
-    service.wake_workers()
-    log.info(
-        "webhook accepted",
-        extra={
-            "shop": shop.id,
-            "delivery": row,
-            "fulfillment": shipment_id,
-            "event_type": event_type,
-        },
-    )
-    return _answer(200, platform, "accepted", delivery=row)

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms import shopify, shopify_compliance
-from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body
+from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body, store_delivery
 from plugin.receivers.common import answer as _answer
 from plugin.service import Service
 
@@ -65,7 +65,7 @@ async def shopify_webhook(request: Request) -> Response:
     if shop is None:
         return _answer(404, platform, "unknown_shop", error="the app is not installed on this shop")
     if topic == shopify.UNINSTALLED_TOPIC:
-        row, duplicate = await service.store.record_delivery(
+        row, _ = await service.store.record_delivery(
             shop.id,
             webhook_id,
             body=body,
@@ -93,31 +93,14 @@ async def shopify_webhook(request: Request) -> Response:
         fulfillment_id, order_id = shopify.fulfillment_ids(body)
     except msgspec.MsgspecError as exc:
         rejected = f"not a fulfilment: {exc}"
-    row, duplicate = await service.store.record_delivery(
+    return await store_delivery(
+        service,
+        platform,
         shop.id,
         webhook_id,
         body=body,
         event_type=event_type,
         fulfillment_id=fulfillment_id,
         rejected=rejected,
-        now=time.time(),
         order_id=order_id,
     )
-    if duplicate:
-        return _answer(200, platform, "duplicate", delivery=row)
-    if rejected:
-        log.warning(
-            "webhook rejected", extra={"shop": shop.id, "delivery": row, "reason": rejected}
-        )
-        return _answer(400, platform, "rejected", delivery=row, error=rejected)
-    service.wake_workers()
-    log.info(
-        "webhook accepted",
-        extra={
-            "shop": shop.id,
-            "delivery": row,
-            "fulfillment": fulfillment_id,
-            "event_type": event_type,
-        },
-    )
-    return _answer(200, platform, "accepted", delivery=row)

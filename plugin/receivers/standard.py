@@ -2,7 +2,6 @@
 our public event schema."""
 
 import logging
-import time
 
 import msgspec
 from starlette.requests import Request
@@ -10,7 +9,7 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms import standard
-from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body
+from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body, store_delivery
 from plugin.receivers.common import answer as _answer
 from plugin.service import Service
 
@@ -40,36 +39,21 @@ async def standard_webhook(request: Request) -> Response:
         return _answer(401, platform, "unauthorized", error=str(exc))
 
     rejected: str | None = None
-    event_type = fulfillment_id = None
+    event_type = fulfillment_id = order_id = None
     try:
         envelope = standard.decode(body)
         event_type, fulfillment_id = envelope.type, envelope.data.fulfillment_id
+        order_id = envelope.data.order_id
     except msgspec.MsgspecError as exc:
         rejected = f"not a valid event: {exc}"
-    row, duplicate = await service.store.record_delivery(
+    return await store_delivery(
+        service,
+        platform,
         shop_id,
         delivery_id,
         body=body,
         event_type=event_type,
         fulfillment_id=fulfillment_id,
         rejected=rejected,
-        now=time.time(),
+        order_id=order_id,
     )
-    if duplicate:
-        return _answer(200, platform, "duplicate", delivery=row)
-    if rejected:
-        log.warning(
-            "webhook rejected", extra={"shop": shop_id, "delivery": row, "reason": rejected}
-        )
-        return _answer(400, platform, "rejected", delivery=row, error=rejected)
-    service.wake_workers()
-    log.info(
-        "webhook accepted",
-        extra={
-            "shop": shop_id,
-            "delivery": row,
-            "fulfillment": fulfillment_id,
-            "event_type": event_type,
-        },
-    )
-    return _answer(200, platform, "accepted", delivery=row)

@@ -10,7 +10,6 @@ Deliveries are deduplicated on their content, since WooCommerce's delivery id ch
 """
 
 import logging
-import time
 
 import msgspec
 from starlette.requests import Request
@@ -18,7 +17,7 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms import woocommerce
-from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body
+from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body, store_delivery
 from plugin.receivers.common import answer as _answer
 from plugin.service import Service
 
@@ -79,35 +78,18 @@ async def woocommerce_webhook(request: Request) -> Response:
         ):
             status = woocommerce.normalize_status(order.status)
             return _answer(200, platform, "ignored", topic=topic, order_status=status)
-    row, duplicate = await service.store.record_delivery(
+    return await store_delivery(
+        service,
+        platform,
         shop_id,
         delivery_id,
         body=body,
         event_type=topic,
-        fulfillment_id=order_id if rejected is None else None,
+        fulfillment_id=order_id,
         rejected=rejected,
-        now=time.time(),
         order_id=order_id,
+        woocommerce_delivery=request.headers.get(woocommerce.DELIVERY_ID_HEADER),
     )
-    if duplicate:
-        return _answer(200, platform, "duplicate", delivery=row)
-    if rejected:
-        log.warning(
-            "webhook rejected", extra={"shop": shop_id, "delivery": row, "reason": rejected}
-        )
-        return _answer(400, platform, "rejected", delivery=row, error=rejected)
-    service.wake_workers()
-    log.info(
-        "webhook accepted",
-        extra={
-            "shop": shop_id,
-            "delivery": row,
-            "fulfillment": order_id,
-            "event_type": topic,
-            "woocommerce_delivery": request.headers.get(woocommerce.DELIVERY_ID_HEADER),
-        },
-    )
-    return _answer(200, platform, "accepted", delivery=row)
 
 
 async def _known(service: Service, shop_id: str, order_id: str) -> bool:
