@@ -744,6 +744,20 @@ def tracking(fulfillment: Fulfillment, shipping_method: ShippingMethod | None) -
     return _tracking(fulfillment, shipping_method)
 
 
+class _UninstalledShop(msgspec.Struct):
+    myshopify_domain: str
+
+
+_uninstalled_decoder = msgspec.json.Decoder(_UninstalledShop)
+
+
+def uninstalled_shop(body: bytes) -> str:
+    """The myshopify.com domain an `app/uninstalled` body (the Shop) names. The domain header is
+    not signed, and the app secret also signs what a merchant sees (install queries, session
+    tokens), so only a verified body that parses as a Shop may say which shop goes."""
+    return _uninstalled_decoder.decode(body).myshopify_domain
+
+
 # --- privacy (compliance) webhooks ---------------------------------------------------------------
 
 

@@ -65,7 +65,13 @@ async def shopify_webhook(request: Request) -> Response:
     if shop is None:
         return _answer(404, platform, "unknown_shop", error="the app is not installed on this shop")
     if topic == shopify.UNINSTALLED_TOPIC:
-        row, _ = await service.store.record_delivery(
+        try:
+            named = shopify.uninstalled_shop(body)
+        except msgspec.MsgspecError as exc:
+            return _answer(400, platform, "rejected", error=f"not a shop: {exc}")
+        if named != domain:
+            return _answer(400, platform, "rejected", error="the body names another shop")
+        row, duplicate = await service.store.record_delivery(
             shop.id,
             webhook_id,
             body=body,
@@ -74,7 +80,8 @@ async def shopify_webhook(request: Request) -> Response:
             rejected=None,
             now=time.time(),
         )
-        if shop.enabled or shop.platform_token is not None:
+        # A redelivery of an old uninstall must not undo a reinstall made since.
+        if not duplicate and (shop.enabled or shop.platform_token is not None):
             await service.shops.uninstall(shop.id)
             await service.store.add_audit(
                 shop.id, None, None, "install", "uninstalled", "{}", time.time()

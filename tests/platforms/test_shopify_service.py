@@ -40,6 +40,7 @@ from tests.helpers import run_cli, wait_until
 
 DOMAIN = "tomato-farm.myshopify.com"
 KLARNA_USERNAME = "PK_SANDBOX"
+UNINSTALLED = {"id": 954889, "domain": "tomatoes.example", "myshopify_domain": DOMAIN}
 KLARNA_PASSWORD = "sandbox-secret"
 
 
@@ -432,7 +433,7 @@ def test_uninstall_disables_the_shop_and_forgets_its_token(
     shop = install(settings, shopify_sandbox)
     gid, klarna_id = place_order(shopify_sandbox, klarna_sandbox)
     body = shopify_sandbox.fulfill(DOMAIN, gid)
-    uninstalled = {"id": 1, "domain": DOMAIN, "myshopify_domain": DOMAIN}
+    uninstalled = UNINSTALLED
 
     first = send(service, "app/uninstalled", uninstalled)
     again = send(service, "app/uninstalled", uninstalled)
@@ -449,6 +450,46 @@ def test_uninstall_disables_the_shop_and_forgets_its_token(
     assert [r for r in shopify_sandbox.requests if r.operation is not None] == []
 
 
+def test_only_a_shop_body_naming_the_shop_uninstalls_it(
+    settings: Settings, shopify_sandbox: ShopifySandbox, service: str
+) -> None:
+    """The app secret also signs what any merchant sees (install queries, session tokens): a
+    signature alone must not let one shop uninstall another through the unsigned header."""
+    shop = install(settings, shopify_sandbox)
+    query = b"code=abc&shop=attacker.myshopify.com&timestamp=1800000000"
+    other = {**UNINSTALLED, "myshopify_domain": "attacker.myshopify.com"}
+
+    answers = [send(service, "app/uninstalled", query), send(service, "app/uninstalled", other)]
+
+    assert [(a.status_code, a.json()["status"]) for a in answers] == [(400, "rejected")] * 2
+    with db(settings) as conn:
+        enabled, token = conn.execute(
+            "SELECT enabled, platform_token FROM shops WHERE id = ?", (shop.id,)
+        ).fetchone()
+    assert enabled == 1
+    assert token is not None
+
+
+def test_a_redelivered_uninstall_leaves_a_reinstalled_shop_alone(
+    settings: Settings, shopify_sandbox: ShopifySandbox, service: str
+) -> None:
+    shop = install(settings, shopify_sandbox)
+    webhook_id = str(uuid.uuid4())
+    first = send(service, "app/uninstalled", UNINSTALLED, **{"X-Shopify-Webhook-Id": webhook_id})
+    assert first.json()["status"] == "uninstalled"
+    install(settings, shopify_sandbox)  # the merchant installs the app again
+
+    again = send(service, "app/uninstalled", UNINSTALLED, **{"X-Shopify-Webhook-Id": webhook_id})
+
+    assert again.status_code == 200
+    with db(settings) as conn:
+        enabled, token = conn.execute(
+            "SELECT enabled, platform_token FROM shops WHERE id = ?", (shop.id,)
+        ).fetchone()
+    assert enabled == 1
+    assert token is not None
+
+
 def test_an_uninstall_mid_flight_lets_the_capture_finish_and_calls_shopify_no_more(
     settings: Settings,
     shopify_sandbox: ShopifySandbox,
@@ -459,7 +500,7 @@ def test_an_uninstall_mid_flight_lets_the_capture_finish_and_calls_shopify_no_mo
         settings, shopify_sandbox, klarna_sandbox, service, 1500
     )
 
-    assert send(service, "app/uninstalled", {"id": 1, "domain": DOMAIN}).status_code == 200
+    assert send(service, "app/uninstalled", UNINSTALLED).status_code == 200
     shopify_sandbox.revoke_tokens(DOMAIN)  # what Shopify does to the token on uninstall
 
     wait_until(lambda: len(klarna_sandbox.orders[klarna_id].captures) == 1, what="the capture")
@@ -699,7 +740,7 @@ def test_shop_redaction_deletes_everything_of_an_uninstalled_shop_only(
 
     while_installed = send(service, "shop/redact", request)
     kept = count(settings, "SELECT count(*) FROM deliveries WHERE shop_id = ?", shop.id)
-    assert send(service, "app/uninstalled", {"id": 954889, "domain": DOMAIN}).is_success
+    assert send(service, "app/uninstalled", UNINSTALLED).is_success
     after_uninstall = send(service, "shop/redact", request)
     again = send(service, "shop/redact", request)
 
