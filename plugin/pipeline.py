@@ -100,8 +100,9 @@ class Pipeline:
         if not deliveries:
             return
         if not shop.enabled:
-            # Disabled, or the storefront app was uninstalled: nothing more is called.
-            await self._note_once(shop, job, "skip", {"reason": "the shop is disabled"})
+            # Disabled, or the storefront app was uninstalled: nothing more is called there.
+            record = await self.store.get_capture(shop.id, job.key)
+            await self._skip(shop, job, "the shop is disabled", record)
             return
         storefront = self.storefronts.get(shop.platform)
         remap: Remap | None = None
@@ -120,7 +121,7 @@ class Pipeline:
             except StorefrontError as error:
                 raise self._storefront_failure(shop, ids, error) from error
             if isinstance(outcome, Skipped):
-                await self._note_once(shop, job, "skip", {"reason": outcome.reason})
+                await self._skip(shop, job, outcome.reason, record)
                 return
             base, tracking, remap = outcome.event, outcome.event.shipping, outcome.remap
         if not shop.klarna_configured:
@@ -143,6 +144,26 @@ class Pipeline:
         await run.capture()
         await run.add_shipping_info()
         await run.send_out()
+
+    async def _skip(self, shop: Shop, job: Job, reason: str, record: CaptureRecord | None) -> None:
+        """Leave a fulfilment uncaptured, unless a capture planned for it may already be at
+        Klarna (sent, its answer lost): then Klarna's word settles it first, so the ledger never
+        forgets a capture that happened."""
+        if (
+            record is not None
+            and record.state == "planned"
+            and record.request
+            and shop.klarna_configured
+        ):
+            event = FulfillmentEvent(
+                order_id=record.order_id,
+                fulfillment_id=record.fulfillment_id,
+                klarna_order_id=record.klarna_order_id,
+                currency=record.currency,
+            )
+            if await _Run(self, job, shop, event, []).settle_planned(record):
+                return
+        await self._note_once(shop, job, "skip", {"reason": reason})
 
     async def _note_once(self, shop: Shop, job: Job, step: str, detail: dict[str, object]) -> None:
         """An audit entry for an outcome that repeats on every rerun, written the first time."""
@@ -305,6 +326,23 @@ class _Run:
             raise self._klarna_failure("capture", error) from error
         await self._captured(capture_id, request.captured_amount, request.shipping_info or [])
         await self._audit("capture", "captured", {"capture_id": capture_id, "request": request})
+
+    async def settle_planned(self, record: CaptureRecord) -> bool:
+        """Whether Klarna holds a capture of this fulfilment (by its reference); if so it is
+        recorded as captured, as if its answer had arrived."""
+        try:
+            order = await self.client.read_order(record.klarna_order_id)
+        except KlarnaError as error:
+            raise self._klarna_failure("plan", error, report=False) from error
+        found = next((c for c in order.captures if c.reference == record.fulfillment_id), None)
+        if found is None:
+            return False
+        self.record = record
+        await self._captured(
+            found.capture_id, found.captured_amount, found.shipping_info, order.klarna_reference
+        )
+        await self._audit("plan", "already_captured", {"capture_id": found.capture_id})
+        return True
 
     def _key_expired(self, record: CaptureRecord) -> bool:
         return record.planned_at is None or self.p.clock() - record.planned_at > KEY_TRUST_SECONDS

@@ -846,3 +846,34 @@ def test_user_errors_bury_the_write_back_with_shopifys_words_and_leave_the_captu
         count(settings, "SELECT count(*) FROM jobs WHERE kind = 'fulfillment' AND state = 'done'")
         == 1
     )
+
+
+def test_a_capture_whose_answer_was_lost_is_kept_when_the_fulfilment_is_cancelled_after(
+    settings: Settings, shopify_sandbox: ShopifySandbox, klarna_sandbox: KlarnaSandbox
+) -> None:
+    """Klarna commits the capture but its answer never arrives; before the retry the merchant
+    cancels the fulfilment. The retry must not skip it as cancelled: Klarna has the money."""
+    app = create_app(
+        settings,
+        backoff=Backoff(base_seconds=2, max_seconds=2, attempts=4),
+        klarna_retry=RetryPolicy(attempts=1, backoff_seconds=0.01, max_backoff_seconds=0.05),
+        klarna_timeout=httpx2.Timeout(1.0),
+        poll_seconds=0.05,
+    )
+    install(settings, shopify_sandbox)
+    gid, klarna_id = place_order(shopify_sandbox, klarna_sandbox)
+    klarna_sandbox.set_faults(FaultSettings(drop_after_commit_next=1))
+    body = shopify_sandbox.fulfill(DOMAIN, gid)
+    with serve_in_thread(app) as service:
+        assert send(service, "fulfillments/create", body).is_success
+        wait_until(lambda: len(klarna_sandbox.orders[klarna_id].captures) == 1, what="Klarna")
+        cancelled = {**body, "status": "cancelled"}
+        assert send(service, "fulfillments/update", cancelled).is_success
+
+        wait_until(lambda: status_of(shopify_sandbox, gid) == "captured", what="the write-back")
+    [capture] = klarna_sandbox.orders[klarna_id].captures
+    with db(settings) as conn:
+        ledger = conn.execute("SELECT state, capture_id, captured_amount FROM captures").fetchall()
+        steps = [row[0] for row in conn.execute("SELECT step FROM audit ORDER BY id")]
+    assert ledger == [("captured", capture.capture_id, 5290)]
+    assert "skip" not in steps
