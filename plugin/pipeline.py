@@ -32,6 +32,7 @@ log = logging.getLogger("plugin.pipeline")
 
 # Outcomes a storefront app writes back onto its order.
 WRITE_BACK_EVENTS = frozenset({"capture.succeeded", "capture.failed"})
+WRITE_BACK_ROUNDS = 3
 Remap = Callable[[str], FulfillmentEvent]
 
 # Klarna honours an idempotency key for 24 h; past this, reconcile against the order first.
@@ -145,6 +146,27 @@ class Pipeline:
         await run.add_shipping_info()
         await run.send_out()
 
+    async def _write_back(self, storefront: Storefront, shop: Shop, order_id: str) -> None:
+        """Write the order's status; again if the ledger moved meanwhile. Write-backs of one
+        order may run at once: one that read an older ledger and wrote last would leave an
+        older status, but it sees the change after its write and writes once more."""
+        for _ in range(WRITE_BACK_ROUNDS):
+            before = await self._order_state(shop, order_id)
+            await storefront.write_back(shop, order_id)
+            if await self._order_state(shop, order_id) == before:
+                return
+
+    async def _order_state(self, shop: Shop, order_id: str) -> tuple[object, ...]:
+        """What a write-back is computed from: the order's ledger rows and failing shipments."""
+        captures = await self.store.order_captures(shop.id, [order_id])
+        deliveries = await self.store.order_deliveries(shop.id, [order_id])
+        state: list[object] = [(c.fulfillment_id, c.state, c.capture_id) for c in captures]
+        for fulfillment_id in sorted({d.fulfillment_id for d in deliveries if d.fulfillment_id}):
+            shipment = await self.store.shipment(shop.id, fulfillment_id)
+            if shipment is not None:
+                state.append((fulfillment_id, shipment.capture_state, shipment.last_error))
+        return tuple(state)
+
     async def _skip(self, shop: Shop, job: Job, reason: str, record: CaptureRecord | None) -> None:
         """Leave a fulfilment uncaptured, unless a capture planned for it may already be at
         Klarna (sent, its answer lost): then Klarna's word settles it first, so the ledger never
@@ -215,7 +237,7 @@ class Pipeline:
             order_id = _order_of(callback.payload)
             if order_id is not None:
                 try:
-                    await storefront.write_back(shop, order_id)
+                    await self._write_back(storefront, shop, order_id)
                 except StorefrontError as error:
                     raise JobFailure(
                         JobError(

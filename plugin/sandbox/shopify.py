@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
+import anyio
 import jwt
 import msgspec
 from msgspec import Meta
@@ -294,6 +295,10 @@ class ShopifySandbox:
         self._shops: dict[str, _Shop] = {}
         self._codes: dict[str, str] = {}
         self._ids = itertools.count(5_100_000_000_001)
+        self._hold_next = 0
+        self._released = threading.Event()
+        self._released.set()
+        self.held = 0  # mutations held so far
 
     # --- state helpers for tests and the demo -------------------------------------------------
 
@@ -303,6 +308,9 @@ class ShopifySandbox:
             self._codes.clear()
             self.requests.clear()
             self.faults = _Faults()
+            self._hold_next = 0
+            self.held = 0
+        self._released.set()
 
     def add_shop(self, domain: str) -> str:
         """Install the app on `domain` (created when new); a fresh offline access token."""
@@ -340,6 +348,24 @@ class ShopifySandbox:
         return (
             redirect_uri + "?" + urlencode({**query, "hmac": query_hmac(self.client_secret, query)})
         )
+
+    def hold_next_mutation(self) -> None:
+        """Keep the next mutation waiting, before it is applied, until `release()`: for races
+        between two write-backs of one order."""
+        with self.lock:
+            self._hold_next = 1
+            self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _take_hold(self, body: bytes) -> bool:
+        with self.lock:
+            if self._hold_next <= 0 or b"mutation" not in body:
+                return False
+            self._hold_next -= 1
+            self.held += 1
+            return True
 
     def set_bucket(self, domain: str, available: float) -> None:
         """Put the shop's cost bucket at `available` points, as of now."""
@@ -1081,9 +1107,10 @@ def session_token(
 async def _graphql_endpoint(request: Request) -> Response:
     sandbox: ShopifySandbox = request.app.state.sandbox
     shop = request.path_params["shop"]
-    answer, entry = sandbox.graphql(
-        shop, request.headers.get("X-Shopify-Access-Token"), await request.body()
-    )
+    body = await request.body()
+    if sandbox._take_hold(body):
+        await anyio.to_thread.run_sync(sandbox._released.wait, 30.0)
+    answer, entry = sandbox.graphql(shop, request.headers.get("X-Shopify-Access-Token"), body)
     sandbox.log(_with(entry, path=request.url.path, status=answer.status))
     return answer.response()
 

@@ -877,3 +877,34 @@ def test_a_capture_whose_answer_was_lost_is_kept_when_the_fulfilment_is_cancelle
         steps = [row[0] for row in conn.execute("SELECT step FROM audit ORDER BY id")]
     assert ledger == [("captured", capture.capture_id, 5290)]
     assert "skip" not in steps
+
+
+def test_a_write_back_that_read_an_older_ledger_and_lands_last_is_written_again(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    install(settings, shopify_sandbox)
+    gid, klarna_id = place_order(shopify_sandbox, klarna_sandbox)
+    order = shopify_sandbox.order_json(DOMAIN, gid)
+    tomatoes = next(n["id"] for n in order["lineItems"]["nodes"] if n["sku"] == "TOM")
+    # The first shipment's write-back (partially captured) is held at Shopify ...
+    shopify_sandbox.hold_next_mutation()
+    first = shopify_sandbox.fulfill(DOMAIN, gid, {tomatoes: 1})
+    assert send(service, "fulfillments/create", first).is_success
+    wait_until(lambda: shopify_sandbox.held == 1, what="the first write-back to be held")
+    # ... while the second shipment completes the order and its write-back says captured.
+    assert send(service, "fulfillments/create", shopify_sandbox.fulfill(DOMAIN, gid)).is_success
+    wait_until(lambda: status_of(shopify_sandbox, gid) == "captured", what="the second")
+    assert len(klarna_sandbox.orders[klarna_id].captures) == 2
+
+    shopify_sandbox.release()  # the older write-back lands last
+
+    def settled() -> bool:
+        pending = "SELECT count(*) FROM jobs WHERE kind = 'callback' AND state != 'done'"
+        return count(settings, pending) == 0
+
+    wait_until(settled, what="every write-back to finish")
+    assert status_of(shopify_sandbox, gid) == "captured"
+    assert shopify_sandbox.tags(DOMAIN, gid) == ["vip", "klarna-captured"]
