@@ -1,13 +1,14 @@
 """What the pipeline asks of a storefront app (an adapter that must call the storefront's API to
 know what shipped, and writes the outcome back onto the storefront's order)."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import ClassVar, Protocol, cast, get_args
 
 import msgspec
 
 from plugin.events import FulfillmentEvent
 from plugin.klarna.models import ShippingMethod
+from plugin.store import Store
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 
 
@@ -74,6 +75,30 @@ def shipping_method(options: ShopOptions) -> ShippingMethod | None:
     """The Klarna shipping method the shop chose for its tracking entries, if it is one."""
     method = options.shipping_method
     return cast(ShippingMethod, method) if method in get_args(ShippingMethod) else None
+
+
+async def refuse_if_captured_shipments_are_gone(
+    store: Store, shop: Shop, order_id: str, shipped: Collection[str], *, what: str
+) -> None:
+    """Refuse to map another shipment of an order while one of its captured shipments is no
+    longer shipped there (deleted, cancelled): the storefront now counts its goods and fees as
+    unshipped, so a new shipment would capture them a second time."""
+    gone = sorted(
+        record.fulfillment_id
+        for record in await store.order_captures(shop.id, [order_id])
+        if record.state == "captured" and record.fulfillment_id not in shipped
+    )
+    if gone:
+        raise StorefrontError(
+            "map",
+            f"CAPTURED_{what.upper()}_GONE",
+            [
+                f"{what} {', '.join(gone)} of order {order_id} was captured and is no longer "
+                "shipped on the storefront: another shipment would capture its goods again; "
+                "settle it at Klarna (refund), then retry"
+            ],
+            retryable=False,
+        )
 
 
 class Skipped(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,7 +18,13 @@ from plugin.config import Settings
 from plugin.events import FulfillmentEvent
 from plugin.platforms import bigcommerce
 from plugin.platforms._bigcommerce_api import BigCommerceError, StoreClient
-from plugin.platforms.base import Resolved, Skipped, StorefrontError, shipping_method
+from plugin.platforms.base import (
+    Resolved,
+    Skipped,
+    StorefrontError,
+    refuse_if_captured_shipments_are_gone,
+    shipping_method,
+)
 from plugin.retries import RetryPolicy
 from plugin.shops import Shops
 from plugin.store import Store
@@ -156,6 +162,9 @@ class BigCommerceStorefront:
                 reason=f"shipment {ids.shipment_id} is no longer on order {ids.order_id} "
                 "(deleted before it was captured)"
             )
+        await refuse_if_captured_shipments_are_gone(
+            self.store, shop, ids.order_id, {str(s.id) for s in shipments}, what="shipment"
+        )
         try:
             event = bigcommerce.shipment_from(
                 shipment,

@@ -734,6 +734,11 @@ def fulfillment_ids(body: bytes) -> tuple[str, str]:
     return str(ids.id), str(ids.order_id)
 
 
+def shipped_fulfillment_ids(order: Order) -> set[str]:
+    """The REST ids of the order's fulfilments that shipped (not cancelled, error or failure)."""
+    return {_legacy_id(f.id) for f in order.fulfillments if f.status.lower() not in _NOT_SHIPPED}
+
+
 def is_cancelled(fulfillment: Fulfillment) -> bool:
     """A fulfilment that shipped nothing (cancelled, or failed at the carrier)."""
     return (fulfillment.status or "").lower() in _NOT_SHIPPED

@@ -17,7 +17,13 @@ from plugin.config import Settings
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.platforms import shopify
 from plugin.platforms._shopify_admin import AdminClient, ShopifyError
-from plugin.platforms.base import Resolved, Skipped, StorefrontError, shipping_method
+from plugin.platforms.base import (
+    Resolved,
+    Skipped,
+    StorefrontError,
+    refuse_if_captured_shipments_are_gone,
+    shipping_method,
+)
 from plugin.retries import RetryPolicy
 from plugin.shops import Shops
 from plugin.store import Store
@@ -137,6 +143,13 @@ class ShopifyStorefront:
                 )
             )
         order = await self._order(shop, fulfillment.order_id)
+        await refuse_if_captured_shipments_are_gone(
+            self.store,
+            shop,
+            str(fulfillment.order_id),
+            shopify.shipped_fulfillment_ids(order),
+            what="fulfilment",
+        )
         try:
             klarna_id = shopify.klarna_order_id(order, klarna_order_id_source(shop.options))
         except shopify.ShopifyMappingError as error:

@@ -526,6 +526,30 @@ def test_a_shipment_deleted_before_its_capture_is_recorded_and_not_captured(
     assert klarna_sandbox.orders[klarna_id].captures == []
 
 
+def test_goods_of_a_captured_shipment_deleted_later_are_not_captured_again(
+    settings: Settings, bigcommerce: BigCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    install(settings, bigcommerce)
+    order_id, klarna_id = place_order(bigcommerce, klarna_sandbox)
+    first = bigcommerce.ship(STORE, order_id)
+    assert send(service, CREATED, order_id, first).is_success
+    wait_until(lambda: status_is(bigcommerce, order_id, "captured"), what="the capture")
+    # The merchant deletes the captured shipment and ships the same goods again.
+    bigcommerce.delete_shipment(STORE, order_id, first)
+    again = bigcommerce.ship(STORE, order_id)
+    assert send(service, CREATED, order_id, again).is_success
+
+    def refused() -> bool:
+        dead = "SELECT count(*) FROM jobs WHERE kind = 'fulfillment' AND state = 'dead'"
+        return count(settings, dead) == 1
+
+    wait_until(refused, what="the second shipment to be refused")
+    with db(settings) as conn:
+        [error] = conn.execute("SELECT last_error FROM jobs WHERE state = 'dead'").fetchone()
+    assert json.loads(error)["error_code"] == "CAPTURED_SHIPMENT_GONE"
+    assert len(klarna_sandbox.orders[klarna_id].captures) == 1
+
+
 # --- failures and the write-back ------------------------------------------------------------------
 
 

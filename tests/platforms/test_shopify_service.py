@@ -908,3 +908,32 @@ def test_a_write_back_that_read_an_older_ledger_and_lands_last_is_written_again(
     wait_until(settled, what="every write-back to finish")
     assert status_of(shopify_sandbox, gid) == "captured"
     assert shopify_sandbox.tags(DOMAIN, gid) == ["vip", "klarna-captured"]
+
+
+def test_goods_of_a_captured_fulfilment_cancelled_later_are_not_captured_again(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    install(settings, shopify_sandbox)
+    gid, klarna_id = place_order(shopify_sandbox, klarna_sandbox)
+    first = shopify_sandbox.fulfill(DOMAIN, gid)
+    assert send(service, "fulfillments/create", first).is_success
+    wait_until(lambda: status_of(shopify_sandbox, gid) == "captured", what="the capture")
+    # The merchant cancels the captured fulfilment and fulfils the same goods again.
+    cancelled = shopify_sandbox.cancel_fulfillment(DOMAIN, gid, first["id"])
+    assert send(service, "fulfillments/update", cancelled).is_success
+    again = shopify_sandbox.fulfill(DOMAIN, gid)
+    assert send(service, "fulfillments/create", again).is_success
+
+    def refused() -> bool:
+        dead = "SELECT count(*) FROM jobs WHERE kind = 'fulfillment' AND state = 'dead'"
+        return count(settings, dead) == 1
+
+    wait_until(refused, what="the second fulfilment to be refused")
+    with db(settings) as conn:
+        [error] = conn.execute("SELECT last_error FROM jobs WHERE state = 'dead'").fetchone()
+    assert json.loads(error)["error_code"] == "CAPTURED_FULFILMENT_GONE"
+    assert str(first["id"]) in error
+    assert len(klarna_sandbox.orders[klarna_id].captures) == 1
