@@ -13,6 +13,7 @@ from plugin.store.records import Shop, ShopOptions
 from plugin.vault import Vault
 
 CACHE_SECONDS = 5.0
+KLARNA_NOT_CONFIGURED = "KLARNA_NOT_CONFIGURED"  # the error of a shipment waiting for credentials
 ROTATION_GRACE_SECONDS = 24 * 3600.0
 
 
@@ -136,7 +137,22 @@ class Shops:
         shop = await self.store.update_shop(shop_id, changes, time.time())
         self._cache.pop(shop_id, None)
         self._domains.clear()
+        if shop is not None and shop.klarna_configured and changes.klarna_username:
+            await self._resume_waiting_for_klarna(shop_id)
         return shop
+
+    async def _resume_waiting_for_klarna(self, shop_id: str) -> None:
+        """Shipments that arrived before the Klarna credentials did run now, dead letters
+        included, instead of at their next backoff or never."""
+        before: tuple[float, int] | None = None
+        while page := await self.store.shipments(shop_id, before=before, limit=500):
+            for shipment in page:
+                waiting = shipment.last_error is not None and KLARNA_NOT_CONFIGURED in (
+                    shipment.last_error
+                )
+                if waiting and shipment.job_state in ("queued", "dead"):
+                    await self.store.requeue_job(shipment.job_id, time.time())
+            before = (page[-1].updated_at, page[-1].job_id)
 
     async def install(self, *, platform: str, shop_domain: str, token: str) -> Shop:
         """A storefront app installed (or installed again) on `shop_domain` with API `token`:
