@@ -1,4 +1,7 @@
+import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -6,6 +9,7 @@ from plugin.sandbox.klarna import KlarnaSandbox, create_app
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.shopify import ShopifySandbox
 from plugin.sandbox.shopify import create_app as create_shopify_app
+from tests import postgres_cluster
 
 
 @pytest.fixture
@@ -59,3 +63,23 @@ def shopify_admin_url(
 ) -> str:
     """KLARNA_CAPTURE_SHOPIFY_ADMIN_URL for the fake: each shop's Admin API under /shops/."""
     return shopify_server[1] + "/shops/{shop}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the session, as a superuser URL: KLARNA_CAPTURE_TEST_POSTGRES_URL
+    (scripts/test starts one), else a throwaway cluster of our own. Never skipped: without
+    PostgreSQL installed the tests that need it fail and say so."""
+    url = os.environ.get("KLARNA_CAPTURE_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    try:
+        postgres_cluster.find_program("initdb")
+    except postgres_cluster.PostgresNotInstalled as exc:
+        pytest.fail(str(exc), pytrace=False)
+    folder = Path(tempfile.mkdtemp(prefix="klarna-capture-pg-"))
+    try:
+        yield postgres_cluster.start(folder)
+    finally:
+        postgres_cluster.stop(folder)

@@ -1,10 +1,12 @@
-"""The store's contract, on a real SQLite file: queue semantics, leases and fencing, the ledger."""
+"""The store's contract, on every backend: a real SQLite file and a real PostgreSQL server (a
+database of each test's own). Queue semantics, leases and fencing, the ledger."""
 
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import asyncpg  # type: ignore[import-untyped]
 import msgspec
 import pytest
 
@@ -16,12 +18,41 @@ pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000.0
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    url: str = request.getfixturevalue("postgres_database")
+    return url
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path}/store.db")
+async def store(database_url: str) -> AsyncIterator[Store]:
+    opened = open_store(database_url)
     await opened.migrate()
     yield opened
     await opened.close()
+
+
+def integrity_error(database_url: str) -> type[Exception]:
+    """What the backend raises when a write breaks a unique constraint."""
+    return (
+        sqlite3.IntegrityError
+        if database_url.startswith("sqlite")
+        else asyncpg.UniqueViolationError
+    )
+
+
+async def query(database_url: str, sql: str) -> object:
+    """The first column of the first row of `sql`, read beside the store."""
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            return conn.execute(sql).fetchone()[0]
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
 
 
 async def add_shop(store: Store, shop_id: str = "shop_1") -> None:
@@ -272,31 +303,31 @@ async def test_operations_and_callbacks_commit_with_their_change(store: Store) -
 
 
 async def test_a_failing_write_does_not_spoil_the_others_committed_with_it(
-    store: Store, tmp_path: Path
+    store: Store, database_url: str
 ) -> None:
     await add_shop(store)
 
     async def duplicate_shop() -> None:
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(integrity_error(database_url)):
             await add_shop(store)
 
     async with anyio.create_task_group() as group:
         for index in range(20):
             group.start_soon(deliver, store, f"d{index}", f"F{index}")
         group.start_soon(duplicate_shop)
-    with sqlite3.connect(tmp_path / "store.db") as conn:
-        assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 20
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert await query(database_url, "SELECT count(*) FROM deliveries") == 20
+    assert await query(database_url, "SELECT count(*) FROM shops") == 1
+    if database_url.startswith("sqlite"):
+        assert await query(database_url, "PRAGMA journal_mode") == "wal"
 
 
-async def test_remove_shop_deletes_everything_of_it(store: Store, tmp_path: Path) -> None:
+async def test_remove_shop_deletes_everything_of_it(store: Store, database_url: str) -> None:
     await add_shop(store)
     await deliver(store, "d1")
     assert await store.remove_shop("shop_1")
     assert await store.get_shop("shop_1") is None
-    with sqlite3.connect(tmp_path / "store.db") as conn:
-        for table in ("deliveries", "jobs", "webhook_secrets"):
-            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0  # noqa: S608
+    for table in ("deliveries", "jobs", "webhook_secrets"):
+        assert await query(database_url, f"SELECT count(*) FROM {table}") == 0  # noqa: S608
 
 
 # storefront apps and privacy requests
@@ -320,7 +351,7 @@ async def add_app_shop(store: Store, shop_id: str, domain: str) -> None:
     )
 
 
-async def test_a_storefront_domain_names_one_shop(store: Store) -> None:
+async def test_a_storefront_domain_names_one_shop(store: Store, database_url: str) -> None:
     await add_app_shop(store, "shop_a", "a.myshopify.com")
     found = await store.shop_by_domain("shopify", "a.myshopify.com")
     assert found is not None
@@ -332,7 +363,7 @@ async def test_a_storefront_domain_names_one_shop(store: Store) -> None:
     assert found.klarna_password_set_at is None  # no Klarna password yet
     assert await store.shop_by_domain("shopify", "b.myshopify.com") is None
     assert await store.shop_by_domain("standard", "a.myshopify.com") is None
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_error(database_url)):
         await add_app_shop(store, "shop_b", "a.myshopify.com")
 
 
@@ -417,20 +448,20 @@ async def test_redaction_rewrites_only_that_orders_deliveries_and_trail(store: S
     assert [e.detail for e in await store.audit_trail("shop_1", "F2")] == ['"Ann"']
 
 
-async def test_removing_a_shop_leaves_nothing_of_it(store: Store, tmp_path: Path) -> None:
+async def test_removing_a_shop_leaves_nothing_of_it(store: Store, database_url: str) -> None:
     await add_shop(store)
     await add_shop(store, "shop_2")
     await deliver(store, "d1")
     await store.add_audit("shop_1", "F1", None, "plan", "planned", "{}", NOW)
     await store.use_admin_link("nonce", "shop_1", NOW)
     assert await store.remove_shop("shop_1")
-    with sqlite3.connect(tmp_path / "store.db") as conn:
-        for table in ("shops", "webhook_secrets", "deliveries", "jobs", "audit", "admin_links"):
-            rows = conn.execute(
-                f"SELECT count(*) FROM {table} WHERE {'id' if table == 'shops' else 'shop_id'}"  # noqa: S608
-                " = 'shop_1'"
-            ).fetchone()[0]
-            assert rows == 0, table
+    for table in ("shops", "webhook_secrets", "deliveries", "jobs", "audit", "admin_links"):
+        rows = await query(
+            database_url,
+            f"SELECT count(*) FROM {table} WHERE {'id' if table == 'shops' else 'shop_id'}"  # noqa: S608
+            " = 'shop_1'",
+        )
+        assert rows == 0, table
     assert await store.get_shop("shop_2") is not None
 
 
@@ -447,3 +478,169 @@ async def test_a_privacy_request_is_recorded_once(store: Store) -> None:
         "w1",
         '{"orders": []}',
     )
+
+
+# the rest of the interface, so that every backend is held to the same answers
+
+
+async def test_shops_are_listed_oldest_first_and_the_database_answers(store: Store) -> None:
+    await store.ping()
+    await add_shop(store, "shop_b")
+    await store.create_shop(
+        NewShop(
+            id="shop_a",
+            platform="standard",
+            name="A",
+            klarna_region="eu",
+            klarna_environment="live",
+            klarna_username="PK",
+            klarna_password=b"sealed",
+        ),
+        b"secret",
+        NOW + 1,
+    )
+    assert [shop.id for shop in await store.list_shops()] == ["shop_b", "shop_a"]
+    assert await store.use_admin_link("n1", "shop_a", NOW)
+    assert not await store.use_admin_link("n1", "shop_a", NOW + 1)
+
+
+async def test_a_rejected_delivery_is_kept_and_queues_nothing(store: Store) -> None:
+    await add_shop(store)
+    row_id, duplicate = await store.record_delivery(
+        "shop_1",
+        "d1",
+        body=b"{bad",
+        event_type="fulfillment.created",
+        fulfillment_id="F1",
+        rejected="data.lines: expected an array",
+        now=NOW,
+    )
+    assert not duplicate
+    delivery = await store.get_delivery(row_id)
+    assert delivery is not None
+    assert (delivery.status, delivery.reason, delivery.body, delivery.received_at) == (
+        "rejected",
+        "data.lines: expected an array",
+        b"{bad",
+        NOW,
+    )
+    assert await store.get_delivery(row_id + 1000) is None
+    assert await store.fulfillment_deliveries("shop_1", "F1") == []
+    assert await store.list_jobs() == []
+    assert dict(await store.job_counts()) == {}
+
+
+async def test_queueing_by_hand_revives_a_dead_letter_and_a_running_job_is_not_requeued(
+    store: Store,
+) -> None:
+    await add_shop(store)
+    await deliver(store, "d1")
+    job = await store.claim_job("w1", 60, NOW)
+    assert job is not None
+    assert not await store.requeue_job(job.id, NOW + 1)  # it is running
+    assert dict(await store.job_counts()) == {"running": 1}
+    assert await store.bury_job(job.id, "w1", "{}", NOW + 1)
+    assert await store.queue_fulfillment("shop_1", "F1", NOW + 2) == job.id
+    revived = await store.get_job(job.id)
+    assert revived is not None
+    assert (revived.state, revived.attempts, revived.due_at, revived.updated_at) == (
+        "queued",
+        0,
+        NOW + 2,
+        NOW + 2,
+    )
+    assert dict(await store.job_counts()) == {"queued": 1}
+
+
+async def test_shipments_are_paged_by_their_last_change(store: Store) -> None:
+    await add_shop(store)
+    for index in range(3):
+        await store.record_delivery(
+            "shop_1",
+            f"d{index}",
+            body=b"{}",
+            event_type="fulfillment.created",
+            fulfillment_id=f"F{index}",
+            rejected=None,
+            now=NOW + index,
+        )
+    await store.save_plan(
+        Plan(
+            shop_id="shop_1",
+            fulfillment_id="F0",
+            order_id="O0",
+            klarna_order_id="K0",
+            currency="EUR",
+            idempotency_key="key",
+            request=b'{"captured_amount": 100}',
+        ),
+        NOW + 5,
+    )
+    await store.mark_captured(
+        Captured(
+            shop_id="shop_1",
+            fulfillment_id="F0",
+            capture_id="c0",
+            captured_amount=100,
+            shipping_info="[]",
+            klarna_reference="R0",
+        ),
+        None,
+        NOW + 6,
+    )
+    first = await store.shipments("shop_1", limit=2)
+    assert [s.fulfillment_id for s in first] == ["F2", "F1"]
+    last = first[-1]
+    rest = await store.shipments("shop_1", before=(last.updated_at, last.job_id), limit=2)
+    assert [s.fulfillment_id for s in rest] == ["F0"]
+    [captured] = rest
+    assert (
+        captured.job_state,
+        captured.capture_state,
+        captured.captured_amount,
+        captured.klarna_reference,
+        captured.planned_request,
+        captured.send_out_done,
+        captured.received_at,
+    ) == ("queued", "captured", 100, "R0", b'{"captured_amount": 100}', False, NOW)
+    shipment = await store.shipment("shop_1", "F1")
+    assert shipment is not None
+    assert (shipment.fulfillment_id, shipment.capture_state, shipment.send_out_done) == (
+        "F1",
+        None,
+        False,
+    )
+    assert await store.shipment("shop_1", "F9") is None
+    assert await store.shipments("shop_2") == []
+
+
+async def test_shipping_info_and_a_sent_callback_are_recorded(store: Store) -> None:
+    await add_shop(store)
+    await store.save_plan(
+        Plan(
+            shop_id="shop_1",
+            fulfillment_id="F1",
+            order_id="1",
+            klarna_order_id="k1",
+            currency="EUR",
+            idempotency_key="k",
+            request=b"{}",
+        ),
+        NOW,
+    )
+    operation = await store.plan_operation("shop_1", "F1", "shipping_info", "op", b"[1]", NOW)
+    callback = NewCallback(event_type="tracking.added", webhook_id="msg_t", payload=b'{"a":1}')
+    record = await store.complete_operation(
+        operation, shipping_info='[{"tracking_number": "T1"}]', callback=callback, now=NOW + 1
+    )
+    assert record is not None
+    assert (record.shipping_info, record.send_out_done, record.updated_at) == (
+        '[{"tracking_number": "T1"}]',
+        False,
+        NOW + 1,
+    )
+    [job] = await store.list_jobs()
+    await store.mark_callback_sent(int(job.key), NOW + 2)
+    sent = await store.get_callback(int(job.key))
+    assert sent is not None
+    assert (sent.payload, sent.sent_at) == (b'{"a":1}', NOW + 2)

@@ -1,0 +1,860 @@
+"""The PostgreSQL backend: the shared store and job queue when several processes serve and work.
+
+Every method is one transaction on a connection from an asyncpg pool (opened on first use, in the
+event loop that uses it). Jobs are claimed with `FOR UPDATE SKIP LOCKED`, so any number of workers
+in any number of processes take different jobs without waiting for each other; everything else
+mirrors `sqlite.py` statement by statement.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg  # type: ignore[import-untyped]
+import msgspec
+
+from plugin.store.base import Captured, NewCallback, NewShop, Plan, ShopChanges, Store
+from plugin.store.records import (
+    AuditEntry,
+    Callback,
+    CaptureRecord,
+    ComplianceRequest,
+    Delivery,
+    Job,
+    Operation,
+    OperationKind,
+    SealedSecret,
+    Shipment,
+    Shop,
+    ShopOptions,
+    WebhookSecret,
+)
+from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
+
+# Taken for the length of the migrating transaction, so that processes migrating at once apply
+# each migration once, one after the other. The key is "klarnamg" in ASCII.
+MIGRATION_LOCK = 0x6B6C_6172_6E61_6D67
+
+R = TypeVar("R")
+
+_options_decoder = msgspec.json.Decoder(ShopOptions)
+_encoder = msgspec.json.Encoder()
+
+
+class _Row(Protocol):
+    """An asyncpg Record: by column name or position."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def items(self) -> Iterable[tuple[str, Any]]: ...
+
+
+class _Connection(Protocol):
+    async def execute(self, query: str, *args: object) -> str: ...
+
+    async def fetch(self, query: str, *args: object) -> list[_Row]: ...
+
+    async def fetchrow(self, query: str, *args: object) -> _Row | None: ...
+
+    def transaction(
+        self, *, isolation: str | None = None, readonly: bool = False
+    ) -> AbstractAsyncContextManager[object]: ...
+
+
+class _Pool(Protocol):
+    def acquire(self) -> AbstractAsyncContextManager[_Connection]: ...
+
+    async def close(self) -> None: ...
+
+
+def without_password(url: str) -> str:
+    """The URL with its password (if any) left out, for reprs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self._url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: _Pool | None = None
+        self._opening = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({without_password(self._url)!r})"
+
+    async def _connections(self) -> _Pool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    pool = await asyncpg.create_pool(
+                        self._url, min_size=self._min_size, max_size=self._max_size
+                    )
+                    self._pool = cast(_Pool, pool)
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _transaction(
+        self, *, isolation: str | None = None, readonly: bool = False
+    ) -> AsyncIterator[_Connection]:
+        pool = await self._connections()
+        async with pool.acquire() as conn, conn.transaction(isolation=isolation, readonly=readonly):
+            yield conn
+
+    async def _fetch(self, query: str, *args: object) -> list[_Row]:
+        # One statement is one transaction of its own.
+        pool = await self._connections()
+        async with pool.acquire() as conn:
+            return await conn.fetch(query, *args)
+
+    async def _fetchrow(self, query: str, *args: object) -> _Row | None:
+        pool = await self._connections()
+        async with pool.acquire() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def migrate(self) -> int:
+        async with self._transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute(SCHEMA_VERSION_TABLE)
+            row = await conn.fetchrow("SELECT coalesce(max(version), 0) FROM schema_version")
+            version = int(row[0]) if row else 0
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                await conn.execute(script)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+                    number,
+                    time.time(),
+                )
+        return len(MIGRATIONS)
+
+    async def ping(self) -> None:
+        await self._fetchrow("SELECT 1")
+
+    # shops
+
+    async def create_shop(self, shop: NewShop, webhook_secret: bytes, now: float) -> Shop:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO shops (id, platform, name, klarna_region, klarna_environment,"
+                " klarna_username, klarna_password, status_url, options, enabled, created_at,"
+                " updated_at, klarna_password_set_at, shop_domain, platform_token)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true, $10, $10, $11, $12, $13)"
+                " RETURNING *",
+                shop.id,
+                shop.platform,
+                shop.name,
+                shop.klarna_region,
+                shop.klarna_environment,
+                shop.klarna_username,
+                shop.klarna_password,
+                shop.status_url,
+                _encoder.encode(shop.options).decode(),
+                now,
+                now if shop.klarna_username else None,
+                shop.shop_domain,
+                shop.platform_token,
+            )
+            await conn.execute(
+                "INSERT INTO webhook_secrets (shop_id, secret, created_at) VALUES ($1, $2, $3)",
+                shop.id,
+                webhook_secret,
+                now,
+            )
+        assert row is not None
+        return _shop(row)
+
+    async def get_shop(self, shop_id: str) -> Shop | None:
+        row = await self._fetchrow("SELECT * FROM shops WHERE id = $1", shop_id)
+        return _shop(row) if row else None
+
+    async def list_shops(self) -> list[Shop]:
+        rows = await self._fetch("SELECT * FROM shops ORDER BY created_at")
+        return [_shop(row) for row in rows]
+
+    async def shop_by_domain(self, platform: str, shop_domain: str) -> Shop | None:
+        row = await self._fetchrow(
+            "SELECT * FROM shops WHERE platform = $1 AND shop_domain = $2", platform, shop_domain
+        )
+        return _shop(row) if row else None
+
+    async def update_shop(self, shop_id: str, changes: ShopChanges, now: float) -> Shop | None:
+        fields: dict[str, object] = {
+            name: getattr(changes, name)
+            for name in changes.__struct_fields__
+            if getattr(changes, name) is not msgspec.UNSET
+        }
+        if isinstance(changes.options, ShopOptions):
+            fields["options"] = _encoder.encode(changes.options).decode()
+        if "klarna_password" in fields:
+            fields["klarna_password_set_at"] = now
+        # Column names come from ShopChanges' own fields, never from input.
+        assignments = "".join(f"{name} = ${number}, " for number, name in enumerate(fields, 1))
+        count = len(fields)
+        row = await self._fetchrow(
+            f"UPDATE shops SET {assignments}updated_at = ${count + 1}"  # noqa: S608
+            f" WHERE id = ${count + 2} RETURNING *",
+            *fields.values(),
+            now,
+            shop_id,
+        )
+        return _shop(row) if row else None
+
+    async def remove_shop(self, shop_id: str) -> bool:
+        async with self._transaction() as conn:
+            tables = ("deliveries", "jobs", "captures", "operations", "callbacks", "audit")
+            for table in (*tables, "admin_links"):
+                await conn.execute(f"DELETE FROM {table} WHERE shop_id = $1", shop_id)  # noqa: S608
+            row = await conn.fetchrow("DELETE FROM shops WHERE id = $1 RETURNING id", shop_id)
+        return row is not None
+
+    async def use_admin_link(self, nonce: str, shop_id: str, now: float) -> bool:
+        row = await self._fetchrow(
+            "INSERT INTO admin_links (nonce, shop_id, used_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (nonce) DO NOTHING RETURNING nonce",
+            nonce,
+            shop_id,
+            now,
+        )
+        return row is not None
+
+    async def sealed_secrets(self) -> list[SealedSecret]:
+        # Both tables as of one moment.
+        async with self._transaction(isolation="repeatable_read", readonly=True) as conn:
+            shops = await conn.fetch("SELECT id, klarna_password, platform_token FROM shops")
+            secrets = await conn.fetch("SELECT id, shop_id, secret FROM webhook_secrets")
+        return (
+            [
+                SealedSecret(
+                    table="shops",
+                    row_id=row[0],
+                    shop_id=row[0],
+                    field="klarna_password",
+                    blob=row[1],
+                )
+                for row in shops
+            ]
+            + [
+                SealedSecret(
+                    table="shops",
+                    row_id=row[0],
+                    shop_id=row[0],
+                    field="platform_token",
+                    blob=row[2],
+                )
+                for row in shops
+                if row[2] is not None
+            ]
+            + [
+                SealedSecret(
+                    table="webhook_secrets",
+                    row_id=str(row[0]),
+                    shop_id=row[1],
+                    field="webhook_secret",
+                    blob=row[2],
+                )
+                for row in secrets
+            ]
+        )
+
+    async def reseal(self, secrets: list[SealedSecret]) -> None:
+        async with self._transaction() as conn:
+            for secret in secrets:
+                if secret.table == "shops":
+                    # The column is the record's own field name (a Literal), never input.
+                    await conn.execute(
+                        f"UPDATE shops SET {secret.field} = $1 WHERE id = $2",  # noqa: S608
+                        secret.blob,
+                        secret.row_id,
+                    )
+                else:
+                    await conn.execute(
+                        "UPDATE webhook_secrets SET secret = $1 WHERE id = $2",
+                        secret.blob,
+                        int(secret.row_id),
+                    )
+
+    async def webhook_secrets(self, shop_id: str, now: float) -> list[WebhookSecret]:
+        rows = await self._fetch(
+            "SELECT * FROM webhook_secrets WHERE shop_id = $1"
+            " AND (expires_at IS NULL OR expires_at > $2) ORDER BY id DESC",
+            shop_id,
+            now,
+        )
+        return [_record(row, WebhookSecret) for row in rows]
+
+    async def rotate_webhook_secret(
+        self, shop_id: str, secret: bytes, grace_seconds: float, now: float
+    ) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE webhook_secrets SET expires_at = $1 WHERE shop_id = $2"
+                " AND (expires_at IS NULL OR expires_at > $1)",
+                now + grace_seconds,
+                shop_id,
+            )
+            await conn.execute(
+                "INSERT INTO webhook_secrets (shop_id, secret, created_at) VALUES ($1, $2, $3)",
+                shop_id,
+                secret,
+                now,
+            )
+
+    # deliveries
+
+    async def record_delivery(
+        self,
+        shop_id: str,
+        delivery_id: str,
+        *,
+        body: bytes,
+        event_type: str | None,
+        fulfillment_id: str | None,
+        rejected: str | None,
+        now: float,
+        order_id: str | None = None,
+    ) -> tuple[int, bool]:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO deliveries (shop_id, delivery_id, event_type, fulfillment_id, body,"
+                " status, reason, received_at, order_id)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                " ON CONFLICT (shop_id, delivery_id) DO NOTHING RETURNING id",
+                shop_id,
+                delivery_id,
+                event_type,
+                fulfillment_id,
+                body,
+                "rejected" if rejected else "accepted",
+                rejected,
+                now,
+                order_id,
+            )
+            if row is None:
+                existing = await conn.fetchrow(
+                    "SELECT id FROM deliveries WHERE shop_id = $1 AND delivery_id = $2",
+                    shop_id,
+                    delivery_id,
+                )
+                assert existing is not None
+                return int(existing[0]), True
+            if fulfillment_id is not None and not rejected:
+                await _queue_fulfillment(conn, shop_id, fulfillment_id, now)
+            return int(row[0]), False
+
+    async def get_delivery(self, delivery_row_id: int) -> Delivery | None:
+        row = await self._fetchrow("SELECT * FROM deliveries WHERE id = $1", delivery_row_id)
+        return _record(row, Delivery) if row else None
+
+    async def fulfillment_deliveries(self, shop_id: str, fulfillment_id: str) -> list[Delivery]:
+        rows = await self._fetch(
+            "SELECT * FROM deliveries WHERE shop_id = $1 AND fulfillment_id = $2"
+            " AND status = 'accepted' ORDER BY id",
+            shop_id,
+            fulfillment_id,
+        )
+        return [_record(row, Delivery) for row in rows]
+
+    async def order_deliveries(self, shop_id: str, order_ids: Sequence[str]) -> list[Delivery]:
+        rows = await self._fetch(
+            "SELECT * FROM deliveries WHERE shop_id = $1 AND order_id = ANY($2::text[])"
+            " ORDER BY id",
+            shop_id,
+            list(order_ids),
+        )
+        return [_record(row, Delivery) for row in rows]
+
+    async def queue_fulfillment(self, shop_id: str, fulfillment_id: str, now: float) -> int:
+        async with self._transaction() as conn:
+            return await _queue_fulfillment(conn, shop_id, fulfillment_id, now, revive=True)
+
+    # jobs
+
+    async def claim_job(self, owner: str, lease_seconds: float, now: float) -> Job | None:
+        async with self._transaction() as conn:
+            # A lease that ran out belongs to a worker that died: its job is claimable again.
+            # SKIP LOCKED: a job another worker is claiming right now is not waited for but
+            # passed over, so concurrent claimers take different jobs.
+            row = await conn.fetchrow(
+                "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1"
+                " ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED",
+                now,
+            )
+            if row is None:
+                row = await conn.fetchrow(
+                    "SELECT id FROM jobs WHERE state = 'queued' AND due_at <= $1"
+                    " ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    now,
+                )
+            if row is None:
+                return None
+            claimed = await conn.fetchrow(
+                "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2,"
+                " updated_at = $3 WHERE id = $4 RETURNING *",
+                owner,
+                now + lease_seconds,
+                now,
+                row[0],
+            )
+        assert claimed is not None
+        return _record(claimed, Job)
+
+    async def extend_lease(self, job_id: int, owner: str, until: float) -> bool:
+        row = await self._fetchrow(
+            "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3"
+            " AND state = 'running' RETURNING id",
+            until,
+            job_id,
+            owner,
+        )
+        return row is not None
+
+    async def finish_job(self, job_id: int, owner: str, now: float) -> bool:
+        # New input that arrived while the job ran (`rerun`) sends it round once more.
+        row = await self._fetchrow(
+            "UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'done' END,"
+            " due_at = $1, rerun = false, attempts = 0, last_error = NULL, lease_owner = NULL,"
+            " lease_until = NULL, updated_at = $1"
+            " WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING id",
+            now,
+            job_id,
+            owner,
+        )
+        return row is not None
+
+    async def retry_job_later(
+        self,
+        job_id: int,
+        owner: str,
+        due_at: float,
+        error: str,
+        now: float,
+        callback: NewCallback | None = None,
+    ) -> bool:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "UPDATE jobs SET state = 'queued', due_at = $1, attempts = attempts + 1,"
+                " last_error = $2, lease_owner = NULL, lease_until = NULL, updated_at = $3"
+                " WHERE id = $4 AND lease_owner = $5 AND state = 'running' RETURNING shop_id",
+                due_at,
+                error,
+                now,
+                job_id,
+                owner,
+            )
+            if row is not None:
+                await _add_callback(conn, row[0], callback, now)
+        return row is not None
+
+    async def bury_job(
+        self, job_id: int, owner: str, error: str, now: float, callback: NewCallback | None = None
+    ) -> bool:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "UPDATE jobs SET state = 'dead', attempts = attempts + 1, rerun = false,"
+                " last_error = $1, lease_owner = NULL, lease_until = NULL, updated_at = $2"
+                " WHERE id = $3 AND lease_owner = $4 AND state = 'running' RETURNING shop_id",
+                error,
+                now,
+                job_id,
+                owner,
+            )
+            if row is not None:
+                await _add_callback(conn, row[0], callback, now)
+        return row is not None
+
+    async def requeue_job(self, job_id: int, now: float) -> bool:
+        row = await self._fetchrow(
+            "UPDATE jobs SET state = 'queued', due_at = $1, attempts = 0, updated_at = $1"
+            " WHERE id = $2 AND state != 'running' RETURNING id",
+            now,
+            job_id,
+        )
+        return row is not None
+
+    async def get_job(self, job_id: int) -> Job | None:
+        row = await self._fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+        return _record(row, Job) if row else None
+
+    async def list_jobs(self, *, dead_only: bool = False, limit: int = 100) -> list[Job]:
+        where = "WHERE state = 'dead'" if dead_only else ""
+        rows = await self._fetch(
+            f"SELECT * FROM jobs {where} ORDER BY updated_at DESC, id DESC LIMIT $1",  # noqa: S608
+            limit,
+        )
+        return [_record(row, Job) for row in rows]
+
+    async def job_counts(self) -> Mapping[str, int]:
+        rows = await self._fetch("SELECT state, count(*) FROM jobs GROUP BY state")
+        return {str(row[0]): int(row[1]) for row in rows}
+
+    async def shipments(
+        self, shop_id: str, *, before: tuple[float, int] | None = None, limit: int = 50
+    ) -> list[Shipment]:
+        if before:
+            rows = await self._fetch(
+                f"{_SHIPMENTS} WHERE j.shop_id = $1 AND j.kind = 'fulfillment'"
+                " AND (j.updated_at, j.id) < ($3, $4)"
+                " ORDER BY j.updated_at DESC, j.id DESC LIMIT $2",
+                shop_id,
+                limit,
+                *before,
+            )
+        else:
+            rows = await self._fetch(
+                f"{_SHIPMENTS} WHERE j.shop_id = $1 AND j.kind = 'fulfillment'"
+                " ORDER BY j.updated_at DESC, j.id DESC LIMIT $2",
+                shop_id,
+                limit,
+            )
+        return [_record(row, Shipment) for row in rows]
+
+    async def shipment(self, shop_id: str, fulfillment_id: str) -> Shipment | None:
+        row = await self._fetchrow(
+            f"{_SHIPMENTS} WHERE j.shop_id = $1 AND j.kind = 'fulfillment' AND j.key = $2",
+            shop_id,
+            fulfillment_id,
+        )
+        return _record(row, Shipment) if row else None
+
+    # the capture ledger
+
+    async def get_capture(self, shop_id: str, fulfillment_id: str) -> CaptureRecord | None:
+        row = await self._fetchrow(
+            "SELECT * FROM captures WHERE shop_id = $1 AND fulfillment_id = $2",
+            shop_id,
+            fulfillment_id,
+        )
+        return _record(row, CaptureRecord) if row else None
+
+    async def order_captures(self, shop_id: str, order_ids: Sequence[str]) -> list[CaptureRecord]:
+        rows = await self._fetch(
+            "SELECT * FROM captures WHERE shop_id = $1 AND order_id = ANY($2::text[])"
+            " ORDER BY created_at, fulfillment_id",
+            shop_id,
+            list(order_ids),
+        )
+        return [_record(row, CaptureRecord) for row in rows]
+
+    async def save_plan(self, plan: Plan, now: float) -> CaptureRecord | None:
+        row = await self._fetchrow(
+            "INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"
+            " currency, state, idempotency_key, planned_at, request, klarna_reference, error,"
+            " created_at, updated_at, completes_order)"
+            " VALUES ($1, $2, $3, $4, $5, 'planned', $6, $7, $8, $9, NULL, $7, $7, $10)"
+            " ON CONFLICT (shop_id, fulfillment_id) DO UPDATE SET"
+            " order_id = excluded.order_id, klarna_order_id = excluded.klarna_order_id,"
+            " currency = excluded.currency, state = 'planned',"
+            " idempotency_key = excluded.idempotency_key, planned_at = excluded.planned_at,"
+            " request = excluded.request, klarna_reference = excluded.klarna_reference,"
+            " error = NULL, updated_at = excluded.updated_at,"
+            " completes_order = excluded.completes_order"
+            " WHERE captures.capture_id IS NULL RETURNING *",
+            plan.shop_id,
+            plan.fulfillment_id,
+            plan.order_id,
+            plan.klarna_order_id,
+            plan.currency,
+            plan.idempotency_key,
+            now,
+            plan.request,
+            plan.klarna_reference,
+            plan.completes_order,
+        )
+        return _record(row, CaptureRecord) if row else None
+
+    async def mark_captured(
+        self, captured: Captured, callback: NewCallback | None, now: float
+    ) -> CaptureRecord | None:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "UPDATE captures SET state = 'captured', capture_id = $1, captured_amount = $2,"
+                " shipping_info = $3, klarna_reference = coalesce($4, klarna_reference),"
+                " captured_at = $5, error = NULL, updated_at = $5"
+                " WHERE shop_id = $6 AND fulfillment_id = $7 RETURNING *",
+                captured.capture_id,
+                captured.captured_amount,
+                captured.shipping_info,
+                captured.klarna_reference,
+                now,
+                captured.shop_id,
+                captured.fulfillment_id,
+            )
+            await _add_callback(conn, captured.shop_id, callback, now)
+        return _record(row, CaptureRecord) if row else None
+
+    async def pending_operation(
+        self, shop_id: str, fulfillment_id: str, kind: OperationKind
+    ) -> Operation | None:
+        row = await self._fetchrow(
+            "SELECT * FROM operations WHERE shop_id = $1 AND fulfillment_id = $2 AND kind = $3"
+            " AND state = 'planned' ORDER BY id LIMIT 1",
+            shop_id,
+            fulfillment_id,
+            kind,
+        )
+        return _record(row, Operation) if row else None
+
+    async def plan_operation(
+        self,
+        shop_id: str,
+        fulfillment_id: str,
+        kind: OperationKind,
+        idempotency_key: str,
+        body: bytes,
+        now: float,
+    ) -> Operation:
+        row = await self._fetchrow(
+            "INSERT INTO operations (shop_id, fulfillment_id, kind, idempotency_key, body,"
+            " state, created_at) VALUES ($1, $2, $3, $4, $5, 'planned', $6) RETURNING *",
+            shop_id,
+            fulfillment_id,
+            kind,
+            idempotency_key,
+            body,
+            now,
+        )
+        assert row is not None
+        return _record(row, Operation)
+
+    async def complete_operation(
+        self,
+        operation: Operation,
+        *,
+        shipping_info: str | None,
+        callback: NewCallback | None,
+        now: float,
+    ) -> CaptureRecord | None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE operations SET state = 'done', done_at = $1 WHERE id = $2",
+                now,
+                operation.id,
+            )
+            if operation.kind == "send_out":
+                await conn.execute(
+                    "UPDATE captures SET send_out_done = true, updated_at = $1"
+                    " WHERE shop_id = $2 AND fulfillment_id = $3",
+                    now,
+                    operation.shop_id,
+                    operation.fulfillment_id,
+                )
+            if shipping_info is not None:
+                await conn.execute(
+                    "UPDATE captures SET shipping_info = $1, updated_at = $2"
+                    " WHERE shop_id = $3 AND fulfillment_id = $4",
+                    shipping_info,
+                    now,
+                    operation.shop_id,
+                    operation.fulfillment_id,
+                )
+            await _add_callback(conn, operation.shop_id, callback, now)
+            row = await conn.fetchrow(
+                "SELECT * FROM captures WHERE shop_id = $1 AND fulfillment_id = $2",
+                operation.shop_id,
+                operation.fulfillment_id,
+            )
+        return _record(row, CaptureRecord) if row else None
+
+    # callbacks and audit
+
+    async def get_callback(self, callback_id: int) -> Callback | None:
+        row = await self._fetchrow("SELECT * FROM callbacks WHERE id = $1", callback_id)
+        return _record(row, Callback) if row else None
+
+    async def mark_callback_sent(self, callback_id: int, now: float) -> None:
+        await self._fetch("UPDATE callbacks SET sent_at = $1 WHERE id = $2", now, callback_id)
+
+    async def add_audit(
+        self,
+        shop_id: str,
+        fulfillment_id: str | None,
+        job_id: int | None,
+        step: str,
+        outcome: str,
+        detail: str,
+        now: float,
+    ) -> None:
+        await self._fetch(
+            "INSERT INTO audit (shop_id, fulfillment_id, job_id, at, step, outcome, detail)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            shop_id,
+            fulfillment_id,
+            job_id,
+            now,
+            step,
+            outcome,
+            detail,
+        )
+
+    async def audit_trail(self, shop_id: str, fulfillment_id: str) -> list[AuditEntry]:
+        rows = await self._fetch(
+            "SELECT * FROM audit WHERE shop_id = $1 AND fulfillment_id = $2 ORDER BY id",
+            shop_id,
+            fulfillment_id,
+        )
+        return [_record(row, AuditEntry) for row in rows]
+
+    # privacy requests
+
+    async def redact_orders(
+        self,
+        shop_id: str,
+        order_ids: Sequence[str],
+        scrub_body: Callable[[bytes], bytes],
+        scrub_detail: Callable[[str], str],
+    ) -> tuple[int, int]:
+        orders = list(order_ids)
+        async with self._transaction() as conn:
+            # Locked, so that a concurrent rewrite of the same rows is not lost.
+            deliveries = await conn.fetch(
+                "SELECT id, fulfillment_id, body FROM deliveries"
+                " WHERE shop_id = $1 AND order_id = ANY($2::text[]) ORDER BY id FOR UPDATE",
+                shop_id,
+                orders,
+            )
+            fulfillments = {row[1] for row in deliveries if row[1] is not None}
+            fulfillments.update(
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT fulfillment_id FROM captures"
+                    " WHERE shop_id = $1 AND order_id = ANY($2::text[])",
+                    shop_id,
+                    orders,
+                )
+            )
+            changed_bodies = 0
+            for row in deliveries:
+                scrubbed = scrub_body(row[2])
+                if scrubbed != row[2]:
+                    await conn.execute(
+                        "UPDATE deliveries SET body = $1 WHERE id = $2", scrubbed, row[0]
+                    )
+                    changed_bodies += 1
+            changed_details = 0
+            for fulfillment_id in sorted(fulfillments):
+                for entry in await conn.fetch(
+                    "SELECT id, detail FROM audit WHERE shop_id = $1 AND fulfillment_id = $2"
+                    " ORDER BY id FOR UPDATE",
+                    shop_id,
+                    fulfillment_id,
+                ):
+                    scrubbed_detail = scrub_detail(entry[1])
+                    if scrubbed_detail != entry[1]:
+                        await conn.execute(
+                            "UPDATE audit SET detail = $1 WHERE id = $2", scrubbed_detail, entry[0]
+                        )
+                        changed_details += 1
+        return changed_bodies, changed_details
+
+    async def record_compliance(
+        self,
+        platform: str,
+        shop_domain: str,
+        topic: str,
+        webhook_id: str,
+        report: str,
+        now: float,
+    ) -> bool:
+        row = await self._fetchrow(
+            "INSERT INTO compliance_requests (platform, shop_domain, topic, webhook_id,"
+            " report, received_at) VALUES ($1, $2, $3, $4, $5, $6)"
+            " ON CONFLICT (platform, webhook_id) DO NOTHING RETURNING id",
+            platform,
+            shop_domain,
+            topic,
+            webhook_id,
+            report,
+            now,
+        )
+        return row is not None
+
+    async def compliance_requests(self, limit: int = 100) -> list[ComplianceRequest]:
+        rows = await self._fetch(
+            "SELECT * FROM compliance_requests ORDER BY id DESC LIMIT $1", limit
+        )
+        return [_record(row, ComplianceRequest) for row in rows]
+
+
+_SHIPMENTS = (
+    "SELECT j.id AS job_id, j.key AS fulfillment_id, j.state AS job_state, j.attempts,"
+    " j.last_error, j.created_at AS received_at, j.updated_at, c.state AS capture_state,"
+    " c.order_id, c.klarna_order_id, c.currency, c.request AS planned_request,"
+    " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info,"
+    " coalesce(c.send_out_done, false) AS send_out_done"
+    " FROM jobs AS j LEFT JOIN captures AS c"
+    " ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
+)
+
+
+async def _queue_fulfillment(
+    conn: _Connection, shop_id: str, fulfillment_id: str, now: float, *, revive: bool = False
+) -> int:
+    """Queue a fulfilment's one job: a running job is flagged to run again, a finished one is
+    queued afresh; a dead one stays dead (a dead letter waits for `jobs retry`) unless `revive`."""
+    row = await conn.fetchrow(
+        "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"
+        " VALUES ($1, 'fulfillment', $2, 'queued', $3, $3, $3)"
+        " ON CONFLICT (shop_id, kind, key) DO UPDATE SET"
+        " rerun = CASE WHEN jobs.state = 'running' THEN true ELSE jobs.rerun END,"
+        " due_at = CASE WHEN jobs.state IN ('done', 'dead') THEN excluded.due_at"
+        "   ELSE jobs.due_at END,"
+        " attempts = CASE WHEN jobs.state IN ('done', 'dead') THEN 0 ELSE jobs.attempts END,"
+        " state = CASE WHEN jobs.state = 'done' OR (jobs.state = 'dead' AND $4::boolean)"
+        "   THEN 'queued' ELSE jobs.state END,"
+        " updated_at = excluded.updated_at"
+        " RETURNING id",
+        shop_id,
+        fulfillment_id,
+        now,
+        revive,
+    )
+    assert row is not None
+    return int(row[0])
+
+
+async def _add_callback(
+    conn: _Connection, shop_id: str, callback: NewCallback | None, now: float
+) -> None:
+    if callback is None:
+        return
+    row = await conn.fetchrow(
+        "INSERT INTO callbacks (shop_id, event_type, webhook_id, payload, created_at)"
+        " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        shop_id,
+        callback.event_type,
+        callback.webhook_id,
+        callback.payload,
+        now,
+    )
+    assert row is not None
+    await conn.execute(
+        "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"
+        " VALUES ($1, 'callback', $2, 'queued', $3, $3, $3)",
+        shop_id,
+        str(row[0]),
+        now,
+    )
+
+
+def _record(row: _Row, kind: type[R]) -> R:
+    return msgspec.convert(dict(row.items()), kind, strict=False)
+
+
+def _shop(row: _Row) -> Shop:
+    fields = dict(row.items())
+    fields["options"] = _options_decoder.decode(fields["options"])
+    return msgspec.convert(fields, Shop, strict=False)

@@ -1,0 +1,205 @@
+"""What only the PostgreSQL store has to prove: many processes on one database. Each store here has
+a pool of its own, as each `serve` or `worker` process would; test_store.py is the contract."""
+
+import collections
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from plugin.store import NewCallback, open_store
+from plugin.store import schema as sqlite_schema
+from plugin.store.postgres import PostgresStore
+from plugin.store.records import Job
+from plugin.store.schema_postgres import MIGRATIONS
+from tests.store.test_store import NOW, add_shop, deliver
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def stores(postgres_database: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores on one database: two processes."""
+    first = PostgresStore(postgres_database, max_size=4)
+    second = PostgresStore(postgres_database, max_size=4)
+    await first.migrate()
+    yield first, second
+    await first.close()
+    await second.close()
+
+
+async def fetch(database_url: str, sql: str) -> list[tuple[object, ...]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [tuple(row) for row in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_claimers_take_each_job_exactly_once(
+    stores: tuple[PostgresStore, PostgresStore], postgres_database: str
+) -> None:
+    await add_shop(stores[0])
+    for index in range(50):
+        await deliver(stores[0], f"d{index}", f"F{index}")
+    claims: list[Job] = []
+    go = anyio.Event()
+
+    async def claim_all(store: PostgresStore, owner: str) -> None:
+        await go.wait()
+        while (job := await store.claim_job(owner, 60, NOW)) is not None:
+            claims.append(job)
+
+    async with anyio.create_task_group() as group:
+        for worker in range(8):
+            group.start_soon(claim_all, stores[worker % 2], f"w{worker}")
+        await anyio.sleep(0.01)
+        go.set()
+
+    times = collections.Counter(job.id for job in claims)
+    assert len(times) == 50
+    assert set(times.values()) == {1}
+    assert len({job.lease_owner for job in claims}) > 1
+    # What the database holds agrees: each job running under the one owner that claimed it.
+    rows = await fetch(postgres_database, "SELECT id, state, lease_owner FROM jobs")
+    assert sorted(rows) == sorted((job.id, "running", job.lease_owner) for job in claims)
+    # The eight loops really ran on eight connections of their own.
+    [(connections,)] = await fetch(
+        postgres_database,
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid != pg_backend_pid()",
+    )
+    assert connections == 8
+
+
+async def test_a_job_being_claimed_is_passed_over_not_waited_for(
+    stores: tuple[PostgresStore, PostgresStore], postgres_database: str
+) -> None:
+    await add_shop(stores[0])
+    await stores[0].queue_fulfillment("shop_1", "F1", NOW)
+    await stores[0].queue_fulfillment("shop_1", "F2", NOW + 1)
+    other = await asyncpg.connect(postgres_database)
+    try:
+        async with other.transaction():
+            # Another process is in the middle of claiming the job due first.
+            locked = await other.fetchval("SELECT id FROM jobs WHERE key = 'F1' FOR UPDATE")
+            with anyio.fail_after(5):
+                passed = await stores[1].claim_job("w2", 60, NOW + 2)
+                assert passed is not None
+                assert (passed.key, passed.lease_owner) == ("F2", "w2")
+                assert await stores[1].claim_job("w3", 60, NOW + 2) is None
+        with anyio.fail_after(5):
+            freed = await stores[1].claim_job("w3", 60, NOW + 2)
+        assert freed is not None
+        assert (freed.id, freed.key) == (locked, "F1")
+    finally:
+        await other.close()
+
+
+async def test_an_expired_lease_passes_to_one_other_process_and_fences_the_first(
+    stores: tuple[PostgresStore, PostgresStore],
+) -> None:
+    first, second = stores
+    await add_shop(first)
+    await deliver(first, "d1")
+    job = await first.claim_job("w1", 10, NOW)
+    assert job is not None
+    assert await second.claim_job("w2", 10, NOW + 5) is None
+
+    taken: list[Job] = []
+
+    async def take(store: PostgresStore, owner: str) -> None:
+        if (claimed := await store.claim_job(owner, 10, NOW + 11)) is not None:
+            taken.append(claimed)
+
+    async with anyio.create_task_group() as group:
+        for index in range(8):
+            group.start_soon(take, stores[index % 2], f"t{index}")
+    [winner] = taken
+    assert winner.id == job.id
+    assert winner.lease_owner != "w1"
+
+    # Whatever the first owner still tries is fenced off, callbacks included.
+    late = NewCallback(event_type="capture.failed", webhook_id="msg_late", payload=b"{}")
+    assert not await first.extend_lease(job.id, "w1", NOW + 30)
+    assert not await first.retry_job_later(job.id, "w1", NOW + 60, "{}", NOW + 12, late)
+    assert not await first.bury_job(job.id, "w1", "{}", NOW + 12, late)
+    assert not await first.finish_job(job.id, "w1", NOW + 12)
+    current = await second.get_job(job.id)
+    assert current is not None
+    assert (current.state, current.lease_owner, current.attempts, current.last_error) == (
+        "running",
+        winner.lease_owner,
+        0,
+        None,
+    )
+    assert [j.kind for j in await second.list_jobs()] == ["fulfillment"]
+
+    assert winner.lease_owner is not None
+    assert await second.finish_job(job.id, winner.lease_owner, NOW + 12)
+    done = await first.get_job(job.id)
+    assert done is not None
+    assert done.state == "done"
+
+
+async def test_migrations_run_at_once_apply_each_once(postgres_database: str) -> None:
+    stores = [PostgresStore(postgres_database) for _ in range(4)]
+    versions: list[int] = []
+
+    async def migrate(store: PostgresStore) -> None:
+        versions.append(await store.migrate())
+
+    try:
+        async with anyio.create_task_group() as group:
+            for store in stores:
+                group.start_soon(migrate, store)
+        assert versions == [len(MIGRATIONS)] * 4
+        assert len(MIGRATIONS) == len(sqlite_schema.MIGRATIONS)
+        applied = await fetch(postgres_database, "SELECT version FROM schema_version")
+        assert sorted(applied) == [(number,) for number in range(1, len(MIGRATIONS) + 1)]
+        assert await stores[0].migrate() == len(MIGRATIONS)
+        assert len(await fetch(postgres_database, "SELECT version FROM schema_version")) == len(
+            MIGRATIONS
+        )
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_migrate_commands_run_at_once_all_succeed(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KLARNA_CAPTURE_")}
+    done: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def migrate(index: int) -> None:
+        env = {
+            **base,
+            "KLARNA_CAPTURE_DATABASE_URL": postgres_database,
+            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path / f"process{index}"),
+        }
+        command = [sys.executable, "-m", "plugin", "migrate"]
+        done.append(await anyio.run_process(command, env=env, check=False))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            for index in range(3):
+                group.start_soon(migrate, index)
+    for process in done:
+        assert process.returncode == 0, process.stderr.decode()
+        assert process.stdout.decode() == f"schema version {len(MIGRATIONS)}\n"
+    applied = await fetch(postgres_database, "SELECT version FROM schema_version")
+    assert sorted(applied) == [(number,) for number in range(1, len(MIGRATIONS) + 1)]
+
+
+def test_a_postgres_url_opens_a_postgres_store_that_keeps_its_password_to_itself() -> None:
+    for scheme in ("postgresql", "postgres"):
+        store = open_store(f"{scheme}://capture:hunter2@db.internal:5432/capture")
+        assert isinstance(store, PostgresStore)
+        assert "hunter2" not in repr(store)
+        assert "db.internal:5432/capture" in repr(store)
