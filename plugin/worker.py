@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import anyio
+import anyio.abc
 import msgspec
 
 from plugin import metrics
@@ -97,22 +98,34 @@ class Worker:
         self._wakeup = anyio.Event()
 
     def wake(self) -> None:
-        """New work is stored: idle loops look now instead of at their next poll."""
+        """New work is stored: idle loops look now instead of at their next poll. Call it in the
+        worker's event loop (the store's listener does)."""
         self._wakeup.set()
 
     async def run(self) -> None:
+        if self.concurrency < 1:
+            return
         async with anyio.create_task_group() as group:
+            # Listening first: a job stored after this is announced, one before it is claimed.
+            await group.start(self._listen)
             for _ in range(self.concurrency):
                 group.start_soon(self._loop)
 
+    async def _listen(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        # Other processes' new jobs; the in-process ones come through `wake` directly.
+        await self.store.listen_for_work(self.wake, task_status=task_status)
+
     async def _loop(self) -> None:
         while True:
+            # The event to wait on is taken before claiming: a wake-up that comes while the
+            # claim finds nothing is then not lost.
+            wakeup = self._wakeup
+            if wakeup.is_set():
+                wakeup = self._wakeup = anyio.Event()
             job = await self.store.claim_job(self.owner, self.lease_seconds, time.time())
             if job is None:
-                if self._wakeup.is_set():
-                    self._wakeup = anyio.Event()
                 with anyio.move_on_after(self.poll_seconds):
-                    await self._wakeup.wait()
+                    await wakeup.wait()
                 continue
             await self._process(job)
 

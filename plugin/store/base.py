@@ -7,7 +7,9 @@ nothing if the lease has passed to another worker (fencing), returning False.
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 
+import anyio
 import msgspec
+from anyio.abc import TaskStatus
 
 from plugin.store.records import (
     AuditEntry,
@@ -95,6 +97,20 @@ class Store(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""
+
+    async def listen_for_work(
+        self,
+        wake: Callable[[], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call `wake` whenever another process commits a job that is due now, until cancelled;
+        `task_status.started()` once listening, so that a claim made after it misses nothing.
+
+        The default does nothing and returns: a backend without a way to hear other processes
+        (SQLite, which one process uses) leaves its workers to their in-process wake-ups and
+        polling."""
+        task_status.started()
 
     # shops
     @abstractmethod

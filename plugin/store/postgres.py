@@ -4,18 +4,25 @@ Every method is one transaction on a connection from an asyncpg pool (opened on 
 event loop that uses it). Jobs are claimed with `FOR UPDATE SKIP LOCKED`, so any number of workers
 in any number of processes take different jobs without waiting for each other; everything else
 mirrors `sqlite.py` statement by statement.
+
+A transaction that makes a job due now also sends `NOTIFY klarna_capture_jobs`, which PostgreSQL
+delivers when (and only if) it commits: `listen_for_work` hears it on a connection of its own and
+wakes the workers of this process, whichever process stored the job.
 """
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
+from anyio.abc import TaskStatus
 
 from plugin.store.base import Captured, NewCallback, NewShop, Plan, ShopChanges, Store
 from plugin.store.records import (
@@ -38,6 +45,15 @@ from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
 # Taken for the length of the migrating transaction, so that processes migrating at once apply
 # each migration once, one after the other. The key is "klarnamg" in ASCII.
 MIGRATION_LOCK = 0x6B6C_6172_6E61_6D67
+
+# The channel on which a committed transaction announces a job due now.
+JOBS_CHANNEL = "klarna_capture_jobs"
+_NOTIFY = f"NOTIFY {JOBS_CHANNEL}"
+# How often an idle listening connection is checked, and how long a reconnection may wait.
+LISTEN_CHECK_SECONDS = 30.0
+LISTEN_RETRY_SECONDS = (0.1, 5.0)
+
+log = logging.getLogger("plugin.store.postgres")
 
 R = TypeVar("R")
 
@@ -63,6 +79,18 @@ class _Connection(Protocol):
     def transaction(
         self, *, isolation: str | None = None, readonly: bool = False
     ) -> AbstractAsyncContextManager[object]: ...
+
+
+class _ListeningConnection(_Connection, Protocol):
+    async def add_listener(self, channel: str, callback: Callable[..., object]) -> None: ...
+
+    def add_termination_listener(self, callback: Callable[..., object]) -> None: ...
+
+    def is_closed(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+    def terminate(self) -> None: ...
 
 
 class _Pool(Protocol):
@@ -125,6 +153,53 @@ class PostgresStore(Store):
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+    async def listen_for_work(
+        self,
+        wake: Callable[[], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """LISTEN on a connection of its own (not the pool's) and call `wake` at each notification,
+        in this event loop. A connection that drops or stops answering is replaced, with a `wake`
+        once listening again for whatever was announced meanwhile. Reports started after the first
+        attempt even if it failed: the workers then poll until a connection succeeds."""
+        delay = LISTEN_RETRY_SECONDS[0]
+        started = False
+        while True:
+            try:
+                conn = cast(_ListeningConnection, await asyncpg.connect(self._url))
+            except Exception as exc:
+                log.warning(
+                    "cannot listen for new jobs; polling meanwhile",
+                    extra={"error": f"{type(exc).__name__}: {exc}", "retry_in": delay},
+                )
+            else:
+                try:
+                    dropped = anyio.Event()
+                    conn.add_termination_listener(_setter(dropped))
+                    await conn.add_listener(JOBS_CHANNEL, lambda *_: wake())
+                    if started:
+                        wake()  # announcements made while no one listened
+                    else:
+                        started = True
+                        task_status.started()
+                    delay = LISTEN_RETRY_SECONDS[0]
+                    await _until_dropped(conn, dropped)
+                    log.warning("lost the connection listening for new jobs; reconnecting")
+                except Exception as exc:
+                    log.warning(
+                        "listening for new jobs failed; reconnecting",
+                        extra={"error": f"{type(exc).__name__}: {exc}"},
+                    )
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await _close_quietly(conn)
+            if not started:
+                started = True
+                task_status.started()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, LISTEN_RETRY_SECONDS[1])
 
     async def migrate(self) -> int:
         async with self._transaction() as conn:
@@ -424,15 +499,18 @@ class PostgresStore(Store):
 
     async def finish_job(self, job_id: int, owner: str, now: float) -> bool:
         # New input that arrived while the job ran (`rerun`) sends it round once more.
-        row = await self._fetchrow(
-            "UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'done' END,"
-            " due_at = $1, rerun = false, attempts = 0, last_error = NULL, lease_owner = NULL,"
-            " lease_until = NULL, updated_at = $1"
-            " WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING id",
-            now,
-            job_id,
-            owner,
-        )
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'done' END,"
+                " due_at = $1, rerun = false, attempts = 0, last_error = NULL, lease_owner = NULL,"
+                " lease_until = NULL, updated_at = $1"
+                " WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING state",
+                now,
+                job_id,
+                owner,
+            )
+            if row is not None and row[0] == "queued":
+                await conn.execute(_NOTIFY)
         return row is not None
 
     async def retry_job_later(
@@ -457,6 +535,8 @@ class PostgresStore(Store):
             )
             if row is not None:
                 await _add_callback(conn, row[0], callback, now)
+                if due_at <= now:
+                    await conn.execute(_NOTIFY)
         return row is not None
 
     async def bury_job(
@@ -477,12 +557,15 @@ class PostgresStore(Store):
         return row is not None
 
     async def requeue_job(self, job_id: int, now: float) -> bool:
-        row = await self._fetchrow(
-            "UPDATE jobs SET state = 'queued', due_at = $1, attempts = 0, updated_at = $1"
-            " WHERE id = $2 AND state != 'running' RETURNING id",
-            now,
-            job_id,
-        )
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "UPDATE jobs SET state = 'queued', due_at = $1, attempts = 0, updated_at = $1"
+                " WHERE id = $2 AND state != 'running' RETURNING id",
+                now,
+                job_id,
+            )
+            if row is not None:
+                await conn.execute(_NOTIFY)
         return row is not None
 
     async def get_job(self, job_id: int) -> Job | None:
@@ -816,13 +899,15 @@ async def _queue_fulfillment(
         " state = CASE WHEN jobs.state = 'done' OR (jobs.state = 'dead' AND $4::boolean)"
         "   THEN 'queued' ELSE jobs.state END,"
         " updated_at = excluded.updated_at"
-        " RETURNING id",
+        " RETURNING id, state = 'queued' AND due_at <= $3",
         shop_id,
         fulfillment_id,
         now,
         revive,
     )
     assert row is not None
+    if row[1]:  # due now
+        await conn.execute(_NOTIFY)
     return int(row[0])
 
 
@@ -848,6 +933,32 @@ async def _add_callback(
         str(row[0]),
         now,
     )
+    await conn.execute(_NOTIFY)
+
+
+def _setter(event: anyio.Event) -> Callable[..., None]:
+    return lambda *_: event.set()
+
+
+async def _until_dropped(conn: _ListeningConnection, dropped: anyio.Event) -> None:
+    """Return when the connection closes, or fails to answer a check made when it was quiet for
+    LISTEN_CHECK_SECONDS (a peer gone without closing the connection tells nothing)."""
+    while not conn.is_closed():
+        with anyio.move_on_after(LISTEN_CHECK_SECONDS):
+            await dropped.wait()
+            return
+        with anyio.move_on_after(LISTEN_CHECK_SECONDS):
+            await conn.execute("SELECT 1")
+            continue
+        return  # the check went unanswered
+
+
+async def _close_quietly(conn: _ListeningConnection) -> None:
+    try:
+        with anyio.fail_after(5):
+            await conn.close()
+    except Exception:
+        conn.terminate()
 
 
 def _record(row: _Row, kind: type[R]) -> R:

@@ -5,7 +5,8 @@ import collections
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -14,9 +15,10 @@ import pytest
 
 from plugin.store import NewCallback, open_store
 from plugin.store import schema as sqlite_schema
-from plugin.store.postgres import PostgresStore
+from plugin.store.postgres import JOBS_CHANNEL, PostgresStore
 from plugin.store.records import Job
 from plugin.store.schema_postgres import MIGRATIONS
+from plugin.worker import Worker
 from tests.store.test_store import NOW, add_shop, deliver
 
 pytestmark = pytest.mark.anyio
@@ -203,3 +205,125 @@ def test_a_postgres_url_opens_a_postgres_store_that_keeps_its_password_to_itself
         assert isinstance(store, PostgresStore)
         assert "hunter2" not in repr(store)
         assert "db.internal:5432/capture" in repr(store)
+
+
+async def listeners(database_url: str) -> list[int]:
+    """The backends of this database that are listening for new jobs."""
+    rows = await fetch(
+        database_url,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND query = 'LISTEN \"klarna_capture_jobs\"'",
+    )
+    return [int(str(row[0])) for row in rows]
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], seconds: float) -> None:
+    with anyio.fail_after(seconds):
+        while True:
+            if await check():
+                return
+            await anyio.sleep(0.01)
+
+
+async def test_an_idle_worker_hears_at_once_of_a_job_another_process_stored(
+    stores: tuple[PostgresStore, PostgresStore], postgres_database: str
+) -> None:
+    working, receiving = stores
+    await add_shop(working)
+    handled: list[str] = []
+
+    async def handle(job: Job) -> None:
+        handled.append(job.key)
+
+    # Polling every 30 s: a job finished within seconds was announced, not found by a poll.
+    worker = Worker(working, {"fulfillment": handle}, concurrency=2, poll_seconds=30)
+
+    async def receive_and_wait_until_done(fulfillment_id: str) -> None:
+        await receiving.record_delivery(
+            "shop_1",
+            f"d-{fulfillment_id}",
+            body=b"{}",
+            event_type="fulfillment.created",
+            fulfillment_id=fulfillment_id,
+            rejected=None,
+            now=time.time(),
+        )
+        shipment = await receiving.shipment("shop_1", fulfillment_id)
+        assert shipment is not None
+
+        async def done() -> bool:
+            job = await receiving.get_job(shipment.job_id)
+            return job is not None and job.state == "done"
+
+        await wait_for(done, seconds=3)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        await wait_for(lambda: _has_listener(postgres_database), seconds=10)
+        [first_listener] = await listeners(postgres_database)
+        for index in range(3):
+            await receive_and_wait_until_done(f"F{index}")
+
+        # The listening connection dropped (a restarted server, a killed backend): a new one
+        # listens in its place, and nothing announced meanwhile is missed.
+        await fetch(postgres_database, f"SELECT pg_terminate_backend({first_listener})")
+        await receive_and_wait_until_done("F3")
+
+        async def listening_again() -> bool:
+            return len(pids := await listeners(postgres_database)) == 1 and pids != [first_listener]
+
+        await wait_for(listening_again, seconds=10)
+        await receive_and_wait_until_done("F4")
+        group.cancel_scope.cancel()
+
+    assert handled == ["F0", "F1", "F2", "F3", "F4"]
+    assert await listeners(postgres_database) == []  # stopped with the worker
+
+
+async def _has_listener(database_url: str) -> bool:
+    return len(await listeners(database_url)) == 1
+
+
+async def test_the_changes_that_make_a_job_due_now_announce_it(
+    stores: tuple[PostgresStore, PostgresStore], postgres_database: str
+) -> None:
+    first, second = stores
+    await add_shop(first)
+    heard: list[str] = []
+    listener = await asyncpg.connect(postgres_database)
+    await listener.add_listener(JOBS_CHANNEL, lambda *args: heard.append(args[2]))
+    try:
+
+        async def announcements_after(change: Awaitable[object]) -> int:
+            # A round trip on the listening connection delivers whatever was sent before it.
+            before = len(heard)
+            await change
+            await listener.execute("SELECT 1")
+            return len(heard) - before
+
+        assert await announcements_after(deliver(second, "d1", "F1")) == 1
+        assert await announcements_after(deliver(second, "d1", "F1")) == 0  # a duplicate
+        job = await first.claim_job("w1", 60, NOW)
+        assert job is not None
+        # New input for a running job is announced when the job is queued again, at its end.
+        assert await announcements_after(deliver(second, "d2", "F1")) == 0
+        assert await announcements_after(first.finish_job(job.id, "w1", NOW)) == 1
+        job = await first.claim_job("w1", 60, NOW)
+        assert job is not None
+        assert await announcements_after(first.finish_job(job.id, "w1", NOW)) == 0
+        assert await announcements_after(second.requeue_job(job.id, NOW)) == 1
+        job = await first.claim_job("w1", 60, NOW)
+        assert job is not None
+        # A retry later is not announced; the callback job it stores is.
+        callback = NewCallback(event_type="capture.failed", webhook_id="msg_1", payload=b"{}")
+        assert (
+            await announcements_after(
+                first.retry_job_later(job.id, "w1", NOW + 60, "{}", NOW, callback)
+            )
+            == 1
+        )
+        assert await announcements_after(second.queue_fulfillment("shop_1", "F1", NOW)) == 0
+        assert await announcements_after(second.queue_fulfillment("shop_1", "F9", NOW)) == 1
+        assert heard == [JOBS_CHANNEL] * 5
+    finally:
+        await listener.close()
