@@ -1,5 +1,7 @@
 """Capture throughput: `klarna-capture worker` draining shipments against the Klarna sandbox, with
-0 ms and then 50 ms of added Klarna latency, and the worker's peak memory.
+0 ms and then 50 ms of added Klarna latency, the worker's peak memory and the bytes stored per
+shipment. The store is SQLite, or with --database postgres a database of its own (one per run) on a
+throwaway PostgreSQL cluster started for the benchmark and stopped at the end.
 
 Each run starts from nothing: a fresh data dir, its own sandbox process (accepting PK_0 ... PK_19,
 since Klarna's limit of 200 requests/s live is per API username and a capture costs two calls: GET
@@ -8,6 +10,7 @@ with no workers. Only then is the worker started and timed, until every fulfilme
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -17,12 +20,17 @@ import anyio
 import httpx2
 import msgspec
 from support import (
+    BACKENDS,
     ORDER,
     SANDBOX_PASSWORD,
+    Backend,
+    Database,
     Process,
+    describe,
     free_port,
     klarna_capture,
-    query,
+    machine_busy_seconds,
+    postgres_server,
     service_env,
     shipment,
     signed,
@@ -49,6 +57,13 @@ class Run(msgspec.Struct):
     done: int
     dead: int
     peak_rss_mb: float
+    stored_bytes: int
+    worker_cores: float  # CPU seconds of the worker processes per second of drain
+    machine_cores: float  # of the whole machine (everything running here), per second of drain
+
+    @property
+    def bytes_per_shipment(self) -> float:
+        return self.stored_bytes / max(self.done + self.dead, 1)
 
     @property
     def rate(self) -> float:
@@ -110,17 +125,24 @@ async def deliver(service_url: str, shops: list[tuple[str, str]], orders: list[s
                 group.start_soon(one, index)
 
 
-def job_states(database: Path) -> dict[str, int]:
-    rows = query(database, "SELECT state, count(*) FROM jobs WHERE kind = 'fulfillment' GROUP BY 1")
+def job_states(database: Database) -> dict[str, int]:
+    rows = database.query("SELECT state, count(*) FROM jobs WHERE kind = 'fulfillment' GROUP BY 1")
     return {str(state): int(count) for state, count in rows}
 
 
-def run(count: int, latency_ms: int, work: Path, processes: int = 1) -> Run:
+def run(
+    count: int,
+    latency_ms: int,
+    work: Path,
+    processes: int = 1,
+    backend: Backend = "sqlite",
+    server_url: str | None = None,
+) -> Run:
     data_dir = work / "data"
-    database = data_dir / "klarna-capture.db"
+    database = Database(backend, data_dir, server_url)
     sandbox_port = free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-    env = service_env(data_dir, klarna_url=sandbox_url, log_level="WARNING")
+    env = service_env(data_dir, klarna_url=sandbox_url, log_level="WARNING", **database.settings())
     processes_started: list[Process] = []
     try:
         sandbox = Process(
@@ -136,6 +158,7 @@ def run(count: int, latency_ms: int, work: Path, processes: int = 1) -> Run:
         sandbox.wait_http(f"{sandbox_url}/sandbox/orders/none")
         orders = asyncio.run(create_orders(sandbox_url, count))
         shops = asyncio.run(create_shops(env))
+        empty_bytes = database.size_bytes()  # the schema and the shops
 
         port = free_port()
         serve = Process(
@@ -170,6 +193,8 @@ def run(count: int, latency_ms: int, work: Path, processes: int = 1) -> Run:
         processes_started.extend(workers)
         for worker in workers:
             worker.wait_output("klarna-capture worker running")
+        cpu_before = sum(w.cpu_seconds() for w in workers)
+        busy_before, _ = machine_busy_seconds()
         started = time.monotonic()
         deadline = started + max(120.0, count / 10)
         while True:
@@ -182,19 +207,28 @@ def run(count: int, latency_ms: int, work: Path, processes: int = 1) -> Run:
                 raise SystemExit(f"the drain did not finish: {states}\n{tails}")
             time.sleep(0.05)
         seconds = time.monotonic() - started
+        worker_cores = (sum(w.cpu_seconds() for w in workers) - cpu_before) / seconds
+        machine_cores = (machine_busy_seconds()[0] - busy_before) / seconds
         peak = max(w.memory()[1] for w in workers)
-        captured = query(database, "SELECT count(*) FROM captures WHERE state = 'captured'")
+        for worker in workers:
+            worker.stop()  # SQLite checkpoints its WAL on the way out
+        captured = database.query("SELECT count(*) FROM captures WHERE state = 'captured'")
         dead = states.get("dead", 0)
         if dead:
             print(f"  {dead} dead jobs, e.g.: {first_error(database)}")
-        return Run(latency_ms, seconds, int(captured[0][0]), states.get("done", 0), dead, peak)
+        stored = database.size_bytes() - empty_bytes
+        return Run(
+            *(latency_ms, seconds, int(captured[0][0]), states.get("done", 0), dead, peak),
+            *(stored, worker_cores, machine_cores),
+        )
     finally:
         for process in reversed(processes_started):
             process.stop()
+        database.close()
 
 
-def first_error(database: Path) -> str:
-    rows = query(database, "SELECT last_error FROM jobs WHERE state = 'dead' LIMIT 1")
+def first_error(database: Database) -> str:
+    rows = database.query("SELECT last_error FROM jobs WHERE state = 'dead' LIMIT 1")
     return str(rows[0][0]) if rows else ""
 
 
@@ -204,8 +238,12 @@ def main() -> int:
     parser.add_argument(
         "--processes", type=int, default=1, help="worker processes sharing the 64 workers"
     )
+    parser.add_argument(
+        "--database", choices=BACKENDS, default="sqlite", help="the store (default sqlite)"
+    )
     args = parser.parse_args()
     stop_children_on_signals()
+    print(f"backend: {describe(args.database)}", flush=True)
     print(
         f"{args.shipments:,} shipments over {SHOPS} live shops (PK_0 ... PK_{SHOPS - 1}); "
         f"{args.processes} klarna-capture worker process(es), {WORKERS} workers in all, "
@@ -213,24 +251,30 @@ def main() -> int:
         flush=True,
     )
     runs = []
-    for latency_ms in (0, 50):
-        with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-            print(f"run with {latency_ms} ms Klarna latency: setting up...", flush=True)
-            runs.append(result := run(args.shipments, latency_ms, Path(tmp), args.processes))
-            print(
-                f"  drained in {result.seconds:.2f} s: {result.rate:.0f} captures/s",
-                flush=True,
-            )
+    with postgres_server(args.database) as server_url:
+        for latency_ms in (0, 50):
+            with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+                print(f"run with {latency_ms} ms Klarna latency: setting up...", flush=True)
+                result = run(
+                    args.shipments, latency_ms, Path(tmp), args.processes, args.database, server_url
+                )
+                runs.append(result)
+                print(
+                    f"  drained in {result.seconds:.2f} s: {result.rate:.0f} captures/s; CPU busy:"
+                    f" worker process(es) {result.worker_cores:.2f} cores, the whole machine"
+                    f" {result.machine_cores:.2f} of {os.cpu_count()} cores",
+                    flush=True,
+                )
 
     print()
     print(
         f"{'Klarna latency':16}{'drain s':>9}{'captures/s':>12}{'captured':>10}{'dead':>6}"
-        f"{'peak RSS MB':>13}"
+        f"{'peak RSS MB':>13}{'bytes/shipment':>16}"
     )
     for r in runs:
         print(
             f"{f'{r.latency_ms} ms':16}{r.seconds:9.2f}{r.rate:12.0f}{r.captured:10d}{r.dead:6d}"
-            f"{r.peak_rss_mb:13.1f}"
+            f"{r.peak_rss_mb:13.1f}{r.bytes_per_shipment:16.0f}"
         )
     fast, slow = runs
     ratio = slow.rate / fast.rate

@@ -1,22 +1,31 @@
 """What the demo and the benchmarks share: processes on loopback ports, their
-memory, shops, signed deliveries; and, run as a program, a Klarna sandbox that accepts many API
+memory, shops, signed deliveries, the store under measurement (a SQLite file, or a database on a
+throwaway PostgreSQL cluster); and, run as a program, a Klarna sandbox that accepts many API
 usernames (Klarna's rate limit is per username, so a benchmark spreads its shops over several):
 
     python scripts/support.py sandbox --port 8100 --usernames 20   # PK_0 ... PK_19, "pw"
 """
 
 import argparse
+import asyncio
+import contextlib
+import glob
 import os
+import pwd
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx2
 import msgspec
 import uvicorn
@@ -97,6 +106,10 @@ class Process:
                 fields[name] = int(value.split()[0]) / 1024  # kB
         return fields["VmRSS"], fields["VmHWM"]
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far, from /proc."""
+        return process_cpu_seconds(self.pid)
+
     def tail(self, lines: int = 20) -> str:
         text = self.log.read_text(errors="replace").splitlines()[-lines:]
         return f"--- last lines of {self.log} ---\n" + "\n".join(text)
@@ -109,6 +122,20 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, over all cores, from /proc/stat:
+    what else runs here (other benchmarks, other tests) shows in their difference."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick
 
 
 def add_shop(
@@ -209,6 +236,194 @@ def query(database: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+Backend = Literal["sqlite", "postgres"]
+BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
+POSTGRES_USER = "postgres"  # the throwaway cluster's superuser, and the OS user it runs as as root
+
+
+class Database:
+    """The store of the service under measurement, read beside the running service: the SQLite
+    file in the data dir, or a database of its own on a PostgreSQL server (created empty here)."""
+
+    def __init__(self, backend: Backend, data_dir: Path, server_url: str | None = None) -> None:
+        self.backend = backend
+        self.data_dir = data_dir
+        self.path = data_dir / "klarna-capture.db"
+        self.url = f"sqlite:///{self.path}"
+        self._runner: asyncio.Runner | None = None
+        self._conn: Any = None
+        if backend == "postgres":
+            if server_url is None:
+                raise ValueError("a PostgreSQL database needs a server URL")
+            name = f"bench_{uuid.uuid4().hex[:12]}"
+            self._runner = asyncio.Runner()
+            self._runner.run(_create_database(server_url, name))
+            self.url = _with_database(server_url, name)
+
+    def settings(self) -> dict[str, str]:
+        """The service_env() settings that select this store."""
+        return {"database_url": self.url} if self.backend == "postgres" else {}
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        if self._runner is None:
+            return query(self.path, sql)
+        if self._conn is None:
+            self._conn = self._runner.run(asyncpg.connect(self.url))
+        rows = self._runner.run(self._conn.fetch(sql))
+        return [tuple(row) for row in rows]
+
+    def size_bytes(self) -> int:
+        """What the store takes on disk: the SQLite file with its WAL, or pg_database_size()."""
+        if self._runner is None:
+            files = [self.path, self.path.with_name(self.path.name + "-wal")]
+            return sum(f.stat().st_size for f in files if f.exists())
+        return int(self.query("SELECT pg_database_size(current_database())")[0][0])
+
+    def close(self) -> None:
+        if self._runner is not None:
+            if self._conn is not None:
+                self._runner.run(self._conn.close())
+                self._conn = None
+            self._runner.close()
+            self._runner = None
+
+
+def describe(backend: Backend) -> str:
+    if backend == "sqlite":
+        return "SQLite (one file in the data dir, synchronous=FULL)"
+    return (
+        f"PostgreSQL {postgres_version()} (throwaway cluster on loopback TCP, default durability:"
+        " fsync=on, synchronous_commit=on)"
+    )
+
+
+@contextlib.contextmanager
+def postgres_server(backend: Backend) -> Iterator[str | None]:
+    """For "postgres": a throwaway cluster (initdb, started on a free loopback port), its superuser
+    URL; stopped and removed on the way out, Ctrl-C included. For "sqlite": None, nothing to do."""
+    if backend == "sqlite":
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="klarna-capture-bench-pg-"))
+    try:
+        print(f"starting a throwaway PostgreSQL cluster in {folder}...", flush=True)
+        yield start_postgres(folder)
+    finally:
+        stop_postgres(folder)
+
+
+def postgres_program(name: str) -> Path:
+    """A PostgreSQL server program from PATH or Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    candidates = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda path: int(Path(path).parts[-3]) if Path(path).parts[-3].isdigit() else 0,
+    )
+    if not candidates:
+        raise SystemExit(
+            f"PostgreSQL is not installed: no {name} on PATH or in /usr/lib/postgresql/*/bin"
+            " (apt-get install postgresql)"
+        )
+    return Path(candidates[-1])
+
+
+def postgres_version() -> str:
+    done = subprocess.run(  # noqa: S603 - PostgreSQL's own program
+        [str(postgres_program("postgres")), "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    words = done.stdout.split()  # postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)
+    return words[2] if done.returncode == 0 and len(words) > 2 else "?"
+
+
+def _postgres_account() -> pwd.struct_passwd | None:
+    """PostgreSQL refuses to run as root: then the cluster runs as `postgres` (or `nobody`)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise SystemExit("running as root, and there is neither a postgres nor a nobody user")
+
+
+def _run_postgres(command: list[str], folder: Path) -> None:
+    account = _postgres_account()
+    log = folder / "setup.log"
+    with log.open("ab") as output:
+        done = subprocess.run(  # noqa: S603 - PostgreSQL's own programs
+            command,
+            cwd=folder,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=120,
+            user=account.pw_uid if account else None,
+            group=account.pw_gid if account else None,
+            extra_groups=[] if account else None,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+            start_new_session=True,  # Ctrl-C reaches us, not the server: we stop it ourselves
+        )
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise SystemExit(f"{Path(command[0]).name} failed ({done.returncode}):\n{tail}")
+
+
+def start_postgres(folder: Path) -> str:
+    """initdb into `folder` and start the server with PostgreSQL's default durability (unlike
+    tests/postgres_cluster.py, which turns fsync off: a benchmark measures what production pays);
+    returns its superuser URL (trust authentication, loopback only)."""
+    account = _postgres_account()
+    data, sockets = folder / "data", folder / "socket"
+    sockets.mkdir(parents=True, exist_ok=True)
+    if account:
+        for path in (folder, sockets):
+            os.chown(path, account.pw_uid, account.pw_gid)
+    os.chmod(folder, 0o700)
+    setup = ["-U", POSTGRES_USER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]
+    _run_postgres([str(postgres_program("initdb")), "-D", str(data), *setup], folder)
+    for attempt in range(3):
+        port = free_port()
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        waiting = ["-l", str(folder / "server.log"), "-w", "-t", "60"]
+        pg_ctl = str(postgres_program("pg_ctl"))
+        try:
+            _run_postgres([pg_ctl, "-D", str(data), *waiting, "-o", options, "start"], folder)
+        except SystemExit:
+            if attempt == 2:
+                raise
+            continue  # the port was taken meanwhile
+        return f"postgresql://{POSTGRES_USER}@127.0.0.1:{port}/postgres"
+    raise AssertionError("unreachable")
+
+
+def stop_postgres(folder: Path) -> None:
+    """Stop the server started in `folder` (if it runs) and remove the folder."""
+    data = folder / "data"
+    if (data / "postmaster.pid").exists():
+        with contextlib.suppress(SystemExit):
+            pg_ctl = str(postgres_program("pg_ctl"))
+            _run_postgres([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _with_database(server_url: str, database: str) -> str:
+    head, _, _ = server_url.rpartition("/")
+    return f"{head}/{database}"
+
+
+async def _create_database(server_url: str, name: str) -> None:
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    finally:
+        await admin.close()
 
 
 def _serve_sandbox() -> None:

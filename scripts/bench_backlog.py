@@ -1,0 +1,141 @@
+"""Claim latency under a backlog: the store's `claim_job` (what every worker calls to take its next
+job) timed with 100, 10,000 and 100,000 due jobs queued, on SQLite and on a database of a throwaway
+PostgreSQL cluster, in this process; and this process's RSS at the start and at the end.
+
+The backlog is bulk-inserted beside the store (executemany on SQLite, COPY on PostgreSQL): queued
+fulfilment jobs, all due, the oldest first. A measurement: exit 0 either way, with OK or ABOVE
+TARGET printed (target: the median claim at 100,000 queued within 5x of the one at 100)."""
+
+import argparse
+import asyncio
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+from support import BACKENDS, Backend, Database, describe, postgres_server, stop_children_on_signals
+
+from plugin.store import Store, open_store
+
+LEVELS = (100, 10_000, 100_000)
+CLAIMS = 100  # timed at each level: from level + CLAIMS queued down to level + 1
+TARGET_SLOWDOWN = 5.0
+NOW = time.time()
+COLUMNS = ("id", "shop_id", "kind", "key", "state", "due_at", "created_at", "updated_at")
+
+
+def rss_mb() -> tuple[float, float]:
+    """(VmRSS, VmHWM) of this process in MB."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def jobs(first_id: int, count: int) -> list[tuple[object, ...]]:
+    return [
+        (i, "shop_1", "fulfillment", f"F{i}", "queued", NOW - 86_400 + i / 1000, NOW, NOW)
+        for i in range(first_id, first_id + count)
+    ]
+
+
+async def insert(database: Database, first_id: int, count: int) -> None:
+    if database.backend == "sqlite":
+        with sqlite3.connect(database.path, timeout=30) as conn:
+            conn.executemany(
+                f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                jobs(first_id, count),
+            )
+        return
+    conn = await asyncpg.connect(database.url)
+    try:
+        await conn.copy_records_to_table("jobs", records=jobs(first_id, count), columns=COLUMNS)
+    finally:
+        await conn.close()
+
+
+async def measure(database: Database) -> list[list[float]]:
+    """Claim timings (seconds) at each level."""
+    database.data_dir.mkdir(parents=True, exist_ok=True)
+    store: Store = open_store(database.url)
+    results = []
+    try:
+        await store.migrate()
+        next_id, queued = 1, 0
+        await insert(database, next_id, 1)
+        next_id += 1
+        await store.claim_job("warm-up", 60.0, NOW)  # connections, statement caches
+        for level in LEVELS:
+            await insert(database, next_id, level + CLAIMS - queued)
+            next_id += level + CLAIMS - queued
+            timings = []
+            for index in range(CLAIMS):
+                started = time.perf_counter()
+                job = await store.claim_job(f"worker-{level}-{index}", 60.0, NOW)
+                timings.append(time.perf_counter() - started)
+                if job is None:
+                    raise SystemExit(f"nothing to claim with {level:,} queued")
+            queued = level
+            results.append(timings)
+            print(f"  {level:>7,} queued: median {statistics.median(timings) * 1e3:.2f} ms")
+    finally:
+        await store.close()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--database", choices=(*BACKENDS, "both"), default="both", help="the store (default both)"
+    )
+    args = parser.parse_args()
+    stop_children_on_signals()
+    backends: tuple[Backend, ...] = BACKENDS if args.database == "both" else (args.database,)
+    start_rss, _ = rss_mb()
+    print(f"RSS at start: {start_rss:.1f} MB", flush=True)
+    tables = []
+    for backend in backends:
+        print(f"backend: {describe(backend)}", flush=True)
+        with (
+            postgres_server(backend) as server_url,
+            tempfile.TemporaryDirectory(prefix="bench-backlog-") as tmp,
+        ):
+            database = Database(backend, Path(tmp) / "data", server_url)
+            try:
+                tables.append((backend, asyncio.run(measure(database))))
+            finally:
+                database.close()
+        print(f"  RSS now: {rss_mb()[0]:.1f} MB", flush=True)
+
+    print()
+    print(
+        f"claim_job, {CLAIMS} claims per level (queued: level + {CLAIMS} down to level + 1),"
+        " all jobs due, ms"
+    )
+    print(f"{'store':10}{'queued':>9}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}")
+    for backend, results in tables:
+        for level, timings in zip(LEVELS, results, strict=True):
+            ms = sorted(t * 1e3 for t in timings)
+            p90, p99 = ms[int(len(ms) * 0.9)], ms[int(len(ms) * 0.99)]
+            print(
+                f"{backend:10}{level:>9,}{statistics.median(ms):9.2f}{p90:9.2f}{p99:9.2f}"
+                f"{ms[-1]:9.2f}"
+            )
+        slowdown = statistics.median(results[-1]) / statistics.median(results[0])
+        ok = "OK" if slowdown <= TARGET_SLOWDOWN else "ABOVE TARGET"
+        print(
+            f"{backend}: median at {LEVELS[-1]:,} / at {LEVELS[0]:,}: {slowdown:.2f}x "
+            f"(target <= {TARGET_SLOWDOWN:g}x) {ok}"
+        )
+    end_rss, peak = rss_mb()
+    print(f"RSS at start: {start_rss:.1f} MB, at end: {end_rss:.1f} MB (peak {peak:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""A backlog of 100,000 queued jobs, on every backend: the claim query walks the partial due-jobs
+index (`jobs_due ... WHERE state = 'queued'`) instead of scanning or sorting the queue, shown with
+EXPLAIN, and a claim with 100,000 queued costs about what it costs with 100 (a generous bound: the
+machines are shared and noisy, this is no benchmark; scripts/bench-backlog prints the figures).
+
+The claim queries are read from the stores' own `claim_job` source, so the plans checked are those
+of the SQL the workers run. The backlog is bulk-inserted with SQL beside the store (executemany on
+SQLite, COPY on PostgreSQL): enqueuing 100,000 jobs through the store would take minutes."""
+
+import ast
+import inspect
+import sqlite3
+import statistics
+import textwrap
+import time
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from plugin.store import Store, open_store
+from plugin.store.postgres import PostgresStore
+from plugin.store.sqlite import SqliteStore
+from tests.store import test_store as contract
+
+pytestmark = pytest.mark.anyio
+
+# The store contract's fixtures: `store` on a SQLite file and on a PostgreSQL database of its own.
+database_url = contract.database_url
+store = contract.store
+
+NOW = 1_800_000_000.0
+BACKLOG = 100_000
+SMALL = 100
+CLAIMS = 30  # claims timed at each size; the median is compared
+SLOWDOWN = 5.0  # claim at 100,000 queued vs at 100 queued, at most (plus SLACK_S)
+SLACK_S = 0.002  # absolute slack on top: a sub-millisecond claim times 5 is within timer noise
+
+
+def claim_queries(store_class: type[Store]) -> dict[str, str]:
+    """The SELECTs of `store_class.claim_job`: {"lease": expired leases, "due": due jobs}."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(store_class.claim_job)))
+    found: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            sql = node.value
+            if sql.startswith("SELECT") and "FROM jobs" in sql:
+                found["due" if "'queued'" in sql else "lease"] = sql
+    assert set(found) == {"lease", "due"}, f"claim_job's queries changed: {found}"
+    return found
+
+
+def rows(first_id: int, count: int) -> list[tuple[object, ...]]:
+    """Queued fulfilment jobs, all due (the oldest first), as (id, shop_id, kind, key, state,
+    due_at, created_at, updated_at)."""
+    return [
+        (i, "shop_1", "fulfillment", f"F{i}", "queued", NOW - 86_400 + i, NOW, NOW)
+        for i in range(first_id, first_id + count)
+    ]
+
+
+COLUMNS = ("id", "shop_id", "kind", "key", "state", "due_at", "created_at", "updated_at")
+
+
+async def insert_jobs(database_url: str, first_id: int, count: int) -> None:
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=30) as conn:
+            conn.executemany(
+                f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                rows(first_id, count),
+            )
+        return
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.copy_records_to_table("jobs", records=rows(first_id, count), columns=COLUMNS)
+        # What autovacuum does after a bulk of inserts; the plan is checked without it too.
+        await conn.execute("ANALYZE jobs")
+    finally:
+        await conn.close()
+
+
+async def plan(database_url: str, sql: str) -> str:
+    """The backend's plan of `sql` (its one parameter: now), as text."""
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            steps = conn.execute(f"EXPLAIN QUERY PLAN {sql}", (NOW,)).fetchall()
+        return "\n".join(str(step[-1]) for step in steps)
+    conn = await asyncpg.connect(database_url)
+    try:
+        steps = await conn.fetch(f"EXPLAIN {sql}", NOW)
+    finally:
+        await conn.close()
+    return "\n".join(str(step[0]) for step in steps)
+
+
+def assert_uses_index(database_url: str, text: str, index: str) -> None:
+    if database_url.startswith("sqlite:///"):
+        # e.g. "SEARCH jobs USING INDEX jobs_due (due_at<?)"; a scan of the table, or the queue
+        # sorted for ORDER BY, would show as "SCAN jobs" / "USE TEMP B-TREE FOR ORDER BY".
+        assert f"USING INDEX {index}" in text, text
+        assert "TEMP B-TREE" not in text, text
+        assert "SCAN jobs" not in text, text
+    else:
+        # e.g. "Limit -> LockRows -> Index Scan using jobs_due on jobs  Index Cond: (due_at <= $1)"
+        assert f"Index Scan using {index} on jobs" in text, text
+        assert "Seq Scan" not in text, text
+        assert "Sort" not in text, text
+        assert "Bitmap" not in text, text
+
+
+async def median_claim_seconds(store: Store, first_owner: int) -> float:
+    timings = []
+    for index in range(CLAIMS):
+        started = time.perf_counter()
+        job = await store.claim_job(f"worker-{first_owner + index}", 60.0, NOW)
+        timings.append(time.perf_counter() - started)
+        assert job is not None
+        assert job.state == "running"
+    return statistics.median(timings)
+
+
+async def test_claims_walk_the_due_index_and_stay_flat_with_100k_queued(
+    store: Store, database_url: str
+) -> None:
+    store_class = SqliteStore if isinstance(store, SqliteStore) else PostgresStore
+    assert isinstance(store, store_class)
+    queries = claim_queries(store_class)
+
+    await insert_jobs(database_url, 1, SMALL)
+    await store.claim_job("warm-up", 60.0, NOW)  # connections, statement caches
+    small = await median_claim_seconds(store, 0)
+
+    await insert_jobs(database_url, SMALL + 1, BACKLOG - SMALL)
+    queued = BACKLOG - CLAIMS - 1
+    for kind, index in (("due", "jobs_due"), ("lease", "jobs_lease")):
+        assert_uses_index(database_url, await plan(database_url, queries[kind]), index)
+    big = await median_claim_seconds(store, CLAIMS)
+
+    # The oldest due job first, from the index, also with 100,000 queued behind it.
+    job = await store.claim_job("last", 60.0, NOW)
+    assert job is not None
+    assert job.key == f"F{2 * CLAIMS + 2}"
+    print(
+        f"\nclaim median: {small * 1e3:.2f} ms with {SMALL} queued, "
+        f"{big * 1e3:.2f} ms with {queued:,} queued ({big / small:.1f}x)"
+    )
+    assert big <= SLOWDOWN * small + SLACK_S, (small, big)
+
+
+async def test_postgres_plan_holds_before_analyze(postgres_database: str) -> None:
+    """Right after a burst of 100,000 jobs, before autovacuum has analysed the table, the planner
+    still takes the partial index (on SQLite, claim_job names the index with INDEXED BY)."""
+    opened = open_store(postgres_database)
+    try:
+        await opened.migrate()
+    finally:
+        await opened.close()
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        await conn.copy_records_to_table("jobs", records=rows(1, BACKLOG), columns=COLUMNS)
+    finally:
+        await conn.close()
+    text = await plan(postgres_database, claim_queries(PostgresStore)["due"])
+    assert_uses_index(postgres_database, text, "jobs_due")
