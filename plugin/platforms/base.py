@@ -4,10 +4,14 @@ know what shipped, and writes the outcome back onto the storefront's order)."""
 from collections.abc import Callable, Collection, Sequence
 from typing import ClassVar, Protocol, cast, get_args
 
+import httpx2
 import msgspec
 
+from plugin.config import Settings
 from plugin.events import FulfillmentEvent
 from plugin.klarna.models import ShippingMethod
+from plugin.retries import RetryPolicy
+from plugin.shops import Shops
 from plugin.store import Store
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 
@@ -127,3 +131,22 @@ class Storefront(Protocol):
         """Put the order's capture status on the storefront order, from the ledger as it now
         stands (so a retried or late write-back never goes backwards)."""
         ...
+
+
+class StorefrontApp:
+    """What every storefront app holds: the settings, the shops (for their sealed API
+    credentials), the store (the ledger its write-back reads) and the HTTP client for its API."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        shops: Shops,
+        http: httpx2.AsyncClient,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.settings = settings
+        self.shops = shops
+        self.store: Store = shops.store
+        self.http = http
+        self.retry = retry

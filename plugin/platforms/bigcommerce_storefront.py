@@ -10,24 +10,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
-import httpx2
 import msgspec
 
 from plugin import money
-from plugin.config import Settings
 from plugin.events import FulfillmentEvent
 from plugin.platforms import bigcommerce
 from plugin.platforms._bigcommerce_api import BigCommerceError, StoreClient
 from plugin.platforms.base import (
     Resolved,
     Skipped,
+    StorefrontApp,
     StorefrontError,
     refuse_if_captured_shipments_are_gone,
     shipping_method,
 )
-from plugin.retries import RetryPolicy
-from plugin.shops import Shops
-from plugin.store import Store
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 from plugin.worker import JobError
 
@@ -70,21 +66,7 @@ def _where(source: bigcommerce.KlarnaOrderIdSource) -> str:
     return f"the payment provider id of an order paid with {method}"
 
 
-class BigCommerceStorefront:
-    def __init__(
-        self,
-        settings: Settings,
-        shops: Shops,
-        http: httpx2.AsyncClient,
-        *,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self.settings = settings
-        self.shops = shops
-        self.store: Store = shops.store
-        self.http = http
-        self.retry = retry
-
+class BigCommerceStorefront(StorefrontApp):
     def client(self, shop: Shop, step: str) -> StoreClient:
         token = self.shops.platform_token(shop)
         if token is None or not shop.shop_domain:

@@ -9,24 +9,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
-import httpx2
 import msgspec
 
 from plugin import money
-from plugin.config import Settings
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.platforms import shopify
 from plugin.platforms._shopify_admin import AdminClient, ShopifyError
 from plugin.platforms.base import (
     Resolved,
     Skipped,
+    StorefrontApp,
     StorefrontError,
     refuse_if_captured_shipments_are_gone,
     shipping_method,
 )
-from plugin.retries import RetryPolicy
-from plugin.shops import Shops
-from plugin.store import Store
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 
 NAMESPACE = "klarna_capture"
@@ -69,21 +65,7 @@ def _where(options: ShopOptions) -> str:
     }[options.klarna_order_id_source]
 
 
-class ShopifyStorefront:
-    def __init__(
-        self,
-        settings: Settings,
-        shops: Shops,
-        http: httpx2.AsyncClient,
-        *,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self.settings = settings
-        self.shops = shops
-        self.store: Store = shops.store
-        self.http = http
-        self.retry = retry
-
+class ShopifyStorefront(StorefrontApp):
     def admin(self, shop: Shop, step: str) -> AdminClient:
         token = self.shops.platform_token(shop)
         if token is None or not shop.shop_domain:

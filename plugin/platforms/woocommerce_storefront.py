@@ -18,14 +18,11 @@ import httpx2
 import msgspec
 
 from plugin import money
-from plugin.config import Settings
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.klarna.errors import join_messages
 from plugin.platforms import woocommerce
-from plugin.platforms.base import ApiError, Resolved, Skipped, StorefrontError
+from plugin.platforms.base import ApiError, Resolved, Skipped, StorefrontApp, StorefrontError
 from plugin.retries import RetryPolicy, retrying
-from plugin.shops import Shops
-from plugin.store import Store
 from plugin.store.records import CaptureRecord, Delivery, Shipment, Shop
 
 log = logging.getLogger("plugin.woocommerce")
@@ -179,21 +176,7 @@ class RestClient:
         )
 
 
-class WooCommerceStorefront:
-    def __init__(
-        self,
-        settings: Settings,
-        shops: Shops,
-        http: httpx2.AsyncClient,
-        *,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self.settings = settings
-        self.shops = shops
-        self.store: Store = shops.store
-        self.http = http
-        self.retry = retry
-
+class WooCommerceStorefront(StorefrontApp):
     def rest(self, shop: Shop, step: str) -> RestClient:
         token = self.shops.platform_token(shop)
         if token is None or not shop.shop_domain:

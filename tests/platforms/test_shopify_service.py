@@ -163,6 +163,15 @@ def count(settings: Settings, sql: str, *args: object) -> int:
         return int(conn.execute(sql, args).fetchone()[0])
 
 
+def shop_state(settings: Settings, shop_id: str) -> tuple[int, bytes | None]:
+    """(enabled, sealed token) of a shop as stored."""
+    with db(settings) as conn:
+        row = conn.execute(
+            "SELECT enabled, platform_token FROM shops WHERE id = ?", (shop_id,)
+        ).fetchone()
+    return int(row[0]), row[1]
+
+
 def status_of(shopify: ShopifySandbox, gid: str) -> str | None:
     field = shopify.metafields(DOMAIN, gid).get(("klarna_capture", "status"))
     return field[1] if field else None
@@ -441,10 +450,7 @@ def test_uninstall_disables_the_shop_and_forgets_its_token(
 
     assert [first.status_code, again.status_code] == [200, 200]
     assert (after.status_code, after.json()["status"]) == (404, "unknown_shop")
-    with db(settings) as conn:
-        enabled, token = conn.execute(
-            "SELECT enabled, platform_token FROM shops WHERE id = ?", (shop.id,)
-        ).fetchone()
+    enabled, token = shop_state(settings, shop.id)
     assert (enabled, token) == (0, None)
     assert klarna_sandbox.orders[klarna_id].captures == []
     assert [r for r in shopify_sandbox.requests if r.operation is not None] == []
@@ -462,10 +468,7 @@ def test_only_a_shop_body_naming_the_shop_uninstalls_it(
     answers = [send(service, "app/uninstalled", query), send(service, "app/uninstalled", other)]
 
     assert [(a.status_code, a.json()["status"]) for a in answers] == [(400, "rejected")] * 2
-    with db(settings) as conn:
-        enabled, token = conn.execute(
-            "SELECT enabled, platform_token FROM shops WHERE id = ?", (shop.id,)
-        ).fetchone()
+    enabled, token = shop_state(settings, shop.id)
     assert enabled == 1
     assert token is not None
 
@@ -482,10 +485,7 @@ def test_a_redelivered_uninstall_leaves_a_reinstalled_shop_alone(
     again = send(service, "app/uninstalled", UNINSTALLED, **{"X-Shopify-Webhook-Id": webhook_id})
 
     assert again.status_code == 200
-    with db(settings) as conn:
-        enabled, token = conn.execute(
-            "SELECT enabled, platform_token FROM shops WHERE id = ?", (shop.id,)
-        ).fetchone()
+    enabled, token = shop_state(settings, shop.id)
     assert enabled == 1
     assert token is not None
 
