@@ -42,6 +42,8 @@ class Settings:
     log_level: str
     lease_seconds: int = 60
     poll_ms: int = 1000
+    # PostgreSQL only: connections per process (asyncpg pool), at most.
+    database_pool_size: int = 20
     # The Shopify app: its client id and secrets (current first, then the previous one while a
     # rotation is under way), the Admin API version, and where the Admin API of a shop lives.
     shopify_client_id: str | None = None
@@ -71,7 +73,8 @@ class Settings:
             f"public_url={self.public_url!r}, workers={self.workers}, "
             f"webhook_tolerance_seconds={self.webhook_tolerance_seconds}, "
             f"log_level={self.log_level!r}, lease_seconds={self.lease_seconds}, "
-            f"poll_ms={self.poll_ms}, shopify_client_id={self.shopify_client_id!r}, "
+            f"poll_ms={self.poll_ms}, database_pool_size={self.database_pool_size}, "
+            f"shopify_client_id={self.shopify_client_id!r}, "
             f"shopify_client_secrets=<{len(self.shopify_client_secrets)} secrets>, "
             f"shopify_api_version={self.shopify_api_version!r}, "
             f"shopify_admin_url={self.shopify_admin_url!r}, "
@@ -108,6 +111,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "LEASE_SECONDS", get("LEASE_SECONDS"), default=60, low=1, high=3600
         ),
         poll_ms=_whole_number("POLL_MS", get("POLL_MS"), default=1000, low=10, high=60000),
+        database_pool_size=_whole_number(
+            "DATABASE_POOL_SIZE", get("DATABASE_POOL_SIZE"), default=20, low=2, high=1000
+        ),
         **_shopify(get),
         **_bigcommerce(get),
     )

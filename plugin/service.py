@@ -91,7 +91,7 @@ async def open_service(
     poll_seconds: float = 1.0,
 ) -> AsyncIterator[Service]:
     """A service with its store migrated and its HTTP clients open, closed again on exit."""
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, pool_size=settings.database_pool_size)
     try:
         await store.migrate()
         async with contextlib.AsyncExitStack() as stack:

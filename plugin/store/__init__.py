@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
-from plugin.store.base import Captured, NewCallback, NewShop, Plan, ShopChanges, Store
+from plugin.store.base import Captured, NewCallback, NewDelivery, NewShop, Plan, ShopChanges, Store
 
 __all__ = [
     "Captured",
     "NewCallback",
+    "NewDelivery",
     "NewShop",
     "Plan",
     "ShopChanges",
@@ -15,9 +16,10 @@ __all__ = [
 ]
 
 
-def open_store(database_url: str) -> Store:
+def open_store(database_url: str, *, pool_size: int = 20) -> Store:
     """The store a database URL names: `sqlite:///path/to/file.db`, or PostgreSQL's
-    `postgresql://user:password@host:port/database` (`postgres://` too)."""
+    `postgresql://user:password@host:port/database` (`postgres://` too), with at most
+    `pool_size` connections."""
     if database_url.startswith("sqlite:///"):
         from plugin.store.sqlite import SqliteStore
 
@@ -25,5 +27,5 @@ def open_store(database_url: str) -> Store:
     if database_url.startswith(("postgresql://", "postgres://")):
         from plugin.store.postgres import PostgresStore
 
-        return PostgresStore(database_url)
+        return PostgresStore(database_url, max_size=pool_size)
     raise ValueError(f"no store for {database_url.split(':', 1)[0]!r} URLs yet")

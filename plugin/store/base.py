@@ -4,6 +4,8 @@ Every method is one transaction. Methods that change a job take the worker's `ow
 nothing if the lease has passed to another worker (fencing), returning False.
 """
 
+import asyncio
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 
@@ -11,6 +13,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
+from plugin.store.batching import Batcher
 from plugin.store.records import (
     AuditEntry,
     Callback,
@@ -26,6 +29,20 @@ from plugin.store.records import (
     ShopOptions,
     WebhookSecret,
 )
+
+
+class NewDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """A verified delivery to store: `rejected` says why a verified body is no event (stored, no
+    job); an accepted one with a `fulfillment_id` queues that fulfilment's job."""
+
+    shop_id: str
+    delivery_id: str
+    body: bytes
+    event_type: str | None
+    fulfillment_id: str | None
+    rejected: str | None
+    received_at: float
+    order_id: str | None = None
 
 
 class NewShop(msgspec.Struct, kw_only=True):
@@ -155,7 +172,10 @@ class Store(ABC):
         """Store re-encrypted blobs in place of the old ones, all together."""
 
     # deliveries
-    @abstractmethod
+    # How concurrent deliveries are grouped into one transaction (batching.py); per backend.
+    DELIVERY_FLUSHES = 1  # batches written at once
+    DELIVERY_BATCH = 100  # deliveries in a batch, at most
+
     async def record_delivery(
         self,
         shop_id: str,
@@ -168,9 +188,45 @@ class Store(ABC):
         now: float,
         order_id: str | None = None,
     ) -> tuple[int, bool]:
-        """Store a verified delivery and, when accepted, queue its fulfilment's job, together.
+        """Store a verified delivery and, when accepted, queue its fulfilment's job, together;
+        written with the deliveries stored at the same moment, in one transaction.
 
         Returns (delivery row id, whether it was a duplicate that created nothing)."""
+        delivery = NewDelivery(
+            shop_id=shop_id,
+            delivery_id=delivery_id,
+            body=body,
+            event_type=event_type,
+            fulfillment_id=fulfillment_id,
+            rejected=rejected,
+            received_at=now,
+            order_id=order_id,
+        )
+        return await self._delivery_batcher().submit(delivery)
+
+    @abstractmethod
+    async def record_deliveries(self, deliveries: Sequence[NewDelivery]) -> list[tuple[int, bool]]:
+        """`record_delivery` for several, in one transaction, with the results in order. A
+        delivery id given twice is stored once: the second is a duplicate."""
+
+    def _delivery_batcher(self) -> Batcher[NewDelivery, tuple[int, bool]]:
+        loop = asyncio.get_running_loop()
+        batchers = self.__dict__.setdefault("_delivery_batchers", weakref.WeakKeyDictionary())
+        batcher: Batcher[NewDelivery, tuple[int, bool]] | None = batchers.get(loop)
+        if batcher is None:
+            batcher = batchers[loop] = Batcher(
+                self.record_deliveries,
+                max_in_flight=self.DELIVERY_FLUSHES,
+                max_batch=self.DELIVERY_BATCH,
+            )
+        return batcher
+
+    async def _drain_deliveries(self) -> None:
+        """Before closing: the deliveries submitted in this event loop are written."""
+        batchers = self.__dict__.get("_delivery_batchers", {})
+        batcher = batchers.get(asyncio.get_running_loop())
+        if batcher is not None:
+            await batcher.drain()
 
     @abstractmethod
     async def get_delivery(self, delivery_row_id: int) -> Delivery | None: ...

@@ -24,7 +24,7 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 from anyio.abc import TaskStatus
 
-from plugin.store.base import Captured, NewCallback, NewShop, Plan, ShopChanges, Store
+from plugin.store.base import Captured, NewCallback, NewDelivery, NewShop, Plan, ShopChanges, Store
 from plugin.store.records import (
     AuditEntry,
     Callback,
@@ -54,6 +54,81 @@ LISTEN_CHECK_SECONDS = 30.0
 LISTEN_RETRY_SECONDS = (0.1, 5.0)
 
 log = logging.getLogger("plugin.store.postgres")
+
+
+# The claim, in one statement (one round trip, one commit): an expired lease first (it belongs to
+# a worker that died: its job is claimable again), else the job due longest. Each subquery walks
+# its partial index; SKIP LOCKED passes over a job another worker is claiming right now instead
+# of waiting for it, so concurrent claimers take different jobs. $1 is now.
+EXPIRED_LEASE = (
+    "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1"
+    " ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED"
+)
+DUE_JOB = (
+    "SELECT id FROM jobs WHERE state = 'queued' AND due_at <= $1"
+    " ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+)
+CLAIM_JOB = (
+    "UPDATE jobs SET state = 'running', lease_owner = $2, lease_until = $3, updated_at = $1"  # noqa: S608 - constant fragments; values bound
+    f" WHERE id = coalesce(({EXPIRED_LEASE}), ({DUE_JOB})) RETURNING *"
+)
+
+
+# A job done, or queued again at once (with the notification) when new input came while it ran.
+_FINISH_JOB = (
+    "WITH finished AS (UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'done' END,"  # noqa: S608 - constant fragments; values bound
+    " due_at = $1, rerun = false, attempts = 0, last_error = NULL, lease_owner = NULL,"
+    " lease_until = NULL, updated_at = $1"
+    " WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING state),"
+    f" notified AS (SELECT pg_notify('{JOBS_CHANNEL}', '') FROM finished WHERE state = 'queued')"
+    " SELECT (SELECT state FROM finished) AS state, (SELECT count(*) FROM notified) AS notified"
+)
+
+
+def _requeue(*, revive: str) -> str:
+    """The ON CONFLICT clause that queues a fulfilment's one job again: a running job is flagged
+    to run again, a finished one is queued afresh; a dead one stays dead (a dead letter waits for
+    `jobs retry`) unless the SQL expression `revive` is true."""
+    return (
+        " ON CONFLICT (shop_id, kind, key) DO UPDATE SET"
+        " rerun = CASE WHEN jobs.state = 'running' THEN true ELSE jobs.rerun END,"
+        " due_at = CASE WHEN jobs.state IN ('done', 'dead') THEN excluded.due_at"
+        "   ELSE jobs.due_at END,"
+        " attempts = CASE WHEN jobs.state IN ('done', 'dead') THEN 0 ELSE jobs.attempts END,"
+        f" state = CASE WHEN jobs.state = 'done' OR (jobs.state = 'dead' AND {revive})"
+        "   THEN 'queued' ELSE jobs.state END,"
+        " updated_at = excluded.updated_at"
+    )
+
+
+# Deliveries (parallel arrays, one element each) and, for each new accepted shipment (a
+# fulfillment_id, no reason to reject), its fulfilment's job, with the notification when a job is
+# due; per delivery in order, its new row id or the id stored before (as of the snapshot).
+_RECORD_DELIVERIES = (
+    "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"  # noqa: S608 - constant fragments; values bound
+    " $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[]) WITH ORDINALITY"
+    " AS t(shop_id, delivery_id, event_type, fulfillment_id, body, status, reason, received_at,"
+    " order_id, n)),"
+    " delivery AS ("
+    " INSERT INTO deliveries (shop_id, delivery_id, event_type, fulfillment_id, body, status,"
+    " reason, received_at, order_id) SELECT shop_id, delivery_id, event_type, fulfillment_id,"
+    " body, status, reason, received_at, order_id FROM input ORDER BY n"
+    " ON CONFLICT (shop_id, delivery_id) DO NOTHING RETURNING id, shop_id, delivery_id),"
+    " job AS ("
+    " INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"
+    " SELECT DISTINCT ON (i.shop_id, i.fulfillment_id) i.shop_id, 'fulfillment',"
+    " i.fulfillment_id, 'queued', i.received_at, i.received_at, i.received_at"
+    " FROM delivery d JOIN input i ON i.shop_id = d.shop_id AND i.delivery_id = d.delivery_id"
+    " WHERE i.fulfillment_id IS NOT NULL AND i.reason IS NULL"
+    " ORDER BY i.shop_id, i.fulfillment_id, i.n"
+    f"{_requeue(revive='false')} RETURNING state = 'queued' AND due_at <= updated_at AS due),"
+    f" notified AS (SELECT pg_notify('{JOBS_CHANNEL}', '') FROM job WHERE due)"
+    " SELECT i.shop_id, i.delivery_id, d.id AS inserted, e.id AS earlier,"
+    " (SELECT count(*) FROM notified) AS notified"
+    " FROM input i LEFT JOIN delivery d ON d.shop_id = i.shop_id AND d.delivery_id = i.delivery_id"
+    " LEFT JOIN deliveries e ON e.shop_id = i.shop_id AND e.delivery_id = i.delivery_id"
+    " ORDER BY i.n"
+)
 
 R = TypeVar("R")
 
@@ -109,8 +184,20 @@ def without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pool connection released without asyncpg's reset query (advisory unlock, CLOSE ALL,
+    UNLISTEN, RESET ALL): one round trip per use saved. The store keeps no session state on
+    pool connections: migrations take a transaction-scoped lock, LISTEN has its own connection,
+    nothing SETs or declares cursors. An open transaction is still rolled back on release."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class PostgresStore(Store):
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    DELIVERY_FLUSHES = 4  # a round trip each; the pool's other connections serve everything else
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20) -> None:
         self._url = url
         self._min_size = min_size
         self._max_size = max_size
@@ -125,7 +212,10 @@ class PostgresStore(Store):
             async with self._opening:
                 if self._pool is None:
                     pool = await asyncpg.create_pool(
-                        self._url, min_size=self._min_size, max_size=self._max_size
+                        self._url,
+                        min_size=self._min_size,
+                        max_size=self._max_size,
+                        connection_class=_PooledConnection,
                     )
                     self._pool = cast(_Pool, pool)
         return self._pool
@@ -150,6 +240,7 @@ class PostgresStore(Store):
             return await conn.fetchrow(query, *args)
 
     async def close(self) -> None:
+        await self._drain_deliveries()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -390,45 +481,29 @@ class PostgresStore(Store):
 
     # deliveries
 
-    async def record_delivery(
-        self,
-        shop_id: str,
-        delivery_id: str,
-        *,
-        body: bytes,
-        event_type: str | None,
-        fulfillment_id: str | None,
-        rejected: str | None,
-        now: float,
-        order_id: str | None = None,
-    ) -> tuple[int, bool]:
-        async with self._transaction() as conn:
-            row = await conn.fetchrow(
-                "INSERT INTO deliveries (shop_id, delivery_id, event_type, fulfillment_id, body,"
-                " status, reason, received_at, order_id)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                " ON CONFLICT (shop_id, delivery_id) DO NOTHING RETURNING id",
-                shop_id,
-                delivery_id,
-                event_type,
-                fulfillment_id,
-                body,
-                "rejected" if rejected else "accepted",
-                rejected,
-                now,
-                order_id,
-            )
-            if row is None:
-                existing = await conn.fetchrow(
-                    "SELECT id FROM deliveries WHERE shop_id = $1 AND delivery_id = $2",
-                    shop_id,
-                    delivery_id,
-                )
-                assert existing is not None
-                return int(existing[0]), True
-            if fulfillment_id is not None and not rejected:
-                await _queue_fulfillment(conn, shop_id, fulfillment_id, now)
-            return int(row[0]), False
+    async def record_deliveries(self, deliveries: Sequence[NewDelivery]) -> list[tuple[int, bool]]:
+        # One statement, so one round trip and one commit for them all.
+        columns = zip(*(_delivery_row(delivery) for delivery in deliveries), strict=True)
+        rows = await self._fetch(_RECORD_DELIVERIES, *(list(column) for column in columns))
+        results: list[tuple[int, bool]] = []
+        stored: dict[tuple[str, str], int] = {}
+        for row in rows:
+            key = (row["shop_id"], row["delivery_id"])
+            if key in stored:  # a repeat, in these deliveries, of one stored just now
+                results.append((stored[key], True))
+            elif row["inserted"] is not None:
+                stored[key] = int(row["inserted"])
+                results.append((stored[key], False))
+            else:
+                earlier = row["earlier"]
+                if earlier is None:  # stored by a transaction that began after this snapshot
+                    found = await self._fetchrow(
+                        "SELECT id FROM deliveries WHERE shop_id = $1 AND delivery_id = $2", *key
+                    )
+                    assert found is not None
+                    earlier = found[0]
+                results.append((int(earlier), True))
+        return results
 
     async def get_delivery(self, delivery_row_id: int) -> Delivery | None:
         row = await self._fetchrow("SELECT * FROM deliveries WHERE id = $1", delivery_row_id)
@@ -459,33 +534,8 @@ class PostgresStore(Store):
     # jobs
 
     async def claim_job(self, owner: str, lease_seconds: float, now: float) -> Job | None:
-        async with self._transaction() as conn:
-            # A lease that ran out belongs to a worker that died: its job is claimable again.
-            # SKIP LOCKED: a job another worker is claiming right now is not waited for but
-            # passed over, so concurrent claimers take different jobs.
-            row = await conn.fetchrow(
-                "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1"
-                " ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED",
-                now,
-            )
-            if row is None:
-                row = await conn.fetchrow(
-                    "SELECT id FROM jobs WHERE state = 'queued' AND due_at <= $1"
-                    " ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    now,
-                )
-            if row is None:
-                return None
-            claimed = await conn.fetchrow(
-                "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2,"
-                " updated_at = $3 WHERE id = $4 RETURNING *",
-                owner,
-                now + lease_seconds,
-                now,
-                row[0],
-            )
-        assert claimed is not None
-        return _record(claimed, Job)
+        claimed = await self._fetchrow(CLAIM_JOB, now, owner, now + lease_seconds)
+        return _record(claimed, Job) if claimed else None
 
     async def extend_lease(self, job_id: int, owner: str, until: float) -> bool:
         row = await self._fetchrow(
@@ -499,19 +549,8 @@ class PostgresStore(Store):
 
     async def finish_job(self, job_id: int, owner: str, now: float) -> bool:
         # New input that arrived while the job ran (`rerun`) sends it round once more.
-        async with self._transaction() as conn:
-            row = await conn.fetchrow(
-                "UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'done' END,"
-                " due_at = $1, rerun = false, attempts = 0, last_error = NULL, lease_owner = NULL,"
-                " lease_until = NULL, updated_at = $1"
-                " WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING state",
-                now,
-                job_id,
-                owner,
-            )
-            if row is not None and row[0] == "queued":
-                await conn.execute(_NOTIFY)
-        return row is not None
+        row = await self._fetchrow(_FINISH_JOB, now, job_id, owner)
+        return row is not None and row["state"] is not None
 
     async def retry_job_later(
         self,
@@ -889,17 +928,9 @@ async def _queue_fulfillment(
     """Queue a fulfilment's one job: a running job is flagged to run again, a finished one is
     queued afresh; a dead one stays dead (a dead letter waits for `jobs retry`) unless `revive`."""
     row = await conn.fetchrow(
-        "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"
+        "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
         " VALUES ($1, 'fulfillment', $2, 'queued', $3, $3, $3)"
-        " ON CONFLICT (shop_id, kind, key) DO UPDATE SET"
-        " rerun = CASE WHEN jobs.state = 'running' THEN true ELSE jobs.rerun END,"
-        " due_at = CASE WHEN jobs.state IN ('done', 'dead') THEN excluded.due_at"
-        "   ELSE jobs.due_at END,"
-        " attempts = CASE WHEN jobs.state IN ('done', 'dead') THEN 0 ELSE jobs.attempts END,"
-        " state = CASE WHEN jobs.state = 'done' OR (jobs.state = 'dead' AND $4::boolean)"
-        "   THEN 'queued' ELSE jobs.state END,"
-        " updated_at = excluded.updated_at"
-        " RETURNING id, state = 'queued' AND due_at <= $3",
+        f"{_requeue(revive='$4::boolean')} RETURNING id, state = 'queued' AND due_at <= $3",
         shop_id,
         fulfillment_id,
         now,
@@ -934,6 +965,20 @@ async def _add_callback(
         now,
     )
     await conn.execute(_NOTIFY)
+
+
+def _delivery_row(delivery: NewDelivery) -> tuple[object, ...]:
+    return (
+        delivery.shop_id,
+        delivery.delivery_id,
+        delivery.event_type,
+        delivery.fulfillment_id,
+        delivery.body,
+        "rejected" if delivery.rejected else "accepted",
+        delivery.rejected,
+        delivery.received_at,
+        delivery.order_id,
+    )
 
 
 def _setter(event: anyio.Event) -> Callable[..., None]:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from plugin.store.base import Captured, NewCallback, NewShop, Plan, ShopChanges, Store
+from plugin.store.base import Captured, NewCallback, NewDelivery, NewShop, Plan, ShopChanges, Store
 from plugin.store.records import (
     AuditEntry,
     Callback,
@@ -43,6 +43,24 @@ _Outcome = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Any, BaseExce
 BUSY_TIMEOUT_MS = 10_000
 MAX_BATCH = 256
 _STOP = object()
+
+Key = tuple[str, str]  # (shop_id, delivery_id)
+
+# The claim, in one statement: an expired lease first (it belongs to a worker that died: its job is
+# claimable again), else the job due longest. INDEXED BY: left alone, SQLite takes jobs_state and
+# sorts the whole queue. ?1 is now.
+EXPIRED_LEASE = (
+    "SELECT id FROM jobs INDEXED BY jobs_lease WHERE state = 'running' AND lease_until < ?1"
+    " ORDER BY lease_until LIMIT 1"
+)
+DUE_JOB = (
+    "SELECT id FROM jobs INDEXED BY jobs_due WHERE state = 'queued' AND due_at <= ?1"
+    " ORDER BY due_at LIMIT 1"
+)
+CLAIM_JOB = (
+    "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, updated_at = ?1"  # noqa: S608 - constant fragments; values bound
+    f" WHERE id = coalesce(({EXPIRED_LEASE}), ({DUE_JOB})) RETURNING *"
+)
 
 _options_decoder = msgspec.json.Decoder(ShopOptions)
 _encoder = msgspec.json.Encoder()
@@ -170,6 +188,7 @@ class SqliteStore(Store):
         return work(conn)
 
     async def close(self) -> None:
+        await self._drain_deliveries()
         await asyncio.to_thread(self._writer.stop)
         self._readers.shutdown(wait=True)
         with self._lock:
@@ -375,44 +394,47 @@ class SqliteStore(Store):
 
     # deliveries
 
-    async def record_delivery(
-        self,
-        shop_id: str,
-        delivery_id: str,
-        *,
-        body: bytes,
-        event_type: str | None,
-        fulfillment_id: str | None,
-        rejected: str | None,
-        now: float,
-        order_id: str | None = None,
-    ) -> tuple[int, bool]:
-        def work(conn: sqlite3.Connection) -> tuple[int, bool]:
-            row = conn.execute(
-                "INSERT INTO deliveries (shop_id, delivery_id, event_type, fulfillment_id, body,"
-                " status, reason, received_at, order_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (shop_id, delivery_id) DO NOTHING RETURNING id",
-                (
-                    shop_id,
-                    delivery_id,
-                    event_type,
-                    fulfillment_id,
-                    body,
-                    "rejected" if rejected else "accepted",
-                    rejected,
-                    now,
-                    order_id,
-                ),
-            ).fetchone()
-            if row is None:
-                existing = conn.execute(
-                    "SELECT id FROM deliveries WHERE shop_id = ? AND delivery_id = ?",
-                    (shop_id, delivery_id),
-                ).fetchone()
-                return int(existing[0]), True
-            if fulfillment_id is not None and not rejected:
-                _queue_fulfillment(conn, shop_id, fulfillment_id, now)
-            return int(row[0]), False
+    async def record_deliveries(self, deliveries: Sequence[NewDelivery]) -> list[tuple[int, bool]]:
+        def work(conn: sqlite3.Connection) -> list[tuple[int, bool]]:
+            # One INSERT for all: the rows it returns are the new ones.
+            inserted = {
+                (row[1], row[2]): int(row[0])
+                for row in conn.execute(
+                    "INSERT INTO deliveries (shop_id, delivery_id, event_type, fulfillment_id,"  # noqa: S608 - constant fragments; values bound
+                    " body, status, reason, received_at, order_id) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(deliveries))
+                    + " ON CONFLICT (shop_id, delivery_id) DO NOTHING"
+                    " RETURNING id, shop_id, delivery_id",
+                    [value for delivery in deliveries for value in _delivery_row(delivery)],
+                )
+            }
+            earlier = _earlier_deliveries(conn, deliveries, inserted)
+            results: list[tuple[int, bool]] = []
+            shipments: list[NewDelivery] = []
+            for delivery in deliveries:
+                key = (delivery.shop_id, delivery.delivery_id)
+                row_id = inserted.pop(key, None)  # the first of a repeated id is the new one
+                if row_id is None:
+                    results.append((earlier[key], True))
+                    continue
+                earlier[key] = row_id
+                results.append((row_id, False))
+                if delivery.fulfillment_id is not None and delivery.rejected is None:
+                    shipments.append(delivery)
+            if shipments:
+                conn.execute(
+                    "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
+                    " VALUES "
+                    + ", ".join(["(?, 'fulfillment', ?, 'queued', ?, ?, ?)"] * len(shipments))
+                    + _requeue(revive="0"),
+                    [
+                        value
+                        for shipment in shipments
+                        for value in (shipment.shop_id, shipment.fulfillment_id)
+                        + (shipment.received_at,) * 3
+                    ],
+                )
+            return results
 
         return await self._write(work)
 
@@ -454,29 +476,8 @@ class SqliteStore(Store):
 
     async def claim_job(self, owner: str, lease_seconds: float, now: float) -> Job | None:
         def work(conn: sqlite3.Connection) -> Job | None:
-            # A lease that ran out belongs to a worker that died: its job is claimable again.
-            row = (
-                conn.execute(
-                    # INDEXED BY: left alone, SQLite takes jobs_state and sorts the whole queue.
-                    "SELECT id FROM jobs INDEXED BY jobs_lease"
-                    " WHERE state = 'running' AND lease_until < ?"
-                    " ORDER BY lease_until LIMIT 1",
-                    (now,),
-                ).fetchone()
-                or conn.execute(
-                    "SELECT id FROM jobs INDEXED BY jobs_due WHERE state = 'queued' AND due_at <= ?"
-                    " ORDER BY due_at LIMIT 1",
-                    (now,),
-                ).fetchone()
-            )
-            if row is None:
-                return None
-            claimed = conn.execute(
-                "UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?,"
-                " updated_at = ? WHERE id = ? RETURNING *",
-                (owner, now + lease_seconds, now, row[0]),
-            ).fetchone()
-            return _job(claimed)
+            claimed = conn.execute(CLAIM_JOB, (now, owner, now + lease_seconds)).fetchone()
+            return _job(claimed) if claimed else None
 
         return await self._write(work)
 
@@ -880,26 +881,62 @@ _SHIPMENTS = (
 )
 
 
-def _queue_fulfillment(
-    conn: sqlite3.Connection, shop_id: str, fulfillment_id: str, now: float, *, revive: bool = False
-) -> int:
-    """Queue a fulfilment's one job: a running job is flagged to run again, a finished one is
-    queued afresh; a dead one stays dead (a dead letter waits for `jobs retry`) unless `revive`."""
-    row = conn.execute(
-        "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"
-        " VALUES (?, 'fulfillment', ?, 'queued', ?, ?, ?)"
+def _requeue(*, revive: str) -> str:
+    """The ON CONFLICT clause that queues a fulfilment's one job again: a running job is flagged
+    to run again, a finished one is queued afresh; a dead one stays dead (a dead letter waits for
+    `jobs retry`) unless the SQL expression `revive` is true."""
+    return (
         " ON CONFLICT (shop_id, kind, key) DO UPDATE SET"
         " rerun = CASE WHEN jobs.state = 'running' THEN 1 ELSE jobs.rerun END,"
         " due_at = CASE WHEN jobs.state IN ('done', 'dead') THEN excluded.due_at"
         "   ELSE jobs.due_at END,"
         " attempts = CASE WHEN jobs.state IN ('done', 'dead') THEN 0 ELSE jobs.attempts END,"
-        " state = CASE WHEN jobs.state = 'done' OR (jobs.state = 'dead' AND ?) THEN 'queued'"
-        "   ELSE jobs.state END,"
+        f" state = CASE WHEN jobs.state = 'done' OR (jobs.state = 'dead' AND {revive})"
+        "   THEN 'queued' ELSE jobs.state END,"
         " updated_at = excluded.updated_at"
-        " RETURNING id",
+    )
+
+
+def _queue_fulfillment(
+    conn: sqlite3.Connection, shop_id: str, fulfillment_id: str, now: float, *, revive: bool = False
+) -> int:
+    """Queue a fulfilment's one job (see `_requeue`)."""
+    row = conn.execute(
+        "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
+        " VALUES (?, 'fulfillment', ?, 'queued', ?, ?, ?)"
+        f"{_requeue(revive='?')} RETURNING id",
         (shop_id, fulfillment_id, now, now, now, revive),
     ).fetchone()
     return int(row[0])
+
+
+def _delivery_row(delivery: NewDelivery) -> tuple[object, ...]:
+    return (
+        delivery.shop_id,
+        delivery.delivery_id,
+        delivery.event_type,
+        delivery.fulfillment_id,
+        delivery.body,
+        "rejected" if delivery.rejected else "accepted",
+        delivery.rejected,
+        delivery.received_at,
+        delivery.order_id,
+    )
+
+
+def _earlier_deliveries(
+    conn: sqlite3.Connection, deliveries: Sequence[NewDelivery], inserted: Mapping[Key, int]
+) -> dict[Key, int]:
+    """The row ids of the deliveries that were stored before, by (shop_id, delivery_id)."""
+    keys = {(delivery.shop_id, delivery.delivery_id) for delivery in deliveries} - set(inserted)
+    if not keys:
+        return {}
+    rows = conn.execute(
+        "SELECT id, shop_id, delivery_id FROM deliveries WHERE "  # noqa: S608 - constant fragments; values bound
+        + " OR ".join(["(shop_id = ? AND delivery_id = ?)"] * len(keys)),
+        [value for key in keys for value in key],
+    )
+    return {(row[1], row[2]): int(row[0]) for row in rows}
 
 
 def _add_callback(

@@ -4,13 +4,23 @@ database of each test's own). Queue semantics, leases and fencing, the ledger.""
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
 import pytest
 
-from plugin.store import Captured, NewCallback, NewShop, Plan, ShopChanges, Store, open_store
+from plugin.store import (
+    Captured,
+    NewCallback,
+    NewDelivery,
+    NewShop,
+    Plan,
+    ShopChanges,
+    Store,
+    open_store,
+)
 from plugin.store.records import ShopOptions
 from plugin.store.schema import MIGRATIONS
 
@@ -123,6 +133,112 @@ async def test_a_duplicate_delivery_creates_nothing(store: Store) -> None:
     assert first[1] is False
     assert await deliver(store, "d1") == (first[0], True)
     assert [j.key for j in await store.list_jobs()] == ["F1"]
+
+
+def new_delivery(
+    delivery_id: str,
+    fulfillment_id: str | None = "F1",
+    *,
+    shop_id: str = "shop_1",
+    rejected: str | None = None,
+    at: float = NOW,
+) -> NewDelivery:
+    return NewDelivery(
+        shop_id=shop_id,
+        delivery_id=delivery_id,
+        body=f'{{"id": "{delivery_id}"}}'.encode(),
+        event_type=None if rejected else "fulfillment.created",
+        fulfillment_id=fulfillment_id,
+        rejected=rejected,
+        received_at=at,
+        order_id="O1",
+    )
+
+
+async def test_deliveries_written_together_keep_each_ones_outcome(
+    store: Store, database_url: str
+) -> None:
+    await add_shop(store)
+    earlier, _ = await deliver(store, "d0", "F0")
+    results = await store.record_deliveries(
+        [
+            new_delivery("d1", "F1"),
+            new_delivery("d1", "F1"),  # the same delivery twice in one batch
+            new_delivery("d2", "F1"),  # another delivery of the same fulfilment
+            new_delivery("d0", "F0"),  # stored before
+            new_delivery("r1", None, rejected="not a valid event"),
+            new_delivery("d3", "F2", at=NOW + 5),
+        ]
+    )
+    assert [duplicate for _, duplicate in results] == [False, True, False, True, False, False]
+    assert results[1][0] == results[0][0]
+    assert results[3] == (earlier, True)
+    assert len({row for row, _ in results}) == 5
+    stored = [await store.get_delivery(row) for row, _ in results]
+    assert [(d.delivery_id, d.status, d.body) for d in stored if d] == [
+        ("d1", "accepted", b'{"id": "d1"}'),
+        ("d1", "accepted", b'{"id": "d1"}'),
+        ("d2", "accepted", b'{"id": "d2"}'),
+        ("d0", "accepted", b"{}"),
+        ("r1", "rejected", b'{"id": "r1"}'),
+        ("d3", "accepted", b'{"id": "d3"}'),
+    ]
+    jobs = {job.key: job for job in await store.list_jobs()}
+    assert sorted(jobs) == ["F0", "F1", "F2"]  # one per fulfilment; none for the rejected one
+    assert (jobs["F2"].state, jobs["F2"].due_at) == ("queued", NOW + 5)
+    assert await query(database_url, "SELECT count(*) FROM deliveries") == 5
+
+
+async def test_concurrent_deliveries_are_each_stored_once(store: Store, database_url: str) -> None:
+    """Deliveries stored at the same moment go in batches (group commit); every caller still
+    learns its own row, and a delivery sent twice at once is stored once."""
+    await add_shop(store)
+    results: dict[int, tuple[int, bool]] = {}
+
+    async def one(index: int) -> None:
+        # Each delivery id comes twice; 40 fulfilments of two deliveries each.
+        results[index] = await deliver(store, f"d{index % 80}", f"F{index % 40}")
+
+    async with anyio.create_task_group() as group:
+        for index in range(160):
+            group.start_soon(one, index)
+    assert await query(database_url, "SELECT count(*) FROM deliveries") == 80
+    assert await query(database_url, "SELECT count(*) FROM jobs") == 40
+    for index in range(80):
+        first, second = results[index], results[index + 80]
+        assert first[0] == second[0]
+        assert sorted([first[1], second[1]]) == [False, True]
+        delivery = await store.get_delivery(first[0])
+        assert delivery is not None
+        assert delivery.delivery_id == f"d{index}"
+
+
+async def test_a_delivery_that_cannot_be_stored_fails_alone(store: Store) -> None:
+    """A batch that fails is written again one delivery at a time: only the bad one fails."""
+    await add_shop(store)
+    outcomes: dict[str, object] = {}
+
+    async def one(delivery_id: str, body: bytes | None) -> None:
+        try:
+            outcomes[delivery_id] = await store.record_delivery(
+                "shop_1",
+                delivery_id,
+                body=cast(bytes, body),
+                event_type="fulfillment.created",
+                fulfillment_id="F1",
+                rejected=None,
+                now=NOW,
+            )
+        except Exception as exc:
+            outcomes[delivery_id] = exc
+
+    async with anyio.create_task_group() as group:
+        for index in range(10):
+            group.start_soon(one, f"d{index}", b"{}")
+        group.start_soon(one, "bodiless", None)  # breaks a NOT NULL constraint
+    assert isinstance(outcomes.pop("bodiless"), Exception)
+    assert all(isinstance(outcome, tuple) and outcome[1] is False for outcome in outcomes.values())
+    assert len(await store.fulfillment_deliveries("shop_1", "F1")) == 10
 
 
 async def test_one_job_per_fulfilment_whatever_arrives(store: Store) -> None:
