@@ -7,7 +7,7 @@ import getpass
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -219,7 +219,18 @@ def _worker(args: argparse.Namespace) -> int:
                 await task
         return 0
 
-    return asyncio.run(main())
+    return _run_event_loop(main())
+
+
+def _run_event_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` on uvloop where it is installed (as uvicorn does for `serve`): less CPU per
+    network round trip than asyncio's own loop, which runs it otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 async def _migrate(service: Service) -> int:
