@@ -96,6 +96,11 @@ def main() -> int:
     parser.add_argument(
         "--database", choices=BACKENDS, default="sqlite", help="the store (default sqlite)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample the service with py-spy during its wrk run; collapsed stacks to this file",
+    )
     args = parser.parse_args()
     stop_children_on_signals()
     if not 1 <= args.duration <= MAX_DURATION_S:
@@ -147,7 +152,10 @@ def main() -> int:
             # Signed afresh: timestamps as young for the service as they were for the bare app.
             write_deliveries(work / "deliveries.tsv", secret, count)
             print(f"wrk against klarna-capture serve ({args.duration} s)...", flush=True)
+            profiler = start_profiler(args, serve.pid)
             result = run_wrk(args, url, work / "deliveries.tsv")
+            if profiler is not None:
+                profiler.wait()
             time.sleep(0.5)  # the requests wrk left in flight finish
             rss, peak = serve.memory()
             stored = database.query("SELECT count(*) FROM deliveries WHERE status = 'accepted'")
@@ -185,6 +193,15 @@ def main() -> int:
         print(f"WARNING: {result['wrapped']:,} requests repeated a delivery; raise --deliveries")
     print(f"serve RSS at the end: {rss:.1f} MB (peak {peak:.1f} MB)")
     return 0
+
+
+def start_profiler(args: argparse.Namespace, pid: int) -> "subprocess.Popen[bytes] | None":
+    """py-spy sampling the service for the wrk run (less a second), writing collapsed stacks."""
+    if args.profile is None:
+        return None
+    command = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200"]
+    command += ["--duration", str(max(1, args.duration - 1)), "--output", str(args.profile)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL)  # noqa: S603
 
 
 def verdict(ok: bool) -> str:

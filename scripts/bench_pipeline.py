@@ -11,6 +11,7 @@ with no workers. Only then is the worker started and timed, until every fulfilme
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -137,6 +138,7 @@ def run(
     processes: int = 1,
     backend: Backend = "sqlite",
     server_url: str | None = None,
+    profile: Path | None = None,
 ) -> Run:
     data_dir = work / "data"
     database = Database(backend, data_dir, server_url)
@@ -193,6 +195,7 @@ def run(
         processes_started.extend(workers)
         for worker in workers:
             worker.wait_output("klarna-capture worker running")
+        profiler = profile_process(workers[0].pid, profile) if profile else None
         cpu_before = sum(w.cpu_seconds() for w in workers)
         busy_before, _ = machine_busy_seconds()
         started = time.monotonic()
@@ -212,6 +215,8 @@ def run(
         peak = max(w.memory()[1] for w in workers)
         for worker in workers:
             worker.stop()  # SQLite checkpoints its WAL on the way out
+        if profiler is not None:
+            profiler.wait()
         captured = database.query("SELECT count(*) FROM captures WHERE state = 'captured'")
         dead = states.get("dead", 0)
         if dead:
@@ -225,6 +230,13 @@ def run(
         for process in reversed(processes_started):
             process.stop()
         database.close()
+
+
+def profile_process(pid: int, output: Path) -> "subprocess.Popen[bytes]":
+    """py-spy sampling a worker process until it exits, writing collapsed stacks to `output`."""
+    command = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200"]
+    command += ["--output", str(output)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL)  # noqa: S603
 
 
 def first_error(database: Database) -> str:
@@ -241,6 +253,11 @@ def main() -> int:
     parser.add_argument(
         "--database", choices=BACKENDS, default="sqlite", help="the store (default sqlite)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample the (first) worker process with py-spy in the 50 ms run; collapsed stacks",
+    )
     args = parser.parse_args()
     stop_children_on_signals()
     print(f"backend: {describe(args.database)}", flush=True)
@@ -256,7 +273,9 @@ def main() -> int:
             with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
                 print(f"run with {latency_ms} ms Klarna latency: setting up...", flush=True)
                 result = run(
-                    args.shipments, latency_ms, Path(tmp), args.processes, args.database, server_url
+                    *(args.shipments, latency_ms, Path(tmp), args.processes, args.database),
+                    server_url,
+                    args.profile if latency_ms else None,
                 )
                 runs.append(result)
                 print(
