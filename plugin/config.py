@@ -44,6 +44,9 @@ class Settings:
     poll_ms: int = 1000
     # PostgreSQL only: connections per process (asyncpg pool), at most.
     database_pool_size: int = 20
+    # Processes that run workers against this database, on all machines: each keeps this share
+    # of every merchant's Klarna rate limit.
+    worker_processes: int = 1
     # The Shopify app: its client id and secrets (current first, then the previous one while a
     # rotation is under way), the Admin API version, and where the Admin API of a shop lives.
     shopify_client_id: str | None = None
@@ -74,6 +77,7 @@ class Settings:
             f"webhook_tolerance_seconds={self.webhook_tolerance_seconds}, "
             f"log_level={self.log_level!r}, lease_seconds={self.lease_seconds}, "
             f"poll_ms={self.poll_ms}, database_pool_size={self.database_pool_size}, "
+            f"worker_processes={self.worker_processes}, "
             f"shopify_client_id={self.shopify_client_id!r}, "
             f"shopify_client_secrets=<{len(self.shopify_client_secrets)} secrets>, "
             f"shopify_api_version={self.shopify_api_version!r}, "
@@ -113,6 +117,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         poll_ms=_whole_number("POLL_MS", get("POLL_MS"), default=1000, low=10, high=60000),
         database_pool_size=_whole_number(
             "DATABASE_POOL_SIZE", get("DATABASE_POOL_SIZE"), default=20, low=2, high=1000
+        ),
+        worker_processes=_whole_number(
+            "WORKER_PROCESSES", get("WORKER_PROCESSES"), default=1, low=1, high=1000
         ),
         **_shopify(get),
         **_bigcommerce(get),

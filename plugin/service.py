@@ -8,6 +8,7 @@ import httpx2
 from plugin.config import Settings
 from plugin.klarna import RetryPolicy, make_http_client
 from plugin.klarna.client import DEFAULT_TIMEOUT
+from plugin.klarna.ratelimit import share_rate_between
 from plugin.pipeline import Pipeline
 from plugin.platforms.base import Storefront
 from plugin.platforms.bigcommerce_storefront import BigCommerceStorefront
@@ -91,6 +92,7 @@ async def open_service(
     poll_seconds: float = 1.0,
 ) -> AsyncIterator[Service]:
     """A service with its store migrated and its HTTP clients open, closed again on exit."""
+    share_rate_between(settings.worker_processes)
     store = open_store(settings.database_url, pool_size=settings.database_pool_size)
     try:
         await store.migrate()

@@ -44,6 +44,8 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
             "KLARNA_CAPTURE_WORKERS": "0",
             "KLARNA_CAPTURE_WEBHOOK_TOLERANCE": "86400",
             "KLARNA_CAPTURE_LOG_LEVEL": "debug",
+            "KLARNA_CAPTURE_DATABASE_POOL_SIZE": "8",
+            "KLARNA_CAPTURE_WORKER_PROCESSES": "3",
         }
     )
     assert settings.data_dir == tmp_path / "data"
@@ -54,6 +56,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.workers == 0
     assert settings.webhook_tolerance_seconds == 86400
     assert settings.log_level == "DEBUG"
+    assert (settings.database_pool_size, settings.worker_processes) == (8, 3)
 
 
 def test_empty_values_count_as_unset() -> None:
@@ -113,6 +116,8 @@ def test_postgres_urls_are_kept_as_given(url: str) -> None:
         ("WEBHOOK_TOLERANCE", "5m"),
         ("LOG_LEVEL", "verbose"),
         ("LOG_LEVEL", "CRITICAL"),
+        ("DATABASE_POOL_SIZE", "1"),
+        ("WORKER_PROCESSES", "0"),
     ],
 )
 def test_bad_values_name_the_variable_in_one_line(name: str, value: str) -> None:

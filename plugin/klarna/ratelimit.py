@@ -1,5 +1,6 @@
 """Klarna's per-merchant request rate (200/s live, 50/s playground, per API username), kept by
-every caller in the process together."""
+every caller in the process together, and by several processes together when each keeps its share
+(`share_rate_between`, set from KLARNA_CAPTURE_WORKER_PROCESSES)."""
 
 import asyncio
 import threading
@@ -44,6 +45,19 @@ class RateLimiter:
 
 _limiters: dict[tuple[str, str], RateLimiter] = {}
 _limiters_lock = threading.Lock()
+_processes = 1
+
+
+def share_rate_between(processes: int) -> None:
+    """Each of `processes` processes calling Klarna keeps 1/`processes` of every merchant's rate,
+    so that together they stay within Klarna's limit. Limiters are made anew at the new rate."""
+    global _processes
+    if processes < 1:
+        raise ValueError("at least one process calls Klarna")
+    with _limiters_lock:
+        if processes != _processes:
+            _processes = processes
+            _limiters.clear()
 
 
 def rate_limiter_for(username: str, environment: str) -> RateLimiter:
@@ -52,5 +66,5 @@ def rate_limiter_for(username: str, environment: str) -> RateLimiter:
     with _limiters_lock:
         limiter = _limiters.get(key)
         if limiter is None:
-            limiter = _limiters[key] = RateLimiter(RATE_PER_SECOND[environment])
+            limiter = _limiters[key] = RateLimiter(RATE_PER_SECOND[environment] / _processes)
         return limiter

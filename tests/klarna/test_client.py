@@ -5,15 +5,18 @@ import email.utils
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx2
 import pytest
 
+from plugin.config import load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy, base_url
 from plugin.klarna.client import make_http_client, new_idempotency_key
 from plugin.klarna.models import CaptureObject, OrderLine, ShippingInfo
-from plugin.klarna.ratelimit import RateLimiter
+from plugin.klarna.ratelimit import RateLimiter, share_rate_between
 from plugin.sandbox.klarna import DEFAULT_PASSWORD, DEFAULT_USERNAME, FaultSettings, KlarnaSandbox
+from plugin.service import open_service
 
 pytestmark = pytest.mark.anyio
 
@@ -504,6 +507,31 @@ def test_one_limiter_per_username_and_environment_shared_by_clients() -> None:
     assert a._limiter is not c._limiter
     assert a._limiter is not live._limiter
     assert (a._limiter.per_second, live._limiter.per_second) == (50, 200)
+
+
+async def test_worker_processes_each_keep_their_share_of_a_merchants_rate(
+    tmp_path: Path,
+) -> None:
+    """With KLARNA_CAPTURE_WORKER_PROCESSES=4, each process spaces a merchant's requests for a
+    quarter of Klarna's limit, so four together stay within it."""
+    settings = load_settings(
+        {
+            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
+            "KLARNA_CAPTURE_SECRET_KEY": "k" * 32,
+            "KLARNA_CAPTURE_WORKER_PROCESSES": "4",
+        }
+    )
+    try:
+        async with open_service(settings):
+            live = KlarnaClient(Credentials("PK-share", "pw"), environment="live")
+            playground = KlarnaClient(Credentials("PK-share", "pw"))
+            assert (live._limiter.per_second, playground._limiter.per_second) == (50, 12.5)
+            waits = [live._limiter.reserve() for _ in range(3)]
+            assert waits[2] == pytest.approx(2 / 50, abs=0.005)
+    finally:
+        share_rate_between(1)
+    alone = KlarnaClient(Credentials("PK-share", "pw"), environment="live")
+    assert alone._limiter.per_second == 200
 
 
 async def test_concurrent_callers_share_the_limit() -> None:
