@@ -1,10 +1,12 @@
 """What every webhook endpoint shares: the body read with a limit, the JSON answer, and storing a
 verified delivery with its job."""
 
+import functools
 import logging
 import time
 
 import msgspec
+from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -36,8 +38,14 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
+@functools.cache
+def _counter(platform: str, outcome: str) -> Counter:
+    """The deliveries counter of one platform and outcome (a few of each), looked up once."""
+    return metrics.DELIVERIES.labels(platform, outcome)
+
+
 def answer(status: int, platform: str, outcome: str, **fields: object) -> Response:
-    metrics.DELIVERIES.labels(platform, outcome).inc()
+    _counter(platform, outcome).inc()
     body = _encoder.encode({"status": outcome, **fields})
     return Response(body, status_code=status, media_type="application/json")
 

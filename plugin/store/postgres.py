@@ -195,7 +195,6 @@ class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]
 
 
 class PostgresStore(Store):
-    DELIVERY_FLUSHES = 4  # a round trip each; the pool's other connections serve everything else
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20) -> None:
         self._url = url
