@@ -103,7 +103,9 @@ def _requeue(*, revive: str) -> str:
 
 # Deliveries (parallel arrays, one element each) and, for each new accepted shipment (a
 # fulfillment_id, no reason to reject), its fulfilment's job, with the notification when a job is
-# due; per delivery in order, its new row id or the id stored before (as of the snapshot).
+# due; per delivery in order, its new row id or the id stored before (as of the snapshot). Rows
+# are written in key order, so that two processes storing the same deliveries at once lock them
+# in the same order and never deadlock.
 _RECORD_DELIVERIES = (
     "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"  # noqa: S608 - constant fragments; values bound
     " $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[]) WITH ORDINALITY"
@@ -112,7 +114,7 @@ _RECORD_DELIVERIES = (
     " delivery AS ("
     " INSERT INTO deliveries (shop_id, delivery_id, event_type, fulfillment_id, body, status,"
     " reason, received_at, order_id) SELECT shop_id, delivery_id, event_type, fulfillment_id,"
-    " body, status, reason, received_at, order_id FROM input ORDER BY n"
+    " body, status, reason, received_at, order_id FROM input ORDER BY shop_id, delivery_id"
     " ON CONFLICT (shop_id, delivery_id) DO NOTHING RETURNING id, shop_id, delivery_id),"
     " job AS ("
     " INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"
@@ -195,7 +197,6 @@ class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]
 
 
 class PostgresStore(Store):
-
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20) -> None:
         self._url = url
         self._min_size = min_size

@@ -1,6 +1,7 @@
 """What only the PostgreSQL store has to prove: many processes on one database. Each store here has
 a pool of its own, as each `serve` or `worker` process would; test_store.py is the contract."""
 
+import asyncio
 import collections
 import os
 import subprocess
@@ -19,7 +20,7 @@ from plugin.store.postgres import JOBS_CHANNEL, PostgresStore
 from plugin.store.records import Job
 from plugin.store.schema_postgres import MIGRATIONS
 from plugin.worker import Worker
-from tests.store.test_store import NOW, add_shop, deliver
+from tests.store.test_store import NOW, add_shop, deliver, new_delivery
 
 pytestmark = pytest.mark.anyio
 
@@ -77,6 +78,27 @@ async def test_concurrent_claimers_take_each_job_exactly_once(
         " WHERE datname = current_database() AND pid != pg_backend_pid()",
     )
     assert connections == 8
+
+
+async def test_two_processes_storing_the_same_deliveries_at_once_never_deadlock(
+    stores: tuple[PostgresStore, PostgresStore], postgres_database: str
+) -> None:
+    """Two receivers storing the same batch of deliveries, listed in opposite orders: each
+    delivery is stored once, and neither waits for the other in a lock cycle (which PostgreSQL
+    would break after deadlock_timeout by failing one of them)."""
+    await add_shop(stores[0])
+    for round_ in range(20):
+        batch = [new_delivery(f"r{round_}-d{index}", f"r{round_}-F{index}") for index in range(12)]
+        with anyio.fail_after(5):
+            results = await asyncio.gather(
+                stores[0].record_deliveries(batch), stores[1].record_deliveries(batch[::-1])
+            )
+        first, second = results[0], results[1][::-1]
+        for one, other in zip(first, second, strict=True):
+            assert one[0] == other[0]
+            assert sorted([one[1], other[1]]) == [False, True]
+    assert await fetch(postgres_database, "SELECT count(*) FROM deliveries") == [(240,)]
+    assert await fetch(postgres_database, "SELECT count(*) FROM jobs") == [(240,)]
 
 
 async def test_a_job_being_claimed_is_passed_over_not_waited_for(
