@@ -41,6 +41,7 @@ from plugin.store.records import (
     WebhookSecret,
 )
 from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
+from plugin.store.sql import DELIVERY_COLUMNS, delivery_row, requeue
 
 # Taken for the length of the migrating transaction, so that processes migrating at once apply
 # each migration once, one after the other. The key is "klarnamg" in ASCII.
@@ -85,22 +86,6 @@ _FINISH_JOB = (
 )
 
 
-def _requeue(*, revive: str) -> str:
-    """The ON CONFLICT clause that queues a fulfilment's one job again: a running job is flagged
-    to run again, a finished one is queued afresh; a dead one stays dead (a dead letter waits for
-    `jobs retry`) unless the SQL expression `revive` is true."""
-    return (
-        " ON CONFLICT (shop_id, kind, key) DO UPDATE SET"
-        " rerun = CASE WHEN jobs.state = 'running' THEN true ELSE jobs.rerun END,"
-        " due_at = CASE WHEN jobs.state IN ('done', 'dead') THEN excluded.due_at"
-        "   ELSE jobs.due_at END,"
-        " attempts = CASE WHEN jobs.state IN ('done', 'dead') THEN 0 ELSE jobs.attempts END,"
-        f" state = CASE WHEN jobs.state = 'done' OR (jobs.state = 'dead' AND {revive})"
-        "   THEN 'queued' ELSE jobs.state END,"
-        " updated_at = excluded.updated_at"
-    )
-
-
 # Deliveries (parallel arrays, one element each) and, for each new accepted shipment (a
 # fulfillment_id, no reason to reject), its fulfilment's job, with the notification when a job is
 # due; per delivery in order, its new row id or the id stored before (as of the snapshot). Rows
@@ -109,12 +94,9 @@ def _requeue(*, revive: str) -> str:
 _RECORD_DELIVERIES = (
     "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"  # noqa: S608 - constant fragments; values bound
     " $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[]) WITH ORDINALITY"
-    " AS t(shop_id, delivery_id, event_type, fulfillment_id, body, status, reason, received_at,"
-    " order_id, n)),"
-    " delivery AS ("
-    " INSERT INTO deliveries (shop_id, delivery_id, event_type, fulfillment_id, body, status,"
-    " reason, received_at, order_id) SELECT shop_id, delivery_id, event_type, fulfillment_id,"
-    " body, status, reason, received_at, order_id FROM input ORDER BY shop_id, delivery_id"
+    f" AS t({DELIVERY_COLUMNS}, n)),"
+    f" delivery AS (INSERT INTO deliveries ({DELIVERY_COLUMNS}) SELECT {DELIVERY_COLUMNS}"
+    " FROM input ORDER BY shop_id, delivery_id"
     " ON CONFLICT (shop_id, delivery_id) DO NOTHING RETURNING id, shop_id, delivery_id),"
     " job AS ("
     " INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"
@@ -123,7 +105,7 @@ _RECORD_DELIVERIES = (
     " FROM delivery d JOIN input i ON i.shop_id = d.shop_id AND i.delivery_id = d.delivery_id"
     " WHERE i.fulfillment_id IS NOT NULL AND i.reason IS NULL"
     " ORDER BY i.shop_id, i.fulfillment_id, i.n"
-    f"{_requeue(revive='false')} RETURNING state = 'queued' AND due_at <= updated_at AS due),"
+    f"{requeue(revive='false')} RETURNING state = 'queued' AND due_at <= updated_at AS due),"
     f" notified AS (SELECT pg_notify('{JOBS_CHANNEL}', '') FROM job WHERE due)"
     " SELECT i.shop_id, i.delivery_id, d.id AS inserted, e.id AS earlier,"
     " (SELECT count(*) FROM notified) AS notified"
@@ -483,7 +465,7 @@ class PostgresStore(Store):
 
     async def record_deliveries(self, deliveries: Sequence[NewDelivery]) -> list[tuple[int, bool]]:
         # One statement, so one round trip and one commit for them all.
-        columns = zip(*(_delivery_row(delivery) for delivery in deliveries), strict=True)
+        columns = zip(*(delivery_row(delivery) for delivery in deliveries), strict=True)
         rows = await self._fetch(_RECORD_DELIVERIES, *(list(column) for column in columns))
         results: list[tuple[int, bool]] = []
         stored: dict[tuple[str, str], int] = {}
@@ -930,7 +912,7 @@ async def _queue_fulfillment(
     row = await conn.fetchrow(
         "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
         " VALUES ($1, 'fulfillment', $2, 'queued', $3, $3, $3)"
-        f"{_requeue(revive='$4::boolean')} RETURNING id, state = 'queued' AND due_at <= $3",
+        f"{requeue(revive='$4::boolean')} RETURNING id, state = 'queued' AND due_at <= $3",
         shop_id,
         fulfillment_id,
         now,
@@ -965,20 +947,6 @@ async def _add_callback(
         now,
     )
     await conn.execute(_NOTIFY)
-
-
-def _delivery_row(delivery: NewDelivery) -> tuple[object, ...]:
-    return (
-        delivery.shop_id,
-        delivery.delivery_id,
-        delivery.event_type,
-        delivery.fulfillment_id,
-        delivery.body,
-        "rejected" if delivery.rejected else "accepted",
-        delivery.rejected,
-        delivery.received_at,
-        delivery.order_id,
-    )
 
 
 def _setter(event: anyio.Event) -> Callable[..., None]:

@@ -34,6 +34,7 @@ from plugin.store.records import (
     WebhookSecret,
 )
 from plugin.store.schema import MIGRATIONS
+from plugin.store.sql import DELIVERY_COLUMNS, delivery_row, requeue
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
@@ -400,12 +401,11 @@ class SqliteStore(Store):
             inserted = {
                 (row[1], row[2]): int(row[0])
                 for row in conn.execute(
-                    "INSERT INTO deliveries (shop_id, delivery_id, event_type, fulfillment_id,"  # noqa: S608 - constant fragments; values bound
-                    " body, status, reason, received_at, order_id) VALUES "
+                    f"INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES "  # noqa: S608 - constant fragments; values bound
                     + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(deliveries))
                     + " ON CONFLICT (shop_id, delivery_id) DO NOTHING"
                     " RETURNING id, shop_id, delivery_id",
-                    [value for delivery in deliveries for value in _delivery_row(delivery)],
+                    [value for delivery in deliveries for value in delivery_row(delivery)],
                 )
             }
             earlier = _earlier_deliveries(conn, deliveries, inserted)
@@ -426,7 +426,7 @@ class SqliteStore(Store):
                     "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
                     " VALUES "
                     + ", ".join(["(?, 'fulfillment', ?, 'queued', ?, ?, ?)"] * len(shipments))
-                    + _requeue(revive="0"),
+                    + requeue(revive="false"),
                     [
                         value
                         for shipment in shipments
@@ -881,22 +881,6 @@ _SHIPMENTS = (
 )
 
 
-def _requeue(*, revive: str) -> str:
-    """The ON CONFLICT clause that queues a fulfilment's one job again: a running job is flagged
-    to run again, a finished one is queued afresh; a dead one stays dead (a dead letter waits for
-    `jobs retry`) unless the SQL expression `revive` is true."""
-    return (
-        " ON CONFLICT (shop_id, kind, key) DO UPDATE SET"
-        " rerun = CASE WHEN jobs.state = 'running' THEN 1 ELSE jobs.rerun END,"
-        " due_at = CASE WHEN jobs.state IN ('done', 'dead') THEN excluded.due_at"
-        "   ELSE jobs.due_at END,"
-        " attempts = CASE WHEN jobs.state IN ('done', 'dead') THEN 0 ELSE jobs.attempts END,"
-        f" state = CASE WHEN jobs.state = 'done' OR (jobs.state = 'dead' AND {revive})"
-        "   THEN 'queued' ELSE jobs.state END,"
-        " updated_at = excluded.updated_at"
-    )
-
-
 def _queue_fulfillment(
     conn: sqlite3.Connection, shop_id: str, fulfillment_id: str, now: float, *, revive: bool = False
 ) -> int:
@@ -904,24 +888,10 @@ def _queue_fulfillment(
     row = conn.execute(
         "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
         " VALUES (?, 'fulfillment', ?, 'queued', ?, ?, ?)"
-        f"{_requeue(revive='?')} RETURNING id",
+        f"{requeue(revive='?')} RETURNING id",
         (shop_id, fulfillment_id, now, now, now, revive),
     ).fetchone()
     return int(row[0])
-
-
-def _delivery_row(delivery: NewDelivery) -> tuple[object, ...]:
-    return (
-        delivery.shop_id,
-        delivery.delivery_id,
-        delivery.event_type,
-        delivery.fulfillment_id,
-        delivery.body,
-        "rejected" if delivery.rejected else "accepted",
-        delivery.rejected,
-        delivery.received_at,
-        delivery.order_id,
-    )
 
 
 def _earlier_deliveries(
