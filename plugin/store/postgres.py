@@ -76,6 +76,7 @@ CLAIM_JOB = (
 
 
 # A job done, or queued again at once (with the notification) when new input came while it ran.
+# (A SELECT in a WITH runs only when referenced: `notified` is counted so that pg_notify runs.)
 _FINISH_JOB = (
     "WITH finished AS (UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'done' END,"  # noqa: S608 - constant fragments; values bound
     " due_at = $1, rerun = false, attempts = 0, last_error = NULL, lease_owner = NULL,"
