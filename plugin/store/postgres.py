@@ -41,7 +41,14 @@ from plugin.store.records import (
     WebhookSecret,
 )
 from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
-from plugin.store.sql import DELIVERY_COLUMNS, delivery_row, requeue
+from plugin.store.sql import (
+    DELIVERY_COLUMNS,
+    SEALED_SHOP_FIELDS,
+    SEALED_WEBHOOK_SECRETS,
+    delivery_row,
+    requeue,
+    sealed_secrets,
+)
 
 # Taken for the length of the migrating transaction, so that processes migrating at once apply
 # each migration once, one after the other. The key is "klarnamg" in ASCII.
@@ -383,41 +390,9 @@ class PostgresStore(Store):
     async def sealed_secrets(self) -> list[SealedSecret]:
         # Both tables as of one moment.
         async with self._transaction(isolation="repeatable_read", readonly=True) as conn:
-            shops = await conn.fetch("SELECT id, klarna_password, platform_token FROM shops")
-            secrets = await conn.fetch("SELECT id, shop_id, secret FROM webhook_secrets")
-        return (
-            [
-                SealedSecret(
-                    table="shops",
-                    row_id=row[0],
-                    shop_id=row[0],
-                    field="klarna_password",
-                    blob=row[1],
-                )
-                for row in shops
-            ]
-            + [
-                SealedSecret(
-                    table="shops",
-                    row_id=row[0],
-                    shop_id=row[0],
-                    field="platform_token",
-                    blob=row[2],
-                )
-                for row in shops
-                if row[2] is not None
-            ]
-            + [
-                SealedSecret(
-                    table="webhook_secrets",
-                    row_id=str(row[0]),
-                    shop_id=row[1],
-                    field="webhook_secret",
-                    blob=row[2],
-                )
-                for row in secrets
-            ]
-        )
+            shops = await conn.fetch(SEALED_SHOP_FIELDS)
+            secrets = await conn.fetch(SEALED_WEBHOOK_SECRETS)
+        return sealed_secrets(shops, secrets)
 
     async def reseal(self, secrets: list[SealedSecret]) -> None:
         async with self._transaction() as conn:

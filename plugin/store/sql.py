@@ -1,7 +1,15 @@
 """SQL both backends write alike (SQLite reads `true` as 1): the clause that queues a fulfilment's
-job again, and the column values of a delivery."""
+job again, the column values of a delivery, and the sealed secrets read from their two tables."""
+
+from collections.abc import Sequence
+from typing import Any
 
 from plugin.store.base import NewDelivery
+from plugin.store.records import SealedSecret
+
+# What `sealed_secrets` reads: (id, klarna_password, platform_token) and (id, shop_id, secret).
+SEALED_SHOP_FIELDS = "SELECT id, klarna_password, platform_token FROM shops"
+SEALED_WEBHOOK_SECRETS = "SELECT id, shop_id, secret FROM webhook_secrets"
 
 
 def requeue(*, revive: str) -> str:
@@ -37,4 +45,34 @@ def delivery_row(delivery: NewDelivery) -> tuple[object, ...]:
         delivery.rejected,
         delivery.received_at,
         delivery.order_id,
+    )
+
+
+def sealed_secrets(shops: Sequence[Any], secrets: Sequence[Any]) -> list[SealedSecret]:
+    """Every sealed blob, from the rows (sqlite3 or asyncpg, read by position) of
+    SEALED_SHOP_FIELDS and SEALED_WEBHOOK_SECRETS."""
+    return (
+        [
+            SealedSecret(
+                table="shops", row_id=row[0], shop_id=row[0], field="klarna_password", blob=row[1]
+            )
+            for row in shops
+        ]
+        + [
+            SealedSecret(
+                table="shops", row_id=row[0], shop_id=row[0], field="platform_token", blob=row[2]
+            )
+            for row in shops
+            if row[2] is not None
+        ]
+        + [
+            SealedSecret(
+                table="webhook_secrets",
+                row_id=str(row[0]),
+                shop_id=row[1],
+                field="webhook_secret",
+                blob=row[2],
+            )
+            for row in secrets
+        ]
     )

@@ -34,7 +34,14 @@ from plugin.store.records import (
     WebhookSecret,
 )
 from plugin.store.schema import MIGRATIONS
-from plugin.store.sql import DELIVERY_COLUMNS, delivery_row, requeue
+from plugin.store.sql import (
+    DELIVERY_COLUMNS,
+    SEALED_SHOP_FIELDS,
+    SEALED_WEBHOOK_SECRETS,
+    delivery_row,
+    requeue,
+    sealed_secrets,
+)
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
@@ -312,41 +319,8 @@ class SqliteStore(Store):
 
     async def sealed_secrets(self) -> list[SealedSecret]:
         def work(conn: sqlite3.Connection) -> list[SealedSecret]:
-            shops = conn.execute("SELECT id, klarna_password, platform_token FROM shops").fetchall()
-            secrets = conn.execute("SELECT id, shop_id, secret FROM webhook_secrets").fetchall()
-            return (
-                [
-                    SealedSecret(
-                        table="shops",
-                        row_id=row[0],
-                        shop_id=row[0],
-                        field="klarna_password",
-                        blob=row[1],
-                    )
-                    for row in shops
-                ]
-                + [
-                    SealedSecret(
-                        table="shops",
-                        row_id=row[0],
-                        shop_id=row[0],
-                        field="platform_token",
-                        blob=row[2],
-                    )
-                    for row in shops
-                    if row[2] is not None
-                ]
-                + [
-                    SealedSecret(
-                        table="webhook_secrets",
-                        row_id=str(row[0]),
-                        shop_id=row[1],
-                        field="webhook_secret",
-                        blob=row[2],
-                    )
-                    for row in secrets
-                ]
-            )
+            shops = conn.execute(SEALED_SHOP_FIELDS).fetchall()
+            return sealed_secrets(shops, conn.execute(SEALED_WEBHOOK_SECRETS).fetchall())
 
         return await self._read(work)
 

@@ -378,8 +378,8 @@ async def test_a_captured_fulfilment_is_never_planned_again(store: Store) -> Non
     assert (record.state, record.capture_id, record.idempotency_key) == ("captured", "c1", "key-2")
 
 
-async def test_operations_and_callbacks_commit_with_their_change(store: Store) -> None:
-    await add_shop(store)
+async def plan_f1(store: Store) -> None:
+    """Fulfilment F1 of shop_1 planned for capture (key "k")."""
     await store.save_plan(
         Plan(
             shop_id="shop_1",
@@ -392,6 +392,11 @@ async def test_operations_and_callbacks_commit_with_their_change(store: Store) -
         ),
         NOW,
     )
+
+
+async def test_operations_and_callbacks_commit_with_their_change(store: Store) -> None:
+    await add_shop(store)
+    await plan_f1(store)
     callback = NewCallback(event_type="capture.succeeded", webhook_id="msg_a", payload=b"{}")
     await store.mark_captured(
         Captured(
@@ -732,18 +737,7 @@ async def test_shipments_are_paged_by_their_last_change(store: Store) -> None:
 
 async def test_shipping_info_and_a_sent_callback_are_recorded(store: Store) -> None:
     await add_shop(store)
-    await store.save_plan(
-        Plan(
-            shop_id="shop_1",
-            fulfillment_id="F1",
-            order_id="1",
-            klarna_order_id="k1",
-            currency="EUR",
-            idempotency_key="k",
-            request=b"{}",
-        ),
-        NOW,
-    )
+    await plan_f1(store)
     operation = await store.plan_operation("shop_1", "F1", "shipping_info", "op", b"[1]", NOW)
     callback = NewCallback(event_type="tracking.added", webhook_id="msg_t", payload=b'{"a":1}')
     record = await store.complete_operation(
