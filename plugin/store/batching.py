@@ -37,8 +37,9 @@ class Batcher(Generic[T, R]):
         self._pending.append((item, future))
         if self._in_flight < self._max_in_flight:
             self._start()
-        # A caller that gives up does not take its item back: it may be written already.
-        return await asyncio.shield(future)
+        # A caller that gives up cancels only its future: its item stays in the batch (it may be
+        # written already), and the batch skips the cancelled future when it resolves.
+        return await future
 
     async def drain(self) -> None:
         """Until every flush started (and every item submitted) has been written."""
