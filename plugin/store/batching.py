@@ -55,6 +55,7 @@ class Batcher(Generic[T, R]):
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[T, "asyncio.Future[R]"]]) -> None:
+        released = False
         try:
             try:
                 results = await self._flush([item for item, _ in batch])
@@ -70,6 +71,10 @@ class Batcher(Generic[T, R]):
                     else:
                         _succeed(future, result)
             else:
+                # The next batch goes off before this one's callers wake: its flush is then
+                # scheduled ahead of their work, and the store is never left idle behind them.
+                released = True
+                self._release()
                 for (_, future), result in zip(batch, results, strict=True):
                     _succeed(future, result)
         except BaseException:  # cancelled (the loop is closing): nobody waits in vain
@@ -78,9 +83,13 @@ class Batcher(Generic[T, R]):
                     future.cancel()
             raise
         finally:
-            self._in_flight -= 1
-            if self._pending:
-                self._start()
+            if not released:
+                self._release()
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        if self._pending:
+            self._start()
 
 
 def _succeed(future: "asyncio.Future[R]", result: R) -> None:

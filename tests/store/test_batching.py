@@ -109,3 +109,21 @@ async def test_a_caller_that_gives_up_does_not_stop_its_write() -> None:
 def test_a_batcher_needs_room() -> None:
     with pytest.raises(ValueError, match="at least one"):
         Batcher(Writes().flush, max_in_flight=0, max_batch=1)
+
+
+async def test_the_next_batch_is_on_its_way_before_the_callers_of_the_last_resume() -> None:
+    writes = Writes()
+    batcher = Batcher(writes.flush, max_in_flight=1, max_batch=100)
+    seen_on_resuming: dict[int, list[list[int]]] = {}
+
+    async def one(item: int) -> None:
+        await batcher.submit(item)
+        seen_on_resuming[item] = [list(batch) for batch in writes.batches]
+
+    async with anyio.create_task_group() as group:
+        for item in (1, 2, 3):
+            group.start_soon(one, item)
+        await anyio.wait_all_tasks_blocked()
+        writes.release.set()
+    # The store is never idle while the event loop works through the answers of a batch.
+    assert seen_on_resuming[1] == [[1], [2, 3]]
