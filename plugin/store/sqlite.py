@@ -132,18 +132,29 @@ class _Writer(threading.Thread):
         outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for work, loop, future in batch:
-                conn.execute("SAVEPOINT piece")
+            if len(batch) == 1:  # alone: no savepoint, a failure rolls the transaction back
+                work, loop, future = batch[0]
                 try:
                     result = work(conn)
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO piece")
-                    conn.execute("RELEASE piece")
+                    conn.execute("ROLLBACK")
                     outcomes.append((loop, future, None, exc))
                 else:
-                    conn.execute("RELEASE piece")
+                    conn.execute("COMMIT")
                     outcomes.append((loop, future, result, None))
-            conn.execute("COMMIT")
+            else:
+                for work, loop, future in batch:
+                    conn.execute("SAVEPOINT piece")
+                    try:
+                        result = work(conn)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO piece")
+                        conn.execute("RELEASE piece")
+                        outcomes.append((loop, future, None, exc))
+                    else:
+                        conn.execute("RELEASE piece")
+                        outcomes.append((loop, future, result, None))
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -371,18 +382,26 @@ class SqliteStore(Store):
 
     async def record_deliveries(self, deliveries: Sequence[NewDelivery]) -> list[tuple[int, bool]]:
         def work(conn: sqlite3.Connection) -> list[tuple[int, bool]]:
-            # One INSERT for all: the rows it returns are the new ones.
-            inserted = {
-                (row[1], row[2]): int(row[0])
-                for row in conn.execute(
+            # The stored ones first, then one INSERT (no RETURNING: each returned row would be a
+            # step of its own, and each step a GIL hand-off with the event loop). The new rows
+            # take consecutive ids after the largest, as SQLite gives rowids to an INSERT while
+            # this connection holds the write lock.
+            earlier = _earlier_deliveries(conn, deliveries)
+            fresh: dict[Key, NewDelivery] = {}
+            for delivery in deliveries:
+                key = (delivery.shop_id, delivery.delivery_id)
+                if key not in earlier:
+                    fresh.setdefault(key, delivery)
+            inserted: dict[Key, int] = {}
+            if fresh:
+                last = conn.execute(
                     f"INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES "  # noqa: S608 - constant fragments; values bound
-                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(deliveries))
-                    + " ON CONFLICT (shop_id, delivery_id) DO NOTHING"
-                    " RETURNING id, shop_id, delivery_id",
-                    [value for delivery in deliveries for value in delivery_row(delivery)],
-                )
-            }
-            earlier = _earlier_deliveries(conn, deliveries, inserted)
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(fresh)),
+                    [value for delivery in fresh.values() for value in delivery_row(delivery)],
+                ).lastrowid
+                assert last is not None
+                first = last - len(fresh) + 1
+                inserted = {key: first + offset for offset, key in enumerate(fresh)}
             results: list[tuple[int, bool]] = []
             shipments: list[NewDelivery] = []
             for delivery in deliveries:
@@ -869,10 +888,10 @@ def _queue_fulfillment(
 
 
 def _earlier_deliveries(
-    conn: sqlite3.Connection, deliveries: Sequence[NewDelivery], inserted: Mapping[Key, int]
+    conn: sqlite3.Connection, deliveries: Sequence[NewDelivery]
 ) -> dict[Key, int]:
-    """The row ids of the deliveries that were stored before, by (shop_id, delivery_id)."""
-    keys = {(delivery.shop_id, delivery.delivery_id) for delivery in deliveries} - set(inserted)
+    """The row ids of the deliveries that are stored already, by (shop_id, delivery_id)."""
+    keys = {(delivery.shop_id, delivery.delivery_id) for delivery in deliveries}
     if not keys:
         return {}
     rows = conn.execute(
