@@ -11,7 +11,7 @@ import httpx2
 import msgspec
 import pytest
 
-from plugin import signatures
+from plugin import cli, signatures
 from plugin.config import ensure_secret_keys, load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError
 from plugin.platforms import woocommerce
@@ -469,3 +469,18 @@ def test_the_storefront_sandboxes_run_alone_where_they_say(name: str, banner: st
         output, _ = process.communicate(timeout=10)
     assert url in output
     assert banner in output
+
+
+@pytest.mark.parametrize(
+    ("database_url", "interval"),
+    [("sqlite:///var/x.db", cli.GIL_SWITCH_SECONDS), ("postgresql://u@127.0.0.1/db", None)],
+)
+def test_the_gil_is_handed_off_sooner_only_where_a_writer_thread_needs_it(
+    database_url: str, interval: float | None
+) -> None:
+    default = sys.getswitchinterval()
+    try:
+        cli._hand_off_the_gil_sooner(database_url)
+        assert sys.getswitchinterval() == pytest.approx(interval or default)
+    finally:
+        sys.setswitchinterval(default)
