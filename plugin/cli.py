@@ -224,7 +224,6 @@ def _worker(args: argparse.Namespace) -> int:
         return 0
 
     _freeze_startup_objects()
-    _hand_off_the_gil_sooner(settings.database_url)
     return _run_event_loop(main())
 
 
@@ -245,7 +244,9 @@ def _hand_off_the_gil_sooner(database_url: str) -> None:
     the event loop is busy, each such hand-off waited up to Python's default switch interval of
     5 ms, with the writer's transaction half done. Measured with bench-ingest, side by side: on
     SQLite 2,783 to 3,088 req/s at 5 ms against 3,056 to 3,797 at 0.1 ms; on PostgreSQL, which
-    has no such thread, 0.1 ms only cost (3,186 to 3,459 req/s against 2,893 to 2,907)."""
+    has no such thread, 0.1 ms only cost (3,186 to 3,459 req/s against 2,893 to 2,907). Not for
+    `worker`: bench-pipeline on SQLite showed no gain (162 and 185 captures/s at 0.1 ms, 202 and
+    164 at 5 ms) for 15 % more CPU in switching."""
     if database_url.startswith("sqlite:"):
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
 
