@@ -1,6 +1,7 @@
 """Shops with their secrets: created and rotated here, sealed by the vault, cached briefly in
 memory so the webhook receiver verifies a delivery without a database round trip."""
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -37,6 +38,11 @@ class Shops:
         self._clock = clock
         # Other processes may change a shop: entries live briefly, misses included.
         self._cache: dict[str, tuple[float, ShopSecrets | None]] = {}
+        # The load of a shop in progress, shared by every request that misses meanwhile (when an
+        # entry expires under load, dozens of requests miss it at once); and a count of changes,
+        # so that a load begun before a change does not cache what it read.
+        self._loading: dict[str, asyncio.Task[ShopSecrets | None]] = {}
+        self._changes = 0
         self._domains: dict[str, tuple[float, Shop | None]] = {}
 
     async def create(
@@ -97,7 +103,7 @@ class Shops:
             grace_seconds,
             time.time(),
         )
-        self._cache.pop(shop_id, None)
+        self._changed(shop_id)
         return secret
 
     async def get(self, shop_id: str) -> ShopSecrets | None:
@@ -106,9 +112,32 @@ class Shops:
         cached = self._cache.get(shop_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        loaded = await self._load(shop_id)
-        self._cache[shop_id] = (now + self._cache_seconds, loaded)
-        return loaded
+        loading = self._loading.get(shop_id)
+        if loading is None or loading.get_loop() is not asyncio.get_running_loop():
+            loading = asyncio.ensure_future(self._load_into_cache(shop_id, now, self._changes))
+            self._loading[shop_id] = loading
+        # Shielded: a request that gives up does not cancel the load for the others.
+        return await asyncio.shield(loading)
+
+    async def _load_into_cache(self, shop_id: str, now: float, changes: int) -> ShopSecrets | None:
+        try:
+            loaded = await self._load(shop_id)
+            if changes == self._changes:
+                self._cache[shop_id] = (now + self._cache_seconds, loaded)
+            return loaded
+        finally:
+            if self._loading.get(shop_id) is asyncio.current_task():
+                del self._loading[shop_id]
+
+    def _changed(self, shop_id: str | None = None) -> None:
+        """A shop (or, with None, any shop) changed: cached and loading copies are out of date."""
+        self._changes += 1
+        if shop_id is None:
+            self._cache.clear()
+            self._loading.clear()
+        else:
+            self._cache.pop(shop_id, None)
+            self._loading.pop(shop_id, None)
 
     async def _load(self, shop_id: str) -> ShopSecrets | None:
         shop = await self.store.get_shop(shop_id)
@@ -135,7 +164,7 @@ class Shops:
                 ),
             )
         shop = await self.store.update_shop(shop_id, changes, time.time())
-        self._cache.pop(shop_id, None)
+        self._changed(shop_id)
         self._domains.clear()
         if shop is not None and shop.klarna_configured and changes.klarna_username:
             await self._resume_waiting_for_klarna(shop_id)
@@ -228,7 +257,7 @@ class Shops:
     def forget(self, platform: str, shop_domain: str) -> None:
         """Drop a cached domain lookup (the shop was removed behind the cache's back)."""
         self._domains.pop(f"{platform}:{shop_domain}", None)
-        self._cache.clear()
+        self._changed()
 
     def platform_token(self, shop: Shop) -> str | None:
         """The storefront API token, None when the app is not installed."""
@@ -258,7 +287,7 @@ class Shops:
             if self.vault.needs_rotation(secret.blob)
         ]
         await self.store.reseal(resealed)
-        self._cache.clear()
+        self._changed()
         return len(resealed), len(sealed)
 
 
