@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import httpx2
 
 from plugin.config import Settings
-from plugin.klarna import RetryPolicy, make_http_client
+from plugin.klarna import RetryPolicy, make_http_client, tls_context
 from plugin.klarna.client import DEFAULT_TIMEOUT
 from plugin.klarna.ratelimit import share_rate_between
 from plugin.pipeline import Pipeline
@@ -109,12 +109,16 @@ async def open_service(
             ]
             status_http = await stack.enter_async_context(
                 httpx2.AsyncClient(
-                    transport=status_transport, timeout=STATUS_TIMEOUT, follow_redirects=False
+                    transport=status_transport,
+                    verify=tls_context(),
+                    timeout=STATUS_TIMEOUT,
+                    follow_redirects=False,
                 )
             )
             storefront_http = await stack.enter_async_context(
                 httpx2.AsyncClient(
                     transport=storefront_transport,
+                    verify=tls_context(),
                     timeout=STOREFRONT_TIMEOUT,
                     follow_redirects=False,
                 )

@@ -1,6 +1,12 @@
 """Klarna Order management: wire types, the async client and its error type."""
 
-from plugin.klarna.client import Credentials, KlarnaClient, base_url, make_http_client
+from plugin.klarna.client import (
+    Credentials,
+    KlarnaClient,
+    base_url,
+    make_http_client,
+    tls_context,
+)
 from plugin.klarna.errors import KlarnaError
 from plugin.retries import RetryPolicy
 
@@ -11,4 +17,5 @@ __all__ = [
     "RetryPolicy",
     "base_url",
     "make_http_client",
+    "tls_context",
 ]

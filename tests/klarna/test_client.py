@@ -557,3 +557,10 @@ async def test_concurrent_callers_share_the_limit() -> None:
     assert len(seen) == 60
     assert sorted(waited)[-1] == pytest.approx(59 / 50)
     assert len(waited) == 59
+
+
+async def test_every_pool_shares_one_tls_context() -> None:
+    # Each context holds the CA bundle (0.85 MB); the worker keeps a pool per worker.
+    async with make_http_client() as one, make_http_client() as other:
+        contexts = {id(client._transport._pool._ssl_context) for client in (one, other)}  # type: ignore[attr-defined]
+    assert len(contexts) == 1
