@@ -132,28 +132,24 @@ class _Writer(threading.Thread):
         outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            if len(batch) == 1:  # alone: no savepoint, a failure rolls the transaction back
-                work, loop, future = batch[0]
+            alone = len(batch) == 1  # no savepoint: a failure rolls the transaction back
+            for work, loop, future in batch:
+                if not alone:
+                    conn.execute("SAVEPOINT piece")
                 try:
                     result = work(conn)
                 except Exception as exc:
-                    conn.execute("ROLLBACK")
-                    outcomes.append((loop, future, None, exc))
-                else:
-                    conn.execute("COMMIT")
-                    outcomes.append((loop, future, result, None))
-            else:
-                for work, loop, future in batch:
-                    conn.execute("SAVEPOINT piece")
-                    try:
-                        result = work(conn)
-                    except Exception as exc:
+                    if alone:
+                        conn.execute("ROLLBACK")
+                    else:
                         conn.execute("ROLLBACK TO piece")
                         conn.execute("RELEASE piece")
-                        outcomes.append((loop, future, None, exc))
-                    else:
+                    outcomes.append((loop, future, None, exc))
+                else:
+                    if not alone:
                         conn.execute("RELEASE piece")
-                        outcomes.append((loop, future, result, None))
+                    outcomes.append((loop, future, result, None))
+            if conn.in_transaction:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
