@@ -9,10 +9,7 @@ usernames (Klarna's rate limit is per username, so a benchmark spreads its shops
 import argparse
 import asyncio
 import contextlib
-import glob
 import os
-import pwd
-import shutil
 import signal
 import socket
 import sqlite3
@@ -21,9 +18,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx2
@@ -31,6 +28,11 @@ import msgspec
 import uvicorn
 
 from plugin import signatures
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the throwaway cluster of the tests
+from tests import postgres_cluster as cluster
+
+T = TypeVar("T")
 
 SECRET_KEY = "bench-secret-key-0123456789abcdef"  # noqa: S105 - a throwaway key
 SANDBOX_PASSWORD = "pw"  # noqa: S105 - the benchmark sandbox's password, loopback only
@@ -240,7 +242,6 @@ def query(database: Path, sql: str) -> list[tuple[Any, ...]]:
 
 Backend = Literal["sqlite", "postgres"]
 BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
-POSTGRES_USER = "postgres"  # the throwaway cluster's superuser, and the OS user it runs as as root
 
 
 class Database:
@@ -260,7 +261,7 @@ class Database:
             name = f"bench_{uuid.uuid4().hex[:12]}"
             self._runner = asyncio.Runner()
             self._runner.run(_create_database(server_url, name))
-            self.url = _with_database(server_url, name)
+            self.url = cluster.database_url(server_url, name)
 
     def settings(self) -> dict[str, str]:
         """The service_env() settings that select this store."""
@@ -314,26 +315,9 @@ def postgres_server(backend: Backend) -> Iterator[str | None]:
         stop_postgres(folder)
 
 
-def postgres_program(name: str) -> Path:
-    """A PostgreSQL server program from PATH or Debian's /usr/lib/postgresql/<version>/bin."""
-    found = shutil.which(name)
-    if found:
-        return Path(found)
-    candidates = sorted(
-        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-        key=lambda path: int(Path(path).parts[-3]) if Path(path).parts[-3].isdigit() else 0,
-    )
-    if not candidates:
-        raise SystemExit(
-            f"PostgreSQL is not installed: no {name} on PATH or in /usr/lib/postgresql/*/bin"
-            " (apt-get install postgresql)"
-        )
-    return Path(candidates[-1])
-
-
 def postgres_version() -> str:
     done = subprocess.run(  # noqa: S603 - PostgreSQL's own program
-        [str(postgres_program("postgres")), "--version"],
+        [str(_cluster(cluster.find_program, "postgres")), "--version"],
         capture_output=True,
         text=True,
         check=False,
@@ -342,80 +326,23 @@ def postgres_version() -> str:
     return words[2] if done.returncode == 0 and len(words) > 2 else "?"
 
 
-def _postgres_account() -> pwd.struct_passwd | None:
-    """PostgreSQL refuses to run as root: then the cluster runs as `postgres` (or `nobody`)."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-    raise SystemExit("running as root, and there is neither a postgres nor a nobody user")
-
-
-def _run_postgres(command: list[str], folder: Path) -> None:
-    account = _postgres_account()
-    log = folder / "setup.log"
-    with log.open("ab") as output:
-        done = subprocess.run(  # noqa: S603 - PostgreSQL's own programs
-            command,
-            cwd=folder,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            check=False,
-            timeout=120,
-            user=account.pw_uid if account else None,
-            group=account.pw_gid if account else None,
-            extra_groups=[] if account else None,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
-            start_new_session=True,  # Ctrl-C reaches us, not the server: we stop it ourselves
-        )
-    if done.returncode != 0:
-        tail = log.read_text(errors="replace")[-2000:]
-        raise SystemExit(f"{Path(command[0]).name} failed ({done.returncode}):\n{tail}")
+def _cluster(action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """tests/postgres_cluster.py's `action`, its failures turned into the benchmark's exit."""
+    try:
+        return action(*args, **kwargs)
+    except (RuntimeError, cluster.PostgresNotInstalled) as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def start_postgres(folder: Path) -> str:
-    """initdb into `folder` and start the server with PostgreSQL's default durability (unlike
-    tests/postgres_cluster.py, which turns fsync off: a benchmark measures what production pays);
-    returns its superuser URL (trust authentication, loopback only)."""
-    account = _postgres_account()
-    data, sockets = folder / "data", folder / "socket"
-    sockets.mkdir(parents=True, exist_ok=True)
-    if account:
-        for path in (folder, sockets):
-            os.chown(path, account.pw_uid, account.pw_gid)
-    os.chmod(folder, 0o700)
-    setup = ["-U", POSTGRES_USER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]
-    _run_postgres([str(postgres_program("initdb")), "-D", str(data), *setup], folder)
-    for attempt in range(3):
-        port = free_port()
-        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200"
-        waiting = ["-l", str(folder / "server.log"), "-w", "-t", "60"]
-        pg_ctl = str(postgres_program("pg_ctl"))
-        try:
-            _run_postgres([pg_ctl, "-D", str(data), *waiting, "-o", options, "start"], folder)
-        except SystemExit:
-            if attempt == 2:
-                raise
-            continue  # the port was taken meanwhile
-        return f"postgresql://{POSTGRES_USER}@127.0.0.1:{port}/postgres"
-    raise AssertionError("unreachable")
+    """A throwaway cluster in `folder` with PostgreSQL's default durability (the tests turn fsync
+    off; a benchmark measures what production pays); returns its superuser URL."""
+    return _cluster(cluster.start, folder, durable=True)
 
 
 def stop_postgres(folder: Path) -> None:
     """Stop the server started in `folder` (if it runs) and remove the folder."""
-    data = folder / "data"
-    if (data / "postmaster.pid").exists():
-        with contextlib.suppress(SystemExit):
-            pg_ctl = str(postgres_program("pg_ctl"))
-            _run_postgres([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], folder)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _with_database(server_url: str, database: str) -> str:
-    head, _, _ = server_url.rpartition("/")
-    return f"{head}/{database}"
+    cluster.stop(folder)
 
 
 async def _create_database(server_url: str, name: str) -> None:

@@ -1,5 +1,7 @@
-"""A throwaway PostgreSQL cluster for the tests: initdb into a temporary folder, started on a free
-loopback port with trust authentication, stopped (and its folder removed) at the end.
+"""A throwaway PostgreSQL cluster for the tests and the benchmarks: initdb into a temporary folder,
+started on a free loopback port with trust authentication, stopped (and its folder removed) at the
+end. The tests run it with fsync off; the benchmarks (scripts/support.py) with PostgreSQL's
+default durability, since they measure what production pays.
 
 The tests use one through the `postgres_url` fixture; `scripts/test` starts one for the whole run
 with `python -m tests.postgres_cluster start DIR` (prints the URL) and `... stop DIR`. PostgreSQL
@@ -78,14 +80,16 @@ def _run(command: list[str], folder: Path, log: Path) -> None:
             group=account.pw_gid if account else None,
             extra_groups=[] if account else None,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+            start_new_session=True,  # Ctrl-C reaches us, not the server: the caller stops it
         )
     if done.returncode != 0:
         tail = log.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{Path(command[0]).name} failed ({done.returncode}):\n{tail}")
 
 
-def start(folder: Path) -> str:
-    """initdb into `folder` and start the server; returns its URL (superuser, no password)."""
+def start(folder: Path, *, durable: bool = False) -> str:
+    """initdb into `folder` and start the server; returns its URL (superuser, no password).
+    `durable`: PostgreSQL's default fsync and commit settings, else both off."""
     account = _run_as()
     initdb, pg_ctl = find_program("initdb"), find_program("pg_ctl")
     data, sockets, log = folder / "data", folder / "socket", folder / "setup.log"
@@ -96,11 +100,12 @@ def start(folder: Path) -> str:
     os.chmod(folder, 0o700)
     setup = ["-U", USER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]
     _run([str(initdb), "-D", str(data), *setup], folder, log)
-    # Durability is not under test here: a crash loses the cluster anyway.
-    fast = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    # Durability is not under test in the tests: a crash loses the cluster anyway.
+    fast = "" if durable else " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     for attempt in range(3):
         port = _free_port()
-        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 {fast}"
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        options += fast
         try:
             waiting = ["-l", str(folder / "server.log"), "-w", "-t", "60"]
             _run([str(pg_ctl), "-D", str(data), *waiting, "-o", options, "start"], folder, log)
