@@ -24,7 +24,7 @@ from plugin.klarna.models import CaptureObject, OrderLine, ShippingInfo
 from plugin.platforms import decode_delivery
 from plugin.platforms.base import Skipped, Storefront, StorefrontError
 from plugin.shops import Shops
-from plugin.store import Captured, NewCallback, Plan, Store
+from plugin.store import AuditNote, Captured, NewCallback, Plan, Store
 from plugin.store.records import CaptureRecord, Job, Operation, Shop
 from plugin.worker import Handler, JobError, JobFailure, Report
 
@@ -346,8 +346,12 @@ class _Run:
         except KlarnaError as error:
             metrics.CAPTURES.labels("failed").inc()
             raise self._klarna_failure("capture", error) from error
-        await self._captured(capture_id, request.captured_amount, request.shipping_info or [])
-        await self._audit("capture", "captured", {"capture_id": capture_id, "request": request})
+        await self._captured(
+            capture_id,
+            request.captured_amount,
+            request.shipping_info or [],
+            note=self._note("capture", "captured", {"capture_id": capture_id, "request": request}),
+        )
 
     async def settle_planned(self, record: CaptureRecord) -> bool:
         """Whether Klarna holds a capture of this fulfilment (by its reference); if so it is
@@ -361,9 +365,12 @@ class _Run:
             return False
         self.record = record
         await self._captured(
-            found.capture_id, found.captured_amount, found.shipping_info, order.klarna_reference
+            found.capture_id,
+            found.captured_amount,
+            found.shipping_info,
+            order.klarna_reference,
+            note=self._note("plan", "already_captured", {"capture_id": found.capture_id}),
         )
-        await self._audit("plan", "already_captured", {"capture_id": found.capture_id})
         return True
 
     def _key_expired(self, record: CaptureRecord) -> bool:
@@ -413,8 +420,8 @@ class _Run:
             klarna_reference=order.klarna_reference,
             completes_order=event.complete,
         )
-        self.record = await self.store.save_plan(plan, self.p.clock())
         if isinstance(result, AlreadyCaptured):
+            self.record = await self.store.save_plan(plan, self.p.clock())
             # Captured before (an earlier run whose answer was lost, past the key's 24 h):
             # take Klarna's word for it, shipping info included.
             try:
@@ -427,8 +434,8 @@ class _Run:
                 existing.captured_amount,
                 existing.shipping_info,
                 existing.klarna_reference,
+                note=self._note("plan", "already_captured", {"capture_id": existing.capture_id}),
             )
-            await self._audit("plan", "already_captured", {"capture_id": existing.capture_id})
             return
         if result.uncaptured_remainder:
             log.warning(
@@ -439,14 +446,18 @@ class _Run:
                     "uncaptured": result.uncaptured_remainder,
                 },
             )
-        await self._audit(
-            "plan",
-            "planned",
-            {
-                "idempotency_key": result.idempotency_key,
-                "request": result.capture,
-                "uncaptured_remainder": result.uncaptured_remainder,
-            },
+        self.record = await self.store.save_plan(
+            plan,
+            self.p.clock(),
+            note=self._note(
+                "plan",
+                "planned",
+                {
+                    "idempotency_key": result.idempotency_key,
+                    "request": result.capture,
+                    "uncaptured_remainder": result.uncaptured_remainder,
+                },
+            ),
         )
         if self.record is None:  # captured meanwhile by another run
             self.record = await self.store.get_capture(self.shop.id, event.fulfillment_id)
@@ -457,6 +468,8 @@ class _Run:
         amount: int,
         shipping_info: list[ShippingInfo],
         klarna_reference: str | None = None,
+        *,
+        note: AuditNote,
     ) -> None:
         data = {
             **self.ids,
@@ -475,6 +488,7 @@ class _Run:
             ),
             self._callback("capture.succeeded", data),
             self.p.clock(),
+            note=note,
         )
         metrics.CAPTURES.labels("captured").inc()
         metrics.CAPTURED_AMOUNT.labels(self.event.currency.upper()).inc(amount)
@@ -531,8 +545,8 @@ class _Run:
             shipping_info=_encoder.encode(sent + [e for e in entries if e not in sent]).decode(),
             callback=self._callback("shipping_info.added", data),
             now=self.p.clock(),
+            note=self._note("shipping_info", "added", {"shipping_info": entries}),
         )
-        await self._audit("shipping_info", "added", {"shipping_info": entries})
 
     async def send_out(self) -> None:
         record = self.record
@@ -564,9 +578,12 @@ class _Run:
         except KlarnaError as error:
             raise self._klarna_failure("send_out", error, report=False) from error
         await self.store.complete_operation(
-            operation, shipping_info=None, callback=None, now=self.p.clock()
+            operation,
+            shipping_info=None,
+            callback=None,
+            now=self.p.clock(),
+            note=self._note("send_out", "sent", {"capture_id": record.capture_id}),
         )
-        await self._audit("send_out", "sent", {"capture_id": record.capture_id})
 
     def _klarna_failure(self, step: str, error: KlarnaError, *, report: bool = True) -> JobFailure:
         return JobFailure(
@@ -603,6 +620,12 @@ class _Run:
 
     def _callback(self, event_type: str, data: dict[str, object]) -> NewCallback | None:
         return _status_callback(self.p, self.shop, event_type, data)
+
+    def _note(self, step: str, outcome: str, detail: dict[str, object]) -> AuditNote:
+        """An audit entry to write with the change it describes."""
+        return AuditNote(
+            job_id=self.job.id, step=step, outcome=outcome, detail=_encoder.encode(detail).decode()
+        )
 
     async def _audit(self, step: str, outcome: str, detail: dict[str, object]) -> None:
         await self.store.add_audit(

@@ -2,9 +2,19 @@
 
 from pathlib import Path
 
-from plugin.store.base import Captured, NewCallback, NewDelivery, NewShop, Plan, ShopChanges, Store
+from plugin.store.base import (
+    AuditNote,
+    Captured,
+    NewCallback,
+    NewDelivery,
+    NewShop,
+    Plan,
+    ShopChanges,
+    Store,
+)
 
 __all__ = [
+    "AuditNote",
     "Captured",
     "NewCallback",
     "NewDelivery",

@@ -82,6 +82,17 @@ class NewCallback(msgspec.Struct, kw_only=True):
     payload: bytes
 
 
+class AuditNote(msgspec.Struct, frozen=True, kw_only=True):
+    """An audit trail entry for the capture a change is about, written in the same commit as
+    that change, and only if the capture changed: the trail says no more, and no less, than the
+    ledger did."""
+
+    job_id: int | None
+    step: str
+    outcome: str
+    detail: str  # JSON
+
+
 class Plan(msgspec.Struct, kw_only=True):
     shop_id: str
     fulfillment_id: str
@@ -309,14 +320,23 @@ class Store(ABC):
         """The ledger rows of these storefront orders, oldest first."""
 
     @abstractmethod
-    async def save_plan(self, plan: Plan, now: float) -> CaptureRecord | None:
+    async def save_plan(
+        self, plan: Plan, now: float, *, note: AuditNote | None = None
+    ) -> CaptureRecord | None:
         """Store a planned capture with its idempotency key, before it is sent, and return it.
-        A fulfilment already captured is never planned again (None)."""
+        A fulfilment already captured is never planned again (None). `note` goes to the audit
+        trail in the same commit."""
 
     @abstractmethod
     async def mark_captured(
-        self, captured: Captured, callback: NewCallback | None, now: float
-    ) -> CaptureRecord | None: ...
+        self,
+        captured: Captured,
+        callback: NewCallback | None,
+        now: float,
+        *,
+        note: AuditNote | None = None,
+    ) -> CaptureRecord | None:
+        """Record a capture Klarna made, its outcome to report, and `note`, in one commit."""
 
     @abstractmethod
     async def pending_operation(
@@ -342,9 +362,10 @@ class Store(ABC):
         shipping_info: str | None,
         callback: NewCallback | None,
         now: float,
+        note: AuditNote | None = None,
     ) -> CaptureRecord | None:
-        """Mark a side effect done and record what it changed on the capture, together; returns
-        the capture as it now stands."""
+        """Mark a side effect done and record what it changed on the capture, together with
+        `callback` and `note`; returns the capture as it now stands."""
 
     # callbacks and audit
     @abstractmethod

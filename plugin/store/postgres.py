@@ -24,7 +24,16 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 from anyio.abc import TaskStatus
 
-from plugin.store.base import Captured, NewCallback, NewDelivery, NewShop, Plan, ShopChanges, Store
+from plugin.store.base import (
+    AuditNote,
+    Captured,
+    NewCallback,
+    NewDelivery,
+    NewShop,
+    Plan,
+    ShopChanges,
+    Store,
+)
 from plugin.store.records import (
     AuditEntry,
     Callback,
@@ -93,6 +102,59 @@ _FINISH_JOB = (
     " SELECT (SELECT state FROM finished) AS state, (SELECT count(*) FROM notified) AS notified"
 )
 
+
+def _noted(changed: str, *, at: str, first: int) -> str:
+    """A WITH item: the audit entry (AuditNote, parameters `first` to `first` + 3) for the
+    capture that the WITH item `changed` returns, in the same commit; none when the capture did
+    not change or the note's values are NULL."""
+    step, outcome, detail = first + 1, first + 2, first + 3
+    return (
+        "noted AS (INSERT INTO audit (shop_id, fulfillment_id, at, job_id, step, outcome, detail)"  # noqa: S608 - constant fragments; values bound
+        f" SELECT shop_id, fulfillment_id, {at}, ${first}::bigint, ${step}::text,"
+        f" ${outcome}::text, ${detail}::text FROM {changed} WHERE ${step}::text IS NOT NULL)"
+    )
+
+
+_ADD_AUDIT = (
+    "INSERT INTO audit (shop_id, fulfillment_id, at, job_id, step, outcome, detail)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+)
+
+# A capture planned (never over one made), with its audit note ($11-$14), in one statement.
+_SAVE_PLAN = (
+    "WITH saved AS (INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"  # noqa: S608 - constant fragments; values bound
+    " currency, state, idempotency_key, planned_at, request, klarna_reference, error,"
+    " created_at, updated_at, completes_order)"
+    " VALUES ($1, $2, $3, $4, $5, 'planned', $6, $7, $8, $9, NULL, $7, $7, $10)"
+    " ON CONFLICT (shop_id, fulfillment_id) DO UPDATE SET"
+    " order_id = excluded.order_id, klarna_order_id = excluded.klarna_order_id,"
+    " currency = excluded.currency, state = 'planned',"
+    " idempotency_key = excluded.idempotency_key, planned_at = excluded.planned_at,"
+    " request = excluded.request, klarna_reference = excluded.klarna_reference,"
+    " error = NULL, updated_at = excluded.updated_at,"
+    " completes_order = excluded.completes_order"
+    " WHERE captures.capture_id IS NULL RETURNING *),"
+    f" {_noted('saved', at='$7', first=11)}"
+    " SELECT * FROM saved"
+)
+
+# A capture made, with its audit note ($8-$11) and its outcome to report ($12-$14: the callback,
+# its job and the notification, none of them when NULL), in one statement. The capture's row,
+# or one of NULLs when there is none, after the notifications are counted (so that they run).
+_MARK_CAPTURED = (
+    "WITH updated AS (UPDATE captures SET state = 'captured', capture_id = $1,"  # noqa: S608 - constant fragments; values bound
+    " captured_amount = $2, shipping_info = $3, klarna_reference = coalesce($4, klarna_reference),"
+    " captured_at = $5, error = NULL, updated_at = $5"
+    " WHERE shop_id = $6 AND fulfillment_id = $7 RETURNING *),"
+    f" {_noted('updated', at='$5', first=8)},"
+    " callback AS (INSERT INTO callbacks (shop_id, event_type, webhook_id, payload, created_at)"
+    " SELECT $6, $12::text, $13::text, $14::bytea, $5 WHERE $12::text IS NOT NULL RETURNING id),"
+    " job AS (INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"
+    " SELECT $6, 'callback', id::text, 'queued', $5, $5, $5 FROM callback RETURNING id),"
+    f" notified AS (SELECT pg_notify('{JOBS_CHANNEL}', '') FROM job)"
+    " SELECT updated.* FROM (SELECT count(*) FROM notified) AS counted"
+    " LEFT JOIN updated ON true"
+)
 
 # Deliveries (parallel arrays, one element each) and, for each new accepted shipment (a
 # fulfillment_id, no reason to reject), its fulfilment's job, with the notification when a job is
@@ -635,20 +697,11 @@ class PostgresStore(Store):
         )
         return [_record(row, CaptureRecord) for row in rows]
 
-    async def save_plan(self, plan: Plan, now: float) -> CaptureRecord | None:
+    async def save_plan(
+        self, plan: Plan, now: float, *, note: AuditNote | None = None
+    ) -> CaptureRecord | None:
         row = await self._fetchrow(
-            "INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"
-            " currency, state, idempotency_key, planned_at, request, klarna_reference, error,"
-            " created_at, updated_at, completes_order)"
-            " VALUES ($1, $2, $3, $4, $5, 'planned', $6, $7, $8, $9, NULL, $7, $7, $10)"
-            " ON CONFLICT (shop_id, fulfillment_id) DO UPDATE SET"
-            " order_id = excluded.order_id, klarna_order_id = excluded.klarna_order_id,"
-            " currency = excluded.currency, state = 'planned',"
-            " idempotency_key = excluded.idempotency_key, planned_at = excluded.planned_at,"
-            " request = excluded.request, klarna_reference = excluded.klarna_reference,"
-            " error = NULL, updated_at = excluded.updated_at,"
-            " completes_order = excluded.completes_order"
-            " WHERE captures.capture_id IS NULL RETURNING *",
+            _SAVE_PLAN,
             plan.shop_id,
             plan.fulfillment_id,
             plan.order_id,
@@ -659,28 +712,36 @@ class PostgresStore(Store):
             plan.request,
             plan.klarna_reference,
             plan.completes_order,
+            *_note_values(note),
         )
         return _record(row, CaptureRecord) if row else None
 
     async def mark_captured(
-        self, captured: Captured, callback: NewCallback | None, now: float
+        self,
+        captured: Captured,
+        callback: NewCallback | None,
+        now: float,
+        *,
+        note: AuditNote | None = None,
     ) -> CaptureRecord | None:
-        async with self._transaction() as conn:
-            row = await conn.fetchrow(
-                "UPDATE captures SET state = 'captured', capture_id = $1, captured_amount = $2,"
-                " shipping_info = $3, klarna_reference = coalesce($4, klarna_reference),"
-                " captured_at = $5, error = NULL, updated_at = $5"
-                " WHERE shop_id = $6 AND fulfillment_id = $7 RETURNING *",
-                captured.capture_id,
-                captured.captured_amount,
-                captured.shipping_info,
-                captured.klarna_reference,
-                now,
-                captured.shop_id,
-                captured.fulfillment_id,
-            )
-            await _add_callback(conn, captured.shop_id, callback, now)
-        return _record(row, CaptureRecord) if row else None
+        row = await self._fetchrow(
+            _MARK_CAPTURED,
+            captured.capture_id,
+            captured.captured_amount,
+            captured.shipping_info,
+            captured.klarna_reference,
+            now,
+            captured.shop_id,
+            captured.fulfillment_id,
+            *_note_values(note),
+            *(
+                (callback.event_type, callback.webhook_id, callback.payload)
+                if callback
+                else (None, None, None)
+            ),
+        )
+        # One row always (so that the notification is counted); no capture, no shop_id.
+        return _record(row, CaptureRecord) if row and row["shop_id"] is not None else None
 
     async def pending_operation(
         self, shop_id: str, fulfillment_id: str, kind: OperationKind
@@ -723,6 +784,7 @@ class PostgresStore(Store):
         shipping_info: str | None,
         callback: NewCallback | None,
         now: float,
+        note: AuditNote | None = None,
     ) -> CaptureRecord | None:
         async with self._transaction() as conn:
             await conn.execute(
@@ -748,6 +810,14 @@ class PostgresStore(Store):
                     operation.fulfillment_id,
                 )
             await _add_callback(conn, operation.shop_id, callback, now)
+            if note is not None:
+                await conn.execute(
+                    _ADD_AUDIT,
+                    operation.shop_id,
+                    operation.fulfillment_id,
+                    now,
+                    *_note_values(note),
+                )
             row = await conn.fetchrow(
                 "SELECT * FROM captures WHERE shop_id = $1 AND fulfillment_id = $2",
                 operation.shop_id,
@@ -774,17 +844,7 @@ class PostgresStore(Store):
         detail: str,
         now: float,
     ) -> None:
-        await self._fetch(
-            "INSERT INTO audit (shop_id, fulfillment_id, job_id, at, step, outcome, detail)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            shop_id,
-            fulfillment_id,
-            job_id,
-            now,
-            step,
-            outcome,
-            detail,
-        )
+        await self._fetch(_ADD_AUDIT, shop_id, fulfillment_id, now, job_id, step, outcome, detail)
 
     async def audit_trail(self, shop_id: str, fulfillment_id: str) -> list[AuditEntry]:
         rows = await self._fetch(
@@ -929,6 +989,13 @@ async def _add_callback(
         now,
     )
     await conn.execute(_NOTIFY)
+
+
+def _note_values(note: AuditNote | None) -> tuple[int | None, str | None, str | None, str | None]:
+    """The parameters of `_noted` and the last four of `_ADD_AUDIT`; NULLs write no entry."""
+    if note is None:
+        return (None, None, None, None)
+    return (note.job_id, note.step, note.outcome, note.detail)
 
 
 def _setter(event: anyio.Event) -> Callable[..., None]:

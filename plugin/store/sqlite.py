@@ -17,7 +17,16 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from plugin.store.base import Captured, NewCallback, NewDelivery, NewShop, Plan, ShopChanges, Store
+from plugin.store.base import (
+    AuditNote,
+    Captured,
+    NewCallback,
+    NewDelivery,
+    NewShop,
+    Plan,
+    ShopChanges,
+    Store,
+)
 from plugin.store.records import (
     AuditEntry,
     Callback,
@@ -613,7 +622,9 @@ class SqliteStore(Store):
         )
         return [_capture(row) for row in rows]
 
-    async def save_plan(self, plan: Plan, now: float) -> CaptureRecord | None:
+    async def save_plan(
+        self, plan: Plan, now: float, *, note: AuditNote | None = None
+    ) -> CaptureRecord | None:
         def work(conn: sqlite3.Connection) -> CaptureRecord | None:
             row = conn.execute(
                 "INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"
@@ -643,12 +654,20 @@ class SqliteStore(Store):
                     plan.completes_order,
                 ),
             ).fetchone()
-            return _capture(row) if row else None
+            if row is None:  # captured already: nothing planned, nothing to note
+                return None
+            _add_note(conn, plan.shop_id, plan.fulfillment_id, note, now)
+            return _capture(row)
 
         return await self._write(work)
 
     async def mark_captured(
-        self, captured: Captured, callback: NewCallback | None, now: float
+        self,
+        captured: Captured,
+        callback: NewCallback | None,
+        now: float,
+        *,
+        note: AuditNote | None = None,
     ) -> CaptureRecord | None:
         def work(conn: sqlite3.Connection) -> CaptureRecord | None:
             row = conn.execute(
@@ -668,7 +687,10 @@ class SqliteStore(Store):
                 ),
             ).fetchone()
             _add_callback(conn, captured.shop_id, callback, now)
-            return _capture(row) if row else None
+            if row is None:
+                return None
+            _add_note(conn, captured.shop_id, captured.fulfillment_id, note, now)
+            return _capture(row)
 
         return await self._write(work)
 
@@ -710,6 +732,7 @@ class SqliteStore(Store):
         shipping_info: str | None,
         callback: NewCallback | None,
         now: float,
+        note: AuditNote | None = None,
     ) -> CaptureRecord | None:
         def work(conn: sqlite3.Connection) -> CaptureRecord | None:
             conn.execute(
@@ -729,6 +752,7 @@ class SqliteStore(Store):
                     (shipping_info, now, operation.shop_id, operation.fulfillment_id),
                 )
             _add_callback(conn, operation.shop_id, callback, now)
+            _add_note(conn, operation.shop_id, operation.fulfillment_id, note, now)
             row = conn.execute(
                 "SELECT * FROM captures WHERE shop_id = ? AND fulfillment_id = ?",
                 (operation.shop_id, operation.fulfillment_id),
@@ -764,13 +788,8 @@ class SqliteStore(Store):
         detail: str,
         now: float,
     ) -> None:
-        await self._write(
-            lambda conn: conn.execute(
-                "INSERT INTO audit (shop_id, fulfillment_id, job_id, at, step, outcome, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (shop_id, fulfillment_id, job_id, now, step, outcome, detail),
-            )
-        )
+        note = AuditNote(job_id=job_id, step=step, outcome=outcome, detail=detail)
+        await self._write(lambda conn: _add_note(conn, shop_id, fulfillment_id, note, now))
 
     async def audit_trail(self, shop_id: str, fulfillment_id: str) -> list[AuditEntry]:
         rows = await self._read(
@@ -912,6 +931,22 @@ def _add_callback(
         "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"
         " VALUES (?, 'callback', ?, 'queued', ?, ?, ?)",
         (shop_id, str(row[0]), now, now, now),
+    )
+
+
+def _add_note(
+    conn: sqlite3.Connection,
+    shop_id: str,
+    fulfillment_id: str | None,
+    note: AuditNote | None,
+    now: float,
+) -> None:
+    if note is None:
+        return
+    conn.execute(
+        "INSERT INTO audit (shop_id, fulfillment_id, job_id, at, step, outcome, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (shop_id, fulfillment_id, note.job_id, now, note.step, note.outcome, note.detail),
     )
 
 

@@ -14,13 +14,13 @@ import anyio
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from plugin.store import NewCallback, open_store
+from plugin.store import Captured, NewCallback, open_store
 from plugin.store import schema as sqlite_schema
 from plugin.store.postgres import JOBS_CHANNEL, PostgresStore
 from plugin.store.records import Job
 from plugin.store.schema_postgres import MIGRATIONS
 from plugin.worker import Worker
-from tests.store.test_store import NOW, add_shop, deliver, new_delivery
+from tests.store.test_store import NOW, add_shop, deliver, new_delivery, plan_f1
 
 pytestmark = pytest.mark.anyio
 
@@ -346,7 +346,29 @@ async def test_the_changes_that_make_a_job_due_now_announce_it(
         )
         assert await announcements_after(second.queue_fulfillment("shop_1", "F1", NOW)) == 0
         assert await announcements_after(second.queue_fulfillment("shop_1", "F9", NOW)) == 1
-        assert heard == [JOBS_CHANNEL] * 5
+        # A capture recorded stores its callback job in the same statement, announced with it;
+        # also when there was no plan to mark captured (the callback is kept all the same).
+        await plan_f1(second)
+        for fulfillment_id, webhook_id, announced in (
+            ("F1", None, 0),
+            ("F1", "msg_2", 1),
+            ("F404", "msg_3", 1),
+        ):
+            captured = Captured(
+                shop_id="shop_1",
+                fulfillment_id=fulfillment_id,
+                capture_id="c1",
+                captured_amount=1,
+                shipping_info="[]",
+            )
+            report = (
+                NewCallback(event_type="capture.succeeded", webhook_id=webhook_id, payload=b"{}")
+                if webhook_id
+                else None
+            )
+            change = second.mark_captured(captured, report, NOW)
+            assert await announcements_after(change) == announced
+        assert heard == [JOBS_CHANNEL] * 7
     finally:
         await listener.close()
 

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from plugin.store import (
+    AuditNote,
     Captured,
     NewCallback,
     NewDelivery,
@@ -421,6 +422,66 @@ async def test_operations_and_callbacks_commit_with_their_change(store: Store) -
     stored = await store.get_callback(int(job.key))
     assert stored is not None
     assert (stored.webhook_id, stored.sent_at) == ("msg_a", None)
+
+
+async def test_audit_notes_commit_with_the_change_they_describe_and_only_then(
+    store: Store, database_url: str
+) -> None:
+    await add_shop(store)
+
+    def note(step: str) -> AuditNote:
+        return AuditNote(job_id=7, step=step, outcome="done", detail='{"n": 1}')
+
+    def captured(fulfillment_id: str, capture_id: str) -> Captured:
+        return Captured(
+            shop_id="shop_1",
+            fulfillment_id=fulfillment_id,
+            capture_id=capture_id,
+            captured_amount=1,
+            shipping_info="[]",
+        )
+
+    async def trail() -> list[tuple[str, int | None, str, str, float]]:
+        entries = await store.audit_trail("shop_1", "F1")
+        return [(e.step, e.job_id, e.outcome, e.detail, e.at) for e in entries]
+
+    plan = Plan(
+        shop_id="shop_1",
+        fulfillment_id="F1",
+        order_id="1",
+        klarna_order_id="k1",
+        currency="EUR",
+        idempotency_key="k",
+        request=b"{}",
+    )
+    assert await store.save_plan(plan, NOW, note=note("plan")) is not None
+    callback = NewCallback(event_type="capture.succeeded", webhook_id="msg_a", payload=b"{}")
+    record = await store.mark_captured(
+        captured("F1", "c1"), callback, NOW + 1, note=note("capture")
+    )
+    assert record is not None
+    assert record.capture_id == "c1"
+    assert await trail() == [
+        ("plan", 7, "done", '{"n": 1}', NOW),
+        ("capture", 7, "done", '{"n": 1}', NOW + 1),
+    ]
+    # Nothing planned over a capture, so nothing noted.
+    assert await store.save_plan(plan, NOW + 2, note=note("plan again")) is None
+    # A change that fails writes neither itself nor its note (the callback's id is taken).
+    with pytest.raises(integrity_error(database_url)):
+        await store.mark_captured(captured("F1", "c2"), callback, NOW + 3, note=note("twice"))
+    record = await store.get_capture("shop_1", "F1")
+    assert record is not None
+    assert record.capture_id == "c1"
+    # No capture to mark: no note for it.
+    assert await store.mark_captured(captured("F2", "c3"), None, NOW + 4, note=note("x")) is None
+    assert await store.audit_trail("shop_1", "F2") == []
+    operation = await store.plan_operation("shop_1", "F1", "send_out", "op-key", b"", NOW)
+    await store.complete_operation(
+        operation, shipping_info=None, callback=None, now=NOW + 5, note=note("send_out")
+    )
+    assert [entry[0] for entry in await trail()] == ["plan", "capture", "send_out"]
+    assert await query(database_url, "SELECT count(*) FROM audit") == 3
 
 
 async def test_a_failing_write_does_not_spoil_the_others_committed_with_it(
