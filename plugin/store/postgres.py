@@ -66,6 +66,8 @@ MIGRATION_LOCK = 0x6B6C_6172_6E61_6D67
 # The channel on which a committed transaction announces a job due now.
 JOBS_CHANNEL = "klarna_capture_jobs"
 _NOTIFY = f"NOTIFY {JOBS_CHANNEL}"
+# How long a pool connection keeps a prepared statement, and so its plan (asyncpg's default: 300).
+PLAN_LIFETIME_SECONDS = 30
 # How often an idle listening connection is checked, and how long a reconnection may wait.
 LISTEN_CHECK_SECONDS = 30.0
 LISTEN_RETRY_SECONDS = (0.1, 5.0)
@@ -249,34 +251,62 @@ class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 20,
+        plan_lifetime: int = PLAN_LIFETIME_SECONDS,
+    ) -> None:
         self._url = url
         self._min_size = min_size
         self._max_size = max_size
+        self._plan_lifetime = plan_lifetime
         self._pool: _Pool | None = None
+        self._replanning: _Pool | None = None
         self._opening = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"PostgresStore({without_password(self._url)!r})"
 
     async def _connections(self) -> _Pool:
+        """The pool for every statement but the deliveries' batch. Its connections keep each
+        prepared statement's plan, generic after five runs: planning every run cost as much
+        PostgreSQL CPU as executing (bench-pipeline: 150 against 240 captures/s). A plan is
+        priced with the tables as they were when it was made, so statements are prepared
+        afresh every `plan_lifetime` seconds: after a burst (a backlog, say) a plan made on a
+        short queue scans the long one for at most that long, or until autovacuum's ANALYZE."""
         if self._pool is None:
             async with self._opening:
                 if self._pool is None:
-                    pool = await asyncpg.create_pool(
-                        self._url,
-                        min_size=self._min_size,
-                        max_size=self._max_size,
-                        connection_class=_PooledConnection,
-                        # A plan for each execution, priced with the table as it is then. Left
-                        # to itself a connection keeps a generic plan after five runs of a
-                        # statement, priced with the table as it was: one made on a nearly empty
-                        # deliveries table scanned the whole table on every batch once it had
-                        # grown (bench-ingest rounds of 835 req/s, a backend at a full core).
-                        server_settings={"plan_cache_mode": "force_custom_plan"},
-                    )
-                    self._pool = cast(_Pool, pool)
+                    self._pool = await self._open_pool(self._min_size, self._max_size, {})
         return self._pool
+
+    async def _replanning_connection(self) -> _Pool:
+        """One connection that plans each run of a statement anew, priced with the tables as they
+        are then, for the deliveries' batch (one at a time: the Batcher's). A generic plan made
+        while `deliveries` was nearly empty looked up "stored before" deliveries by scanning the
+        whole table, and kept doing so on every batch as it grew (bench-ingest rounds of 835
+        req/s, a backend at a full core) until an ANALYZE."""
+        if self._replanning is None:
+            async with self._opening:
+                if self._replanning is None:
+                    self._replanning = await self._open_pool(
+                        1, 1, {"plan_cache_mode": "force_custom_plan"}
+                    )
+        return self._replanning
+
+    async def _open_pool(self, min_size: int, max_size: int, settings: dict[str, str]) -> _Pool:
+        pool = await asyncpg.create_pool(
+            self._url,
+            min_size=min_size,
+            max_size=max_size,
+            connection_class=_PooledConnection,
+            server_settings=settings,
+            max_cached_statement_lifetime=self._plan_lifetime,
+        )
+        return cast(_Pool, pool)
 
     @contextlib.asynccontextmanager
     async def _transaction(
@@ -299,9 +329,10 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         await self._drain_deliveries()
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        for pool in (self._pool, self._replanning):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._replanning = None
 
     async def listen_for_work(
         self,
@@ -510,7 +541,9 @@ class PostgresStore(Store):
     async def record_deliveries(self, deliveries: Sequence[NewDelivery]) -> list[tuple[int, bool]]:
         # One statement, so one round trip and one commit for them all.
         columns = zip(*(delivery_row(delivery) for delivery in deliveries), strict=True)
-        rows = await self._fetch(_RECORD_DELIVERIES, *(list(column) for column in columns))
+        replanning = await self._replanning_connection()
+        async with replanning.acquire() as conn:
+            rows = await conn.fetch(_RECORD_DELIVERIES, *(list(column) for column in columns))
         results: list[tuple[int, bool]] = []
         stored: dict[tuple[str, str], int] = {}
         for row in rows:
