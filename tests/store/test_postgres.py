@@ -14,7 +14,7 @@ import anyio
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from plugin.store import Captured, NewCallback, open_store
+from plugin.store import NewCallback, open_store
 from plugin.store import schema as sqlite_schema
 from plugin.store.postgres import JOBS_CHANNEL, PostgresStore, _Pool
 from plugin.store.records import Job
@@ -22,7 +22,7 @@ from plugin.store.schema_postgres import MIGRATIONS
 from plugin.worker import Worker
 from tests.store.test_backlog import COLUMNS
 from tests.store.test_backlog import rows as backlog_rows
-from tests.store.test_store import NOW, add_shop, deliver, new_delivery, plan_f1
+from tests.store.test_store import NOW, add_shop, captured, deliver, new_delivery, plan_f1
 
 pytestmark = pytest.mark.anyio
 
@@ -357,19 +357,12 @@ async def test_the_changes_that_make_a_job_due_now_announce_it(
             ("F1", "msg_2", 1),
             ("F404", "msg_3", 1),
         ):
-            captured = Captured(
-                shop_id="shop_1",
-                fulfillment_id=fulfillment_id,
-                capture_id="c1",
-                captured_amount=1,
-                shipping_info="[]",
-            )
             report = (
                 NewCallback(event_type="capture.succeeded", webhook_id=webhook_id, payload=b"{}")
                 if webhook_id
                 else None
             )
-            change = second.mark_captured(captured, report, NOW)
+            change = second.mark_captured(captured(fulfillment_id, "c1"), report, NOW)
             assert await announcements_after(change) == announced
         assert heard == [JOBS_CHANNEL] * 7
     finally:

@@ -340,58 +340,43 @@ async def test_no_job_is_claimed_twice_by_concurrent_workers(store: Store) -> No
 
 async def test_a_captured_fulfilment_is_never_planned_again(store: Store) -> None:
     await add_shop(store)
-    plan = Plan(
-        shop_id="shop_1",
-        fulfillment_id="F1",
-        order_id="1",
-        klarna_order_id="k1",
-        currency="EUR",
-        idempotency_key="key-1",
-        request=b"{}",
-    )
+    plan = msgspec.structs.replace(F1_PLAN, idempotency_key="key-1")
     await store.save_plan(plan, NOW)
-    replanned = Plan(
-        **{**{f: getattr(plan, f) for f in plan.__struct_fields__}, "idempotency_key": "key-2"}
-    )
-    await store.save_plan(replanned, NOW + 1)
+    await store.save_plan(msgspec.structs.replace(plan, idempotency_key="key-2"), NOW + 1)
     record = await store.get_capture("shop_1", "F1")
     assert record is not None
     assert (record.state, record.idempotency_key) == ("planned", "key-2")
-    await store.mark_captured(
-        Captured(
-            shop_id="shop_1",
-            fulfillment_id="F1",
-            capture_id="c1",
-            captured_amount=100,
-            shipping_info="[]",
-        ),
-        None,
-        NOW + 2,
-    )
-    await store.save_plan(
-        Plan(
-            **{**{f: getattr(plan, f) for f in plan.__struct_fields__}, "idempotency_key": "key-3"}
-        ),
-        NOW + 3,
-    )
+    await store.mark_captured(captured("F1", "c1", 100), None, NOW + 2)
+    await store.save_plan(msgspec.structs.replace(plan, idempotency_key="key-3"), NOW + 3)
     record = await store.get_capture("shop_1", "F1")
     assert record is not None
     assert (record.state, record.capture_id, record.idempotency_key) == ("captured", "c1", "key-2")
 
 
+# Fulfilment F1 of shop_1 planned for capture (key "k").
+F1_PLAN = Plan(
+    shop_id="shop_1",
+    fulfillment_id="F1",
+    order_id="1",
+    klarna_order_id="k1",
+    currency="EUR",
+    idempotency_key="k",
+    request=b"{}",
+)
+
+
 async def plan_f1(store: Store) -> None:
-    """Fulfilment F1 of shop_1 planned for capture (key "k")."""
-    await store.save_plan(
-        Plan(
-            shop_id="shop_1",
-            fulfillment_id="F1",
-            order_id="1",
-            klarna_order_id="k1",
-            currency="EUR",
-            idempotency_key="k",
-            request=b"{}",
-        ),
-        NOW,
+    await store.save_plan(F1_PLAN, NOW)
+
+
+def captured(fulfillment_id: str, capture_id: str, amount: int = 1) -> Captured:
+    """A capture of shop_1's fulfilment, with no shipping info."""
+    return Captured(
+        shop_id="shop_1",
+        fulfillment_id=fulfillment_id,
+        capture_id=capture_id,
+        captured_amount=amount,
+        shipping_info="[]",
     )
 
 
@@ -399,17 +384,7 @@ async def test_operations_and_callbacks_commit_with_their_change(store: Store) -
     await add_shop(store)
     await plan_f1(store)
     callback = NewCallback(event_type="capture.succeeded", webhook_id="msg_a", payload=b"{}")
-    await store.mark_captured(
-        Captured(
-            shop_id="shop_1",
-            fulfillment_id="F1",
-            capture_id="c1",
-            captured_amount=1,
-            shipping_info="[]",
-        ),
-        callback,
-        NOW,
-    )
+    await store.mark_captured(captured("F1", "c1"), callback, NOW)
     operation = await store.plan_operation("shop_1", "F1", "send_out", "op-key", b"", NOW)
     assert await store.pending_operation("shop_1", "F1", "send_out") == operation
     await store.complete_operation(operation, shipping_info=None, callback=None, now=NOW)
@@ -432,29 +407,11 @@ async def test_audit_notes_commit_with_the_change_they_describe_and_only_then(
     def note(step: str) -> AuditNote:
         return AuditNote(job_id=7, step=step, outcome="done", detail='{"n": 1}')
 
-    def captured(fulfillment_id: str, capture_id: str) -> Captured:
-        return Captured(
-            shop_id="shop_1",
-            fulfillment_id=fulfillment_id,
-            capture_id=capture_id,
-            captured_amount=1,
-            shipping_info="[]",
-        )
-
     async def trail() -> list[tuple[str, int | None, str, str, float]]:
         entries = await store.audit_trail("shop_1", "F1")
         return [(e.step, e.job_id, e.outcome, e.detail, e.at) for e in entries]
 
-    plan = Plan(
-        shop_id="shop_1",
-        fulfillment_id="F1",
-        order_id="1",
-        klarna_order_id="k1",
-        currency="EUR",
-        idempotency_key="k",
-        request=b"{}",
-    )
-    assert await store.save_plan(plan, NOW, note=note("plan")) is not None
+    assert await store.save_plan(F1_PLAN, NOW, note=note("plan")) is not None
     callback = NewCallback(event_type="capture.succeeded", webhook_id="msg_a", payload=b"{}")
     record = await store.mark_captured(
         captured("F1", "c1"), callback, NOW + 1, note=note("capture")
@@ -466,7 +423,7 @@ async def test_audit_notes_commit_with_the_change_they_describe_and_only_then(
         ("capture", 7, "done", '{"n": 1}', NOW + 1),
     ]
     # Nothing planned over a capture, so nothing noted.
-    assert await store.save_plan(plan, NOW + 2, note=note("plan again")) is None
+    assert await store.save_plan(F1_PLAN, NOW + 2, note=note("plan again")) is None
     # A change that fails writes neither itself nor its note (the callback's id is taken).
     with pytest.raises(integrity_error(database_url)):
         await store.mark_captured(captured("F1", "c2"), callback, NOW + 3, note=note("twice"))
