@@ -6,7 +6,11 @@ throwaway PostgreSQL cluster started for the benchmark and stopped at the end.
 Each run starts from nothing: a fresh data dir, its own sandbox process (accepting PK_0 ... PK_19,
 since Klarna's limit of 200 requests/s live is per API username and a capture costs two calls: GET
 order + POST capture), the orders, 20 shops and every delivery ingested by `klarna-capture serve`
-with no workers. Only then is the worker started and timed, until every fulfilment job is done."""
+with no workers. Only then is the worker started and timed, until every fulfilment job is done.
+
+With --processes N > 1, one process is also timed at 50 ms in the same run, for the scaling (N
+against 1), and the captures per worker CPU second of both: whether the processes get in each
+other's way, apart from sharing the machine's cores."""
 
 import argparse
 import asyncio
@@ -49,6 +53,7 @@ CONCURRENCY = 32
 TARGET_RATE = 200.0
 TARGET_RATIO = 0.8
 TARGET_RSS_MB = 150.0
+TARGET_SCALING = 1.7  # two worker processes against one, on PostgreSQL
 
 
 class Run(msgspec.Struct):
@@ -69,6 +74,10 @@ class Run(msgspec.Struct):
     @property
     def rate(self) -> float:
         return self.done / self.seconds
+
+    @property
+    def captures_per_cpu_second(self) -> float:
+        return self.done / max(self.worker_cores * self.seconds, 1e-9)
 
 
 async def create_orders(sandbox_url: str, count: int) -> list[str]:
@@ -268,14 +277,22 @@ def main() -> int:
         flush=True,
     )
     runs = []
+    # With several processes, one process at 50 ms as well, in the same run: the scaling.
+    plan = [(0, args.processes), (50, args.processes)]
+    if args.processes > 1:
+        plan.append((50, 1))
     with postgres_server(args.database) as server_url:
-        for latency_ms in (0, 50):
+        for latency_ms, processes in plan:
             with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-                print(f"run with {latency_ms} ms Klarna latency: setting up...", flush=True)
+                print(
+                    f"run with {latency_ms} ms Klarna latency, {processes} process(es):"
+                    " setting up...",
+                    flush=True,
+                )
                 result = run(
-                    *(args.shipments, latency_ms, Path(tmp), args.processes, args.database),
+                    *(args.shipments, latency_ms, Path(tmp), processes, args.database),
                     server_url,
-                    args.profile if latency_ms else None,
+                    args.profile if latency_ms and processes == args.processes else None,
                 )
                 runs.append(result)
                 print(
@@ -284,6 +301,7 @@ def main() -> int:
                     f" {result.machine_cores:.2f} of {os.cpu_count()} cores",
                     flush=True,
                 )
+    single = runs.pop() if args.processes > 1 else None
 
     print()
     print(
@@ -308,6 +326,21 @@ def main() -> int:
         f"worker peak RSS: {peak:.1f} MB (target < {TARGET_RSS_MB:g} MB) "
         f"{verdict(peak < TARGET_RSS_MB)}"
     )
+    if single is not None:
+        scaling = slow.rate / single.rate
+        print(
+            f"{args.processes} processes against 1 at 50 ms: {slow.rate:.0f} / {single.rate:.0f}"
+            f" captures/s = {scaling:.2f}x (target >= {TARGET_SCALING}x) "
+            f"{verdict(scaling >= TARGET_SCALING)}"
+        )
+        # Whether processes get in each other's way, apart from sharing this machine's cores:
+        # what each CPU second of the workers captured, with one process and with several.
+        efficiency = slow.captures_per_cpu_second / single.captures_per_cpu_second
+        print(
+            f"captures per worker CPU second: {single.captures_per_cpu_second:.0f} with 1 process,"
+            f" {slow.captures_per_cpu_second:.0f} with {args.processes} ({efficiency:.2f}x); the"
+            f" machine was {slow.machine_cores:.2f} of {os.cpu_count()} cores busy"
+        )
     return 0
 
 
