@@ -542,15 +542,8 @@ async def test_deliveries_and_captures_are_found_by_order(store: Store) -> None:
             now=NOW,
             order_id=order_id,
         )
-    plan = Plan(
-        shop_id="shop_1",
-        fulfillment_id="F1",
-        order_id="O1",
-        klarna_order_id="K1",
-        currency="EUR",
-        idempotency_key="key",
-        request=b"{}",
-        completes_order=True,
+    plan = msgspec.structs.replace(
+        F1_PLAN, order_id="O1", klarna_order_id="K1", completes_order=True
     )
     await store.save_plan(plan, NOW)
     assert [d.delivery_id for d in await store.order_deliveries("shop_1", ["O1"])] == ["d1"]
@@ -704,13 +697,11 @@ async def test_shipments_are_paged_by_their_last_change(store: Store) -> None:
             now=NOW + index,
         )
     await store.save_plan(
-        Plan(
-            shop_id="shop_1",
+        msgspec.structs.replace(
+            F1_PLAN,
             fulfillment_id="F0",
             order_id="O0",
             klarna_order_id="K0",
-            currency="EUR",
-            idempotency_key="key",
             request=b'{"captured_amount": 100}',
         ),
         NOW + 5,
