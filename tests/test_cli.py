@@ -16,7 +16,7 @@ from plugin.config import ensure_secret_keys, load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError
 from plugin.platforms import woocommerce
 from plugin.service import open_service
-from tests.helpers import cli_shop, free_port, run_cli
+from tests.helpers import ALLOW_LOOPBACK, cli_shop, free_port, run_cli
 
 
 @pytest.fixture
@@ -93,6 +93,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
         "KLARNA_CAPTURE_PUBLIC_URL": "https://capture.example",
         "KLARNA_CAPTURE_LOG_LEVEL": "WARNING",
+        **ALLOW_LOOPBACK,
     }
 
 

@@ -23,7 +23,15 @@ from plugin.service import open_service
 from plugin.store import ShopChanges
 from plugin.store.records import ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import TOMATOES, StatusInbox, Storefront, create_shop, shipment, wait_until
+from tests.helpers import (
+    ALLOW_LOOPBACK,
+    TOMATOES,
+    StatusInbox,
+    Storefront,
+    create_shop,
+    shipment,
+    wait_until,
+)
 
 BASIL = OrderLine(
     name="Basil",
@@ -44,6 +52,7 @@ def settings(tmp_path: Path, klarna_url: str) -> Settings:
             "KLARNA_CAPTURE_SECRET_KEY": "a-test-secret-key-of-some-length",
             "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
             "KLARNA_CAPTURE_WORKERS": "4",
+            **ALLOW_LOOPBACK,
         }
     )
 
