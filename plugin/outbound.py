@@ -110,6 +110,9 @@ class AddressGuard:
     def refuses(self, address: IPAddress) -> bool:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped  # ::ffff:a.b.c.d is a.b.c.d to the kernel
+        if address in _NAT64:
+            # An IPv6-only network's way to IPv4 hosts (DNS64): the IPv4 host is the target.
+            return self.refuses(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
         if any(address in network for network in self.allowed):
             return False
         if _outside_internet(address):
@@ -139,8 +142,6 @@ def _embedded(address: IPAddress) -> list[ipaddress.IPv4Address]:
         found.append(address.sixtofour)
     if address.teredo is not None:
         found.extend(address.teredo)
-    if address in _NAT64:
-        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
     return found
 
 
