@@ -21,6 +21,9 @@ from plugin.outbound import (
     make_client,
     url_problem,
 )
+from plugin.platforms import woocommerce
+from plugin.platforms.woocommerce_storefront import RestClient, WooCommerceError
+from plugin.retries import RetryPolicy
 
 pytestmark = pytest.mark.anyio
 
@@ -263,3 +266,50 @@ async def test_urls_are_checked_before_they_are_saved(host: str) -> None:
     assert problem is not None
     assert "not a public internet address" in problem
     assert await url_problem("https://localhost/status", allowing_loopback()) is None
+
+
+# --- what the merchant is shown ------------------------------------------------------------------
+
+KEY = woocommerce.ApiKey(consumer_key="ck_" + "1" * 40, consumer_secret="cs_" + "2" * 40)
+ONCE = RetryPolicy(attempts=1)
+# What an internal service behind a merchant-entered site URL might answer.
+INTERNAL = b'{"code": "internal_db", "message": "root password hunter2", "data": "hunter2"}'
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422, 500, 503, 302])
+async def test_a_woocommerce_error_never_echoes_what_the_site_answered(status: int) -> None:
+    def internal(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(status, content=INTERNAL, headers={"Location": "http://hunter2/"})
+
+    transport = httpx2.MockTransport(internal)
+    async with make_client(QUICK, guard=AddressGuard(), transport=transport) as http:
+        client = RestClient("https://shop.example", KEY, http=http, retry=ONCE)
+        with pytest.raises(WooCommerceError) as caught:
+            await client.order("1")
+
+    assert caught.value.status == status
+    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in " ".join(caught.value.messages)
+    assert "INTERNAL_DB" not in caught.value.code
+
+
+async def test_woocommerces_own_error_codes_are_kept() -> None:
+    answer = b'{"code": "woocommerce_rest_shop_order_invalid_id", "message": "Invalid ID."}'
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(404, content=answer))
+    async with make_client(QUICK, guard=AddressGuard(), transport=transport) as http:
+        client = RestClient("https://shop.example", KEY, http=http, retry=ONCE)
+        with pytest.raises(WooCommerceError) as caught:
+            await client.order("1")
+
+    assert caught.value.code == "ORDER_NOT_FOUND"
+
+
+async def test_a_woocommerce_site_on_a_refused_address_fails_for_good() -> None:
+    async with serving(ok) as (raw, port), make_client(QUICK, guard=AddressGuard()) as http:
+        client = RestClient(f"http://localhost:{port}", KEY, http=http, retry=ONCE)
+        with pytest.raises(WooCommerceError) as caught:
+            await client.order("1")
+
+    assert (caught.value.code, caught.value.retryable) == ("ADDRESS_REFUSED", False)
+    assert "not on the public internet" in str(caught.value)
+    assert raw.connections == 0
