@@ -5,11 +5,13 @@ import asyncio
 import contextlib
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import httpx2
 import pytest
 
+from plugin.config import load_settings
 from plugin.outbound import (
     MAX_ERROR_BODY,
     AddressGuard,
@@ -22,8 +24,10 @@ from plugin.outbound import (
     url_problem,
 )
 from plugin.platforms import woocommerce
+from plugin.platforms.base import StorefrontApp
 from plugin.platforms.woocommerce_storefront import RestClient, WooCommerceError
 from plugin.retries import RetryPolicy
+from plugin.service import open_service
 
 pytestmark = pytest.mark.anyio
 
@@ -313,3 +317,34 @@ async def test_a_woocommerce_site_on_a_refused_address_fails_for_good() -> None:
     assert (caught.value.code, caught.value.retryable) == ("ADDRESS_REFUSED", False)
     assert "not on the public internet" in str(caught.value)
     assert raw.connections == 0
+
+
+# --- the service's clients -----------------------------------------------------------------------
+
+
+async def test_the_service_bounds_every_merchant_bound_client_and_guards_merchant_urls(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        {
+            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
+            "KLARNA_CAPTURE_SECRET_KEY": "a-test-secret-key-of-some-length",
+        }
+    )
+    async with (
+        serving(huge("200 OK", declared=False)) as (raw, port),
+        open_service(settings) as service,
+    ):
+        storefronts = service.pipeline.storefronts
+        # The status URL and the WooCommerce site are the merchant's: guarded.
+        assert cast(StorefrontApp, storefronts["woocommerce"]).http is service.site_http
+        for client in (service.site_http, service.pipeline.status_http):
+            with pytest.raises(AddressRefused):
+                await client.get(f"http://localhost:{port}/")
+        assert raw.connections == 0
+        # Shopify's and BigCommerce's API hosts are the operator's: bounded, not guarded.
+        for platform in ("shopify", "bigcommerce"):
+            assert cast(StorefrontApp, storefronts[platform]).http is service.storefront_http
+        with pytest.raises(ResponseTooLarge):
+            await service.storefront_http.get(f"http://localhost:{port}/admin/api/graphql.json")
+        assert raw.connections == 1
