@@ -273,7 +273,8 @@ class GuardedTransport(httpx2.AsyncHTTPTransport):
 
 class BoundedTransport(httpx2.AsyncBaseTransport):
     """Wraps a transport: the whole request within the deadline, the body read up to the cap
-    (decoded, so a compressed answer is capped as it unpacks) and handed on as bytes."""
+    (decoded, so a compressed answer is capped as it unpacks) and handed on as bytes. Made per
+    request; the client closes the transport inside."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, bounds: Bounds) -> None:
         self._inner = inner
@@ -328,8 +329,17 @@ class BoundedTransport(httpx2.AsyncBaseTransport):
                 break  # an error answer: its start is all we look at
         return b"".join(chunks)[:cap]
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+
+class _BoundedClient(httpx2.AsyncClient):
+    """An httpx2 client whose every transport, whichever it picks for a URL (its own, a test's,
+    a proxy from the environment's HTTPS_PROXY and NO_PROXY), runs inside the bounds."""
+
+    def __init__(self, bounds: Bounds, **options: Any) -> None:
+        super().__init__(**options)
+        self._bounds = bounds
+
+    def _transport_for_url(self, url: httpx2.URL) -> httpx2.AsyncBaseTransport:
+        return BoundedTransport(super()._transport_for_url(url), self._bounds)
 
 
 def make_client(
@@ -338,16 +348,15 @@ def make_client(
     guard: AddressGuard | None,
     transport: httpx2.AsyncBaseTransport | None = None,
 ) -> httpx2.AsyncClient:
-    """A client for merchant-bound calls: bounded always, address-guarded when `guard` is given.
+    """A client for merchant-bound calls: bounded always; address-guarded when `guard` is given,
+    and then without the environment's proxies (a proxy would reach what the guard refuses).
     `transport` (tests) replaces the network below the bounds."""
-    if transport is None:
-        transport = (
-            GuardedTransport(guard)
-            if guard is not None
-            else httpx2.AsyncHTTPTransport(verify=tls_context())
-        )
-    return httpx2.AsyncClient(
-        transport=BoundedTransport(transport, bounds),
+    if transport is None and guard is not None:
+        transport = GuardedTransport(guard)
+    return _BoundedClient(
+        bounds,
+        transport=transport,
+        verify=tls_context(),
         # Per-read timeouts too, as a second line under the deadline.
         timeout=httpx2.Timeout(bounds.deadline, connect=bounds.connect),
         follow_redirects=False,

@@ -187,6 +187,24 @@ async def test_the_trusted_client_has_the_bounds_but_no_guard() -> None:
     assert raw.connections == 1
 
 
+async def test_the_trusted_client_keeps_the_environments_proxy_and_its_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with serving(huge("200 OK", declared=False)) as (proxy, port):
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with make_client(QUICK, guard=None) as client:
+            with pytest.raises(ResponseTooLarge):
+                await client.get("http://api.bigcommerce.invalid/stores/abc/v2/orders/1")
+        assert proxy.connections == 1
+        # The guarded client takes no proxy: it connects where its own check allows.
+        async with make_client(QUICK, guard=AddressGuard()) as client:
+            with pytest.raises(AddressRefused):
+                await client.get("http://localhost/status")
+        assert proxy.connections == 1
+
+
 async def test_a_transport_given_for_tests_still_gets_the_cap() -> None:
     transport = httpx2.MockTransport(lambda request: httpx2.Response(200, content=b"x" * 70000))
     async with make_client(QUICK, guard=AddressGuard(), transport=transport) as client:
