@@ -142,6 +142,7 @@ class RestClient:
         # The site is wherever the merchant pointed it: what it answers is never shown, only
         # its status and, when it is one of WooCommerce's, its error code.
         code = _rest_code(response.content)
+        answered = f"HTTP {status} {code}" if code else f"HTTP {status}"
         if status == 429 or status >= 500:
             retry_after = response.headers.get("Retry-After", "")
             raise WooCommerceError(
@@ -168,7 +169,7 @@ class RestClient:
                 status=status,
                 code="UNAUTHORIZED",
                 messages=[
-                    f"the site refused the REST API key (HTTP {status})",
+                    f"the site refused the REST API key ({answered})",
                     "check the consumer key and secret, and that the key has Read/Write "
                     "permission (WooCommerce → Settings → Advanced → REST API)",
                 ],
@@ -191,7 +192,7 @@ class RestClient:
             operation,
             status=status,
             code=(code or f"HTTP_{status}").upper(),
-            messages=[f"the site refused the request (HTTP {status})"],
+            messages=[f"the site refused the request ({answered})"],
         )
 
 
