@@ -213,6 +213,6 @@ def _raise_user_errors(operation: str, payload: object) -> None:
         )
     errors = payload.get("userErrors") or []
     if errors:
-        messages = [_user_error(error) for error in errors]
+        messages = [_user_error(error)[:300] for error in errors][:5]
         raise ShopifyError(operation, status=200, code="USER_ERRORS", messages=messages)
     log.debug("shopify write-back", extra={"operation": operation})
