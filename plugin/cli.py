@@ -17,6 +17,7 @@ import uvicorn
 
 from plugin.config import ConfigError, Settings, ensure_secret_keys, load_settings
 from plugin.logs import configure_logging
+from plugin.outbound import AddressGuard, url_problem
 from plugin.platforms import woocommerce
 from plugin.service import Service, open_service
 from plugin.store.records import Job, Shop, ShopOptions
@@ -345,6 +346,12 @@ async def _shop_add(service: Service, args: argparse.Namespace) -> int:
     if args.status_url and not args.status_url.startswith(("https://", "http://")):
         print("klarna-capture: --status-url must be an http(s) URL", file=sys.stderr)
         return 2
+    refused = await _address_problem(
+        service, ("--status-url", args.status_url), ("--site-url", site_url)
+    )
+    if refused is not None:
+        print(f"klarna-capture: {refused}", file=sys.stderr)
+        return 2
     shop, secret = await service.shops.create(
         platform=args.platform,
         name=args.name,
@@ -375,6 +382,17 @@ async def _shop_add(service: Service, args: argparse.Namespace) -> int:
                 "version WP REST API Integration v3."
             )
     return 0
+
+
+async def _address_problem(service: Service, *urls: tuple[str, str | None]) -> str | None:
+    """The first given URL that leads outside the public internet (and the networks the
+    operator allows), named by its option."""
+    guard = AddressGuard(service.settings.allowed_private_networks)
+    for option, url in urls:
+        problem = await url_problem(url, guard) if url else None
+        if problem is not None:
+            return f"{option}: {problem}"
+    return None
 
 
 def _shop_line(shop: Shop) -> str:

@@ -3,6 +3,7 @@
 Every variable is `KLARNA_CAPTURE_<NAME>`; an empty value counts as unset.
 """
 
+import ipaddress
 import os
 import re
 import tempfile
@@ -59,6 +60,9 @@ class Settings:
     bigcommerce_client_secret: str | None = None
     bigcommerce_api_url: str = BIGCOMMERCE_API_URL
     bigcommerce_login_url: str = BIGCOMMERCE_LOGIN_URL
+    # Networks outside the public internet that merchant-entered URLs (status URL, WooCommerce
+    # site) may still reach: an intranet deployment's, the demo's and the tests' loopback.
+    allowed_private_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def shopify_enabled(self) -> bool:
@@ -85,7 +89,8 @@ class Settings:
             f"bigcommerce_client_id={self.bigcommerce_client_id!r}, "
             f"bigcommerce_client_secret=<{'set' if self.bigcommerce_client_secret else 'unset'}>, "
             f"bigcommerce_api_url={self.bigcommerce_api_url!r}, "
-            f"bigcommerce_login_url={self.bigcommerce_login_url!r})"
+            f"bigcommerce_login_url={self.bigcommerce_login_url!r}, "
+            f"allowed_private_networks={[str(n) for n in self.allowed_private_networks]!r})"
         )
 
 
@@ -123,6 +128,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         **_shopify(get),
         **_bigcommerce(get),
+        allowed_private_networks=_networks(
+            "ALLOWED_PRIVATE_NETWORKS", get("ALLOWED_PRIVATE_NETWORKS")
+        ),
     )
 
 
@@ -331,3 +339,23 @@ def _without_password(url: str) -> str:
         return url
     netloc = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
+
+
+def _networks(
+    name: str, value: str | None
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (a bare address is its own /32 or /128)."""
+    if value is None:
+        return ()
+    networks = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=True))
+        except ValueError:
+            raise ConfigError(
+                f"{PREFIX}{name} must be comma-separated networks such as 10.0.0.0/8 or "
+                f"fd00::/8 (no host bits set), not {_shown(part)}"
+            ) from None
+    return tuple(networks)

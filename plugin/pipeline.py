@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import httpx2
 import msgspec
 
-from plugin import metrics, signatures
+from plugin import metrics, outbound, signatures
 from plugin.capture import AlreadyCaptured, CaptureRefused, klarna_shipping_info, plan_capture
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
@@ -265,12 +265,22 @@ class Pipeline:
             response = await self.status_http.post(
                 shop.status_url, content=callback.payload, headers=headers
             )
+        except outbound.AddressRefused as exc:
+            # Where the URL leads does not change by retrying: the merchant must change it.
+            raise JobFailure(
+                JobError(
+                    step="report",
+                    error_code="ADDRESS_REFUSED",
+                    error_messages=[f"the status URL: {outbound.describe(exc)}"],
+                ),
+                final=True,
+            ) from exc
         except httpx2.HTTPError as exc:
             raise JobFailure(
                 JobError(
                     step="report",
                     error_code="NETWORK_ERROR",
-                    error_messages=[f"{type(exc).__name__} posting to the status URL"],
+                    error_messages=[f"{outbound.describe(exc)} posting to the status URL"],
                 ),
                 final=False,
             ) from exc

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import httpx2
 
 from plugin.config import Settings
-from plugin.klarna import RetryPolicy, make_http_client, tls_context
+from plugin.klarna import RetryPolicy, make_http_client
 from plugin.klarna.client import DEFAULT_TIMEOUT
 from plugin.klarna.ratelimit import share_rate_between
+from plugin.outbound import AddressGuard, Bounds, make_client
 from plugin.pipeline import Pipeline
 from plugin.platforms.base import Storefront
 from plugin.platforms.bigcommerce_storefront import BigCommerceStorefront
@@ -20,8 +21,9 @@ from plugin.vault import Vault
 from plugin.web.auth import Auth
 from plugin.worker import Backoff, Worker
 
-STATUS_TIMEOUT = httpx2.Timeout(10.0, connect=5.0)
-STOREFRONT_TIMEOUT = httpx2.Timeout(15.0, connect=5.0)
+# Whole-request deadlines (connect, headers and body) of merchant-bound calls.
+STATUS_BOUNDS = Bounds(deadline=10.0)
+STOREFRONT_BOUNDS = Bounds(deadline=15.0)
 # Klarna connection pools: one per worker. httpcore probes every idle connection of a pool (through
 # anyio, at some cost) each time a request joins or leaves it; measured with bench-pipeline on
 # SQLite at 50 ms, side by side: 202-226 captures/s (median 207) with one worker per pool against
@@ -33,6 +35,9 @@ STOREFRONTS: dict[str, Callable[..., Storefront]] = {
     "woocommerce": WooCommerceStorefront,
     "bigcommerce": BigCommerceStorefront,
 }
+# Those whose API lives at an address the merchant enters (not one the operator sets): their
+# calls go through the address-guarded client.
+MERCHANT_HOSTED = frozenset({"woocommerce"})
 
 
 class Service:
@@ -44,6 +49,7 @@ class Service:
         klarna_http: Sequence[httpx2.AsyncClient],
         status_http: httpx2.AsyncClient,
         storefront_http: httpx2.AsyncClient,
+        site_http: httpx2.AsyncClient | None = None,
         klarna_retry: RetryPolicy | None = None,
         storefront_retry: RetryPolicy | None = None,
         backoff: Backoff | None = None,
@@ -51,7 +57,10 @@ class Service:
         poll_seconds: float = 1.0,
     ) -> None:
         self.settings = settings
+        # Operator-set API hosts (Shopify, BigCommerce): bounded. Merchant-entered sites:
+        # bounded and address-guarded.
         self.storefront_http = storefront_http
+        self.site_http = site_http if site_http is not None else storefront_http
         self.store = store
         self.vault = Vault(settings.secret_keys)
         self.auth = Auth(settings.secret_keys)
@@ -64,7 +73,12 @@ class Service:
             klarna_url=settings.klarna_url,
             klarna_retry=klarna_retry,
             storefronts={
-                platform: kind(settings, self.shops, storefront_http, retry=storefront_retry)
+                platform: kind(
+                    settings,
+                    self.shops,
+                    self.site_http if platform in MERCHANT_HOSTED else storefront_http,
+                    retry=storefront_retry,
+                )
                 for platform, kind in STOREFRONTS.items()
             },
         )
@@ -107,21 +121,15 @@ async def open_service(
                 )
                 for _ in range(max(1, -(-settings.workers // WORKERS_PER_POOL)))
             ]
+            guard = AddressGuard(settings.allowed_private_networks)
             status_http = await stack.enter_async_context(
-                httpx2.AsyncClient(
-                    transport=status_transport,
-                    verify=tls_context(),
-                    timeout=STATUS_TIMEOUT,
-                    follow_redirects=False,
-                )
+                make_client(STATUS_BOUNDS, guard=guard, transport=status_transport)
             )
             storefront_http = await stack.enter_async_context(
-                httpx2.AsyncClient(
-                    transport=storefront_transport,
-                    verify=tls_context(),
-                    timeout=STOREFRONT_TIMEOUT,
-                    follow_redirects=False,
-                )
+                make_client(STOREFRONT_BOUNDS, guard=None, transport=storefront_transport)
+            )
+            site_http = await stack.enter_async_context(
+                make_client(STOREFRONT_BOUNDS, guard=guard, transport=storefront_transport)
             )
             yield Service(
                 settings,
@@ -129,6 +137,7 @@ async def open_service(
                 klarna_http=klarna_http,
                 status_http=status_http,
                 storefront_http=storefront_http,
+                site_http=site_http,
                 klarna_retry=klarna_retry,
                 storefront_retry=storefront_retry,
                 backoff=backoff,

@@ -129,6 +129,8 @@ def main() -> int:
             "KLARNA_CAPTURE_KLARNA_URL": sandbox_url,
             "KLARNA_CAPTURE_SECRET_KEY": DEMO_SECRET_KEY,
             "KLARNA_CAPTURE_POLL_MS": "50",
+            # The demo's status URL is on this machine.
+            "KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",
         }
         command = klarna_capture()
         sandbox_log, service_log = data_dir / "sandbox.log", data_dir / "service.log"

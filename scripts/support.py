@@ -61,6 +61,8 @@ def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
     """The environment of a service process: `settings` are KLARNA_CAPTURE_<NAME> values."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLARNA_CAPTURE_")}
     env.update(KLARNA_CAPTURE_DATA_DIR=str(data_dir), KLARNA_CAPTURE_SECRET_KEY=SECRET_KEY)
+    # Every endpoint of a demo or bench (status URLs, sandboxes) is on this machine.
+    env.update(KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS="127.0.0.0/8")
     env.update({f"KLARNA_CAPTURE_{name.upper()}": value for name, value in settings.items()})
     return env
 

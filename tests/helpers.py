@@ -23,6 +23,10 @@ from plugin.klarna.models import OrderLine
 from plugin.service import open_service
 from plugin.store.records import Shop, ShopOptions
 
+# The tests' status URLs and storefront sandboxes listen on loopback, which merchant-entered
+# URLs may reach only when the operator allows it: every test's settings include this.
+ALLOW_LOOPBACK = {"KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8,::1/128"}
+
 # A Klarna order line for 6000 EUR incl. 25 % VAT, as the sandbox orders in the tests use.
 TOMATOES = OrderLine(
     name="Tomatoes",

@@ -16,7 +16,7 @@ from plugin.config import ensure_secret_keys, load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError
 from plugin.platforms import woocommerce
 from plugin.service import open_service
-from tests.helpers import cli_shop, free_port, run_cli
+from tests.helpers import ALLOW_LOOPBACK, cli_shop, free_port, run_cli
 
 
 @pytest.fixture
@@ -93,6 +93,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
         "KLARNA_CAPTURE_PUBLIC_URL": "https://capture.example",
         "KLARNA_CAPTURE_LOG_LEVEL": "WARNING",
+        **ALLOW_LOOPBACK,
     }
 
 
@@ -484,3 +485,46 @@ def test_the_gil_is_handed_off_sooner_only_where_a_writer_thread_needs_it(
         assert sys.getswitchinterval() == pytest.approx(interval or default)
     finally:
         sys.setswitchinterval(default)
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "127.1", "2130706433", "0x7f.0.0.1", "[::ffff:127.0.0.1]", "10.0.0.1"]
+)
+def test_a_status_url_off_the_public_internet_is_refused(env: dict[str, str], host: str) -> None:
+    strict = {**env, "KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": ""}
+    done = run_cli(
+        strict,
+        "shop",
+        "add",
+        "--name",
+        "Corner shop",
+        "--klarna-region",
+        "eu",
+        "--klarna-environment",
+        "live",
+        "--klarna-username",
+        "PK",
+        "--klarna-password-stdin",
+        "--status-url",
+        f"http://{host}:8080/status",
+        stdin="pw\n",
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "klarna-capture: --status-url: " in done.stderr
+    assert "is not a public internet address" in done.stderr
+    assert run_cli(strict, "shop", "list").stdout == ""
+    # Allowed by the operator, the same address is taken.
+    allowed = {**env, "KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8,10.0.0.0/8"}
+    assert add_shop(allowed, "--status-url", f"http://{host}:8080/status")["shop_id"]
+
+
+def test_a_woocommerce_site_off_the_public_internet_is_refused(env: dict[str, str]) -> None:
+    strict = {**env, "KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": ""}
+    site = ("--site-url", "https://169.254.169.254", "--consumer-key", WOO_KEY)
+
+    done = add_woocommerce_shop(strict, *site, check=False)
+
+    assert done.returncode == 2
+    assert "klarna-capture: --site-url: 169.254.169.254 is not a public" in done.stderr
+    assert run_cli(strict, "shop", "list").stdout == ""

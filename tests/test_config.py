@@ -1,3 +1,4 @@
+import ipaddress
 import stat
 from pathlib import Path
 
@@ -284,3 +285,24 @@ def test_bad_bigcommerce_settings_name_the_variable(environ: dict[str, str], var
     assert str(caught.value).startswith(f"KLARNA_CAPTURE_{variable} ")
     assert "\n" not in str(caught.value)
     assert "u:p" not in str(caught.value)
+
+
+def test_allowed_private_networks_are_read_as_networks() -> None:
+    settings = load_settings(
+        {"KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": " 10.0.0.0/8, ,fd00::/8,127.0.0.1 "}
+    )
+    assert settings.allowed_private_networks == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("fd00::/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+    )
+    assert "10.0.0.0/8" in repr(settings)
+    assert load_settings({}).allowed_private_networks == ()
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1/8", "intranet", "10.0.0.0/33", "::1/200"])
+def test_bad_allowed_private_networks_name_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": value})
+    assert str(caught.value).startswith("KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS ")
+    assert "\n" not in str(caught.value)

@@ -2,7 +2,11 @@
 status URL over HTTP."""
 
 import concurrent.futures
+import contextlib
+import dataclasses
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +27,15 @@ from plugin.service import open_service
 from plugin.store import ShopChanges
 from plugin.store.records import ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import TOMATOES, StatusInbox, Storefront, create_shop, shipment, wait_until
+from tests.helpers import (
+    ALLOW_LOOPBACK,
+    TOMATOES,
+    StatusInbox,
+    Storefront,
+    create_shop,
+    shipment,
+    wait_until,
+)
 
 BASIL = OrderLine(
     name="Basil",
@@ -44,6 +56,7 @@ def settings(tmp_path: Path, klarna_url: str) -> Settings:
             "KLARNA_CAPTURE_SECRET_KEY": "a-test-secret-key-of-some-length",
             "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
             "KLARNA_CAPTURE_WORKERS": "4",
+            **ALLOW_LOOPBACK,
         }
     )
 
@@ -572,3 +585,99 @@ def test_a_shop_that_captures_on_completion_captures_the_whole_order_once(
     assert capture.captured_amount == 6999
     assert [line.reference for line in capture.order_lines] == ["SKU-1", "SKU-2"]
     assert [s.tracking_number for s in capture.shipping_info] == ["B2"]
+
+
+# --- the status URL: bounded in time, and only on the public internet ----------------------------
+
+
+@contextlib.contextmanager
+def dripping_status_url() -> Iterator[tuple[str, list[int]]]:
+    """A status URL that answers 200 and then a header line every 0.5 s, for a minute at most:
+    each read gets something long before a read timeout. Yields the URL and the lines sent."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    port = listener.getsockname()[1]
+    sent = [0]
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for n in range(120):
+                if stop.wait(0.5):
+                    return
+                conn.sendall(f"X-Drip-{n}: 1\r\n".encode())
+                sent[0] += 1
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}/status", sent
+    finally:
+        stop.set()
+        server.join()
+        listener.close()
+
+
+def test_a_status_url_that_drips_its_answer_fails_the_callback_at_the_deadline(
+    settings: Settings, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    with dripping_status_url() as (url, sent):
+        shop, secret = create_shop(settings, status_url=url)
+        Storefront(service, shop.id, secret).send(shipment(order.order_id, complete=True))
+
+        failed = "SELECT count(*) FROM jobs WHERE kind = 'callback' AND last_error IS NOT NULL"
+        # The deadline is 10 s; the drip would go on for a minute.
+        wait_until(lambda: count(settings, failed) == 1, timeout=40, what="the callback to fail")
+        with db(settings) as conn:
+            state, raw = conn.execute(
+                "SELECT state, last_error FROM jobs WHERE kind = 'callback'"
+            ).fetchone()
+        assert sent[0] < 120
+
+    error = msgspec.json.decode(raw)
+    assert error["error_code"] == "NETWORK_ERROR"
+    assert error["error_messages"] == ["no complete answer within 10 s posting to the status URL"]
+    assert state != "dead"  # retried, as any network failure
+    assert len(klarna_sandbox.orders[order.order_id].captures) == 1
+
+
+def test_a_status_url_that_resolves_to_loopback_is_refused_for_good(
+    settings: Settings,
+    klarna_sandbox: KlarnaSandbox,
+    inbox: StatusInbox,
+    status_server: tuple[StatusInbox, str],
+) -> None:
+    strict = dataclasses.replace(settings, allowed_private_networks=())
+    app = create_app(
+        strict,
+        backoff=Backoff(base_seconds=0.05, max_seconds=0.2, attempts=4),
+        poll_seconds=0.05,
+    )
+    local = status_server[1].replace("127.0.0.1", "localhost")
+    shop, secret = create_shop(strict, status_url=local)
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    with serve_in_thread(app) as url:
+        Storefront(url, shop.id, secret).send(shipment(order.order_id, complete=True))
+        dead = "SELECT count(*) FROM jobs WHERE kind = 'callback' AND state = 'dead'"
+        wait_until(lambda: count(strict, dead) == 1, what="the refused callback")
+
+    with db(strict) as conn:
+        [raw] = conn.execute("SELECT last_error FROM jobs WHERE kind = 'callback'").fetchone()
+    error = msgspec.json.decode(raw)
+    assert error["error_code"] == "ADDRESS_REFUSED"
+    assert error["error_messages"] == [
+        "the status URL: the address is refused: it is not on the public internet"
+    ]
+    assert len(klarna_sandbox.orders[order.order_id].captures) == 1
+    assert inbox.received == []

@@ -169,7 +169,9 @@ class AdminClient:
                 messages=["the shop's access token was refused (app uninstalled?)"],
             )
         if not response.is_success or answer.errors or answer.data is None:
-            messages = [error.message for error in answer.errors] or [response.reason_phrase]
+            messages = [error.message[:300] for error in answer.errors][:5] or [
+                response.reason_phrase
+            ]
             raise ShopifyError(operation, status=status, code="GRAPHQL_ERROR", messages=messages)
         return answer.data
 
@@ -211,6 +213,6 @@ def _raise_user_errors(operation: str, payload: object) -> None:
         )
     errors = payload.get("userErrors") or []
     if errors:
-        messages = [_user_error(error) for error in errors]
+        messages = [_user_error(error)[:300] for error in errors][:5]
         raise ShopifyError(operation, status=200, code="USER_ERRORS", messages=messages)
     log.debug("shopify write-back", extra={"operation": operation})

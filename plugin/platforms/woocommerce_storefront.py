@@ -11,13 +11,14 @@ already on the order is not added again.
 import asyncio
 import html
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import httpx2
 import msgspec
 
-from plugin import money
+from plugin import money, outbound
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.klarna.errors import join_messages
 from plugin.platforms import woocommerce
@@ -38,7 +39,10 @@ class WooCommerceError(ApiError):
 
 class _RestError(msgspec.Struct):
     code: str = ""
-    message: str = ""
+
+
+# WordPress's REST error codes: short, lower-case, underscored.
+_REST_CODE = re.compile(r"(woocommerce_)?rest_[a-z0-9_]{1,60}")
 
 
 class Note(msgspec.Struct, kw_only=True):
@@ -117,40 +121,46 @@ class RestClient:
             response = await self._http.request(
                 method, self.base + path, content=content, headers=headers, auth=self._auth
             )
+        except outbound.AddressRefused as exc:
+            raise WooCommerceError(
+                operation,
+                status=None,
+                code="ADDRESS_REFUSED",
+                messages=[f"the site URL {self.site_url}: {outbound.describe(exc)}"],
+            ) from exc
         except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
             raise WooCommerceError(
                 operation,
                 status=None,
                 code="NETWORK_ERROR",
-                messages=[f"{type(exc).__name__} calling {self.site_url}"],
+                messages=[f"{outbound.describe(exc)} calling {self.site_url}"],
                 retryable=True,
             ) from exc
         status = response.status_code
         if response.is_success:
             return response.content
-        try:
-            error = _error_decoder.decode(response.content)
-        except msgspec.MsgspecError:
-            error = _RestError(message=response.reason_phrase)
-        messages = [html.unescape(error.message)] if error.message else []
+        # The site is wherever the merchant pointed it: what it answers is never shown, only
+        # its status and, when it is one of WooCommerce's, its error code.
+        code = _rest_code(response.content)
+        answered = f"HTTP {status} {code}" if code else f"HTTP {status}"
         if status == 429 or status >= 500:
             retry_after = response.headers.get("Retry-After", "")
             raise WooCommerceError(
                 operation,
                 status=status,
                 code=f"HTTP_{status}",
-                messages=messages,
+                messages=[f"the site answered HTTP {status}"],
                 retryable=True,
                 retry_after=float(retry_after) if retry_after.isdigit() else None,
             )
         if response.is_redirect:
-            where = response.headers.get("Location", "elsewhere")
             raise WooCommerceError(
                 operation,
                 status=status,
                 code="REDIRECTED",
                 messages=[
-                    f"the site redirects to {where}: set the shop's site URL to where it leads"
+                    "the site redirects elsewhere: set the shop's site URL to the address "
+                    "the site itself uses (https, with or without www)"
                 ],
             )
         if status in (401, 403):
@@ -159,21 +169,41 @@ class RestClient:
                 status=status,
                 code="UNAUTHORIZED",
                 messages=[
-                    *messages,
+                    f"the site refused the REST API key ({answered})",
                     "check the consumer key and secret, and that the key has Read/Write "
                     "permission (WooCommerce → Settings → Advanced → REST API)",
                 ],
             )
         if status == 404:
-            code = "ORDER_NOT_FOUND" if "invalid_id" in error.code else "NOT_FOUND"
-            hint = [] if code == "ORDER_NOT_FOUND" else ["is the site URL the shop's address?"]
-            raise WooCommerceError(operation, status=status, code=code, messages=messages + hint)
+            if code is not None and "invalid_id" in code:
+                raise WooCommerceError(
+                    operation,
+                    status=status,
+                    code="ORDER_NOT_FOUND",
+                    messages=["WooCommerce has no such order"],
+                )
+            raise WooCommerceError(
+                operation,
+                status=status,
+                code="NOT_FOUND",
+                messages=["the site answered HTTP 404: is the site URL the shop's address?"],
+            )
         raise WooCommerceError(
             operation,
             status=status,
-            code=(error.code or f"HTTP_{status}").upper(),
-            messages=messages,
+            code=(code or f"HTTP_{status}").upper(),
+            messages=[f"the site refused the request ({answered})"],
         )
+
+
+def _rest_code(content: bytes) -> str | None:
+    """The `code` of a WooCommerce REST error (woocommerce_rest_..., rest_...), None for any
+    other answer."""
+    try:
+        code = _error_decoder.decode(content).code
+    except msgspec.MsgspecError:
+        return None
+    return code if _REST_CODE.fullmatch(code) else None
 
 
 class WooCommerceStorefront(StorefrontApp):

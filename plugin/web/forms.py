@@ -2,12 +2,13 @@
 
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal, get_args
 
 import msgspec
 
 from plugin.klarna.models import ShippingMethod
+from plugin.outbound import AddressGuard, IPNetwork, url_problem
 from plugin.platforms import bigcommerce, shopify, woocommerce
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
@@ -136,6 +137,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             form.errors.update(
                 form._woocommerce_errors(has_api_key=shop.platform_token is not None)
             )
+            form.errors.update(form._site_change_errors(kept.site_url))
         else:
             form.site_url = kept.site_url
             form.capture_statuses = kept.capture_statuses
@@ -205,6 +207,19 @@ class SettingsForm(msgspec.Struct, kw_only=True):
         except ValueError as error:
             errors["capture_statuses"] = str(error)
         return errors
+
+    def _site_change_errors(self, stored_site_url: str) -> dict[str, str]:
+        """A new site URL needs its own key: the stored one is never sent to another host."""
+        moved = stored_site_url and self.site_url and self.site_url != stored_site_url
+        if moved and not self.consumer_key and not self.consumer_secret:
+            return {
+                "consumer_key": (
+                    "The site URL changed: enter the consumer key and secret again (of a REST "
+                    "API key made on the new site). The stored key is only sent to the site it "
+                    "was entered for."
+                )
+            }
+        return {}
 
     def api_key(self) -> woocommerce.ApiKey | None:
         """The REST API key entered, None when the stored one is to stay."""
@@ -293,3 +308,23 @@ def _template_problem(template: str) -> str | None:
         allowed = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
         return f"Unknown field {{{unknown[0]}}}; you can use {allowed}."
     return None
+
+
+async def address_errors(
+    form: SettingsForm, shop: Shop, allowed: Iterable[IPNetwork]
+) -> dict[str, str]:
+    """The entered URLs that lead outside the public internet and the `allowed` networks (names
+    resolved, bounded in time). Only changed ones are checked: every call checks again where it
+    connects."""
+    guard = AddressGuard(allowed)
+    stored = SettingsForm.from_shop(shop)
+    errors = {}
+    for field, url, before in (
+        ("status_url", form.status_url, stored.status_url),
+        ("site_url", form.site_url, stored.site_url),
+    ):
+        if url and url != before and field not in form.errors:
+            problem = await url_problem(url, guard)
+            if problem is not None:
+                errors[field] = problem
+    return errors

@@ -35,6 +35,7 @@ from plugin.web.forms import (
     SHIPPING_METHODS,
     TEMPLATE_FIELDS,
     SettingsForm,
+    address_errors,
 )
 
 PAGE_SIZE = 50
@@ -241,6 +242,7 @@ async def save_settings(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
     form = SettingsForm.from_post(_form(request), shop)
+    form.errors.update(await address_errors(form, shop, service.settings.allowed_private_networks))
     if shop.platform == woocommerce.NAME and "site_url" not in form.errors:
         other = await service.store.shop_by_domain(woocommerce.NAME, form.site_url)
         if other is not None and other.id != shop.id:

@@ -36,7 +36,7 @@ from plugin.sandbox.woocommerce import create_app as create_woocommerce_app
 from plugin.service import open_service
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import wait_until
+from tests.helpers import ALLOW_LOOPBACK, wait_until
 
 SITE = "tomato-farm"
 KLARNA_USERNAME = "PK_SANDBOX"
@@ -67,6 +67,7 @@ def settings(tmp_path: Path, klarna_url: str) -> Settings:
             "KLARNA_CAPTURE_SECRET_KEY": "a-test-secret-key-of-some-length",
             "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
             "KLARNA_CAPTURE_WORKERS": "4",
+            **ALLOW_LOOPBACK,
         }
     )
 

@@ -23,7 +23,7 @@ from plugin.sandbox.shopify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, que
 from plugin.service import Service
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import Storefront
+from tests.helpers import ALLOW_LOOPBACK, Storefront
 
 T = TypeVar("T")
 
@@ -50,6 +50,7 @@ def page_settings(
             "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
             "KLARNA_CAPTURE_PUBLIC_URL": public_url,
             "KLARNA_CAPTURE_WORKERS": str(workers),
+            **ALLOW_LOOPBACK,
             **(extra or {}),
         }
     )
