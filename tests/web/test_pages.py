@@ -123,7 +123,7 @@ def test_expired_and_tampered_links_are_refused(
         URLSafeTimedSerializer("another-secret-key-entirely", salt=LINK_SALT).dumps(
             {"shop": shop_id, "nonce": "n"}
         ),
-        site.service.auth.session_cookie(shop_id),  # a session is not a link
+        site.service.auth.new_session(shop_id)[1],  # a session is not a link
         "",
     ):
         answer = site.login(bad)
