@@ -23,7 +23,15 @@ from plugin.service import open_service
 from plugin.store import ShopChanges
 from plugin.store.records import ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import TOMATOES, StatusInbox, Storefront, create_shop, shipment, wait_until
+from tests.helpers import (
+    KLARNA_ORDER_ID,
+    TOMATOES,
+    StatusInbox,
+    Storefront,
+    create_shop,
+    shipment,
+    wait_until,
+)
 
 BASIL = OrderLine(
     name="Basil",
@@ -309,6 +317,34 @@ def test_what_is_refused_and_what_is_stored(
     metrics = httpx2.get(f"{service}/metrics").text
     assert 'klarna_capture_deliveries_total{outcome="unauthorized",platform="standard"}' in metrics
     assert httpx2.get(f"{service}/readyz").json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize(
+    ("klarna_order_id", "tax_rate", "field"),
+    [
+        ("../../../ordermanagement/v1/orders/x", 2500, "$.data.klarna_order_id"),
+        (f"{KLARNA_ORDER_ID}/captures", 2500, "$.data.klarna_order_id"),
+        ("%2e%2e%2fcaptures", 2500, "$.data.klarna_order_id"),
+        (f"{KLARNA_ORDER_ID}\n", 2500, "$.data.klarna_order_id"),
+        (KLARNA_ORDER_ID, 10_001, "$.data.lines[0].tax_rate"),
+        (KLARNA_ORDER_ID, -1, "$.data.lines[0].tax_rate"),
+    ],
+    ids=["dots", "slash", "percent", "newline", "tax-over-100%", "negative-tax"],
+)
+def test_an_event_klarna_could_not_take_is_refused_at_the_edge_naming_the_field(
+    settings: Settings, service: str, klarna_order_id: str, tax_rate: int, field: str
+) -> None:
+    shop, secret = create_shop(settings)
+    event = shipment(klarna_order_id)
+    event["data"]["lines"][0]["tax_rate"] = tax_rate
+
+    answer = Storefront(service, shop.id, secret).send(msgspec.json.encode(event))
+
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error.startswith("not a valid event: Expected ")
+    assert error.endswith(f"- at `{field}`")
+    assert count(settings, "SELECT count(*) FROM jobs") == 0
 
 
 def test_tracking_added_later_reaches_the_existing_capture(

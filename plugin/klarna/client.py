@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
-from urllib.parse import quote
 
 import httpx2
 import msgspec
@@ -23,6 +22,7 @@ import msgspec
 from plugin import __version__, metrics
 from plugin.klarna.errors import KlarnaError, is_retryable_status
 from plugin.klarna.models import (
+    KLARNA_ID_PATTERN,
     Capture,
     CaptureObject,
     ErrorBody,
@@ -109,6 +109,7 @@ def make_http_client(
     )
 
 
+_KLARNA_ID = re.compile(KLARNA_ID_PATTERN)
 _order_decoder = msgspec.json.Decoder(Order)
 _capture_decoder = msgspec.json.Decoder(Capture)
 _error_decoder = msgspec.json.Decoder(ErrorBody)
@@ -154,7 +155,7 @@ class KlarnaClient:
         await self.aclose()
 
     async def read_order(self, order_id: str) -> Order:
-        response = await self._call("read_order", "GET", _order_path(order_id))
+        response = await self._call("read_order", "GET", _order_path("read_order", order_id))
         return self._decode("read_order", response, _order_decoder)
 
     async def create_capture(
@@ -164,7 +165,7 @@ class KlarnaClient:
         response = await self._call(
             "create_capture",
             "POST",
-            _order_path(order_id, "captures"),
+            _order_path("create_capture", order_id, "captures"),
             body=_encoder.encode(capture),
             idempotency_key=idempotency_key,
         )
@@ -183,7 +184,7 @@ class KlarnaClient:
 
     async def read_capture(self, order_id: str, capture_id: str) -> Capture:
         response = await self._call(
-            "read_capture", "GET", _order_path(order_id, "captures", capture_id)
+            "read_capture", "GET", _order_path("read_capture", order_id, capture_id=capture_id)
         )
         return self._decode("read_capture", response, _capture_decoder)
 
@@ -198,7 +199,7 @@ class KlarnaClient:
         await self._call(
             "add_shipping_info",
             "POST",
-            _order_path(order_id, "captures", capture_id, "shipping-info"),
+            _order_path("add_shipping_info", order_id, "shipping-info", capture_id=capture_id),
             body=_encoder.encode(UpdateShippingInfo(shipping_info=shipping_info)),
             idempotency_key=idempotency_key,
         )
@@ -209,7 +210,7 @@ class KlarnaClient:
         await self._call(
             "trigger_send_out",
             "POST",
-            _order_path(order_id, "captures", capture_id, "trigger-send-out"),
+            _order_path("trigger_send_out", order_id, "trigger-send-out", capture_id=capture_id),
             idempotency_key=idempotency_key,
         )
 
@@ -217,7 +218,7 @@ class KlarnaClient:
         await self._call(
             "extend_authorization_time",
             "POST",
-            _order_path(order_id, "extend-authorization-time"),
+            _order_path("extend_authorization_time", order_id, "extend-authorization-time"),
             idempotency_key=idempotency_key,
         )
 
@@ -225,7 +226,9 @@ class KlarnaClient:
         await self._call(
             "release_remaining_authorization",
             "POST",
-            _order_path(order_id, "release-remaining-authorization"),
+            _order_path(
+                "release_remaining_authorization", order_id, "release-remaining-authorization"
+            ),
             idempotency_key=idempotency_key,
         )
 
@@ -303,9 +306,26 @@ class KlarnaClient:
             ) from exc
 
 
-def _order_path(order_id: str, *parts: str) -> str:
-    segments = [quote(segment, safe="") for segment in (order_id, *parts)]
-    return "/ordermanagement/v1/orders/" + "/".join(segments)
+def _order_path(
+    operation: str, order_id: str, action: str = "", *, capture_id: str | None = None
+) -> str:
+    """The path of an order (and one of its captures), ids checked: the last line behind the
+    events' own check, for an id stored before it or passed by other code."""
+    path = "/ordermanagement/v1/orders/" + _klarna_id(operation, "order", order_id)
+    if capture_id is not None:
+        path += "/captures/" + _klarna_id(operation, "capture", capture_id)
+    return path + "/" + action if action else path
+
+
+def _klarna_id(operation: str, kind: str, value: str) -> str:
+    if not _KLARNA_ID.fullmatch(value):
+        raise KlarnaError(
+            operation,
+            status=None,
+            error_code="INVALID_ID",
+            error_messages=[f"the Klarna {kind} id {value[:80]!r} is not a UUID"],
+        )
+    return value
 
 
 def _error_from(operation: str, response: httpx2.Response) -> KlarnaError:

@@ -301,8 +301,8 @@ async def _try_credentials(service: Service, form: SettingsForm, password: str) 
         retry=RetryPolicy(attempts=1),
     )
     try:
-        # An order that cannot exist: 404 means Klarna accepted the credentials.
-        await client.read_order(f"klarna-capture-connection-test-{uuid.uuid4()}")
+        # An order that cannot exist (a fresh random id): 404 means Klarna accepted them.
+        await client.read_order(str(uuid.uuid4()))
     except KlarnaError as error:
         if error.status == 404:
             return {"ok": "yes", "text": "Klarna accepted these credentials."}

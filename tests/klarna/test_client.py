@@ -20,6 +20,10 @@ from plugin.service import open_service
 
 pytestmark = pytest.mark.anyio
 
+# Klarna order and capture ids as Klarna makes them (UUIDs).
+ORDER = "f3392f8b-6116-4073-ab96-e330819e2c07"
+CAPTURE = "4ba29b50-be7b-44f5-a492-113e6a865e22"
+
 FAST = RetryPolicy(attempts=4, total_seconds=30, backoff_seconds=0.01, max_backoff_seconds=0.05)
 
 
@@ -248,7 +252,7 @@ async def test_an_unknown_order_is_404_no_such_order(
     klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
 ) -> None:
     with pytest.raises(KlarnaError) as raised:
-        await make_client().read_order("no-such-order")
+        await make_client().read_order("00000000-0000-4000-8000-000000000000")
     assert (raised.value.status, raised.value.error_code) == (404, "NO_SUCH_ORDER")
     assert len(klarna_sandbox.requests) == 1
 
@@ -296,7 +300,7 @@ async def test_network_errors_are_retryable_klarna_errors() -> None:
         sleep=sleeps,
     ) as client:
         with pytest.raises(KlarnaError) as raised:
-            await client.read_order("o1")
+            await client.read_order(ORDER)
     assert (raised.value.status, raised.value.error_code, raised.value.retryable) == (
         None,
         "NETWORK_ERROR",
@@ -329,12 +333,12 @@ async def test_requests_carry_auth_integrator_and_one_key_across_attempts() -> N
         retry=FAST,
         sleep=Sleeps(),
     ) as client:
-        assert await client.create_capture("o/1", capture_of(100), idempotency_key="key-1") == (
+        assert await client.create_capture(ORDER, capture_of(100), idempotency_key="key-1") == (
             "cap-1"
         )
     assert [r.headers["Klarna-Idempotency-Key"] for r in seen] == ["key-1", "key-1"]
     request = seen[0]
-    assert request.url == "https://klarna.test/ordermanagement/v1/orders/o%2F1/captures"
+    assert request.url == f"https://klarna.test/ordermanagement/v1/orders/{ORDER}/captures"
     expected = base64.b64encode(b"PK1:s3cret-password").decode()
     assert request.headers["Authorization"] == f"Basic {expected}"
     assert request.headers["Klarna-Integrator"].startswith("klarna-capture/")
@@ -346,7 +350,9 @@ async def test_the_capture_id_falls_back_to_location() -> None:
     transport, _ = recording_transport(
         httpx2.Response(
             201,
-            headers={"Location": "https://klarna.test/ordermanagement/v1/orders/o1/captures/cap-9"},
+            headers={
+                "Location": f"https://klarna.test/ordermanagement/v1/orders/{ORDER}/captures/cap-9"
+            },
         )
     )
     async with KlarnaClient(
@@ -354,7 +360,7 @@ async def test_the_capture_id_falls_back_to_location() -> None:
         url="https://klarna.test",
         http=make_http_client(transport=transport),
     ) as client:
-        assert await client.create_capture("o1", capture_of(100), idempotency_key="k") == "cap-9"
+        assert await client.create_capture(ORDER, capture_of(100), idempotency_key="k") == "cap-9"
 
 
 async def test_a_capture_answer_naming_no_capture_is_an_error() -> None:
@@ -365,14 +371,14 @@ async def test_a_capture_answer_naming_no_capture_is_an_error() -> None:
         http=make_http_client(transport=transport),
     ) as client:
         with pytest.raises(KlarnaError, match="UNEXPECTED_RESPONSE"):
-            await client.create_capture("o1", capture_of(100), idempotency_key="k")
+            await client.create_capture(ORDER, capture_of(100), idempotency_key="k")
 
 
 async def test_retry_after_as_an_http_date_is_honoured() -> None:
     when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
     transport, seen = recording_transport(
         httpx2.Response(429, headers={"Retry-After": when}),
-        httpx2.Response(200, json={"order_id": "o1", "status": "AUTHORIZED", "order_amount": 1}),
+        httpx2.Response(200, json={"order_id": ORDER, "status": "AUTHORIZED", "order_amount": 1}),
     )
     sleeps = Sleeps()
     async with KlarnaClient(
@@ -382,7 +388,7 @@ async def test_retry_after_as_an_http_date_is_honoured() -> None:
         retry=FAST,
         sleep=sleeps,
     ) as client:
-        await client.read_order("o1")
+        await client.read_order(ORDER)
     assert len(seen) == 2
     assert len(sleeps) == 1
     assert 3 <= sleeps[0] <= 5
@@ -396,19 +402,50 @@ async def test_a_post_without_an_idempotency_key_is_refused_before_sending() -> 
         http=make_http_client(transport=transport),
     ) as client:
         with pytest.raises(ValueError, match="idempotency key"):
-            await client.trigger_send_out("o1", "c1", idempotency_key="")
+            await client.trigger_send_out(ORDER, CAPTURE, idempotency_key="")
+    assert seen == []
+
+
+HOSTILE_IDS = ["../captures", "a/b", "%2e%2e", f"{ORDER}/..", f"{ORDER}\n", "", ORDER.upper() + "0"]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_IDS)
+async def test_an_order_or_capture_id_that_is_not_klarnas_never_reaches_a_url(bad: str) -> None:
+    transport, seen = recording_transport(httpx2.Response(204))
+    key = {"idempotency_key": "k"}
+    async with KlarnaClient(
+        Credentials("PK1", "pw"),
+        url="https://klarna.test",
+        http=make_http_client(transport=transport),
+    ) as client:
+        calls = [
+            lambda: client.read_order(bad),
+            lambda: client.create_capture(bad, capture_of(100), **key),
+            lambda: client.read_capture(bad, CAPTURE),
+            lambda: client.read_capture(ORDER, bad),
+            lambda: client.add_shipping_info(ORDER, bad, [], **key),
+            lambda: client.trigger_send_out(bad, CAPTURE, **key),
+            lambda: client.trigger_send_out(ORDER, bad, **key),
+            lambda: client.extend_authorization_time(bad, **key),
+            lambda: client.release_remaining_authorization(bad, **key),
+        ]
+        for call in calls:
+            with pytest.raises(KlarnaError) as raised:
+                await call()
+            assert (raised.value.error_code, raised.value.retryable) == ("INVALID_ID", False)
+            assert "is not a UUID" in str(raised.value)
     assert seen == []
 
 
 async def test_a_malformed_success_body_is_a_clear_error() -> None:
-    transport, _ = recording_transport(httpx2.Response(200, json={"order_id": "o1"}))
+    transport, _ = recording_transport(httpx2.Response(200, json={"order_id": ORDER}))
     async with KlarnaClient(
         Credentials("PK1", "pw"),
         url="https://klarna.test",
         http=make_http_client(transport=transport),
     ) as client:
         with pytest.raises(KlarnaError, match=r"UNEXPECTED_RESPONSE.*missing required field"):
-            await client.read_order("o1")
+            await client.read_order(ORDER)
 
 
 def test_base_urls_by_region_and_environment() -> None:
@@ -553,7 +590,9 @@ async def test_concurrent_callers_share_the_limit() -> None:
     async with anyio.create_task_group() as group:
         for index in range(60):
             client = clients[index % 3]
-            group.start_soon(lambda c=client: c.trigger_send_out("o", "c", idempotency_key="k"))
+            group.start_soon(
+                lambda c=client: c.trigger_send_out(ORDER, CAPTURE, idempotency_key="k")
+            )
     assert len(seen) == 60
     assert sorted(waited)[-1] == pytest.approx(59 / 50)
     assert len(waited) == 59
