@@ -358,18 +358,61 @@ _DEFAULT_CODES = {
     503: "TEMPORARILY_UNAVAILABLE",
     504: "TEMPORARILY_UNAVAILABLE",
 }
-_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.DOTALL | re.IGNORECASE)
-_TAG = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.DOTALL | re.IGNORECASE)
+# An error page is read this far: its title or first words are all a message needs.
+ERROR_PAGE_BYTES = 4096
+_SKIPPED = ("script", "style")
 
 
 def _describe_body(response: httpx2.Response) -> str:
     """A one-line account of an answer that is not Klarna's JSON (say, a proxy's HTML page)."""
     kind = response.headers.get("Content-Type", "no content type").split(";")[0]
-    title = _TITLE.search(response.text)
-    text = " ".join(_TAG.sub(" ", title.group(1) if title else response.text).split())
+    text = " ".join(_page_text(_head_of(response)).split())
     if not text:
         return f"{response.reason_phrase or 'empty answer'} ({kind}, no Klarna error body)"
     return f"{text[:200]} ({kind}, no Klarna error body)"
+
+
+def _head_of(response: httpx2.Response) -> str:
+    head = response.content[:ERROR_PAGE_BYTES]
+    try:
+        return head.decode(response.charset_encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return head.decode("utf-8", errors="replace")
+
+
+def _page_text(page: str) -> str:
+    """The title of an HTML page, else its text without tags, scripts and styles. Each search
+    starts where the one before it ended, so the work is linear in the page whatever its markup
+    (the regexes used before were quadratic on an unclosed `<script` repeated)."""
+    lower = page.lower()
+    title = lower.find("<title")
+    opened = lower.find(">", title) if title != -1 else -1
+    closed = lower.find("</title", opened) if opened != -1 else -1
+    if closed != -1:
+        return _without_tags(page[opened + 1 : closed], lower[opened + 1 : closed])
+    return _without_tags(page, lower)
+
+
+def _without_tags(page: str, lower: str) -> str:
+    parts: list[str] = []
+    at = 0
+    while (tag := lower.find("<", at)) != -1:
+        parts.append(page[at:tag])
+        name = next((n for n in _SKIPPED if _opens(lower, tag, n)), None)
+        end = lower.find(f"</{name}", tag) if name else tag
+        end = lower.find(">", end) if end != -1 else -1
+        if end == -1:
+            return "".join(parts)  # an unclosed tag or script: nothing shown after it
+        parts.append(" ")
+        at = end + 1
+    parts.append(page[at:])
+    return "".join(parts)
+
+
+def _opens(lower: str, at: int, name: str) -> bool:
+    """Whether the tag at `at` is a `name` element (`<script>`, `<script src=...>`)."""
+    after = at + 1 + len(name)
+    return lower.startswith(name, at + 1) and not lower[after : after + 1].isalnum()
 
 
 def _retry_after(value: str | None) -> float | None:
