@@ -5,7 +5,6 @@ idempotency key: the client never makes one up, so a retried capture cannot capt
 """
 
 import asyncio
-import email.utils
 import functools
 import logging
 import os
@@ -13,7 +12,6 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 import httpx2
@@ -31,7 +29,7 @@ from plugin.klarna.models import (
     UpdateShippingInfo,
 )
 from plugin.klarna.ratelimit import RateLimiter, rate_limiter_for
-from plugin.retries import RetryPolicy, retrying
+from plugin.retries import RetryPolicy, parse_retry_after, retrying
 
 Region = Literal["eu", "na", "oc"]
 Environment = Literal["live", "playground"]
@@ -344,7 +342,7 @@ def _error_from(operation: str, response: httpx2.Response) -> KlarnaError:
         error_messages=[message for message in messages if message],
         correlation_id=correlation_id,
         retryable=is_retryable_status(status),
-        retry_after=_retry_after(response.headers.get("Retry-After")),
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
     )
 
 
@@ -413,19 +411,3 @@ def _opens(lower: str, at: int, name: str) -> bool:
     """Whether the tag at `at` is a `name` element (`<script>`, `<script src=...>`)."""
     after = at + 1 + len(name)
     return lower.startswith(name, at + 1) and not lower[after : after + 1].isalnum()
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds, from either of its forms: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -15,6 +15,7 @@ from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy, b
 from plugin.klarna.client import ERROR_PAGE_BYTES, _page_text, make_http_client, new_idempotency_key
 from plugin.klarna.models import CaptureObject, OrderLine, ShippingInfo
 from plugin.klarna.ratelimit import RateLimiter, share_rate_between
+from plugin.retries import MAX_RETRY_AFTER_SECONDS
 from plugin.sandbox.klarna import DEFAULT_PASSWORD, DEFAULT_USERNAME, FaultSettings, KlarnaSandbox
 from plugin.service import open_service
 
@@ -453,6 +454,43 @@ async def test_retry_after_as_an_http_date_is_honoured() -> None:
     assert len(seen) == 2
     assert len(sleeps) == 1
     assert 3 <= sleeps[0] <= 5
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("2", 2.0),
+        ("2.5", 2.5),
+        ("99999999999999999999", MAX_RETRY_AFTER_SECONDS),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER_SECONDS),
+        ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),
+        ("inf", None),
+        ("nan", None),
+        ("-5", None),
+        ("1e999", None),
+        ("soon", None),
+    ],
+)
+async def test_any_retry_after_is_a_bounded_finite_wait(
+    header: str, expected: float | None
+) -> None:
+    error = await klarna_error_for(httpx2.Response(429, headers={"Retry-After": header}))
+    assert error.retry_after == expected
+
+
+async def test_a_retry_after_clamped_to_the_bound_still_goes_back_to_the_caller() -> None:
+    transport, seen = recording_transport(httpx2.Response(429, headers={"Retry-After": "9" * 400}))
+    sleeps = Sleeps()
+    async with KlarnaClient(
+        Credentials("PK1", "pw"),
+        url="https://klarna.test",
+        http=make_http_client(transport=transport),
+        retry=FAST,
+        sleep=sleeps,
+    ) as client:
+        with pytest.raises(KlarnaError) as raised:
+            await client.read_order(ORDER)
+    assert (len(seen), sleeps, raised.value.retry_after) == (1, [], MAX_RETRY_AFTER_SECONDS)
 
 
 async def test_a_post_without_an_idempotency_key_is_refused_before_sending() -> None:
