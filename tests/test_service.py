@@ -498,6 +498,27 @@ def test_send_out_is_triggered_when_the_shop_wants_it(
     assert steps == ["plan:planned", "capture:captured", "send_out:sent"]
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Parcel {fulfillment_name:>100000}",
+        "Parcel {fulfillment_name:>1500000000}",
+        "{order_id!r} {fulfillment_name.__class__} {0}",
+    ],
+    ids=["wide", "1.5-billion-wide", "conversion-attribute-index"],
+)
+def test_a_description_template_stored_before_the_rules_is_shown_as_written(
+    settings: Settings, klarna_sandbox: KlarnaSandbox, service: str, template: str
+) -> None:
+    # Stored directly, as the settings page let it be before: never formatted, shown as written.
+    shop, secret = create_shop(settings, options=ShopOptions(description_template=template))
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    Storefront(service, shop.id, secret).send(shipment(order.order_id))
+    wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'done'") == 1)
+    [capture] = klarna_sandbox.orders[order.order_id].captures
+    assert capture.description == template
+
+
 def test_retries_that_run_out_end_as_a_dead_letter_reported_twice(
     settings: Settings,
     klarna_sandbox: KlarnaSandbox,
