@@ -4,7 +4,8 @@ Pure and deterministic (the idempotency key aside): no I/O, integer money only. 
 are checked here, before anything is sent, so a refused capture says which rule a line breaks.
 """
 
-from collections.abc import Sequence
+import string
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -23,6 +24,10 @@ from plugin.klarna.models import (
 from plugin.money import tax_included, tax_on
 
 MAX_ORDER_LINES = 1000
+# The capture description a merchant's template makes: Klarna shows at most 255 characters, and
+# the template may name only these fields, each a plain {field}.
+MAX_DESCRIPTION = 255
+DESCRIPTION_FIELDS = ("fulfillment_name", "fulfillment_id", "order_id")
 SALES_TAX_NAME = "Sales tax"
 ROUNDING_NAME = "Rounding"
 
@@ -287,7 +292,7 @@ def plan_capture(
         klarna_order_id=order.order_id,
         capture=CaptureObject(
             captured_amount=captured,
-            description=description[:255] if description else None,
+            description=description[:MAX_DESCRIPTION] if description else None,
             reference=event.fulfillment_id,
             order_lines=lines,
             shipping_info=shipping_info or None,
@@ -344,3 +349,40 @@ def _rounding_line(gap: int, lines: Sequence[OrderLine], taxes_included: bool) -
         tax_rate=tax_rate,
         total_tax_amount=tax_included(gap, tax_rate),
     )
+
+
+def description_problem(template: str) -> str | None:
+    """Why a description template cannot be used, for the merchant; None when it can. Only plain
+    {field} replacements of DESCRIPTION_FIELDS: a format spec ({fulfillment_name:>1500000000}
+    is 1.4 GB), a conversion, an attribute or an index is refused, as is an unknown field."""
+    if len(template) > MAX_DESCRIPTION:
+        return f"Klarna shows at most {MAX_DESCRIPTION} characters."
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError:
+        return "Braces must pair up, as in {fulfillment_name}; write {{ or }} for a brace itself."
+    allowed = ", ".join("{" + name + "}" for name in DESCRIPTION_FIELDS)
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if spec or conversion or not name.isidentifier():
+            return f"Write each field as it is, with nothing else inside its braces: {allowed}."
+        if name not in DESCRIPTION_FIELDS:
+            return f"Unknown field {{{name}}}; you can use {allowed}."
+    return None
+
+
+def render_description(template: str, fields: Mapping[str, str]) -> str:
+    """The description `template` makes of `fields`, built within MAX_DESCRIPTION characters
+    (each value cut to the room left). A template that breaks description_problem's rules (one
+    stored before they held) is shown as it is written, cut: never formatted."""
+    if description_problem(template) is not None:
+        return template[:MAX_DESCRIPTION]
+    text = ""
+    for literal, name, _, _ in string.Formatter().parse(template):
+        text += literal
+        if name is not None:
+            text += fields.get(name, "")[: max(MAX_DESCRIPTION - len(text), 0)]
+        if len(text) >= MAX_DESCRIPTION:
+            break
+    return text[:MAX_DESCRIPTION]

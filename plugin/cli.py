@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import uvicorn
 
+from plugin.capture import DESCRIPTION_FIELDS, description_problem
 from plugin.config import ConfigError, Settings, ensure_secret_keys, load_settings
 from plugin.logs import configure_logging
 from plugin.outbound import AddressGuard, url_problem
@@ -79,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--capture-statuses",
         help="woocommerce: order statuses that capture, comma-separated (default: completed)",
+    )
+    add.add_argument(
+        "--description-template",
+        help="the capture description customers see, e.g. 'Parcel {fulfillment_name}'; plain "
+        "fields only: " + ", ".join("{" + name + "}" for name in DESCRIPTION_FIELDS),
     )
     add.add_argument("--json", action="store_true", help="print one JSON object")
     add.set_defaults(run=lambda args: _run(_shop_add, args))
@@ -314,6 +320,14 @@ async def _shop_add(service: Service, args: argparse.Namespace) -> int:
         if await service.store.shop_by_domain(woocommerce.NAME, site_url) is not None:
             print(f"klarna-capture: a shop is already connected to {site_url}", file=sys.stderr)
             return 1
+    if args.description_template:
+        refused = description_problem(args.description_template)
+        if refused:
+            print(f"klarna-capture: --description-template: {refused}", file=sys.stderr)
+            return 2
+        options = msgspec.structs.replace(
+            options or ShopOptions(), description_template=args.description_template
+        )
     password = _secret_from(
         args.klarna_password_stdin,
         "Klarna API password: ",

@@ -11,6 +11,7 @@ from msgspec import Meta
 
 from plugin.klarna.models import (
     Amount,
+    KlarnaId,
     OrderLineType,
     ShippingMethod,
     SignedAmount,
@@ -18,10 +19,13 @@ from plugin.klarna.models import (
     Str100,
     Str255,
     Str1024,
-    TaxRate,
 )
 
 Currency = Annotated[str, Meta(pattern="^[A-Za-z]{3}$")]
+# Klarna's tax rates are percent with two implicit decimals: 0 to 100 %. A storefront's 10001 is
+# refused here, with the field named, instead of becoming an absurd request.
+MAX_TAX_RATE = 10_000
+ShipmentTaxRate = Annotated[int, Meta(ge=0, le=MAX_TAX_RATE)]
 
 
 class ShipmentLine(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -36,7 +40,7 @@ class ShipmentLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     name: Str255
     quantity: Annotated[int, Meta(ge=1)]
     unit_price: SignedAmount
-    tax_rate: TaxRate = 0
+    tax_rate: ShipmentTaxRate = 0
     total_discount_amount: Amount = 0
     type: OrderLineType = "physical"
     reference: Str255 | None = None
@@ -63,7 +67,7 @@ class FulfillmentEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     order_id: Str255
     fulfillment_id: Str255
-    klarna_order_id: Str255
+    klarna_order_id: KlarnaId
     currency: Currency
     lines: Annotated[list[ShipmentLine], Meta(max_length=1000)] = []
     shipping: Annotated[list[Tracking], Meta(max_length=500)] = []

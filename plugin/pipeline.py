@@ -16,7 +16,13 @@ import httpx2
 import msgspec
 
 from plugin import metrics, outbound, signatures
-from plugin.capture import AlreadyCaptured, CaptureRefused, klarna_shipping_info, plan_capture
+from plugin.capture import (
+    AlreadyCaptured,
+    CaptureRefused,
+    klarna_shipping_info,
+    plan_capture,
+    render_description,
+)
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
 from plugin.klarna.client import new_idempotency_key
@@ -709,7 +715,4 @@ def _description(shop: Shop, event: FulfillmentEvent) -> str | None:
         "fulfillment_id": event.fulfillment_id,
         "order_id": event.order_id,
     }
-    try:
-        return template.format_map(fields)
-    except (KeyError, ValueError, IndexError):
-        return template
+    return render_description(template, fields)

@@ -1,7 +1,12 @@
 """How the HTTP clients retry one call: bounded attempts and time, exponential backoff with full
-jitter, and a server's own Retry-After (or computed wait) honoured when it gives one."""
+jitter, and a server's own Retry-After (or computed wait) honoured when it gives one, within
+MAX_RETRY_AFTER_SECONDS whatever it says."""
 
+import email.utils
+import math
+import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -15,6 +20,34 @@ from tenacity import (
     wait_random_exponential,
 )
 from tenacity.stop import stop_base
+
+# The longest wait a server (or a computed throttle) can ask of us. A longer one, infinite, NaN or
+# negative is clamped or dropped where it is read, so no call and no job waits for days (or at
+# `inf`) on one header.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+_DELTA_SECONDS = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
+def bounded_wait(seconds: float | None) -> float | None:
+    """A wait given from outside, within [0, MAX_RETRY_AFTER_SECONDS]; None if it is no number."""
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """A Retry-After header in seconds, bounded: delta-seconds (Shopify's carry a fraction) or an
+    HTTP date. None when it is neither."""
+    value = (value or "").strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        return bounded_wait(float(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return bounded_wait((when - (now or datetime.now(UTC))).total_seconds())
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,7 +87,8 @@ def retrying(policy: RetryPolicy, *, sleep: Callable[[float], Awaitable[None]]) 
 def _retry_after(state: RetryCallState) -> float | None:
     error: Any = state.outcome.exception() if state.outcome else None
     value = getattr(error, "retry_after", None)
-    return float(value) if value is not None else None
+    # Bounded again here: any error type may carry one, from any source.
+    return bounded_wait(float(value)) if value is not None else None
 
 
 class _StopIfRetryAfterBeyond(stop_base):

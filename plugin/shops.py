@@ -165,6 +165,9 @@ class Shops:
             )
         shop = await self.store.update_shop(shop_id, changes, time.time())
         self._changed(shop_id)
+        if changes.enabled is False:
+            # A disabled (uninstalled) shop's settings sessions end with it, in every process.
+            await self.store.end_shop_sessions(shop_id)
         self._domains.clear()
         if shop is not None and shop.klarna_configured and changes.klarna_username:
             await self._resume_waiting_for_klarna(shop_id)

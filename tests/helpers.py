@@ -236,3 +236,7 @@ class Server:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
+
+
+# A Klarna order id as Klarna makes them (a UUID), for events mapped without the sandbox.
+KLARNA_ORDER_ID = "f3392f8b-6116-4073-ab96-e330819e2c07"

@@ -9,12 +9,14 @@ from hypothesis import strategies as st
 
 from plugin import money
 from plugin.capture import (
+    MAX_DESCRIPTION,
     AlreadyCaptured,
     CapturePlan,
     CaptureRefused,
     klarna_lines,
     line_problems,
     plan_capture,
+    render_description,
 )
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna import Credentials, KlarnaClient
@@ -543,3 +545,30 @@ def test_planned_captures_pass_the_klarna_sandbox_and_complete_the_order(
         amount,
         0,
     )
+
+
+FIELDS = {"fulfillment_name": "#1001.1", "fulfillment_id": "F1", "order_id": "1001"}
+
+
+@pytest.mark.parametrize(
+    ("template", "shown"),
+    [
+        ("Parcel {fulfillment_name} of order {order_id}", "Parcel #1001.1 of order 1001"),
+        ("{{literal}} {fulfillment_id}", "{literal} F1"),
+        ("{fulfillment_name:>1500000000}", "{fulfillment_name:>1500000000}"),
+        ("{order_id!r}", "{order_id!r}"),
+        ("{nope}", "{nope}"),
+        ("{fulfillment_name", "{fulfillment_name"),
+    ],
+)
+def test_a_description_is_its_plain_fields_filled_in_else_the_template_as_written(
+    template: str, shown: str
+) -> None:
+    assert render_description(template, FIELDS) == shown
+
+
+def test_a_description_is_built_within_klarnas_255_characters() -> None:
+    longest = {name: name[0] * 255 for name in FIELDS}
+    text = render_description("Parcel {fulfillment_name}, {order_id}, {fulfillment_id}", longest)
+    assert text == ("Parcel " + "f" * 255)[:MAX_DESCRIPTION]
+    assert render_description("x" * 1000, FIELDS) == "x" * MAX_DESCRIPTION

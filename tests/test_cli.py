@@ -132,6 +132,60 @@ def test_shop_add_prints_its_id_path_and_secret_and_stores_no_secret_in_clear(
     assert shop["webhook_secret"] not in str(shown)
 
 
+def test_shop_add_takes_a_description_template_of_plain_fields_only(env: dict[str, str]) -> None:
+    shop = add_shop(env, "--description-template", "Parcel {fulfillment_name} of {order_id}")
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop["shop_id"]).stdout)
+    assert shown["options"]["description_template"] == "Parcel {fulfillment_name} of {order_id}"
+
+    for template in ("{fulfillment_name:>1500000000}", "{order_id!r}", "{order_id[0]}", "{}"):
+        done = run_cli(
+            env,
+            "shop",
+            "add",
+            "--name",
+            "Refused",
+            "--klarna-region",
+            "eu",
+            "--klarna-environment",
+            "playground",
+            "--klarna-username",
+            "PK",
+            "--klarna-password-stdin",
+            "--description-template",
+            template,
+            stdin="pw\n",
+            check=False,
+        )
+        assert done.returncode == 2, template
+        assert done.stderr.startswith(
+            "klarna-capture: --description-template: Write each field as it is, with nothing "
+            "else inside its braces: {fulfillment_name}, {fulfillment_id}, {order_id}."
+        )
+    unknown = run_cli(
+        env,
+        "shop",
+        "add",
+        "--name",
+        "x",
+        "--klarna-region",
+        "eu",
+        "--klarna-environment",
+        "live",
+        "--klarna-username",
+        "PK",
+        "--klarna-password-stdin",
+        "--description-template",
+        "{nope}",
+        stdin="pw\n",
+        check=False,
+    )
+    assert unknown.returncode == 2
+    assert "Unknown field {nope}" in unknown.stderr
+    assert [line.split()[0] for line in run_cli(env, "shop", "list").stdout.splitlines()] == [
+        shop["shop_id"]
+    ]
+
+
 def test_rotate_secret_keeps_the_old_one_for_a_while(env: dict[str, str]) -> None:
     shop = add_shop(env)
     rotated = run_cli(env, "shop", "rotate-secret", shop["shop_id"]).stdout

@@ -29,6 +29,7 @@ from plugin.store.records import ShopOptions
 from plugin.worker import Backoff
 from tests.helpers import (
     ALLOW_LOOPBACK,
+    KLARNA_ORDER_ID,
     TOMATOES,
     StatusInbox,
     Storefront,
@@ -324,6 +325,34 @@ def test_what_is_refused_and_what_is_stored(
     assert httpx2.get(f"{service}/readyz").json() == {"status": "ready"}
 
 
+@pytest.mark.parametrize(
+    ("klarna_order_id", "tax_rate", "field"),
+    [
+        ("../../../ordermanagement/v1/orders/x", 2500, "$.data.klarna_order_id"),
+        (f"{KLARNA_ORDER_ID}/captures", 2500, "$.data.klarna_order_id"),
+        ("%2e%2e%2fcaptures", 2500, "$.data.klarna_order_id"),
+        (f"{KLARNA_ORDER_ID}\n", 2500, "$.data.klarna_order_id"),
+        (KLARNA_ORDER_ID, 10_001, "$.data.lines[0].tax_rate"),
+        (KLARNA_ORDER_ID, -1, "$.data.lines[0].tax_rate"),
+    ],
+    ids=["dots", "slash", "percent", "newline", "tax-over-100%", "negative-tax"],
+)
+def test_an_event_klarna_could_not_take_is_refused_at_the_edge_naming_the_field(
+    settings: Settings, service: str, klarna_order_id: str, tax_rate: int, field: str
+) -> None:
+    shop, secret = create_shop(settings)
+    event = shipment(klarna_order_id)
+    event["data"]["lines"][0]["tax_rate"] = tax_rate
+
+    answer = Storefront(service, shop.id, secret).send(msgspec.json.encode(event))
+
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error.startswith("not a valid event: Expected ")
+    assert error.endswith(f"- at `{field}`")
+    assert count(settings, "SELECT count(*) FROM jobs") == 0
+
+
 def test_tracking_added_later_reaches_the_existing_capture(
     settings: Settings,
     klarna_sandbox: KlarnaSandbox,
@@ -473,6 +502,27 @@ def test_send_out_is_triggered_when_the_shop_wants_it(
     with db(settings) as conn:
         steps = [row[0] for row in conn.execute("SELECT step || ':' || outcome FROM audit")]
     assert steps == ["plan:planned", "capture:captured", "send_out:sent"]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Parcel {fulfillment_name:>100000}",
+        "Parcel {fulfillment_name:>1500000000}",
+        "{order_id!r} {fulfillment_name.__class__} {0}",
+    ],
+    ids=["wide", "1.5-billion-wide", "conversion-attribute-index"],
+)
+def test_a_description_template_stored_before_the_rules_is_shown_as_written(
+    settings: Settings, klarna_sandbox: KlarnaSandbox, service: str, template: str
+) -> None:
+    # Stored directly, as the settings page let it be before: never formatted, shown as written.
+    shop, secret = create_shop(settings, options=ShopOptions(description_template=template))
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    Storefront(service, shop.id, secret).send(shipment(order.order_id))
+    wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'done'") == 1)
+    [capture] = klarna_sandbox.orders[order.order_id].captures
+    assert capture.description == template
 
 
 def test_retries_that_run_out_end_as_a_dead_letter_reported_twice(

@@ -5,7 +5,6 @@ idempotency key: the client never makes one up, so a retried capture cannot capt
 """
 
 import asyncio
-import email.utils
 import functools
 import logging
 import os
@@ -13,9 +12,7 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Literal, TypeVar
-from urllib.parse import quote
 
 import httpx2
 import msgspec
@@ -23,6 +20,7 @@ import msgspec
 from plugin import __version__, metrics
 from plugin.klarna.errors import KlarnaError, is_retryable_status
 from plugin.klarna.models import (
+    KLARNA_ID_PATTERN,
     Capture,
     CaptureObject,
     ErrorBody,
@@ -31,7 +29,7 @@ from plugin.klarna.models import (
     UpdateShippingInfo,
 )
 from plugin.klarna.ratelimit import RateLimiter, rate_limiter_for
-from plugin.retries import RetryPolicy, retrying
+from plugin.retries import RetryPolicy, parse_retry_after, retrying
 
 Region = Literal["eu", "na", "oc"]
 Environment = Literal["live", "playground"]
@@ -109,6 +107,7 @@ def make_http_client(
     )
 
 
+_KLARNA_ID = re.compile(KLARNA_ID_PATTERN)
 _order_decoder = msgspec.json.Decoder(Order)
 _capture_decoder = msgspec.json.Decoder(Capture)
 _error_decoder = msgspec.json.Decoder(ErrorBody)
@@ -154,7 +153,7 @@ class KlarnaClient:
         await self.aclose()
 
     async def read_order(self, order_id: str) -> Order:
-        response = await self._call("read_order", "GET", _order_path(order_id))
+        response = await self._call("read_order", "GET", _order_path("read_order", order_id))
         return self._decode("read_order", response, _order_decoder)
 
     async def create_capture(
@@ -164,7 +163,7 @@ class KlarnaClient:
         response = await self._call(
             "create_capture",
             "POST",
-            _order_path(order_id, "captures"),
+            _order_path("create_capture", order_id, "captures"),
             body=_encoder.encode(capture),
             idempotency_key=idempotency_key,
         )
@@ -183,7 +182,7 @@ class KlarnaClient:
 
     async def read_capture(self, order_id: str, capture_id: str) -> Capture:
         response = await self._call(
-            "read_capture", "GET", _order_path(order_id, "captures", capture_id)
+            "read_capture", "GET", _order_path("read_capture", order_id, capture_id=capture_id)
         )
         return self._decode("read_capture", response, _capture_decoder)
 
@@ -198,7 +197,7 @@ class KlarnaClient:
         await self._call(
             "add_shipping_info",
             "POST",
-            _order_path(order_id, "captures", capture_id, "shipping-info"),
+            _order_path("add_shipping_info", order_id, "shipping-info", capture_id=capture_id),
             body=_encoder.encode(UpdateShippingInfo(shipping_info=shipping_info)),
             idempotency_key=idempotency_key,
         )
@@ -209,7 +208,7 @@ class KlarnaClient:
         await self._call(
             "trigger_send_out",
             "POST",
-            _order_path(order_id, "captures", capture_id, "trigger-send-out"),
+            _order_path("trigger_send_out", order_id, "trigger-send-out", capture_id=capture_id),
             idempotency_key=idempotency_key,
         )
 
@@ -217,7 +216,7 @@ class KlarnaClient:
         await self._call(
             "extend_authorization_time",
             "POST",
-            _order_path(order_id, "extend-authorization-time"),
+            _order_path("extend_authorization_time", order_id, "extend-authorization-time"),
             idempotency_key=idempotency_key,
         )
 
@@ -225,7 +224,9 @@ class KlarnaClient:
         await self._call(
             "release_remaining_authorization",
             "POST",
-            _order_path(order_id, "release-remaining-authorization"),
+            _order_path(
+                "release_remaining_authorization", order_id, "release-remaining-authorization"
+            ),
             idempotency_key=idempotency_key,
         )
 
@@ -303,9 +304,26 @@ class KlarnaClient:
             ) from exc
 
 
-def _order_path(order_id: str, *parts: str) -> str:
-    segments = [quote(segment, safe="") for segment in (order_id, *parts)]
-    return "/ordermanagement/v1/orders/" + "/".join(segments)
+def _order_path(
+    operation: str, order_id: str, action: str = "", *, capture_id: str | None = None
+) -> str:
+    """The path of an order (and one of its captures), ids checked: the last line behind the
+    events' own check, for an id stored before it or passed by other code."""
+    path = "/ordermanagement/v1/orders/" + _klarna_id(operation, "order", order_id)
+    if capture_id is not None:
+        path += "/captures/" + _klarna_id(operation, "capture", capture_id)
+    return path + "/" + action if action else path
+
+
+def _klarna_id(operation: str, kind: str, value: str) -> str:
+    if not _KLARNA_ID.fullmatch(value):
+        raise KlarnaError(
+            operation,
+            status=None,
+            error_code="INVALID_ID",
+            error_messages=[f"the Klarna {kind} id {value[:80]!r} is not a UUID"],
+        )
+    return value
 
 
 def _error_from(operation: str, response: httpx2.Response) -> KlarnaError:
@@ -324,7 +342,7 @@ def _error_from(operation: str, response: httpx2.Response) -> KlarnaError:
         error_messages=[message for message in messages if message],
         correlation_id=correlation_id,
         retryable=is_retryable_status(status),
-        retry_after=_retry_after(response.headers.get("Retry-After")),
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
     )
 
 
@@ -338,31 +356,58 @@ _DEFAULT_CODES = {
     503: "TEMPORARILY_UNAVAILABLE",
     504: "TEMPORARILY_UNAVAILABLE",
 }
-_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.DOTALL | re.IGNORECASE)
-_TAG = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.DOTALL | re.IGNORECASE)
+# An error page is read this far: its title or first words are all a message needs.
+ERROR_PAGE_BYTES = 4096
+_SKIPPED = ("script", "style")
 
 
 def _describe_body(response: httpx2.Response) -> str:
     """A one-line account of an answer that is not Klarna's JSON (say, a proxy's HTML page)."""
     kind = response.headers.get("Content-Type", "no content type").split(";")[0]
-    title = _TITLE.search(response.text)
-    text = " ".join(_TAG.sub(" ", title.group(1) if title else response.text).split())
+    text = " ".join(_page_text(_head_of(response)).split())
     if not text:
         return f"{response.reason_phrase or 'empty answer'} ({kind}, no Klarna error body)"
     return f"{text[:200]} ({kind}, no Klarna error body)"
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds, from either of its forms: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+def _head_of(response: httpx2.Response) -> str:
+    head = response.content[:ERROR_PAGE_BYTES]
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        return head.decode(response.charset_encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return head.decode("utf-8", errors="replace")
+
+
+def _page_text(page: str) -> str:
+    """The title of an HTML page, else its text without tags, scripts and styles. Each search
+    starts where the one before it ended, so the work is linear in the page whatever its markup
+    (the regexes used before were quadratic on an unclosed `<script` repeated)."""
+    lower = page.lower()
+    title = lower.find("<title")
+    opened = lower.find(">", title) if title != -1 else -1
+    closed = lower.find("</title", opened) if opened != -1 else -1
+    if closed != -1:
+        return _without_tags(page[opened + 1 : closed], lower[opened + 1 : closed])
+    return _without_tags(page, lower)
+
+
+def _without_tags(page: str, lower: str) -> str:
+    parts: list[str] = []
+    at = 0
+    while (tag := lower.find("<", at)) != -1:
+        parts.append(page[at:tag])
+        name = next((n for n in _SKIPPED if _opens(lower, tag, n)), None)
+        end = lower.find(f"</{name}", tag) if name else tag
+        end = lower.find(">", end) if end != -1 else -1
+        if end == -1:
+            return "".join(parts)  # an unclosed tag or script: nothing shown after it
+        parts.append(" ")
+        at = end + 1
+    parts.append(page[at:])
+    return "".join(parts)
+
+
+def _opens(lower: str, at: int, name: str) -> bool:
+    """Whether the tag at `at` is a `name` element (`<script>`, `<script src=...>`)."""
+    after = at + 1 + len(name)
+    return lower.startswith(name, at + 1) and not lower[after : after + 1].isalnum()

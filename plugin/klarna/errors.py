@@ -9,6 +9,8 @@ KlarnaError                 anything a Klarna call can end in; `retryable` says 
 
 from collections.abc import Sequence
 
+from plugin.retries import bounded_wait
+
 
 class KlarnaError(Exception):
     """A failed Klarna call, with the facts a merchant quotes to Klarna support."""
@@ -30,7 +32,7 @@ class KlarnaError(Exception):
         self.error_messages = tuple(error_messages)
         self.correlation_id = correlation_id
         self.retryable = retryable
-        self.retry_after = retry_after
+        self.retry_after = bounded_wait(retry_after)
         super().__init__(self.describe())
 
     def describe(self) -> str:

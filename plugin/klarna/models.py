@@ -20,6 +20,11 @@ Amount = Annotated[int, Meta(ge=0, le=MAX_AMOUNT)]
 SignedAmount = Annotated[int, Meta(le=MAX_AMOUNT)]
 Quantity = Annotated[int, Meta(ge=0)]
 TaxRate = Annotated[int, Meta(ge=0)]
+# Klarna's order and capture ids are UUIDs (the spec's examples; Klarna makes them). Nothing else
+# goes into a URL path: no "..", no slash, no percent-encoding can reach the client's request.
+# (\Z, not $: $ would also take a trailing newline.)
+KLARNA_ID_PATTERN = r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\Z"
+KlarnaId = Annotated[str, Meta(pattern=KLARNA_ID_PATTERN)]
 
 OrderLineType = Literal[
     "physical",

@@ -14,7 +14,7 @@ import httpx2
 import msgspec
 
 from plugin.platforms.base import ApiError
-from plugin.retries import RetryPolicy, retrying
+from plugin.retries import RetryPolicy, parse_retry_after, retrying
 
 log = logging.getLogger("plugin.shopify")
 
@@ -144,8 +144,7 @@ class AdminClient:
         )
         if throttled or status == 429:
             cost = answer.extensions.cost if answer.extensions else None
-            retry_after = response.headers.get("Retry-After")
-            wait = float(retry_after) if retry_after and retry_after.isdigit() else None
+            wait = parse_retry_after(response.headers.get("Retry-After"))
             raise ShopifyError(
                 operation,
                 status=status,

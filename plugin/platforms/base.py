@@ -10,7 +10,7 @@ import msgspec
 from plugin.config import Settings
 from plugin.events import FulfillmentEvent
 from plugin.klarna.models import ShippingMethod
-from plugin.retries import RetryPolicy
+from plugin.retries import RetryPolicy, bounded_wait
 from plugin.shops import Shops
 from plugin.store import Store
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
@@ -32,7 +32,7 @@ class StorefrontError(Exception):
         self.code = code
         self.messages = list(messages)
         self.retryable = retryable
-        self.retry_after = retry_after
+        self.retry_after = bounded_wait(retry_after)
         super().__init__(f"{step}: {code}: " + "; ".join(self.messages))
 
 
@@ -57,7 +57,7 @@ class ApiError(Exception):
         self.code = code
         self.messages = tuple(messages)
         self.retryable = retryable
-        self.retry_after = retry_after
+        self.retry_after = bounded_wait(retry_after)
         where = f"HTTP {status}" if status is not None else "no answer"
         text = f"{self.platform} {operation} failed: {where} {code}"
         if self.messages:

@@ -417,3 +417,25 @@ class Store(ABC):
 
     @abstractmethod
     async def compliance_requests(self, limit: int = 100) -> list[ComplianceRequest]: ...
+
+    # settings sessions and one-time tokens
+
+    @abstractmethod
+    async def start_session(self, sid: str, shop_id: str, expires_at: float, now: float) -> None:
+        """Record a signed-in settings session; sessions expired by `now` go on the way."""
+
+    @abstractmethod
+    async def session_shop(self, sid: str, now: float) -> Shop | None:
+        """The shop of session `sid` while it lives (not ended, not expired), else None."""
+
+    @abstractmethod
+    async def end_session(self, sid: str) -> None: ...
+
+    @abstractmethod
+    async def end_shop_sessions(self, shop_id: str) -> int:
+        """End every session of the shop; returns how many there were."""
+
+    @abstractmethod
+    async def use_token(self, token: str, expires_at: float, now: float) -> bool:
+        """Mark a one-time token used until `expires_at`; False if it was used before. Tokens
+        expired by `now` are forgotten on the way (they are refused for their age by then)."""

@@ -968,6 +968,45 @@ class PostgresStore(Store):
         )
         return [_record(row, ComplianceRequest) for row in rows]
 
+    async def start_session(self, sid: str, shop_id: str, expires_at: float, now: float) -> None:
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM admin_sessions WHERE expires_at <= $1", now)
+            await conn.execute(
+                "INSERT INTO admin_sessions (sid, shop_id, expires_at) VALUES ($1, $2, $3)",
+                sid,
+                shop_id,
+                expires_at,
+            )
+
+    async def session_shop(self, sid: str, now: float) -> Shop | None:
+        row = await self._fetchrow(
+            "SELECT shops.* FROM admin_sessions AS s JOIN shops ON shops.id = s.shop_id"
+            " WHERE s.sid = $1 AND s.expires_at > $2",
+            sid,
+            now,
+        )
+        return _shop(row) if row else None
+
+    async def end_session(self, sid: str) -> None:
+        await self._fetch("DELETE FROM admin_sessions WHERE sid = $1", sid)
+
+    async def end_shop_sessions(self, shop_id: str) -> int:
+        rows = await self._fetch(
+            "DELETE FROM admin_sessions WHERE shop_id = $1 RETURNING sid", shop_id
+        )
+        return len(rows)
+
+    async def use_token(self, token: str, expires_at: float, now: float) -> bool:
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM used_tokens WHERE expires_at <= $1", now)
+            row = await conn.fetchrow(
+                "INSERT INTO used_tokens (token, expires_at) VALUES ($1, $2)"
+                " ON CONFLICT (token) DO NOTHING RETURNING token",
+                token,
+                expires_at,
+            )
+        return row is not None
+
 
 _SHIPMENTS = (
     "SELECT j.id AS job_id, j.key AS fulfillment_id, j.state AS job_state, j.attempts,"

@@ -151,6 +151,23 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (platform, webhook_id)
     );
     """,
+    # 4: settings sessions kept on the server, so that signing out, uninstalling or removing a
+    # shop ends them in every process; one-time tokens (a BigCommerce signed_payload_jwt), each
+    # remembered until it expires
+    """
+    CREATE TABLE admin_sessions (
+        sid TEXT PRIMARY KEY,
+        shop_id TEXT NOT NULL REFERENCES shops (id) ON DELETE CASCADE,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX admin_sessions_shop ON admin_sessions (shop_id);
+    CREATE INDEX admin_sessions_expiry ON admin_sessions (expires_at);
+    CREATE TABLE used_tokens (
+        token TEXT PRIMARY KEY,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX used_tokens_expiry ON used_tokens (expires_at);
+    """,
 )
 
 # What `migrate` keeps: one row per applied migration.

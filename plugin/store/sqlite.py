@@ -877,6 +877,50 @@ class SqliteStore(Store):
         )
         return [msgspec.convert(dict(row), ComplianceRequest, strict=False) for row in rows]
 
+    async def start_session(self, sid: str, shop_id: str, expires_at: float, now: float) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM admin_sessions WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT INTO admin_sessions (sid, shop_id, expires_at) VALUES (?, ?, ?)",
+                (sid, shop_id, expires_at),
+            )
+
+        await self._write(work)
+
+    async def session_shop(self, sid: str, now: float) -> Shop | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT shops.* FROM admin_sessions AS s JOIN shops ON shops.id = s.shop_id"
+                " WHERE s.sid = ? AND s.expires_at > ?",
+                (sid, now),
+            ).fetchone()
+        )
+        return _shop(row) if row else None
+
+    async def end_session(self, sid: str) -> None:
+        await self._write(
+            lambda conn: conn.execute("DELETE FROM admin_sessions WHERE sid = ?", (sid,))
+        )
+
+    async def end_shop_sessions(self, shop_id: str) -> int:
+        return await self._write(
+            lambda conn: (
+                conn.execute("DELETE FROM admin_sessions WHERE shop_id = ?", (shop_id,)).rowcount
+            )
+        )
+
+    async def use_token(self, token: str, expires_at: float, now: float) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM used_tokens WHERE expires_at <= ?", (now,))
+            inserted = conn.execute(
+                "INSERT INTO used_tokens (token, expires_at) VALUES (?, ?)"
+                " ON CONFLICT (token) DO NOTHING",
+                (token, expires_at),
+            ).rowcount
+            return inserted > 0
+
+        return await self._write(work)
+
 
 _SHIPMENTS = (
     "SELECT j.id AS job_id, j.key AS fulfillment_id, j.state AS job_state, j.attempts,"

@@ -1,6 +1,6 @@
-"""Sign-in for the settings page: one-time admin links, signed session cookies and per-session
-CSRF tokens, and the `state` of a Shopify install, all with itsdangerous and the service's secret
-keys."""
+"""Sign-in for the settings page: one-time admin links, signed session cookies (naming a session
+the store keeps) and per-session CSRF tokens, and the `state` of a Shopify install, all with
+itsdangerous and the service's secret keys."""
 
 import hmac
 import secrets
@@ -52,8 +52,12 @@ class Auth:
             raise LinkError("This sign-in link is not valid.") from None
         return str(data["shop"]), str(data["nonce"])
 
-    def session_cookie(self, shop_id: str) -> str:
-        return self._sessions.dumps({"shop": shop_id, "sid": secrets.token_hex(16)})
+    def new_session(self, shop_id: str) -> tuple[Session, str]:
+        """A new session of the shop and its signed cookie. The cookie alone is not enough: the
+        caller records the session in the store, and only a session recorded there and not ended
+        signs in (sign-out and uninstall end it on the server)."""
+        session = Session(shop_id=shop_id, sid=secrets.token_hex(16))
+        return session, self._sessions.dumps({"shop": shop_id, "sid": session.sid})
 
     def read_session(self, cookie: str | None) -> Session | None:
         if not cookie:

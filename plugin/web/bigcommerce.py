@@ -3,6 +3,7 @@ for the store's access token, stores it sealed and subscribes the shipment webho
 signs the merchant in to the store's settings inside the BigCommerce control panel; and
 /uninstall, which disables the shop and forgets its token."""
 
+import hashlib
 import logging
 import time
 
@@ -33,6 +34,8 @@ UNINSTALL_PATH = "/uninstall"
 WEBHOOK_PATH = "/webhooks/bigcommerce"
 # A merchant waits on these calls: a short policy, not the worker's.
 INTERACTIVE_RETRY = RetryPolicy(attempts=2, total_seconds=5.0, max_retry_after_seconds=2.0)
+# How far a signed_payload_jwt's exp and nbf may be off our clock.
+PAYLOAD_LEEWAY_SECONDS = 5.0
 
 log = logging.getLogger("plugin.web.bigcommerce")
 
@@ -98,9 +101,9 @@ async def _subscribe(service: Service, store_hash: str, token: str) -> None:
     await _api(service, store_hash, token).ensure_hooks(bigcommerce.WEBHOOK_SCOPES, destination)
 
 
-def _settings_page(service: Service, shop: Shop) -> Response:
+async def _settings_page(service: Service, shop: Shop) -> Response:
     response = RedirectResponse(f"/admin/{shop.id}/settings", status_code=303)
-    views.set_session_cookie(response, service, shop.id, embedded=True)
+    await views.set_session_cookie(response, service, shop.id, embedded=True)
     return response
 
 
@@ -188,28 +191,38 @@ async def callback(request: Request) -> Response:
             ) from None
     except _Refused as refused:
         return _refusal(request, refused, store_hash)
-    return _settings_page(service, shop)
+    return await _settings_page(service, shop)
 
 
-def _verified(request: Request, settings: Settings) -> SignedPayload:
-    client_id, client_secret = _credentials(settings)
+async def _verified(request: Request, service: Service) -> SignedPayload:
+    """The payload of the request's `signed_payload_jwt`, spent: each token is accepted once,
+    by /load or by /uninstall, in whichever process (the store keeps it until it expires)."""
+    client_id, client_secret = _credentials(service.settings)
+    token = request.query_params.get("signed_payload_jwt", "")
     try:
-        return verify_signed_payload(
-            request.query_params.get("signed_payload_jwt", ""),
-            client_id=client_id,
-            client_secret=client_secret,
+        payload = verify_signed_payload(
+            token, client_id=client_id, client_secret=client_secret, leeway=PAYLOAD_LEEWAY_SECONDS
         )
     except SignedPayloadError as exc:
         raise _Refused(401, "Please sign in", _FROM_CONTROL_PANEL, str(exc)) from None
+    # Its jti names a token; without one, its own digest does (the signature fixes its bytes).
+    key = payload.jti or "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+    now = time.time()
+    if not await service.store.use_token(
+        f"bigcommerce:{key}", payload.expires_at + PAYLOAD_LEEWAY_SECONDS, now
+    ):
+        raise _Refused(401, "Please sign in", _FROM_CONTROL_PANEL, "signed_payload_jwt used before")
+    return payload
 
 
 async def load(request: Request) -> Response:
     """GET /load: the merchant opens the app in the control panel. The signed payload (each used
-    once) names the store; the merchant gets that store's settings session."""
+    once, here or by /uninstall) names the store; the merchant gets that store's settings
+    session."""
     service = views.service_of(request)
     store_hash = ""
     try:
-        payload = _verified(request, service.settings)
+        payload = await _verified(request, service)
         store_hash = payload.store_hash
         _frame_for(request, store_hash)
         shop = await service.store.shop_by_domain(bigcommerce.NAME, store_hash)
@@ -221,12 +234,6 @@ async def load(request: Request) -> Response:
                 "The app is not installed on this store. " + _INSTALL_AGAIN,
                 "no installed shop for this store",
             )
-        if payload.jti is None or not await service.store.use_admin_link(
-            f"bigcommerce:{payload.jti}", shop.id, time.time()
-        ):
-            raise _Refused(
-                401, "Please sign in", _FROM_CONTROL_PANEL, "signed_payload_jwt used before"
-            )
         try:
             # Subscribed on install; BigCommerce turns a failing hook off, and this turns it on.
             await _subscribe(service, store_hash, token)
@@ -237,7 +244,7 @@ async def load(request: Request) -> Response:
             )
     except _Refused as refused:
         return _refusal(request, refused, store_hash)
-    return _settings_page(service, shop)
+    return await _settings_page(service, shop)
 
 
 async def uninstall(request: Request) -> Response:
@@ -245,7 +252,7 @@ async def uninstall(request: Request) -> Response:
     (BigCommerce deletes the app's webhooks itself). Running jobs finish their Klarna step."""
     service = views.service_of(request)
     try:
-        payload = _verified(request, service.settings)
+        payload = await _verified(request, service)
     except _Refused as refused:
         log.warning("bigcommerce uninstall refused", extra={"reason": str(refused)})
         status = "not_configured" if refused.status == 404 else "unauthorized"

@@ -1,12 +1,12 @@
 """The settings form: what a merchant may enter, checked field by field."""
 
 import re
-import string
 from collections.abc import Iterable, Mapping
 from typing import Literal, get_args
 
 import msgspec
 
+from plugin.capture import DESCRIPTION_FIELDS, description_problem
 from plugin.klarna.models import ShippingMethod
 from plugin.outbound import AddressGuard, IPNetwork, url_problem
 from plugin.platforms import bigcommerce, shopify, woocommerce
@@ -19,7 +19,7 @@ CAPTURE_MODES = {
     "each": "Capture each shipment as it ships",
     "complete": "Capture once, when the order is completely shipped",
 }
-TEMPLATE_FIELDS = ("fulfillment_name", "fulfillment_id", "order_id")
+TEMPLATE_FIELDS = DESCRIPTION_FIELDS
 KLARNA_ACCOUNT_FIELDS = (
     "klarna_region",
     "klarna_environment",
@@ -160,7 +160,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             errors["klarna_password"] = "That is longer than any Klarna API password."  # noqa: S105
         if self.capture_mode not in CAPTURE_MODES:
             errors["capture_mode"] = "Choose when to capture."
-        problem = _template_problem(self.description_template)
+        problem = description_problem(self.description_template)
         if problem:
             errors["description_template"] = problem
         if self.status_url and (
@@ -293,20 +293,6 @@ def _field_problem(source: str, field: str, platform: str = shopify.NAME) -> str
         return f"Enter the name of the {what}."
     if len(field) > _MAX_NAME or not field.isprintable():
         return f"A {what} name has at most {_MAX_NAME} characters, all printable."
-    return None
-
-
-def _template_problem(template: str) -> str | None:
-    if len(template) > 255:
-        return "Klarna shows at most 255 characters."
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError:
-        return "Braces must pair up, as in {fulfillment_name}."
-    unknown = [name for name in names if name not in TEMPLATE_FIELDS]
-    if unknown:
-        allowed = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
-        return f"Unknown field {{{unknown[0]}}}; you can use {allowed}."
     return None
 
 

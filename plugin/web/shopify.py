@@ -264,5 +264,5 @@ async def embedded(request: Request) -> Response:
     except _Refused as refused:
         return _refusal(request, refused, shop)
     response = RedirectResponse(f"/admin/{found.id}/settings", status_code=303)
-    views.set_session_cookie(response, service, found.id, embedded=True)
+    await views.set_session_cookie(response, service, found.id, embedded=True)
     return response

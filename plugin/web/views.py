@@ -56,6 +56,16 @@ NOTICES = {
 
 Page = Callable[[Request, Service, Shop, Session], Awaitable[Response]]
 
+_SIGN_IN = (
+    "Open the settings from your storefront's admin, or ask for a sign-in link: "
+    "klarna-capture admin-link SHOP_ID prints one."
+)
+_SESSION_ENDED = "This session has ended. " + _SIGN_IN
+_DISABLED = (
+    "This shop is disabled: the app was uninstalled from the storefront. Install the app "
+    "again to use these pages."
+)
+
 
 def service_of(request: Request) -> Service:
     service: Service = request.app.state.service
@@ -83,12 +93,15 @@ def allow_framing(request: Request, shop: Shop) -> None:
         setattr(request.state, FRAME_ANCESTORS, (bigcommerce.control_panel_origin(domain),))
 
 
-def set_session_cookie(
+async def set_session_cookie(
     response: Response, service: Service, shop_id: str, *, embedded: bool = False
 ) -> None:
-    """The settings session. An embedded app's cookie is a third-party one inside the storefront
+    """A new settings session, recorded in the store (where sign-out and uninstall end it) and
+    set as the cookie. An embedded app's cookie is a third-party one inside the storefront
     admin's iframe, so over https it is SameSite=None and partitioned (CHIPS) to that admin."""
-    value = service.auth.session_cookie(shop_id)
+    session, value = service.auth.new_session(shop_id)
+    now = time.time()
+    await service.store.start_session(session.sid, shop_id, now + SESSION_SECONDS, now)
     https = service.settings.public_url.startswith("https://")
     if embedded and https:
         response.headers.append("set-cookie", _partitioned_cookie(value, SESSION_SECONDS))
@@ -129,19 +142,17 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
             service = service_of(request)
             session = service.auth.read_session(request.cookies.get(COOKIE))
             if session is None:
-                return message(
-                    request,
-                    "Please sign in",
-                    "Open the settings from your storefront's admin, or ask for a sign-in link: "
-                    "klarna-capture admin-link SHOP_ID prints one.",
-                    401,
-                )
+                return message(request, "Please sign in", _SIGN_IN, 401)
             shop_id = request.path_params["shop_id"]
             if session.shop_id != shop_id:
                 return message(request, "Not your shop", "This session is for another shop.", 403)
-            shop = await service.store.get_shop(shop_id)
-            if shop is None:
-                return message(request, "No such shop", "This shop no longer exists.", 404)
+            # One indexed lookup: the session still lives (not signed out, not ended by an
+            # uninstall or the shop's removal) and which shop it is, as stored now.
+            shop = await service.store.session_shop(session.sid, time.time())
+            if shop is None or shop.id != shop_id:
+                return message(request, "Please sign in", _SESSION_ENDED, 401)
+            if not shop.enabled:
+                return message(request, "Shop disabled", _DISABLED, 403)
             allow_framing(request, shop)
             if post:
                 form = await request.form()
@@ -179,10 +190,13 @@ async def login(request: Request) -> Response:
             "Each sign-in link works once. Ask for a new one.",
             400,
         )
-    if await service.store.get_shop(shop_id) is None:
+    shop = await service.store.get_shop(shop_id)
+    if shop is None:
         return message(request, "No such shop", "This shop no longer exists.", 404)
+    if not shop.enabled:
+        return message(request, "Shop disabled", _DISABLED, 403)
     response = RedirectResponse(f"/admin/{shop_id}/settings", status_code=303)
-    set_session_cookie(response, service, shop_id)
+    await set_session_cookie(response, service, shop_id)
     return response
 
 
@@ -289,8 +303,8 @@ async def _try_credentials(service: Service, form: SettingsForm, password: str) 
         retry=RetryPolicy(attempts=1),
     )
     try:
-        # An order that cannot exist: 404 means Klarna accepted the credentials.
-        await client.read_order(f"klarna-capture-connection-test-{uuid.uuid4()}")
+        # An order that cannot exist (a fresh random id): 404 means Klarna accepted them.
+        await client.read_order(str(uuid.uuid4()))
     except KlarnaError as error:
         if error.status == 404:
             return {"ok": "yes", "text": "Klarna accepted these credentials."}
@@ -527,6 +541,8 @@ _ACTIONS: dict[str, Page] = {"retry": _retry, "send-out": _send_out}
 
 @page(post=True)
 async def logout(request: Request, service: Service, shop: Shop, session: Session) -> Response:
+    # Ended in the store: the cookie, kept or copied, no longer signs in.
+    await service.store.end_session(session.sid)
     response = message(request, "Signed out", "You are signed out.", 200)
     response.delete_cookie(COOKIE, path="/admin")
     if service.settings.public_url.startswith("https://"):
@@ -536,10 +552,4 @@ async def logout(request: Request, service: Service, shop: Shop, session: Sessio
 
 
 async def home(request: Request) -> Response:
-    return message(
-        request,
-        "klarna-capture",
-        "Open the settings from your storefront's admin, or ask for a sign-in link: "
-        "klarna-capture admin-link SHOP_ID prints one.",
-        200,
-    )
+    return message(request, "klarna-capture", _SIGN_IN, 200)

@@ -12,13 +12,18 @@ import pytest
 
 from plugin.config import load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy, base_url
-from plugin.klarna.client import make_http_client, new_idempotency_key
+from plugin.klarna.client import ERROR_PAGE_BYTES, _page_text, make_http_client, new_idempotency_key
 from plugin.klarna.models import CaptureObject, OrderLine, ShippingInfo
 from plugin.klarna.ratelimit import RateLimiter, share_rate_between
+from plugin.retries import MAX_RETRY_AFTER_SECONDS
 from plugin.sandbox.klarna import DEFAULT_PASSWORD, DEFAULT_USERNAME, FaultSettings, KlarnaSandbox
 from plugin.service import open_service
 
 pytestmark = pytest.mark.anyio
+
+# Klarna order and capture ids as Klarna makes them (UUIDs).
+ORDER = "f3392f8b-6116-4073-ab96-e330819e2c07"
+CAPTURE = "4ba29b50-be7b-44f5-a492-113e6a865e22"
 
 FAST = RetryPolicy(attempts=4, total_seconds=30, backoff_seconds=0.01, max_backoff_seconds=0.05)
 
@@ -248,7 +253,7 @@ async def test_an_unknown_order_is_404_no_such_order(
     klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
 ) -> None:
     with pytest.raises(KlarnaError) as raised:
-        await make_client().read_order("no-such-order")
+        await make_client().read_order("00000000-0000-4000-8000-000000000000")
     assert (raised.value.status, raised.value.error_code) == (404, "NO_SUCH_ORDER")
     assert len(klarna_sandbox.requests) == 1
 
@@ -283,6 +288,67 @@ async def test_a_proxys_html_502_still_reads_clearly(
     )
 
 
+async def klarna_error_for(answer: httpx2.Response) -> KlarnaError:
+    transport, _ = recording_transport(answer)
+    async with KlarnaClient(
+        Credentials("PK1", "pw"),
+        url="https://klarna.test",
+        http=make_http_client(transport=transport),
+        retry=RetryPolicy(attempts=1),
+    ) as client:
+        with pytest.raises(KlarnaError) as raised:
+            await client.read_order(ORDER)
+    return raised.value
+
+
+@pytest.mark.parametrize(
+    ("page", "shown"),
+    [
+        (
+            "<html><head><TITLE lang=en>Service\n Unavailable</TITLE></head><body>x</body>",
+            "Service Unavailable",
+        ),
+        (
+            "<p>Upstream <b>timed out</b><script>var a = '<p>';</script><style>p {}</style>.</p>",
+            "Upstream timed out .",
+        ),
+        ("<h1>Gone</h1><scripts>kept</scripts><script src=x>dropped", "Gone kept"),
+        ("<title>never closed<p>Bad gateway</p>", "never closed Bad gateway"),
+    ],
+)
+async def test_an_html_error_page_reads_as_its_title_else_its_text(page: str, shown: str) -> None:
+    error = await klarna_error_for(
+        httpx2.Response(502, text=page, headers={"content-type": "text/html"})
+    )
+    assert error.error_messages == (f"{shown} (text/html, no Klarna error body)",)
+
+
+async def test_an_error_page_is_read_no_further_than_its_first_kilobytes() -> None:
+    late = "<html>" + " " * ERROR_PAGE_BYTES + "<title>Read too far</title>"
+    error = await klarna_error_for(
+        httpx2.Response(503, text=late, headers={"content-type": "text/html"})
+    )
+    assert error.error_messages == ("Service Unavailable (text/html, no Klarna error body)",)
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        "<script " * (1 << 17),
+        "<style>" * (1 << 17),
+        "<title>" + "<script>" * (1 << 17),
+        "<" * (1 << 20),
+        "<p>" + "x" * (1 << 20),
+    ],
+    ids=["unclosed-scripts", "unclosed-styles", "title-then-scripts", "brackets", "long-text"],
+)
+def test_a_megabyte_of_hostile_markup_is_read_in_one_pass(page: str) -> None:
+    # The regexes before took about 3 s for 64 KB of "<script " and 16 times 16 that for 1 MB:
+    # every step here moves forward, so a megabyte is a pass over a megabyte.
+    text = _page_text(page)
+    assert text.strip() == ("x" * (1 << 20) if page.startswith("<p>") else "")
+
+
 async def test_network_errors_are_retryable_klarna_errors() -> None:
     def refuse(request: httpx2.Request) -> httpx2.Response:
         raise httpx2.ConnectError("connection refused", request=request)
@@ -296,7 +362,7 @@ async def test_network_errors_are_retryable_klarna_errors() -> None:
         sleep=sleeps,
     ) as client:
         with pytest.raises(KlarnaError) as raised:
-            await client.read_order("o1")
+            await client.read_order(ORDER)
     assert (raised.value.status, raised.value.error_code, raised.value.retryable) == (
         None,
         "NETWORK_ERROR",
@@ -329,12 +395,12 @@ async def test_requests_carry_auth_integrator_and_one_key_across_attempts() -> N
         retry=FAST,
         sleep=Sleeps(),
     ) as client:
-        assert await client.create_capture("o/1", capture_of(100), idempotency_key="key-1") == (
+        assert await client.create_capture(ORDER, capture_of(100), idempotency_key="key-1") == (
             "cap-1"
         )
     assert [r.headers["Klarna-Idempotency-Key"] for r in seen] == ["key-1", "key-1"]
     request = seen[0]
-    assert request.url == "https://klarna.test/ordermanagement/v1/orders/o%2F1/captures"
+    assert request.url == f"https://klarna.test/ordermanagement/v1/orders/{ORDER}/captures"
     expected = base64.b64encode(b"PK1:s3cret-password").decode()
     assert request.headers["Authorization"] == f"Basic {expected}"
     assert request.headers["Klarna-Integrator"].startswith("klarna-capture/")
@@ -346,7 +412,9 @@ async def test_the_capture_id_falls_back_to_location() -> None:
     transport, _ = recording_transport(
         httpx2.Response(
             201,
-            headers={"Location": "https://klarna.test/ordermanagement/v1/orders/o1/captures/cap-9"},
+            headers={
+                "Location": f"https://klarna.test/ordermanagement/v1/orders/{ORDER}/captures/cap-9"
+            },
         )
     )
     async with KlarnaClient(
@@ -354,7 +422,7 @@ async def test_the_capture_id_falls_back_to_location() -> None:
         url="https://klarna.test",
         http=make_http_client(transport=transport),
     ) as client:
-        assert await client.create_capture("o1", capture_of(100), idempotency_key="k") == "cap-9"
+        assert await client.create_capture(ORDER, capture_of(100), idempotency_key="k") == "cap-9"
 
 
 async def test_a_capture_answer_naming_no_capture_is_an_error() -> None:
@@ -365,14 +433,14 @@ async def test_a_capture_answer_naming_no_capture_is_an_error() -> None:
         http=make_http_client(transport=transport),
     ) as client:
         with pytest.raises(KlarnaError, match="UNEXPECTED_RESPONSE"):
-            await client.create_capture("o1", capture_of(100), idempotency_key="k")
+            await client.create_capture(ORDER, capture_of(100), idempotency_key="k")
 
 
 async def test_retry_after_as_an_http_date_is_honoured() -> None:
     when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
     transport, seen = recording_transport(
         httpx2.Response(429, headers={"Retry-After": when}),
-        httpx2.Response(200, json={"order_id": "o1", "status": "AUTHORIZED", "order_amount": 1}),
+        httpx2.Response(200, json={"order_id": ORDER, "status": "AUTHORIZED", "order_amount": 1}),
     )
     sleeps = Sleeps()
     async with KlarnaClient(
@@ -382,10 +450,47 @@ async def test_retry_after_as_an_http_date_is_honoured() -> None:
         retry=FAST,
         sleep=sleeps,
     ) as client:
-        await client.read_order("o1")
+        await client.read_order(ORDER)
     assert len(seen) == 2
     assert len(sleeps) == 1
     assert 3 <= sleeps[0] <= 5
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("2", 2.0),
+        ("2.5", 2.5),
+        ("99999999999999999999", MAX_RETRY_AFTER_SECONDS),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER_SECONDS),
+        ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),
+        ("inf", None),
+        ("nan", None),
+        ("-5", None),
+        ("1e999", None),
+        ("soon", None),
+    ],
+)
+async def test_any_retry_after_is_a_bounded_finite_wait(
+    header: str, expected: float | None
+) -> None:
+    error = await klarna_error_for(httpx2.Response(429, headers={"Retry-After": header}))
+    assert error.retry_after == expected
+
+
+async def test_a_retry_after_clamped_to_the_bound_still_goes_back_to_the_caller() -> None:
+    transport, seen = recording_transport(httpx2.Response(429, headers={"Retry-After": "9" * 400}))
+    sleeps = Sleeps()
+    async with KlarnaClient(
+        Credentials("PK1", "pw"),
+        url="https://klarna.test",
+        http=make_http_client(transport=transport),
+        retry=FAST,
+        sleep=sleeps,
+    ) as client:
+        with pytest.raises(KlarnaError) as raised:
+            await client.read_order(ORDER)
+    assert (len(seen), sleeps, raised.value.retry_after) == (1, [], MAX_RETRY_AFTER_SECONDS)
 
 
 async def test_a_post_without_an_idempotency_key_is_refused_before_sending() -> None:
@@ -396,19 +501,50 @@ async def test_a_post_without_an_idempotency_key_is_refused_before_sending() -> 
         http=make_http_client(transport=transport),
     ) as client:
         with pytest.raises(ValueError, match="idempotency key"):
-            await client.trigger_send_out("o1", "c1", idempotency_key="")
+            await client.trigger_send_out(ORDER, CAPTURE, idempotency_key="")
+    assert seen == []
+
+
+HOSTILE_IDS = ["../captures", "a/b", "%2e%2e", f"{ORDER}/..", f"{ORDER}\n", "", ORDER.upper() + "0"]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_IDS)
+async def test_an_order_or_capture_id_that_is_not_klarnas_never_reaches_a_url(bad: str) -> None:
+    transport, seen = recording_transport(httpx2.Response(204))
+    key = {"idempotency_key": "k"}
+    async with KlarnaClient(
+        Credentials("PK1", "pw"),
+        url="https://klarna.test",
+        http=make_http_client(transport=transport),
+    ) as client:
+        calls = [
+            lambda: client.read_order(bad),
+            lambda: client.create_capture(bad, capture_of(100), **key),
+            lambda: client.read_capture(bad, CAPTURE),
+            lambda: client.read_capture(ORDER, bad),
+            lambda: client.add_shipping_info(ORDER, bad, [], **key),
+            lambda: client.trigger_send_out(bad, CAPTURE, **key),
+            lambda: client.trigger_send_out(ORDER, bad, **key),
+            lambda: client.extend_authorization_time(bad, **key),
+            lambda: client.release_remaining_authorization(bad, **key),
+        ]
+        for call in calls:
+            with pytest.raises(KlarnaError) as raised:
+                await call()
+            assert (raised.value.error_code, raised.value.retryable) == ("INVALID_ID", False)
+            assert "is not a UUID" in str(raised.value)
     assert seen == []
 
 
 async def test_a_malformed_success_body_is_a_clear_error() -> None:
-    transport, _ = recording_transport(httpx2.Response(200, json={"order_id": "o1"}))
+    transport, _ = recording_transport(httpx2.Response(200, json={"order_id": ORDER}))
     async with KlarnaClient(
         Credentials("PK1", "pw"),
         url="https://klarna.test",
         http=make_http_client(transport=transport),
     ) as client:
         with pytest.raises(KlarnaError, match=r"UNEXPECTED_RESPONSE.*missing required field"):
-            await client.read_order("o1")
+            await client.read_order(ORDER)
 
 
 def test_base_urls_by_region_and_environment() -> None:
@@ -553,7 +689,9 @@ async def test_concurrent_callers_share_the_limit() -> None:
     async with anyio.create_task_group() as group:
         for index in range(60):
             client = clients[index % 3]
-            group.start_soon(lambda c=client: c.trigger_send_out("o", "c", idempotency_key="k"))
+            group.start_soon(
+                lambda c=client: c.trigger_send_out(ORDER, CAPTURE, idempotency_key="k")
+            )
     assert len(seen) == 60
     assert sorted(waited)[-1] == pytest.approx(59 / 50)
     assert len(waited) == 59

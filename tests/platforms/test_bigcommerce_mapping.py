@@ -22,6 +22,7 @@ from plugin.platforms.bigcommerce import (
     TransactionSource,
     shipment_from,
 )
+from tests.helpers import KLARNA_ORDER_ID
 
 CENT = Decimal("0.01")
 
@@ -118,7 +119,7 @@ def shipment(
 def mapped(
     this: Shipment, order: Order, products: list[OrderProduct], shipments: list[Shipment], **kw: Any
 ) -> FulfillmentEvent:
-    options: dict[str, Any] = {"klarna_order_id": "k-1", "taxes_included": True, **kw}
+    options: dict[str, Any] = {"klarna_order_id": KLARNA_ORDER_ID, "taxes_included": True, **kw}
     return shipment_from(this, order, products, shipments, **options)
 
 

@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from plugin.platforms._shopify_admin import AdminClient, ShopifyError
-from plugin.retries import RetryPolicy
+from plugin.retries import MAX_RETRY_AFTER_SECONDS, RetryPolicy
 
 pytestmark = pytest.mark.anyio
 TOKEN = "shpat_a-token-that-must-not-leak"
@@ -219,3 +219,27 @@ async def test_an_internal_error_inside_a_200_is_retried() -> None:
     admin, seen, _ = client(internal, ok({"x": 1}))
     assert await admin.execute("order", "query { x }") == {"x": 1}
     assert len(seen) == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (httpx2.Response(429, headers={"Retry-After": "2.0"}), 2.0),
+        (httpx2.Response(429, headers={"Retry-After": "9" * 400}), MAX_RETRY_AFTER_SECONDS),
+        (httpx2.Response(429, headers={"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}), 3600.0),
+        (httpx2.Response(429, headers={"Retry-After": "nan"}), 1.0),
+        (httpx2.Response(429, headers={"Retry-After": "-3"}), 1.0),
+        (throttled(1000, 0, 1e-300), MAX_RETRY_AFTER_SECONDS),
+    ],
+    ids=["fraction", "huge", "far-date", "nan", "negative", "tiny-restore-rate"],
+)
+async def test_any_wait_shopify_asks_for_is_bounded(
+    answer: httpx2.Response, expected: float
+) -> None:
+    admin, seen, sleeps = client(answer)
+    with pytest.raises(ShopifyError) as raised:
+        await admin.execute("order", "query { x }")
+    assert raised.value.retry_after == expected
+    # Within the policy's own limit it is waited; beyond it, handed back at once, bounded.
+    assert all(0 <= wait <= FAST.max_retry_after_seconds for wait in sleeps)
+    assert len(seen) == (FAST.attempts if expected <= FAST.max_retry_after_seconds else 1)

@@ -28,6 +28,7 @@ from plugin.platforms.shopify import (
     shipment_from,
 )
 from plugin.sandbox.klarna import DEFAULT_PASSWORD, DEFAULT_USERNAME, KlarnaSandbox
+from tests.helpers import KLARNA_ORDER_ID
 
 SAMPLE = (
     Path(__file__).resolve().parents[3] / "shared/reference/shopify/fulfillments-create.sample.json"
@@ -244,7 +245,9 @@ def test_the_sample_body_decodes() -> None:
 
 def test_the_sample_maps_to_exact_klarna_lines() -> None:
     body = shopify.decode_fulfillment(SAMPLE.read_bytes())
-    event = shipment_from(body, sample_order("kl-1"), klarna_order_id="kl-1", currency="USD")
+    event = shipment_from(
+        body, sample_order("kl-1"), klarna_order_id=KLARNA_ORDER_ID, currency="USD"
+    )
 
     assert (event.order_id, event.fulfillment_id, event.fulfillment_name) == (
         str(SAMPLE_ORDER_ID),
@@ -275,7 +278,7 @@ def test_the_sample_captures_at_the_klarna_sandbox(
 ) -> None:
     body = shopify.decode_fulfillment(SAMPLE.read_bytes())
     # The Klarna order was placed with the order's full lines: the sample is the whole order.
-    whole = shipment_from(body, sample_order("pending"), klarna_order_id="pending")
+    whole = shipment_from(body, sample_order("pending"), klarna_order_id=KLARNA_ORDER_ID)
     order_lines = klarna_lines(whole)
     amount = sum(line.total_amount for line in order_lines)
     assert amount == 8999 + 1999 + 2499 + 14999 + 11999 + 999
@@ -350,12 +353,12 @@ def split_order(upto: int) -> Order:
 def test_a_line_split_over_three_fulfilments_adds_up_to_its_discount() -> None:
     # Each mapped as its webhook arrives (the order then knows the fulfilments so far) ...
     as_they_come = [
-        shipment_from(split_fulfillment(n, q), split_order(i + 1), klarna_order_id="kl-1")
+        shipment_from(split_fulfillment(n, q), split_order(i + 1), klarna_order_id=KLARNA_ORDER_ID)
         for i, (n, q, _) in enumerate(SPLIT_PARTS)
     ]
     # ... and all mapped late, against the order with all three: the same shipments.
     late = [
-        shipment_from(split_fulfillment(n, q), split_order(3), klarna_order_id="kl-1")
+        shipment_from(split_fulfillment(n, q), split_order(3), klarna_order_id=KLARNA_ORDER_ID)
         for n, q, _ in reversed(SPLIT_PARTS)
     ][::-1]
     assert as_they_come == late
@@ -392,7 +395,7 @@ def test_any_split_adds_up_exactly(quantity: int, discount: int, data: st.DataOb
         shipment_from(
             fulfillment(n + 1, [rest_item(7, q, "100000.00", discounts=(amount,))]),
             order,
-            klarna_order_id="kl-1",
+            klarna_order_id=KLARNA_ORDER_ID,
         )
         for n, q in data.draw(st.permutations(list(enumerate(parts))))
     ]
@@ -427,7 +430,7 @@ def test_a_tax_exclusive_shop_gets_one_sales_tax_line_of_the_prorated_taxes() ->
         shipping=US_SHIPPING,
         fulfillments=[gql_fulfillment(1, "2026-11-01T10:00:00Z", {1: 1, 2: 1})],
     )
-    event = shipment_from(first, order, klarna_order_id="kl-1")
+    event = shipment_from(first, order, klarna_order_id=KLARNA_ORDER_ID)
     assert event.taxes_included is False
     assert [line.total_tax_amount for line in event.lines] == [73, 29, 36]  # 2.18 / 3 -> 0.73
     assert [line.tax_rate for line in event.lines] == [725, 725, 725]
@@ -448,7 +451,7 @@ def test_a_tax_exclusive_shop_gets_one_sales_tax_line_of_the_prorated_taxes() ->
             gql_fulfillment(2, "2026-11-02T10:00:00Z", {1: 2}),
         ],
     )
-    event = shipment_from(second, order, klarna_order_id="kl-1")
+    event = shipment_from(second, order, klarna_order_id=KLARNA_ORDER_ID)
     assert summary(event) == [
         ("MUG", "physical", 2, 1000, 0, 2000, 0, 0),
         (None, "sales_tax", 1, 145, None, 145, 0, 0),  # 73 + 145 = 218, the line's tax
@@ -470,7 +473,7 @@ def test_a_tax_inclusive_shop_sends_rates_in_basis_points() -> None:
         ],
         taxes_included=True,
     )
-    event = shipment_from(fulfillment(1, items), order, klarna_order_id="kl-1")
+    event = shipment_from(fulfillment(1, items), order, klarna_order_id=KLARNA_ORDER_ID)
     assert event.taxes_included is True
     assert [line.tax_rate for line in event.lines] == [2500, 2600, 888]  # 887.5 half up
     assert all(line.total_tax_amount is None for line in event.lines)
@@ -498,8 +501,12 @@ def test_the_shipping_fee_rides_only_with_the_first_fulfilment() -> None:
         gql_fulfillment(2, "2026-11-02T10:00:00Z", {2: 1}),
     ]
     order = gql_order(TWO_LINES, shipping=[shipping_line("4.95")], fulfillments=both)
-    first = shipment_from(fulfillment(1, [rest_item(1, 1, "10.00")]), order, klarna_order_id="k")
-    second = shipment_from(fulfillment(2, [rest_item(2, 1, "20.00")]), order, klarna_order_id="k")
+    first = shipment_from(
+        fulfillment(1, [rest_item(1, 1, "10.00")]), order, klarna_order_id=KLARNA_ORDER_ID
+    )
+    second = shipment_from(
+        fulfillment(2, [rest_item(2, 1, "20.00")]), order, klarna_order_id=KLARNA_ORDER_ID
+    )
     assert [line.type for line in first.lines] == ["physical", "shipping_fee"]
     assert first.lines[1].unit_price == 495
     assert [line.type for line in second.lines] == ["physical"]
@@ -513,8 +520,12 @@ def test_the_same_creation_time_is_ordered_by_id() -> None:
         shipping=[shipping_line("4.95")],
         fulfillments=[gql_fulfillment(9, same, {2: 1}), gql_fulfillment(8, same, {1: 1})],
     )
-    lower = shipment_from(fulfillment(8, [rest_item(1, 1, "10.00")]), order, klarna_order_id="k")
-    higher = shipment_from(fulfillment(9, [rest_item(2, 1, "20.00")]), order, klarna_order_id="k")
+    lower = shipment_from(
+        fulfillment(8, [rest_item(1, 1, "10.00")]), order, klarna_order_id=KLARNA_ORDER_ID
+    )
+    higher = shipment_from(
+        fulfillment(9, [rest_item(2, 1, "20.00")]), order, klarna_order_id=KLARNA_ORDER_ID
+    )
     assert [line.type for line in lower.lines] == ["physical", "shipping_fee"]
     assert [line.type for line in higher.lines] == ["physical"]
 
@@ -531,7 +542,7 @@ def test_a_cancelled_earlier_fulfilment_shipped_nothing() -> None:
     event = shipment_from(
         fulfillment(2, [rest_item(1, 2, "10.00", discounts=("3.01",))]),
         order,
-        klarna_order_id="k",
+        klarna_order_id=KLARNA_ORDER_ID,
     )
     assert event.lines[0].total_discount_amount == 301  # the whole line's, nothing shipped before
     assert event.lines[1].type == "shipping_fee"  # the cancelled one was not the first
@@ -544,13 +555,15 @@ def test_a_cancelled_fulfilment_itself_is_refused() -> None:
         shipment_from(
             fulfillment(1, [rest_item(1, 1, "10.00")], status="cancelled"),
             order,
-            klarna_order_id="k",
+            klarna_order_id=KLARNA_ORDER_ID,
         )
 
 
 def test_refunded_units_do_not_keep_an_order_incomplete() -> None:
     order = gql_order([gql_line(1, 3, "10.00", current=2)])
-    event = shipment_from(fulfillment(1, [rest_item(1, 2, "10.00")]), order, klarna_order_id="k")
+    event = shipment_from(
+        fulfillment(1, [rest_item(1, 2, "10.00")]), order, klarna_order_id=KLARNA_ORDER_ID
+    )
     assert event.complete is True
 
 
@@ -559,7 +572,9 @@ def test_shipping_more_than_was_ordered_is_refused() -> None:
         [gql_line(1, 2, "10.00")], fulfillments=[gql_fulfillment(1, "2026-11-01T10:00:00Z", {1: 2})]
     )
     with pytest.raises(ShopifyMappingError, match="after 2 of 2 ordered"):
-        shipment_from(fulfillment(2, [rest_item(1, 1, "10.00")]), order, klarna_order_id="k")
+        shipment_from(
+            fulfillment(2, [rest_item(1, 1, "10.00")]), order, klarna_order_id=KLARNA_ORDER_ID
+        )
 
 
 def test_a_fulfilment_and_order_that_disagree_on_a_discount_are_refused() -> None:
@@ -568,14 +583,16 @@ def test_a_fulfilment_and_order_that_disagree_on_a_discount_are_refused() -> Non
         shipment_from(
             fulfillment(1, [rest_item(1, 1, "10.00", discounts=("1.00",))]),
             order,
-            klarna_order_id="k",
+            klarna_order_id=KLARNA_ORDER_ID,
         )
 
 
 def test_an_item_not_on_the_order_is_refused() -> None:
     with pytest.raises(ShopifyMappingError, match="not on the order"):
         shipment_from(
-            fulfillment(1, [rest_item(99, 1, "10.00")]), gql_order(TWO_LINES), klarna_order_id="k"
+            fulfillment(1, [rest_item(99, 1, "10.00")]),
+            gql_order(TWO_LINES),
+            klarna_order_id=KLARNA_ORDER_ID,
         )
 
 
@@ -595,7 +612,7 @@ def test_gift_cards_and_unshipped_items_are_digital_lines_prorated_the_same() ->
             gql_line(3, 3, "9.99", discounts=("3.33",)),
         ]
     )
-    event = shipment_from(fulfillment(1, items), order, klarna_order_id="k")
+    event = shipment_from(fulfillment(1, items), order, klarna_order_id=KLARNA_ORDER_ID)
     assert [(line.reference, line.type) for line in event.lines] == [
         ("GIFT", "digital"),  # sold, not spent: never Klarna's negative gift_card type
         ("GIFT-CARD-PRINTED", "physical"),
@@ -608,7 +625,9 @@ def test_gift_cards_and_unshipped_items_are_digital_lines_prorated_the_same() ->
 def test_names_and_references_are_cut_to_klarnas_limit_and_fall_back_to_the_id() -> None:
     long_name = "Lounger " * 40
     items = [rest_item(1, 1, "10.00", name=long_name), rest_item(2, 1, "20.00", sku="")]
-    event = shipment_from(fulfillment(1, items), gql_order(TWO_LINES), klarna_order_id="k")
+    event = shipment_from(
+        fulfillment(1, items), gql_order(TWO_LINES), klarna_order_id=KLARNA_ORDER_ID
+    )
     assert [len(line.name) for line in event.lines] == [255, len("Item 2")]
     assert [line.reference for line in event.lines] == ["1", "2"]
 
@@ -657,7 +676,7 @@ def test_presentment_money_when_it_matches_shop_money_otherwise(
     currency: str | None, expected: tuple[str, int, int, int]
 ) -> None:
     body, order = multi_currency()
-    event = shipment_from(body, order, klarna_order_id="k", currency=currency)
+    event = shipment_from(body, order, klarna_order_id=KLARNA_ORDER_ID, currency=currency)
     item, fee = event.lines
     assert (event.currency, item.unit_price, item.total_discount_amount, fee.unit_price) == expected
 
@@ -665,7 +684,7 @@ def test_presentment_money_when_it_matches_shop_money_otherwise(
 def test_a_klarna_order_in_neither_currency_is_refused() -> None:
     body, order = multi_currency()
     with pytest.raises(ShopifyMappingError, match="in USD but the Shopify order has amounts only"):
-        shipment_from(body, order, klarna_order_id="k", currency="USD")
+        shipment_from(body, order, klarna_order_id=KLARNA_ORDER_ID, currency="USD")
 
 
 def test_an_amount_without_presentment_money_cannot_be_taken_in_it() -> None:
@@ -674,7 +693,10 @@ def test_an_amount_without_presentment_money_cannot_be_taken_in_it() -> None:
     raw["line_items"][0]["price_set"] = None
     with pytest.raises(ShopifyMappingError, match="no SEK amount"):
         shipment_from(
-            shopify.decode_fulfillment(_encode(raw)), order, klarna_order_id="k", currency="SEK"
+            shopify.decode_fulfillment(_encode(raw)),
+            order,
+            klarna_order_id=KLARNA_ORDER_ID,
+            currency="SEK",
         )
 
 
@@ -684,7 +706,7 @@ def test_zero_decimal_currencies_are_whole_units() -> None:
     line = gql_line(1, 1, "1200")
     line["originalUnitPriceSet"] = bag("1200.0", "JPY")
     event = shipment_from(
-        fulfillment(1, [item]), gql_order([line], currency="JPY"), klarna_order_id="k"
+        fulfillment(1, [item]), gql_order([line], currency="JPY"), klarna_order_id=KLARNA_ORDER_ID
     )
     assert (event.currency, event.lines[0].unit_price) == ("JPY", 1200)
 
@@ -758,7 +780,7 @@ def test_sources_are_stored_as_tagged_json() -> None:
 def tracked(**fields: Any) -> list[Tracking]:
     body = fulfillment(1, [rest_item(1, 1, "10.00")], **fields)
     return shipment_from(
-        body, gql_order(TWO_LINES), klarna_order_id="k", shipping_method="Home"
+        body, gql_order(TWO_LINES), klarna_order_id=KLARNA_ORDER_ID, shipping_method="Home"
     ).shipping
 
 
@@ -794,7 +816,7 @@ def test_the_singular_tracking_fields_and_unknown_carriers() -> None:
 def test_a_carrier_without_numbers_still_reaches_klarna_and_none_sends_nothing() -> None:
     assert tracked(tracking_company="DPD UK") == [Tracking(carrier="dpd", method="Home")]
     body = fulfillment(1, [rest_item(1, 1, "10.00")])
-    assert shipment_from(body, gql_order(TWO_LINES), klarna_order_id="k").shipping == []
+    assert shipment_from(body, gql_order(TWO_LINES), klarna_order_id=KLARNA_ORDER_ID).shipping == []
 
 
 def test_tracking_values_beyond_klarnas_limits_are_dropped_not_cut() -> None:
@@ -837,4 +859,6 @@ def test_a_truncated_order_is_refused_rather_than_mapped_wrong() -> None:
     order = gql_order(TWO_LINES)
     order.line_items.page_info.has_next_page = True
     with pytest.raises(ShopifyMappingError, match="more lines"):
-        shipment_from(fulfillment(1, [rest_item(1, 1, "10.00")]), order, klarna_order_id="k")
+        shipment_from(
+            fulfillment(1, [rest_item(1, 1, "10.00")]), order, klarna_order_id=KLARNA_ORDER_ID
+        )

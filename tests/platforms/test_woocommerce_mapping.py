@@ -38,6 +38,7 @@ from plugin.sandbox.woocommerce import (
     php_json,
 )
 from plugin.sandbox.woocommerce import signature as woocommerce_signature
+from tests.helpers import KLARNA_ORDER_ID
 
 SITE = "shop"
 
@@ -72,7 +73,7 @@ def order_of(sandbox: WooCommerceSandbox, order_id: int) -> Order:
 
 
 def captured_lines(order: Order, *, sales_tax: bool = False) -> list[tuple[Any, ...]]:
-    event = shipment_from(order, klarna_order_id="k", sales_tax=sales_tax)
+    event = shipment_from(order, klarna_order_id=KLARNA_ORDER_ID, sales_tax=sales_tax)
     lines = klarna_lines(event)
     assert [problem for line in lines for problem in line_problems(line)] == []
     assert sum(line.total_amount for line in lines) == to_minor(order.total, order.currency)
@@ -305,7 +306,7 @@ def test_prices_with_tax_coupon_shipping_and_fee() -> None:
         ("PostNord", "shipping_fee", 1, 6125, 0, 6125, 2500, 1225),
         ("Gift wrap", "surcharge", 1, 2500, 0, 2500, 2500, 500),
     ]
-    event = shipment_from(order, klarna_order_id="k-1")
+    event = shipment_from(order, klarna_order_id=KLARNA_ORDER_ID)
     assert (event.order_id, event.fulfillment_id, event.fulfillment_name) == (
         str(order_id),
         str(order_id),
@@ -453,7 +454,7 @@ def test_lines_that_do_not_add_up_to_the_total_are_refused() -> None:
     with pytest.raises(
         WooCommerceMappingError, match=r"lines come to 10.00 EUR but its total is 5.00"
     ):
-        shipment_from(decode_order(php_json(raw)), klarna_order_id="k")
+        shipment_from(decode_order(php_json(raw)), klarna_order_id=KLARNA_ORDER_ID)
 
 
 def test_amounts_that_are_not_money_are_refused_naming_the_line() -> None:
@@ -461,10 +462,10 @@ def test_amounts_that_are_not_money_are_refused_naming_the_line() -> None:
     raw = sandbox.order_json(SITE, order_id)
     raw["line_items"][0]["total"] = "ten"
     with pytest.raises(WooCommerceMappingError, match=r"line item \d+: not a decimal amount"):
-        shipment_from(decode_order(php_json(raw)), klarna_order_id="k")
+        shipment_from(decode_order(php_json(raw)), klarna_order_id=KLARNA_ORDER_ID)
     raw["currency"] = "XYZ"
     with pytest.raises(WooCommerceMappingError, match="unknown currency"):
-        shipment_from(decode_order(php_json(raw)), klarna_order_id="k")
+        shipment_from(decode_order(php_json(raw)), klarna_order_id=KLARNA_ORDER_ID)
 
 
 def test_the_webhook_body_is_decoded_as_wordpress_writes_it() -> None:
@@ -537,7 +538,7 @@ def test_any_order_maps_to_lines_klarna_takes_adding_up_to_its_total(
     total = to_minor(order.total, "EUR")
     if total <= 0:
         return
-    event = shipment_from(order, klarna_order_id="k", sales_tax=sales_tax)
+    event = shipment_from(order, klarna_order_id=KLARNA_ORDER_ID, sales_tax=sales_tax)
     klarna = klarna_lines(event)
     assert [problem for line in klarna for problem in line_problems(line)] == []
     assert sum(line.total_amount for line in klarna) == total

@@ -48,6 +48,7 @@ from plugin.signatures import (
     verify_shopify_session_token,
     verify_shopify_webhook,
 )
+from tests.helpers import KLARNA_ORDER_ID
 
 pytestmark = pytest.mark.anyio
 
@@ -248,7 +249,7 @@ async def test_a_page_smaller_than_the_order_is_reported_and_refused(
     order = await read_order(http, url, token, gid, small)
     assert (len(order.line_items.nodes), order.line_items.page_info.has_next_page) == (2, True)
     with pytest.raises(ShopifyMappingError, match="more lines"):
-        shipment_from(body, order, klarna_order_id="kl")
+        shipment_from(body, order, klarna_order_id=KLARNA_ORDER_ID)
 
 
 async def test_an_unknown_order_is_null(
@@ -285,7 +286,7 @@ async def test_the_fulfilment_body_maps_like_the_sample(
         "SUCCESS",
         START,
     )
-    event = shipment_from(fulfillment, order, klarna_order_id="kl-1", currency="USD")
+    event = shipment_from(fulfillment, order, klarna_order_id=KLARNA_ORDER_ID, currency="USD")
     assert summary(event) == [
         ("SKU2006-001", "physical", 1, 8999, 0),
         ("LENS-PROTECT-2YR", "physical", 1, 1999, 0),
@@ -315,8 +316,12 @@ async def test_a_line_shipped_in_two_parts_and_a_cancelled_fulfilment(
     with pytest.raises(ValueError, match="nothing left"):
         sandbox.fulfill(SHOP, gid)
     order = await read_order(http, url, token, gid)
-    one = shipment_from(decode_fulfillment(msgspec.json.encode(first)), order, klarna_order_id="k")
-    two = shipment_from(decode_fulfillment(msgspec.json.encode(second)), order, klarna_order_id="k")
+    one = shipment_from(
+        decode_fulfillment(msgspec.json.encode(first)), order, klarna_order_id=KLARNA_ORDER_ID
+    )
+    two = shipment_from(
+        decode_fulfillment(msgspec.json.encode(second)), order, klarna_order_id=KLARNA_ORDER_ID
+    )
     assert summary(one) == [
         ("CHAIR", "physical", 1, 2000, 200),
         ("POST", "shipping_fee", 1, 500, 0),
@@ -329,7 +334,9 @@ async def test_a_line_shipped_in_two_parts_and_a_cancelled_fulfilment(
     order = await read_order(http, url, token, gid)
     assert [f.status for f in order.fulfillments] == ["CANCELLED", "SUCCESS"]
     # The shipping fee moves to the first fulfilment still standing.
-    two = shipment_from(decode_fulfillment(msgspec.json.encode(second)), order, klarna_order_id="k")
+    two = shipment_from(
+        decode_fulfillment(msgspec.json.encode(second)), order, klarna_order_id=KLARNA_ORDER_ID
+    )
     assert summary(two)[-1] == ("POST", "shipping_fee", 1, 500, 0)
 
 

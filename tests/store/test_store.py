@@ -763,3 +763,34 @@ async def test_shipping_info_and_a_sent_callback_are_recorded(store: Store) -> N
     sent = await store.get_callback(int(job.key))
     assert sent is not None
     assert (sent.payload, sent.sent_at) == (b'{"a":1}', NOW + 2)
+
+
+async def test_a_one_time_token_is_used_once_and_forgotten_after_it_expires(
+    store: Store, database_url: str
+) -> None:
+    assert await store.use_token("bigcommerce:jti-1", NOW + 60, NOW)
+    assert not await store.use_token("bigcommerce:jti-1", NOW + 60, NOW + 1)
+    assert await store.use_token("bigcommerce:jti-2", NOW + 600, NOW + 1)
+
+    # Past its expiry the record goes (its token is refused for its age by then).
+    assert await store.use_token("bigcommerce:jti-3", NOW + 900, NOW + 61)
+    assert await query(database_url, "SELECT count(*) FROM used_tokens") == 2
+
+
+async def test_sessions_end_alone_by_shop_or_with_the_shop(store: Store) -> None:
+    await add_shop(store, "shop_1")
+    await add_shop(store, "shop_2")
+    for sid, shop_id in (("a", "shop_1"), ("b", "shop_1"), ("c", "shop_2")):
+        await store.start_session(sid, shop_id, NOW + 3600, NOW)
+
+    await store.end_session("a")
+    assert await store.session_shop("a", NOW) is None
+    found = await store.session_shop("b", NOW)
+    assert found is not None
+    assert found.id == "shop_1"
+    assert await store.session_shop("b", NOW + 3600) is None  # expired
+
+    assert await store.end_shop_sessions("shop_1") == 1
+    assert await store.session_shop("b", NOW) is None
+    assert await store.remove_shop("shop_2")
+    assert await store.session_shop("c", NOW) is None

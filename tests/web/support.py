@@ -64,12 +64,14 @@ def shopify_settings(
     public_url: str = ORIGIN,
     client_secret: str = DEFAULT_CLIENT_SECRET,
     previous_client_secret: str | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> Settings:
     """The page settings with the Shopify app configured as the fake Shopify knows it."""
     extra = {
         "KLARNA_CAPTURE_SHOPIFY_CLIENT_ID": DEFAULT_CLIENT_ID,
         "KLARNA_CAPTURE_SHOPIFY_CLIENT_SECRET": client_secret,
         "KLARNA_CAPTURE_SHOPIFY_ADMIN_URL": shopify_admin_url,
+        **(extra or {}),
     }
     if previous_client_secret is not None:
         extra["KLARNA_CAPTURE_SHOPIFY_PREVIOUS_CLIENT_SECRET"] = previous_client_secret

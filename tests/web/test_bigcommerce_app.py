@@ -5,7 +5,7 @@ signed payload, /uninstall; and every refusal."""
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,12 @@ def bigcommerce(
 
 
 def app_settings(
-    tmp_path: Path, klarna_url: str, api_url: str, *, login_url: str | None = None
+    tmp_path: Path,
+    klarna_url: str,
+    api_url: str,
+    *,
+    login_url: str | None = None,
+    store_env: Mapping[str, str] | None = None,
 ) -> tuple[Settings, int]:
     port = free_port()
     extra = {
@@ -60,6 +65,7 @@ def app_settings(
         "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
         "KLARNA_CAPTURE_BIGCOMMERCE_API_URL": api_url,
         "KLARNA_CAPTURE_BIGCOMMERCE_LOGIN_URL": login_url or api_url,
+        **(store_env or {}),
     }
     public_url = f"http://127.0.0.1:{port}"
     return page_settings(tmp_path, klarna_url, public_url=public_url, workers=0, extra=extra), port
@@ -384,3 +390,67 @@ def test_uninstall_refuses_a_forged_payload_and_changes_nothing(
     [shop] = shops(settings)
     assert shop["enabled"] == 1
     assert shop["platform_token"] is not None
+
+
+# --- each payload once, sessions ended, on both stores --------------------------------------------
+
+
+@pytest.fixture
+def on_any_store(
+    tmp_path: Path,
+    klarna_url: str,
+    bigcommerce_server: tuple[BigCommerceSandbox, str],
+    bigcommerce: BigCommerceSandbox,
+    store_env: dict[str, str],
+) -> Iterator[str]:
+    """The service on the SQLite file or on PostgreSQL, the app installed on STORE."""
+    settings, port = app_settings(tmp_path, klarna_url, bigcommerce_server[1], store_env=store_env)
+    app = create_app(settings, backoff=Backoff(base_seconds=0.05), poll_seconds=0.05)
+    with serve_in_thread(app, port=port) as url:
+        assert install(url, bigcommerce).status_code == 303
+        yield url
+
+
+def uninstall(service: str, token: str) -> httpx2.Response:
+    return get(f"{service}/uninstall", {"signed_payload_jwt": token})
+
+
+def test_a_payload_used_by_load_is_refused_by_uninstall_and_by_load_again(
+    on_any_store: str,
+) -> None:
+    token = payload()
+
+    opened = load(on_any_store, token)
+    uninstalled = uninstall(on_any_store, token)
+    again = load(on_any_store, token)
+
+    assert opened.status_code == 303
+    assert (uninstalled.status_code, uninstalled.json()["status"]) == (401, "unauthorized")
+    assert again.status_code == 401
+    # Still installed: a fresh payload opens it.
+    assert load(on_any_store, payload()).status_code == 303
+
+
+def test_a_payload_used_by_uninstall_is_refused_by_load(
+    on_any_store: str, bigcommerce: BigCommerceSandbox
+) -> None:
+    token = payload()
+
+    assert uninstall(on_any_store, token).json() == {"status": "uninstalled"}
+    # installed again, then the spent payload comes back
+    assert install(on_any_store, bigcommerce).status_code == 303
+    assert load(on_any_store, token).status_code == 401
+    assert uninstall(on_any_store, token).status_code == 401
+
+
+def test_uninstall_ends_the_sessions_of_the_store(on_any_store: str) -> None:
+    opened = load(on_any_store, payload())
+    location = f"{on_any_store}{opened.headers['location']}"
+    cookie = session_of(opened)
+    assert get(location, cookie=cookie).status_code == 200
+
+    assert uninstall(on_any_store, payload()).json() == {"status": "uninstalled"}
+
+    after = get(location, cookie=cookie)
+    assert after.status_code == 401
+    assert "Please sign in" in after.text

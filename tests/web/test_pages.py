@@ -14,7 +14,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from plugin.config import Settings
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.store.records import Shop
-from tests.helpers import run_cli, shipment
+from tests.helpers import KLARNA_ORDER_ID, run_cli, shipment
 from tests.web.support import (
     COOKIE,
     ORIGIN,
@@ -123,7 +123,7 @@ def test_expired_and_tampered_links_are_refused(
         URLSafeTimedSerializer("another-secret-key-entirely", salt=LINK_SALT).dumps(
             {"shop": shop_id, "nonce": "n"}
         ),
-        site.service.auth.session_cookie(shop_id),  # a session is not a link
+        site.service.auth.new_session(shop_id)[1],  # a session is not a link
         "",
     ):
         answer = site.login(bad)
@@ -271,6 +271,12 @@ def test_settings_show_the_account_and_keep_the_password_write_only(
         ("description_template", "Parcel {nope}", "Unknown field {nope}"),
         ("description_template", "Parcel {fulfillment_name", "Braces must pair up"),
         ("description_template", "Parcel fulfillment_name}", "Braces must pair up"),
+        ("description_template", "{fulfillment_name:>1500000000}", "Write each field as it is"),
+        ("description_template", "{fulfillment_name!r}", "Write each field as it is"),
+        ("description_template", "{order_id.__class__}", "Write each field as it is"),
+        ("description_template", "{order_id[0]}", "Write each field as it is"),
+        ("description_template", "Parcel {}", "Write each field as it is"),
+        ("description_template", "{fulfillment_name:{order_id}}", "Write each field as it is"),
         ("status_url", "ftp://x", "Enter an http(s) URL, or leave it empty."),
         ("klarna_region", "mars", "Choose the region of your Klarna account."),
     ],
@@ -388,8 +394,8 @@ def test_a_new_webhook_secret_is_shown_once_and_the_old_one_keeps_working(
     assert "whsec_" not in browser.get(f"/admin/{shop_id}/settings").text
 
     for index, secret in enumerate((old_secret, new_secret)):
-        answer = site.deliver(shop_id, secret, shipment("no-such-order", f"F{index}"))
+        answer = site.deliver(shop_id, secret, shipment(KLARNA_ORDER_ID, f"F{index}"))
         assert answer.status_code == 200, answer.text
         assert answer.json()["status"] == "accepted"
-    forged = site.deliver(shop_id, "whsec_" + "A" * 43 + "=", shipment("x", "F9"))
+    forged = site.deliver(shop_id, "whsec_" + "A" * 43 + "=", shipment(KLARNA_ORDER_ID, "F9"))
     assert forged.status_code == 401

@@ -9,7 +9,7 @@ import pytest
 import plugin
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.store.records import Shop
-from tests.helpers import TOMATOES, shipment, wait_until
+from tests.helpers import KLARNA_ORDER_ID, TOMATOES, shipment, wait_until
 from tests.web.support import (
     ORIGIN,
     Browser,
@@ -122,7 +122,7 @@ def test_every_admin_answer_has_the_security_headers_and_webhook_answers_do_not(
         assert_page_headers(answer)
         assert_no_script(answer.text)
 
-    webhook = site.deliver(shop[0].id, shop[1], shipment("no-such-order"))
+    webhook = site.deliver(shop[0].id, shop[1], shipment(KLARNA_ORDER_ID))
     assert webhook.status_code == 200
     unsigned = site.client.post(f"/webhooks/standard/{shop[0].id}", content=b"{}")
     assert unsigned.status_code == 401

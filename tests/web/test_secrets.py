@@ -11,7 +11,7 @@ from plugin import signatures
 from plugin.config import Settings
 from plugin.service import open_service
 from plugin.vault import VaultError
-from tests.helpers import run_cli, shipment
+from tests.helpers import KLARNA_ORDER_ID, run_cli, shipment
 from tests.web.support import SECRET_KEY, cli_env, page_settings, running
 
 NEW_KEY = "a-brand-new-secret-key-0123456789"
@@ -51,7 +51,7 @@ def test_secrets_from_the_pages_are_sealed_and_rotate_keys_reseals_them(
         rotated = browser.post(f"{browser.base}/settings/rotate-secret")
         [new_secret] = re.findall(r"whsec_[A-Za-z0-9+/=]+", rotated.text)
         for secret in (first_secret, new_secret):
-            assert site.deliver(shop.id, secret, shipment("no-such-order")).status_code == 200
+            assert site.deliver(shop.id, secret, shipment(KLARNA_ORDER_ID)).status_code == 200
         assert site.service.shops.klarna_password(site.shop(shop.id)) == PASSWORD
         assert_sealed(raw_database(settings), [first_secret, new_secret])
     assert_sealed(raw_database(settings), [first_secret, new_secret])
@@ -92,6 +92,6 @@ def test_secrets_from_the_pages_are_sealed_and_rotate_keys_reseals_them(
     # the service under the new key alone takes deliveries signed with either secret
     with running(page_settings(tmp_path, klarna_url, secret_key=NEW_KEY, workers=0)) as site:
         for index, secret in enumerate((first_secret, new_secret)):
-            answer = site.deliver(shop.id, secret, shipment("no-such-order", f"F{index + 2}"))
+            answer = site.deliver(shop.id, secret, shipment(KLARNA_ORDER_ID, f"F{index + 2}"))
             assert answer.status_code == 200
             assert answer.json()["status"] == "accepted"
