@@ -174,6 +174,7 @@ def _run(command: Callable[..., Awaitable[int]], *args: Any) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from plugin import server
     from plugin.app import create_app
 
     settings = _settings()
@@ -189,14 +190,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     _freeze_startup_objects()
     _hand_off_the_gil_sooner(settings.database_url)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    uvicorn.Server(
+        server.config(app, host=args.host, port=args.port, timeout_graceful_shutdown=10)
+    ).run()
     return 0
 
 
