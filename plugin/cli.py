@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import uvicorn
 
+from plugin import metrics
 from plugin.config import ConfigError, Settings, ensure_secret_keys, load_settings
 from plugin.logs import configure_logging
 from plugin.platforms import woocommerce
@@ -190,9 +191,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
     _freeze_startup_objects()
     _hand_off_the_gil_sooner(settings.database_url)
-    uvicorn.Server(
-        server.config(app, host=args.host, port=args.port, timeout_graceful_shutdown=10)
-    ).run()
+    with metrics.listener(settings.metrics_address):
+        uvicorn.Server(
+            server.config(app, host=args.host, port=args.port, timeout_graceful_shutdown=10)
+        ).run()
     return 0
 
 
@@ -207,6 +209,9 @@ def _worker(args: argparse.Namespace) -> int:
             settings, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_ms / 1000
         ) as service:
             task = asyncio.ensure_future(service.worker.run())
+            if settings.metrics_address is not None:
+                counts = asyncio.ensure_future(metrics.refresh_job_counts(service.store))
+                task.add_done_callback(lambda _: counts.cancel())
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, task.cancel)
@@ -220,7 +225,8 @@ def _worker(args: argparse.Namespace) -> int:
         return 0
 
     _freeze_startup_objects()
-    return _run_event_loop(main())
+    with metrics.listener(settings.metrics_address):
+        return _run_event_loop(main())
 
 
 def _freeze_startup_objects() -> None:

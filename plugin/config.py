@@ -18,6 +18,7 @@ SHOPIFY_API_VERSION = "2026-07"  # the manifest's [webhooks] api_version; a test
 SHOPIFY_ADMIN_URL = "https://{shop}"
 BIGCOMMERCE_API_URL = "https://api.bigcommerce.com"
 BIGCOMMERCE_LOGIN_URL = "https://login.bigcommerce.com"
+METRICS_ADDRESS = ("127.0.0.1", 9464)
 
 PREFIX = "KLARNA_CAPTURE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -59,6 +60,8 @@ class Settings:
     bigcommerce_client_secret: str | None = None
     bigcommerce_api_url: str = BIGCOMMERCE_API_URL
     bigcommerce_login_url: str = BIGCOMMERCE_LOGIN_URL
+    # Where this process serves its Prometheus metrics (host, port); None: nowhere.
+    metrics_address: tuple[str, int] | None = METRICS_ADDRESS
 
     @property
     def shopify_enabled(self) -> bool:
@@ -85,7 +88,8 @@ class Settings:
             f"bigcommerce_client_id={self.bigcommerce_client_id!r}, "
             f"bigcommerce_client_secret=<{'set' if self.bigcommerce_client_secret else 'unset'}>, "
             f"bigcommerce_api_url={self.bigcommerce_api_url!r}, "
-            f"bigcommerce_login_url={self.bigcommerce_login_url!r})"
+            f"bigcommerce_login_url={self.bigcommerce_login_url!r}, "
+            f"metrics_address={self.metrics_address!r})"
         )
 
 
@@ -123,6 +127,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         **_shopify(get),
         **_bigcommerce(get),
+        metrics_address=_metrics_address(get("METRICS_ADDRESS")),
     )
 
 
@@ -179,6 +184,26 @@ def _bigcommerce(get: Callable[[str], str | None]) -> dict[str, Any]:
             "BIGCOMMERCE_LOGIN_URL", get("BIGCOMMERCE_LOGIN_URL") or BIGCOMMERCE_LOGIN_URL
         ),
     }
+
+
+def _metrics_address(value: str | None) -> tuple[str, int] | None:
+    """`host:port` (an IPv6 host in brackets), or `off`."""
+    if value is None:
+        return METRICS_ADDRESS
+    if value.lower() == "off":
+        return None
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        well_formed = re.fullmatch(r"[0-9A-Fa-f:.]+", host) is not None
+    else:
+        well_formed = re.fullmatch(r"[A-Za-z0-9.-]+", host) is not None
+    if well_formed and re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535:
+        return host, int(port)
+    raise ConfigError(
+        f"{PREFIX}METRICS_ADDRESS must be host:port (such as 127.0.0.1:9464 or [::1]:9464) or "
+        f"off, not {_shown(value)}"
+    )
 
 
 def sqlite_path(settings: Settings) -> Path | None:

@@ -284,3 +284,22 @@ def test_bad_bigcommerce_settings_name_the_variable(environ: dict[str, str], var
     assert str(caught.value).startswith(f"KLARNA_CAPTURE_{variable} ")
     assert "\n" not in str(caught.value)
     assert "u:p" not in str(caught.value)
+
+
+def test_the_metrics_address_is_read_or_turned_off() -> None:
+    assert load_settings({}).metrics_address == ("127.0.0.1", 9464)
+    read = {
+        "10.0.0.5:9100": ("10.0.0.5", 9100),
+        "[::1]:9464": ("::1", 9464),
+        "metrics.internal:9464": ("metrics.internal", 9464),
+        "off": None,
+        "OFF": None,
+    }
+    for value, address in read.items():
+        assert load_settings({"KLARNA_CAPTURE_METRICS_ADDRESS": value}).metrics_address == address
+
+
+@pytest.mark.parametrize("value", ["9464", ":9464", "127.0.0.1:0", "127.0.0.1:70000", "::1:9464"])
+def test_a_bad_metrics_address_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^KLARNA_CAPTURE_METRICS_ADDRESS must be host:port"):
+        load_settings({"KLARNA_CAPTURE_METRICS_ADDRESS": value})
