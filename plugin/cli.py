@@ -16,7 +16,13 @@ import msgspec
 import uvicorn
 
 from plugin import metrics
-from plugin.config import ConfigError, Settings, ensure_secret_keys, load_settings
+from plugin.config import (
+    ConfigError,
+    Settings,
+    ensure_secret_keys,
+    load_settings,
+    secure_data_dir,
+)
 from plugin.logs import configure_logging
 from plugin.platforms import woocommerce
 from plugin.service import Service, open_service
@@ -158,8 +164,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings() -> Settings:
     settings, created = ensure_secret_keys(load_settings())
-    if created:
-        print(created, file=sys.stderr)
+    for line in (created, *secure_data_dir(settings)):
+        if line:
+            print(line, file=sys.stderr)
     return settings
 
 

@@ -5,6 +5,7 @@ Every variable is `KLARNA_CAPTURE_<NAME>`; an empty value counts as unset.
 
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -236,6 +237,48 @@ def ensure_secret_keys(settings: Settings) -> tuple[Settings, str | None]:
         "storefront credentials: back it up, since they cannot be read without it. In production "
         f"set {PREFIX}SECRET_KEY to it instead of relying on the file."
     )
+
+
+def secure_data_dir(settings: Settings) -> list[str]:
+    """Make the data directory 0700 and the files that hold customers' data or the key 0600:
+    created so, or tightened if they are more open (returning a line for the operator about
+    each). The SQLite file is made here, empty and 0600, before SQLite opens it: SQLite gives
+    its -wal and -shm files the database file's mode. Whatever the key's source, since stored
+    webhook bodies hold customers' names and addresses."""
+    notes: list[str] = []
+    database = sqlite_path(settings)
+    needed = not settings.secret_keys or (
+        database is not None and database.is_relative_to(settings.data_dir)
+    )
+    try:
+        if needed or settings.data_dir.exists():
+            settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _restrict(settings.data_dir, 0o700, notes)
+        files = [settings.data_dir / KEY_FILE_NAME]
+        if database is not None:
+            database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+            files += [Path(f"{database}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+        for path in files:
+            if path.exists():
+                _restrict(path, 0o600, notes)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot make the data directory {settings.data_dir} private "
+            f"({PREFIX}DATA_DIR): {exc.strerror} on {exc.filename}"
+        ) from None
+    return notes
+
+
+def _restrict(path: Path, mode: int, notes: list[str]) -> None:
+    """Take away the permissions beyond `mode`, and say so."""
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current & ~mode:
+        path.chmod(current & mode)
+        notes.append(
+            f"klarna-capture: {path} was open to others (mode {current:04o}); now "
+            f"{current & mode:04o}, since it holds customers' data or the secret key"
+        )
 
 
 def _create_key_file(path: Path) -> bool:
