@@ -37,6 +37,8 @@ DELIVERY_OUTCOMES = (
     "unauthorized",
     "unknown_shop",
     "too_large",
+    "too_deep",
+    "disconnected",
 )
 CAPTURE_OUTCOMES = ("captured", "already_captured", "refused", "failed", "dead")
 JOB_STATES = ("queued", "running", "done", "dead")

@@ -100,7 +100,7 @@ class LimitedHttpTools(HttpToolsProtocol):
     def _refuse_head(self) -> None:
         self._set_deadline(None)
         message = f"Request line and headers over {self.max_head_bytes} bytes."
-        self.logger.info(message)
+        self.logger.debug(message)  # at DEBUG: anyone can send these, a line each
         content = [
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
             b"content-type: text/plain; charset=utf-8\r\n",
@@ -177,7 +177,7 @@ class LimitedHttpTools(HttpToolsProtocol):
             self.cycle.keep_alive = False
             return
         if not self.transport.is_closing():
-            self.logger.info("Request not received in time: connection closed.")
+            self.logger.debug("Request not received in time: connection closed.")
             self.transport.close()
 
 
