@@ -18,7 +18,7 @@ import pytest
 from plugin import signatures
 from plugin.app import create_app
 from plugin.platforms import woocommerce
-from plugin.receivers.common import MAX_JSON_DEPTH
+from plugin.receivers.common import MAX_JSON_DEPTH, nests_deeper
 from plugin.sandbox import bigcommerce as bigcommerce_sandbox
 from plugin.sandbox import shopify as shopify_sandbox
 from plugin.sandbox.server import serve_in_thread
@@ -203,3 +203,18 @@ def test_a_malformed_shop_id_is_a_404_without_a_lookup(running: Running, path: s
     answer = httpx2.post(running.url + path, content=b"{}", timeout=30)
     assert (answer.status_code, answer.json()["status"]) == (404, "unknown_shop")
     assert running.service.shops.cached == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "deeper"),
+    [
+        (b'{"a": [1, {"b": 2}], "c": [], "d": {}}', False),
+        (b'{"a": [1, {"b": []}]}', True),
+        (b'["[[[[[[[[", "]]]]", "\\"[[[[[["]', False),  # brackets in strings, escaped quotes
+        (b'["\\\\", [[[]]]]', True),  # an escaped backslash ends no string
+        (b"[[[[[", True),  # not JSON, and as deep as that while parsed
+        (b"]]]]]]]]", False),
+    ],
+)
+def test_nesting_is_counted_outside_strings(body: bytes, deeper: bool) -> None:
+    assert nests_deeper(body, 3) is deeper
