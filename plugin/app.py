@@ -1,5 +1,6 @@
 """Builds the Starlette app: routes, and a lifespan that opens the store, the HTTP clients and
-runs the workers beside the webhook receiver."""
+runs the workers beside the webhook receiver. The metrics are not among the routes: they have a
+listener of their own (plugin/metrics.py), which `serve` starts."""
 
 import contextlib
 from collections.abc import AsyncIterator
@@ -33,13 +34,6 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-async def metrics_endpoint(request: Request) -> Response:
-    service: Service = request.app.state.service
-    metrics.set_job_counts(await service.store.job_counts())
-    body, content_type = metrics.render()
-    return Response(body, media_type=content_type)
-
-
 def create_app(settings: Settings, **service_options: Any) -> Starlette:
     """The service; `service_options` go to `open_service` (tests shorten leases and backoff)."""
 
@@ -50,6 +44,8 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
             async with anyio.create_task_group() as group:
                 if settings.workers:
                     group.start_soon(service.worker.run)
+                if settings.metrics_address is not None:
+                    group.start_soon(metrics.refresh_job_counts, service.store)
                 yield
                 group.cancel_scope.cancel()
 
@@ -58,7 +54,6 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
             *receivers.routes(),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route("/metrics", metrics_endpoint),
             *web.routes(),
             *shopify_web.routes(),
             *bigcommerce_web.routes(),

@@ -15,8 +15,15 @@ from typing import Any
 import msgspec
 import uvicorn
 
+from plugin import metrics
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
-from plugin.config import ConfigError, Settings, ensure_secret_keys, load_settings
+from plugin.config import (
+    ConfigError,
+    Settings,
+    ensure_secret_keys,
+    load_settings,
+    secure_data_dir,
+)
 from plugin.logs import configure_logging
 from plugin.outbound import AddressGuard, url_problem
 from plugin.platforms import woocommerce
@@ -164,8 +171,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings() -> Settings:
     settings, created = ensure_secret_keys(load_settings())
-    if created:
-        print(created, file=sys.stderr)
+    for line in (created, *secure_data_dir(settings)):
+        if line:
+            print(line, file=sys.stderr)
     return settings
 
 
@@ -181,6 +189,7 @@ def _run(command: Callable[..., Awaitable[int]], *args: Any) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from plugin import server
     from plugin.app import create_app
 
     settings = _settings()
@@ -196,14 +205,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
     _freeze_startup_objects()
     _hand_off_the_gil_sooner(settings.database_url)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    with metrics.listener(settings.metrics_address):
+        uvicorn.Server(
+            server.config(app, host=args.host, port=args.port, timeout_graceful_shutdown=10)
+        ).run()
     return 0
 
 
@@ -218,6 +223,9 @@ def _worker(args: argparse.Namespace) -> int:
             settings, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_ms / 1000
         ) as service:
             task = asyncio.ensure_future(service.worker.run())
+            if settings.metrics_address is not None:
+                counts = asyncio.ensure_future(metrics.refresh_job_counts(service.store))
+                task.add_done_callback(lambda _: counts.cancel())
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, task.cancel)
@@ -231,7 +239,8 @@ def _worker(args: argparse.Namespace) -> int:
         return 0
 
     _freeze_startup_objects()
-    return _run_event_loop(main())
+    with metrics.listener(settings.metrics_address):
+        return _run_event_loop(main())
 
 
 def _freeze_startup_objects() -> None:

@@ -6,6 +6,7 @@ Every variable is `KLARNA_CAPTURE_<NAME>`; an empty value counts as unset.
 import ipaddress
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ SHOPIFY_API_VERSION = "2026-07"  # the manifest's [webhooks] api_version; a test
 SHOPIFY_ADMIN_URL = "https://{shop}"
 BIGCOMMERCE_API_URL = "https://api.bigcommerce.com"
 BIGCOMMERCE_LOGIN_URL = "https://login.bigcommerce.com"
+METRICS_ADDRESS = ("127.0.0.1", 9464)
 
 PREFIX = "KLARNA_CAPTURE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -63,6 +65,8 @@ class Settings:
     # Networks outside the public internet that merchant-entered URLs (status URL, WooCommerce
     # site) may still reach: an intranet deployment's, the demo's and the tests' loopback.
     allowed_private_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Where this process serves its Prometheus metrics (host, port); None: nowhere.
+    metrics_address: tuple[str, int] | None = METRICS_ADDRESS
 
     @property
     def shopify_enabled(self) -> bool:
@@ -90,7 +94,8 @@ class Settings:
             f"bigcommerce_client_secret=<{'set' if self.bigcommerce_client_secret else 'unset'}>, "
             f"bigcommerce_api_url={self.bigcommerce_api_url!r}, "
             f"bigcommerce_login_url={self.bigcommerce_login_url!r}, "
-            f"allowed_private_networks={[str(n) for n in self.allowed_private_networks]!r})"
+            f"allowed_private_networks={[str(n) for n in self.allowed_private_networks]!r}, "
+            f"metrics_address={self.metrics_address!r})"
         )
 
 
@@ -131,6 +136,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         allowed_private_networks=_networks(
             "ALLOWED_PRIVATE_NETWORKS", get("ALLOWED_PRIVATE_NETWORKS")
         ),
+        metrics_address=_metrics_address(get("METRICS_ADDRESS")),
     )
 
 
@@ -189,6 +195,26 @@ def _bigcommerce(get: Callable[[str], str | None]) -> dict[str, Any]:
     }
 
 
+def _metrics_address(value: str | None) -> tuple[str, int] | None:
+    """`host:port` (an IPv6 host in brackets), or `off`."""
+    if value is None:
+        return METRICS_ADDRESS
+    if value.lower() == "off":
+        return None
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        well_formed = re.fullmatch(r"[0-9A-Fa-f:.]+", host) is not None
+    else:
+        well_formed = re.fullmatch(r"[A-Za-z0-9.-]+", host) is not None
+    if well_formed and re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535:
+        return host, int(port)
+    raise ConfigError(
+        f"{PREFIX}METRICS_ADDRESS must be host:port (such as 127.0.0.1:9464 or [::1]:9464) or "
+        f"off, not {_shown(value)}"
+    )
+
+
 def sqlite_path(settings: Settings) -> Path | None:
     """The database file of a SQLite URL (absolute), None for PostgreSQL."""
     if not settings.database_url.startswith(_SQLITE):
@@ -219,6 +245,48 @@ def ensure_secret_keys(settings: Settings) -> tuple[Settings, str | None]:
         "storefront credentials: back it up, since they cannot be read without it. In production "
         f"set {PREFIX}SECRET_KEY to it instead of relying on the file."
     )
+
+
+def secure_data_dir(settings: Settings) -> list[str]:
+    """Make the data directory 0700 and the files that hold customers' data or the key 0600:
+    created so, or tightened if they are more open (returning a line for the operator about
+    each). The SQLite file is made here, empty and 0600, before SQLite opens it: SQLite gives
+    its -wal and -shm files the database file's mode. Whatever the key's source, since stored
+    webhook bodies hold customers' names and addresses."""
+    notes: list[str] = []
+    database = sqlite_path(settings)
+    needed = not settings.secret_keys or (
+        database is not None and database.is_relative_to(settings.data_dir)
+    )
+    try:
+        if needed or settings.data_dir.exists():
+            settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _restrict(settings.data_dir, 0o700, notes)
+        files = [settings.data_dir / KEY_FILE_NAME]
+        if database is not None:
+            database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+            files += [Path(f"{database}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+        for path in files:
+            if path.exists():
+                _restrict(path, 0o600, notes)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot make the data directory {settings.data_dir} private "
+            f"({PREFIX}DATA_DIR): {exc.strerror} on {exc.filename}"
+        ) from None
+    return notes
+
+
+def _restrict(path: Path, mode: int, notes: list[str]) -> None:
+    """Take away the permissions beyond `mode`, and say so."""
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current & ~mode:
+        path.chmod(current & mode)
+        notes.append(
+            f"klarna-capture: {path} was open to others (mode {current:04o}); now "
+            f"{current & mode:04o}, since it holds customers' data or the secret key"
+        )
 
 
 def _create_key_file(path: Path) -> bool:

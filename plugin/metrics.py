@@ -1,6 +1,16 @@
-"""The Prometheus metrics of the service, on a registry of their own rather than the global one."""
+"""The Prometheus metrics of the service, on a registry of their own rather than the global one,
+served on a listener of their own: loopback by default (`KLARNA_CAPTURE_METRICS_ADDRESS`), never
+on the public port. A scrape reads what is in memory and never queries the database: the job
+gauges are refreshed by a task of each process every `JOB_COUNTS_SECONDS`."""
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -9,7 +19,16 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    make_wsgi_app,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from plugin.store import Store
+
+log = logging.getLogger("plugin.metrics")
+
+JOB_COUNTS_SECONDS = 15.0  # how stale the job gauges may be: about one scrape interval
+SCRAPE_IDLE_SECONDS = 10  # a scraper's connection that sends nothing for this long is closed
 
 DELIVERY_OUTCOMES = (
     "accepted",
@@ -18,6 +37,8 @@ DELIVERY_OUTCOMES = (
     "unauthorized",
     "unknown_shop",
     "too_large",
+    "too_deep",
+    "disconnected",
 )
 CAPTURE_OUTCOMES = ("captured", "already_captured", "refused", "failed", "dead")
 JOB_STATES = ("queued", "running", "done", "dead")
@@ -76,3 +97,53 @@ def set_job_counts(counts: Mapping[str, int]) -> None:
 def render() -> tuple[bytes, str]:
     """The exposition text of every metric, and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+async def refresh_job_counts(store: Store, every: float = JOB_COUNTS_SECONDS) -> None:
+    """Keep the jobs gauge up to date, every `every` seconds, until cancelled. A failed count
+    (the database away) leaves the last values and is tried again at the next turn."""
+    while True:
+        try:
+            set_job_counts(await store.job_counts())
+        except Exception as exc:
+            log.warning("job counts not refreshed", extra={"error": type(exc).__name__})
+        await asyncio.sleep(every)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = SCRAPE_IDLE_SECONDS
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No line per scrape."""
+
+
+@contextlib.contextmanager
+def listener(address: tuple[str, int] | None) -> Iterator[None]:
+    """Serve the metrics on `address` (host, port) in a thread for the block's length; None
+    serves nothing. An address that cannot be bound (a second process on one machine) is a
+    warning, not the end of the process: its captures matter more than its metrics."""
+    if address is None:
+        yield
+        return
+    host, port = address
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    try:
+        server = make_server(host, port, make_wsgi_app(REGISTRY), Server, _QuietHandler)
+    except OSError as exc:
+        log.warning(
+            "metrics not served: KLARNA_CAPTURE_METRICS_ADDRESS cannot be bound",
+            extra={"address": f"{host}:{port}", "error": exc.strerror},
+        )
+        yield
+        return
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

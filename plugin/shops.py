@@ -1,14 +1,22 @@
 """Shops with their secrets: created and rotated here, sealed by the vault, cached briefly in
-memory so the webhook receiver verifies a delivery without a database round trip."""
+memory so the webhook receiver verifies a delivery without a database round trip.
+
+Anyone can name a shop in a webhook URL, so the cache is bounded (least recently used entries
+go first, misses in a smaller share of their own) and an id that is not a shop id's format is
+answered "no such shop" without a lookup or an entry."""
 
 import asyncio
+import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import msgspec
 
 from plugin import signatures
+from plugin.platforms import bigcommerce, shopify
 from plugin.store import NewShop, ShopChanges, Store
 from plugin.store.records import Shop, ShopOptions
 from plugin.vault import Vault
@@ -16,6 +24,63 @@ from plugin.vault import Vault
 CACHE_SECONDS = 5.0
 KLARNA_NOT_CONFIGURED = "KLARNA_NOT_CONFIGURED"  # the error of a shipment waiting for credentials
 ROTATION_GRACE_SECONDS = 24 * 3600.0
+# At most this many shops (and this many misses besides) in each cache: ~2 KB each.
+CACHE_ENTRIES = 10_000
+CACHE_MISSES = 1_000
+
+_SHOP_ID = re.compile(r"shop_[0-9a-f]{12}")
+# How each platform's storefront domain is written; others are looked up as given.
+_DOMAIN_FORMATS: dict[str, Callable[[str], bool]] = {
+    shopify.NAME: lambda domain: len(domain) <= 255 and signatures.is_shop_domain(domain),
+    bigcommerce.NAME: bigcommerce.is_store_hash,
+}
+
+V = TypeVar("V")
+
+
+def is_shop_id(value: str) -> bool:
+    """Whether `value` is written as the ids `Shops` makes: `shop_` and 12 hex digits."""
+    return _SHOP_ID.fullmatch(value) is not None
+
+
+class ExpiringLru(Generic[V]):
+    """Entries that expire, at most `entries` of them plus `misses` entries holding None: when
+    full, the least recently used goes. Misses are kept apart so that a flood of unknown names
+    cannot push the known shops out."""
+
+    def __init__(self, entries: int, misses: int) -> None:
+        self._limits = {True: entries, False: misses}
+        self._parts: dict[bool, OrderedDict[str, tuple[float, V | None]]] = {
+            True: OrderedDict(),
+            False: OrderedDict(),
+        }
+
+    def __len__(self) -> int:
+        return len(self._parts[True]) + len(self._parts[False])
+
+    def get(self, key: str, now: float) -> tuple[bool, V | None]:
+        """(found, value) of an entry that has not expired by `now`."""
+        for part in self._parts.values():
+            entry = part.get(key)
+            if entry is not None and entry[0] > now:
+                part.move_to_end(key)
+                return True, entry[1]
+        return False, None
+
+    def put(self, key: str, value: V | None, expires: float) -> None:
+        self.pop(key)
+        part = self._parts[value is not None]
+        part[key] = (expires, value)
+        while len(part) > self._limits[value is not None]:
+            part.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        for part in self._parts.values():
+            part.pop(key, None)
+
+    def clear(self) -> None:
+        for part in self._parts.values():
+            part.clear()
 
 
 class ShopSecrets(msgspec.Struct, frozen=True):
@@ -31,19 +96,26 @@ class Shops:
         *,
         cache_seconds: float = CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        cache_entries: int = CACHE_ENTRIES,
+        cache_misses: int = CACHE_MISSES,
     ) -> None:
         self.store = store
         self.vault = vault
         self._cache_seconds = cache_seconds
         self._clock = clock
         # Other processes may change a shop: entries live briefly, misses included.
-        self._cache: dict[str, tuple[float, ShopSecrets | None]] = {}
+        self._cache: ExpiringLru[ShopSecrets] = ExpiringLru(cache_entries, cache_misses)
         # The load of a shop in progress, shared by every request that misses meanwhile (when an
         # entry expires under load, dozens of requests miss it at once); and a count of changes,
         # so that a load begun before a change does not cache what it read.
         self._loading: dict[str, asyncio.Task[ShopSecrets | None]] = {}
         self._changes = 0
-        self._domains: dict[str, tuple[float, Shop | None]] = {}
+        self._domains: ExpiringLru[Shop] = ExpiringLru(cache_entries, cache_misses)
+
+    @property
+    def cached(self) -> int:
+        """Entries held in the caches, misses included (bounded: see `CACHE_ENTRIES`)."""
+        return len(self._cache) + len(self._domains)
 
     async def create(
         self,
@@ -107,11 +179,14 @@ class Shops:
         return secret
 
     async def get(self, shop_id: str) -> ShopSecrets | None:
-        """The shop with its current webhook keys, from a cache of a few seconds."""
+        """The shop with its current webhook keys, from a cache of a few seconds; None for an id
+        that is not a shop id's format, without a lookup."""
+        if not is_shop_id(shop_id):
+            return None
         now = self._clock()
-        cached = self._cache.get(shop_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        found, cached = self._cache.get(shop_id, now)
+        if found:
+            return cached
         loading = self._loading.get(shop_id)
         if loading is None or loading.get_loop() is not asyncio.get_running_loop():
             loading = asyncio.ensure_future(self._load_into_cache(shop_id, now, self._changes))
@@ -123,7 +198,7 @@ class Shops:
         try:
             loaded = await self._load(shop_id)
             if changes == self._changes:
-                self._cache[shop_id] = (now + self._cache_seconds, loaded)
+                self._cache.put(shop_id, loaded, now + self._cache_seconds)
             return loaded
         finally:
             if self._loading.get(shop_id) is asyncio.current_task():
@@ -136,7 +211,7 @@ class Shops:
             self._cache.clear()
             self._loading.clear()
         else:
-            self._cache.pop(shop_id, None)
+            self._cache.pop(shop_id)
             self._loading.pop(shop_id, None)
 
     async def _load(self, shop_id: str) -> ShopSecrets | None:
@@ -247,19 +322,23 @@ class Shops:
         return await self.update(shop_id, ShopChanges(enabled=False, platform_token=None))
 
     async def by_domain(self, platform: str, shop_domain: str) -> Shop | None:
-        """The shop installed on a storefront domain, from a cache of a few seconds."""
+        """The shop installed on a storefront domain, from a cache of a few seconds; None for a
+        domain not in its platform's format, without a lookup."""
+        well_formed = _DOMAIN_FORMATS.get(platform)
+        if well_formed is not None and not well_formed(shop_domain):
+            return None
         now = self._clock()
         key = f"{platform}:{shop_domain}"
-        cached = self._domains.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        found, cached = self._domains.get(key, now)
+        if found:
+            return cached
         shop = await self.store.shop_by_domain(platform, shop_domain)
-        self._domains[key] = (now + self._cache_seconds, shop)
+        self._domains.put(key, shop, now + self._cache_seconds)
         return shop
 
     def forget(self, platform: str, shop_domain: str) -> None:
         """Drop a cached domain lookup (the shop was removed behind the cache's back)."""
-        self._domains.pop(f"{platform}:{shop_domain}", None)
+        self._domains.pop(f"{platform}:{shop_domain}")
         self._changed()
 
     def platform_token(self, shop: Shop) -> str | None:

@@ -1,17 +1,20 @@
 """The baseline of scripts/bench-ingest: a bare Starlette endpoint on the webhook route that reads
 the body and answers 200, served by uvicorn as `klarna-capture serve` serves the service (one
-process, loopback, log level warning, no access log).
+process, loopback, the same HTTP protocol and limits, no access log).
 
     python scripts/bare_app.py --port 8200
 """
 
 import argparse
+import logging
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from plugin import server
 
 
 async def receive(request: Request) -> Response:
@@ -36,7 +39,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8200)
     args = parser.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    logging.basicConfig(level=logging.WARNING)
+    uvicorn.Server(server.config(app, host=args.host, port=args.port)).run()
 
 
 if __name__ == "__main__":

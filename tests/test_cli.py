@@ -1,5 +1,6 @@
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from plugin.config import ensure_secret_keys, load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError
 from plugin.platforms import woocommerce
 from plugin.service import open_service
-from tests.helpers import ALLOW_LOOPBACK, cli_shop, free_port, run_cli
+from tests.helpers import ALLOW_LOOPBACK, Server, cli_shop, free_port, run_cli
 
 
 @pytest.fixture
@@ -582,3 +583,25 @@ def test_a_woocommerce_site_off_the_public_internet_is_refused(env: dict[str, st
     assert done.returncode == 2
     assert "klarna-capture: --site-url: 169.254.169.254 is not a public" in done.stderr
     assert run_cli(strict, "shop", "list").stdout == ""
+
+
+def test_serve_keeps_its_data_dir_private_with_the_key_in_the_environment(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "fresh"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLARNA_CAPTURE_")}
+    env.update(
+        KLARNA_CAPTURE_DATA_DIR=str(data_dir),
+        KLARNA_CAPTURE_SECRET_KEY="a-test-secret-key-of-some-length",
+        KLARNA_CAPTURE_WORKERS="0",
+        KLARNA_CAPTURE_METRICS_ADDRESS="off",
+    )
+    server = Server(env)
+    try:
+        names = {path.name for path in data_dir.iterdir()}
+        assert {"klarna-capture.db", "klarna-capture.db-wal", "klarna-capture.db-shm"} <= names
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        for path in data_dir.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+    finally:
+        server.stop()

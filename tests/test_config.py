@@ -9,6 +9,7 @@ from plugin.config import (
     Settings,
     ensure_secret_keys,
     load_settings,
+    secure_data_dir,
     sqlite_path,
 )
 
@@ -306,3 +307,77 @@ def test_bad_allowed_private_networks_name_the_variable(value: str) -> None:
         load_settings({"KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": value})
     assert str(caught.value).startswith("KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS ")
     assert "\n" not in str(caught.value)
+
+
+def test_the_metrics_address_is_read_or_turned_off() -> None:
+    assert load_settings({}).metrics_address == ("127.0.0.1", 9464)
+    read = {
+        "10.0.0.5:9100": ("10.0.0.5", 9100),
+        "[::1]:9464": ("::1", 9464),
+        "metrics.internal:9464": ("metrics.internal", 9464),
+        "off": None,
+        "OFF": None,
+    }
+    for value, address in read.items():
+        assert load_settings({"KLARNA_CAPTURE_METRICS_ADDRESS": value}).metrics_address == address
+
+
+@pytest.mark.parametrize("value", ["9464", ":9464", "127.0.0.1:0", "127.0.0.1:70000", "::1:9464"])
+def test_a_bad_metrics_address_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^KLARNA_CAPTURE_METRICS_ADDRESS must be host:port"):
+        load_settings({"KLARNA_CAPTURE_METRICS_ADDRESS": value})
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_data_dir_is_private_even_with_the_key_in_the_environment(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh" / "var"
+    settings = load_settings(
+        {"KLARNA_CAPTURE_DATA_DIR": str(data_dir), "KLARNA_CAPTURE_SECRET_KEY": KEY}
+    )
+    assert secure_data_dir(settings) == []
+    assert mode(data_dir) == 0o700
+    assert mode(data_dir / "klarna-capture.db") == 0o600
+
+
+def test_the_key_file_made_beside_the_database_is_private_too(tmp_path: Path) -> None:
+    settings, _ = ensure_secret_keys(
+        load_settings({"KLARNA_CAPTURE_DATA_DIR": str(tmp_path / "var")})
+    )
+    assert secure_data_dir(settings) == []
+    assert mode(tmp_path / "var") == 0o700
+    assert mode(tmp_path / "var" / "secret-key") == 0o600
+    assert mode(tmp_path / "var" / "klarna-capture.db") == 0o600
+
+
+def test_a_data_dir_open_to_others_is_tightened_and_said_so(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    for name in ("klarna-capture.db", "klarna-capture.db-wal", "secret-key"):
+        (data_dir / name).write_bytes(b"")
+        (data_dir / name).chmod(0o644)
+    settings = load_settings(
+        {"KLARNA_CAPTURE_DATA_DIR": str(data_dir), "KLARNA_CAPTURE_SECRET_KEY": KEY}
+    )
+    notes = secure_data_dir(settings)
+    assert mode(data_dir) == 0o700
+    for name in ("klarna-capture.db", "klarna-capture.db-wal", "secret-key"):
+        assert mode(data_dir / name) == 0o600
+    assert len(notes) == 4
+    assert f"{data_dir} was open to others (mode 0755); now 0700" in notes[0]
+    assert secure_data_dir(settings) == []
+
+
+def test_a_postgresql_deployment_with_its_key_set_makes_no_data_dir(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path / "var"),
+            "KLARNA_CAPTURE_SECRET_KEY": KEY,
+            "KLARNA_CAPTURE_DATABASE_URL": "postgresql://capture@db.internal/capture",
+        }
+    )
+    assert secure_data_dir(settings) == []
+    assert not (tmp_path / "var").exists()

@@ -21,6 +21,7 @@ from plugin.app import create_app
 from plugin.config import Settings, load_settings
 from plugin.klarna import RetryPolicy
 from plugin.klarna.models import OrderLine
+from plugin.metrics import render
 from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox, ManualClock
 from plugin.sandbox.server import serve_in_thread
 from plugin.service import open_service
@@ -320,7 +321,8 @@ def test_what_is_refused_and_what_is_stored(
 
     assert storefront.send(shipment(order.order_id)).status_code == 200
     wait_until(lambda: len(klarna_sandbox.orders[order.order_id].captures) == 1)
-    metrics = httpx2.get(f"{service}/metrics").text
+    assert httpx2.get(f"{service}/metrics").status_code == 404  # on a listener of its own
+    metrics = render()[0].decode()
     assert 'klarna_capture_deliveries_total{outcome="unauthorized",platform="standard"}' in metrics
     assert httpx2.get(f"{service}/readyz").json() == {"status": "ready"}
 

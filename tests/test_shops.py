@@ -105,3 +105,77 @@ async def test_a_request_that_gives_up_does_not_cancel_the_load_for_the_others(
     assert loaded is not None
     assert loaded.shop.id == shop_id
     assert store.shop_reads == 1
+
+
+async def test_the_cache_keeps_at_most_its_bound_of_shops_and_of_misses(
+    store: CountedStore,
+) -> None:
+    shops = Shops(store, Vault([generate_key()]), clock=Clock(), cache_entries=3, cache_misses=5)
+    known = [await new_shop(shops) for _ in range(4)]
+    for shop_id in known:
+        assert await shops.get(shop_id) is not None
+    for number in range(200):
+        assert await shops.get(f"shop_{number:012x}") is None
+        assert await shops.by_domain("shopify", f"store-{number}.myshopify.com") is None
+    assert shops.cached == 3 + 5 + 5
+
+    # The misses took none of the shops' places: the three used last are still there.
+    reads = store.shop_reads
+    for shop_id in known[1:]:
+        assert await shops.get(shop_id) is not None
+    assert store.shop_reads == reads
+    assert await shops.get(known[0]) is not None  # the least recently used went
+    assert store.shop_reads == reads + 1
+
+
+@pytest.mark.parametrize(
+    "shop_id",
+    ["x" * 32_000, "shop_", "shop_ABCDEF123456", "shop_0123456789abc", "../shop_0123456789ab"],
+)
+async def test_an_id_not_in_a_shop_ids_format_is_no_shop_without_a_lookup(
+    store: CountedStore, shop_id: str
+) -> None:
+    shops = Shops(store, Vault([generate_key()]), clock=Clock())
+    assert await shops.get(shop_id) is None
+    assert store.shop_reads == 0
+    assert shops.cached == 0
+
+
+class DomainCountedStore(CountedStore):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.domain_reads = 0
+
+    async def shop_by_domain(self, platform: str, shop_domain: str) -> Shop | None:
+        self.domain_reads += 1
+        return await super().shop_by_domain(platform, shop_domain)
+
+
+@pytest.mark.parametrize(
+    ("platform", "domain"),
+    [
+        ("shopify", "x" * 32_000 + ".myshopify.com"),
+        ("shopify", "evil.example.com"),
+        ("bigcommerce", "ABC/../def"),
+        ("bigcommerce", "a" * 65),
+    ],
+)
+async def test_a_storefront_domain_not_in_its_platforms_format_is_not_looked_up(
+    tmp_path: Path, platform: str, domain: str
+) -> None:
+    store = DomainCountedStore(tmp_path / "shops.db")
+    await store.migrate()
+    try:
+        shops = Shops(store, Vault([generate_key()]), clock=Clock())
+        assert await shops.by_domain(platform, domain) is None
+        assert store.domain_reads == 0
+        assert shops.cached == 0
+        assert (
+            await shops.by_domain(
+                platform, "tomatoes" if platform == "bigcommerce" else ("tomatoes.myshopify.com")
+            )
+            is None
+        )
+        assert store.domain_reads == 1
+    finally:
+        await store.close()

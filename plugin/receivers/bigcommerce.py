@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms import bigcommerce
-from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body, store_delivery
+from plugin.receivers.common import BodyRefused, read_body, store_delivery
 from plugin.receivers.common import answer as _answer
 from plugin.service import Service
 
@@ -27,8 +27,8 @@ async def bigcommerce_webhook(request: Request) -> Response:
         )
     try:
         body = await read_body(request)
-    except BodyTooLarge:
-        return _answer(413, platform, "too_large", error=f"body over {MAX_BODY_BYTES} bytes")
+    except BodyRefused as refused:
+        return refused.answer(platform)
     try:
         # BigCommerce's Standard Webhooks secret is the client secret itself: the base64 it hands
         # a Standard Webhooks library decodes back to the secret's bytes, which key the HMAC.

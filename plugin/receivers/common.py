@@ -1,13 +1,16 @@
-"""What every webhook endpoint shares: the body read with a limit, the JSON answer, and storing a
-verified delivery with its job."""
+"""What every webhook endpoint shares: the body read within its bounds, the JSON answer, and
+storing a verified delivery with its job."""
 
 import functools
+import itertools
 import logging
+import operator
+import re
 import time
 
 import msgspec
 from prometheus_client import Counter
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from plugin import metrics
@@ -16,26 +19,63 @@ from plugin.service import Service
 log = logging.getLogger("plugin.receiver")
 
 MAX_BODY_BYTES = 1024 * 1024
+# Arrays and objects inside one another, at most: webhooks nest a handful deep, while msgspec
+# gives up past about a thousand with a RecursionError, having spent the stack on it.
+MAX_JSON_DEPTH = 64
 _encoder = msgspec.json.Encoder()
 
+# An escape in a JSON string: gone first, the quotes left all open or close a string.
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+# An opening bracket counts 2 and a closing one 0: the running sum less the count is the depth.
+_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 
-class BodyTooLarge(Exception):
-    pass
+
+class BodyRefused(Exception):
+    """A body not worth reading on, with the answer that says why."""
+
+    def __init__(self, status: int, outcome: str, error: str) -> None:
+        super().__init__(error)
+        self.status, self.outcome, self.error = status, outcome, error
+
+    def answer(self, platform: str) -> Response:
+        return answer(self.status, platform, self.outcome, error=self.error)
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The raw body, refused as soon as it passes `limit` rather than read whole."""
+    """The raw body, refused (`BodyRefused`) as soon as it passes `limit` rather than read
+    whole, or when its JSON nests deeper than `MAX_JSON_DEPTH`. A client that hangs up midway
+    is refused too, quietly: a dropped connection is the client's business, not an error here."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+        raise BodyRefused(413, "too_large", f"body over {limit} bytes")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyRefused(413, "too_large", f"body over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        log.info("client disconnected before the body's end", extra={"path": request.url.path})
+        raise BodyRefused(400, "disconnected", "the body ended early") from None
+    body = b"".join(chunks)
+    if nests_deeper(body, MAX_JSON_DEPTH):
+        raise BodyRefused(400, "too_deep", f"JSON nested over {MAX_JSON_DEPTH} deep")
+    return body
+
+
+def nests_deeper(body: bytes, limit: int) -> bool:
+    """Whether JSON `body` has arrays and objects more than `limit` deep, brackets in strings
+    aside: two counts for a body with fewer brackets than that, else one pass over its brackets
+    in C (about 0.1 s for a megabyte of nothing else)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    outside_strings = b"".join(_ESCAPE.sub(b"", body).split(b'"')[::2])
+    steps = outside_strings.translate(None, _NOT_BRACKETS).translate(_STEPS)
+    depths = map(operator.sub, itertools.accumulate(steps), itertools.count(1))
+    return max(depths, default=0) > limit
 
 
 @functools.cache

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms import shopify, shopify_compliance
-from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body, store_delivery
+from plugin.receivers.common import BodyRefused, read_body, store_delivery
 from plugin.receivers.common import answer as _answer
 from plugin.service import Service
 
@@ -26,8 +26,8 @@ async def shopify_webhook(request: Request) -> Response:
         return _answer(404, platform, "not_configured", error="the Shopify app is not set up here")
     try:
         body = await read_body(request)
-    except BodyTooLarge:
-        return _answer(413, platform, "too_large", error=f"body over {MAX_BODY_BYTES} bytes")
+    except BodyRefused as refused:
+        return refused.answer(platform)
     try:
         signatures.verify_shopify_webhook(
             [secret.encode() for secret in settings.shopify_client_secrets],

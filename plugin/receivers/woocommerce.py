@@ -17,9 +17,10 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms import woocommerce
-from plugin.receivers.common import MAX_BODY_BYTES, BodyTooLarge, read_body, store_delivery
+from plugin.receivers.common import BodyRefused, read_body, store_delivery
 from plugin.receivers.common import answer as _answer
 from plugin.service import Service
+from plugin.shops import is_shop_id
 
 log = logging.getLogger("plugin.receiver")
 
@@ -27,11 +28,14 @@ log = logging.getLogger("plugin.receiver")
 async def woocommerce_webhook(request: Request) -> Response:
     service: Service = request.app.state.service
     platform = woocommerce.NAME
+    shop_id = request.path_params["shop_id"]
+    if not is_shop_id(shop_id):
+        # Before the body is read, and without a lookup: anyone can make up ids.
+        return _answer(404, platform, "unknown_shop", error="no such shop")
     try:
         body = await read_body(request)
-    except BodyTooLarge:
-        return _answer(413, platform, "too_large", error=f"body over {MAX_BODY_BYTES} bytes")
-    shop_id = request.path_params["shop_id"]
+    except BodyRefused as refused:
+        return refused.answer(platform)
     loaded = await service.shops.get(shop_id)
     if loaded is None or loaded.shop.platform != platform or not loaded.shop.enabled:
         return _answer(404, platform, "unknown_shop", error="no such shop")
