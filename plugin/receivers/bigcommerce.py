@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms import bigcommerce
-from plugin.receivers.common import BodyRefused, read_body, store_delivery
+from plugin.receivers.common import BodyRefused, read_body, store_delivery, too_deep
 from plugin.receivers.common import answer as _answer
 from plugin.service import Service
 
@@ -41,6 +41,8 @@ async def bigcommerce_webhook(request: Request) -> Response:
     except signatures.WebhookVerificationError as exc:
         log.warning("bigcommerce webhook refused", extra={"reason": str(exc)})
         return _answer(401, platform, "unauthorized", error=str(exc))
+    if (deep := too_deep(body, platform)) is not None:
+        return deep
     try:
         scope, store_hash = bigcommerce.webhook_envelope(body)
     except msgspec.MsgspecError as exc:

@@ -44,8 +44,8 @@ class BodyRefused(Exception):
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The raw body, refused (`BodyRefused`) as soon as it passes `limit` rather than read
-    whole, or when its JSON nests deeper than `MAX_JSON_DEPTH`. A client that hangs up midway
-    is refused too, quietly: a dropped connection is the client's business, not an error here."""
+    whole. A client that hangs up midway is refused too, quietly: a dropped connection is the
+    client's business, not an error here."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyRefused(413, "too_large", f"body over {limit} bytes")
@@ -60,10 +60,16 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     except ClientDisconnect:
         log.info("client disconnected before the body's end", extra={"path": request.url.path})
         raise BodyRefused(400, "disconnected", "the body ended early") from None
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def too_deep(body: bytes, platform: str) -> Response | None:
+    """The 400 for a JSON body nested deeper than `MAX_JSON_DEPTH`, before anything decodes it.
+    Called once the signature is verified: only a signed body is worth a pass over its brackets,
+    so a client without the secret cannot spend this CPU."""
     if nests_deeper(body, MAX_JSON_DEPTH):
-        raise BodyRefused(400, "too_deep", f"JSON nested over {MAX_JSON_DEPTH} deep")
-    return body
+        return answer(400, platform, "too_deep", error=f"JSON nested over {MAX_JSON_DEPTH} deep")
+    return None
 
 
 def nests_deeper(body: bytes, limit: int) -> bool:

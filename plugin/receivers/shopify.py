@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms import shopify, shopify_compliance
-from plugin.receivers.common import BodyRefused, read_body, store_delivery
+from plugin.receivers.common import BodyRefused, read_body, store_delivery, too_deep
 from plugin.receivers.common import answer as _answer
 from plugin.service import Service
 
@@ -37,6 +37,8 @@ async def shopify_webhook(request: Request) -> Response:
     except signatures.WebhookVerificationError as exc:
         log.warning("shopify webhook refused", extra={"reason": str(exc)})
         return _answer(401, platform, "unauthorized", error=str(exc))
+    if (deep := too_deep(body, platform)) is not None:
+        return deep
     topic = request.headers.get("X-Shopify-Topic", "")
     domain = request.headers.get("X-Shopify-Shop-Domain", "")
     webhook_id = request.headers.get("X-Shopify-Webhook-Id", "")

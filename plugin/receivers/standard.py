@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms import standard
-from plugin.receivers.common import BodyRefused, read_body, store_delivery
+from plugin.receivers.common import BodyRefused, read_body, store_delivery, too_deep
 from plugin.receivers.common import answer as _answer
 from plugin.service import Service
 from plugin.shops import is_shop_id
@@ -41,6 +41,8 @@ async def standard_webhook(request: Request) -> Response:
     except signatures.WebhookVerificationError as exc:
         log.warning("webhook refused", extra={"shop": shop_id, "reason": str(exc)})
         return _answer(401, platform, "unauthorized", error=str(exc))
+    if (deep := too_deep(body, platform)) is not None:
+        return deep
 
     rejected: str | None = None
     event_type = fulfillment_id = order_id = None
