@@ -35,6 +35,7 @@ from plugin.store.base import (
     Store,
 )
 from plugin.store.records import (
+    JOB_KINDS,
     AuditEntry,
     Callback,
     CaptureRecord,
@@ -54,7 +55,9 @@ from plugin.store.sql import (
     DELIVERY_COLUMNS,
     SEALED_SHOP_FIELDS,
     SEALED_WEBHOOK_SECRETS,
+    cap,
     delivery_row,
+    finite,
     requeue,
     sealed_secrets,
 )
@@ -75,21 +78,60 @@ LISTEN_RETRY_SECONDS = (0.1, 5.0)
 log = logging.getLogger("plugin.store.postgres")
 
 
-# The claim, in one statement (one round trip, one commit): an expired lease first (it belongs to
-# a worker that died: its job is claimable again), else the job due longest. Each subquery walks
-# its partial index; SKIP LOCKED passes over a job another worker is claiming right now instead
-# of waiting for it, so concurrent claimers take different jobs. $1 is now.
+# The claim, in one statement (one round trip, one commit; see `Store.claim_job`): an expired
+# lease first (it belongs to a worker that died: its job is claimable again, and stays counted in
+# its shop's slot), else the next job of the fairest shop. SKIP LOCKED passes over a job another
+# worker is claiming right now instead of waiting for it, so concurrent claimers take different
+# jobs. $1 is now, $4 the kinds, $5 the per-shop cap.
+#
+# The cap holds under concurrent claimers through the shop's `job_slots` row: the claim raises
+# `running` only WHERE it is below the cap, and ON CONFLICT DO UPDATE locks the row and checks
+# that condition on its latest committed version, not on this statement's snapshot. Two claimers
+# that both saw the shop below its cap queue on the row; the second sees the first's count and, at
+# the cap, claims nothing (`lost`: `claim_job` tries again, and finds another shop). Every change
+# of a job out of 'running' lowers the count in the same statement or transaction.
 EXPIRED_LEASE = (
-    "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1"
+    "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1 AND kind = ANY($4::text[])"
     " ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
-DUE_JOB = (
-    "SELECT id FROM jobs WHERE state = 'queued' AND due_at <= $1"
-    " ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED"
-)
+# The shops with queued jobs of each kind, found by skipping along jobs_queued_shop from one shop
+# to the next (one probe per shop, however long a shop's backlog); of those whose oldest queued
+# job is due and whose slot is below the cap, the shop with the fewest running, then the oldest.
 CLAIM_JOB = (
-    "UPDATE jobs SET state = 'running', lease_owner = $2, lease_until = $3, updated_at = $1"  # noqa: S608 - constant fragments; values bound
-    f" WHERE id = coalesce(({EXPIRED_LEASE}), ({DUE_JOB})) RETURNING *"
+    "WITH RECURSIVE shops (kind, shop_id) AS ("  # noqa: S608 - constant fragments; values bound
+    " SELECT k, (SELECT shop_id FROM jobs WHERE state = 'queued' AND kind = k"
+    "  ORDER BY shop_id LIMIT 1) FROM unnest($4::text[]) AS k"
+    " UNION ALL"
+    " SELECT s.kind, (SELECT j.shop_id FROM jobs AS j"
+    "  WHERE j.state = 'queued' AND j.kind = s.kind AND j.shop_id > s.shop_id"
+    "  ORDER BY j.shop_id LIMIT 1)"
+    " FROM shops AS s WHERE s.shop_id IS NOT NULL),"
+    f" expired AS ({EXPIRED_LEASE}),"
+    " fairest AS (SELECT s.kind, s.shop_id FROM shops AS s"
+    " CROSS JOIN LATERAL (SELECT j.due_at FROM jobs AS j WHERE j.state = 'queued'"
+    "  AND j.kind = s.kind AND j.shop_id = s.shop_id ORDER BY j.due_at LIMIT 1) AS head"
+    " CROSS JOIN LATERAL (SELECT coalesce((SELECT slot.running FROM job_slots AS slot"
+    "  WHERE slot.shop_id = s.shop_id AND slot.kind = s.kind), 0) AS running) AS slot"
+    " WHERE s.shop_id IS NOT NULL AND head.due_at <= $1 AND slot.running < $5"
+    " AND NOT EXISTS (SELECT FROM expired)"
+    " ORDER BY slot.running, head.due_at LIMIT 1),"
+    " due AS (SELECT id, shop_id, kind FROM jobs WHERE state = 'queued'"
+    "  AND kind = (SELECT kind FROM fairest) AND shop_id = (SELECT shop_id FROM fairest)"
+    "  AND due_at <= $1 ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED),"
+    " slot AS (INSERT INTO job_slots AS slot (shop_id, kind, running)"
+    "  SELECT shop_id, kind, 1 FROM due ON CONFLICT (shop_id, kind)"
+    "  DO UPDATE SET running = slot.running + 1 WHERE slot.running < $5 RETURNING 1),"
+    " claimed AS (UPDATE jobs SET state = 'running', lease_owner = $2, lease_until = $3,"
+    "  updated_at = $1 WHERE id = coalesce((SELECT id FROM expired),"
+    "  (SELECT id FROM due WHERE EXISTS (SELECT FROM slot))) RETURNING jobs.*)"
+    " SELECT claimed.*, (SELECT count(*) FROM due) > (SELECT count(*) FROM slot) AS lost"
+    " FROM (SELECT) AS one LEFT JOIN claimed ON true"
+)
+# How many times `claim_job` runs CLAIM_JOB again after losing a race for a shop's last slot.
+CLAIM_ATTEMPTS = 3
+# A running job of a shop leaves it: its slot is free again. $1 and $2 are the shop and kind.
+_RELEASE_SLOT = (
+    "UPDATE job_slots SET running = greatest(running - 1, 0) WHERE shop_id = $1 AND kind = $2"
 )
 
 
@@ -99,9 +141,13 @@ _FINISH_JOB = (
     "WITH finished AS (UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'done' END,"  # noqa: S608 - constant fragments; values bound
     " due_at = $1, rerun = false, attempts = 0, last_error = NULL, lease_owner = NULL,"
     " lease_until = NULL, updated_at = $1"
-    " WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING state),"
+    " WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING state, shop_id, kind),"
+    " released AS (UPDATE job_slots AS slot SET running = greatest(slot.running - 1, 0)"
+    "  FROM finished WHERE slot.shop_id = finished.shop_id AND slot.kind = finished.kind"
+    "  RETURNING 1),"
     f" notified AS (SELECT pg_notify('{JOBS_CHANNEL}', '') FROM finished WHERE state = 'queued')"
-    " SELECT (SELECT state FROM finished) AS state, (SELECT count(*) FROM notified) AS notified"
+    " SELECT (SELECT state FROM finished) AS state, (SELECT count(*) FROM notified) AS notified,"
+    " (SELECT count(*) FROM released) AS released"
 )
 
 
@@ -472,7 +518,7 @@ class PostgresStore(Store):
     async def remove_shop(self, shop_id: str) -> bool:
         async with self._transaction() as conn:
             tables = ("deliveries", "jobs", "captures", "operations", "callbacks", "audit")
-            for table in (*tables, "admin_links"):
+            for table in (*tables, "admin_links", "job_slots"):
                 await conn.execute(f"DELETE FROM {table} WHERE shop_id = $1", shop_id)  # noqa: S608
             row = await conn.fetchrow("DELETE FROM shops WHERE id = $1 RETURNING id", shop_id)
         return row is not None
@@ -593,9 +639,25 @@ class PostgresStore(Store):
 
     # jobs
 
-    async def claim_job(self, owner: str, lease_seconds: float, now: float) -> Job | None:
-        claimed = await self._fetchrow(CLAIM_JOB, now, owner, now + lease_seconds)
-        return _record(claimed, Job) if claimed else None
+    async def claim_job(
+        self,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+        *,
+        kinds: Sequence[str] = JOB_KINDS,
+        shop_limit: int | None = None,
+    ) -> Job | None:
+        for _ in range(CLAIM_ATTEMPTS):
+            row = await self._fetchrow(
+                CLAIM_JOB, now, owner, now + lease_seconds, list(kinds), cap(shop_limit)
+            )
+            assert row is not None
+            if row["id"] is not None:
+                return _record(row, Job)
+            if not row["lost"]:
+                return None
+        return None
 
     async def extend_lease(self, job_id: int, owner: str, until: float) -> bool:
         row = await self._fetchrow(
@@ -625,14 +687,16 @@ class PostgresStore(Store):
             row = await conn.fetchrow(
                 "UPDATE jobs SET state = 'queued', due_at = $1, attempts = attempts + 1,"
                 " last_error = $2, lease_owner = NULL, lease_until = NULL, updated_at = $3"
-                " WHERE id = $4 AND lease_owner = $5 AND state = 'running' RETURNING shop_id",
-                due_at,
+                " WHERE id = $4 AND lease_owner = $5 AND state = 'running'"
+                " RETURNING shop_id, kind",
+                finite(due_at),
                 error,
                 now,
                 job_id,
                 owner,
             )
             if row is not None:
+                await conn.execute(_RELEASE_SLOT, row[0], row[1])
                 await _add_callback(conn, row[0], callback, now)
                 if due_at <= now:
                     await conn.execute(_NOTIFY)
@@ -645,13 +709,15 @@ class PostgresStore(Store):
             row = await conn.fetchrow(
                 "UPDATE jobs SET state = 'dead', attempts = attempts + 1, rerun = false,"
                 " last_error = $1, lease_owner = NULL, lease_until = NULL, updated_at = $2"
-                " WHERE id = $3 AND lease_owner = $4 AND state = 'running' RETURNING shop_id",
+                " WHERE id = $3 AND lease_owner = $4 AND state = 'running'"
+                " RETURNING shop_id, kind",
                 error,
                 now,
                 job_id,
                 owner,
             )
             if row is not None:
+                await conn.execute(_RELEASE_SLOT, row[0], row[1])
                 await _add_callback(conn, row[0], callback, now)
         return row is not None
 

@@ -149,4 +149,11 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (platform, webhook_id)
     );
     """,
+    # 4: fair claiming (issue 14): a shop's queued jobs of a kind, oldest first, so that a claim
+    # finds each shop's next job without walking another shop's backlog; and a shop's running
+    # jobs of a kind, counted against the per-shop cap
+    """
+    CREATE INDEX jobs_queued_shop ON jobs (kind, shop_id, due_at) WHERE state = 'queued';
+    CREATE INDEX jobs_running_shop ON jobs (shop_id, kind) WHERE state = 'running';
+    """,
 )
