@@ -23,6 +23,9 @@ PREFIX = "KLARNA_CAPTURE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 KEY_FILE_NAME = "secret-key"
 _SQLITE = "sqlite:///"
+# A job's deadline: 5 minutes by default; at least a minute, twice a Klarna call's retry budget.
+JOB_DEADLINE_SECONDS = 300
+MIN_JOB_DEADLINE_SECONDS = 60
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
@@ -59,6 +62,32 @@ class Settings:
     bigcommerce_client_secret: str | None = None
     bigcommerce_api_url: str = BIGCOMMERCE_API_URL
     bigcommerce_login_url: str = BIGCOMMERCE_LOGIN_URL
+    # How long one run of a job may take before it is stopped and retried (longer than a Klarna
+    # call's 30 s of retries, with the steps around it).
+    job_deadline_seconds: int = JOB_DEADLINE_SECONDS
+    # Of `workers`, the loops that send status callbacks and storefront write-backs (None:
+    # max(1, workers // 4)); the others capture, so a shop whose endpoints hang cannot starve them.
+    callback_workers: int | None = None
+    # Jobs of one kind a shop may have running at once, across all processes (None: half of all
+    # the workers, at least 1), so that one shop's backlog never holds every worker.
+    shop_concurrency: int | None = None
+
+    @property
+    def callback_loops(self) -> int:
+        if self.workers == 0:
+            return 0
+        return self.callback_workers or max(1, self.workers // 4)
+
+    @property
+    def capture_loops(self) -> int:
+        """The loops of `workers` that capture; at least one, when there are workers at all."""
+        if self.workers == 0:
+            return 0
+        return max(1, self.workers - self.callback_loops)
+
+    @property
+    def shop_limit(self) -> int:
+        return self.shop_concurrency or max(1, self.workers * self.worker_processes // 2)
 
     @property
     def shopify_enabled(self) -> bool:
@@ -85,7 +114,10 @@ class Settings:
             f"bigcommerce_client_id={self.bigcommerce_client_id!r}, "
             f"bigcommerce_client_secret=<{'set' if self.bigcommerce_client_secret else 'unset'}>, "
             f"bigcommerce_api_url={self.bigcommerce_api_url!r}, "
-            f"bigcommerce_login_url={self.bigcommerce_login_url!r})"
+            f"bigcommerce_login_url={self.bigcommerce_login_url!r}, "
+            f"job_deadline_seconds={self.job_deadline_seconds}, "
+            f"callback_workers={self.callback_workers}, "
+            f"shop_concurrency={self.shop_concurrency})"
         )
 
 
@@ -123,6 +155,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         **_shopify(get),
         **_bigcommerce(get),
+        **_queue(get),
     )
 
 
@@ -178,6 +211,35 @@ def _bigcommerce(get: Callable[[str], str | None]) -> dict[str, Any]:
         "bigcommerce_login_url": _http_url(
             "BIGCOMMERCE_LOGIN_URL", get("BIGCOMMERCE_LOGIN_URL") or BIGCOMMERCE_LOGIN_URL
         ),
+    }
+
+
+def _queue(get: Callable[[str], str | None]) -> dict[str, Any]:
+    workers = _whole_number("WORKERS", get("WORKERS"), default=4, low=0, high=256)
+    callback = get("CALLBACK_WORKERS")
+    callback_workers = (
+        None
+        if callback is None
+        else _whole_number("CALLBACK_WORKERS", callback, default=1, low=1, high=256)
+    )
+    if callback_workers is not None and workers > 1 and callback_workers >= workers:
+        raise ConfigError(
+            f"{PREFIX}CALLBACK_WORKERS must be less than {PREFIX}WORKERS ({workers}), so that "
+            f"captures keep workers of their own, not {callback_workers}"
+        )
+    shop = get("SHOP_CONCURRENCY")
+    return {
+        "job_deadline_seconds": _whole_number(
+            "JOB_DEADLINE_SECONDS",
+            get("JOB_DEADLINE_SECONDS"),
+            default=JOB_DEADLINE_SECONDS,
+            low=MIN_JOB_DEADLINE_SECONDS,
+            high=86400,
+        ),
+        "callback_workers": callback_workers,
+        "shop_concurrency": None
+        if shop is None
+        else _whole_number("SHOP_CONCURRENCY", shop, default=1, low=1, high=100_000),
     }
 
 
