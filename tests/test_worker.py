@@ -122,10 +122,12 @@ async def test_hanging_callbacks_of_one_shop_leave_another_shops_capture_running
     captured = await ship(store, "shop_b", "B1")
 
     hanging: list[str] = []
+    held = anyio.Event()
     ended = anyio.Event()
 
     async def send_callback(job: Job) -> None:
         hanging.append(job.shop_id)
+        held.set()
         await ended.wait()  # the status URL never answers, until the test ends
 
     async def capture(job: Job) -> None:
@@ -140,9 +142,11 @@ async def test_hanging_callbacks_of_one_shop_leave_another_shops_capture_running
     )
     async with anyio.create_task_group() as group:
         group.start_soon(worker.run)
+        with anyio.fail_after(30):
+            await held.wait()
         done = await wait_for_job(store, captured, "done")
         assert done.shop_id == "shop_b"
-        assert hanging == ["shop_a"]  # the one callback loop, held
+        assert hanging == ["shop_a"]  # the one callback loop, held all along
         ended.set()
         group.cancel_scope.cancel()
 

@@ -94,17 +94,23 @@ EXPIRED_LEASE = (
     "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1 AND kind = ANY($4::text[])"
     " ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
+# Every kind of job, as rows to pick the claim's kinds from (a generic plan prices a list of
+# constants by its length; unnest($4) it would price as ten kinds, and plan every claim afresh).
+_KIND_VALUES = ", ".join(f"('{kind}')" for kind in JOB_KINDS)
 # The shops with queued jobs of each kind, found by skipping along jobs_queued_shop from one shop
-# to the next (one probe per shop, however long a shop's backlog); of those whose oldest queued
-# job is due and whose slot is below the cap, the shop with the fewest running, then the oldest.
+# to the next (one probe per shop, however long a shop's backlog; ORDER BY names that index's
+# whole order, so that the planner cannot walk the unique index on (shop_id, kind, key) instead,
+# which holds every job ever, done ones included); of those whose oldest queued job is due and
+# whose slot is below the cap, the shop with the fewest running, then the oldest.
 CLAIM_JOB = (
     "WITH RECURSIVE shops (kind, shop_id) AS ("  # noqa: S608 - constant fragments; values bound
     " SELECT k, (SELECT shop_id FROM jobs WHERE state = 'queued' AND kind = k"
-    "  ORDER BY shop_id LIMIT 1) FROM unnest($4::text[]) AS k"
+    "  ORDER BY kind, shop_id, due_at LIMIT 1)"
+    f" FROM (VALUES {_KIND_VALUES}) AS lane (k) WHERE k = ANY($4::text[])"
     " UNION ALL"
     " SELECT s.kind, (SELECT j.shop_id FROM jobs AS j"
     "  WHERE j.state = 'queued' AND j.kind = s.kind AND j.shop_id > s.shop_id"
-    "  ORDER BY j.shop_id LIMIT 1)"
+    "  ORDER BY j.kind, j.shop_id, j.due_at LIMIT 1)"
     " FROM shops AS s WHERE s.shop_id IS NOT NULL),"
     f" expired AS ({EXPIRED_LEASE}),"
     " fairest AS (SELECT s.kind, s.shop_id FROM shops AS s"
