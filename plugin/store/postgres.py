@@ -88,8 +88,10 @@ log = logging.getLogger("plugin.store.postgres")
 # `running` only WHERE it is below the cap, and ON CONFLICT DO UPDATE locks the row and checks
 # that condition on its latest committed version, not on this statement's snapshot. Two claimers
 # that both saw the shop below its cap queue on the row; the second sees the first's count and, at
-# the cap, claims nothing (`lost`: `claim_job` tries again, and finds another shop). Every change
-# of a job out of 'running' lowers the count in the same statement or transaction.
+# the cap, claims nothing. Every change of a job out of 'running' lowers the count in the same
+# statement or transaction. A claim that chose a shop and took nothing (the cap, or the shop's
+# due jobs all being claimed at that moment) is `lost`: `claim_job` runs it again, with a new
+# snapshot, and finds another shop.
 EXPIRED_LEASE = (
     "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1 AND kind = ANY($4::text[])"
     " ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED"
@@ -130,7 +132,7 @@ CLAIM_JOB = (
     " claimed AS (UPDATE jobs SET state = 'running', lease_owner = $2, lease_until = $3,"
     "  updated_at = $1 WHERE id = coalesce((SELECT id FROM expired),"
     "  (SELECT id FROM due WHERE EXISTS (SELECT FROM slot))) RETURNING jobs.*)"
-    " SELECT claimed.*, (SELECT count(*) FROM due) > (SELECT count(*) FROM slot) AS lost"
+    " SELECT claimed.*, (SELECT count(*) FROM fairest) > (SELECT count(*) FROM claimed) AS lost"
     " FROM (SELECT) AS one LEFT JOIN claimed ON true"
 )
 # How many times `claim_job` runs CLAIM_JOB again after losing a race for a shop's last slot.
