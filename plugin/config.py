@@ -23,10 +23,10 @@ PREFIX = "KLARNA_CAPTURE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 KEY_FILE_NAME = "secret-key"
 _SQLITE = "sqlite:///"
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 # A job's deadline: 5 minutes by default; at least a minute, twice a Klarna call's retry budget.
 JOB_DEADLINE_SECONDS = 300
 MIN_JOB_DEADLINE_SECONDS = 60
-_POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 class ConfigError(Exception):

@@ -99,6 +99,14 @@ EXPIRED_LEASE = (
 # Every kind of job, as rows to pick the claim's kinds from (a generic plan prices a list of
 # constants by its length; unnest($4) it would price as ten kinds, and plan every claim afresh).
 _KIND_VALUES = ", ".join(f"('{kind}')" for kind in JOB_KINDS)
+# A shop's queued jobs of a kind that are due, as a range of jobs_queued_shop written in its own
+# column order: no other index can serve it (the unique (shop_id, kind, key) index could serve
+# "shop_id = ... AND kind = ...", every job of the shop, done ones included, and a generic plan
+# made while the table was small takes it, then reads a whole backlog on every claim).
+_DUE_OF_SHOP = (
+    "(j.kind, j.shop_id, j.due_at) >= ({kind}, {shop}, '-Infinity'::float8)"
+    " AND (j.kind, j.shop_id, j.due_at) <= ({kind}, {shop}, $1::float8)"
+)
 # The shops with queued jobs of each kind, found by skipping along jobs_queued_shop from one shop
 # to the next (one probe per shop, however long a shop's backlog; ORDER BY names that index's
 # whole order, so that the planner cannot walk the unique index on (shop_id, kind, key) instead,
@@ -117,15 +125,16 @@ CLAIM_JOB = (
     f" expired AS ({EXPIRED_LEASE}),"
     " fairest AS (SELECT s.kind, s.shop_id FROM shops AS s"
     " CROSS JOIN LATERAL (SELECT j.due_at FROM jobs AS j WHERE j.state = 'queued'"
-    "  AND j.kind = s.kind AND j.shop_id = s.shop_id ORDER BY j.due_at LIMIT 1) AS head"
+    f"  AND {_DUE_OF_SHOP.format(kind='s.kind', shop='s.shop_id')}"
+    "  ORDER BY j.kind, j.shop_id, j.due_at LIMIT 1) AS head"
     " CROSS JOIN LATERAL (SELECT coalesce((SELECT slot.running FROM job_slots AS slot"
     "  WHERE slot.shop_id = s.shop_id AND slot.kind = s.kind), 0) AS running) AS slot"
-    " WHERE s.shop_id IS NOT NULL AND head.due_at <= $1 AND slot.running < $5"
-    " AND NOT EXISTS (SELECT FROM expired)"
+    " WHERE s.shop_id IS NOT NULL AND slot.running < $5 AND NOT EXISTS (SELECT FROM expired)"
     " ORDER BY slot.running, head.due_at LIMIT 1),"
-    " due AS (SELECT id, shop_id, kind FROM jobs WHERE state = 'queued'"
-    "  AND kind = (SELECT kind FROM fairest) AND shop_id = (SELECT shop_id FROM fairest)"
-    "  AND due_at <= $1 ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED),"
+    " due AS (SELECT j.id, j.shop_id, j.kind FROM jobs AS j WHERE j.state = 'queued'"
+    "  AND "
+    + _DUE_OF_SHOP.format(kind="(SELECT kind FROM fairest)", shop="(SELECT shop_id FROM fairest)")
+    + "  ORDER BY j.kind, j.shop_id, j.due_at LIMIT 1 FOR UPDATE SKIP LOCKED),"
     " slot AS (INSERT INTO job_slots AS slot (shop_id, kind, running)"
     "  SELECT shop_id, kind, 1 FROM due ON CONFLICT (shop_id, kind)"
     "  DO UPDATE SET running = slot.running + 1 WHERE slot.running < $5 RETURNING 1),"

@@ -1,5 +1,6 @@
 """SQL both backends write alike (SQLite reads `true` as 1): the clause that queues a fulfilment's
-job again, the column values of a delivery, and the sealed secrets read from their two tables."""
+job again, the column values of a delivery, and the sealed secrets read from their two tables;
+and the checks both apply to a claim's cap and a job's next due time."""
 
 import math
 from collections.abc import Sequence
