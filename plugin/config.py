@@ -65,25 +65,23 @@ class Settings:
     # How long one run of a job may take before it is stopped and retried (longer than a Klarna
     # call's 30 s of retries, with the steps around it).
     job_deadline_seconds: int = JOB_DEADLINE_SECONDS
-    # Of `workers`, the loops that send status callbacks and storefront write-backs (None:
-    # max(1, workers // 4)); the others capture, so a shop whose endpoints hang cannot starve them.
+    # Loops that send status callbacks and storefront write-backs, beside the `workers` that
+    # capture (None: max(1, workers // 4)), so that a shop whose endpoints hang holds these only.
     callback_workers: int | None = None
     # Jobs of one kind a shop may have running at once, across all processes (None: half of all
     # the workers, at least 1), so that one shop's backlog never holds every worker.
     shop_concurrency: int | None = None
 
     @property
+    def capture_loops(self) -> int:
+        return self.workers
+
+    @property
     def callback_loops(self) -> int:
+        """0 in a process without workers (a `serve` beside `worker` processes)."""
         if self.workers == 0:
             return 0
         return self.callback_workers or max(1, self.workers // 4)
-
-    @property
-    def capture_loops(self) -> int:
-        """The loops of `workers` that capture; at least one, when there are workers at all."""
-        if self.workers == 0:
-            return 0
-        return max(1, self.workers - self.callback_loops)
 
     @property
     def shop_limit(self) -> int:
@@ -215,18 +213,7 @@ def _bigcommerce(get: Callable[[str], str | None]) -> dict[str, Any]:
 
 
 def _queue(get: Callable[[str], str | None]) -> dict[str, Any]:
-    workers = _whole_number("WORKERS", get("WORKERS"), default=4, low=0, high=256)
     callback = get("CALLBACK_WORKERS")
-    callback_workers = (
-        None
-        if callback is None
-        else _whole_number("CALLBACK_WORKERS", callback, default=1, low=1, high=256)
-    )
-    if callback_workers is not None and workers > 1 and callback_workers >= workers:
-        raise ConfigError(
-            f"{PREFIX}CALLBACK_WORKERS must be less than {PREFIX}WORKERS ({workers}), so that "
-            f"captures keep workers of their own, not {callback_workers}"
-        )
     shop = get("SHOP_CONCURRENCY")
     return {
         "job_deadline_seconds": _whole_number(
@@ -236,7 +223,9 @@ def _queue(get: Callable[[str], str | None]) -> dict[str, Any]:
             low=MIN_JOB_DEADLINE_SECONDS,
             high=86400,
         ),
-        "callback_workers": callback_workers,
+        "callback_workers": None
+        if callback is None
+        else _whole_number("CALLBACK_WORKERS", callback, default=1, low=1, high=256),
         "shop_concurrency": None
         if shop is None
         else _whole_number("SHOP_CONCURRENCY", shop, default=1, low=1, high=100_000),

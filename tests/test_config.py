@@ -291,14 +291,13 @@ def test_the_queue_settings_default_to_shares_of_the_workers() -> None:
         {"KLARNA_CAPTURE_WORKERS": "8", "KLARNA_CAPTURE_WORKER_PROCESSES": "3"}
     )
     assert (settings.job_deadline_seconds, settings.callback_workers) == (300, None)
-    assert (settings.capture_loops, settings.callback_loops) == (6, 2)
-    assert settings.shop_limit == 12  # half of the 24 workers of the three processes
+    assert (settings.capture_loops, settings.callback_loops) == (8, 2)
+    assert settings.shop_limit == 12  # half of the 24 capture workers of the three processes
     default = load_settings({})
-    assert (default.capture_loops, default.callback_loops, default.shop_limit) == (3, 1, 2)
-    # One worker still has a loop of each: captures never wait behind a callback.
+    assert (default.capture_loops, default.callback_loops, default.shop_limit) == (4, 1, 2)
     alone = load_settings({"KLARNA_CAPTURE_WORKERS": "1"})
     assert (alone.capture_loops, alone.callback_loops, alone.shop_limit) == (1, 1, 1)
-    serving = load_settings({"KLARNA_CAPTURE_WORKERS": "0"})
+    serving = load_settings({"KLARNA_CAPTURE_WORKERS": "0", "KLARNA_CAPTURE_CALLBACK_WORKERS": "2"})
     assert (serving.capture_loops, serving.callback_loops) == (0, 0)
 
 
@@ -312,7 +311,7 @@ def test_the_queue_settings_are_read() -> None:
         }
     )
     assert settings.job_deadline_seconds == 90
-    assert (settings.capture_loops, settings.callback_loops, settings.shop_limit) == (4, 2, 5)
+    assert (settings.capture_loops, settings.callback_loops, settings.shop_limit) == (6, 2, 5)
     assert "job_deadline_seconds=90, callback_workers=2, shop_concurrency=5" in repr(settings)
 
 
@@ -323,7 +322,7 @@ def test_the_queue_settings_are_read() -> None:
         ({"KLARNA_CAPTURE_JOB_DEADLINE_SECONDS": "1e9"}, "JOB_DEADLINE_SECONDS"),
         ({"KLARNA_CAPTURE_JOB_DEADLINE_SECONDS": "86401"}, "JOB_DEADLINE_SECONDS"),
         ({"KLARNA_CAPTURE_CALLBACK_WORKERS": "0"}, "CALLBACK_WORKERS"),
-        ({"KLARNA_CAPTURE_CALLBACK_WORKERS": "4"}, "CALLBACK_WORKERS"),  # all 4 workers
+        ({"KLARNA_CAPTURE_CALLBACK_WORKERS": "257"}, "CALLBACK_WORKERS"),
         ({"KLARNA_CAPTURE_SHOP_CONCURRENCY": "0"}, "SHOP_CONCURRENCY"),
         ({"KLARNA_CAPTURE_SHOP_CONCURRENCY": "-1"}, "SHOP_CONCURRENCY"),
     ],
