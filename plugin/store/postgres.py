@@ -111,7 +111,10 @@ _DUE_OF_SHOP = (
 # to the next (one probe per shop, however long a shop's backlog; ORDER BY names that index's
 # whole order, so that the planner cannot walk the unique index on (shop_id, kind, key) instead,
 # which holds every job ever, done ones included); of those whose oldest queued job is due and
-# whose slot is below the cap, the shop with the fewest running, then the oldest.
+# whose slot is below the cap, the shop with the fewest running, then the oldest. Looked for only
+# when the oldest due job (jobs_due, one probe) is not of the claim's kinds or belongs to a shop
+# with jobs of its kind running: else that shop comes first anyway, and is taken without looking
+# at the others.
 CLAIM_JOB = (
     "WITH RECURSIVE shops (kind, shop_id) AS ("  # noqa: S608 - constant fragments; values bound
     " SELECT k, (SELECT shop_id FROM jobs WHERE state = 'queued' AND kind = k"
@@ -131,9 +134,16 @@ CLAIM_JOB = (
     "  WHERE slot.shop_id = s.shop_id AND slot.kind = s.kind), 0) AS running) AS slot"
     " WHERE s.shop_id IS NOT NULL AND slot.running < $5 AND NOT EXISTS (SELECT FROM expired)"
     " ORDER BY slot.running, head.due_at LIMIT 1),"
+    " oldest AS (SELECT kind, shop_id FROM jobs WHERE state = 'queued' AND due_at <= $1"
+    "  ORDER BY due_at LIMIT 1),"
+    " idle AS (SELECT o.kind, o.shop_id FROM oldest AS o WHERE o.kind = ANY($4::text[])"
+    "  AND NOT EXISTS (SELECT FROM expired) AND NOT EXISTS (SELECT FROM job_slots AS slot"
+    "  WHERE slot.shop_id = o.shop_id AND slot.kind = o.kind AND slot.running > 0)),"
+    " chosen AS (SELECT kind, shop_id FROM idle"
+    "  UNION ALL SELECT kind, shop_id FROM fairest WHERE NOT EXISTS (SELECT FROM idle)),"
     " due AS (SELECT j.id, j.shop_id, j.kind FROM jobs AS j WHERE j.state = 'queued'"
     "  AND "
-    + _DUE_OF_SHOP.format(kind="(SELECT kind FROM fairest)", shop="(SELECT shop_id FROM fairest)")
+    + _DUE_OF_SHOP.format(kind="(SELECT kind FROM chosen)", shop="(SELECT shop_id FROM chosen)")
     + "  ORDER BY j.kind, j.shop_id, j.due_at LIMIT 1 FOR UPDATE SKIP LOCKED),"
     " slot AS (INSERT INTO job_slots AS slot (shop_id, kind, running)"
     "  SELECT shop_id, kind, 1 FROM due ON CONFLICT (shop_id, kind)"
@@ -141,7 +151,7 @@ CLAIM_JOB = (
     " claimed AS (UPDATE jobs SET state = 'running', lease_owner = $2, lease_until = $3,"
     "  updated_at = $1 WHERE id = coalesce((SELECT id FROM expired),"
     "  (SELECT id FROM due WHERE EXISTS (SELECT FROM slot))) RETURNING jobs.*)"
-    " SELECT claimed.*, (SELECT count(*) FROM fairest) > (SELECT count(*) FROM claimed) AS lost"
+    " SELECT claimed.*, (SELECT count(*) FROM chosen) > (SELECT count(*) FROM claimed) AS lost"
     " FROM (SELECT) AS one LEFT JOIN claimed ON true"
 )
 # How many times `claim_job` runs CLAIM_JOB again after losing a race for a shop's last slot.

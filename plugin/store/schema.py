@@ -151,11 +151,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 4: fair claiming (issue 14): a shop's queued jobs of a kind, oldest first, so that a claim
     # finds each shop's next job without walking another shop's backlog; and a shop's running
-    # jobs of a kind, counted against the per-shop cap. The claim no longer walks the queue by
-    # due time alone: jobs_due goes, so that storing a job updates no more indexes than before
+    # jobs of a kind, counted against the per-shop cap. (jobs_due stays: the oldest due job is
+    # taken at once when its shop has none of its kind running.)
     """
     CREATE INDEX jobs_queued_shop ON jobs (kind, shop_id, due_at) WHERE state = 'queued';
-    DROP INDEX jobs_due;
     CREATE INDEX jobs_running_shop ON jobs (shop_id, kind) WHERE state = 'running';
     """,
 )

@@ -157,10 +157,9 @@ MIGRATIONS: tuple[str, ...] = (
     # and kind as a counter row that a claim raises and a finished, retried or buried job lowers,
     # in the same statement as the job's change: concurrent claimers that both saw a shop below
     # its cap queue on that row, and the second checks the cap on the first's count. Filled with
-    # what is running now. jobs_due goes, as there.
+    # what is running now.
     """
     CREATE INDEX jobs_queued_shop ON jobs (kind, shop_id, due_at) WHERE state = 'queued';
-    DROP INDEX jobs_due;
     CREATE TABLE job_slots (
         shop_id TEXT NOT NULL,
         kind TEXT NOT NULL,

@@ -68,7 +68,8 @@ _STOP = object()
 Key = tuple[str, str]  # (shop_id, delivery_id)
 
 # The claim, in one statement (see `Store.claim_job`): an expired lease first (it belongs to a
-# worker that died: its job is claimable again), else the next job of the fairest shop. ?1 is now,
+# worker that died: its job is claimable again), else the next job of the fairest shop (the oldest
+# due job when its shop is idle, without looking at the others). ?1 is now,
 # ?4 the kinds (a JSON array), ?5 the per-shop cap. The one writer runs it, so the running jobs it
 # counts cannot change under it. INDEXED BY: left alone, SQLite takes jobs_state and sorts the
 # whole queue.
@@ -100,9 +101,19 @@ FAIR_DUE_JOB = (
     " SELECT h.id FROM heads AS h JOIN jobs AS j ON j.id = h.id"
     " WHERE j.due_at <= ?1 AND h.running < ?5 ORDER BY h.running, j.due_at, j.id LIMIT 1"
 )
+# The oldest due job, when it is of the claim's kinds and its shop has none of its kind running:
+# then that shop comes first in FAIR_DUE_JOB's order too, and the claim costs one probe, not one
+# per shop.
+IDLE_OLDEST_JOB = (
+    "SELECT t.id FROM jobs AS t WHERE t.id = (SELECT id FROM jobs INDEXED BY jobs_due"
+    " WHERE state = 'queued' AND due_at <= ?1 ORDER BY due_at LIMIT 1)"
+    " AND t.kind IN (SELECT value FROM json_each(?4))"
+    " AND NOT EXISTS (SELECT 1 FROM jobs AS r INDEXED BY jobs_running_shop"
+    "  WHERE r.state = 'running' AND r.shop_id = t.shop_id AND r.kind = t.kind)"
+)
 CLAIM_JOB = (
     "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, updated_at = ?1"  # noqa: S608 - constant fragments; values bound
-    f" WHERE id = coalesce(({EXPIRED_LEASE}), ({FAIR_DUE_JOB})) RETURNING *"
+    f" WHERE id = coalesce(({EXPIRED_LEASE}), ({IDLE_OLDEST_JOB}), ({FAIR_DUE_JOB})) RETURNING *"
 )
 
 _options_decoder = msgspec.json.Decoder(ShopOptions)

@@ -109,11 +109,11 @@ def assert_uses_index(database_url: str, text: str, index: str) -> None:
         # e.g. "Index Only Scan using jobs_queued_shop on jobs  Index Cond: (kind = k.k)"
         assert f"using {index} on jobs" in text, text
         assert "Seq Scan" not in text, text
-        # Sorted: the shops' next jobs (one row per shop with queued jobs), and before an ANALYZE
-        # perhaps the expired leases, read from jobs_lease (running jobs only); never the queue.
+        # Sorted: the shops' next jobs (one row per shop with queued jobs, by their running count
+        # from job_slots and due_at), and before an ANALYZE perhaps the expired leases, read from
+        # jobs_lease (running jobs only); never the queue.
         lines = text.splitlines()
         sorts = [line for line in lines if "Sort Key" in line]
-        # (The shops' next jobs sort by their running count, read from job_slots, and due_at.)
         assert all("COALESCE" in line or "lease_until" in line for line in sorts), text
         bitmaps = [line for line in lines if "Bitmap Index Scan" in line]
         assert all("on jobs_lease" in line for line in bitmaps), text
@@ -144,7 +144,7 @@ async def test_claims_walk_the_due_index_and_stay_flat_with_100k_queued(
     await insert_jobs(database_url, SMALL + 1, BACKLOG - SMALL)
     queued = BACKLOG - CLAIMS - 1
     text = await plan(database_url, sql)
-    for index in ("jobs_lease", "jobs_queued_shop"):
+    for index in ("jobs_lease", "jobs_due", "jobs_queued_shop"):
         assert_uses_index(database_url, text, index)
     big = await median_claim_seconds(store, CLAIMS)
 
