@@ -56,6 +56,7 @@ async def test_concurrent_claimers_take_each_job_exactly_once(
     go = anyio.Event()
 
     async def claim_all(store: PostgresStore, owner: str) -> None:
+        await store.ping()  # a connection open before the start, not while the others claim
         await go.wait()
         while (job := await store.claim_job(owner, 60, NOW)) is not None:
             claims.append(job)
@@ -63,7 +64,7 @@ async def test_concurrent_claimers_take_each_job_exactly_once(
     async with anyio.create_task_group() as group:
         for worker in range(8):
             group.start_soon(claim_all, stores[worker % 2], f"w{worker}")
-        await anyio.sleep(0.01)
+        await anyio.sleep(0.2)
         go.set()
 
     times = collections.Counter(job.id for job in claims)
