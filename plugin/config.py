@@ -66,7 +66,8 @@ class Settings:
     # call's 30 s of retries, with the steps around it).
     job_deadline_seconds: int = JOB_DEADLINE_SECONDS
     # Loops that send status callbacks and storefront write-backs, beside the `workers` that
-    # capture (None: max(1, workers // 4)), so that a shop whose endpoints hang holds these only.
+    # capture (None: max(2, workers // 4)), so that a shop whose endpoints hang holds these only.
+    # Two at least: two write-backs of one order may run at once (see Pipeline._write_back).
     callback_workers: int | None = None
     # Jobs of one kind a shop may have running at once, across all processes (None: half of all
     # the workers, at least 1), so that one shop's backlog never holds every worker.
@@ -81,7 +82,7 @@ class Settings:
         """0 in a process without workers (a `serve` beside `worker` processes)."""
         if self.workers == 0:
             return 0
-        return self.callback_workers or max(1, self.workers // 4)
+        return self.callback_workers or max(2, self.workers // 4)
 
     @property
     def shop_limit(self) -> int:

@@ -294,9 +294,9 @@ def test_the_queue_settings_default_to_shares_of_the_workers() -> None:
     assert (settings.capture_loops, settings.callback_loops) == (8, 2)
     assert settings.shop_limit == 12  # half of the 24 capture workers of the three processes
     default = load_settings({})
-    assert (default.capture_loops, default.callback_loops, default.shop_limit) == (4, 1, 2)
+    assert (default.capture_loops, default.callback_loops, default.shop_limit) == (4, 2, 2)
     alone = load_settings({"KLARNA_CAPTURE_WORKERS": "1"})
-    assert (alone.capture_loops, alone.callback_loops, alone.shop_limit) == (1, 1, 1)
+    assert (alone.capture_loops, alone.callback_loops, alone.shop_limit) == (1, 2, 1)
     serving = load_settings({"KLARNA_CAPTURE_WORKERS": "0", "KLARNA_CAPTURE_CALLBACK_WORKERS": "2"})
     assert (serving.capture_loops, serving.callback_loops) == (0, 0)
 
