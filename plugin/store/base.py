@@ -279,8 +279,9 @@ class Store(ABC):
         oldest, and that job. So a shop's backlog never holds more than `shop_limit` workers, and
         another shop's lone job is taken next, not after the backlog. None when nothing is due.
 
-        The cost grows with the number of shops that have jobs queued (one index probe each), not
-        with the number of jobs queued."""
+        The cost never grows with the number of jobs queued: one index probe when the oldest due
+        job's shop has none of its kind running (it comes first then), else one per shop that has
+        jobs of `kinds` queued."""
 
     @abstractmethod
     async def extend_lease(self, job_id: int, owner: str, until: float) -> bool: ...
