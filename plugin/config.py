@@ -27,6 +27,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 KEY_FILE_NAME = "secret-key"
 _SQLITE = "sqlite:///"
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
+# A job's deadline: 5 minutes by default; at least a minute, twice a Klarna call's retry budget.
+JOB_DEADLINE_SECONDS = 300
+MIN_JOB_DEADLINE_SECONDS = 60
 
 
 class ConfigError(Exception):
@@ -67,6 +70,31 @@ class Settings:
     allowed_private_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Where this process serves its Prometheus metrics (host, port); None: nowhere.
     metrics_address: tuple[str, int] | None = METRICS_ADDRESS
+    # How long one run of a job may take before it is stopped and retried (longer than a Klarna
+    # call's 30 s of retries, with the steps around it).
+    job_deadline_seconds: int = JOB_DEADLINE_SECONDS
+    # Loops that send status callbacks and storefront write-backs, beside the `workers` that
+    # capture (None: max(2, workers // 4)), so that a shop whose endpoints hang holds these only.
+    # Two at least: two write-backs of one order may run at once (see Pipeline._write_back).
+    callback_workers: int | None = None
+    # Jobs of one kind a shop may have running at once, across all processes (None: half of all
+    # the workers, at least 1), so that one shop's backlog never holds every worker.
+    shop_concurrency: int | None = None
+
+    @property
+    def capture_loops(self) -> int:
+        return self.workers
+
+    @property
+    def callback_loops(self) -> int:
+        """0 in a process without workers (a `serve` beside `worker` processes)."""
+        if self.workers == 0:
+            return 0
+        return self.callback_workers or max(2, self.workers // 4)
+
+    @property
+    def shop_limit(self) -> int:
+        return self.shop_concurrency or max(1, self.workers * self.worker_processes // 2)
 
     @property
     def shopify_enabled(self) -> bool:
@@ -95,7 +123,10 @@ class Settings:
             f"bigcommerce_api_url={self.bigcommerce_api_url!r}, "
             f"bigcommerce_login_url={self.bigcommerce_login_url!r}, "
             f"allowed_private_networks={[str(n) for n in self.allowed_private_networks]!r}, "
-            f"metrics_address={self.metrics_address!r})"
+            f"metrics_address={self.metrics_address!r}, "
+            f"job_deadline_seconds={self.job_deadline_seconds}, "
+            f"callback_workers={self.callback_workers}, "
+            f"shop_concurrency={self.shop_concurrency})"
         )
 
 
@@ -137,6 +168,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "ALLOWED_PRIVATE_NETWORKS", get("ALLOWED_PRIVATE_NETWORKS")
         ),
         metrics_address=_metrics_address(get("METRICS_ADDRESS")),
+        **_queue(get),
     )
 
 
@@ -213,6 +245,26 @@ def _metrics_address(value: str | None) -> tuple[str, int] | None:
         f"{PREFIX}METRICS_ADDRESS must be host:port (such as 127.0.0.1:9464 or [::1]:9464) or "
         f"off, not {_shown(value)}"
     )
+
+
+def _queue(get: Callable[[str], str | None]) -> dict[str, Any]:
+    callback = get("CALLBACK_WORKERS")
+    shop = get("SHOP_CONCURRENCY")
+    return {
+        "job_deadline_seconds": _whole_number(
+            "JOB_DEADLINE_SECONDS",
+            get("JOB_DEADLINE_SECONDS"),
+            default=JOB_DEADLINE_SECONDS,
+            low=MIN_JOB_DEADLINE_SECONDS,
+            high=86400,
+        ),
+        "callback_workers": None
+        if callback is None
+        else _whole_number("CALLBACK_WORKERS", callback, default=1, low=1, high=256),
+        "shop_concurrency": None
+        if shop is None
+        else _whole_number("SHOP_CONCURRENCY", shop, default=1, low=1, high=100_000),
+    }
 
 
 def sqlite_path(settings: Settings) -> Path | None:

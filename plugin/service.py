@@ -19,7 +19,7 @@ from plugin.shops import Shops
 from plugin.store import Store, open_store
 from plugin.vault import Vault
 from plugin.web.auth import Auth
-from plugin.worker import Backoff, Worker
+from plugin.worker import Backoff, Lane, Worker
 
 # Whole-request deadlines (connect, headers and body) of merchant-bound calls.
 STATUS_BOUNDS = Bounds(deadline=10.0)
@@ -82,10 +82,17 @@ class Service:
                 for platform, kind in STOREFRONTS.items()
             },
         )
+        # Captures and status callbacks (with storefront write-backs) in lanes of their own: a
+        # shop whose status URL or storefront hangs holds callback loops only.
         self.worker = Worker(
             store,
             self.pipeline.handlers,
-            concurrency=settings.workers,
+            lanes=[
+                Lane(kinds=("fulfillment",), loops=settings.capture_loops),
+                Lane(kinds=("callback",), loops=settings.callback_loops),
+            ],
+            shop_limit=settings.shop_limit,
+            job_deadline_seconds=settings.job_deadline_seconds,
             lease_seconds=lease_seconds,
             poll_seconds=poll_seconds,
             backoff=backoff,

@@ -1,13 +1,19 @@
 """Workers: claim a job with a lease, run it, and on failure retry with backoff or bury it as a dead
-letter. A worker that dies leaves its job to whoever claims it after the lease runs out."""
+letter. A worker that dies leaves its job to whoever claims it after the lease runs out.
+
+No job holds a worker for ever, and no shop holds them all: a job has a total deadline (its lease is
+renewed only until then, then it is stopped and retried like any failure); loops are grouped in
+lanes, each claiming only its kinds of job, so that slow jobs of one kind leave the other lanes
+free; and a claim passes over a shop that has `shop_limit` jobs of the kind running already."""
 
 import logging
+import math
 import os
 import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 import anyio.abc
@@ -72,6 +78,27 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
         ceiling = min(self.max_seconds, self.base_seconds * float(2 ** max(attempt - 1, 0)))
         return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
 
+    def wait(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds until the next attempt: the backoff's delay, or the server's `retry_after` when
+        longer, and never more than `max_seconds`. A `retry_after` of inf, NaN or days comes from
+        whatever the server said: it waits `max_seconds`, it does not park the job for ever."""
+        delay = self.delay(attempt)
+        if retry_after is not None:
+            delay = max(delay, self.max_seconds if math.isnan(retry_after) else retry_after)
+        return min(delay, self.max_seconds)
+
+
+class Lane(msgspec.Struct, frozen=True, kw_only=True):
+    """`loops` workers that claim only jobs of `kinds`: however long those jobs take, they hold
+    these loops and no others."""
+
+    kinds: tuple[str, ...]
+    loops: int
+
+
+# A job stopped at its deadline, as its error says.
+DEADLINE_ERROR = "JOB_DEADLINE"
+
 
 _encoder = msgspec.json.Encoder()
 
@@ -83,14 +110,27 @@ class Worker:
         handlers: dict[str, Handler],
         *,
         concurrency: int = 4,
+        lanes: Sequence[Lane] | None = None,
+        shop_limit: int | None = None,
+        job_deadline_seconds: float = 300.0,
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
         backoff: Backoff | None = None,
         owner: str | None = None,
     ) -> None:
+        """`lanes` default to one lane of `concurrency` loops for every kind of `handlers`.
+        `shop_limit`: jobs of one kind a shop may have running at once, across every worker of
+        the store (None: no cap). `job_deadline_seconds`: how long one run of a job may take."""
         self.store = store
         self.handlers = handlers
-        self.concurrency = concurrency
+        self.lanes = (
+            list(lanes) if lanes is not None else [Lane(kinds=tuple(handlers), loops=concurrency)]
+        )
+        for lane in self.lanes:
+            if unknown := set(lane.kinds) - set(handlers):
+                raise ValueError(f"no handler for the lane's kinds {sorted(unknown)}")
+        self.shop_limit = shop_limit
+        self.job_deadline_seconds = job_deadline_seconds
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.backoff = backoff or Backoff()
@@ -103,26 +143,33 @@ class Worker:
         self._wakeup.set()
 
     async def run(self) -> None:
-        if self.concurrency < 1:
+        if sum(lane.loops for lane in self.lanes) < 1:
             return
         async with anyio.create_task_group() as group:
             # Listening first: a job stored after this is announced, one before it is claimed.
             await group.start(self._listen)
-            for _ in range(self.concurrency):
-                group.start_soon(self._loop)
+            for lane in self.lanes:
+                for _ in range(lane.loops):
+                    group.start_soon(self._loop, lane)
 
     async def _listen(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         # Other processes' new jobs; the in-process ones come through `wake` directly.
         await self.store.listen_for_work(self.wake, task_status=task_status)
 
-    async def _loop(self) -> None:
+    async def _loop(self, lane: Lane) -> None:
         while True:
             # The event to wait on is taken before claiming: a wake-up that comes while the
             # claim finds nothing is then not lost.
             wakeup = self._wakeup
             if wakeup.is_set():
                 wakeup = self._wakeup = anyio.Event()
-            job = await self.store.claim_job(self.owner, self.lease_seconds, time.time())
+            job = await self.store.claim_job(
+                self.owner,
+                self.lease_seconds,
+                time.time(),
+                kinds=lane.kinds,
+                shop_limit=self.shop_limit,
+            )
             if job is None:
                 with anyio.move_on_after(self.poll_seconds):
                     await wakeup.wait()
@@ -132,33 +179,56 @@ class Worker:
     async def _process(self, job: Job) -> None:
         metrics.JOB_LAG.observe(max(0.0, time.time() - job.due_at))
         handler = self.handlers[job.kind]
+        deadline = time.time() + self.job_deadline_seconds
         async with anyio.create_task_group() as group:
-            group.start_soon(self._keep_lease, job, group.cancel_scope)
-            try:
-                await handler(job)
-            except JobFailure as failure:
-                await self._failed(job, failure)
-            except Exception as exc:
-                log.exception("job crashed", extra={"job": job.id, "kind": job.kind})
+            group.start_soon(self._keep_lease, job, group.cancel_scope, deadline)
+            failure: JobFailure | None = None
+            with anyio.move_on_after(self.job_deadline_seconds) as limit:
+                try:
+                    await handler(job)
+                except JobFailure as caught:
+                    failure = caught
+                except Exception as exc:
+                    log.exception("job crashed", extra={"job": job.id, "kind": job.kind})
+                    error = JobError(
+                        step=job.kind,
+                        error_code="INTERNAL_ERROR",
+                        error_messages=[f"{type(exc).__name__}: {exc}"],
+                    )
+                    failure = JobFailure(error, final=False)
+            if limit.cancelled_caught:
+                # Stopped wherever it was: each step of a job is durable, so the next run
+                # carries on from the last one done.
                 error = JobError(
                     step=job.kind,
-                    error_code="INTERNAL_ERROR",
-                    error_messages=[f"{type(exc).__name__}: {exc}"],
+                    error_code=DEADLINE_ERROR,
+                    error_messages=[
+                        f"the job ran for more than its deadline of "
+                        f"{self.job_deadline_seconds:g} s and was stopped; it will be retried"
+                    ],
                 )
-                await self._failed(job, JobFailure(error, final=False))
-            else:
+                failure = JobFailure(error, final=False)
+            if failure is None:
                 await self.store.finish_job(job.id, self.owner, time.time())
+            else:
+                await self._failed(job, failure)
             group.cancel_scope.cancel()
 
-    async def _keep_lease(self, job: Job, scope: anyio.CancelScope) -> None:
+    async def _keep_lease(self, job: Job, scope: anyio.CancelScope, deadline: float) -> None:
+        # Renewed until the job's deadline, never past it: a job that never ends (an endpoint
+        # that drips bytes for ever) is stopped there, and if this process is stuck too, another
+        # worker takes the job over when the lease runs out. (In the moment between the deadline
+        # and the retry being recorded, a worker elsewhere may take it over: the retry then finds
+        # the lease gone and changes nothing, and that worker runs the job.)
         while True:
             await anyio.sleep(self.lease_seconds / 3)
-            extended = await self.store.extend_lease(
-                job.id, self.owner, time.time() + self.lease_seconds
-            )
+            until = min(time.time() + self.lease_seconds, deadline)
+            extended = await self.store.extend_lease(job.id, self.owner, until)
             if not extended:
                 log.warning("lease lost; another worker has the job", extra={"job": job.id})
                 scope.cancel()
+                return
+            if until >= deadline:
                 return
 
     async def _failed(self, job: Job, failure: JobFailure) -> None:
@@ -192,9 +262,7 @@ class Worker:
                 },
             )
             return
-        delay = self.backoff.delay(attempt)
-        if failure.retry_after is not None:
-            delay = max(delay, failure.retry_after)
+        delay = self.backoff.wait(attempt, failure.retry_after)
         # Report a retrying failure once, not at every attempt.
         callback = failure.report(True) if failure.report and job.attempts == 0 else None
         await self.store.retry_job_later(job.id, self.owner, now + delay, error, now, callback)

@@ -4,9 +4,11 @@ PostgreSQL cluster, in this process; and this process's RSS at the start and aft
 
 The backlog is bulk-inserted beside the store, by a child process (executemany on SQLite, COPY on
 PostgreSQL), so that this process holds only the store and what claiming costs: queued fulfilment
-jobs, all due, the oldest first. A measurement: exit 0 either way, with OK or ABOVE TARGET printed
-(targets: the median claim at 100,000 queued within 5x of the one at 100; RSS after the 100,000
-level within 5 MB of RSS after the 100 level)."""
+jobs, all due, the oldest first, of one shop (or spread over `--shops N`, one after the other:
+the claim's cost grows with the shops that have jobs queued, one index probe each). A measurement:
+exit 0 either way, with OK or ABOVE TARGET printed (targets: the median claim at 100,000 queued
+within 5x of the one at 100; RSS after the 100,000 level within 5 MB of RSS after the 100
+level)."""
 
 import argparse
 import asyncio
@@ -42,40 +44,50 @@ def rss_mb() -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
-def jobs(first_id: int, count: int) -> list[tuple[object, ...]]:
+def jobs(first_id: int, count: int, shops: int) -> list[tuple[object, ...]]:
     return [
-        (i, "shop_1", "fulfillment", f"F{i}", "queued", NOW - 86_400 + i / 1000, NOW, NOW)
+        (
+            i,
+            f"shop_{i % shops}",
+            "fulfillment",
+            f"F{i}",
+            "queued",
+            NOW - 86_400 + i / 1000,
+            NOW,
+            NOW,
+        )
         for i in range(first_id, first_id + count)
     ]
 
 
-def insert_elsewhere(database: Database, first_id: int, count: int) -> None:
+def insert_elsewhere(database: Database, first_id: int, count: int, shops: int) -> None:
     """`insert` in a child process: the rows built for it never touch this process's memory."""
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as child:
-        child.submit(insert, database.backend, database.url, first_id, count).result()
+        child.submit(insert, database.backend, database.url, first_id, count, shops).result()
 
 
-def insert(backend: Backend, url: str, first_id: int, count: int) -> None:
+def insert(backend: Backend, url: str, first_id: int, count: int, shops: int) -> None:
     if backend == "sqlite":
         with sqlite3.connect(url.removeprefix("sqlite:///"), timeout=30) as conn:
             conn.executemany(
                 f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                jobs(first_id, count),
+                jobs(first_id, count, shops),
             )
         return
-    asyncio.run(copy_jobs(url, first_id, count))
+    asyncio.run(copy_jobs(url, first_id, count, shops))
 
 
-async def copy_jobs(url: str, first_id: int, count: int) -> None:
+async def copy_jobs(url: str, first_id: int, count: int, shops: int) -> None:
     conn = await asyncpg.connect(url)
     try:
-        await conn.copy_records_to_table("jobs", records=jobs(first_id, count), columns=COLUMNS)
+        records = jobs(first_id, count, shops)
+        await conn.copy_records_to_table("jobs", records=records, columns=COLUMNS)
     finally:
         await conn.close()
 
 
-async def measure(database: Database) -> tuple[list[list[float]], list[float]]:
+async def measure(database: Database, shops: int) -> tuple[list[list[float]], list[float]]:
     """Claim timings (seconds) and this process's RSS (MB) after each level."""
     database.data_dir.mkdir(parents=True, exist_ok=True)
     store: Store = open_store(database.url)
@@ -84,11 +96,11 @@ async def measure(database: Database) -> tuple[list[list[float]], list[float]]:
     try:
         await store.migrate()
         next_id, queued = 1, 0
-        insert_elsewhere(database, next_id, 1)
+        insert_elsewhere(database, next_id, 1, shops)
         next_id += 1
         await store.claim_job("warm-up", 60.0, NOW)  # connections, statement caches
         for level in LEVELS:
-            insert_elsewhere(database, next_id, level + CLAIMS - queued)
+            insert_elsewhere(database, next_id, level + CLAIMS - queued, shops)
             next_id += level + CLAIMS - queued
             timings = []
             for index in range(CLAIMS):
@@ -115,6 +127,12 @@ def main() -> int:
     parser.add_argument(
         "--database", choices=(*BACKENDS, "both"), default="both", help="the store (default both)"
     )
+    parser.add_argument(
+        "--shops",
+        type=lambda value: max(1, int(value)),
+        default=1,
+        help="spread the backlog over this many shops (default 1)",
+    )
     args = parser.parse_args()
     stop_children_on_signals()
     backends: tuple[Backend, ...] = BACKENDS if args.database == "both" else (args.database,)
@@ -129,7 +147,7 @@ def main() -> int:
         ):
             database = Database(backend, Path(tmp) / "data", server_url)
             try:
-                tables.append((backend, asyncio.run(measure(database))))
+                tables.append((backend, asyncio.run(measure(database, args.shops))))
             finally:
                 database.close()
         print(f"  RSS now: {rss_mb()[0]:.1f} MB", flush=True)
@@ -137,7 +155,7 @@ def main() -> int:
     print()
     print(
         f"claim_job, {CLAIMS} claims per level (queued: level + {CLAIMS} down to level + 1),"
-        " all jobs due, ms"
+        f" all jobs due, {args.shops} shop{'s' if args.shops > 1 else ''}, ms"
     )
     print(f"{'store':10}{'queued':>9}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}")
     for backend, (results, memory) in tables:

@@ -381,3 +381,51 @@ def test_a_postgresql_deployment_with_its_key_set_makes_no_data_dir(tmp_path: Pa
     )
     assert secure_data_dir(settings) == []
     assert not (tmp_path / "var").exists()
+
+
+def test_the_queue_settings_default_to_shares_of_the_workers() -> None:
+    settings = load_settings(
+        {"KLARNA_CAPTURE_WORKERS": "8", "KLARNA_CAPTURE_WORKER_PROCESSES": "3"}
+    )
+    assert (settings.job_deadline_seconds, settings.callback_workers) == (300, None)
+    assert (settings.capture_loops, settings.callback_loops) == (8, 2)
+    assert settings.shop_limit == 12  # half of the 24 capture workers of the three processes
+    default = load_settings({})
+    assert (default.capture_loops, default.callback_loops, default.shop_limit) == (4, 2, 2)
+    alone = load_settings({"KLARNA_CAPTURE_WORKERS": "1"})
+    assert (alone.capture_loops, alone.callback_loops, alone.shop_limit) == (1, 2, 1)
+    serving = load_settings({"KLARNA_CAPTURE_WORKERS": "0", "KLARNA_CAPTURE_CALLBACK_WORKERS": "2"})
+    assert (serving.capture_loops, serving.callback_loops) == (0, 0)
+
+
+def test_the_queue_settings_are_read() -> None:
+    settings = load_settings(
+        {
+            "KLARNA_CAPTURE_WORKERS": "6",
+            "KLARNA_CAPTURE_JOB_DEADLINE_SECONDS": "90",
+            "KLARNA_CAPTURE_CALLBACK_WORKERS": "2",
+            "KLARNA_CAPTURE_SHOP_CONCURRENCY": "5",
+        }
+    )
+    assert settings.job_deadline_seconds == 90
+    assert (settings.capture_loops, settings.callback_loops, settings.shop_limit) == (6, 2, 5)
+    assert "job_deadline_seconds=90, callback_workers=2, shop_concurrency=5" in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"KLARNA_CAPTURE_JOB_DEADLINE_SECONDS": "30"}, "JOB_DEADLINE_SECONDS"),
+        ({"KLARNA_CAPTURE_JOB_DEADLINE_SECONDS": "1e9"}, "JOB_DEADLINE_SECONDS"),
+        ({"KLARNA_CAPTURE_JOB_DEADLINE_SECONDS": "86401"}, "JOB_DEADLINE_SECONDS"),
+        ({"KLARNA_CAPTURE_CALLBACK_WORKERS": "0"}, "CALLBACK_WORKERS"),
+        ({"KLARNA_CAPTURE_CALLBACK_WORKERS": "257"}, "CALLBACK_WORKERS"),
+        ({"KLARNA_CAPTURE_SHOP_CONCURRENCY": "0"}, "SHOP_CONCURRENCY"),
+        ({"KLARNA_CAPTURE_SHOP_CONCURRENCY": "-1"}, "SHOP_CONCURRENCY"),
+    ],
+)
+def test_bad_queue_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert str(caught.value).startswith(f"KLARNA_CAPTURE_{variable} ")
+    assert "\n" not in str(caught.value)

@@ -15,6 +15,7 @@ from anyio.abc import TaskStatus
 
 from plugin.store.batching import Batcher
 from plugin.store.records import (
+    JOB_KINDS,
     AuditEntry,
     Callback,
     CaptureRecord,
@@ -263,7 +264,24 @@ class Store(ABC):
 
     # jobs
     @abstractmethod
-    async def claim_job(self, owner: str, lease_seconds: float, now: float) -> Job | None: ...
+    async def claim_job(
+        self,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+        *,
+        kinds: Sequence[str] = JOB_KINDS,
+        shop_limit: int | None = None,
+    ) -> Job | None:
+        """Lease one job of `kinds` to `owner`, in one statement: a job whose lease expired (its
+        worker died) first; else, of the shops with a job due and fewer than `shop_limit` jobs of
+        that kind running, the shop with the fewest running, then the one whose oldest due job is
+        oldest, and that job. So a shop's backlog never holds more than `shop_limit` workers, and
+        another shop's lone job is taken next, not after the backlog. None when nothing is due.
+
+        The cost never grows with the number of jobs queued: one index probe when the oldest due
+        job's shop has none of its kind running (it comes first then), else one per shop that has
+        jobs of `kinds` queued."""
 
     @abstractmethod
     async def extend_lease(self, job_id: int, owner: str, until: float) -> bool: ...
@@ -280,7 +298,9 @@ class Store(ABC):
         error: str,
         now: float,
         callback: NewCallback | None = None,
-    ) -> bool: ...
+    ) -> bool:
+        """Queue the job again for `due_at`, a finite time (ValueError otherwise: a job due at
+        infinity would never run again)."""
 
     @abstractmethod
     async def bury_job(

@@ -35,6 +35,7 @@ from plugin.store.base import (
     Store,
 )
 from plugin.store.records import (
+    JOB_KINDS,
     AuditEntry,
     Callback,
     CaptureRecord,
@@ -54,7 +55,9 @@ from plugin.store.sql import (
     DELIVERY_COLUMNS,
     SEALED_SHOP_FIELDS,
     SEALED_WEBHOOK_SECRETS,
+    cap,
     delivery_row,
+    finite,
     requeue,
     sealed_secrets,
 )
@@ -75,21 +78,87 @@ LISTEN_RETRY_SECONDS = (0.1, 5.0)
 log = logging.getLogger("plugin.store.postgres")
 
 
-# The claim, in one statement (one round trip, one commit): an expired lease first (it belongs to
-# a worker that died: its job is claimable again), else the job due longest. Each subquery walks
-# its partial index; SKIP LOCKED passes over a job another worker is claiming right now instead
-# of waiting for it, so concurrent claimers take different jobs. $1 is now.
+# The claim, in one statement (one round trip, one commit; see `Store.claim_job`): an expired
+# lease first (it belongs to a worker that died: its job is claimable again, and stays counted in
+# its shop's slot), else the next job of the fairest shop. SKIP LOCKED passes over a job another
+# worker is claiming right now instead of waiting for it, so concurrent claimers take different
+# jobs. $1 is now, $4 the kinds, $5 the per-shop cap.
+#
+# The cap holds under concurrent claimers through the shop's `job_slots` row: the claim raises
+# `running` only WHERE it is below the cap, and ON CONFLICT DO UPDATE locks the row and checks
+# that condition on its latest committed version, not on this statement's snapshot. Two claimers
+# that both saw the shop below its cap queue on the row; the second sees the first's count and, at
+# the cap, claims nothing. Every change of a job out of 'running' lowers the count in the same
+# statement or transaction. A claim that chose a shop and took nothing (the cap, or the shop's
+# due jobs all being claimed at that moment) is `lost`: `claim_job` runs it again, with a new
+# snapshot, and finds another shop.
 EXPIRED_LEASE = (
-    "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1"
+    "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1 AND kind = ANY($4::text[])"
     " ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
-DUE_JOB = (
-    "SELECT id FROM jobs WHERE state = 'queued' AND due_at <= $1"
-    " ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+# Every kind of job, as rows to pick the claim's kinds from (a generic plan prices a list of
+# constants by its length; unnest($4) it would price as ten kinds, and plan every claim afresh).
+_KIND_VALUES = ", ".join(f"('{kind}')" for kind in JOB_KINDS)
+# A shop's queued jobs of a kind that are due, as a range of jobs_queued_shop written in its own
+# column order: no other index can serve it (the unique (shop_id, kind, key) index could serve
+# "shop_id = ... AND kind = ...", every job of the shop, done ones included, and a generic plan
+# made while the table was small takes it, then reads a whole backlog on every claim).
+_DUE_OF_SHOP = (
+    "(j.kind, j.shop_id, j.due_at) >= ({kind}, {shop}, '-Infinity'::float8)"
+    " AND (j.kind, j.shop_id, j.due_at) <= ({kind}, {shop}, $1::float8)"
 )
+# The shops with queued jobs of each kind, found by skipping along jobs_queued_shop from one shop
+# to the next (one probe per shop, however long a shop's backlog; ORDER BY names that index's
+# whole order, so that the planner cannot walk the unique index on (shop_id, kind, key) instead,
+# which holds every job ever, done ones included); of those whose oldest queued job is due and
+# whose slot is below the cap, the shop with the fewest running, then the oldest. Looked for only
+# when the oldest due job (jobs_due, one probe) is not of the claim's kinds or belongs to a shop
+# with jobs of its kind running: else that shop comes first anyway, and is taken without looking
+# at the others.
 CLAIM_JOB = (
-    "UPDATE jobs SET state = 'running', lease_owner = $2, lease_until = $3, updated_at = $1"  # noqa: S608 - constant fragments; values bound
-    f" WHERE id = coalesce(({EXPIRED_LEASE}), ({DUE_JOB})) RETURNING *"
+    "WITH RECURSIVE shops (kind, shop_id) AS ("  # noqa: S608 - constant fragments; values bound
+    " SELECT k, (SELECT shop_id FROM jobs WHERE state = 'queued' AND kind = k"
+    "  ORDER BY kind, shop_id, due_at LIMIT 1)"
+    f" FROM (VALUES {_KIND_VALUES}) AS lane (k) WHERE k = ANY($4::text[])"
+    " UNION ALL"
+    " SELECT s.kind, (SELECT j.shop_id FROM jobs AS j"
+    "  WHERE j.state = 'queued' AND j.kind = s.kind AND j.shop_id > s.shop_id"
+    "  ORDER BY j.kind, j.shop_id, j.due_at LIMIT 1)"
+    " FROM shops AS s WHERE s.shop_id IS NOT NULL),"
+    f" expired AS ({EXPIRED_LEASE}),"
+    " fairest AS (SELECT s.kind, s.shop_id FROM shops AS s"
+    " CROSS JOIN LATERAL (SELECT j.due_at FROM jobs AS j WHERE j.state = 'queued'"
+    f"  AND {_DUE_OF_SHOP.format(kind='s.kind', shop='s.shop_id')}"
+    "  ORDER BY j.kind, j.shop_id, j.due_at LIMIT 1) AS head"
+    " CROSS JOIN LATERAL (SELECT coalesce((SELECT slot.running FROM job_slots AS slot"
+    "  WHERE slot.shop_id = s.shop_id AND slot.kind = s.kind), 0) AS running) AS slot"
+    " WHERE s.shop_id IS NOT NULL AND slot.running < $5 AND NOT EXISTS (SELECT FROM expired)"
+    " ORDER BY slot.running, head.due_at LIMIT 1),"
+    " oldest AS (SELECT kind, shop_id FROM jobs WHERE state = 'queued' AND due_at <= $1"
+    "  ORDER BY due_at LIMIT 1),"
+    " idle AS (SELECT o.kind, o.shop_id FROM oldest AS o WHERE o.kind = ANY($4::text[])"
+    "  AND NOT EXISTS (SELECT FROM expired) AND NOT EXISTS (SELECT FROM job_slots AS slot"
+    "  WHERE slot.shop_id = o.shop_id AND slot.kind = o.kind AND slot.running > 0)),"
+    " chosen AS (SELECT kind, shop_id FROM idle"
+    "  UNION ALL SELECT kind, shop_id FROM fairest WHERE NOT EXISTS (SELECT FROM idle)),"
+    " due AS (SELECT j.id, j.shop_id, j.kind FROM jobs AS j WHERE j.state = 'queued'"
+    "  AND "
+    + _DUE_OF_SHOP.format(kind="(SELECT kind FROM chosen)", shop="(SELECT shop_id FROM chosen)")
+    + "  ORDER BY j.kind, j.shop_id, j.due_at LIMIT 1 FOR UPDATE SKIP LOCKED),"
+    " slot AS (INSERT INTO job_slots AS slot (shop_id, kind, running)"
+    "  SELECT shop_id, kind, 1 FROM due ON CONFLICT (shop_id, kind)"
+    "  DO UPDATE SET running = slot.running + 1 WHERE slot.running < $5 RETURNING 1),"
+    " claimed AS (UPDATE jobs SET state = 'running', lease_owner = $2, lease_until = $3,"
+    "  updated_at = $1 WHERE id = coalesce((SELECT id FROM expired),"
+    "  (SELECT id FROM due WHERE EXISTS (SELECT FROM slot))) RETURNING jobs.*)"
+    " SELECT claimed.*, (SELECT count(*) FROM chosen) > (SELECT count(*) FROM claimed) AS lost"
+    " FROM (SELECT) AS one LEFT JOIN claimed ON true"
+)
+# How many times `claim_job` runs CLAIM_JOB again after losing a race for a shop's last slot.
+CLAIM_ATTEMPTS = 3
+# A running job of a shop leaves it: its slot is free again. $1 and $2 are the shop and kind.
+_RELEASE_SLOT = (
+    "UPDATE job_slots SET running = greatest(running - 1, 0) WHERE shop_id = $1 AND kind = $2"
 )
 
 
@@ -99,9 +168,13 @@ _FINISH_JOB = (
     "WITH finished AS (UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'done' END,"  # noqa: S608 - constant fragments; values bound
     " due_at = $1, rerun = false, attempts = 0, last_error = NULL, lease_owner = NULL,"
     " lease_until = NULL, updated_at = $1"
-    " WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING state),"
+    " WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING state, shop_id, kind),"
+    " released AS (UPDATE job_slots AS slot SET running = greatest(slot.running - 1, 0)"
+    "  FROM finished WHERE slot.shop_id = finished.shop_id AND slot.kind = finished.kind"
+    "  RETURNING 1),"
     f" notified AS (SELECT pg_notify('{JOBS_CHANNEL}', '') FROM finished WHERE state = 'queued')"
-    " SELECT (SELECT state FROM finished) AS state, (SELECT count(*) FROM notified) AS notified"
+    " SELECT (SELECT state FROM finished) AS state, (SELECT count(*) FROM notified) AS notified,"
+    " (SELECT count(*) FROM released) AS released"
 )
 
 
@@ -472,7 +545,7 @@ class PostgresStore(Store):
     async def remove_shop(self, shop_id: str) -> bool:
         async with self._transaction() as conn:
             tables = ("deliveries", "jobs", "captures", "operations", "callbacks", "audit")
-            for table in (*tables, "admin_links"):
+            for table in (*tables, "admin_links", "job_slots"):
                 await conn.execute(f"DELETE FROM {table} WHERE shop_id = $1", shop_id)  # noqa: S608
             row = await conn.fetchrow("DELETE FROM shops WHERE id = $1 RETURNING id", shop_id)
         return row is not None
@@ -593,9 +666,25 @@ class PostgresStore(Store):
 
     # jobs
 
-    async def claim_job(self, owner: str, lease_seconds: float, now: float) -> Job | None:
-        claimed = await self._fetchrow(CLAIM_JOB, now, owner, now + lease_seconds)
-        return _record(claimed, Job) if claimed else None
+    async def claim_job(
+        self,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+        *,
+        kinds: Sequence[str] = JOB_KINDS,
+        shop_limit: int | None = None,
+    ) -> Job | None:
+        for _ in range(CLAIM_ATTEMPTS):
+            row = await self._fetchrow(
+                CLAIM_JOB, now, owner, now + lease_seconds, list(kinds), cap(shop_limit)
+            )
+            assert row is not None
+            if row["id"] is not None:
+                return _record(row, Job)
+            if not row["lost"]:
+                return None
+        return None
 
     async def extend_lease(self, job_id: int, owner: str, until: float) -> bool:
         row = await self._fetchrow(
@@ -625,14 +714,16 @@ class PostgresStore(Store):
             row = await conn.fetchrow(
                 "UPDATE jobs SET state = 'queued', due_at = $1, attempts = attempts + 1,"
                 " last_error = $2, lease_owner = NULL, lease_until = NULL, updated_at = $3"
-                " WHERE id = $4 AND lease_owner = $5 AND state = 'running' RETURNING shop_id",
-                due_at,
+                " WHERE id = $4 AND lease_owner = $5 AND state = 'running'"
+                " RETURNING shop_id, kind",
+                finite(due_at),
                 error,
                 now,
                 job_id,
                 owner,
             )
             if row is not None:
+                await conn.execute(_RELEASE_SLOT, row[0], row[1])
                 await _add_callback(conn, row[0], callback, now)
                 if due_at <= now:
                     await conn.execute(_NOTIFY)
@@ -645,13 +736,15 @@ class PostgresStore(Store):
             row = await conn.fetchrow(
                 "UPDATE jobs SET state = 'dead', attempts = attempts + 1, rerun = false,"
                 " last_error = $1, lease_owner = NULL, lease_until = NULL, updated_at = $2"
-                " WHERE id = $3 AND lease_owner = $4 AND state = 'running' RETURNING shop_id",
+                " WHERE id = $3 AND lease_owner = $4 AND state = 'running'"
+                " RETURNING shop_id, kind",
                 error,
                 now,
                 job_id,
                 owner,
             )
             if row is not None:
+                await conn.execute(_RELEASE_SLOT, row[0], row[1])
                 await _add_callback(conn, row[0], callback, now)
         return row is not None
 

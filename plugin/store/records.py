@@ -5,6 +5,7 @@ from typing import Literal
 import msgspec
 
 JobKind = Literal["fulfillment", "callback"]
+JOB_KINDS: tuple[JobKind, ...] = ("fulfillment", "callback")
 JobState = Literal["queued", "running", "done", "dead"]
 CaptureState = Literal["planned", "captured"]
 OperationKind = Literal["shipping_info", "send_out"]

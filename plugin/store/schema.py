@@ -166,4 +166,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX used_tokens_expiry ON used_tokens (expires_at);
     """,
+    # 5: fair claiming (issue 14): a shop's queued jobs of a kind, oldest first, so that a claim
+    # finds each shop's next job without walking another shop's backlog; and a shop's running
+    # jobs of a kind, counted against the per-shop cap. (jobs_due stays: the oldest due job is
+    # taken at once when its shop has none of its kind running.)
+    """
+    CREATE INDEX jobs_queued_shop ON jobs (kind, shop_id, due_at) WHERE state = 'queued';
+    CREATE INDEX jobs_running_shop ON jobs (shop_id, kind) WHERE state = 'running';
+    """,
 )

@@ -1,5 +1,6 @@
 """The versioned migrations of `schema.py`, written for PostgreSQL: the same numbers, tables,
-columns and indexes, so both backends are at the same schema version after the same migration.
+columns and indexes, so both backends are at the same schema version after the same migration
+(but for migration 4: `job_slots` here, an index of running jobs there).
 
 Times are unix seconds (DOUBLE PRECISION, as SQLite's REAL); money is BIGINT minor units; secrets
 are vault-encrypted BYTEA; flags are BOOLEAN where SQLite keeps 0/1.
@@ -167,6 +168,23 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX used_tokens_expiry ON used_tokens (expires_at);
+    """,
+    # 5: fair claiming (issue 14): schema.py's index of a shop's queued jobs; in place of its
+    # index of running jobs (SQLite has one writer, and counts them), the running jobs of each shop
+    # and kind as a counter row that a claim raises and a finished, retried or buried job lowers,
+    # in the same statement as the job's change: concurrent claimers that both saw a shop below
+    # its cap queue on that row, and the second checks the cap on the first's count. Filled with
+    # what is running now.
+    """
+    CREATE INDEX jobs_queued_shop ON jobs (kind, shop_id, due_at) WHERE state = 'queued';
+    CREATE TABLE job_slots (
+        shop_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        running INTEGER NOT NULL,
+        PRIMARY KEY (shop_id, kind)
+    );
+    INSERT INTO job_slots (shop_id, kind, running)
+        SELECT shop_id, kind, count(*) FROM jobs WHERE state = 'running' GROUP BY shop_id, kind;
     """,
 )
 

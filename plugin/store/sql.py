@@ -1,6 +1,8 @@
 """SQL both backends write alike (SQLite reads `true` as 1): the clause that queues a fulfilment's
-job again, the column values of a delivery, and the sealed secrets read from their two tables."""
+job again, the column values of a delivery, and the sealed secrets read from their two tables;
+and the checks both apply to a claim's cap and a job's next due time."""
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +28,23 @@ def requeue(*, revive: str) -> str:
         "   THEN 'queued' ELSE jobs.state END,"
         " updated_at = excluded.updated_at"
     )
+
+
+# The per-shop cap a claim is given when it has none: more jobs than any shop has running.
+NO_CAP = 2**31 - 1
+
+
+def cap(shop_limit: int | None) -> int:
+    """The claim's per-shop cap as a bound parameter (plans stay the same with or without one)."""
+    return NO_CAP if shop_limit is None else shop_limit
+
+
+def finite(due_at: float) -> float:
+    """A job's next due time, refused when it is not a finite number: a job due at infinity (or
+    NaN, which compares false with everything) would never be claimed again."""
+    if not math.isfinite(due_at):
+        raise ValueError(f"a job's due time must be a finite number, not {due_at!r}")
+    return due_at
 
 
 # The columns a delivery is stored in, in the order of `delivery_row`.

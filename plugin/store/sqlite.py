@@ -8,6 +8,7 @@ Reads run on their own connections beside it.
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import queue
 import sqlite3
 import threading
@@ -28,6 +29,7 @@ from plugin.store.base import (
     Store,
 )
 from plugin.store.records import (
+    JOB_KINDS,
     AuditEntry,
     Callback,
     CaptureRecord,
@@ -47,7 +49,9 @@ from plugin.store.sql import (
     DELIVERY_COLUMNS,
     SEALED_SHOP_FIELDS,
     SEALED_WEBHOOK_SECRETS,
+    cap,
     delivery_row,
+    finite,
     requeue,
     sealed_secrets,
 )
@@ -63,20 +67,53 @@ _STOP = object()
 
 Key = tuple[str, str]  # (shop_id, delivery_id)
 
-# The claim, in one statement: an expired lease first (it belongs to a worker that died: its job is
-# claimable again), else the job due longest. INDEXED BY: left alone, SQLite takes jobs_state and
-# sorts the whole queue. ?1 is now.
+# The claim, in one statement (see `Store.claim_job`): an expired lease first (it belongs to a
+# worker that died: its job is claimable again), else the next job of the fairest shop (the oldest
+# due job when its shop is idle, without looking at the others). ?1 is now,
+# ?4 the kinds (a JSON array), ?5 the per-shop cap. The one writer runs it, so the running jobs it
+# counts cannot change under it. INDEXED BY: left alone, SQLite takes jobs_state and sorts the
+# whole queue.
 EXPIRED_LEASE = (
     "SELECT id FROM jobs INDEXED BY jobs_lease WHERE state = 'running' AND lease_until < ?1"
-    " ORDER BY lease_until LIMIT 1"
+    " AND kind IN (SELECT value FROM json_each(?4)) ORDER BY lease_until LIMIT 1"
 )
-DUE_JOB = (
-    "SELECT id FROM jobs INDEXED BY jobs_due WHERE state = 'queued' AND due_at <= ?1"
-    " ORDER BY due_at LIMIT 1"
+# The shops with queued jobs of each kind, found by skipping along jobs_queued_shop from one shop
+# to the next (one probe per shop, however long a shop's backlog); each shop's oldest queued job;
+# of those due whose shop is below the cap, the one of the shop with the fewest running, then the
+# oldest.
+FAIR_DUE_JOB = (
+    "WITH RECURSIVE shops (kind, shop_id) AS ("
+    " SELECT value, (SELECT shop_id FROM jobs INDEXED BY jobs_queued_shop"
+    "  WHERE state = 'queued' AND kind = value ORDER BY shop_id LIMIT 1)"
+    " FROM json_each(?4)"
+    " UNION ALL"
+    " SELECT s.kind, (SELECT j.shop_id FROM jobs AS j INDEXED BY jobs_queued_shop"
+    "  WHERE j.state = 'queued' AND j.kind = s.kind AND j.shop_id > s.shop_id"
+    "  ORDER BY j.shop_id LIMIT 1)"
+    " FROM shops AS s WHERE s.shop_id IS NOT NULL),"
+    " heads (id, running) AS ("
+    " SELECT (SELECT j.id FROM jobs AS j INDEXED BY jobs_queued_shop"
+    "  WHERE j.state = 'queued' AND j.kind = s.kind AND j.shop_id = s.shop_id"
+    "  ORDER BY j.due_at LIMIT 1),"
+    " (SELECT count(*) FROM jobs AS r INDEXED BY jobs_running_shop"
+    "  WHERE r.state = 'running' AND r.shop_id = s.shop_id AND r.kind = s.kind)"
+    " FROM shops AS s WHERE s.shop_id IS NOT NULL)"
+    " SELECT h.id FROM heads AS h JOIN jobs AS j ON j.id = h.id"
+    " WHERE j.due_at <= ?1 AND h.running < ?5 ORDER BY h.running, j.due_at, j.id LIMIT 1"
+)
+# The oldest due job, when it is of the claim's kinds and its shop has none of its kind running:
+# then that shop comes first in FAIR_DUE_JOB's order too, and the claim costs one probe, not one
+# per shop.
+IDLE_OLDEST_JOB = (
+    "SELECT t.id FROM jobs AS t WHERE t.id = (SELECT id FROM jobs INDEXED BY jobs_due"
+    " WHERE state = 'queued' AND due_at <= ?1 ORDER BY due_at LIMIT 1)"
+    " AND t.kind IN (SELECT value FROM json_each(?4))"
+    " AND NOT EXISTS (SELECT 1 FROM jobs AS r INDEXED BY jobs_running_shop"
+    "  WHERE r.state = 'running' AND r.shop_id = t.shop_id AND r.kind = t.kind)"
 )
 CLAIM_JOB = (
     "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, updated_at = ?1"  # noqa: S608 - constant fragments; values bound
-    f" WHERE id = coalesce(({EXPIRED_LEASE}), ({DUE_JOB})) RETURNING *"
+    f" WHERE id = coalesce(({EXPIRED_LEASE}), ({IDLE_OLDEST_JOB}), ({FAIR_DUE_JOB})) RETURNING *"
 )
 
 _options_decoder = msgspec.json.Decoder(ShopOptions)
@@ -472,9 +509,19 @@ class SqliteStore(Store):
 
     # jobs
 
-    async def claim_job(self, owner: str, lease_seconds: float, now: float) -> Job | None:
+    async def claim_job(
+        self,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+        *,
+        kinds: Sequence[str] = JOB_KINDS,
+        shop_limit: int | None = None,
+    ) -> Job | None:
+        arguments = (now, owner, now + lease_seconds, json.dumps(list(kinds)), cap(shop_limit))
+
         def work(conn: sqlite3.Connection) -> Job | None:
-            claimed = conn.execute(CLAIM_JOB, (now, owner, now + lease_seconds)).fetchone()
+            claimed = conn.execute(CLAIM_JOB, arguments).fetchone()
             return _job(claimed) if claimed else None
 
         return await self._write(work)
@@ -515,6 +562,8 @@ class SqliteStore(Store):
         now: float,
         callback: NewCallback | None = None,
     ) -> bool:
+        finite(due_at)
+
         def work(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
                 "UPDATE jobs SET state = 'queued', due_at = ?, attempts = attempts + 1,"

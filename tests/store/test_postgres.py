@@ -18,7 +18,7 @@ from plugin.store import NewCallback, open_store
 from plugin.store import schema as sqlite_schema
 from plugin.store.postgres import JOBS_CHANNEL, PostgresStore, _Pool
 from plugin.store.records import Job
-from plugin.store.schema_postgres import MIGRATIONS
+from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
 from plugin.worker import Worker
 from tests.store.test_backlog import COLUMNS
 from tests.store.test_backlog import rows as backlog_rows
@@ -56,6 +56,7 @@ async def test_concurrent_claimers_take_each_job_exactly_once(
     go = anyio.Event()
 
     async def claim_all(store: PostgresStore, owner: str) -> None:
+        await store.ping()  # a connection open before the start, not while the others claim
         await go.wait()
         while (job := await store.claim_job(owner, 60, NOW)) is not None:
             claims.append(job)
@@ -63,7 +64,7 @@ async def test_concurrent_claimers_take_each_job_exactly_once(
     async with anyio.create_task_group() as group:
         for worker in range(8):
             group.start_soon(claim_all, stores[worker % 2], f"w{worker}")
-        await anyio.sleep(0.01)
+        await anyio.sleep(0.2)
         go.set()
 
     times = collections.Counter(job.id for job in claims)
@@ -439,3 +440,44 @@ async def seq_scans(database_url: str, pool: _Pool, table: str) -> int:
     )
     assert isinstance(scans, int)
     return scans
+
+
+async def test_an_upgrade_counts_the_jobs_running_then_in_their_shops_slots(
+    postgres_database: str,
+) -> None:
+    """Migration 5 (fair claiming) on a database with jobs running (workers of the old version mid-job): the
+    slots start from those, so a shop already at its cap is not given more."""
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        await conn.execute(SCHEMA_VERSION_TABLE)
+        for number, script in enumerate(MIGRATIONS[:3], start=1):
+            await conn.execute(script)
+            await conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)", number, NOW
+            )
+        await conn.copy_records_to_table(
+            "jobs",
+            records=[
+                (index, shop, "fulfillment", f"F{index}", state, NOW, NOW, NOW)
+                for index, (shop, state) in enumerate(
+                    [("shop_a", "running")] * 2 + [("shop_a", "queued"), ("shop_b", "queued")],
+                    start=1,
+                )
+            ],
+            columns=COLUMNS,
+        )
+        await conn.execute("UPDATE jobs SET lease_owner = 'old', lease_until = $1", NOW + 600)
+    finally:
+        await conn.close()
+    store = PostgresStore(postgres_database)
+    try:
+        assert await store.migrate() == len(MIGRATIONS)
+        assert await fetch(postgres_database, "SELECT shop_id, kind, running FROM job_slots") == [
+            ("shop_a", "fulfillment", 2)
+        ]
+        job = await store.claim_job("new", 60, NOW, shop_limit=2)
+        assert job is not None
+        assert job.shop_id == "shop_b"
+        assert await store.claim_job("new", 60, NOW, shop_limit=2) is None
+    finally:
+        await store.close()

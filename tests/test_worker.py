@@ -1,0 +1,253 @@
+"""The worker on every backend (a SQLite file and a PostgreSQL database of the test's own): a job
+that never ends is stopped at its deadline and retried, its lease never renewed past it; status
+callbacks that hang hold the callback lane only, so another shop's capture still runs; a lone
+shipment of one shop starts at once while another shop's backlog drains; and a retry is never
+parked further out than the backoff's maximum, whatever Retry-After a server sent."""
+
+import math
+import time
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from plugin.config import load_settings
+from plugin.service import open_service
+from plugin.store import NewCallback, Store
+from plugin.store.records import Job
+from plugin.worker import DEADLINE_ERROR, Backoff, JobError, JobFailure, Lane, Worker
+from tests.store import test_store as contract
+from tests.store.conftest import postgres_database
+from tests.store.test_store import add_shop
+
+pytestmark = pytest.mark.anyio
+
+# The store contract's fixtures: `store` on a SQLite file and on a PostgreSQL database of its own.
+__all__ = ["postgres_database"]
+database_url = contract.database_url
+store = contract.store
+
+MAX_BACKOFF = 4 * 3600.0
+
+
+async def ship(store: Store, shop_id: str, fulfillment_id: str) -> int:
+    """A shipment received now; its job's id."""
+    await store.record_delivery(
+        shop_id,
+        f"d-{fulfillment_id}",
+        body=b"{}",
+        event_type="fulfillment.created",
+        fulfillment_id=fulfillment_id,
+        rejected=None,
+        now=time.time(),
+    )
+    shipment = await store.shipment(shop_id, fulfillment_id)
+    assert shipment is not None
+    return shipment.job_id
+
+
+async def get(store: Store, job_id: int) -> Job:
+    job = await store.get_job(job_id)
+    assert job is not None
+    return job
+
+
+async def wait_for_job(store: Store, job_id: int, state: str, attempts: int = 0) -> Job:
+    """The job once it is in `state` after `attempts` failures (polled; 30 s at most)."""
+    with anyio.fail_after(30):
+        while True:
+            job = await get(store, job_id)
+            if job.state == state and job.attempts == attempts:
+                return job
+            await anyio.sleep(0.02)
+
+
+async def test_a_job_that_never_ends_is_stopped_at_its_deadline_and_retried(store: Store) -> None:
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+
+    async def drips(job: Job) -> None:
+        await anyio.sleep_forever()  # an endpoint that sends a byte now and then, for ever
+
+    worker = Worker(
+        store,
+        {"fulfillment": drips, "callback": drips},
+        concurrency=1,
+        job_deadline_seconds=1.0,
+        lease_seconds=0.3,  # renewed every 0.1 s
+        poll_seconds=0.05,
+        backoff=Backoff(base_seconds=3600, attempts=5),
+    )
+    leases: list[float] = []
+    claimed_at = math.nan
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        with anyio.fail_after(30):
+            while (job := await get(store, job_id)).attempts == 0:
+                if job.state == "running" and job.lease_until is not None:
+                    claimed_at = job.updated_at
+                    leases.append(job.lease_until)
+                await anyio.sleep(0.02)
+        group.cancel_scope.cancel()
+
+    assert job.state == "queued"
+    error = msgspec.json.decode(job.last_error or "{}")
+    assert error["error_code"] == DEADLINE_ERROR == "JOB_DEADLINE"
+    assert "deadline of 1 s" in error["error_messages"][0]
+    # Retried later like any failure: the backoff's delay (3600 s with jitter), finite.
+    assert job.updated_at + 1800 <= job.due_at <= job.updated_at + 3600
+    # The lease was renewed (more than the first one was seen), never past the deadline, which
+    # came before the failure was recorded.
+    assert len(set(leases)) > 1
+    assert max(leases) <= job.updated_at
+    assert max(leases) <= claimed_at + 1.0 + 0.5
+
+
+async def test_hanging_callbacks_of_one_shop_leave_another_shops_capture_running(
+    store: Store,
+) -> None:
+    """Ten status callbacks of shop A whose URL never answers fill the callback lane; a shipment
+    of shop B, stored after them, is still captured."""
+    await add_shop(store, "shop_a")
+    await add_shop(store, "shop_b")
+    for index in range(10):
+        job_id = await ship(store, "shop_a", f"A{index}")
+        job = await store.claim_job("setup", 60, time.time(), kinds=("fulfillment",))
+        assert job is not None
+        assert job.id == job_id
+        callback = NewCallback(event_type="capture.failed", webhook_id=f"m{index}", payload=b"{}")
+        assert await store.bury_job(job.id, "setup", "{}", time.time(), callback)
+    assert (await store.job_counts())["queued"] == 10
+    captured = await ship(store, "shop_b", "B1")
+
+    hanging: list[str] = []
+    held = anyio.Event()
+    ended = anyio.Event()
+
+    async def send_callback(job: Job) -> None:
+        hanging.append(job.shop_id)
+        held.set()
+        await ended.wait()  # the status URL never answers, until the test ends
+
+    async def capture(job: Job) -> None:
+        pass
+
+    worker = Worker(
+        store,
+        {"fulfillment": capture, "callback": send_callback},
+        lanes=[Lane(kinds=("fulfillment",), loops=1), Lane(kinds=("callback",), loops=1)],
+        shop_limit=2,
+        poll_seconds=0.05,
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        with anyio.fail_after(30):
+            await held.wait()
+        done = await wait_for_job(store, captured, "done")
+        assert done.shop_id == "shop_b"
+        assert hanging == ["shop_a"]  # the one callback loop, held all along
+        ended.set()
+        group.cancel_scope.cancel()
+
+
+async def test_a_lone_shipment_starts_at_once_while_a_backlog_drains(store: Store) -> None:
+    """Through the worker: shop A's 200 slow shipments drain two at a time (its cap) on four
+    loops; shop B's one shipment, stored while they drain, is among the next jobs to start."""
+    await add_shop(store, "shop_a")
+    await add_shop(store, "shop_b")
+    for index in range(200):
+        await ship(store, "shop_a", f"A{index}")
+    started: list[str] = []
+    lone: list[int] = []
+    draining = anyio.Event()
+
+    async def capture(job: Job) -> None:
+        started.append(job.key)
+        if len(started) == 20:
+            draining.set()
+        if job.shop_id == "shop_a":
+            await anyio.sleep(0.02)  # Klarna's rate limit for shop A
+
+    async def send_callback(job: Job) -> None:
+        pass
+
+    worker = Worker(
+        store,
+        {"fulfillment": capture, "callback": send_callback},
+        lanes=[Lane(kinds=("fulfillment",), loops=4)],
+        shop_limit=2,
+        poll_seconds=0.05,
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        with anyio.fail_after(30):
+            await draining.wait()
+        before = len(started)
+        lone.append(await ship(store, "shop_b", "B1"))
+        worker.wake()
+        await wait_for_job(store, lone[0], "done")
+        with anyio.fail_after(60):
+            while True:
+                if await store.job_counts() == {"done": 201}:
+                    break
+                await anyio.sleep(0.05)
+        group.cancel_scope.cancel()
+    # At most the jobs already being claimed as B arrived start before it.
+    assert started.index("B1") - before <= 2, started[before : started.index("B1") + 1]
+    assert sorted(started) == sorted({*started})  # each job once
+    assert len(started) == 201
+
+
+@pytest.mark.parametrize("retry_after", [math.inf, 1e12, math.nan])
+async def test_a_retry_is_never_parked_past_the_backoffs_maximum(
+    store: Store, retry_after: float
+) -> None:
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+
+    async def rate_limited(job: Job) -> None:
+        error = JobError(step="capture", error_code="RATE_LIMITED")
+        raise JobFailure(error, final=False, retry_after=retry_after)
+
+    worker = Worker(
+        store,
+        {"fulfillment": rate_limited, "callback": rate_limited},
+        concurrency=1,
+        poll_seconds=0.05,
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        job = await wait_for_job(store, job_id, "queued", attempts=1)
+        group.cancel_scope.cancel()
+    assert math.isfinite(job.due_at)
+    assert job.due_at == pytest.approx(job.updated_at + MAX_BACKOFF, abs=1.0)
+
+
+def test_the_backoff_caps_every_wait() -> None:
+    backoff = Backoff()
+    for retry_after in (math.inf, math.nan, 1e12, 86_400.0):
+        assert backoff.wait(1, retry_after) == MAX_BACKOFF
+    assert backoff.wait(1, 100.0) == 100.0  # a server's longer wait is honoured, below the cap
+    assert 7.5 <= backoff.wait(1, None) <= 15.0
+    assert backoff.wait(1, -5.0) <= 15.0
+    assert all(backoff.wait(attempt, None) <= MAX_BACKOFF for attempt in range(1, 40))
+
+
+async def test_the_service_gives_callbacks_a_lane_of_their_own_and_caps_each_shop(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        {
+            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
+            "KLARNA_CAPTURE_SECRET_KEY": "k" * 32,
+            "KLARNA_CAPTURE_WORKERS": "8",
+        }
+    )
+    async with open_service(settings) as service:
+        worker = service.worker
+        assert worker.lanes == [
+            Lane(kinds=("fulfillment",), loops=8),
+            Lane(kinds=("callback",), loops=2),
+        ]
+        assert (worker.shop_limit, worker.job_deadline_seconds) == (4, 300)
