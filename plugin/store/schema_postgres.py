@@ -1,6 +1,6 @@
 """The versioned migrations of `schema.py`, written for PostgreSQL: the same numbers, tables,
 columns and indexes, so both backends are at the same schema version after the same migration
-(but for migration 4: `job_slots` here, an index of running jobs there).
+(but for migration 5: `job_slots` here, an index of running jobs there).
 
 Times are unix seconds (DOUBLE PRECISION, as SQLite's REAL); money is BIGINT minor units; secrets
 are vault-encrypted BYTEA; flags are BOOLEAN where SQLite keeps 0/1.

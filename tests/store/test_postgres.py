@@ -445,8 +445,8 @@ async def seq_scans(database_url: str, pool: _Pool, table: str) -> int:
 async def test_an_upgrade_counts_the_jobs_running_then_in_their_shops_slots(
     postgres_database: str,
 ) -> None:
-    """Migration 5 (fair claiming) on a database with jobs running (workers of the old version mid-job): the
-    slots start from those, so a shop already at its cap is not given more."""
+    """Migration 5 (fair claiming) on a database with jobs running (workers of the old version
+    mid-job): the slots start from those, so a shop already at its cap is not given more."""
     conn = await asyncpg.connect(postgres_database)
     try:
         await conn.execute(SCHEMA_VERSION_TABLE)
