@@ -75,7 +75,7 @@ class Settings:
     job_deadline_seconds: int = JOB_DEADLINE_SECONDS
     # Loops that send status callbacks and storefront write-backs, beside the `workers` that
     # capture (None: max(2, workers // 4)), so that a shop whose endpoints hang holds these only.
-    # Two at least: two write-backs of one order may run at once (see Pipeline._write_back).
+    # Two at least, so that one shop's callbacks (capped at half of them) leave one for the others.
     callback_workers: int | None = None
     # Jobs of one kind a shop may have running at once, across all processes (None: half of all
     # the workers, at least 1), so that one shop's backlog never holds every worker.
@@ -95,6 +95,14 @@ class Settings:
     @property
     def shop_limit(self) -> int:
         return self.shop_concurrency or max(1, self.workers * self.worker_processes // 2)
+
+    @property
+    def callback_shop_limit(self) -> int:
+        """A shop's callbacks running at once: half the callback loops of all processes (and no
+        more than `shop_limit`), so that one shop's hanging status URL or storefront leaves
+        callback loops free for every other shop."""
+        loops = (self.callback_workers or max(2, self.workers // 4)) * self.worker_processes
+        return min(self.shop_limit, max(1, loops // 2))
 
     @property
     def shopify_enabled(self) -> bool:

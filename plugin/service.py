@@ -89,7 +89,11 @@ class Service:
             self.pipeline.handlers,
             lanes=[
                 Lane(kinds=("fulfillment",), loops=settings.capture_loops),
-                Lane(kinds=("callback",), loops=settings.callback_loops),
+                Lane(
+                    kinds=("callback",),
+                    loops=settings.callback_loops,
+                    shop_limit=settings.callback_shop_limit,
+                ),
             ],
             shop_limit=settings.shop_limit,
             job_deadline_seconds=settings.job_deadline_seconds,

@@ -94,6 +94,8 @@ class Lane(msgspec.Struct, frozen=True, kw_only=True):
 
     kinds: tuple[str, ...]
     loops: int
+    # Jobs of these kinds one shop may have running at once (None: the worker's `shop_limit`).
+    shop_limit: int | None = None
 
 
 # A job stopped at its deadline, as its error says.
@@ -168,7 +170,7 @@ class Worker:
                 self.lease_seconds,
                 time.time(),
                 kinds=lane.kinds,
-                shop_limit=self.shop_limit,
+                shop_limit=self.shop_limit if lane.shop_limit is None else lane.shop_limit,
             )
             if job is None:
                 with anyio.move_on_after(self.poll_seconds):

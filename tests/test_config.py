@@ -390,10 +390,17 @@ def test_the_queue_settings_default_to_shares_of_the_workers() -> None:
     assert (settings.job_deadline_seconds, settings.callback_workers) == (300, None)
     assert (settings.capture_loops, settings.callback_loops) == (8, 2)
     assert settings.shop_limit == 12  # half of the 24 capture workers of the three processes
+    assert settings.callback_shop_limit == 3  # half of the 6 callback loops of the three
     default = load_settings({})
     assert (default.capture_loops, default.callback_loops, default.shop_limit) == (4, 2, 2)
+    assert default.callback_shop_limit == 1  # one shop's callbacks leave a loop for the others
     alone = load_settings({"KLARNA_CAPTURE_WORKERS": "1"})
     assert (alone.capture_loops, alone.callback_loops, alone.shop_limit) == (1, 2, 1)
+    assert alone.callback_shop_limit == 1
+    capped = load_settings(
+        {"KLARNA_CAPTURE_CALLBACK_WORKERS": "16", "KLARNA_CAPTURE_SHOP_CONCURRENCY": "3"}
+    )
+    assert capped.callback_shop_limit == 3  # never above the shop's cap
     serving = load_settings({"KLARNA_CAPTURE_WORKERS": "0", "KLARNA_CAPTURE_CALLBACK_WORKERS": "2"})
     assert (serving.capture_loops, serving.callback_loops) == (0, 0)
 

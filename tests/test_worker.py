@@ -151,6 +151,68 @@ async def test_hanging_callbacks_of_one_shop_leave_another_shops_capture_running
         group.cancel_scope.cancel()
 
 
+async def callbacks_of(store: Store, shop_id: str, count: int) -> list[int]:
+    """`count` status callbacks of `shop_id` queued (each reports a shipment buried as dead)."""
+    job_ids = []
+    for index in range(count):
+        job_id = await ship(store, shop_id, f"{shop_id}-{index}")
+        job = await store.claim_job("setup", 60, time.time(), kinds=("fulfillment",))
+        assert job is not None
+        assert job.id == job_id
+        callback = NewCallback(
+            event_type="capture.failed", webhook_id=f"m-{shop_id}-{index}", payload=b"{}"
+        )
+        assert await store.bury_job(job.id, "setup", "{}", time.time(), callback)
+        jobs = await store.list_jobs(limit=1000)
+        [queued] = [
+            j.id
+            for j in jobs
+            if j.kind == "callback" and j.shop_id == shop_id and j.id not in job_ids
+        ]
+        job_ids.append(queued)
+    return job_ids
+
+
+async def test_hanging_callbacks_of_one_shop_leave_callback_loops_for_the_others(
+    store: Store,
+) -> None:
+    """As the service runs them: two callback loops, a shop's callbacks capped at one. Shop A's
+    ten callbacks whose URL never answers hold one loop; shop B's callback, queued after them,
+    is sent on the other."""
+    await add_shop(store, "shop_a")
+    await add_shop(store, "shop_b")
+    await callbacks_of(store, "shop_a", 10)
+    [theirs] = await callbacks_of(store, "shop_b", 1)
+    hanging: list[str] = []
+    ended = anyio.Event()
+
+    async def send_callback(job: Job) -> None:
+        if job.shop_id == "shop_a":
+            hanging.append(job.shop_id)
+            await ended.wait()  # the status URL never answers, until the test ends
+
+    async def capture(job: Job) -> None:
+        pass
+
+    worker = Worker(
+        store,
+        {"fulfillment": capture, "callback": send_callback},
+        lanes=[
+            Lane(kinds=("fulfillment",), loops=1),
+            Lane(kinds=("callback",), loops=2, shop_limit=1),
+        ],
+        shop_limit=2,
+        poll_seconds=0.05,
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        done = await wait_for_job(store, theirs, "done")
+        assert done.shop_id == "shop_b"
+        assert hanging == ["shop_a"]  # one loop held, the other free for shop B
+        ended.set()
+        group.cancel_scope.cancel()
+
+
 async def test_a_lone_shipment_starts_at_once_while_a_backlog_drains(store: Store) -> None:
     """Through the worker: shop A's 200 slow shipments drain two at a time (its cap) on four
     loops; shop B's one shipment, stored while they drain, is among the next jobs to start."""
@@ -248,6 +310,6 @@ async def test_the_service_gives_callbacks_a_lane_of_their_own_and_caps_each_sho
         worker = service.worker
         assert worker.lanes == [
             Lane(kinds=("fulfillment",), loops=8),
-            Lane(kinds=("callback",), loops=2),
+            Lane(kinds=("callback",), loops=2, shop_limit=1),
         ]
         assert (worker.shop_limit, worker.job_deadline_seconds) == (4, 300)

@@ -52,6 +52,9 @@ def settings(tmp_path: Path, klarna_url: str, shopify_admin_url: str) -> Setting
             "KLARNA_CAPTURE_SECRET_KEY": "a-test-secret-key-of-some-length",
             "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
             "KLARNA_CAPTURE_WORKERS": "4",
+            # Two callbacks of a shop at once (half of four), so that two write-backs of one
+            # order can race, as test_a_write_back_that_read_an_older_ledger... needs.
+            "KLARNA_CAPTURE_CALLBACK_WORKERS": "4",
             "KLARNA_CAPTURE_SHOPIFY_CLIENT_ID": DEFAULT_CLIENT_ID,
             "KLARNA_CAPTURE_SHOPIFY_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
             "KLARNA_CAPTURE_SHOPIFY_ADMIN_URL": shopify_admin_url,
