@@ -39,6 +39,7 @@ from plugin.web.forms import (
 )
 
 PAGE_SIZE = 50
+MAX_FULFILLMENT_ID = 255  # characters, as events.FulfillmentEvent allows
 SHOPIFY_ADMIN = "https://admin.shopify.com"
 # The request state entry SecurityHeaders reads: who may frame this answer (absent: nobody).
 FRAME_ANCESTORS = "frame_ancestors"
@@ -471,7 +472,15 @@ async def _shipment_page(
 async def shipment_page(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
+    if not is_fulfillment_id(request.path_params["fulfillment_id"]):
+        return message(request, "Not found", "There is no such page.", 404)
     return await _shipment_page(request, service, shop)
+
+
+def is_fulfillment_id(value: str) -> bool:
+    """Whether `value` could be a fulfilment id: every event carries one of at most 255
+    printable characters. Anything else in a URL is no shipment, answered without a lookup."""
+    return 0 < len(value) <= MAX_FULFILLMENT_ID and value.isprintable()
 
 
 @page(post=True)
@@ -481,7 +490,7 @@ async def shipment_action(
     """POST .../shipments/<fulfillment id>/<action>: ids may hold slashes (Shopify's do)."""
     fulfillment_id, _, action = request.path_params["target"].rpartition("/")
     handler = _ACTIONS.get(action)
-    if not fulfillment_id or handler is None:
+    if handler is None or not is_fulfillment_id(fulfillment_id):
         return message(request, "Not found", "There is no such page.", 404)
     request.path_params["fulfillment_id"] = fulfillment_id
     return await handler(request, service, shop, session)

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -361,6 +362,32 @@ def test_a_bad_page_cursor_is_a_400_page(quiet_site: Site, cursor: str) -> None:
     )
     assert answer.status_code == 400
     assert "That page link is not valid." in answer.text
+
+
+@pytest.mark.parametrize("fulfillment_id", ["F" * 256, "F\x00", "F\u2028"])
+def test_a_path_that_cannot_be_a_fulfillment_id_is_a_404_without_a_lookup(
+    quiet_site: Site, fulfillment_id: str
+) -> None:
+    shop, _ = quiet_site.create_shop()
+    browser = quiet_site.sign_in(shop.id)
+    store = quiet_site.service.store
+    looked_up: list[str] = []
+    shipment = store.shipment
+
+    async def counted(shop_id: str, fulfillment_id: str) -> Any:
+        looked_up.append(fulfillment_id)
+        return await shipment(shop_id, fulfillment_id)
+
+    store.shipment = counted  # type: ignore[method-assign]
+    path = f"{browser.base}/shipments/{quote(fulfillment_id)}"
+    page = browser.get(path)
+    retry = browser.post(f"{path}/retry")
+    assert (page.status_code, retry.status_code) == (404, 404)
+    assert "There is no such page." in page.text
+    assert looked_up == []
+    # One that could be an id is looked up (and is not there).
+    assert browser.get(f"{browser.base}/shipments/F1").status_code == 404
+    assert looked_up == ["F1"]
 
 
 def _cookie(browser: Browser) -> dict[str, str]:
