@@ -104,6 +104,27 @@ def add_shop(env: dict[str, str], *extra: str) -> dict[str, str]:
     )
 
 
+def refused_shop_add(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    """`shop add` of a standard shop with `extra` arguments, expected to be refused."""
+    return run_cli(
+        env,
+        "shop",
+        "add",
+        "--name",
+        "Refused",
+        "--klarna-region",
+        "eu",
+        "--klarna-environment",
+        "live",
+        "--klarna-username",
+        "PK",
+        "--klarna-password-stdin",
+        *extra,
+        stdin="pw\n",
+        check=False,
+    )
+
+
 def test_shop_add_prints_its_id_path_and_secret_and_stores_no_secret_in_clear(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -139,47 +160,13 @@ def test_shop_add_takes_a_description_template_of_plain_fields_only(env: dict[st
     assert shown["options"]["description_template"] == "Parcel {fulfillment_name} of {order_id}"
 
     for template in ("{fulfillment_name:>1500000000}", "{order_id!r}", "{order_id[0]}", "{}"):
-        done = run_cli(
-            env,
-            "shop",
-            "add",
-            "--name",
-            "Refused",
-            "--klarna-region",
-            "eu",
-            "--klarna-environment",
-            "playground",
-            "--klarna-username",
-            "PK",
-            "--klarna-password-stdin",
-            "--description-template",
-            template,
-            stdin="pw\n",
-            check=False,
-        )
+        done = refused_shop_add(env, "--description-template", template)
         assert done.returncode == 2, template
         assert done.stderr.startswith(
             "klarna-capture: --description-template: Write each field as it is, with nothing "
             "else inside its braces: {fulfillment_name}, {fulfillment_id}, {order_id}."
         )
-    unknown = run_cli(
-        env,
-        "shop",
-        "add",
-        "--name",
-        "x",
-        "--klarna-region",
-        "eu",
-        "--klarna-environment",
-        "live",
-        "--klarna-username",
-        "PK",
-        "--klarna-password-stdin",
-        "--description-template",
-        "{nope}",
-        stdin="pw\n",
-        check=False,
-    )
+    unknown = refused_shop_add(env, "--description-template", "{nope}")
     assert unknown.returncode == 2
     assert "Unknown field {nope}" in unknown.stderr
     assert [line.split()[0] for line in run_cli(env, "shop", "list").stdout.splitlines()] == [
@@ -403,24 +390,7 @@ def test_a_woocommerce_shop_needs_a_working_site_and_key(
 def test_woocommerce_options_are_refused_for_other_platforms_and_sites_are_not_shared(
     env: dict[str, str],
 ) -> None:
-    done = run_cli(
-        env,
-        "shop",
-        "add",
-        "--name",
-        "Corner shop",
-        "--klarna-region",
-        "eu",
-        "--klarna-environment",
-        "live",
-        "--klarna-username",
-        "PK",
-        "--klarna-password-stdin",
-        "--site-url",
-        "https://shop.example",
-        stdin="pw\n",
-        check=False,
-    )
+    done = refused_shop_add(env, "--site-url", "https://shop.example")
     assert done.returncode == 2
     assert "--site-url is for --platform woocommerce" in done.stderr
 
@@ -547,24 +517,7 @@ def test_the_gil_is_handed_off_sooner_only_where_a_writer_thread_needs_it(
 )
 def test_a_status_url_off_the_public_internet_is_refused(env: dict[str, str], host: str) -> None:
     strict = {**env, "KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": ""}
-    done = run_cli(
-        strict,
-        "shop",
-        "add",
-        "--name",
-        "Corner shop",
-        "--klarna-region",
-        "eu",
-        "--klarna-environment",
-        "live",
-        "--klarna-username",
-        "PK",
-        "--klarna-password-stdin",
-        "--status-url",
-        f"http://{host}:8080/status",
-        stdin="pw\n",
-        check=False,
-    )
+    done = refused_shop_add(strict, "--status-url", f"http://{host}:8080/status")
     assert done.returncode == 2
     assert "klarna-capture: --status-url: " in done.stderr
     assert "is not a public internet address" in done.stderr
