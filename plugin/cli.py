@@ -103,7 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     show = shops.add_parser("show", help="one shop, without its secrets")
     show.add_argument("shop_id")
     show.set_defaults(run=lambda args: _run(_shop_show, args))
-    rotate = shops.add_parser("rotate-secret", help="new webhook secret; the old one works 24 h")
+    rotate = shops.add_parser(
+        "rotate-secret",
+        help="new webhook secret (a BigCommerce shop's hooks get its new header); the old one "
+        "works 24 h",
+    )
     rotate.add_argument("shop_id")
     rotate.set_defaults(run=lambda args: _run(_shop_rotate, args))
     remove = shops.add_parser("remove", help="delete a shop and everything stored for it")
