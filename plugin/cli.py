@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx2
 import msgspec
 import uvicorn
 
@@ -26,9 +27,11 @@ from plugin.config import (
 )
 from plugin.logs import configure_logging
 from plugin.outbound import AddressGuard, url_problem
-from plugin.platforms import woocommerce
+from plugin.platforms import bigcommerce, woocommerce
+from plugin.platforms._bigcommerce_api import BigCommerceError
 from plugin.service import Service, open_service
 from plugin.store.records import Job, Shop, ShopOptions
+from plugin.web import bigcommerce as bigcommerce_web
 
 REGIONS = ("eu", "na", "oc")
 ENVIRONMENTS = ("live", "playground")
@@ -100,7 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     show = shops.add_parser("show", help="one shop, without its secrets")
     show.add_argument("shop_id")
     show.set_defaults(run=lambda args: _run(_shop_show, args))
-    rotate = shops.add_parser("rotate-secret", help="new webhook secret; the old one works 24 h")
+    rotate = shops.add_parser(
+        "rotate-secret",
+        help="new webhook secret (a BigCommerce shop's hooks get its new header); the old one "
+        "works 24 h",
+    )
     rotate.add_argument("shop_id")
     rotate.set_defaults(run=lambda args: _run(_shop_rotate, args))
     remove = shops.add_parser("remove", help="delete a shop and everything stored for it")
@@ -492,10 +499,33 @@ async def _compliance_list(service: Service, args: argparse.Namespace) -> int:
 
 
 async def _shop_rotate(service: Service, args: argparse.Namespace) -> int:
-    if await _find_shop(service, args.shop_id) is None:
+    shop = await _find_shop(service, args.shop_id)
+    if shop is None:
         return 1
     secret = await service.shops.rotate_secret(args.shop_id)
+    if shop.platform == bigcommerce.NAME:
+        return await _bigcommerce_rehook(service, shop)
     print(f"new webhook secret: {secret}  (shown this once; the previous one works for 24 hours)")
+    return 0
+
+
+async def _bigcommerce_rehook(service: Service, shop: Shop) -> int:
+    """A BigCommerce shop's secret is its hooks' header: the hooks get the new one now (the
+    previous one is taken for 24 hours, so deliveries on their way still pass)."""
+    token = service.shops.platform_token(shop)
+    if token is None:
+        print("new hook secret made; the app is not installed, so no hook to update")
+        return 0
+    try:
+        await bigcommerce_web.subscribe(service, shop, token)
+    except (BigCommerceError, httpx2.HTTPError) as error:
+        print(
+            f"klarna-capture: new hook secret made, but the hooks were not updated ({error}); "
+            "the next /load updates them, and the previous secret works for 24 hours",
+            file=sys.stderr,
+        )
+        return 1
+    print("new hook secret made and set on the store's BigCommerce hooks")
     return 0
 
 

@@ -45,6 +45,12 @@ class Hook(msgspec.Struct, kw_only=True):
     scope: str
     destination: str
     is_active: bool = True
+    headers: dict[str, str] | None = None
+
+    def sends(self, headers: Mapping[str, str]) -> bool:
+        """Whether this hook's deliveries carry each of `headers` (names in any case)."""
+        mine = {name.lower(): value for name, value in (self.headers or {}).items()}
+        return all(mine.get(name.lower()) == value for name, value in headers.items())
 
 
 class _Hooks(msgspec.Struct):
@@ -308,23 +314,30 @@ class StoreClient:
             return []
         return self._decode("hooks", raw, _hooks).data
 
-    async def ensure_hooks(self, scopes: Sequence[str], destination: str) -> list[Hook]:
-        """Each of `scopes` subscribed, active, to `destination`: created when missing, turned
-        back on when BigCommerce deactivated it, left alone otherwise."""
+    async def ensure_hooks(
+        self, scopes: Sequence[str], destination: str, headers: Mapping[str, str]
+    ) -> list[Hook]:
+        """Each of `scopes` subscribed, active, to `destination`, sending `headers` with every
+        delivery: created when missing; updated (PUT) when BigCommerce deactivated it or it lacks
+        the headers (a hook made before they existed, or before a rotation); else left alone."""
         existing = await self.hooks()
         hooks = []
         for scope in scopes:
             found = [h for h in existing if h.scope == scope and h.destination == destination]
-            active = next((h for h in found if h.is_active), None)
-            if active is not None:
-                hooks.append(active)
+            current = next((h for h in found if h.is_active and h.sends(headers)), None)
+            if current is not None:
+                hooks.append(current)
             elif found:
-                raw = await self.call(
-                    "update hook", "PUT", f"/v3/hooks/{found[0].id}", body={"is_active": True}
-                )
+                body = {"is_active": True, "headers": dict(headers)}
+                raw = await self.call("update hook", "PUT", f"/v3/hooks/{found[0].id}", body=body)
                 hooks.append((self._decode("update hook", raw, _hook_one)).data)
             else:
-                body = {"scope": scope, "destination": destination, "is_active": True}
+                body = {
+                    "scope": scope,
+                    "destination": destination,
+                    "is_active": True,
+                    "headers": dict(headers),
+                }
                 raw = await self.call("create hook", "POST", "/v3/hooks", body=body)
                 hooks.append((self._decode("create hook", raw, _hook_one)).data)
         log.debug("bigcommerce hooks ensured", extra={"store_hash": self.store_hash})

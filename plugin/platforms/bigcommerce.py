@@ -27,7 +27,10 @@ Mapping rules, in short (see `shipment_from`):
   rounding per line aside): an order whose fields disagree is refused, never captured on a guess.
 """
 
+import base64
 import email.utils
+import hashlib
+import hmac
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -55,6 +58,15 @@ SHIPMENT_SCOPES = {
     "store/shipment/updated": "fulfillment.updated",
 }
 WEBHOOK_SCOPES = tuple(SHIPMENT_SCOPES)
+# The custom header the app sets on its hooks (`headers` of POST/PUT /v3/hooks), which BigCommerce
+# sends back with every delivery: a per-store secret, the way BigCommerce documents to tell its
+# deliveries from anyone's. Its value is derived from the shop's webhook secret (sealed in the
+# vault, rotated with it), never the secret itself.
+HOOK_HEADER = "X-Klarna-Capture-Hook-Secret"
+_HOOK_HEADER_LABEL = b"klarna-capture bigcommerce hook header v1"
+_MAX_HOOK_HEADER = 128
+# A payload `hash` longer than this, or not hex, is not BigCommerce's (a SHA-1 in hex).
+_PAYLOAD_HASH = re.compile(r"[0-9a-fA-F]{1,128}")
 
 # The write-back: one order metafield, and lines appended to the order's staff notes.
 METAFIELD_NAMESPACE = "klarna_capture"
@@ -100,6 +112,27 @@ def store_hash_of(context: str) -> str | None:
     return found.group(1) if found else None
 
 
+def hook_header_value(key: bytes) -> str:
+    """The value of `HOOK_HEADER` for a shop whose webhook key is `key`: an HMAC of a fixed label,
+    so that the header, which BigCommerce stores and shows to the app, cannot sign anything."""
+    digest = hmac.new(key, _HOOK_HEADER_LABEL, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def hook_header_matches(keys: Sequence[bytes], received: str | None) -> bool:
+    """Whether `received` is the hook header of any of `keys` (current and rotated-out ones in
+    their grace period), compared in constant time."""
+    if not received or len(received) > _MAX_HOOK_HEADER:
+        return False
+    # Starlette decodes header values as latin-1: this gives back the bytes that came.
+    raw = received.encode("latin-1", errors="replace")
+    matched = False
+    for key in keys:
+        # Every key is compared (no early exit): which one matched does not show in the timing.
+        matched |= hmac.compare_digest(hook_header_value(key).encode(), raw)
+    return matched
+
+
 def control_panel_origin(store_hash: str) -> str:
     """The store's control panel, which frames the app's pages."""
     return f"https://store-{store_hash}.mybigcommerce.com"
@@ -140,6 +173,19 @@ def webhook_envelope(body: bytes) -> tuple[str, str | None]:
     `stores/{hash}`."""
     envelope = _envelope_decoder.decode(body)
     return envelope.scope, store_hash_of(envelope.producer)
+
+
+def delivery_key(body: bytes, scope: str, store_hash: str) -> str:
+    """A stable id of a delivery that carries no `webhook-id`: the payload's `hash` (BigCommerce
+    sends the same one again when it retries) with the scope and store; the body's own SHA-256
+    when the hash is missing or not hex."""
+    try:
+        payload_hash = _webhook_decoder.decode(body).hash
+    except msgspec.MsgspecError:
+        payload_hash = None
+    if payload_hash is None or not _PAYLOAD_HASH.fullmatch(payload_hash):
+        payload_hash = "sha256-" + hashlib.sha256(body).hexdigest()
+    return f"hash:{scope}:{store_hash}:{payload_hash.lower()}"
 
 
 def shipment_ids(body: bytes) -> tuple[str, str]:

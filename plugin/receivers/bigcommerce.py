@@ -1,5 +1,8 @@
-"""POST /webhooks/bigcommerce: every installed store's webhooks, signed per Standard Webhooks with
-the app's client secret. A shipment queues its job; the worker reads the rest from the API."""
+"""POST /webhooks/bigcommerce: every installed store's webhooks. A delivery is taken when it
+carries the store's hook header (the custom header the app set on its hooks, as BigCommerce
+documents) or a valid Standard Webhooks signature keyed with the app's client secret; 401
+otherwise, before anything is stored. A shipment queues its job; the worker reads the shipment and
+its order back through the store's API, so the body is only ever a pointer."""
 
 import logging
 
@@ -29,27 +32,42 @@ async def bigcommerce_webhook(request: Request) -> Response:
         body = await read_body(request)
     except BodyRefused as refused:
         return refused.answer(platform)
+    signed_id: str | None = None
+    unsigned = ""
     try:
-        # BigCommerce's Standard Webhooks secret is the client secret itself: the base64 it hands
-        # a Standard Webhooks library decodes back to the secret's bytes, which key the HMAC.
-        webhook_id = signatures.verify(
+        # BigCommerce's Standard Webhooks secret is the client secret itself: the base64 it
+        # hands a Standard Webhooks library decodes back to the secret's bytes, the HMAC key.
+        signed_id = signatures.verify(
             [secret.encode()],
             request.headers,
             body,
             tolerance=settings.webhook_tolerance_seconds,
         )
     except signatures.WebhookVerificationError as exc:
-        log.warning("bigcommerce webhook refused", extra={"reason": str(exc)})
-        return _answer(401, platform, "unauthorized", error=str(exc))
+        unsigned = str(exc)
+    header = request.headers.get(bigcommerce.HOOK_HEADER)
+    if signed_id is None and header is None:
+        return _refuse(unsigned)
+    # Unsigned, the body is read for its producer only (bounded: 1 MiB, 64 deep, a store hash of
+    # the right form), to know whose hook header to compare; nothing of it is stored unless the
+    # header is that store's.
     if (deep := too_deep(body, platform)) is not None:
         return deep
     try:
         scope, store_hash = bigcommerce.webhook_envelope(body)
     except msgspec.MsgspecError as exc:
+        if signed_id is None:
+            return _refuse(f"not a BigCommerce webhook: {exc}")
         return _answer(400, platform, "rejected", error=f"not a BigCommerce webhook: {exc}")
     if store_hash is None:
+        if signed_id is None:
+            return _refuse("producer is not stores/{store hash}")
         return _answer(400, platform, "rejected", error="producer is not stores/{store hash}")
     shop = await service.shops.by_domain(platform, store_hash)
+    if signed_id is None:
+        found = None if shop is None or not shop.enabled else await service.shops.get(shop.id)
+        if found is None or not bigcommerce.hook_header_matches(found.webhook_keys, header):
+            return _refuse(f"wrong {bigcommerce.HOOK_HEADER} for this store, and no signature")
     if shop is None or not shop.enabled:
         return _answer(
             404, platform, "unknown_shop", error="the app is not installed on this store"
@@ -64,14 +82,22 @@ async def bigcommerce_webhook(request: Request) -> Response:
         shipment_id, order_id = bigcommerce.shipment_ids(body)
     except (msgspec.MsgspecError, bigcommerce.BigCommerceMappingError) as exc:
         rejected = f"not a shipment: {exc}"
+    # A signed delivery is named by its webhook-id; one with the header only by the payload's
+    # hash, which BigCommerce's retries repeat: either way a replay is a duplicate.
+    delivery_id = signed_id or bigcommerce.delivery_key(body, scope, store_hash)
     return await store_delivery(
         service,
         platform,
         shop.id,
-        webhook_id,
+        delivery_id,
         body=body,
         event_type=event_type,
         fulfillment_id=shipment_id,
         rejected=rejected,
         order_id=order_id,
     )
+
+
+def _refuse(reason: str) -> Response:
+    log.warning("bigcommerce webhook refused", extra={"reason": reason})
+    return _answer(401, bigcommerce.NAME, "unauthorized", error=reason)

@@ -1,7 +1,8 @@
 """An in-memory fake of BigCommerce: stores with orders answering the app's REST calls (v2 orders,
 products, shipments and order updates; v3 order metafields and hooks) behind X-Auth-Token, the
 OAuth token endpoint, injectable faults (5xx, 429 with BigCommerce's rate-limit headers), and
-the signed webhooks and `signed_payload_jwt`s BigCommerce sends an app.
+the webhooks (with the custom `headers` an app set on its hook, Standard Webhooks signed or not)
+and `signed_payload_jwt`s BigCommerce sends an app.
 
 Amounts follow BigCommerce: decimal strings with four places; a product's `total_*` are before
 discounts, `applied_discounts` are in the store's price basis (tax included or not), and
@@ -142,6 +143,7 @@ class _Hook:
     is_active: bool
     created_at: int
     updated_at: int
+    headers: dict[str, str] | None = None
 
 
 @dataclass
@@ -441,6 +443,40 @@ class BigCommerceSandbox:
         with self.lock:
             return [_hook_json(h, store_hash) for h in self._store(store_hash).hooks]
 
+    def add_hook(
+        self, store_hash: str, scope: str, destination: str, headers: dict[str, str] | None = None
+    ) -> None:
+        """A hook the app made earlier, as it stands now (say, before it sent a header)."""
+        with self.lock:
+            now = int(self.clock().timestamp())
+            self._store(store_hash).hooks.append(
+                _Hook(next(self._ids), self.client_id, scope, destination, True, now, now, headers)
+            )
+
+    def delivery(
+        self,
+        store_hash: str,
+        scope: str,
+        order_id: int,
+        shipment_id: int,
+        *,
+        signed: bool = False,
+    ) -> tuple[bytes, dict[str, str]]:
+        """The webhook BigCommerce sends for the store's active hook of `scope`: (body, headers).
+        The headers are the custom ones the app set on the hook, and, when `signed`, a Standard
+        Webhooks signature keyed with the app's client secret. A retry sends the same again."""
+        with self.lock:
+            hook = next(
+                h
+                for h in self._store(store_hash).hooks
+                if h.scope == scope and h.is_active and h.client_id == self.client_id
+            )
+            sent = webhook_body(store_hash, scope, order_id, shipment_id)
+            headers = {"Content-Type": "application/json", **(hook.headers or {})}
+            if signed:
+                headers.update(signed_webhook(self.client_secret, sent))
+            return sent, headers
+
     def deactivate_hooks(self, store_hash: str) -> None:
         """What BigCommerce does to hooks that failed for 48 hours."""
         with self.lock:
@@ -716,6 +752,7 @@ class _Router:
             is_active=bool(payload.get("is_active", True)),
             created_at=now,
             updated_at=now,
+            headers=_headers(payload),
         )
         self.store.hooks.append(hook)
         return _json(200, {"data": _hook_json(hook, self.store.hash), "meta": {}})
@@ -737,6 +774,8 @@ class _Router:
             hook.is_active = bool(payload["is_active"])
         if isinstance(payload.get("destination"), str):
             hook.destination = payload["destination"]
+        if "headers" in payload:
+            hook.headers = _headers(payload)
         hook.updated_at = int(self.sandbox.clock().timestamp())
         return _json(200, {"data": _hook_json(hook, self.store.hash), "meta": {}})
 
@@ -978,6 +1017,14 @@ def _metafield_json(metafield: _Metafield, order: _Order) -> dict[str, Any]:
     }
 
 
+def _headers(payload: dict[str, Any]) -> dict[str, str] | None:
+    """A hook's custom `headers` as given (string values only, as BigCommerce's schema says)."""
+    given = payload.get("headers")
+    if not isinstance(given, dict):
+        return None
+    return {str(name): value for name, value in given.items() if isinstance(value, str)}
+
+
 def _hook_json(hook: _Hook, store_hash: str) -> dict[str, Any]:
     return {
         "id": hook.id,
@@ -985,7 +1032,7 @@ def _hook_json(hook: _Hook, store_hash: str) -> dict[str, Any]:
         "store_hash": store_hash,
         "scope": hook.scope,
         "destination": hook.destination,
-        "headers": None,
+        "headers": dict(hook.headers) if hook.headers is not None else None,
         "is_active": hook.is_active,
         "created_at": hook.created_at,
         "updated_at": hook.updated_at,

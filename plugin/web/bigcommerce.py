@@ -96,9 +96,17 @@ def _api(service: Service, store_hash: str, token: str) -> StoreClient:
     )
 
 
-async def _subscribe(service: Service, store_hash: str, token: str) -> None:
+async def subscribe(service: Service, shop: Shop, token: str) -> None:
+    """The shop's shipment hooks subscribed and active, each sending the store's hook header
+    (from its current webhook secret); a hook without it, or with an older one, is updated."""
+    secrets = await service.shops.get(shop.id)
+    if secrets is None or not secrets.webhook_keys or shop.shop_domain is None:
+        raise BigCommerceError("hooks", status=None, code="NO_SHOP", messages=["shop removed"])
     destination = service.settings.public_url + WEBHOOK_PATH
-    await _api(service, store_hash, token).ensure_hooks(bigcommerce.WEBHOOK_SCOPES, destination)
+    header = {bigcommerce.HOOK_HEADER: bigcommerce.hook_header_value(secrets.webhook_keys[0])}
+    await _api(service, shop.shop_domain, token).ensure_hooks(
+        bigcommerce.WEBHOOK_SCOPES, destination, header
+    )
 
 
 async def _settings_page(service: Service, shop: Shop) -> Response:
@@ -180,7 +188,7 @@ async def callback(request: Request) -> Response:
         )
         log.info("bigcommerce app installed", extra={"store_hash": store_hash, "shop": shop.id})
         try:
-            await _subscribe(service, store_hash, grant.access_token)
+            await subscribe(service, shop, grant.access_token)
         except (BigCommerceError, httpx2.HTTPError) as error:
             raise _Refused(
                 502,
@@ -235,8 +243,9 @@ async def load(request: Request) -> Response:
                 "no installed shop for this store",
             )
         try:
-            # Subscribed on install; BigCommerce turns a failing hook off, and this turns it on.
-            await _subscribe(service, store_hash, token)
+            # Subscribed on install; BigCommerce turns a failing hook off, and this turns it on;
+            # a hook made before the app sent its header gets it here.
+            await subscribe(service, shop, token)
         except (BigCommerceError, httpx2.HTTPError) as error:
             log.warning(
                 "bigcommerce hooks not checked",

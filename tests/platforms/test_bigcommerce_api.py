@@ -17,6 +17,7 @@ pytestmark = pytest.mark.anyio
 STORE = "g5cd38"
 FAST = RetryPolicy(attempts=4, backoff_seconds=0.01, max_backoff_seconds=0.02)
 DESTINATION = "https://capture.example/webhooks/bigcommerce"
+HEADER = {bigcommerce.HOOK_HEADER: "v1"}
 
 
 class Sleeps(list[float]):
@@ -220,12 +221,39 @@ async def test_hooks_are_subscribed_once_and_turned_back_on(
     token = sandbox.add_store(STORE)
     client = client_for(http, token)
 
-    await client.ensure_hooks(bigcommerce.WEBHOOK_SCOPES, DESTINATION)
-    await client.ensure_hooks(bigcommerce.WEBHOOK_SCOPES, DESTINATION)
+    await client.ensure_hooks(bigcommerce.WEBHOOK_SCOPES, DESTINATION, HEADER)
+    await client.ensure_hooks(bigcommerce.WEBHOOK_SCOPES, DESTINATION, HEADER)
     sandbox.deactivate_hooks(STORE)
-    hooks = await client.ensure_hooks(bigcommerce.WEBHOOK_SCOPES, DESTINATION)
+    hooks = await client.ensure_hooks(bigcommerce.WEBHOOK_SCOPES, DESTINATION, HEADER)
 
     stored = sandbox.hooks(STORE)
     assert sorted(h["scope"] for h in stored) == sorted(bigcommerce.WEBHOOK_SCOPES)
     assert all(h["is_active"] and h["destination"] == DESTINATION for h in stored)
+    assert all(h["headers"] == HEADER for h in stored)
     assert [h.id for h in hooks] == [h["id"] for h in stored]
+
+
+async def test_hooks_get_the_header_they_lack_with_put_and_keep_the_one_they_have(
+    sandbox: BigCommerceSandbox, http: httpx2.AsyncClient
+) -> None:
+    token = sandbox.add_store(STORE)
+    client = client_for(http, token)
+    # One hook made before the app sent a header, one with an older (rotated) value.
+    sandbox.add_hook(STORE, bigcommerce.WEBHOOK_SCOPES[0], DESTINATION)
+    sandbox.add_hook(
+        STORE, bigcommerce.WEBHOOK_SCOPES[1], DESTINATION, {bigcommerce.HOOK_HEADER: "old"}
+    )
+    before = [h["id"] for h in sandbox.hooks(STORE)]
+
+    await client.ensure_hooks(bigcommerce.WEBHOOK_SCOPES, DESTINATION, HEADER)
+    updated = [(r.method, r.path) for r in sandbox.requests if r.path.startswith("/stores")]
+    sandbox.requests.clear()
+    # Names in another case are the same header (HTTP header names ignore case).
+    await client.ensure_hooks(
+        bigcommerce.WEBHOOK_SCOPES, DESTINATION, {bigcommerce.HOOK_HEADER.lower(): "v1"}
+    )
+
+    assert [h["id"] for h in sandbox.hooks(STORE)] == before  # updated in place, none added
+    assert all(h["headers"] == HEADER for h in sandbox.hooks(STORE))
+    assert [method for method, _ in updated] == ["GET", "PUT", "PUT"]
+    assert [r.method for r in sandbox.requests] == ["GET"]

@@ -21,6 +21,7 @@ from plugin.app import create_app
 from plugin.config import Settings, load_settings
 from plugin.klarna import RetryPolicy
 from plugin.klarna.models import OrderLine
+from plugin.platforms.bigcommerce import HOOK_HEADER
 from plugin.sandbox.bigcommerce import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -39,6 +40,7 @@ from plugin.sandbox.server import serve_in_thread
 from plugin.service import open_service
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
+from plugin.web import bigcommerce as bigcommerce_web
 from plugin.worker import Backoff
 from tests.helpers import wait_until
 
@@ -108,8 +110,10 @@ def install(
     klarna: bool = True,
     region: str = "eu",
     options: ShopOptions | None = None,
+    hooks: bool = False,
 ) -> Shop:
-    """The app installed on STORE (as the auth callback leaves it), Klarna set up."""
+    """The app installed on STORE (as the auth callback leaves it), Klarna set up; with `hooks`,
+    its hooks subscribed too, each with the store's hook header."""
     token = sandbox.add_store(STORE)
 
     async def run() -> Shop:
@@ -124,6 +128,8 @@ def install(
                 shop.id, changes, klarna_password=KLARNA_PASSWORD if klarna else None
             )
             assert changed is not None
+            if hooks:
+                await bigcommerce_web.subscribe(service, changed, token)
             return changed
 
     return anyio.run(run)
@@ -180,6 +186,11 @@ def send(
 ) -> httpx2.Response:
     body = webhook_body(STORE, scope, order_id, shipment_id)
     headers = signed_webhook(secret, body, webhook_id=webhook_id, timestamp=timestamp)
+    return httpx2.post(f"{url}/webhooks/bigcommerce", content=body, headers=headers, timeout=10)
+
+
+def deliver(url: str, body: bytes, headers: dict[str, str]) -> httpx2.Response:
+    """A delivery as the fake BigCommerce made it (`BigCommerceSandbox.delivery`), sent."""
     return httpx2.post(f"{url}/webhooks/bigcommerce", content=body, headers=headers, timeout=10)
 
 
@@ -658,6 +669,97 @@ def test_rate_limits_are_waited_out(
     wait_until(lambda: status_is(bigcommerce, order_id, "captured"), what="the write-back")
     assert sum(1 for r in bigcommerce.requests if r.status == 429) == 2
     assert len(klarna_sandbox.orders[klarna_id].captures) == 1
+
+
+# --- authenticated the way BigCommerce documents it: the hook's header -------------------------
+
+
+def test_a_delivery_with_the_hook_header_only_is_captured_and_its_replay_is_a_duplicate(
+    settings: Settings, bigcommerce: BigCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    install(settings, bigcommerce, hooks=True)
+    order_id, klarna_id = place_order(bigcommerce, klarna_sandbox)
+    shipment_id = bigcommerce.ship(STORE, order_id)
+    body, headers = bigcommerce.delivery(STORE, CREATED, order_id, shipment_id)
+    assert "webhook-signature" not in headers
+
+    first = deliver(service, body, headers)
+    # BigCommerce's retry: the same payload (and `hash`) again, no webhook-id to go by.
+    replays = [deliver(service, body, headers) for _ in range(2)]
+
+    assert (first.status_code, first.json()["status"]) == (200, "accepted")
+    assert [r.json()["status"] for r in replays] == ["duplicate", "duplicate"]
+    wait_until(lambda: status_is(bigcommerce, order_id, "captured"), what="the write-back")
+    assert len(klarna_sandbox.orders[klarna_id].captures) == 1
+    assert count(settings, "SELECT count(*) FROM deliveries") == 1
+
+
+def test_a_signed_delivery_with_the_hook_header_too_is_captured_once_per_webhook_id(
+    settings: Settings, bigcommerce: BigCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    install(settings, bigcommerce, hooks=True)
+    order_id, klarna_id = place_order(bigcommerce, klarna_sandbox)
+    shipment_id = bigcommerce.ship(STORE, order_id)
+    body, headers = bigcommerce.delivery(STORE, CREATED, order_id, shipment_id, signed=True)
+    without_header = {k: v for k, v in headers.items() if k != HOOK_HEADER}
+
+    answers = [deliver(service, body, headers), deliver(service, body, without_header)]
+
+    assert [a.json()["status"] for a in answers] == ["accepted", "duplicate"]
+    wait_until(lambda: status_is(bigcommerce, order_id, "captured"), what="the write-back")
+    assert len(klarna_sandbox.orders[klarna_id].captures) == 1
+
+
+def test_a_wrong_or_another_stores_hook_header_is_refused_and_nothing_is_stored(
+    settings: Settings, bigcommerce: BigCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    install(settings, bigcommerce, hooks=True)
+    order_id, _ = place_order(bigcommerce, klarna_sandbox)
+    shipment_id = bigcommerce.ship(STORE, order_id)
+    body, headers = bigcommerce.delivery(STORE, CREATED, order_id, shipment_id)
+    header = HOOK_HEADER
+    other_store = webhook_body("otherstore1", CREATED, order_id, shipment_id)
+
+    answers = [
+        deliver(service, body, {**headers, header: "not-the-stores-header"}),
+        deliver(service, body, {**headers, header: headers[header] + "x"}),
+        deliver(service, body, {**headers, header: "x" * 10_000}),
+        # The right store's header on a body naming a store without the app.
+        deliver(service, other_store, headers),
+        # An unsigned body without the header, and a header on what is not a webhook.
+        deliver(service, body, {"Content-Type": "application/json"}),
+        deliver(service, b"[", headers),
+    ]
+
+    assert [a.status_code for a in answers] == [401] * 6, [a.text for a in answers]
+    assert count(settings, "SELECT count(*) FROM deliveries") == 0
+    # Nothing of the refused ones was kept: the same body with the right header is new.
+    assert deliver(service, body, headers).json()["status"] == "accepted"
+
+
+def test_a_forged_pointer_with_the_right_header_captures_nothing(
+    settings: Settings, bigcommerce: BigCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    """Whoever holds the header can only point at shipments: the worker reads each back through
+    the store's API, so a shipment the store never made, or an order it does not have, captures
+    nothing."""
+    install(settings, bigcommerce, hooks=True)
+    order_id, klarna_id = place_order(bigcommerce, klarna_sandbox)
+    never_shipped = 987654
+    forged = [
+        bigcommerce.delivery(STORE, CREATED, order_id, never_shipped),
+        bigcommerce.delivery(STORE, CREATED, order_id + 1000, never_shipped + 1),
+    ]
+
+    answers = [deliver(service, body, headers) for body, headers in forged]
+
+    assert [a.json()["status"] for a in answers] == ["accepted", "accepted"]
+    wait_until(
+        lambda: count(settings, "SELECT count(*) FROM audit WHERE step = 'skip'") == 2,
+        what="both pointers looked up and skipped",
+    )
+    assert klarna_sandbox.orders[klarna_id].captures == []
+    assert status(bigcommerce, order_id) is None
 
 
 # --- refusals -------------------------------------------------------------------------------------

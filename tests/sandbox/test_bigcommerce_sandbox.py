@@ -226,6 +226,32 @@ def test_hooks_are_per_app_and_can_be_turned_back_on(
     assert created["store_hash"] == STORE
 
 
+def test_hooks_keep_the_headers_given_and_their_deliveries_carry_them(
+    sandbox: BigCommerceSandbox, client: TestClient
+) -> None:
+    token = sandbox.add_store(STORE)
+    auth = {"X-Auth-Token": token}
+    scope = "store/shipment/created"
+    hook = {"scope": scope, "destination": "https://app.example/webhooks", "headers": {"X-A": "1"}}
+
+    created = client.post(f"/stores/{STORE}/v3/hooks", json=hook, headers=auth).json()["data"]
+    plain = sandbox.delivery(STORE, scope, 319, 12)
+    client.put(
+        f"/stores/{STORE}/v3/hooks/{created['id']}", json={"headers": {"X-A": "2"}}, headers=auth
+    )
+    body, signed = sandbox.delivery(STORE, scope, 319, 12, signed=True)
+
+    assert created["headers"] == {"X-A": "1"}
+    assert plain[1]["X-A"] == "1"
+    assert "webhook-signature" not in plain[1]
+    assert sandbox.hooks(STORE)[0]["headers"] == {"X-A": "2"}
+    assert signed["X-A"] == "2"
+    lowered = {k.lower(): v for k, v in signed.items()}
+    assert (
+        signatures.verify([DEFAULT_CLIENT_SECRET.encode()], lowered, body) == signed["webhook-id"]
+    )
+
+
 def test_codes_work_once_for_the_right_client_and_store(
     sandbox: BigCommerceSandbox, client: TestClient
 ) -> None:

@@ -3,35 +3,42 @@ install (code exchange, token sealed, webhooks subscribed, settings session), /l
 signed payload, /uninstall; and every refusal."""
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import jwt
 import pytest
 
 from plugin.app import create_app
 from plugin.config import Settings
+from plugin.platforms import bigcommerce as bigcommerce_platform
+from plugin.platforms.bigcommerce import HOOK_HEADER
 from plugin.sandbox.bigcommerce import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     BigCommerceSandbox,
+    Product,
     signed_payload_jwt,
 )
 from plugin.sandbox.bigcommerce import create_app as create_bigcommerce_app
 from plugin.sandbox.server import serve_in_thread
+from plugin.service import open_service
 from plugin.shops import secret_context
 from plugin.vault import Vault
 from plugin.worker import Backoff
-from tests.helpers import free_port
+from tests.helpers import free_port, run_cli, wait_until
 from tests.web.support import COOKIE, SECRET_KEY, csp_directives, page_settings, set_cookie
 
 STORE = "g5cd38"
 CONTROL_PANEL = f"https://store-{STORE}.mybigcommerce.com"
 SCOPES = {"store/shipment/created", "store/shipment/updated"}
+CREATED = "store/shipment/created"
 
 
 @pytest.fixture(scope="module")
@@ -454,3 +461,131 @@ def test_uninstall_ends_the_sessions_of_the_store(on_any_store: str) -> None:
     after = get(location, cookie=cookie)
     assert after.status_code == 401
     assert "Please sign in" in after.text
+
+
+# --- the hooks' header: set on install and /load, checked on delivery, rotated --------------------
+
+
+@pytest.fixture
+def any_store(
+    tmp_path: Path,
+    klarna_url: str,
+    bigcommerce_server: tuple[BigCommerceSandbox, str],
+    bigcommerce: BigCommerceSandbox,
+    store_env: dict[str, str],
+) -> Iterator[tuple[str, Settings]]:
+    """The service on the SQLite file or on PostgreSQL, nothing installed yet."""
+    settings, port = app_settings(tmp_path, klarna_url, bigcommerce_server[1], store_env=store_env)
+    app = create_app(settings, backoff=Backoff(base_seconds=0.05), poll_seconds=0.05)
+    with serve_in_thread(app, port=port) as url:
+        yield url, settings
+
+
+def stores_header(settings: Settings) -> str:
+    """The hook header the store's current webhook secret makes, read through the service."""
+
+    async def run() -> str:
+        async with open_service(settings) as service:
+            shop = await service.store.shop_by_domain(bigcommerce_platform.NAME, STORE)
+            assert shop is not None
+            found = await service.shops.get(shop.id)
+            assert found is not None
+            return bigcommerce_platform.hook_header_value(found.webhook_keys[0])
+
+    return anyio.run(run)
+
+
+def deliver(service: str, body: bytes, headers: Mapping[str, str]) -> httpx2.Response:
+    return httpx2.post(f"{service}/webhooks/bigcommerce", content=body, headers=headers)
+
+
+def test_deliveries_with_the_hooks_header_or_a_signature_are_taken_once_on_each_store(
+    any_store: tuple[str, Settings], bigcommerce: BigCommerceSandbox
+) -> None:
+    service, settings = any_store
+    assert install(service, bigcommerce).status_code == 303
+    header = stores_header(settings)
+    assert [h["headers"] for h in bigcommerce.hooks(STORE)] == [{HOOK_HEADER: header}] * 2
+    order_id = bigcommerce.add_order(STORE, [Product("Tomatoes", "20.00")])
+    plain = bigcommerce.delivery(STORE, CREATED, order_id, 11)
+    signed = bigcommerce.delivery(STORE, CREATED, order_id, 12, signed=True)
+    # A forged header on a body of its own: refused, and nothing of it kept.
+    forged_body = bigcommerce.delivery(STORE, CREATED, order_id, 13)[0]
+    forged = deliver(service, forged_body, {HOOK_HEADER: header[::-1]})
+
+    answers = [deliver(service, *plain), deliver(service, *plain)]
+    answers += [deliver(service, *signed), deliver(service, *signed)]
+
+    assert (forged.status_code, forged.json()["status"]) == (401, "unauthorized")
+    assert [a.json()["status"] for a in answers] == [
+        "accepted",
+        "duplicate",
+        "accepted",
+        "duplicate",
+    ]
+    assert deliver(service, forged_body, {HOOK_HEADER: header}).json()["status"] == "accepted"
+
+
+def test_a_hook_made_before_the_header_gets_it_on_the_next_load(
+    any_store: tuple[str, Settings], bigcommerce: BigCommerceSandbox
+) -> None:
+    service, settings = any_store
+    # Installed, and subscribed, by a version that set no header on its hooks.
+    token = bigcommerce.add_store(STORE)
+    destination = f"{settings.public_url}/webhooks/bigcommerce"
+    for scope in sorted(SCOPES):
+        bigcommerce.add_hook(STORE, scope, destination)
+
+    async def installed_before() -> None:
+        async with open_service(settings) as running:
+            await running.shops.install(platform="bigcommerce", shop_domain=STORE, token=token)
+
+    anyio.run(installed_before)
+    order_id = bigcommerce.add_order(STORE, [Product("Tomatoes", "20.00")])
+    before = [h["id"] for h in bigcommerce.hooks(STORE)]
+    refused = deliver(service, *bigcommerce.delivery(STORE, CREATED, order_id, 11))
+
+    assert load(service, payload()).status_code == 303
+
+    hook_calls = [(r.method, r.path) for r in bigcommerce.requests if "/v3/hooks" in r.path]
+    assert [method for method, _ in hook_calls] == ["GET", "PUT", "PUT"]
+    assert [h["id"] for h in bigcommerce.hooks(STORE)] == before
+    header = stores_header(settings)
+    assert [h["headers"] for h in bigcommerce.hooks(STORE)] == [{HOOK_HEADER: header}] * 2
+    assert refused.status_code == 401
+    taken = deliver(service, *bigcommerce.delivery(STORE, CREATED, order_id, 11))
+    assert taken.json()["status"] == "accepted"
+
+
+def test_rotating_the_secret_sets_a_new_header_on_the_hooks_and_the_old_one_passes_a_while(
+    settings: tuple[Settings, int], service: str, bigcommerce: BigCommerceSandbox, klarna_url: str
+) -> None:
+    assert install(service, bigcommerce).status_code == 303
+    [shop] = shops(settings)
+    order_id = bigcommerce.add_order(STORE, [Product("Tomatoes", "20.00")])
+    old = bigcommerce.delivery(STORE, CREATED, order_id, 11)
+    env = {
+        **os.environ,
+        "KLARNA_CAPTURE_DATA_DIR": str(settings[0].data_dir),
+        "KLARNA_CAPTURE_SECRET_KEY": SECRET_KEY,
+        "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
+        "KLARNA_CAPTURE_PUBLIC_URL": settings[0].public_url,
+        "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_ID": DEFAULT_CLIENT_ID,
+        "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
+        "KLARNA_CAPTURE_BIGCOMMERCE_API_URL": settings[0].bigcommerce_api_url,
+        "KLARNA_CAPTURE_LOG_LEVEL": "WARNING",
+    }
+
+    rotated = run_cli(env, "shop", "rotate-secret", shop["id"])
+
+    assert "set on the store's BigCommerce hooks" in rotated.stdout
+    assert "whsec_" not in rotated.stdout + rotated.stderr
+    new = bigcommerce.delivery(STORE, CREATED, order_id, 12)
+    assert new[1][HOOK_HEADER] != old[1][HOOK_HEADER]
+    assert [h["headers"] for h in bigcommerce.hooks(STORE)] == [
+        {HOOK_HEADER: new[1][HOOK_HEADER]}
+    ] * 2
+    # Deliveries already on their way with the old header still pass (24 hours of grace); the
+    # running service sees the new one once its shops cache (seconds) has let the old entry go.
+    assert deliver(service, *old).json()["status"] == "accepted"
+    wait_until(lambda: deliver(service, *new).status_code == 200, what="the new header taken")
