@@ -16,8 +16,9 @@ from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna.models import Order
 from plugin.money import to_minor
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / (
-    "shared/reference/shopify/fulfillments-create.sample.json"
+# Shopify's documented sample, vendored with the tests (tests/reference/README.md).
+SAMPLE = Path(__file__).resolve().parents[1] / (
+    "tests/reference/shopify/fulfillments-create.sample.json"
 )
 TARGET = 10.0
 

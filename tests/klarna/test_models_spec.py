@@ -1,7 +1,6 @@
 """Our Klarna Structs against Klarna's own OpenAPI spec, so the two cannot drift apart."""
 
 import re
-from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -10,11 +9,9 @@ import yaml
 from msgspec import inspect
 
 from plugin.klarna import models
+from tests.reference import KLARNA_OPENAPI
 
-SPEC_PATH = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared/reference/klarna/order-management-api-openapi.yml"
-)
+SPEC_PATH = KLARNA_OPENAPI
 
 # Struct -> spec schema; request Structs must match exactly, read Structs only in names and types.
 REQUESTS = {

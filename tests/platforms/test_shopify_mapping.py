@@ -3,7 +3,6 @@
 
 from collections.abc import Sequence
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,10 +28,9 @@ from plugin.platforms.shopify import (
 )
 from plugin.sandbox.klarna import DEFAULT_PASSWORD, DEFAULT_USERNAME, KlarnaSandbox
 from tests.helpers import KLARNA_ORDER_ID
+from tests.reference import SHOPIFY_FULFILLMENT_SAMPLE
 
-SAMPLE = (
-    Path(__file__).resolve().parents[3] / "shared/reference/shopify/fulfillments-create.sample.json"
-)
+SAMPLE = SHOPIFY_FULFILLMENT_SAMPLE
 SAMPLE_ORDER_ID = 820982911946154508
 SAMPLE_LINES = {  # line item id -> (sku, unit price)
     487817672276298554: ("SKU2006-001", "89.99"),

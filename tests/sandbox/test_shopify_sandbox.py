@@ -4,7 +4,6 @@ and signature checks: what the fake answers is what the adapter decodes."""
 import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -49,12 +48,11 @@ from plugin.signatures import (
     verify_shopify_webhook,
 )
 from tests.helpers import KLARNA_ORDER_ID
+from tests.reference import SHOPIFY_FULFILLMENT_SAMPLE
 
 pytestmark = pytest.mark.anyio
 
-SAMPLE = (
-    Path(__file__).resolve().parents[3] / "shared/reference/shopify/fulfillments-create.sample.json"
-)
+SAMPLE = SHOPIFY_FULFILLMENT_SAMPLE
 SHOP = "corner.myshopify.com"
 VERSION = shopify.API_VERSION
 START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
