@@ -271,24 +271,20 @@ class Pipeline:
             response = await self.status_http.post(
                 shop.status_url, content=callback.payload, headers=headers
             )
-        except outbound.AddressRefused as exc:
-            # Where the URL leads does not change by retrying: the merchant must change it.
-            raise JobFailure(
-                JobError(
-                    step="report",
-                    error_code="ADDRESS_REFUSED",
-                    error_messages=[f"the status URL: {outbound.describe(exc)}"],
-                ),
-                final=True,
-            ) from exc
         except httpx2.HTTPError as exc:
+            # Where the URL leads does not change by retrying: the merchant must change it.
+            refused = isinstance(exc, outbound.AddressRefused)
             raise JobFailure(
                 JobError(
                     step="report",
-                    error_code="NETWORK_ERROR",
-                    error_messages=[f"{outbound.describe(exc)} posting to the status URL"],
+                    error_code="ADDRESS_REFUSED" if refused else "NETWORK_ERROR",
+                    error_messages=[
+                        f"the status URL: {outbound.describe(exc)}"
+                        if refused
+                        else f"{outbound.describe(exc)} posting to the status URL"
+                    ],
                 ),
-                final=False,
+                final=refused,
             ) from exc
         if not response.is_success:
             raise JobFailure(

@@ -24,9 +24,9 @@ from plugin.metrics import (
     render,
     set_job_counts,
 )
-from plugin.store import NewShop
 from plugin.store.sqlite import SqliteStore
 from tests.helpers import Server, free_port, wait_until
+from tests.store.test_store import add_shop
 from tests.web.support import cli_env, page_settings, running
 
 
@@ -153,19 +153,7 @@ async def test_gauges_refresh_in_the_background_and_a_scrape_never_asks_the_stor
     await store.migrate()
     address = ("127.0.0.1", free_port())
     shop = "shop_0123456789ab"
-    await store.create_shop(
-        NewShop(
-            id=shop,
-            platform="standard",
-            name="Tomatoes",
-            klarna_region="eu",
-            klarna_environment="playground",
-            klarna_username="PK_1",
-            klarna_password=b"sealed",
-        ),
-        b"sealed secret",
-        time.time(),
-    )
+    await add_shop(store, shop)
     set_job_counts({})
     with listener(address):
         refreshing = asyncio.ensure_future(refresh_job_counts(store, every=0.05))
