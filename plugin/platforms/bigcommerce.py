@@ -112,24 +112,32 @@ def store_hash_of(context: str) -> str | None:
     return found.group(1) if found else None
 
 
-def hook_header_value(key: bytes) -> str:
-    """The value of `HOOK_HEADER` for a shop whose webhook key is `key`: an HMAC of a fixed label,
-    so that the header, which BigCommerce stores and shows to the app, cannot sign anything."""
+def hook_header_value(store_hash: str, key: bytes) -> str:
+    """The value of `HOOK_HEADER` for the store whose webhook key is `key`: the store hash, then an
+    HMAC of a fixed label, so that the header, which BigCommerce stores and shows to the app,
+    cannot sign anything. The hash in front names whose key to compare it with before anything of
+    the body is read."""
     digest = hmac.new(key, _HOOK_HEADER_LABEL, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    return f"{store_hash}.{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
 
 
-def hook_header_matches(keys: Sequence[bytes], received: str | None) -> bool:
-    """Whether `received` is the hook header of any of `keys` (current and rotated-out ones in
-    their grace period), compared in constant time."""
+def hook_header_store(received: str | None) -> str | None:
+    """The store hash a hook header names, if it has the form of one; None otherwise."""
     if not received or len(received) > _MAX_HOOK_HEADER:
-        return False
+        return None
+    store_hash, dot, _ = received.partition(".")
+    return store_hash if dot and _STORE_HASH.fullmatch(store_hash) else None
+
+
+def hook_header_matches(keys: Sequence[bytes], store_hash: str, received: str) -> bool:
+    """Whether `received` is `store_hash`'s hook header under any of `keys` (current and
+    rotated-out ones in their grace period), compared in constant time."""
     # Starlette decodes header values as latin-1: this gives back the bytes that came.
     raw = received.encode("latin-1", errors="replace")
     matched = False
     for key in keys:
         # Every key is compared (no early exit): which one matched does not show in the timing.
-        matched |= hmac.compare_digest(hook_header_value(key).encode(), raw)
+        matched |= hmac.compare_digest(hook_header_value(store_hash, key).encode(), raw)
     return matched
 
 

@@ -45,12 +45,20 @@ async def bigcommerce_webhook(request: Request) -> Response:
         )
     except signatures.WebhookVerificationError as exc:
         unsigned = str(exc)
-    header = request.headers.get(bigcommerce.HOOK_HEADER)
-    if signed_id is None and header is None:
-        return _refuse(unsigned)
-    # Unsigned, the body is read for its producer only (bounded: 1 MiB, 64 deep, a store hash of
-    # the right form), to know whose hook header to compare; nothing of it is stored unless the
-    # header is that store's.
+    header_store: str | None = None
+    if signed_id is None:
+        # Unsigned: the hook header must be its store's, checked before anything of the body is
+        # read (the header names the store; a lookup in the bounded shops cache, an HMAC).
+        header = request.headers.get(bigcommerce.HOOK_HEADER)
+        header_store = bigcommerce.hook_header_store(header)
+        if header is None or header_store is None:
+            return _refuse(unsigned if header is None else f"not a {bigcommerce.HOOK_HEADER}")
+        owner = await service.shops.by_domain(platform, header_store)
+        found = None if owner is None or not owner.enabled else await service.shops.get(owner.id)
+        if found is None or not bigcommerce.hook_header_matches(
+            found.webhook_keys, header_store, header
+        ):
+            return _refuse(f"wrong {bigcommerce.HOOK_HEADER}, and no signature")
     if (deep := too_deep(body, platform)) is not None:
         return deep
     try:
@@ -63,11 +71,9 @@ async def bigcommerce_webhook(request: Request) -> Response:
         if signed_id is None:
             return _refuse("producer is not stores/{store hash}")
         return _answer(400, platform, "rejected", error="producer is not stores/{store hash}")
+    if header_store is not None and store_hash != header_store:
+        return _refuse(f"the body names another store than its {bigcommerce.HOOK_HEADER}")
     shop = await service.shops.by_domain(platform, store_hash)
-    if signed_id is None:
-        found = None if shop is None or not shop.enabled else await service.shops.get(shop.id)
-        if found is None or not bigcommerce.hook_header_matches(found.webhook_keys, header):
-            return _refuse(f"wrong {bigcommerce.HOOK_HEADER} for this store, and no signature")
     if shop is None or not shop.enabled:
         return _answer(
             404, platform, "unknown_shop", error="the app is not installed on this store"

@@ -103,7 +103,11 @@ async def subscribe(service: Service, shop: Shop, token: str) -> None:
     if secrets is None or not secrets.webhook_keys or shop.shop_domain is None:
         raise BigCommerceError("hooks", status=None, code="NO_SHOP", messages=["shop removed"])
     destination = service.settings.public_url + WEBHOOK_PATH
-    header = {bigcommerce.HOOK_HEADER: bigcommerce.hook_header_value(secrets.webhook_keys[0])}
+    header = {
+        bigcommerce.HOOK_HEADER: bigcommerce.hook_header_value(
+            shop.shop_domain, secrets.webhook_keys[0]
+        )
+    }
     await _api(service, shop.shop_domain, token).ensure_hooks(
         bigcommerce.WEBHOOK_SCOPES, destination, header
     )

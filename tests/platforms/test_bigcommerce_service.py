@@ -729,9 +729,12 @@ def test_a_wrong_or_another_stores_hook_header_is_refused_and_nothing_is_stored(
         # An unsigned body without the header, and a header on what is not a webhook.
         deliver(service, body, {"Content-Type": "application/json"}),
         deliver(service, b"[", headers),
+        # A header of the right form but not the store's: refused before the body is read,
+        # however deep it nests (no pass over its brackets for whoever lacks the secret).
+        deliver(service, b"[" * 100_000, {**headers, header: f"{STORE}.{'A' * 43}"}),
     ]
 
-    assert [a.status_code for a in answers] == [401] * 6, [a.text for a in answers]
+    assert [a.status_code for a in answers] == [401] * 7, [a.text for a in answers]
     assert count(settings, "SELECT count(*) FROM deliveries") == 0
     # Nothing of the refused ones was kept: the same body with the right header is new.
     assert deliver(service, body, headers).json()["status"] == "accepted"

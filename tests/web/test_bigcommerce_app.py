@@ -490,7 +490,7 @@ def stores_header(settings: Settings) -> str:
             assert shop is not None
             found = await service.shops.get(shop.id)
             assert found is not None
-            return bigcommerce_platform.hook_header_value(found.webhook_keys[0])
+            return bigcommerce_platform.hook_header_value(STORE, found.webhook_keys[0])
 
     return anyio.run(run)
 
