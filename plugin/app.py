@@ -44,7 +44,7 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
             async with anyio.create_task_group() as group:
                 if settings.workers:
                     group.start_soon(service.worker.run)
-                if settings.metrics_address is not None:
+                if metrics.serving():  # no listener, nobody to count jobs for
                     group.start_soon(metrics.refresh_job_counts, service.store)
                 yield
                 group.cancel_scope.cancel()

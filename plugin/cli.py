@@ -230,7 +230,7 @@ def _worker(args: argparse.Namespace) -> int:
             settings, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_ms / 1000
         ) as service:
             task = asyncio.ensure_future(service.worker.run())
-            if settings.metrics_address is not None:
+            if metrics.serving():  # no listener, nobody to count jobs for
                 counts = asyncio.ensure_future(metrics.refresh_job_counts(service.store))
                 task.add_done_callback(lambda _: counts.cancel())
             loop = asyncio.get_running_loop()

@@ -117,6 +117,15 @@ class _QuietHandler(WSGIRequestHandler):
         """No line per scrape."""
 
 
+_serving = threading.Event()
+
+
+def serving() -> bool:
+    """Whether this process serves its metrics (a `listener` block bound its address): only then
+    is it worth counting jobs for the gauges."""
+    return _serving.is_set()
+
+
 @contextlib.contextmanager
 def listener(address: tuple[str, int] | None) -> Iterator[None]:
     """Serve the metrics on `address` (host, port) in a thread for the block's length; None
@@ -141,9 +150,11 @@ def listener(address: tuple[str, int] | None) -> Iterator[None]:
         return
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()
+    _serving.set()
     try:
         yield
     finally:
+        _serving.clear()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -22,6 +22,7 @@ from plugin.metrics import (
     listener,
     refresh_job_counts,
     render,
+    serving,
     set_job_counts,
 )
 from plugin.store.sqlite import SqliteStore
@@ -191,9 +192,15 @@ def test_the_listener_serves_the_metrics_on_its_own_address_and_stops_with_its_b
 
 def test_an_address_in_use_is_a_warning_and_no_listener(caplog: pytest.LogCaptureFixture) -> None:
     address = ("127.0.0.1", free_port())
-    with listener(address), listener(address):
-        assert "klarna_capture" in scrape(address)
+    assert not serving()
+    with listener(address):
+        assert serving()
+        with listener(address):
+            assert "klarna_capture" in scrape(address)
     assert "cannot be bound" in caplog.text
+    assert not serving()
+    with listener(None):
+        assert not serving()  # so no process counts jobs for gauges nobody can read
 
 
 def test_the_public_app_has_no_metrics(tmp_path: Path, klarna_url: str) -> None:
