@@ -88,8 +88,11 @@ class Settings:
     @property
     def callback_loops(self) -> int:
         """0 in a process without workers (a `serve` beside `worker` processes)."""
-        if self.workers == 0:
-            return 0
+        return self._callback_loops_each if self.workers else 0
+
+    @property
+    def _callback_loops_each(self) -> int:
+        """The callback loops of a process that works."""
         return self.callback_workers or max(2, self.workers // 4)
 
     @property
@@ -101,7 +104,7 @@ class Settings:
         """A shop's callbacks running at once: half the callback loops of all processes (and no
         more than `shop_limit`), so that one shop's hanging status URL or storefront leaves
         callback loops free for every other shop."""
-        loops = (self.callback_workers or max(2, self.workers // 4)) * self.worker_processes
+        loops = self._callback_loops_each * self.worker_processes
         return min(self.shop_limit, max(1, loops // 2))
 
     @property

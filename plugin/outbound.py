@@ -13,8 +13,9 @@ endpoints), all built by `make_client`, with two bounds and one guard:
   -compatible, 6to4, Teredo or NAT64 forms included), unless the operator allows the network
   (KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS).
 
-Operator-set URLs (Klarna, the Shopify and BigCommerce API hosts) get the bounds, not the guard.
-Redirects are never followed.
+Operator-set URLs (the Shopify and BigCommerce API hosts) get the bounds, not the guard. Klarna,
+not merchant-controlled, keeps its own client (plugin/klarna: connect 5 s, read 20 s, the retry
+policy's 30 s). Redirects are never followed.
 """
 
 import ipaddress

@@ -49,7 +49,7 @@ class Service:
         klarna_http: Sequence[httpx2.AsyncClient],
         status_http: httpx2.AsyncClient,
         storefront_http: httpx2.AsyncClient,
-        site_http: httpx2.AsyncClient | None = None,
+        site_http: httpx2.AsyncClient,
         klarna_retry: RetryPolicy | None = None,
         storefront_retry: RetryPolicy | None = None,
         backoff: Backoff | None = None,
@@ -60,7 +60,7 @@ class Service:
         # Operator-set API hosts (Shopify, BigCommerce): bounded. Merchant-entered sites:
         # bounded and address-guarded.
         self.storefront_http = storefront_http
-        self.site_http = site_http if site_http is not None else storefront_http
+        self.site_http = site_http
         self.store = store
         self.vault = Vault(settings.secret_keys)
         self.auth = Auth(settings.secret_keys)

@@ -23,7 +23,7 @@ from plugin.events import FulfillmentEvent, Tracking
 from plugin.klarna.errors import join_messages
 from plugin.platforms import woocommerce
 from plugin.platforms.base import ApiError, Resolved, Skipped, StorefrontApp, StorefrontError
-from plugin.retries import RetryPolicy, retrying
+from plugin.retries import RetryPolicy, parse_retry_after, retrying
 from plugin.store.records import CaptureRecord, Delivery, Shipment, Shop
 
 log = logging.getLogger("plugin.woocommerce")
@@ -144,14 +144,13 @@ class RestClient:
         code = _rest_code(response.content)
         answered = f"HTTP {status} {code}" if code else f"HTTP {status}"
         if status == 429 or status >= 500:
-            retry_after = response.headers.get("Retry-After", "")
             raise WooCommerceError(
                 operation,
                 status=status,
                 code=f"HTTP_{status}",
                 messages=[f"the site answered HTTP {status}"],
                 retryable=True,
-                retry_after=float(retry_after) if retry_after.isdigit() else None,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         if response.is_redirect:
             raise WooCommerceError(

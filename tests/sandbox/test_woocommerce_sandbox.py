@@ -10,7 +10,7 @@ import pytest
 
 from plugin.platforms import woocommerce
 from plugin.platforms.woocommerce_storefront import RestClient, WooCommerceError
-from plugin.retries import RetryPolicy
+from plugin.retries import MAX_RETRY_AFTER_SECONDS, RetryPolicy
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.woocommerce import (
     DEFAULT_CONSUMER_KEY,
@@ -303,3 +303,25 @@ def test_the_totals_are_the_sum_of_the_lines(
         assert Decimal(mug["subtotal"]) + Decimal(mug["subtotal_tax"]) == Decimal("129.00")
     else:
         assert Decimal(mug["subtotal"]) == Decimal("129.00")
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("120", 120.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER_SECONDS),
+        ("99999999999999999999", MAX_RETRY_AFTER_SECONDS),
+        ("inf", None),
+    ],
+)
+async def test_a_sites_retry_after_is_read_in_either_form_and_bounded(
+    header: str, expected: float | None
+) -> None:
+    def busy(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(503, headers={"Retry-After": header})
+
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(busy)) as http:
+        rest = RestClient("https://shop.example", KEY, http=http, retry=RetryPolicy(attempts=1))
+        with pytest.raises(WooCommerceError) as raised:
+            await rest.order("1001")
+    assert raised.value.retry_after == expected
