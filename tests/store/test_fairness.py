@@ -108,9 +108,13 @@ async def test_the_cap_holds_against_concurrent_claimers(database_url: str) -> N
             for index in range(20):
                 group.start_soon(stores[index % 2].job_counts)
         claimed: list[str] = []
-        go = anyio.Event()
+        waiting: list[str] = []
+        ready, go = anyio.Event(), anyio.Event()
 
         async def claim(store: Store, owner: str) -> None:
+            waiting.append(owner)
+            if len(waiting) == 20:
+                ready.set()
             await go.wait()
             job = await store.claim_job(owner, 60, NOW, shop_limit=3)
             if job is not None:
@@ -119,7 +123,7 @@ async def test_the_cap_holds_against_concurrent_claimers(database_url: str) -> N
         async with anyio.create_task_group() as group:
             for index in range(20):
                 group.start_soon(claim, stores[index % 2], f"w{index}")
-            await anyio.sleep(0.05)
+            await ready.wait()  # all twenty at the start line, then released at once
             go.set()
         assert len(claimed) == 3
         assert len(set(claimed)) == 3

@@ -53,10 +53,14 @@ async def test_concurrent_claimers_take_each_job_exactly_once(
     for index in range(50):
         await deliver(stores[0], f"d{index}", f"F{index}")
     claims: list[Job] = []
-    go = anyio.Event()
+    waiting: list[str] = []
+    ready, go = anyio.Event(), anyio.Event()
 
     async def claim_all(store: PostgresStore, owner: str) -> None:
         await store.ping()  # a connection open before the start, not while the others claim
+        waiting.append(owner)
+        if len(waiting) == 8:
+            ready.set()
         await go.wait()
         while (job := await store.claim_job(owner, 60, NOW)) is not None:
             claims.append(job)
@@ -64,7 +68,7 @@ async def test_concurrent_claimers_take_each_job_exactly_once(
     async with anyio.create_task_group() as group:
         for worker in range(8):
             group.start_soon(claim_all, stores[worker % 2], f"w{worker}")
-        await anyio.sleep(0.2)
+        await ready.wait()  # all eight connected and at the start line
         go.set()
 
     times = collections.Counter(job.id for job in claims)
