@@ -128,7 +128,7 @@ def shipment(
     event_type: str = "fulfillment.created",
     currency: str = "EUR",
 ) -> dict[str, Any]:
-    """An event in the public schema (README: "The event a storefront sends")."""
+    """An event in the public schema (docs/storefronts/standard-webhooks.md)."""
     return {
         "type": event_type,
         "timestamp": "2026-11-27T10:00:00Z",

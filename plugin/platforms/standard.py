@@ -1,5 +1,5 @@
 """Any storefront that signs its webhooks per Standard Webhooks and sends our public event schema
-(README: "The event a storefront sends")."""
+(docs/storefronts/standard-webhooks.md: "The event a storefront sends")."""
 
 from datetime import datetime
 from typing import Literal
