@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -132,6 +133,15 @@ def test_the_example_alert_rules_use_only_exported_metrics_and_labels() -> None:
                     assert set(value.split("|")) <= allowed, f"{name}{{{label}={value!r}}}"
         bare = re.findall(r"\b(klarna_capture_[a-z_]+)\b(?!\{)", expression)
         assert set(bare) <= set(series), expression
+
+
+@pytest.mark.parametrize("name", ["README.md", "SECURITY.md", "CONTRIBUTING.md", "CHANGELOG.md"])
+def test_links_from_the_root_pages_reach_their_files(name: str) -> None:
+    # mkdocs --strict checks the links inside docs/; these pages live outside it.
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", (ROOT / name).read_text())
+    local = [target for target in targets if "://" not in target]
+    assert local or name == "CHANGELOG.md"
+    assert [target for target in local if not (ROOT / target).exists()] == []
 
 
 def test_the_readme_stays_an_entrance() -> None:
