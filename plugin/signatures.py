@@ -26,7 +26,7 @@ class WebhookVerificationError(Exception):
     """A webhook whose signature, headers or timestamp do not check out."""
 
 
-# Standard Webhooks (spec v1): reference/standard-webhooks/standard-webhooks.md
+# Standard Webhooks (spec v1.0.0; kept in tests/reference/standard-webhooks/standard-webhooks.md)
 
 _WHSEC_PREFIX = "whsec_"
 _MIN_SECRET_BYTES = 24

@@ -1,4 +1,7 @@
 import base64
+import hashlib
+import hmac
+import re
 import time
 
 import pytest
@@ -6,6 +9,7 @@ from starlette.datastructures import Headers
 
 from plugin import signatures
 from plugin.signatures import WebhookVerificationError
+from tests.reference import STANDARD_WEBHOOKS_SPEC
 
 # The vector of the Standard Webhooks reference Python library (its test_sign_function); the
 # spec document itself gives a signature but not the secret behind it.
@@ -263,3 +267,30 @@ def test_no_error_message_carries_secret_material() -> None:
         message = rejection([KEY], case_headers, body, now)
         for material in (key_base64, expected, expected[3:], tampered_expected[3:]):
             assert material not in message
+
+
+def _spec_blocks() -> list[str]:
+    """The fenced examples of the Standard Webhooks specification, as published."""
+    text = STANDARD_WEBHOOKS_SPEC.read_text()
+    return re.findall(r"^```[a-z]*\n(.*?)^```$", text, flags=re.DOTALL | re.MULTILINE)
+
+
+def test_we_sign_the_content_the_specification_says_is_signed() -> None:
+    # The spec's example of what is signed: `msg_id.timestamp.payload`, the body minified.
+    content = next(b for b in _spec_blocks() if b.startswith("msg_") and "\n" not in b.strip())
+    msg_id, timestamp, payload = content.strip().split(".", 2)
+    expected = base64.b64encode(
+        hmac.new(KEY, content.strip().encode(), hashlib.sha256).digest()
+    ).decode()
+    assert signatures.sign(KEY, msg_id, int(timestamp), payload.encode()) == f"v1,{expected}"
+
+
+def test_the_specifications_example_headers_are_read_as_the_specification_says() -> None:
+    # Header names and the space-separated list with an asymmetric `v1a` entry beside `v1`: the
+    # example is parsed (no header or format error) and only its signature fails, since the
+    # spec does not publish the secret behind it.
+    block = next(b for b in _spec_blocks() if b.startswith("webhook-id:"))
+    headers = dict(line.split(": ", 1) for line in block.strip().splitlines())
+    assert set(headers) == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    reason = rejection([KEY], headers, body=b"{}", now=int(headers["webhook-timestamp"]))
+    assert reason == rejection([KEY], signed_headers(OLD_KEY, body=b"{}"), body=b"{}")

@@ -1,4 +1,5 @@
-"""Klarna Order management wire types, mirroring reference/klarna/order-management-api-openapi.yml.
+"""Klarna Order management wire types, mirroring Klarna's OpenAPI
+document (kept in tests/reference/klarna/order-management-api-openapi.yml).
 
 Field names, enums and length limits are the spec's own; tests/klarna/test_models_spec.py keeps them
 from drifting. Responses tolerate fields Klarna adds later (msgspec ignores unknown fields).

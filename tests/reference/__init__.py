@@ -6,3 +6,4 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 KLARNA_OPENAPI = HERE / "klarna" / "order-management-api-openapi.yml"
 SHOPIFY_FULFILLMENT_SAMPLE = HERE / "shopify" / "fulfillments-create.sample.json"
+STANDARD_WEBHOOKS_SPEC = HERE / "standard-webhooks" / "standard-webhooks.md"
