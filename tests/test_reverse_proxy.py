@@ -287,6 +287,18 @@ def test_what_serve_builds_from_a_request_names_the_public_https_url(
     answer = deployment.client.get(f"{deployment.public_url}/healthz/")
     assert answer.status_code == 307
     assert answer.headers["location"] == f"{deployment.public_url}/healthz"
+    # A request for another name never reaches serve: only the public one does.
+    before = len(deployment.upstreams())
+    other = deployment.client.get(
+        f"{deployment.public_url}/healthz", headers={"host": "other.example"}
+    )
+    assert other.status_code == 421
+    wait_until(
+        lambda: len(re.findall(r" 421 ", deployment.access_log.read_text())) > 0,
+        timeout=30,
+        what="for nginx to log the refusal",
+    )
+    assert deployment.upstreams()[before:] == ["-"]
     # Plain http goes to the public https URL, path and query kept.
     answer = deployment.client.get(f"{deployment.http_url}/admin/login?token=x")
     assert answer.status_code == 301
