@@ -189,9 +189,13 @@ def deployment(postgres_url: str, klarna_server: tuple[KlarnaSandbox, str]) -> I
         serves: list[Server] = []
         nginx: subprocess.Popen[bytes] | None = None
         try:
-            # Started side by side: each waits for its own /readyz.
+            # Started side by side, each waiting for its own /readyz; one that started is
+            # stopped at the end even when the other did not.
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                serves += pool.map(lambda _: Server(env), range(2))
+                starting = [pool.submit(Server, env) for _ in range(2)]
+            serves += [future.result() for future in starting if future.exception() is None]
+            for future in starting:
+                future.result()
             certificate, key = self_signed(folder)
             access_log = folder / "access.log"
             site = render(
