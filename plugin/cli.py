@@ -214,7 +214,13 @@ def _serve(args: argparse.Namespace) -> int:
     _hand_off_the_gil_sooner(settings.database_url)
     with metrics.listener(settings.metrics_address):
         uvicorn.Server(
-            server.config(app, host=args.host, port=args.port, timeout_graceful_shutdown=10)
+            server.config(
+                app,
+                host=args.host,
+                port=args.port,
+                trusted_proxies=settings.trusted_proxies,
+                timeout_graceful_shutdown=10,
+            )
         ).run()
     return 0
 

@@ -21,6 +21,9 @@ SHOPIFY_ADMIN_URL = "https://{shop}"
 BIGCOMMERCE_API_URL = "https://api.bigcommerce.com"
 BIGCOMMERCE_LOGIN_URL = "https://login.bigcommerce.com"
 METRICS_ADDRESS = ("127.0.0.1", 9464)
+# The reverse proxies whose X-Forwarded-Proto and X-Forwarded-For `serve` believes: one on the
+# same machine, by default.
+TRUSTED_PROXIES = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
 
 PREFIX = "KLARNA_CAPTURE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -80,6 +83,10 @@ class Settings:
     # Jobs of one kind a shop may have running at once, across all processes (None: half of all
     # the workers, at least 1), so that one shop's backlog never holds every worker.
     shop_concurrency: int | None = None
+    # The addresses of the reverse proxies in front of `serve`: only a request from one of them
+    # is taken to have come over https (X-Forwarded-Proto) from the client it names
+    # (X-Forwarded-For); anyone else sending those headers is not believed.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = TRUSTED_PROXIES
 
     @property
     def capture_loops(self) -> int:
@@ -137,7 +144,8 @@ class Settings:
             f"metrics_address={self.metrics_address!r}, "
             f"job_deadline_seconds={self.job_deadline_seconds}, "
             f"callback_workers={self.callback_workers}, "
-            f"shop_concurrency={self.shop_concurrency})"
+            f"shop_concurrency={self.shop_concurrency}, "
+            f"trusted_proxies={[str(n) for n in self.trusted_proxies]!r})"
         )
 
 
@@ -180,6 +188,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         metrics_address=_metrics_address(get("METRICS_ADDRESS")),
         **_queue(get),
+        trusted_proxies=_networks("TRUSTED_PROXIES", get("TRUSTED_PROXIES")) or TRUSTED_PROXIES,
     )
 
 

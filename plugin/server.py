@@ -17,11 +17,15 @@ these hold when it is missing or lets more through.
 """
 
 import asyncio
+import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from plugin.config import TRUSTED_PROXIES
 
 MAX_HEAD_BYTES = 32 * 1024
 # Equal, so that a request's new deadline is never before the timer already set (no new timer).
@@ -187,10 +191,17 @@ def config(
     host: str,
     port: int,
     protocol: type[LimitedHttpTools] = LimitedHttpTools,
+    trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = TRUSTED_PROXIES,
     **options: Any,
 ) -> uvicorn.Config:
     """How `serve` runs `app`: uvicorn with the limited httptools protocol (tests shorten its
-    deadlines in a subclass), its logs left to ours, and no access log."""
+    deadlines in a subclass), its logs left to ours, and no access log.
+
+    X-Forwarded-Proto and X-Forwarded-For are believed from `trusted_proxies` only (the
+    reverse proxy's addresses, `KLARNA_CAPTURE_TRUSTED_PROXIES`): behind a proxy that ends TLS,
+    a request it forwards is an https one, and what the app builds from the request (Starlette's
+    redirect of a path with a trailing slash) names https. Given here, always, so that uvicorn's
+    own FORWARDED_ALLOW_IPS variable is never a second, unchecked source."""
     return uvicorn.Config(
         app,
         host=host,
@@ -199,5 +210,7 @@ def config(
         log_config=None,
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        proxy_headers=True,
+        forwarded_allow_ips=[str(network) for network in trusted_proxies],
         **options,
     )

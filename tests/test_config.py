@@ -436,3 +436,24 @@ def test_bad_queue_settings_name_the_variable(environ: dict[str, str], variable:
         load_settings(environ)
     assert str(caught.value).startswith(f"KLARNA_CAPTURE_{variable} ")
     assert "\n" not in str(caught.value)
+
+
+def test_trusted_proxies_default_to_loopback_and_are_read_as_networks() -> None:
+    assert load_settings({}).trusted_proxies == (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+    )
+    settings = load_settings({"KLARNA_CAPTURE_TRUSTED_PROXIES": "172.28.0.10, 10.1.0.0/16"})
+    assert settings.trusted_proxies == (
+        ipaddress.ip_network("172.28.0.10/32"),
+        ipaddress.ip_network("10.1.0.0/16"),
+    )
+    assert "10.1.0.0/16" in repr(settings)
+
+
+@pytest.mark.parametrize("value", ["proxy.internal", "10.0.0.1/8", "*"])
+def test_bad_trusted_proxies_name_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"KLARNA_CAPTURE_TRUSTED_PROXIES": value})
+    assert str(caught.value).startswith("KLARNA_CAPTURE_TRUSTED_PROXIES ")
+    assert "\n" not in str(caught.value)

@@ -3,6 +3,7 @@ as `serve` runs it: a head too large is refused, and connections that send their
 too slowly, or nothing at all, are closed."""
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ import uvicorn
 
 from plugin import server
 from plugin.app import create_app
+from tests.helpers import Server
 from tests.web.support import page_settings
 
 GENEROUS_SECONDS = 30.0  # far above the deadlines below: only a connection left open exceeds it
@@ -120,3 +122,35 @@ def test_a_body_that_does_not_arrive_is_cut_off(address: tuple[str, int]) -> Non
             b"Content-Length: 1000\r\n\r\n" + b"{" * 10
         )
         read_until_closed(conn)
+
+
+@pytest.mark.parametrize(
+    ("trusted_proxies", "scheme"),
+    [(None, "https"), ("127.0.0.0/8", "https"), ("10.0.0.1", "http")],
+    ids=["default-loopback", "loopback-network", "another-address"],
+)
+def test_serve_believes_forwarded_headers_from_its_trusted_proxies_only(
+    tmp_path: Path, trusted_proxies: str | None, scheme: str
+) -> None:
+    """What the app builds from a request (Starlette's redirect of a trailing slash) names https
+    when the proxy that ended TLS says so, and only when that proxy is a trusted one: this client
+    connects from 127.0.0.1."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KLARNA_CAPTURE_")},
+        "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
+        "KLARNA_CAPTURE_WORKERS": "0",
+        "KLARNA_CAPTURE_METRICS_ADDRESS": "off",
+    }
+    if trusted_proxies is not None:
+        env["KLARNA_CAPTURE_TRUSTED_PROXIES"] = trusted_proxies
+    serve = Server(env)
+    try:
+        response = httpx2.get(
+            f"{serve.url}/healthz/",
+            headers={"host": "capture.example.com", "x-forwarded-proto": "https"},
+            timeout=GENEROUS_SECONDS,
+        )
+    finally:
+        serve.stop()
+    assert response.status_code == 307
+    assert response.headers["location"] == f"{scheme}://capture.example.com/healthz"
