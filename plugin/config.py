@@ -30,6 +30,8 @@ _POSTGRES_SCHEMES = ("postgresql", "postgres")
 # A job's deadline: 5 minutes by default; at least a minute, twice a Klarna call's retry budget.
 JOB_DEADLINE_SECONDS = 300
 MIN_JOB_DEADLINE_SECONDS = 60
+# How long a call waits for PostgreSQL before the database counts as away (a 503, a worker waiting).
+DATABASE_TIMEOUT_SECONDS = 5
 
 
 class ConfigError(Exception):
@@ -80,6 +82,9 @@ class Settings:
     # Jobs of one kind a shop may have running at once, across all processes (None: half of all
     # the workers, at least 1), so that one shop's backlog never holds every worker.
     shop_concurrency: int | None = None
+    # PostgreSQL: how long a call waits for the database (to connect, for a pool connection, for
+    # a statement's answer) before it gives up: a request then answers 503, a worker waits.
+    database_timeout_seconds: int = DATABASE_TIMEOUT_SECONDS
 
     @property
     def capture_loops(self) -> int:
@@ -137,7 +142,8 @@ class Settings:
             f"metrics_address={self.metrics_address!r}, "
             f"job_deadline_seconds={self.job_deadline_seconds}, "
             f"callback_workers={self.callback_workers}, "
-            f"shop_concurrency={self.shop_concurrency})"
+            f"shop_concurrency={self.shop_concurrency}, "
+            f"database_timeout_seconds={self.database_timeout_seconds})"
         )
 
 
@@ -180,6 +186,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         metrics_address=_metrics_address(get("METRICS_ADDRESS")),
         **_queue(get),
+        database_timeout_seconds=_whole_number(
+            "DATABASE_TIMEOUT_SECONDS",
+            get("DATABASE_TIMEOUT_SECONDS"),
+            default=DATABASE_TIMEOUT_SECONDS,
+            low=1,
+            high=300,
+        ),
     )
 
 
