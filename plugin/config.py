@@ -30,7 +30,8 @@ _POSTGRES_SCHEMES = ("postgresql", "postgres")
 # A job's deadline: 5 minutes by default; at least a minute, twice a Klarna call's retry budget.
 JOB_DEADLINE_SECONDS = 300
 MIN_JOB_DEADLINE_SECONDS = 60
-# How long a call waits for PostgreSQL before the database counts as away (a 503, a worker waiting).
+# How long a call waits for the database before it counts as away (a 503, a worker waiting): a
+# storefront gives up on an answer after about 5 s (Shopify), so waiting longer gains nothing.
 DATABASE_TIMEOUT_SECONDS = 5
 
 
@@ -82,8 +83,9 @@ class Settings:
     # Jobs of one kind a shop may have running at once, across all processes (None: half of all
     # the workers, at least 1), so that one shop's backlog never holds every worker.
     shop_concurrency: int | None = None
-    # PostgreSQL: how long a call waits for the database (to connect, for a pool connection, for
-    # a statement's answer) before it gives up: a request then answers 503, a worker waits.
+    # How long a call waits for the database before it counts as away (PostgreSQL: to connect,
+    # for a pool connection, for a statement's answer; SQLite: for another process's lock on the
+    # file): a request then answers 503, a worker waits and tries again.
     database_timeout_seconds: int = DATABASE_TIMEOUT_SECONDS
 
     @property

@@ -31,12 +31,12 @@ __all__ = [
 def open_store(database_url: str, *, pool_size: int = 20, timeout: float = 5.0) -> Store:
     """The store a database URL names: `sqlite:///path/to/file.db`, or PostgreSQL's
     `postgresql://user:password@host:port/database` (`postgres://` too), with at most
-    `pool_size` connections, each wait for the server (connect, statement) at most `timeout`
-    seconds."""
+    `pool_size` connections; each wait for the database (PostgreSQL: to connect, for a
+    connection, for a statement; SQLite: for another process's lock) at most `timeout` seconds."""
     if database_url.startswith("sqlite:///"):
         from plugin.store.sqlite import SqliteStore
 
-        return SqliteStore(Path(database_url.removeprefix("sqlite:///")))
+        return SqliteStore(Path(database_url.removeprefix("sqlite:///")), busy_timeout=timeout)
     if database_url.startswith(("postgresql://", "postgres://")):
         from plugin.store.postgres import PostgresStore
 
