@@ -15,6 +15,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -133,6 +134,31 @@ def shut_down(folder: Path) -> None:
     data = folder / "data"
     command = [str(find_program("pg_ctl")), "-D", str(data), "-m", "fast", "-w", "stop"]
     _run(command, folder, folder / "setup.log")
+
+
+def freeze(folder: Path) -> None:
+    """Stop every process of the server (SIGSTOP) without closing anything: its connections stay
+    open and answer nothing, as a server cut off by the network does. `thaw` resumes it."""
+    _signal_server(folder, signal.SIGSTOP)
+
+
+def thaw(folder: Path) -> None:
+    _signal_server(folder, signal.SIGCONT)
+
+
+def _signal_server(folder: Path, signum: signal.Signals) -> None:
+    """Signal the server's postmaster and its children (each backend is in a group of its own,
+    so a group signal would not reach them), and no other process."""
+    postmaster = int((folder / "data" / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # After the command's closing parenthesis: state, then the parent's pid.
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == postmaster:
+                children.append(int(stat.parent.name))
+    for pid in [postmaster, *children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 def start_again(folder: Path) -> None:

@@ -136,3 +136,27 @@ async def test_the_store_fails_fast_while_the_server_is_away_and_recovers_by_its
 
 async def _listening(url: str) -> bool:
     return len(await listeners(url)) == 1
+
+
+async def test_a_server_that_stops_answering_costs_a_call_its_timeout_not_minutes(
+    cluster: tuple[Path, str],
+) -> None:
+    folder, url = cluster
+    store = PostgresStore(url, max_size=2, timeout=1.0)
+    await store.migrate()
+    await add_shop(store)
+    postgres_cluster.freeze(folder)
+    try:
+        # A statement on an open connection, then a connection to be made, each bounded: the
+        # generous limit here is many timeouts, and far from TCP's minutes.
+        with anyio.fail_after(20):
+            with pytest.raises(StoreUnavailable):
+                await store.get_shop("shop_1")
+            with pytest.raises(StoreUnavailable):
+                await deliver(store, "F0")
+    finally:
+        postgres_cluster.thaw(folder)
+    with anyio.fail_after(20):
+        await deliver(store, "F1")
+        assert await job_state(store, "F1") == "queued"
+        await store.close()
