@@ -417,8 +417,8 @@ class PostgresStore(Store):
     @contextlib.asynccontextmanager
     async def _connection(self, replanning: bool = False) -> AsyncIterator[_Connection]:
         """A connection of the pool (or the deliveries' own), waited for at most the store's
-        timeout. Every call of the store goes through here: a database that is away, however it
-        shows, leaves as `StoreUnavailable`, within that timeout."""
+        timeout. Every call of the store (all but LISTEN's, on a connection of its own) goes
+        through here: a database that is away, however it shows, leaves as `StoreUnavailable`."""
         try:
             pool = await (self._replanning_connection() if replanning else self._connections())
             async with pool.acquire(timeout=self._timeout) as conn:
