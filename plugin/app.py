@@ -3,6 +3,7 @@ runs the workers beside the webhook receiver. The metrics are not among the rout
 listener of their own (plugin/metrics.py), which `serve` starts."""
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,10 +16,19 @@ from starlette.routing import Route
 
 from plugin import metrics, receivers
 from plugin.config import Settings
+from plugin.receivers.common import answer
 from plugin.service import Service, open_service
+from plugin.store import StoreUnavailable
 from plugin.web import bigcommerce as bigcommerce_web
 from plugin.web import routes as web
 from plugin.web import shopify as shopify_web
+
+log = logging.getLogger("plugin.app")
+
+# What a request that needs the database answers while it is away: try again in this long. A
+# storefront redelivers the webhook later (on a schedule of its own, if it ignores the header).
+RETRY_AFTER_SECONDS = 10
+_RETRY_LATER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 async def healthz(request: Request) -> Response:
@@ -30,8 +40,25 @@ async def readyz(request: Request) -> Response:
     try:
         await service.store.ping()
     except Exception as exc:
-        return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, 503)
+        error = type(exc).__name__
+        return JSONResponse({"status": "unavailable", "error": error}, 503, _RETRY_LATER)
     return JSONResponse({"status": "ready"})
+
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """Any request that needed the database while it was away (whichever call found it so): 503
+    with Retry-After, never a 500, so that a storefront delivers the webhook again; counted as an
+    `unavailable` delivery of its platform."""
+    log.warning(
+        "database unavailable; answered 503", extra={"path": request.url.path, "error": str(exc)}
+    )
+    parts = request.url.path.split("/")
+    if len(parts) > 2 and parts[1] == "webhooks" and parts[2] in receivers.PLATFORMS:
+        response = answer(503, parts[2], "unavailable", error="database unavailable, try again")
+    else:
+        response = JSONResponse({"status": "unavailable"}, 503)
+    response.headers.update(_RETRY_LATER)
+    return response
 
 
 def create_app(settings: Settings, **service_options: Any) -> Starlette:
@@ -59,5 +86,6 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
             *bigcommerce_web.routes(),
         ],
         middleware=[Middleware(web.SecurityHeaders)],
+        exception_handlers={StoreUnavailable: store_unavailable},
         lifespan=lifespan,
     )

@@ -33,6 +33,9 @@ _POSTGRES_SCHEMES = ("postgresql", "postgres")
 # A job's deadline: 5 minutes by default; at least a minute, twice a Klarna call's retry budget.
 JOB_DEADLINE_SECONDS = 300
 MIN_JOB_DEADLINE_SECONDS = 60
+# How long a call waits for the database before it counts as away (a 503, a worker waiting): a
+# storefront gives up on an answer after about 5 s (Shopify), so waiting longer gains nothing.
+DATABASE_TIMEOUT_SECONDS = 5
 
 
 class ConfigError(Exception):
@@ -87,6 +90,10 @@ class Settings:
     # is taken to have come over https (X-Forwarded-Proto) from the client it names
     # (X-Forwarded-For); anyone else sending those headers is not believed.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = TRUSTED_PROXIES
+    # How long a call waits for the database before it counts as away (PostgreSQL: to connect,
+    # for a pool connection, for a statement's answer; SQLite: for another process's lock on the
+    # file): a request then answers 503, a worker waits and tries again.
+    database_timeout_seconds: int = DATABASE_TIMEOUT_SECONDS
 
     @property
     def capture_loops(self) -> int:
@@ -145,7 +152,8 @@ class Settings:
             f"job_deadline_seconds={self.job_deadline_seconds}, "
             f"callback_workers={self.callback_workers}, "
             f"shop_concurrency={self.shop_concurrency}, "
-            f"trusted_proxies={[str(n) for n in self.trusted_proxies]!r})"
+            f"trusted_proxies={[str(n) for n in self.trusted_proxies]!r}, "
+            f"database_timeout_seconds={self.database_timeout_seconds})"
         )
 
 
@@ -189,6 +197,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_address=_metrics_address(get("METRICS_ADDRESS")),
         **_queue(get),
         trusted_proxies=_networks("TRUSTED_PROXIES", get("TRUSTED_PROXIES")) or TRUSTED_PROXIES,
+        database_timeout_seconds=_whole_number(
+            "DATABASE_TIMEOUT_SECONDS",
+            get("DATABASE_TIMEOUT_SECONDS"),
+            default=DATABASE_TIMEOUT_SECONDS,
+            low=1,
+            high=300,
+        ),
     )
 
 

@@ -39,6 +39,7 @@ DELIVERY_OUTCOMES = (
     "too_large",
     "too_deep",
     "disconnected",
+    "unavailable",
 )
 CAPTURE_OUTCOMES = ("captured", "already_captured", "refused", "failed", "dead")
 JOB_STATES = ("queued", "running", "done", "dead")

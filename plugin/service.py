@@ -122,7 +122,11 @@ async def open_service(
 ) -> AsyncIterator[Service]:
     """A service with its store migrated and its HTTP clients open, closed again on exit."""
     share_rate_between(settings.worker_processes)
-    store = open_store(settings.database_url, pool_size=settings.database_pool_size)
+    store = open_store(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        timeout=settings.database_timeout_seconds,
+    )
     try:
         await store.migrate()
         async with contextlib.AsyncExitStack() as stack:

@@ -4,7 +4,11 @@ letter. A worker that dies leaves its job to whoever claims it after the lease r
 No job holds a worker for ever, and no shop holds them all: a job has a total deadline (its lease is
 renewed only until then, then it is stopped and retried like any failure); loops are grouped in
 lanes, each claiming only its kinds of job, so that slow jobs of one kind leave the other lanes
-free; and a claim passes over a shop that has `shop_limit` jobs of the kind running already."""
+free; and a claim passes over a shop that has `shop_limit` jobs of the kind running already.
+
+A database that goes away (restarted, cut off) stops no loop: each waits, trying again every
+`STORE_RETRY_SECONDS`, and a job cut short by it runs again from its last durable step once the
+database answers, if its lease is still this worker's."""
 
 import logging
 import math
@@ -21,7 +25,7 @@ import msgspec
 
 from plugin import metrics
 from plugin.klarna.errors import join_messages
-from plugin.store import NewCallback, Store
+from plugin.store import NewCallback, Store, StoreUnavailable
 from plugin.store.records import Job
 
 log = logging.getLogger("plugin.worker")
@@ -100,6 +104,8 @@ class Lane(msgspec.Struct, frozen=True, kw_only=True):
 
 # A job stopped at its deadline, as its error says.
 DEADLINE_ERROR = "JOB_DEADLINE"
+# While the database is away, a loop tries it again after the first, doubling to the second.
+STORE_RETRY_SECONDS = (0.1, 5.0)
 
 
 _encoder = msgspec.json.Encoder()
@@ -138,6 +144,7 @@ class Worker:
         self.backoff = backoff or Backoff()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wakeup = anyio.Event()
+        self._store_away = False
 
     def wake(self) -> None:
         """New work is stored: idle loops look now instead of at their next poll. Call it in the
@@ -159,62 +166,117 @@ class Worker:
         await self.store.listen_for_work(self.wake, task_status=task_status)
 
     async def _loop(self, lane: Lane) -> None:
+        retry_in = STORE_RETRY_SECONDS[0]
         while True:
             # The event to wait on is taken before claiming: a wake-up that comes while the
             # claim finds nothing is then not lost.
             wakeup = self._wakeup
             if wakeup.is_set():
                 wakeup = self._wakeup = anyio.Event()
-            job = await self.store.claim_job(
-                self.owner,
-                self.lease_seconds,
-                time.time(),
-                kinds=lane.kinds,
-                shop_limit=self.shop_limit if lane.shop_limit is None else lane.shop_limit,
-            )
+            try:
+                job = await self.store.claim_job(
+                    self.owner,
+                    self.lease_seconds,
+                    time.time(),
+                    kinds=lane.kinds,
+                    shop_limit=self.shop_limit if lane.shop_limit is None else lane.shop_limit,
+                )
+            except StoreUnavailable as exc:
+                self._store_failed(exc)
+                await anyio.sleep(retry_in)
+                retry_in = min(retry_in * 2, STORE_RETRY_SECONDS[1])
+                continue
+            self._store_answered()
+            retry_in = STORE_RETRY_SECONDS[0]
             if job is None:
                 with anyio.move_on_after(self.poll_seconds):
                     await wakeup.wait()
                 continue
             await self._process(job)
 
+    def _store_failed(self, exc: StoreUnavailable) -> None:
+        if not self._store_away:  # once an outage, not once a loop and a retry
+            self._store_away = True
+            log.warning("database unavailable; workers wait for it", extra={"error": str(exc)})
+
+    def _store_answered(self) -> None:
+        if self._store_away:
+            self._store_away = False
+            log.warning("database available again; workers carry on")
+
     async def _process(self, job: Job) -> None:
         metrics.JOB_LAG.observe(max(0.0, time.time() - job.due_at))
-        handler = self.handlers[job.kind]
         deadline = time.time() + self.job_deadline_seconds
+        # Cut short by the database going away: each step of a job is durable, so once the
+        # database answers the job runs again from the last one done, if it is still ours.
+        while not await self._run(job, deadline):
+            if not await self._resume(job, deadline):
+                return
+
+    async def _resume(self, job: Job, deadline: float) -> bool:
+        """Wait for the database to answer again; then whether the job's lease is still ours
+        (renewed), or has passed to another worker meanwhile."""
+        retry_in = STORE_RETRY_SECONDS[0]
+        while True:
+            await anyio.sleep(retry_in)
+            until = min(time.time() + self.lease_seconds, deadline)
+            try:
+                ours = await self.store.extend_lease(job.id, self.owner, until)
+            except StoreUnavailable:
+                retry_in = min(retry_in * 2, STORE_RETRY_SECONDS[1])
+                continue
+            self._store_answered()
+            if not ours:
+                log.warning("lease lost while the database was away", extra={"job": job.id})
+            return ours
+
+    async def _run(self, job: Job, deadline: float) -> bool:
+        """Run the job once and store how it went; False if the database went away meanwhile."""
+        handler = self.handlers[job.kind]
         async with anyio.create_task_group() as group:
             group.start_soon(self._keep_lease, job, group.cancel_scope, deadline)
-            failure: JobFailure | None = None
-            with anyio.move_on_after(self.job_deadline_seconds) as limit:
-                try:
-                    await handler(job)
-                except JobFailure as caught:
-                    failure = caught
-                except Exception as exc:
-                    log.exception("job crashed", extra={"job": job.id, "kind": job.kind})
-                    error = JobError(
-                        step=job.kind,
-                        error_code="INTERNAL_ERROR",
-                        error_messages=[f"{type(exc).__name__}: {exc}"],
-                    )
-                    failure = JobFailure(error, final=False)
-            if limit.cancelled_caught:
-                # Stopped wherever it was: each step of a job is durable, so the next run
-                # carries on from the last one done.
+            try:
+                await self._attempt(job, handler, deadline)
+            except StoreUnavailable as exc:
+                self._store_failed(exc)
+                return False
+            finally:
+                group.cancel_scope.cancel()
+        return True
+
+    async def _attempt(self, job: Job, handler: Handler, deadline: float) -> None:
+        failure: JobFailure | None = None
+        with anyio.move_on_after(deadline - time.time()) as limit:
+            try:
+                await handler(job)
+            except JobFailure as caught:
+                failure = caught
+            except StoreUnavailable:
+                raise  # not the job's failure: it runs again once the database answers
+            except Exception as exc:
+                log.exception("job crashed", extra={"job": job.id, "kind": job.kind})
                 error = JobError(
                     step=job.kind,
-                    error_code=DEADLINE_ERROR,
-                    error_messages=[
-                        f"the job ran for more than its deadline of "
-                        f"{self.job_deadline_seconds:g} s and was stopped; it will be retried"
-                    ],
+                    error_code="INTERNAL_ERROR",
+                    error_messages=[f"{type(exc).__name__}: {exc}"],
                 )
                 failure = JobFailure(error, final=False)
-            if failure is None:
-                await self.store.finish_job(job.id, self.owner, time.time())
-            else:
-                await self._failed(job, failure)
-            group.cancel_scope.cancel()
+        if limit.cancelled_caught:
+            # Stopped wherever it was: each step of a job is durable, so the next run
+            # carries on from the last one done.
+            error = JobError(
+                step=job.kind,
+                error_code=DEADLINE_ERROR,
+                error_messages=[
+                    f"the job ran for more than its deadline of "
+                    f"{self.job_deadline_seconds:g} s and was stopped; it will be retried"
+                ],
+            )
+            failure = JobFailure(error, final=False)
+        if failure is None:
+            await self.store.finish_job(job.id, self.owner, time.time())
+        else:
+            await self._failed(job, failure)
 
     async def _keep_lease(self, job: Job, scope: anyio.CancelScope, deadline: float) -> None:
         # Renewed until the job's deadline, never past it: a job that never ends (an endpoint
@@ -225,7 +287,10 @@ class Worker:
         while True:
             await anyio.sleep(self.lease_seconds / 3)
             until = min(time.time() + self.lease_seconds, deadline)
-            extended = await self.store.extend_lease(job.id, self.owner, until)
+            try:
+                extended = await self.store.extend_lease(job.id, self.owner, until)
+            except StoreUnavailable:
+                continue  # the job's own calls find the database away too: `_process` waits
             if not extended:
                 log.warning("lease lost; another worker has the job", extra={"job": job.id})
                 scope.cancel()

@@ -1,7 +1,5 @@
 import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -78,8 +76,5 @@ def postgres_url() -> Iterator[str]:
         postgres_cluster.find_program("initdb")
     except postgres_cluster.PostgresNotInstalled as exc:
         pytest.fail(str(exc), pytrace=False)
-    folder = Path(tempfile.mkdtemp(prefix="klarna-capture-pg-"))
-    try:
-        yield postgres_cluster.start(folder)
-    finally:
-        postgres_cluster.stop(folder)
+    with postgres_cluster.throwaway() as (_, server_url):
+        yield server_url

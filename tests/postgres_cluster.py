@@ -4,7 +4,9 @@ end. The tests run it with fsync off; the benchmarks (scripts/support.py) with P
 default durability, since they measure what production pays.
 
 The tests use one through the `postgres_url` fixture; `scripts/test` starts one for the whole run
-with `python -m tests.postgres_cluster start DIR` (prints the URL) and `... stop DIR`. PostgreSQL
+with `python -m tests.postgres_cluster start DIR` (prints the URL) and `... stop DIR`. A test that
+takes the server away and back (`shut_down`, `start_again`: same port, same data) runs a
+`throwaway()` cluster of its own, never the shared one. PostgreSQL
 refuses to run as root, so as root the cluster runs as the `postgres` user (or `nobody`).
 """
 
@@ -13,11 +15,13 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -91,7 +95,7 @@ def start(folder: Path, *, durable: bool = False) -> str:
     """initdb into `folder` and start the server; returns its URL (superuser, no password).
     `durable`: PostgreSQL's default fsync and commit settings, else both off."""
     account = _run_as()
-    initdb, pg_ctl = find_program("initdb"), find_program("pg_ctl")
+    initdb = find_program("initdb")
     data, sockets, log = folder / "data", folder / "socket", folder / "setup.log"
     sockets.mkdir(parents=True, exist_ok=True)
     if account:
@@ -107,15 +111,70 @@ def start(folder: Path, *, durable: bool = False) -> str:
         options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200"
         options += fast
         try:
-            waiting = ["-l", str(folder / "server.log"), "-w", "-t", "60"]
-            _run([str(pg_ctl), "-D", str(data), *waiting, "-o", options, "start"], folder, log)
+            _start_server(folder, options)
         except RuntimeError:
             if attempt == 2:
                 raise
             continue  # the port was taken meanwhile
         (folder / "port").write_text(str(port))
+        (folder / "options").write_text(options)
         return f"postgresql://{USER}@127.0.0.1:{port}/postgres"
     raise AssertionError("unreachable")
+
+
+def _start_server(folder: Path, options: str) -> None:
+    waiting = ["-l", str(folder / "server.log"), "-w", "-t", "60"]
+    command = [str(find_program("pg_ctl")), "-D", str(folder / "data"), *waiting, "-o", options]
+    _run([*command, "start"], folder, folder / "setup.log")
+
+
+def shut_down(folder: Path) -> None:
+    """Stop the server as an operator's restart does (`pg_ctl stop -m fast`: every session is
+    ended, the server's connections closed), keeping its data for `start_again`."""
+    data = folder / "data"
+    command = [str(find_program("pg_ctl")), "-D", str(data), "-m", "fast", "-w", "stop"]
+    _run(command, folder, folder / "setup.log")
+
+
+def freeze(folder: Path) -> None:
+    """Stop every process of the server (SIGSTOP) without closing anything: its connections stay
+    open and answer nothing, as a server cut off by the network does. `thaw` resumes it."""
+    _signal_server(folder, signal.SIGSTOP)
+
+
+def thaw(folder: Path) -> None:
+    _signal_server(folder, signal.SIGCONT)
+
+
+def _signal_server(folder: Path, signum: signal.Signals) -> None:
+    """Signal the server's postmaster and its children (each backend is in a group of its own,
+    so a group signal would not reach them), and no other process."""
+    postmaster = int((folder / "data" / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # After the command's closing parenthesis: state, then the parent's pid.
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == postmaster:
+                children.append(int(stat.parent.name))
+    for pid in [postmaster, *children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def start_again(folder: Path) -> None:
+    """Start the server `shut_down` stopped, on the same port with the same data and settings."""
+    _start_server(folder, (folder / "options").read_text())
+
+
+@contextlib.contextmanager
+def throwaway(*, durable: bool = False) -> Iterator[tuple[Path, str]]:
+    """A cluster of the caller's own for the block: (its folder, its superuser URL)."""
+    find_program("initdb")  # PostgresNotInstalled, saying what to do, before any folder is made
+    folder = Path(tempfile.mkdtemp(prefix="klarna-capture-pg-"))
+    try:
+        yield folder, start(folder, durable=durable)
+    finally:
+        stop(folder)
 
 
 def stop(folder: Path) -> None:

@@ -457,3 +457,15 @@ def test_bad_trusted_proxies_name_the_variable(value: str) -> None:
         load_settings({"KLARNA_CAPTURE_TRUSTED_PROXIES": value})
     assert str(caught.value).startswith("KLARNA_CAPTURE_TRUSTED_PROXIES ")
     assert "\n" not in str(caught.value)
+
+
+def test_the_database_timeout_is_read_and_bounded() -> None:
+    assert load_settings({}).database_timeout_seconds == 5
+    settings = load_settings({"KLARNA_CAPTURE_DATABASE_TIMEOUT_SECONDS": "12"})
+    assert settings.database_timeout_seconds == 12
+    assert "database_timeout_seconds=12" in repr(settings)
+    for value in ("0", "301", "2.5", "soon"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({"KLARNA_CAPTURE_DATABASE_TIMEOUT_SECONDS": value})
+        assert str(caught.value).startswith("KLARNA_CAPTURE_DATABASE_TIMEOUT_SECONDS ")
+        assert "\n" not in str(caught.value)

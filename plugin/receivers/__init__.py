@@ -9,6 +9,9 @@ from plugin.receivers.shopify import shopify_webhook
 from plugin.receivers.standard import standard_webhook
 from plugin.receivers.woocommerce import woocommerce_webhook
 
+# The platforms with a receiver, as their paths name them (/webhooks/<platform>...).
+PLATFORMS = frozenset({"standard", "shopify", "woocommerce", "bigcommerce"})
+
 
 def routes() -> list[BaseRoute]:
     return [

@@ -32,6 +32,13 @@ from plugin.store.records import (
 )
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be reached or written right now (restarting, cut off, its disk full, a
+    lock held past the wait): nothing is wrong with the call itself, and the same call later may
+    well succeed. The store reconnects by itself at its next call: a request answers 503 (try
+    again), a worker waits and carries on."""
+
+
 class NewDelivery(msgspec.Struct, frozen=True, kw_only=True):
     """A verified delivery to store: `rejected` says why a verified body is no event (stored, no
     job); an accepted one with a `fulfillment_id` queues that fulfilment's job."""
@@ -236,6 +243,8 @@ class Store(ABC):
                 self.record_deliveries,
                 max_in_flight=self.DELIVERY_FLUSHES,
                 max_batch=self.DELIVERY_BATCH,
+                # A database away fails a whole batch at once, not each of its deliveries again.
+                fails_together=(StoreUnavailable,),
             )
         self.__dict__["_last_delivery_batcher"] = (loop, batcher)
         return batcher

@@ -4,7 +4,8 @@ written wait and go together in the next batch, one statement and one commit for
 Nothing is held back on a timer: a call that finds a free slot is written at once (alone, when
 nothing else is waiting), so a quiet service pays no added latency and a busy one pays one commit
 per batch instead of one per call. A batch that fails is written again one call at a time, so one
-bad call (a shop deleted a moment ago, say) fails alone.
+bad call (a shop deleted a moment ago, say) fails alone; unless it failed for a reason that is no
+call's own (the database away), which fails the whole batch at once.
 """
 
 import asyncio
@@ -20,12 +21,22 @@ Flush = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
 class Batcher(Generic[T, R]):
     """Batches `submit` calls for `flush`, which writes a list of items in one transaction and
     returns their results in order. At most `max_in_flight` flushes run at once, each of at most
-    `max_batch` items. Bound to the event loop that first submits to it."""
+    `max_batch` items. A flush that raises one of `fails_together` fails every item of the batch
+    with it, none written again alone: a hundred more attempts at a database that is away would
+    each wait out its timeout. Bound to the event loop that first submits to it."""
 
-    def __init__(self, flush: Flush[T, R], *, max_in_flight: int, max_batch: int) -> None:
+    def __init__(
+        self,
+        flush: Flush[T, R],
+        *,
+        max_in_flight: int,
+        max_batch: int,
+        fails_together: tuple[type[Exception], ...] = (),
+    ) -> None:
         if max_in_flight < 1 or max_batch < 1:
             raise ValueError("a batcher needs room for at least one flush of one item")
         self._flush = flush
+        self._fails_together = fails_together
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
@@ -60,14 +71,21 @@ class Batcher(Generic[T, R]):
             try:
                 results = await self._flush([item for item, _ in batch])
             except Exception as exc:
-                if len(batch) == 1:
-                    _fail(batch[0][1], exc)
+                if len(batch) == 1 or isinstance(exc, self._fails_together):
+                    for _, future in batch:
+                        _fail(future, exc)
                     return
+                shared: Exception | None = None
                 for item, future in batch:
+                    if shared is not None:
+                        _fail(future, shared)
+                        continue
                     try:
                         (result,) = await self._flush([item])
                     except Exception as alone:
                         _fail(future, alone)
+                        if isinstance(alone, self._fails_together):
+                            shared = alone
                     else:
                         _succeed(future, result)
             else:

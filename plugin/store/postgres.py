@@ -33,6 +33,7 @@ from plugin.store.base import (
     Plan,
     ShopChanges,
     Store,
+    StoreUnavailable,
 )
 from plugin.store.records import (
     JOB_KINDS,
@@ -74,6 +75,23 @@ PLAN_LIFETIME_SECONDS = 30
 # How often an idle listening connection is checked, and how long a reconnection may wait.
 LISTEN_CHECK_SECONDS = 30.0
 LISTEN_RETRY_SECONDS = (0.1, 5.0)
+# How long a call waits for the database, by default (KLARNA_CAPTURE_DATABASE_TIMEOUT_SECONDS): to
+# connect, for a pool connection, and for each statement's answer. A server that is away then
+# costs a request a 503 within seconds, not a TCP timeout of minutes.
+DATABASE_TIMEOUT_SECONDS = 5.0
+# Statements that may rightly run long (a migration, a shop's rows deleted) wait this long.
+LONG_STATEMENT_SECONDS = 3600.0
+# What asyncpg raises when the server is away, not when a statement is wrong: no connection
+# (refused, reset, timed out, closed mid-statement), a server shutting down or starting up
+# (class 57, with a statement cancelled for taking too long), out of resources (class 53: disk
+# full, too many connections).
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
 
 log = logging.getLogger("plugin.store.postgres")
 
@@ -274,7 +292,12 @@ class _Row(Protocol):
 
 
 class _Connection(Protocol):
-    async def execute(self, query: str, *args: object) -> str: ...
+    async def execute(
+        self,
+        query: str,
+        *args: object,
+        timeout: float | None = None,  # noqa: ASYNC109 - asyncpg's own, a statement's timeout
+    ) -> str: ...
 
     async def fetch(self, query: str, *args: object) -> list[_Row]: ...
 
@@ -298,7 +321,9 @@ class _ListeningConnection(_Connection, Protocol):
 
 
 class _Pool(Protocol):
-    def acquire(self) -> AbstractAsyncContextManager[_Connection]: ...
+    def acquire(
+        self, *, timeout: float | None = None
+    ) -> AbstractAsyncContextManager[_Connection]: ...
 
     async def close(self) -> None: ...
 
@@ -331,8 +356,10 @@ class PostgresStore(Store):
         min_size: int = 1,
         max_size: int = 20,
         plan_lifetime: int = PLAN_LIFETIME_SECONDS,
+        timeout: float = DATABASE_TIMEOUT_SECONDS,
     ) -> None:
         self._url = url
+        self._timeout = timeout
         self._min_size = min_size
         self._max_size = max_size
         self._plan_lifetime = plan_lifetime
@@ -372,6 +399,9 @@ class PostgresStore(Store):
         return self._replanning
 
     async def _open_pool(self, min_size: int, max_size: int, settings: dict[str, str]) -> _Pool:
+        """A pool whose every wait is bounded by the store's timeout: connecting, and each
+        statement (a longer one says so). A connection the server dropped (a restart) is closed
+        and opened afresh by asyncpg at its next acquire."""
         pool = await asyncpg.create_pool(
             self._url,
             min_size=min_size,
@@ -379,26 +409,40 @@ class PostgresStore(Store):
             connection_class=_PooledConnection,
             server_settings=settings,
             max_cached_statement_lifetime=self._plan_lifetime,
+            timeout=self._timeout,
+            command_timeout=self._timeout,
         )
         return cast(_Pool, pool)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, replanning: bool = False) -> AsyncIterator[_Connection]:
+        """A connection of the pool (or the deliveries' own), waited for at most the store's
+        timeout. Every call of the store (all but LISTEN's, on a connection of its own) goes
+        through here: a database that is away, however it shows, leaves as `StoreUnavailable`."""
+        try:
+            pool = await (self._replanning_connection() if replanning else self._connections())
+            async with pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
 
     @contextlib.asynccontextmanager
     async def _transaction(
         self, *, isolation: str | None = None, readonly: bool = False
     ) -> AsyncIterator[_Connection]:
-        pool = await self._connections()
-        async with pool.acquire() as conn, conn.transaction(isolation=isolation, readonly=readonly):
+        async with (
+            self._connection() as conn,
+            conn.transaction(isolation=isolation, readonly=readonly),
+        ):
             yield conn
 
     async def _fetch(self, query: str, *args: object) -> list[_Row]:
         # One statement is one transaction of its own.
-        pool = await self._connections()
-        async with pool.acquire() as conn:
+        async with self._connection() as conn:
             return await conn.fetch(query, *args)
 
     async def _fetchrow(self, query: str, *args: object) -> _Row | None:
-        pool = await self._connections()
-        async with pool.acquire() as conn:
+        async with self._connection() as conn:
             return await conn.fetchrow(query, *args)
 
     async def close(self) -> None:
@@ -422,7 +466,9 @@ class PostgresStore(Store):
         started = False
         while True:
             try:
-                conn = cast(_ListeningConnection, await asyncpg.connect(self._url))
+                conn = cast(
+                    _ListeningConnection, await asyncpg.connect(self._url, timeout=self._timeout)
+                )
             except Exception as exc:
                 log.warning(
                     "cannot listen for new jobs; polling meanwhile",
@@ -457,12 +503,15 @@ class PostgresStore(Store):
 
     async def migrate(self) -> int:
         async with self._transaction() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            # Another process may be migrating: wait for it as long as a migration may take.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK, timeout=LONG_STATEMENT_SECONDS
+            )
             await conn.execute(SCHEMA_VERSION_TABLE)
             row = await conn.fetchrow("SELECT coalesce(max(version), 0) FROM schema_version")
             version = int(row[0]) if row else 0
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                await conn.execute(script)
+                await conn.execute(script, timeout=LONG_STATEMENT_SECONDS)
                 await conn.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
                     number,
@@ -546,7 +595,11 @@ class PostgresStore(Store):
         async with self._transaction() as conn:
             tables = ("deliveries", "jobs", "captures", "operations", "callbacks", "audit")
             for table in (*tables, "admin_links", "job_slots"):
-                await conn.execute(f"DELETE FROM {table} WHERE shop_id = $1", shop_id)  # noqa: S608
+                await conn.execute(
+                    f"DELETE FROM {table} WHERE shop_id = $1",  # noqa: S608
+                    shop_id,
+                    timeout=LONG_STATEMENT_SECONDS,
+                )
             row = await conn.fetchrow("DELETE FROM shops WHERE id = $1 RETURNING id", shop_id)
         return row is not None
 
@@ -615,8 +668,7 @@ class PostgresStore(Store):
     async def record_deliveries(self, deliveries: Sequence[NewDelivery]) -> list[tuple[int, bool]]:
         # One statement, so one round trip and one commit for them all.
         columns = zip(*(delivery_row(delivery) for delivery in deliveries), strict=True)
-        replanning = await self._replanning_connection()
-        async with replanning.acquire() as conn:
+        async with self._connection(replanning=True) as conn:
             rows = await conn.fetch(_RECORD_DELIVERIES, *(list(column) for column in columns))
         results: list[tuple[int, bool]] = []
         stored: dict[tuple[str, str], int] = {}

@@ -12,7 +12,7 @@ import json
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from plugin.store.base import (
     Plan,
     ShopChanges,
     Store,
+    StoreUnavailable,
 )
 from plugin.store.records import (
     JOB_KINDS,
@@ -61,7 +62,20 @@ Work = Callable[[sqlite3.Connection], Any]
 _Pending = tuple[Work, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 _Outcome = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Any, BaseException | None]
 
-BUSY_TIMEOUT_MS = 10_000
+# How long a write waits for another process's lock on the file, by default (the store's timeout).
+BUSY_TIMEOUT_SECONDS = 5.0
+# SQLite's answers that say the file cannot be used now, not that the call is wrong: locked past
+# the busy timeout, its disk full, an I/O error, a file that cannot be opened or written.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+    }
+)
 MAX_BATCH = 256
 _STOP = object()
 
@@ -120,10 +134,12 @@ _options_decoder = msgspec.json.Decoder(ShopOptions)
 _encoder = msgspec.json.Encoder()
 
 
-def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def _connect(
+    path: Path, *, readonly: bool = False, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA synchronous = FULL")
     if readonly:
@@ -135,9 +151,10 @@ class _Writer(threading.Thread):
     """Runs write work in batches, each batch one transaction with a savepoint per piece; the
     callers of a batch are woken together, with one call into their event loop."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float) -> None:
         super().__init__(name="sqlite-writer", daemon=True)
         self._path = path
+        self._busy_timeout = busy_timeout
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def submit(self, work: Work, loop: asyncio.AbstractEventLoop) -> "asyncio.Future[Any]":
@@ -150,7 +167,7 @@ class _Writer(threading.Thread):
         self.join(timeout=30)
 
     def run(self) -> None:
-        conn = _connect(self._path)
+        conn = _connect(self._path, busy_timeout=self._busy_timeout)
         try:
             while True:
                 item = self._queue.get()
@@ -198,8 +215,10 @@ class _Writer(threading.Thread):
             if conn.in_transaction:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            # (A full disk may refuse even the rollback; the thread must live on regardless.)
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             outcomes = [(loop, future, None, exc) for _, loop, future in batch]
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
         for outcome in outcomes:
@@ -207,6 +226,18 @@ class _Writer(threading.Thread):
         for loop, group in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                 loop.call_soon_threadsafe(_resolve, group)
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """SQLite's errors that say the file cannot be used now, as `StoreUnavailable`."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        primary = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # none on the module's own errors
+        if primary not in _UNAVAILABLE_CODES:
+            raise
+        raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
 
 def _resolve(outcomes: list[_Outcome]) -> None:
@@ -220,12 +251,13 @@ def _resolve(outcomes: list[_Outcome]) -> None:
 
 
 class SqliteStore(Store):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
         self.path = path
+        self._busy_timeout = busy_timeout
         path.parent.mkdir(parents=True, exist_ok=True)
         with _connect(path) as conn:
             conn.execute("PRAGMA journal_mode = WAL")
-        self._writer = _Writer(path)
+        self._writer = _Writer(path, busy_timeout)
         self._writer.start()
         self._local = threading.local()
         self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sqlite-read")
@@ -233,17 +265,21 @@ class SqliteStore(Store):
         self._lock = threading.Lock()
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        result: T = await self._writer.submit(work, asyncio.get_running_loop())
+        with _unavailable():
+            result: T = await self._writer.submit(work, asyncio.get_running_loop())
         return result
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._on_reader, work)
+        with _unavailable():
+            return await loop.run_in_executor(self._readers, self._on_reader, work)
 
     def _on_reader(self, work: Callable[[sqlite3.Connection], T]) -> T:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = _connect(self.path, readonly=True)
+            conn = self._local.conn = _connect(
+                self.path, readonly=True, busy_timeout=self._busy_timeout
+            )
             with self._lock:
                 self._reader_connections.append(conn)
         return work(conn)
@@ -270,7 +306,9 @@ class SqliteStore(Store):
         return await self._write(work)
 
     async def ping(self) -> None:
-        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        # Through the writer, an empty transaction: ready means deliveries can be written (the
+        # write lock is to be had, the writer thread is alive), not only that the file reads.
+        await self._write(lambda conn: None)
 
     # shops
 

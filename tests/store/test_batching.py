@@ -127,3 +127,44 @@ async def test_the_next_batch_is_on_its_way_before_the_callers_of_the_last_resum
         writes.release.set()
     # The store is never idle while the event loop works through the answers of a batch.
     assert seen_on_resuming[1] == [[1], [2, 3]]
+
+
+class Away(Exception):
+    """What the store raises when the database is away: no item's fault."""
+
+
+class Outage(Writes):
+    """Writes that fail, every batch whole, while the database is `away`."""
+
+    away = True
+
+    async def flush(self, items: Sequence[int]) -> list[int]:
+        if not self.away:
+            return await super().flush(items)
+        self.batches.append(list(items))
+        await self.release.wait()
+        raise Away
+
+
+async def test_a_batch_that_fails_for_no_item_of_its_own_fails_whole_and_is_not_split() -> None:
+    writes = Outage()
+    batcher = Batcher(writes.flush, max_in_flight=1, max_batch=100, fails_together=(Away,))
+    outcomes: dict[int, object] = {}
+
+    async def one(item: int) -> None:
+        try:
+            outcomes[item] = await batcher.submit(item)
+        except Away as exc:
+            outcomes[item] = exc
+
+    async with anyio.create_task_group() as group:
+        for item in (1, 2, 3, 4):
+            group.start_soon(one, item)
+        await anyio.wait_all_tasks_blocked()
+        writes.release.set()
+    # One attempt for the batch of three, none for its items again on their own.
+    assert writes.batches == [[1], [2, 3, 4]]
+    assert sorted(outcomes) == [1, 2, 3, 4]
+    assert all(isinstance(outcome, Away) for outcome in outcomes.values())
+    writes.away = False
+    assert await batcher.submit(5) == 50  # back: the next call is written as ever
