@@ -5,17 +5,22 @@ it at once and it is captured once; the connection test runs before a save and i
 beside the password; the settings and activity pages announce the waiting shipments."""
 
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import msgspec
 import pytest
 
 from plugin.credentials import OUTCOME_TEXTS, check_credentials
+from plugin.klarna import RetryPolicy
 from plugin.klarna.client import UNAUTHORIZED_HINT
 from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox, SandboxOrder
 from plugin.store.records import KLARNA_CREDENTIALS, Shipment, Shop
+from plugin.worker import Backoff
 from tests.helpers import TOMATOES, free_port, run_cli, shipment, wait_until
 from tests.web.support import (
     SANDBOX_PASSWORD,
@@ -228,6 +233,47 @@ def test_the_banner_counts_the_waiting_and_names_the_earliest_expiry_when_known(
     [capture] = captured_first.captures
     assert [s.tracking_number for s in capture.shipping_info] == ["JJD0001", "1Z0002"]
     assert len(unread.captures) == 1
+
+
+def test_a_capture_sent_before_a_401_stays_planned_and_is_settled_once_by_klarnas_word(
+    tmp_path: Path, klarna_url: str, klarna_sandbox: KlarnaSandbox, store_env: dict[str, str]
+) -> None:
+    # A long backoff: the capture whose answer was lost runs again only when the test says so.
+    with running(
+        page_settings(tmp_path, klarna_url, extra=store_env),
+        backoff=Backoff(base_seconds=3600, max_seconds=3600, attempts=5),
+        klarna_retry=RetryPolicy(attempts=1),
+        klarna_timeout=httpx2.Timeout(5.0, read=1.0),  # the lost answer is given up in 1 s
+    ) as site:
+        shop = site.create_shop()
+        shop_id = shop[0].id
+        browser = site.sign_in(shop_id)
+        order = new_order(klarna_sandbox)
+        # Klarna makes the capture, and its answer is lost on the way back.
+        klarna_sandbox.set_faults(FaultSettings(order_id=order.order_id, drop_after_commit_next=1))
+        deliver(site, shop, shipment(order.order_id, "1001-F1"))
+
+        def answer_lost() -> bool:
+            found = current(site, shop_id, "1001-F1")
+            return found is not None and found.job_state == "queued" and found.attempts == 1
+
+        wait_until(answer_lost, what="for the lost answer's retry to be queued")
+        assert len(order.captures) == 1
+        assert browser.save_settings(klarna_password=WRONG).status_code == 303
+        lost = current(site, shop_id, "1001-F1")
+        assert lost is not None
+        assert site.call(site.service.store.requeue_job, lost.job_id, time.time())
+
+        waiting = wait_for_state(site, shop_id, "1001-F1", "waiting")
+        assert waiting.capture_state == "planned"  # the ledger keeps the plan and its key
+        assert waiting.last_error is not None
+        refused = msgspec.json.decode(waiting.last_error)
+        assert (refused["step"], refused["status"]) == ("capture", 401)
+
+        assert browser.save_settings(klarna_password=SANDBOX_PASSWORD).status_code == 303
+        done = wait_for_state(site, shop_id, "1001-F1", "done")
+        [capture] = order.captures  # the same key again: Klarna answers with the one it made
+        assert (done.capture_state, done.capture_id) == ("captured", capture.capture_id)
 
 
 # the connection test beside the field
