@@ -31,7 +31,7 @@ from plugin.platforms import decode_delivery
 from plugin.platforms.base import Skipped, Storefront, StorefrontError
 from plugin.shops import KLARNA_NOT_CONFIGURED, Shops
 from plugin.store import AuditNote, Captured, NewCallback, Plan, Store
-from plugin.store.records import KLARNA_CREDENTIALS, CaptureRecord, Job, Operation, Shop
+from plugin.store.records import KLARNA_CREDENTIALS, CaptureRecord, Job, Operation, Shop, Wait
 from plugin.worker import Handler, JobError, JobFailure, Report
 
 log = logging.getLogger("plugin.pipeline")
@@ -133,7 +133,7 @@ class Pipeline:
             base, tracking, remap = outcome.event, outcome.event.shipping, outcome.remap
         if not shop.klarna_configured:
             ids = {"order_id": base.order_id, "fulfillment_id": base.fulfillment_id}
-            failure = self._storefront_failure(
+            raise self._storefront_failure(
                 shop,
                 ids,
                 StorefrontError(
@@ -142,9 +142,8 @@ class Pipeline:
                     ["no Klarna credentials yet: enter them on the settings page"],
                     retryable=True,
                 ),
+                waits_for=KLARNA_CREDENTIALS,  # until they are saved
             )
-            failure.waits_for = KLARNA_CREDENTIALS  # until they are saved
-            raise failure
         run = _Run(self, job, shop, base, tracking, remap)
         if shop.options.capture_mode == "complete" and not base.complete:
             # This shop captures once, with the shipment that completes the order.
@@ -210,7 +209,12 @@ class Pipeline:
             )
 
     def _storefront_failure(
-        self, shop: Shop, ids: Mapping[str, object], error: StorefrontError
+        self,
+        shop: Shop,
+        ids: Mapping[str, object],
+        error: StorefrontError,
+        *,
+        waits_for: Wait | None = None,
     ) -> JobFailure:
         def report(retrying: bool) -> NewCallback | None:
             return _status_callback(
@@ -231,6 +235,7 @@ class Pipeline:
             final=not error.retryable,
             retry_after=error.retry_after,
             report=report,
+            waits_for=waits_for,
         )
 
     # status callbacks

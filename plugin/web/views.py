@@ -23,7 +23,7 @@ from plugin.klarna.models import CaptureObject
 from plugin.platforms import bigcommerce, shopify, woocommerce
 from plugin.service import Service
 from plugin.signatures import is_shop_domain
-from plugin.store.records import KLARNA_CREDENTIALS, Shipment, Shop
+from plugin.store.records import KLARNA_CREDENTIALS, Shipment, Shop, Waiting
 from plugin.web.auth import COOKIE, SESSION_SECONDS, LinkError, Session
 from plugin.web.forms import (
     CAPTURE_MODES,
@@ -237,20 +237,11 @@ def _saved_connection(request: Request) -> dict[str, str] | None:
     return {"ok": "yes" if outcome == "accepted" else "", "text": OUTCOME_TEXTS[outcome]}
 
 
-class Banner(msgspec.Struct, kw_only=True):
-    """Shipments waiting on the shop's Klarna credentials, as the pages announce them."""
-
-    count: int
-    since: float | None
-    expires_at: float | None
-
-
-async def _waiting_banner(service: Service, shop: Shop) -> Banner | None:
-    # One indexed query per page view: count, oldest wait, earliest authorization expiry.
+async def _waiting_banner(service: Service, shop: Shop) -> Waiting | None:
+    """The shipments waiting on the shop's Klarna credentials, as the settings and activity
+    pages announce them (None: no banner). One indexed query per page view."""
     waiting = await service.store.waiting(shop.id, KLARNA_CREDENTIALS)
-    if not waiting.count:
-        return None
-    return Banner(count=waiting.count, since=waiting.since, expires_at=waiting.expires_at)
+    return waiting if waiting.count else None
 
 
 @page()
