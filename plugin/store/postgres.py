@@ -182,17 +182,29 @@ _FINISH_JOB = (
 
 # A shop's jobs waiting on $3 queued, due now ($1), from their first attempt, with the
 # notification when there were any; their wait rows gone; and the shop's running fulfilment jobs
-# flagged to run again (the credentials changed under them).
-_RELEASE_WAITING = (
+# flagged to run again (the credentials changed under them). Those are picked out of all running
+# jobs (a few per worker loop), never found by the shop's history: before an ANALYZE the planner
+# would read every job of the shop for them, and OFFSET 0 keeps the shop out of the inner scan.
+RELEASE_WAITING = (
     "WITH waits AS (DELETE FROM job_waits WHERE shop_id = $2 AND waits_for = $3"  # noqa: S608 - constant fragments; values bound
     " RETURNING job_id),"
     " released AS (UPDATE jobs SET state = 'queued', due_at = $1, attempts = 0, updated_at = $1"
     " WHERE id IN (SELECT job_id FROM waits) AND state = 'waiting' RETURNING id),"
-    " flagged AS (UPDATE jobs SET rerun = true"
-    " WHERE shop_id = $2 AND kind = 'fulfillment' AND state = 'running' RETURNING id),"
+    " flagged AS (UPDATE jobs SET rerun = true WHERE id = ANY (ARRAY(SELECT r.id FROM"
+    " (SELECT id, shop_id, kind FROM jobs WHERE state = 'running' OFFSET 0) AS r"
+    " WHERE r.shop_id = $2 AND r.kind = 'fulfillment')) AND state = 'running' RETURNING id),"
     f" notified AS (SELECT pg_notify('{JOBS_CHANNEL}', '') WHERE EXISTS (SELECT FROM released))"
     " SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM flagged),"
     " (SELECT count(*) FROM notified)"
+)
+
+# A shop's waiting jobs counted, with the oldest wait and the earliest authorization expiry (as
+# sqlite.py's).
+WAITING = (
+    "SELECT count(*), min(w.since), min(c.authorization_expires_at)"
+    " FROM job_waits AS w JOIN jobs AS j ON j.id = w.job_id AND j.state = 'waiting'"
+    " LEFT JOIN captures AS c ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
+    " WHERE w.shop_id = $1 AND w.waits_for = $2"
 )
 
 
@@ -1164,19 +1176,12 @@ class PostgresStore(Store):
         return row is not None
 
     async def release_waiting(self, shop_id: str, waits_for: Wait, now: float) -> int:
-        row = await self._fetchrow(_RELEASE_WAITING, now, shop_id, waits_for)
+        row = await self._fetchrow(RELEASE_WAITING, now, shop_id, waits_for)
         assert row is not None
         return int(row[0])
 
     async def waiting(self, shop_id: str, waits_for: Wait) -> Waiting:
-        row = await self._fetchrow(
-            "SELECT count(*), min(w.since), min(c.authorization_expires_at)"
-            " FROM job_waits AS w JOIN jobs AS j ON j.id = w.job_id AND j.state = 'waiting'"
-            " LEFT JOIN captures AS c ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
-            " WHERE w.shop_id = $1 AND w.waits_for = $2",
-            shop_id,
-            waits_for,
-        )
+        row = await self._fetchrow(WAITING, shop_id, waits_for)
         assert row is not None
         return Waiting(count=int(row[0]), since=row[1], expires_at=row[2])
 

@@ -1006,15 +1006,11 @@ class SqliteStore(Store):
 
     async def release_waiting(self, shop_id: str, waits_for: Wait, now: float) -> int:
         def work(conn: sqlite3.Connection) -> int:
-            released = conn.execute(
-                "UPDATE jobs SET state = 'queued', due_at = ?1, attempts = 0, updated_at = ?1"
-                " WHERE id IN (SELECT job_id FROM job_waits WHERE shop_id = ?2 AND waits_for = ?3)"
-                " AND state = 'waiting'",
-                (now, shop_id, waits_for),
-            ).rowcount
+            released = conn.execute(RELEASE_WAITING, (now, shop_id, waits_for)).rowcount
             conn.execute(
                 "DELETE FROM job_waits WHERE shop_id = ? AND waits_for = ?", (shop_id, waits_for)
             )
+            # Running: it may have read the old credentials, and fail after this; it runs again.
             conn.execute(
                 "UPDATE jobs INDEXED BY jobs_running_shop SET rerun = 1"
                 " WHERE shop_id = ? AND kind = 'fulfillment' AND state = 'running'",
@@ -1025,7 +1021,7 @@ class SqliteStore(Store):
         return await self._write(work)
 
     async def waiting(self, shop_id: str, waits_for: Wait) -> Waiting:
-        row = await self._read(lambda conn: conn.execute(_WAITING, (shop_id, waits_for)).fetchone())
+        row = await self._read(lambda conn: conn.execute(WAITING, (shop_id, waits_for)).fetchone())
         return Waiting(count=int(row[0]), since=row[1], expires_at=row[2])
 
 
@@ -1045,10 +1041,17 @@ _WAIT = (
     "INSERT INTO job_waits (job_id, shop_id, waits_for, since) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (job_id) DO UPDATE SET waits_for = excluded.waits_for, since = excluded.since"
 )
+# A shop's jobs waiting on ?3 queued, due now (?1), from their first attempt. NOT INDEXED: each is
+# found by its id, not among every shop's waiting jobs by the index on state.
+RELEASE_WAITING = (
+    "UPDATE jobs NOT INDEXED SET state = 'queued', due_at = ?1, attempts = 0, updated_at = ?1"
+    " WHERE id IN (SELECT job_id FROM job_waits WHERE shop_id = ?2 AND waits_for = ?3)"
+    " AND state = 'waiting'"
+)
 # A shop's waiting jobs counted, with the oldest wait and the earliest authorization expiry of
 # their Klarna orders (from the ledger, where planning read them). A job_waits row whose job no
 # longer waits (retried by hand) does not count; the next release deletes it.
-_WAITING = (
+WAITING = (
     "SELECT count(*), min(w.since), min(c.authorization_expires_at)"
     " FROM job_waits AS w JOIN jobs AS j ON j.id = w.job_id AND j.state = 'waiting'"
     " LEFT JOIN captures AS c ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"

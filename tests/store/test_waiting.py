@@ -3,6 +3,9 @@ PostgreSQL database of each test's own): parked without burning an attempt, neve
 released together by one call when the credentials are saved, counted for the pages; and the
 dead letters of missing or refused credentials from before the waiting state, moved into it."""
 
+import sqlite3
+
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from plugin.store import NewCallback, Plan, Store, open_store
@@ -194,3 +197,49 @@ async def test_dead_letters_of_refused_or_missing_credentials_wait_after_the_upg
         ]
     finally:
         await upgraded.close()
+
+
+async def test_releasing_and_counting_read_the_waiting_jobs_not_the_shops_history(
+    store: Store, database_url: str
+) -> None:
+    """A shop with a long history (20,000 finished jobs) and a few running: the release and the
+    banner's count find the waiting jobs by index and the running ones among the running only;
+    on PostgreSQL before an ANALYZE too, when the planner knows nothing of the table."""
+    await add_shop(store)
+    history = [("shop_1", "fulfillment", f"H{n}", "done", NOW, NOW, NOW) for n in range(20_000)]
+    columns = "shop_id, kind, key, state, due_at, created_at, updated_at"
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            conn.executemany(
+                f"INSERT INTO jobs ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                history,
+            )
+            plans = [
+                " / ".join(
+                    str(step[-1]) for step in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)
+                )
+                for sql, args in (
+                    (sqlite_store.RELEASE_WAITING, (NOW, "shop_1", KLARNA_CREDENTIALS)),
+                    (sqlite_store.WAITING, ("shop_1", KLARNA_CREDENTIALS)),
+                )
+            ]
+        for text in plans:
+            assert "jobs_shop_activity" not in text, text
+            assert "jobs_state" not in text, text  # every shop's waiting jobs
+            assert "SCAN" not in text, text
+        return
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.copy_records_to_table("jobs", records=history, columns=columns.split(", "))
+        plans = [
+            "\n".join(str(step[0]) for step in await conn.fetch(f"EXPLAIN {sql}", *args))
+            for sql, args in (
+                (postgres_store.RELEASE_WAITING, (NOW, "shop_1", KLARNA_CREDENTIALS)),
+                (postgres_store.WAITING, ("shop_1", KLARNA_CREDENTIALS)),
+            )
+        ]
+    finally:
+        await conn.close()
+    for text in plans:
+        assert "jobs_shop_activity" not in text, text
+        assert "Seq Scan on jobs" not in text, text
