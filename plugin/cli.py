@@ -25,12 +25,14 @@ from plugin.config import (
     load_settings,
     secure_data_dir,
 )
+from plugin.credentials import check_credentials
 from plugin.logs import configure_logging
 from plugin.outbound import AddressGuard, url_problem
 from plugin.platforms import bigcommerce, woocommerce
 from plugin.platforms._bigcommerce_api import BigCommerceError
 from plugin.service import Service, open_service
-from plugin.store.records import Job, Shop, ShopOptions
+from plugin.store import ShopChanges
+from plugin.store.records import KLARNA_CREDENTIALS, Job, Shop, ShopOptions
 from plugin.web import bigcommerce as bigcommerce_web
 
 REGIONS = ("eu", "na", "oc")
@@ -63,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.set_defaults(run=lambda args: _run(_migrate))
 
-    shop = commands.add_parser("shop", help="add, list, show, rotate the secret of, remove shops")
+    shop = commands.add_parser(
+        "shop", help="add, list, show, rotate the secret of, remove shops, set their Klarna keys"
+    )
     shops = shop.add_subparsers(dest="shop_command", required=True, metavar="SHOP_COMMAND")
     add = shops.add_parser(
         "add", help="create a shop; prints its id, webhook path and secret", allow_abbrev=False
@@ -113,6 +117,24 @@ def _parser() -> argparse.ArgumentParser:
     remove = shops.add_parser("remove", help="delete a shop and everything stored for it")
     remove.add_argument("shop_id")
     remove.set_defaults(run=lambda args: _run(_shop_remove, args))
+    set_klarna = shops.add_parser(
+        "set-klarna",
+        help="set a shop's Klarna API credentials: tested with Klarna first, saved anyway with a "
+        "warning; shipments waiting on them resume",
+        allow_abbrev=False,
+    )
+    set_klarna.add_argument("shop_id")
+    set_klarna.add_argument("--klarna-username", help="default: the shop's current one")
+    set_klarna.add_argument("--klarna-region", choices=REGIONS, help="default: the shop's")
+    set_klarna.add_argument(
+        "--klarna-environment", choices=ENVIRONMENTS, help="default: the shop's"
+    )
+    set_klarna.add_argument(
+        "--klarna-password-stdin",
+        action="store_true",
+        help="read the Klarna API password from standard input (never from the command line)",
+    )
+    set_klarna.set_defaults(run=lambda args: _run(_shop_set_klarna, args))
 
     link = commands.add_parser("admin-link", help="print a one-time sign-in URL for a shop")
     link.add_argument("shop_id")
@@ -540,6 +562,55 @@ async def _shop_remove(service: Service, args: argparse.Namespace) -> int:
         print(f"klarna-capture: no shop {args.shop_id}", file=sys.stderr)
         return 1
     print(f"shop {args.shop_id} removed, with everything stored for it")
+    return 0
+
+
+async def _shop_set_klarna(service: Service, args: argparse.Namespace) -> int:
+    shop = await _find_shop(service, args.shop_id)
+    if shop is None:
+        return 1
+    username = args.klarna_username or shop.klarna_username
+    if not username:
+        print(
+            "klarna-capture: the shop has no Klarna username yet: give --klarna-username",
+            file=sys.stderr,
+        )
+        return 2
+    password = _secret_from(
+        args.klarna_password_stdin, "Klarna API password: ", "password", "--klarna-password-stdin"
+    )
+    if password is None:
+        return 2
+    if not password:
+        print("klarna-capture: the Klarna API password is empty", file=sys.stderr)
+        return 2
+    region = args.klarna_region or shop.klarna_region
+    environment = args.klarna_environment or shop.klarna_environment
+    tested = await check_credentials(
+        service.pipeline.klarna_http[0],
+        username=username,
+        password=password,
+        region=region,
+        environment=environment,
+        url=service.settings.klarna_url,
+    )
+    waiting = await service.store.waiting(shop.id, KLARNA_CREDENTIALS)
+    await service.shops.update(
+        shop.id,
+        ShopChanges(klarna_username=username, klarna_region=region, klarna_environment=environment),
+        klarna_password=password,
+    )
+    if tested.outcome == "accepted":
+        print(f"Klarna credentials of {shop.id} saved. {tested.text}")
+    else:
+        detail = f" ({tested.detail})" if tested.detail else ""
+        print(
+            f"klarna-capture: warning: {tested.text}{detail} The credentials are saved anyway; "
+            "shipments wait on them until Klarna accepts the ones saved.",
+            file=sys.stderr,
+        )
+    if waiting.count:
+        print(f"{waiting.count} shipment(s) waiting on the credentials resumed")
     return 0
 
 

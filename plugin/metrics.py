@@ -41,8 +41,10 @@ DELIVERY_OUTCOMES = (
     "disconnected",
     "unavailable",
 )
-CAPTURE_OUTCOMES = ("captured", "already_captured", "refused", "failed", "dead")
-JOB_STATES = ("queued", "running", "done", "dead")
+# "waiting": a shipment parked until its shop's Klarna credentials are saved (neither failed nor
+# dead: it burns no attempt).
+CAPTURE_OUTCOMES = ("captured", "already_captured", "refused", "failed", "dead", "waiting")
+JOB_STATES = ("queued", "running", "done", "dead", "waiting")
 _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 REGISTRY = CollectorRegistry()

@@ -29,9 +29,9 @@ from plugin.klarna.client import new_idempotency_key
 from plugin.klarna.models import CaptureObject, OrderLine, ShippingInfo
 from plugin.platforms import decode_delivery
 from plugin.platforms.base import Skipped, Storefront, StorefrontError
-from plugin.shops import Shops
+from plugin.shops import KLARNA_NOT_CONFIGURED, Shops
 from plugin.store import AuditNote, Captured, NewCallback, Plan, Store
-from plugin.store.records import CaptureRecord, Job, Operation, Shop
+from plugin.store.records import KLARNA_CREDENTIALS, CaptureRecord, Job, Operation, Shop, Wait
 from plugin.worker import Handler, JobError, JobFailure, Report
 
 log = logging.getLogger("plugin.pipeline")
@@ -138,10 +138,11 @@ class Pipeline:
                 ids,
                 StorefrontError(
                     "plan",
-                    "KLARNA_NOT_CONFIGURED",
+                    KLARNA_NOT_CONFIGURED,
                     ["no Klarna credentials yet: enter them on the settings page"],
                     retryable=True,
                 ),
+                waits_for=KLARNA_CREDENTIALS,  # until they are saved
             )
         run = _Run(self, job, shop, base, tracking, remap)
         if shop.options.capture_mode == "complete" and not base.complete:
@@ -208,7 +209,12 @@ class Pipeline:
             )
 
     def _storefront_failure(
-        self, shop: Shop, ids: Mapping[str, object], error: StorefrontError
+        self,
+        shop: Shop,
+        ids: Mapping[str, object],
+        error: StorefrontError,
+        *,
+        waits_for: Wait | None = None,
     ) -> JobFailure:
         def report(retrying: bool) -> NewCallback | None:
             return _status_callback(
@@ -229,6 +235,7 @@ class Pipeline:
             final=not error.retryable,
             retry_after=error.retry_after,
             report=report,
+            waits_for=waits_for,
         )
 
     # status callbacks
@@ -356,7 +363,8 @@ class _Run:
                 idempotency_key=self.record.idempotency_key or "",
             )
         except KlarnaError as error:
-            metrics.CAPTURES.labels("failed").inc()
+            if error.status != 401:  # refused credentials wait: counted as waiting, not failed
+                metrics.CAPTURES.labels("failed").inc()
             raise self._klarna_failure("capture", error) from error
         await self._captured(
             capture_id,
@@ -431,6 +439,7 @@ class _Run:
             request=b"" if isinstance(result, AlreadyCaptured) else _encoder.encode(result.capture),
             klarna_reference=order.klarna_reference,
             completes_order=event.complete,
+            authorization_expires_at=order.expires_at.timestamp() if order.expires_at else None,
         )
         if isinstance(result, AlreadyCaptured):
             self.record = await self.store.save_plan(plan, self.p.clock())
@@ -598,6 +607,10 @@ class _Run:
         )
 
     def _klarna_failure(self, step: str, error: KlarnaError, *, report: bool = True) -> JobFailure:
+        """The job's failure for a Klarna error. Klarna refusing the credentials (401) is fixed
+        by nobody but the merchant, whichever call it answered: the shipment waits for the shop's
+        credentials to be saved. What was planned stays planned, its idempotency key with it, so a
+        capture sent before the 401 is settled by Klarna's word when it resumes."""
         return JobFailure(
             JobError(
                 step=step,
@@ -613,6 +626,7 @@ class _Run:
             )
             if report
             else None,
+            waits_for=KLARNA_CREDENTIALS if error.status == 401 else None,
         )
 
     def _failed_report(self, code: str, messages: list[str], correlation_id: str | None) -> Report:

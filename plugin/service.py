@@ -64,7 +64,8 @@ class Service:
         self.store = store
         self.vault = Vault(settings.secret_keys)
         self.auth = Auth(settings.secret_keys)
-        self.shops = Shops(store, self.vault)
+        # Saved credentials release the shipments waiting on them: this process's workers look now.
+        self.shops = Shops(store, self.vault, wake=self.wake_workers)
         self.pipeline = Pipeline(
             store,
             self.shops,

@@ -18,7 +18,7 @@ import msgspec
 from plugin import signatures
 from plugin.platforms import bigcommerce, shopify
 from plugin.store import NewShop, ShopChanges, Store
-from plugin.store.records import Shop, ShopOptions
+from plugin.store.records import KLARNA_CREDENTIALS, Shop, ShopOptions
 from plugin.vault import Vault
 
 CACHE_SECONDS = 5.0
@@ -98,8 +98,12 @@ class Shops:
         clock: Callable[[], float] = time.monotonic,
         cache_entries: int = CACHE_ENTRIES,
         cache_misses: int = CACHE_MISSES,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
+        """`wake`: this process's workers, told when saved credentials release waiting jobs
+        (other processes hear it from the store)."""
         self.store = store
+        self._wake = wake
         self.vault = vault
         self._cache_seconds = cache_seconds
         self._clock = clock
@@ -244,22 +248,24 @@ class Shops:
             # A disabled (uninstalled) shop's settings sessions end with it, in every process.
             await self.store.end_shop_sessions(shop_id)
         self._domains.clear()
-        if shop is not None and shop.klarna_configured and changes.klarna_username:
-            await self._resume_waiting_for_klarna(shop_id)
+        saved_credentials = klarna_password is not None or any(
+            field is not msgspec.UNSET
+            for field in (
+                changes.klarna_username,
+                changes.klarna_region,
+                changes.klarna_environment,
+            )
+        )
+        # Shipments waiting on the credentials (missing, or refused by Klarna) run now, in every
+        # process: one statement, announced to the workers.
+        if (
+            shop is not None
+            and shop.klarna_configured
+            and saved_credentials
+            and await self.store.release_waiting(shop_id, KLARNA_CREDENTIALS, time.time())
+        ):
+            self._wake()
         return shop
-
-    async def _resume_waiting_for_klarna(self, shop_id: str) -> None:
-        """Shipments that arrived before the Klarna credentials did run now, dead letters
-        included, instead of at their next backoff or never."""
-        before: tuple[float, int] | None = None
-        while page := await self.store.shipments(shop_id, before=before, limit=500):
-            for shipment in page:
-                waiting = shipment.last_error is not None and KLARNA_NOT_CONFIGURED in (
-                    shipment.last_error
-                )
-                if waiting and shipment.job_state in ("queued", "dead"):
-                    await self.store.requeue_job(shipment.job_id, time.time())
-            before = (page[-1].updated_at, page[-1].job_id)
 
     async def install(self, *, platform: str, shop_domain: str, token: str) -> Shop:
         """A storefront app installed (or installed again) on `shop_domain` with API `token`:

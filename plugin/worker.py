@@ -1,5 +1,7 @@
 """Workers: claim a job with a lease, run it, and on failure retry with backoff or bury it as a dead
-letter. A worker that dies leaves its job to whoever claims it after the lease runs out.
+letter, or park it when it waits on something only a person can fix (a failure that says what it
+waits on): a parked job burns no attempt and is not claimed until the store releases it. A worker
+that dies leaves its job to whoever claims it after the lease runs out.
 
 No job holds a worker for ever, and no shop holds them all: a job has a total deadline (its lease is
 renewed only until then, then it is stopped and retried like any failure); loops are grouped in
@@ -26,7 +28,7 @@ import msgspec
 from plugin import metrics
 from plugin.klarna.errors import join_messages
 from plugin.store import NewCallback, Store, StoreUnavailable
-from plugin.store.records import Job
+from plugin.store.records import Job, Wait
 
 log = logging.getLogger("plugin.worker")
 
@@ -53,7 +55,8 @@ class JobError(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class JobFailure(Exception):
-    """Raised by a handler. `final` failures are buried at once; others are retried with backoff
+    """Raised by a handler. A failure that `waits_for` something parks the job until the store
+    releases it; else `final` failures are buried at once, and others are retried with backoff
     until the attempts run out. `report(retrying)` makes the outcome to post to the shop."""
 
     def __init__(
@@ -63,11 +66,13 @@ class JobFailure(Exception):
         final: bool,
         retry_after: float | None = None,
         report: Report | None = None,
+        waits_for: Wait | None = None,
     ) -> None:
         self.error = error
         self.final = final
         self.retry_after = retry_after
         self.report = report
+        self.waits_for = waits_for
         super().__init__(error.line())
 
 
@@ -299,6 +304,9 @@ class Worker:
                 return
 
     async def _failed(self, job: Job, failure: JobFailure) -> None:
+        if failure.waits_for is not None:
+            await self._park(job, failure, failure.waits_for)
+            return
         now = time.time()
         error = _encoder.encode(failure.error).decode()
         attempt = job.attempts + 1
@@ -341,6 +349,35 @@ class Worker:
                 "subject": job.key,
                 "attempt": attempt,
                 "retry_in": round(delay, 3),
+                "error": failure.error.line(),
+            },
+        )
+
+    async def _park(self, job: Job, failure: JobFailure, waits_for: Wait) -> None:
+        # Retrying cannot help until someone fixes what it waits on: no attempt is burned, no
+        # backoff runs out, and saving the fix releases the job (Store.release_waiting).
+        now = time.time()
+        error = _encoder.encode(failure.error).decode()
+        await self.store.add_audit(
+            job.shop_id,
+            job.key,
+            job.id,
+            failure.error.step,
+            "waiting for " + waits_for.replace("_", " "),
+            error,
+            now,
+        )
+        # Reported once per wait: a job parks with attempts 0 only after a fresh start.
+        callback = failure.report(True) if failure.report and job.attempts == 0 else None
+        await self.store.park_job(job.id, self.owner, waits_for, error, now, callback)
+        metrics.CAPTURES.labels("waiting").inc()
+        log.warning(
+            "job waiting",
+            extra={
+                "job": job.id,
+                "kind": job.kind,
+                "subject": job.key,
+                "waits_for": waits_for,
                 "error": failure.error.line(),
             },
         )

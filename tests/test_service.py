@@ -421,7 +421,7 @@ def test_an_update_before_its_create_still_captures_once(
     assert [s.tracking_number for s in capture.shipping_info] == ["JJD9"]
 
 
-def test_a_final_failure_is_a_dead_letter_and_runs_again_once_fixed(
+def test_refused_credentials_wait_and_run_again_once_fixed_in_another_process(
     settings: Settings,
     klarna_sandbox: KlarnaSandbox,
     inbox: StatusInbox,
@@ -434,9 +434,11 @@ def test_a_final_failure_is_a_dead_letter_and_runs_again_once_fixed(
     order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
     Storefront(service, shop.id, secret).send(shipment(order.order_id))
 
-    wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'dead'") == 1)
+    # Not a dead letter: it waits on the credentials, without burning an attempt.
+    wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'waiting'") == 1)
     with db(settings) as conn:
-        job_id, error = conn.execute("SELECT id, last_error FROM jobs").fetchone()
+        attempts, error = conn.execute("SELECT attempts, last_error FROM jobs").fetchone()
+    assert attempts == 0
     failure = msgspec.json.decode(error)
     assert (failure["step"], failure["error_code"], failure["status"]) == (
         "plan",
@@ -448,15 +450,15 @@ def test_a_final_failure_is_a_dead_letter_and_runs_again_once_fixed(
     [reported] = inbox.events(secret)
     assert reported["type"] == "capture.failed"
     assert reported["data"]["error_code"] == "UNAUTHORIZED"
-    assert reported["data"]["retrying"] is False
+    assert reported["data"]["retrying"] is True
     assert reported["data"]["correlation_id"] == failure["correlation_id"]
 
-    async def fix_and_retry() -> None:
+    async def fix() -> None:
+        # Saved by another process (the CLI, another serve): no `jobs retry` needed.
         async with open_service(settings) as other:
             await other.shops.update(shop.id, ShopChanges(), klarna_password="sandbox-secret")
-            assert await other.store.requeue_job(job_id, time.time())
 
-    anyio.run(fix_and_retry)
+    anyio.run(fix)
     wait_until(lambda: len(klarna_sandbox.orders[order.order_id].captures) == 1, timeout=30)
     wait_until(lambda: len(inbox.received) == 2)
     assert inbox.events(secret)[1]["type"] == "capture.succeeded"

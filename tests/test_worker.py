@@ -15,7 +15,7 @@ import pytest
 from plugin.config import load_settings
 from plugin.service import open_service
 from plugin.store import NewCallback, Store
-from plugin.store.records import Job
+from plugin.store.records import KLARNA_CREDENTIALS, Job
 from plugin.worker import DEADLINE_ERROR, Backoff, JobError, JobFailure, Lane, Worker
 from tests.store import test_store as contract
 from tests.store.conftest import postgres_database
@@ -320,3 +320,43 @@ async def test_the_service_gives_callbacks_a_lane_of_their_own_and_caps_each_sho
             Lane(kinds=("callback",), loops=2, shop_limit=1),
         ]
         assert (worker.shop_limit, worker.job_deadline_seconds) == (4, 300)
+
+
+async def test_a_failure_that_waits_parks_the_job_until_the_store_releases_it(
+    store: Store,
+) -> None:
+    # The worker knows no job kinds for it: whatever the handler, a failure that says what it
+    # waits on parks the job, no attempt burned and no backoff, until the wait is released.
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+    runs: list[int] = []
+    fixed = anyio.Event()
+
+    async def needs_credentials(job: Job) -> None:
+        runs.append(job.attempts)
+        if not fixed.is_set():
+            raise JobFailure(
+                JobError(step="plan", error_code="UNAUTHORIZED", status=401),
+                final=True,  # waiting wins over final: nobody but the merchant can fix it
+                waits_for=KLARNA_CREDENTIALS,
+            )
+
+    worker = Worker(
+        store,
+        {"fulfillment": needs_credentials, "callback": needs_credentials},
+        concurrency=1,
+        poll_seconds=0.05,
+        backoff=Backoff(base_seconds=0.01, attempts=2),
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        waiting = await wait_for_job(store, job_id, "waiting")
+        assert msgspec.json.decode(waiting.last_error or "")["error_code"] == "UNAUTHORIZED"
+        trail = await store.audit_trail("shop_1", "F1")
+        assert [(e.step, e.outcome) for e in trail] == [("plan", "waiting for klarna credentials")]
+        fixed.set()
+        assert await store.release_waiting("shop_1", KLARNA_CREDENTIALS, time.time()) == 1
+        worker.wake()
+        await wait_for_job(store, job_id, "done")
+        group.cancel_scope.cancel()
+    assert runs == [0, 0]

@@ -28,6 +28,8 @@ from plugin.store.records import (
     Shipment,
     Shop,
     ShopOptions,
+    Wait,
+    Waiting,
     WebhookSecret,
 )
 
@@ -111,6 +113,7 @@ class Plan(msgspec.Struct, kw_only=True):
     request: bytes
     klarna_reference: str | None = None  # the Klarna order's customer-facing reference
     completes_order: bool = False  # the shipment that leaves nothing of the order to capture
+    authorization_expires_at: float | None = None  # the Klarna order's `expires_at`
 
 
 class Captured(msgspec.Struct, kw_only=True):
@@ -468,3 +471,31 @@ class Store(ABC):
     async def use_token(self, token: str, expires_at: float, now: float) -> bool:
         """Mark a one-time token used until `expires_at`; False if it was used before. Tokens
         expired by `now` are forgotten on the way (they are refused for their age by then)."""
+
+    # jobs waiting on a shop's Klarna credentials
+
+    @abstractmethod
+    async def park_job(
+        self,
+        job_id: int,
+        owner: str,
+        waits_for: Wait,
+        error: str,
+        now: float,
+        callback: NewCallback | None = None,
+    ) -> bool:
+        """The job waits on `waits_for`: not claimable, no attempt burned, until `release_waiting`.
+        A job flagged to run again meanwhile (`rerun`, which `release_waiting` sets on a running
+        job: the credentials changed while it ran) is queued again at once instead."""
+
+    @abstractmethod
+    async def release_waiting(self, shop_id: str, waits_for: Wait, now: float) -> int:
+        """Queue every job of the shop waiting on `waits_for`, due now and from its first attempt,
+        and flag the shop's running fulfilment jobs to run again (one that fails for what was
+        just fixed parks as `rerun`, so it runs again); one transaction, found by index, and
+        announced to every process. Returns how many waited."""
+
+    @abstractmethod
+    async def waiting(self, shop_id: str, waits_for: Wait) -> Waiting:
+        """How many of the shop's jobs wait on `waits_for`, since when, and the earliest expiry of
+        their Klarna authorizations: one indexed query."""

@@ -49,6 +49,8 @@ from plugin.store.records import (
     Shipment,
     Shop,
     ShopOptions,
+    Wait,
+    Waiting,
     WebhookSecret,
 )
 from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
@@ -196,6 +198,34 @@ _FINISH_JOB = (
 )
 
 
+# A shop's jobs waiting on $3 queued, due now ($1), from their first attempt, with the
+# notification when there were any; their wait rows gone; and the shop's running fulfilment jobs
+# flagged to run again (the credentials changed under them). Those are picked out of all running
+# jobs (a few per worker loop), never found by the shop's history: before an ANALYZE the planner
+# would read every job of the shop for them, and OFFSET 0 keeps the shop out of the inner scan.
+RELEASE_WAITING = (
+    "WITH waits AS (DELETE FROM job_waits WHERE shop_id = $2 AND waits_for = $3"  # noqa: S608 - constant fragments; values bound
+    " RETURNING job_id),"
+    " released AS (UPDATE jobs SET state = 'queued', due_at = $1, attempts = 0, updated_at = $1"
+    " WHERE id IN (SELECT job_id FROM waits) AND state = 'waiting' RETURNING id),"
+    " flagged AS (UPDATE jobs SET rerun = true WHERE id = ANY (ARRAY(SELECT r.id FROM"
+    " (SELECT id, shop_id, kind FROM jobs WHERE state = 'running' OFFSET 0) AS r"
+    " WHERE r.shop_id = $2 AND r.kind = 'fulfillment')) AND state = 'running' RETURNING id),"
+    f" notified AS (SELECT pg_notify('{JOBS_CHANNEL}', '') WHERE EXISTS (SELECT FROM released))"
+    " SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM flagged),"
+    " (SELECT count(*) FROM notified)"
+)
+
+# A shop's waiting jobs counted, with the oldest wait and the earliest authorization expiry (as
+# sqlite.py's).
+WAITING = (
+    "SELECT count(*), min(w.since), min(c.authorization_expires_at)"
+    " FROM job_waits AS w JOIN jobs AS j ON j.id = w.job_id AND j.state = 'waiting'"
+    " LEFT JOIN captures AS c ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
+    " WHERE w.shop_id = $1 AND w.waits_for = $2"
+)
+
+
 def _noted(changed: str, *, at: str, first: int) -> str:
     """A WITH item: the audit entry (AuditNote, parameters `first` to `first` + 3) for the
     capture that the WITH item `changed` returns, in the same commit; none when the capture did
@@ -213,19 +243,23 @@ _ADD_AUDIT = (
     " VALUES ($1, $2, $3, $4, $5, $6, $7)"
 )
 
-# A capture planned (never over one made), with its audit note ($11-$14), in one statement.
+# A capture planned (never over one made), with its audit note ($11-$14), in one statement; $15
+# is the Klarna authorization's expiry.
 _SAVE_PLAN = (
     "WITH saved AS (INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"  # noqa: S608 - constant fragments; values bound
     " currency, state, idempotency_key, planned_at, request, klarna_reference, error,"
-    " created_at, updated_at, completes_order)"
-    " VALUES ($1, $2, $3, $4, $5, 'planned', $6, $7, $8, $9, NULL, $7, $7, $10)"
+    " created_at, updated_at, completes_order, authorization_expires_at)"
+    " VALUES ($1, $2, $3, $4, $5, 'planned', $6, $7, $8, $9, NULL, $7, $7, $10,"
+    " $15::double precision)"
     " ON CONFLICT (shop_id, fulfillment_id) DO UPDATE SET"
     " order_id = excluded.order_id, klarna_order_id = excluded.klarna_order_id,"
     " currency = excluded.currency, state = 'planned',"
     " idempotency_key = excluded.idempotency_key, planned_at = excluded.planned_at,"
     " request = excluded.request, klarna_reference = excluded.klarna_reference,"
     " error = NULL, updated_at = excluded.updated_at,"
-    " completes_order = excluded.completes_order"
+    " completes_order = excluded.completes_order,"
+    " authorization_expires_at = coalesce(excluded.authorization_expires_at,"
+    "   captures.authorization_expires_at)"
     " WHERE captures.capture_id IS NULL RETURNING *),"
     f" {_noted('saved', at='$7', first=11)}"
     " SELECT * FROM saved"
@@ -594,7 +628,7 @@ class PostgresStore(Store):
     async def remove_shop(self, shop_id: str) -> bool:
         async with self._transaction() as conn:
             tables = ("deliveries", "jobs", "captures", "operations", "callbacks", "audit")
-            for table in (*tables, "admin_links", "job_slots"):
+            for table in (*tables, "admin_links", "job_slots", "job_waits"):
                 await conn.execute(
                     f"DELETE FROM {table} WHERE shop_id = $1",  # noqa: S608
                     shop_id,
@@ -892,6 +926,7 @@ class PostgresStore(Store):
             plan.klarna_reference,
             plan.completes_order,
             *_note_values(note),
+            plan.authorization_expires_at,
         )
         return _record(row, CaptureRecord) if row else None
 
@@ -1151,6 +1186,56 @@ class PostgresStore(Store):
                 expires_at,
             )
         return row is not None
+
+    # jobs waiting on a shop's Klarna credentials
+
+    async def park_job(
+        self,
+        job_id: int,
+        owner: str,
+        waits_for: Wait,
+        error: str,
+        now: float,
+        callback: NewCallback | None = None,
+    ) -> bool:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'waiting' END,"
+                " due_at = CASE WHEN rerun THEN $2 ELSE due_at END, rerun = false,"
+                " last_error = $1, lease_owner = NULL, lease_until = NULL, updated_at = $2"
+                " WHERE id = $3 AND lease_owner = $4 AND state = 'running'"
+                " RETURNING shop_id, kind, state",
+                error,
+                now,
+                job_id,
+                owner,
+            )
+            if row is not None:
+                await conn.execute(_RELEASE_SLOT, row[0], row[1])
+                if row[2] == "waiting":
+                    await conn.execute(
+                        "INSERT INTO job_waits (job_id, shop_id, waits_for, since)"
+                        " VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO UPDATE"
+                        " SET waits_for = excluded.waits_for, since = excluded.since",
+                        job_id,
+                        row[0],
+                        waits_for,
+                        now,
+                    )
+                else:
+                    await conn.execute(_NOTIFY)
+                await _add_callback(conn, row[0], callback, now)
+        return row is not None
+
+    async def release_waiting(self, shop_id: str, waits_for: Wait, now: float) -> int:
+        row = await self._fetchrow(RELEASE_WAITING, now, shop_id, waits_for)
+        assert row is not None
+        return int(row[0])
+
+    async def waiting(self, shop_id: str, waits_for: Wait) -> Waiting:
+        row = await self._fetchrow(WAITING, shop_id, waits_for)
+        assert row is not None
+        return Waiting(count=int(row[0]), since=row[1], expires_at=row[2])
 
 
 _SHIPMENTS = (

@@ -6,7 +6,12 @@ import msgspec
 
 JobKind = Literal["fulfillment", "callback"]
 JOB_KINDS: tuple[JobKind, ...] = ("fulfillment", "callback")
-JobState = Literal["queued", "running", "done", "dead"]
+JobState = Literal["queued", "running", "done", "dead", "waiting"]
+# What a waiting job waits on: the shop's Klarna credentials (missing, or refused by Klarna). A
+# waiting job is neither queued nor dead: it is not claimed and burns no attempt, until the shop's
+# credentials are saved and every job waiting on them is released at once.
+Wait = Literal["klarna_credentials"]
+KLARNA_CREDENTIALS: Wait = "klarna_credentials"
 CaptureState = Literal["planned", "captured"]
 OperationKind = Literal["shipping_info", "send_out"]
 
@@ -117,6 +122,8 @@ class CaptureRecord(msgspec.Struct, kw_only=True):
     created_at: float
     updated_at: float
     completes_order: bool = False
+    # When the Klarna order's authorization runs out (its `expires_at`), as read when planning.
+    authorization_expires_at: float | None = None
 
 
 class Operation(msgspec.Struct, kw_only=True):
@@ -176,6 +183,15 @@ class Shipment(msgspec.Struct, kw_only=True):
     klarna_reference: str | None = None
     shipping_info: str | None = None
     send_out_done: bool = False
+
+
+class Waiting(msgspec.Struct, frozen=True, kw_only=True):
+    """A shop's shipments waiting on something: how many, since when (the oldest wait), and the
+    earliest expiry of their Klarna authorizations, when read (None: not known)."""
+
+    count: int
+    since: float | None = None
+    expires_at: float | None = None
 
 
 class ComplianceRequest(msgspec.Struct, kw_only=True):

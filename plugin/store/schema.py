@@ -174,4 +174,28 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_queued_shop ON jobs (kind, shop_id, due_at) WHERE state = 'queued';
     CREATE INDEX jobs_running_shop ON jobs (shop_id, kind) WHERE state = 'running';
     """,
+    # 7: shipments waiting on a shop's Klarna credentials (issue 15): a waiting job's state is
+    # 'waiting' (never claimed, no attempt burned); what it waits on and since when are kept beside
+    # it, by shop, so that saving the credentials releases them in one statement and the pages
+    # count them cheaply. (Not as columns of jobs: a wider jobs row changes PostgreSQL's estimates,
+    # and so the plan of the claim.) The Klarna authorization's expiry goes on the ledger. Jobs
+    # that waited or died for missing or refused credentials before this (KLARNA_NOT_CONFIGURED;
+    # a Klarna 401, UNAUTHORIZED) wait from now on.
+    """
+    CREATE TABLE job_waits (
+        job_id INTEGER PRIMARY KEY,
+        shop_id TEXT NOT NULL,
+        waits_for TEXT NOT NULL,
+        since REAL NOT NULL
+    );
+    CREATE INDEX job_waits_shop ON job_waits (shop_id, waits_for);
+    ALTER TABLE captures ADD COLUMN authorization_expires_at REAL;
+    INSERT INTO job_waits (job_id, shop_id, waits_for, since)
+        SELECT id, shop_id, 'klarna_credentials', updated_at FROM jobs
+        WHERE kind = 'fulfillment' AND state IN ('queued', 'dead') AND (
+            last_error LIKE '%"error_code":"KLARNA_NOT_CONFIGURED"%'
+            OR (last_error LIKE '%"error_code":"UNAUTHORIZED"%'
+                AND last_error LIKE '%"status":401%'));
+    UPDATE jobs SET state = 'waiting' WHERE id IN (SELECT job_id FROM job_waits);
+    """,
 )

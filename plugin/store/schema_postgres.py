@@ -186,6 +186,24 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO job_slots (shop_id, kind, running)
         SELECT shop_id, kind, count(*) FROM jobs WHERE state = 'running' GROUP BY shop_id, kind;
     """,
+    # 7: shipments waiting on a shop's Klarna credentials (issue 15): as schema.py's
+    """
+    CREATE TABLE job_waits (
+        job_id BIGINT PRIMARY KEY,
+        shop_id TEXT NOT NULL,
+        waits_for TEXT NOT NULL,
+        since DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX job_waits_shop ON job_waits (shop_id, waits_for);
+    ALTER TABLE captures ADD COLUMN authorization_expires_at DOUBLE PRECISION;
+    INSERT INTO job_waits (job_id, shop_id, waits_for, since)
+        SELECT id, shop_id, 'klarna_credentials', updated_at FROM jobs
+        WHERE kind = 'fulfillment' AND state IN ('queued', 'dead') AND (
+            last_error LIKE '%"error_code":"KLARNA_NOT_CONFIGURED"%'
+            OR (last_error LIKE '%"error_code":"UNAUTHORIZED"%'
+                AND last_error LIKE '%"status":401%'));
+    UPDATE jobs SET state = 'waiting' WHERE id IN (SELECT job_id FROM job_waits);
+    """,
 )
 
 # What `migrate` keeps: one row per applied migration.

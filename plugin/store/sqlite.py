@@ -43,6 +43,8 @@ from plugin.store.records import (
     Shipment,
     Shop,
     ShopOptions,
+    Wait,
+    Waiting,
     WebhookSecret,
 )
 from plugin.store.schema import MIGRATIONS
@@ -390,7 +392,7 @@ class SqliteStore(Store):
     async def remove_shop(self, shop_id: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             tables = ("deliveries", "jobs", "captures", "operations", "callbacks", "audit")
-            for table in (*tables, "admin_links"):
+            for table in (*tables, "admin_links", "job_waits"):
                 conn.execute(f"DELETE FROM {table} WHERE shop_id = ?", (shop_id,))  # noqa: S608
             return conn.execute("DELETE FROM shops WHERE id = ?", (shop_id,)).rowcount > 0
 
@@ -716,15 +718,17 @@ class SqliteStore(Store):
             row = conn.execute(
                 "INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"
                 " currency, state, idempotency_key, planned_at, request, klarna_reference, error,"
-                " created_at, updated_at, completes_order)"
-                " VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, NULL, ?, ?, ?)"
+                " created_at, updated_at, completes_order, authorization_expires_at)"
+                " VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, NULL, ?, ?, ?, ?)"
                 " ON CONFLICT (shop_id, fulfillment_id) DO UPDATE SET"
                 " order_id = excluded.order_id, klarna_order_id = excluded.klarna_order_id,"
                 " currency = excluded.currency, state = 'planned',"
                 " idempotency_key = excluded.idempotency_key, planned_at = excluded.planned_at,"
                 " request = excluded.request, klarna_reference = excluded.klarna_reference,"
                 " error = NULL, updated_at = excluded.updated_at,"
-                " completes_order = excluded.completes_order"
+                " completes_order = excluded.completes_order,"
+                " authorization_expires_at = coalesce(excluded.authorization_expires_at,"
+                "   captures.authorization_expires_at)"
                 " WHERE captures.capture_id IS NULL RETURNING *",
                 (
                     plan.shop_id,
@@ -739,6 +743,7 @@ class SqliteStore(Store):
                     now,
                     now,
                     plan.completes_order,
+                    plan.authorization_expires_at,
                 ),
             ).fetchone()
             if row is None:  # captured already: nothing planned, nothing to note
@@ -1008,6 +1013,55 @@ class SqliteStore(Store):
 
         return await self._write(work)
 
+    # jobs waiting on a shop's Klarna credentials
+
+    async def park_job(
+        self,
+        job_id: int,
+        owner: str,
+        waits_for: Wait,
+        error: str,
+        now: float,
+        callback: NewCallback | None = None,
+    ) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "UPDATE jobs SET state = CASE WHEN rerun = 1 THEN 'queued' ELSE 'waiting' END,"
+                " due_at = CASE WHEN rerun = 1 THEN ?2 ELSE due_at END, rerun = 0,"
+                " last_error = ?1, lease_owner = NULL, lease_until = NULL, updated_at = ?2"
+                " WHERE id = ?3 AND lease_owner = ?4 AND state = 'running'"
+                " RETURNING shop_id, state",
+                (error, now, job_id, owner),
+            ).fetchone()
+            if row is None:
+                return False
+            if row[1] == "waiting":
+                conn.execute(_WAIT, (job_id, row[0], waits_for, now))
+            _add_callback(conn, row[0], callback, now)
+            return True
+
+        return await self._write(work)
+
+    async def release_waiting(self, shop_id: str, waits_for: Wait, now: float) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            released = conn.execute(RELEASE_WAITING, (now, shop_id, waits_for)).rowcount
+            conn.execute(
+                "DELETE FROM job_waits WHERE shop_id = ? AND waits_for = ?", (shop_id, waits_for)
+            )
+            # Running: it may have read the old credentials, and fail after this; it runs again.
+            conn.execute(
+                "UPDATE jobs INDEXED BY jobs_running_shop SET rerun = 1"
+                " WHERE shop_id = ? AND kind = 'fulfillment' AND state = 'running'",
+                (shop_id,),
+            )
+            return int(released)
+
+        return await self._write(work)
+
+    async def waiting(self, shop_id: str, waits_for: Wait) -> Waiting:
+        row = await self._read(lambda conn: conn.execute(WAITING, (shop_id, waits_for)).fetchone())
+        return Waiting(count=int(row[0]), since=row[1], expires_at=row[2])
+
 
 _SHIPMENTS = (
     "SELECT j.id AS job_id, j.key AS fulfillment_id, j.state AS job_state, j.attempts,"
@@ -1017,6 +1071,29 @@ _SHIPMENTS = (
     " coalesce(c.send_out_done, 0) AS send_out_done"
     " FROM jobs AS j LEFT JOIN captures AS c"
     " ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
+)
+
+
+# A job begins to wait (again: a row left by a job retried by hand meanwhile is replaced).
+_WAIT = (
+    "INSERT INTO job_waits (job_id, shop_id, waits_for, since) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (job_id) DO UPDATE SET waits_for = excluded.waits_for, since = excluded.since"
+)
+# A shop's jobs waiting on ?3 queued, due now (?1), from their first attempt. NOT INDEXED: each is
+# found by its id, not among every shop's waiting jobs by the index on state.
+RELEASE_WAITING = (
+    "UPDATE jobs NOT INDEXED SET state = 'queued', due_at = ?1, attempts = 0, updated_at = ?1"
+    " WHERE id IN (SELECT job_id FROM job_waits WHERE shop_id = ?2 AND waits_for = ?3)"
+    " AND state = 'waiting'"
+)
+# A shop's waiting jobs counted, with the oldest wait and the earliest authorization expiry of
+# their Klarna orders (from the ledger, where planning read them). A job_waits row whose job no
+# longer waits (retried by hand) does not count; the next release deletes it.
+WAITING = (
+    "SELECT count(*), min(w.since), min(c.authorization_expires_at)"
+    " FROM job_waits AS w JOIN jobs AS j ON j.id = w.job_id AND j.state = 'waiting'"
+    " LEFT JOIN captures AS c ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
+    " WHERE w.shop_id = ? AND w.waits_for = ?"
 )
 
 

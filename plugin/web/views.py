@@ -2,7 +2,6 @@
 
 import math
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,14 +15,15 @@ from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from plugin import money
-from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
+from plugin.credentials import OUTCOME_TEXTS, ConnectionTest, check_credentials
+from plugin.klarna import KlarnaError
 from plugin.klarna.client import new_idempotency_key
 from plugin.klarna.errors import join_messages
 from plugin.klarna.models import CaptureObject
 from plugin.platforms import bigcommerce, shopify, woocommerce
 from plugin.service import Service
 from plugin.signatures import is_shop_domain
-from plugin.store.records import Shipment, Shop
+from plugin.store.records import KLARNA_CREDENTIALS, Shipment, Shop, Waiting
 from plugin.web.auth import COOKIE, SESSION_SECONDS, LinkError, Session
 from plugin.web.forms import (
     CAPTURE_MODES,
@@ -51,6 +51,8 @@ templates.env.filters["datetime"] = lambda at: datetime.fromtimestamp(at, UTC).s
 
 NOTICES = {
     "saved": "Settings saved.",
+    "saved-anyway": "Settings saved anyway, but Klarna did not accept the credentials (see "
+    "beside the password): shipments wait on them until Klarna accepts the ones saved here.",
     "retried": "The shipment is queued to be processed again.",
     "sent": "Klarna was asked to send the customer their payment details again.",
 }
@@ -221,8 +223,25 @@ def _settings_context(
         "webhook_url": f"{service.settings.public_url}/webhooks/{shop.platform}/{shop.id}",
         "csrf_token": request.state.csrf_token,
         "notice": NOTICES.get(request.query_params.get("notice", "")),
+        "connection": _saved_connection(request),
+        "waiting": None,
         **extra,
     }
+
+
+def _saved_connection(request: Request) -> dict[str, str] | None:
+    """The connection test run by the save that redirected here, as its link says."""
+    outcome = request.query_params.get("klarna", "")
+    if outcome not in OUTCOME_TEXTS:
+        return None
+    return {"ok": "yes" if outcome == "accepted" else "", "text": OUTCOME_TEXTS[outcome]}
+
+
+async def _waiting_banner(service: Service, shop: Shop) -> Waiting | None:
+    """The shipments waiting on the shop's Klarna credentials, as the settings and activity
+    pages announce them (None: no banner). One indexed query per page view."""
+    waiting = await service.store.waiting(shop.id, KLARNA_CREDENTIALS)
+    return waiting if waiting.count else None
 
 
 @page()
@@ -230,7 +249,9 @@ async def settings_page(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
     form = SettingsForm.from_shop(shop)
-    return _render(request, "settings.html", _settings_context(request, service, shop, form))
+    banner = await _waiting_banner(service, shop)
+    context = _settings_context(request, service, shop, form, waiting=banner)
+    return _render(request, "settings.html", context)
 
 
 def _api_key_ending(service: Service, shop: Shop) -> str | None:
@@ -267,13 +288,24 @@ async def save_settings(
         form.klarna_password = form.consumer_key = form.consumer_secret = ""
         context = _settings_context(request, service, shop, form)
         return _render(request, "settings.html", context, status_code=400)
+    # The credentials are tested before they are saved, and saved whatever the answer: the
+    # merchant is told beside the field, and a refusal is saved with a warning.
+    tested = None
+    if form.klarna_username:
+        tested = await _try_credentials(
+            service, form, form.klarna_password or service.shops.klarna_password(shop)
+        )
     await service.shops.update(
         shop.id, form.changes(), klarna_password=form.klarna_password or None
     )
     api_key = form.api_key()
     if shop.platform == woocommerce.NAME and api_key is not None:
         await service.shops.set_platform_token(shop.id, woocommerce.encode_api_key(api_key))
-    return RedirectResponse(f"/admin/{shop.id}/settings?notice=saved", status_code=303)
+    query = "notice=saved"
+    if tested is not None:
+        notice = "saved" if tested.outcome == "accepted" else "saved-anyway"
+        query = f"notice={notice}&klarna={tested.outcome}"
+    return RedirectResponse(f"/admin/{shop.id}/settings?{query}", status_code=303)
 
 
 @page(post=True)
@@ -287,38 +319,27 @@ async def test_connection(
         result = {"ok": "", "text": "Fix the Klarna fields first."}
     else:
         password = form.klarna_password or service.shops.klarna_password(shop)
-        result = await _try_credentials(service, form, password)
+        tested = await _try_credentials(service, form, password)
+        result = {
+            "ok": "yes" if tested.outcome == "accepted" else "",
+            "text": tested.text,
+            "detail": tested.detail,
+        }
     form.klarna_password = form.consumer_key = form.consumer_secret = ""
     form.errors = errors
     context = _settings_context(request, service, shop, form, connection=result)
     return _render(request, "settings.html", context)
 
 
-async def _try_credentials(service: Service, form: SettingsForm, password: str) -> dict[str, str]:
-    client = KlarnaClient(
-        Credentials(form.klarna_username, password),
-        region=form.klarna_region,  # type: ignore[arg-type]
-        environment=form.klarna_environment,  # type: ignore[arg-type]
+async def _try_credentials(service: Service, form: SettingsForm, password: str) -> ConnectionTest:
+    return await check_credentials(
+        service.pipeline.klarna_http[0],
+        username=form.klarna_username,
+        password=password,
+        region=form.klarna_region,
+        environment=form.klarna_environment,
         url=service.settings.klarna_url,
-        http=service.pipeline.klarna_http[0],
-        retry=RetryPolicy(attempts=1),
     )
-    try:
-        # An order that cannot exist (a fresh random id): 404 means Klarna accepted them.
-        await client.read_order(str(uuid.uuid4()))
-    except KlarnaError as error:
-        if error.status == 404:
-            return {"ok": "yes", "text": "Klarna accepted these credentials."}
-        if error.status == 401:
-            return {
-                "ok": "",
-                "text": "Klarna did not accept these credentials. Check the username and "
-                "password, that the region is your account's, and that playground keys are "
-                "not used on live (or live keys on playground).",
-                "detail": str(error),
-            }
-        return {"ok": "", "text": "Klarna could not be asked just now.", "detail": str(error)}
-    return {"ok": "yes", "text": "Klarna accepted these credentials."}
 
 
 @page(post=True)
@@ -349,6 +370,7 @@ class Row(msgspec.Struct, kw_only=True):
     error: dict[str, Any] | None
     dead: bool
     can_send_out: bool
+    waiting: bool = False  # on the shop's Klarna credentials: the error says why, not a failure
 
 
 def _row(shipment: Shipment) -> Row:
@@ -376,12 +398,18 @@ def _row(shipment: Shipment) -> Row:
         error=error,
         dead=shipment.job_state == "dead",
         can_send_out=shipment.capture_id is not None,
+        waiting=shipment.job_state == "waiting",
     )
+
+
+WAITING_STATE = "waiting on credentials"
 
 
 def _state(shipment: Shipment) -> str:
     if shipment.job_state == "dead":
         return "dead"
+    if shipment.job_state == "waiting":
+        return WAITING_STATE
     if shipment.job_state == "queued" and shipment.attempts and shipment.capture_id is None:
         return "failed"
     if shipment.capture_state == "captured":
@@ -419,6 +447,7 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
             "next_cursor": next_cursor,
             "first_page": before is None,
             "csrf_token": request.state.csrf_token,
+            "waiting": await _waiting_banner(service, shop),
         },
     )
 

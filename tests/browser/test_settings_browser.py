@@ -1,6 +1,7 @@
 """The settings and activity pages in a real browser (Debian's Chromium, driven by Playwright)
 against `klarna-capture serve` in a process of its own and the Klarna sandbox, as a merchant uses
-them: sign in by admin link, see a shipment fail on a wrong password, fix the password, retry.
+them: sign in by admin link, see a shipment wait on a wrong password, fix the password (the
+shipment resumes by itself), retry a shipment that failed for good once its cause is fixed.
 
 Screenshots go to tests/artifacts/ (git-ignored). The browser is required: without
 /usr/bin/chromium this test fails rather than skips (scripts/test installs it)."""
@@ -107,7 +108,7 @@ def reload_until(page: Page, locator: Locator, text: str, timeout: float = 20.0)
         assert answer.ok, f"{page.url} answered {answer.status}: {page.inner_text('body')[:300]}"
 
 
-def test_a_merchant_fixes_a_wrong_password_and_retries_the_failed_shipment(
+def test_a_merchant_fixes_a_wrong_password_and_retries_a_failed_shipment(
     env: dict[str, str], server: Server, klarna_sandbox: KlarnaSandbox, page: Page
 ) -> None:
     shop = msgspec.json.decode(
@@ -140,27 +141,32 @@ def test_a_merchant_fixes_a_wrong_password_and_retries_the_failed_shipment(
     expect(page.get_by_role("heading", name="Settings", level=1)).to_be_visible()
     expect(page.get_by_label("API username")).to_have_value("PK_SANDBOX")
 
-    # A shipment arrives while the password is wrong: Klarna refuses it, for good.
+    # A shipment arrives while the password is wrong: Klarna refuses it, and it waits.
     storefront = Storefront(server.url, shop_id, shop["webhook_secret"])
     first = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
     assert storefront.send(shipment(first.order_id, "1001-F1")).json()["status"] == "accepted"
     page.get_by_role("link", name="Activity").click()
     expect(page).to_have_url(activity_url)
-    reload_until(page, row(page, "1001-F1"), "dead")
+    reload_until(page, row(page, "1001-F1"), "waiting on credentials")
     expect(row(page, "1001-F1")).to_contain_text("UNAUTHORIZED")
+    expect(page.locator("#waiting-banner")).to_contain_text(
+        "1 shipment waiting on your Klarna credentials"
+    )
 
     # The stored password is the culprit; the merchant enters the right one, tests it, saves it.
     page.get_by_role("link", name="Settings").click()
+    expect(page.locator("#waiting-banner")).to_be_visible()
     page.get_by_role("button", name="Test connection").click()
-    expect(page.get_by_role("status")).to_contain_text("Klarna did not accept these credentials.")
+    expect(page.locator("#connection-test")).to_contain_text("Refused: Klarna did not accept")
     page.get_by_label("API password").fill("sandbox-secret")
     page.get_by_role("button", name="Test connection").click()
-    expect(page.get_by_role("status")).to_have_text("Klarna accepted these credentials.")
+    expect(page.locator("#connection-test")).to_have_text("Klarna accepted these credentials.")
     expect(page.get_by_label("API password")).to_have_value("")  # never sent back
     page.get_by_label("API password").fill("sandbox-secret")
     page.get_by_role("button", name="Save settings").click()
-    expect(page).to_have_url(f"{settings_url}?notice=saved")
-    expect(page.get_by_role("status")).to_have_text("Settings saved.")
+    expect(page).to_have_url(f"{settings_url}?notice=saved&klarna=accepted")
+    expect(page.locator("p.notice")).to_have_text("Settings saved.")
+    expect(page.locator("#connection-test")).to_have_text("Klarna accepted these credentials.")
     expect(page.get_by_text("A password is set (since")).to_be_visible()
     screenshot(page, "settings.png")
     page.set_viewport_size(PHONE)
@@ -169,19 +175,28 @@ def test_a_merchant_fixes_a_wrong_password_and_retries_the_failed_shipment(
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     page.set_viewport_size(DESKTOP)
 
-    # The next shipment is captured with the new password; the dead one waits for the merchant.
+    # The waiting shipment resumes by itself; the next one is captured with the new password; one
+    # whose authorization is too small fails for good.
     second = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
     assert storefront.send(shipment(second.order_id, "1002-F1")).json()["status"] == "accepted"
+    third = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    with klarna_sandbox.lock:
+        third.remaining_authorized_amount = 5000
+    assert storefront.send(shipment(third.order_id, "1003-F1")).json()["status"] == "accepted"
     page.get_by_role("link", name="Activity").click()
+    reload_until(page, row(page, "1001-F1"), "captured")
     reload_until(page, row(page, "1002-F1"), "captured")
     expect(row(page, "1002-F1")).to_contain_text("60.00 EUR")
-    expect(row(page, "1001-F1").get_by_text("dead", exact=True)).to_be_visible()
+    reload_until(page, row(page, "1003-F1"), "dead")
+    expect(page.locator("#waiting-banner")).to_have_count(0)
     screenshot(page, "activity.png")
 
-    # Retry the dead one from its page.
-    page.get_by_role("link", name="1001-F1", exact=True).click()
-    expect(page.get_by_role("heading", name="Shipment 1001-F1")).to_be_visible()
-    expect(page.get_by_text("plan: UNAUTHORIZED")).to_be_visible()
+    # The merchant has Klarna raise the authorization, then retries the dead one from its page.
+    with klarna_sandbox.lock:
+        third.remaining_authorized_amount = 6000
+    page.get_by_role("link", name="1003-F1", exact=True).click()
+    expect(page.get_by_role("heading", name="Shipment 1003-F1")).to_be_visible()
+    expect(page.get_by_text("plan: ABOVE_REMAINING")).to_be_visible()
     page.get_by_role("button", name="Retry").click()
     expect(page.get_by_role("status")).to_have_text("The shipment is queued to be processed again.")
     facts = page.locator("dl.facts").first
@@ -189,5 +204,9 @@ def test_a_merchant_fixes_a_wrong_password_and_retries_the_failed_shipment(
     expect(page.get_by_role("button", name="Retry")).to_have_count(0)
     screenshot(page, "shipment.png")
 
-    assert [len(first.captures), len(second.captures)] == [1, 1]
-    assert [c.reference for c in (*first.captures, *second.captures)] == ["1001-F1", "1002-F1"]
+    assert [len(first.captures), len(second.captures), len(third.captures)] == [1, 1, 1]
+    assert [c.reference for c in (*first.captures, *second.captures, *third.captures)] == [
+        "1001-F1",
+        "1002-F1",
+        "1003-F1",
+    ]

@@ -610,12 +610,12 @@ def test_a_failure_is_replaced_by_the_capture_once_the_cause_is_fixed(
 
     wait_until(lambda: status_is(bigcommerce, order_id, "failed"), what="the failure")
     wait_until(
-        lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'dead'") == 1,
-        what="the dead letter",
+        lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'waiting'") == 1,
+        what="the wait on the credentials",
     )
 
     async def enter_credentials() -> None:
-        # What saving the settings page does; the dead letter needs no `jobs retry`.
+        # What saving the settings page does; the waiting shipment needs no `jobs retry`.
         async with open_service(settings) as running:
             await running.shops.update(
                 shop.id,

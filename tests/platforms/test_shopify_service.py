@@ -532,15 +532,15 @@ def test_a_failure_is_written_back_and_replaced_once_the_capture_succeeds(
     wait_until(lambda: status_of(shopify_sandbox, gid) == "failed", what="the failure")
     assert "klarna-capture-failed" in shopify_sandbox.tags(DOMAIN, gid)
     wait_until(
-        lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'dead'") == 1,
-        what="the dead letter",
+        lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'waiting'") == 1,
+        what="the wait on the credentials",
     )
     with db(settings) as conn:
-        [error] = conn.execute("SELECT last_error FROM jobs WHERE state = 'dead'").fetchone()
+        [error] = conn.execute("SELECT last_error FROM jobs WHERE state = 'waiting'").fetchone()
     assert "KLARNA_NOT_CONFIGURED" in error
 
     async def enter_credentials() -> None:
-        # What saving the settings page does; the dead letter needs no `jobs retry`.
+        # What saving the settings page does; the waiting shipment needs no `jobs retry`.
         async with open_service(settings) as running:
             await running.shops.update(
                 shop.id,

@@ -86,7 +86,7 @@ def test_a_shipment_refused_before_it_was_planned_still_shows(
     assert "plan: ORDER_CANCELLED: the Klarna order is cancelled" in page.text
 
 
-def test_activity_lists_captured_and_dead_shipments_with_klarnas_facts(
+def test_activity_lists_captured_dead_and_waiting_shipments_with_klarnas_facts(
     site: Site, shop: tuple[Shop, str], browser: Browser, klarna_sandbox: KlarnaSandbox
 ) -> None:
     shop_id = shop[0].id
@@ -96,7 +96,7 @@ def test_activity_lists_captured_and_dead_shipments_with_klarnas_facts(
     send_and_wait(site, shop, shipment(cancelled.order_id, "1002-F1"), "dead")
     assert browser.save_settings(klarna_password="a-wrong-password-1").status_code == 303
     other = new_order(klarna_sandbox)
-    send_and_wait(site, shop, shipment(other.order_id, "1003-F1"), "dead")
+    send_and_wait(site, shop, shipment(other.order_id, "1003-F1"), "waiting")
     unauthorized = last_error(site.settings, shop_id, "1003-F1")
     assert unauthorized["error_code"] == "UNAUTHORIZED"
     assert unauthorized["correlation_id"]
@@ -115,8 +115,8 @@ def test_activity_lists_captured_and_dead_shipments_with_klarnas_facts(
     assert '<span class="badge">dead</span>' in row
     assert "ORDER_CANCELLED: the Klarna order is cancelled" in row
     row = table_row(page.text, "1003-F1")
-    assert '<span class="badge">dead</span>' in row
-    assert "UNAUTHORIZED: Invalid or missing API credentials." in row
+    assert '<span class="badge">waiting on credentials</span>' in row
+    assert '<small class="waiting">UNAUTHORIZED: Invalid or missing API credentials.' in row
     assert f"(correlation id {unauthorized['correlation_id']})" in row
 
 
@@ -158,19 +158,19 @@ def test_the_shipment_page_reads_the_capture_live_from_klarna(
 
 
 def test_retry_runs_a_dead_shipment_again_once_its_cause_is_fixed(
-    site: Site, klarna_sandbox: KlarnaSandbox
+    site: Site, shop: tuple[Shop, str], browser: Browser, klarna_sandbox: KlarnaSandbox
 ) -> None:
-    shop = site.create_shop(name="Wrong password shop", password="a-wrong-password-2")
-    browser = site.sign_in(shop[0].id)
+    # The authorization is smaller than the shipment: refused for good, until the merchant has
+    # Klarna raise it.
     order = new_order(klarna_sandbox)
+    with klarna_sandbox.lock:
+        order.remaining_authorized_amount = 5000
     send_and_wait(site, shop, shipment(order.order_id, "1001-F1"), "dead")
-    correlation_id = last_error(site.settings, shop[0].id, "1001-F1")["correlation_id"]
     path = f"{browser.base}/shipments/1001-F1"
 
     page = browser.get(path)
     assert page.status_code == 200
-    assert "plan: UNAUTHORIZED: Invalid or missing API credentials." in page.text
-    assert f"Klarna correlation id: <code>{correlation_id}</code>" in page.text
+    assert "plan: ABOVE_REMAINING: the shipment comes to 6000 but only 5000" in page.text
     retry_form = re.search(
         r'<form method="post" action="([^"]+/retry)">(.*?)</form>', page.text, re.S
     )
@@ -183,7 +183,8 @@ def test_retry_runs_a_dead_shipment_again_once_its_cause_is_fixed(
     assert refused.status_code == 403
     assert job_state(site.settings, shop[0].id, "1001-F1") == "dead"
 
-    assert browser.save_settings(klarna_password="sandbox-secret").status_code == 303
+    with klarna_sandbox.lock:
+        order.remaining_authorized_amount = 6000
     retried = browser.post(f"{path}/retry", token=csrf_token(retry_form.group(2)))
     assert retried.status_code == 303
     assert retried.headers["location"] == f"{path}?notice=retried"

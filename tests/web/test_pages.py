@@ -228,9 +228,11 @@ def test_settings_show_the_account_and_keep_the_password_write_only(
         status_url="https://shop.example/klarna-status",
     )
     assert saved.status_code == 303
-    assert saved.headers["location"] == f"/admin/{shop_id}/settings?notice=saved"
+    # The sandbox knows no such password: saved anyway, with the connection test's refusal.
+    location = f"/admin/{shop_id}/settings?notice=saved-anyway&klarna=refused"
+    assert saved.headers["location"] == location
     after = browser.get(saved.headers["location"])
-    assert "Settings saved." in after.text
+    assert "Settings saved anyway" in after.text
     assert new_password not in after.text
     assert 'id="klarna_password" name="klarna_password" type="password" value=""' in after.text
     fields = forms(after.text)[f"/admin/{shop_id}/settings"]
@@ -353,8 +355,8 @@ def test_test_connection_asks_the_sandbox_with_the_typed_or_the_stored_password(
     assert SANDBOX_PASSWORD not in accepted
 
     refused = test_with(klarna_password="not-the-password-3")
-    assert "Klarna did not accept these credentials." in refused
-    assert "that the region is your account&#39;s" in refused
+    assert "Refused: Klarna did not accept the API username and password" in refused
+    assert "that the region (eu, na, oc) is the one of the account" in refused
     assert "playground keys are not used on live" in refused
     assert "HTTP 401 UNAUTHORIZED" in refused
     assert "not-the-password-3" not in refused
@@ -367,7 +369,7 @@ def test_test_connection_asks_the_sandbox_with_the_typed_or_the_stored_password(
     # with a wrong stored password, an empty field fails, and nothing typed was saved
     assert browser.save_settings(klarna_password="stored-but-wrong-5").status_code == 303
     refused_stored = test_with(klarna_password="", klarna_username="PK_SANDBOX")
-    assert "Klarna did not accept these credentials." in refused_stored
+    assert "Refused: Klarna did not accept the API username and password" in refused_stored
     test_with(klarna_password=SANDBOX_PASSWORD, klarna_username="PK_TYPED_ONLY")
     shop_now, password, _ = stored(site, shop_id)
     assert (shop_now.klarna_username, password) == ("PK_SANDBOX", "stored-but-wrong-5")
