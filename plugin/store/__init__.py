@@ -4,6 +4,7 @@ from pathlib import Path
 
 from plugin.store.base import (
     AuditNote,
+    Beat,
     Captured,
     NewCallback,
     NewDelivery,
@@ -15,6 +16,7 @@ from plugin.store.base import (
 
 __all__ = [
     "AuditNote",
+    "Beat",
     "Captured",
     "NewCallback",
     "NewDelivery",

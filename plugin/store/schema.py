@@ -174,4 +174,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_queued_shop ON jobs (kind, shop_id, due_at) WHERE state = 'queued';
     CREATE INDEX jobs_running_shop ON jobs (shop_id, kind) WHERE state = 'running';
     """,
+    # 6: crash recovery (issue 15): every process that claims jobs registers here and renews its
+    # heartbeat; a running job whose owner is no longer `alive_until` now (missed beats, or found
+    # dead) is claimable at once, found from its owner's row (workers_alive, then the owner's
+    # running jobs). When each job was last claimed, for operators and the recovery tests.
+    """
+    CREATE TABLE workers (
+        owner TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        pid_scope TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        alive_until REAL NOT NULL
+    );
+    CREATE INDEX workers_alive ON workers (alive_until);
+    CREATE INDEX jobs_running_owner ON jobs (lease_owner) WHERE state = 'running';
+    ALTER TABLE jobs ADD COLUMN claimed_at REAL;
+    """,
 )

@@ -186,6 +186,22 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO job_slots (shop_id, kind, running)
         SELECT shop_id, kind, count(*) FROM jobs WHERE state = 'running' GROUP BY shop_id, kind;
     """,
+    # 6: crash recovery (issue 15): schema.py's workers table, its index and when each job was
+    # last claimed
+    """
+    CREATE TABLE workers (
+        owner TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        pid_scope TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL,
+        alive_until DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX workers_alive ON workers (alive_until);
+    CREATE INDEX jobs_running_owner ON jobs (lease_owner) WHERE state = 'running';
+    ALTER TABLE jobs ADD COLUMN claimed_at DOUBLE PRECISION;
+    """,
 )
 
 # What `migrate` keeps: one row per applied migration.
