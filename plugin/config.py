@@ -30,6 +30,8 @@ _POSTGRES_SCHEMES = ("postgresql", "postgres")
 # A job's deadline: 5 minutes by default; at least a minute, twice a Klarna call's retry budget.
 JOB_DEADLINE_SECONDS = 300
 MIN_JOB_DEADLINE_SECONDS = 60
+# A worker's heartbeat: every 2 s, so that a dead one's jobs wait at most 6 s (three beats).
+HEARTBEAT_SECONDS = 2
 
 
 class ConfigError(Exception):
@@ -80,6 +82,9 @@ class Settings:
     # Jobs of one kind a shop may have running at once, across all processes (None: half of all
     # the workers, at least 1), so that one shop's backlog never holds every worker.
     shop_concurrency: int | None = None
+    # How often a process that runs workers tells the database it lives; after three missed
+    # beats its running jobs are claimed by others at once, without waiting for their lease.
+    heartbeat_seconds: int = HEARTBEAT_SECONDS
 
     @property
     def capture_loops(self) -> int:
@@ -137,7 +142,8 @@ class Settings:
             f"metrics_address={self.metrics_address!r}, "
             f"job_deadline_seconds={self.job_deadline_seconds}, "
             f"callback_workers={self.callback_workers}, "
-            f"shop_concurrency={self.shop_concurrency})"
+            f"shop_concurrency={self.shop_concurrency}, "
+            f"heartbeat_seconds={self.heartbeat_seconds})"
         )
 
 
@@ -180,6 +186,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         metrics_address=_metrics_address(get("METRICS_ADDRESS")),
         **_queue(get),
+        heartbeat_seconds=_whole_number(
+            "HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), default=HEARTBEAT_SECONDS, low=1, high=60
+        ),
     )
 
 
