@@ -125,8 +125,8 @@ def test_sigkill_mid_burst_loses_nothing_and_captures_nothing_twice(
     )
     assert [len(order.captures) for order in orders] == [1] * len(orders)
 
-    # The killed process's jobs were each claimed (once) by the restarted one within seconds of
-    # the kill, not after their lease.
+    # The killed process's jobs were each taken over and finished (their last change) by the
+    # restarted one within seconds of the kill, not after their lease.
     wait_until(
         lambda: (
             rows(tmp_path, "SELECT state, count(*) FROM jobs GROUP BY state")
@@ -137,15 +137,16 @@ def test_sigkill_mid_burst_loses_nothing_and_captures_nothing_twice(
     marks = ", ".join("?" for _ in orphans)
     resumed = rows(
         tmp_path,
-        f"SELECT claimed_at, attempts FROM jobs WHERE id IN ({marks})",  # noqa: S608
+        f"SELECT updated_at, attempts FROM jobs WHERE id IN ({marks})",  # noqa: S608
         *orphans,
     )
-    recovery = max(float(str(claimed_at)) for claimed_at, _ in resumed) - killed_at
+    recovery = max(float(str(finished_at)) for finished_at, _ in resumed) - killed_at
     [(started_at,)] = rows(
         tmp_path, "SELECT started_at FROM workers WHERE pid = ?", servers[1].process.pid
     )
     print(
-        f"SQLite: {len(orphans)} jobs of the killed serve resumed {recovery:.2f} s after the kill,"
+        f"SQLite: {len(orphans)} jobs of the killed serve resumed and done {recovery:.2f} s after"
+        " the kill,"
         f" {killed_at + recovery - float(str(started_at)):.2f} s after the restarted one's workers"
         f" started (it answered /readyz {ready_at - killed_at:.2f} s after the kill)"
     )

@@ -99,12 +99,17 @@ EXPIRED_LEASE = (
     " ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
 # A running job of a worker whose heartbeat stopped (or that was found dead), found from the
-# workers' side: in the common case workers_alive holds no such worker, and that is all it costs.
-# Never the claimer's ($2) own jobs: its loops are running them.
+# workers' side: first the worker, the first in workers_alive with a running job of the claim's
+# kinds (in the common case there is none, and that one probe is all it costs), then its jobs,
+# from jobs_running_owner. Subqueries, not joins (nor EXISTS, which the planner turns into one),
+# so that the planner cannot walk every running job to join it with its worker. Never the
+# claimer's ($2) own jobs: its loops are running them.
 ORPHANED_JOB = (
-    "SELECT j.id FROM workers AS w JOIN jobs AS j ON j.lease_owner = w.owner"
-    " WHERE w.alive_until < $1 AND w.owner <> $2 AND j.state = 'running'"
-    " AND j.kind = ANY($4::text[]) ORDER BY w.alive_until LIMIT 1 FOR UPDATE OF j SKIP LOCKED"
+    "SELECT j.id FROM jobs AS j WHERE j.lease_owner = (SELECT w.owner FROM workers AS w"
+    "  WHERE w.alive_until < $1 AND w.owner <> $2 AND (SELECT r.id FROM jobs AS r"
+    "  WHERE r.lease_owner = w.owner AND r.state = 'running' AND r.kind = ANY($4::text[])"
+    "  LIMIT 1) IS NOT NULL ORDER BY w.alive_until LIMIT 1)"
+    " AND j.state = 'running' AND j.kind = ANY($4::text[]) LIMIT 1 FOR UPDATE OF j SKIP LOCKED"
 )
 # Every kind of job, as rows to pick the claim's kinds from (a generic plan prices a list of
 # constants by its length; unnest($4) it would price as ten kinds, and plan every claim afresh).
@@ -161,7 +166,7 @@ CLAIM_JOB = (
     "  SELECT shop_id, kind, 1 FROM due ON CONFLICT (shop_id, kind)"
     "  DO UPDATE SET running = slot.running + 1 WHERE slot.running < $5 RETURNING 1),"
     " claimed AS (UPDATE jobs SET state = 'running', lease_owner = $2, lease_until = $3,"
-    "  updated_at = $1, claimed_at = $1 WHERE id = coalesce((SELECT id FROM expired),"
+    "  updated_at = $1 WHERE id = coalesce((SELECT id FROM expired),"
     "  (SELECT id FROM due WHERE EXISTS (SELECT FROM slot))) RETURNING jobs.*)"
     " SELECT claimed.*, (SELECT count(*) FROM chosen) > (SELECT count(*) FROM claimed) AS lost"
     " FROM (SELECT) AS one LEFT JOIN claimed ON true"

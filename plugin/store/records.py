@@ -93,7 +93,6 @@ class Job(msgspec.Struct, kw_only=True):
     last_error: str | None
     created_at: float
     updated_at: float
-    claimed_at: float | None = None  # when a worker last took it
 
 
 class CaptureRecord(msgspec.Struct, kw_only=True):

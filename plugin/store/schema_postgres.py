@@ -186,8 +186,7 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO job_slots (shop_id, kind, running)
         SELECT shop_id, kind, count(*) FROM jobs WHERE state = 'running' GROUP BY shop_id, kind;
     """,
-    # 6: crash recovery (issue 15): schema.py's workers table, its index and when each job was
-    # last claimed
+    # 6: crash recovery (issue 15): schema.py's workers table and index of running jobs by owner
     """
     CREATE TABLE workers (
         owner TEXT PRIMARY KEY,
@@ -200,7 +199,6 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX workers_alive ON workers (alive_until);
     CREATE INDEX jobs_running_owner ON jobs (lease_owner) WHERE state = 'running';
-    ALTER TABLE jobs ADD COLUMN claimed_at DOUBLE PRECISION;
     """,
 )
 

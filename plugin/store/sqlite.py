@@ -124,8 +124,8 @@ IDLE_OLDEST_JOB = (
     "  WHERE r.state = 'running' AND r.shop_id = t.shop_id AND r.kind = t.kind)"
 )
 CLAIM_JOB = (
-    "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, updated_at = ?1,"  # noqa: S608 - constant fragments; values bound
-    " claimed_at = ?1 WHERE id = coalesce("
+    "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, updated_at = ?1"  # noqa: S608 - constant fragments; values bound
+    " WHERE id = coalesce("
     f"({EXPIRED_LEASE}), ({ORPHANED_JOB}), ({IDLE_OLDEST_JOB}), ({FAIR_DUE_JOB})) RETURNING *"
 )
 # The running jobs a heartbeat reports claimable: those of workers no longer alive (?1 now, ?2
