@@ -484,6 +484,49 @@ async def test_a_starting_worker_takes_over_the_jobs_of_a_dead_process_of_its_ma
     assert job.updated_at < held.lease_until
 
 
+async def test_a_silent_workers_jobs_are_taken_over_when_its_heartbeat_is_stale(
+    store: Store,
+) -> None:
+    """A worker of another machine (its pid cannot be checked from here) stops beating: once its
+    heartbeat is stale, a worker's next beat sees its job claimable and takes it, long before the
+    lease would run out."""
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+    now = time.time()
+    await store.heartbeat(
+        WorkerRecord(
+            owner="far:1:beef",
+            host="far",
+            pid=1,
+            pid_scope="another machine",
+            started_at=now,
+            heartbeat_at=now,
+            alive_until=now + 0.5,  # its last beat: silent from then on
+        ),
+        now,
+    )
+    held = await store.claim_job("far:1:beef", 3600, now)
+    assert held is not None
+
+    async def capture(job: Job) -> None:
+        pass
+
+    survivor = Worker(
+        store,
+        {"fulfillment": capture, "callback": capture},
+        poll_seconds=3600,  # no polling: only its heartbeat makes it look
+        heartbeat_seconds=0.2,
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(survivor.run)
+        job = await wait_for_job(store, job_id, "done")
+        group.cancel_scope.cancel()
+    # Taken over once stale, and done within a lease that had an hour to run.
+    assert now + 0.5 <= job.updated_at
+    assert held.lease_until is not None
+    assert job.updated_at < held.lease_until
+
+
 def test_a_killed_process_is_dead_before_it_is_reaped_and_a_live_one_alive() -> None:
     assert process_alive(os.getpid())
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
