@@ -232,17 +232,26 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(
         settings, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_ms / 1000
     )
+
+    def stop_workers() -> None:
+        # At the signal, not after the open requests: the workers stop claiming, cancel the jobs
+        # in flight and hand them back while the last answers are sent.
+        service: Service | None = getattr(app.state, "service", None)
+        if service is not None:
+            service.worker.stop()
+
     _freeze_startup_objects()
     _hand_off_the_gil_sooner(settings.database_url)
     with metrics.listener(settings.metrics_address):
-        uvicorn.Server(
+        server.Server(
             server.config(
                 app,
                 host=args.host,
                 port=args.port,
                 trusted_proxies=settings.trusted_proxies,
                 timeout_graceful_shutdown=10,
-            )
+            ),
+            on_exit=stop_workers,
         ).run()
     return 0
 
@@ -262,8 +271,9 @@ def _worker(args: argparse.Namespace) -> int:
                 counts = asyncio.ensure_future(metrics.refresh_job_counts(service.store))
                 task.add_done_callback(lambda _: counts.cancel())
             loop = asyncio.get_running_loop()
+            # Stopped, not cancelled: the running jobs are handed back before the exit.
             for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, task.cancel)
+                loop.add_signal_handler(signum, service.worker.stop)
             print(
                 f"klarna-capture worker running ({settings.workers} workers)",
                 file=sys.stderr,

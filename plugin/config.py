@@ -36,6 +36,8 @@ MIN_JOB_DEADLINE_SECONDS = 60
 # How long a call waits for the database before it counts as away (a 503, a worker waiting): a
 # storefront gives up on an answer after about 5 s (Shopify), so waiting longer gains nothing.
 DATABASE_TIMEOUT_SECONDS = 5
+# A worker's heartbeat: every 2 s, so that a dead one's jobs wait at most 6 s (three beats).
+HEARTBEAT_SECONDS = 2
 
 
 class ConfigError(Exception):
@@ -94,6 +96,9 @@ class Settings:
     # for a pool connection, for a statement's answer; SQLite: for another process's lock on the
     # file): a request then answers 503, a worker waits and tries again.
     database_timeout_seconds: int = DATABASE_TIMEOUT_SECONDS
+    # How often a process that runs workers tells the database it lives; after three missed
+    # beats its running jobs are claimed by others at once, without waiting for their lease.
+    heartbeat_seconds: int = HEARTBEAT_SECONDS
 
     @property
     def capture_loops(self) -> int:
@@ -153,7 +158,8 @@ class Settings:
             f"callback_workers={self.callback_workers}, "
             f"shop_concurrency={self.shop_concurrency}, "
             f"trusted_proxies={[str(n) for n in self.trusted_proxies]!r}, "
-            f"database_timeout_seconds={self.database_timeout_seconds})"
+            f"database_timeout_seconds={self.database_timeout_seconds}, "
+            f"heartbeat_seconds={self.heartbeat_seconds})"
         )
 
 
@@ -203,6 +209,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             default=DATABASE_TIMEOUT_SECONDS,
             low=1,
             high=300,
+        ),
+        heartbeat_seconds=_whole_number(
+            "HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), default=HEARTBEAT_SECONDS, low=1, high=60
         ),
     )
 

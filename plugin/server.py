@@ -18,7 +18,8 @@ these hold when it is missing or lets more through.
 
 import asyncio
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import Any
 
 import httptools
@@ -183,6 +184,25 @@ class LimitedHttpTools(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.logger.debug("Request not received in time: connection closed.")
             self.transport.close()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which also calls `on_exit` in its event loop as soon as a signal asks it
+    to stop: uvicorn tells the app only once the open requests are answered (up to its graceful
+    timeout), and the workers should stop claiming before that."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving yet, or any more: nothing runs to be told
+            return
+        # A signal handler interrupts the loop wherever it is: the call waits for its turn.
+        loop.call_soon_threadsafe(self._on_exit)
 
 
 def config(

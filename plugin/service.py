@@ -101,6 +101,7 @@ class Service:
             lease_seconds=lease_seconds,
             poll_seconds=poll_seconds,
             backoff=backoff,
+            heartbeat_seconds=settings.heartbeat_seconds,
         )
 
     def wake_workers(self) -> None:

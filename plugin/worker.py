@@ -1,7 +1,12 @@
 """Workers: claim a job with a lease, run it, and on failure retry with backoff or bury it as a dead
 letter, or park it when it waits on something only a person can fix (a failure that says what it
-waits on): a parked job burns no attempt and is not claimed until the store releases it. A worker
-that dies leaves its job to whoever claims it after the lease runs out.
+waits on): a parked job burns no attempt and is not claimed until the store releases it.
+
+A worker that dies leaves its jobs to whoever claims next once it is known gone, not after the
+lease: each process that claims registers itself and beats every `heartbeat_seconds`; a few missed
+beats, or its pid found gone by a process of the same machine, make its running jobs claimable at
+once. (The lease stays for the worker that lives but is stuck on a job.) A worker that is stopped
+hands its running jobs back before it exits.
 
 No job holds a worker for ever, and no shop holds them all: a job has a total deadline (its lease is
 renewed only until then, then it is stopped and retried like any failure); loops are grouped in
@@ -20,6 +25,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -28,7 +34,7 @@ import msgspec
 from plugin import metrics
 from plugin.klarna.errors import join_messages
 from plugin.store import NewCallback, Store, StoreUnavailable
-from plugin.store.records import Job, Wait
+from plugin.store.records import Job, Wait, WorkerRecord
 
 log = logging.getLogger("plugin.worker")
 
@@ -111,6 +117,45 @@ class Lane(msgspec.Struct, frozen=True, kw_only=True):
 DEADLINE_ERROR = "JOB_DEADLINE"
 # While the database is away, a loop tries it again after the first, doubling to the second.
 STORE_RETRY_SECONDS = (0.1, 5.0)
+# Heartbeats a worker may miss before its running jobs are anyone's to claim.
+MISSED_BEATS = 3
+# How long a stopping worker may take to hand its jobs back (the database may be away).
+HAND_BACK_SECONDS = 10.0
+
+
+def pid_scope() -> str:
+    """Which processes can tell whether a pid of ours lives: those of this machine, since its
+    boot, in this pid namespace (a container has its own; two containers may share a host name).
+    Without /proc (not Linux), the host name alone."""
+    host = socket.gethostname()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return host
+    return f"{host}/{boot}/{namespace}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this pid scope still runs. A zombie (killed, not yet reaped by
+    its parent) is gone. A pid taken since by another process counts as alive: its worker is then
+    found gone by its missed heartbeats instead."""
+    if pid <= 0:  # 0 and negative pids name process groups, not a process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    # "pid (name) state ...": the name may hold spaces and parentheses, the state follows the last.
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 _encoder = msgspec.json.Encoder()
@@ -130,10 +175,13 @@ class Worker:
         poll_seconds: float = 1.0,
         backoff: Backoff | None = None,
         owner: str | None = None,
+        heartbeat_seconds: float = 2.0,
     ) -> None:
         """`lanes` default to one lane of `concurrency` loops for every kind of `handlers`.
         `shop_limit`: jobs of one kind a shop may have running at once, across every worker of
-        the store (None: no cap). `job_deadline_seconds`: how long one run of a job may take."""
+        the store (None: no cap). `job_deadline_seconds`: how long one run of a job may take.
+        `heartbeat_seconds`: how often the worker tells the store it lives; after MISSED_BEATS
+        missed, its running jobs are claimable by any other."""
         self.store = store
         self.handlers = handlers
         self.lanes = (
@@ -148,23 +196,95 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.backoff = backoff or Backoff()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.heartbeat_seconds = heartbeat_seconds
         self._wakeup = anyio.Event()
         self._store_away = False
+        self._scope: anyio.CancelScope | None = None
+        self._stopped = False
+        self._pid_scope = pid_scope()
+        self._started_at = time.time()
 
     def wake(self) -> None:
         """New work is stored: idle loops look now instead of at their next poll. Call it in the
         worker's event loop (the store's listener does)."""
         self._wakeup.set()
 
+    def stop(self) -> None:
+        """Stop now: claim nothing more, cancel the jobs in flight (each step of a job is durable:
+        the next run carries on from the last one done) and hand back whatever this worker holds,
+        queued and due at once, the attempt not counted. `run` returns when that is done. Call it
+        in the worker's event loop (a signal handler does)."""
+        self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
     async def run(self) -> None:
-        if sum(lane.loops for lane in self.lanes) < 1:
+        """Register, beat, claim and run jobs until stopped or cancelled; then hand back the jobs
+        still held and leave the workers table (within HAND_BACK_SECONDS, even when cancelled)."""
+        if sum(lane.loops for lane in self.lanes) < 1 or self._stopped:
             return
-        async with anyio.create_task_group() as group:
-            # Listening first: a job stored after this is announced, one before it is claimed.
-            await group.start(self._listen)
-            for lane in self.lanes:
-                for _ in range(lane.loops):
-                    group.start_soon(self._loop, lane)
+        self._started_at = time.time()
+        try:
+            with anyio.CancelScope() as self._scope:
+                # Registered before the first claim (a job never names an unknown owner), and the
+                # dead workers of this machine found at once: their jobs are the first claimed.
+                await self._beat()
+                async with anyio.create_task_group() as group:
+                    # Listening first: a job stored after this is announced, one before it is
+                    # claimed.
+                    await group.start(self._listen)
+                    group.start_soon(self._keep_beating)
+                    for lane in self.lanes:
+                        for _ in range(lane.loops):
+                            group.start_soon(self._loop, lane)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(HAND_BACK_SECONDS):
+                await self._retire()
+
+    async def _retire(self) -> None:
+        try:
+            handed_back = await self.store.retire_worker(self.owner, time.time())
+        except Exception as exc:  # the database away: the missed heartbeats free the jobs
+            log.warning(
+                "could not hand the running jobs back; others take them when they see this "
+                "worker's heartbeat stop",
+                extra={"error": f"{type(exc).__name__}: {exc}"},
+            )
+            return
+        if handed_back:
+            log.info("stopped; running jobs handed back", extra={"jobs": handed_back})
+
+    async def _keep_beating(self) -> None:
+        while True:
+            await anyio.sleep(self.heartbeat_seconds)
+            try:
+                await self._beat()
+            except Exception as exc:  # the database away: beat again at the next one
+                log.warning("heartbeat failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _beat(self) -> None:
+        now = time.time()
+        beat = await self.store.heartbeat(
+            WorkerRecord(
+                owner=self.owner,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                pid_scope=self._pid_scope,
+                started_at=self._started_at,
+                heartbeat_at=now,
+                alive_until=now + MISSED_BEATS * self.heartbeat_seconds,
+            ),
+            now,
+        )
+        dead = [other.owner for other in beat.neighbours if not process_alive(other.pid)]
+        if dead:
+            await self.store.mark_workers_dead(dead, now)
+            log.warning(
+                "workers of this machine found dead; their jobs are taken over",
+                extra={"workers": dead},
+            )
+        if dead or beat.orphaned:
+            self.wake()  # idle loops claim those jobs now, not at their next poll
 
     async def _listen(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         # Other processes' new jobs; the in-process ones come through `wake` directly.

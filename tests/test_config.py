@@ -469,3 +469,18 @@ def test_the_database_timeout_is_read_and_bounded() -> None:
             load_settings({"KLARNA_CAPTURE_DATABASE_TIMEOUT_SECONDS": value})
         assert str(caught.value).startswith("KLARNA_CAPTURE_DATABASE_TIMEOUT_SECONDS ")
         assert "\n" not in str(caught.value)
+
+
+def test_the_heartbeat_defaults_to_two_seconds_and_is_read() -> None:
+    assert load_settings({}).heartbeat_seconds == 2
+    settings = load_settings({"KLARNA_CAPTURE_HEARTBEAT_SECONDS": "5"})
+    assert settings.heartbeat_seconds == 5
+    assert "heartbeat_seconds=5" in repr(settings)
+
+
+@pytest.mark.parametrize("value", ["0", "61", "1.5", "-2", "two"])
+def test_a_bad_heartbeat_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"KLARNA_CAPTURE_HEARTBEAT_SECONDS": value})
+    assert str(caught.value).startswith("KLARNA_CAPTURE_HEARTBEAT_SECONDS ")
+    assert "\n" not in str(caught.value)

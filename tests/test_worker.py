@@ -5,6 +5,9 @@ shipment of one shop starts at once while another shop's backlog drains; and a r
 parked further out than the backoff's maximum, whatever Retry-After a server sent."""
 
 import math
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,11 +18,20 @@ import pytest
 from plugin.config import load_settings
 from plugin.service import open_service
 from plugin.store import NewCallback, Store
-from plugin.store.records import KLARNA_CREDENTIALS, Job
-from plugin.worker import DEADLINE_ERROR, Backoff, JobError, JobFailure, Lane, Worker
+from plugin.store.records import KLARNA_CREDENTIALS, Job, WorkerRecord
+from plugin.worker import (
+    DEADLINE_ERROR,
+    Backoff,
+    JobError,
+    JobFailure,
+    Lane,
+    Worker,
+    pid_scope,
+    process_alive,
+)
 from tests.store import test_store as contract
 from tests.store.conftest import postgres_database
-from tests.store.test_store import add_shop
+from tests.store.test_store import add_shop, query
 
 pytestmark = pytest.mark.anyio
 
@@ -360,3 +372,214 @@ async def test_a_failure_that_waits_parks_the_job_until_the_store_releases_it(
         await wait_for_job(store, job_id, "done")
         group.cancel_scope.cancel()
     assert runs == [0, 0]
+
+
+async def test_a_stopped_worker_hands_its_running_jobs_back_for_another_to_finish(
+    store: Store, database_url: str
+) -> None:
+    await add_shop(store)
+    job_ids = [await ship(store, "shop_1", f"F{index}") for index in range(3)]
+    running: list[int] = []
+    all_running = anyio.Event()
+
+    async def slow_capture(job: Job) -> None:
+        running.append(job.id)
+        if len(running) == 3:
+            all_running.set()
+        await anyio.sleep_forever()  # a Klarna call still under way when the stop comes
+
+    stopping = Worker(store, {"fulfillment": slow_capture, "callback": slow_capture}, concurrency=3)
+    async with anyio.create_task_group() as group:
+        group.start_soon(stopping.run)
+        with anyio.fail_after(30):
+            await all_running.wait()
+        assert await query(database_url, "SELECT count(*) FROM workers") == 1
+        stopped_at = time.time()
+        stopping.stop()
+    # `run` returned: every job is queued again, due at once, its attempt not counted, and the
+    # worker's row is gone.
+    for job_id in job_ids:
+        job = await get(store, job_id)
+        assert (job.state, job.attempts, job.lease_owner) == ("queued", 0, None)
+        assert stopped_at <= job.due_at <= time.time()
+    assert await query(database_url, "SELECT count(*) FROM workers") == 0
+
+    finished: list[int] = []
+
+    async def capture(job: Job) -> None:
+        finished.append(job.id)
+
+    other = Worker(store, {"fulfillment": capture, "callback": capture}, poll_seconds=0.05)
+    async with anyio.create_task_group() as group:
+        group.start_soon(other.run)
+        for job_id in job_ids:
+            await wait_for_job(store, job_id, "done")
+        group.cancel_scope.cancel()
+    assert sorted(finished) == sorted(job_ids)
+
+
+async def test_a_live_worker_that_lost_its_job_to_a_takeover_changes_nothing(
+    store: Store,
+) -> None:
+    """A worker whose heartbeat went stale but whose process lives (a long pause, say): another
+    takes its job at once; it finds its lease gone, stops the job and records nothing."""
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+    started = anyio.Event()
+    resumed = anyio.Event()
+    outcomes: list[str] = []
+    ended = anyio.Event()
+
+    async def paused_capture(job: Job) -> None:
+        started.set()
+        try:
+            await resumed.wait()
+            await anyio.sleep(10)  # its next step, which the lost lease cuts short
+            outcomes.append("finished")
+        except anyio.get_cancelled_exc_class():
+            outcomes.append("stopped")
+            raise
+        finally:
+            ended.set()
+
+    paused = Worker(
+        store,
+        {"fulfillment": paused_capture, "callback": paused_capture},
+        concurrency=1,
+        lease_seconds=0.6,  # renewed every 0.2 s
+        poll_seconds=0.05,
+        heartbeat_seconds=3600,  # beats once, at start
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(paused.run)
+        with anyio.fail_after(30):
+            await started.wait()
+        # Its heartbeat is stale (as if it had missed three beats): another claims the job.
+        await store.heartbeat(
+            WorkerRecord(
+                owner=paused.owner,
+                host="h",
+                pid=os.getpid(),
+                pid_scope="elsewhere",
+                started_at=time.time(),
+                heartbeat_at=time.time() - 10,
+                alive_until=time.time() - 1,
+            ),
+            time.time(),
+        )
+        taken = await store.claim_job("other", 60, time.time())
+        assert taken is not None
+        assert (taken.id, taken.lease_owner, taken.attempts) == (job_id, "other", 0)
+        resumed.set()
+        with anyio.fail_after(30):
+            await ended.wait()
+        group.cancel_scope.cancel()
+    assert outcomes == ["stopped"]
+    job = await get(store, job_id)
+    # Neither finished, retried nor handed back by the worker that lost it.
+    assert (job.state, job.lease_owner, job.attempts) == ("running", "other", 0)
+    assert await store.finish_job(job_id, "other", time.time())
+
+
+async def test_a_starting_worker_takes_over_the_jobs_of_a_dead_process_of_its_machine_at_once(
+    store: Store,
+) -> None:
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+    # A process of this machine that ran workers and died (reaped) with a job, its heartbeat
+    # still fresh and its lease an hour long.
+    ran = await anyio.run_process([sys.executable, "-c", "import os; print(os.getpid())"])
+    dead_pid = int(ran.stdout)
+    now = time.time()
+    await store.heartbeat(
+        WorkerRecord(
+            owner=f"dead:{dead_pid}",
+            host="h",
+            pid=dead_pid,
+            pid_scope=pid_scope(),
+            started_at=now,
+            heartbeat_at=now,
+            alive_until=now + 3600,
+        ),
+        now,
+    )
+    held = await store.claim_job(f"dead:{dead_pid}", 3600, now)
+    assert held is not None
+
+    async def capture(job: Job) -> None:
+        pass
+
+    restarted = Worker(
+        store,
+        {"fulfillment": capture, "callback": capture},
+        poll_seconds=3600,  # no polling: only finding the dead one makes it look
+        heartbeat_seconds=3600,  # and only at its start
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(restarted.run)
+        job = await wait_for_job(store, job_id, "done")
+        group.cancel_scope.cancel()
+    # Done (claimed, run, finished) long before the dead one's lease would have run out.
+    assert held.lease_until is not None
+    assert job.updated_at < held.lease_until
+
+
+async def test_a_silent_workers_jobs_are_taken_over_when_its_heartbeat_is_stale(
+    store: Store,
+) -> None:
+    """A worker of another machine (its pid cannot be checked from here) stops beating: once its
+    heartbeat is stale, a worker's next beat sees its job claimable and takes it, long before the
+    lease would run out."""
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+    now = time.time()
+    await store.heartbeat(
+        WorkerRecord(
+            owner="far:1:beef",
+            host="far",
+            pid=1,
+            pid_scope="another machine",
+            started_at=now,
+            heartbeat_at=now,
+            alive_until=now + 0.5,  # its last beat: silent from then on
+        ),
+        now,
+    )
+    held = await store.claim_job("far:1:beef", 3600, now)
+    assert held is not None
+
+    async def capture(job: Job) -> None:
+        pass
+
+    survivor = Worker(
+        store,
+        {"fulfillment": capture, "callback": capture},
+        poll_seconds=3600,  # no polling: only its heartbeat makes it look
+        heartbeat_seconds=0.2,
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(survivor.run)
+        job = await wait_for_job(store, job_id, "done")
+        group.cancel_scope.cancel()
+    # Taken over once stale, and done within a lease that had an hour to run.
+    assert now + 0.5 <= job.updated_at
+    assert held.lease_until is not None
+    assert job.updated_at < held.lease_until
+
+
+def test_a_killed_process_is_dead_before_it_is_reaped_and_a_live_one_alive() -> None:
+    assert process_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_alive(child.pid)
+        child.kill()
+        # A zombie until waited for: gone all the same (polled: the kill takes a moment).
+        deadline = time.monotonic() + 30
+        while process_alive(child.pid):
+            assert time.monotonic() < deadline, "the killed child still counts as alive"
+            time.sleep(0.02)
+        assert child.returncode is None  # not reaped by us yet
+    finally:
+        child.kill()
+        child.wait()
+    assert not process_alive(child.pid)

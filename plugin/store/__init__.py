@@ -4,6 +4,7 @@ from pathlib import Path
 
 from plugin.store.base import (
     AuditNote,
+    Beat,
     Captured,
     NewCallback,
     NewDelivery,
@@ -16,6 +17,7 @@ from plugin.store.base import (
 
 __all__ = [
     "AuditNote",
+    "Beat",
     "Captured",
     "NewCallback",
     "NewDelivery",

@@ -31,6 +31,7 @@ from plugin.store.records import (
     Wait,
     Waiting,
     WebhookSecret,
+    WorkerRecord,
 )
 
 
@@ -123,6 +124,15 @@ class Captured(msgspec.Struct, kw_only=True):
     captured_amount: int
     shipping_info: str
     klarna_reference: str | None = None
+
+
+class Beat(msgspec.Struct, frozen=True, kw_only=True):
+    """What a heartbeat found: the other workers of its pid scope still counted alive (whose
+    processes the caller can check), and how many running jobs are claimable at once because
+    their owner is stale, dead or unknown."""
+
+    neighbours: list[WorkerRecord]
+    orphaned: int
 
 
 class Store(ABC):
@@ -285,18 +295,41 @@ class Store(ABC):
         kinds: Sequence[str] = JOB_KINDS,
         shop_limit: int | None = None,
     ) -> Job | None:
-        """Lease one job of `kinds` to `owner`, in one statement: a job whose lease expired (its
-        worker died) first; else, of the shops with a job due and fewer than `shop_limit` jobs of
-        that kind running, the shop with the fewest running, then the one whose oldest due job is
-        oldest, and that job. So a shop's backlog never holds more than `shop_limit` workers, and
-        another shop's lone job is taken next, not after the backlog. None when nothing is due.
+        """Lease one job of `kinds` to `owner`, in one statement: a job whose worker is gone first
+        (its lease expired, or its owner's row is no longer alive: missed heartbeats, or found
+        dead; never `owner`'s own); else, of the shops with a job due and fewer than `shop_limit`
+        jobs of that kind running, the shop with the fewest running, then the one whose oldest
+        due job is oldest, and that job. So a shop's backlog never holds more than `shop_limit`
+        workers, and another shop's lone job is taken next, not after the backlog. None when
+        nothing is due.
 
         The cost never grows with the number of jobs queued: one index probe when the oldest due
         job's shop has none of its kind running (it comes first then), else one per shop that has
-        jobs of `kinds` queued."""
+        jobs of `kinds` queued; and one probe each for an expired lease and for a worker no
+        longer alive (none of either, in the common case)."""
 
     @abstractmethod
     async def extend_lease(self, job_id: int, owner: str, until: float) -> bool: ...
+
+    # workers: the processes that claim jobs, each with a heartbeat
+    @abstractmethod
+    async def heartbeat(self, worker: WorkerRecord, now: float) -> Beat:
+        """Register `worker` or renew its row (`heartbeat_at`, `alive_until`; `started_at` stays
+        as first registered), and tidy up, in one transaction: the rows of workers no longer
+        alive that hold no running job are deleted (so the table holds the live ones and the dead
+        ones whose jobs are still to be taken over), and a running job whose owner has no row
+        (never registered, or its row gone) has its lease ended now."""
+
+    @abstractmethod
+    async def mark_workers_dead(self, owners: Sequence[str], now: float) -> int:
+        """Their processes are known to be gone: not alive from now on, so their running jobs
+        are claimable at once. Returns how many rows were marked."""
+
+    @abstractmethod
+    async def retire_worker(self, owner: str, now: float) -> int:
+        """A worker stops: its running jobs are queued again, due `now`, their attempts as they
+        were (a stop is not a failure), and its row is deleted, together. Returns how many jobs
+        were handed back."""
 
     @abstractmethod
     async def finish_job(self, job_id: int, owner: str, now: float) -> bool: ...

@@ -26,6 +26,7 @@ from anyio.abc import TaskStatus
 
 from plugin.store.base import (
     AuditNote,
+    Beat,
     Captured,
     NewCallback,
     NewDelivery,
@@ -52,6 +53,7 @@ from plugin.store.records import (
     Wait,
     Waiting,
     WebhookSecret,
+    WorkerRecord,
 )
 from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
 from plugin.store.sql import (
@@ -98,11 +100,11 @@ _UNAVAILABLE = (
 log = logging.getLogger("plugin.store.postgres")
 
 
-# The claim, in one statement (one round trip, one commit; see `Store.claim_job`): an expired
-# lease first (it belongs to a worker that died: its job is claimable again, and stays counted in
-# its shop's slot), else the next job of the fairest shop. SKIP LOCKED passes over a job another
-# worker is claiming right now instead of waiting for it, so concurrent claimers take different
-# jobs. $1 is now, $4 the kinds, $5 the per-shop cap.
+# The claim, in one statement (one round trip, one commit; see `Store.claim_job`): a job whose
+# worker is gone first (its lease expired, or its owner is no longer alive: its job is claimable
+# again, and stays counted in its shop's slot), else the next job of the fairest shop. SKIP
+# LOCKED passes over a job another worker is claiming right now instead of waiting for it, so
+# concurrent claimers take different jobs. $1 is now, $4 the kinds, $5 the per-shop cap.
 #
 # The cap holds under concurrent claimers through the shop's `job_slots` row: the claim raises
 # `running` only WHERE it is below the cap, and ON CONFLICT DO UPDATE locks the row and checks
@@ -115,6 +117,19 @@ log = logging.getLogger("plugin.store.postgres")
 EXPIRED_LEASE = (
     "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1 AND kind = ANY($4::text[])"
     " ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED"
+)
+# A running job of a worker whose heartbeat stopped (or that was found dead), found from the
+# workers' side: first the worker, the first in workers_alive with a running job of the claim's
+# kinds (in the common case there is none, and that one probe is all it costs), then its jobs,
+# from jobs_running_owner. Subqueries, not joins (nor EXISTS, which the planner turns into one),
+# so that the planner cannot walk every running job to join it with its worker. Never the
+# claimer's ($2) own jobs: its loops are running them.
+ORPHANED_JOB = (
+    "SELECT j.id FROM jobs AS j WHERE j.lease_owner = (SELECT w.owner FROM workers AS w"
+    "  WHERE w.alive_until < $1 AND w.owner <> $2 AND (SELECT r.id FROM jobs AS r"
+    "  WHERE r.lease_owner = w.owner AND r.state = 'running' AND r.kind = ANY($4::text[])"
+    "  LIMIT 1) IS NOT NULL ORDER BY w.alive_until LIMIT 1)"
+    " AND j.state = 'running' AND j.kind = ANY($4::text[]) LIMIT 1 FOR UPDATE OF j SKIP LOCKED"
 )
 # Every kind of job, as rows to pick the claim's kinds from (a generic plan prices a list of
 # constants by its length; unnest($4) it would price as ten kinds, and plan every claim afresh).
@@ -145,7 +160,9 @@ CLAIM_JOB = (
     "  WHERE j.state = 'queued' AND j.kind = s.kind AND j.shop_id > s.shop_id"
     "  ORDER BY j.kind, j.shop_id, j.due_at LIMIT 1)"
     " FROM shops AS s WHERE s.shop_id IS NOT NULL),"
-    f" expired AS ({EXPIRED_LEASE}),"
+    f" lapsed AS ({EXPIRED_LEASE}), orphaned AS ({ORPHANED_JOB}),"
+    # The second is looked for only when the first finds nothing.
+    " expired AS (SELECT id FROM lapsed UNION ALL SELECT id FROM orphaned LIMIT 1),"
     " fairest AS (SELECT s.kind, s.shop_id FROM shops AS s"
     " CROSS JOIN LATERAL (SELECT j.due_at FROM jobs AS j WHERE j.state = 'queued'"
     f"  AND {_DUE_OF_SHOP.format(kind='s.kind', shop='s.shop_id')}"
@@ -179,6 +196,47 @@ CLAIM_ATTEMPTS = 3
 # A running job of a shop leaves it: its slot is free again. $1 and $2 are the shop and kind.
 _RELEASE_SLOT = (
     "UPDATE job_slots SET running = greatest(running - 1, 0) WHERE shop_id = $1 AND kind = $2"
+)
+
+
+# The running jobs a heartbeat reports claimable: those of workers no longer alive ($1 now, $2
+# the beating worker, which never counts its own).
+ORPHANED_JOBS = (
+    "SELECT count(*) FROM workers AS w JOIN jobs AS j ON j.lease_owner = w.owner"
+    " WHERE w.alive_until < $1 AND w.owner <> $2 AND j.state = 'running'"
+)
+# A worker no longer alive ($1 now) whose jobs have all been taken over: forgotten.
+_FORGET_WORKERS = (
+    "DELETE FROM workers AS w WHERE w.alive_until < $1 AND NOT EXISTS (SELECT FROM jobs"
+    " WHERE jobs.lease_owner = w.owner AND jobs.state = 'running')"
+)
+# A running job whose owner has no row (a process that never registered, or whose row went while
+# it claimed) holds no lease: it ends now ($1), for the expired-lease branch of the claim.
+_END_UNKNOWN_LEASES = (
+    "UPDATE jobs SET lease_until = $1 WHERE state = 'running' AND lease_until > $1"
+    " AND NOT EXISTS (SELECT FROM workers WHERE workers.owner = jobs.lease_owner)"
+)
+# Workers ($1) found dead: no longer alive, and the other processes told (their jobs are due).
+_MARK_DEAD = (
+    "WITH marked AS (UPDATE workers SET alive_until = 0 WHERE owner = ANY($1::text[])"  # noqa: S608 - constant fragments; values bound
+    f" RETURNING 1), notified AS (SELECT pg_notify('{JOBS_CHANNEL}', '')"
+    " WHERE EXISTS (SELECT FROM marked))"
+    " SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM notified)"
+)
+# A stopping worker ($2) hands its jobs back, queued and due now ($1), their attempts as they
+# were; their slots are freed, the worker's row deleted, and the other processes told.
+_RETIRE_WORKER = (
+    "WITH handed AS (UPDATE jobs SET state = 'queued', due_at = $1, rerun = false,"  # noqa: S608 - constant fragments; values bound
+    " lease_owner = NULL, lease_until = NULL, updated_at = $1"
+    " WHERE lease_owner = $2 AND state = 'running' RETURNING shop_id, kind),"
+    " counted AS (SELECT shop_id, kind, count(*) AS jobs FROM handed GROUP BY shop_id, kind),"
+    " released AS (UPDATE job_slots AS slot SET running = greatest(slot.running - counted.jobs, 0)"
+    "  FROM counted WHERE slot.shop_id = counted.shop_id AND slot.kind = counted.kind"
+    "  RETURNING 1),"
+    " gone AS (DELETE FROM workers WHERE owner = $2 RETURNING 1),"
+    f" notified AS (SELECT pg_notify('{JOBS_CHANNEL}', '') WHERE EXISTS (SELECT FROM handed))"
+    " SELECT (SELECT count(*) FROM handed) AS handed, (SELECT count(*) FROM released) AS released,"
+    " (SELECT count(*) FROM gone) AS gone, (SELECT count(*) FROM notified) AS notified"
 )
 
 
@@ -781,6 +839,45 @@ class PostgresStore(Store):
             owner,
         )
         return row is not None
+
+    async def heartbeat(self, worker: WorkerRecord, now: float) -> Beat:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT INTO workers (owner, host, pid, pid_scope, started_at, heartbeat_at,"
+                " alive_until) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (owner) DO UPDATE"
+                " SET heartbeat_at = excluded.heartbeat_at, alive_until = excluded.alive_until",
+                worker.owner,
+                worker.host,
+                worker.pid,
+                worker.pid_scope,
+                worker.started_at,
+                worker.heartbeat_at,
+                worker.alive_until,
+            )
+            await conn.execute(_FORGET_WORKERS, now)
+            released = await conn.fetch(_END_UNKNOWN_LEASES + " RETURNING id", now)
+            neighbours = await conn.fetch(
+                "SELECT * FROM workers WHERE pid_scope = $1 AND owner <> $2 AND alive_until >= $3",
+                worker.pid_scope,
+                worker.owner,
+                now,
+            )
+            orphaned = await conn.fetchrow(ORPHANED_JOBS, now, worker.owner)
+        assert orphaned is not None
+        return Beat(
+            neighbours=[_record(row, WorkerRecord) for row in neighbours],
+            orphaned=int(orphaned[0]) + len(released),
+        )
+
+    async def mark_workers_dead(self, owners: Sequence[str], now: float) -> int:
+        # Their jobs are claimable now: the other processes' idle workers are told.
+        rows = await self._fetch(_MARK_DEAD, list(owners))
+        return int(rows[0][0])
+
+    async def retire_worker(self, owner: str, now: float) -> int:
+        row = await self._fetchrow(_RETIRE_WORKER, now, owner)
+        assert row is not None
+        return int(row["handed"])
 
     async def finish_job(self, job_id: int, owner: str, now: float) -> bool:
         # New input that arrived while the job ran (`rerun`) sends it round once more.

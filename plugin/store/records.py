@@ -215,3 +215,18 @@ class SealedSecret(msgspec.Struct, kw_only=True, frozen=True):
     shop_id: str
     field: Literal["klarna_password", "platform_token", "webhook_secret"]
     blob: bytes
+
+
+class WorkerRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """A process that claims jobs, as it registered itself: `owner` is what its jobs' leases name.
+    It counts as alive until `alive_until` (its last heartbeat and a few missed beats; 0 once
+    found dead); after that its running jobs are anyone's to claim. `pid_scope` says which
+    processes can check its `pid`: those of the same machine, boot and pid namespace."""
+
+    owner: str
+    host: str
+    pid: int
+    pid_scope: str
+    started_at: float
+    heartbeat_at: float
+    alive_until: float

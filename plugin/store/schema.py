@@ -174,6 +174,25 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_queued_shop ON jobs (kind, shop_id, due_at) WHERE state = 'queued';
     CREATE INDEX jobs_running_shop ON jobs (shop_id, kind) WHERE state = 'running';
     """,
+    # 6: crash recovery (issue 15): every process that claims jobs registers here and renews its
+    # heartbeat; a running job whose owner is no longer `alive_until` now (missed beats, or found
+    # dead) is claimable at once, found from its owner's row (workers_alive, then the owner's
+    # running jobs). No column is added to jobs: measured, a wider row estimate turned the generic
+    # claim plan that PostgreSQL makes on a short queue from jobs_queued_shop to jobs_due and a
+    # sort of the queue.
+    """
+    CREATE TABLE workers (
+        owner TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        pid_scope TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        alive_until REAL NOT NULL
+    );
+    CREATE INDEX workers_alive ON workers (alive_until);
+    CREATE INDEX jobs_running_owner ON jobs (lease_owner) WHERE state = 'running';
+    """,
     # 7: shipments waiting on a shop's Klarna credentials (issue 15): a waiting job's state is
     # 'waiting' (never claimed, no attempt burned); what it waits on and since when are kept beside
     # it, by shop, so that saving the credentials releases them in one statement and the pages

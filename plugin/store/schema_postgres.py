@@ -186,6 +186,20 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO job_slots (shop_id, kind, running)
         SELECT shop_id, kind, count(*) FROM jobs WHERE state = 'running' GROUP BY shop_id, kind;
     """,
+    # 6: crash recovery (issue 15): schema.py's workers table and index of running jobs by owner
+    """
+    CREATE TABLE workers (
+        owner TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        pid_scope TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL,
+        alive_until DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX workers_alive ON workers (alive_until);
+    CREATE INDEX jobs_running_owner ON jobs (lease_owner) WHERE state = 'running';
+    """,
     # 7: shipments waiting on a shop's Klarna credentials (issue 15): as schema.py's
     """
     CREATE TABLE job_waits (

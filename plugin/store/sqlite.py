@@ -20,6 +20,7 @@ import msgspec
 
 from plugin.store.base import (
     AuditNote,
+    Beat,
     Captured,
     NewCallback,
     NewDelivery,
@@ -46,6 +47,7 @@ from plugin.store.records import (
     Wait,
     Waiting,
     WebhookSecret,
+    WorkerRecord,
 )
 from plugin.store.schema import MIGRATIONS
 from plugin.store.sql import (
@@ -83,15 +85,25 @@ _STOP = object()
 
 Key = tuple[str, str]  # (shop_id, delivery_id)
 
-# The claim, in one statement (see `Store.claim_job`): an expired lease first (it belongs to a
-# worker that died: its job is claimable again), else the next job of the fairest shop (the oldest
-# due job when its shop is idle, without looking at the others). ?1 is now,
-# ?4 the kinds (a JSON array), ?5 the per-shop cap. The one writer runs it, so the running jobs it
-# counts cannot change under it. INDEXED BY: left alone, SQLite takes jobs_state and sorts the
-# whole queue.
+# The claim, in one statement (see `Store.claim_job`): a job whose worker is gone first (its
+# lease expired, or its owner is no longer alive: it is claimable again), else the next job of the
+# fairest shop (the oldest due job when its shop is idle, without looking at the others). ?1 is
+# now, ?2 the claiming owner, ?4 the kinds (a JSON array), ?5 the per-shop cap. The one writer runs
+# it, so the running jobs it counts cannot change under it. INDEXED BY: left alone, SQLite takes
+# jobs_state and sorts the whole queue.
 EXPIRED_LEASE = (
     "SELECT id FROM jobs INDEXED BY jobs_lease WHERE state = 'running' AND lease_until < ?1"
     " AND kind IN (SELECT value FROM json_each(?4)) ORDER BY lease_until LIMIT 1"
+)
+# A running job of a worker whose heartbeat stopped (or that was found dead), found from the
+# workers' side: the first probe of workers_alive finds no such worker in the common case. CROSS
+# JOIN keeps workers the outer loop. Never the claimer's own jobs: its loops are running them.
+ORPHANED_JOB = (
+    "SELECT j.id FROM workers AS w INDEXED BY workers_alive"
+    " CROSS JOIN jobs AS j INDEXED BY jobs_running_owner"
+    " WHERE w.alive_until < ?1 AND w.owner != ?2 AND j.lease_owner = w.owner"
+    " AND j.state = 'running' AND j.kind IN (SELECT value FROM json_each(?4))"
+    " ORDER BY w.alive_until LIMIT 1"
 )
 # The shops with queued jobs of each kind, found by skipping along jobs_queued_shop from one shop
 # to the next (one probe per shop, however long a shop's backlog); each shop's oldest queued job;
@@ -129,7 +141,16 @@ IDLE_OLDEST_JOB = (
 )
 CLAIM_JOB = (
     "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, updated_at = ?1"  # noqa: S608 - constant fragments; values bound
-    f" WHERE id = coalesce(({EXPIRED_LEASE}), ({IDLE_OLDEST_JOB}), ({FAIR_DUE_JOB})) RETURNING *"
+    " WHERE id = coalesce("
+    f"({EXPIRED_LEASE}), ({ORPHANED_JOB}), ({IDLE_OLDEST_JOB}), ({FAIR_DUE_JOB})) RETURNING *"
+)
+# The running jobs a heartbeat reports claimable: those of workers no longer alive (?1 now, ?2
+# the beating worker, which never counts its own).
+ORPHANED_JOBS = (
+    "SELECT count(*) FROM workers AS w INDEXED BY workers_alive"
+    " CROSS JOIN jobs AS j INDEXED BY jobs_running_owner"
+    " WHERE w.alive_until < ?1 AND w.owner != ?2 AND j.lease_owner = w.owner"
+    " AND j.state = 'running'"
 )
 
 _options_decoder = msgspec.json.Decoder(ShopOptions)
@@ -577,6 +598,57 @@ class SqliteStore(Store):
                 > 0
             )
         )
+
+    async def heartbeat(self, worker: WorkerRecord, now: float) -> Beat:
+        def work(conn: sqlite3.Connection) -> Beat:
+            conn.execute(
+                "INSERT INTO workers (owner, host, pid, pid_scope, started_at, heartbeat_at,"
+                " alive_until) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner) DO UPDATE SET"
+                " heartbeat_at = excluded.heartbeat_at, alive_until = excluded.alive_until",
+                (
+                    worker.owner,
+                    worker.host,
+                    worker.pid,
+                    worker.pid_scope,
+                    worker.started_at,
+                    worker.heartbeat_at,
+                    worker.alive_until,
+                ),
+            )
+            conn.execute(_FORGET_WORKERS, (now,))
+            released = conn.execute(_END_UNKNOWN_LEASES, (now,)).rowcount
+            neighbours = conn.execute(
+                "SELECT * FROM workers WHERE pid_scope = ? AND owner != ? AND alive_until >= ?",
+                (worker.pid_scope, worker.owner, now),
+            ).fetchall()
+            orphaned = conn.execute(ORPHANED_JOBS, (now, worker.owner)).fetchone()[0]
+            return Beat(
+                neighbours=[
+                    msgspec.convert(dict(row), WorkerRecord, strict=False) for row in neighbours
+                ],
+                orphaned=int(orphaned) + released,
+            )
+
+        return await self._write(work)
+
+    async def mark_workers_dead(self, owners: Sequence[str], now: float) -> int:
+        marks = ", ".join("?" for _ in owners)
+        return await self._write(
+            lambda conn: (
+                conn.execute(
+                    f"UPDATE workers SET alive_until = 0 WHERE owner IN ({marks})",  # noqa: S608
+                    tuple(owners),
+                ).rowcount
+            )
+        )
+
+    async def retire_worker(self, owner: str, now: float) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            handed_back = conn.execute(_HAND_BACK, (now, owner)).rowcount
+            conn.execute("DELETE FROM workers WHERE owner = ?", (owner,))
+            return int(handed_back)
+
+        return await self._write(work)
 
     async def finish_job(self, job_id: int, owner: str, now: float) -> bool:
         # New input that arrived while the job ran (`rerun`) sends it round once more.
@@ -1094,6 +1166,22 @@ WAITING = (
     " FROM job_waits AS w JOIN jobs AS j ON j.id = w.job_id AND j.state = 'waiting'"
     " LEFT JOIN captures AS c ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
     " WHERE w.shop_id = ? AND w.waits_for = ?"
+)
+# A worker no longer alive (?1 now) whose jobs have all been taken over: forgotten.
+_FORGET_WORKERS = (
+    "DELETE FROM workers WHERE alive_until < ?1 AND NOT EXISTS (SELECT 1 FROM jobs"
+    " INDEXED BY jobs_running_owner WHERE lease_owner = workers.owner AND state = 'running')"
+)
+# A running job whose owner has no row (a process that never registered, or whose row went while
+# it claimed) holds no lease: it ends now (?1), for the expired-lease branch of the claim.
+_END_UNKNOWN_LEASES = (
+    "UPDATE jobs SET lease_until = ?1 WHERE state = 'running' AND lease_until > ?1"
+    " AND NOT EXISTS (SELECT 1 FROM workers WHERE owner = jobs.lease_owner)"
+)
+# A stopping worker's jobs (?2), queued again and due now (?1), their attempts as they were.
+_HAND_BACK = (
+    "UPDATE jobs SET state = 'queued', due_at = ?1, rerun = 0, lease_owner = NULL,"
+    " lease_until = NULL, updated_at = ?1 WHERE lease_owner = ?2 AND state = 'running'"
 )
 
 
