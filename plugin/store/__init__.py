@@ -9,6 +9,7 @@ from plugin.store.base import (
     NewDelivery,
     NewShop,
     Plan,
+    PruneReport,
     ShopChanges,
     Store,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "NewDelivery",
     "NewShop",
     "Plan",
+    "PruneReport",
     "ShopChanges",
     "Store",
     "open_store",

@@ -174,4 +174,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_queued_shop ON jobs (kind, shop_id, due_at) WHERE state = 'queued';
     CREATE INDEX jobs_running_shop ON jobs (shop_id, kind) WHERE state = 'running';
     """,
+    # 8: retention (plugin/retention.py): when a delivery's body was emptied; what each pruning
+    # step walks, oldest first, so that a batch reads only the rows it removes: bodies still
+    # kept (partial: a delivery leaves it when its body goes), emptied deliveries (partial: none
+    # at ingest), the ledger, the audit trail, privacy requests and used sign-in links by age
+    """
+    ALTER TABLE deliveries ADD COLUMN pruned_at REAL;
+    CREATE INDEX deliveries_body_kept ON deliveries (received_at) WHERE pruned_at IS NULL;
+    CREATE INDEX deliveries_pruned ON deliveries (pruned_at) WHERE pruned_at IS NOT NULL;
+    CREATE INDEX captures_updated ON captures (updated_at);
+    CREATE INDEX audit_at ON audit (at);
+    CREATE INDEX compliance_requests_received ON compliance_requests (received_at);
+    CREATE INDEX admin_links_used ON admin_links (used_at);
+    """,
 )

@@ -186,6 +186,16 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO job_slots (shop_id, kind, running)
         SELECT shop_id, kind, count(*) FROM jobs WHERE state = 'running' GROUP BY shop_id, kind;
     """,
+    # 8: retention: schema.py's column and indexes
+    """
+    ALTER TABLE deliveries ADD COLUMN pruned_at DOUBLE PRECISION;
+    CREATE INDEX deliveries_body_kept ON deliveries (received_at) WHERE pruned_at IS NULL;
+    CREATE INDEX deliveries_pruned ON deliveries (pruned_at) WHERE pruned_at IS NOT NULL;
+    CREATE INDEX captures_updated ON captures (updated_at);
+    CREATE INDEX audit_at ON audit (at);
+    CREATE INDEX compliance_requests_received ON compliance_requests (received_at);
+    CREATE INDEX admin_links_used ON admin_links (used_at);
+    """,
 )
 
 # What `migrate` keeps: one row per applied migration.
