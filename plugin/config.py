@@ -30,10 +30,11 @@ _POSTGRES_SCHEMES = ("postgresql", "postgres")
 # A job's deadline: 5 minutes by default; at least a minute, twice a Klarna call's retry budget.
 JOB_DEADLINE_SECONDS = 300
 MIN_JOB_DEADLINE_SECONDS = 60
-# Retention (plugin/retention.py; docs/operations/retention.md says why each figure): days a
-# settled shipment's webhook bodies are kept, days a delivery id outlives its body (at least the
-# longest redelivery schedule of any storefront, Standard Webhooks' example: 3.15 days), days
-# finished jobs and sent callbacks are kept, days the capture ledger and audit trail are kept.
+# Retention (plugin/retention.py; docs/operations/retention.md says why each figure): days
+# webhook bodies are kept (longer while their shipment is not settled), days a delivery id
+# outlives its body (at least the longest redelivery schedule of any storefront, Standard
+# Webhooks' example: 3.15 days), days finished jobs and sent callbacks are kept, days the capture
+# ledger and audit trail are kept.
 RETAIN_BODIES_DAYS = 3
 RETAIN_DELIVERY_IDS_DAYS = 7
 MIN_RETAIN_DELIVERY_IDS_DAYS = 4

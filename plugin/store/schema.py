@@ -177,7 +177,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 8: retention (plugin/retention.py): when a delivery's body was emptied; what each pruning
     # step walks, oldest first, so that a batch reads only the rows it removes: bodies still
     # kept (partial: a delivery leaves it when its body goes), emptied deliveries (partial: none
-    # at ingest), the ledger, the audit trail, privacy requests and used sign-in links by age
+    # at ingest), the ledger, the audit trail, privacy requests and used sign-in links by age.
+    # (Whether a shipment's job may still run, SQLite looks up in the unique index: one probe.)
     """
     ALTER TABLE deliveries ADD COLUMN pruned_at REAL;
     CREATE INDEX deliveries_body_kept ON deliveries (received_at) WHERE pruned_at IS NULL;

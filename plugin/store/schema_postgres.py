@@ -186,7 +186,10 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO job_slots (shop_id, kind, running)
         SELECT shop_id, kind, count(*) FROM jobs WHERE state = 'running' GROUP BY shop_id, kind;
     """,
-    # 8: retention: schema.py's column and indexes
+    # 8: retention: schema.py's column and indexes; and here only, the fulfilment jobs that may
+    # still run (the backlog and dead letters, not the history), whose shipments keep their data:
+    # a small index the planner takes for that lookup whatever it knows of the tables (by the
+    # unique index, it has chosen an index by shop, and read a shop's every job per delivery)
     """
     ALTER TABLE deliveries ADD COLUMN pruned_at DOUBLE PRECISION;
     CREATE INDEX deliveries_body_kept ON deliveries (received_at) WHERE pruned_at IS NULL;
@@ -195,6 +198,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_at ON audit (at);
     CREATE INDEX compliance_requests_received ON compliance_requests (received_at);
     CREATE INDEX admin_links_used ON admin_links (used_at);
+    CREATE INDEX jobs_unsettled ON jobs (key, shop_id)
+        WHERE kind = 'fulfillment' AND state <> 'done';
     """,
 )
 

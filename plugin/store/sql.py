@@ -105,34 +105,41 @@ def sealed_secrets(shops: Sequence[Any], secrets: Sequence[Any]) -> list[SealedS
 # statement first saw.
 
 # A fulfilment whose job may still run (queued, running, or a dead letter that may be retried):
-# its deliveries and ledger row stay whole.
+# its deliveries and ledger row stay whole. Written as the predicate of PostgreSQL's
+# jobs_unsettled, so that this small index of live fulfilment jobs is the one looked up (planned
+# before statistics, the lookup took an index by shop and kind, and read a shop's every job for
+# each delivery).
 _LIVE_JOB = (
-    "EXISTS (SELECT 1 FROM jobs AS j WHERE j.shop_id = t.shop_id AND j.kind = 'fulfillment'"
-    " AND j.key = t.fulfillment_id AND {state})"
+    "EXISTS (SELECT 1 FROM jobs AS j WHERE j.key = t.fulfillment_id AND j.shop_id = t.shop_id"
+    " AND j.kind = 'fulfillment' AND j.state <> 'done')"
 )
 
 
 class PruneStep(NamedTuple):
     table: str
-    key: str  # the columns a row is picked by, comma-separated, on `t`
+    key: str  # the column(s) that name a row, comma-separated, on `t`
     where: str  # on `t`, with $1 the cutoff
     order: str
     action: str = "DELETE"  # or the SET clause of an UPDATE
 
-    def picked(self) -> str:
-        """The keys of the next batch, oldest first."""
+    def picked(self, columns: str | None = None) -> str:
+        """The next batch's keys (or `columns`), oldest first."""
         return (
-            f"SELECT {self.key} FROM {self.table} AS t WHERE {self.where}"  # noqa: S608
+            f"SELECT {columns or self.key} FROM {self.table} AS t WHERE {self.where}"  # noqa: S608
             f" ORDER BY {self.order} LIMIT $2"
         )
 
-    def batch(self) -> str:
-        """One batch of the step, as one statement."""
+    def batch(self, *, array: bool = False) -> str:
+        """One batch of the step, as one statement. `array` (PostgreSQL, a one-column key): the
+        keys picked as an array, which the planner reads as a handful of rows to look up by
+        their index; `key IN (subquery)` it may join by scanning the whole table, every batch."""
         change = (
             f"DELETE FROM {self.table} AS t"  # noqa: S608 - constant fragments; values bound
             if self.action == "DELETE"
             else f"UPDATE {self.table} AS t SET {self.action}"  # noqa: S608
         )
+        if array:
+            return f"{change} WHERE {self.key} = ANY (ARRAY({self.picked()})) AND {self.where}"
         return f"{change} WHERE ({self.key}) IN ({self.picked()}) AND {self.where}"
 
     def tally(self) -> str:
@@ -140,7 +147,7 @@ class PruneStep(NamedTuple):
 
 
 # The steps in the order they run, by what the report calls them. A delivery's body goes once
-# its shipment is settled (no job left to run it, or a finished one older than the cutoff);
+# it is older than the cutoff and its shipment is settled (no job left that may run it);
 # the delivery's row (its id, which refuses a late duplicate) a window after its body, whatever
 # the job does since: the body is what a run reads, and an emptied one is never read again.
 # "jobs" (finished ones, with their sent callbacks) and "captures" (with their side effects) are
@@ -149,8 +156,7 @@ PRUNE_STEPS: dict[str, PruneStep] = {
     "deliveries.body": PruneStep(
         "deliveries",
         "t.id",
-        "t.pruned_at IS NULL AND t.received_at < $1 AND NOT "
-        + _LIVE_JOB.format(state="(j.state <> 'done' OR j.updated_at >= $1)"),
+        f"t.pruned_at IS NULL AND t.received_at < $1 AND NOT {_LIVE_JOB}",
         "t.received_at",
         # An empty blob in both dialects, of the column's own type.
         action="body = substr(t.body, 1, 0), pruned_at = $3",
@@ -158,18 +164,14 @@ PRUNE_STEPS: dict[str, PruneStep] = {
     "deliveries": PruneStep(
         "deliveries", "t.id", "t.pruned_at IS NOT NULL AND t.pruned_at < $1", "t.pruned_at"
     ),
-    "jobs": PruneStep(
-        "jobs", "t.id, t.kind, t.key", "t.state = 'done' AND t.updated_at < $1", "t.updated_at"
-    ),
+    "jobs": PruneStep("jobs", "t.id", "t.state = 'done' AND t.updated_at < $1", "t.updated_at"),
     "captures": PruneStep(
         "captures",
         "t.shop_id, t.fulfillment_id",
-        "t.updated_at < $1 AND NOT " + _LIVE_JOB.format(state="j.state <> 'done'"),
+        f"t.updated_at < $1 AND NOT {_LIVE_JOB}",
         "t.updated_at",
     ),
-    "audit": PruneStep(
-        "audit", "t.id", "t.at < $1 AND NOT " + _LIVE_JOB.format(state="j.state <> 'done'"), "t.at"
-    ),
+    "audit": PruneStep("audit", "t.id", f"t.at < $1 AND NOT {_LIVE_JOB}", "t.at"),
     "compliance_requests": PruneStep(
         "compliance_requests", "t.id", "t.received_at < $1", "t.received_at"
     ),

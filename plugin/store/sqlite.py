@@ -985,7 +985,7 @@ class SqliteStore(Store):
                 statement = prune.batch()
                 arguments = prune_arguments(statement, cutoff, limit, now)
                 return {step: conn.execute(_numbered(statement), arguments).rowcount}
-            picked = prune.picked()
+            picked = prune.picked("t.id, t.kind, t.key" if step == "jobs" else None)
             arguments = prune_arguments(picked, cutoff, limit, now)
             keys = conn.execute(_numbered(picked), arguments).fetchall()
             if step == "jobs":  # with the callbacks they sent: (id, kind, key) each
