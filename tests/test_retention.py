@@ -14,15 +14,18 @@ import anyio.from_thread
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from plugin import retention
 from plugin.config import Settings
 from plugin.retention import DAY, Retention
+from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.store import PruneReport, Store
 from plugin.store.records import Delivery
-from tests.helpers import KLARNA_ORDER_ID, shipment, wait_until
+from tests.helpers import KLARNA_ORDER_ID, TOMATOES, shipment, wait_until
 from tests.postgres_cluster import fresh_database
 from tests.web.support import Site, page_settings, running
 
 ROWS = 100_000
+DEFAULTS = Retention(bodies_days=3, delivery_ids_days=7, jobs_days=30, ledger_days=1095)
 BATCH = 1_000
 # A stored body as a storefront sends one: the customer's name and address with the shipment.
 BODY = (
@@ -180,3 +183,60 @@ async def prune_bodies(store: Store) -> PruneReport | None:
         batch=BATCH,
         pause=0.01,
     )
+
+
+def test_a_tracking_update_after_the_bodies_went_is_added_to_the_one_capture(
+    tmp_path: Path,
+    klarna_url: str,
+    klarna_sandbox: KlarnaSandbox,
+    database_env: dict[str, str],
+) -> None:
+    settings = settings_for(
+        tmp_path,
+        klarna_url,
+        {**database_env, "KLARNA_CAPTURE_PRUNE_INTERVAL_SECONDS": "0"},
+        workers=2,
+    )
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    first = {"carrier": "UPS", "tracking_number": "1Z1"}
+    second = {"carrier": "Royal Mail", "tracking_number": "RM2", "method": "PickUpPoint"}
+    with running(settings) as site:
+        shop, secret = site.create_shop()
+        store = site.service.store
+
+        def settled(tracking: int) -> bool:
+            found = site.call(store.shipment, shop.id, "1001-F1")
+            return (
+                found is not None
+                and found.job_state == "done"
+                and found.shipping_info.count("tracking_number") == tracking
+            )
+
+        created = site.deliver(
+            shop.id, secret, shipment(order.order_id, shipping=[first]), delivery_id="msg_1"
+        )
+        assert created.json()["status"] == "accepted"
+        wait_until(lambda: settled(1), what="for the capture")
+        report = site.call(retention.prune, store, DEFAULTS, now=time.time() + 3.1 * DAY)
+        assert report is not None
+        assert report.rows["deliveries.body"] == 1
+        assert delivery(site, created.json()["delivery"]).body == b""
+
+        # The same delivery again: a duplicate while its id is kept.
+        again = site.deliver(
+            shop.id, secret, shipment(order.order_id, shipping=[first]), delivery_id="msg_1"
+        )
+        assert again.json()["status"] == "duplicate"
+        # Tracking added later: the run reads the new body and the ledger, not the emptied one.
+        updated = shipment(
+            order.order_id, shipping=[first, second], event_type="fulfillment.updated"
+        )
+        assert site.deliver(shop.id, secret, updated).json()["status"] == "accepted"
+        wait_until(lambda: settled(2), what="for the tracking update")
+
+    [capture] = klarna_sandbox.orders[order.order_id].captures
+    assert capture.captured_amount == 6000
+    assert [(s.shipping_company, s.tracking_number) for s in capture.shipping_info] == [
+        ("ups", "1Z1"),
+        ("royal-mail", "RM2"),
+    ]
