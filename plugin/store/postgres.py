@@ -1125,24 +1125,23 @@ class PostgresStore(Store):
         prune = PRUNE_STEPS[step]
         if step == "jobs":  # with the callbacks they sent
             statement = (
-                f"WITH gone AS ({prune.batch(array=True)} RETURNING t.kind, t.key),"  # noqa: S608 - constant fragments; values bound
+                f"WITH gone AS ({prune.batch(array='t.id')} RETURNING t.kind, t.key),"  # noqa: S608 - constant fragments; values bound
                 " sent AS (DELETE FROM callbacks WHERE id IN (SELECT CASE WHEN kind = 'callback'"
                 " THEN CAST(key AS BIGINT) END FROM gone) RETURNING 1)"
                 " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM sent)"
             )
-        elif step == "captures":  # the ledger rows, with their side effects
+        elif step == "captures":  # the ledger rows (by their row address), with side effects
             statement = (
-                f"WITH picked AS MATERIALIZED ({prune.picked()}),"  # noqa: S608 - constant fragments; values bound
-                " gone AS (DELETE FROM captures AS t USING picked AS k"
-                " WHERE t.shop_id = k.shop_id AND t.fulfillment_id = k.fulfillment_id"
-                f" AND {prune.where} RETURNING t.shop_id, t.fulfillment_id),"
+                f"WITH gone AS ({prune.batch(array='t.ctid')}"  # noqa: S608 - constant fragments; values bound
+                " RETURNING t.shop_id, t.fulfillment_id),"
                 " done AS (DELETE FROM operations AS o USING gone WHERE o.shop_id = gone.shop_id"
                 " AND o.fulfillment_id = gone.fulfillment_id RETURNING 1)"
                 " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM done)"
             )
         else:
             statement = (
-                f"WITH gone AS ({prune.batch(array=True)} RETURNING 1) SELECT count(*) FROM gone"  # noqa: S608
+                f"WITH gone AS ({prune.batch(array=prune.key)} RETURNING 1)"  # noqa: S608
+                " SELECT count(*) FROM gone"
             )
         row = await self._fetchrow(statement, *prune_arguments(statement, cutoff, limit, now))
         assert row is not None

@@ -129,17 +129,19 @@ class PruneStep(NamedTuple):
             f" ORDER BY {self.order} LIMIT $2"
         )
 
-    def batch(self, *, array: bool = False) -> str:
-        """One batch of the step, as one statement. `array` (PostgreSQL, a one-column key): the
-        keys picked as an array, which the planner reads as a handful of rows to look up by
-        their index; `key IN (subquery)` it may join by scanning the whole table, every batch."""
+    def batch(self, *, array: str | None = None) -> str:
+        """One batch of the step, as one statement. `array` (PostgreSQL): a one-column key (the
+        step's, or `ctid`) whose picked values are looked up as an array, which the planner
+        reads as a handful of rows to find by their index; `key IN (subquery)` it may join by
+        scanning the whole table, every batch."""
         change = (
             f"DELETE FROM {self.table} AS t"  # noqa: S608 - constant fragments; values bound
             if self.action == "DELETE"
             else f"UPDATE {self.table} AS t SET {self.action}"  # noqa: S608
         )
         if array:
-            return f"{change} WHERE {self.key} = ANY (ARRAY({self.picked()})) AND {self.where}"
+            picked = self.picked(array)
+            return f"{change} WHERE {array} = ANY (ARRAY({picked})) AND {self.where}"
         return f"{change} WHERE ({self.key}) IN ({self.picked()}) AND {self.where}"
 
     def tally(self) -> str:
@@ -151,7 +153,7 @@ class PruneStep(NamedTuple):
 # the delivery's row (its id, which refuses a late duplicate) a window after its body, whatever
 # the job does since: the body is what a run reads, and an emptied one is never read again.
 # "jobs" (finished ones, with their sent callbacks) and "captures" (with their side effects) are
-# compound: each backend writes them (see `prune_batch`), from these candidates.
+# compound: each backend writes them (see `_prune_batch`), from these candidates.
 PRUNE_STEPS: dict[str, PruneStep] = {
     "deliveries.body": PruneStep(
         "deliveries",
