@@ -6,6 +6,7 @@ goes only after its own window; `dry_run` counts and changes nothing; on Postgre
 prunes at a time."""
 
 import sqlite3
+from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
@@ -258,3 +259,29 @@ async def test_one_process_prunes_at_a_time_on_postgres(postgres_database: str) 
         assert await retention.prune(store, DEFAULTS, now=NOW) is not None
     finally:
         await store.close()
+
+
+async def test_an_emptied_body_is_gone_from_the_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.migrate()
+    try:
+        await add_shop(store)
+        for index in range(20):  # several to a page, as they are stored
+            await store.record_delivery(
+                "shop_1",
+                f"d{index}",
+                body=b'{"customer": {"name": "Ada Lovelace-%d"}, "pad": "%s"}'
+                % (index, b"x" * 100),
+                event_type="fulfillment.created",
+                fulfillment_id=f"F{index}",
+                rejected=None,
+                now=NOW,
+            )
+        for index in range(20):
+            await settle(store, f"F{index}")
+        assert (await prune(store, NOW + 3.1 * DAY))["deliveries.body"] == 20
+    finally:
+        await store.close()  # the last connection writes the WAL back into the file
+    # Not left in the pages' free space either, where a copy of the file would still hold it.
+    assert b"Lovelace" not in path.read_bytes()
