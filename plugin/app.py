@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from plugin import metrics, receivers
+from plugin import metrics, receivers, retention
 from plugin.config import Settings
 from plugin.receivers.common import answer
 from plugin.service import Service, open_service
@@ -71,6 +71,13 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
             async with anyio.create_task_group() as group:
                 if settings.workers:
                     group.start_soon(service.worker.run)
+                    if settings.prune_interval_seconds:  # pruning runs where the workers do
+                        group.start_soon(
+                            retention.prune_forever,
+                            service.store,
+                            retention.Retention.of(settings),
+                            settings.prune_interval_seconds,
+                        )
                 if metrics.serving():  # no listener, nobody to count jobs for
                     group.start_soon(metrics.refresh_job_counts, service.store)
                 yield

@@ -1,4 +1,5 @@
-"""The `klarna-capture` command: serve, worker, migrate, shops, jobs, deliveries, sandboxes."""
+"""The `klarna-capture` command: serve, worker, migrate, shops, jobs, deliveries, prune,
+sandboxes."""
 
 import argparse
 import asyncio
@@ -16,7 +17,7 @@ import httpx2
 import msgspec
 import uvicorn
 
-from plugin import metrics
+from plugin import metrics, retention
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
 from plugin.config import (
     ConfigError,
@@ -173,6 +174,15 @@ def _parser() -> argparse.ArgumentParser:
     compliance_list.add_argument("--limit", type=int, default=100)
     compliance_list.set_defaults(run=lambda args: _run(_compliance_list, args))
 
+    prune = commands.add_parser(
+        "prune",
+        help="remove what the KLARNA_CAPTURE_RETAIN_* windows let go now; prints rows per table",
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="count what would go, and change nothing"
+    )
+    prune.set_defaults(run=lambda args: _run(_prune, args))
+
     sandbox = commands.add_parser("sandbox", help="run a simulator of a system we talk to")
     simulators = sandbox.add_subparsers(dest="simulator", required=True, metavar="SIMULATOR")
     klarna = simulators.add_parser("klarna", help="Klarna's Order management API, in memory")
@@ -270,6 +280,15 @@ def _worker(args: argparse.Namespace) -> int:
             if metrics.serving():  # no listener, nobody to count jobs for
                 counts = asyncio.ensure_future(metrics.refresh_job_counts(service.store))
                 task.add_done_callback(lambda _: counts.cancel())
+            if settings.prune_interval_seconds:
+                pruning = asyncio.ensure_future(
+                    retention.prune_forever(
+                        service.store,
+                        retention.Retention.of(settings),
+                        settings.prune_interval_seconds,
+                    )
+                )
+                task.add_done_callback(lambda _: pruning.cancel())
             loop = asyncio.get_running_loop()
             # Stopped, not cancelled: the running jobs are handed back before the exit.
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -682,10 +701,36 @@ async def _deliveries_replay(service: Service, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if delivery.pruned_at is not None:
+        print(
+            f"klarna-capture: delivery {delivery.id}'s body was removed on "
+            f"{_iso(delivery.pruned_at)} (retention: its shipment was settled); "
+            "there is nothing to replay",
+            file=sys.stderr,
+        )
+        return 1
     job_id = await service.store.queue_fulfillment(
         delivery.shop_id, delivery.fulfillment_id, time.time()
     )
     print(f"delivery {delivery.id} replayed: job {job_id} queued")
+    return 0
+
+
+async def _prune(service: Service, args: argparse.Namespace) -> int:
+    report = await retention.prune(
+        service.store, retention.Retention.of(service.settings), dry_run=args.dry_run
+    )
+    if report is None:
+        print("klarna-capture: another process is pruning now; try again later", file=sys.stderr)
+        return 1
+    for table, count in report.rows.items():
+        what = "bodies" if table == "deliveries.body" else "rows"
+        done = "would be emptied" if args.dry_run else "emptied"
+        if table != "deliveries.body":
+            done = "would be deleted" if args.dry_run else "deleted"
+        print(f"{table:<20} {count:>9} {what} {done}")
+    if service.settings.retain_ledger_days is None:
+        print("captures, operations, audit, compliance_requests: kept (RETAIN_LEDGER_DAYS=never)")
     return 0
 
 

@@ -38,6 +38,17 @@ MIN_JOB_DEADLINE_SECONDS = 60
 DATABASE_TIMEOUT_SECONDS = 5
 # A worker's heartbeat: every 2 s, so that a dead one's jobs wait at most 6 s (three beats).
 HEARTBEAT_SECONDS = 2
+# Retention (plugin/retention.py; docs/operations/retention.md says why each figure): days
+# webhook bodies are kept (longer while their shipment is not settled), days a delivery id
+# outlives its body (at least the longest redelivery schedule of any storefront, Standard
+# Webhooks' example: 3.15 days), days finished jobs and sent callbacks are kept, days the capture
+# ledger and audit trail are kept.
+RETAIN_BODIES_DAYS = 3
+RETAIN_DELIVERY_IDS_DAYS = 7
+MIN_RETAIN_DELIVERY_IDS_DAYS = 4
+RETAIN_JOBS_DAYS = 30
+RETAIN_LEDGER_DAYS = 1095
+PRUNE_INTERVAL_SECONDS = 3600
 
 
 class ConfigError(Exception):
@@ -99,6 +110,13 @@ class Settings:
     # How often a process that runs workers tells the database it lives; after three missed
     # beats its running jobs are claimed by others at once, without waiting for their lease.
     heartbeat_seconds: int = HEARTBEAT_SECONDS
+    # Retention: how many days each kind of row is kept (None: the ledger is never pruned), and
+    # how often a process that runs workers prunes (0: only `klarna-capture prune`).
+    retain_bodies_days: int = RETAIN_BODIES_DAYS
+    retain_delivery_ids_days: int = RETAIN_DELIVERY_IDS_DAYS
+    retain_jobs_days: int = RETAIN_JOBS_DAYS
+    retain_ledger_days: int | None = RETAIN_LEDGER_DAYS
+    prune_interval_seconds: int = PRUNE_INTERVAL_SECONDS
 
     @property
     def capture_loops(self) -> int:
@@ -159,7 +177,12 @@ class Settings:
             f"shop_concurrency={self.shop_concurrency}, "
             f"trusted_proxies={[str(n) for n in self.trusted_proxies]!r}, "
             f"database_timeout_seconds={self.database_timeout_seconds}, "
-            f"heartbeat_seconds={self.heartbeat_seconds})"
+            f"heartbeat_seconds={self.heartbeat_seconds}, "
+            f"retain_bodies_days={self.retain_bodies_days}, "
+            f"retain_delivery_ids_days={self.retain_delivery_ids_days}, "
+            f"retain_jobs_days={self.retain_jobs_days}, "
+            f"retain_ledger_days={self.retain_ledger_days}, "
+            f"prune_interval_seconds={self.prune_interval_seconds})"
         )
 
 
@@ -213,6 +236,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         heartbeat_seconds=_whole_number(
             "HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), default=HEARTBEAT_SECONDS, low=1, high=60
         ),
+        **_retention(get),
     )
 
 
@@ -308,6 +332,53 @@ def _queue(get: Callable[[str], str | None]) -> dict[str, Any]:
         "shop_concurrency": None
         if shop is None
         else _whole_number("SHOP_CONCURRENCY", shop, default=1, low=1, high=100_000),
+    }
+
+
+def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
+    ledger = get("RETAIN_LEDGER_DAYS")
+    ledger_days: int | None = RETAIN_LEDGER_DAYS
+    if ledger is not None and ledger.lower() == "never":
+        ledger_days = None
+    elif ledger is not None:
+        if not (re.fullmatch(r"[0-9]+", ledger) and 1 <= int(ledger) <= 36_500):
+            raise ConfigError(
+                f"{PREFIX}RETAIN_LEDGER_DAYS must be a whole number of days from 1 to 36500, "
+                f"or never, not {_shown(ledger)}"
+            )
+        ledger_days = int(ledger)
+    return {
+        "retain_bodies_days": _whole_number(
+            "RETAIN_BODIES_DAYS",
+            get("RETAIN_BODIES_DAYS"),
+            default=RETAIN_BODIES_DAYS,
+            low=0,
+            high=3650,
+        ),
+        # Fewer days than a storefront goes on redelivering would let a late duplicate through
+        # as a new delivery (the ledger still captures it once, but it runs again).
+        "retain_delivery_ids_days": _whole_number(
+            "RETAIN_DELIVERY_IDS_DAYS",
+            get("RETAIN_DELIVERY_IDS_DAYS"),
+            default=RETAIN_DELIVERY_IDS_DAYS,
+            low=MIN_RETAIN_DELIVERY_IDS_DAYS,
+            high=3650,
+        ),
+        "retain_jobs_days": _whole_number(
+            "RETAIN_JOBS_DAYS",
+            get("RETAIN_JOBS_DAYS"),
+            default=RETAIN_JOBS_DAYS,
+            low=1,
+            high=3650,
+        ),
+        "retain_ledger_days": ledger_days,
+        "prune_interval_seconds": _whole_number(
+            "PRUNE_INTERVAL_SECONDS",
+            get("PRUNE_INTERVAL_SECONDS"),
+            default=PRUNE_INTERVAL_SECONDS,
+            low=0,
+            high=86_400,
+        ),
     }
 
 

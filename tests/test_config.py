@@ -483,4 +483,55 @@ def test_a_bad_heartbeat_names_the_variable(value: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"KLARNA_CAPTURE_HEARTBEAT_SECONDS": value})
     assert str(caught.value).startswith("KLARNA_CAPTURE_HEARTBEAT_SECONDS ")
+
+
+def test_the_retention_windows_default_to_the_documented_figures() -> None:
+    settings = load_settings({})
+    assert (
+        settings.retain_bodies_days,
+        settings.retain_delivery_ids_days,
+        settings.retain_jobs_days,
+        settings.retain_ledger_days,
+        settings.prune_interval_seconds,
+    ) == (3, 7, 30, 1095, 3600)
+
+
+def test_the_retention_windows_are_read() -> None:
+    settings = load_settings(
+        {
+            "KLARNA_CAPTURE_RETAIN_BODIES_DAYS": "0",
+            "KLARNA_CAPTURE_RETAIN_DELIVERY_IDS_DAYS": "14",
+            "KLARNA_CAPTURE_RETAIN_JOBS_DAYS": "90",
+            "KLARNA_CAPTURE_RETAIN_LEDGER_DAYS": "never",
+            "KLARNA_CAPTURE_PRUNE_INTERVAL_SECONDS": "0",
+        }
+    )
+    assert (
+        settings.retain_bodies_days,
+        settings.retain_delivery_ids_days,
+        settings.retain_jobs_days,
+        settings.retain_ledger_days,
+        settings.prune_interval_seconds,
+    ) == (0, 14, 90, None, 0)
+    assert "retain_ledger_days=None, prune_interval_seconds=0" in repr(settings)
+    assert load_settings({"KLARNA_CAPTURE_RETAIN_LEDGER_DAYS": "3650"}).retain_ledger_days == 3650
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"KLARNA_CAPTURE_RETAIN_BODIES_DAYS": "-1"}, "RETAIN_BODIES_DAYS"),
+        ({"KLARNA_CAPTURE_RETAIN_BODIES_DAYS": "2.5"}, "RETAIN_BODIES_DAYS"),
+        # Shorter than Standard Webhooks' example schedule of redeliveries (3.15 days).
+        ({"KLARNA_CAPTURE_RETAIN_DELIVERY_IDS_DAYS": "3"}, "RETAIN_DELIVERY_IDS_DAYS"),
+        ({"KLARNA_CAPTURE_RETAIN_JOBS_DAYS": "0"}, "RETAIN_JOBS_DAYS"),
+        ({"KLARNA_CAPTURE_RETAIN_LEDGER_DAYS": "0"}, "RETAIN_LEDGER_DAYS"),
+        ({"KLARNA_CAPTURE_RETAIN_LEDGER_DAYS": "forever"}, "RETAIN_LEDGER_DAYS"),
+        ({"KLARNA_CAPTURE_PRUNE_INTERVAL_SECONDS": "86401"}, "PRUNE_INTERVAL_SECONDS"),
+    ],
+)
+def test_bad_retention_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert str(caught.value).startswith(f"KLARNA_CAPTURE_{variable} ")
     assert "\n" not in str(caught.value)

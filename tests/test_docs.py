@@ -16,7 +16,8 @@ from plugin.config import load_settings
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGURATION = ROOT / "docs/operations/configuration.md"
 ALERTS = ROOT / "docs/operations/prometheus-alerts.yml"
-NAME = re.compile(r"KLARNA_CAPTURE_[A-Z0-9_]*[A-Z0-9]")
+# A name spelled out, not a family of them (`KLARNA_CAPTURE_RETAIN_*`).
+NAME = re.compile(r"KLARNA_CAPTURE_[A-Z0-9_]*[A-Z0-9](?![A-Z0-9_*])")
 # Read by the test suite only (tests/conftest.py), never by the service.
 TEST_ONLY = {"KLARNA_CAPTURE_TEST_POSTGRES_URL"}
 README_LINES = 150

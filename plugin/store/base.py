@@ -5,9 +5,10 @@ nothing if the lease has passed to another worker (fencing), returning False.
 """
 
 import asyncio
+import contextlib
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import anyio
 import msgspec
@@ -133,6 +134,15 @@ class Beat(msgspec.Struct, frozen=True, kw_only=True):
 
     neighbours: list[WorkerRecord]
     orphaned: int
+
+
+class PruneReport(msgspec.Struct, kw_only=True):
+    """What one pruning run removed (or, dry, would remove): rows by table (`deliveries.body`:
+    bodies emptied, their rows kept), and the transactions each step took."""
+
+    rows: dict[str, int] = msgspec.field(default_factory=dict)
+    batches: dict[str, int] = msgspec.field(default_factory=dict)
+    dry_run: bool = False
 
 
 class Store(ABC):
@@ -532,3 +542,58 @@ class Store(ABC):
     async def waiting(self, shop_id: str, waits_for: Wait) -> Waiting:
         """How many of the shop's jobs wait on `waits_for`, since when, and the earliest expiry of
         their Klarna authorizations: one indexed query."""
+
+    # retention
+
+    async def prune(
+        self,
+        cutoffs: Mapping[str, float],
+        now: float,
+        *,
+        batch: int,
+        pause: float,
+        dry_run: bool = False,
+    ) -> PruneReport | None:
+        """Remove what retention lets go (`sql.PRUNE_STEPS`, in their order; a step missing from
+        `cutoffs` keeps everything): rows older than their step's cutoff, `batch` rows a
+        transaction with `pause` seconds between them, so that deliveries and claims are written
+        between any two. `dry_run` counts instead, changing nothing.
+
+        None when another process is pruning this database (PostgreSQL: at most one at a time)."""
+        from plugin.store.sql import PRUNE_STEPS  # here: sql.py imports this module
+
+        async with self._pruning() as ours:
+            if not ours:
+                return None
+            report = PruneReport(dry_run=dry_run)
+            for step in PRUNE_STEPS:
+                if step not in cutoffs:
+                    continue
+                if dry_run:
+                    report.rows.update(await self._prunable(step, cutoffs[step]))
+                    continue
+                while True:
+                    counts = await self._prune_batch(step, cutoffs[step], now, batch)
+                    report.batches[step] = report.batches.get(step, 0) + 1
+                    for table, count in counts.items():
+                        report.rows[table] = report.rows.get(table, 0) + count
+                    if counts[step] < batch:
+                        break
+                    await anyio.sleep(pause)
+            return report
+
+    @contextlib.asynccontextmanager
+    async def _pruning(self) -> AsyncIterator[bool]:
+        """Whether this process may prune now. SQLite: always (one writer: two pruners' batches
+        take turns, and removing a row twice is removing it once)."""
+        yield True
+
+    @abstractmethod
+    async def _prune_batch(
+        self, step: str, cutoff: float, now: float, limit: int
+    ) -> dict[str, int]:
+        """One transaction of a pruning step: rows removed by table, the step's own first."""
+
+    @abstractmethod
+    async def _prunable(self, step: str, cutoff: float) -> dict[str, int]:
+        """What the step would remove now, by table, changing nothing."""

@@ -58,11 +58,14 @@ from plugin.store.records import (
 from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
 from plugin.store.sql import (
     DELIVERY_COLUMNS,
+    PRUNE_COMPANIONS,
+    PRUNE_STEPS,
     SEALED_SHOP_FIELDS,
     SEALED_WEBHOOK_SECRETS,
     cap,
     delivery_row,
     finite,
+    prune_arguments,
     requeue,
     sealed_secrets,
 )
@@ -70,6 +73,8 @@ from plugin.store.sql import (
 # Taken for the length of the migrating transaction, so that processes migrating at once apply
 # each migration once, one after the other. The key is "klarnamg" in ASCII.
 MIGRATION_LOCK = 0x6B6C_6172_6E61_6D67
+# Held by the one process pruning the database, for the length of its run; "klarnapr".
+PRUNE_LOCK = 0x6B6C_6172_6E61_7072
 
 # The channel on which a committed transaction announces a job due now.
 JOBS_CHANNEL = "klarna_capture_jobs"
@@ -789,7 +794,7 @@ class PostgresStore(Store):
     async def fulfillment_deliveries(self, shop_id: str, fulfillment_id: str) -> list[Delivery]:
         rows = await self._fetch(
             "SELECT * FROM deliveries WHERE shop_id = $1 AND fulfillment_id = $2"
-            " AND status = 'accepted' ORDER BY id",
+            " AND status = 'accepted' AND pruned_at IS NULL ORDER BY id",
             shop_id,
             fulfillment_id,
         )
@@ -1178,8 +1183,8 @@ class PostgresStore(Store):
         async with self._transaction() as conn:
             # Locked, so that a concurrent rewrite of the same rows is not lost.
             deliveries = await conn.fetch(
-                "SELECT id, fulfillment_id, body FROM deliveries"
-                " WHERE shop_id = $1 AND order_id = ANY($2::text[]) ORDER BY id FOR UPDATE",
+                "SELECT id, fulfillment_id, body FROM deliveries WHERE shop_id = $1"
+                " AND order_id = ANY($2::text[]) AND pruned_at IS NULL ORDER BY id FOR UPDATE",
                 shop_id,
                 orders,
             )
@@ -1333,6 +1338,60 @@ class PostgresStore(Store):
         row = await self._fetchrow(WAITING, shop_id, waits_for)
         assert row is not None
         return Waiting(count=int(row[0]), since=row[1], expires_at=row[2])
+
+    # retention
+
+    @contextlib.asynccontextmanager
+    async def _pruning(self) -> AsyncIterator[bool]:
+        """Whether this process holds the pruning lock, on a connection of its own (not the
+        pool's, which keep no session state) for the run: closing it, or losing it, lets go."""
+        conn = cast(_ListeningConnection, await asyncpg.connect(self._url))
+        try:
+            row = await conn.fetchrow("SELECT pg_try_advisory_lock($1)", PRUNE_LOCK)
+            yield row is not None and bool(row[0])
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _close_quietly(conn)
+
+    async def _prune_batch(
+        self, step: str, cutoff: float, now: float, limit: int
+    ) -> dict[str, int]:
+        prune = PRUNE_STEPS[step]
+        if step == "jobs":  # with the callbacks they sent
+            statement = (
+                f"WITH gone AS ({prune.batch(array='t.id')} RETURNING t.kind, t.key),"  # noqa: S608 - constant fragments; values bound
+                " sent AS (DELETE FROM callbacks WHERE id IN (SELECT CASE WHEN kind = 'callback'"
+                " THEN CAST(key AS BIGINT) END FROM gone) RETURNING 1)"
+                " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM sent)"
+            )
+        elif step == "captures":  # the ledger rows (by their row address), with side effects
+            statement = (
+                f"WITH gone AS ({prune.batch(array='t.ctid')}"  # noqa: S608 - constant fragments; values bound
+                " RETURNING t.shop_id, t.fulfillment_id),"
+                " done AS (DELETE FROM operations AS o USING gone WHERE o.shop_id = gone.shop_id"
+                " AND o.fulfillment_id = gone.fulfillment_id RETURNING 1)"
+                " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM done)"
+            )
+        else:
+            statement = (
+                f"WITH gone AS ({prune.batch(array=prune.key)} RETURNING 1)"  # noqa: S608
+                " SELECT count(*) FROM gone"
+            )
+        row = await self._fetchrow(statement, *prune_arguments(statement, cutoff, limit, now))
+        assert row is not None
+        if step in PRUNE_COMPANIONS:
+            return {step: int(row[0]), PRUNE_COMPANIONS[step][0]: int(row[1])}
+        return {step: int(row[0])}
+
+    async def _prunable(self, step: str, cutoff: float) -> dict[str, int]:
+        counted = [(step, PRUNE_STEPS[step].tally())]
+        if step in PRUNE_COMPANIONS:
+            counted.append(PRUNE_COMPANIONS[step])
+        async with self._transaction(readonly=True) as conn:
+            return {
+                table: int((await conn.fetchrow(statement, cutoff) or (0,))[0])
+                for table, statement in counted
+            }
 
 
 _SHIPMENTS = (

@@ -82,6 +82,8 @@ class Delivery(msgspec.Struct, kw_only=True):
     reason: str | None
     received_at: float
     order_id: str | None = None
+    # When retention emptied its body (customers' data), which the shipment no longer needed.
+    pruned_at: float | None = None
 
 
 class Job(msgspec.Struct, kw_only=True):

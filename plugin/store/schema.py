@@ -217,4 +217,18 @@ MIGRATIONS: tuple[str, ...] = (
                 AND last_error LIKE '%"status":401%'));
     UPDATE jobs SET state = 'waiting' WHERE id IN (SELECT job_id FROM job_waits);
     """,
+    # 8: retention (plugin/retention.py): when a delivery's body was emptied; what each pruning
+    # step walks, oldest first, so that a batch reads only the rows it removes: bodies still
+    # kept (partial: a delivery leaves it when its body goes), emptied deliveries (partial: none
+    # at ingest), the ledger, the audit trail, privacy requests and used sign-in links by age.
+    # (Whether a shipment's job may still run, SQLite looks up in the unique index: one probe.)
+    """
+    ALTER TABLE deliveries ADD COLUMN pruned_at REAL;
+    CREATE INDEX deliveries_body_kept ON deliveries (received_at) WHERE pruned_at IS NULL;
+    CREATE INDEX deliveries_pruned ON deliveries (pruned_at) WHERE pruned_at IS NOT NULL;
+    CREATE INDEX captures_updated ON captures (updated_at);
+    CREATE INDEX audit_at ON audit (at);
+    CREATE INDEX compliance_requests_received ON compliance_requests (received_at);
+    CREATE INDEX admin_links_used ON admin_links (used_at);
+    """,
 )

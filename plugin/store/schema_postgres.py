@@ -218,6 +218,21 @@ MIGRATIONS: tuple[str, ...] = (
                 AND last_error LIKE '%"status":401%'));
     UPDATE jobs SET state = 'waiting' WHERE id IN (SELECT job_id FROM job_waits);
     """,
+    # 8: retention: schema.py's column and indexes; and here only, the fulfilment jobs that may
+    # still run (the backlog and dead letters, not the history), whose shipments keep their data:
+    # a small index the planner takes for that lookup whatever it knows of the tables (by the
+    # unique index, it has chosen an index by shop, and read a shop's every job per delivery)
+    """
+    ALTER TABLE deliveries ADD COLUMN pruned_at DOUBLE PRECISION;
+    CREATE INDEX deliveries_body_kept ON deliveries (received_at) WHERE pruned_at IS NULL;
+    CREATE INDEX deliveries_pruned ON deliveries (pruned_at) WHERE pruned_at IS NOT NULL;
+    CREATE INDEX captures_updated ON captures (updated_at);
+    CREATE INDEX audit_at ON audit (at);
+    CREATE INDEX compliance_requests_received ON compliance_requests (received_at);
+    CREATE INDEX admin_links_used ON admin_links (used_at);
+    CREATE INDEX jobs_unsettled ON jobs (key, shop_id)
+        WHERE kind = 'fulfillment' AND state <> 'done';
+    """,
 )
 
 # What `migrate` keeps: one row per applied migration.

@@ -4,7 +4,7 @@ and the checks both apply to a claim's cap and a job's next due time."""
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from plugin.store.base import NewDelivery
 from plugin.store.records import SealedSecret
@@ -95,3 +95,117 @@ def sealed_secrets(shops: Sequence[Any], secrets: Sequence[Any]) -> list[SealedS
             for row in secrets
         ]
     )
+
+
+# Retention (plugin/retention.py says what is kept and for how long). Each step removes, or
+# empties, the rows older than its cutoff ($1), at most $2 of them a transaction, oldest first
+# along an index of their age; $3 is now. The conditions are written on the alias `t` and said
+# again on the row being changed, so that a row another transaction changed meanwhile (a done
+# job queued again by a new delivery) is re-checked by PostgreSQL, not removed on what the
+# statement first saw.
+
+# A fulfilment whose job may still run (queued, running, or a dead letter that may be retried):
+# its deliveries and ledger row stay whole. Written as the predicate of PostgreSQL's
+# jobs_unsettled, so that this small index of live fulfilment jobs is the one looked up (planned
+# before statistics, the lookup took an index by shop and kind, and read a shop's every job for
+# each delivery).
+_LIVE_JOB = (
+    "EXISTS (SELECT 1 FROM jobs AS j WHERE j.key = t.fulfillment_id AND j.shop_id = t.shop_id"
+    " AND j.kind = 'fulfillment' AND j.state <> 'done')"
+)
+
+
+class PruneStep(NamedTuple):
+    table: str
+    key: str  # the column(s) that name a row, comma-separated, on `t`
+    where: str  # on `t`, with $1 the cutoff
+    order: str
+    action: str = "DELETE"  # or the SET clause of an UPDATE
+
+    def picked(self, columns: str | None = None) -> str:
+        """The next batch's keys (or `columns`), oldest first."""
+        return (
+            f"SELECT {columns or self.key} FROM {self.table} AS t WHERE {self.where}"  # noqa: S608
+            f" ORDER BY {self.order} LIMIT $2"
+        )
+
+    def batch(self, *, array: str | None = None) -> str:
+        """One batch of the step, as one statement. `array` (PostgreSQL): a one-column key (the
+        step's, or `ctid`) whose picked values are looked up as an array, which the planner
+        reads as a handful of rows to find by their index; `key IN (subquery)` it may join by
+        scanning the whole table, every batch."""
+        change = (
+            f"DELETE FROM {self.table} AS t"  # noqa: S608 - constant fragments; values bound
+            if self.action == "DELETE"
+            else f"UPDATE {self.table} AS t SET {self.action}"  # noqa: S608
+        )
+        if array:
+            picked = self.picked(array)
+            return f"{change} WHERE {array} = ANY (ARRAY({picked})) AND {self.where}"
+        return f"{change} WHERE ({self.key}) IN ({self.picked()}) AND {self.where}"
+
+    def tally(self) -> str:
+        return f"SELECT count(*) FROM {self.table} AS t WHERE {self.where}"  # noqa: S608
+
+
+# The steps in the order they run, by what the report calls them. A delivery's body goes once
+# it is older than the cutoff and its shipment is settled (no job left that may run it);
+# the delivery's row (its id, which refuses a late duplicate) a window after its body, whatever
+# the job does since: the body is what a run reads, and an emptied one is never read again.
+# "jobs" (finished ones, with their sent callbacks) and "captures" (with their side effects) are
+# compound: each backend writes them (see `_prune_batch`), from these candidates.
+PRUNE_STEPS: dict[str, PruneStep] = {
+    "deliveries.body": PruneStep(
+        "deliveries",
+        "t.id",
+        f"t.pruned_at IS NULL AND t.received_at < $1 AND NOT {_LIVE_JOB}",
+        "t.received_at",
+        # An empty blob in both dialects, of the column's own type.
+        action="body = substr(t.body, 1, 0), pruned_at = $3",
+    ),
+    "deliveries": PruneStep(
+        "deliveries", "t.id", "t.pruned_at IS NOT NULL AND t.pruned_at < $1", "t.pruned_at"
+    ),
+    "jobs": PruneStep("jobs", "t.id", "t.state = 'done' AND t.updated_at < $1", "t.updated_at"),
+    "captures": PruneStep(
+        "captures",
+        "t.shop_id, t.fulfillment_id",
+        f"t.updated_at < $1 AND NOT {_LIVE_JOB}",
+        "t.updated_at",
+    ),
+    "audit": PruneStep("audit", "t.id", f"t.at < $1 AND NOT {_LIVE_JOB}", "t.at"),
+    "compliance_requests": PruneStep(
+        "compliance_requests", "t.id", "t.received_at < $1", "t.received_at"
+    ),
+    "admin_links": PruneStep("admin_links", "t.nonce", "t.used_at < $1", "t.used_at"),
+    "admin_sessions": PruneStep("admin_sessions", "t.sid", "t.expires_at < $1", "t.expires_at"),
+    "used_tokens": PruneStep("used_tokens", "t.token", "t.expires_at < $1", "t.expires_at"),
+    "webhook_secrets": PruneStep(
+        "webhook_secrets", "t.id", "t.expires_at IS NOT NULL AND t.expires_at < $1", "t.id"
+    ),
+}
+
+# What a compound step removes beside its own rows, counted for `prune --dry-run`.
+PRUNE_COMPANIONS: dict[str, tuple[str, str]] = {
+    "jobs": (
+        "callbacks",
+        "SELECT count(*) FROM callbacks AS c WHERE EXISTS"  # noqa: S608 - constant fragments
+        " (SELECT 1 FROM jobs AS t"
+        " WHERE t.shop_id = c.shop_id AND t.kind = 'callback' AND t.key = CAST(c.id AS TEXT)"
+        f" AND {PRUNE_STEPS['jobs'].where})",
+    ),
+    "captures": (
+        "operations",
+        "SELECT count(*) FROM operations AS o WHERE EXISTS"  # noqa: S608 - constant fragments
+        " (SELECT 1 FROM captures AS t"
+        " WHERE t.shop_id = o.shop_id AND t.fulfillment_id = o.fulfillment_id"
+        f" AND {PRUNE_STEPS['captures'].where})",
+    ),
+}
+
+
+def prune_arguments(statement: str, cutoff: float, limit: int, now: float) -> tuple[object, ...]:
+    """The arguments a pruning statement takes: $1 to the highest it names, both drivers
+    refusing any more."""
+    used = max((n for n in (1, 2, 3) if f"${n}" in statement), default=0)
+    return (cutoff, limit, now)[:used]
