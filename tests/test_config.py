@@ -30,6 +30,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         workers=4,
         webhook_tolerance_seconds=300,
         log_level="INFO",
+        public_url_configured=False,
     )
     assert sqlite_path(settings) == data_dir / "klarna-capture.db"
     assert not data_dir.exists()

@@ -11,6 +11,7 @@ from plugin.store.base import (
     Plan,
     ShopChanges,
     Store,
+    StoreUnavailable,
 )
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Plan",
     "ShopChanges",
     "Store",
+    "StoreUnavailable",
     "open_store",
 ]
 

@@ -115,6 +115,11 @@ class Captured(msgspec.Struct, kw_only=True):
     klarna_reference: str | None = None
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be reached, or it refuses us (the login, the database name): the
+    message says where and why in one line, without the password."""
+
+
 class Store(ABC):
     @abstractmethod
     async def migrate(self) -> int:
