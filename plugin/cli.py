@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-class _Help(argparse.RawDescriptionHelpFormatter):
+class _Help(argparse.HelpFormatter):
     """Help that shows each option's default, where it has one worth showing."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -223,7 +223,9 @@ def _parser() -> argparse.ArgumentParser:
     job_commands = _commands(jobs, "jobs_command", "JOBS_COMMAND")
     job_list = _command(job_commands, "list", "list recent jobs, newest first")
     job_list.add_argument("--dead", action="store_true", help="dead letters only")
-    job_list.add_argument("--limit", type=_limit, default=50, help="at most this many")
+    job_list.add_argument(
+        "--limit", type=_limit, default=50, help=f"at most this many, 1 to {MAX_LIMIT}"
+    )
     _listing(job_list)
     job_list.set_defaults(run=lambda args: _run(_jobs_list, args))
     retry = _command(
@@ -245,7 +247,9 @@ def _parser() -> argparse.ArgumentParser:
         "list",
         "list recent privacy requests (data requests, redactions), oldest first",
     )
-    compliance_list.add_argument("--limit", type=_limit, default=100, help="at most this many")
+    compliance_list.add_argument(
+        "--limit", type=_limit, default=100, help=f"at most this many, 1 to {MAX_LIMIT}"
+    )
     _listing(compliance_list)
     compliance_list.set_defaults(run=lambda args: _run(_compliance_list, args))
 
