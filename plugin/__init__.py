@@ -1,8 +1,5 @@
 """klarna-capture: captures Klarna orders when a storefront ships them."""
 
-from importlib.metadata import PackageNotFoundError, version
+from plugin.about import VERSION as __version__
 
-try:
-    __version__ = version("klarna-capture")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+__all__ = ["__version__"]

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import getpass
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -17,14 +18,18 @@ import httpx2
 import msgspec
 import uvicorn
 
-from plugin import metrics, retention
+from plugin import about, metrics, retention, server
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
 from plugin.config import (
+    PREFIX,
     ConfigError,
     Settings,
     ensure_secret_keys,
     load_settings,
+    record_serve_url,
     secure_data_dir,
+    unknown_variables,
+    with_serve_url,
 )
 from plugin.credentials import check_credentials
 from plugin.logs import configure_logging
@@ -32,12 +37,14 @@ from plugin.outbound import AddressGuard, url_problem
 from plugin.platforms import bigcommerce, woocommerce
 from plugin.platforms._bigcommerce_api import BigCommerceError
 from plugin.service import Service, open_service
-from plugin.store import ShopChanges
+from plugin.shops import options_of
+from plugin.store import ShopChanges, StoreUnavailable, open_store
 from plugin.store.records import KLARNA_CREDENTIALS, Job, Shop, ShopOptions
 from plugin.web import bigcommerce as bigcommerce_web
 
 REGIONS = ("eu", "na", "oc")
 ENVIRONMENTS = ("live", "playground")
+MAX_LIMIT = 10_000  # rows a list command prints at most
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,41 +54,121 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"klarna-capture: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        print(f"klarna-capture: {exc} ({PREFIX}DATABASE_URL)", file=sys.stderr)
+        return 1
+    except server.CannotListen as exc:
+        print(f"klarna-capture: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="klarna-capture", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has one worth showing."""
 
-    serve = commands.add_parser("serve", help="receive webhooks and run workers (SQLite default)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and action.default not in (None, False, argparse.SUPPRESS)
+            and "%(default)" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _commands(parser: argparse.ArgumentParser, dest: str, metavar: str) -> Any:
+    return parser.add_subparsers(dest=dest, required=True, metavar=metavar)
+
+
+def _command(commands: Any, name: str, what: str, **options: Any) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts by saying what it does."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=what,
+        description=what[0].upper() + what[1:] + ".",
+        formatter_class=_Help,
+        **options,
+    )
+    return parser
+
+
+def _number(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        if text.isascii() and text.isdigit() and low <= int(text) <= high:
+            return int(text)
+        raise argparse.ArgumentTypeError(f"{what} must be a whole number from {low} to {high}")
+
+    return parse
+
+
+_port = _number(0, 65535, "a port")
+_limit = _number(1, MAX_LIMIT, "the limit")
+
+
+def _listing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a JSON array of objects")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="klarna-capture", description=__doc__, formatter_class=_Help
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {about.VERSION}")
+    commands = _commands(parser, "command", "COMMAND")
+
+    serve = _command(
+        commands,
+        "serve",
+        "receive webhooks and serve the merchants' pages, with KLARNA_CAPTURE_WORKERS workers "
+        "in the same process",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve.add_argument(
+        "--port", type=_port, default=8000, help="the port to listen on (0: any free one)"
+    )
     serve.set_defaults(run=_serve)
 
-    worker = commands.add_parser("worker", help="run workers only, beside one or more serve")
+    worker = _command(commands, "worker", "run workers only, beside one or more serve")
     worker.set_defaults(run=_worker)
 
-    migrate = commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate = _command(commands, "migrate", "bring the database schema up to date")
     migrate.set_defaults(run=lambda args: _run(_migrate))
 
-    shop = commands.add_parser(
-        "shop", help="add, list, show, rotate the secret of, remove shops, set their Klarna keys"
+    shop = _command(
+        commands,
+        "shop",
+        "add, list, show, rotate the secret of, remove shops, set their Klarna keys",
     )
-    shops = shop.add_subparsers(dest="shop_command", required=True, metavar="SHOP_COMMAND")
-    add = shops.add_parser(
-        "add", help="create a shop; prints its id, webhook path and secret", allow_abbrev=False
+    shops = _commands(shop, "shop_command", "SHOP_COMMAND")
+    add = _command(
+        shops, "add", "create a shop; prints its id, webhook URL and secret", allow_abbrev=False
     )
-    add.add_argument("--platform", choices=["standard", woocommerce.NAME], default="standard")
-    add.add_argument("--name", required=True)
-    add.add_argument("--klarna-region", choices=REGIONS, required=True)
-    add.add_argument("--klarna-environment", choices=ENVIRONMENTS, required=True)
-    add.add_argument("--klarna-username", required=True)
+    add.add_argument(
+        "--platform",
+        choices=["standard", woocommerce.NAME],
+        default="standard",
+        help="the storefront that sends its shipments",
+    )
+    add.add_argument("--name", required=True, help="the shop's name, as the merchant knows it")
+    add.add_argument(
+        "--klarna-region", choices=REGIONS, required=True, help="the Klarna account's region"
+    )
+    add.add_argument(
+        "--klarna-environment",
+        choices=ENVIRONMENTS,
+        required=True,
+        help="live, or playground (Klarna's test environment)",
+    )
+    add.add_argument("--klarna-username", required=True, help="the Klarna API username")
     add.add_argument(
         "--klarna-password-stdin",
         action="store_true",
-        help="read the Klarna API password from standard input (never from the command line)",
+        help="read the Klarna API password from standard input (never from the command line); "
+        "required unless run at a terminal, which asks for it",
     )
     add.add_argument("--status-url", help="where capture outcomes are posted, signed")
     add.add_argument("--site-url", help="woocommerce: the site's address, https://...")
@@ -90,7 +177,8 @@ def _parser() -> argparse.ArgumentParser:
         "--consumer-secret-stdin",
         action="store_true",
         help="woocommerce: read the consumer secret from standard input (after the Klarna "
-        "password, when both are read from it)",
+        "password, when both are read from it); required with --platform woocommerce unless "
+        "run at a terminal, which asks for it",
     )
     add.add_argument(
         "--capture-statuses",
@@ -103,28 +191,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--json", action="store_true", help="print one JSON object")
     add.set_defaults(run=lambda args: _run(_shop_add, args))
-    listing = shops.add_parser("list", help="every shop, one a line")
-    listing.set_defaults(run=lambda args: _run(_shop_list))
-    show = shops.add_parser("show", help="one shop, without its secrets")
-    show.add_argument("shop_id")
+    listing = _command(shops, "list", "list every shop, one a line")
+    _listing(listing)
+    listing.set_defaults(run=lambda args: _run(_shop_list, args))
+    show = _command(shops, "show", "show one shop and its platform's options, without secrets")
+    show.add_argument("shop_id", help="the shop's id (shop_...)")
     show.set_defaults(run=lambda args: _run(_shop_show, args))
-    rotate = shops.add_parser(
+    rotate = _command(
+        shops,
         "rotate-secret",
-        help="new webhook secret (a BigCommerce shop's hooks get its new header); the old one "
+        "make a new webhook secret (a BigCommerce shop's hooks get its new header); the old one "
         "works 24 h",
     )
-    rotate.add_argument("shop_id")
+    rotate.add_argument("shop_id", help="the shop's id (shop_...)")
     rotate.set_defaults(run=lambda args: _run(_shop_rotate, args))
-    remove = shops.add_parser("remove", help="delete a shop and everything stored for it")
-    remove.add_argument("shop_id")
+    remove = _command(shops, "remove", "delete a shop and everything stored for it, after asking")
+    remove.add_argument("shop_id", help="the shop's id (shop_...)")
+    remove.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask (needed when standard input is not a terminal)",
+    )
     remove.set_defaults(run=lambda args: _run(_shop_remove, args))
-    set_klarna = shops.add_parser(
+    set_klarna = _command(
+        shops,
         "set-klarna",
-        help="set a shop's Klarna API credentials: tested with Klarna first, saved anyway with a "
+        "set a shop's Klarna API credentials: tested with Klarna first, saved anyway with a "
         "warning; shipments waiting on them resume",
         allow_abbrev=False,
     )
-    set_klarna.add_argument("shop_id")
+    set_klarna.add_argument("shop_id", help="the shop's id (shop_...)")
     set_klarna.add_argument("--klarna-username", help="default: the shop's current one")
     set_klarna.add_argument("--klarna-region", choices=REGIONS, help="default: the shop's")
     set_klarna.add_argument(
@@ -133,87 +229,103 @@ def _parser() -> argparse.ArgumentParser:
     set_klarna.add_argument(
         "--klarna-password-stdin",
         action="store_true",
-        help="read the Klarna API password from standard input (never from the command line)",
+        help="read the Klarna API password from standard input (never from the command line); "
+        "required unless run at a terminal, which asks for it",
     )
     set_klarna.set_defaults(run=lambda args: _run(_shop_set_klarna, args))
 
-    link = commands.add_parser("admin-link", help="print a one-time sign-in URL for a shop")
-    link.add_argument("shop_id")
+    link = _command(commands, "admin-link", "print a one-time sign-in URL for a shop")
+    link.add_argument("shop_id", help="the shop's id (shop_...)")
     link.set_defaults(run=lambda args: _run(_admin_link, args))
 
-    rotate_keys = commands.add_parser(
-        "rotate-keys", help="re-encrypt stored secrets with the first KLARNA_CAPTURE_SECRET_KEY"
+    rotate_keys = _command(
+        commands,
+        "rotate-keys",
+        "re-encrypt stored secrets with the first key of KLARNA_CAPTURE_SECRET_KEY",
     )
     rotate_keys.set_defaults(run=lambda args: _run(_rotate_keys))
 
-    jobs = commands.add_parser("jobs", help="list jobs, retry a dead letter")
-    job_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="JOBS_COMMAND")
-    job_list = job_commands.add_parser("list", help="recent jobs, newest first")
+    jobs = _command(commands, "jobs", "list jobs, retry a dead letter")
+    job_commands = _commands(jobs, "jobs_command", "JOBS_COMMAND")
+    job_list = _command(job_commands, "list", "list recent jobs, newest first")
     job_list.add_argument("--dead", action="store_true", help="dead letters only")
-    job_list.add_argument("--limit", type=int, default=50)
+    job_list.add_argument(
+        "--limit", type=_limit, default=50, help=f"at most this many, 1 to {MAX_LIMIT}"
+    )
+    _listing(job_list)
     job_list.set_defaults(run=lambda args: _run(_jobs_list, args))
-    retry = job_commands.add_parser("retry", help="run a job again from its first attempt")
-    retry.add_argument("job_id", type=int)
+    retry = _command(
+        job_commands, "retry", "run a job that did not finish again, from its first attempt"
+    )
+    retry.add_argument("job_id", type=int, help="the job's id, as jobs list shows it")
     retry.set_defaults(run=lambda args: _run(_jobs_retry, args))
 
-    deliveries = commands.add_parser("deliveries", help="replay a stored delivery")
-    delivery_commands = deliveries.add_subparsers(
-        dest="deliveries_command", required=True, metavar="DELIVERIES_COMMAND"
-    )
-    replay = delivery_commands.add_parser("replay", help="process a stored delivery again")
-    replay.add_argument("delivery_id", type=int)
+    deliveries = _command(commands, "deliveries", "replay a stored delivery")
+    delivery_commands = _commands(deliveries, "deliveries_command", "DELIVERIES_COMMAND")
+    replay = _command(delivery_commands, "replay", "process a stored delivery again")
+    replay.add_argument("delivery_id", type=int, help="the delivery's id")
     replay.set_defaults(run=lambda args: _run(_deliveries_replay, args))
 
-    compliance = commands.add_parser("compliance", help="privacy requests and their reports")
-    compliance_commands = compliance.add_subparsers(
-        dest="compliance_command", required=True, metavar="COMPLIANCE_COMMAND"
+    compliance = _command(commands, "compliance", "list privacy requests and their reports")
+    compliance_commands = _commands(compliance, "compliance_command", "COMPLIANCE_COMMAND")
+    compliance_list = _command(
+        compliance_commands,
+        "list",
+        "list recent privacy requests (data requests, redactions), oldest first",
     )
-    compliance_list = compliance_commands.add_parser(
-        "list", help="recent privacy requests (data requests, redactions), oldest first"
+    compliance_list.add_argument(
+        "--limit", type=_limit, default=100, help=f"at most this many, 1 to {MAX_LIMIT}"
     )
-    compliance_list.add_argument("--limit", type=int, default=100)
+    _listing(compliance_list)
     compliance_list.set_defaults(run=lambda args: _run(_compliance_list, args))
 
-    prune = commands.add_parser(
+    prune = _command(
+        commands,
         "prune",
-        help="remove what the KLARNA_CAPTURE_RETAIN_* windows let go now; prints rows per table",
+        "remove what the KLARNA_CAPTURE_RETAIN_* windows let go now; prints rows per table",
     )
     prune.add_argument(
         "--dry-run", action="store_true", help="count what would go, and change nothing"
     )
     prune.set_defaults(run=lambda args: _run(_prune, args))
 
-    sandbox = commands.add_parser("sandbox", help="run a simulator of a system we talk to")
-    simulators = sandbox.add_subparsers(dest="simulator", required=True, metavar="SIMULATOR")
-    klarna = simulators.add_parser("klarna", help="Klarna's Order management API, in memory")
-    klarna.add_argument("--host", default="127.0.0.1")
-    klarna.add_argument("--port", type=int, default=8100)
-    klarna.add_argument("--username", help="the API username it accepts")
-    klarna.add_argument("--password", help="the API password it accepts")
-    klarna.set_defaults(run=_sandbox_klarna)
-    shopify = simulators.add_parser("shopify", help="Shopify's Admin API and OAuth, in memory")
-    shopify.add_argument("--host", default="127.0.0.1")
-    shopify.add_argument("--port", type=int, default=8200)
-    shopify.set_defaults(run=_sandbox_shopify)
-    woo = simulators.add_parser("woocommerce", help="a WooCommerce site's REST API, in memory")
-    woo.add_argument("--host", default="127.0.0.1")
-    woo.add_argument("--port", type=int, default=8300)
-    woo.set_defaults(run=_sandbox_woocommerce)
-    bigcommerce = simulators.add_parser(
-        "bigcommerce", help="BigCommerce's REST API and OAuth, in memory"
+    sandbox = _command(commands, "sandbox", "run a simulator of a system we talk to")
+    simulators = _commands(sandbox, "simulator", "SIMULATOR")
+    klarna = _command(simulators, "klarna", "run Klarna's Order management API, in memory")
+    klarna.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    klarna.add_argument("--port", type=_port, default=8100, help="the port to listen on")
+    klarna.add_argument(
+        "--username", help="the API username it accepts (default: the sandbox's own)"
     )
-    bigcommerce.add_argument("--host", default="127.0.0.1")
-    bigcommerce.add_argument("--port", type=int, default=8400)
-    bigcommerce.set_defaults(run=_sandbox_bigcommerce)
+    klarna.add_argument(
+        "--password", help="the API password it accepts (default: the sandbox's own)"
+    )
+    klarna.set_defaults(run=_sandbox_klarna)
+    for name, what, port, run in (
+        ("shopify", "run Shopify's Admin API and OAuth, in memory", 8200, _sandbox_shopify),
+        ("woocommerce", "run a WooCommerce site's REST API, in memory", 8300, _sandbox_woocommerce),
+        (
+            "bigcommerce",
+            "run BigCommerce's REST API and OAuth, in memory",
+            8400,
+            _sandbox_bigcommerce,
+        ),
+    ):
+        simulator = _command(simulators, name, what)
+        simulator.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+        simulator.add_argument("--port", type=_port, default=port, help="the port to listen on")
+        simulator.set_defaults(run=run)
     return parser
 
 
 def _settings() -> Settings:
+    for warning in unknown_variables():
+        print(warning, file=sys.stderr)
     settings, created = ensure_secret_keys(load_settings())
     for line in (created, *secure_data_dir(settings)):
         if line:
             print(line, file=sys.stderr)
-    return settings
+    return with_serve_url(settings)
 
 
 def _run(command: Callable[..., Awaitable[int]], *args: Any) -> int:
@@ -228,42 +340,80 @@ def _run(command: Callable[..., Awaitable[int]], *args: Any) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from plugin import server
     from plugin.app import create_app
 
     settings = _settings()
     configure_logging(settings.log_level)
+    sockets = server.listen(args.host, args.port)
+    try:
+        # The store is reached (and migrated) before anything starts, so that a database that
+        # cannot be reached is one line and an exit, like a port that is taken.
+        asyncio.run(_migrate_store(settings))
+        settings = record_serve_url(settings, _reachable(server.url_of(sockets[0])))
+        app = create_app(
+            settings, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_ms / 1000
+        )
+        _freeze_startup_objects()
+        _hand_off_the_gil_sooner(settings.database_url)
+
+        def stop_workers() -> None:
+            # At the signal, not after the open requests: the workers stop claiming, cancel the
+            # jobs in flight and hand them back while the last answers are sent.
+            service: Service | None = getattr(app.state, "service", None)
+            if service is not None:
+                service.worker.stop()
+
+        with metrics.listener(settings.metrics_address):
+            server.Server(
+                server.config(
+                    app,
+                    host=args.host,
+                    port=args.port,
+                    trusted_proxies=settings.trusted_proxies,
+                    timeout_graceful_shutdown=10,
+                ),
+                announce=lambda: _say_where(settings, sockets),
+                on_exit=stop_workers,
+            ).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return 0
+
+
+def _say_where(settings: Settings, sockets: Sequence[socket.socket]) -> None:
+    """What `serve` says once it answers: where it listens, and the public URL."""
     print(
-        f"klarna-capture serving on http://{args.host}:{args.port} "
-        f"({settings.workers} workers, database {settings.database_url.split(':', 1)[0]})",
+        f"klarna-capture {about.VERSION} listening on "
+        f"{', '.join(server.url_of(sock) for sock in sockets)}; public URL "
+        f"{settings.public_url} ({settings.workers} workers, database "
+        f"{settings.database_url.split(':', 1)[0]})",
         file=sys.stderr,
         flush=True,
     )
-    app = create_app(
-        settings, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_ms / 1000
+    if not settings.public_url_configured:
+        print(
+            f"klarna-capture: {PREFIX}PUBLIC_URL is unset, so webhook and sign-in URLs use the "
+            "URL above (so do the other commands with this data directory); set it to the "
+            "address storefronts and merchants reach this service at",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _reachable(url: str) -> str:
+    """A URL this machine reaches a listener on: a wildcard address becomes loopback."""
+    return url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
+
+
+async def _migrate_store(settings: Settings) -> int:
+    store = open_store(
+        settings.database_url, pool_size=2, timeout=settings.database_timeout_seconds
     )
-
-    def stop_workers() -> None:
-        # At the signal, not after the open requests: the workers stop claiming, cancel the jobs
-        # in flight and hand them back while the last answers are sent.
-        service: Service | None = getattr(app.state, "service", None)
-        if service is not None:
-            service.worker.stop()
-
-    _freeze_startup_objects()
-    _hand_off_the_gil_sooner(settings.database_url)
-    with metrics.listener(settings.metrics_address):
-        server.Server(
-            server.config(
-                app,
-                host=args.host,
-                port=args.port,
-                trusted_proxies=settings.trusted_proxies,
-                timeout_graceful_shutdown=10,
-            ),
-            on_exit=stop_workers,
-        ).run()
-    return 0
+    try:
+        return await store.migrate()
+    finally:
+        await store.close()
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -482,18 +632,41 @@ async def _address_problem(service: Service, *urls: tuple[str, str | None]) -> s
     return None
 
 
-def _shop_line(shop: Shop) -> str:
-    state = "enabled" if shop.enabled else "disabled"
-    return (
-        f"{shop.id}  {shop.platform:<8}  {shop.klarna_region}/{shop.klarna_environment:<10}  "
-        f"{state:<8}  {shop.name}"
-    )
-
-
-async def _shop_list(service: Service) -> int:
-    for shop in await service.store.list_shops():
-        print(_shop_line(shop))
+def _print_list(
+    args: argparse.Namespace, what: str, header: Sequence[str], rows: Sequence[dict[str, Any]]
+) -> int:
+    """A list command's output: a JSON array with --json; else a header row and one line a
+    row, columns aligned (the last one left as it is); nothing on stdout when empty."""
+    if args.json:
+        print(msgspec.json.encode(rows).decode())
+        return 0
+    if not rows:
+        print(f"no {what}", file=sys.stderr)
+        return 0
+    cells = [[name.upper() for name in header]] + [
+        ["" if row[name] is None else str(row[name]) for name in header] for row in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header) - 1)]
+    for line in cells:
+        print("  ".join([*(c.ljust(w) for c, w in zip(line, widths, strict=False)), line[-1]]))
     return 0
+
+
+async def _shop_list(service: Service, args: argparse.Namespace) -> int:
+    rows = [
+        {
+            "shop_id": shop.id,
+            "platform": shop.platform,
+            "klarna": f"{shop.klarna_region}/{shop.klarna_environment}",
+            "state": "enabled" if shop.enabled else "disabled",
+            "created": _iso(shop.created_at),
+            "name": shop.name,
+        }
+        for shop in await service.store.list_shops()
+    ]
+    return _print_list(
+        args, "shops", ("shop_id", "platform", "klarna", "state", "created", "name"), rows
+    )
 
 
 async def _find_shop(service: Service, shop_id: str) -> Shop | None:
@@ -518,7 +691,10 @@ async def _shop_show(service: Service, args: argparse.Namespace) -> int:
         "klarna_username": shop.klarna_username,
         "klarna_password": "set" if shop.klarna_configured else "not set",
         "status_url": shop.status_url,
-        "options": msgspec.to_builtins(shop.options),
+        "options": {
+            name: msgspec.to_builtins(getattr(shop.options, name))
+            for name in options_of(shop.platform)
+        },
         "webhook_url": _webhook_url(service, shop),
         "webhook_secrets": [
             {
@@ -547,12 +723,22 @@ def _webhook_url(service: Service, shop: Shop) -> str:
 
 
 async def _compliance_list(service: Service, args: argparse.Namespace) -> int:
-    for request in reversed(await service.store.compliance_requests(limit=args.limit)):
-        print(
-            f"{_iso(request.received_at)}  {request.platform}  {request.shop_domain}  "
-            f"{request.topic}  {request.report}"
-        )
-    return 0
+    rows = [
+        {
+            "received": _iso(request.received_at),
+            "platform": request.platform,
+            "shop_domain": request.shop_domain,
+            "topic": request.topic,
+            "report": request.report,
+        }
+        for request in reversed(await service.store.compliance_requests(limit=args.limit))
+    ]
+    return _print_list(
+        args,
+        "privacy requests",
+        ("received", "platform", "shop_domain", "topic", "report"),
+        rows,
+    )
 
 
 async def _shop_rotate(service: Service, args: argparse.Namespace) -> int:
@@ -587,10 +773,30 @@ async def _bigcommerce_rehook(service: Service, shop: Shop) -> int:
 
 
 async def _shop_remove(service: Service, args: argparse.Namespace) -> int:
-    if not await service.store.remove_shop(args.shop_id):
-        print(f"klarna-capture: no shop {args.shop_id}", file=sys.stderr)
+    shop = await _find_shop(service, args.shop_id)
+    if shop is None:
         return 1
-    print(f"shop {args.shop_id} removed, with everything stored for it")
+    print(
+        f"Removing shop {shop.id} ({shop.name}, {shop.platform}) deletes it with its Klarna "
+        "credentials, webhook secrets, deliveries, jobs, capture records, audit trail, status "
+        "callbacks, sign-in links and sessions. Klarna keeps the captures made.",
+        file=sys.stderr,
+    )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(
+                "klarna-capture: nothing removed: give --yes to remove without asking",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"Remove shop {shop.id}? [y/N] ", end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline(16).strip().lower() not in ("y", "yes"):
+            print("nothing removed", file=sys.stderr)
+            return 1
+    if not await service.store.remove_shop(shop.id):
+        print(f"klarna-capture: no shop {shop.id}", file=sys.stderr)
+        return 1
+    print(f"shop {shop.id} removed, with everything stored for it")
     return 0
 
 
@@ -658,29 +864,46 @@ async def _rotate_keys(service: Service) -> int:
     return 0
 
 
-def _job_line(job: Job) -> str:
-    line = (
-        f"{job.id:>8}  {job.state:<7}  {job.kind:<11}  {job.shop_id}  {job.key}  "
-        f"attempts={job.attempts}  updated={_iso(job.updated_at)}"
-    )
+def _job_row(job: Job) -> dict[str, Any]:
+    error = None
     if job.last_error:
-        error = msgspec.json.decode(job.last_error)
-        line += f"  error={error.get('step')}: {error.get('error_code')}"
-        if error.get("correlation_id"):
-            line += f" (correlation_id {error['correlation_id']})"
-    return line
+        last = msgspec.json.decode(job.last_error)
+        error = f"{last.get('step')}: {last.get('error_code')}"
+        if last.get("correlation_id"):
+            error += f" (correlation_id {last['correlation_id']})"
+    return {
+        "job_id": job.id,
+        "state": job.state,
+        "kind": job.kind,
+        "shop_id": job.shop_id,
+        "key": job.key,
+        "attempts": job.attempts,
+        "updated": _iso(job.updated_at),
+        "error": error,
+    }
 
 
 async def _jobs_list(service: Service, args: argparse.Namespace) -> int:
-    for job in await service.store.list_jobs(dead_only=args.dead, limit=args.limit):
-        print(_job_line(job))
-    return 0
+    jobs = await service.store.list_jobs(dead_only=args.dead, limit=args.limit)
+    return _print_list(
+        args,
+        "dead letters" if args.dead else "jobs",
+        ("job_id", "state", "kind", "shop_id", "key", "attempts", "updated", "error"),
+        [_job_row(job) for job in jobs],
+    )
 
 
 async def _jobs_retry(service: Service, args: argparse.Namespace) -> int:
     job = await service.store.get_job(args.job_id)
     if job is None:
         print(f"klarna-capture: no job {args.job_id}", file=sys.stderr)
+        return 1
+    if job.state == "done":
+        print(
+            f"klarna-capture: job {job.id} is done: there is nothing to retry "
+            "(deliveries replay processes a delivery again)",
+            file=sys.stderr,
+        )
         return 1
     if not await service.store.requeue_job(job.id, time.time()):
         print(f"klarna-capture: job {job.id} is running; it cannot be retried now", file=sys.stderr)

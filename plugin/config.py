@@ -3,6 +3,7 @@
 Every variable is `KLARNA_CAPTURE_<NAME>`; an empty value counts as unset.
 """
 
+import difflib
 import ipaddress
 import os
 import re
@@ -24,6 +25,12 @@ METRICS_ADDRESS = ("127.0.0.1", 9464)
 # The reverse proxies whose X-Forwarded-Proto and X-Forwarded-For `serve` believes: one on the
 # same machine, by default.
 TRUSTED_PROXIES = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"  # where `serve` listens by default
+# Where `serve` writes the URL it listens on, in the data directory, for the other commands of
+# a deployment without KLARNA_CAPTURE_PUBLIC_URL (admin-link, shop add) to print.
+SERVE_URL_FILE_NAME = "serve-url"
+# KLARNA_CAPTURE_* variables that are not the service's settings: the test suite's server.
+OTHER_VARIABLES = ("TEST_POSTGRES_URL",)
 
 PREFIX = "KLARNA_CAPTURE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -117,6 +124,9 @@ class Settings:
     retain_jobs_days: int = RETAIN_JOBS_DAYS
     retain_ledger_days: int | None = RETAIN_LEDGER_DAYS
     prune_interval_seconds: int = PRUNE_INTERVAL_SECONDS
+    # Whether KLARNA_CAPTURE_PUBLIC_URL was set; when not, `public_url` follows where `serve`
+    # listens (see with_serve_url).
+    public_url_configured: bool = True
 
     @property
     def capture_loops(self) -> int:
@@ -182,15 +192,21 @@ class Settings:
             f"retain_delivery_ids_days={self.retain_delivery_ids_days}, "
             f"retain_jobs_days={self.retain_jobs_days}, "
             f"retain_ledger_days={self.retain_ledger_days}, "
-            f"prune_interval_seconds={self.prune_interval_seconds})"
+            f"prune_interval_seconds={self.prune_interval_seconds}, "
+            f"public_url_configured={self.public_url_configured})"
         )
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting; touches nothing on disk."""
-    env = os.environ if environ is None else environ
+    return _load(os.environ if environ is None else environ, set())
+
+
+def _load(env: Mapping[str, str], read: set[str]) -> Settings:
+    """The settings in `env`; adds the name of every variable it reads to `read`."""
 
     def get(name: str) -> str | None:
+        read.add(name)
         value = env.get(PREFIX + name, "").strip()
         return value or None
 
@@ -202,7 +218,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         secret_keys=_secret_keys(get("SECRET_KEY")),
         klarna_url=None if klarna_url is None else _http_url("KLARNA_URL", klarna_url),
-        public_url=_http_url("PUBLIC_URL", get("PUBLIC_URL") or "http://127.0.0.1:8000"),
+        public_url=_http_url("PUBLIC_URL", get("PUBLIC_URL") or DEFAULT_PUBLIC_URL),
         workers=_whole_number("WORKERS", get("WORKERS"), default=4, low=0, high=256),
         webhook_tolerance_seconds=_whole_number(
             "WEBHOOK_TOLERANCE", get("WEBHOOK_TOLERANCE"), default=300, low=1, high=86400
@@ -237,6 +253,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), default=HEARTBEAT_SECONDS, low=1, high=60
         ),
         **_retention(get),
+        public_url_configured=get("PUBLIC_URL") is not None,
     )
 
 
@@ -594,3 +611,59 @@ def _networks(
                 f"fd00::/8 (no host bits set), not {_shown(part)}"
             ) from None
     return tuple(networks)
+
+
+def variable_names() -> frozenset[str]:
+    """Every KLARNA_CAPTURE_* variable there is: those load_settings reads, found by letting
+    it read an empty environment (so that no second list has to be kept in step with it), and
+    OTHER_VARIABLES."""
+    read: set[str] = set()
+    _load({}, read)
+    return frozenset(PREFIX + name for name in (*read, *OTHER_VARIABLES))
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each KLARNA_CAPTURE_* variable that is no setting (a typo, or one that
+    was renamed or removed), naming the closest known one."""
+    env = os.environ if environ is None else environ
+    known = variable_names()
+    # Compared without the prefix they all share, which would make any two look alike.
+    suffixes = sorted(name.removeprefix(PREFIX) for name in known)
+    warnings = []
+    for name in sorted(n for n in env if n.startswith(PREFIX) and n not in known):
+        closest = difflib.get_close_matches(name.removeprefix(PREFIX), suffixes, n=1)
+        hint = f"; did you mean {PREFIX}{closest[0]}?" if closest else ""
+        warnings.append(f"klarna-capture: {_shown(name)} is not a setting and is ignored{hint}")
+    return warnings
+
+
+def with_serve_url(settings: Settings) -> Settings:
+    """Settings whose public URL, when KLARNA_CAPTURE_PUBLIC_URL is unset, is the one the last
+    `serve` with this data directory listened on (written by record_serve_url); the default
+    before any did."""
+    if settings.public_url_configured:
+        return settings
+    try:
+        recorded = (settings.data_dir / SERVE_URL_FILE_NAME).read_text(encoding="ascii").strip()
+        return replace(settings, public_url=_http_url("PUBLIC_URL", recorded))
+    except (OSError, UnicodeError, ConfigError):  # none yet, or not one we wrote: the default
+        return settings
+
+
+def record_serve_url(settings: Settings, url: str) -> Settings:
+    """`serve`'s settings, listening on `url`: unless KLARNA_CAPTURE_PUBLIC_URL is set, that is
+    the public URL, kept in the data directory for the deployment's other commands."""
+    if settings.public_url_configured:
+        return settings
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = settings.data_dir / SERVE_URL_FILE_NAME
+    # Written aside and renamed, so that a command reading it never sees half a URL.
+    descriptor, temporary = tempfile.mkstemp(dir=settings.data_dir, prefix=".serve-url-")
+    try:
+        with os.fdopen(descriptor, "w", encoding="ascii") as file:
+            file.write(url + "\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        os.unlink(temporary)
+        raise ConfigError(f"cannot write {path} ({PREFIX}DATA_DIR): {exc.strerror}") from None
+    return replace(settings, public_url=url)

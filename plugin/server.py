@@ -17,7 +17,9 @@ these hold when it is missing or lets more through.
 """
 
 import asyncio
+import errno
 import ipaddress
+import socket
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -186,25 +188,6 @@ class LimitedHttpTools(HttpToolsProtocol):
             self.transport.close()
 
 
-class Server(uvicorn.Server):
-    """uvicorn's server, which also calls `on_exit` in its event loop as soon as a signal asks it
-    to stop: uvicorn tells the app only once the open requests are answered (up to its graceful
-    timeout), and the workers should stop claiming before that."""
-
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not serving yet, or any more: nothing runs to be told
-            return
-        # A signal handler interrupts the loop wherever it is: the call waits for its turn.
-        loop.call_soon_threadsafe(self._on_exit)
-
-
 def config(
     app: Any,
     *,
@@ -234,3 +217,97 @@ def config(
         forwarded_allow_ips=[str(network) for network in trusted_proxies],
         **options,
     )
+
+
+class CannotListen(Exception):
+    """`serve` cannot listen where it was asked to; the message says why and what to do."""
+
+
+# What to do about the reasons a listening socket is refused most often.
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "the port is already in use (another serve, or another program): stop "
+    "it, or choose another port with --port",
+    errno.EACCES: "permission denied: ports below 1024 need root; choose one from 1024 with "
+    "--port (behind a reverse proxy on 80 and 443)",
+    errno.EADDRNOTAVAIL: "that is no address of this machine: give --host one of its addresses, "
+    "or 0.0.0.0 for all",
+}
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address `host` names (a name may have an IPv4 and an IPv6 one),
+    on `port` (0: a free port, the same on each), not yet listening: uvicorn listens on them
+    once the app has started. Bound here rather than by uvicorn, so that a refusal is one line
+    before anything starts, and so that `serve` knows where it really listens."""
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise CannotListen(f"cannot listen on {host!r} (--host): {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, address in addresses:
+            if address[0] in seen:
+                continue
+            seen.add(address[0])
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((address[0], port, *address[2:]))
+            except OSError as exc:
+                reason = _LISTEN_HINTS.get(exc.errno or 0, exc.strerror)
+                where = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
+                raise CannotListen(f"cannot listen on {where}:{port}: {reason}") from None
+            port = port or sock.getsockname()[1]
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    for sock in sockets:
+        sock.set_inheritable(True)
+    return sockets
+
+
+def url_of(sock: socket.socket) -> str:
+    """The http URL a bound socket answers on."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which calls `announce` once it listens and the app has started, and
+    `on_exit` in its event loop as soon as a signal asks it to stop: uvicorn tells the app only
+    once the open requests are answered (up to its graceful timeout), and the workers should stop
+    claiming before that."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        announce: Callable[[], None] | None = None,
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self._announce = announce
+        self._on_exit = on_exit
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._announce is not None:
+            self._announce()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._on_exit is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving yet, or any more: nothing runs to be told
+            return
+        # A signal handler interrupts the loop wherever it is: the call waits for its turn.
+        loop.call_soon_threadsafe(self._on_exit)

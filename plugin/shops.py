@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 import msgspec
 
 from plugin import signatures
-from plugin.platforms import bigcommerce, shopify
+from plugin.platforms import bigcommerce, shopify, standard, woocommerce
 from plugin.store import NewShop, ShopChanges, Store
 from plugin.store.records import KLARNA_CREDENTIALS, Shop, ShopOptions
 from plugin.vault import Vault
@@ -27,6 +27,23 @@ ROTATION_GRACE_SECONDS = 24 * 3600.0
 # At most this many shops (and this many misses besides) in each cache: ~2 KB each.
 CACHE_ENTRIES = 10_000
 CACHE_MISSES = 1_000
+# The options (ShopOptions' fields) a shop of each platform uses, as its settings page offers
+# them: every shop chooses how to capture and what the customer sees; storefront apps where
+# their orders keep the Klarna order id, Shopify the tracking's shipping method, WooCommerce the
+# order statuses that capture.
+_COMMON_OPTIONS = ("capture_mode", "send_tracking", "trigger_send_out", "description_template")
+_PLATFORM_OPTIONS = {
+    standard.NAME: (),
+    shopify.NAME: ("klarna_order_id_source", "klarna_order_id_field", "shipping_method"),
+    bigcommerce.NAME: ("klarna_order_id_source", "klarna_order_id_field"),
+    woocommerce.NAME: ("capture_statuses",),
+}
+
+
+def options_of(platform: str) -> tuple[str, ...]:
+    """The names of the options that a shop of `platform` uses."""
+    return _COMMON_OPTIONS + _PLATFORM_OPTIONS.get(platform, ())
+
 
 _SHOP_ID = re.compile(r"shop_[0-9a-f]{12}")
 # How each platform's storefront domain is written; others are looked up as given.

@@ -1,11 +1,17 @@
+import argparse
+import contextlib
 import json
 import os
+import pty
+import socket
 import stat
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.from_thread
@@ -13,7 +19,7 @@ import httpx2
 import msgspec
 import pytest
 
-from plugin import cli, signatures
+from plugin import about, cli, signatures
 from plugin.config import ensure_secret_keys, load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError
 from plugin.platforms import woocommerce
@@ -106,6 +112,14 @@ def add_shop(env: dict[str, str], *extra: str) -> dict[str, str]:
     )
 
 
+def listed_shops(env: dict[str, str]) -> list[str]:
+    """The ids `shop list --json` prints."""
+    return [
+        shop["shop_id"]
+        for shop in msgspec.json.decode(run_cli(env, "shop", "list", "--json").stdout)
+    ]
+
+
 def refused_shop_add(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
     """`shop add` of a standard shop with `extra` arguments, expected to be refused."""
     return run_cli(
@@ -171,9 +185,7 @@ def test_shop_add_takes_a_description_template_of_plain_fields_only(env: dict[st
     unknown = refused_shop_add(env, "--description-template", "{nope}")
     assert unknown.returncode == 2
     assert "Unknown field {nope}" in unknown.stderr
-    assert [line.split()[0] for line in run_cli(env, "shop", "list").stdout.splitlines()] == [
-        shop["shop_id"]
-    ]
+    assert listed_shops(env) == [shop["shop_id"]]
 
 
 def test_rotate_secret_keeps_the_old_one_for_a_while(env: dict[str, str]) -> None:
@@ -190,7 +202,7 @@ def test_rotate_secret_keeps_the_old_one_for_a_while(env: dict[str, str]) -> Non
 
 def test_shop_remove_and_unknown_ids(env: dict[str, str]) -> None:
     shop = add_shop(env)
-    assert "removed" in run_cli(env, "shop", "remove", shop["shop_id"]).stdout
+    assert "removed" in run_cli(env, "shop", "remove", "--yes", shop["shop_id"]).stdout
     gone = run_cli(env, "shop", "show", shop["shop_id"], check=False)
     assert (gone.returncode, gone.stderr.strip()) == (
         1,
@@ -254,12 +266,28 @@ def test_jobs_list_retry_and_deliveries_replay(env: dict[str, str]) -> None:
             return job.id, delivery
 
     job_id, delivery_id = anyio.run(a_dead_letter)
-    [line] = run_cli(env, "jobs", "list", "--dead").stdout.splitlines()
+    header, line = run_cli(env, "jobs", "list", "--dead").stdout.splitlines()
+    assert header.split() == [
+        "JOB_ID",
+        "STATE",
+        "KIND",
+        "SHOP_ID",
+        "KEY",
+        "ATTEMPTS",
+        "UPDATED",
+        "ERROR",
+    ]
     assert line.split()[:3] == [str(job_id), "dead", "fulfillment"]
-    assert "error=capture: CAPTURE_NOT_ALLOWED (correlation_id c-1)" in line
+    assert line.endswith("capture: CAPTURE_NOT_ALLOWED (correlation_id c-1)")
+    [dead] = msgspec.json.decode(run_cli(env, "jobs", "list", "--dead", "--json").stdout)
+    assert (dead["job_id"], dead["state"], dead["shop_id"]) == (job_id, "dead", shop["shop_id"])
+    assert dead["error"] == "capture: CAPTURE_NOT_ALLOWED (correlation_id c-1)"
     assert run_cli(env, "jobs", "retry", str(job_id)).stdout == f"job {job_id} queued again\n"
     assert run_cli(env, "jobs", "list", "--dead").stdout == ""
-    assert f"{job_id}  queued" in run_cli(env, "jobs", "list").stdout
+    assert run_cli(env, "jobs", "list").stdout.splitlines()[1].split()[:2] == [
+        str(job_id),
+        "queued",
+    ]
     replayed = run_cli(env, "deliveries", "replay", str(delivery_id)).stdout
     assert replayed == f"delivery {delivery_id} replayed: job {job_id} queued\n"
 
@@ -401,7 +429,7 @@ def test_woocommerce_options_are_refused_for_other_platforms_and_sites_are_not_s
     again = add_woocommerce_shop(env, *site, check=False)
     assert again.returncode == 1
     assert "a shop is already connected to https://shop.example" in again.stderr
-    assert len(run_cli(env, "shop", "list").stdout.splitlines()) == 1
+    assert len(listed_shops(env)) == 1
 
 
 def test_without_the_consumer_secret_on_stdin_nothing_is_created(env: dict[str, str]) -> None:
@@ -633,3 +661,291 @@ def test_prune_dry_run_changes_nothing_and_prune_prints_what_it_deleted(
     assert replay.returncode == 1
     assert "body was removed" in replay.stderr
     assert "deliveries.body              0 bodies emptied" in run_cli(store_env, "prune").stdout
+
+
+# --- the operator's CLI and start-up -------------------------------------------------------------
+
+
+def test_the_version_is_the_one_in_pyproject_also_from_a_checkout_never_installed() -> None:
+    project = tomllib.loads(
+        (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    )["project"]
+    done = subprocess.run(
+        [sys.executable, "-m", "plugin", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == f"klarna-capture {project['version']}\n"
+    # What a checkout reads when the package is not installed: pyproject.toml itself.
+    assert about._from_pyproject() == (project["version"], project["urls"]["Documentation"])
+    assert about._from_pyproject() == (about.VERSION, about.DOCS_URL)
+
+
+@contextlib.contextmanager
+def serve(env: dict[str, str], *args: str) -> Iterator[str]:
+    """`serve ARGS` in a process of its own, for the block; the first line it prints (where it
+    listens, once it does)."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "plugin", "serve", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stderr is not None
+        try:
+            yield process.stderr.readline()
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def test_serve_says_where_it_listens_and_the_public_url_follows_it(env: dict[str, str]) -> None:
+    shop = add_shop(env)
+    unset = {k: v for k, v in env.items() if k != "KLARNA_CAPTURE_PUBLIC_URL"}
+    unset["KLARNA_CAPTURE_METRICS_ADDRESS"] = "off"
+    with serve(unset, "--port", "0") as said:  # any free port: only serve knows which
+        assert said.startswith(f"klarna-capture {about.VERSION} listening on http://127.0.0.1:")
+        url = said.split(" listening on ")[1].split(";")[0]
+        assert f"; public URL {url} (" in said
+        assert httpx2.get(f"{url}/readyz", timeout=10).json() == {"status": "ready"}
+
+        # The other commands of this deployment print the URL serve listens on.
+        link = run_cli(unset, "admin-link", shop["shop_id"]).stdout.strip()
+        assert link.startswith(f"{url}/admin/login?token=")
+        shown = msgspec.json.decode(run_cli(unset, "shop", "show", shop["shop_id"]).stdout)
+        assert shown["webhook_url"] == f"{url}/webhooks/standard/{shop['shop_id']}"
+        # KLARNA_CAPTURE_PUBLIC_URL, when set, is what they print.
+        link = run_cli(env, "admin-link", shop["shop_id"]).stdout.strip()
+        assert link.startswith("https://capture.example/admin/login?token=")
+
+    with serve({**env, "KLARNA_CAPTURE_METRICS_ADDRESS": "off"}, "--port", "0") as said:
+        assert said.endswith("; public URL https://capture.example (4 workers, database sqlite)\n")
+
+
+def test_a_port_in_use_is_one_line_with_a_hint(env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(env, "serve", "--port", str(port), check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"klarna-capture: cannot listen on 127.0.0.1:{port}: the port is already in use "
+        "(another serve, or another program): stop it, or choose another port with --port"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def refused_arguments(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The last line `klarna-capture ARGS` prints, refusing its arguments before doing anything."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    assert exited.value.code == 2
+    return capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("serve", "--port"), ("sandbox", "klarna", "--port"), ("sandbox", "shopify", "--port")],
+)
+@pytest.mark.parametrize("port", ["80000", "-1"])
+def test_a_port_out_of_range_is_refused(
+    env: dict[str, str], command: tuple[str, ...], port: str
+) -> None:
+    # A process of its own: a port taken modulo 65536 would listen there, and not return.
+    done = run_cli(env, *command, port, check=False)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].endswith(
+        "error: argument --port: a port must be a whole number from 0 to 65535"
+    )
+
+
+@pytest.fixture
+def unreachable_postgres() -> str:
+    return f"postgresql://capture:pw-never-shown@127.0.0.1:{free_port()}/capture"
+
+
+@pytest.mark.parametrize("command", [("migrate",), ("shop", "list"), ("serve", "--port", "0")])
+def test_postgres_that_cannot_be_reached_or_refuses_us_is_one_line(
+    env: dict[str, str], postgres_url: str, unreachable_postgres: str, command: tuple[str, ...]
+) -> None:
+    server = urlsplit(postgres_url)
+    refusing = f"postgresql://nobody:pw-never-shown@{server.netloc.rpartition('@')[2]}/postgres"
+    missing = postgres_url.rsplit("/", 1)[0] + "/no_such_database"
+    for url, reason in (
+        (unreachable_postgres, "cannot reach PostgreSQL at 127.0.0.1:"),
+        (refusing, f"PostgreSQL at {server.hostname}:{server.port} refused database 'postgres'"),
+        (missing, f"PostgreSQL at {server.hostname}:{server.port} refused database 'no_such"),
+    ):
+        done = run_cli(
+            {**env, "KLARNA_CAPTURE_DATABASE_URL": url, "KLARNA_CAPTURE_METRICS_ADDRESS": "off"},
+            *command,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        [line] = [line for line in done.stderr.splitlines() if "secret key" not in line]
+        assert line.startswith("klarna-capture: " + reason), line
+        assert line.endswith("(KLARNA_CAPTURE_DATABASE_URL)")
+        assert "pw-never-shown" not in done.stderr + done.stdout
+
+
+def test_unknown_variables_are_warned_about_with_the_closest_name(env: dict[str, str]) -> None:
+    done = run_cli({**env, "KLARNA_CAPTURE_WORKER": "8", "KLARNA_CAPTURE_ZZZ": "1"}, "shop", "list")
+    assert done.stderr.splitlines()[:2] == [
+        "klarna-capture: 'KLARNA_CAPTURE_WORKER' is not a setting and is ignored; did you mean "
+        "KLARNA_CAPTURE_WORKERS?",
+        "klarna-capture: 'KLARNA_CAPTURE_ZZZ' is not a setting and is ignored",
+    ]
+    # Known names, KLARNA_CAPTURE_TEST_POSTGRES_URL among them, are not.
+    quiet = run_cli({**env, "KLARNA_CAPTURE_TEST_POSTGRES_URL": "postgresql://x"}, "shop", "list")
+    assert "is not a setting" not in quiet.stderr
+
+
+def every_command(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Each command of the CLI, with its words, down to the leaves."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from every_command(sub, (*path, name))
+
+
+def test_every_command_says_what_it_does_and_shows_its_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    commands = list(every_command(cli._parser()))
+    assert len(commands) > 20
+    for words, parser in commands:
+        with pytest.raises(SystemExit) as exited:
+            cli.main([*words, "--help"])
+        assert exited.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert parser.description, words
+        assert " ".join(parser.description.split()) in text, words
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+                assert f"(default: {action.default})" in text, (words, action.dest)
+    serve_help = " ".join(run_cli(os.environ.copy(), "serve", "--help").stdout.split())
+    assert "--port PORT the port to listen on (0: any free one) (default: 8000)" in serve_help
+    add_help = " ".join(run_cli(os.environ.copy(), "shop", "add", "--help").stdout.split())
+    assert "required unless run at a terminal" in add_help
+
+
+def test_lists_have_a_header_row_and_json(env: dict[str, str]) -> None:
+    assert run_cli(env, "shop", "list").stdout == ""
+    assert run_cli(env, "shop", "list", "--json").stdout == "[]\n"
+    shop = add_shop(env)
+    header, line = run_cli(env, "shop", "list").stdout.splitlines()
+    assert header.split() == ["SHOP_ID", "PLATFORM", "KLARNA", "STATE", "CREATED", "NAME"]
+    assert line.split()[:4] == [shop["shop_id"], "standard", "eu/playground", "enabled"]
+    assert line.endswith("  Corner shop")
+    [listed] = msgspec.json.decode(run_cli(env, "shop", "list", "--json").stdout)
+    assert listed["shop_id"] == shop["shop_id"]
+    assert listed["name"] == "Corner shop"
+    assert run_cli(env, "compliance", "list", "--json").stdout == "[]\n"
+
+
+@pytest.mark.parametrize(
+    "command", [("jobs", "list", "--limit"), ("compliance", "list", "--limit")]
+)
+@pytest.mark.parametrize("limit", ["-1", "0", "10001", "many"])
+def test_a_limit_must_be_a_positive_whole_number(
+    capsys: pytest.CaptureFixture[str], command: tuple[str, ...], limit: str
+) -> None:
+    assert refused_arguments(capsys, *command, limit).endswith(
+        "the limit must be a whole number from 1 to 10000"
+    )
+
+
+def test_shop_remove_says_what_it_deletes_and_asks_first(env: dict[str, str]) -> None:
+    shop = add_shop(env)
+    said = (
+        f"Removing shop {shop['shop_id']} (Corner shop, standard) deletes it with its Klarna "
+        "credentials, webhook secrets, deliveries, jobs, capture records"
+    )
+    # Not at a terminal, nothing is removed without --yes.
+    piped = run_cli(env, "shop", "remove", shop["shop_id"], stdin="yes\n", check=False)
+    assert piped.returncode == 2
+    assert said in piped.stderr
+    assert "nothing removed: give --yes to remove without asking" in piped.stderr
+    assert listed_shops(env) == [shop["shop_id"]]
+
+    # At a terminal, it asks; anything but yes keeps the shop.
+    for answer, code in (("n\n", 1), ("\n", 1), ("yes\n", 0)):
+        done = at_a_terminal(env, answer, "shop", "remove", shop["shop_id"])
+        assert done.returncode == code, done.stderr
+        assert said in done.stderr
+        assert f"Remove shop {shop['shop_id']}? [y/N]" in done.stderr
+    assert listed_shops(env) == []
+    assert done.stdout == f"shop {shop['shop_id']} removed, with everything stored for it\n"
+
+
+def at_a_terminal(env: dict[str, str], typed: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`klarna-capture ARGS` with a terminal as standard input, on which `typed` is typed."""
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, typed.encode())
+        return subprocess.run(
+            [sys.executable, "-m", "plugin", *args],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=60,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+
+
+def test_a_finished_job_has_nothing_to_retry(env: dict[str, str]) -> None:
+    shop = add_shop(env)
+
+    async def a_finished_job() -> int:
+        settings = ensure_secret_keys(load_settings(env))[0]
+        async with open_service(settings) as service:
+            await service.store.record_delivery(
+                shop["shop_id"],
+                "msg_1",
+                body=b"{}",
+                event_type="fulfillment.created",
+                fulfillment_id="1001-F1",
+                rejected=None,
+                now=time.time(),
+            )
+            job = await service.store.claim_job("test", 60, time.time())
+            assert job is not None
+            assert await service.store.finish_job(job.id, "test", time.time())
+            return job.id
+
+    job_id = anyio.run(a_finished_job)
+    done = run_cli(env, "jobs", "retry", str(job_id), check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        f"klarna-capture: job {job_id} is done: there is nothing to retry"
+    )
+    [job] = msgspec.json.decode(run_cli(env, "jobs", "list", "--json").stdout)
+    assert (job["job_id"], job["state"]) == (job_id, "done")
+
+
+def test_shop_show_lists_the_options_of_the_shops_platform(env: dict[str, str]) -> None:
+    common = {"capture_mode", "send_tracking", "trigger_send_out", "description_template"}
+    standard = add_shop(env)["shop_id"]
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", standard).stdout)["options"]
+    assert shown == {
+        "capture_mode": "each",
+        "send_tracking": True,
+        "trigger_send_out": False,
+        "description_template": None,
+    }
+    woo = add_woocommerce_shop(
+        env, "--site-url", "https://shop.example", "--consumer-key", WOO_KEY
+    ).stdout.split()[1]
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", woo).stdout)["options"]
+    assert set(shown) == common | {"capture_statuses"}
+    assert shown["capture_statuses"] == ["completed"]

@@ -1,4 +1,5 @@
 import ipaddress
+import re
 import stat
 from pathlib import Path
 
@@ -9,8 +10,12 @@ from plugin.config import (
     Settings,
     ensure_secret_keys,
     load_settings,
+    record_serve_url,
     secure_data_dir,
     sqlite_path,
+    unknown_variables,
+    variable_names,
+    with_serve_url,
 )
 
 KEY = "k" * 16
@@ -30,6 +35,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         workers=4,
         webhook_tolerance_seconds=300,
         log_level="INFO",
+        public_url_configured=False,
     )
     assert sqlite_path(settings) == data_dir / "klarna-capture.db"
     assert not data_dir.exists()
@@ -535,3 +541,46 @@ def test_bad_retention_settings_name_the_variable(environ: dict[str, str], varia
         load_settings(environ)
     assert str(caught.value).startswith(f"KLARNA_CAPTURE_{variable} ")
     assert "\n" not in str(caught.value)
+
+
+def test_the_known_variables_are_those_the_settings_read() -> None:
+    source = (Path(__file__).resolve().parents[1] / "plugin" / "config.py").read_text()
+    read = {"KLARNA_CAPTURE_" + name for name in re.findall(r'get\("([A-Z_]+)"\)', source)}
+    assert len(read) > 20
+    assert variable_names() == read | {"KLARNA_CAPTURE_TEST_POSTGRES_URL"}
+
+
+def test_unknown_variables_name_the_closest_known_one() -> None:
+    assert unknown_variables(
+        {
+            "KLARNA_CAPTURE_PUBLIC_ULR": "https://x.example",
+            "KLARNA_CAPTURE_POLL": "5",
+            "KLARNA_CAPTURE_WORKERS": "2",
+            "OTHER_THING": "1",
+        }
+    ) == [
+        "klarna-capture: 'KLARNA_CAPTURE_POLL' is not a setting and is ignored; did you mean "
+        "KLARNA_CAPTURE_POLL_MS?",
+        "klarna-capture: 'KLARNA_CAPTURE_PUBLIC_ULR' is not a setting and is ignored; did you "
+        "mean KLARNA_CAPTURE_PUBLIC_URL?",
+    ]
+
+
+def test_an_unset_public_url_follows_where_serve_listens(tmp_path: Path) -> None:
+    unset = load_settings({"KLARNA_CAPTURE_DATA_DIR": str(tmp_path)})
+    assert with_serve_url(unset).public_url == "http://127.0.0.1:8000"  # no serve yet
+    served = record_serve_url(unset, "http://127.0.0.1:9000")
+    assert served.public_url == "http://127.0.0.1:9000"
+    assert with_serve_url(unset).public_url == "http://127.0.0.1:9000"
+    (tmp_path / "serve-url").write_text("not a url\n")
+    assert with_serve_url(unset).public_url == "http://127.0.0.1:8000"
+
+    configured = load_settings(
+        {
+            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path / "set"),
+            "KLARNA_CAPTURE_PUBLIC_URL": "https://c.example",
+        }
+    )
+    assert record_serve_url(configured, "http://127.0.0.1:9000").public_url == "https://c.example"
+    assert not (tmp_path / "set").exists()
+    assert with_serve_url(configured).public_url == "https://c.example"

@@ -38,9 +38,10 @@ from plugin.store.records import (
 
 class StoreUnavailable(Exception):
     """The database cannot be reached or written right now (restarting, cut off, its disk full, a
-    lock held past the wait): nothing is wrong with the call itself, and the same call later may
-    well succeed. The store reconnects by itself at its next call: a request answers 503 (try
-    again), a worker waits and carries on."""
+    lock held past the wait), or refuses us (the login, the database name): the message says where
+    and why in one line, never the password. Nothing is wrong with the call itself, and the same
+    call later may well succeed. The store reconnects by itself at its next call: a request
+    answers 503 (try again), a worker waits and carries on."""
 
 
 class NewDelivery(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,6 +13,8 @@ wakes the workers of this process, whichever process stored the job.
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -435,6 +437,29 @@ def without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def _unavailable(url: str, exc: BaseException) -> str:
+    """Why a pool could not be opened, in one line naming the server, database and user, never
+    the password (asyncpg's messages carry none)."""
+    parts = urlsplit(url)
+    try:
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    except ValueError:
+        where = parts.hostname or "localhost"
+    database = parts.path.lstrip("/") or parts.username or "postgres"
+    user = f" as {parts.username}" if parts.username else ""
+    if isinstance(exc, asyncpg.PostgresError):
+        what = f"PostgreSQL at {where} refused database {database!r}{user}"
+    else:
+        what = f"cannot reach PostgreSQL at {where} (database {database!r}{user})"
+    if isinstance(exc, OSError) and exc.errno:
+        reason = os.strerror(exc.errno).lower()  # not asyncio's "Connect call failed (...)"
+        if isinstance(exc, socket.gaierror):
+            reason = f"the host name does not resolve ({exc.strerror})"
+    else:
+        reason = (str(exc) or type(exc).__name__).splitlines()[0]
+    return f"{what}: {reason}"
+
+
 class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]
     """A pool connection released without asyncpg's reset query (advisory unlock, CLOSE ALL,
     UNLISTEN, RESET ALL): one round trip per use saved. The store keeps no session state on
@@ -498,17 +523,21 @@ class PostgresStore(Store):
     async def _open_pool(self, min_size: int, max_size: int, settings: dict[str, str]) -> _Pool:
         """A pool whose every wait is bounded by the store's timeout: connecting, and each
         statement (a longer one says so). A connection the server dropped (a restart) is closed
-        and opened afresh by asyncpg at its next acquire."""
-        pool = await asyncpg.create_pool(
-            self._url,
-            min_size=min_size,
-            max_size=max_size,
-            connection_class=_PooledConnection,
-            server_settings=settings,
-            max_cached_statement_lifetime=self._plan_lifetime,
-            timeout=self._timeout,
-            command_timeout=self._timeout,
-        )
+        and opened afresh by asyncpg at its next acquire. A server that cannot be reached, or
+        refuses the login, is one line naming where and why."""
+        try:
+            pool = await asyncpg.create_pool(
+                self._url,
+                min_size=min_size,
+                max_size=max_size,
+                connection_class=_PooledConnection,
+                server_settings=settings,
+                max_cached_statement_lifetime=self._plan_lifetime,
+                timeout=self._timeout,
+                command_timeout=self._timeout,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(_unavailable(self._url, exc)) from exc
         return cast(_Pool, pool)
 
     @contextlib.asynccontextmanager

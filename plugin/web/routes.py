@@ -30,6 +30,7 @@ def routes() -> list[BaseRoute]:
     shop = "/admin/{shop_id}"
     shipments = shop + "/shipments/"
     return [
+        Route("/", views.index),
         Route("/admin", views.home),
         Route("/admin/login", views.login),
         Mount(
@@ -66,7 +67,8 @@ class SecurityHeaders:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PAGE_PREFIXES):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/" or path.startswith(PAGE_PREFIXES)):
             await self.app(scope, receive, send)
             return
         # The dict Request.state writes into: made here so the view and this share it.

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 import msgspec
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from plugin import money
+from plugin import about, money
 from plugin.credentials import OUTCOME_TEXTS, ConnectionTest, check_credentials
 from plugin.klarna import KlarnaError
 from plugin.klarna.client import new_idempotency_key
@@ -591,3 +591,17 @@ async def logout(request: Request, service: Service, shop: Shop, session: Sessio
 
 async def home(request: Request) -> Response:
     return message(request, "klarna-capture", _SIGN_IN, 200)
+
+
+async def index(request: Request) -> Response:
+    """What answers at the root: the service's name, version and documentation; a page for a
+    browser, JSON for anyone else (a probe, curl, a script)."""
+    if "text/html" in request.headers.get("accept", ""):
+        return _render(
+            request,
+            "about.html",
+            {"title": about.NAME, "version": about.VERSION, "docs_url": about.DOCS_URL},
+        )
+    return JSONResponse(
+        {"service": about.NAME, "version": about.VERSION, "documentation": about.DOCS_URL}
+    )

@@ -675,9 +675,13 @@ def test_a_data_request_reports_what_is_held_about_the_customers_orders(
     # The report keeps the customer's id, not their contact details.
     assert "steve.shipper" not in json.dumps(report)
     # The operator reads it with the CLI.
-    listed = run_cli(cli_environment(settings), "compliance", "list").stdout
-    assert f"shopify  {DOMAIN}  customers/data_request" in listed
-    assert '"customer_id":207119551' in listed
+    [listed] = json.loads(run_cli(cli_environment(settings), "compliance", "list", "--json").stdout)
+    assert (listed["platform"], listed["shop_domain"], listed["topic"]) == (
+        "shopify",
+        DOMAIN,
+        "customers/data_request",
+    )
+    assert '"customer_id":207119551' in listed["report"]
 
 
 def test_the_cli_shows_a_shopify_shop_without_its_token(

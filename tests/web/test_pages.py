@@ -401,3 +401,27 @@ def test_a_new_webhook_secret_is_shown_once_and_the_old_one_keeps_working(
         assert answer.json()["status"] == "accepted"
     forged = site.deliver(shop_id, "whsec_" + "A" * 43 + "=", shipment(KLARNA_ORDER_ID, "F9"))
     assert forged.status_code == 401
+
+
+def test_the_root_says_what_answers_here_with_its_version_and_docs(site: Site) -> None:
+    from plugin import about
+
+    asked = site.client.get("/", headers={"accept": "application/json"})
+    assert asked.status_code == 200
+    assert asked.json() == {
+        "service": "klarna-capture",
+        "version": about.VERSION,
+        "documentation": about.DOCS_URL,
+    }
+    assert site.client.get("/", headers={"accept": "*/*"}).json()["service"] == "klarna-capture"
+
+    browser = site.client.get("/", headers={"accept": "text/html,application/xhtml+xml,*/*"})
+    assert browser.status_code == 200
+    assert browser.headers["content-type"].startswith("text/html")
+    assert f"Version {about.VERSION}." in browser.text
+    # No documentation address is published yet (pyproject.toml's [project.urls] would give
+    # it): the page says where the documentation is instead.
+    assert about.DOCS_URL is None
+    assert "<code>docs/</code> folder of its source" in browser.text
+    assert "default-src 'none'" in browser.headers["content-security-policy"]
+    assert_no_script(browser.text)
