@@ -126,6 +126,26 @@ def test_postgres_urls_are_kept_as_given(url: str) -> None:
         ("LOG_LEVEL", "CRITICAL"),
         ("DATABASE_POOL_SIZE", "1"),
         ("WORKER_PROCESSES", "0"),
+        ("TRUSTED_PROXIES", "proxy.internal"),
+        ("TRUSTED_PROXIES", "10.0.0.1/8"),
+        ("TRUSTED_PROXIES", "*"),
+        ("DATABASE_TIMEOUT_SECONDS", "0"),
+        ("DATABASE_TIMEOUT_SECONDS", "301"),
+        ("DATABASE_TIMEOUT_SECONDS", "2.5"),
+        ("DATABASE_TIMEOUT_SECONDS", "soon"),
+        ("HEARTBEAT_SECONDS", "0"),
+        ("HEARTBEAT_SECONDS", "61"),
+        ("HEARTBEAT_SECONDS", "1.5"),
+        ("HEARTBEAT_SECONDS", "-2"),
+        ("HEARTBEAT_SECONDS", "two"),
+        ("RETAIN_BODIES_DAYS", "-1"),
+        ("RETAIN_BODIES_DAYS", "2.5"),
+        # Shorter than Standard Webhooks' example schedule of redeliveries (3.15 days).
+        ("RETAIN_DELIVERY_IDS_DAYS", "3"),
+        ("RETAIN_JOBS_DAYS", "0"),
+        ("RETAIN_LEDGER_DAYS", "0"),
+        ("RETAIN_LEDGER_DAYS", "forever"),
+        ("PRUNE_INTERVAL_SECONDS", "86401"),
     ],
 )
 def test_bad_values_name_the_variable_in_one_line(name: str, value: str) -> None:
@@ -457,24 +477,11 @@ def test_trusted_proxies_default_to_loopback_and_are_read_as_networks() -> None:
     assert "10.1.0.0/16" in repr(settings)
 
 
-@pytest.mark.parametrize("value", ["proxy.internal", "10.0.0.1/8", "*"])
-def test_bad_trusted_proxies_name_the_variable(value: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load_settings({"KLARNA_CAPTURE_TRUSTED_PROXIES": value})
-    assert str(caught.value).startswith("KLARNA_CAPTURE_TRUSTED_PROXIES ")
-    assert "\n" not in str(caught.value)
-
-
 def test_the_database_timeout_is_read_and_bounded() -> None:
     assert load_settings({}).database_timeout_seconds == 5
     settings = load_settings({"KLARNA_CAPTURE_DATABASE_TIMEOUT_SECONDS": "12"})
     assert settings.database_timeout_seconds == 12
     assert "database_timeout_seconds=12" in repr(settings)
-    for value in ("0", "301", "2.5", "soon"):
-        with pytest.raises(ConfigError) as caught:
-            load_settings({"KLARNA_CAPTURE_DATABASE_TIMEOUT_SECONDS": value})
-        assert str(caught.value).startswith("KLARNA_CAPTURE_DATABASE_TIMEOUT_SECONDS ")
-        assert "\n" not in str(caught.value)
 
 
 def test_the_heartbeat_defaults_to_two_seconds_and_is_read() -> None:
@@ -482,13 +489,6 @@ def test_the_heartbeat_defaults_to_two_seconds_and_is_read() -> None:
     settings = load_settings({"KLARNA_CAPTURE_HEARTBEAT_SECONDS": "5"})
     assert settings.heartbeat_seconds == 5
     assert "heartbeat_seconds=5" in repr(settings)
-
-
-@pytest.mark.parametrize("value", ["0", "61", "1.5", "-2", "two"])
-def test_a_bad_heartbeat_names_the_variable(value: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load_settings({"KLARNA_CAPTURE_HEARTBEAT_SECONDS": value})
-    assert str(caught.value).startswith("KLARNA_CAPTURE_HEARTBEAT_SECONDS ")
 
 
 def test_the_retention_windows_default_to_the_documented_figures() -> None:
@@ -521,26 +521,6 @@ def test_the_retention_windows_are_read() -> None:
     ) == (0, 14, 90, None, 0)
     assert "retain_ledger_days=None, prune_interval_seconds=0" in repr(settings)
     assert load_settings({"KLARNA_CAPTURE_RETAIN_LEDGER_DAYS": "3650"}).retain_ledger_days == 3650
-
-
-@pytest.mark.parametrize(
-    ("environ", "variable"),
-    [
-        ({"KLARNA_CAPTURE_RETAIN_BODIES_DAYS": "-1"}, "RETAIN_BODIES_DAYS"),
-        ({"KLARNA_CAPTURE_RETAIN_BODIES_DAYS": "2.5"}, "RETAIN_BODIES_DAYS"),
-        # Shorter than Standard Webhooks' example schedule of redeliveries (3.15 days).
-        ({"KLARNA_CAPTURE_RETAIN_DELIVERY_IDS_DAYS": "3"}, "RETAIN_DELIVERY_IDS_DAYS"),
-        ({"KLARNA_CAPTURE_RETAIN_JOBS_DAYS": "0"}, "RETAIN_JOBS_DAYS"),
-        ({"KLARNA_CAPTURE_RETAIN_LEDGER_DAYS": "0"}, "RETAIN_LEDGER_DAYS"),
-        ({"KLARNA_CAPTURE_RETAIN_LEDGER_DAYS": "forever"}, "RETAIN_LEDGER_DAYS"),
-        ({"KLARNA_CAPTURE_PRUNE_INTERVAL_SECONDS": "86401"}, "PRUNE_INTERVAL_SECONDS"),
-    ],
-)
-def test_bad_retention_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load_settings(environ)
-    assert str(caught.value).startswith(f"KLARNA_CAPTURE_{variable} ")
-    assert "\n" not in str(caught.value)
 
 
 def test_the_known_variables_are_those_the_settings_read() -> None:
