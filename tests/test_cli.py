@@ -678,7 +678,8 @@ def test_the_version_is_the_one_in_pyproject_also_from_a_checkout_never_installe
     )
     assert done.stdout == f"klarna-capture {project['version']}\n"
     # What a checkout reads when the package is not installed: pyproject.toml itself.
-    assert about._from_pyproject() == (project["version"], project["urls"]["Documentation"])
+    documentation = project.get("urls", {}).get("Documentation")
+    assert about._from_pyproject() == (project["version"], documentation)
     assert about._from_pyproject() == (about.VERSION, about.DOCS_URL)
 
 

@@ -82,7 +82,9 @@ def test_no_page_names_a_setting_that_does_not_exist() -> None:
         f"{page.relative_to(ROOT)}: {name}"
         for page in pages
         for name in NAME.findall(page.read_text())
-        if name not in known
+        # A misspelling shown with the warning the service gives for it is an example, not a
+        # setting the page claims.
+        if name not in known and f"'{name}' is not a setting" not in page.read_text()
     }
     assert unknown == set()
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlsplit
 
+import pytest
+
 from plugin.sandbox import bigcommerce, klarna, shopify, woocommerce
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot.py"
@@ -30,7 +32,9 @@ def script() -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(SCRIPT.parent))  # as when run: its folder's modules import
+        spec.loader.exec_module(module)
     return module
 
 
