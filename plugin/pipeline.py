@@ -440,9 +440,14 @@ class _Run:
             klarna_reference=order.klarna_reference,
             completes_order=event.complete,
             authorization_expires_at=order.expires_at.timestamp() if order.expires_at else None,
+            # A plan another run of this shipment stored meanwhile is kept, and sent with its
+            # key, unless Klarna may have forgotten that key.
+            replaces_plans_before=self.p.clock() - KEY_TRUST_SECONDS,
         )
         if isinstance(result, AlreadyCaptured):
             self.record = await self.store.save_plan(plan, self.p.clock())
+            if self.record is None:  # captured or planned meanwhile by another run
+                self.record = await self.store.get_capture(self.shop.id, event.fulfillment_id)
             # Captured before (an earlier run whose answer was lost, past the key's 24 h):
             # take Klarna's word for it, shipping info included.
             try:
@@ -480,7 +485,7 @@ class _Run:
                 },
             ),
         )
-        if self.record is None:  # captured meanwhile by another run
+        if self.record is None:  # captured, or planned with a key, meanwhile by another run
             self.record = await self.store.get_capture(self.shop.id, event.fulfillment_id)
 
     async def _captured(

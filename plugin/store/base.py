@@ -117,6 +117,9 @@ class Plan(msgspec.Struct, kw_only=True):
     klarna_reference: str | None = None  # the Klarna order's customer-facing reference
     completes_order: bool = False  # the shipment that leaves nothing of the order to capture
     authorization_expires_at: float | None = None  # the Klarna order's `expires_at`
+    # A plan stored before, with its request, is replaced only if it was made before this time
+    # (its key older than Klarna is trusted to remember it); a younger one is kept and sent.
+    replaces_plans_before: float = 0.0
 
 
 class Captured(msgspec.Struct, kw_only=True):
@@ -400,8 +403,10 @@ class Store(ABC):
         self, plan: Plan, now: float, *, note: AuditNote | None = None
     ) -> CaptureRecord | None:
         """Store a planned capture with its idempotency key, before it is sent, and return it.
-        A fulfilment already captured is never planned again (None). `note` goes to the audit
-        trail in the same commit."""
+        None, and nothing stored or noted, when the fulfilment is captured already or holds a
+        live plan (one with a request, made at or after `plan.replaces_plans_before`): two runs
+        of one shipment that plan at once then send the one plan, with its one key, and Klarna
+        makes one capture. `note` goes to the audit trail in the same commit."""
 
     @abstractmethod
     async def mark_captured(

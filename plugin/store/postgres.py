@@ -325,7 +325,9 @@ _SAVE_PLAN = (
     " completes_order = excluded.completes_order,"
     " authorization_expires_at = coalesce(excluded.authorization_expires_at,"
     "   captures.authorization_expires_at)"
-    " WHERE captures.capture_id IS NULL RETURNING *),"
+    " WHERE captures.capture_id IS NULL AND (captures.request IS NULL"
+    "   OR length(captures.request) = 0 OR captures.planned_at IS NULL"
+    "   OR captures.planned_at < $16::double precision) RETURNING *),"
     f" {_noted('saved', at='$7', first=11)}"
     " SELECT * FROM saved"
 )
@@ -1058,6 +1060,7 @@ class PostgresStore(Store):
             plan.completes_order,
             *_note_values(note),
             plan.authorization_expires_at,
+            plan.replaces_plans_before,
         )
         return _record(row, CaptureRecord) if row else None
 

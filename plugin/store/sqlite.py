@@ -808,7 +808,9 @@ class SqliteStore(Store):
                 " completes_order = excluded.completes_order,"
                 " authorization_expires_at = coalesce(excluded.authorization_expires_at,"
                 "   captures.authorization_expires_at)"
-                " WHERE captures.capture_id IS NULL RETURNING *",
+                " WHERE captures.capture_id IS NULL AND (captures.request IS NULL"
+                "   OR length(captures.request) = 0 OR captures.planned_at IS NULL"
+                "   OR captures.planned_at < ?) RETURNING *",
                 (
                     plan.shop_id,
                     plan.fulfillment_id,
@@ -823,9 +825,10 @@ class SqliteStore(Store):
                     now,
                     plan.completes_order,
                     plan.authorization_expires_at,
+                    plan.replaces_plans_before,
                 ),
             ).fetchone()
-            if row is None:  # captured already: nothing planned, nothing to note
+            if row is None:  # captured already, or a live plan kept: nothing to note
                 return None
             _add_note(conn, plan.shop_id, plan.fulfillment_id, note, now)
             return _capture(row)

@@ -338,9 +338,27 @@ async def test_no_job_is_claimed_twice_by_concurrent_workers(store: Store) -> No
     assert len(claimed) == 40
 
 
+async def test_a_live_plan_is_kept_and_only_an_old_one_replaced(store: Store) -> None:
+    # Two runs of one shipment that plan at once (a worker taken over while it still runs)
+    # must send one plan with one key: the second plan finds the first and leaves it.
+    await add_shop(store)
+    first = msgspec.structs.replace(F1_PLAN, idempotency_key="key-1")
+    assert await store.save_plan(first, NOW) is not None
+    racing = msgspec.structs.replace(F1_PLAN, idempotency_key="key-2", replaces_plans_before=NOW)
+    assert await store.save_plan(racing, NOW + 1) is None
+    record = await store.get_capture("shop_1", "F1")
+    assert record is not None
+    assert (record.idempotency_key, record.planned_at) == ("key-1", NOW)
+    # A plan whose key Klarna may have forgotten (made before the horizon) is replaced.
+    later = msgspec.structs.replace(racing, replaces_plans_before=NOW + 1)
+    saved = await store.save_plan(later, NOW + 2)
+    assert saved is not None
+    assert saved.idempotency_key == "key-2"
+
+
 async def test_a_captured_fulfilment_is_never_planned_again(store: Store) -> None:
     await add_shop(store)
-    plan = msgspec.structs.replace(F1_PLAN, idempotency_key="key-1")
+    plan = msgspec.structs.replace(F1_PLAN, idempotency_key="key-1", replaces_plans_before=NOW + 1)
     await store.save_plan(plan, NOW)
     await store.save_plan(msgspec.structs.replace(plan, idempotency_key="key-2"), NOW + 1)
     record = await store.get_capture("shop_1", "F1")
