@@ -334,18 +334,25 @@ class Worker:
         deadline = time.time() + self.job_deadline_seconds
         # Cut short by the database going away: each step of a job is durable, so once the
         # database answers the job runs again from the last one done, if it is still ours.
+        # The pause before each run again grows across them: a job whose statement keeps timing
+        # out while the database answers everything else is not run again ten times a second.
+        pause = STORE_RETRY_SECONDS[0]
         while not await self._run(job, deadline):
-            if not await self._resume(job, deadline):
+            if not await self._resume(job, deadline, pause):
                 return
+            pause = min(pause * 2, STORE_RETRY_SECONDS[1])
 
-    async def _resume(self, job: Job, deadline: float) -> bool:
-        """Wait for the database to answer again; then whether the job's lease is still ours
-        (renewed), or has passed to another worker meanwhile."""
-        retry_in = STORE_RETRY_SECONDS[0]
+    async def _resume(self, job: Job, deadline: float, pause: float) -> bool:
+        """Wait `pause`, then for the database to answer again; then whether the job's lease is
+        still ours (renewed), or has passed to another worker meanwhile."""
+        retry_in = pause
         while True:
             await anyio.sleep(retry_in)
             until = min(time.time() + self.lease_seconds, deadline)
             try:
+                # Alive first: after an outage longer than three beats, this worker's row says
+                # it is gone, and another would take the job it is about to carry on with.
+                await self._beat()
                 ours = await self.store.extend_lease(job.id, self.owner, until)
             except StoreUnavailable:
                 retry_in = min(retry_in * 2, STORE_RETRY_SECONDS[1])

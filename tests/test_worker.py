@@ -4,6 +4,7 @@ callbacks that hang hold the callback lane only, so another shop's capture still
 shipment of one shop starts at once while another shop's backlog drains; and a retry is never
 parked further out than the backoff's maximum, whatever Retry-After a server sent."""
 
+import itertools
 import math
 import os
 import subprocess
@@ -17,10 +18,11 @@ import pytest
 
 from plugin.config import load_settings
 from plugin.service import open_service
-from plugin.store import NewCallback, Store
+from plugin.store import NewCallback, Store, StoreUnavailable
 from plugin.store.records import KLARNA_CREDENTIALS, Job, WorkerRecord
 from plugin.worker import (
     DEADLINE_ERROR,
+    STORE_RETRY_SECONDS,
     Backoff,
     JobError,
     JobFailure,
@@ -583,3 +585,31 @@ def test_a_killed_process_is_dead_before_it_is_reaped_and_a_live_one_alive() -> 
         child.kill()
         child.wait()
     assert not process_alive(child.pid)
+
+
+async def test_a_job_cut_short_by_the_database_again_and_again_waits_longer_each_time(
+    store: Store,
+) -> None:
+    # A statement of this job times out while the database answers everything else: the job is
+    # run again once its lease is renewed, each time after a longer pause, not ten times a second.
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+    runs: list[float] = []
+
+    async def times_out(job: Job) -> None:
+        runs.append(time.monotonic())
+        if len(runs) < 5:
+            raise StoreUnavailable("database unavailable: TimeoutError")
+
+    worker = Worker(
+        store, {"fulfillment": times_out, "callback": times_out}, concurrency=1, poll_seconds=0.05
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        done = await wait_for_job(store, job_id, "done")
+        group.cancel_scope.cancel()
+    assert done.attempts == 0  # the database's trouble is not the job's failure
+    gaps = [later - earlier for earlier, later in itertools.pairwise(runs)]
+    # Sleeps never end early: each gap is at least its pause, doubling from the first.
+    first = STORE_RETRY_SECONDS[0]
+    assert all(gap >= first * 2**index for index, gap in enumerate(gaps)), gaps

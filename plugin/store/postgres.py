@@ -268,6 +268,10 @@ _FINISH_JOB = (
 # flagged to run again (the credentials changed under them). Those are picked out of all running
 # jobs (a few per worker loop), never found by the shop's history: before an ANALYZE the planner
 # would read every job of the shop for them, and OFFSET 0 keeps the shop out of the inner scan.
+# A shop's parks and releases take turns: without it, a park committing while a release runs
+# leaves a job waiting that the release's snapshot did not see, and whose running row it found
+# no longer running. (SQLite has one writer: they take turns there anyway.)
+_LOCK_WAITS = "SELECT pg_advisory_xact_lock(1247, hashtext($1))"
 RELEASE_WAITING = (
     "WITH waits AS (DELETE FROM job_waits WHERE shop_id = $2 AND waits_for = $3"  # noqa: S608 - constant fragments; values bound
     " RETURNING job_id),"
@@ -1333,6 +1337,9 @@ class PostgresStore(Store):
         callback: NewCallback | None = None,
     ) -> bool:
         async with self._transaction() as conn:
+            shop_id = await conn.fetchval("SELECT shop_id FROM jobs WHERE id = $1", job_id)
+            if shop_id is not None:
+                await conn.execute(_LOCK_WAITS, shop_id)
             row = await conn.fetchrow(
                 "UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'waiting' END,"
                 " due_at = CASE WHEN rerun THEN $2 ELSE due_at END, rerun = false,"
@@ -1362,7 +1369,11 @@ class PostgresStore(Store):
         return row is not None
 
     async def release_waiting(self, shop_id: str, waits_for: Wait, now: float) -> int:
-        row = await self._fetchrow(RELEASE_WAITING, now, shop_id, waits_for)
+        async with self._transaction() as conn:
+            # The release's own statement comes after the lock, so that its snapshot holds
+            # whatever a park that had the lock first committed.
+            await conn.execute(_LOCK_WAITS, shop_id)
+            row = await conn.fetchrow(RELEASE_WAITING, now, shop_id, waits_for)
         assert row is not None
         return int(row[0])
 
