@@ -364,7 +364,7 @@ def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
                 f"or never, not {_shown(ledger)}"
             )
         ledger_days = int(ledger)
-    return {
+    windows = {
         "retain_bodies_days": _whole_number(
             "RETAIN_BODIES_DAYS",
             get("RETAIN_BODIES_DAYS"),
@@ -397,6 +397,20 @@ def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
             high=86_400,
         ),
     }
+    # The ledger is what says a shipment was captured once its delivery rows are gone: it
+    # outlives them (a body's days and its id's after it), and a job's days.
+    bodies, ids, jobs = (
+        windows[name] or 0
+        for name in ("retain_bodies_days", "retain_delivery_ids_days", "retain_jobs_days")
+    )
+    floor = max(bodies + ids, jobs)
+    if ledger_days is not None and ledger_days < floor:
+        raise ConfigError(
+            f"{PREFIX}RETAIN_LEDGER_DAYS must be at least {floor} with these windows (the "
+            "bodies' and delivery ids' days together, and the jobs' days), not "
+            f"{ledger_days}"
+        )
+    return windows
 
 
 def sqlite_path(settings: Settings) -> Path | None:
@@ -514,7 +528,8 @@ def _database_url(value: str | None, data_dir: Path) -> str:
         return value
     if scheme != "sqlite":
         # Only the scheme is quoted: the rest of a database URL may hold a password.
-        shown = f"a {scheme!r} URL" if "://" in value else _shown(value)
+        # (After a colon, in any spelling: postgresql:/user:password@host is no URL either.)
+        shown = f"a {scheme!r} URL" if ":" in value else _shown(value)
         raise ConfigError(
             f"{name} must be sqlite:///<path>, postgresql://... or postgres://..., not {shown}"
         )

@@ -144,6 +144,8 @@ def test_postgres_urls_are_kept_as_given(url: str) -> None:
         ("RETAIN_DELIVERY_IDS_DAYS", "3"),
         ("RETAIN_JOBS_DAYS", "0"),
         ("RETAIN_LEDGER_DAYS", "0"),
+        # Shorter than the defaults' 3 days of bodies and 7 of delivery ids, or 30 of jobs.
+        ("RETAIN_LEDGER_DAYS", "29"),
         ("RETAIN_LEDGER_DAYS", "forever"),
         ("PRUNE_INTERVAL_SECONDS", "86401"),
     ],
@@ -564,3 +566,14 @@ def test_an_unset_public_url_follows_where_serve_listens(tmp_path: Path) -> None
     assert record_serve_url(configured, "http://127.0.0.1:9000").public_url == "https://c.example"
     assert not (tmp_path / "set").exists()
     assert with_serve_url(configured).public_url == "https://c.example"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["postgresql:/bob:s3cretpw@localhost/db", "mysql://bob:s3cretpw@db/capture", "pg:s3cretpw@db"],
+)
+def test_a_bad_database_url_is_named_by_its_scheme_never_its_password(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"KLARNA_CAPTURE_DATABASE_URL": value})
+    assert "s3cretpw" not in str(caught.value)
+    assert str(caught.value).startswith("KLARNA_CAPTURE_DATABASE_URL ")

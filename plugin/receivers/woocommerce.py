@@ -99,6 +99,9 @@ async def woocommerce_webhook(request: Request) -> Response:
 
 
 async def _known(service: Service, shop_id: str, order_id: str) -> bool:
-    """Whether an order already has a job here (so its later states matter)."""
+    """Whether an order already has a job here (so its later states matter): from its stored
+    deliveries, or, once retention pruned those, from its capture ledger."""
     stored = await service.store.order_deliveries(shop_id, [order_id])
-    return any(d.status == "accepted" and d.fulfillment_id is not None for d in stored)
+    if any(d.status == "accepted" and d.fulfillment_id is not None for d in stored):
+        return True
+    return bool(await service.store.order_captures(shop_id, [order_id]))

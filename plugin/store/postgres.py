@@ -406,7 +406,12 @@ class _Connection(Protocol):
 
     async def fetch(self, query: str, *args: object) -> list[_Row]: ...
 
-    async def fetchrow(self, query: str, *args: object) -> _Row | None: ...
+    async def fetchrow(
+        self,
+        query: str,
+        *args: object,
+        timeout: float | None = None,  # noqa: ASYNC109 - asyncpg's own, a statement's timeout
+    ) -> _Row | None: ...
 
     def transaction(
         self, *, isolation: str | None = None, readonly: bool = False
@@ -1337,9 +1342,9 @@ class PostgresStore(Store):
         callback: NewCallback | None = None,
     ) -> bool:
         async with self._transaction() as conn:
-            shop_id = await conn.fetchval("SELECT shop_id FROM jobs WHERE id = $1", job_id)
-            if shop_id is not None:
-                await conn.execute(_LOCK_WAITS, shop_id)
+            job = await conn.fetchrow("SELECT shop_id FROM jobs WHERE id = $1", job_id)
+            if job is not None:
+                await conn.execute(_LOCK_WAITS, job[0])
             row = await conn.fetchrow(
                 "UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE 'waiting' END,"
                 " due_at = CASE WHEN rerun THEN $2 ELSE due_at END, rerun = false,"
@@ -1388,7 +1393,12 @@ class PostgresStore(Store):
     async def _pruning(self) -> AsyncIterator[bool]:
         """Whether this process holds the pruning lock, on a connection of its own (not the
         pool's, which keep no session state) for the run: closing it, or losing it, lets go."""
-        conn = cast(_ListeningConnection, await asyncpg.connect(self._url))
+        try:
+            conn = cast(
+                _ListeningConnection, await asyncpg.connect(self._url, timeout=self._timeout)
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
         try:
             row = await conn.fetchrow("SELECT pg_try_advisory_lock($1)", PRUNE_LOCK)
             yield row is not None and bool(row[0])
@@ -1432,7 +1442,13 @@ class PostgresStore(Store):
             counted.append(PRUNE_COMPANIONS[step])
         async with self._transaction(readonly=True) as conn:
             return {
-                table: int((await conn.fetchrow(statement, cutoff) or (0,))[0])
+                # A count of a large backlog may well take longer than an ordinary statement.
+                table: int(
+                    (
+                        await conn.fetchrow(statement, cutoff, timeout=LONG_STATEMENT_SECONDS)
+                        or (0,)
+                    )[0]
+                )
                 for table, statement in counted
             }
 

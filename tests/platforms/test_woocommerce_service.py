@@ -416,13 +416,23 @@ def test_duplicates_and_redeliveries_capture_once(
     assert len(woo.notes(SITE, order_id)) == 1
 
 
+@pytest.mark.parametrize("pruned", [False, True], ids=["deliveries kept", "deliveries pruned"])
 def test_later_states_of_a_known_order_are_kept_and_capture_nothing_more(
-    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+    settings: Settings,
+    woo: WooCommerceSandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+    pruned: bool,
 ) -> None:
     shop = connect(settings, woo)
     order_id, klarna_id = vegetable_order(woo, klarna_sandbox)
     ship(service, woo, shop, order_id)
     wait_until(lambda: status_of(woo, order_id) == "captured", what="the capture")
+    if pruned:
+        # What retention leaves of the order once its delivery ids' window has passed: no
+        # delivery rows, its ledger row. The order is still known by that.
+        with db(settings) as conn:
+            conn.execute("DELETE FROM deliveries")
 
     woo.set_status(SITE, order_id, "refunded")
     answer = send(service, shop.shop, woo.webhook(SITE, order_id, secret=shop.secret))
