@@ -3,13 +3,13 @@ the background of every process that runs workers and on demand (`klarna-capture
 
 Customers' data goes first: a webhook body (names, addresses) is emptied `retain_bodies_days`
 after it arrived, once its shipment is settled (no job left that may run it: finished, or never
-queued; a queued, running or dead one keeps its bodies); the delivery's row, whose id refuses a
-late duplicate, goes `retain_delivery_ids_days` after its body. Finished jobs and the callbacks
-they sent go after `retain_jobs_days`; queued, running and dead ones stay (a dead letter waits for
-`jobs retry`, with its deliveries whole). The capture ledger (with its side effects), the audit
-trail and privacy requests' reports go after `retain_ledger_days`, or never. Expired sessions,
-one-time tokens, used sign-in links and rotated-out webhook secrets go once they can no longer be
-used.
+queued; a queued, running, waiting or dead one keeps its bodies); the delivery's row, whose id
+refuses a late duplicate, goes `retain_delivery_ids_days` after its body. Finished jobs and the
+callbacks they sent go after `retain_jobs_days`; queued, running, waiting and dead ones stay (a
+dead letter waits for `jobs retry`, with its deliveries whole). The capture ledger (with its side
+effects), the audit trail and privacy requests' reports go after `retain_ledger_days`, or never.
+Expired sessions, one-time tokens, used sign-in links and rotated-out webhook secrets go once they
+can no longer be used.
 """
 
 import logging
