@@ -20,6 +20,7 @@ from starlette.routing import Route
 from plugin import signatures
 from plugin.config import Settings
 from plugin.klarna.models import OrderLine
+from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.service import open_service
 from plugin.store.records import Shop, ShopOptions
 
@@ -240,3 +241,11 @@ class Server:
 
 # A Klarna order id as Klarna makes them (a UUID), for events mapped without the sandbox.
 KLARNA_ORDER_ID = "f3392f8b-6116-4073-ab96-e330819e2c07"
+
+
+def capture_keys(sandbox: KlarnaSandbox, order_id: str) -> set[str | None]:
+    """The idempotency keys of every capture POST the Klarna sandbox received for an order. One
+    shipment captured exactly once sends one key, however often it was sent: two keys mean it
+    was planned twice, and a partial shipment could have been captured twice."""
+    path = f"/ordermanagement/v1/orders/{order_id}/captures"
+    return {r.idempotency_key for r in sandbox.requests if r.method == "POST" and r.path == path}

@@ -19,7 +19,7 @@ import httpx2
 import pytest
 
 from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
-from tests.helpers import TOMATOES, Server, Storefront, cli_shop, shipment, wait_until
+from tests.helpers import TOMATOES, Server, Storefront, capture_keys, cli_shop, shipment, wait_until
 
 
 @pytest.fixture
@@ -124,6 +124,10 @@ def test_sigkill_mid_burst_loses_nothing_and_captures_nothing_twice(
         what="for every shipment to be captured",
     )
     assert [len(order.captures) for order in orders] == [1] * len(orders)
+    # Each planned once: one key per order, however often its capture was sent.
+    assert [len(capture_keys(klarna_sandbox, order.order_id)) for order in orders] == [1] * len(
+        orders
+    )
 
     # The killed process's jobs were each taken over and finished (their last change) by the
     # restarted one within seconds of the kill, not after their lease.
@@ -215,6 +219,10 @@ def test_sigterm_hands_the_running_jobs_back_before_serve_exits(
         what="for every shipment to be captured",
     )
     assert [len(order.captures) for order in orders] == [1] * len(orders)
+    # Each planned once: one key per order, however often its capture was sent.
+    assert [len(capture_keys(klarna_sandbox, order.order_id)) for order in orders] == [1] * len(
+        orders
+    )
 
 
 def test_workers_run_alone_beside_a_serve_that_only_receives(

@@ -25,7 +25,16 @@ import msgspec
 import pytest
 
 from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
-from tests.helpers import TOMATOES, Server, Storefront, cli_shop, run_cli, shipment, wait_until
+from tests.helpers import (
+    TOMATOES,
+    Server,
+    Storefront,
+    capture_keys,
+    cli_shop,
+    run_cli,
+    shipment,
+    wait_until,
+)
 from tests.postgres_cluster import fresh_database
 
 BURST = 200
@@ -197,6 +206,10 @@ def test_two_receivers_and_two_workers_capture_each_shipment_once_when_a_worker_
     wait_until(all_done, timeout=90, what="for every job to be done")
 
     assert [len(order.captures) for order in orders] == [1] * BURST
+    # Each planned once: one key per order, however often its capture was sent.
+    assert [len(capture_keys(klarna_sandbox, order.order_id)) for order in orders] == [1] * len(
+        orders
+    )
     assert all(sorted(answer) == ["accepted", "duplicate"] for answer in answers.values())
     assert database.rows(
         "SELECT count(*), count(DISTINCT delivery_id) FROM deliveries WHERE status = 'accepted'"
@@ -291,3 +304,7 @@ def test_a_worker_stopped_with_sigterm_hands_its_jobs_back_for_another_to_finish
         what="for every job to be done",
     )
     assert [len(order.captures) for order in orders] == [1] * len(orders)
+    # Each planned once: one key per order, however often its capture was sent.
+    assert [len(capture_keys(klarna_sandbox, order.order_id)) for order in orders] == [1] * len(
+        orders
+    )

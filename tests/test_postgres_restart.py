@@ -17,7 +17,16 @@ import pytest
 
 from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
 from tests import postgres_cluster
-from tests.helpers import TOMATOES, Server, Storefront, cli_shop, run_cli, shipment, wait_until
+from tests.helpers import (
+    TOMATOES,
+    Server,
+    Storefront,
+    capture_keys,
+    cli_shop,
+    run_cli,
+    shipment,
+    wait_until,
+)
 from tests.test_multiprocess_postgres import Database, processes
 
 __all__ = ["processes"]  # the fixture, shared with the multi-process test
@@ -143,6 +152,10 @@ def test_serve_and_worker_ride_out_a_postgres_restart(
     wait_until(all_done, timeout=120, what="for every shipment to be captured")
     assert acknowledged == set(range(len(orders)))
     assert [len(order.captures) for order in orders] == [1] * len(orders)
+    # Each planned once: one key per order, however often its capture was sent.
+    assert [len(capture_keys(klarna_sandbox, order.order_id)) for order in orders] == [1] * len(
+        orders
+    )
     assert database.rows("SELECT kind, state, count(*) FROM jobs GROUP BY kind, state") == [
         ("fulfillment", "done", len(orders))
     ]
