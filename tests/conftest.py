@@ -1,6 +1,7 @@
 import os
 from collections.abc import Iterator
 
+import anyio.from_thread
 import pytest
 
 from plugin.sandbox.klarna import KlarnaSandbox, create_app
@@ -78,3 +79,18 @@ def postgres_url() -> Iterator[str]:
         pytest.fail(str(exc), pytrace=False)
     with postgres_cluster.throwaway() as (_, server_url):
         yield server_url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The settings that put the service on each store: its SQLite file (none set), or a
+    PostgreSQL database of this test's own."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    server: str = request.getfixturevalue("postgres_url")
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(postgres_cluster.fresh_database(server)) as url,
+    ):
+        yield {"KLARNA_CAPTURE_DATABASE_URL": url}

@@ -25,7 +25,6 @@ from plugin.klarna import Credentials, KlarnaClient, KlarnaError
 from plugin.platforms import woocommerce
 from plugin.service import open_service
 from tests.helpers import ALLOW_LOOPBACK, Server, cli_shop, free_port, run_cli
-from tests.postgres_cluster import fresh_database
 
 
 @pytest.fixture
@@ -593,23 +592,10 @@ def test_serve_keeps_its_data_dir_private_with_the_key_in_the_environment(
 # --- prune ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_env(request: pytest.FixtureRequest, env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """`env` on each store: its SQLite file, or a PostgreSQL database of this test's own."""
-    if request.param == "sqlite":
-        yield env
-        return
-    server: str = request.getfixturevalue("postgres_url")
-    with (
-        anyio.from_thread.start_blocking_portal() as portal,
-        portal.wrap_async_context_manager(fresh_database(server)) as url,
-    ):
-        yield {**env, "KLARNA_CAPTURE_DATABASE_URL": url}
-
-
 def test_prune_dry_run_changes_nothing_and_prune_prints_what_it_deleted(
-    store_env: dict[str, str],
+    env: dict[str, str], store_env: dict[str, str]
 ) -> None:
+    store_env = {**env, **store_env}  # this module's settings, on each store
     shop = add_shop(store_env)
     settings = ensure_secret_keys(load_settings(store_env))[0]
     month_ago = time.time() - 31 * 86400

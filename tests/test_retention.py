@@ -5,14 +5,12 @@ and storing deliveries between them."""
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.from_thread
 import asyncpg  # type: ignore[import-untyped]
-import pytest
 
 from plugin import retention
 from plugin.config import Settings
@@ -21,7 +19,6 @@ from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.store import PruneReport, Store
 from plugin.store.records import Delivery
 from tests.helpers import KLARNA_ORDER_ID, TOMATOES, shipment, wait_until
-from tests.postgres_cluster import fresh_database
 from tests.web.support import Site, page_settings, running
 
 ROWS = 100_000
@@ -32,20 +29,6 @@ BODY = (
     '{"type": "fulfillment.created", "data": {"order_id": "1001", "customer": {"name": "Ada'
     ' Lovelace", "address": "12 St James\'s Square, London"}, "lines": []}}'
 )
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
-    """The service's store: its SQLite file (none set), or a PostgreSQL database of its own."""
-    if request.param == "sqlite":
-        yield {}
-        return
-    server: str = request.getfixturevalue("postgres_url")
-    with (
-        anyio.from_thread.start_blocking_portal() as portal,
-        portal.wrap_async_context_manager(fresh_database(server)) as url,
-    ):
-        yield {"KLARNA_CAPTURE_DATABASE_URL": url}
 
 
 def settings_for(tmp_path: Path, klarna_url: str, env: dict[str, str], workers: int) -> Settings:
@@ -105,14 +88,14 @@ def delivery(site: Site, row_id: int) -> Delivery:
 
 
 def test_the_process_that_runs_workers_prunes_by_itself(
-    tmp_path: Path, klarna_url: str, database_env: dict[str, str]
+    tmp_path: Path, klarna_url: str, store_env: dict[str, str]
 ) -> None:
-    settings = settings_for(tmp_path, klarna_url, database_env, workers=0)
+    settings = settings_for(tmp_path, klarna_url, store_env, workers=0)
     with running(settings) as site:  # no workers: nothing prunes
         shop, _ = site.create_shop()
     settled_shipments(settings, shop.id, 3, time.time() - 4 * DAY)
 
-    with running(settings_for(tmp_path, klarna_url, database_env, workers=1)) as site:
+    with running(settings_for(tmp_path, klarna_url, store_env, workers=1)) as site:
         wait_until(
             lambda: all(delivery(site, row).pruned_at is not None for row in (1, 2, 3)),
             what="for the worker's process to prune",
@@ -121,10 +104,10 @@ def test_the_process_that_runs_workers_prunes_by_itself(
 
 
 def test_pruning_100000_rows_goes_in_batches_while_deliveries_are_acknowledged(
-    tmp_path: Path, klarna_url: str, database_env: dict[str, str]
+    tmp_path: Path, klarna_url: str, store_env: dict[str, str]
 ) -> None:
     # No workers, so no pruning but the test's own, and the deliveries stay queued as stored.
-    settings = settings_for(tmp_path, klarna_url, database_env, workers=0)
+    settings = settings_for(tmp_path, klarna_url, store_env, workers=0)
     with running(settings) as site:
         shop, secret = site.create_shop()
         settled_shipments(settings, shop.id, ROWS, time.time() - 4 * DAY)
@@ -189,12 +172,12 @@ def test_a_tracking_update_after_the_bodies_went_is_added_to_the_one_capture(
     tmp_path: Path,
     klarna_url: str,
     klarna_sandbox: KlarnaSandbox,
-    database_env: dict[str, str],
+    store_env: dict[str, str],
 ) -> None:
     settings = settings_for(
         tmp_path,
         klarna_url,
-        {**database_env, "KLARNA_CAPTURE_PRUNE_INTERVAL_SECONDS": "0"},
+        {**store_env, "KLARNA_CAPTURE_PRUNE_INTERVAL_SECONDS": "0"},
         workers=2,
     )
     order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])

@@ -33,7 +33,7 @@ from plugin.worker import (
 )
 from tests.store import test_store as contract
 from tests.store.conftest import postgres_database
-from tests.store.test_store import add_shop, query
+from tests.store.test_store import add_shop, query, receive
 
 pytestmark = pytest.mark.anyio
 
@@ -47,15 +47,7 @@ MAX_BACKOFF = 4 * 3600.0
 
 async def ship(store: Store, shop_id: str, fulfillment_id: str) -> int:
     """A shipment received now; its job's id."""
-    await store.record_delivery(
-        shop_id,
-        f"d-{fulfillment_id}",
-        body=b"{}",
-        event_type="fulfillment.created",
-        fulfillment_id=fulfillment_id,
-        rejected=None,
-        now=time.time(),
-    )
+    await receive(store, fulfillment_id, shop_id=shop_id, at=time.time())
     shipment = await store.shipment(shop_id, fulfillment_id)
     assert shipment is not None
     return shipment.job_id

@@ -17,7 +17,7 @@ from plugin.store.records import Job
 from plugin.worker import Worker
 from tests import postgres_cluster
 from tests.store.test_postgres import listeners, wait_for
-from tests.store.test_store import add_shop
+from tests.store.test_store import add_shop, receive
 
 pytestmark = pytest.mark.anyio
 
@@ -32,15 +32,7 @@ async def cluster() -> AsyncIterator[tuple[Path, str]]:
 
 
 async def deliver(store: PostgresStore, fulfillment_id: str) -> None:
-    await store.record_delivery(
-        "shop_1",
-        f"d-{fulfillment_id}",
-        body=b"{}",
-        event_type="fulfillment.created",
-        fulfillment_id=fulfillment_id,
-        rejected=None,
-        now=time.time(),
-    )
+    await receive(store, fulfillment_id, at=time.time())
 
 
 async def job_state(store: PostgresStore, fulfillment_id: str) -> str | None:

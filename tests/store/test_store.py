@@ -94,6 +94,22 @@ async def deliver(store: Store, delivery_id: str, fulfillment_id: str = "F1") ->
     )
 
 
+async def receive(
+    store: Store, fulfillment_id: str, *, shop_id: str = "shop_1", at: float = NOW
+) -> None:
+    """A `fulfillment.created` delivery of `fulfillment_id` (its id `d-<fulfillment_id>`) for
+    `shop_id`, stored at `at`: a shipment whose job is queued."""
+    await store.record_delivery(
+        shop_id,
+        f"d-{fulfillment_id}",
+        body=b"{}",
+        event_type="fulfillment.created",
+        fulfillment_id=fulfillment_id,
+        rejected=None,
+        now=at,
+    )
+
+
 async def test_migrations_apply_once(store: Store) -> None:
     assert await store.migrate() == len(MIGRATIONS)
     assert await store.migrate() == len(MIGRATIONS)

@@ -13,7 +13,7 @@ from plugin.store import postgres as postgres_store
 from plugin.store import sqlite as sqlite_store
 from plugin.store.records import KLARNA_CREDENTIALS, Waiting
 from plugin.store.schema import MIGRATIONS
-from tests.store.test_store import NOW, add_shop, database_url, query, store
+from tests.store.test_store import NOW, add_shop, database_url, query, receive, store
 
 __all__ = ["database_url", "store"]  # fixtures
 
@@ -25,18 +25,6 @@ REFUSED = (
 )
 NOT_CONFIGURED = '{"step":"plan","error_code":"KLARNA_NOT_CONFIGURED"}'
 FULFILMENTS = ("fulfillment",)  # the report a parked job leaves is a job of its own
-
-
-async def deliver(store: Store, shop_id: str, fulfillment_id: str, at: float = NOW) -> None:
-    await store.record_delivery(
-        shop_id,
-        f"d-{fulfillment_id}",
-        body=b"{}",
-        event_type="fulfillment.created",
-        fulfillment_id=fulfillment_id,
-        rejected=None,
-        now=at,
-    )
 
 
 async def park(store: Store, fulfillment_id: str, at: float) -> int:
@@ -53,9 +41,9 @@ async def test_a_waiting_job_is_not_claimed_burns_no_attempt_and_is_released_at_
 ) -> None:
     await add_shop(store, "shop_1")
     await add_shop(store, "shop_2")
-    await deliver(store, "shop_1", "F1")
+    await receive(store, "F1")
     first = await park(store, "F1", NOW + 1)
-    await deliver(store, "shop_1", "F2", NOW + 2)
+    await receive(store, "F2", at=NOW + 2)
     report = NewCallback(event_type="capture.failed", webhook_id="msg_1", payload=b"{}")
     second = await store.claim_job("w1", 60, NOW + 3, kinds=FULFILMENTS)
     assert second is not None
@@ -67,8 +55,8 @@ async def test_a_waiting_job_is_not_claimed_burns_no_attempt_and_is_released_at_
         job = await store.get_job(job_id)
         assert job is not None
         assert (job.state, job.attempts, job.last_error) == ("waiting", 0, REFUSED)
-    await deliver(store, "shop_1", "F1", NOW + 4)  # a tracking update of a waiting shipment
-    await deliver(store, "shop_2", "G1", NOW + 4)
+    await receive(store, "F1", at=NOW + 4)  # a tracking update of a waiting shipment
+    await receive(store, "G1", shop_id="shop_2", at=NOW + 4)
     other = await store.claim_job("w1", 60, NOW + 5, kinds=FULFILMENTS)
     assert other is not None
     assert (other.shop_id, other.key) == ("shop_2", "G1")
@@ -95,7 +83,7 @@ async def test_a_waiting_job_is_not_claimed_burns_no_attempt_and_is_released_at_
 async def test_a_job_running_when_the_credentials_are_saved_does_not_wait(store: Store) -> None:
     # It read the old password, and its 401 comes after the release: it runs again at once.
     await add_shop(store)
-    await deliver(store, "shop_1", "F1")
+    await receive(store, "F1")
     job = await store.claim_job("w1", 60, NOW)
     assert job is not None
     assert await store.release_waiting("shop_1", KLARNA_CREDENTIALS, NOW + 1) == 0
@@ -115,7 +103,7 @@ async def test_the_pages_count_read_the_oldest_wait_and_the_earliest_expiry(
     await add_shop(store)
     for number, expires in ((1, NOW + 7 * 86400), (2, NOW + 3 * 86400), (3, None)):
         fulfillment_id = f"F{number}"
-        await deliver(store, "shop_1", fulfillment_id, NOW + number)
+        await receive(store, fulfillment_id, at=NOW + number)
         await store.save_plan(
             Plan(
                 shop_id="shop_1",
@@ -164,11 +152,11 @@ async def test_dead_letters_of_refused_or_missing_credentials_wait_after_the_upg
             "F3": '{"step":"shipment","error_code":"UNAUTHORIZED"}',
         }
         for number, (fulfillment_id, error) in enumerate(buried.items()):
-            await deliver(older, "shop_1", fulfillment_id, NOW + number)
+            await receive(older, fulfillment_id, at=NOW + number)
             job = await older.claim_job("w1", 60, NOW + 10)
             assert job is not None
             assert await older.bury_job(job.id, "w1", error, NOW + 10 + number)
-        await deliver(older, "shop_1", "F4", NOW + 20)  # retrying with backoff: waits too
+        await receive(older, "F4", at=NOW + 20)  # retrying with backoff: waits too
         job = await older.claim_job("w1", 60, NOW + 20)
         assert job is not None
         assert await older.retry_job_later(job.id, "w1", NOW + 999, NOT_CONFIGURED, NOW + 21)
