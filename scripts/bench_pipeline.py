@@ -80,6 +80,26 @@ class Run(msgspec.Struct):
         return self.done / max(self.worker_cores * self.seconds, 1e-9)
 
 
+def start_sandbox(port: int, env: dict[str, str], work: Path) -> Process:
+    """The Klarna sandbox on `port`, accepting the shops' usernames PK_0 ... PK_19, once it
+    answers (stopped again if it never does)."""
+    sandbox = Process(
+        "Klarna sandbox",
+        [
+            *(sys.executable, str(SCRIPTS / "support.py"), "sandbox"),
+            *("--port", str(port), "--usernames", str(SHOPS)),
+        ],
+        env,
+        work / "sandbox.log",
+    )
+    try:
+        sandbox.wait_http(f"http://127.0.0.1:{port}/sandbox/orders/none")
+    except BaseException:
+        sandbox.stop()
+        raise
+    return sandbox
+
+
 async def create_orders(sandbox_url: str, count: int) -> list[str]:
     limit = anyio.Semaphore(CONCURRENCY)
     ids: list[str] = [""] * count
@@ -156,17 +176,7 @@ def run(
     env = service_env(data_dir, klarna_url=sandbox_url, log_level="WARNING", **database.settings())
     processes_started: list[Process] = []
     try:
-        sandbox = Process(
-            "Klarna sandbox",
-            [
-                *(sys.executable, str(SCRIPTS / "support.py"), "sandbox"),
-                *("--port", str(sandbox_port), "--usernames", str(SHOPS)),
-            ],
-            env,
-            work / "sandbox.log",
-        )
-        processes_started.append(sandbox)
-        sandbox.wait_http(f"{sandbox_url}/sandbox/orders/none")
+        processes_started.append(start_sandbox(sandbox_port, env, work))
         orders = asyncio.run(create_orders(sandbox_url, count))
         shops = asyncio.run(create_shops(env))
         empty_bytes = database.size_bytes()  # the schema and the shops

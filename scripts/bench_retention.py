@@ -18,12 +18,11 @@ import argparse
 import asyncio
 import contextlib
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_pipeline import SHOPS, create_orders, create_shops, deliver, job_states
+from bench_pipeline import SHOPS, create_orders, create_shops, deliver, job_states, start_sandbox
 from support import (
     BACKENDS,
     Backend,
@@ -93,17 +92,7 @@ def run(count: int, backend: Backend, server_url: str | None, work: Path) -> lis
     )
     started: list[Process] = []
     try:
-        sandbox = Process(
-            "Klarna sandbox",
-            [
-                *(sys.executable, str(SCRIPTS / "support.py"), "sandbox"),
-                *("--port", str(sandbox_port), "--usernames", str(SHOPS)),
-            ],
-            env,
-            work / "sandbox.log",
-        )
-        started.append(sandbox)
-        sandbox.wait_http(f"{sandbox_url}/sandbox/orders/none")
+        started.append(start_sandbox(sandbox_port, env, work))
         orders = asyncio.run(create_orders(sandbox_url, count))
         shops = asyncio.run(create_shops(env))
         empty = live_bytes(database)
