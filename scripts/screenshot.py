@@ -3,10 +3,8 @@ filled with example values (an example domain, a made-up Klarna username), so th
 shows no sandbox credentials and no loopback URL.
 
 The service runs on loopback as usual; KLARNA_CAPTURE_PUBLIC_URL is the example domain, which is
-what the page shows in its webhook URL. A Klarna sandbox that accepts the made-up credentials
-stands in for Klarna, so that the connection test run by the save shows them accepted. Before the
-picture is taken the page's text is checked for loopback addresses and the sandboxes'
-credentials: a leak stops the script.
+what the page shows in its webhook URL. Before the picture is taken the page's text is checked
+for loopback addresses and the sandboxes' credentials: a leak stops the script.
 
     scripts/screenshot [--output PATH]
 """
@@ -21,7 +19,6 @@ from pathlib import Path
 
 import msgspec
 from playwright.sync_api import sync_playwright
-from support import Process, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "manifests" / "screenshots" / "settings.png"
@@ -40,11 +37,10 @@ SECRET_KEY = "screenshot-secret-key-0123456789"  # noqa: S105 - a throwaway stor
 LEAKS = re.compile(r"127\.\d+\.\d+\.\d+|localhost|\[::1\]|0\.0\.0\.0|PK_SANDBOX|sandbox", re.I)
 
 
-def service_env(data_dir: Path, klarna_url: str) -> dict[str, str]:
+def service_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLARNA_CAPTURE_")}
     env.update(
         KLARNA_CAPTURE_DATA_DIR=str(data_dir),
-        KLARNA_CAPTURE_KLARNA_URL=klarna_url,
         KLARNA_CAPTURE_SECRET_KEY=SECRET_KEY,
         KLARNA_CAPTURE_PUBLIC_URL=PUBLIC_URL,
         KLARNA_CAPTURE_WORKERS="0",
@@ -67,74 +63,47 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=OUTPUT, help="where the PNG goes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="klarna-capture-screenshot-") as folder:
-        port = free_port()
-        klarna = Process(
-            "Klarna sandbox",
-            [
-                sys.executable,
-                "-m",
-                "plugin",
-                "sandbox",
-                "klarna",
-                "--port",
-                str(port),
-                "--username",
+        env = service_env(Path(folder))
+        shop = msgspec.json.decode(
+            cli(
+                env,
+                "shop",
+                "add",
+                "--name",
+                SHOP_NAME,
+                "--klarna-region",
+                "eu",
+                "--klarna-environment",
+                "live",
+                "--klarna-username",
                 KLARNA_USERNAME,
-                "--password",
-                KLARNA_PASSWORD,
-            ],
-            dict(os.environ),
-            Path(folder) / "sandbox.log",
+                "--klarna-password-stdin",
+                "--description-template",
+                DESCRIPTION,
+                "--json",
+                stdin=KLARNA_PASSWORD + "\n",
+            )
         )
-        try:
-            klarna.wait_http(f"http://127.0.0.1:{port}/sandbox/orders/none")
-            return shoot(service_env(Path(folder), f"http://127.0.0.1:{port}"), args.output)
-        finally:
-            klarna.stop()
-
-
-def shoot(env: dict[str, str], output: Path) -> int:
-    """Add the shop, serve, sign in and take the picture."""
-    shop = msgspec.json.decode(
-        cli(
-            env,
-            "shop",
-            "add",
-            "--name",
-            SHOP_NAME,
-            "--klarna-region",
-            "eu",
-            "--klarna-environment",
-            "live",
-            "--klarna-username",
-            KLARNA_USERNAME,
-            "--klarna-password-stdin",
-            "--description-template",
-            DESCRIPTION,
-            "--json",
-            stdin=KLARNA_PASSWORD + "\n",
-        )
-    )
-    link = cli(env, "admin-link", shop["shop_id"]).strip()
-    with subprocess.Popen(
-        [sys.executable, "-m", "plugin", "serve", "--port", "0"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as server:
-        assert server.stderr is not None
-        said = server.stderr.readline()  # once it listens: "... listening on URL; ..."
-        try:
-            if " listening on " not in said:
-                print(f"serve did not start: {said}", file=sys.stderr)
-                return 1
-            local = said.split(" listening on ")[1].split(";")[0].split(",")[0]
-            take(link.replace(PUBLIC_URL, local), output)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    print(f"wrote {output}")
+        link = cli(env, "admin-link", shop["shop_id"]).strip()
+        with subprocess.Popen(
+            [sys.executable, "-m", "plugin", "serve", "--port", "0"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as server:
+            assert server.stderr is not None
+            said = server.stderr.readline()  # once it listens: "... listening on URL; ..."
+            try:
+                if " listening on " not in said:
+                    print(f"serve did not start: {said}", file=sys.stderr)
+                    return 1
+                local = said.split(" listening on ")[1].split(";")[0].split(",")[0]
+                take(link.replace(PUBLIC_URL, local), args.output)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+    print(f"wrote {args.output}")
     return 0
 
 

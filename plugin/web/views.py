@@ -288,10 +288,13 @@ async def save_settings(
         form.klarna_password = form.consumer_key = form.consumer_secret = ""
         context = _settings_context(request, service, shop, form)
         return _render(request, "settings.html", context, status_code=400)
-    # The credentials are tested before they are saved, and saved whatever the answer: the
-    # merchant is told beside the field, and a refusal is saved with a warning.
+    # New credentials are tested before they are saved, and saved whatever the answer: the
+    # merchant is told beside the field, and a refusal is saved with a warning. A save that
+    # changes only options asks Klarna nothing.
     tested = None
-    if form.klarna_username:
+    account = (form.klarna_username, form.klarna_region, form.klarna_environment)
+    changed = account != (shop.klarna_username, shop.klarna_region, shop.klarna_environment)
+    if form.klarna_username and (form.klarna_password or changed):
         tested = await _try_credentials(
             service, form, form.klarna_password or service.shops.klarna_password(shop)
         )

@@ -134,6 +134,13 @@ def test_a_refused_password_makes_shipments_wait_until_the_right_one_is_saved_on
     assert len(order.captures) == 1
     assert banner(browser.get(f"{browser.base}/activity").text) is None
 
+    # a save that changes only an option asks Klarna nothing: the credentials were tested when
+    # they changed
+    asked = len(klarna_sandbox.requests)
+    options = browser.save_settings(description_template="Parcel {fulfillment_name}")
+    assert options.headers["location"].endswith("?notice=saved")
+    assert len(klarna_sandbox.requests) == asked
+
 
 def test_credentials_set_with_the_cli_resume_the_waiting_shipments(
     site: Site, klarna_sandbox: KlarnaSandbox, klarna_url: str, store_env: dict[str, str]
