@@ -14,14 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from plugin import metrics, receivers, retention
+from plugin import metrics, retention
 from plugin.config import Settings
-from plugin.receivers.common import answer
+from plugin.platforms import registry
 from plugin.service import Service, open_service
 from plugin.store import StoreUnavailable
-from plugin.web import bigcommerce as bigcommerce_web
 from plugin.web import routes as web
-from plugin.web import shopify as shopify_web
+from plugin.webhooks import answer
 
 log = logging.getLogger("plugin.app")
 
@@ -53,7 +52,7 @@ async def store_unavailable(request: Request, exc: Exception) -> Response:
         "database unavailable; answered 503", extra={"path": request.url.path, "error": str(exc)}
     )
     parts = request.url.path.split("/")
-    if len(parts) > 2 and parts[1] == "webhooks" and parts[2] in receivers.PLATFORMS:
+    if len(parts) > 2 and parts[1] == "webhooks" and parts[2] in registry.PLATFORMS:
         response = answer(503, parts[2], "unavailable", error="database unavailable, try again")
     else:
         response = JSONResponse({"status": "unavailable"}, 503)
@@ -85,12 +84,10 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
 
     return Starlette(
         routes=[
-            *receivers.routes(),
+            *(route for platform in registry.PLATFORMS.values() for route in platform.routes()),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *web.routes(),
-            *shopify_web.routes(),
-            *bigcommerce_web.routes(),
         ],
         middleware=[Middleware(web.SecurityHeaders)],
         exception_handlers={StoreUnavailable: store_unavailable},

@@ -34,13 +34,14 @@ from plugin.config import (
 from plugin.credentials import check_credentials
 from plugin.logs import configure_logging
 from plugin.outbound import AddressGuard, url_problem
-from plugin.platforms import bigcommerce, woocommerce
-from plugin.platforms._bigcommerce_api import BigCommerceError
+from plugin.platforms import registry
+from plugin.platforms.bigcommerce import install as bigcommerce_web
+from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce.api import BigCommerceError
+from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.service import Service, open_service
-from plugin.shops import options_of
 from plugin.store import ShopChanges, StoreUnavailable, open_store
 from plugin.store.records import KLARNA_CREDENTIALS, Job, Shop, ShopOptions
-from plugin.web import bigcommerce as bigcommerce_web
 
 REGIONS = ("eu", "na", "oc")
 ENVIRONMENTS = ("live", "playground")
@@ -693,7 +694,7 @@ async def _shop_show(service: Service, args: argparse.Namespace) -> int:
         "status_url": shop.status_url,
         "options": {
             name: msgspec.to_builtins(getattr(shop.options, name))
-            for name in options_of(shop.platform)
+            for name in registry.options_of(shop.platform)
         },
         "webhook_url": _webhook_url(service, shop),
         "webhook_secrets": [

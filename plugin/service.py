@@ -1,7 +1,7 @@
 """Everything a running process holds: settings, store, vault, shops, HTTP clients, workers."""
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import httpx2
 
@@ -11,10 +11,7 @@ from plugin.klarna.client import DEFAULT_TIMEOUT
 from plugin.klarna.ratelimit import share_rate_between
 from plugin.outbound import AddressGuard, Bounds, make_client
 from plugin.pipeline import Pipeline
-from plugin.platforms.base import Storefront
-from plugin.platforms.bigcommerce_storefront import BigCommerceStorefront
-from plugin.platforms.shopify_storefront import ShopifyStorefront
-from plugin.platforms.woocommerce_storefront import WooCommerceStorefront
+from plugin.platforms import registry
 from plugin.shops import Shops
 from plugin.store import Store, open_store
 from plugin.vault import Vault
@@ -29,15 +26,6 @@ STOREFRONT_BOUNDS = Bounds(deadline=15.0)
 # SQLite at 50 ms, side by side: 202-226 captures/s (median 207) with one worker per pool against
 # 151-205 (median 172) with eight.
 WORKERS_PER_POOL = 1
-# The storefront apps: platforms whose shipments and write-backs go through their APIs.
-STOREFRONTS: dict[str, Callable[..., Storefront]] = {
-    "shopify": ShopifyStorefront,
-    "woocommerce": WooCommerceStorefront,
-    "bigcommerce": BigCommerceStorefront,
-}
-# Those whose API lives at an address the merchant enters (not one the operator sets): their
-# calls go through the address-guarded client.
-MERCHANT_HOSTED = frozenset({"woocommerce"})
 
 
 class Service:
@@ -65,7 +53,9 @@ class Service:
         self.vault = Vault(settings.secret_keys)
         self.auth = Auth(settings.secret_keys)
         # Saved credentials release the shipments waiting on them: this process's workers look now.
-        self.shops = Shops(store, self.vault, wake=self.wake_workers)
+        self.shops = Shops(
+            store, self.vault, wake=self.wake_workers, domain_formats=registry.domain_formats()
+        )
         self.pipeline = Pipeline(
             store,
             self.shops,
@@ -74,13 +64,14 @@ class Service:
             klarna_url=settings.klarna_url,
             klarna_retry=klarna_retry,
             storefronts={
-                platform: kind(
+                name: platform.storefront(
                     settings,
                     self.shops,
-                    self.site_http if platform in MERCHANT_HOSTED else storefront_http,
+                    self.site_http if platform.merchant_hosted else storefront_http,
                     retry=storefront_retry,
                 )
-                for platform, kind in STOREFRONTS.items()
+                for name, platform in registry.PLATFORMS.items()
+                if platform.storefront is not None
             },
         )
         # Captures and status callbacks (with storefront write-backs) in lanes of their own: a

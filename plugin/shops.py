@@ -10,13 +10,12 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
 import msgspec
 
 from plugin import signatures
-from plugin.platforms import bigcommerce, shopify, standard, woocommerce
 from plugin.store import NewShop, ShopChanges, Store
 from plugin.store.records import KLARNA_CREDENTIALS, Shop, ShopOptions
 from plugin.vault import Vault
@@ -27,30 +26,12 @@ ROTATION_GRACE_SECONDS = 24 * 3600.0
 # At most this many shops (and this many misses besides) in each cache: ~2 KB each.
 CACHE_ENTRIES = 10_000
 CACHE_MISSES = 1_000
-# The options (ShopOptions' fields) a shop of each platform uses, as its settings page offers
-# them: every shop chooses how to capture and what the customer sees; storefront apps where
-# their orders keep the Klarna order id, Shopify the tracking's shipping method, WooCommerce the
-# order statuses that capture.
-_COMMON_OPTIONS = ("capture_mode", "send_tracking", "trigger_send_out", "description_template")
-_PLATFORM_OPTIONS = {
-    standard.NAME: (),
-    shopify.NAME: ("klarna_order_id_source", "klarna_order_id_field", "shipping_method"),
-    bigcommerce.NAME: ("klarna_order_id_source", "klarna_order_id_field"),
-    woocommerce.NAME: ("capture_statuses",),
-}
-
-
-def options_of(platform: str) -> tuple[str, ...]:
-    """The names of the options that a shop of `platform` uses."""
-    return _COMMON_OPTIONS + _PLATFORM_OPTIONS.get(platform, ())
+# The options (ShopOptions' fields) every shop uses, as its settings page offers them: how to
+# capture and what the customer sees. Each platform adds its own (plugin.platforms.registry).
+COMMON_OPTIONS = ("capture_mode", "send_tracking", "trigger_send_out", "description_template")
 
 
 _SHOP_ID = re.compile(r"shop_[0-9a-f]{12}")
-# How each platform's storefront domain is written; others are looked up as given.
-_DOMAIN_FORMATS: dict[str, Callable[[str], bool]] = {
-    shopify.NAME: lambda domain: len(domain) <= 255 and signatures.is_shop_domain(domain),
-    bigcommerce.NAME: bigcommerce.is_store_hash,
-}
 
 V = TypeVar("V")
 
@@ -116,10 +97,13 @@ class Shops:
         cache_entries: int = CACHE_ENTRIES,
         cache_misses: int = CACHE_MISSES,
         wake: Callable[[], None] = lambda: None,
+        domain_formats: Mapping[str, Callable[[str], bool]] | None = None,
     ) -> None:
         """`wake`: this process's workers, told when saved credentials release waiting jobs
-        (other processes hear it from the store)."""
+        (other processes hear it from the store). `domain_formats`: how each platform writes its
+        storefront domains; a domain not in its format is no shop, without a lookup."""
         self.store = store
+        self._domain_formats = dict(domain_formats or {})
         self._wake = wake
         self.vault = vault
         self._cache_seconds = cache_seconds
@@ -347,7 +331,7 @@ class Shops:
     async def by_domain(self, platform: str, shop_domain: str) -> Shop | None:
         """The shop installed on a storefront domain, from a cache of a few seconds; None for a
         domain not in its platform's format, without a lookup."""
-        well_formed = _DOMAIN_FORMATS.get(platform)
+        well_formed = self._domain_formats.get(platform)
         if well_formed is not None and not well_formed(shop_domain):
             return None
         now = self._clock()

@@ -22,7 +22,7 @@ import pytest
 from plugin import about, cli, signatures
 from plugin.config import ensure_secret_keys, load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError
-from plugin.platforms import woocommerce
+from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.service import open_service
 from tests.helpers import ALLOW_LOOPBACK, Server, cli_shop, free_port, run_cli
 

@@ -23,7 +23,7 @@ from plugin import server
 from plugin.app import create_app
 from plugin.cli import _parser
 from plugin.config import PREFIX, Settings, load_settings
-from plugin.receivers.common import MAX_BODY_BYTES
+from plugin.webhooks import MAX_BODY_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -23,9 +23,9 @@ from plugin.outbound import (
     make_client,
     url_problem,
 )
-from plugin.platforms import woocommerce
 from plugin.platforms.base import StorefrontApp
-from plugin.platforms.woocommerce_storefront import RestClient, WooCommerceError
+from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce.adapter import RestClient, WooCommerceError
 from plugin.retries import RetryPolicy
 from plugin.service import open_service
 

@@ -1,4 +1,4 @@
-"""What every webhook receiver shares (plugin/receivers/common.py), on each of them over real
+"""What every webhook receiver shares (plugin/webhooks.py), on each of them over real
 HTTP with valid signatures: JSON nested too deep is a 400, a client that hangs up midway is no
 error, and a malformed shop id is a 404 without a lookup."""
 
@@ -17,13 +17,13 @@ import pytest
 
 from plugin import signatures
 from plugin.app import create_app
-from plugin.platforms import woocommerce
-from plugin.receivers.common import MAX_JSON_DEPTH, nests_deeper
+from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.sandbox import bigcommerce as bigcommerce_sandbox
 from plugin.sandbox import shopify as shopify_sandbox
 from plugin.sandbox.server import serve_in_thread
 from plugin.service import Service, open_service
 from plugin.store.records import Shop
+from plugin.webhooks import MAX_JSON_DEPTH, nests_deeper
 from tests.helpers import Storefront, wait_until
 from tests.web.support import page_settings
 

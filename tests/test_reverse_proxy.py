@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from plugin.receivers.common import MAX_BODY_BYTES
 from plugin.sandbox.klarna import KlarnaSandbox
+from plugin.webhooks import MAX_BODY_BYTES
 from tests.helpers import (
     TOMATOES,
     Server,

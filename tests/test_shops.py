@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from plugin.platforms import registry
 from plugin.shops import Shops
 from plugin.store import ShopChanges
 from plugin.store.records import Shop
@@ -110,7 +111,14 @@ async def test_a_request_that_gives_up_does_not_cancel_the_load_for_the_others(
 async def test_the_cache_keeps_at_most_its_bound_of_shops_and_of_misses(
     store: CountedStore,
 ) -> None:
-    shops = Shops(store, Vault([generate_key()]), clock=Clock(), cache_entries=3, cache_misses=5)
+    shops = Shops(
+        store,
+        Vault([generate_key()]),
+        clock=Clock(),
+        cache_entries=3,
+        cache_misses=5,
+        domain_formats=registry.domain_formats(),
+    )
     known = [await new_shop(shops) for _ in range(4)]
     for shop_id in known:
         assert await shops.get(shop_id) is not None
@@ -166,7 +174,12 @@ async def test_a_storefront_domain_not_in_its_platforms_format_is_not_looked_up(
     store = DomainCountedStore(tmp_path / "shops.db")
     await store.migrate()
     try:
-        shops = Shops(store, Vault([generate_key()]), clock=Clock())
+        shops = Shops(
+            store,
+            Vault([generate_key()]),
+            clock=Clock(),
+            domain_formats=registry.domain_formats(),
+        )
         assert await shops.by_domain(platform, domain) is None
         assert store.domain_reads == 0
         assert shops.cached == 0

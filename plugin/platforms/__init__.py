@@ -2,7 +2,7 @@
 this package knows a platform's field names."""
 
 from plugin.events import FulfillmentEvent
-from plugin.platforms import standard
+from plugin.platforms.standard import payloads as standard
 
 
 def decode_delivery(platform: str, body: bytes) -> tuple[str, FulfillmentEvent]:

@@ -2,10 +2,12 @@
 know what shipped, and writes the outcome back onto the storefront's order)."""
 
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import ClassVar, Protocol, cast, get_args
 
 import httpx2
 import msgspec
+from starlette.routing import BaseRoute
 
 from plugin.config import Settings
 from plugin.events import FulfillmentEvent
@@ -150,3 +152,35 @@ class StorefrontApp:
         self.store: Store = shops.store
         self.http = http
         self.retry = retry
+
+
+StorefrontFactory = Callable[..., Storefront]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Platform:
+    """One storefront platform, as the rest of the service sees it: everything that is not the
+    platform's own business goes through this description, and `plugin.platforms.registry`
+    lists them. A new platform is one package under `plugin/platforms/` and one registry line.
+
+    - `name`: as shops, URLs (/webhooks/<name>...) and the CLI write it.
+    - `label`: as the merchant's pages write it.
+    - `routes`: its webhook receiver and, for marketplace apps, its install and admin entry.
+    - `storefront`: the adapter the pipeline calls, for platforms whose shipments and write-backs
+      go through the storefront's API (built with the settings, the shops, an HTTP client and a
+      retry policy); None where the webhook holds the whole shipment.
+    - `merchant_hosted`: its API lives at an address the merchant enters, not one the operator
+      sets, so its calls go through the address-guarded client.
+    - `options`: the shop options (ShopOptions' fields) its settings page offers beyond the
+      common ones.
+    - `domain_format`: how its storefront domains are written; a domain not in it is no shop,
+      answered without a lookup.
+    """
+
+    name: str
+    label: str
+    routes: Callable[[], Sequence[BaseRoute]]
+    storefront: StorefrontFactory | None = None
+    merchant_hosted: bool = False
+    options: tuple[str, ...] = ()
+    domain_format: Callable[[str], bool] | None = None

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from plugin.platforms.shopify import API_VERSION
+from plugin.platforms.shopify.mapping import API_VERSION
 from plugin.sandbox.klarna import Answer, ManualClock
 
 __all__ = [
@@ -769,7 +769,7 @@ def _gql_taxes(taxes: Iterable[Tax], order: _Order) -> list[dict[str, Any]]:
 
 
 def _graphql_order(order: _Order, ns: str, key: str, query: str) -> dict[str, Any]:
-    """`data.order` in the field names of plugin.platforms.shopify.ORDER_QUERY."""
+    """`data.order` in the field names of plugin.platforms.shopify.mapping.ORDER_QUERY."""
     lines = [
         {
             "id": _gid("LineItem", item.id),

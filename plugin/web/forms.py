@@ -9,7 +9,9 @@ import msgspec
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
 from plugin.klarna.models import ShippingMethod
 from plugin.outbound import AddressGuard, IPNetwork, url_problem
-from plugin.platforms import bigcommerce, shopify, woocommerce
+from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
 

@@ -20,7 +20,9 @@ from plugin.klarna import KlarnaError
 from plugin.klarna.client import new_idempotency_key
 from plugin.klarna.errors import join_messages
 from plugin.klarna.models import CaptureObject
-from plugin.platforms import bigcommerce, shopify, woocommerce
+from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.service import Service
 from plugin.signatures import is_shop_domain
 from plugin.store.records import KLARNA_CREDENTIALS, Shipment, Shop, Waiting

@@ -8,8 +8,8 @@ import httpx2
 import msgspec
 import pytest
 
-from plugin.platforms import bigcommerce
-from plugin.platforms._bigcommerce_api import PAGE_LIMIT, BigCommerceError, StoreClient
+from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce.api import PAGE_LIMIT, BigCommerceError, StoreClient
 from plugin.retries import RetryPolicy
 from plugin.sandbox.bigcommerce import BigCommerceSandbox, FaultSettings, Fee, Product, create_app
 

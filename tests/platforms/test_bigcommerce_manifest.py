@@ -9,7 +9,7 @@ from typing import Any
 from starlette.routing import Match
 
 from plugin.app import create_app
-from plugin.platforms import bigcommerce
+from plugin.platforms.bigcommerce import mapping as bigcommerce
 from tests.web.support import page_settings
 
 MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "bigcommerce.md"

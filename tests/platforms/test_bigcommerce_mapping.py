@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from plugin.capture import klarna_lines
 from plugin.events import FulfillmentEvent
-from plugin.platforms import bigcommerce
-from plugin.platforms.bigcommerce import (
+from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce.mapping import (
     BigCommerceMappingError,
     MetafieldSource,
     Order,

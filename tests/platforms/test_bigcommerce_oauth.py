@@ -8,7 +8,7 @@ import httpx2
 import jwt
 import pytest
 
-from plugin.platforms.bigcommerce_oauth import (
+from plugin.platforms.bigcommerce.oauth import (
     AccessToken,
     BigCommerceOAuthError,
     SignedPayloadError,

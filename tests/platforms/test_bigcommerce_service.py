@@ -21,7 +21,8 @@ from plugin.app import create_app
 from plugin.config import Settings, load_settings
 from plugin.klarna import RetryPolicy
 from plugin.klarna.models import OrderLine
-from plugin.platforms.bigcommerce import HOOK_HEADER
+from plugin.platforms.bigcommerce import install as bigcommerce_web
+from plugin.platforms.bigcommerce.mapping import HOOK_HEADER
 from plugin.sandbox.bigcommerce import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -40,7 +41,6 @@ from plugin.sandbox.server import serve_in_thread
 from plugin.service import open_service
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
-from plugin.web import bigcommerce as bigcommerce_web
 from plugin.worker import Backoff
 from tests.helpers import wait_until
 

@@ -6,7 +6,7 @@ import httpx2
 import msgspec
 import pytest
 
-from plugin.platforms._shopify_admin import AdminClient, ShopifyError
+from plugin.platforms.shopify.api import AdminClient, ShopifyError
 from plugin.retries import MAX_RETRY_AFTER_SECONDS, RetryPolicy
 
 pytestmark = pytest.mark.anyio

@@ -15,8 +15,8 @@ from plugin.capture import CapturePlan, klarna_lines, klarna_shipping_info, plan
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.klarna import Credentials, KlarnaClient
 from plugin.klarna.models import Order as KlarnaOrder
-from plugin.platforms import shopify
-from plugin.platforms.shopify import (
+from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.shopify.mapping import (
     Fulfillment,
     MetafieldSource,
     NoteAttributeSource,

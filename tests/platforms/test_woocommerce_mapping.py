@@ -16,8 +16,8 @@ from plugin.capture import CapturePlan, klarna_lines, line_problems, plan_captur
 from plugin.events import Tracking
 from plugin.klarna.models import Order as KlarnaOrder
 from plugin.money import to_minor
-from plugin.platforms import woocommerce
-from plugin.platforms.woocommerce import (
+from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce.mapping import (
     Order,
     WooCommerceMappingError,
     carrier_code,

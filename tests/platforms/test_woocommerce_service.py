@@ -17,7 +17,7 @@ import pytest
 from plugin.app import create_app
 from plugin.config import Settings, load_settings
 from plugin.klarna import RetryPolicy
-from plugin.platforms import woocommerce
+from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.woocommerce import (

@@ -12,9 +12,9 @@ import pytest
 
 from plugin.capture import klarna_lines
 from plugin.events import FulfillmentEvent, Tracking
-from plugin.platforms import shopify
-from plugin.platforms._shopify_admin import AdminClient, ShopifyError
-from plugin.platforms.shopify import (
+from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.shopify.api import AdminClient, ShopifyError
+from plugin.platforms.shopify.mapping import (
     ORDER_QUERY,
     MetafieldSource,
     NoteAttributeSource,

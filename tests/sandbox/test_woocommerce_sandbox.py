@@ -8,8 +8,8 @@ from decimal import Decimal
 import httpx2
 import pytest
 
-from plugin.platforms import woocommerce
-from plugin.platforms.woocommerce_storefront import RestClient, WooCommerceError
+from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce.adapter import RestClient, WooCommerceError
 from plugin.retries import MAX_RETRY_AFTER_SECONDS, RetryPolicy
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.woocommerce import (

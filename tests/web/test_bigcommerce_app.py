@@ -17,8 +17,8 @@ import pytest
 
 from plugin.app import create_app
 from plugin.config import Settings
-from plugin.platforms import bigcommerce as bigcommerce_platform
-from plugin.platforms.bigcommerce import HOOK_HEADER
+from plugin.platforms.bigcommerce import mapping as bigcommerce_platform
+from plugin.platforms.bigcommerce.mapping import HOOK_HEADER
 from plugin.sandbox.bigcommerce import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,

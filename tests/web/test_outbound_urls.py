@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from plugin.config import Settings
-from plugin.platforms import woocommerce
+from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.sandbox.woocommerce import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET
 from plugin.store.records import Shop
 from tests.web.support import SANDBOX_PASSWORD, SANDBOX_USERNAME, Browser, Site, page_settings

@@ -241,7 +241,8 @@ def refusal_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         str(getattr(record, "reason", ""))
         for record in caplog.records
-        if record.name == "plugin.web.shopify" and record.getMessage() == "shopify request refused"
+        if record.name == "plugin.platforms.shopify.install"
+        and record.getMessage() == "shopify request refused"
     ]
 
 

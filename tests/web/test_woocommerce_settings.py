@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from plugin.platforms import woocommerce
+from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.sandbox.woocommerce import (
     DEFAULT_CONSUMER_KEY,
     DEFAULT_CONSUMER_SECRET,

@@ -11,8 +11,8 @@ from starlette.routing import BaseRoute, Route
 
 from plugin import signatures
 from plugin.config import Settings
-from plugin.platforms import shopify
-from plugin.platforms.shopify_oauth import (
+from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.shopify.oauth import (
     AccessToken,
     ShopifyOAuthError,
     exchange_code,
@@ -29,7 +29,7 @@ CALLBACK_PATH = "/auth/shopify/callback"
 EMBEDDED_PATH = "/shopify"
 QUERY_MAX_AGE_SECONDS = 300.0
 
-log = logging.getLogger("plugin.web.shopify")
+log = logging.getLogger("plugin.platforms.shopify.install")
 
 _FROM_ADMIN = "Open the app again from your Shopify admin."
 _INSTALL_AGAIN = "Start the install again from your Shopify admin."

@@ -13,8 +13,6 @@ import msgspec
 
 from plugin import money
 from plugin.events import FulfillmentEvent, Tracking
-from plugin.platforms import shopify
-from plugin.platforms._shopify_admin import AdminClient, ShopifyError
 from plugin.platforms.base import (
     Resolved,
     Skipped,
@@ -23,6 +21,8 @@ from plugin.platforms.base import (
     refuse_if_captured_shipments_are_gone,
     shipping_method,
 )
+from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.shopify.api import AdminClient, ShopifyError
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 
 NAMESPACE = "klarna_capture"

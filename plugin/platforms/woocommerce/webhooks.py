@@ -16,11 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from plugin import signatures
-from plugin.platforms import woocommerce
-from plugin.receivers.common import BodyRefused, read_body, store_delivery, too_deep
-from plugin.receivers.common import answer as _answer
+from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.service import Service
 from plugin.shops import is_shop_id
+from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
+from plugin.webhooks import answer as _answer
 
 log = logging.getLogger("plugin.receiver")
 

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from plugin import signatures
-from plugin.platforms import bigcommerce
-from plugin.receivers.common import BodyRefused, read_body, store_delivery, too_deep
-from plugin.receivers.common import answer as _answer
+from plugin.platforms.bigcommerce import mapping as bigcommerce
 from plugin.service import Service
+from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
+from plugin.webhooks import answer as _answer
 
 log = logging.getLogger("plugin.receiver")
 

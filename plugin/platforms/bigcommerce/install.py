@@ -14,9 +14,9 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
-from plugin.platforms import bigcommerce
-from plugin.platforms._bigcommerce_api import BigCommerceError, StoreClient
-from plugin.platforms.bigcommerce_oauth import (
+from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce.api import BigCommerceError, StoreClient
+from plugin.platforms.bigcommerce.oauth import (
     BigCommerceOAuthError,
     SignedPayload,
     SignedPayloadError,
@@ -37,7 +37,7 @@ INTERACTIVE_RETRY = RetryPolicy(attempts=2, total_seconds=5.0, max_retry_after_s
 # How far a signed_payload_jwt's exp and nbf may be off our clock.
 PAYLOAD_LEEWAY_SECONDS = 5.0
 
-log = logging.getLogger("plugin.web.bigcommerce")
+log = logging.getLogger("plugin.platforms.bigcommerce.install")
 
 _FROM_CONTROL_PANEL = "Open the app again from your BigCommerce control panel (Apps)."
 _INSTALL_AGAIN = "Install the app again from your BigCommerce control panel."

@@ -14,7 +14,7 @@ import httpx2
 import jwt
 import msgspec
 
-from plugin.platforms.bigcommerce import store_hash_of
+from plugin.platforms.bigcommerce.mapping import store_hash_of
 from plugin.signatures import WebhookVerificationError
 
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 (a path, not a secret)

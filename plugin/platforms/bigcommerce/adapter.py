@@ -14,8 +14,6 @@ import msgspec
 
 from plugin import money
 from plugin.events import FulfillmentEvent
-from plugin.platforms import bigcommerce
-from plugin.platforms._bigcommerce_api import BigCommerceError, StoreClient
 from plugin.platforms.base import (
     Resolved,
     Skipped,
@@ -24,6 +22,8 @@ from plugin.platforms.base import (
     refuse_if_captured_shipments_are_gone,
     shipping_method,
 )
+from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce.api import BigCommerceError, StoreClient
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 from plugin.worker import JobError
 

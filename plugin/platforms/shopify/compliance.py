@@ -16,7 +16,7 @@ import time
 
 import msgspec
 
-from plugin.platforms import shopify
+from plugin.platforms.shopify import mapping as shopify
 from plugin.store import Store
 
 Report = dict[str, object]

@@ -21,8 +21,8 @@ import msgspec
 from plugin import money, outbound
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.klarna.errors import join_messages
-from plugin.platforms import woocommerce
 from plugin.platforms.base import ApiError, Resolved, Skipped, StorefrontApp, StorefrontError
+from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.retries import RetryPolicy, parse_retry_after, retrying
 from plugin.store.records import CaptureRecord, Delivery, Shipment, Shop
 

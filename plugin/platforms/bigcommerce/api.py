@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import httpx2
 import msgspec
 
-from plugin.platforms import bigcommerce
 from plugin.platforms.base import ApiError
+from plugin.platforms.bigcommerce import mapping as bigcommerce
 from plugin.retries import RetryPolicy, retrying
 
 log = logging.getLogger("plugin.bigcommerce")

@@ -1,0 +1,34 @@
+"""The storefront platforms this service speaks to. Everything outside `plugin/platforms/` asks
+here and names no platform; adding one is a package beside these and a line below."""
+
+from collections.abc import Callable, Mapping
+
+from plugin.platforms.base import Platform
+from plugin.platforms.bigcommerce.platform import PLATFORM as BIGCOMMERCE
+from plugin.platforms.shopify.platform import PLATFORM as SHOPIFY
+from plugin.platforms.standard.platform import PLATFORM as STANDARD
+from plugin.platforms.woocommerce.platform import PLATFORM as WOOCOMMERCE
+from plugin.shops import COMMON_OPTIONS
+
+PLATFORMS: Mapping[str, Platform] = {
+    platform.name: platform for platform in (STANDARD, SHOPIFY, WOOCOMMERCE, BIGCOMMERCE)
+}
+
+
+def get(name: str) -> Platform | None:
+    return PLATFORMS.get(name)
+
+
+def domain_formats() -> dict[str, Callable[[str], bool]]:
+    """How each platform writes its storefront domains, where it has a format."""
+    return {
+        name: platform.domain_format
+        for name, platform in PLATFORMS.items()
+        if platform.domain_format is not None
+    }
+
+
+def options_of(name: str) -> tuple[str, ...]:
+    """The names of the options (ShopOptions' fields) that a shop of platform `name` uses."""
+    platform = PLATFORMS.get(name)
+    return COMMON_OPTIONS + (platform.options if platform is not None else ())

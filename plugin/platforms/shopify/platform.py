@@ -1,0 +1,30 @@
+"""The Shopify app as the service sees it: its webhook receiver, its install and embedded
+entry, its adapter, its options and how its shop domains are written."""
+
+from starlette.routing import BaseRoute, Route
+
+from plugin import signatures
+from plugin.platforms.base import Platform
+from plugin.platforms.shopify import install
+from plugin.platforms.shopify.adapter import ShopifyStorefront
+from plugin.platforms.shopify.mapping import NAME
+from plugin.platforms.shopify.webhooks import shopify_webhook
+
+
+def routes() -> list[BaseRoute]:
+    return [Route(f"/webhooks/{NAME}", shopify_webhook, methods=["POST"]), *install.routes()]
+
+
+def is_shop_domain(domain: str) -> bool:
+    """A myshopify.com domain, no longer than a domain may be."""
+    return len(domain) <= 255 and signatures.is_shop_domain(domain)
+
+
+PLATFORM = Platform(
+    name=NAME,
+    label="Shopify",
+    routes=routes,
+    storefront=ShopifyStorefront,
+    options=("klarna_order_id_source", "klarna_order_id_field", "shipping_method"),
+    domain_format=is_shop_domain,
+)
