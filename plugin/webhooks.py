@@ -1,12 +1,15 @@
 """What every webhook endpoint shares: the body read within its bounds, the JSON answer, and
 storing a verified delivery with its job."""
 
+from __future__ import annotations
+
 import functools
 import itertools
 import logging
 import operator
 import re
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 from prometheus_client import Counter
@@ -14,7 +17,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from plugin import metrics
-from plugin.service import Service
+
+if TYPE_CHECKING:
+    from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
 

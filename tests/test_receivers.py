@@ -18,6 +18,7 @@ import pytest
 from plugin import signatures
 from plugin.app import create_app
 from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce import signatures as woo_signatures
 from plugin.sandbox import bigcommerce as bigcommerce_sandbox
 from plugin.sandbox import shopify as shopify_sandbox
 from plugin.sandbox.server import serve_in_thread
@@ -74,7 +75,7 @@ def running(tmp_path: Path, klarna_url: str) -> Iterator[Running]:
             return storefront.url, storefront.signed(body)
 
         def sign_woocommerce(body: bytes) -> tuple[str, dict[str, str]]:
-            key = woocommerce.webhook_secret(signatures.parse_secret(woo_secret))
+            key = woo_signatures.webhook_secret(signatures.parse_secret(woo_secret))
             digest = hmac.new(key, body, hashlib.sha256).digest()
             headers = {
                 woocommerce.SIGNATURE_HEADER: base64.b64encode(digest).decode(),

@@ -11,8 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.datastructures import Headers, QueryParams
 
-from plugin import signatures
-from plugin.signatures import ShopifyRequestError, ShopifySession, WebhookVerificationError
+from plugin.platforms.shopify import signatures
+from plugin.platforms.shopify.signatures import ShopifyRequestError, ShopifySession
+from plugin.signatures import WebhookVerificationError
 
 SECRET = b"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"
 OLD_SECRET = b"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"

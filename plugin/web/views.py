@@ -1,11 +1,13 @@
 """The merchant's pages: settings, activity, one shipment; sign-in by admin link."""
 
+from __future__ import annotations
+
 import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -22,9 +24,8 @@ from plugin.klarna.errors import join_messages
 from plugin.klarna.models import CaptureObject
 from plugin.platforms.bigcommerce import mapping as bigcommerce
 from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.shopify.signatures import is_shop_domain
 from plugin.platforms.woocommerce import mapping as woocommerce
-from plugin.service import Service
-from plugin.signatures import is_shop_domain
 from plugin.store.records import KLARNA_CREDENTIALS, Shipment, Shop, Waiting
 from plugin.web.auth import COOKIE, SESSION_SECONDS, LinkError, Session
 from plugin.web.forms import (
@@ -39,6 +40,9 @@ from plugin.web.forms import (
     SettingsForm,
     address_errors,
 )
+
+if TYPE_CHECKING:
+    from plugin.service import Service
 
 PAGE_SIZE = 50
 MAX_FULFILLMENT_ID = 255  # characters, as events.FulfillmentEvent allows
@@ -59,7 +63,7 @@ NOTICES = {
     "sent": "Klarna was asked to send the customer their payment details again.",
 }
 
-Page = Callable[[Request, Service, Shop, Session], Awaitable[Response]]
+Page = Callable[[Request, "Service", Shop, Session], Awaitable[Response]]
 
 _SIGN_IN = (
     "Open the settings from your storefront's admin, or ask for a sign-in link: "

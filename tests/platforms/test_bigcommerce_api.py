@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce import signatures as bc_signatures
 from plugin.platforms.bigcommerce.api import PAGE_LIMIT, BigCommerceError, StoreClient
 from plugin.retries import RetryPolicy
 from plugin.sandbox.bigcommerce import BigCommerceSandbox, FaultSettings, Fee, Product, create_app
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.anyio
 STORE = "g5cd38"
 FAST = RetryPolicy(attempts=4, backoff_seconds=0.01, max_backoff_seconds=0.02)
 DESTINATION = "https://capture.example/webhooks/bigcommerce"
-HEADER = {bigcommerce.HOOK_HEADER: "v1"}
+HEADER = {bc_signatures.HOOK_HEADER: "v1"}
 
 
 class Sleeps(list[float]):
@@ -241,7 +242,7 @@ async def test_hooks_get_the_header_they_lack_with_put_and_keep_the_one_they_hav
     # One hook made before the app sent a header, one with an older (rotated) value.
     sandbox.add_hook(STORE, bigcommerce.WEBHOOK_SCOPES[0], DESTINATION)
     sandbox.add_hook(
-        STORE, bigcommerce.WEBHOOK_SCOPES[1], DESTINATION, {bigcommerce.HOOK_HEADER: "old"}
+        STORE, bigcommerce.WEBHOOK_SCOPES[1], DESTINATION, {bc_signatures.HOOK_HEADER: "old"}
     )
     before = [h["id"] for h in sandbox.hooks(STORE)]
 
@@ -250,7 +251,7 @@ async def test_hooks_get_the_header_they_lack_with_put_and_keep_the_one_they_hav
     sandbox.requests.clear()
     # Names in another case are the same header (HTTP header names ignore case).
     await client.ensure_hooks(
-        bigcommerce.WEBHOOK_SCOPES, DESTINATION, {bigcommerce.HOOK_HEADER.lower(): "v1"}
+        bigcommerce.WEBHOOK_SCOPES, DESTINATION, {bc_signatures.HOOK_HEADER.lower(): "v1"}
     )
 
     assert [h["id"] for h in sandbox.hooks(STORE)] == before  # updated in place, none added

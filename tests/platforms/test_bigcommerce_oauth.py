@@ -8,13 +8,8 @@ import httpx2
 import jwt
 import pytest
 
-from plugin.platforms.bigcommerce.oauth import (
-    AccessToken,
-    BigCommerceOAuthError,
-    SignedPayloadError,
-    exchange_code,
-    verify_signed_payload,
-)
+from plugin.platforms.bigcommerce.oauth import AccessToken, BigCommerceOAuthError, exchange_code
+from plugin.platforms.bigcommerce.signatures import SignedPayloadError, verify_signed_payload
 from plugin.sandbox.bigcommerce import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, signed_payload_jwt
 
 STORE = "z4zn3wo"

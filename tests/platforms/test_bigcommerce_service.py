@@ -22,7 +22,7 @@ from plugin.config import Settings, load_settings
 from plugin.klarna import RetryPolicy
 from plugin.klarna.models import OrderLine
 from plugin.platforms.bigcommerce import install as bigcommerce_web
-from plugin.platforms.bigcommerce.mapping import HOOK_HEADER
+from plugin.platforms.bigcommerce.signatures import HOOK_HEADER
 from plugin.sandbox.bigcommerce import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,

@@ -17,6 +17,7 @@ from plugin.events import Tracking
 from plugin.klarna.models import Order as KlarnaOrder
 from plugin.money import to_minor
 from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce import signatures as woo_signatures
 from plugin.platforms.woocommerce.mapping import (
     Order,
     WooCommerceMappingError,
@@ -100,9 +101,9 @@ def test_the_signature_is_checked_over_the_raw_body_with_the_whsec_text() -> Non
     key = signatures.parse_secret(secret)
     body = b'{"id":1}'
     good = woocommerce_signature(secret, body)
-    assert woocommerce.webhook_secret(key) == secret.encode()
+    assert woo_signatures.webhook_secret(key) == secret.encode()
 
-    woocommerce.verify_signature([b"old-secret", woocommerce.webhook_secret(key)], good, body)
+    woo_signatures.verify_signature([b"old-secret", woo_signatures.webhook_secret(key)], good, body)
     for header, reason in [
         (None, "missing X-WC-Webhook-Signature"),
         ("", "missing"),
@@ -111,11 +112,11 @@ def test_the_signature_is_checked_over_the_raw_body_with_the_whsec_text() -> Non
         (woocommerce_signature("whsec_other", body), "matches no webhook secret"),
     ]:
         with pytest.raises(signatures.WebhookVerificationError, match=reason):
-            woocommerce.verify_signature([secret.encode()], header, body)
+            woo_signatures.verify_signature([secret.encode()], header, body)
     with pytest.raises(signatures.WebhookVerificationError):
-        woocommerce.verify_signature([secret.encode()], good, body + b" ")
+        woo_signatures.verify_signature([secret.encode()], good, body + b" ")
     with pytest.raises(ValueError, match="empty webhook secret"):
-        woocommerce.verify_signature([b""], good, body)
+        woo_signatures.verify_signature([b""], good, body)
 
 
 def test_the_ping_is_only_its_exact_form_body() -> None:

@@ -18,6 +18,7 @@ from plugin.app import create_app
 from plugin.config import Settings, load_settings
 from plugin.klarna import RetryPolicy
 from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce import signatures as woo_signatures
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.woocommerce import (
@@ -610,7 +611,7 @@ def test_unknown_shops_other_topics_and_bodies_that_are_no_order(
     body = b'{"id": 5, "status": "completed"}'
     headers = {
         **delivery.headers,
-        "X-WC-Webhook-Signature": woocommerce.sign(shop.secret.encode(), body),
+        "X-WC-Webhook-Signature": woo_signatures.sign(shop.secret.encode(), body),
     }
     not_an_order = httpx2.post(
         f"{service}/webhooks/woocommerce/{shop.shop.id}", content=body, headers=headers

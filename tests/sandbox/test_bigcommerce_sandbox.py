@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from plugin import signatures
-from plugin.platforms.bigcommerce.oauth import verify_signed_payload
+from plugin.platforms.bigcommerce.signatures import verify_signed_payload
 from plugin.sandbox.bigcommerce import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,

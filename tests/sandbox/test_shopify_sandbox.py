@@ -26,6 +26,10 @@ from plugin.platforms.shopify.mapping import (
     order_query_variables,
     shipment_from,
 )
+from plugin.platforms.shopify.signatures import (
+    verify_shopify_session_token,
+    verify_shopify_webhook,
+)
 from plugin.retries import RetryPolicy
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.shopify import (
@@ -42,11 +46,7 @@ from plugin.sandbox.shopify import (
     session_token,
     signed_webhook,
 )
-from plugin.signatures import (
-    WebhookVerificationError,
-    verify_shopify_session_token,
-    verify_shopify_webhook,
-)
+from plugin.signatures import WebhookVerificationError
 from tests.helpers import KLARNA_ORDER_ID
 from tests.reference import SHOPIFY_FULFILLMENT_SAMPLE
 

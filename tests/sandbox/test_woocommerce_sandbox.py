@@ -9,6 +9,7 @@ import httpx2
 import pytest
 
 from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce import signatures as woo_signatures
 from plugin.platforms.woocommerce.adapter import RestClient, WooCommerceError
 from plugin.retries import MAX_RETRY_AFTER_SECONDS, RetryPolicy
 from plugin.sandbox.server import serve_in_thread
@@ -231,7 +232,9 @@ def test_a_webhook_is_signed_and_named_as_woocommerce_does(sandbox: WooCommerceS
     second = sandbox.webhook(SITE, order_id, "order.updated", secret=secret, webhook_id=4)
 
     headers = first.headers
-    woocommerce.verify_signature([secret.encode()], headers["X-WC-Webhook-Signature"], first.body)
+    woo_signatures.verify_signature(
+        [secret.encode()], headers["X-WC-Webhook-Signature"], first.body
+    )
     assert headers["X-WC-Webhook-Source"] == sandbox.site_url(SITE) + "/"
     assert woocommerce.same_site(headers["X-WC-Webhook-Source"], sandbox.site_url(SITE))
     assert (headers["X-WC-Webhook-Topic"], headers["X-WC-Webhook-Resource"]) == (

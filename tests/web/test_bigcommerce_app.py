@@ -18,7 +18,8 @@ import pytest
 from plugin.app import create_app
 from plugin.config import Settings
 from plugin.platforms.bigcommerce import mapping as bigcommerce_platform
-from plugin.platforms.bigcommerce.mapping import HOOK_HEADER
+from plugin.platforms.bigcommerce import signatures as bc_signatures
+from plugin.platforms.bigcommerce.signatures import HOOK_HEADER
 from plugin.sandbox.bigcommerce import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -490,7 +491,7 @@ def stores_header(settings: Settings) -> str:
             assert shop is not None
             found = await service.shops.get(shop.id)
             assert found is not None
-            return bigcommerce_platform.hook_header_value(STORE, found.webhook_keys[0])
+            return bc_signatures.hook_header_value(STORE, found.webhook_keys[0])
 
     return anyio.run(run)
 

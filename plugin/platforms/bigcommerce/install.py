@@ -3,9 +3,12 @@ for the store's access token, stores it sealed and subscribes the shipment webho
 signs the merchant in to the store's settings inside the BigCommerce control panel; and
 /uninstall, which disables the shop and forgets its token."""
 
+from __future__ import annotations
+
 import hashlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import httpx2
 import msgspec
@@ -15,18 +18,20 @@ from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
 from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce import signatures
 from plugin.platforms.bigcommerce.api import BigCommerceError, StoreClient
-from plugin.platforms.bigcommerce.oauth import (
-    BigCommerceOAuthError,
+from plugin.platforms.bigcommerce.oauth import BigCommerceOAuthError, exchange_code
+from plugin.platforms.bigcommerce.signatures import (
     SignedPayload,
     SignedPayloadError,
-    exchange_code,
     verify_signed_payload,
 )
 from plugin.retries import RetryPolicy
-from plugin.service import Service
 from plugin.store.records import Shop
 from plugin.web import views
+
+if TYPE_CHECKING:
+    from plugin.service import Service
 
 CALLBACK_PATH = "/auth/bigcommerce/callback"
 LOAD_PATH = "/load"
@@ -104,7 +109,7 @@ async def subscribe(service: Service, shop: Shop, token: str) -> None:
         raise BigCommerceError("hooks", status=None, code="NO_SHOP", messages=["shop removed"])
     destination = service.settings.public_url + WEBHOOK_PATH
     header = {
-        bigcommerce.HOOK_HEADER: bigcommerce.hook_header_value(
+        signatures.HOOK_HEADER: signatures.hook_header_value(
             shop.shop_domain, secrets.webhook_keys[0]
         )
     }

@@ -27,10 +27,8 @@ Mapping rules, in short (see `shipment_from`):
   rounding per line aside): an order whose fields disagree is refused, never captured on a guess.
 """
 
-import base64
 import email.utils
 import hashlib
-import hmac
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -58,13 +56,6 @@ SHIPMENT_SCOPES = {
     "store/shipment/updated": "fulfillment.updated",
 }
 WEBHOOK_SCOPES = tuple(SHIPMENT_SCOPES)
-# The custom header the app sets on its hooks (`headers` of POST/PUT /v3/hooks), which BigCommerce
-# sends back with every delivery: a per-store secret, the way BigCommerce documents to tell its
-# deliveries from anyone's. Its value is derived from the shop's webhook secret (sealed in the
-# vault, rotated with it), never the secret itself.
-HOOK_HEADER = "X-Klarna-Capture-Hook-Secret"
-_HOOK_HEADER_LABEL = b"klarna-capture bigcommerce hook header v1"
-_MAX_HOOK_HEADER = 128
 # A payload `hash` longer than this, or not hex, is not BigCommerce's (a SHA-1 in hex).
 _PAYLOAD_HASH = re.compile(r"[0-9a-fA-F]{1,128}")
 
@@ -110,35 +101,6 @@ def store_hash_of(context: str) -> str | None:
     """The store hash in a `stores/{hash}` context, producer or `sub` claim; None otherwise."""
     found = _CONTEXT.fullmatch(context)
     return found.group(1) if found else None
-
-
-def hook_header_value(store_hash: str, key: bytes) -> str:
-    """The value of `HOOK_HEADER` for the store whose webhook key is `key`: the store hash, then an
-    HMAC of a fixed label, so that the header, which BigCommerce stores and shows to the app,
-    cannot sign anything. The hash in front names whose key to compare it with before anything of
-    the body is read."""
-    digest = hmac.new(key, _HOOK_HEADER_LABEL, hashlib.sha256).digest()
-    return f"{store_hash}.{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
-
-
-def hook_header_store(received: str | None) -> str | None:
-    """The store hash a hook header names, if it has the form of one; None otherwise."""
-    if not received or len(received) > _MAX_HOOK_HEADER:
-        return None
-    store_hash, dot, _ = received.partition(".")
-    return store_hash if dot and _STORE_HASH.fullmatch(store_hash) else None
-
-
-def hook_header_matches(keys: Sequence[bytes], store_hash: str, received: str) -> bool:
-    """Whether `received` is `store_hash`'s hook header under any of `keys` (current and
-    rotated-out ones in their grace period), compared in constant time."""
-    # Starlette decodes header values as latin-1: this gives back the bytes that came.
-    raw = received.encode("latin-1", errors="replace")
-    matched = False
-    for key in keys:
-        # Every key is compared (no early exit): which one matched does not show in the timing.
-        matched |= hmac.compare_digest(hook_header_value(store_hash, key).encode(), raw)
-    return matched
 
 
 def control_panel_origin(store_hash: str) -> str:

@@ -1,26 +1,19 @@
-"""The BigCommerce app's install and callbacks: the auth callback's code traded for the store's
-access token at BigCommerce's token endpoint, and the `signed_payload_jwt` of the load and
-uninstall callbacks verified (HS256 with the client secret, audience the client id).
+"""BigCommerce's token endpoint: the auth callback's code traded for the store's access token
+(the load and uninstall callbacks' `signed_payload_jwt` is checked in signatures.py).
 
-Neither the client secret nor a code, payload or access token ever shows in an error, a repr or
-a log line.
+Neither the client secret nor a code or access token ever shows in an error, a repr or a log
+line.
 """
 
-import time
-from collections.abc import Collection, Mapping
-from typing import Any
+from collections.abc import Collection
 
 import httpx2
-import jwt
 import msgspec
 
 from plugin.platforms.bigcommerce.mapping import store_hash_of
-from plugin.signatures import WebhookVerificationError
 
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 (a path, not a secret)
 AUTHORIZATION_CODE = "authorization_code"
-ISSUER = "bc"
-_CLAIMS = ["exp", "nbf", "iat", "iss", "aud", "sub"]
 _MAX_DESCRIPTION = 200
 
 
@@ -122,102 +115,3 @@ async def exchange_code(
 
 
 # --- signed_payload_jwt ---------------------------------------------------------------------------
-
-
-class SignedPayloadError(WebhookVerificationError):
-    """A `signed_payload_jwt` that does not check out; the message never holds a secret."""
-
-
-class SignedPayload(msgspec.Struct, frozen=True, kw_only=True):
-    """What a verified `signed_payload_jwt` says: which store, which user, which JWT."""
-
-    store_hash: str
-    user_id: int | None
-    owner_id: int | None
-    jti: str | None
-    expires_at: int
-    url: str | None = None
-
-
-def verify_signed_payload(
-    token: str,
-    *,
-    client_id: str,
-    client_secret: str,
-    leeway: float = 5,
-    now: float | None = None,
-) -> SignedPayload:
-    """Verify a load/uninstall callback's JWT: HS256 with the client secret, `aud` the client id,
-    `iss` "bc", `exp` and `nbf` within `leeway` seconds of `now`, `sub` a `stores/{hash}`."""
-    if not client_secret:
-        raise ValueError("an empty BigCommerce client secret would accept forged payloads")
-    if not token:
-        raise SignedPayloadError("missing signed_payload_jwt")
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            client_secret,
-            algorithms=["HS256"],
-            audience=client_id,
-            issuer=ISSUER,
-            options={
-                "require": _CLAIMS,
-                "verify_exp": False,
-                "verify_nbf": False,
-                "verify_iat": False,
-            },
-        )
-    except jwt.InvalidSignatureError:
-        raise SignedPayloadError("signed_payload_jwt signature does not match") from None
-    except jwt.InvalidAlgorithmError:
-        raise SignedPayloadError("signed_payload_jwt is not signed with HS256") from None
-    except jwt.InvalidAudienceError:
-        raise SignedPayloadError("signed_payload_jwt is for another app (aud)") from None
-    except jwt.InvalidIssuerError:
-        raise SignedPayloadError("signed_payload_jwt is not issued by BigCommerce (iss)") from None
-    except jwt.MissingRequiredClaimError as error:
-        raise SignedPayloadError(f"signed_payload_jwt lacks the {error.claim} claim") from None
-    except jwt.InvalidTokenError:
-        raise SignedPayloadError("signed_payload_jwt is malformed") from None
-    current = time.time() if now is None else now
-    expires_at = _seconds(claims, "exp")
-    if expires_at <= current - leeway:
-        raise SignedPayloadError(
-            f"signed_payload_jwt expired {current - expires_at:.0f} s ago, "
-            f"beyond the {leeway:g} s leeway"
-        )
-    not_before = _seconds(claims, "nbf")
-    if not_before > current + leeway:
-        raise SignedPayloadError(
-            f"signed_payload_jwt is valid only in {not_before - current:.0f} s, "
-            f"beyond the {leeway:g} s leeway"
-        )
-    subject = claims["sub"]
-    store_hash = store_hash_of(subject) if isinstance(subject, str) else None
-    if store_hash is None:
-        raise SignedPayloadError("signed_payload_jwt sub is not stores/{store hash}")
-    jti = claims.get("jti")
-    url = claims.get("url")
-    return SignedPayload(
-        store_hash=store_hash,
-        user_id=_user_id(claims.get("user")),
-        owner_id=_user_id(claims.get("owner")),
-        jti=jti if isinstance(jti, str) and jti else None,
-        expires_at=expires_at,
-        url=url if isinstance(url, str) else None,
-    )
-
-
-def _seconds(claims: Mapping[str, Any], name: str) -> int:
-    value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SignedPayloadError(f"signed_payload_jwt {name} is not an integer of unix seconds")
-    return value
-
-
-def _user_id(user: object) -> int | None:
-    if isinstance(user, dict):
-        value = user.get("id")
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None

@@ -4,7 +4,10 @@ documents) or a valid Standard Webhooks signature keyed with the app's client se
 otherwise, before anything is stored. A shipment queues its job; the worker reads the shipment and
 its order back through the store's API, so the body is only ever a pointer."""
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
@@ -12,9 +15,16 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms.bigcommerce import mapping as bigcommerce
-from plugin.service import Service
+from plugin.platforms.bigcommerce.signatures import (
+    HOOK_HEADER,
+    hook_header_matches,
+    hook_header_store,
+)
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
+
+if TYPE_CHECKING:
+    from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
 
@@ -49,16 +59,14 @@ async def bigcommerce_webhook(request: Request) -> Response:
     if signed_id is None:
         # Unsigned: the hook header must be its store's, checked before anything of the body is
         # read (the header names the store; a lookup in the bounded shops cache, an HMAC).
-        header = request.headers.get(bigcommerce.HOOK_HEADER)
-        header_store = bigcommerce.hook_header_store(header)
+        header = request.headers.get(HOOK_HEADER)
+        header_store = hook_header_store(header)
         if header is None or header_store is None:
-            return _refuse(unsigned if header is None else f"not a {bigcommerce.HOOK_HEADER}")
+            return _refuse(unsigned if header is None else f"not a {HOOK_HEADER}")
         owner = await service.shops.by_domain(platform, header_store)
         found = None if owner is None or not owner.enabled else await service.shops.get(owner.id)
-        if found is None or not bigcommerce.hook_header_matches(
-            found.webhook_keys, header_store, header
-        ):
-            return _refuse(f"wrong {bigcommerce.HOOK_HEADER}, and no signature")
+        if found is None or not hook_header_matches(found.webhook_keys, header_store, header):
+            return _refuse(f"wrong {HOOK_HEADER}, and no signature")
     if (deep := too_deep(body, platform)) is not None:
         return deep
     try:
@@ -72,7 +80,7 @@ async def bigcommerce_webhook(request: Request) -> Response:
             return _refuse("producer is not stores/{store hash}")
         return _answer(400, platform, "rejected", error="producer is not stores/{store hash}")
     if header_store is not None and store_hash != header_store:
-        return _refuse(f"the body names another store than its {bigcommerce.HOOK_HEADER}")
+        return _refuse(f"the body names another store than its {HOOK_HEADER}")
     shop = await service.shops.by_domain(platform, store_hash)
     if shop is None or not shop.enabled:
         return _answer(

@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from plugin import signatures
 from plugin.config import Settings
 from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.shopify import signatures
 from plugin.platforms.shopify.oauth import (
     AccessToken,
     ShopifyOAuthError,

@@ -3,9 +3,8 @@ entry, its adapter, its options and how its shop domains are written."""
 
 from starlette.routing import BaseRoute, Route
 
-from plugin import signatures
 from plugin.platforms.base import Platform
-from plugin.platforms.shopify import install
+from plugin.platforms.shopify import install, signatures
 from plugin.platforms.shopify.adapter import ShopifyStorefront
 from plugin.platforms.shopify.mapping import NAME
 from plugin.platforms.shopify.webhooks import shopify_webhook

@@ -1,19 +1,25 @@
 """POST /webhooks/shopify: every installed shop's webhooks, signed with the app's client secret:
 fulfilments, the uninstall, and the mandatory privacy topics."""
 
+from __future__ import annotations
+
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from plugin import signatures
 from plugin.platforms.shopify import compliance as shopify_compliance
 from plugin.platforms.shopify import mapping as shopify
-from plugin.service import Service
+from plugin.platforms.shopify import signatures
+from plugin.signatures import WebhookVerificationError
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
+
+if TYPE_CHECKING:
+    from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
 
@@ -35,7 +41,7 @@ async def shopify_webhook(request: Request) -> Response:
             request.headers.get("X-Shopify-Hmac-Sha256"),
             body,
         )
-    except signatures.WebhookVerificationError as exc:
+    except WebhookVerificationError as exc:
         log.warning("shopify webhook refused", extra={"reason": str(exc)})
         return _answer(401, platform, "unauthorized", error=str(exc))
     if (deep := too_deep(body, platform)) is not None:

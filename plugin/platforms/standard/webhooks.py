@@ -1,7 +1,10 @@
 """POST /webhooks/standard/{shop_id}: any storefront that signs per Standard Webhooks and sends
 our public event schema."""
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
@@ -9,10 +12,12 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms.standard import payloads as standard
-from plugin.service import Service
 from plugin.shops import is_shop_id
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
+
+if TYPE_CHECKING:
+    from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
 

@@ -9,18 +9,24 @@ Deliveries are deduplicated on their content, since WooCommerce's delivery id ch
 (re)delivery.
 """
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from plugin import signatures
 from plugin.platforms.woocommerce import mapping as woocommerce
-from plugin.service import Service
+from plugin.platforms.woocommerce import signatures
 from plugin.shops import is_shop_id
+from plugin.signatures import WebhookVerificationError
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
+
+if TYPE_CHECKING:
+    from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
 
@@ -46,10 +52,10 @@ async def woocommerce_webhook(request: Request) -> Response:
         log.info("woocommerce ping", extra={"shop": shop_id})
         return _answer(200, platform, "ping")
     try:
-        woocommerce.verify_signature(
-            [woocommerce.webhook_secret(key) for key in loaded.webhook_keys], signature, body
+        signatures.verify_signature(
+            [signatures.webhook_secret(key) for key in loaded.webhook_keys], signature, body
         )
-    except signatures.WebhookVerificationError as exc:
+    except WebhookVerificationError as exc:
         log.warning("webhook refused", extra={"shop": shop_id, "reason": str(exc)})
         return _answer(401, platform, "unauthorized", error=str(exc))
     if (deep := too_deep(body, platform)) is not None:
