@@ -1,4 +1,5 @@
 import argparse
+import ast
 import contextlib
 import json
 import os
@@ -20,6 +21,7 @@ import msgspec
 import pytest
 
 from plugin import about, cli, signatures
+from plugin.cli import processes
 from plugin.config import ensure_secret_keys, load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError
 from plugin.platforms.woocommerce import mapping as woocommerce
@@ -528,14 +530,14 @@ def test_the_storefront_sandboxes_run_alone_where_they_say(name: str, banner: st
 
 @pytest.mark.parametrize(
     ("database_url", "interval"),
-    [("sqlite:///var/x.db", cli.GIL_SWITCH_SECONDS), ("postgresql://u@127.0.0.1/db", None)],
+    [("sqlite:///var/x.db", processes.GIL_SWITCH_SECONDS), ("postgresql://u@127.0.0.1/db", None)],
 )
 def test_the_gil_is_handed_off_sooner_only_where_a_writer_thread_needs_it(
     database_url: str, interval: float | None
 ) -> None:
     default = sys.getswitchinterval()
     try:
-        cli._hand_off_the_gil_sooner(database_url)
+        processes._hand_off_the_gil_sooner(database_url)
         assert sys.getswitchinterval() == pytest.approx(interval or default)
     finally:
         sys.setswitchinterval(default)
@@ -804,7 +806,7 @@ def every_command(
 def test_every_command_says_what_it_does_and_shows_its_defaults(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    commands = list(every_command(cli._parser()))
+    commands = list(every_command(cli.build_parser()))
     assert len(commands) > 20
     for words, parser in commands:
         with pytest.raises(SystemExit) as exited:
@@ -936,3 +938,21 @@ def test_shop_show_lists_the_options_of_the_shops_platform(env: dict[str, str]) 
     shown = msgspec.json.decode(run_cli(env, "shop", "show", woo).stdout)["options"]
     assert set(shown) == common | {"capture_statuses"}
     assert shown["capture_statuses"] == ["completed"]
+
+
+def test_the_cli_asks_the_registry_and_imports_no_platform_package() -> None:
+    allowed = {"plugin.platforms", "plugin.platforms.registry", "plugin.platforms.base"}
+    package = Path(cli.__file__).parent
+    imported = set()
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                imported |= {name for name in names if name.startswith("plugin.platforms")}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names if a.name.startswith("plugin.platforms")}
+    assert imported, "the shop commands ask the registry"
+    within = tuple(f"{name}." for name in allowed - {"plugin.platforms"})
+    assert {
+        name for name in imported if name not in allowed and not name.startswith(within)
+    } == set()

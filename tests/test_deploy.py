@@ -21,7 +21,7 @@ import yaml
 
 from plugin import server
 from plugin.app import create_app
-from plugin.cli import _parser
+from plugin.cli import build_parser
 from plugin.config import PREFIX, Settings, load_settings
 from plugin.webhooks import MAX_BODY_BYTES
 
@@ -66,7 +66,7 @@ def checked_settings(environment: Mapping[str, str], where: str) -> Settings:
 def cli(argv: list[str], where: str) -> Any:
     """`klarna-capture ARGV` as the CLI parses it; a command or option it lacks fails here."""
     try:
-        return _parser().parse_args(argv)
+        return build_parser().parse_args(argv)
     except SystemExit:
         pytest.fail(f"{where}: klarna-capture does not take {shlex.join(argv)}")
 
