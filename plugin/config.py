@@ -1,6 +1,10 @@
 """Settings from the environment, typed and validated at start-up with one-line errors.
 
-Every variable is `KLARNA_CAPTURE_<NAME>`; an empty value counts as unset.
+Every variable is `KLARNA_CAPTURE_<NAME>`; an empty value counts as unset. Each storefront app's
+settings are a group of their own (`settings.shopify`, `settings.bigcommerce`). A secret is held
+as a `Secret` (or `Secrets`, `SecretKeys`, a `DatabaseUrl` for its password): used as the string
+it is, never shown by repr, so that neither Settings nor a log line or traceback that prints them
+can leak one.
 """
 
 import difflib
@@ -10,9 +14,9 @@ import re
 import stat
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from plugin.vault import MIN_KEY_LENGTH, generate_key
@@ -62,11 +66,77 @@ class ConfigError(Exception):
     """A setting that cannot be used; the message names the variable and what is wrong."""
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+class Secret(str):
+    """A secret setting: the string it is wherever it is used; its repr only says it is set."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<set>"
+
+
+class Secrets(tuple[str, ...]):
+    """Secret settings of one kind (the current one first): the tuple they are wherever they are
+    used; its repr only says how many."""
+
+    __slots__ = ()
+    noun: ClassVar[str] = "secrets"
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} {self.noun}>"
+
+
+class SecretKeys(Secrets):
+    """The keys that seal the stored credentials and sign sessions (the first seals)."""
+
+    __slots__ = ()
+    noun = "keys"
+
+
+class DatabaseUrl(str):
+    """The database URL, which may hold a password: its repr shows it without the password."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(_without_password(str(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class ShopifySettings:
+    """The Shopify app: its client id and secrets (current first, then the previous one while a
+    rotation is under way), the Admin API version, and where the Admin API of a shop lives."""
+
+    client_id: str | None = None
+    client_secrets: Secrets = field(default_factory=Secrets)
+    api_version: str = SHOPIFY_API_VERSION
+    admin_url: str = SHOPIFY_ADMIN_URL
+
+    @property
+    def enabled(self) -> bool:
+        return self.client_id is not None and bool(self.client_secrets)
+
+
+@dataclass(frozen=True, slots=True)
+class BigCommerceSettings:
+    """The BigCommerce app: its client id and secret, and the hosts of the store API and of the
+    OAuth token endpoint (loopback in tests and demos)."""
+
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    api_url: str = BIGCOMMERCE_API_URL
+    login_url: str = BIGCOMMERCE_LOGIN_URL
+
+    @property
+    def enabled(self) -> bool:
+        return self.client_id is not None and bool(self.client_secret)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
-    database_url: str
-    secret_keys: tuple[str, ...]
+    database_url: DatabaseUrl
+    secret_keys: SecretKeys
     klarna_url: str | None
     public_url: str
     workers: int
@@ -79,18 +149,8 @@ class Settings:
     # Processes that run workers against this database, on all machines: each keeps this share
     # of every merchant's Klarna rate limit.
     worker_processes: int = 1
-    # The Shopify app: its client id and secrets (current first, then the previous one while a
-    # rotation is under way), the Admin API version, and where the Admin API of a shop lives.
-    shopify_client_id: str | None = None
-    shopify_client_secrets: tuple[str, ...] = ()
-    shopify_api_version: str = SHOPIFY_API_VERSION
-    shopify_admin_url: str = SHOPIFY_ADMIN_URL
-    # The BigCommerce app: its client id and secret, and the hosts of the store API and of the
-    # OAuth token endpoint (loopback in tests and demos).
-    bigcommerce_client_id: str | None = None
-    bigcommerce_client_secret: str | None = None
-    bigcommerce_api_url: str = BIGCOMMERCE_API_URL
-    bigcommerce_login_url: str = BIGCOMMERCE_LOGIN_URL
+    shopify: ShopifySettings = ShopifySettings()
+    bigcommerce: BigCommerceSettings = BigCommerceSettings()
     # Networks outside the public internet that merchant-entered URLs (status URL, WooCommerce
     # site) may still reach: an intranet deployment's, the demo's and the tests' loopback.
     allowed_private_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -154,48 +214,6 @@ class Settings:
         loops = self._callback_loops_each * self.worker_processes
         return min(self.shop_limit, max(1, loops // 2))
 
-    @property
-    def shopify_enabled(self) -> bool:
-        return self.shopify_client_id is not None and bool(self.shopify_client_secrets)
-
-    @property
-    def bigcommerce_enabled(self) -> bool:
-        return self.bigcommerce_client_id is not None and bool(self.bigcommerce_client_secret)
-
-    def __repr__(self) -> str:
-        return (
-            f"Settings(data_dir={str(self.data_dir)!r}, "
-            f"database_url={_without_password(self.database_url)!r}, "
-            f"secret_keys=<{len(self.secret_keys)} keys>, klarna_url={self.klarna_url!r}, "
-            f"public_url={self.public_url!r}, workers={self.workers}, "
-            f"webhook_tolerance_seconds={self.webhook_tolerance_seconds}, "
-            f"log_level={self.log_level!r}, lease_seconds={self.lease_seconds}, "
-            f"poll_ms={self.poll_ms}, database_pool_size={self.database_pool_size}, "
-            f"worker_processes={self.worker_processes}, "
-            f"shopify_client_id={self.shopify_client_id!r}, "
-            f"shopify_client_secrets=<{len(self.shopify_client_secrets)} secrets>, "
-            f"shopify_api_version={self.shopify_api_version!r}, "
-            f"shopify_admin_url={self.shopify_admin_url!r}, "
-            f"bigcommerce_client_id={self.bigcommerce_client_id!r}, "
-            f"bigcommerce_client_secret=<{'set' if self.bigcommerce_client_secret else 'unset'}>, "
-            f"bigcommerce_api_url={self.bigcommerce_api_url!r}, "
-            f"bigcommerce_login_url={self.bigcommerce_login_url!r}, "
-            f"allowed_private_networks={[str(n) for n in self.allowed_private_networks]!r}, "
-            f"metrics_address={self.metrics_address!r}, "
-            f"job_deadline_seconds={self.job_deadline_seconds}, "
-            f"callback_workers={self.callback_workers}, "
-            f"shop_concurrency={self.shop_concurrency}, "
-            f"trusted_proxies={[str(n) for n in self.trusted_proxies]!r}, "
-            f"database_timeout_seconds={self.database_timeout_seconds}, "
-            f"heartbeat_seconds={self.heartbeat_seconds}, "
-            f"retain_bodies_days={self.retain_bodies_days}, "
-            f"retain_delivery_ids_days={self.retain_delivery_ids_days}, "
-            f"retain_jobs_days={self.retain_jobs_days}, "
-            f"retain_ledger_days={self.retain_ledger_days}, "
-            f"prune_interval_seconds={self.prune_interval_seconds}, "
-            f"public_url_configured={self.public_url_configured})"
-        )
-
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting; touches nothing on disk."""
@@ -215,7 +233,7 @@ def _load(env: Mapping[str, str], read: set[str]) -> Settings:
     klarna_url = get("KLARNA_URL")
     return Settings(
         data_dir=data_dir,
-        database_url=database_url,
+        database_url=DatabaseUrl(database_url),
         secret_keys=_secret_keys(get("SECRET_KEY")),
         klarna_url=None if klarna_url is None else _http_url("KLARNA_URL", klarna_url),
         public_url=_http_url("PUBLIC_URL", get("PUBLIC_URL") or DEFAULT_PUBLIC_URL),
@@ -234,8 +252,8 @@ def _load(env: Mapping[str, str], read: set[str]) -> Settings:
         worker_processes=_whole_number(
             "WORKER_PROCESSES", get("WORKER_PROCESSES"), default=1, low=1, high=1000
         ),
-        **_shopify(get),
-        **_bigcommerce(get),
+        shopify=_shopify(get),
+        bigcommerce=_bigcommerce(get),
         allowed_private_networks=_networks(
             "ALLOWED_PRIVATE_NETWORKS", get("ALLOWED_PRIVATE_NETWORKS")
         ),
@@ -257,7 +275,7 @@ def _load(env: Mapping[str, str], read: set[str]) -> Settings:
     )
 
 
-def _shopify(get: Callable[[str], str | None]) -> dict[str, Any]:
+def _shopify(get: Callable[[str], str | None]) -> ShopifySettings:
     client_id = get("SHOPIFY_CLIENT_ID")
     secret = get("SHOPIFY_CLIENT_SECRET")
     previous = get("SHOPIFY_PREVIOUS_CLIENT_SECRET")
@@ -284,15 +302,15 @@ def _shopify(get: Callable[[str], str | None]) -> dict[str, Any]:
             f"myshopify.com domain goes (default {SHOPIFY_ADMIN_URL}), not {_shown(admin_url)}"
         )
     _http_url("SHOPIFY_ADMIN_URL", admin_url.replace("{shop}", "shop.myshopify.com"))
-    return {
-        "shopify_client_id": client_id,
-        "shopify_client_secrets": tuple(s for s in (secret, previous) if s is not None),
-        "shopify_api_version": version,
-        "shopify_admin_url": admin_url.rstrip("/"),
-    }
+    return ShopifySettings(
+        client_id=client_id,
+        client_secrets=Secrets(s for s in (secret, previous) if s is not None),
+        api_version=version,
+        admin_url=admin_url.rstrip("/"),
+    )
 
 
-def _bigcommerce(get: Callable[[str], str | None]) -> dict[str, Any]:
+def _bigcommerce(get: Callable[[str], str | None]) -> BigCommerceSettings:
     client_id = get("BIGCOMMERCE_CLIENT_ID")
     secret = get("BIGCOMMERCE_CLIENT_SECRET")
     if (client_id is None) != (secret is None):
@@ -300,16 +318,14 @@ def _bigcommerce(get: Callable[[str], str | None]) -> dict[str, Any]:
             f"{PREFIX}BIGCOMMERCE_CLIENT_ID and {PREFIX}BIGCOMMERCE_CLIENT_SECRET go together: "
             "set both (the BigCommerce app's client credentials) or neither"
         )
-    return {
-        "bigcommerce_client_id": client_id,
-        "bigcommerce_client_secret": secret,
-        "bigcommerce_api_url": _http_url(
-            "BIGCOMMERCE_API_URL", get("BIGCOMMERCE_API_URL") or BIGCOMMERCE_API_URL
-        ),
-        "bigcommerce_login_url": _http_url(
+    return BigCommerceSettings(
+        client_id=client_id,
+        client_secret=None if secret is None else Secret(secret),
+        api_url=_http_url("BIGCOMMERCE_API_URL", get("BIGCOMMERCE_API_URL") or BIGCOMMERCE_API_URL),
+        login_url=_http_url(
             "BIGCOMMERCE_LOGIN_URL", get("BIGCOMMERCE_LOGIN_URL") or BIGCOMMERCE_LOGIN_URL
         ),
-    }
+    )
 
 
 def _metrics_address(value: str | None) -> tuple[str, int] | None:
@@ -435,7 +451,7 @@ def ensure_secret_keys(settings: Settings) -> tuple[Settings, str | None]:
         except OSError as exc:
             raise ConfigError(f"cannot create the secret key file {path}: {exc.strerror}") from None
     key = _read_key_file(path)
-    settings = replace(settings, secret_keys=(key,))
+    settings = replace(settings, secret_keys=SecretKeys((key,)))
     if not created:
         return settings, None
     return settings, (
@@ -543,9 +559,9 @@ def _database_url(value: str | None, data_dir: Path) -> str:
     return _SQLITE + str(Path(path).expanduser().resolve())
 
 
-def _secret_keys(value: str | None) -> tuple[str, ...]:
+def _secret_keys(value: str | None) -> SecretKeys:
     if value is None:
-        return ()
+        return SecretKeys()
     keys = tuple(key.strip() for key in value.split(",") if key.strip())
     for position, key in enumerate(keys, start=1):
         if len(key) < MIN_KEY_LENGTH:
@@ -553,7 +569,7 @@ def _secret_keys(value: str | None) -> tuple[str, ...]:
                 f"{PREFIX}SECRET_KEY must hold keys of at least {MIN_KEY_LENGTH} characters "
                 f"each, but key {position} of {len(keys)} has {len(key)}"
             )
-    return keys
+    return SecretKeys(keys)
 
 
 def _http_url(name: str, value: str) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from plugin.config import (
+    PREFIX,
     ConfigError,
     Settings,
     ensure_secret_keys,
@@ -17,6 +18,7 @@ from plugin.config import (
     variable_names,
     with_serve_url,
 )
+from plugin.logs import is_secret_name
 
 KEY = "k" * 16
 OTHER_KEY = "o" * 24
@@ -252,16 +254,16 @@ def test_the_shopify_app_settings_are_read_and_its_secrets_hidden() -> None:
             "KLARNA_CAPTURE_SHOPIFY_ADMIN_URL": "http://127.0.0.1:8200/shops/{shop}/",
         }
     )
-    assert settings.shopify_enabled
-    assert settings.shopify_client_id == "client-1"
-    assert settings.shopify_client_secrets == ("shpss_new_secret_value", "shpss_old_secret_value")
-    assert settings.shopify_api_version == "2026-10"
-    assert settings.shopify_admin_url == "http://127.0.0.1:8200/shops/{shop}"
+    assert settings.shopify.enabled
+    assert settings.shopify.client_id == "client-1"
+    assert settings.shopify.client_secrets == ("shpss_new_secret_value", "shpss_old_secret_value")
+    assert settings.shopify.api_version == "2026-10"
+    assert settings.shopify.admin_url == "http://127.0.0.1:8200/shops/{shop}"
     assert "secret_value" not in repr(settings)
     assert "<2 secrets>" in repr(settings)
     default = load_settings({})
-    assert not default.shopify_enabled
-    assert default.shopify_admin_url == "https://{shop}"
+    assert not default.shopify.enabled
+    assert default.shopify.admin_url == "https://{shop}"
 
 
 @pytest.mark.parametrize(
@@ -291,18 +293,18 @@ def test_the_bigcommerce_app_settings_are_read_and_its_secret_hidden() -> None:
             "KLARNA_CAPTURE_BIGCOMMERCE_LOGIN_URL": "http://127.0.0.1:8300/login/",
         }
     )
-    assert settings.bigcommerce_enabled
-    assert settings.bigcommerce_client_id == "bc-client-1"
-    assert settings.bigcommerce_client_secret == "bc_secret_value"
-    assert settings.bigcommerce_api_url == "http://127.0.0.1:8300"
-    assert settings.bigcommerce_login_url == "http://127.0.0.1:8300/login"
+    assert settings.bigcommerce.enabled
+    assert settings.bigcommerce.client_id == "bc-client-1"
+    assert settings.bigcommerce.client_secret == "bc_secret_value"
+    assert settings.bigcommerce.api_url == "http://127.0.0.1:8300"
+    assert settings.bigcommerce.login_url == "http://127.0.0.1:8300/login"
     assert "bc_secret_value" not in repr(settings)
-    assert "bigcommerce_client_secret=<set>" in repr(settings)
+    assert "client_secret=<set>" in repr(settings)
     default = load_settings({})
-    assert not default.bigcommerce_enabled
-    assert default.bigcommerce_api_url == "https://api.bigcommerce.com"
-    assert default.bigcommerce_login_url == "https://login.bigcommerce.com"
-    assert "bigcommerce_client_secret=<unset>" in repr(default)
+    assert not default.bigcommerce.enabled
+    assert default.bigcommerce.api_url == "https://api.bigcommerce.com"
+    assert default.bigcommerce.login_url == "https://login.bigcommerce.com"
+    assert "client_secret=None" in repr(default)
 
 
 @pytest.mark.parametrize(
@@ -565,3 +567,28 @@ def test_a_bad_database_url_is_named_by_its_scheme_never_its_password(value: str
         load_settings({"KLARNA_CAPTURE_DATABASE_URL": value})
     assert "s3cretpw" not in str(caught.value)
     assert str(caught.value).startswith("KLARNA_CAPTURE_DATABASE_URL ")
+
+
+def test_no_secret_setting_shows_in_the_repr_of_the_settings() -> None:
+    # Every variable whose name says it is a secret (as the log redaction reads names), so that
+    # one added later is checked too, with the client ids that its app needs beside it.
+    secrets = {
+        name: f"leaked-{name.removeprefix(PREFIX).lower()}-0123456789"
+        for name in variable_names()
+        if is_secret_name(name.removeprefix(PREFIX).lower())
+    }
+    assert len(secrets) >= 4
+    environ = {
+        **secrets,
+        "KLARNA_CAPTURE_SHOPIFY_CLIENT_ID": "client-1",
+        "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_ID": "bc-client-1",
+        "KLARNA_CAPTURE_DATABASE_URL": "postgresql://capture:leaked-password@db.internal/capture",
+    }
+    settings = load_settings(environ)
+    shown = repr(settings)
+    for name, value in secrets.items():
+        assert value not in shown, name
+    assert "leaked-password" not in shown
+    assert "client-1" in shown  # what is no secret is shown
+    assert settings.secret_keys == (secrets["KLARNA_CAPTURE_SECRET_KEY"],)
+    assert settings.bigcommerce.client_secret == secrets["KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_SECRET"]

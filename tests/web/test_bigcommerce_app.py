@@ -573,7 +573,7 @@ def test_rotating_the_secret_sets_a_new_header_on_the_hooks_and_the_old_one_pass
         "KLARNA_CAPTURE_PUBLIC_URL": settings[0].public_url,
         "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_ID": DEFAULT_CLIENT_ID,
         "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
-        "KLARNA_CAPTURE_BIGCOMMERCE_API_URL": settings[0].bigcommerce_api_url,
+        "KLARNA_CAPTURE_BIGCOMMERCE_API_URL": settings[0].bigcommerce.api_url,
         "KLARNA_CAPTURE_LOG_LEVEL": "WARNING",
     }
 

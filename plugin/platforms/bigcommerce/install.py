@@ -76,14 +76,14 @@ def _refusal(request: Request, refused: _Refused, store_hash: str) -> Response:
 
 
 def _credentials(settings: Settings) -> tuple[str, str]:
-    if settings.bigcommerce_client_id is None or not settings.bigcommerce_client_secret:
+    if settings.bigcommerce.client_id is None or not settings.bigcommerce.client_secret:
         raise _Refused(
             404,
             "BigCommerce app not set up",
             "This server does not run the BigCommerce app.",
             "bigcommerce client id and secret are not configured",
         )
-    return settings.bigcommerce_client_id, settings.bigcommerce_client_secret
+    return settings.bigcommerce.client_id, settings.bigcommerce.client_secret
 
 
 def _frame_for(request: Request, store_hash: str) -> None:
@@ -96,7 +96,7 @@ def _api(service: Service, store_hash: str, token: str) -> StoreClient:
         store_hash,
         token,
         http=service.storefront_http,
-        base_url=service.settings.bigcommerce_api_url,
+        base_url=service.settings.bigcommerce.api_url,
         retry=INTERACTIVE_RETRY,
     )
 
@@ -145,7 +145,7 @@ async def callback(request: Request) -> Response:
         try:
             grant = await exchange_code(
                 service.storefront_http,
-                login_url=settings.bigcommerce_login_url,
+                login_url=settings.bigcommerce.login_url,
                 client_id=client_id,
                 client_secret=client_secret,
                 code=code,
