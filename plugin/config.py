@@ -132,30 +132,33 @@ class BigCommerceSettings:
         return self.client_id is not None and bool(self.client_secret)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True, slots=True)
-class Settings:
-    data_dir: Path
-    database_url: DatabaseUrl
-    secret_keys: SecretKeys
-    klarna_url: str | None
-    public_url: str
-    workers: int
-    webhook_tolerance_seconds: int
-    log_level: str
-    lease_seconds: int = 60
-    poll_ms: int = 1000
+class DatabaseSettings:
+    """The database: its URL, and how a process uses it."""
+
+    url: DatabaseUrl
     # PostgreSQL only: connections per process (asyncpg pool), at most.
-    database_pool_size: int = 20
+    pool_size: int = 20
+    # How long a call waits for the database before it counts as away (PostgreSQL: to connect,
+    # for a pool connection, for a statement's answer; SQLite: for another process's lock on the
+    # file): a request then answers 503, a worker waits and tries again.
+    timeout_seconds: int = DATABASE_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """The workers that run the jobs: how many, and how they share the jobs and the shops."""
+
+    # Loops that capture, in each process that runs workers (0: a `serve` beside `worker`s).
+    workers: int = 4
     # Processes that run workers against this database, on all machines: each keeps this share
     # of every merchant's Klarna rate limit.
     worker_processes: int = 1
-    shopify: ShopifySettings = ShopifySettings()
-    bigcommerce: BigCommerceSettings = BigCommerceSettings()
-    # Networks outside the public internet that merchant-entered URLs (status URL, WooCommerce
-    # site) may still reach: an intranet deployment's, the demo's and the tests' loopback.
-    allowed_private_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    # Where this process serves its Prometheus metrics (host, port); None: nowhere.
-    metrics_address: tuple[str, int] | None = METRICS_ADDRESS
+    lease_seconds: int = 60
+    poll_ms: int = 1000
     # How long one run of a job may take before it is stopped and retried (longer than a Klarna
     # call's 30 s of retries, with the steps around it).
     job_deadline_seconds: int = JOB_DEADLINE_SECONDS
@@ -166,27 +169,9 @@ class Settings:
     # Jobs of one kind a shop may have running at once, across all processes (None: half of all
     # the workers, at least 1), so that one shop's backlog never holds every worker.
     shop_concurrency: int | None = None
-    # The addresses of the reverse proxies in front of `serve`: only a request from one of them
-    # is taken to have come over https (X-Forwarded-Proto) from the client it names
-    # (X-Forwarded-For); anyone else sending those headers is not believed.
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = TRUSTED_PROXIES
-    # How long a call waits for the database before it counts as away (PostgreSQL: to connect,
-    # for a pool connection, for a statement's answer; SQLite: for another process's lock on the
-    # file): a request then answers 503, a worker waits and tries again.
-    database_timeout_seconds: int = DATABASE_TIMEOUT_SECONDS
     # How often a process that runs workers tells the database it lives; after three missed
     # beats its running jobs are claimed by others at once, without waiting for their lease.
     heartbeat_seconds: int = HEARTBEAT_SECONDS
-    # Retention: how many days each kind of row is kept (None: the ledger is never pruned), and
-    # how often a process that runs workers prunes (0: only `klarna-capture prune`).
-    retain_bodies_days: int = RETAIN_BODIES_DAYS
-    retain_delivery_ids_days: int = RETAIN_DELIVERY_IDS_DAYS
-    retain_jobs_days: int = RETAIN_JOBS_DAYS
-    retain_ledger_days: int | None = RETAIN_LEDGER_DAYS
-    prune_interval_seconds: int = PRUNE_INTERVAL_SECONDS
-    # Whether KLARNA_CAPTURE_PUBLIC_URL was set; when not, `public_url` follows where `serve`
-    # listens (see with_serve_url).
-    public_url_configured: bool = True
 
     @property
     def capture_loops(self) -> int:
@@ -215,6 +200,65 @@ class Settings:
         return min(self.shop_limit, max(1, loops // 2))
 
 
+@dataclass(frozen=True, slots=True)
+class KlarnaSettings:
+    """Klarna's Order management API: None, the region's own address; else this one (a
+    sandbox's, in tests and demos) for every region."""
+
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """What faces the network: the address storefronts and merchants reach the service at, who
+    is believed about a request, which webhooks are fresh, and which addresses merchant-entered
+    URLs may lead to."""
+
+    public_url: str = DEFAULT_PUBLIC_URL
+    # Whether KLARNA_CAPTURE_PUBLIC_URL was set; when not, `public_url` follows where `serve`
+    # listens (see with_serve_url).
+    public_url_configured: bool = True
+    webhook_tolerance_seconds: int = 300
+    # The addresses of the reverse proxies in front of `serve`: only a request from one of them
+    # is taken to have come over https (X-Forwarded-Proto) from the client it names
+    # (X-Forwarded-For); anyone else sending those headers is not believed.
+    trusted_proxies: tuple[Network, ...] = TRUSTED_PROXIES
+    # Networks outside the public internet that merchant-entered URLs (status URL, WooCommerce
+    # site) may still reach: an intranet deployment's, the demo's and the tests' loopback.
+    allowed_private_networks: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """How many days each kind of row is kept (None: the ledger is never pruned), and how often a
+    process that runs workers prunes (0: only `klarna-capture prune`)."""
+
+    bodies_days: int = RETAIN_BODIES_DAYS
+    delivery_ids_days: int = RETAIN_DELIVERY_IDS_DAYS
+    jobs_days: int = RETAIN_JOBS_DAYS
+    ledger_days: int | None = RETAIN_LEDGER_DAYS
+    prune_interval_seconds: int = PRUNE_INTERVAL_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting: those of the process itself, then one group per concern and per
+    storefront app."""
+
+    data_dir: Path
+    secret_keys: SecretKeys
+    database: DatabaseSettings
+    log_level: str = "INFO"
+    # Where this process serves its Prometheus metrics (host, port); None: nowhere.
+    metrics_address: tuple[str, int] | None = METRICS_ADDRESS
+    queue: QueueSettings = QueueSettings()
+    klarna: KlarnaSettings = KlarnaSettings()
+    web: WebSettings = WebSettings()
+    retention: RetentionSettings = RetentionSettings()
+    shopify: ShopifySettings = ShopifySettings()
+    bigcommerce: BigCommerceSettings = BigCommerceSettings()
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting; touches nothing on disk."""
     return _load(os.environ if environ is None else environ, set())
@@ -228,50 +272,75 @@ def _load(env: Mapping[str, str], read: set[str]) -> Settings:
         value = env.get(PREFIX + name, "").strip()
         return value or None
 
+    # Read in the order of the one-line errors: the first bad variable is the one named.
     data_dir = Path(get("DATA_DIR") or "./var").expanduser().resolve()
     database_url = _database_url(get("DATABASE_URL"), data_dir)
     klarna_url = get("KLARNA_URL")
+    secret_keys = _secret_keys(get("SECRET_KEY"))
+    klarna = KlarnaSettings(url=None if klarna_url is None else _http_url("KLARNA_URL", klarna_url))
+    public_url = _http_url("PUBLIC_URL", get("PUBLIC_URL") or DEFAULT_PUBLIC_URL)
+    workers = _whole_number("WORKERS", get("WORKERS"), default=4, low=0, high=256)
+    webhook_tolerance_seconds = _whole_number(
+        "WEBHOOK_TOLERANCE", get("WEBHOOK_TOLERANCE"), default=300, low=1, high=86400
+    )
+    log_level = _log_level(get("LOG_LEVEL"))
+    lease_seconds = _whole_number(
+        "LEASE_SECONDS", get("LEASE_SECONDS"), default=60, low=1, high=3600
+    )
+    poll_ms = _whole_number("POLL_MS", get("POLL_MS"), default=1000, low=10, high=60000)
+    database_pool_size = _whole_number(
+        "DATABASE_POOL_SIZE", get("DATABASE_POOL_SIZE"), default=20, low=2, high=1000
+    )
+    worker_processes = _whole_number(
+        "WORKER_PROCESSES", get("WORKER_PROCESSES"), default=1, low=1, high=1000
+    )
+    shopify = _shopify(get)
+    bigcommerce = _bigcommerce(get)
+    allowed_private_networks = _networks(
+        "ALLOWED_PRIVATE_NETWORKS", get("ALLOWED_PRIVATE_NETWORKS")
+    )
+    metrics_address = _metrics_address(get("METRICS_ADDRESS"))
+    queue = _queue(get)
+    trusted_proxies = _networks("TRUSTED_PROXIES", get("TRUSTED_PROXIES")) or TRUSTED_PROXIES
+    database_timeout_seconds = _whole_number(
+        "DATABASE_TIMEOUT_SECONDS",
+        get("DATABASE_TIMEOUT_SECONDS"),
+        default=DATABASE_TIMEOUT_SECONDS,
+        low=1,
+        high=300,
+    )
+    heartbeat_seconds = _whole_number(
+        "HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), default=HEARTBEAT_SECONDS, low=1, high=60
+    )
     return Settings(
         data_dir=data_dir,
-        database_url=DatabaseUrl(database_url),
-        secret_keys=_secret_keys(get("SECRET_KEY")),
-        klarna_url=None if klarna_url is None else _http_url("KLARNA_URL", klarna_url),
-        public_url=_http_url("PUBLIC_URL", get("PUBLIC_URL") or DEFAULT_PUBLIC_URL),
-        workers=_whole_number("WORKERS", get("WORKERS"), default=4, low=0, high=256),
-        webhook_tolerance_seconds=_whole_number(
-            "WEBHOOK_TOLERANCE", get("WEBHOOK_TOLERANCE"), default=300, low=1, high=86400
+        secret_keys=secret_keys,
+        database=DatabaseSettings(
+            url=DatabaseUrl(database_url),
+            pool_size=database_pool_size,
+            timeout_seconds=database_timeout_seconds,
         ),
-        log_level=_log_level(get("LOG_LEVEL")),
-        lease_seconds=_whole_number(
-            "LEASE_SECONDS", get("LEASE_SECONDS"), default=60, low=1, high=3600
+        log_level=log_level,
+        metrics_address=metrics_address,
+        queue=QueueSettings(
+            workers=workers,
+            worker_processes=worker_processes,
+            lease_seconds=lease_seconds,
+            poll_ms=poll_ms,
+            heartbeat_seconds=heartbeat_seconds,
+            **queue,
         ),
-        poll_ms=_whole_number("POLL_MS", get("POLL_MS"), default=1000, low=10, high=60000),
-        database_pool_size=_whole_number(
-            "DATABASE_POOL_SIZE", get("DATABASE_POOL_SIZE"), default=20, low=2, high=1000
+        klarna=klarna,
+        web=WebSettings(
+            public_url=public_url,
+            public_url_configured=get("PUBLIC_URL") is not None,
+            webhook_tolerance_seconds=webhook_tolerance_seconds,
+            trusted_proxies=trusted_proxies,
+            allowed_private_networks=allowed_private_networks,
         ),
-        worker_processes=_whole_number(
-            "WORKER_PROCESSES", get("WORKER_PROCESSES"), default=1, low=1, high=1000
-        ),
-        shopify=_shopify(get),
-        bigcommerce=_bigcommerce(get),
-        allowed_private_networks=_networks(
-            "ALLOWED_PRIVATE_NETWORKS", get("ALLOWED_PRIVATE_NETWORKS")
-        ),
-        metrics_address=_metrics_address(get("METRICS_ADDRESS")),
-        **_queue(get),
-        trusted_proxies=_networks("TRUSTED_PROXIES", get("TRUSTED_PROXIES")) or TRUSTED_PROXIES,
-        database_timeout_seconds=_whole_number(
-            "DATABASE_TIMEOUT_SECONDS",
-            get("DATABASE_TIMEOUT_SECONDS"),
-            default=DATABASE_TIMEOUT_SECONDS,
-            low=1,
-            high=300,
-        ),
-        heartbeat_seconds=_whole_number(
-            "HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), default=HEARTBEAT_SECONDS, low=1, high=60
-        ),
-        **_retention(get),
-        public_url_configured=get("PUBLIC_URL") is not None,
+        retention=_retention(get),
+        shopify=shopify,
+        bigcommerce=bigcommerce,
     )
 
 
@@ -368,7 +437,7 @@ def _queue(get: Callable[[str], str | None]) -> dict[str, Any]:
     }
 
 
-def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
+def _retention(get: Callable[[str], str | None]) -> RetentionSettings:
     ledger = get("RETAIN_LEDGER_DAYS")
     ledger_days: int | None = RETAIN_LEDGER_DAYS
     if ledger is not None and ledger.lower() == "never":
@@ -380,8 +449,8 @@ def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
                 f"or never, not {_shown(ledger)}"
             )
         ledger_days = int(ledger)
-    windows = {
-        "retain_bodies_days": _whole_number(
+    windows: dict[str, Any] = {
+        "bodies_days": _whole_number(
             "RETAIN_BODIES_DAYS",
             get("RETAIN_BODIES_DAYS"),
             default=RETAIN_BODIES_DAYS,
@@ -390,21 +459,21 @@ def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
         ),
         # Fewer days than a storefront goes on redelivering would let a late duplicate through
         # as a new delivery (the ledger still captures it once, but it runs again).
-        "retain_delivery_ids_days": _whole_number(
+        "delivery_ids_days": _whole_number(
             "RETAIN_DELIVERY_IDS_DAYS",
             get("RETAIN_DELIVERY_IDS_DAYS"),
             default=RETAIN_DELIVERY_IDS_DAYS,
             low=MIN_RETAIN_DELIVERY_IDS_DAYS,
             high=3650,
         ),
-        "retain_jobs_days": _whole_number(
+        "jobs_days": _whole_number(
             "RETAIN_JOBS_DAYS",
             get("RETAIN_JOBS_DAYS"),
             default=RETAIN_JOBS_DAYS,
             low=1,
             high=3650,
         ),
-        "retain_ledger_days": ledger_days,
+        "ledger_days": ledger_days,
         "prune_interval_seconds": _whole_number(
             "PRUNE_INTERVAL_SECONDS",
             get("PRUNE_INTERVAL_SECONDS"),
@@ -416,8 +485,7 @@ def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
     # The ledger is what says a shipment was captured once its delivery rows are gone: it
     # outlives them (a body's days and its id's after it), and a job's days.
     bodies, ids, jobs = (
-        windows[name] or 0
-        for name in ("retain_bodies_days", "retain_delivery_ids_days", "retain_jobs_days")
+        windows[name] or 0 for name in ("bodies_days", "delivery_ids_days", "jobs_days")
     )
     floor = max(bodies + ids, jobs)
     if ledger_days is not None and ledger_days < floor:
@@ -426,14 +494,14 @@ def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
             "bodies' and delivery ids' days together, and the jobs' days), not "
             f"{ledger_days}"
         )
-    return windows
+    return RetentionSettings(**windows)
 
 
 def sqlite_path(settings: Settings) -> Path | None:
     """The database file of a SQLite URL (absolute), None for PostgreSQL."""
-    if not settings.database_url.startswith(_SQLITE):
+    if not settings.database.url.startswith(_SQLITE):
         return None
-    return Path(settings.database_url.removeprefix(_SQLITE))
+    return Path(settings.database.url.removeprefix(_SQLITE))
 
 
 def ensure_secret_keys(settings: Settings) -> tuple[Settings, str | None]:
@@ -672,11 +740,12 @@ def with_serve_url(settings: Settings) -> Settings:
     """Settings whose public URL, when KLARNA_CAPTURE_PUBLIC_URL is unset, is the one the last
     `serve` with this data directory listened on (written by record_serve_url); the default
     before any did."""
-    if settings.public_url_configured:
+    if settings.web.public_url_configured:
         return settings
     try:
         recorded = (settings.data_dir / SERVE_URL_FILE_NAME).read_text(encoding="ascii").strip()
-        return replace(settings, public_url=_http_url("PUBLIC_URL", recorded))
+        public_url = _http_url("PUBLIC_URL", recorded)
+        return replace(settings, web=replace(settings.web, public_url=public_url))
     except (OSError, UnicodeError, ConfigError):  # none yet, or not one we wrote: the default
         return settings
 
@@ -684,7 +753,7 @@ def with_serve_url(settings: Settings) -> Settings:
 def record_serve_url(settings: Settings, url: str) -> Settings:
     """`serve`'s settings, listening on `url`: unless KLARNA_CAPTURE_PUBLIC_URL is set, that is
     the public URL, kept in the data directory for the deployment's other commands."""
-    if settings.public_url_configured:
+    if settings.web.public_url_configured:
         return settings
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = settings.data_dir / SERVE_URL_FILE_NAME
@@ -697,4 +766,4 @@ def record_serve_url(settings: Settings, url: str) -> Settings:
     except OSError as exc:
         os.unlink(temporary)
         raise ConfigError(f"cannot write {path} ({PREFIX}DATA_DIR): {exc.strerror}") from None
-    return replace(settings, public_url=url)
+    return replace(settings, web=replace(settings.web, public_url=url))

@@ -50,10 +50,12 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(_migrate_store(settings))
         settings = record_serve_url(settings, _reachable(server.url_of(sockets[0])))
         app = create_app(
-            settings, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_ms / 1000
+            settings,
+            lease_seconds=settings.queue.lease_seconds,
+            poll_seconds=settings.queue.poll_ms / 1000,
         )
         _freeze_startup_objects()
-        _hand_off_the_gil_sooner(settings.database_url)
+        _hand_off_the_gil_sooner(settings.database.url)
 
         def stop_workers() -> None:
             # At the signal, not after the open requests: the workers stop claiming, cancel the
@@ -68,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
                     app,
                     host=args.host,
                     port=args.port,
-                    trusted_proxies=settings.trusted_proxies,
+                    trusted_proxies=settings.web.trusted_proxies,
                     timeout_graceful_shutdown=10,
                 ),
                 announce=lambda: _say_where(settings, sockets),
@@ -85,12 +87,12 @@ def _say_where(settings: Settings, sockets: Sequence[socket.socket]) -> None:
     print(
         f"klarna-capture {about.VERSION} listening on "
         f"{', '.join(server.url_of(sock) for sock in sockets)}; public URL "
-        f"{settings.public_url} ({settings.workers} workers, database "
-        f"{settings.database_url.split(':', 1)[0]})",
+        f"{settings.web.public_url} ({settings.queue.workers} workers, database "
+        f"{settings.database.url.split(':', 1)[0]})",
         file=sys.stderr,
         flush=True,
     )
-    if not settings.public_url_configured:
+    if not settings.web.public_url_configured:
         print(
             f"klarna-capture: {PREFIX}PUBLIC_URL is unset, so webhook and sign-in URLs use the "
             "URL above (so do the other commands with this data directory); set it to the "
@@ -107,7 +109,7 @@ def _reachable(url: str) -> str:
 
 async def _migrate_store(settings: Settings) -> int:
     store = open_store(
-        settings.database_url, pool_size=2, timeout=settings.database_timeout_seconds
+        settings.database.url, pool_size=2, timeout=settings.database.timeout_seconds
     )
     try:
         return await store.migrate()
@@ -118,23 +120,25 @@ async def _migrate_store(settings: Settings) -> int:
 def _worker(args: argparse.Namespace) -> int:
     settings = running.settings()
     configure_logging(settings.log_level)
-    if settings.workers < 1:
+    if settings.queue.workers < 1:
         raise ConfigError("KLARNA_CAPTURE_WORKERS must be at least 1 for `klarna-capture worker`")
 
     async def main() -> int:
         async with open_service(
-            settings, lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_ms / 1000
+            settings,
+            lease_seconds=settings.queue.lease_seconds,
+            poll_seconds=settings.queue.poll_ms / 1000,
         ) as service:
             task = asyncio.ensure_future(service.worker.run())
             if metrics.serving():  # no listener, nobody to count jobs for
                 counts = asyncio.ensure_future(metrics.refresh_job_counts(service.store))
                 task.add_done_callback(lambda _: counts.cancel())
-            if settings.prune_interval_seconds:
+            if settings.retention.prune_interval_seconds:
                 pruning = asyncio.ensure_future(
                     retention.prune_forever(
                         service.store,
                         retention.Retention.of(settings),
-                        settings.prune_interval_seconds,
+                        settings.retention.prune_interval_seconds,
                     )
                 )
                 task.add_done_callback(lambda _: pruning.cancel())
@@ -143,7 +147,7 @@ def _worker(args: argparse.Namespace) -> int:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, service.worker.stop)
             print(
-                f"klarna-capture worker running ({settings.workers} workers)",
+                f"klarna-capture worker running ({settings.queue.workers} workers)",
                 file=sys.stderr,
                 flush=True,
             )

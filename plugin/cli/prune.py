@@ -34,6 +34,6 @@ async def _prune(service: Service, args: argparse.Namespace) -> int:
         if table != "deliveries.body":
             done = "would be deleted" if args.dry_run else "deleted"
         print(f"{table:<20} {count:>9} {what} {done}")
-    if service.settings.retain_ledger_days is None:
+    if service.settings.retention.ledger_days is None:
         print("captures, operations, audit, compliance_requests: kept (RETAIN_LEDGER_DAYS=never)")
     return 0

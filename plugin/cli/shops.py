@@ -211,7 +211,7 @@ async def _add(service: Service, args: argparse.Namespace) -> int:
         )
     else:
         print(f"shop {shop.id} created")
-        print(f"webhook URL:    {service.settings.public_url}{path}")
+        print(f"webhook URL:    {service.settings.web.public_url}{path}")
         print(f"webhook secret: {secret}  (shown this once)")
         if part.created:
             print(part.created)
@@ -221,7 +221,7 @@ async def _add(service: Service, args: argparse.Namespace) -> int:
 async def _address_problem(service: Service, *urls: tuple[str, str | None]) -> str | None:
     """The first given URL that leads outside the public internet (and the networks the
     operator allows), named by its option."""
-    guard = AddressGuard(service.settings.allowed_private_networks)
+    guard = AddressGuard(service.settings.web.allowed_private_networks)
     for option, url in urls:
         problem = await url_problem(url, guard) if url else None
         if problem is not None:
@@ -288,8 +288,8 @@ async def _shop_show(service: Service, args: argparse.Namespace) -> int:
 def _webhook_url(service: Service, shop: Shop) -> str:
     if shop.shop_domain is not None and shop.platform not in _addable():
         # a storefront app's installed shop: one endpoint for every shop
-        return f"{service.settings.public_url}/webhooks/{shop.platform}"
-    return f"{service.settings.public_url}/webhooks/{shop.platform}/{shop.id}"
+        return f"{service.settings.web.public_url}/webhooks/{shop.platform}"
+    return f"{service.settings.web.public_url}/webhooks/{shop.platform}/{shop.id}"
 
 
 async def _shop_rotate(service: Service, args: argparse.Namespace) -> int:
@@ -359,7 +359,7 @@ async def _shop_set_klarna(service: Service, args: argparse.Namespace) -> int:
         password=password,
         region=region,
         environment=environment,
-        url=service.settings.klarna_url,
+        url=service.settings.klarna.url,
     )
     waiting = await service.store.waiting(shop.id, KLARNA_CREDENTIALS)
     await service.shops.update(
@@ -385,7 +385,7 @@ async def _admin_link(service: Service, args: argparse.Namespace) -> int:
     if await running.find_shop(service, args.shop_id) is None:
         return 1
     token = service.auth.link_token(args.shop_id)
-    print(f"{service.settings.public_url}/admin/login?token={token}")
+    print(f"{service.settings.web.public_url}/admin/login?token={token}")
     print("Works once, for 15 minutes.", file=sys.stderr)
     return 0
 

@@ -107,7 +107,7 @@ async def subscribe(service: Service, shop: Shop, token: str) -> None:
     secrets = await service.shops.get(shop.id)
     if secrets is None or not secrets.webhook_keys or shop.shop_domain is None:
         raise BigCommerceError("hooks", status=None, code="NO_SHOP", messages=["shop removed"])
-    destination = service.settings.public_url + WEBHOOK_PATH
+    destination = service.settings.web.public_url + WEBHOOK_PATH
     header = {
         signatures.HOOK_HEADER: signatures.hook_header_value(
             shop.shop_domain, secrets.webhook_keys[0]
@@ -151,7 +151,7 @@ async def callback(request: Request) -> Response:
                 code=code,
                 scope=params.get("scope", ""),
                 context=params.get("context", ""),
-                redirect_uri=settings.public_url + CALLBACK_PATH,
+                redirect_uri=settings.web.public_url + CALLBACK_PATH,
             )
         except BigCommerceOAuthError as error:
             if error.status is not None and 400 <= error.status < 500:

@@ -51,7 +51,7 @@ async def bigcommerce_webhook(request: Request) -> Response:
             [secret.encode()],
             request.headers,
             body,
-            tolerance=settings.webhook_tolerance_seconds,
+            tolerance=settings.web.webhook_tolerance_seconds,
         )
     except signatures.WebhookVerificationError as exc:
         unsigned = str(exc)

@@ -146,7 +146,7 @@ async def install(request: Request) -> Response:
         {
             "client_id": client_id,
             "scope": ",".join(SCOPES),
-            "redirect_uri": settings.public_url + CALLBACK_PATH,
+            "redirect_uri": settings.web.public_url + CALLBACK_PATH,
             "state": state,
         }
     )
@@ -160,7 +160,7 @@ async def install(request: Request) -> Response:
         path="/auth/shopify",
         httponly=True,
         samesite="lax",
-        secure=settings.public_url.startswith("https://"),
+        secure=settings.web.public_url.startswith("https://"),
     )
     return response
 
@@ -212,7 +212,7 @@ async def callback(request: Request) -> Response:
         INSTALL_STATE_COOKIE,
         path="/auth/shopify",
         httponly=True,
-        secure=settings.public_url.startswith("https://"),
+        secure=settings.web.public_url.startswith("https://"),
     )
     return response
 
