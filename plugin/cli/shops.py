@@ -5,13 +5,14 @@ registry (its `shop_add`, `shop_details` and `rehook`)."""
 import argparse
 import sys
 import time
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
 from plugin.cli import arguments, running
 from plugin.credentials import check_credentials
+from plugin.klarna.client import Environment, Region
 from plugin.outbound import AddressGuard, url_problem
 from plugin.platforms import registry
 from plugin.platforms.base import ShopAdd, ShopAddRefused
@@ -19,8 +20,10 @@ from plugin.service import Service
 from plugin.store import ShopChanges
 from plugin.store.records import KLARNA_CREDENTIALS, Shop, ShopOptions
 
-REGIONS = ("eu", "na", "oc")
-ENVIRONMENTS = ("live", "playground")
+# The choices are the Klarna client's own types' values, so that a shop added here is one the
+# client can call.
+REGIONS: tuple[Region, ...] = get_args(Region)
+ENVIRONMENTS: tuple[Environment, ...] = get_args(Environment)
 
 
 def _addable() -> dict[str, ShopAdd]:
