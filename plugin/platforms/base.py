@@ -238,8 +238,8 @@ class ShopAdd:
     - `add_options`: adds its options to the parser; `options` lists them, and another
       platform's shop may not be given them.
     - `new_shop`: the shop its options describe, checked (raises ShopAddRefused).
-    - `api_token`: the shop's sealed API credentials, with the secrets it reads (after the
-      Klarna password); None: the platform has none.
+    - `api_token`: the shop's API credentials (sealed when stored), made with the secrets it
+      reads after the Klarna password; None: the platform has none.
     - `created`: what the operator does next on the storefront, said after the shop is made.
     """
 
