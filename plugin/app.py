@@ -68,14 +68,16 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
         async with open_service(settings, **service_options) as service:
             app.state.service = service
             async with anyio.create_task_group() as group:
-                if settings.workers:
+                if settings.queue.workers:
                     group.start_soon(service.worker.run)
-                    if settings.prune_interval_seconds:  # pruning runs where the workers do
+                    if (
+                        settings.retention.prune_interval_seconds
+                    ):  # pruning runs where the workers do
                         group.start_soon(
                             retention.prune_forever,
                             service.store,
                             retention.Retention.of(settings),
-                            settings.prune_interval_seconds,
+                            settings.retention.prune_interval_seconds,
                         )
                 if metrics.serving():  # no listener, nobody to count jobs for
                     group.start_soon(metrics.refresh_job_counts, service.store)

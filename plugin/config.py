@@ -1,6 +1,10 @@
 """Settings from the environment, typed and validated at start-up with one-line errors.
 
-Every variable is `KLARNA_CAPTURE_<NAME>`; an empty value counts as unset.
+Every variable is `KLARNA_CAPTURE_<NAME>`; an empty value counts as unset. Each storefront app's
+settings are a group of their own (`settings.shopify`, `settings.bigcommerce`). A secret is held
+as a `Secret` (or `Secrets`, `SecretKeys`, a `DatabaseUrl` for its password): used as the string
+it is, never shown by repr, so that neither Settings nor a log line or traceback that prints them
+can leak one.
 """
 
 import difflib
@@ -10,9 +14,9 @@ import re
 import stat
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from plugin.vault import MIN_KEY_LENGTH, generate_key
@@ -62,40 +66,99 @@ class ConfigError(Exception):
     """A setting that cannot be used; the message names the variable and what is wrong."""
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class Settings:
-    data_dir: Path
-    database_url: str
-    secret_keys: tuple[str, ...]
-    klarna_url: str | None
-    public_url: str
-    workers: int
-    webhook_tolerance_seconds: int
-    log_level: str
-    lease_seconds: int = 60
-    poll_ms: int = 1000
+class Secret(str):
+    """A secret setting: the string it is wherever it is used; its repr only says it is set."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<set>"
+
+
+class Secrets(tuple[str, ...]):
+    """Secret settings of one kind (the current one first): the tuple they are wherever they are
+    used; its repr only says how many."""
+
+    __slots__ = ()
+    noun: ClassVar[str] = "secrets"
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} {self.noun}>"
+
+
+class SecretKeys(Secrets):
+    """The keys that seal the stored credentials and sign sessions (the first seals)."""
+
+    __slots__ = ()
+    noun = "keys"
+
+
+class DatabaseUrl(str):
+    """The database URL, which may hold a password: its repr shows it without the password."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(_without_password(str(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class ShopifySettings:
+    """The Shopify app: its client id and secrets (current first, then the previous one while a
+    rotation is under way), the Admin API version, and where the Admin API of a shop lives."""
+
+    client_id: str | None = None
+    client_secrets: Secrets = field(default_factory=Secrets)
+    api_version: str = SHOPIFY_API_VERSION
+    admin_url: str = SHOPIFY_ADMIN_URL
+
+    @property
+    def enabled(self) -> bool:
+        return self.client_id is not None and bool(self.client_secrets)
+
+
+@dataclass(frozen=True, slots=True)
+class BigCommerceSettings:
+    """The BigCommerce app: its client id and secret, and the hosts of the store API and of the
+    OAuth token endpoint (loopback in tests and demos)."""
+
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    api_url: str = BIGCOMMERCE_API_URL
+    login_url: str = BIGCOMMERCE_LOGIN_URL
+
+    @property
+    def enabled(self) -> bool:
+        return self.client_id is not None and bool(self.client_secret)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """The database: its URL, and how a process uses it."""
+
+    url: DatabaseUrl
     # PostgreSQL only: connections per process (asyncpg pool), at most.
-    database_pool_size: int = 20
+    pool_size: int = 20
+    # How long a call waits for the database before it counts as away (PostgreSQL: to connect,
+    # for a pool connection, for a statement's answer; SQLite: for another process's lock on the
+    # file): a request then answers 503, a worker waits and tries again.
+    timeout_seconds: int = DATABASE_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """The workers that run the jobs: how many, and how they share the jobs and the shops."""
+
+    # Loops that capture, in each process that runs workers (0: a `serve` beside `worker`s).
+    workers: int = 4
     # Processes that run workers against this database, on all machines: each keeps this share
     # of every merchant's Klarna rate limit.
     worker_processes: int = 1
-    # The Shopify app: its client id and secrets (current first, then the previous one while a
-    # rotation is under way), the Admin API version, and where the Admin API of a shop lives.
-    shopify_client_id: str | None = None
-    shopify_client_secrets: tuple[str, ...] = ()
-    shopify_api_version: str = SHOPIFY_API_VERSION
-    shopify_admin_url: str = SHOPIFY_ADMIN_URL
-    # The BigCommerce app: its client id and secret, and the hosts of the store API and of the
-    # OAuth token endpoint (loopback in tests and demos).
-    bigcommerce_client_id: str | None = None
-    bigcommerce_client_secret: str | None = None
-    bigcommerce_api_url: str = BIGCOMMERCE_API_URL
-    bigcommerce_login_url: str = BIGCOMMERCE_LOGIN_URL
-    # Networks outside the public internet that merchant-entered URLs (status URL, WooCommerce
-    # site) may still reach: an intranet deployment's, the demo's and the tests' loopback.
-    allowed_private_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    # Where this process serves its Prometheus metrics (host, port); None: nowhere.
-    metrics_address: tuple[str, int] | None = METRICS_ADDRESS
+    lease_seconds: int = 60
+    poll_ms: int = 1000
     # How long one run of a job may take before it is stopped and retried (longer than a Klarna
     # call's 30 s of retries, with the steps around it).
     job_deadline_seconds: int = JOB_DEADLINE_SECONDS
@@ -106,27 +169,9 @@ class Settings:
     # Jobs of one kind a shop may have running at once, across all processes (None: half of all
     # the workers, at least 1), so that one shop's backlog never holds every worker.
     shop_concurrency: int | None = None
-    # The addresses of the reverse proxies in front of `serve`: only a request from one of them
-    # is taken to have come over https (X-Forwarded-Proto) from the client it names
-    # (X-Forwarded-For); anyone else sending those headers is not believed.
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = TRUSTED_PROXIES
-    # How long a call waits for the database before it counts as away (PostgreSQL: to connect,
-    # for a pool connection, for a statement's answer; SQLite: for another process's lock on the
-    # file): a request then answers 503, a worker waits and tries again.
-    database_timeout_seconds: int = DATABASE_TIMEOUT_SECONDS
     # How often a process that runs workers tells the database it lives; after three missed
     # beats its running jobs are claimed by others at once, without waiting for their lease.
     heartbeat_seconds: int = HEARTBEAT_SECONDS
-    # Retention: how many days each kind of row is kept (None: the ledger is never pruned), and
-    # how often a process that runs workers prunes (0: only `klarna-capture prune`).
-    retain_bodies_days: int = RETAIN_BODIES_DAYS
-    retain_delivery_ids_days: int = RETAIN_DELIVERY_IDS_DAYS
-    retain_jobs_days: int = RETAIN_JOBS_DAYS
-    retain_ledger_days: int | None = RETAIN_LEDGER_DAYS
-    prune_interval_seconds: int = PRUNE_INTERVAL_SECONDS
-    # Whether KLARNA_CAPTURE_PUBLIC_URL was set; when not, `public_url` follows where `serve`
-    # listens (see with_serve_url).
-    public_url_configured: bool = True
 
     @property
     def capture_loops(self) -> int:
@@ -154,47 +199,64 @@ class Settings:
         loops = self._callback_loops_each * self.worker_processes
         return min(self.shop_limit, max(1, loops // 2))
 
-    @property
-    def shopify_enabled(self) -> bool:
-        return self.shopify_client_id is not None and bool(self.shopify_client_secrets)
 
-    @property
-    def bigcommerce_enabled(self) -> bool:
-        return self.bigcommerce_client_id is not None and bool(self.bigcommerce_client_secret)
+@dataclass(frozen=True, slots=True)
+class KlarnaSettings:
+    """Klarna's Order management API: None, the region's own address; else this one (a
+    sandbox's, in tests and demos) for every region."""
 
-    def __repr__(self) -> str:
-        return (
-            f"Settings(data_dir={str(self.data_dir)!r}, "
-            f"database_url={_without_password(self.database_url)!r}, "
-            f"secret_keys=<{len(self.secret_keys)} keys>, klarna_url={self.klarna_url!r}, "
-            f"public_url={self.public_url!r}, workers={self.workers}, "
-            f"webhook_tolerance_seconds={self.webhook_tolerance_seconds}, "
-            f"log_level={self.log_level!r}, lease_seconds={self.lease_seconds}, "
-            f"poll_ms={self.poll_ms}, database_pool_size={self.database_pool_size}, "
-            f"worker_processes={self.worker_processes}, "
-            f"shopify_client_id={self.shopify_client_id!r}, "
-            f"shopify_client_secrets=<{len(self.shopify_client_secrets)} secrets>, "
-            f"shopify_api_version={self.shopify_api_version!r}, "
-            f"shopify_admin_url={self.shopify_admin_url!r}, "
-            f"bigcommerce_client_id={self.bigcommerce_client_id!r}, "
-            f"bigcommerce_client_secret=<{'set' if self.bigcommerce_client_secret else 'unset'}>, "
-            f"bigcommerce_api_url={self.bigcommerce_api_url!r}, "
-            f"bigcommerce_login_url={self.bigcommerce_login_url!r}, "
-            f"allowed_private_networks={[str(n) for n in self.allowed_private_networks]!r}, "
-            f"metrics_address={self.metrics_address!r}, "
-            f"job_deadline_seconds={self.job_deadline_seconds}, "
-            f"callback_workers={self.callback_workers}, "
-            f"shop_concurrency={self.shop_concurrency}, "
-            f"trusted_proxies={[str(n) for n in self.trusted_proxies]!r}, "
-            f"database_timeout_seconds={self.database_timeout_seconds}, "
-            f"heartbeat_seconds={self.heartbeat_seconds}, "
-            f"retain_bodies_days={self.retain_bodies_days}, "
-            f"retain_delivery_ids_days={self.retain_delivery_ids_days}, "
-            f"retain_jobs_days={self.retain_jobs_days}, "
-            f"retain_ledger_days={self.retain_ledger_days}, "
-            f"prune_interval_seconds={self.prune_interval_seconds}, "
-            f"public_url_configured={self.public_url_configured})"
-        )
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """What faces the network: the address storefronts and merchants reach the service at, who
+    is believed about a request, which webhooks are fresh, and which addresses merchant-entered
+    URLs may lead to."""
+
+    public_url: str = DEFAULT_PUBLIC_URL
+    # Whether KLARNA_CAPTURE_PUBLIC_URL was set; when not, `public_url` follows where `serve`
+    # listens (see with_serve_url).
+    public_url_configured: bool = True
+    webhook_tolerance_seconds: int = 300
+    # The addresses of the reverse proxies in front of `serve`: only a request from one of them
+    # is taken to have come over https (X-Forwarded-Proto) from the client it names
+    # (X-Forwarded-For); anyone else sending those headers is not believed.
+    trusted_proxies: tuple[Network, ...] = TRUSTED_PROXIES
+    # Networks outside the public internet that merchant-entered URLs (status URL, WooCommerce
+    # site) may still reach: an intranet deployment's, the demo's and the tests' loopback.
+    allowed_private_networks: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """How many days each kind of row is kept (None: the ledger is never pruned), and how often a
+    process that runs workers prunes (0: only `klarna-capture prune`)."""
+
+    bodies_days: int = RETAIN_BODIES_DAYS
+    delivery_ids_days: int = RETAIN_DELIVERY_IDS_DAYS
+    jobs_days: int = RETAIN_JOBS_DAYS
+    ledger_days: int | None = RETAIN_LEDGER_DAYS
+    prune_interval_seconds: int = PRUNE_INTERVAL_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting: those of the process itself, then one group per concern and per
+    storefront app."""
+
+    data_dir: Path
+    secret_keys: SecretKeys
+    database: DatabaseSettings
+    log_level: str = "INFO"
+    # Where this process serves its Prometheus metrics (host, port); None: nowhere.
+    metrics_address: tuple[str, int] | None = METRICS_ADDRESS
+    queue: QueueSettings = QueueSettings()
+    klarna: KlarnaSettings = KlarnaSettings()
+    web: WebSettings = WebSettings()
+    retention: RetentionSettings = RetentionSettings()
+    shopify: ShopifySettings = ShopifySettings()
+    bigcommerce: BigCommerceSettings = BigCommerceSettings()
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -210,54 +272,79 @@ def _load(env: Mapping[str, str], read: set[str]) -> Settings:
         value = env.get(PREFIX + name, "").strip()
         return value or None
 
+    # Read in the order of the one-line errors: the first bad variable is the one named.
     data_dir = Path(get("DATA_DIR") or "./var").expanduser().resolve()
     database_url = _database_url(get("DATABASE_URL"), data_dir)
     klarna_url = get("KLARNA_URL")
+    secret_keys = _secret_keys(get("SECRET_KEY"))
+    klarna = KlarnaSettings(url=None if klarna_url is None else _http_url("KLARNA_URL", klarna_url))
+    public_url = _http_url("PUBLIC_URL", get("PUBLIC_URL") or DEFAULT_PUBLIC_URL)
+    workers = _whole_number("WORKERS", get("WORKERS"), default=4, low=0, high=256)
+    webhook_tolerance_seconds = _whole_number(
+        "WEBHOOK_TOLERANCE", get("WEBHOOK_TOLERANCE"), default=300, low=1, high=86400
+    )
+    log_level = _log_level(get("LOG_LEVEL"))
+    lease_seconds = _whole_number(
+        "LEASE_SECONDS", get("LEASE_SECONDS"), default=60, low=1, high=3600
+    )
+    poll_ms = _whole_number("POLL_MS", get("POLL_MS"), default=1000, low=10, high=60000)
+    database_pool_size = _whole_number(
+        "DATABASE_POOL_SIZE", get("DATABASE_POOL_SIZE"), default=20, low=2, high=1000
+    )
+    worker_processes = _whole_number(
+        "WORKER_PROCESSES", get("WORKER_PROCESSES"), default=1, low=1, high=1000
+    )
+    shopify = _shopify(get)
+    bigcommerce = _bigcommerce(get)
+    allowed_private_networks = _networks(
+        "ALLOWED_PRIVATE_NETWORKS", get("ALLOWED_PRIVATE_NETWORKS")
+    )
+    metrics_address = _metrics_address(get("METRICS_ADDRESS"))
+    queue = _queue(get)
+    trusted_proxies = _networks("TRUSTED_PROXIES", get("TRUSTED_PROXIES")) or TRUSTED_PROXIES
+    database_timeout_seconds = _whole_number(
+        "DATABASE_TIMEOUT_SECONDS",
+        get("DATABASE_TIMEOUT_SECONDS"),
+        default=DATABASE_TIMEOUT_SECONDS,
+        low=1,
+        high=300,
+    )
+    heartbeat_seconds = _whole_number(
+        "HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), default=HEARTBEAT_SECONDS, low=1, high=60
+    )
     return Settings(
         data_dir=data_dir,
-        database_url=database_url,
-        secret_keys=_secret_keys(get("SECRET_KEY")),
-        klarna_url=None if klarna_url is None else _http_url("KLARNA_URL", klarna_url),
-        public_url=_http_url("PUBLIC_URL", get("PUBLIC_URL") or DEFAULT_PUBLIC_URL),
-        workers=_whole_number("WORKERS", get("WORKERS"), default=4, low=0, high=256),
-        webhook_tolerance_seconds=_whole_number(
-            "WEBHOOK_TOLERANCE", get("WEBHOOK_TOLERANCE"), default=300, low=1, high=86400
+        secret_keys=secret_keys,
+        database=DatabaseSettings(
+            url=DatabaseUrl(database_url),
+            pool_size=database_pool_size,
+            timeout_seconds=database_timeout_seconds,
         ),
-        log_level=_log_level(get("LOG_LEVEL")),
-        lease_seconds=_whole_number(
-            "LEASE_SECONDS", get("LEASE_SECONDS"), default=60, low=1, high=3600
+        log_level=log_level,
+        metrics_address=metrics_address,
+        queue=QueueSettings(
+            workers=workers,
+            worker_processes=worker_processes,
+            lease_seconds=lease_seconds,
+            poll_ms=poll_ms,
+            heartbeat_seconds=heartbeat_seconds,
+            **queue,
         ),
-        poll_ms=_whole_number("POLL_MS", get("POLL_MS"), default=1000, low=10, high=60000),
-        database_pool_size=_whole_number(
-            "DATABASE_POOL_SIZE", get("DATABASE_POOL_SIZE"), default=20, low=2, high=1000
+        klarna=klarna,
+        web=WebSettings(
+            public_url=public_url,
+            public_url_configured=get("PUBLIC_URL") is not None,
+            webhook_tolerance_seconds=webhook_tolerance_seconds,
+            trusted_proxies=trusted_proxies,
+            allowed_private_networks=allowed_private_networks,
         ),
-        worker_processes=_whole_number(
-            "WORKER_PROCESSES", get("WORKER_PROCESSES"), default=1, low=1, high=1000
-        ),
-        **_shopify(get),
-        **_bigcommerce(get),
-        allowed_private_networks=_networks(
-            "ALLOWED_PRIVATE_NETWORKS", get("ALLOWED_PRIVATE_NETWORKS")
-        ),
-        metrics_address=_metrics_address(get("METRICS_ADDRESS")),
-        **_queue(get),
-        trusted_proxies=_networks("TRUSTED_PROXIES", get("TRUSTED_PROXIES")) or TRUSTED_PROXIES,
-        database_timeout_seconds=_whole_number(
-            "DATABASE_TIMEOUT_SECONDS",
-            get("DATABASE_TIMEOUT_SECONDS"),
-            default=DATABASE_TIMEOUT_SECONDS,
-            low=1,
-            high=300,
-        ),
-        heartbeat_seconds=_whole_number(
-            "HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), default=HEARTBEAT_SECONDS, low=1, high=60
-        ),
-        **_retention(get),
-        public_url_configured=get("PUBLIC_URL") is not None,
+        retention=_retention(get),
+        shopify=shopify,
+        bigcommerce=bigcommerce,
     )
 
 
-def _shopify(get: Callable[[str], str | None]) -> dict[str, Any]:
+def _shopify(get: Callable[[str], str | None]) -> ShopifySettings:
     client_id = get("SHOPIFY_CLIENT_ID")
     secret = get("SHOPIFY_CLIENT_SECRET")
     previous = get("SHOPIFY_PREVIOUS_CLIENT_SECRET")
@@ -284,15 +371,15 @@ def _shopify(get: Callable[[str], str | None]) -> dict[str, Any]:
             f"myshopify.com domain goes (default {SHOPIFY_ADMIN_URL}), not {_shown(admin_url)}"
         )
     _http_url("SHOPIFY_ADMIN_URL", admin_url.replace("{shop}", "shop.myshopify.com"))
-    return {
-        "shopify_client_id": client_id,
-        "shopify_client_secrets": tuple(s for s in (secret, previous) if s is not None),
-        "shopify_api_version": version,
-        "shopify_admin_url": admin_url.rstrip("/"),
-    }
+    return ShopifySettings(
+        client_id=client_id,
+        client_secrets=Secrets(s for s in (secret, previous) if s is not None),
+        api_version=version,
+        admin_url=admin_url.rstrip("/"),
+    )
 
 
-def _bigcommerce(get: Callable[[str], str | None]) -> dict[str, Any]:
+def _bigcommerce(get: Callable[[str], str | None]) -> BigCommerceSettings:
     client_id = get("BIGCOMMERCE_CLIENT_ID")
     secret = get("BIGCOMMERCE_CLIENT_SECRET")
     if (client_id is None) != (secret is None):
@@ -300,16 +387,14 @@ def _bigcommerce(get: Callable[[str], str | None]) -> dict[str, Any]:
             f"{PREFIX}BIGCOMMERCE_CLIENT_ID and {PREFIX}BIGCOMMERCE_CLIENT_SECRET go together: "
             "set both (the BigCommerce app's client credentials) or neither"
         )
-    return {
-        "bigcommerce_client_id": client_id,
-        "bigcommerce_client_secret": secret,
-        "bigcommerce_api_url": _http_url(
-            "BIGCOMMERCE_API_URL", get("BIGCOMMERCE_API_URL") or BIGCOMMERCE_API_URL
-        ),
-        "bigcommerce_login_url": _http_url(
+    return BigCommerceSettings(
+        client_id=client_id,
+        client_secret=None if secret is None else Secret(secret),
+        api_url=_http_url("BIGCOMMERCE_API_URL", get("BIGCOMMERCE_API_URL") or BIGCOMMERCE_API_URL),
+        login_url=_http_url(
             "BIGCOMMERCE_LOGIN_URL", get("BIGCOMMERCE_LOGIN_URL") or BIGCOMMERCE_LOGIN_URL
         ),
-    }
+    )
 
 
 def _metrics_address(value: str | None) -> tuple[str, int] | None:
@@ -352,7 +437,7 @@ def _queue(get: Callable[[str], str | None]) -> dict[str, Any]:
     }
 
 
-def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
+def _retention(get: Callable[[str], str | None]) -> RetentionSettings:
     ledger = get("RETAIN_LEDGER_DAYS")
     ledger_days: int | None = RETAIN_LEDGER_DAYS
     if ledger is not None and ledger.lower() == "never":
@@ -364,8 +449,8 @@ def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
                 f"or never, not {_shown(ledger)}"
             )
         ledger_days = int(ledger)
-    windows = {
-        "retain_bodies_days": _whole_number(
+    windows: dict[str, Any] = {
+        "bodies_days": _whole_number(
             "RETAIN_BODIES_DAYS",
             get("RETAIN_BODIES_DAYS"),
             default=RETAIN_BODIES_DAYS,
@@ -374,21 +459,21 @@ def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
         ),
         # Fewer days than a storefront goes on redelivering would let a late duplicate through
         # as a new delivery (the ledger still captures it once, but it runs again).
-        "retain_delivery_ids_days": _whole_number(
+        "delivery_ids_days": _whole_number(
             "RETAIN_DELIVERY_IDS_DAYS",
             get("RETAIN_DELIVERY_IDS_DAYS"),
             default=RETAIN_DELIVERY_IDS_DAYS,
             low=MIN_RETAIN_DELIVERY_IDS_DAYS,
             high=3650,
         ),
-        "retain_jobs_days": _whole_number(
+        "jobs_days": _whole_number(
             "RETAIN_JOBS_DAYS",
             get("RETAIN_JOBS_DAYS"),
             default=RETAIN_JOBS_DAYS,
             low=1,
             high=3650,
         ),
-        "retain_ledger_days": ledger_days,
+        "ledger_days": ledger_days,
         "prune_interval_seconds": _whole_number(
             "PRUNE_INTERVAL_SECONDS",
             get("PRUNE_INTERVAL_SECONDS"),
@@ -400,8 +485,7 @@ def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
     # The ledger is what says a shipment was captured once its delivery rows are gone: it
     # outlives them (a body's days and its id's after it), and a job's days.
     bodies, ids, jobs = (
-        windows[name] or 0
-        for name in ("retain_bodies_days", "retain_delivery_ids_days", "retain_jobs_days")
+        windows[name] or 0 for name in ("bodies_days", "delivery_ids_days", "jobs_days")
     )
     floor = max(bodies + ids, jobs)
     if ledger_days is not None and ledger_days < floor:
@@ -410,14 +494,14 @@ def _retention(get: Callable[[str], str | None]) -> dict[str, Any]:
             "bodies' and delivery ids' days together, and the jobs' days), not "
             f"{ledger_days}"
         )
-    return windows
+    return RetentionSettings(**windows)
 
 
 def sqlite_path(settings: Settings) -> Path | None:
     """The database file of a SQLite URL (absolute), None for PostgreSQL."""
-    if not settings.database_url.startswith(_SQLITE):
+    if not settings.database.url.startswith(_SQLITE):
         return None
-    return Path(settings.database_url.removeprefix(_SQLITE))
+    return Path(settings.database.url.removeprefix(_SQLITE))
 
 
 def ensure_secret_keys(settings: Settings) -> tuple[Settings, str | None]:
@@ -435,7 +519,7 @@ def ensure_secret_keys(settings: Settings) -> tuple[Settings, str | None]:
         except OSError as exc:
             raise ConfigError(f"cannot create the secret key file {path}: {exc.strerror}") from None
     key = _read_key_file(path)
-    settings = replace(settings, secret_keys=(key,))
+    settings = replace(settings, secret_keys=SecretKeys((key,)))
     if not created:
         return settings, None
     return settings, (
@@ -543,9 +627,9 @@ def _database_url(value: str | None, data_dir: Path) -> str:
     return _SQLITE + str(Path(path).expanduser().resolve())
 
 
-def _secret_keys(value: str | None) -> tuple[str, ...]:
+def _secret_keys(value: str | None) -> SecretKeys:
     if value is None:
-        return ()
+        return SecretKeys()
     keys = tuple(key.strip() for key in value.split(",") if key.strip())
     for position, key in enumerate(keys, start=1):
         if len(key) < MIN_KEY_LENGTH:
@@ -553,7 +637,7 @@ def _secret_keys(value: str | None) -> tuple[str, ...]:
                 f"{PREFIX}SECRET_KEY must hold keys of at least {MIN_KEY_LENGTH} characters "
                 f"each, but key {position} of {len(keys)} has {len(key)}"
             )
-    return keys
+    return SecretKeys(keys)
 
 
 def _http_url(name: str, value: str) -> str:
@@ -656,11 +740,12 @@ def with_serve_url(settings: Settings) -> Settings:
     """Settings whose public URL, when KLARNA_CAPTURE_PUBLIC_URL is unset, is the one the last
     `serve` with this data directory listened on (written by record_serve_url); the default
     before any did."""
-    if settings.public_url_configured:
+    if settings.web.public_url_configured:
         return settings
     try:
         recorded = (settings.data_dir / SERVE_URL_FILE_NAME).read_text(encoding="ascii").strip()
-        return replace(settings, public_url=_http_url("PUBLIC_URL", recorded))
+        public_url = _http_url("PUBLIC_URL", recorded)
+        return replace(settings, web=replace(settings.web, public_url=public_url))
     except (OSError, UnicodeError, ConfigError):  # none yet, or not one we wrote: the default
         return settings
 
@@ -668,7 +753,7 @@ def with_serve_url(settings: Settings) -> Settings:
 def record_serve_url(settings: Settings, url: str) -> Settings:
     """`serve`'s settings, listening on `url`: unless KLARNA_CAPTURE_PUBLIC_URL is set, that is
     the public URL, kept in the data directory for the deployment's other commands."""
-    if settings.public_url_configured:
+    if settings.web.public_url_configured:
         return settings
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = settings.data_dir / SERVE_URL_FILE_NAME
@@ -681,4 +766,4 @@ def record_serve_url(settings: Settings, url: str) -> Settings:
     except OSError as exc:
         os.unlink(temporary)
         raise ConfigError(f"cannot write {path} ({PREFIX}DATA_DIR): {exc.strerror}") from None
-    return replace(settings, public_url=url)
+    return replace(settings, web=replace(settings.web, public_url=url))

@@ -44,10 +44,10 @@ class Retention:
     @classmethod
     def of(cls, settings: Settings) -> "Retention":
         return cls(
-            bodies_days=settings.retain_bodies_days,
-            delivery_ids_days=settings.retain_delivery_ids_days,
-            jobs_days=settings.retain_jobs_days,
-            ledger_days=settings.retain_ledger_days,
+            bodies_days=settings.retention.bodies_days,
+            delivery_ids_days=settings.retention.delivery_ids_days,
+            jobs_days=settings.retention.jobs_days,
+            ledger_days=settings.retention.ledger_days,
         )
 
     def cutoffs(self, now: float) -> dict[str, float]:

@@ -61,7 +61,7 @@ class Service:
             self.shops,
             klarna_http=klarna_http,
             status_http=status_http,
-            klarna_url=settings.klarna_url,
+            klarna_url=settings.klarna.url,
             klarna_retry=klarna_retry,
             storefronts={
                 name: platform.storefront(
@@ -80,19 +80,19 @@ class Service:
             store,
             self.pipeline.handlers,
             lanes=[
-                Lane(kinds=("fulfillment",), loops=settings.capture_loops),
+                Lane(kinds=("fulfillment",), loops=settings.queue.capture_loops),
                 Lane(
                     kinds=("callback",),
-                    loops=settings.callback_loops,
-                    shop_limit=settings.callback_shop_limit,
+                    loops=settings.queue.callback_loops,
+                    shop_limit=settings.queue.callback_shop_limit,
                 ),
             ],
-            shop_limit=settings.shop_limit,
-            job_deadline_seconds=settings.job_deadline_seconds,
+            shop_limit=settings.queue.shop_limit,
+            job_deadline_seconds=settings.queue.job_deadline_seconds,
             lease_seconds=lease_seconds,
             poll_seconds=poll_seconds,
             backoff=backoff,
-            heartbeat_seconds=settings.heartbeat_seconds,
+            heartbeat_seconds=settings.queue.heartbeat_seconds,
         )
 
     def wake_workers(self) -> None:
@@ -114,11 +114,11 @@ async def open_service(
     poll_seconds: float = 1.0,
 ) -> AsyncIterator[Service]:
     """A service with its store migrated and its HTTP clients open, closed again on exit."""
-    share_rate_between(settings.worker_processes)
+    share_rate_between(settings.queue.worker_processes)
     store = open_store(
-        settings.database_url,
-        pool_size=settings.database_pool_size,
-        timeout=settings.database_timeout_seconds,
+        settings.database.url,
+        pool_size=settings.database.pool_size,
+        timeout=settings.database.timeout_seconds,
     )
     try:
         await store.migrate()
@@ -127,9 +127,9 @@ async def open_service(
                 await stack.enter_async_context(
                     make_http_client(transport=klarna_transport, timeout=klarna_timeout)
                 )
-                for _ in range(max(1, -(-settings.workers // WORKERS_PER_POOL)))
+                for _ in range(max(1, -(-settings.queue.workers // WORKERS_PER_POOL)))
             ]
-            guard = AddressGuard(settings.allowed_private_networks)
+            guard = AddressGuard(settings.web.allowed_private_networks)
             status_http = await stack.enter_async_context(
                 make_client(STATUS_BOUNDS, guard=guard, transport=status_transport)
             )

@@ -6,8 +6,15 @@ from pathlib import Path
 import pytest
 
 from plugin.config import (
+    PREFIX,
     ConfigError,
+    DatabaseSettings,
+    DatabaseUrl,
+    KlarnaSettings,
+    QueueSettings,
+    SecretKeys,
     Settings,
+    WebSettings,
     ensure_secret_keys,
     load_settings,
     record_serve_url,
@@ -17,6 +24,7 @@ from plugin.config import (
     variable_names,
     with_serve_url,
 )
+from plugin.logs import is_secret_name
 
 KEY = "k" * 16
 OTHER_KEY = "o" * 24
@@ -28,14 +36,16 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data_dir = tmp_path.resolve() / "var"
     assert settings == Settings(
         data_dir=data_dir,
-        database_url=f"sqlite:///{data_dir}/klarna-capture.db",
-        secret_keys=(),
-        klarna_url=None,
-        public_url="http://127.0.0.1:8000",
-        workers=4,
-        webhook_tolerance_seconds=300,
+        database=DatabaseSettings(url=DatabaseUrl(f"sqlite:///{data_dir}/klarna-capture.db")),
+        secret_keys=SecretKeys(),
+        klarna=KlarnaSettings(url=None),
+        web=WebSettings(
+            public_url="http://127.0.0.1:8000",
+            webhook_tolerance_seconds=300,
+            public_url_configured=False,
+        ),
+        queue=QueueSettings(workers=4),
         log_level="INFO",
-        public_url_configured=False,
     )
     assert sqlite_path(settings) == data_dir / "klarna-capture.db"
     assert not data_dir.exists()
@@ -59,17 +69,17 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.data_dir == tmp_path / "data"
     assert sqlite_path(settings) == tmp_path / "db.sqlite"
     assert settings.secret_keys == (KEY, OTHER_KEY)
-    assert settings.klarna_url == "http://127.0.0.1:8100"
-    assert settings.public_url == "https://capture.example.com"
-    assert settings.workers == 0
-    assert settings.webhook_tolerance_seconds == 86400
+    assert settings.klarna.url == "http://127.0.0.1:8100"
+    assert settings.web.public_url == "https://capture.example.com"
+    assert settings.queue.workers == 0
+    assert settings.web.webhook_tolerance_seconds == 86400
     assert settings.log_level == "DEBUG"
-    assert (settings.database_pool_size, settings.worker_processes) == (8, 3)
+    assert (settings.database.pool_size, settings.queue.worker_processes) == (8, 3)
 
 
 def test_empty_values_count_as_unset() -> None:
     settings = load_settings({"KLARNA_CAPTURE_WORKERS": "", "KLARNA_CAPTURE_SECRET_KEY": " "})
-    assert settings.workers == 4
+    assert settings.queue.workers == 4
     assert settings.secret_keys == ()
 
 
@@ -79,7 +89,7 @@ def test_relative_sqlite_path_is_fixed_against_the_working_directory(
     monkeypatch.chdir(tmp_path)
     settings = load_settings({"KLARNA_CAPTURE_DATABASE_URL": "sqlite:///db/capture.sqlite"})
     expected = tmp_path.resolve() / "db" / "capture.sqlite"
-    assert settings.database_url == f"sqlite:///{expected}"
+    assert settings.database.url == f"sqlite:///{expected}"
     assert sqlite_path(settings) == expected
 
 
@@ -93,7 +103,7 @@ def test_relative_sqlite_path_is_fixed_against_the_working_directory(
 )
 def test_postgres_urls_are_kept_as_given(url: str) -> None:
     settings = load_settings({"KLARNA_CAPTURE_DATABASE_URL": url})
-    assert settings.database_url == url
+    assert settings.database.url == url
     assert sqlite_path(settings) is None
 
 
@@ -252,16 +262,16 @@ def test_the_shopify_app_settings_are_read_and_its_secrets_hidden() -> None:
             "KLARNA_CAPTURE_SHOPIFY_ADMIN_URL": "http://127.0.0.1:8200/shops/{shop}/",
         }
     )
-    assert settings.shopify_enabled
-    assert settings.shopify_client_id == "client-1"
-    assert settings.shopify_client_secrets == ("shpss_new_secret_value", "shpss_old_secret_value")
-    assert settings.shopify_api_version == "2026-10"
-    assert settings.shopify_admin_url == "http://127.0.0.1:8200/shops/{shop}"
+    assert settings.shopify.enabled
+    assert settings.shopify.client_id == "client-1"
+    assert settings.shopify.client_secrets == ("shpss_new_secret_value", "shpss_old_secret_value")
+    assert settings.shopify.api_version == "2026-10"
+    assert settings.shopify.admin_url == "http://127.0.0.1:8200/shops/{shop}"
     assert "secret_value" not in repr(settings)
     assert "<2 secrets>" in repr(settings)
     default = load_settings({})
-    assert not default.shopify_enabled
-    assert default.shopify_admin_url == "https://{shop}"
+    assert not default.shopify.enabled
+    assert default.shopify.admin_url == "https://{shop}"
 
 
 @pytest.mark.parametrize(
@@ -291,18 +301,18 @@ def test_the_bigcommerce_app_settings_are_read_and_its_secret_hidden() -> None:
             "KLARNA_CAPTURE_BIGCOMMERCE_LOGIN_URL": "http://127.0.0.1:8300/login/",
         }
     )
-    assert settings.bigcommerce_enabled
-    assert settings.bigcommerce_client_id == "bc-client-1"
-    assert settings.bigcommerce_client_secret == "bc_secret_value"
-    assert settings.bigcommerce_api_url == "http://127.0.0.1:8300"
-    assert settings.bigcommerce_login_url == "http://127.0.0.1:8300/login"
+    assert settings.bigcommerce.enabled
+    assert settings.bigcommerce.client_id == "bc-client-1"
+    assert settings.bigcommerce.client_secret == "bc_secret_value"
+    assert settings.bigcommerce.api_url == "http://127.0.0.1:8300"
+    assert settings.bigcommerce.login_url == "http://127.0.0.1:8300/login"
     assert "bc_secret_value" not in repr(settings)
-    assert "bigcommerce_client_secret=<set>" in repr(settings)
+    assert "client_secret=<set>" in repr(settings)
     default = load_settings({})
-    assert not default.bigcommerce_enabled
-    assert default.bigcommerce_api_url == "https://api.bigcommerce.com"
-    assert default.bigcommerce_login_url == "https://login.bigcommerce.com"
-    assert "bigcommerce_client_secret=<unset>" in repr(default)
+    assert not default.bigcommerce.enabled
+    assert default.bigcommerce.api_url == "https://api.bigcommerce.com"
+    assert default.bigcommerce.login_url == "https://login.bigcommerce.com"
+    assert "client_secret=None" in repr(default)
 
 
 @pytest.mark.parametrize(
@@ -327,13 +337,13 @@ def test_allowed_private_networks_are_read_as_networks() -> None:
     settings = load_settings(
         {"KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": " 10.0.0.0/8, ,fd00::/8,127.0.0.1 "}
     )
-    assert settings.allowed_private_networks == (
+    assert settings.web.allowed_private_networks == (
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("fd00::/8"),
         ipaddress.ip_network("127.0.0.1/32"),
     )
     assert "10.0.0.0/8" in repr(settings)
-    assert load_settings({}).allowed_private_networks == ()
+    assert load_settings({}).web.allowed_private_networks == ()
 
 
 @pytest.mark.parametrize("value", ["10.0.0.1/8", "intranet", "10.0.0.0/33", "::1/200"])
@@ -422,22 +432,31 @@ def test_the_queue_settings_default_to_shares_of_the_workers() -> None:
     settings = load_settings(
         {"KLARNA_CAPTURE_WORKERS": "8", "KLARNA_CAPTURE_WORKER_PROCESSES": "3"}
     )
-    assert (settings.job_deadline_seconds, settings.callback_workers) == (300, None)
-    assert (settings.capture_loops, settings.callback_loops) == (8, 2)
-    assert settings.shop_limit == 12  # half of the 24 capture workers of the three processes
-    assert settings.callback_shop_limit == 3  # half of the 6 callback loops of the three
+    assert (settings.queue.job_deadline_seconds, settings.queue.callback_workers) == (300, None)
+    assert (settings.queue.capture_loops, settings.queue.callback_loops) == (8, 2)
+    assert settings.queue.shop_limit == 12  # half of the 24 capture workers of the three processes
+    assert settings.queue.callback_shop_limit == 3  # half of the 6 callback loops of the three
     default = load_settings({})
-    assert (default.capture_loops, default.callback_loops, default.shop_limit) == (4, 2, 2)
-    assert default.callback_shop_limit == 1  # one shop's callbacks leave a loop for the others
+    assert (
+        default.queue.capture_loops,
+        default.queue.callback_loops,
+        default.queue.shop_limit,
+    ) == (4, 2, 2)
+    # one shop's callbacks leave a loop for the others
+    assert default.queue.callback_shop_limit == 1
     alone = load_settings({"KLARNA_CAPTURE_WORKERS": "1"})
-    assert (alone.capture_loops, alone.callback_loops, alone.shop_limit) == (1, 2, 1)
-    assert alone.callback_shop_limit == 1
+    assert (alone.queue.capture_loops, alone.queue.callback_loops, alone.queue.shop_limit) == (
+        1,
+        2,
+        1,
+    )
+    assert alone.queue.callback_shop_limit == 1
     capped = load_settings(
         {"KLARNA_CAPTURE_CALLBACK_WORKERS": "16", "KLARNA_CAPTURE_SHOP_CONCURRENCY": "3"}
     )
-    assert capped.callback_shop_limit == 3  # never above the shop's cap
+    assert capped.queue.callback_shop_limit == 3  # never above the shop's cap
     serving = load_settings({"KLARNA_CAPTURE_WORKERS": "0", "KLARNA_CAPTURE_CALLBACK_WORKERS": "2"})
-    assert (serving.capture_loops, serving.callback_loops) == (0, 0)
+    assert (serving.queue.capture_loops, serving.queue.callback_loops) == (0, 0)
 
 
 def test_the_queue_settings_are_read() -> None:
@@ -449,18 +468,22 @@ def test_the_queue_settings_are_read() -> None:
             "KLARNA_CAPTURE_SHOP_CONCURRENCY": "5",
         }
     )
-    assert settings.job_deadline_seconds == 90
-    assert (settings.capture_loops, settings.callback_loops, settings.shop_limit) == (6, 2, 5)
+    assert settings.queue.job_deadline_seconds == 90
+    assert (
+        settings.queue.capture_loops,
+        settings.queue.callback_loops,
+        settings.queue.shop_limit,
+    ) == (6, 2, 5)
     assert "job_deadline_seconds=90, callback_workers=2, shop_concurrency=5" in repr(settings)
 
 
 def test_trusted_proxies_default_to_loopback_and_are_read_as_networks() -> None:
-    assert load_settings({}).trusted_proxies == (
+    assert load_settings({}).web.trusted_proxies == (
         ipaddress.ip_network("127.0.0.1/32"),
         ipaddress.ip_network("::1/128"),
     )
     settings = load_settings({"KLARNA_CAPTURE_TRUSTED_PROXIES": "172.28.0.10, 10.1.0.0/16"})
-    assert settings.trusted_proxies == (
+    assert settings.web.trusted_proxies == (
         ipaddress.ip_network("172.28.0.10/32"),
         ipaddress.ip_network("10.1.0.0/16"),
     )
@@ -468,27 +491,27 @@ def test_trusted_proxies_default_to_loopback_and_are_read_as_networks() -> None:
 
 
 def test_the_database_timeout_is_read_and_bounded() -> None:
-    assert load_settings({}).database_timeout_seconds == 5
+    assert load_settings({}).database.timeout_seconds == 5
     settings = load_settings({"KLARNA_CAPTURE_DATABASE_TIMEOUT_SECONDS": "12"})
-    assert settings.database_timeout_seconds == 12
-    assert "database_timeout_seconds=12" in repr(settings)
+    assert settings.database.timeout_seconds == 12
+    assert "timeout_seconds=12" in repr(settings)
 
 
 def test_the_heartbeat_defaults_to_two_seconds_and_is_read() -> None:
-    assert load_settings({}).heartbeat_seconds == 2
+    assert load_settings({}).queue.heartbeat_seconds == 2
     settings = load_settings({"KLARNA_CAPTURE_HEARTBEAT_SECONDS": "5"})
-    assert settings.heartbeat_seconds == 5
+    assert settings.queue.heartbeat_seconds == 5
     assert "heartbeat_seconds=5" in repr(settings)
 
 
 def test_the_retention_windows_default_to_the_documented_figures() -> None:
     settings = load_settings({})
     assert (
-        settings.retain_bodies_days,
-        settings.retain_delivery_ids_days,
-        settings.retain_jobs_days,
-        settings.retain_ledger_days,
-        settings.prune_interval_seconds,
+        settings.retention.bodies_days,
+        settings.retention.delivery_ids_days,
+        settings.retention.jobs_days,
+        settings.retention.ledger_days,
+        settings.retention.prune_interval_seconds,
     ) == (3, 7, 30, 1095, 3600)
 
 
@@ -503,14 +526,16 @@ def test_the_retention_windows_are_read() -> None:
         }
     )
     assert (
-        settings.retain_bodies_days,
-        settings.retain_delivery_ids_days,
-        settings.retain_jobs_days,
-        settings.retain_ledger_days,
-        settings.prune_interval_seconds,
+        settings.retention.bodies_days,
+        settings.retention.delivery_ids_days,
+        settings.retention.jobs_days,
+        settings.retention.ledger_days,
+        settings.retention.prune_interval_seconds,
     ) == (0, 14, 90, None, 0)
-    assert "retain_ledger_days=None, prune_interval_seconds=0" in repr(settings)
-    assert load_settings({"KLARNA_CAPTURE_RETAIN_LEDGER_DAYS": "3650"}).retain_ledger_days == 3650
+    assert "ledger_days=None, prune_interval_seconds=0" in repr(settings)
+    assert (
+        load_settings({"KLARNA_CAPTURE_RETAIN_LEDGER_DAYS": "3650"}).retention.ledger_days == 3650
+    )
 
 
 def test_the_known_variables_are_those_the_settings_read() -> None:
@@ -538,12 +563,12 @@ def test_unknown_variables_name_the_closest_known_one() -> None:
 
 def test_an_unset_public_url_follows_where_serve_listens(tmp_path: Path) -> None:
     unset = load_settings({"KLARNA_CAPTURE_DATA_DIR": str(tmp_path)})
-    assert with_serve_url(unset).public_url == "http://127.0.0.1:8000"  # no serve yet
+    assert with_serve_url(unset).web.public_url == "http://127.0.0.1:8000"  # no serve yet
     served = record_serve_url(unset, "http://127.0.0.1:9000")
-    assert served.public_url == "http://127.0.0.1:9000"
-    assert with_serve_url(unset).public_url == "http://127.0.0.1:9000"
+    assert served.web.public_url == "http://127.0.0.1:9000"
+    assert with_serve_url(unset).web.public_url == "http://127.0.0.1:9000"
     (tmp_path / "serve-url").write_text("not a url\n")
-    assert with_serve_url(unset).public_url == "http://127.0.0.1:8000"
+    assert with_serve_url(unset).web.public_url == "http://127.0.0.1:8000"
 
     configured = load_settings(
         {
@@ -551,9 +576,11 @@ def test_an_unset_public_url_follows_where_serve_listens(tmp_path: Path) -> None
             "KLARNA_CAPTURE_PUBLIC_URL": "https://c.example",
         }
     )
-    assert record_serve_url(configured, "http://127.0.0.1:9000").public_url == "https://c.example"
+    assert (
+        record_serve_url(configured, "http://127.0.0.1:9000").web.public_url == "https://c.example"
+    )
     assert not (tmp_path / "set").exists()
-    assert with_serve_url(configured).public_url == "https://c.example"
+    assert with_serve_url(configured).web.public_url == "https://c.example"
 
 
 @pytest.mark.parametrize(
@@ -565,3 +592,28 @@ def test_a_bad_database_url_is_named_by_its_scheme_never_its_password(value: str
         load_settings({"KLARNA_CAPTURE_DATABASE_URL": value})
     assert "s3cretpw" not in str(caught.value)
     assert str(caught.value).startswith("KLARNA_CAPTURE_DATABASE_URL ")
+
+
+def test_no_secret_setting_shows_in_the_repr_of_the_settings() -> None:
+    # Every variable whose name says it is a secret (as the log redaction reads names), so that
+    # one added later is checked too, with the client ids that its app needs beside it.
+    secrets = {
+        name: f"leaked-{name.removeprefix(PREFIX).lower()}-0123456789"
+        for name in variable_names()
+        if is_secret_name(name.removeprefix(PREFIX).lower())
+    }
+    assert len(secrets) >= 4
+    environ = {
+        **secrets,
+        "KLARNA_CAPTURE_SHOPIFY_CLIENT_ID": "client-1",
+        "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_ID": "bc-client-1",
+        "KLARNA_CAPTURE_DATABASE_URL": "postgresql://capture:leaked-password@db.internal/capture",
+    }
+    settings = load_settings(environ)
+    shown = repr(settings)
+    for name, value in secrets.items():
+        assert value not in shown, name
+    assert "leaked-password" not in shown
+    assert "client-1" in shown  # what is no secret is shown
+    assert settings.secret_keys == (secrets["KLARNA_CAPTURE_SECRET_KEY"],)
+    assert settings.bigcommerce.client_secret == secrets["KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_SECRET"]

@@ -21,7 +21,7 @@ import yaml
 
 from plugin import server
 from plugin.app import create_app
-from plugin.cli import _parser
+from plugin.cli import build_parser
 from plugin.config import PREFIX, Settings, load_settings
 from plugin.webhooks import MAX_BODY_BYTES
 
@@ -66,7 +66,7 @@ def checked_settings(environment: Mapping[str, str], where: str) -> Settings:
 def cli(argv: list[str], where: str) -> Any:
     """`klarna-capture ARGV` as the CLI parses it; a command or option it lacks fails here."""
     try:
-        return _parser().parse_args(argv)
+        return build_parser().parse_args(argv)
     except SystemExit:
         pytest.fail(f"{where}: klarna-capture does not take {shlex.join(argv)}")
 
@@ -204,19 +204,19 @@ def test_compose_runs_two_serve_and_two_worker_from_the_image_on_one_postgresql(
         )
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
         settings = checked_settings(service["environment"], f"compose service {name}")
-        database = urlsplit(settings.database_url)
+        database = urlsplit(settings.database.url)
         assert (database.hostname, database.port) == ("postgres", 5432)
         assert (database.username, database.password, database.path) == (
             postgres["POSTGRES_USER"],
             postgres["POSTGRES_PASSWORD"],
             "/" + postgres["POSTGRES_DB"],
         )
-        assert settings.public_url.startswith("https://")
-        assert settings.worker_processes == len(worker)
+        assert settings.web.public_url.startswith("https://")
+        assert settings.queue.worker_processes == len(worker)
         if name in serve:
-            assert settings.workers == 0
+            assert settings.queue.workers == 0
         else:
-            assert settings.workers > 0
+            assert settings.queue.workers > 0
             # Alive while its metrics answer: the port its settings serve them on.
             assert settings.metrics_address is not None
             probe = service["healthcheck"]["test"][-1]
@@ -249,8 +249,8 @@ def test_compose_puts_the_nginx_template_in_front_of_both_serve_and_is_trusted_b
     address = proxy["networks"]["default"]["ipv4_address"]
     for name, service in serve.items():
         settings = checked_settings(service["environment"], f"compose service {name}")
-        assert settings.public_url == public_url
-        assert [str(network) for network in settings.trusted_proxies] == [f"{address}/32"]
+        assert settings.web.public_url == public_url
+        assert [str(network) for network in settings.web.trusted_proxies] == [f"{address}/32"]
 
 
 # The systemd units.
@@ -288,10 +288,10 @@ def test_each_systemd_unit_runs_a_real_command_with_known_settings_hardened(name
     assert service["EnvironmentFile"] == ["/etc/klarna-capture/env"]
     assert settings.metrics_address is not None
     if args.command == "serve":
-        assert (args.host, args.port, settings.workers) == ("127.0.0.1", int(instance), 0)
+        assert (args.host, args.port, settings.queue.workers) == ("127.0.0.1", int(instance), 0)
         assert settings.metrics_address[1] != args.port
     else:
-        assert settings.workers > 0
+        assert settings.queue.workers > 0
         assert settings.metrics_address == ("127.0.0.1", int(instance))
     assert service["Restart"] == ["on-failure"]
     assert service["User"] != ["root"]

@@ -37,7 +37,7 @@ def settings_for(tmp_path: Path, klarna_url: str, env: dict[str, str], workers: 
 
 def execute(settings: Settings, statement: str, *args: object) -> None:
     """Run one statement beside the service, on its database."""
-    url = settings.database_url
+    url = settings.database.url
     if url.startswith("sqlite:///"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
             conn.execute(statement.replace("$", "?"), args)
@@ -58,7 +58,7 @@ def settled_shipments(settings: Settings, shop_id: str, count: int, at: float) -
     straight into the tables (as fast as the database takes them)."""
     series = (
         "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2)"
-        if settings.database_url.startswith("sqlite")
+        if settings.database.url.startswith("sqlite")
         else "WITH n (i) AS (SELECT generate_series(1, $2::int))"
     )
     execute(

@@ -712,7 +712,9 @@ def test_a_status_url_that_resolves_to_loopback_is_refused_for_good(
     inbox: StatusInbox,
     status_server: tuple[StatusInbox, str],
 ) -> None:
-    strict = dataclasses.replace(settings, allowed_private_networks=())
+    strict = dataclasses.replace(
+        settings, web=dataclasses.replace(settings.web, allowed_private_networks=())
+    )
     app = create_app(
         strict,
         backoff=Backoff(base_seconds=0.05, max_seconds=0.2, attempts=4),

@@ -1,9 +1,10 @@
 """What the pipeline asks of a storefront app (an adapter that must call the storefront's API to
 know what shipped, and writes the outcome back onto the storefront's order)."""
 
-from collections.abc import Callable, Collection, Sequence
+import argparse
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, cast, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, get_args
 
 import httpx2
 import msgspec
@@ -16,6 +17,9 @@ from plugin.retries import RetryPolicy, bounded_wait
 from plugin.shops import Shops
 from plugin.store import Store
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
+
+if TYPE_CHECKING:  # the service is built from the platforms: named here for the types only
+    from plugin.service import Service
 
 
 class StorefrontError(Exception):
@@ -175,6 +179,12 @@ class Platform:
       common ones.
     - `domain_format`: how its storefront domains are written; a domain not in it is no shop,
       answered without a lookup.
+    - `shop_add`: its part of `klarna-capture shop add`; None where shops are not added there
+      but made by installing the platform's app.
+    - `shop_details`: what `klarna-capture shop show` adds about a shop of it (never a secret);
+      None: its domain and whether the app is installed, where it has a domain.
+    - `rehook`: what `klarna-capture shop rotate-secret` does beyond making the new secret, when
+      the storefront holds it (printing what happened); its exit status.
     """
 
     name: str
@@ -184,3 +194,57 @@ class Platform:
     merchant_hosted: bool = False
     options: tuple[str, ...] = ()
     domain_format: Callable[[str], bool] | None = None
+    shop_add: "ShopAdd | None" = None
+    shop_details: Callable[[Shop], dict[str, Any]] | None = None
+    rehook: "Callable[[Service, Shop], Awaitable[int]] | None" = None
+
+
+class ShopAddRefused(Exception):
+    """A `shop add` that cannot go on: the one line the operator is told, and the exit status."""
+
+    def __init__(self, message: str, *, status: int = 2) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+# How `shop add` reads a secret: (from standard input?, prompt, what it is, the option that
+# reads it from standard input); raises ShopAddRefused when it can be read neither way.
+ReadSecret = Callable[[bool, str, str, str], str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewShop:
+    """What a platform's `shop add` options say about the new shop: where it is (a domain that
+    one shop at most may have), its options, and the addresses the merchant gave (by option),
+    which must lead to the public internet."""
+
+    domain: str | None = None
+    options: ShopOptions | None = None
+    addresses: tuple[tuple[str, str], ...] = ()
+
+
+def _no_options(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _nothing_more(args: argparse.Namespace) -> NewShop:
+    return NewShop()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShopAdd:
+    """A platform's part of `klarna-capture shop add` (in `plugin/platforms/<name>/cli.py`).
+
+    - `add_options`: adds its options to the parser; `options` lists them, and another
+      platform's shop may not be given them.
+    - `new_shop`: the shop its options describe, checked (raises ShopAddRefused).
+    - `api_token`: the shop's API credentials (sealed when stored), made with the secrets it
+      reads after the Klarna password; None: the platform has none.
+    - `created`: what the operator does next on the storefront, said after the shop is made.
+    """
+
+    add_options: Callable[[argparse.ArgumentParser], None] = _no_options
+    options: tuple[str, ...] = ()
+    new_shop: Callable[[argparse.Namespace], NewShop] = _nothing_more
+    api_token: Callable[[argparse.Namespace, ReadSecret], str] | None = None
+    created: str | None = None

@@ -111,7 +111,7 @@ async def set_session_cookie(
     session, value = service.auth.new_session(shop_id)
     now = time.time()
     await service.store.start_session(session.sid, shop_id, now + SESSION_SECONDS, now)
-    https = service.settings.public_url.startswith("https://")
+    https = service.settings.web.public_url.startswith("https://")
     if embedded and https:
         response.headers.append("set-cookie", _partitioned_cookie(value, SESSION_SECONDS))
         return
@@ -135,7 +135,7 @@ def _origin(url: str) -> str:
 
 
 def _same_origin(request: Request, service: Service) -> bool:
-    allowed = {_origin(service.settings.public_url), _origin(str(request.base_url))}
+    allowed = {_origin(service.settings.web.public_url), _origin(str(request.base_url))}
     origin = request.headers.get("origin")
     if origin is not None:
         return origin in allowed
@@ -226,7 +226,7 @@ def _settings_context(
         "environments": ENVIRONMENTS,
         "capture_modes": CAPTURE_MODES,
         "template_fields": TEMPLATE_FIELDS,
-        "webhook_url": f"{service.settings.public_url}/webhooks/{shop.platform}/{shop.id}",
+        "webhook_url": f"{service.settings.web.public_url}/webhooks/{shop.platform}/{shop.id}",
         "csrf_token": request.state.csrf_token,
         "notice": NOTICES.get(request.query_params.get("notice", "")),
         "connection": _saved_connection(request),
@@ -284,7 +284,9 @@ async def save_settings(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
     form = SettingsForm.from_post(_form(request), shop)
-    form.errors.update(await address_errors(form, shop, service.settings.allowed_private_networks))
+    form.errors.update(
+        await address_errors(form, shop, service.settings.web.allowed_private_networks)
+    )
     if shop.platform == woocommerce.NAME and "site_url" not in form.errors:
         other = await service.store.shop_by_domain(woocommerce.NAME, form.site_url)
         if other is not None and other.id != shop.id:
@@ -347,7 +349,7 @@ async def _try_credentials(service: Service, form: SettingsForm, password: str) 
         password=password,
         region=form.klarna_region,
         environment=form.klarna_environment,
-        url=service.settings.klarna_url,
+        url=service.settings.klarna.url,
     )
 
 
@@ -592,7 +594,7 @@ async def logout(request: Request, service: Service, shop: Shop, session: Sessio
     await service.store.end_session(session.sid)
     response = message(request, "Signed out", "You are signed out.", 200)
     response.delete_cookie(COOKIE, path="/admin")
-    if service.settings.public_url.startswith("https://"):
+    if service.settings.web.public_url.startswith("https://"):
         # A partitioned cookie (the embedded app's) is only removed by a partitioned deletion.
         response.headers.append("set-cookie", _partitioned_cookie("", 0))
     return response

@@ -104,7 +104,7 @@ def cli_env(settings: Settings, **overrides: str) -> dict[str, str]:
         {
             "KLARNA_CAPTURE_DATA_DIR": str(settings.data_dir),
             "KLARNA_CAPTURE_SECRET_KEY": ",".join(settings.secret_keys),
-            "KLARNA_CAPTURE_PUBLIC_URL": settings.public_url,
+            "KLARNA_CAPTURE_PUBLIC_URL": settings.web.public_url,
             "KLARNA_CAPTURE_LOG_LEVEL": "WARNING",
         }
     )
@@ -223,7 +223,7 @@ class Site:
         self, shop_id: str, secret: str, event: dict[str, Any], **signing: Any
     ) -> httpx2.Response:
         """A storefront's signed delivery to the webhook endpoint."""
-        storefront = Storefront(self.settings.public_url, shop_id, secret)
+        storefront = Storefront(self.settings.web.public_url, shop_id, secret)
         body = msgspec.json.encode(event)
         return self.client.post(
             storefront.url, content=body, headers=storefront.signed(body, **signing)
@@ -239,7 +239,7 @@ def running(settings: Settings, **service_options: Any) -> Iterator[Site]:
         **service_options,
     }
     app = create_app(settings, **options)
-    with TestClient(app, base_url=settings.public_url, follow_redirects=False) as client:
+    with TestClient(app, base_url=settings.web.public_url, follow_redirects=False) as client:
         yield Site(client, app, settings)
 
 

@@ -172,7 +172,9 @@ def test_an_install_stores_the_token_sealed_subscribes_and_opens_the_settings(
     assert api_works(bigcommerce_server[1], token)
     hooks = bigcommerce.hooks(STORE)
     assert {h["scope"] for h in hooks} == SCOPES
-    assert {h["destination"] for h in hooks} == {f"{settings[0].public_url}/webhooks/bigcommerce"}
+    assert {h["destination"] for h in hooks} == {
+        f"{settings[0].web.public_url}/webhooks/bigcommerce"
+    }
     assert all(h["is_active"] for h in hooks)
     assert ("install", "installed") in audit(settings)
     # What the service logged (its thread, not this test's client), fields included.
@@ -533,7 +535,7 @@ def test_a_hook_made_before_the_header_gets_it_on_the_next_load(
     service, settings = any_store
     # Installed, and subscribed, by a version that set no header on its hooks.
     token = bigcommerce.add_store(STORE)
-    destination = f"{settings.public_url}/webhooks/bigcommerce"
+    destination = f"{settings.web.public_url}/webhooks/bigcommerce"
     for scope in sorted(SCOPES):
         bigcommerce.add_hook(STORE, scope, destination)
 
@@ -570,10 +572,10 @@ def test_rotating_the_secret_sets_a_new_header_on_the_hooks_and_the_old_one_pass
         "KLARNA_CAPTURE_DATA_DIR": str(settings[0].data_dir),
         "KLARNA_CAPTURE_SECRET_KEY": SECRET_KEY,
         "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
-        "KLARNA_CAPTURE_PUBLIC_URL": settings[0].public_url,
+        "KLARNA_CAPTURE_PUBLIC_URL": settings[0].web.public_url,
         "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_ID": DEFAULT_CLIENT_ID,
         "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
-        "KLARNA_CAPTURE_BIGCOMMERCE_API_URL": settings[0].bigcommerce_api_url,
+        "KLARNA_CAPTURE_BIGCOMMERCE_API_URL": settings[0].bigcommerce.api_url,
         "KLARNA_CAPTURE_LOG_LEVEL": "WARNING",
     }
 

@@ -335,7 +335,7 @@ def test_a_klarna_that_does_not_answer_is_unreachable_after_the_deadline(
         password=SANDBOX_PASSWORD,
         region="eu",
         environment="playground",
-        url=site.settings.klarna_url,
+        url=site.settings.klarna.url,
         deadline=0.2,
     )
     assert (tested.outcome, tested.detail) == (

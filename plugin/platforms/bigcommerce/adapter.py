@@ -80,7 +80,7 @@ class BigCommerceStorefront(StorefrontApp):
             shop.shop_domain,
             token,
             http=self.http,
-            base_url=self.settings.bigcommerce_api_url,
+            base_url=self.settings.bigcommerce.api_url,
             retry=self.retry,
         )
 

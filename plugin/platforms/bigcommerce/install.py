@@ -76,14 +76,14 @@ def _refusal(request: Request, refused: _Refused, store_hash: str) -> Response:
 
 
 def _credentials(settings: Settings) -> tuple[str, str]:
-    if settings.bigcommerce_client_id is None or not settings.bigcommerce_client_secret:
+    if settings.bigcommerce.client_id is None or not settings.bigcommerce.client_secret:
         raise _Refused(
             404,
             "BigCommerce app not set up",
             "This server does not run the BigCommerce app.",
             "bigcommerce client id and secret are not configured",
         )
-    return settings.bigcommerce_client_id, settings.bigcommerce_client_secret
+    return settings.bigcommerce.client_id, settings.bigcommerce.client_secret
 
 
 def _frame_for(request: Request, store_hash: str) -> None:
@@ -96,7 +96,7 @@ def _api(service: Service, store_hash: str, token: str) -> StoreClient:
         store_hash,
         token,
         http=service.storefront_http,
-        base_url=service.settings.bigcommerce_api_url,
+        base_url=service.settings.bigcommerce.api_url,
         retry=INTERACTIVE_RETRY,
     )
 
@@ -107,7 +107,7 @@ async def subscribe(service: Service, shop: Shop, token: str) -> None:
     secrets = await service.shops.get(shop.id)
     if secrets is None or not secrets.webhook_keys or shop.shop_domain is None:
         raise BigCommerceError("hooks", status=None, code="NO_SHOP", messages=["shop removed"])
-    destination = service.settings.public_url + WEBHOOK_PATH
+    destination = service.settings.web.public_url + WEBHOOK_PATH
     header = {
         signatures.HOOK_HEADER: signatures.hook_header_value(
             shop.shop_domain, secrets.webhook_keys[0]
@@ -145,13 +145,13 @@ async def callback(request: Request) -> Response:
         try:
             grant = await exchange_code(
                 service.storefront_http,
-                login_url=settings.bigcommerce_login_url,
+                login_url=settings.bigcommerce.login_url,
                 client_id=client_id,
                 client_secret=client_secret,
                 code=code,
                 scope=params.get("scope", ""),
                 context=params.get("context", ""),
-                redirect_uri=settings.public_url + CALLBACK_PATH,
+                redirect_uri=settings.web.public_url + CALLBACK_PATH,
             )
         except BigCommerceOAuthError as error:
             if error.status is not None and 400 <= error.status < 500:

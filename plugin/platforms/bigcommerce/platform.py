@@ -4,7 +4,7 @@ uninstall callbacks, its adapter, its options and how its store hashes are writt
 from starlette.routing import BaseRoute, Route
 
 from plugin.platforms.base import Platform
-from plugin.platforms.bigcommerce import install
+from plugin.platforms.bigcommerce import cli, install
 from plugin.platforms.bigcommerce.adapter import BigCommerceStorefront
 from plugin.platforms.bigcommerce.mapping import NAME, is_store_hash
 from plugin.platforms.bigcommerce.webhooks import bigcommerce_webhook
@@ -21,4 +21,5 @@ PLATFORM = Platform(
     storefront=BigCommerceStorefront,
     options=("klarna_order_id_source", "klarna_order_id_field"),
     domain_format=is_store_hash,
+    rehook=cli.rehook,
 )

@@ -33,8 +33,8 @@ async def bigcommerce_webhook(request: Request) -> Response:
     service: Service = request.app.state.service
     settings = service.settings
     platform = bigcommerce.NAME
-    secret = settings.bigcommerce_client_secret
-    if not settings.bigcommerce_enabled or not secret:
+    secret = settings.bigcommerce.client_secret
+    if not settings.bigcommerce.enabled or not secret:
         return _answer(
             404, platform, "not_configured", error="the BigCommerce app is not set up here"
         )
@@ -51,7 +51,7 @@ async def bigcommerce_webhook(request: Request) -> Response:
             [secret.encode()],
             request.headers,
             body,
-            tolerance=settings.webhook_tolerance_seconds,
+            tolerance=settings.web.webhook_tolerance_seconds,
         )
     except signatures.WebhookVerificationError as exc:
         unsigned = str(exc)

@@ -78,9 +78,9 @@ class ShopifyStorefront(StorefrontApp):
         return AdminClient(
             shop.shop_domain,
             token,
-            api_version=self.settings.shopify_api_version,
+            api_version=self.settings.shopify.api_version,
             http=self.http,
-            base_url=self.settings.shopify_admin_url,
+            base_url=self.settings.shopify.admin_url,
             retry=self.retry,
         )
 

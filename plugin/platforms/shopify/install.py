@@ -62,25 +62,25 @@ def _refusal(request: Request, refused: _Refused, shop: str) -> Response:
 
 
 def _configured(settings: Settings) -> str:
-    if settings.shopify_client_id is None or not settings.shopify_client_secrets:
+    if settings.shopify.client_id is None or not settings.shopify.client_secrets:
         raise _Refused(
             404,
             "Shopify app not set up",
             "This server does not run the Shopify app.",
             "shopify client id and secret are not configured",
         )
-    return settings.shopify_client_id
+    return settings.shopify.client_id
 
 
 def _admin_base(settings: Settings, shop: str) -> str:
-    return settings.shopify_admin_url.replace("{shop}", shop)
+    return settings.shopify.admin_url.replace("{shop}", shop)
 
 
 def _signed_shop(request: Request, settings: Settings) -> str:
     """The `shop` of a query Shopify signed (hmac, fresh timestamp), a myshopify.com domain."""
     try:
         signatures.verify_shopify_query(
-            [secret.encode() for secret in settings.shopify_client_secrets],
+            [secret.encode() for secret in settings.shopify.client_secrets],
             request.query_params.multi_items(),
             max_age=QUERY_MAX_AGE_SECONDS,
         )
@@ -146,7 +146,7 @@ async def install(request: Request) -> Response:
         {
             "client_id": client_id,
             "scope": ",".join(SCOPES),
-            "redirect_uri": settings.public_url + CALLBACK_PATH,
+            "redirect_uri": settings.web.public_url + CALLBACK_PATH,
             "state": state,
         }
     )
@@ -160,7 +160,7 @@ async def install(request: Request) -> Response:
         path="/auth/shopify",
         httponly=True,
         samesite="lax",
-        secure=settings.public_url.startswith("https://"),
+        secure=settings.web.public_url.startswith("https://"),
     )
     return response
 
@@ -195,7 +195,7 @@ async def callback(request: Request) -> Response:
                 service.storefront_http,
                 admin_url=_admin_base(settings, shop),
                 client_id=client_id,
-                client_secret=settings.shopify_client_secrets[0],
+                client_secret=settings.shopify.client_secrets[0],
                 code=code,
             )
         except ShopifyOAuthError as error:
@@ -212,7 +212,7 @@ async def callback(request: Request) -> Response:
         INSTALL_STATE_COOKIE,
         path="/auth/shopify",
         httponly=True,
-        secure=settings.public_url.startswith("https://"),
+        secure=settings.web.public_url.startswith("https://"),
     )
     return response
 
@@ -238,7 +238,7 @@ async def embedded(request: Request) -> Response:
             raise _Refused(401, "Please sign in", _FROM_ADMIN, "no session token")
         try:
             session = signatures.verify_shopify_session_token(
-                session_token, client_id=client_id, secrets=settings.shopify_client_secrets
+                session_token, client_id=client_id, secrets=settings.shopify.client_secrets
             )
         except signatures.ShopifyRequestError as exc:
             raise _Refused(401, "Please sign in", _FROM_ADMIN, str(exc)) from None
@@ -251,7 +251,7 @@ async def embedded(request: Request) -> Response:
                     service.storefront_http,
                     admin_url=_admin_base(settings, shop),
                     client_id=client_id,
-                    client_secret=settings.shopify_client_secrets[0],
+                    client_secret=settings.shopify.client_secrets[0],
                     session_token=session_token,
                 )
             except ShopifyOAuthError as error:

@@ -29,7 +29,7 @@ async def shopify_webhook(request: Request) -> Response:
     service: Service = request.app.state.service
     settings = service.settings
     platform = shopify.NAME
-    if not settings.shopify_enabled:
+    if not settings.shopify.enabled:
         return _answer(404, platform, "not_configured", error="the Shopify app is not set up here")
     try:
         body = await read_body(request)
@@ -37,7 +37,7 @@ async def shopify_webhook(request: Request) -> Response:
         return refused.answer(platform)
     try:
         signatures.verify_shopify_webhook(
-            [secret.encode() for secret in settings.shopify_client_secrets],
+            [secret.encode() for secret in settings.shopify.client_secrets],
             request.headers.get("X-Shopify-Hmac-Sha256"),
             body,
         )

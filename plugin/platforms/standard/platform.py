@@ -3,7 +3,7 @@ shipment, so there is no API to call."""
 
 from starlette.routing import BaseRoute, Route
 
-from plugin.platforms.base import Platform
+from plugin.platforms.base import Platform, ShopAdd
 from plugin.platforms.standard.payloads import NAME
 from plugin.platforms.standard.webhooks import standard_webhook
 
@@ -12,4 +12,5 @@ def routes() -> list[BaseRoute]:
     return [Route(f"/webhooks/{NAME}/{{shop_id}}", standard_webhook, methods=["POST"])]
 
 
-PLATFORM = Platform(name=NAME, label="Standard Webhooks", routes=routes)
+# Added with `shop add` and nothing more than its common options.
+PLATFORM = Platform(name=NAME, label="Standard Webhooks", routes=routes, shop_add=ShopAdd())

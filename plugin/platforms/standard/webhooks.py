@@ -41,7 +41,7 @@ async def standard_webhook(request: Request) -> Response:
             loaded.webhook_keys,
             request.headers,
             body,
-            tolerance=service.settings.webhook_tolerance_seconds,
+            tolerance=service.settings.web.webhook_tolerance_seconds,
         )
     except signatures.WebhookVerificationError as exc:
         log.warning("webhook refused", extra={"shop": shop_id, "reason": str(exc)})

@@ -4,6 +4,7 @@ at the address the merchant enters (so its calls are address-guarded)."""
 from starlette.routing import BaseRoute, Route
 
 from plugin.platforms.base import Platform
+from plugin.platforms.woocommerce import cli
 from plugin.platforms.woocommerce.adapter import WooCommerceStorefront
 from plugin.platforms.woocommerce.mapping import NAME
 from plugin.platforms.woocommerce.webhooks import woocommerce_webhook
@@ -20,4 +21,6 @@ PLATFORM = Platform(
     storefront=WooCommerceStorefront,
     merchant_hosted=True,
     options=("capture_statuses",),
+    shop_add=cli.SHOP_ADD,
+    shop_details=cli.shop_details,
 )
