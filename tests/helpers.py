@@ -1,4 +1,5 @@
-"""What the service tests share: a storefront that signs events, a status-URL inbox, waiting."""
+"""What the service tests share: a storefront that signs events, a status-URL inbox, waiting (for a
+condition, or for the queue to be idle)."""
 
 import signal
 import socket
@@ -6,10 +7,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import httpx2
 import msgspec
 from starlette.applications import Starlette
@@ -22,6 +24,7 @@ from plugin.config import Settings
 from plugin.klarna.models import OrderLine
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.service import open_service
+from plugin.store import Store, open_store
 from plugin.store.records import Shop, ShopOptions
 
 # The tests' status URLs and storefront sandboxes listen on loopback, which merchant-entered
@@ -100,6 +103,27 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting {what}".strip())
         time.sleep(0.02)
+
+
+def wait_idle(settings: Settings, timeout: float = 30.0) -> None:
+    """Wait until the service's queue is idle, as its store counts jobs: none queued (due now or
+    later) or running. A test asserts that something did NOT happen after this, never after a
+    sleep: a rerun still queued or on its way on a slow machine would pass a sleep unseen."""
+
+    async def opened() -> Store:
+        return open_store(settings.database_url)
+
+    def idle(counts: Mapping[str, int]) -> bool:
+        return counts.get("queued", 0) == 0 and counts.get("running", 0) == 0
+
+    with anyio.from_thread.start_blocking_portal() as portal:
+        store = portal.call(opened)
+        try:
+            wait_until(
+                lambda: idle(portal.call(store.job_counts)), timeout, "for the queue to be idle"
+            )
+        finally:
+            portal.call(store.close)
 
 
 def create_shop(settings: Settings, **fields: Any) -> tuple[Shop, str]:

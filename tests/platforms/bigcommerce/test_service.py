@@ -42,7 +42,7 @@ from plugin.service import open_service
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import wait_until
+from tests.helpers import wait_idle, wait_until
 
 STORE = "g5cd38"
 KLARNA_USERNAME = "PK_SANDBOX"
@@ -461,7 +461,7 @@ def test_duplicates_and_redeliveries_capture_once(
         "accepted",
     ]
     wait_until(lambda: status_is(bigcommerce, order_id, "captured"), what="the write-back")
-    time.sleep(0.5)  # let any rerun finish: it must find the capture on the ledger
+    wait_idle(settings)  # any rerun has finished: it must have found the capture on the ledger
     assert len(klarna_sandbox.orders[klarna_id].captures) == 1
     assert count(settings, "SELECT count(*) FROM deliveries") == 3
     assert count(settings, "SELECT count(*) FROM jobs WHERE kind = 'fulfillment'") == 1

@@ -5,7 +5,6 @@ Klarna and the status lands on the Shopify order as metafields and tags."""
 import json
 import os
 import sqlite3
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ from plugin.service import open_service
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import run_cli, wait_until
+from tests.helpers import run_cli, wait_idle, wait_until
 
 DOMAIN = "tomato-farm.myshopify.com"
 KLARNA_USERNAME = "PK_SANDBOX"
@@ -307,7 +306,7 @@ def test_duplicates_and_redeliveries_capture_once(
         "accepted",
     ]
     wait_until(lambda: status_of(shopify_sandbox, gid) == "captured", what="the write-back")
-    time.sleep(0.5)  # let any rerun finish: it must find the capture on the ledger
+    wait_idle(settings)  # any rerun has finished: it must have found the capture on the ledger
     assert len(klarna_sandbox.orders[klarna_id].captures) == 1
     assert count(settings, "SELECT count(*) FROM deliveries") == 3
 

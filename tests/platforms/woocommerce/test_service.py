@@ -4,7 +4,6 @@ order comes out at Klarna, and an order note and meta land on the WooCommerce or
 
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from plugin.sandbox.woocommerce import create_app as create_woocommerce_app
 from plugin.service import open_service
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import ALLOW_LOOPBACK, wait_until
+from tests.helpers import ALLOW_LOOPBACK, wait_idle, wait_until
 
 SITE = "tomato-farm"
 KLARNA_USERNAME = "PK_SANDBOX"
@@ -410,7 +409,7 @@ def test_duplicates_and_redeliveries_capture_once(
 
     assert [a.json()["status"] for a in answers] == ["accepted"] + ["duplicate"] * 4
     wait_until(lambda: status_of(woo, order_id) == "captured", what="the write-back")
-    time.sleep(0.3)  # let any rerun finish: it must find the capture on the ledger
+    wait_idle(settings)  # any rerun has finished: it must have found the capture on the ledger
     assert len(klarna_sandbox.orders[klarna_id].captures) == 1
     assert count(settings, "SELECT count(*) FROM deliveries") == 1
     assert len(woo.notes(SITE, order_id)) == 1
