@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -23,8 +23,8 @@ from plugin import signatures
 from plugin.config import Settings
 from plugin.klarna.models import OrderLine
 from plugin.sandbox.klarna import KlarnaSandbox
-from plugin.service import open_service
-from plugin.store import Store, open_store
+from plugin.service import Service, open_service
+from plugin.store import ShopChanges, Store, open_store
 from plugin.store.records import Shop, ShopOptions
 
 # The tests' status URLs and storefront sandboxes listen on loopback, which merchant-entered
@@ -141,6 +141,39 @@ def create_shop(settings: Settings, **fields: Any) -> tuple[Shop, str]:
             )
 
     return anyio.run(create)
+
+
+def install_shop(
+    settings: Settings,
+    platform: str,
+    shop_domain: str,
+    token: str,
+    *,
+    changes: ShopChanges | None = None,
+    klarna: bool = True,
+    then: Callable[[Service, Shop], Awaitable[None]] | None = None,
+) -> Shop:
+    """A storefront app's shop as its install leaves it (`token` from the storefront's OAuth),
+    then `changes` saved, with the Klarna sandbox's credentials when `klarna`; `then` runs on the
+    service before it closes (a hook subscription, say)."""
+
+    async def install() -> Shop:
+        async with open_service(settings) as service:
+            shop = await service.shops.install(
+                platform=platform, shop_domain=shop_domain, token=token
+            )
+            saved = changes or ShopChanges()
+            if klarna:
+                saved = msgspec.structs.replace(saved, klarna_username="PK_SANDBOX")
+            changed = await service.shops.update(
+                shop.id, saved, klarna_password="sandbox-secret" if klarna else None
+            )
+            assert changed is not None
+            if then is not None:
+                await then(service, changed)
+            return changed
+
+    return anyio.run(install)
 
 
 def shipment(

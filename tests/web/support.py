@@ -1,5 +1,6 @@
 """What the page tests share: the real app under Starlette's TestClient (lifespan and workers
-running), a merchant's browser with its session cookie, and readers for the HTML it gets back."""
+running), a merchant's browser with its session cookie, and readers for the HTML it gets back;
+and readers of the service's SQLite file, which the service tests use too."""
 
 import contextlib
 import os
@@ -121,6 +122,12 @@ def database(settings: Settings) -> Iterator[sqlite3.Connection]:
             yield conn
     finally:
         conn.close()
+
+
+def count(settings: Settings, sql: str, *args: object) -> int:
+    """The one number a query over the service's SQLite file gives (a `count(*)`)."""
+    with database(settings) as conn:
+        return int(conn.execute(sql, args).fetchone()[0])
 
 
 def job_state(settings: Settings, shop_id: str, fulfillment_id: str) -> str | None:
