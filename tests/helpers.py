@@ -22,7 +22,7 @@ from starlette.routing import Route
 from plugin import signatures
 from plugin.config import Settings
 from plugin.klarna.models import OrderLine
-from plugin.sandbox.klarna import KlarnaSandbox
+from plugin.sandbox.klarna import DEFAULT_PASSWORD, DEFAULT_USERNAME, KlarnaSandbox
 from plugin.service import Service, open_service
 from plugin.store import ShopChanges, Store, open_store
 from plugin.store.records import Shop, ShopOptions
@@ -30,6 +30,10 @@ from plugin.store.records import Shop, ShopOptions
 # The tests' status URLs and storefront sandboxes listen on loopback, which merchant-entered
 # URLs may reach only when the operator allows it: every test's settings include this.
 ALLOW_LOOPBACK = {"KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8,::1/128"}
+
+# The Klarna sandbox's merchant credentials, as the tests' shops use them.
+SANDBOX_USERNAME = DEFAULT_USERNAME
+SANDBOX_PASSWORD = DEFAULT_PASSWORD
 
 # A Klarna order line for 6000 EUR incl. 25 % VAT, as the sandbox orders in the tests use.
 TOMATOES = OrderLine(
@@ -69,8 +73,8 @@ def cli_shop(
     *extra: str,
     name: str = "Test shop",
     environment: str = "playground",
-    username: str = "PK_SANDBOX",
-    password: str = "sandbox-secret",
+    username: str = SANDBOX_USERNAME,
+    password: str = SANDBOX_PASSWORD,
 ) -> dict[str, str]:
     """`klarna-capture shop add --json`: the new shop's id, webhook path and secret."""
     done = run_cli(
@@ -134,8 +138,8 @@ def create_shop(settings: Settings, **fields: Any) -> tuple[Shop, str]:
                 name=fields.pop("name", "Test shop"),
                 klarna_region="eu",
                 klarna_environment="playground",
-                klarna_username=fields.pop("klarna_username", "PK_SANDBOX"),
-                klarna_password=fields.pop("klarna_password", "sandbox-secret"),
+                klarna_username=fields.pop("klarna_username", SANDBOX_USERNAME),
+                klarna_password=fields.pop("klarna_password", SANDBOX_PASSWORD),
                 status_url=fields.pop("status_url", None),
                 options=fields.pop("options", ShopOptions()),
             )
@@ -164,9 +168,9 @@ def install_shop(
             )
             saved = changes or ShopChanges()
             if klarna:
-                saved = msgspec.structs.replace(saved, klarna_username="PK_SANDBOX")
+                saved = msgspec.structs.replace(saved, klarna_username=SANDBOX_USERNAME)
             changed = await service.shops.update(
-                shop.id, saved, klarna_password="sandbox-secret" if klarna else None
+                shop.id, saved, klarna_password=SANDBOX_PASSWORD if klarna else None
             )
             assert changed is not None
             if then is not None:

@@ -24,14 +24,12 @@ from plugin.sandbox.shopify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, que
 from plugin.service import Service
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import ALLOW_LOOPBACK, Storefront
+from tests.helpers import ALLOW_LOOPBACK, SANDBOX_PASSWORD, SANDBOX_USERNAME, Storefront
 
 T = TypeVar("T")
 
 ORIGIN = "http://testserver"
 SECRET_KEY = "a-test-secret-key-of-some-length"
-SANDBOX_USERNAME = "PK_SANDBOX"
-SANDBOX_PASSWORD = "sandbox-secret"
 COOKIE = "kc_session"
 
 
@@ -402,7 +400,7 @@ def unlabelled_controls(html: str) -> list[str]:
 def assert_page_headers(response: httpx2.Response) -> None:
     """The security headers every /admin answer carries."""
     csp = response.headers.get("content-security-policy", "")
-    directives = {part.split()[0]: part.split()[1:] for part in csp.split(";") if part.strip()}
+    directives = csp_directives(response)
     assert directives, f"no Content-Security-Policy on {response.url}"
     assert "'unsafe-inline'" not in csp
     assert "'unsafe-eval'" not in csp

@@ -37,12 +37,10 @@ from plugin.sandbox.server import serve_in_thread
 from plugin.service import Service, open_service
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
-from tests.helpers import install_shop, wait_idle, wait_until
+from tests.helpers import SANDBOX_PASSWORD, SANDBOX_USERNAME, install_shop, wait_idle, wait_until
 from tests.web.support import count, database
 
 STORE = "g5cd38"
-KLARNA_USERNAME = "PK_SANDBOX"
-KLARNA_PASSWORD = "sandbox-secret"
 MERCHANT_NOTE = "Leave at the back door"
 CREATED = "store/shipment/created"
 UPDATED = "store/shipment/updated"
@@ -563,8 +561,8 @@ def test_a_failure_is_replaced_by_the_capture_once_the_cause_is_fixed(
         async with open_service(settings) as running:
             await running.shops.update(
                 shop.id,
-                ShopChanges(klarna_username=KLARNA_USERNAME),
-                klarna_password=KLARNA_PASSWORD,
+                ShopChanges(klarna_username=SANDBOX_USERNAME),
+                klarna_password=SANDBOX_PASSWORD,
             )
 
     anyio.run(enter_credentials)

@@ -33,13 +33,18 @@ from plugin.service import open_service
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import install_shop, run_cli, wait_idle, wait_until
+from tests.helpers import (
+    SANDBOX_PASSWORD,
+    SANDBOX_USERNAME,
+    install_shop,
+    run_cli,
+    wait_idle,
+    wait_until,
+)
 from tests.web.support import count, database
 
 DOMAIN = "tomato-farm.myshopify.com"
-KLARNA_USERNAME = "PK_SANDBOX"
 UNINSTALLED = {"id": 954889, "domain": "tomatoes.example", "myshopify_domain": DOMAIN}
-KLARNA_PASSWORD = "sandbox-secret"
 
 
 @pytest.fixture
@@ -502,8 +507,8 @@ def test_a_failure_is_written_back_and_replaced_once_the_capture_succeeds(
         async with open_service(settings) as running:
             await running.shops.update(
                 shop.id,
-                ShopChanges(klarna_username=KLARNA_USERNAME),
-                klarna_password=KLARNA_PASSWORD,
+                ShopChanges(klarna_username=SANDBOX_USERNAME),
+                klarna_password=SANDBOX_PASSWORD,
             )
 
     anyio.run(enter_credentials)

@@ -30,12 +30,10 @@ from plugin.sandbox.woocommerce import (
 from plugin.sandbox.woocommerce import create_app as create_woocommerce_app
 from plugin.service import open_service
 from plugin.store.records import Shop, ShopOptions
-from tests.helpers import wait_idle, wait_until
+from tests.helpers import SANDBOX_PASSWORD, SANDBOX_USERNAME, wait_idle, wait_until
 from tests.web.support import count, database
 
 SITE = "tomato-farm"
-KLARNA_USERNAME = "PK_SANDBOX"
-KLARNA_PASSWORD = "sandbox-secret"
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +74,8 @@ def connect(
                 name="Tomato farm",
                 klarna_region=region,
                 klarna_environment="playground",
-                klarna_username=KLARNA_USERNAME,
-                klarna_password=KLARNA_PASSWORD,
+                klarna_username=SANDBOX_USERNAME,
+                klarna_password=SANDBOX_PASSWORD,
                 options=options,
                 shop_domain=woocommerce.normalize_site_url(woo.site_url(site)),
                 platform_token=woocommerce.encode_api_key(
