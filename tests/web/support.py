@@ -128,22 +128,26 @@ def count(settings: Settings, sql: str, *args: object) -> int:
         return int(conn.execute(sql, args).fetchone()[0])
 
 
-def job_state(settings: Settings, shop_id: str, fulfillment_id: str) -> str | None:
+def fulfillment_job(settings: Settings, shop_id: str, fulfillment_id: str) -> sqlite3.Row | None:
+    """The fulfilment job of a shipment as stored, its columns by name."""
     with database(settings) as conn:
-        row = conn.execute(
-            "SELECT state FROM jobs WHERE shop_id = ? AND kind = 'fulfillment' AND key = ?",
+        conn.row_factory = sqlite3.Row
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM jobs WHERE shop_id = ? AND kind = 'fulfillment' AND key = ?",
             (shop_id, fulfillment_id),
         ).fetchone()
-    return None if row is None else str(row[0])
+    return row
+
+
+def job_state(settings: Settings, shop_id: str, fulfillment_id: str) -> str | None:
+    job = fulfillment_job(settings, shop_id, fulfillment_id)
+    return None if job is None else str(job["state"])
 
 
 def last_error(settings: Settings, shop_id: str, fulfillment_id: str) -> dict[str, Any]:
-    with database(settings) as conn:
-        row = conn.execute(
-            "SELECT last_error FROM jobs WHERE shop_id = ? AND kind = 'fulfillment' AND key = ?",
-            (shop_id, fulfillment_id),
-        ).fetchone()
-    error: dict[str, Any] = msgspec.json.decode(row[0])
+    job = fulfillment_job(settings, shop_id, fulfillment_id)
+    assert job is not None
+    error: dict[str, Any] = msgspec.json.decode(job["last_error"])
     return error
 
 
