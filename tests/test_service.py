@@ -34,6 +34,7 @@ from tests.helpers import (
     Storefront,
     create_shop,
     shipment,
+    wait_idle,
     wait_until,
 )
 from tests.web.support import count, database
@@ -354,13 +355,8 @@ def test_tracking_added_later_reaches_the_existing_capture(
             "tracking_number": "RM2",
         }
     ]
-    wait_until(
-        lambda: (
-            count(settings, "SELECT count(*) FROM deliveries") == 3
-            and count(settings, "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')")
-            == 0
-        )
-    )
+    wait_until(lambda: count(settings, "SELECT count(*) FROM deliveries") == 3)
+    wait_idle(settings)
     assert len(klarna_sandbox.orders[order.order_id].captures[0].shipping_info) == 2
     assert len(klarna_sandbox.orders[order.order_id].captures) == 1
 
