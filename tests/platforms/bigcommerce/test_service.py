@@ -136,8 +136,9 @@ def send(
     timestamp: int | None = None,
 ) -> httpx2.Response:
     body = webhook_body(STORE, scope, order_id, shipment_id)
-    headers = signed_webhook(secret, body, webhook_id=webhook_id, timestamp=timestamp)
-    return httpx2.post(f"{url}/webhooks/bigcommerce", content=body, headers=headers, timeout=10)
+    return deliver(
+        url, body, signed_webhook(secret, body, webhook_id=webhook_id, timestamp=timestamp)
+    )
 
 
 def deliver(url: str, body: bytes, headers: dict[str, str]) -> httpx2.Response:
