@@ -1,14 +1,23 @@
+"""The fixtures tests share: the sandboxes over real HTTP, a PostgreSQL server, and a service
+(its settings, and the real app under uvicorn) that a test module adjusts through `settings_env`."""
+
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio.from_thread
 import pytest
 
+from plugin.app import create_app as create_service_app
+from plugin.config import Settings, load_settings
+from plugin.klarna import RetryPolicy
 from plugin.sandbox.klarna import KlarnaSandbox, create_app
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.shopify import ShopifySandbox
 from plugin.sandbox.shopify import create_app as create_shopify_app
+from plugin.worker import Backoff
 from tests import postgres_cluster
+from tests.helpers import ALLOW_LOOPBACK
 
 
 @pytest.fixture
@@ -94,3 +103,41 @@ def store_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         portal.wrap_async_context_manager(postgres_cluster.fresh_database(server)) as url,
     ):
         yield {"KLARNA_CAPTURE_DATABASE_URL": url}
+
+
+@pytest.fixture
+def settings_env() -> dict[str, str]:
+    """What a module's service is configured with beyond what `settings` sets itself: loopback
+    allowed for merchant-entered URLs. A module overrides this fixture (with its storefront app's
+    variables, say) rather than `settings`."""
+    return dict(ALLOW_LOOPBACK)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, klarna_url: str, settings_env: dict[str, str]) -> Settings:
+    """A service's settings: its SQLite file in the test's folder, the Klarna sandbox, four
+    workers, and the module's `settings_env`."""
+    return load_settings(
+        {
+            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
+            "KLARNA_CAPTURE_SECRET_KEY": "a-test-secret-key-of-some-length",
+            "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
+            "KLARNA_CAPTURE_WORKERS": "4",
+            **settings_env,
+        }
+    )
+
+
+@pytest.fixture
+def service(settings: Settings) -> Iterator[str]:
+    """The real app under uvicorn with `settings`, its retries and polls short so that a test
+    waits little: its base URL."""
+    app = create_service_app(
+        settings,
+        backoff=Backoff(base_seconds=0.05, max_seconds=0.2, attempts=4),
+        klarna_retry=RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05),
+        storefront_retry=RetryPolicy(attempts=2, backoff_seconds=0.01, max_backoff_seconds=0.05),
+        poll_seconds=0.05,
+    )
+    with serve_in_thread(app) as url:
+        yield url

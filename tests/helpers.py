@@ -1,4 +1,5 @@
-"""What the service tests share: a storefront that signs events, a status-URL inbox, waiting."""
+"""What the service tests share: a storefront that signs events, a status-URL inbox, waiting (for a
+condition, or for the queue to be idle)."""
 
 import signal
 import socket
@@ -6,10 +7,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import httpx2
 import msgspec
 from starlette.applications import Starlette
@@ -20,13 +22,18 @@ from starlette.routing import Route
 from plugin import signatures
 from plugin.config import Settings
 from plugin.klarna.models import OrderLine
-from plugin.sandbox.klarna import KlarnaSandbox
-from plugin.service import open_service
+from plugin.sandbox.klarna import DEFAULT_PASSWORD, DEFAULT_USERNAME, KlarnaSandbox
+from plugin.service import Service, open_service
+from plugin.store import ShopChanges, Store, open_store
 from plugin.store.records import Shop, ShopOptions
 
 # The tests' status URLs and storefront sandboxes listen on loopback, which merchant-entered
 # URLs may reach only when the operator allows it: every test's settings include this.
 ALLOW_LOOPBACK = {"KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8,::1/128"}
+
+# The Klarna sandbox's merchant credentials, as the tests' shops use them.
+SANDBOX_USERNAME = DEFAULT_USERNAME
+SANDBOX_PASSWORD = DEFAULT_PASSWORD
 
 # A Klarna order line for 6000 EUR incl. 25 % VAT, as the sandbox orders in the tests use.
 TOMATOES = OrderLine(
@@ -66,8 +73,8 @@ def cli_shop(
     *extra: str,
     name: str = "Test shop",
     environment: str = "playground",
-    username: str = "PK_SANDBOX",
-    password: str = "sandbox-secret",
+    username: str = SANDBOX_USERNAME,
+    password: str = SANDBOX_PASSWORD,
 ) -> dict[str, str]:
     """`klarna-capture shop add --json`: the new shop's id, webhook path and secret."""
     done = run_cli(
@@ -102,6 +109,27 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
         time.sleep(0.02)
 
 
+def wait_idle(settings: Settings, timeout: float = 30.0) -> None:
+    """Wait until the service's queue is idle, as its store counts jobs: none queued (due now or
+    later) or running. A test asserts that something did NOT happen after this, never after a
+    sleep: a rerun still queued or on its way on a slow machine would pass a sleep unseen."""
+
+    async def opened() -> Store:
+        return open_store(settings.database_url)
+
+    def idle(counts: Mapping[str, int]) -> bool:
+        return counts.get("queued", 0) == 0 and counts.get("running", 0) == 0
+
+    with anyio.from_thread.start_blocking_portal() as portal:
+        store = portal.call(opened)
+        try:
+            wait_until(
+                lambda: idle(portal.call(store.job_counts)), timeout, "for the queue to be idle"
+            )
+        finally:
+            portal.call(store.close)
+
+
 def create_shop(settings: Settings, **fields: Any) -> tuple[Shop, str]:
     async def create() -> tuple[Shop, str]:
         async with open_service(settings) as service:
@@ -110,13 +138,46 @@ def create_shop(settings: Settings, **fields: Any) -> tuple[Shop, str]:
                 name=fields.pop("name", "Test shop"),
                 klarna_region="eu",
                 klarna_environment="playground",
-                klarna_username=fields.pop("klarna_username", "PK_SANDBOX"),
-                klarna_password=fields.pop("klarna_password", "sandbox-secret"),
+                klarna_username=fields.pop("klarna_username", SANDBOX_USERNAME),
+                klarna_password=fields.pop("klarna_password", SANDBOX_PASSWORD),
                 status_url=fields.pop("status_url", None),
                 options=fields.pop("options", ShopOptions()),
             )
 
     return anyio.run(create)
+
+
+def install_shop(
+    settings: Settings,
+    platform: str,
+    shop_domain: str,
+    token: str,
+    *,
+    changes: ShopChanges | None = None,
+    klarna: bool = True,
+    then: Callable[[Service, Shop], Awaitable[None]] | None = None,
+) -> Shop:
+    """A storefront app's shop as its install leaves it (`token` from the storefront's OAuth),
+    then `changes` saved, with the Klarna sandbox's credentials when `klarna`; `then` runs on the
+    service before it closes (a hook subscription, say)."""
+
+    async def install() -> Shop:
+        async with open_service(settings) as service:
+            shop = await service.shops.install(
+                platform=platform, shop_domain=shop_domain, token=token
+            )
+            saved = changes or ShopChanges()
+            if klarna:
+                saved = msgspec.structs.replace(saved, klarna_username=SANDBOX_USERNAME)
+            changed = await service.shops.update(
+                shop.id, saved, klarna_password=SANDBOX_PASSWORD if klarna else None
+            )
+            assert changed is not None
+            if then is not None:
+                await then(service, changed)
+            return changed
+
+    return anyio.run(install)
 
 
 def shipment(

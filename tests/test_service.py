@@ -5,7 +5,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import msgspec
 import pytest
 
 from plugin.app import create_app
-from plugin.config import Settings, load_settings
+from plugin.config import Settings
 from plugin.klarna import RetryPolicy
 from plugin.klarna.models import OrderLine
 from plugin.metrics import render
@@ -29,15 +28,16 @@ from plugin.store import ShopChanges
 from plugin.store.records import ShopOptions
 from plugin.worker import Backoff
 from tests.helpers import (
-    ALLOW_LOOPBACK,
     KLARNA_ORDER_ID,
     TOMATOES,
     StatusInbox,
     Storefront,
     create_shop,
     shipment,
+    wait_idle,
     wait_until,
 )
+from tests.web.support import count, database
 
 BASIL = OrderLine(
     name="Basil",
@@ -48,19 +48,6 @@ BASIL = OrderLine(
     tax_rate=1200,
     total_tax_amount=107,
 )
-
-
-@pytest.fixture
-def settings(tmp_path: Path, klarna_url: str) -> Settings:
-    return load_settings(
-        {
-            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
-            "KLARNA_CAPTURE_SECRET_KEY": "a-test-secret-key-of-some-length",
-            "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
-            "KLARNA_CAPTURE_WORKERS": "4",
-            **ALLOW_LOOPBACK,
-        }
-    )
 
 
 @pytest.fixture(scope="session")
@@ -74,27 +61,6 @@ def status_server() -> Iterator[tuple[StatusInbox, str]]:
 def inbox(status_server: tuple[StatusInbox, str]) -> StatusInbox:
     status_server[0].received.clear()
     return status_server[0]
-
-
-@pytest.fixture
-def service(settings: Settings) -> Iterator[str]:
-    app = create_app(
-        settings,
-        backoff=Backoff(base_seconds=0.05, max_seconds=0.2, attempts=4),
-        klarna_retry=RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05),
-        poll_seconds=0.05,
-    )
-    with serve_in_thread(app) as url:
-        yield url
-
-
-def db(settings: Settings) -> sqlite3.Connection:
-    return sqlite3.connect(settings.data_dir / "klarna-capture.db")
-
-
-def count(settings: Settings, sql: str) -> int:
-    with db(settings) as conn:
-        return int(conn.execute(sql).fetchone()[0])
 
 
 def test_a_full_shipment_is_captured_with_tracking_and_reported(
@@ -313,7 +279,7 @@ def test_what_is_refused_and_what_is_stored(
         "not a valid event: Expected `str`, got `int` - at `$.data.order_id`"
     )
     assert storefront.send(b"not json").status_code == 400
-    with db(settings) as conn:
+    with database(settings) as conn:
         rows = conn.execute("SELECT status, reason FROM deliveries ORDER BY id").fetchall()
     assert [status for status, _ in rows] == ["rejected", "rejected"]
     assert rows[1][1].startswith("not a valid event: JSON is malformed")
@@ -389,13 +355,8 @@ def test_tracking_added_later_reaches_the_existing_capture(
             "tracking_number": "RM2",
         }
     ]
-    wait_until(
-        lambda: (
-            count(settings, "SELECT count(*) FROM deliveries") == 3
-            and count(settings, "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')")
-            == 0
-        )
-    )
+    wait_until(lambda: count(settings, "SELECT count(*) FROM deliveries") == 3)
+    wait_idle(settings)
     assert len(klarna_sandbox.orders[order.order_id].captures[0].shipping_info) == 2
     assert len(klarna_sandbox.orders[order.order_id].captures) == 1
 
@@ -436,7 +397,7 @@ def test_refused_credentials_wait_and_run_again_once_fixed_in_another_process(
 
     # Not a dead letter: it waits on the credentials, without burning an attempt.
     wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'waiting'") == 1)
-    with db(settings) as conn:
+    with database(settings) as conn:
         attempts, error = conn.execute("SELECT attempts, last_error FROM jobs").fetchone()
     assert attempts == 0
     failure = msgspec.json.decode(error)
@@ -475,7 +436,7 @@ def test_a_refused_capture_is_dead_with_klarnas_reason(
     )
     Storefront(service, shop.id, secret).send(shipment(order.order_id))
     wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'dead'") == 1)
-    with db(settings) as conn:
+    with database(settings) as conn:
         failure = msgspec.json.decode(conn.execute("SELECT last_error FROM jobs").fetchone()[0])
     assert failure == {
         "step": "plan",
@@ -503,7 +464,7 @@ def test_send_out_is_triggered_when_the_shop_wants_it(
     [capture] = klarna_sandbox.orders[order.order_id].captures
     assert capture.send_outs == 1
     assert capture.description == "Shipment #1001.1"
-    with db(settings) as conn:
+    with database(settings) as conn:
         steps = [row[0] for row in conn.execute("SELECT step || ':' || outcome FROM audit")]
     assert steps == ["plan:planned", "capture:captured", "send_out:sent"]
 
@@ -542,7 +503,7 @@ def test_retries_that_run_out_end_as_a_dead_letter_reported_twice(
     Storefront(service, shop.id, secret).send(shipment(order.order_id))
 
     wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'dead'") == 1)
-    with db(settings) as conn:
+    with database(settings) as conn:
         attempts, error = conn.execute(
             "SELECT attempts, last_error FROM jobs WHERE kind = 'fulfillment'"
         ).fetchone()
@@ -571,7 +532,7 @@ def test_a_capture_klarna_already_has_is_reconciled_not_repeated(
     storefront.send(shipment(order.order_id))
     wait_until(lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'done'") == 1)
     [capture] = klarna_sandbox.orders[order.order_id].captures
-    with db(settings) as conn:
+    with database(settings) as conn:
         conn.execute(
             "UPDATE captures SET state = 'planned', capture_id = NULL,"
             " planned_at = planned_at - 25 * 3600"
@@ -595,7 +556,7 @@ def test_a_capture_klarna_already_has_is_reconciled_not_repeated(
     assert [c.capture_id for c in klarna_sandbox.orders[order.order_id].captures] == [
         capture.capture_id
     ]
-    with db(settings) as conn:
+    with database(settings) as conn:
         assert conn.execute("SELECT capture_id, klarna_reference FROM captures").fetchone() == (
             capture.capture_id,
             capture.klarna_reference,
@@ -693,7 +654,7 @@ def test_a_status_url_that_drips_its_answer_fails_the_callback_at_the_deadline(
         failed = "SELECT count(*) FROM jobs WHERE kind = 'callback' AND last_error IS NOT NULL"
         # The deadline is 10 s; the drip would go on for a minute.
         wait_until(lambda: count(settings, failed) == 1, timeout=40, what="the callback to fail")
-        with db(settings) as conn:
+        with database(settings) as conn:
             state, raw = conn.execute(
                 "SELECT state, last_error FROM jobs WHERE kind = 'callback'"
             ).fetchone()
@@ -728,7 +689,7 @@ def test_a_status_url_that_resolves_to_loopback_is_refused_for_good(
         dead = "SELECT count(*) FROM jobs WHERE kind = 'callback' AND state = 'dead'"
         wait_until(lambda: count(strict, dead) == 1, what="the refused callback")
 
-    with db(strict) as conn:
+    with database(strict) as conn:
         [raw] = conn.execute("SELECT last_error FROM jobs WHERE kind = 'callback'").fetchone()
     error = msgspec.json.decode(raw)
     assert error["error_code"] == "ADDRESS_REFUSED"

@@ -9,8 +9,9 @@ from tests.web.support import Browser, Site, page_settings, running
 
 
 @pytest.fixture
-def settings(tmp_path: Path, klarna_url: str) -> Settings:
-    return page_settings(tmp_path, klarna_url)
+def settings(tmp_path: Path, klarna_url: str, settings_env: dict[str, str]) -> Settings:
+    """The pages' settings, with the module's `settings_env` (tests/conftest.py) added."""
+    return page_settings(tmp_path, klarna_url, extra=settings_env)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """What the page tests share: the real app under Starlette's TestClient (lifespan and workers
-running), a merchant's browser with its session cookie, and readers for the HTML it gets back."""
+running), a merchant's browser with its session cookie, and readers for the HTML it gets back;
+and readers of the service's SQLite file, which the service tests use too."""
 
 import contextlib
 import os
@@ -23,14 +24,12 @@ from plugin.sandbox.shopify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, que
 from plugin.service import Service
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import ALLOW_LOOPBACK, Storefront
+from tests.helpers import ALLOW_LOOPBACK, SANDBOX_PASSWORD, SANDBOX_USERNAME, Storefront
 
 T = TypeVar("T")
 
 ORIGIN = "http://testserver"
 SECRET_KEY = "a-test-secret-key-of-some-length"
-SANDBOX_USERNAME = "PK_SANDBOX"
-SANDBOX_PASSWORD = "sandbox-secret"
 COOKIE = "kc_session"
 
 
@@ -123,22 +122,32 @@ def database(settings: Settings) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def job_state(settings: Settings, shop_id: str, fulfillment_id: str) -> str | None:
+def count(settings: Settings, sql: str, *args: object) -> int:
+    """The one number a query over the service's SQLite file gives (a `count(*)`)."""
     with database(settings) as conn:
-        row = conn.execute(
-            "SELECT state FROM jobs WHERE shop_id = ? AND kind = 'fulfillment' AND key = ?",
+        return int(conn.execute(sql, args).fetchone()[0])
+
+
+def fulfillment_job(settings: Settings, shop_id: str, fulfillment_id: str) -> sqlite3.Row | None:
+    """The fulfilment job of a shipment as stored, its columns by name."""
+    with database(settings) as conn:
+        conn.row_factory = sqlite3.Row
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM jobs WHERE shop_id = ? AND kind = 'fulfillment' AND key = ?",
             (shop_id, fulfillment_id),
         ).fetchone()
-    return None if row is None else str(row[0])
+    return row
+
+
+def job_state(settings: Settings, shop_id: str, fulfillment_id: str) -> str | None:
+    job = fulfillment_job(settings, shop_id, fulfillment_id)
+    return None if job is None else str(job["state"])
 
 
 def last_error(settings: Settings, shop_id: str, fulfillment_id: str) -> dict[str, Any]:
-    with database(settings) as conn:
-        row = conn.execute(
-            "SELECT last_error FROM jobs WHERE shop_id = ? AND kind = 'fulfillment' AND key = ?",
-            (shop_id, fulfillment_id),
-        ).fetchone()
-    error: dict[str, Any] = msgspec.json.decode(row[0])
+    job = fulfillment_job(settings, shop_id, fulfillment_id)
+    assert job is not None
+    error: dict[str, Any] = msgspec.json.decode(job["last_error"])
     return error
 
 
@@ -395,7 +404,7 @@ def unlabelled_controls(html: str) -> list[str]:
 def assert_page_headers(response: httpx2.Response) -> None:
     """The security headers every /admin answer carries."""
     csp = response.headers.get("content-security-policy", "")
-    directives = {part.split()[0]: part.split()[1:] for part in csp.split(";") if part.strip()}
+    directives = csp_directives(response)
     assert directives, f"no Content-Security-Policy on {response.url}"
     assert "'unsafe-inline'" not in csp
     assert "'unsafe-eval'" not in csp

@@ -6,7 +6,6 @@ beside the password; the settings and activity pages announce the waiting shipme
 
 import re
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,9 @@ UPS = {"carrier": "UPS", "method": "Home", "tracking_number": "1Z0002"}
 
 
 @pytest.fixture
-def site(tmp_path: Path, klarna_url: str, store_env: dict[str, str]) -> Iterator[Site]:
+def settings_env(store_env: dict[str, str]) -> dict[str, str]:
     """The app on the SQLite file or on a PostgreSQL database of the test's own."""
-    with running(page_settings(tmp_path, klarna_url, extra=store_env)) as site:
-        yield site
+    return store_env
 
 
 def new_order(sandbox: KlarnaSandbox) -> SandboxOrder:

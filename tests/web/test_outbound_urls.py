@@ -2,15 +2,12 @@
 outside the public internet are refused next to their field, whatever their spelling; a new
 WooCommerce site needs its REST API key entered again."""
 
-from pathlib import Path
-
 import pytest
 
-from plugin.config import Settings
 from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.sandbox.woocommerce import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET
 from plugin.store.records import Shop
-from tests.web.support import SANDBOX_PASSWORD, SANDBOX_USERNAME, Browser, Site, page_settings
+from tests.web.support import SANDBOX_PASSWORD, SANDBOX_USERNAME, Browser, Site
 
 # This deployment allows one intranet network, not loopback.
 INTRANET = "10.1.0.0/16"
@@ -46,10 +43,8 @@ REFUSED = [
 
 
 @pytest.fixture
-def settings(tmp_path: Path, klarna_url: str) -> Settings:
-    return page_settings(
-        tmp_path, klarna_url, extra={"KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": INTRANET}
-    )
+def settings_env() -> dict[str, str]:
+    return {"KLARNA_CAPTURE_ALLOWED_PRIVATE_NETWORKS": INTRANET}
 
 
 def assert_refused_at(answer_text: str, field: str) -> None:

@@ -3,10 +3,7 @@ WooCommerce and the Klarna sandbox over HTTP. An order webhook goes in; a captur
 order comes out at Klarna, and an order note and meta land on the WooCommerce order."""
 
 import json
-import sqlite3
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,9 +11,7 @@ import httpx2
 import msgspec
 import pytest
 
-from plugin.app import create_app
-from plugin.config import Settings, load_settings
-from plugin.klarna import RetryPolicy
+from plugin.config import Settings
 from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.platforms.woocommerce import signatures as woo_signatures
 from plugin.sandbox.klarna import KlarnaSandbox
@@ -36,12 +31,10 @@ from plugin.sandbox.woocommerce import (
 from plugin.sandbox.woocommerce import create_app as create_woocommerce_app
 from plugin.service import open_service
 from plugin.store.records import Shop, ShopOptions
-from plugin.worker import Backoff
-from tests.helpers import ALLOW_LOOPBACK, wait_until
+from tests.helpers import SANDBOX_PASSWORD, SANDBOX_USERNAME, wait_idle, wait_until
+from tests.web.support import count, database
 
 SITE = "tomato-farm"
-KLARNA_USERNAME = "PK_SANDBOX"
-KLARNA_PASSWORD = "sandbox-secret"
 
 
 @pytest.fixture(scope="module")
@@ -58,32 +51,6 @@ def woo(woocommerce_server: tuple[WooCommerceSandbox, str]) -> Iterator[WooComme
     sandbox.reset()
     yield sandbox
     sandbox.clear_faults()
-
-
-@pytest.fixture
-def settings(tmp_path: Path, klarna_url: str) -> Settings:
-    return load_settings(
-        {
-            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
-            "KLARNA_CAPTURE_SECRET_KEY": "a-test-secret-key-of-some-length",
-            "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
-            "KLARNA_CAPTURE_WORKERS": "4",
-            **ALLOW_LOOPBACK,
-        }
-    )
-
-
-@pytest.fixture
-def service(settings: Settings) -> Iterator[str]:
-    app = create_app(
-        settings,
-        backoff=Backoff(base_seconds=0.05, max_seconds=0.2, attempts=4),
-        klarna_retry=RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05),
-        storefront_retry=RetryPolicy(attempts=2, backoff_seconds=0.01, max_backoff_seconds=0.05),
-        poll_seconds=0.05,
-    )
-    with serve_in_thread(app) as url:
-        yield url
 
 
 class Connected(msgspec.Struct):
@@ -108,8 +75,8 @@ def connect(
                 name="Tomato farm",
                 klarna_region=region,
                 klarna_environment="playground",
-                klarna_username=KLARNA_USERNAME,
-                klarna_password=KLARNA_PASSWORD,
+                klarna_username=SANDBOX_USERNAME,
+                klarna_password=SANDBOX_PASSWORD,
                 options=options,
                 shop_domain=woocommerce.normalize_site_url(woo.site_url(site)),
                 platform_token=woocommerce.encode_api_key(
@@ -144,15 +111,6 @@ def ship(
 
 def status_of(woo: WooCommerceSandbox, order_id: int, site: str = SITE) -> Any:
     return woo.meta(site, order_id).get(woocommerce.STATUS_META)
-
-
-def db(settings: Settings) -> sqlite3.Connection:
-    return sqlite3.connect(settings.data_dir / "klarna-capture.db")
-
-
-def count(settings: Settings, sql: str, *args: object) -> int:
-    with db(settings) as conn:
-        return int(conn.execute(sql, args).fetchone()[0])
 
 
 def vegetable_order(
@@ -411,7 +369,7 @@ def test_duplicates_and_redeliveries_capture_once(
 
     assert [a.json()["status"] for a in answers] == ["accepted"] + ["duplicate"] * 4
     wait_until(lambda: status_of(woo, order_id) == "captured", what="the write-back")
-    time.sleep(0.3)  # let any rerun finish: it must find the capture on the ledger
+    wait_idle(settings)  # any rerun has finished: it must have found the capture on the ledger
     assert len(klarna_sandbox.orders[klarna_id].captures) == 1
     assert count(settings, "SELECT count(*) FROM deliveries") == 1
     assert len(woo.notes(SITE, order_id)) == 1
@@ -432,7 +390,7 @@ def test_later_states_of_a_known_order_are_kept_and_capture_nothing_more(
     if pruned:
         # What retention leaves of the order once its delivery ids' window has passed: no
         # delivery rows, its ledger row. The order is still known by that.
-        with db(settings) as conn:
+        with database(settings) as conn:
             conn.execute("DELETE FROM deliveries")
 
     woo.set_status(SITE, order_id, "refunded")
@@ -461,7 +419,7 @@ def test_an_order_paid_otherwise_is_recorded_and_not_captured(
         return count(settings, "SELECT count(*) FROM audit WHERE step = 'skip'") == 1
 
     wait_until(skipped, what="the skip on the audit trail")
-    with db(settings) as conn:
+    with database(settings) as conn:
         [detail] = conn.execute("SELECT detail FROM audit WHERE step = 'skip'").fetchone()
     assert json.loads(detail)["reason"] == "paid with Bank transfer (bacs), not Klarna"
     assert klarna_sandbox.orders[klarna_id].captures == []
@@ -640,7 +598,7 @@ def test_klarnas_refusal_is_written_back_with_its_correlation_id(
     ship(service, woo, shop, order_id)
 
     wait_until(lambda: status_of(woo, order_id) == "failed", what="the failure")
-    with db(settings) as conn:
+    with database(settings) as conn:
         [raw] = conn.execute("SELECT last_error FROM jobs WHERE kind = 'fulfillment'").fetchone()
     error = json.loads(raw)
     assert error["error_code"] == "NO_SUCH_ORDER"
@@ -681,7 +639,7 @@ def test_a_refused_api_key_fails_the_write_back_and_says_why(
 
     dead = "SELECT count(*) FROM jobs WHERE kind = 'callback' AND state = 'dead'"
     wait_until(lambda: count(settings, dead) == 1, what="the dead write-back")
-    with db(settings) as conn:
+    with database(settings) as conn:
         [raw] = conn.execute("SELECT last_error FROM jobs WHERE kind = 'callback'").fetchone()
     error = json.loads(raw)
     assert error["error_code"] == "WOOCOMMERCE_UNAUTHORIZED"

@@ -3,7 +3,6 @@ start, its consent screen, the callback, the offline token stored sealed; and ev
 
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,12 +30,6 @@ from tests.web.support import (
 
 SHOP = "corner-shop.myshopify.com"
 NEW_SECRET = "shpss_0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture
-def site(tmp_path: Path, klarna_url: str, shopify_admin_url: str) -> Iterator[Site]:
-    with running(shopify_settings(tmp_path, klarna_url, shopify_admin_url)) as site:
-        yield site
 
 
 def get(

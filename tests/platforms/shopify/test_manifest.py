@@ -13,7 +13,7 @@ from plugin.app import create_app
 from plugin.config import SHOPIFY_API_VERSION
 from tests.web.support import running, shopify_query, shopify_settings
 
-MANIFEST = Path(__file__).resolve().parent.parent / "manifests" / "shopify.app.toml"
+MANIFEST = Path(__file__).resolve().parents[3] / "manifests" / "shopify.app.toml"
 COMPLIANCE_TOPICS = {"customers/data_request", "customers/redact", "shop/redact"}
 
 

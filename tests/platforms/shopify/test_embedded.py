@@ -3,7 +3,6 @@ hands the app URL, token exchange for a shop without a token, the settings sessi
 iframe, and which pages that admin (and nobody else) may frame."""
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -35,12 +34,6 @@ from tests.web.support import (
 SHOP = "corner-shop.myshopify.com"
 ADMIN_FRAMES = [f"https://{SHOP}", "https://admin.shopify.com"]
 NEW_SECRET = "shpss_0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture
-def site(tmp_path: Path, klarna_url: str, shopify_admin_url: str) -> Iterator[Site]:
-    with running(shopify_settings(tmp_path, klarna_url, shopify_admin_url)) as site:
-        yield site
 
 
 def open_app(

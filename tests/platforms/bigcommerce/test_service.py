@@ -5,10 +5,8 @@ BigCommerce order as a metafield and a line in its staff notes."""
 
 import json
 import logging
-import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ import pytest
 
 from plugin.app import create_app
 from plugin.config import Settings, load_settings
-from plugin.klarna import RetryPolicy
 from plugin.klarna.models import OrderLine
 from plugin.platforms.bigcommerce import install as bigcommerce_web
 from plugin.platforms.bigcommerce.signatures import HOOK_HEADER
@@ -34,73 +31,31 @@ from plugin.sandbox.bigcommerce import (
     signed_webhook,
     webhook_body,
 )
-from plugin.sandbox.bigcommerce import create_app as create_bigcommerce_app
 from plugin.sandbox.klarna import FaultSettings as KlarnaFaults
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.sandbox.server import serve_in_thread
-from plugin.service import open_service
+from plugin.service import Service, open_service
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
-from plugin.worker import Backoff
-from tests.helpers import wait_until
+from tests.helpers import SANDBOX_PASSWORD, SANDBOX_USERNAME, install_shop, wait_idle, wait_until
+from tests.web.support import count, database
 
 STORE = "g5cd38"
-KLARNA_USERNAME = "PK_SANDBOX"
-KLARNA_PASSWORD = "sandbox-secret"
 MERCHANT_NOTE = "Leave at the back door"
 CREATED = "store/shipment/created"
 UPDATED = "store/shipment/updated"
 
 
-@pytest.fixture(scope="module")
-def bigcommerce_server() -> Iterator[tuple[BigCommerceSandbox, str]]:
-    sandbox = BigCommerceSandbox()
-    with serve_in_thread(create_bigcommerce_app(sandbox)) as url:
-        yield sandbox, url
-
-
 @pytest.fixture
-def bigcommerce(
-    bigcommerce_server: tuple[BigCommerceSandbox, str],
-) -> Iterator[BigCommerceSandbox]:
-    sandbox = bigcommerce_server[0]
-    sandbox.reset()
-    yield sandbox
-    sandbox.clear_faults()
-
-
-@pytest.fixture
-def settings(
-    tmp_path: Path,
-    klarna_url: str,
-    bigcommerce_server: tuple[BigCommerceSandbox, str],
-    bigcommerce: BigCommerceSandbox,
-) -> Settings:
-    return load_settings(
-        {
-            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
-            "KLARNA_CAPTURE_SECRET_KEY": "a-test-secret-key-of-some-length",
-            "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
-            "KLARNA_CAPTURE_WORKERS": "4",
-            "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_ID": DEFAULT_CLIENT_ID,
-            "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
-            "KLARNA_CAPTURE_BIGCOMMERCE_API_URL": bigcommerce_server[1],
-            "KLARNA_CAPTURE_BIGCOMMERCE_LOGIN_URL": bigcommerce_server[1],
-        }
-    )
-
-
-@pytest.fixture
-def service(settings: Settings) -> Iterator[str]:
-    app = create_app(
-        settings,
-        backoff=Backoff(base_seconds=0.05, max_seconds=0.2, attempts=4),
-        klarna_retry=RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05),
-        storefront_retry=RetryPolicy(attempts=2, backoff_seconds=0.01, max_backoff_seconds=0.05),
-        poll_seconds=0.05,
-    )
-    with serve_in_thread(app) as url:
-        yield url
+def settings_env(
+    bigcommerce_server: tuple[BigCommerceSandbox, str], bigcommerce: BigCommerceSandbox
+) -> dict[str, str]:
+    return {
+        "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_ID": DEFAULT_CLIENT_ID,
+        "KLARNA_CAPTURE_BIGCOMMERCE_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
+        "KLARNA_CAPTURE_BIGCOMMERCE_API_URL": bigcommerce_server[1],
+        "KLARNA_CAPTURE_BIGCOMMERCE_LOGIN_URL": bigcommerce_server[1],
+    }
 
 
 def install(
@@ -116,23 +71,19 @@ def install(
     its hooks subscribed too, each with the store's hook header."""
     token = sandbox.add_store(STORE)
 
-    async def run() -> Shop:
-        async with open_service(settings) as service:
-            shop = await service.shops.install(
-                platform="bigcommerce", shop_domain=STORE, token=token
-            )
-            changes = ShopChanges(options=options or ShopOptions(), klarna_region=region)
-            if klarna:
-                changes = msgspec.structs.replace(changes, klarna_username=KLARNA_USERNAME)
-            changed = await service.shops.update(
-                shop.id, changes, klarna_password=KLARNA_PASSWORD if klarna else None
-            )
-            assert changed is not None
-            if hooks:
-                await bigcommerce_web.subscribe(service, changed, token)
-            return changed
+    async def subscribe(service: Service, shop: Shop) -> None:
+        await bigcommerce_web.subscribe(service, shop, token)
 
-    return anyio.run(run)
+    changes = ShopChanges(options=options or ShopOptions(), klarna_region=region)
+    return install_shop(
+        settings,
+        "bigcommerce",
+        STORE,
+        token,
+        changes=changes,
+        klarna=klarna,
+        then=subscribe if hooks else None,
+    )
 
 
 def place_order(
@@ -185,22 +136,14 @@ def send(
     timestamp: int | None = None,
 ) -> httpx2.Response:
     body = webhook_body(STORE, scope, order_id, shipment_id)
-    headers = signed_webhook(secret, body, webhook_id=webhook_id, timestamp=timestamp)
-    return httpx2.post(f"{url}/webhooks/bigcommerce", content=body, headers=headers, timeout=10)
+    return deliver(
+        url, body, signed_webhook(secret, body, webhook_id=webhook_id, timestamp=timestamp)
+    )
 
 
 def deliver(url: str, body: bytes, headers: dict[str, str]) -> httpx2.Response:
     """A delivery as the fake BigCommerce made it (`BigCommerceSandbox.delivery`), sent."""
     return httpx2.post(f"{url}/webhooks/bigcommerce", content=body, headers=headers, timeout=10)
-
-
-def db(settings: Settings) -> sqlite3.Connection:
-    return sqlite3.connect(settings.data_dir / "klarna-capture.db")
-
-
-def count(settings: Settings, sql: str, *args: object) -> int:
-    with db(settings) as conn:
-        return int(conn.execute(sql, args).fetchone()[0])
 
 
 def status(bigcommerce: BigCommerceSandbox, order_id: int) -> dict[str, Any] | None:
@@ -461,7 +404,7 @@ def test_duplicates_and_redeliveries_capture_once(
         "accepted",
     ]
     wait_until(lambda: status_is(bigcommerce, order_id, "captured"), what="the write-back")
-    time.sleep(0.5)  # let any rerun finish: it must find the capture on the ledger
+    wait_idle(settings)  # any rerun has finished: it must have found the capture on the ledger
     assert len(klarna_sandbox.orders[klarna_id].captures) == 1
     assert count(settings, "SELECT count(*) FROM deliveries") == 3
     assert count(settings, "SELECT count(*) FROM jobs WHERE kind = 'fulfillment'") == 1
@@ -483,7 +426,7 @@ def test_an_order_not_paid_with_klarna_is_recorded_and_left_alone(
         return count(settings, "SELECT count(*) FROM audit WHERE step = 'skip'") == 1
 
     wait_until(skipped, what="the skip on the audit trail")
-    with db(settings) as conn:
+    with database(settings) as conn:
         [detail] = conn.execute("SELECT detail FROM audit WHERE step = 'skip'").fetchone()
     assert json.loads(detail)["reason"] == (
         f"order {order_id} has no Klarna order id in order metafield klarna.order_id: "
@@ -559,7 +502,7 @@ def test_goods_of_a_captured_shipment_deleted_later_are_not_captured_again(
         return count(settings, dead) == 1
 
     wait_until(refused, what="the second shipment to be refused")
-    with db(settings) as conn:
+    with database(settings) as conn:
         [error] = conn.execute("SELECT last_error FROM jobs WHERE state = 'dead'").fetchone()
     assert json.loads(error)["error_code"] == "CAPTURED_SHIPMENT_GONE"
     assert len(klarna_sandbox.orders[klarna_id].captures) == 1
@@ -582,7 +525,7 @@ def test_klarnas_refusal_is_written_back_with_its_correlation_id(
     written = status(bigcommerce, order_id)
     assert written is not None
     [failure] = written["failures"]
-    with db(settings) as conn:
+    with database(settings) as conn:
         [error] = conn.execute("SELECT last_error FROM jobs WHERE kind = 'fulfillment'").fetchone()
     job_error = json.loads(error)
     assert job_error["error_code"] == "NO_SUCH_ORDER"
@@ -619,8 +562,8 @@ def test_a_failure_is_replaced_by_the_capture_once_the_cause_is_fixed(
         async with open_service(settings) as running:
             await running.shops.update(
                 shop.id,
-                ShopChanges(klarna_username=KLARNA_USERNAME),
-                klarna_password=KLARNA_PASSWORD,
+                ShopChanges(klarna_username=SANDBOX_USERNAME),
+                klarna_password=SANDBOX_PASSWORD,
             )
 
     anyio.run(enter_credentials)

@@ -27,7 +27,6 @@ from plugin.sandbox.bigcommerce import (
     Product,
     signed_payload_jwt,
 )
-from plugin.sandbox.bigcommerce import create_app as create_bigcommerce_app
 from plugin.sandbox.server import serve_in_thread
 from plugin.service import open_service
 from plugin.shops import secret_context
@@ -40,23 +39,6 @@ STORE = "g5cd38"
 CONTROL_PANEL = f"https://store-{STORE}.mybigcommerce.com"
 SCOPES = {"store/shipment/created", "store/shipment/updated"}
 CREATED = "store/shipment/created"
-
-
-@pytest.fixture(scope="module")
-def bigcommerce_server() -> Iterator[tuple[BigCommerceSandbox, str]]:
-    sandbox = BigCommerceSandbox()
-    with serve_in_thread(create_bigcommerce_app(sandbox)) as url:
-        yield sandbox, url
-
-
-@pytest.fixture
-def bigcommerce(
-    bigcommerce_server: tuple[BigCommerceSandbox, str],
-) -> Iterator[BigCommerceSandbox]:
-    sandbox = bigcommerce_server[0]
-    sandbox.reset()
-    yield sandbox
-    sandbox.clear_faults()
 
 
 def app_settings(

@@ -4,10 +4,7 @@ Klarna and the status lands on the Shopify order as metafields and tags."""
 
 import json
 import os
-import sqlite3
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,43 +33,30 @@ from plugin.service import open_service
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
 from plugin.worker import Backoff
-from tests.helpers import run_cli, wait_until
+from tests.helpers import (
+    SANDBOX_PASSWORD,
+    SANDBOX_USERNAME,
+    install_shop,
+    run_cli,
+    wait_idle,
+    wait_until,
+)
+from tests.web.support import count, database
 
 DOMAIN = "tomato-farm.myshopify.com"
-KLARNA_USERNAME = "PK_SANDBOX"
 UNINSTALLED = {"id": 954889, "domain": "tomatoes.example", "myshopify_domain": DOMAIN}
-KLARNA_PASSWORD = "sandbox-secret"
 
 
 @pytest.fixture
-def settings(tmp_path: Path, klarna_url: str, shopify_admin_url: str) -> Settings:
-    return load_settings(
-        {
-            "KLARNA_CAPTURE_DATA_DIR": str(tmp_path),
-            "KLARNA_CAPTURE_SECRET_KEY": "a-test-secret-key-of-some-length",
-            "KLARNA_CAPTURE_KLARNA_URL": klarna_url,
-            "KLARNA_CAPTURE_WORKERS": "4",
-            # Two callbacks of a shop at once (half of four), so that two write-backs of one
-            # order can race, as test_a_write_back_that_read_an_older_ledger... needs.
-            "KLARNA_CAPTURE_CALLBACK_WORKERS": "4",
-            "KLARNA_CAPTURE_SHOPIFY_CLIENT_ID": DEFAULT_CLIENT_ID,
-            "KLARNA_CAPTURE_SHOPIFY_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
-            "KLARNA_CAPTURE_SHOPIFY_ADMIN_URL": shopify_admin_url,
-        }
-    )
-
-
-@pytest.fixture
-def service(settings: Settings) -> Iterator[str]:
-    app = create_app(
-        settings,
-        backoff=Backoff(base_seconds=0.05, max_seconds=0.2, attempts=4),
-        klarna_retry=RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05),
-        storefront_retry=RetryPolicy(attempts=2, backoff_seconds=0.01, max_backoff_seconds=0.05),
-        poll_seconds=0.05,
-    )
-    with serve_in_thread(app) as url:
-        yield url
+def settings_env(shopify_admin_url: str) -> dict[str, str]:
+    return {
+        # Two callbacks of a shop at once (half of four), so that two write-backs of one
+        # order can race, as test_a_write_back_that_read_an_older_ledger... needs.
+        "KLARNA_CAPTURE_CALLBACK_WORKERS": "4",
+        "KLARNA_CAPTURE_SHOPIFY_CLIENT_ID": DEFAULT_CLIENT_ID,
+        "KLARNA_CAPTURE_SHOPIFY_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
+        "KLARNA_CAPTURE_SHOPIFY_ADMIN_URL": shopify_admin_url,
+    }
 
 
 def install(
@@ -84,20 +68,8 @@ def install(
 ) -> Shop:
     """The app installed on DOMAIN (as the OAuth callback leaves it), Klarna set up."""
     token = sandbox.add_shop(DOMAIN)
-
-    async def run() -> Shop:
-        async with open_service(settings) as service:
-            shop = await service.shops.install(platform="shopify", shop_domain=DOMAIN, token=token)
-            changes = ShopChanges(options=options or ShopOptions())
-            if klarna:
-                changes = msgspec.structs.replace(changes, klarna_username=KLARNA_USERNAME)
-            changed = await service.shops.update(
-                shop.id, changes, klarna_password=KLARNA_PASSWORD if klarna else None
-            )
-            assert changed is not None
-            return changed
-
-    return anyio.run(run)
+    changes = ShopChanges(options=options or ShopOptions())
+    return install_shop(settings, "shopify", DOMAIN, token, changes=changes, klarna=klarna)
 
 
 def place_order(
@@ -157,18 +129,9 @@ def cli_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def db(settings: Settings) -> sqlite3.Connection:
-    return sqlite3.connect(settings.data_dir / "klarna-capture.db")
-
-
-def count(settings: Settings, sql: str, *args: object) -> int:
-    with db(settings) as conn:
-        return int(conn.execute(sql, args).fetchone()[0])
-
-
 def shop_state(settings: Settings, shop_id: str) -> tuple[int, bytes | None]:
     """(enabled, sealed token) of a shop as stored."""
-    with db(settings) as conn:
+    with database(settings) as conn:
         row = conn.execute(
             "SELECT enabled, platform_token FROM shops WHERE id = ?", (shop_id,)
         ).fetchone()
@@ -307,7 +270,7 @@ def test_duplicates_and_redeliveries_capture_once(
         "accepted",
     ]
     wait_until(lambda: status_of(shopify_sandbox, gid) == "captured", what="the write-back")
-    time.sleep(0.5)  # let any rerun finish: it must find the capture on the ledger
+    wait_idle(settings)  # any rerun has finished: it must have found the capture on the ledger
     assert len(klarna_sandbox.orders[klarna_id].captures) == 1
     assert count(settings, "SELECT count(*) FROM deliveries") == 3
 
@@ -361,7 +324,7 @@ def test_a_cancelled_fulfilment_is_recorded_and_not_captured(
         return count(settings, "SELECT count(*) FROM audit WHERE step = 'skip'") == 1
 
     wait_until(skipped, what="the cancellation on the audit trail")
-    with db(settings) as conn:
+    with database(settings) as conn:
         [detail] = conn.execute("SELECT detail FROM audit WHERE step = 'skip'").fetchone()
     assert "cancelled" in json.loads(detail)["reason"]
     assert klarna_sandbox.orders[klarna_id].captures == []
@@ -535,7 +498,7 @@ def test_a_failure_is_written_back_and_replaced_once_the_capture_succeeds(
         lambda: count(settings, "SELECT count(*) FROM jobs WHERE state = 'waiting'") == 1,
         what="the wait on the credentials",
     )
-    with db(settings) as conn:
+    with database(settings) as conn:
         [error] = conn.execute("SELECT last_error FROM jobs WHERE state = 'waiting'").fetchone()
     assert "KLARNA_NOT_CONFIGURED" in error
 
@@ -544,8 +507,8 @@ def test_a_failure_is_written_back_and_replaced_once_the_capture_succeeds(
         async with open_service(settings) as running:
             await running.shops.update(
                 shop.id,
-                ShopChanges(klarna_username=KLARNA_USERNAME),
-                klarna_password=KLARNA_PASSWORD,
+                ShopChanges(klarna_username=SANDBOX_USERNAME),
+                klarna_password=SANDBOX_PASSWORD,
             )
 
     anyio.run(enter_credentials)
@@ -567,7 +530,7 @@ def test_a_missing_klarna_order_id_says_where_it_was_looked_for(
     assert send(service, "fulfillments/create", shopify_sandbox.fulfill(DOMAIN, gid)).is_success
 
     wait_until(lambda: status_of(shopify_sandbox, gid) == "failed", what="the failure")
-    with db(settings) as conn:
+    with database(settings) as conn:
         [error] = conn.execute("SELECT last_error FROM jobs WHERE kind = 'fulfillment'").fetchone()
     assert "KLARNA_ORDER_ID_MISSING" in error
     assert "note attribute 'kid'" in error
@@ -605,7 +568,7 @@ def test_a_failed_write_back_is_retried_alone_and_never_repeats_the_capture(
     wait_until(lambda: status_of(shopify_sandbox, gid) == "captured", what="the write-back")
     assert len(klarna_sandbox.orders[klarna_id].captures) == 1
     assert sum(1 for r in shopify_sandbox.requests if r.fault == "fail_next") == 5
-    with db(settings) as conn:
+    with database(settings) as conn:
         fulfillment_runs = conn.execute(
             "SELECT count(*) FROM audit WHERE step = 'capture'"
         ).fetchone()[0]
@@ -632,7 +595,7 @@ def privacy_request(topic: str, **fields: Any) -> dict[str, Any]:
 
 
 def reports(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
-    with db(settings) as conn:
+    with database(settings) as conn:
         rows = conn.execute("SELECT topic, report FROM compliance_requests ORDER BY id").fetchall()
     return [(topic, json.loads(report)) for topic, report in rows]
 
@@ -704,7 +667,7 @@ def test_a_customer_redaction_removes_personal_data_and_keeps_amounts_and_ids(
     install(settings, shopify_sandbox)
     order_id, body = captured_order(settings, shopify_sandbox, klarna_sandbox, service)
     other_id, _ = captured_order(settings, shopify_sandbox, klarna_sandbox, service)
-    with db(settings) as conn:
+    with database(settings) as conn:
         ledger_before = conn.execute("SELECT * FROM captures ORDER BY order_id").fetchall()
         trail = [row[0] for row in conn.execute("SELECT detail FROM audit")]
     # The audit trail never held personal data to begin with.
@@ -717,7 +680,7 @@ def test_a_customer_redaction_removes_personal_data_and_keeps_amounts_and_ids(
     )
 
     assert answer.status_code == 200
-    with db(settings) as conn:
+    with database(settings) as conn:
         bodies = dict(conn.execute("SELECT order_id, body FROM deliveries").fetchall())
         ledger_after = conn.execute("SELECT * FROM captures ORDER BY order_id").fetchall()
     redacted = json.loads(bodies[order_id])
@@ -805,7 +768,7 @@ def test_the_capture_is_in_the_klarna_orders_currency_or_refused_clearly(
 
     if captured is None:
         wait_until(lambda: status_of(shopify_sandbox, gid) == "failed", what="the refusal")
-        with db(settings) as conn:
+        with database(settings) as conn:
             [error] = conn.execute("SELECT last_error FROM jobs WHERE state = 'dead'").fetchone()
         assert "CURRENCY_MISMATCH" in error
         assert "GBP" in error
@@ -838,7 +801,7 @@ def test_user_errors_bury_the_write_back_with_shopifys_words_and_leave_the_captu
         ),
         what="the write-back to give up",
     )
-    with db(settings) as conn:
+    with database(settings) as conn:
         [error] = conn.execute("SELECT last_error FROM jobs WHERE state = 'dead'").fetchone()
     assert json.loads(error) == {
         "step": "write_back",
@@ -878,7 +841,7 @@ def test_a_capture_whose_answer_was_lost_is_kept_when_the_fulfilment_is_cancelle
 
         wait_until(lambda: status_of(shopify_sandbox, gid) == "captured", what="the write-back")
     [capture] = klarna_sandbox.orders[klarna_id].captures
-    with db(settings) as conn:
+    with database(settings) as conn:
         ledger = conn.execute("SELECT state, capture_id, captured_amount FROM captures").fetchall()
         steps = [row[0] for row in conn.execute("SELECT step FROM audit ORDER BY id")]
     assert ledger == [("captured", capture.capture_id, 5290)]
@@ -938,7 +901,7 @@ def test_goods_of_a_captured_fulfilment_cancelled_later_are_not_captured_again(
         return count(settings, dead) == 1
 
     wait_until(refused, what="the second fulfilment to be refused")
-    with db(settings) as conn:
+    with database(settings) as conn:
         [error] = conn.execute("SELECT last_error FROM jobs WHERE state = 'dead'").fetchone()
     assert json.loads(error)["error_code"] == "CAPTURED_FULFILMENT_GONE"
     assert str(first["id"]) in error

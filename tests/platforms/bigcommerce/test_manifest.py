@@ -12,7 +12,7 @@ from plugin.app import create_app
 from plugin.platforms.bigcommerce import mapping as bigcommerce
 from tests.web.support import page_settings
 
-MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "bigcommerce.md"
+MANIFEST = Path(__file__).resolve().parents[3] / "manifests" / "bigcommerce.md"
 HOST = "https://klarna-capture.example.com"
 
 
