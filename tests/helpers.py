@@ -115,7 +115,7 @@ def wait_idle(settings: Settings, timeout: float = 30.0) -> None:
     sleep: a rerun still queued or on its way on a slow machine would pass a sleep unseen."""
 
     async def opened() -> Store:
-        return open_store(settings.database_url)
+        return open_store(settings.database.url)
 
     def idle(counts: Mapping[str, int]) -> bool:
         return counts.get("queued", 0) == 0 and counts.get("running", 0) == 0
