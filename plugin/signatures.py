@@ -21,8 +21,10 @@ from typing import Any
 import jwt
 import msgspec
 
+from plugin.errors import PluginError
 
-class WebhookVerificationError(Exception):
+
+class WebhookVerificationError(PluginError):
     """A webhook whose signature, headers or timestamp do not check out."""
 
 

@@ -17,6 +17,9 @@ import msgspec
 import pytest
 
 from plugin.config import load_settings
+from plugin.errors import JobError
+from plugin.pipeline.failures import FailedShipments
+from plugin.pipeline.reports import Reports
 from plugin.service import open_service
 from plugin.store import NewCallback, Store, StoreUnavailable
 from plugin.store.records import KLARNA_CREDENTIALS, Job, WorkerRecord
@@ -24,9 +27,9 @@ from plugin.worker import (
     DEADLINE_ERROR,
     STORE_RETRY_SECONDS,
     Backoff,
-    JobError,
     JobFailure,
     Lane,
+    Task,
     Worker,
     pid_scope,
     process_alive,
@@ -283,7 +286,7 @@ async def test_a_retry_is_never_parked_past_the_backoffs_maximum(
 
     async def rate_limited(job: Job) -> None:
         error = JobError(step="capture", error_code="RATE_LIMITED")
-        raise JobFailure(error, final=False, retry_after=retry_after)
+        raise JobFailure(error, retryable=True, retry_after=retry_after)
 
     worker = Worker(
         store,
@@ -331,7 +334,7 @@ async def test_the_service_gives_callbacks_a_lane_of_their_own_and_caps_each_sho
 async def test_a_failure_that_waits_parks_the_job_until_the_store_releases_it(
     store: Store,
 ) -> None:
-    # The worker knows no job kinds for it: whatever the handler, a failure that says what it
+    # The worker knows no job kinds for it: whatever the task, a failure that says what it
     # waits on parks the job, no attempt burned and no backoff, until the wait is released.
     await add_shop(store)
     job_id = await ship(store, "shop_1", "F1")
@@ -343,13 +346,15 @@ async def test_a_failure_that_waits_parks_the_job_until_the_store_releases_it(
         if not fixed.is_set():
             raise JobFailure(
                 JobError(step="plan", error_code="UNAUTHORIZED", status=401),
-                final=True,  # waiting wins over final: nobody but the merchant can fix it
+                retryable=False,  # waiting wins: nobody but the merchant can fix it
                 waits_for=KLARNA_CREDENTIALS,
             )
 
+    # The fulfilment task's hook writes the wait on the shipment's trail.
+    task = Task(run=needs_credentials, failed=FailedShipments(store, Reports(())))
     worker = Worker(
         store,
-        {"fulfillment": needs_credentials, "callback": needs_credentials},
+        {"fulfillment": task, "callback": needs_credentials},
         concurrency=1,
         poll_seconds=0.05,
         backoff=Backoff(base_seconds=0.01, attempts=2),

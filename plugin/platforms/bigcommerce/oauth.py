@@ -14,6 +14,7 @@ import httpx2
 import jwt
 import msgspec
 
+from plugin.errors import PluginError
 from plugin.platforms.bigcommerce.mapping import store_hash_of
 from plugin.signatures import WebhookVerificationError
 
@@ -24,7 +25,7 @@ _CLAIMS = ["exp", "nbf", "iat", "iss", "aud", "sub"]
 _MAX_DESCRIPTION = 200
 
 
-class BigCommerceOAuthError(Exception):
+class BigCommerceOAuthError(PluginError):
     """The token endpoint did not hand out a token: `status` is None when it was not reached."""
 
     def __init__(self, *, status: int | None, error: str, description: str = "") -> None:
