@@ -29,11 +29,11 @@ class Pipeline:
         status_http: httpx2.AsyncClient,
         klarna_url: str | None = None,
         klarna_retry: RetryPolicy | None = None,
-        storefronts: Mapping[str, Storefront] | None = None,
+        storefronts: Mapping[str, Storefront],
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`storefronts`: the adapter of each platform, by name."""
-        self.storefronts = dict(storefronts or {})
+        self.storefronts = dict(storefronts)
         self.store = store
         self.shops = shops
         self.klarna_http = klarna_http
