@@ -46,6 +46,7 @@ __all__ = [
     "DEADLINE_ERROR",
     "STORE_RETRY_SECONDS",
     "Backoff",
+    "FailureHook",
     "Fate",
     "Handler",
     "JobFailure",

@@ -7,8 +7,10 @@ what the ledger says is done, and does only what is missing; so a retry, a dupli
 tracking update never repeats a side effect.
 
 - `tasks`: `Pipeline`, what the worker runs for each kind of job.
-- `fulfillments`: the fulfilment job, through the platform's adapter, up to the run.
-- `shipments`: the run of one fulfilment, step by step.
+- `fulfillments`: the fulfilment job: the platform's adapter says what shipped, then each step.
+- `shipments`: one fulfilment as its steps see it, and how they write their outcomes.
+- `captures`: plan and capture, and a plan settled by Klarna's word.
+- `operations`: what follows a capture: tracking added, customer send-out.
 - `callbacks`: the callback job: write-back, then the status URL.
 - `reports`: the status events and the callbacks that carry them.
 - `failures`: any failure as the worker's JobFailure, in one function, and what a failed

@@ -1,14 +1,16 @@
 """The fulfilment job: what the storefront sent (all its deliveries, through the platform's
-adapter) reconciled with what the ledger says is done, then the run (plugin.pipeline.shipments)
-does only what is missing; so a retry, a duplicate or a late tracking update never repeats a side
-effect."""
+adapter) reconciled with what the ledger says is done, then each step (capture, tracking,
+send-out) does only what is missing; so a retry, a duplicate or a late tracking update never
+repeats a side effect."""
 
 from collections.abc import Mapping
 
 import msgspec
 
+from plugin.pipeline.captures import Capture
 from plugin.pipeline.failures import job_failure
-from plugin.pipeline.shipments import ShipmentRun, Steps
+from plugin.pipeline.operations import add_shipping_info, send_out
+from plugin.pipeline.shipments import Shipment, Steps
 from plugin.platforms.base import Skipped, Storefront, StorefrontError
 from plugin.shops import KLARNA_NOT_CONFIGURED
 from plugin.store.records import KLARNA_CREDENTIALS, CaptureRecord, Job, Shop
@@ -62,14 +64,15 @@ class Fulfillments:
                 ids={"order_id": event.order_id, "fulfillment_id": event.fulfillment_id},
                 waits_for=KLARNA_CREDENTIALS,  # until they are saved
             )
-        run = ShipmentRun(self.steps, job, shop, event, event.shipping, outcome.remap)
+        shipment = Shipment(self.steps, job, shop, event, event.shipping)
+        capture = Capture(shipment, outcome.remap)
         if shop.options.capture_mode == "complete" and not event.complete:
             # This shop captures once, with the shipment that completes the order.
-            await run.record_partial_shipment()
+            await capture.record_partial_shipment()
             return
-        await run.capture()
-        await run.add_shipping_info()
-        await run.send_out()
+        record = await capture.run()
+        record = await add_shipping_info(shipment, record)
+        await send_out(shipment, record)
 
     async def _skip(self, shop: Shop, job: Job, reason: str, record: CaptureRecord | None) -> None:
         """Leave a fulfilment uncaptured, unless a capture planned for it may already be at
@@ -80,7 +83,9 @@ class Fulfillments:
             and record.state == "planned"
             and record.request
             and shop.klarna_configured
-            and await ShipmentRun.of_record(self.steps, job, shop, record).settle_planned(record)
+            and await Capture(Shipment.of_record(self.steps, job, shop, record)).settle_planned(
+                record
+            )
         ):
             return
         await self._note_once(shop, job, "skip", {"reason": reason})

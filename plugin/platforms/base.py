@@ -1,5 +1,6 @@
-"""What the pipeline asks of a storefront app (an adapter that must call the storefront's API to
-know what shipped, and writes the outcome back onto the storefront's order)."""
+"""What the pipeline asks of a platform's adapter (the shipment its deliveries describe, and the
+outcome written back onto the storefront's order where there is one), the errors adapters and
+API clients raise, and the description each platform gives the rest of the service."""
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
