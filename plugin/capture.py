@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from plugin.errors import OperationError
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna.carriers import klarna_carrier
 from plugin.klarna.client import new_idempotency_key
@@ -45,14 +46,13 @@ _TEXT_LIMITS = (
 )
 
 
-class CaptureRefused(Exception):
-    """The planner will not capture this shipment: `retry_later` tells "not yet" from "never"."""
+class CaptureRefused(OperationError):
+    """The planner will not capture this shipment: `retryable` tells "not yet" from "never"."""
 
-    def __init__(self, code: str, reason: str, *, retry_later: bool = False) -> None:
+    def __init__(self, code: str, reason: str, *, retryable: bool = False) -> None:
         self.code = code
         self.reason = reason
-        self.retry_later = retry_later
-        super().__init__(f"{code}: {reason}")
+        super().__init__(f"{code}: {reason}", retryable=retryable)
 
 
 class CapturePlan(msgspec.Struct, kw_only=True):
@@ -244,7 +244,7 @@ def plan_capture(
 ) -> CapturePlan | AlreadyCaptured:
     """Decide what to capture for `event` against `order` as Klarna last showed it.
 
-    Raises CaptureRefused when the order cannot take this capture, now (`retry_later`) or ever.
+    Raises CaptureRefused when the order cannot take this capture, now (`retryable`) or ever.
     """
     for capture in order.captures:
         if capture.reference == event.fulfillment_id:
@@ -316,7 +316,7 @@ def _check_order(event: FulfillmentEvent, order: Order, now: datetime) -> None:
         raise CaptureRefused(
             "FRAUD_PENDING",
             "Klarna is still reviewing the order (fraud_status PENDING)",
-            retry_later=True,
+            retryable=True,
         )
     if order.fraud_status not in (None, "ACCEPTED"):
         raise CaptureRefused(

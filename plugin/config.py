@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from plugin.errors import PluginError
 from plugin.vault import MIN_KEY_LENGTH, generate_key
 
 SHOPIFY_API_VERSION = "2026-07"  # the manifest's [webhooks] api_version; a test keeps them equal
@@ -62,7 +63,7 @@ RETAIN_LEDGER_DAYS = 1095
 PRUNE_INTERVAL_SECONDS = 3600
 
 
-class ConfigError(Exception):
+class ConfigError(PluginError):
     """A setting that cannot be used; the message names the variable and what is wrong."""
 
 

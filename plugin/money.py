@@ -7,6 +7,8 @@ amount is an `int` of minor units. No float touches money.
 from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+from plugin.errors import PluginError
+
 # ISO 4217 active codes by minor-unit exponent (the List One table). Everything not named in the
 # 0, 3 and 4 rows has two decimals.
 _EXPONENTS: dict[int, str] = {
@@ -28,7 +30,7 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 }
 
 
-class MoneyError(ValueError):
+class MoneyError(PluginError, ValueError):
     """An amount or currency that cannot be turned into exact minor units."""
 
 

@@ -29,6 +29,7 @@ import anyio
 import httpcore2
 import httpx2
 
+from plugin.errors import PluginError
 from plugin.klarna import tls_context
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -76,19 +77,19 @@ _FORBIDDEN = tuple(
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
-class DeadlineExceeded(httpx2.TimeoutException):
+class DeadlineExceeded(httpx2.TimeoutException, PluginError):
     """No complete answer (connect, headers and body) within the request's deadline."""
 
 
-class ResponseTooLarge(httpx2.RemoteProtocolError):
+class ResponseTooLarge(httpx2.RemoteProtocolError, PluginError):
     """A success answer larger than the client's cap; nothing past the cap was read."""
 
 
-class AddressRefused(httpx2.ConnectError):
+class AddressRefused(httpx2.ConnectError, PluginError):
     """The host resolves to an address outside the public internet that is not allowed."""
 
 
-class _Refused(httpcore2.ConnectError):
+class _Refused(httpcore2.ConnectError, PluginError):
     """Raised in the network backend; surfaces as AddressRefused."""
 
 

@@ -29,6 +29,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from plugin.config import TRUSTED_PROXIES
+from plugin.errors import PluginError
 
 MAX_HEAD_BYTES = 32 * 1024
 # Equal, so that a request's new deadline is never before the timer already set (no new timer).
@@ -38,7 +39,7 @@ KEEP_ALIVE_SECONDS = 5
 LINGER_SECONDS = 1.0  # after a refusal, for the answer to reach a client still sending
 
 
-class HeadTooLarge(Exception):
+class HeadTooLarge(PluginError):
     """Raised in a parser callback: stops the parser at once."""
 
 
@@ -219,7 +220,7 @@ def config(
     )
 
 
-class CannotListen(Exception):
+class CannotListen(PluginError):
     """`serve` cannot listen where it was asked to; the message says why and what to do."""
 
 

@@ -78,7 +78,7 @@ class Service:
         # shop whose status URL or storefront hangs holds callback loops only.
         self.worker = Worker(
             store,
-            self.pipeline.handlers,
+            self.pipeline.tasks,
             lanes=[
                 Lane(kinds=("fulfillment",), loops=settings.queue.capture_loops),
                 Lane(

@@ -14,8 +14,10 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 
+from plugin.errors import PluginError
 
-class WebhookVerificationError(Exception):
+
+class WebhookVerificationError(PluginError):
     """A webhook whose signature, headers or timestamp do not check out."""
 
 

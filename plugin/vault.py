@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from plugin.errors import PluginError
+
 MIN_KEY_LENGTH = 16
 _VERSION = b"\x01"
 _KEY_ID_LENGTH = 8
@@ -23,7 +25,7 @@ _HKDF_SALT = b"klarna-capture vault salt"
 _HKDF_INFO = b"klarna-capture secrets v1"
 
 
-class VaultError(Exception):
+class VaultError(PluginError):
     """A stored secret that cannot be decrypted with the keys at hand."""
 
 

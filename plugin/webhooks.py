@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from plugin import metrics
+from plugin.errors import PluginError
 
 if TYPE_CHECKING:
     from plugin.service import Service
@@ -36,7 +37,7 @@ _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 
 
-class BodyRefused(Exception):
+class BodyRefused(PluginError):
     """A body not worth reading on, with the answer that says why."""
 
     def __init__(self, status: int, outcome: str, error: str) -> None:

@@ -2,6 +2,11 @@
 letter, or park it when it waits on something only a person can fix (a failure that says what it
 waits on): a parked job burns no attempt and is not claimed until the store releases it.
 
+The worker knows no kinds of job: it runs the Task it was given for a job's kind, and a failed run
+goes to the task's `failed` hook (what that failure means to the task's own records, and the
+callback to queue with it) before the worker stores the job's fate. How long a retry waits, and
+how many attempts a job gets, is the Backoff's business (plugin/backoff.py).
+
 A worker that dies leaves its jobs to whoever claims next once it is known gone, not after the
 lease: each process that claims registers itself and beats every `heartbeat_seconds`; a few missed
 beats, or its pid found gone by a process of the same machine, make its running jobs claimable at
@@ -18,89 +23,77 @@ A database that goes away (restarted, cut off) stops no loop: each waits, trying
 database answers, if its lease is still this worker's."""
 
 import logging
-import math
 import os
-import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import anyio.abc
 import msgspec
 
 from plugin import metrics
-from plugin.klarna.errors import join_messages
+from plugin.backoff import Backoff
+from plugin.errors import JobError, OperationError
 from plugin.store import NewCallback, Store, StoreUnavailable
 from plugin.store.records import Job, Wait, WorkerRecord
+
+__all__ = [
+    "DEADLINE_ERROR",
+    "STORE_RETRY_SECONDS",
+    "Backoff",
+    "FailureHook",
+    "Fate",
+    "Handler",
+    "JobFailure",
+    "Lane",
+    "Task",
+    "Worker",
+    "pid_scope",
+    "process_alive",
+]
 
 log = logging.getLogger("plugin.worker")
 
 Handler = Callable[[Job], Awaitable[None]]
-Report = Callable[[bool], NewCallback | None]
+# What a failed run leads to: another attempt later, the dead letters, or a wait for someone to fix
+# what the failure names.
+Fate = Literal["retrying", "dead", "waiting"]
 
 
-class JobError(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Why a job failed, as an operator reads it in a dead letter."""
-
-    step: str
-    error_code: str
-    error_messages: list[str] = []
-    correlation_id: str | None = None
-    status: int | None = None
-
-    def line(self) -> str:
-        text = f"{self.step}: {self.error_code}"
-        if self.error_messages:
-            text += ": " + join_messages(self.error_messages)
-        if self.correlation_id:
-            text += f" (correlation_id {self.correlation_id})"
-        return text
-
-
-class JobFailure(Exception):
+class JobFailure(OperationError):
     """Raised by a handler. A failure that `waits_for` something parks the job until the store
-    releases it; else `final` failures are buried at once, and others are retried with backoff
-    until the attempts run out. `report(retrying)` makes the outcome to post to the shop."""
+    releases it; else one that is not `retryable` is buried at once, and others are retried with
+    backoff (at least `retry_after` later) until the attempts run out."""
 
     def __init__(
         self,
         error: JobError,
         *,
-        final: bool,
+        retryable: bool,
         retry_after: float | None = None,
-        report: Report | None = None,
         waits_for: Wait | None = None,
     ) -> None:
         self.error = error
-        self.final = final
-        self.retry_after = retry_after
-        self.report = report
         self.waits_for = waits_for
-        super().__init__(error.line())
+        super().__init__(error.line(), retryable=retryable, retry_after=retry_after)
 
 
-class Backoff(msgspec.Struct, frozen=True, kw_only=True):
-    """Exponential with jitter: 15 s doubling to at most 4 h, 14 attempts, about a day in all."""
+FailureHook = Callable[[Job, JobFailure, Fate], Awaitable[NewCallback | None]]
 
-    base_seconds: float = 15.0
-    max_seconds: float = 4 * 3600.0
-    attempts: int = 14
 
-    def delay(self, attempt: int) -> float:
-        ceiling = min(self.max_seconds, self.base_seconds * float(2 ** max(attempt - 1, 0)))
-        return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """What the worker runs for one kind of job. `run` does the job; `failed`, when given, is
+    told how a failed run ends before the worker records it (its own bookkeeping: an audit entry,
+    a metric) and returns the status callback to queue with that outcome, if any."""
 
-    def wait(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds until the next attempt: the backoff's delay, or the server's `retry_after` when
-        longer, and never more than `max_seconds`. A `retry_after` of inf, NaN or days comes from
-        whatever the server said: it waits `max_seconds`, it does not park the job for ever."""
-        delay = self.delay(attempt)
-        if retry_after is not None:
-            delay = max(delay, self.max_seconds if math.isnan(retry_after) else retry_after)
-        return min(delay, self.max_seconds)
+    run: Handler
+    failed: FailureHook | None = None
 
 
 class Lane(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,7 +158,7 @@ class Worker:
     def __init__(
         self,
         store: Store,
-        handlers: dict[str, Handler],
+        handlers: Mapping[str, Task | Handler],
         *,
         concurrency: int = 4,
         lanes: Sequence[Lane] | None = None,
@@ -177,13 +170,17 @@ class Worker:
         owner: str | None = None,
         heartbeat_seconds: float = 2.0,
     ) -> None:
-        """`lanes` default to one lane of `concurrency` loops for every kind of `handlers`.
+        """`handlers`: what to run for each kind of job, a Task or only its `run`. `lanes` default
+        to one lane of `concurrency` loops for every kind of `handlers`.
         `shop_limit`: jobs of one kind a shop may have running at once, across every worker of
         the store (None: no cap). `job_deadline_seconds`: how long one run of a job may take.
         `heartbeat_seconds`: how often the worker tells the store it lives; after MISSED_BEATS
         missed, its running jobs are claimable by any other."""
         self.store = store
-        self.handlers = handlers
+        self.tasks = {
+            kind: task if isinstance(task, Task) else Task(run=task)
+            for kind, task in handlers.items()
+        }
         self.lanes = (
             list(lanes) if lanes is not None else [Lane(kinds=tuple(handlers), loops=concurrency)]
         )
@@ -364,11 +361,11 @@ class Worker:
 
     async def _run(self, job: Job, deadline: float) -> bool:
         """Run the job once and store how it went; False if the database went away meanwhile."""
-        handler = self.handlers[job.kind]
+        task = self.tasks[job.kind]
         async with anyio.create_task_group() as group:
             group.start_soon(self._keep_lease, job, group.cancel_scope, deadline)
             try:
-                await self._attempt(job, handler, deadline)
+                await self._attempt(job, task, deadline)
             except StoreUnavailable as exc:
                 self._store_failed(exc)
                 return False
@@ -376,11 +373,11 @@ class Worker:
                 group.cancel_scope.cancel()
         return True
 
-    async def _attempt(self, job: Job, handler: Handler, deadline: float) -> None:
+    async def _attempt(self, job: Job, task: Task, deadline: float) -> None:
         failure: JobFailure | None = None
         with anyio.move_on_after(deadline - time.time()) as limit:
             try:
-                await handler(job)
+                await task.run(job)
             except JobFailure as caught:
                 failure = caught
             except StoreUnavailable:
@@ -392,7 +389,7 @@ class Worker:
                     error_code="INTERNAL_ERROR",
                     error_messages=[f"{type(exc).__name__}: {exc}"],
                 )
-                failure = JobFailure(error, final=False)
+                failure = JobFailure(error, retryable=True)
         if limit.cancelled_caught:
             # Stopped wherever it was: each step of a job is durable, so the next run
             # carries on from the last one done.
@@ -404,11 +401,11 @@ class Worker:
                     f"{self.job_deadline_seconds:g} s and was stopped; it will be retried"
                 ],
             )
-            failure = JobFailure(error, final=False)
+            failure = JobFailure(error, retryable=True)
         if failure is None:
             await self.store.finish_job(job.id, self.owner, time.time())
         else:
-            await self._failed(job, failure)
+            await self._failed(job, task, failure)
 
     async def _keep_lease(self, job: Job, scope: anyio.CancelScope, deadline: float) -> None:
         # Renewed until the job's deadline, never past it: a job that never ends (an endpoint
@@ -430,81 +427,37 @@ class Worker:
             if until >= deadline:
                 return
 
-    async def _failed(self, job: Job, failure: JobFailure) -> None:
-        if failure.waits_for is not None:
-            await self._park(job, failure, failure.waits_for)
-            return
-        now = time.time()
-        error = _encoder.encode(failure.error).decode()
+    async def _failed(self, job: Job, task: Task, failure: JobFailure) -> None:
         attempt = job.attempts + 1
-        dead = failure.final or attempt >= self.backoff.attempts
-        if job.kind == "fulfillment":
-            await self.store.add_audit(
-                job.shop_id,
-                job.key,
-                job.id,
-                failure.error.step,
-                "dead" if dead else "failed, will retry",
-                error,
-                now,
-            )
-        if dead:
-            if job.kind == "fulfillment":
-                metrics.CAPTURES.labels("dead").inc()
-            callback = failure.report(False) if failure.report else None
-            await self.store.bury_job(job.id, self.owner, error, now, callback)
-            log.error(
-                "job dead",
-                extra={
-                    "job": job.id,
-                    "kind": job.kind,
-                    "subject": job.key,
-                    "attempt": attempt,
-                    "error": failure.error.line(),
-                },
-            )
-            return
-        delay = self.backoff.wait(attempt, failure.retry_after)
-        # Report a retrying failure once, not at every attempt.
-        callback = failure.report(True) if failure.report and job.attempts == 0 else None
-        await self.store.retry_job_later(job.id, self.owner, now + delay, error, now, callback)
-        log.warning(
-            "job will retry",
-            extra={
-                "job": job.id,
-                "kind": job.kind,
-                "subject": job.key,
-                "attempt": attempt,
-                "retry_in": round(delay, 3),
-                "error": failure.error.line(),
-            },
-        )
-
-    async def _park(self, job: Job, failure: JobFailure, waits_for: Wait) -> None:
-        # Retrying cannot help until someone fixes what it waits on: no attempt is burned, no
-        # backoff runs out, and saving the fix releases the job (Store.release_waiting).
+        fate: Fate
+        if failure.waits_for is not None:
+            fate = "waiting"
+        elif not failure.retryable or self.backoff.gives_up(attempt):
+            fate = "dead"
+        else:
+            fate = "retrying"
+        # The task's bookkeeping first, its callback then stored with the outcome in one write.
+        callback = await task.failed(job, failure, fate) if task.failed else None
         now = time.time()
         error = _encoder.encode(failure.error).decode()
-        await self.store.add_audit(
-            job.shop_id,
-            job.key,
-            job.id,
-            failure.error.step,
-            "waiting for " + waits_for.replace("_", " "),
-            error,
-            now,
-        )
-        # Reported once per wait: a job parks with attempts 0 only after a fresh start.
-        callback = failure.report(True) if failure.report and job.attempts == 0 else None
-        await self.store.park_job(job.id, self.owner, waits_for, error, now, callback)
-        metrics.CAPTURES.labels("waiting").inc()
-        log.warning(
-            "job waiting",
-            extra={
-                "job": job.id,
-                "kind": job.kind,
-                "subject": job.key,
-                "waits_for": waits_for,
-                "error": failure.error.line(),
-            },
-        )
+        extra: dict[str, object] = {
+            "job": job.id,
+            "kind": job.kind,
+            "subject": job.key,
+            "error": failure.error.line(),
+        }
+        if failure.waits_for is not None:
+            # Retrying cannot help until someone fixes what it waits on: no attempt is burned, no
+            # backoff runs out, and saving the fix releases the job (Store.release_waiting).
+            await self.store.park_job(job.id, self.owner, failure.waits_for, error, now, callback)
+            log.warning("job waiting", extra={**extra, "waits_for": failure.waits_for})
+        elif fate == "dead":
+            await self.store.bury_job(job.id, self.owner, error, now, callback)
+            log.error("job dead", extra={**extra, "attempt": attempt})
+        else:
+            delay = self.backoff.wait(attempt, failure.retry_after)
+            await self.store.retry_job_later(job.id, self.owner, now + delay, error, now, callback)
+            log.warning(
+                "job will retry",
+                extra={**extra, "attempt": attempt, "retry_in": round(delay, 3)},
+            )

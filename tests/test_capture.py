@@ -134,7 +134,7 @@ def test_the_same_reference_at_klarna_is_not_captured_again() -> None:
 
 
 @pytest.mark.parametrize(
-    ("changes", "code", "retry_later"),
+    ("changes", "code", "retryable"),
     [
         ({"status": "CANCELLED"}, "ORDER_CANCELLED", False),
         ({"status": "EXPIRED"}, "ORDER_EXPIRED", False),
@@ -149,12 +149,12 @@ def test_the_same_reference_at_klarna_is_not_captured_again() -> None:
     ],
 )
 def test_refusals_say_why_and_whether_to_retry(
-    changes: dict[str, object], code: str, retry_later: bool
+    changes: dict[str, object], code: str, retryable: bool
 ) -> None:
     with pytest.raises(CaptureRefused) as refused:
         plan_capture(event(TOMATOES), order(6000, **changes), now=NOW)
     assert refused.value.code == code
-    assert refused.value.retry_later is retry_later
+    assert refused.value.retryable is retryable
     assert str(refused.value).startswith(code + ": ")
 
 

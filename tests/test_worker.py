@@ -1,8 +1,11 @@
 """The worker on every backend (a SQLite file and a PostgreSQL database of the test's own): a job
 that never ends is stopped at its deadline and retried, its lease never renewed past it; status
 callbacks that hang hold the callback lane only, so another shop's capture still runs; a lone
-shipment of one shop starts at once while another shop's backlog drains; and a retry is never
-parked further out than the backoff's maximum, whatever Retry-After a server sent."""
+shipment of one shop starts at once while another shop's backlog drains; a retry is never
+parked further out than the backoff's maximum, whatever Retry-After a server sent; a failed job is
+retried at the backoff, or dead-lettered when it fails for good or runs out of attempts, its task's
+hook told of each fate and its callback stored with it; and a job of a kind no lane serves is never
+claimed."""
 
 import itertools
 import math
@@ -17,6 +20,9 @@ import msgspec
 import pytest
 
 from plugin.config import load_settings
+from plugin.errors import JobError
+from plugin.pipeline.failures import FailedShipments
+from plugin.pipeline.reports import Reports
 from plugin.service import open_service
 from plugin.store import NewCallback, Store, StoreUnavailable
 from plugin.store.records import KLARNA_CREDENTIALS, Job, WorkerRecord
@@ -24,9 +30,10 @@ from plugin.worker import (
     DEADLINE_ERROR,
     STORE_RETRY_SECONDS,
     Backoff,
-    JobError,
+    Fate,
     JobFailure,
     Lane,
+    Task,
     Worker,
     pid_scope,
     process_alive,
@@ -283,7 +290,7 @@ async def test_a_retry_is_never_parked_past_the_backoffs_maximum(
 
     async def rate_limited(job: Job) -> None:
         error = JobError(step="capture", error_code="RATE_LIMITED")
-        raise JobFailure(error, final=False, retry_after=retry_after)
+        raise JobFailure(error, retryable=True, retry_after=retry_after)
 
     worker = Worker(
         store,
@@ -331,7 +338,7 @@ async def test_the_service_gives_callbacks_a_lane_of_their_own_and_caps_each_sho
 async def test_a_failure_that_waits_parks_the_job_until_the_store_releases_it(
     store: Store,
 ) -> None:
-    # The worker knows no job kinds for it: whatever the handler, a failure that says what it
+    # The worker knows no job kinds for it: whatever the task, a failure that says what it
     # waits on parks the job, no attempt burned and no backoff, until the wait is released.
     await add_shop(store)
     job_id = await ship(store, "shop_1", "F1")
@@ -343,13 +350,15 @@ async def test_a_failure_that_waits_parks_the_job_until_the_store_releases_it(
         if not fixed.is_set():
             raise JobFailure(
                 JobError(step="plan", error_code="UNAUTHORIZED", status=401),
-                final=True,  # waiting wins over final: nobody but the merchant can fix it
+                retryable=False,  # waiting wins: nobody but the merchant can fix it
                 waits_for=KLARNA_CREDENTIALS,
             )
 
+    # The fulfilment task's hook writes the wait on the shipment's trail.
+    task = Task(run=needs_credentials, failed=FailedShipments(store, Reports(())))
     worker = Worker(
         store,
-        {"fulfillment": needs_credentials, "callback": needs_credentials},
+        {"fulfillment": task, "callback": needs_credentials},
         concurrency=1,
         poll_seconds=0.05,
         backoff=Backoff(base_seconds=0.01, attempts=2),
@@ -605,3 +614,168 @@ async def test_a_job_cut_short_by_the_database_again_and_again_waits_longer_each
     # Sleeps never end early: each gap is at least its pause, doubling from the first.
     first = STORE_RETRY_SECONDS[0]
     assert all(gap >= first * 2**index for index, gap in enumerate(gaps)), gaps
+
+
+class Hook:
+    """A task's `failed` hook that notes each fate and queues a callback with it."""
+
+    def __init__(self) -> None:
+        self.fates: list[tuple[int, int, str, str]] = []
+
+    async def __call__(self, job: Job, failure: JobFailure, fate: Fate) -> NewCallback:
+        self.fates.append((job.id, job.attempts, failure.error.error_code, fate))
+        return NewCallback(
+            event_type="capture.failed", webhook_id=f"m-{job.id}-{job.attempts}", payload=b"{}"
+        )
+
+
+async def callback_jobs(store: Store) -> list[Job]:
+    return [job for job in await store.list_jobs(limit=1000) if job.kind == "callback"]
+
+
+async def test_a_retryable_failure_is_retried_at_the_backoff_and_its_task_told(
+    store: Store,
+) -> None:
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+    hook = Hook()
+
+    async def unavailable(job: Job) -> None:
+        raise JobFailure(JobError(step="capture", error_code="UNAVAILABLE"), retryable=True)
+
+    async def send_callback(job: Job) -> None:
+        pass
+
+    worker = Worker(
+        store,
+        {"fulfillment": Task(run=unavailable, failed=hook), "callback": send_callback},
+        lanes=[Lane(kinds=("fulfillment",), loops=1)],
+        poll_seconds=0.05,
+        backoff=Backoff(base_seconds=600, attempts=5),
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        job = await wait_for_job(store, job_id, "queued", attempts=1)
+        group.cancel_scope.cancel()
+    # The backoff's first delay: 600 s with jitter (half to all of it).
+    assert job.updated_at + 300 <= job.due_at <= job.updated_at + 600
+    assert msgspec.json.decode(job.last_error or "")["error_code"] == "UNAVAILABLE"
+    assert hook.fates == [(job_id, 0, "UNAVAILABLE", "retrying")]
+    # The hook's callback was stored with the retry.
+    assert [callback.shop_id for callback in await callback_jobs(store)] == ["shop_1"]
+
+
+async def test_a_job_retried_until_its_attempts_run_out_is_dead_and_its_task_told_each_time(
+    store: Store,
+) -> None:
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+    hook = Hook()
+    runs: list[int] = []
+
+    async def unavailable(job: Job) -> None:
+        runs.append(job.attempts)
+        raise JobFailure(JobError(step="capture", error_code="UNAVAILABLE"), retryable=True)
+
+    worker = Worker(
+        store,
+        {"fulfillment": Task(run=unavailable, failed=hook), "callback": unavailable},
+        lanes=[Lane(kinds=("fulfillment",), loops=1)],
+        poll_seconds=0.05,
+        backoff=Backoff(base_seconds=0.01, max_seconds=0.02, attempts=3),
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        job = await wait_for_job(store, job_id, "dead", attempts=3)
+        group.cancel_scope.cancel()
+    assert runs == [0, 1, 2]
+    assert [fate for *_, fate in hook.fates] == ["retrying", "retrying", "dead"]
+    assert (await store.job_counts())["dead"] == 1
+    assert job.state == "dead"
+
+
+async def test_a_final_failure_is_dead_at_once_with_the_callback_its_task_gave(
+    store: Store,
+) -> None:
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+    hook = Hook()
+
+    async def refused(job: Job) -> None:
+        raise JobFailure(JobError(step="plan", error_code="ORDER_CANCELLED"), retryable=False)
+
+    async def send_callback(job: Job) -> None:
+        pass
+
+    worker = Worker(
+        store,
+        {"fulfillment": Task(run=refused, failed=hook), "callback": send_callback},
+        lanes=[Lane(kinds=("fulfillment",), loops=1)],
+        poll_seconds=0.05,
+        backoff=Backoff(base_seconds=0.01, attempts=5),
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        job = await wait_for_job(store, job_id, "dead", attempts=1)
+        group.cancel_scope.cancel()
+    assert msgspec.json.decode(job.last_error or "")["error_code"] == "ORDER_CANCELLED"
+    assert hook.fates == [(job_id, 0, "ORDER_CANCELLED", "dead")]
+    [callback] = await callback_jobs(store)
+    assert (callback.shop_id, callback.state) == ("shop_1", "queued")
+
+
+async def test_a_task_without_a_hook_fails_like_any_other(store: Store) -> None:
+    # A plain handler is a task with no hook: its failure is stored, nothing else is queued.
+    await add_shop(store)
+    job_id = await ship(store, "shop_1", "F1")
+
+    async def refused(job: Job) -> None:
+        raise JobFailure(JobError(step="plan", error_code="ORDER_CANCELLED"), retryable=False)
+
+    worker = Worker(
+        store,
+        {"fulfillment": refused, "callback": refused},
+        concurrency=1,
+        poll_seconds=0.05,
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        await wait_for_job(store, job_id, "dead", attempts=1)
+        group.cancel_scope.cancel()
+    assert await callback_jobs(store) == []
+
+
+async def test_a_job_of_a_kind_no_lane_serves_is_never_claimed(store: Store) -> None:
+    await add_shop(store, "shop_1")
+    await add_shop(store, "shop_2")
+    now = time.time()
+    await receive(store, "B1", shop_id="shop_2", at=now - 100)
+    await receive(store, "F1", shop_id="shop_1", at=now - 50)
+    buried = await store.claim_job("setup", 60, now, kinds=("fulfillment",))
+    assert buried is not None
+    assert buried.shop_id == "shop_2"
+    report = NewCallback(event_type="capture.failed", webhook_id="m-B1", payload=b"{}")
+    assert await store.bury_job(buried.id, "setup", "{}", now, report)
+    [callback] = [job.id for job in await callback_jobs(store)]
+    shipment = await store.shipment("shop_1", "F1")
+    assert shipment is not None
+    # Queued: the shipment, due before the callback; a lane that served it would take it first.
+    ran: list[str] = []
+
+    async def run(job: Job) -> None:
+        ran.append(job.kind)
+
+    worker = Worker(
+        store,
+        {"fulfillment": run, "callback": run},
+        lanes=[Lane(kinds=("callback",), loops=1)],
+        poll_seconds=0.05,
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        # The lane's queue is idle once its callback is done: the shipment was passed over.
+        await wait_for_job(store, callback, "done")
+        group.cancel_scope.cancel()
+    assert ran == ["callback"]
+    job = await get(store, shipment.job_id)
+    assert (job.state, job.attempts, job.lease_owner) == ("queued", 0, None)

@@ -1,4 +1,4 @@
-"""The one error type of the Klarna client.
+"""The one error type of the Klarna client (an OperationError: see plugin/errors.py).
 
 KlarnaError                 anything a Klarna call can end in; `retryable` says whether trying
                             the same operation again (same idempotency key) may succeed:
@@ -9,10 +9,13 @@ KlarnaError                 anything a Klarna call can end in; `retryable` says 
 
 from collections.abc import Sequence
 
+from plugin.errors import OperationError, join_messages
 from plugin.retries import bounded_wait
 
+__all__ = ["KlarnaError", "is_retryable_status", "join_messages"]
 
-class KlarnaError(Exception):
+
+class KlarnaError(OperationError):
     """A failed Klarna call, with the facts a merchant quotes to Klarna support."""
 
     def __init__(
@@ -31,9 +34,10 @@ class KlarnaError(Exception):
         self.error_code = error_code
         self.error_messages = tuple(error_messages)
         self.correlation_id = correlation_id
-        self.retryable = retryable
-        self.retry_after = bounded_wait(retry_after)
-        super().__init__(self.describe())
+        self.retryable = retryable  # read by describe()
+        super().__init__(
+            self.describe(), retryable=retryable, retry_after=bounded_wait(retry_after)
+        )
 
     def describe(self) -> str:
         where = f"HTTP {self.status}" if self.status is not None else "no answer"
@@ -52,17 +56,6 @@ class KlarnaError(Exception):
             f"error_code={self.error_code!r}, error_messages={self.error_messages!r}, "
             f"correlation_id={self.correlation_id!r}, retryable={self.retryable!r})"
         )
-
-
-def join_messages(messages: Sequence[str]) -> str:
-    """Messages in one line: sentences follow each other, fragments are separated by '; '."""
-    text = ""
-    for message in messages:
-        message = message.strip()
-        if text:
-            text += " " if text.endswith((".", "!", "?")) else "; "
-        text += message
-    return text
 
 
 def is_retryable_status(status: int) -> bool:

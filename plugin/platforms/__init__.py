@@ -1,13 +1,4 @@
-"""Storefront adapters: each knows its platform's headers, payloads and APIs; nothing outside
-this package knows a platform's field names."""
-
-from plugin.events import FulfillmentEvent
-from plugin.platforms.standard import payloads as standard
-
-
-def decode_delivery(platform: str, body: bytes) -> tuple[str, FulfillmentEvent]:
-    """A stored (verified, accepted) delivery as (event type, neutral shipment)."""
-    if platform == standard.NAME:
-        envelope = standard.decode(body)
-        return envelope.type, envelope.data
-    raise ValueError(f"no adapter for platform {platform!r}")
+"""Storefront adapters, one package per platform (`standard`, `shopify`, `woocommerce`,
+`bigcommerce`): each knows its platform's headers, payloads and APIs, and nothing outside this
+package knows a platform's field names. `registry` lists them; `base` is what every platform
+gives the rest of the service."""

@@ -1,5 +1,6 @@
-"""What the pipeline asks of a storefront app (an adapter that must call the storefront's API to
-know what shipped, and writes the outcome back onto the storefront's order)."""
+"""What the pipeline asks of a platform's adapter (the shipment its deliveries describe, and the
+outcome written back onto the storefront's order where there is one), the errors adapters and
+API clients raise, and the description each platform gives the rest of the service."""
 
 import argparse
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -11,6 +12,7 @@ import msgspec
 from starlette.routing import BaseRoute
 
 from plugin.config import Settings
+from plugin.errors import OperationError
 from plugin.events import FulfillmentEvent
 from plugin.klarna.models import ShippingMethod
 from plugin.retries import RetryPolicy, bounded_wait
@@ -22,7 +24,7 @@ if TYPE_CHECKING:  # the service is built from the platforms: named here for the
     from plugin.service import Service
 
 
-class StorefrontError(Exception):
+class StorefrontError(OperationError):
     """A storefront call or mapping that failed; `retryable` says whether later may work."""
 
     def __init__(
@@ -37,12 +39,14 @@ class StorefrontError(Exception):
         self.step = step
         self.code = code
         self.messages = list(messages)
-        self.retryable = retryable
-        self.retry_after = bounded_wait(retry_after)
-        super().__init__(f"{step}: {code}: " + "; ".join(self.messages))
+        super().__init__(
+            f"{step}: {code}: " + "; ".join(self.messages),
+            retryable=retryable,
+            retry_after=bounded_wait(retry_after),
+        )
 
 
-class ApiError(Exception):
+class ApiError(OperationError):
     """A failed call to a storefront's API; `retryable` says whether the same call may succeed
     later. Each platform's client raises its own subclass, named for the platform."""
 
@@ -62,13 +66,13 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.messages = tuple(messages)
-        self.retryable = retryable
-        self.retry_after = bounded_wait(retry_after)
         where = f"HTTP {status}" if status is not None else "no answer"
         text = f"{self.platform} {operation} failed: {where} {code}"
         if self.messages:
             text += ": " + "; ".join(self.messages)
-        super().__init__(" ".join(text.split()))
+        super().__init__(
+            " ".join(text.split()), retryable=retryable, retry_after=bounded_wait(retry_after)
+        )
 
     def failure(self, step: str) -> "StorefrontError":
         """This failure as the pipeline takes it: code `<PLATFORM>_<code>`, same retry."""
@@ -126,6 +130,14 @@ class Resolved(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Storefront(Protocol):
+    """What the pipeline asks of a platform's adapter, Standard Webhooks included."""
+
+    @property
+    def writes_back(self) -> bool:
+        """Whether `write_back` puts anything on a storefront order: an outcome is then queued
+        as a callback even for a shop without a status URL."""
+        ...
+
     async def shipment(
         self, shop: Shop, deliveries: Sequence[Delivery], record: CaptureRecord | None
     ) -> Resolved | Skipped:
@@ -142,6 +154,8 @@ class Storefront(Protocol):
 class StorefrontApp:
     """What every storefront app holds: the settings, the shops (for their sealed API
     credentials), the store (the ledger its write-back reads) and the HTTP client for its API."""
+
+    writes_back = True
 
     def __init__(
         self,
@@ -170,9 +184,9 @@ class Platform:
     - `name`: as shops, URLs (/webhooks/<name>...) and the CLI write it.
     - `label`: as the merchant's pages write it.
     - `routes`: its webhook receiver and, for marketplace apps, its install and admin entry.
-    - `storefront`: the adapter the pipeline calls, for platforms whose shipments and write-backs
-      go through the storefront's API (built with the settings, the shops, an HTTP client and a
-      retry policy); None where the webhook holds the whole shipment.
+    - `storefront`: the adapter the pipeline calls for the platform's shipments and write-backs
+      (built with the settings, the shops, an HTTP client and a retry policy); every platform
+      has one, Standard Webhooks too.
     - `merchant_hosted`: its API lives at an address the merchant enters, not one the operator
       sets, so its calls go through the address-guarded client.
     - `options`: the shop options (ShopOptions' fields) its settings page offers beyond the

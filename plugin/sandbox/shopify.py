@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from plugin.errors import PluginError
 from plugin.platforms.shopify.mapping import API_VERSION
 from plugin.sandbox.klarna import Answer, ManualClock
 
@@ -231,7 +232,7 @@ class _GraphQLRequest(msgspec.Struct, kw_only=True):
     variables: dict[str, Any] | None = None
 
 
-class _GraphQLError(Exception):
+class _GraphQLError(PluginError):
     """A top-level GraphQL error: HTTP 200, `errors`, no data."""
 
 

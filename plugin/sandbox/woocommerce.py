@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from plugin import money
+from plugin.errors import PluginError
 
 __all__ = [
     "DEFAULT_CONSUMER_KEY",
@@ -558,7 +559,7 @@ class WooCommerceSandbox:
             raise KeyError(f"no order {order_id} on site {site!r}") from None
 
 
-class _BadRequest(Exception):
+class _BadRequest(PluginError):
     def __init__(self, code: str, message: str) -> None:
         self.code = code
         super().__init__(message)

@@ -14,6 +14,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
+from plugin.errors import PluginError
 from plugin.store.batching import Batcher
 from plugin.store.records import (
     JOB_KINDS,
@@ -36,7 +37,7 @@ from plugin.store.records import (
 )
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(PluginError):
     """The database cannot be reached or written right now (restarting, cut off, its disk full, a
     lock held past the wait), or refuses us (the login, the database name): the message says where
     and why in one line, never the password. Nothing is wrong with the call itself, and the same

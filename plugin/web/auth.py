@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import msgspec
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
+from plugin.errors import PluginError
+
 LINK_SECONDS = 15 * 60
 SESSION_SECONDS = 8 * 3600
 COOKIE = "kc_session"
@@ -17,11 +19,11 @@ INSTALL_STATE_COOKIE = "kc_install_state"
 INSTALL_STATE_SALT = "klarna-capture install state"
 
 
-class LinkError(Exception):
+class LinkError(PluginError):
     """A sign-in link that cannot be used; the message is for the merchant."""
 
 
-class InstallStateError(Exception):
+class InstallStateError(PluginError):
     """An OAuth `state` that did not come back as it was sent; the message is for the log."""
 
 

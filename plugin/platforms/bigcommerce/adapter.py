@@ -13,6 +13,7 @@ from typing import Literal
 import msgspec
 
 from plugin import money
+from plugin.errors import JobError
 from plugin.events import FulfillmentEvent
 from plugin.platforms.base import (
     Resolved,
@@ -25,7 +26,6 @@ from plugin.platforms.base import (
 from plugin.platforms.bigcommerce import mapping as bigcommerce
 from plugin.platforms.bigcommerce.api import BigCommerceError, StoreClient
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
-from plugin.worker import JobError
 
 log = logging.getLogger("plugin.bigcommerce")
 

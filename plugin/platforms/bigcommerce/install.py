@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
+from plugin.errors import PluginError
 from plugin.platforms.bigcommerce import mapping as bigcommerce
 from plugin.platforms.bigcommerce import signatures
 from plugin.platforms.bigcommerce.api import BigCommerceError, StoreClient
@@ -57,7 +58,7 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-class _Refused(Exception):
+class _Refused(PluginError):
     """A request answered with a short page; `reason` goes to the log, never a secret."""
 
     def __init__(self, status: int, title: str, text: str, reason: str) -> None:

@@ -39,6 +39,7 @@ from typing import Literal
 import msgspec
 
 from plugin import money
+from plugin.errors import MappingError
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna.carriers import klarna_carrier
 from plugin.klarna.models import OrderLineType, ShippingMethod
@@ -88,7 +89,7 @@ _PROVIDERS = {
 }
 
 
-class BigCommerceMappingError(ValueError):
+class BigCommerceMappingError(MappingError):
     """A BigCommerce shipment that cannot be turned into a shipment to capture, and why."""
 
 

@@ -10,6 +10,7 @@ from collections.abc import Collection
 import httpx2
 import msgspec
 
+from plugin.errors import PluginError
 from plugin.platforms.bigcommerce.mapping import store_hash_of
 
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 (a path, not a secret)
@@ -17,7 +18,7 @@ AUTHORIZATION_CODE = "authorization_code"
 _MAX_DESCRIPTION = 200
 
 
-class BigCommerceOAuthError(Exception):
+class BigCommerceOAuthError(PluginError):
     """The token endpoint did not hand out a token: `status` is None when it was not reached."""
 
     def __init__(self, *, status: int | None, error: str, description: str = "") -> None:

@@ -10,6 +10,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
+from plugin.errors import PluginError
 from plugin.platforms.shopify import mapping as shopify
 from plugin.platforms.shopify import signatures
 from plugin.platforms.shopify.oauth import (
@@ -43,7 +44,7 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-class _Refused(Exception):
+class _Refused(PluginError):
     """A request answered with a short page; `reason` goes to the log, never a secret."""
 
     def __init__(self, status: int, title: str, text: str, reason: str) -> None:

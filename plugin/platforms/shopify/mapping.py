@@ -36,6 +36,7 @@ import msgspec
 
 from plugin import money
 from plugin.config import SHOPIFY_API_VERSION
+from plugin.errors import MappingError
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna.carriers import klarna_carrier
 from plugin.klarna.models import ShippingMethod
@@ -59,7 +60,7 @@ FULFILLMENT_LINE_ITEMS_PAGE = 100
 _NOT_SHIPPED = frozenset({"cancelled", "error", "failure"})
 
 
-class ShopifyMappingError(ValueError):
+class ShopifyMappingError(MappingError):
     """A Shopify fulfilment that cannot be turned into a shipment to capture, and why."""
 
 

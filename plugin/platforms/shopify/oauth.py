@@ -10,6 +10,8 @@ from collections.abc import Collection, Mapping
 import httpx2
 import msgspec
 
+from plugin.errors import PluginError
+
 # OAuth identifiers, not secrets.
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
@@ -18,7 +20,7 @@ OFFLINE_TOKEN_TYPE = "urn:shopify:params:oauth:token-type:offline-access-token" 
 _MAX_DESCRIPTION = 200
 
 
-class ShopifyOAuthError(Exception):
+class ShopifyOAuthError(PluginError):
     """The token endpoint did not hand out a token: `status` is None when it was not reached."""
 
     def __init__(

@@ -1,9 +1,10 @@
 """Standard Webhooks as the service sees it: one receiver per shop; the webhook holds the whole
-shipment, so there is no API to call."""
+shipment, so its adapter calls no API."""
 
 from starlette.routing import BaseRoute, Route
 
 from plugin.platforms.base import Platform, ShopAdd
+from plugin.platforms.standard.adapter import StandardStorefront
 from plugin.platforms.standard.payloads import NAME
 from plugin.platforms.standard.webhooks import standard_webhook
 
@@ -12,5 +13,11 @@ def routes() -> list[BaseRoute]:
     return [Route(f"/webhooks/{NAME}/{{shop_id}}", standard_webhook, methods=["POST"])]
 
 
-# Added with `shop add` and nothing more than its common options.
-PLATFORM = Platform(name=NAME, label="Standard Webhooks", routes=routes, shop_add=ShopAdd())
+PLATFORM = Platform(
+    name=NAME,
+    label="Standard Webhooks",
+    routes=routes,
+    storefront=StandardStorefront,
+    # Added with `shop add` and nothing more than its common options.
+    shop_add=ShopAdd(),
+)

@@ -39,6 +39,7 @@ import msgspec
 
 from plugin import money
 from plugin.capture import ROUNDING_NAME
+from plugin.errors import MappingError
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna.carriers import klarna_carrier
 from plugin.store.records import ShopOptions
@@ -75,7 +76,7 @@ _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
-class WooCommerceMappingError(ValueError):
+class WooCommerceMappingError(MappingError):
     """A WooCommerce order that cannot be turned into a capture, and why."""
 
 
