@@ -24,8 +24,8 @@ PluginError                         anything of ours; `except PluginError` catch
 │   ├── WooCommerceMappingError     plugin.platforms.woocommerce.mapping
 │   └── BigCommerceMappingError     plugin.platforms.bigcommerce.mapping
 ├── WebhookVerificationError        plugin.signatures: a signature that does not check out
-│   ├── ShopifyRequestError         plugin.signatures
-│   └── SignedPayloadError          plugin.platforms.bigcommerce.oauth
+│   ├── ShopifyRequestError         plugin.platforms.shopify.signatures
+│   └── SignedPayloadError          plugin.platforms.bigcommerce.signatures
 ├── ShopifyOAuthError               plugin.platforms.shopify.oauth
 ├── BigCommerceOAuthError           plugin.platforms.bigcommerce.oauth
 ├── StoreUnavailable                plugin.store.base: the database, not the call, is the trouble
@@ -33,6 +33,7 @@ PluginError                         anything of ours; `except PluginError` catch
 ├── VaultError                      plugin.vault
 ├── MoneyError (+ ValueError)       plugin.money
 ├── BodyRefused                     plugin.webhooks
+├── ShopAddRefused                  plugin.platforms.base: a `shop add` that cannot go on
 ├── LinkError, InstallStateError    plugin.web.auth
 ├── HeadTooLarge, CannotListen      plugin.server
 ├── DeadlineExceeded, ResponseTooLarge, AddressRefused

@@ -12,7 +12,7 @@ import msgspec
 from starlette.routing import BaseRoute
 
 from plugin.config import Settings
-from plugin.errors import OperationError
+from plugin.errors import OperationError, PluginError
 from plugin.events import FulfillmentEvent
 from plugin.klarna.models import ShippingMethod
 from plugin.retries import RetryPolicy, bounded_wait
@@ -213,7 +213,7 @@ class Platform:
     rehook: "Callable[[Service, Shop], Awaitable[int]] | None" = None
 
 
-class ShopAddRefused(Exception):
+class ShopAddRefused(PluginError):
     """A `shop add` that cannot go on: the one line the operator is told, and the exit status."""
 
     def __init__(self, message: str, *, status: int = 2) -> None:
