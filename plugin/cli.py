@@ -42,6 +42,7 @@ from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.service import Service, open_service
 from plugin.store import ShopChanges, StoreUnavailable, open_store
 from plugin.store.records import KLARNA_CREDENTIALS, Job, Shop, ShopOptions
+from plugin.web.auth import Auth
 
 REGIONS = ("eu", "na", "oc")
 ENVIRONMENTS = ("live", "playground")
@@ -853,7 +854,7 @@ async def _shop_set_klarna(service: Service, args: argparse.Namespace) -> int:
 async def _admin_link(service: Service, args: argparse.Namespace) -> int:
     if await _find_shop(service, args.shop_id) is None:
         return 1
-    token = service.auth.link_token(args.shop_id)
+    token = Auth(service.settings.secret_keys).link_token(args.shop_id)
     print(f"{service.settings.public_url}/admin/login?token={token}")
     print("Works once, for 15 minutes.", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ import logging
 import operator
 import re
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 from prometheus_client import Counter
@@ -14,7 +15,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from plugin import metrics
-from plugin.service import Service
+
+if TYPE_CHECKING:  # the service asks the registry, whose receivers use this module
+    from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
 
@@ -97,7 +100,7 @@ def answer(status: int, platform: str, outcome: str, **fields: object) -> Respon
 
 
 async def store_delivery(
-    service: Service,
+    service: "Service",
     platform: str,
     shop_id: str,
     delivery_id: str,

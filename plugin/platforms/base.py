@@ -2,7 +2,7 @@
 know what shipped, and writes the outcome back onto the storefront's order)."""
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, cast, get_args
 
 import httpx2
@@ -16,6 +16,7 @@ from plugin.retries import RetryPolicy, bounded_wait
 from plugin.shops import Shops
 from plugin.store import Store
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
+from plugin.web.forms import SettingsPage
 
 
 class StorefrontError(Exception):
@@ -175,6 +176,8 @@ class Platform:
       common ones.
     - `domain_format`: how its storefront domains are written; a domain not in it is no shop,
       answered without a lookup.
+    - `settings_page`: what its shops' settings page adds to the common fields (its fields and
+      their checks, its partial, who may frame the page), from its `settings.py`.
     """
 
     name: str
@@ -184,3 +187,4 @@ class Platform:
     merchant_hosted: bool = False
     options: tuple[str, ...] = ()
     domain_format: Callable[[str], bool] | None = None
+    settings_page: SettingsPage = field(default_factory=SettingsPage)

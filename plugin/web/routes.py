@@ -9,10 +9,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from plugin.web import views
+from plugin.web import pages, views
 
 # No inline script anywhere; forms post only to us; nobody frames a page unless its view said
-# who may (views.allow_framing: a Shopify shop's own admin).
+# who may (pages.allow_framing: a storefront app's admin).
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors {frame_ancestors}"
@@ -60,7 +60,7 @@ class SecurityHeaders:
     """Adds the page security headers to every page; webhooks and probes pass untouched.
 
     Who may frame a page is the view's decision, left in the request state under
-    `views.FRAME_ANCESTORS`; without it nobody may.
+    `pages.FRAME_ANCESTORS`; without it nobody may.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -76,7 +76,7 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                frame_ancestors = state.get(views.FRAME_ANCESTORS)
+                frame_ancestors = state.get(pages.FRAME_ANCESTORS)
                 csp = content_security_policy(
                     frame_ancestors if isinstance(frame_ancestors, tuple) else None
                 )

@@ -5,6 +5,7 @@ otherwise, before anything is stored. A shipment queues its job; the worker read
 its order back through the store's API, so the body is only ever a pointer."""
 
 import logging
+from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
@@ -12,9 +13,11 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms.bigcommerce import mapping as bigcommerce
-from plugin.service import Service
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
+
+if TYPE_CHECKING:  # the service asks the registry, which lists this platform
+    from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
 

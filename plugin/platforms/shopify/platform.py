@@ -8,6 +8,7 @@ from plugin.platforms.base import Platform
 from plugin.platforms.shopify import install
 from plugin.platforms.shopify.adapter import ShopifyStorefront
 from plugin.platforms.shopify.mapping import NAME
+from plugin.platforms.shopify.settings import ShopifySettings
 from plugin.platforms.shopify.webhooks import shopify_webhook
 
 
@@ -27,4 +28,5 @@ PLATFORM = Platform(
     storefront=ShopifyStorefront,
     options=("klarna_order_id_source", "klarna_order_id_field", "shipping_method"),
     domain_format=is_shop_domain,
+    settings_page=ShopifySettings(),
 )

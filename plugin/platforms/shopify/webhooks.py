@@ -3,6 +3,7 @@ fulfilments, the uninstall, and the mandatory privacy topics."""
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
@@ -11,9 +12,11 @@ from starlette.responses import Response
 from plugin import signatures
 from plugin.platforms.shopify import compliance as shopify_compliance
 from plugin.platforms.shopify import mapping as shopify
-from plugin.service import Service
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
+
+if TYPE_CHECKING:  # the service asks the registry, which lists this platform
+    from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
 

@@ -2,6 +2,7 @@
 our public event schema."""
 
 import logging
+from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
@@ -9,10 +10,12 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms.standard import payloads as standard
-from plugin.service import Service
 from plugin.shops import is_shop_id
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
+
+if TYPE_CHECKING:  # the service asks the registry, which lists this platform
+    from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
 

@@ -6,6 +6,7 @@ from starlette.routing import BaseRoute, Route
 from plugin.platforms.base import Platform
 from plugin.platforms.woocommerce.adapter import WooCommerceStorefront
 from plugin.platforms.woocommerce.mapping import NAME
+from plugin.platforms.woocommerce.settings import WooCommerceSettings
 from plugin.platforms.woocommerce.webhooks import woocommerce_webhook
 
 
@@ -20,4 +21,5 @@ PLATFORM = Platform(
     storefront=WooCommerceStorefront,
     merchant_hosted=True,
     options=("capture_statuses",),
+    settings_page=WooCommerceSettings(),
 )

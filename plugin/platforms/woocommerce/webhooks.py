@@ -10,6 +10,7 @@ Deliveries are deduplicated on their content, since WooCommerce's delivery id ch
 """
 
 import logging
+from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
@@ -17,10 +18,12 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.platforms.woocommerce import mapping as woocommerce
-from plugin.service import Service
 from plugin.shops import is_shop_id
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
+
+if TYPE_CHECKING:  # the service asks the registry, which lists this platform
+    from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
 
@@ -98,7 +101,7 @@ async def woocommerce_webhook(request: Request) -> Response:
     )
 
 
-async def _known(service: Service, shop_id: str, order_id: str) -> bool:
+async def _known(service: "Service", shop_id: str, order_id: str) -> bool:
     """Whether an order already has a job here (so its later states matter): from its stored
     deliveries, or, once retention pruned those, from its capture ledger."""
     stored = await service.store.order_deliveries(shop_id, [order_id])
