@@ -30,7 +30,13 @@ from starlette.routing import BaseRoute, Route
 
 from plugin import signatures
 from plugin.sandbox import common
-from plugin.sandbox.common import Answer, Sandbox, faults_endpoint, json_answer
+from plugin.sandbox.common import (
+    Answer,
+    Sandbox,
+    faults_endpoint,
+    json_answer,
+    token_request_params,
+)
 
 __all__ = [
     "DEFAULT_CLIENT_ID",
@@ -226,8 +232,7 @@ class BigCommerceSandbox(Sandbox[LoggedRequest, _Faults]):
         self.client_id = client_id
         self.client_secret = client_secret
         self.scopes = scopes
-        super().__init__(_Faults)
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        super().__init__(_Faults, clock)
         self._stores: dict[str, _Store] = {}
         self._codes: dict[str, tuple[str, str]] = {}
         self._ids = itertools.count(100)
@@ -1085,17 +1090,7 @@ def signed_payload_jwt(
 
 async def _oauth_endpoint(request: Request) -> Response:
     sandbox: BigCommerceSandbox = request.app.state.sandbox
-    params: dict[str, str] = {}
-    if request.headers.get("Content-Type", "").startswith("application/json"):
-        try:
-            decoded = msgspec.json.decode(await request.body())
-        except msgspec.DecodeError:
-            decoded = {}
-        if isinstance(decoded, dict):
-            params = {str(k): str(v) for k, v in decoded.items()}
-    else:
-        form = await request.form()
-        params = {k: v for k, v in form.items() if isinstance(v, str)}
+    params = await token_request_params(request)
     answer = sandbox.oauth(params)
     store = params.get("context", "")
     sandbox.log(

@@ -114,10 +114,14 @@ F = TypeVar("F", bound=Faults)
 
 
 class Sandbox(Generic[R, F]):
-    """What every sandbox holds: a lock (tests inspect the state while a server runs), the
-    requests it answered, in order, and the faults still to inject (made by `new_faults`)."""
+    """What every sandbox holds: its clock (a ManualClock in tests), a lock (tests inspect the
+    state while a server runs), the requests it answered, in order, and the faults still to
+    inject (made by `new_faults`)."""
 
-    def __init__(self, new_faults: Callable[[], F]) -> None:
+    def __init__(
+        self, new_faults: Callable[[], F], clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.lock = threading.RLock()
         self.requests: list[R] = []
         self._new_faults = new_faults
@@ -135,6 +139,18 @@ class Sandbox(Generic[R, F]):
     def clear_faults(self) -> None:
         with self.lock:
             self.faults = self._new_faults()
+
+
+async def token_request_params(request: Request) -> dict[str, str]:
+    """The parameters of an OAuth token request, sent as a JSON object or as a form."""
+    if request.headers.get("Content-Type", "").startswith("application/json"):
+        try:
+            decoded = msgspec.json.decode(await request.body())
+        except msgspec.DecodeError:
+            return {}
+        return {str(k): str(v) for k, v in decoded.items()} if isinstance(decoded, dict) else {}
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
 def faults_endpoint(

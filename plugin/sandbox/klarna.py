@@ -238,8 +238,7 @@ class KlarnaSandbox(Sandbox[LoggedRequest, Faults]):
     Its `faults` are everyone's; an order's own, in `order_faults`, come first for that order."""
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
-        super().__init__(Faults)
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        super().__init__(Faults, clock)
         self.orders: dict[str, SandboxOrder] = {}
         self.order_faults: dict[str, Faults] = {}
         self._idempotency: dict[tuple[str, str], tuple[datetime, Answer]] = {}

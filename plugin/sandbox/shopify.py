@@ -27,7 +27,14 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from plugin.sandbox import common
-from plugin.sandbox.common import BAD_GATEWAY_HTML, Answer, Sandbox, faults_endpoint, json_answer
+from plugin.sandbox.common import (
+    BAD_GATEWAY_HTML,
+    Answer,
+    Sandbox,
+    faults_endpoint,
+    json_answer,
+    token_request_params,
+)
 
 __all__ = [
     "API_VERSION",
@@ -274,8 +281,7 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
         self.restore_rate = restore_rate
         self.query_cost = query_cost
         self.mutation_cost = mutation_cost
-        super().__init__(_Faults)
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        super().__init__(_Faults, clock)
         self._shops: dict[str, _Shop] = {}
         self._codes: dict[str, str] = {}
         self._ids = itertools.count(5_100_000_000_001)
@@ -1094,17 +1100,7 @@ async def _graphql_endpoint(request: Request) -> Response:
 async def _oauth_endpoint(request: Request) -> Response:
     sandbox: ShopifySandbox = request.app.state.sandbox
     shop = request.path_params["shop"]
-    params: dict[str, str] = dict(request.query_params)
-    content_type = request.headers.get("Content-Type", "")
-    if content_type.startswith("application/json"):
-        try:
-            body = msgspec.json.decode(await request.body(), type=dict[str, str])
-        except msgspec.DecodeError:
-            body = {}
-        params.update(body)
-    else:
-        form = await request.form()
-        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    params = {**request.query_params, **await token_request_params(request)}
     answer = sandbox.oauth(shop, params)
     entry = LoggedRequest(
         method="POST", path=request.url.path, shop=shop, operation="oauth", status=answer.status

@@ -188,8 +188,7 @@ class WooCommerceSandbox(Sandbox[LoggedRequest, Faults]):
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        super().__init__(Faults)
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        super().__init__(Faults, clock)
         self._sites: dict[str, _Site] = {}
         self._ids = itertools.count(101)
         self._deliveries = itertools.count(1)
