@@ -112,6 +112,7 @@ def test_the_sandboxes_import_no_platform() -> None:
         "plugin.service",
         "plugin.webhooks",
         "plugin.web.pages",
+        "plugin.web.routes",
         "plugin.web.views",
         "plugin.web.forms",
         "plugin.platforms.base",

@@ -178,6 +178,8 @@ class Platform:
       answered without a lookup.
     - `settings_page`: what its shops' settings page adds to the common fields (its fields and
       their checks, its partial, who may frame the page), from its `settings.py`.
+    - `pages`: the paths of its own pages beyond the merchant's (its install and admin entries),
+      which get the pages' security headers.
     """
 
     name: str
@@ -188,3 +190,4 @@ class Platform:
     options: tuple[str, ...] = ()
     domain_format: Callable[[str], bool] | None = None
     settings_page: SettingsPage = field(default_factory=SettingsPage)
+    pages: tuple[str, ...] = ()

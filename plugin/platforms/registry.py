@@ -58,3 +58,8 @@ def template_loader() -> jinja2.BaseLoader:
             if platform.settings_page.template is not None
         }
     )
+
+
+def page_paths() -> tuple[str, ...]:
+    """The paths of the platforms' own pages (install and admin entries)."""
+    return tuple(path for platform in PLATFORMS.values() for path in platform.pages)

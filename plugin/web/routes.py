@@ -1,5 +1,5 @@
 """The routes of the merchant's pages under /admin, and the security headers of every page (the
-Shopify app's entry points included)."""
+storefront apps' install and admin entries included)."""
 
 import re
 from collections.abc import Sequence
@@ -9,6 +9,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from plugin.platforms import registry
 from plugin.web import pages, views
 
 # No inline script anywhere; forms post only to us; nobody frames a page unless its view said
@@ -22,7 +23,8 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
-PAGE_PREFIXES = ("/admin", "/shopify", "/auth/", "/load", "/uninstall")
+# The merchant's pages, every install and sign-in callback, and the platforms' own pages.
+PAGE_PREFIXES = ("/admin", "/auth/", *registry.page_paths())
 _SOURCE = re.compile(r"https://[a-z0-9.-]+", re.IGNORECASE)
 
 

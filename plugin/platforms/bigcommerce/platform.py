@@ -23,4 +23,5 @@ PLATFORM = Platform(
     options=("klarna_order_id_source", "klarna_order_id_field"),
     domain_format=is_store_hash,
     settings_page=BigCommerceSettings(),
+    pages=(install.CALLBACK_PATH, install.LOAD_PATH, install.UNINSTALL_PATH),
 )

@@ -29,4 +29,5 @@ PLATFORM = Platform(
     options=("klarna_order_id_source", "klarna_order_id_field", "shipping_method"),
     domain_format=is_shop_domain,
     settings_page=ShopifySettings(),
+    pages=(install.INSTALL_PATH, install.CALLBACK_PATH, install.EMBEDDED_PATH),
 )
