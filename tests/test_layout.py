@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from plugin.platforms import registry
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "plugin"
 PLATFORMS = sorted(path.parent.name for path in (PLUGIN / "platforms").glob("*/__init__.py"))
@@ -84,6 +86,16 @@ def test_only_the_registry_imports_a_platform_package() -> None:
                 continue
             offenders.add((where, module))
     assert offenders == STILL_TO_GO
+
+
+def test_the_service_templates_name_no_platform() -> None:
+    """What a platform's shops see of it (its fields, hints, webhook card) is its own partial,
+    under plugin/platforms/<name>/templates/."""
+    labels = {platform.label.lower() for platform in registry.PLATFORMS.values()}
+    assert labels == {"standard webhooks", "shopify", "woocommerce", "bigcommerce"}
+    for template in (PLUGIN / "templates").glob("*.html"):
+        text = template.read_text().lower()
+        assert [label for label in labels if label in text] == [], template.name
 
 
 def test_product_code_never_imports_a_sandbox() -> None:
