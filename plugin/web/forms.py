@@ -34,8 +34,8 @@ class SettingsPage:
     """What a platform adds to a shop's settings page. This base adds nothing: a platform's
     `settings.py` subclasses it, and its `Platform` names an instance (`settings_page`).
 
-    - `template`: its partial, a template of two macros: `fields()`, shown in the form after the
-      common fields, and `webhooks()`, the card below it that says how shipments reach us.
+    - `template`: its partial, a template of up to two macros: `fields()`, shown in the form after
+      the common fields, and `webhooks()`, the card below it that says how shipments reach us.
     - `status_url`: whether its page offers a status URL (its callbacks are signed with the
       shop's webhook secret); where not, a save keeps the one stored.
     - `webhook_secret`: whether the shop signs its webhooks with a secret of its own, which its
@@ -85,8 +85,9 @@ class SettingsPage:
 
 
 class OrderIdSettingsPage(SettingsPage):
-    """A storefront app's page (Shopify, BigCommerce): where its orders keep the Klarna order id
-    (`sources`, each with its own rules for the field, `field_problem`)."""
+    """The page of a storefront app's shop (one installed from the platform's marketplace): where
+    its orders keep the Klarna order id (`sources`, each with its own rules for the field,
+    `field_problem`)."""
 
     sources: ClassVar[Mapping[str, str]] = {}
     # Status callbacks are signed with the shop's webhook secret, which a storefront app's
@@ -96,6 +97,7 @@ class OrderIdSettingsPage(SettingsPage):
     webhook_secret = False
 
     def field_problem(self, source: str, field: str) -> str | None:
+        """What is wrong with `field` where the order id is kept in `source`; None: nothing."""
         raise NotImplementedError
 
     def from_shop(self, shop: Shop) -> dict[str, str]:
