@@ -88,6 +88,15 @@ def test_only_the_registry_imports_a_platform_package() -> None:
     assert offenders == STILL_TO_GO
 
 
+def test_the_dependencies_run_one_way() -> None:
+    """web pages -> registry -> platforms -> web helpers and core: the modules the platforms use
+    from the web layer ask no registry, and the service knows no web layer (the app gives the
+    pages their sign-in)."""
+    for helper in ("pages", "auth", "forms"):
+        assert "plugin.platforms.registry" not in imported(PLUGIN / "web" / f"{helper}.py")
+    assert not [name for name in imported(PLUGIN / "service.py") if name.startswith("plugin.web")]
+
+
 def test_the_service_templates_name_no_platform() -> None:
     """What a platform's shops see of it (its fields, hints, webhook card) is its own partial,
     under plugin/platforms/<name>/templates/."""
