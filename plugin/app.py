@@ -20,6 +20,7 @@ from plugin.platforms import registry
 from plugin.service import Service, open_service
 from plugin.store import StoreUnavailable
 from plugin.web import routes as web
+from plugin.web.auth import Auth
 from plugin.webhooks import answer
 
 log = logging.getLogger("plugin.app")
@@ -84,7 +85,7 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
                 yield
                 group.cancel_scope.cancel()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *(route for platform in registry.PLATFORMS.values() for route in platform.routes()),
             Route("/healthz", healthz),
@@ -95,3 +96,6 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
         exception_handlers={StoreUnavailable: store_unavailable},
         lifespan=lifespan,
     )
+    # Sign-in is the web layer's: the service it runs knows nothing of sessions or links.
+    app.state.auth = Auth(settings.secret_keys)
+    return app

@@ -15,7 +15,6 @@ from plugin.platforms import registry
 from plugin.shops import Shops
 from plugin.store import Store, open_store
 from plugin.vault import Vault
-from plugin.web.auth import Auth
 from plugin.worker import Backoff, Lane, Worker
 
 # Whole-request deadlines (connect, headers and body) of merchant-bound calls.
@@ -51,7 +50,6 @@ class Service:
         self.site_http = site_http
         self.store = store
         self.vault = Vault(settings.secret_keys)
-        self.auth = Auth(settings.secret_keys)
         # Saved credentials release the shipments waiting on them: this process's workers look now.
         self.shops = Shops(
             store, self.vault, wake=self.wake_workers, domain_formats=registry.domain_formats()

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from plugin import metrics
 from plugin.errors import PluginError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the service asks the registry, whose receivers use this module
     from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")

@@ -21,7 +21,8 @@ from plugin.config import Settings
 from plugin.klarna import RetryPolicy
 from plugin.klarna.models import OrderLine
 from plugin.metrics import render
-from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox, ManualClock
+from plugin.sandbox.common import ManualClock
+from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
 from plugin.sandbox.server import serve_in_thread
 from plugin.service import open_service
 from plugin.store import ShopChanges

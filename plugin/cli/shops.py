@@ -19,6 +19,7 @@ from plugin.platforms.base import ShopAdd, ShopAddRefused
 from plugin.service import Service
 from plugin.store import ShopChanges
 from plugin.store.records import KLARNA_CREDENTIALS, Shop, ShopOptions
+from plugin.web.auth import Auth
 
 # The choices are the Klarna client's own types' values, so that a shop added here is one the
 # client can call.
@@ -387,7 +388,7 @@ async def _shop_set_klarna(service: Service, args: argparse.Namespace) -> int:
 async def _admin_link(service: Service, args: argparse.Namespace) -> int:
     if await running.find_shop(service, args.shop_id) is None:
         return 1
-    token = service.auth.link_token(args.shop_id)
+    token = Auth(service.settings.secret_keys).link_token(args.shop_id)
     print(f"{service.settings.web.public_url}/admin/login?token={token}")
     print("Works once, for 15 minutes.", file=sys.stderr)
     return 0

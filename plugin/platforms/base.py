@@ -4,7 +4,7 @@ API clients raise, and the description each platform gives the rest of the servi
 
 import argparse
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, get_args
 
 import httpx2
@@ -19,6 +19,7 @@ from plugin.retries import RetryPolicy, bounded_wait
 from plugin.shops import Shops
 from plugin.store import Store
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
+from plugin.web.forms import SettingsPage
 
 if TYPE_CHECKING:  # the service is built from the platforms: named here for the types only
     from plugin.service import Service
@@ -199,6 +200,10 @@ class Platform:
       None: its domain and whether the app is installed, where it has a domain.
     - `rehook`: what `klarna-capture shop rotate-secret` does beyond making the new secret, when
       the storefront holds it (printing what happened); its exit status.
+    - `settings_page`: what its shops' settings page adds to the common fields (its fields and
+      their checks, its partial, who may frame the page), from its `settings.py`.
+    - `pages`: the paths of its own pages beyond the merchant's (its install and admin entries),
+      which get the pages' security headers.
     """
 
     name: str
@@ -211,6 +216,8 @@ class Platform:
     shop_add: "ShopAdd | None" = None
     shop_details: Callable[[Shop], dict[str, Any]] | None = None
     rehook: "Callable[[Service, Shop], Awaitable[int]] | None" = None
+    settings_page: SettingsPage = field(default_factory=SettingsPage)
+    pages: tuple[str, ...] = ()
 
 
 class ShopAddRefused(PluginError):

@@ -11,7 +11,6 @@ discounts, `applied_discounts` are in the store's price basis (tax included or n
 
 import itertools
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +29,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from plugin import signatures
-from plugin.sandbox.klarna import Answer
+from plugin.sandbox import common
+from plugin.sandbox.common import (
+    Answer,
+    Sandbox,
+    faults_endpoint,
+    json_answer,
+    token_request_params,
+)
 
 __all__ = [
     "DEFAULT_CLIENT_ID",
@@ -154,49 +160,27 @@ class _Store:
     hooks: list[_Hook] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class LoggedRequest:
+@dataclass(frozen=True, kw_only=True)
+class LoggedRequest(common.LoggedRequest):
     """One API or OAuth request and what was answered."""
 
-    method: str
-    path: str
     store: str
-    status: int
     fault: str | None = None  # fail_next or rate_limit_next
 
 
-class FaultSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /sandbox/faults; omitted fields keep their current value."""
-
-    fail_next: Annotated[int, Meta(ge=0)] | None = None
-    fail_status: Literal[500, 502, 503] | None = None
+class FaultSettings(common.FaultSettings, kw_only=True):
     rate_limit_next: Annotated[int, Meta(ge=0)] | None = None
     reset_ms: Annotated[int, Meta(ge=0)] | None = None
 
 
 @dataclass
-class _Faults:
-    fail_next: int = 0
-    fail_status: int = 503
+class _Faults(common.Faults):
     rate_limit_next: int = 0
     reset_ms: int = 100
 
-    def to_json(self) -> dict[str, int]:
-        return {
-            "fail_next": self.fail_next,
-            "fail_status": self.fail_status,
-            "rate_limit_next": self.rate_limit_next,
-            "reset_ms": self.reset_ms,
-        }
-
 
 def _json(status: int, payload: object, headers: Mapping[str, str] | None = None) -> Answer:
-    return Answer(
-        status,
-        _encode(payload),
-        headers=tuple((headers or {}).items()),
-        media_type="application/json",
-    )
+    return json_answer(status, payload, headers, encode=_encode)
 
 
 def _v2_error(status: int, message: str) -> Answer:
@@ -234,7 +218,7 @@ def _split(amount: Decimal, rate: Decimal, *, includes_tax: bool, places: Decima
     return _Split(ex=amount, tax=tax, inc=amount + tax)
 
 
-class BigCommerceSandbox:
+class BigCommerceSandbox(Sandbox[LoggedRequest, _Faults]):
     """The fake's whole state; thread-safe, so tests may inspect it while a server runs."""
 
     def __init__(
@@ -248,10 +232,7 @@ class BigCommerceSandbox:
         self.client_id = client_id
         self.client_secret = client_secret
         self.scopes = scopes
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
-        self.lock = threading.RLock()
-        self.requests: list[LoggedRequest] = []
-        self.faults = _Faults()
+        super().__init__(_Faults, clock)
         self._stores: dict[str, _Store] = {}
         self._codes: dict[str, tuple[str, str]] = {}
         self._ids = itertools.count(100)
@@ -263,7 +244,7 @@ class BigCommerceSandbox:
             self._stores.clear()
             self._codes.clear()
             self.requests.clear()
-            self.faults = _Faults()
+            self.clear_faults()
 
     def add_store(self, store_hash: str) -> str:
         """The app installed on a store (created when new): a fresh access token."""
@@ -483,21 +464,6 @@ class BigCommerceSandbox:
             for hook in self._store(store_hash).hooks:
                 hook.is_active = False
 
-    def set_faults(self, settings: FaultSettings) -> None:
-        with self.lock:
-            for name in ("fail_next", "fail_status", "rate_limit_next", "reset_ms"):
-                value = getattr(settings, name)
-                if value is not None:
-                    setattr(self.faults, name, value)
-
-    def clear_faults(self) -> None:
-        with self.lock:
-            self.faults = _Faults()
-
-    def log(self, entry: LoggedRequest) -> None:
-        with self.lock:
-            self.requests.append(entry)
-
     # --- internals ----------------------------------------------------------------------------
 
     def _store(self, store_hash: str) -> _Store:
@@ -574,9 +540,9 @@ class BigCommerceSandbox:
                 return _v2_error(404, "The requested store was not found."), None
             if not token or token not in store.tokens:
                 return _v2_error(401, "You are not authorized to access this resource."), None
-            if self.faults.fail_next > 0:
-                self.faults.fail_next -= 1
-                return _v2_error(self.faults.fail_status, "Service unavailable"), "fail_next"
+            failure = self.faults.take_failure()
+            if failure is not None:
+                return _v2_error(failure, "Service unavailable"), "fail_next"
             if self.faults.rate_limit_next > 0:
                 self.faults.rate_limit_next -= 1
                 headers = {
@@ -1124,19 +1090,12 @@ def signed_payload_jwt(
 
 async def _oauth_endpoint(request: Request) -> Response:
     sandbox: BigCommerceSandbox = request.app.state.sandbox
-    params: dict[str, str] = {}
-    if request.headers.get("Content-Type", "").startswith("application/json"):
-        try:
-            decoded = msgspec.json.decode(await request.body())
-        except msgspec.DecodeError:
-            decoded = {}
-        if isinstance(decoded, dict):
-            params = {str(k): str(v) for k, v in decoded.items()}
-    else:
-        form = await request.form()
-        params = {k: v for k, v in form.items() if isinstance(v, str)}
+    params = await token_request_params(request)
     answer = sandbox.oauth(params)
-    sandbox.log(LoggedRequest("POST", request.url.path, params.get("context", ""), answer.status))
+    store = params.get("context", "")
+    sandbox.log(
+        LoggedRequest(method="POST", path=request.url.path, store=store, status=answer.status)
+    )
     return answer.response()
 
 
@@ -1152,23 +1111,15 @@ async def _api_endpoint(request: Request) -> Response:
         await request.body(),
     )
     sandbox.log(
-        LoggedRequest(request.method, request.url.path, store_hash, answer.status, fault=fault)
+        LoggedRequest(
+            method=request.method,
+            path=request.url.path,
+            store=store_hash,
+            status=answer.status,
+            fault=fault,
+        )
     )
     return answer.response()
-
-
-async def _faults_endpoint(request: Request) -> Response:
-    sandbox: BigCommerceSandbox = request.app.state.sandbox
-    if request.method == "DELETE":
-        sandbox.clear_faults()
-        return Response(status_code=204)
-    try:
-        settings = msgspec.json.decode(await request.body(), type=FaultSettings)
-    except msgspec.DecodeError as exc:
-        return _json(400, {"errors": str(exc)}).response()
-    sandbox.set_faults(settings)
-    with sandbox.lock:
-        return _json(200, sandbox.faults.to_json()).response()
 
 
 def create_app(sandbox: BigCommerceSandbox | None = None) -> Starlette:
@@ -1181,7 +1132,7 @@ def create_app(sandbox: BigCommerceSandbox | None = None) -> Starlette:
             _api_endpoint,
             methods=["GET", "POST", "PUT", "DELETE"],
         ),
-        Route("/sandbox/faults", _faults_endpoint, methods=["POST", "DELETE"]),
+        Route("/sandbox/faults", faults_endpoint(FaultSettings), methods=["POST", "DELETE"]),
     ]
     app = Starlette(routes=routes)
     app.state.sandbox = sandbox if sandbox is not None else BigCommerceSandbox()

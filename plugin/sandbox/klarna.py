@@ -8,7 +8,6 @@ import binascii
 import hmac
 import random
 import string
-import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ from plugin.klarna.models import (
     ShippingInfo,
     UpdateShippingInfo,
 )
+from plugin.sandbox import common
+from plugin.sandbox.common import BAD_GATEWAY_HTML, Answer, Sandbox, json_answer
 
 DEFAULT_USERNAME = "PK_SANDBOX"
 DEFAULT_PASSWORD = "sandbox-secret"  # noqa: S105 - a published sandbox default
@@ -46,25 +47,6 @@ DROP_WAIT_SECONDS = 30.0
 FraudStatus = Literal["ACCEPTED", "PENDING", "REJECTED"]
 InitialStatus = Literal["AUTHORIZED", "CANCELLED", "EXPIRED", "CLOSED"]
 CAPTURABLE: frozenset[str] = frozenset({"AUTHORIZED", "PART_CAPTURED"})
-
-_BAD_GATEWAY_HTML = (
-    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    b"<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
-)
-
-
-class ManualClock:
-    """A clock that only moves when told to: `sandbox.clock = ManualClock(start)`."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> datetime:
-        self.now += delta
-        return self.now
 
 
 @dataclass
@@ -143,88 +125,46 @@ class SandboxOrder:
         }
 
 
-@dataclass(frozen=True)
-class LoggedRequest:
+@dataclass(frozen=True, kw_only=True)
+class LoggedRequest(common.LoggedRequest):
     """One OM request; `status` is what was answered, or committed and then dropped."""
 
-    method: str
-    path: str
     idempotency_key: str | None
-    status: int
     username: str | None = None
     fault: str | None = None  # rate_limit, fail_next, error_rate or drop_after_commit
     replayed: bool = False
     dropped: bool = False
 
 
-class FaultSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /sandbox/faults; omitted fields keep their current value."""
+class FaultSettings(common.FaultSettings, kw_only=True):
+    """The body of POST /sandbox/faults: for one order (`order_id`) or all."""
 
     order_id: str | None = None
     latency_ms: Annotated[int, Meta(ge=0, le=120_000)] | None = None
     error_rate: Annotated[float, Meta(ge=0, le=1)] | None = None
     seed: int | None = None
-    fail_next: Annotated[int, Meta(ge=0)] | None = None
-    fail_status: Literal[500, 502, 503] | None = None
     rate_limit_next: Annotated[int, Meta(ge=0)] | None = None
     retry_after: Annotated[int, Meta(ge=0)] | None = None
     drop_after_commit_next: Annotated[int, Meta(ge=0)] | None = None
 
 
 @dataclass
-class Faults:
+class Faults(common.Faults):
     latency_ms: int = 0
     error_rate: float = 0.0
     seed: int = 0
-    fail_next: int = 0
-    fail_status: int = 503
     rate_limit_next: int = 0
     retry_after: int = 1
     drop_after_commit_next: int = 0
-    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    rng: random.Random = field(init=False, default_factory=lambda: random.Random(0))
 
-    def update(self, settings: FaultSettings) -> None:
-        for name in (
-            "latency_ms",
-            "error_rate",
-            "fail_next",
-            "fail_status",
-            "rate_limit_next",
-            "retry_after",
-            "drop_after_commit_next",
-        ):
-            value = getattr(settings, name)
-            if value is not None:
-                setattr(self, name, value)
-        if settings.seed is not None:
-            self.seed = settings.seed
+    def update(self, settings: common.FaultSettings) -> None:
+        super().update(settings)
+        if isinstance(settings, FaultSettings) and settings.seed is not None:
             self.rng = random.Random(settings.seed)
 
-    def to_json(self, order_id: str | None) -> dict[str, object]:
-        return {
-            "order_id": order_id,
-            "latency_ms": self.latency_ms,
-            "error_rate": self.error_rate,
-            "seed": self.seed,
-            "fail_next": self.fail_next,
-            "fail_status": self.fail_status,
-            "rate_limit_next": self.rate_limit_next,
-            "retry_after": self.retry_after,
-            "drop_after_commit_next": self.drop_after_commit_next,
-        }
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A complete HTTP answer, kept as is so an idempotent replay is byte-identical."""
-
-    status: int
-    body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = ()
-    media_type: str | None = None
-
-    def response(self) -> Response:
-        return Response(self.body, self.status, dict(self.headers), self.media_type)
+    def to_json(self, order_id: str | None = None) -> dict[str, object]:
+        return {"order_id": order_id, **super().to_json()}
 
 
 class _OrderRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -245,10 +185,6 @@ def error(status: int, code: str, *messages: str) -> Answer:
         "correlation_id": str(uuid.uuid4()),
     }
     return Answer(status, msgspec.json.encode(body), media_type="application/json")
-
-
-def _json(status: int, payload: object) -> Answer:
-    return Answer(status, msgspec.json.encode(payload), media_type="application/json")
 
 
 def _round_half_away(value: Fraction) -> int:
@@ -297,15 +233,13 @@ def _default_line(amount: int) -> OrderLine:
     )
 
 
-class KlarnaSandbox:
-    """The simulator's whole state; thread-safe, so tests may inspect it while a server runs."""
+class KlarnaSandbox(Sandbox[LoggedRequest, Faults]):
+    """The simulator's whole state; thread-safe, so tests may inspect it while a server runs.
+    Its `faults` are everyone's; an order's own, in `order_faults`, come first for that order."""
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
-        self.lock = threading.RLock()
+        super().__init__(Faults, clock)
         self.orders: dict[str, SandboxOrder] = {}
-        self.requests: list[LoggedRequest] = []
-        self.global_faults = Faults()
         self.order_faults: dict[str, Faults] = {}
         self._idempotency: dict[tuple[str, str], tuple[datetime, Answer]] = {}
         self._references = random.Random()
@@ -365,24 +299,23 @@ class KlarnaSandbox:
             self.orders[order.order_id] = order
             return order
 
-    def set_faults(self, settings: FaultSettings) -> Faults:
+    def set_faults(self, settings: common.FaultSettings) -> Faults:
+        if not isinstance(settings, FaultSettings) or settings.order_id is None:
+            return super().set_faults(settings)
         with self.lock:
-            if settings.order_id is None:
-                scope = self.global_faults
-            else:
-                scope = self.order_faults.setdefault(settings.order_id, Faults())
+            scope = self.order_faults.setdefault(settings.order_id, Faults())
             scope.update(settings)
             return scope
 
     def clear_faults(self) -> None:
         with self.lock:
-            self.global_faults = Faults()
+            super().clear_faults()
             self.order_faults.clear()
 
     def _fault_scopes(self, order_id: str | None) -> Iterator[Faults]:
         if order_id is not None and order_id in self.order_faults:
             yield self.order_faults[order_id]
-        yield self.global_faults
+        yield self.faults
 
     def latency(self, order_id: str | None) -> float:
         with self.lock:
@@ -428,14 +361,10 @@ class KlarnaSandbox:
         with self.lock:
             self._idempotency[(username, key)] = (self.now(), answer)
 
-    def log(self, entry: LoggedRequest) -> None:
-        with self.lock:
-            self.requests.append(entry)
-
 
 def _server_error(status: int) -> Answer:
     if status == 502:
-        return Answer(502, _BAD_GATEWAY_HTML, media_type="text/html")
+        return Answer(502, BAD_GATEWAY_HTML, media_type="text/html")
     if status == 500:
         return error(500, "INTERNAL_SERVER_ERROR", "An unexpected error occurred.")
     return error(status, "TEMPORARILY_UNAVAILABLE", "The service is temporarily unavailable.")
@@ -464,7 +393,7 @@ def _get_order(call: _Call) -> Answer:
     order = call.sandbox.orders.get(call.order_id or "")
     if order is None:
         return _no_such_order(call.order_id)
-    return _json(200, order.to_json(call.now))
+    return json_answer(200, order.to_json(call.now))
 
 
 def _captures(call: _Call) -> Answer:
@@ -472,7 +401,7 @@ def _captures(call: _Call) -> Answer:
     if order is None:
         return _no_such_order(call.order_id)
     if call.method == "GET":
-        return _json(200, [c.to_json() for c in order.captures])
+        return json_answer(200, [c.to_json() for c in order.captures])
     try:
         body = msgspec.json.decode(call.body, type=CaptureObject)
     except msgspec.DecodeError as exc:
@@ -542,7 +471,7 @@ def _get_capture(call: _Call) -> Answer:
     found = _find_capture(call, "NO_SUCH_ORDER")
     if isinstance(found, Answer):
         return found
-    return _json(200, found[1].to_json())
+    return json_answer(200, found[1].to_json())
 
 
 def _shipping_info(call: _Call) -> Answer:
@@ -688,7 +617,14 @@ def _om_endpoint(
         ) -> Response:
             path = request.url.path
             entry = LoggedRequest(
-                request.method, path, key, answer.status, username, fault, replayed, dropped
+                method=request.method,
+                path=path,
+                idempotency_key=key,
+                status=answer.status,
+                username=username,
+                fault=fault,
+                replayed=replayed,
+                dropped=dropped,
             )
             sandbox.log(entry)
             return answer.response()
@@ -751,7 +687,7 @@ async def _sandbox_create_order(request: Request) -> Response:
         )
     except (msgspec.DecodeError, ValueError) as exc:
         return error(400, "BAD_VALUE", str(exc)).response()
-    return _json(201, {"order_id": order.order_id}).response()
+    return json_answer(201, {"order_id": order.order_id}).response()
 
 
 async def _sandbox_get_order(request: Request) -> Response:
@@ -760,7 +696,7 @@ async def _sandbox_get_order(request: Request) -> Response:
         order = sandbox.orders.get(request.path_params["order_id"])
         if order is None:
             return _no_such_order(request.path_params["order_id"]).response()
-        return _json(200, order.to_json(sandbox.now())).response()
+        return json_answer(200, order.to_json(sandbox.now())).response()
 
 
 async def _sandbox_faults(request: Request) -> Response:
@@ -775,7 +711,7 @@ async def _sandbox_faults(request: Request) -> Response:
     if settings.order_id is not None and settings.order_id not in sandbox.orders:
         return _no_such_order(settings.order_id).response()
     scope = sandbox.set_faults(settings)
-    return _json(200, scope.to_json(settings.order_id)).response()
+    return json_answer(200, scope.to_json(settings.order_id)).response()
 
 
 async def _sandbox_reset(request: Request) -> Response:

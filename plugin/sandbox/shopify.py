@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import anyio
@@ -27,10 +27,19 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from plugin.errors import PluginError
-from plugin.platforms.shopify.mapping import API_VERSION
-from plugin.sandbox.klarna import Answer, ManualClock
+from plugin.sandbox import common
+from plugin.sandbox.common import (
+    BAD_GATEWAY_HTML,
+    Answer,
+    Sandbox,
+    faults_endpoint,
+    json_answer,
+    token_request_params,
+)
 
 __all__ = [
+    "API_VERSION",
+    "API_VERSIONS",
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
     "DEFAULT_SCOPES",
@@ -39,7 +48,6 @@ __all__ = [
     "FaultSettings",
     "Line",
     "LoggedRequest",
-    "ManualClock",
     "ShippingLine",
     "ShopifySandbox",
     "Tax",
@@ -50,6 +58,11 @@ __all__ = [
     "signed_webhook",
 ]
 
+# The Admin API versions this fake answers, oldest first; another is answered as Shopify answers
+# a version it does not have (404). Its webhooks say the newest. The app's version must be one of
+# these (a test keeps it so): bump both together.
+API_VERSIONS = ("2026-07",)
+API_VERSION = API_VERSIONS[-1]
 DEFAULT_CLIENT_ID = "sandbox-client-id"
 # A published sandbox default, as long as a real client secret (HS256 wants 32 bytes).
 DEFAULT_CLIENT_SECRET = "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"  # noqa: S105
@@ -79,10 +92,6 @@ OFFLINE_TOKEN_TYPE = "urn:shopify:params:oauth:token-type:offline-access-token" 
 
 _UNAUTHORIZED = "[API] Invalid API key or access token (unrecognized login or wrong password)"
 _RATE_LIMIT_DOCS = "https://shopify.dev/api/usage/rate-limits"
-_BAD_GATEWAY_HTML = (
-    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    b"<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
-)
 _encode = msgspec.json.Encoder(decimal_format="number").encode
 
 # A money amount: shop money, or (shop money, presentment money) when the currencies differ.
@@ -192,39 +201,23 @@ class _Shop:
     next_order_number: int = 1001
 
 
-@dataclass(frozen=True)
-class LoggedRequest:
+@dataclass(frozen=True, kw_only=True)
+class LoggedRequest(common.LoggedRequest):
     """One Admin API or OAuth request and what was answered."""
 
-    method: str
-    path: str
     shop: str
     operation: str | None  # order, metafieldsSet, tagsAdd, oauth, or None when unrecognised
-    status: int
     throttled: bool = False
     fault: str | None = None  # fail_next or throttle_next
 
 
-class FaultSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /sandbox/faults; omitted fields keep their current value."""
-
-    fail_next: Annotated[int, Meta(ge=0)] | None = None
-    fail_status: Literal[500, 502, 503] | None = None
+class FaultSettings(common.FaultSettings, kw_only=True):
     throttle_next: Annotated[int, Meta(ge=0)] | None = None
 
 
 @dataclass
-class _Faults:
-    fail_next: int = 0
-    fail_status: int = 503
+class _Faults(common.Faults):
     throttle_next: int = 0
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "fail_next": self.fail_next,
-            "fail_status": self.fail_status,
-            "throttle_next": self.throttle_next,
-        }
 
 
 class _GraphQLRequest(msgspec.Struct, kw_only=True):
@@ -237,7 +230,7 @@ class _GraphQLError(PluginError):
 
 
 def _json(status: int, payload: object) -> Answer:
-    return Answer(status, _encode(payload), media_type="application/json")
+    return json_answer(status, payload, encode=_encode)
 
 
 def _gid(kind: str, legacy_id: int) -> str:
@@ -269,7 +262,7 @@ def _page(nodes: list[dict[str, Any]], query: str, connection: str, default: int
     return page
 
 
-class ShopifySandbox:
+class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
     """The fake's whole state; thread-safe, so tests may inspect it while a server runs."""
 
     def __init__(
@@ -289,10 +282,7 @@ class ShopifySandbox:
         self.restore_rate = restore_rate
         self.query_cost = query_cost
         self.mutation_cost = mutation_cost
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
-        self.lock = threading.RLock()
-        self.requests: list[LoggedRequest] = []
-        self.faults = _Faults()
+        super().__init__(_Faults, clock)
         self._shops: dict[str, _Shop] = {}
         self._codes: dict[str, str] = {}
         self._ids = itertools.count(5_100_000_000_001)
@@ -308,7 +298,7 @@ class ShopifySandbox:
             self._shops.clear()
             self._codes.clear()
             self.requests.clear()
-            self.faults = _Faults()
+            self.clear_faults()
             self._hold_next = 0
             self.held = 0
         self._released.set()
@@ -524,21 +514,6 @@ class ShopifySandbox:
                 _encode(_graphql_order(self._order(domain, order_gid), ns, key, ""))
             )
 
-    def set_faults(self, settings: FaultSettings) -> None:
-        with self.lock:
-            for name in ("fail_next", "fail_status", "throttle_next"):
-                value = getattr(settings, name)
-                if value is not None:
-                    setattr(self.faults, name, value)
-
-    def clear_faults(self) -> None:
-        with self.lock:
-            self.faults = _Faults()
-
-    def log(self, entry: LoggedRequest) -> None:
-        with self.lock:
-            self.requests.append(entry)
-
     # --- internals ----------------------------------------------------------------------------
 
     def _shop(self, domain: str) -> _Shop:
@@ -577,15 +552,15 @@ class ShopifySandbox:
     def graphql(self, domain: str, token: str | None, body: bytes) -> tuple[Answer, LoggedRequest]:
         """Answer one Admin GraphQL request (path, method and status of the log entry aside)."""
         with self.lock:
-            entry = LoggedRequest("POST", "", domain, None, 0)
+            entry = LoggedRequest(method="POST", path="", shop=domain, operation=None, status=0)
             shop = self._shops.get(domain)
             if shop is None:
                 return _json(404, {"errors": "Not Found"}), entry
             if not token or token not in shop.tokens:
                 return _json(401, {"errors": _UNAUTHORIZED}), entry
-            if self.faults.fail_next > 0:
-                self.faults.fail_next -= 1
-                return _server_error(self.faults.fail_status), _with(entry, fault="fail_next")
+            failure = self.faults.take_failure()
+            if failure is not None:
+                return _server_error(failure), _with(entry, fault="fail_next")
             try:
                 request = msgspec.json.decode(body, type=_GraphQLRequest)
             except msgspec.DecodeError:
@@ -716,7 +691,7 @@ def _oauth_error(code: str, description: str) -> Answer:
 
 def _server_error(status: int) -> Answer:
     if status == 502:
-        return Answer(502, _BAD_GATEWAY_HTML, media_type="text/html")
+        return Answer(502, BAD_GATEWAY_HTML, media_type="text/html")
     reason = "Internal Server Error" if status == 500 else "Service Unavailable"
     return _json(status, {"errors": reason})
 
@@ -1108,6 +1083,13 @@ def session_token(
 async def _graphql_endpoint(request: Request) -> Response:
     sandbox: ShopifySandbox = request.app.state.sandbox
     shop = request.path_params["shop"]
+    if request.path_params["version"] not in API_VERSIONS:
+        sandbox.log(
+            LoggedRequest(
+                method="POST", path=request.url.path, shop=shop, operation=None, status=404
+            )
+        )
+        return _json(404, {"errors": "Not Found"}).response()
     body = await request.body()
     if sandbox._take_hold(body):
         await anyio.to_thread.run_sync(sandbox._released.wait, 30.0)
@@ -1119,19 +1101,11 @@ async def _graphql_endpoint(request: Request) -> Response:
 async def _oauth_endpoint(request: Request) -> Response:
     sandbox: ShopifySandbox = request.app.state.sandbox
     shop = request.path_params["shop"]
-    params: dict[str, str] = dict(request.query_params)
-    content_type = request.headers.get("Content-Type", "")
-    if content_type.startswith("application/json"):
-        try:
-            body = msgspec.json.decode(await request.body(), type=dict[str, str])
-        except msgspec.DecodeError:
-            body = {}
-        params.update(body)
-    else:
-        form = await request.form()
-        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    params = {**request.query_params, **await token_request_params(request)}
     answer = sandbox.oauth(shop, params)
-    entry = LoggedRequest("POST", request.url.path, shop, "oauth", answer.status)
+    entry = LoggedRequest(
+        method="POST", path=request.url.path, shop=shop, operation="oauth", status=answer.status
+    )
     sandbox.log(entry)
     return answer.response()
 
@@ -1143,22 +1117,12 @@ async def _authorize_endpoint(request: Request) -> Response:
         location = sandbox.authorize_redirect(shop, dict(request.query_params))
     except ValueError as exc:
         return Response(str(exc), status_code=400, media_type="text/plain")
-    sandbox.log(LoggedRequest("GET", request.url.path, shop, "authorize", 302))
+    sandbox.log(
+        LoggedRequest(
+            method="GET", path=request.url.path, shop=shop, operation="authorize", status=302
+        )
+    )
     return RedirectResponse(location, status_code=302)
-
-
-async def _faults_endpoint(request: Request) -> Response:
-    sandbox: ShopifySandbox = request.app.state.sandbox
-    if request.method == "DELETE":
-        sandbox.clear_faults()
-        return Response(status_code=204)
-    try:
-        settings = msgspec.json.decode(await request.body(), type=FaultSettings)
-    except msgspec.DecodeError as exc:
-        return _json(400, {"errors": str(exc)}).response()
-    sandbox.set_faults(settings)
-    with sandbox.lock:
-        return _json(200, sandbox.faults.to_json()).response()
 
 
 def create_app(sandbox: ShopifySandbox | None = None) -> Starlette:
@@ -1169,7 +1133,7 @@ def create_app(sandbox: ShopifySandbox | None = None) -> Starlette:
         ),
         Route("/shops/{shop}/admin/oauth/access_token", _oauth_endpoint, methods=["POST"]),
         Route("/shops/{shop}/admin/oauth/authorize", _authorize_endpoint, methods=["GET"]),
-        Route("/sandbox/faults", _faults_endpoint, methods=["POST", "DELETE"]),
+        Route("/sandbox/faults", faults_endpoint(FaultSettings), methods=["POST", "DELETE"]),
     ]
     app = Starlette(routes=routes)
     app.state.sandbox = sandbox if sandbox is not None else ShopifySandbox()

@@ -16,15 +16,12 @@ import hmac
 import itertools
 import json
 import secrets
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import msgspec
-from msgspec import Meta
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,6 +29,8 @@ from starlette.routing import BaseRoute, Route
 
 from plugin import money
 from plugin.errors import PluginError
+from plugin.sandbox import common
+from plugin.sandbox.common import Faults, FaultSettings, Sandbox, faults_endpoint
 
 __all__ = [
     "DEFAULT_CONSUMER_KEY",
@@ -140,27 +139,11 @@ class WebhookDelivery:
     headers: dict[str, str]
 
 
-@dataclass(frozen=True)
-class LoggedRequest:
-    method: str
-    path: str
+@dataclass(frozen=True, kw_only=True)
+class LoggedRequest(common.LoggedRequest):
     site: str
     operation: str | None  # order, update_order, notes, add_note; None when unrecognised
-    status: int
     fault: bool = False
-
-
-class FaultSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The body of POST /sandbox/faults; omitted fields keep their current value."""
-
-    fail_next: Annotated[int, Meta(ge=0)] | None = None
-    fail_status: Literal[500, 502, 503] | None = None
-
-
-@dataclass
-class _Faults:
-    fail_next: int = 0
-    fail_status: int = 503
 
 
 @dataclass(frozen=True)
@@ -195,7 +178,7 @@ class _Site:
 # --- the whole state -----------------------------------------------------------------------------
 
 
-class WooCommerceSandbox:
+class WooCommerceSandbox(Sandbox[LoggedRequest, Faults]):
     """The fake's state; thread-safe, so tests may inspect it while a server runs. `base_url` is
     where it is served (sites and webhook sources are named from it)."""
 
@@ -206,10 +189,7 @@ class WooCommerceSandbox:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
-        self.lock = threading.RLock()
-        self.requests: list[LoggedRequest] = []
-        self.faults = _Faults()
+        super().__init__(Faults, clock)
         self._sites: dict[str, _Site] = {}
         self._ids = itertools.count(101)
         self._deliveries = itertools.count(1)
@@ -220,18 +200,7 @@ class WooCommerceSandbox:
         with self.lock:
             self._sites.clear()
             self.requests.clear()
-            self.faults = _Faults()
-
-    def set_faults(self, settings: FaultSettings) -> None:
-        with self.lock:
-            if settings.fail_next is not None:
-                self.faults.fail_next = settings.fail_next
-            if settings.fail_status is not None:
-                self.faults.fail_status = settings.fail_status
-
-    def clear_faults(self) -> None:
-        with self.lock:
-            self.faults = _Faults()
+            self.clear_faults()
 
     def site_url(self, site: str = DEFAULT_SITE) -> str:
         return f"{self.base_url}/{site}"
@@ -498,9 +467,8 @@ class WooCommerceSandbox:
             refused = _authenticate(shop, authorization, write=method != "GET")
             if refused is not None:
                 return 401, refused, operation
-            if self.faults.fail_next > 0:
-                self.faults.fail_next -= 1
-                status = self.faults.fail_status
+            status = self.faults.take_failure()
+            if status is not None:
                 return status, _error(status, "internal_server_error", "Fault injected."), "fault"
             order = shop.orders.get(int(parts[1])) if parts[1].isdigit() else None
             if order is None:
@@ -547,10 +515,6 @@ class WooCommerceSandbox:
             order.data["status"] = status.removeprefix("wc-")
         _stamp(order.data, "modified", now)
         return 200, order.data, operation
-
-    def log(self, entry: LoggedRequest) -> None:
-        with self.lock:
-            self.requests.append(entry)
 
     def _order(self, site: str, order_id: int) -> _Order:
         try:
@@ -924,36 +888,25 @@ async def _rest_endpoint(request: Request) -> Response:
     )
     sandbox.log(
         LoggedRequest(
-            request.method,
-            request.url.path,
-            site,
-            None if operation == "fault" else operation,
-            status,
+            method=request.method,
+            path=request.url.path,
+            site=site,
+            operation=None if operation == "fault" else operation,
+            status=status,
             fault=operation == "fault",
         )
     )
     return Response(php_json(payload), status_code=status, media_type="application/json")
 
 
-async def _faults_endpoint(request: Request) -> Response:
-    sandbox: WooCommerceSandbox = request.app.state.sandbox
-    if request.method == "DELETE":
-        sandbox.clear_faults()
-        return Response(status_code=204)
-    try:
-        settings = msgspec.json.decode(await request.body(), type=FaultSettings)
-    except msgspec.DecodeError as exc:
-        return Response(php_json({"error": str(exc)}), 400, media_type="application/json")
-    sandbox.set_faults(settings)
-    with sandbox.lock:
-        faults = {"fail_next": sandbox.faults.fail_next, "fail_status": sandbox.faults.fail_status}
-    return Response(php_json(faults), media_type="application/json")
-
-
 def create_app(sandbox: WooCommerceSandbox | None = None) -> Starlette:
     """The fake as an ASGI app; set the sandbox's `base_url` to where it is served."""
     routes: list[BaseRoute] = [
-        Route("/sandbox/faults", _faults_endpoint, methods=["POST", "DELETE"]),
+        Route(
+            "/sandbox/faults",
+            faults_endpoint(FaultSettings, encode=php_json),
+            methods=["POST", "DELETE"],
+        ),
         Route(
             "/{site}" + REST + "/{path:path}",
             _rest_endpoint,

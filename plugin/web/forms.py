@@ -1,19 +1,18 @@
-"""The settings form: what a merchant may enter, checked field by field."""
+"""The settings form: what a merchant may enter, checked field by field. The fields every shop
+has are here; what a platform adds (its fields, their checks, its partial, who frames its pages)
+is its `SettingsPage`, in `plugin/platforms/<name>/settings.py`."""
 
-import re
 from collections.abc import Iterable, Mapping
-from typing import Literal, get_args
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
-from plugin.klarna.models import ShippingMethod
 from plugin.outbound import AddressGuard, IPNetwork, url_problem
-from plugin.platforms.bigcommerce import mapping as bigcommerce
-from plugin.platforms.shopify import mapping as shopify
-from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.shops import Shops
 from plugin.store import ShopChanges
-from plugin.store.records import Shop, ShopOptions
+from plugin.store.records import Shop
 
 REGIONS = {"eu": "Europe", "na": "North America", "oc": "Oceania"}
 ENVIRONMENTS = {"playground": "Playground (test)", "live": "Live"}
@@ -28,32 +27,116 @@ KLARNA_ACCOUNT_FIELDS = (
     "klarna_username",
     "klarna_password",
 )
-KLARNA_ORDER_ID_SOURCES = {
-    "metafield": "An order metafield",
-    "note_attribute": "A note attribute of the order",
-    "transaction": "The authorization of the order's payment transaction",
-}
-BIGCOMMERCE = bigcommerce.NAME
-BIGCOMMERCE_ORDER_ID_SOURCES = {
-    "metafield": "An order metafield",
-    "transaction": "The payment provider id of the order's transaction",
-}
-# Where each storefront app's orders may keep the Klarna order id (the settings it shows).
-ORDER_ID_SOURCES = {
-    shopify.NAME: KLARNA_ORDER_ID_SOURCES,
-    BIGCOMMERCE: BIGCOMMERCE_ORDER_ID_SOURCES,
-}
-SHIPPING_METHODS: tuple[str, ...] = get_args(ShippingMethod)
-NO_SHIPPING_METHOD = "none"
-# Shopify's own limits: namespace 3-255 and key 2-64 letters, digits, hyphens and underscores.
-_METAFIELD = re.compile(r"[A-Za-z0-9_-]{3,255}\.[A-Za-z0-9_-]{2,64}")
-# BigCommerce's: a namespace and a key of 1-64 characters each (split at the first dot).
-_BIGCOMMERCE_METAFIELD = re.compile(r"[^.\s]{1,64}\.\S{1,64}")
-_MAX_NAME = 255
+MAX_NAME = 255
+
+
+class SettingsPage:
+    """What a platform adds to a shop's settings page. This base adds nothing: a platform's
+    `settings.py` subclasses it, and its `Platform` names an instance (`settings_page`).
+
+    - `template`: its partial, a template of up to two macros: `fields()`, shown in the form after
+      the common fields, and `webhooks()`, the card below it that says how shipments reach us.
+    - `status_url`: whether its page offers a status URL (its callbacks are signed with the
+      shop's webhook secret); where not, a save keeps the one stored.
+    - `webhook_secret`: whether the shop signs its webhooks with a secret of its own, which its
+      page makes anew (a storefront app's are signed with the app's secret).
+    - `write_only`: its fields that are never sent back, not even as they were typed.
+    - `addresses`: its fields holding an address the service will call (checked by the guard).
+    """
+
+    template: ClassVar[Path | None] = None
+    status_url: ClassVar[bool] = True
+    webhook_secret: ClassVar[bool] = True
+    write_only: ClassVar[tuple[str, ...]] = ()
+    addresses: ClassVar[tuple[str, ...]] = ()
+
+    def from_shop(self, shop: Shop) -> dict[str, str]:
+        """Its fields as the shop has them stored."""
+        return {}
+
+    def from_post(
+        self, data: Mapping[str, str], shop: Shop, kept: Mapping[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Its fields as posted (`kept`: as stored) and their errors."""
+        return dict(kept), {}
+
+    def options(self, fields: Mapping[str, str]) -> dict[str, Any]:
+        """The shop options (ShopOptions' fields) its fields set."""
+        return {}
+
+    def shop_domain(self, fields: Mapping[str, str]) -> str | None:
+        """The shop's domain, where the merchant enters it (None: not changed here)."""
+        return None
+
+    def context(self, shops: Shops, shop: Shop) -> dict[str, Any]:
+        """What its partial shows beyond the form (choices, what is stored of a credential)."""
+        return {}
+
+    def frame_ancestors(self, shop: Shop) -> tuple[str, ...]:
+        """The origins that may frame the shop's pages (its storefront's admin); none by default."""
+        return ()
+
+    async def conflicts(self, shops: Shops, shop: Shop, form: "SettingsForm") -> dict[str, str]:
+        """Errors of its fields that only the store knows (another shop with the same site)."""
+        return {}
+
+    async def save(self, shops: Shops, shop: Shop, fields: Mapping[str, str]) -> None:
+        """What a save keeps beyond the shop's options (an API key entered, as its token)."""
+
+
+class OrderIdSettingsPage(SettingsPage):
+    """The page of a storefront app's shop (one installed from the platform's marketplace): where
+    its orders keep the Klarna order id (`sources`, each with its own rules for the field,
+    `field_problem`)."""
+
+    sources: ClassVar[Mapping[str, str]] = {}
+    # Status callbacks are signed with the shop's webhook secret, which a storefront app's
+    # merchant never sees: the page does not offer them.
+    status_url = False
+    # The app's own secret signs these platforms' webhooks: the shop has none to show.
+    webhook_secret = False
+
+    def field_problem(self, source: str, field: str) -> str | None:
+        """What is wrong with `field` where the order id is kept in `source`; None: nothing."""
+        raise NotImplementedError
+
+    def from_shop(self, shop: Shop) -> dict[str, str]:
+        return {
+            "klarna_order_id_source": shop.options.klarna_order_id_source,
+            "klarna_order_id_field": shop.options.klarna_order_id_field,
+        }
+
+    def from_post(
+        self, data: Mapping[str, str], shop: Shop, kept: Mapping[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        fields = {
+            "klarna_order_id_source": data.get("klarna_order_id_source", "").strip(),
+            "klarna_order_id_field": data.get("klarna_order_id_field", "").strip(),
+        }
+        errors = {}
+        if fields["klarna_order_id_source"] not in self.sources:
+            errors["klarna_order_id_source"] = "Choose where your orders keep the Klarna order id."
+        else:
+            problem = self.field_problem(
+                fields["klarna_order_id_source"], fields["klarna_order_id_field"]
+            )
+            if problem:
+                errors["klarna_order_id_field"] = problem
+        return fields, errors
+
+    def options(self, fields: Mapping[str, str]) -> dict[str, Any]:
+        return {
+            "klarna_order_id_source": order_id_source(fields["klarna_order_id_source"]),
+            "klarna_order_id_field": fields["klarna_order_id_field"],
+        }
+
+    def context(self, shops: Shops, shop: Shop) -> dict[str, Any]:
+        return {"klarna_order_id_sources": self.sources}
 
 
 class SettingsForm(msgspec.Struct, kw_only=True):
-    """Entered values (the password only as given, never shown again) and their errors."""
+    """Entered values (the password only as given, never shown again) and their errors; the
+    platform's own fields in `fields`, named as its partial names them."""
 
     klarna_region: str = "eu"
     klarna_environment: str = "playground"
@@ -64,25 +147,12 @@ class SettingsForm(msgspec.Struct, kw_only=True):
     trigger_send_out: bool = False
     description_template: str = ""
     status_url: str = ""
-    # A storefront app's (Shopify, BigCommerce): where its orders keep the Klarna order id; a
-    # Shopify shop's: the tracking's shipping method.
-    klarna_order_id_source: str = "metafield"
-    klarna_order_id_field: str = "klarna.order_id"
-    shipping_method: str = NO_SHIPPING_METHOD
-    # A WooCommerce shop's: its site, REST API key (write-only, as entered) and capture statuses.
-    site_url: str = ""
-    consumer_key: str = ""
-    consumer_secret: str = ""
-    capture_statuses: str = "completed"
-    platform: str = ""
+    fields: dict[str, str] = {}
     errors: dict[str, str] = {}
 
     @classmethod
-    def from_shop(cls, shop: Shop) -> "SettingsForm":
+    def from_shop(cls, shop: Shop, page: SettingsPage) -> "SettingsForm":
         return cls(
-            platform=shop.platform,
-            site_url=(shop.shop_domain or "") if shop.platform == woocommerce.NAME else "",
-            capture_statuses=", ".join(shop.options.capture_statuses),
             klarna_region=shop.klarna_region,
             klarna_environment=shop.klarna_environment,
             klarna_username=shop.klarna_username,
@@ -91,17 +161,14 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             trigger_send_out=shop.options.trigger_send_out,
             description_template=shop.options.description_template or "",
             status_url=shop.status_url or "",
-            klarna_order_id_source=shop.options.klarna_order_id_source,
-            klarna_order_id_field=shop.options.klarna_order_id_field,
-            shipping_method=shop.options.shipping_method or NO_SHIPPING_METHOD,
+            fields=page.from_shop(shop),
         )
 
     @classmethod
-    def from_post(cls, data: Mapping[str, str], shop: Shop) -> "SettingsForm":
+    def from_post(cls, data: Mapping[str, str], shop: Shop, page: SettingsPage) -> "SettingsForm":
         """The form as posted for `shop`. Fields its page does not show keep the shop's values; a
         shop without a stored Klarna password must be given one."""
         form = cls(
-            platform=shop.platform,
             klarna_region=data.get("klarna_region", "").strip(),
             klarna_environment=data.get("klarna_environment", "").strip(),
             klarna_username=data.get("klarna_username", "").strip(),
@@ -112,37 +179,10 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             description_template=data.get("description_template", "").strip(),
             status_url=data.get("status_url", "").strip(),
         )
-        kept = cls.from_shop(shop)
-        if shop.platform in ORDER_ID_SOURCES:
-            form.klarna_order_id_source = data.get("klarna_order_id_source", "").strip()
-            form.klarna_order_id_field = data.get("klarna_order_id_field", "").strip()
-            # Status callbacks are signed with the shop's webhook secret, which a storefront
-            # app's merchant never sees: the page does not offer them.
+        kept = cls.from_shop(shop, page)
+        if not page.status_url:
             form.status_url = kept.status_url
-            form.errors = form._order_id_errors()
-        else:
-            form.klarna_order_id_source = kept.klarna_order_id_source
-            form.klarna_order_id_field = kept.klarna_order_id_field
-        if shop.platform == shopify.NAME:
-            form.shipping_method = data.get("shipping_method", "").strip()
-            if form.shipping_method not in (NO_SHIPPING_METHOD, *SHIPPING_METHODS):
-                form.errors["shipping_method"] = "Choose one of Klarna's shipping methods, or none."
-        else:
-            form.shipping_method = kept.shipping_method
-        if shop.platform == woocommerce.NAME:
-            form.site_url = data.get("site_url", "").strip()
-            form.consumer_key = data.get("consumer_key", "").strip()
-            form.consumer_secret = data.get("consumer_secret", "").strip()
-            form.capture_statuses = data.get("capture_statuses", "").strip()
-            # The outcome goes onto the WooCommerce order: the page offers no status URL.
-            form.status_url = kept.status_url
-            form.errors.update(
-                form._woocommerce_errors(has_api_key=shop.platform_token is not None)
-            )
-            form.errors.update(form._site_change_errors(kept.site_url))
-        else:
-            form.site_url = kept.site_url
-            form.capture_statuses = kept.capture_statuses
+        form.fields, form.errors = page.from_post(data, shop, kept.fields)
         form.errors.update(form._check())
         if not form.klarna_password and shop.klarna_password_set_at is None:
             form.errors["klarna_password"] = "Enter the API password Klarna gave you."  # noqa: S105
@@ -171,98 +211,45 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             errors["status_url"] = "Enter an http(s) URL, or leave it empty."
         return errors
 
-    def _order_id_errors(self) -> dict[str, str]:
-        errors = {}
-        if self.klarna_order_id_source not in ORDER_ID_SOURCES.get(self.platform, {}):
-            errors["klarna_order_id_source"] = "Choose where your orders keep the Klarna order id."
-        else:
-            problem = _field_problem(
-                self.klarna_order_id_source, self.klarna_order_id_field, self.platform
-            )
-            if problem:
-                errors["klarna_order_id_field"] = problem
-        return errors
+    def forget_secrets(self, page: SettingsPage) -> None:
+        """Write-only fields are never sent back, not even as they were typed."""
+        self.klarna_password = ""
+        for name in page.write_only:
+            self.fields[name] = ""
 
-    def _woocommerce_errors(self, *, has_api_key: bool) -> dict[str, str]:
-        errors = {}
-        try:
-            self.site_url = woocommerce.normalize_site_url(self.site_url)
-        except ValueError as error:
-            errors["site_url"] = str(error)
-        key, secret = self.consumer_key, self.consumer_secret
-        if key or secret or not has_api_key:
-            if not key and not secret:
-                errors["consumer_key"] = (
-                    "Enter the consumer key and secret of a WooCommerce REST API key with "
-                    "Read/Write permission."
-                )
-            elif not key:
-                errors["consumer_key"] = "Enter the consumer key that goes with the secret."
-            elif not secret:
-                errors["consumer_secret"] = "Enter the consumer secret that goes with the key."  # noqa: S105
-            else:
-                problem = woocommerce.api_key_problem(key, secret)
-                if problem:
-                    errors[problem[0]] = problem[1]
-        try:
-            self.capture_statuses = ", ".join(woocommerce.parse_statuses(self.capture_statuses))
-        except ValueError as error:
-            errors["capture_statuses"] = str(error)
-        return errors
-
-    def _site_change_errors(self, stored_site_url: str) -> dict[str, str]:
-        """A new site URL needs its own key: the stored one is never sent to another host."""
-        moved = stored_site_url and self.site_url and self.site_url != stored_site_url
-        if moved and not self.consumer_key and not self.consumer_secret:
-            return {
-                "consumer_key": (
-                    "The site URL changed: enter the consumer key and secret again (of a REST "
-                    "API key made on the new site). The stored key is only sent to the site it "
-                    "was entered for."
-                )
-            }
-        return {}
-
-    def api_key(self) -> woocommerce.ApiKey | None:
-        """The REST API key entered, None when the stored one is to stay."""
-        if not self.consumer_key or not self.consumer_secret:
-            return None
-        return woocommerce.ApiKey(
-            consumer_key=self.consumer_key, consumer_secret=self.consumer_secret
-        )
-
-    def changes(self) -> ShopChanges:
+    def changes(self, shop: Shop, page: SettingsPage) -> ShopChanges:
         changes = ShopChanges(
             klarna_region=self.klarna_region,
             klarna_environment=self.klarna_environment,
             klarna_username=self.klarna_username,
             status_url=self.status_url or None,
-            options=ShopOptions(
+            # The options the page does not show stay as stored.
+            options=msgspec.structs.replace(
+                shop.options,
                 capture_mode="complete" if self.capture_mode == "complete" else "each",
                 send_tracking=self.send_tracking,
                 trigger_send_out=self.trigger_send_out,
                 description_template=self.description_template or None,
-                klarna_order_id_source=_source(self.klarna_order_id_source),
-                klarna_order_id_field=self.klarna_order_id_field,
-                shipping_method=(
-                    None if self.shipping_method == NO_SHIPPING_METHOD else self.shipping_method
-                ),
-                capture_statuses=_statuses(self.capture_statuses),
+                **page.options(self.fields),
             ),
         )
-        if self.platform == woocommerce.NAME and self.site_url:
-            changes.shop_domain = self.site_url
+        domain = page.shop_domain(self.fields)
+        if domain:
+            changes.shop_domain = domain
         return changes
 
 
-def _statuses(text: str) -> list[str]:
-    try:
-        return woocommerce.parse_statuses(text)
-    except ValueError:
-        return ["completed"]
+def name_problem(what: str, name: str) -> str | None:
+    """What is wrong with `name` as the name of a `what` (an attribute, a payment gateway)."""
+    if not name:
+        return f"Enter the name of the {what}."
+    if len(name) > MAX_NAME or not name.isprintable():
+        return f"A {what} name has at most {MAX_NAME} characters, all printable."
+    return None
 
 
-def _source(value: str) -> Literal["metafield", "note_attribute", "transaction"]:
+def order_id_source(value: str) -> Literal["metafield", "note_attribute", "transaction"]:
+    """A storefront app's `klarna_order_id_source` as ShopOptions types it."""
     if value == "note_attribute":
         return "note_attribute"
     if value == "transaction":
@@ -270,47 +257,19 @@ def _source(value: str) -> Literal["metafield", "note_attribute", "transaction"]
     return "metafield"
 
 
-def _field_problem(source: str, field: str, platform: str = shopify.NAME) -> str | None:
-    if source == "metafield":
-        if platform == BIGCOMMERCE:
-            if _BIGCOMMERCE_METAFIELD.fullmatch(field):
-                return None
-            return (
-                "Enter the metafield as namespace.key, as in klarna.order_id: a namespace and a "
-                "key of 1-64 characters each, without spaces."
-            )
-        if _METAFIELD.fullmatch(field):
-            return None
-        return (
-            "Enter the metafield as namespace.key, as in klarna.order_id: a namespace of 3-255 "
-            "and a key of 2-64 letters, digits, - or _."
-        )
-    what = "attribute" if source == "note_attribute" else "payment gateway"
-    if platform == BIGCOMMERCE:
-        # The payment method the order names; empty: an order paid any way.
-        what = "payment method"
-        if not field:
-            return None
-    if not field:
-        return f"Enter the name of the {what}."
-    if len(field) > _MAX_NAME or not field.isprintable():
-        return f"A {what} name has at most {_MAX_NAME} characters, all printable."
-    return None
-
-
 async def address_errors(
-    form: SettingsForm, shop: Shop, allowed: Iterable[IPNetwork]
+    form: SettingsForm, shop: Shop, page: SettingsPage, allowed: Iterable[IPNetwork]
 ) -> dict[str, str]:
     """The entered URLs that lead outside the public internet and the `allowed` networks (names
     resolved, bounded in time). Only changed ones are checked: every call checks again where it
     connects."""
     guard = AddressGuard(allowed)
-    stored = SettingsForm.from_shop(shop)
+    stored = SettingsForm.from_shop(shop, page)
+    entered = [("status_url", form.status_url, stored.status_url)]
+    for name in page.addresses:
+        entered.append((name, form.fields.get(name, ""), stored.fields.get(name, "")))
     errors = {}
-    for field, url, before in (
-        ("status_url", form.status_url, stored.status_url),
-        ("site_url", form.site_url, stored.site_url),
-    ):
+    for field, url, before in entered:
         if url and url != before and field not in form.errors:
             problem = await url_problem(url, guard)
             if problem is not None:

@@ -1,5 +1,5 @@
 """The routes of the merchant's pages under /admin, and the security headers of every page (the
-Shopify app's entry points included)."""
+storefront apps' install and admin entries included)."""
 
 import re
 from collections.abc import Sequence
@@ -9,10 +9,11 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from plugin.web import views
+from plugin.platforms import registry
+from plugin.web import pages, views
 
 # No inline script anywhere; forms post only to us; nobody frames a page unless its view said
-# who may (views.allow_framing: a Shopify shop's own admin).
+# who may (pages.allow_framing: a storefront app's admin).
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors {frame_ancestors}"
@@ -22,7 +23,8 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
-PAGE_PREFIXES = ("/admin", "/shopify", "/auth/", "/load", "/uninstall")
+# The merchant's pages, every install and sign-in callback, and the platforms' own pages.
+PAGE_PREFIXES = ("/admin", "/auth/", *registry.page_paths())
 _SOURCE = re.compile(r"https://[a-z0-9.-]+", re.IGNORECASE)
 
 
@@ -60,7 +62,7 @@ class SecurityHeaders:
     """Adds the page security headers to every page; webhooks and probes pass untouched.
 
     Who may frame a page is the view's decision, left in the request state under
-    `views.FRAME_ANCESTORS`; without it nobody may.
+    `pages.FRAME_ANCESTORS`; without it nobody may.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -76,7 +78,7 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                frame_ancestors = state.get(views.FRAME_ANCESTORS)
+                frame_ancestors = state.get(pages.FRAME_ANCESTORS)
                 csp = content_security_policy(
                     frame_ancestors if isinstance(frame_ancestors, tuple) else None
                 )

@@ -5,55 +5,47 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.templating import Jinja2Templates
 
 from plugin import about, money
 from plugin.credentials import OUTCOME_TEXTS, ConnectionTest, check_credentials
 from plugin.klarna import KlarnaError
 from plugin.klarna.client import new_idempotency_key
-from plugin.klarna.errors import join_messages
 from plugin.klarna.models import CaptureObject
-from plugin.platforms.bigcommerce import mapping as bigcommerce
-from plugin.platforms.shopify import mapping as shopify
-from plugin.platforms.shopify.signatures import is_shop_domain
-from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms import registry
+from plugin.service import Service
 from plugin.store.records import KLARNA_CREDENTIALS, Shipment, Shop, Waiting
-from plugin.web.auth import COOKIE, SESSION_SECONDS, LinkError, Session
+from plugin.web.auth import COOKIE, LinkError, Session
 from plugin.web.forms import (
     CAPTURE_MODES,
     ENVIRONMENTS,
     KLARNA_ACCOUNT_FIELDS,
-    NO_SHIPPING_METHOD,
-    ORDER_ID_SOURCES,
     REGIONS,
-    SHIPPING_METHODS,
     TEMPLATE_FIELDS,
     SettingsForm,
+    SettingsPage,
     address_errors,
 )
-
-if TYPE_CHECKING:
-    from plugin.service import Service
+from plugin.web.pages import (
+    allow_framing,
+    auth_of,
+    make_templates,
+    message,
+    partitioned_cookie,
+    service_of,
+    set_session_cookie,
+)
 
 PAGE_SIZE = 50
 MAX_FULFILLMENT_ID = 255  # characters, as events.FulfillmentEvent allows
-SHOPIFY_ADMIN = "https://admin.shopify.com"
-# The request state entry SecurityHeaders reads: who may frame this answer (absent: nobody).
-FRAME_ANCESTORS = "frame_ancestors"
-templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
-templates.env.filters["messages"] = join_messages
-templates.env.filters["datetime"] = lambda at: datetime.fromtimestamp(at, UTC).strftime(
-    "%Y-%m-%d %H:%M UTC"
-)
+# The service's templates and each platform's settings partial.
+templates = make_templates(registry.template_loader())
 
 NOTICES = {
     "saved": "Settings saved.",
@@ -76,57 +68,14 @@ _DISABLED = (
 )
 
 
-def service_of(request: Request) -> Service:
-    service: Service = request.app.state.service
-    return service
-
-
 def _render(
     request: Request, name: str, context: dict[str, Any], status_code: int = 200
 ) -> Response:
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
-def message(request: Request, title: str, text: str, status_code: int) -> Response:
-    return _render(request, "message.html", {"title": title, "text": text}, status_code)
-
-
-def allow_framing(request: Request, shop: Shop) -> None:
-    """Let the shop's own storefront admin frame this answer: a Shopify or BigCommerce app's pages
-    run embedded in the shop's admin. Any other shop's pages stay unframeable."""
-    domain = shop.shop_domain
-    if shop.platform == shopify.NAME and domain and is_shop_domain(domain):
-        setattr(request.state, FRAME_ANCESTORS, (f"https://{domain}", SHOPIFY_ADMIN))
-    elif shop.platform == bigcommerce.NAME and domain and bigcommerce.is_store_hash(domain):
-        # A BigCommerce shop's domain is its store hash.
-        setattr(request.state, FRAME_ANCESTORS, (bigcommerce.control_panel_origin(domain),))
-
-
-async def set_session_cookie(
-    response: Response, service: Service, shop_id: str, *, embedded: bool = False
-) -> None:
-    """A new settings session, recorded in the store (where sign-out and uninstall end it) and
-    set as the cookie. An embedded app's cookie is a third-party one inside the storefront
-    admin's iframe, so over https it is SameSite=None and partitioned (CHIPS) to that admin."""
-    session, value = service.auth.new_session(shop_id)
-    now = time.time()
-    await service.store.start_session(session.sid, shop_id, now + SESSION_SECONDS, now)
-    https = service.settings.web.public_url.startswith("https://")
-    if embedded and https:
-        response.headers.append("set-cookie", _partitioned_cookie(value, SESSION_SECONDS))
-        return
-    response.set_cookie(
-        COOKIE, value, max_age=SESSION_SECONDS, path="/admin", httponly=True, secure=https
-    )
-
-
-def _partitioned_cookie(value: str, max_age: int) -> str:
-    # Written out by hand: http.cookies (under Starlette) knows Partitioned only from Python 3.14.
-    # The value is itsdangerous' URL-safe text, or empty to delete.
-    return (
-        f"{COOKIE}={value}; HttpOnly; Max-Age={max_age}; Path=/admin; SameSite=None; Secure; "
-        "Partitioned"
-    )
+def _settings_page(shop: Shop) -> SettingsPage:
+    return registry.settings_page(shop.platform)
 
 
 def _origin(url: str) -> str:
@@ -149,7 +98,8 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
     def wrap(view: Page) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             service = service_of(request)
-            session = service.auth.read_session(request.cookies.get(COOKIE))
+            auth = auth_of(request)
+            session = auth.read_session(request.cookies.get(COOKIE))
             if session is None:
                 return message(request, "Please sign in", _SIGN_IN, 401)
             shop_id = request.path_params["shop_id"]
@@ -162,11 +112,11 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
                 return message(request, "Please sign in", _SESSION_ENDED, 401)
             if not shop.enabled:
                 return message(request, "Shop disabled", _DISABLED, 403)
-            allow_framing(request, shop)
+            allow_framing(request, _settings_page(shop).frame_ancestors(shop))
             if post:
                 form = await request.form()
                 token = form.get("csrf_token")
-                if not _same_origin(request, service) or not service.auth.csrf_valid(
+                if not _same_origin(request, service) or not auth.csrf_valid(
                     session, token if isinstance(token, str) else None
                 ):
                     return message(
@@ -177,7 +127,7 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
                         403,
                     )
                 request.state.form = form
-            request.state.csrf_token = service.auth.csrf_token(session)
+            request.state.csrf_token = auth.csrf_token(session)
             return await view(request, service, shop, session)
 
         return endpoint
@@ -189,7 +139,7 @@ async def login(request: Request) -> Response:
     service = service_of(request)
     token = request.query_params.get("token", "")
     try:
-        shop_id, nonce = service.auth.read_link(token)
+        shop_id, nonce = auth_of(request).read_link(token)
     except LinkError as exc:
         return message(request, "Sign-in link not valid", str(exc), 400)
     if not await service.store.use_admin_link(nonce, shop_id, time.time()):
@@ -205,23 +155,20 @@ async def login(request: Request) -> Response:
     if not shop.enabled:
         return message(request, "Shop disabled", _DISABLED, 403)
     response = RedirectResponse(f"/admin/{shop_id}/settings", status_code=303)
-    await set_session_cookie(response, service, shop_id)
+    await set_session_cookie(request, response, shop_id)
     return response
 
 
 def _settings_context(
     request: Request, service: Service, shop: Shop, form: SettingsForm, **extra: Any
 ) -> dict[str, Any]:
+    page = _settings_page(shop)
     return {
+        **page.context(service.shops, shop),
         "shop": shop,
         "form": form,
-        "shopify": shop.platform == shopify.NAME,
-        "bigcommerce": shop.platform == bigcommerce.NAME,
-        "woocommerce": shop.platform == woocommerce.NAME,
-        "api_key_ending": _api_key_ending(service, shop),
-        "klarna_order_id_sources": ORDER_ID_SOURCES.get(shop.platform, {}),
-        "shipping_methods": SHIPPING_METHODS,
-        "no_shipping_method": NO_SHIPPING_METHOD,
+        "platform_template": registry.settings_template(shop.platform),
+        "offers_status_url": page.status_url,
         "regions": REGIONS,
         "environments": ENVIRONMENTS,
         "capture_modes": CAPTURE_MODES,
@@ -254,24 +201,10 @@ async def _waiting_banner(service: Service, shop: Shop) -> Waiting | None:
 async def settings_page(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
-    form = SettingsForm.from_shop(shop)
+    form = SettingsForm.from_shop(shop, _settings_page(shop))
     banner = await _waiting_banner(service, shop)
     context = _settings_context(request, service, shop, form, waiting=banner)
     return _render(request, "settings.html", context)
-
-
-def _api_key_ending(service: Service, shop: Shop) -> str | None:
-    """The last characters of a WooCommerce shop's consumer key, as WooCommerce itself shows a
-    key ("ending in ..."); the secret is never shown."""
-    if shop.platform != woocommerce.NAME:
-        return None
-    token = service.shops.platform_token(shop)
-    if token is None:
-        return None
-    try:
-        return woocommerce.decode_api_key(token).consumer_key[-7:]
-    except msgspec.MsgspecError:
-        return None
 
 
 def _form(request: Request) -> dict[str, str]:
@@ -283,17 +216,13 @@ def _form(request: Request) -> dict[str, str]:
 async def save_settings(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
-    form = SettingsForm.from_post(_form(request), shop)
-    form.errors.update(
-        await address_errors(form, shop, service.settings.web.allowed_private_networks)
-    )
-    if shop.platform == woocommerce.NAME and "site_url" not in form.errors:
-        other = await service.store.shop_by_domain(woocommerce.NAME, form.site_url)
-        if other is not None and other.id != shop.id:
-            form.errors["site_url"] = "Another shop here is already connected to this site."
+    page = _settings_page(shop)
+    form = SettingsForm.from_post(_form(request), shop, page)
+    allowed = service.settings.web.allowed_private_networks
+    form.errors.update(await address_errors(form, shop, page, allowed))
+    form.errors.update(await page.conflicts(service.shops, shop, form))
     if form.errors:
-        # Write-only fields are never sent back, not even as they were typed.
-        form.klarna_password = form.consumer_key = form.consumer_secret = ""
+        form.forget_secrets(page)
         context = _settings_context(request, service, shop, form)
         return _render(request, "settings.html", context, status_code=400)
     # New credentials are tested before they are saved, and saved whatever the answer: the
@@ -307,11 +236,9 @@ async def save_settings(
             service, form, form.klarna_password or service.shops.klarna_password(shop)
         )
     await service.shops.update(
-        shop.id, form.changes(), klarna_password=form.klarna_password or None
+        shop.id, form.changes(shop, page), klarna_password=form.klarna_password or None
     )
-    api_key = form.api_key()
-    if shop.platform == woocommerce.NAME and api_key is not None:
-        await service.shops.set_platform_token(shop.id, woocommerce.encode_api_key(api_key))
+    await page.save(service.shops, shop, form.fields)
     query = "notice=saved"
     if tested is not None:
         notice = "saved" if tested.outcome == "accepted" else "saved-anyway"
@@ -323,7 +250,8 @@ async def save_settings(
 async def test_connection(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
-    form = SettingsForm.from_post(_form(request), shop)
+    page = _settings_page(shop)
+    form = SettingsForm.from_post(_form(request), shop, page)
     errors = {k: v for k, v in form.errors.items() if k in KLARNA_ACCOUNT_FIELDS}
     result: dict[str, str]
     if errors:
@@ -336,7 +264,7 @@ async def test_connection(
             "text": tested.text,
             "detail": tested.detail,
         }
-    form.klarna_password = form.consumer_key = form.consumer_secret = ""
+    form.forget_secrets(page)
     form.errors = errors
     context = _settings_context(request, service, shop, form, connection=result)
     return _render(request, "settings.html", context)
@@ -357,11 +285,11 @@ async def _try_credentials(service: Service, form: SettingsForm, password: str) 
 async def rotate_secret(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
-    if shop.platform in (shopify.NAME, bigcommerce.NAME):
-        # The app's own secret signs these platforms' webhooks: the shop has none to show.
+    page = _settings_page(shop)
+    if not page.webhook_secret:
         return message(request, "Not found", "There is no such page.", 404)
     secret = await service.shops.rotate_secret(shop.id)
-    form = SettingsForm.from_shop(shop)
+    form = SettingsForm.from_shop(shop, page)
     context = _settings_context(request, service, shop, form, new_secret=secret)
     return _render(request, "settings.html", context)
 
@@ -596,7 +524,7 @@ async def logout(request: Request, service: Service, shop: Shop, session: Sessio
     response.delete_cookie(COOKIE, path="/admin")
     if service.settings.web.public_url.startswith("https://"):
         # A partitioned cookie (the embedded app's) is only removed by a partitioned deletion.
-        response.headers.append("set-cookie", _partitioned_cookie("", 0))
+        response.headers.append("set-cookie", partitioned_cookie("", 0))
     return response
 
 

@@ -67,7 +67,7 @@ def build_pipeline(
         shops,
         klarna_http=[http],
         status_http=status_http or http,
-        klarna_url=settings.klarna_url,
+        klarna_url=settings.klarna.url,
         klarna_retry=ONE_TRY,
         storefronts={
             name: platform.storefront(settings, shops, http, retry=ONE_TRY)

@@ -13,11 +13,11 @@ import msgspec
 import pytest
 
 from plugin.klarna.models import Capture, Order
+from plugin.sandbox.common import ManualClock
 from plugin.sandbox.klarna import (
     DEFAULT_PASSWORD,
     DEFAULT_USERNAME,
     KlarnaSandbox,
-    ManualClock,
     create_app,
 )
 from plugin.sandbox.server import serve_in_thread

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from plugin.capture import klarna_lines
+from plugin.config import SHOPIFY_API_VERSION
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.platforms.shopify import mapping as shopify
 from plugin.platforms.shopify.api import AdminClient, ShopifyError
@@ -31,13 +32,14 @@ from plugin.platforms.shopify.signatures import (
     verify_shopify_webhook,
 )
 from plugin.retries import RetryPolicy
+from plugin.sandbox.common import ManualClock
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.shopify import (
+    API_VERSIONS,
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_SCOPES,
     Line,
-    ManualClock,
     ShippingLine,
     ShopifySandbox,
     Tax,
@@ -255,6 +257,36 @@ async def test_an_unknown_order_is_null(
 ) -> None:
     with pytest.raises(ShopifyMappingError, match="no order"):
         await read_order(http, url, token, "gid://shopify/Order/404")
+
+
+def test_the_sandbox_serves_the_admin_api_version_the_app_speaks() -> None:
+    """The app's version (the manifest's, the configuration's default) is one the sandbox
+    answers: a bump of one without the other fails here, not in a demo."""
+    assert shopify.API_VERSION == SHOPIFY_API_VERSION
+    assert SHOPIFY_API_VERSION in API_VERSIONS
+
+
+async def test_a_version_the_sandbox_does_not_serve_is_not_found(
+    sandbox: ShopifySandbox, url: str, token: str, http: httpx2.AsyncClient
+) -> None:
+    gid = sample_order(sandbox, "kl-42")
+    query = {"query": ORDER_QUERY, "variables": order_query_variables(legacy(gid), SOURCE)}
+    served = await http.post(
+        f"{url}/shops/{SHOP}/admin/api/{VERSION}/graphql.json",
+        json=query,
+        headers={"X-Shopify-Access-Token": token},
+    )
+    assert served.status_code == 200
+    retired = await http.post(
+        f"{url}/shops/{SHOP}/admin/api/2019-10/graphql.json",
+        json=query,
+        headers={"X-Shopify-Access-Token": token},
+    )
+    assert (retired.status_code, retired.json()) == (404, {"errors": "Not Found"})
+    assert [(entry.path.split("/")[5], entry.status) for entry in sandbox.requests] == [
+        (VERSION, 200),
+        ("2019-10", 404),
+    ]
 
 
 # --- fulfilments: the webhook body and the order after it ----------------------------------------

@@ -23,6 +23,7 @@ from plugin.klarna import RetryPolicy
 from plugin.sandbox.shopify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, query_hmac
 from plugin.service import Service
 from plugin.store.records import Shop, ShopOptions
+from plugin.web.auth import Auth
 from plugin.worker import Backoff
 from tests.helpers import ALLOW_LOOPBACK, SANDBOX_PASSWORD, SANDBOX_USERNAME, Storefront
 
@@ -186,6 +187,12 @@ class Site:
         service: Service = self.app.state.service
         return service
 
+    @property
+    def auth(self) -> Auth:
+        """The sign-in links, sessions and install states of the app's pages."""
+        auth: Auth = self.app.state.auth
+        return auth
+
     def call(self, function: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run a coroutine function on the app's own event loop (where its workers run)."""
         assert self.client.portal is not None
@@ -224,7 +231,7 @@ class Site:
             self.client.cookies.clear()
 
     def sign_in(self, shop_id: str) -> "Browser":
-        answer = self.login(self.service.auth.link_token(shop_id))
+        answer = self.login(self.auth.link_token(shop_id))
         assert answer.status_code == 303, answer.text
         return Browser(self.client, shop_id, session_cookie(answer))
 

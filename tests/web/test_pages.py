@@ -90,7 +90,7 @@ def test_the_session_cookie_is_http_only_lax_admin_only_8_hours_and_secure_on_ht
 ) -> None:
     with running(page_settings(tmp_path, klarna_url, public_url=public_url)) as site:
         shop, _ = site.create_shop()
-        answer = site.login(site.service.auth.link_token(shop.id))
+        answer = site.login(site.auth.link_token(shop.id))
     assert answer.status_code == 303
     assert answer.headers["location"] == f"/admin/{shop.id}/settings"
     header = answer.headers["set-cookie"]
@@ -116,14 +116,14 @@ def test_expired_and_tampered_links_are_refused(
     assert "This sign-in link has expired: links work for 15 minutes." in expired.text
     assert "set-cookie" not in expired.headers
 
-    token = site.service.auth.link_token(shop_id)
+    token = site.auth.link_token(shop_id)
     for bad in (
         forge_signature(token),
         token.replace(token.split(".")[0], token.split(".")[0][::-1]),  # payload changed
         URLSafeTimedSerializer("another-secret-key-entirely", salt=LINK_SALT).dumps(
             {"shop": shop_id, "nonce": "n"}
         ),
-        site.service.auth.new_session(shop_id)[1],  # a session is not a link
+        site.auth.new_session(shop_id)[1],  # a session is not a link
         "",
     ):
         answer = site.login(bad)
@@ -139,7 +139,7 @@ def test_without_a_session_every_page_explains_how_to_sign_in(
     site: Site, shop: tuple[Shop, str]
 ) -> None:
     base = f"/admin/{shop[0].id}"
-    link_token = site.service.auth.link_token(shop[0].id)
+    link_token = site.auth.link_token(shop[0].id)
     for cookie in (None, "garbage", link_token):
         headers = {"cookie": f"{COOKIE}={cookie}"} if cookie else {}
         answers = [

@@ -127,7 +127,7 @@ def test_a_disabled_shops_pages_are_refused_and_it_cannot_be_signed_in_to(site: 
     posted = browser.post(f"{browser.base}/settings/rotate-secret", token=token)
     assert posted.status_code == 403
     assert "whsec_" not in posted.text
-    link = site.login(site.service.auth.link_token(shop.id))
+    link = site.login(site.auth.link_token(shop.id))
     assert link.status_code == 403
     assert "set-cookie" not in link.headers
 

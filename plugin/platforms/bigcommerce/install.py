@@ -29,7 +29,10 @@ from plugin.platforms.bigcommerce.signatures import (
 )
 from plugin.retries import RetryPolicy
 from plugin.store.records import Shop
-from plugin.web import views
+from plugin.web.pages import allow_framing, message, service_of, set_session_cookie
+
+if TYPE_CHECKING:  # the service asks the registry, which lists this platform
+    from plugin.service import Service
 
 if TYPE_CHECKING:
     from plugin.service import Service
@@ -73,7 +76,7 @@ def _refusal(request: Request, refused: _Refused, store_hash: str) -> Response:
         "bigcommerce request refused",
         extra={"path": request.url.path, "store_hash": store_hash[:64], "reason": str(refused)},
     )
-    return views.message(request, refused.title, refused.text, refused.status)
+    return message(request, refused.title, refused.text, refused.status)
 
 
 def _credentials(settings: Settings) -> tuple[str, str]:
@@ -89,7 +92,7 @@ def _credentials(settings: Settings) -> tuple[str, str]:
 
 def _frame_for(request: Request, store_hash: str) -> None:
     """The store's control panel frames the app: let it show this answer."""
-    setattr(request.state, views.FRAME_ANCESTORS, (bigcommerce.control_panel_origin(store_hash),))
+    allow_framing(request, (bigcommerce.control_panel_origin(store_hash),))
 
 
 def _api(service: Service, store_hash: str, token: str) -> StoreClient:
@@ -119,9 +122,9 @@ async def subscribe(service: Service, shop: Shop, token: str) -> None:
     )
 
 
-async def _settings_page(service: Service, shop: Shop) -> Response:
+async def _settings_page(request: Request, shop: Shop) -> Response:
     response = RedirectResponse(f"/admin/{shop.id}/settings", status_code=303)
-    await views.set_session_cookie(response, service, shop.id, embedded=True)
+    await set_session_cookie(request, response, shop.id, embedded=True)
     return response
 
 
@@ -129,7 +132,7 @@ async def callback(request: Request) -> Response:
     """GET /auth/bigcommerce/callback: the merchant approved the install in the control panel,
     whose iframe now shows this. The code becomes the store's access token (stored sealed), the
     shipment webhooks are subscribed, and the merchant lands on the settings page."""
-    service = views.service_of(request)
+    service = service_of(request)
     settings = service.settings
     params = request.query_params
     store_hash = bigcommerce.store_hash_of(params.get("context", "")) or ""
@@ -209,7 +212,7 @@ async def callback(request: Request) -> Response:
             ) from None
     except _Refused as refused:
         return _refusal(request, refused, store_hash)
-    return await _settings_page(service, shop)
+    return await _settings_page(request, shop)
 
 
 async def _verified(request: Request, service: Service) -> SignedPayload:
@@ -237,7 +240,7 @@ async def load(request: Request) -> Response:
     """GET /load: the merchant opens the app in the control panel. The signed payload (each used
     once, here or by /uninstall) names the store; the merchant gets that store's settings
     session."""
-    service = views.service_of(request)
+    service = service_of(request)
     store_hash = ""
     try:
         payload = await _verified(request, service)
@@ -263,13 +266,13 @@ async def load(request: Request) -> Response:
             )
     except _Refused as refused:
         return _refusal(request, refused, store_hash)
-    return await _settings_page(service, shop)
+    return await _settings_page(request, shop)
 
 
 async def uninstall(request: Request) -> Response:
     """GET /uninstall, from BigCommerce's servers: the shop is disabled and its token deleted
     (BigCommerce deletes the app's webhooks itself). Running jobs finish their Klarna step."""
-    service = views.service_of(request)
+    service = service_of(request)
     try:
         payload = await _verified(request, service)
     except _Refused as refused:

@@ -7,6 +7,7 @@ from plugin.platforms.base import Platform
 from plugin.platforms.bigcommerce import cli, install
 from plugin.platforms.bigcommerce.adapter import BigCommerceStorefront
 from plugin.platforms.bigcommerce.mapping import NAME, is_store_hash
+from plugin.platforms.bigcommerce.settings import BigCommerceSettings
 from plugin.platforms.bigcommerce.webhooks import bigcommerce_webhook
 
 
@@ -22,4 +23,6 @@ PLATFORM = Platform(
     options=("klarna_order_id_source", "klarna_order_id_field"),
     domain_format=is_store_hash,
     rehook=cli.rehook,
+    settings_page=BigCommerceSettings(),
+    pages=(install.CALLBACK_PATH, install.LOAD_PATH, install.UNINSTALL_PATH),
 )

@@ -23,7 +23,7 @@ from plugin.platforms.bigcommerce.signatures import (
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the service asks the registry, which lists this platform
     from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")

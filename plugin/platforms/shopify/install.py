@@ -19,8 +19,8 @@ from plugin.platforms.shopify.oauth import (
     exchange_code,
     exchange_session_token,
 )
-from plugin.web import views
 from plugin.web.auth import INSTALL_STATE_COOKIE, INSTALL_STATE_SECONDS, InstallStateError
+from plugin.web.pages import auth_of, message, service_of, set_session_cookie
 
 # The least that works: write_orders for the capture metafields and tags on an order (and it
 # implies read_orders); read_orders for the fulfilment webhooks and the order's transactions.
@@ -59,7 +59,7 @@ def _refusal(request: Request, refused: _Refused, shop: str) -> Response:
         "shopify request refused",
         extra={"path": request.url.path, "shop": shop[:255], "reason": str(refused)},
     )
-    return views.message(request, refused.title, refused.text, refused.status)
+    return message(request, refused.title, refused.text, refused.status)
 
 
 def _configured(settings: Settings) -> str:
@@ -134,7 +134,7 @@ def _grant_refused(error: ShopifyOAuthError) -> _Refused:
 async def install(request: Request) -> Response:
     """GET /auth/shopify/install: Shopify's signed start of an install, sent on to Shopify's
     consent screen with a `state` bound to the shop and to this browser."""
-    service = views.service_of(request)
+    service = service_of(request)
     settings = service.settings
     shop = request.query_params.get("shop", "")
     try:
@@ -142,7 +142,7 @@ async def install(request: Request) -> Response:
         shop = _signed_shop(request, settings)
     except _Refused as refused:
         return _refusal(request, refused, shop)
-    state = service.auth.install_state(shop)
+    state = auth_of(request).install_state(shop)
     query = urlencode(
         {
             "client_id": client_id,
@@ -169,14 +169,14 @@ async def install(request: Request) -> Response:
 async def callback(request: Request) -> Response:
     """GET /auth/shopify/callback: the merchant approved; the code becomes the shop's offline
     access token, stored sealed, and the merchant lands in the app inside their admin."""
-    service = views.service_of(request)
+    service = service_of(request)
     settings = service.settings
     shop = request.query_params.get("shop", "")
     try:
         client_id = _configured(settings)
         shop = _signed_shop(request, settings)
         try:
-            service.auth.check_install_state(
+            auth_of(request).check_install_state(
                 request.query_params.get("state", ""),
                 shop_domain=shop,
                 cookie=request.cookies.get(INSTALL_STATE_COOKIE),
@@ -229,7 +229,7 @@ async def embedded(request: Request) -> Response:
     """GET /shopify, the app URL Shopify opens in its admin's iframe with a session token
     (`id_token`, or an `Authorization: Bearer` header): the shop is installed by token exchange
     when it has no access token yet, and the merchant gets the settings session."""
-    service = views.service_of(request)
+    service = service_of(request)
     settings = service.settings
     shop = request.query_params.get("shop", "")
     try:
@@ -265,5 +265,5 @@ async def embedded(request: Request) -> Response:
     except _Refused as refused:
         return _refusal(request, refused, shop)
     response = RedirectResponse(f"/admin/{found.id}/settings", status_code=303)
-    await views.set_session_cookie(response, service, found.id, embedded=True)
+    await set_session_cookie(request, response, found.id, embedded=True)
     return response

@@ -7,6 +7,7 @@ from plugin.platforms.base import Platform
 from plugin.platforms.shopify import install, signatures
 from plugin.platforms.shopify.adapter import ShopifyStorefront
 from plugin.platforms.shopify.mapping import NAME
+from plugin.platforms.shopify.settings import ShopifySettings
 from plugin.platforms.shopify.webhooks import shopify_webhook
 
 
@@ -26,4 +27,6 @@ PLATFORM = Platform(
     storefront=ShopifyStorefront,
     options=("klarna_order_id_source", "klarna_order_id_field", "shipping_method"),
     domain_format=is_shop_domain,
+    settings_page=ShopifySettings(),
+    pages=(install.INSTALL_PATH, install.CALLBACK_PATH, install.EMBEDDED_PATH),
 )

@@ -7,6 +7,7 @@ from plugin.platforms.base import Platform
 from plugin.platforms.woocommerce import cli
 from plugin.platforms.woocommerce.adapter import WooCommerceStorefront
 from plugin.platforms.woocommerce.mapping import NAME
+from plugin.platforms.woocommerce.settings import WooCommerceSettings
 from plugin.platforms.woocommerce.webhooks import woocommerce_webhook
 
 
@@ -23,4 +24,5 @@ PLATFORM = Platform(
     options=("capture_statuses",),
     shop_add=cli.SHOP_ADD,
     shop_details=cli.shop_details,
+    settings_page=WooCommerceSettings(),
 )

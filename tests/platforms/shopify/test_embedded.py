@@ -255,7 +255,7 @@ def test_over_https_the_session_cookie_is_a_partitioned_third_party_cookie(
         # the admin-link sign-in, a first-party page, keeps its Lax cookie
         shop = stored_shop(site)
         assert shop is not None
-        link = site.login(site.service.auth.link_token(shop.id))
+        link = site.login(site.auth.link_token(shop.id))
         attributes = {part.strip().lower() for part in (set_cookie(link, COOKIE) or "").split(";")}
         assert "samesite=lax" in attributes
         assert "partitioned" not in attributes

@@ -334,7 +334,7 @@ def test_a_callback_whose_state_is_not_this_browsers_install_is_refused(
     reason: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    state = site.service.auth.install_state(SHOP)
+    state = site.auth.install_state(SHOP)
     cookie: str | None = state
     if case == "forged state":
         payload, _, signature = state.rpartition(".")
@@ -342,13 +342,13 @@ def test_a_callback_whose_state_is_not_this_browsers_install_is_refused(
     elif case == "expired state":
         state = cookie = old_state(SHOP, 11 * 60)
     elif case == "state of another shop":
-        state = cookie = site.service.auth.install_state("other-shop.myshopify.com")
+        state = cookie = site.auth.install_state("other-shop.myshopify.com")
     elif case == "no state":
         state = ""
     elif case == "no cookie":
         cookie = None
     else:
-        cookie = site.service.auth.install_state(SHOP)
+        cookie = site.auth.install_state(SHOP)
     query = callback_query(state, shopify_sandbox.authorize(SHOP))
     cookies = {INSTALL_STATE_COOKIE: cookie} if cookie is not None else {}
     answer = get(site, "/auth/shopify/callback", query, cookies=cookies)
@@ -371,7 +371,7 @@ def test_a_state_signed_a_minute_ago_is_still_good(
 def test_a_callback_not_signed_by_shopify_or_for_a_bad_shop_is_refused(
     site: Site, shopify_sandbox: ShopifySandbox
 ) -> None:
-    state = site.service.auth.install_state(SHOP)
+    state = site.auth.install_state(SHOP)
     code = shopify_sandbox.authorize(SHOP)
     forged = callback_query(state, code)
     forged["code"] = shopify_sandbox.authorize(SHOP)
@@ -382,7 +382,7 @@ def test_a_callback_not_signed_by_shopify_or_for_a_bad_shop_is_refused(
     )
     answer = get(site, "/auth/shopify/callback", stale, cookies={INSTALL_STATE_COOKIE: state})
     assert answer.status_code == 401
-    evil = site.service.auth.install_state("evil.com")
+    evil = site.auth.install_state("evil.com")
     answer = get(
         site,
         "/auth/shopify/callback",
@@ -413,7 +413,7 @@ def test_a_replayed_callback_does_not_install_again(site: Site, shopify_admin_ur
 def test_a_code_for_another_shop_is_refused_by_shopify(
     site: Site, shopify_sandbox: ShopifySandbox
 ) -> None:
-    state = site.service.auth.install_state(SHOP)
+    state = site.auth.install_state(SHOP)
     code = shopify_sandbox.authorize("other-shop.myshopify.com")
     answer = get(
         site,
@@ -430,7 +430,7 @@ def test_shopify_out_of_reach_is_said_plainly(
 ) -> None:
     closed = f"http://127.0.0.1:{free_port()}/shops/{{shop}}"
     with running(shopify_settings(tmp_path, klarna_url, closed)) as site:
-        state = site.service.auth.install_state(SHOP)
+        state = site.auth.install_state(SHOP)
         answer = get(
             site,
             "/auth/shopify/callback",

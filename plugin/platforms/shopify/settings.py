@@ -1,0 +1,75 @@
+"""The Shopify shop's settings page: where its orders keep the Klarna order id, the shipping
+method of its tracking, and the shop's own admin, which frames the embedded app."""
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_args
+
+from plugin.klarna.models import ShippingMethod
+from plugin.platforms.shopify import signatures
+from plugin.shops import Shops
+from plugin.store.records import Shop
+from plugin.web.forms import OrderIdSettingsPage, name_problem
+
+ADMIN = "https://admin.shopify.com"
+SOURCES = {
+    "metafield": "An order metafield",
+    "note_attribute": "A note attribute of the order",
+    "transaction": "The authorization of the order's payment transaction",
+}
+SHIPPING_METHODS: tuple[str, ...] = get_args(ShippingMethod)
+NO_SHIPPING_METHOD = "none"
+# Shopify's own limits: namespace 3-255 and key 2-64 letters, digits, hyphens and underscores.
+_METAFIELD = re.compile(r"[A-Za-z0-9_-]{3,255}\.[A-Za-z0-9_-]{2,64}")
+
+
+class ShopifySettings(OrderIdSettingsPage):
+    template = Path(__file__).resolve().parent / "templates" / "settings.html"
+    sources = SOURCES
+
+    def field_problem(self, source: str, field: str) -> str | None:
+        if source == "metafield":
+            if _METAFIELD.fullmatch(field):
+                return None
+            return (
+                "Enter the metafield as namespace.key, as in klarna.order_id: a namespace of "
+                "3-255 and a key of 2-64 letters, digits, - or _."
+            )
+        return name_problem("attribute" if source == "note_attribute" else "payment gateway", field)
+
+    def from_shop(self, shop: Shop) -> dict[str, str]:
+        return {
+            **super().from_shop(shop),
+            "shipping_method": shop.options.shipping_method or NO_SHIPPING_METHOD,
+        }
+
+    def from_post(
+        self, data: Mapping[str, str], shop: Shop, kept: Mapping[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        fields, errors = super().from_post(data, shop, kept)
+        fields["shipping_method"] = data.get("shipping_method", "").strip()
+        if fields["shipping_method"] not in (NO_SHIPPING_METHOD, *SHIPPING_METHODS):
+            errors["shipping_method"] = "Choose one of Klarna's shipping methods, or none."
+        return fields, errors
+
+    def options(self, fields: Mapping[str, str]) -> dict[str, Any]:
+        method = fields["shipping_method"]
+        return {
+            **super().options(fields),
+            "shipping_method": None if method == NO_SHIPPING_METHOD else method,
+        }
+
+    def context(self, shops: Shops, shop: Shop) -> dict[str, Any]:
+        return {
+            **super().context(shops, shop),
+            "shipping_methods": SHIPPING_METHODS,
+            "no_shipping_method": NO_SHIPPING_METHOD,
+        }
+
+    def frame_ancestors(self, shop: Shop) -> tuple[str, ...]:
+        """The app's pages run embedded in the shop's admin: it may frame them."""
+        domain = shop.shop_domain
+        if domain and signatures.is_shop_domain(domain):
+            return (f"https://{domain}", ADMIN)
+        return ()
