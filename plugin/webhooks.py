@@ -1,15 +1,12 @@
 """What every webhook endpoint shares: the body read within its bounds, the JSON answer, and
 storing a verified delivery with its job."""
 
-from __future__ import annotations
-
 import functools
 import itertools
 import logging
 import operator
 import re
 import time
-from typing import TYPE_CHECKING
 
 import msgspec
 from prometheus_client import Counter
@@ -17,10 +14,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from plugin import metrics
+from plugin.context import ServiceContext
 from plugin.errors import PluginError
-
-if TYPE_CHECKING:  # the service asks the registry, whose receivers use this module
-    from plugin.service import Service
 
 log = logging.getLogger("plugin.receiver")
 
@@ -103,7 +98,7 @@ def answer(status: int, platform: str, outcome: str, **fields: object) -> Respon
 
 
 async def store_delivery(
-    service: Service,
+    service: ServiceContext,
     platform: str,
     shop_id: str,
     delivery_id: str,

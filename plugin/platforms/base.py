@@ -5,13 +5,14 @@ API clients raise, and the description each platform gives the rest of the servi
 import argparse
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, get_args
+from typing import Any, ClassVar, Protocol, cast, get_args
 
 import httpx2
 import msgspec
 from starlette.routing import BaseRoute
 
 from plugin.config import Settings
+from plugin.context import ServiceContext
 from plugin.errors import OperationError, PluginError
 from plugin.events import FulfillmentEvent
 from plugin.klarna.models import ShippingMethod
@@ -20,9 +21,6 @@ from plugin.shops import Shops
 from plugin.store import Store
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 from plugin.web.forms import SettingsPage
-
-if TYPE_CHECKING:  # the service is built from the platforms: named here for the types only
-    from plugin.service import Service
 
 
 class StorefrontError(OperationError):
@@ -215,7 +213,7 @@ class Platform:
     domain_format: Callable[[str], bool] | None = None
     shop_add: "ShopAdd | None" = None
     shop_details: Callable[[Shop], dict[str, Any]] | None = None
-    rehook: "Callable[[Service, Shop], Awaitable[int]] | None" = None
+    rehook: "Callable[[ServiceContext, Shop], Awaitable[int]] | None" = None
     settings_page: SettingsPage = field(default_factory=SettingsPage)
     pages: tuple[str, ...] = ()
 

@@ -7,7 +7,6 @@ from plugin.store.base import (
     Beat,
     Captured,
     NewCallback,
-    NewDelivery,
     NewShop,
     Plan,
     PruneReport,
@@ -15,6 +14,7 @@ from plugin.store.base import (
     Store,
     StoreUnavailable,
 )
+from plugin.store.records import NewDelivery
 
 __all__ = [
     "AuditNote",

@@ -24,6 +24,7 @@ from plugin.store.records import (
     ComplianceRequest,
     Delivery,
     Job,
+    NewDelivery,
     Operation,
     OperationKind,
     SealedSecret,
@@ -35,6 +36,7 @@ from plugin.store.records import (
     WebhookSecret,
     WorkerRecord,
 )
+from plugin.store.sql import PRUNE_STEPS
 
 
 class StoreUnavailable(PluginError):
@@ -43,20 +45,6 @@ class StoreUnavailable(PluginError):
     and why in one line, never the password. Nothing is wrong with the call itself, and the same
     call later may well succeed. The store reconnects by itself at its next call: a request
     answers 503 (try again), a worker waits and carries on."""
-
-
-class NewDelivery(msgspec.Struct, frozen=True, kw_only=True):
-    """A verified delivery to store: `rejected` says why a verified body is no event (stored, no
-    job); an accepted one with a `fulfillment_id` queues that fulfilment's job."""
-
-    shop_id: str
-    delivery_id: str
-    body: bytes
-    event_type: str | None
-    fulfillment_id: str | None
-    rejected: str | None
-    received_at: float
-    order_id: str | None = None
 
 
 class NewShop(msgspec.Struct, kw_only=True):
@@ -567,7 +555,6 @@ class Store(ABC):
         between any two. `dry_run` counts instead, changing nothing.
 
         None when another process is pruning this database (PostgreSQL: at most one at a time)."""
-        from plugin.store.sql import PRUNE_STEPS  # here: sql.py imports this module
 
         async with self._pruning() as ours:
             if not ours:

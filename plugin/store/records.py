@@ -232,3 +232,17 @@ class WorkerRecord(msgspec.Struct, kw_only=True, frozen=True):
     started_at: float
     heartbeat_at: float
     alive_until: float
+
+
+class NewDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """A verified delivery to store: `rejected` says why a verified body is no event (stored, no
+    job); an accepted one with a `fulfillment_id` queues that fulfilment's job."""
+
+    shop_id: str
+    delivery_id: str
+    body: bytes
+    event_type: str | None
+    fulfillment_id: str | None
+    rejected: str | None
+    received_at: float
+    order_id: str | None = None

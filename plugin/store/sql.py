@@ -6,8 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from plugin.store.base import NewDelivery
-from plugin.store.records import SealedSecret
+from plugin.store.records import NewDelivery, SealedSecret
 
 # What `sealed_secrets` reads: (id, klarna_password, platform_token) and (id, shop_id, secret).
 SEALED_SHOP_FIELDS = "SELECT id, klarna_password, platform_token FROM shops"

@@ -6,18 +6,16 @@ registry, so that platform packages may use it while the merchant's pages ask th
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
+from plugin.context import ServiceContext
 from plugin.klarna.errors import join_messages
 from plugin.web.auth import COOKIE, SESSION_SECONDS, Auth
-
-if TYPE_CHECKING:  # the service asks the registry, whose platforms use this module
-    from plugin.service import Service
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # The request state entry SecurityHeaders reads: who may frame this answer (absent: nobody).
@@ -40,8 +38,8 @@ def make_templates(*loaders: jinja2.BaseLoader) -> Jinja2Templates:
 templates = make_templates()
 
 
-def service_of(request: Request) -> "Service":
-    service: Service = request.app.state.service
+def service_of(request: Request) -> ServiceContext:
+    service: ServiceContext = request.app.state.service
     return service
 
 

@@ -1,7 +1,5 @@
 """The merchant's pages: settings, activity, one shipment; sign-in by admin link."""
 
-from __future__ import annotations
-
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -38,11 +36,18 @@ from plugin.web.pages import (
     make_templates,
     message,
     partitioned_cookie,
-    service_of,
     set_session_cookie,
 )
 
 PAGE_SIZE = 50
+
+
+def _service(request: Request) -> Service:
+    """The running service, whole: the pages use more of it than a platform's handlers may."""
+    service: Service = request.app.state.service
+    return service
+
+
 MAX_FULFILLMENT_ID = 255  # characters, as events.FulfillmentEvent allows
 # The service's templates and each platform's settings partial.
 templates = make_templates(registry.template_loader())
@@ -97,7 +102,7 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
 
     def wrap(view: Page) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            service = service_of(request)
+            service = _service(request)
             auth = auth_of(request)
             session = auth.read_session(request.cookies.get(COOKIE))
             if session is None:
@@ -136,7 +141,7 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
 
 
 async def login(request: Request) -> Response:
-    service = service_of(request)
+    service = _service(request)
     token = request.query_params.get("token", "")
     try:
         shop_id, nonce = auth_of(request).read_link(token)

@@ -2,19 +2,16 @@
 store's hooks, so `shop rotate-secret` sets it on them."""
 
 import sys
-from typing import TYPE_CHECKING
 
 import httpx2
 
+from plugin.context import ServiceContext
 from plugin.platforms.bigcommerce import install
 from plugin.platforms.bigcommerce.api import BigCommerceError
 from plugin.store.records import Shop
 
-if TYPE_CHECKING:  # the service is built from the registry, which imports this module
-    from plugin.service import Service
 
-
-async def rehook(service: "Service", shop: Shop) -> int:
+async def rehook(service: "ServiceContext", shop: Shop) -> int:
     """A BigCommerce shop's secret is its hooks' header: the hooks get the new one now (the
     previous one is taken for 24 hours, so deliveries on their way still pass)."""
     token = service.shops.platform_token(shop)

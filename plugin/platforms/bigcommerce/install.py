@@ -3,12 +3,9 @@ for the store's access token, stores it sealed and subscribes the shipment webho
 signs the merchant in to the store's settings inside the BigCommerce control panel; and
 /uninstall, which disables the shop and forgets its token."""
 
-from __future__ import annotations
-
 import hashlib
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import httpx2
 import msgspec
@@ -17,6 +14,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
+from plugin.context import ServiceContext
 from plugin.errors import PluginError
 from plugin.platforms.bigcommerce import mapping as bigcommerce
 from plugin.platforms.bigcommerce import signatures
@@ -30,12 +28,6 @@ from plugin.platforms.bigcommerce.signatures import (
 from plugin.retries import RetryPolicy
 from plugin.store.records import Shop
 from plugin.web.pages import allow_framing, message, service_of, set_session_cookie
-
-if TYPE_CHECKING:  # the service asks the registry, which lists this platform
-    from plugin.service import Service
-
-if TYPE_CHECKING:
-    from plugin.service import Service
 
 CALLBACK_PATH = "/auth/bigcommerce/callback"
 LOAD_PATH = "/load"
@@ -95,7 +87,7 @@ def _frame_for(request: Request, store_hash: str) -> None:
     allow_framing(request, (bigcommerce.control_panel_origin(store_hash),))
 
 
-def _api(service: Service, store_hash: str, token: str) -> StoreClient:
+def _api(service: ServiceContext, store_hash: str, token: str) -> StoreClient:
     return StoreClient(
         store_hash,
         token,
@@ -105,7 +97,7 @@ def _api(service: Service, store_hash: str, token: str) -> StoreClient:
     )
 
 
-async def subscribe(service: Service, shop: Shop, token: str) -> None:
+async def subscribe(service: ServiceContext, shop: Shop, token: str) -> None:
     """The shop's shipment hooks subscribed and active, each sending the store's hook header
     (from its current webhook secret); a hook without it, or with an older one, is updated."""
     secrets = await service.shops.get(shop.id)
@@ -215,7 +207,7 @@ async def callback(request: Request) -> Response:
     return await _settings_page(request, shop)
 
 
-async def _verified(request: Request, service: Service) -> SignedPayload:
+async def _verified(request: Request, service: ServiceContext) -> SignedPayload:
     """The payload of the request's `signed_payload_jwt`, spent: each token is accepted once,
     by /load or by /uninstall, in whichever process (the store keeps it until it expires)."""
     client_id, client_secret = _credentials(service.settings)

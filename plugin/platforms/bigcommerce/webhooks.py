@@ -4,16 +4,14 @@ documents) or a valid Standard Webhooks signature keyed with the app's client se
 otherwise, before anything is stored. A shipment queues its job; the worker reads the shipment and
 its order back through the store's API, so the body is only ever a pointer."""
 
-from __future__ import annotations
-
 import logging
-from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from plugin import signatures
+from plugin.context import ServiceContext
 from plugin.platforms.bigcommerce import mapping as bigcommerce
 from plugin.platforms.bigcommerce.signatures import (
     HOOK_HEADER,
@@ -23,14 +21,11 @@ from plugin.platforms.bigcommerce.signatures import (
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
 
-if TYPE_CHECKING:  # the service asks the registry, which lists this platform
-    from plugin.service import Service
-
 log = logging.getLogger("plugin.receiver")
 
 
 async def bigcommerce_webhook(request: Request) -> Response:
-    service: Service = request.app.state.service
+    service: ServiceContext = request.app.state.service
     settings = service.settings
     platform = bigcommerce.NAME
     secret = settings.bigcommerce.client_secret

@@ -1,16 +1,14 @@
 """POST /webhooks/shopify: every installed shop's webhooks, signed with the app's client secret:
 fulfilments, the uninstall, and the mandatory privacy topics."""
 
-from __future__ import annotations
-
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from plugin.context import ServiceContext
 from plugin.platforms.shopify import compliance as shopify_compliance
 from plugin.platforms.shopify import mapping as shopify
 from plugin.platforms.shopify import signatures
@@ -18,15 +16,12 @@ from plugin.signatures import WebhookVerificationError
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
 
-if TYPE_CHECKING:  # the service asks the registry, which lists this platform
-    from plugin.service import Service
-
 log = logging.getLogger("plugin.receiver")
 
 
 async def shopify_webhook(request: Request) -> Response:
     """Shopify's webhooks for every installed shop, signed with the app's client secret."""
-    service: Service = request.app.state.service
+    service: ServiceContext = request.app.state.service
     settings = service.settings
     platform = shopify.NAME
     if not settings.shopify.enabled:

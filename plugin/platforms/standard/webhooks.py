@@ -1,29 +1,24 @@
 """POST /webhooks/standard/{shop_id}: any storefront that signs per Standard Webhooks and sends
 our public event schema."""
 
-from __future__ import annotations
-
 import logging
-from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from plugin import signatures
+from plugin.context import ServiceContext
 from plugin.platforms.standard import payloads as standard
 from plugin.shops import is_shop_id
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
 
-if TYPE_CHECKING:  # the service asks the registry, which lists this platform
-    from plugin.service import Service
-
 log = logging.getLogger("plugin.receiver")
 
 
 async def standard_webhook(request: Request) -> Response:
-    service: Service = request.app.state.service
+    service: ServiceContext = request.app.state.service
     platform = standard.NAME
     shop_id = request.path_params["shop_id"]
     if not is_shop_id(shop_id):

@@ -9,15 +9,13 @@ Deliveries are deduplicated on their content, since WooCommerce's delivery id ch
 (re)delivery.
 """
 
-from __future__ import annotations
-
 import logging
-from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from plugin.context import ServiceContext
 from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.platforms.woocommerce import signatures
 from plugin.shops import is_shop_id
@@ -25,14 +23,11 @@ from plugin.signatures import WebhookVerificationError
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
 
-if TYPE_CHECKING:  # the service asks the registry, which lists this platform
-    from plugin.service import Service
-
 log = logging.getLogger("plugin.receiver")
 
 
 async def woocommerce_webhook(request: Request) -> Response:
-    service: Service = request.app.state.service
+    service: ServiceContext = request.app.state.service
     platform = woocommerce.NAME
     shop_id = request.path_params["shop_id"]
     if not is_shop_id(shop_id):
@@ -104,7 +99,7 @@ async def woocommerce_webhook(request: Request) -> Response:
     )
 
 
-async def _known(service: Service, shop_id: str, order_id: str) -> bool:
+async def _known(service: ServiceContext, shop_id: str, order_id: str) -> bool:
     """Whether an order already has a job here (so its later states matter): from its stored
     deliveries, or, once retention pruned those, from its capture ledger."""
     stored = await service.store.order_deliveries(shop_id, [order_id])
