@@ -81,7 +81,7 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
                             settings.retention.prune_interval_seconds,
                         )
                 if metrics.serving():  # no listener, nobody to count jobs for
-                    group.start_soon(metrics.refresh_job_counts, service.store)
+                    group.start_soon(metrics.refresh_job_counts, service.store.job_counts)
                 yield
                 group.cancel_scope.cancel()
 

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -22,8 +22,6 @@ from prometheus_client import (
     make_wsgi_app,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
-
-from plugin.store import Store
 
 log = logging.getLogger("plugin.metrics")
 
@@ -102,12 +100,15 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-async def refresh_job_counts(store: Store, every: float = JOB_COUNTS_SECONDS) -> None:
-    """Keep the jobs gauge up to date, every `every` seconds, until cancelled. A failed count
-    (the database away) leaves the last values and is tried again at the next turn."""
+async def refresh_job_counts(
+    job_counts: Callable[[], Awaitable[Mapping[str, int]]], every: float = JOB_COUNTS_SECONDS
+) -> None:
+    """Keep the jobs gauge up to date from `job_counts` (the store's), every `every` seconds,
+    until cancelled. A failed count (the database away) leaves the last values and is tried
+    again at the next turn."""
     while True:
         try:
-            set_job_counts(await store.job_counts())
+            set_job_counts(await job_counts())
         except Exception as exc:
             log.warning("job counts not refreshed", extra={"error": type(exc).__name__})
         await asyncio.sleep(every)

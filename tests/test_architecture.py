@@ -41,8 +41,9 @@ def box_of(module: str, boxes: dict[str, list[str]]) -> str | None:
     return best[1] if best else None
 
 
-def _runtime_imports(tree: ast.Module) -> set[str]:
-    """The `plugin...` modules a module imports when it runs (annotation-only ones left out)."""
+def _runtime_imports(tree: ast.Module, modules: set[str]) -> set[str]:
+    """The modules of `modules` that a module imports when it runs (annotation-only ones left
+    out): `from plugin import metrics` is an import of plugin.metrics, not of plugin."""
     typing_only: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
@@ -54,15 +55,16 @@ def _runtime_imports(tree: ast.Module) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {name for name in found if name == "plugin" or name.startswith("plugin.")}
+            for alias in node.names:
+                named = f"{node.module}.{alias.name}"
+                found.add(named if named in modules else node.module)
+    return found & modules
 
 
 def imports() -> dict[str, set[str]]:
     sources = {module_of(path): path for path in (ROOT / "plugin").rglob("*.py")}
     return {
-        module: {name for name in _runtime_imports(ast.parse(path.read_text())) if name in sources}
+        module: _runtime_imports(ast.parse(path.read_text()), set(sources))
         for module, path in sources.items()
     }
 

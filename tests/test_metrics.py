@@ -157,7 +157,7 @@ async def test_gauges_refresh_in_the_background_and_a_scrape_never_asks_the_stor
     await add_shop(store, shop)
     set_job_counts({})
     with listener(address):
-        refreshing = asyncio.ensure_future(refresh_job_counts(store, every=0.05))
+        refreshing = asyncio.ensure_future(refresh_job_counts(store.job_counts, every=0.05))
         try:
             await store.record_delivery(
                 shop,

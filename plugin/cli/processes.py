@@ -131,7 +131,7 @@ def _worker(args: argparse.Namespace) -> int:
         ) as service:
             task = asyncio.ensure_future(service.worker.run())
             if metrics.serving():  # no listener, nobody to count jobs for
-                counts = asyncio.ensure_future(metrics.refresh_job_counts(service.store))
+                counts = asyncio.ensure_future(metrics.refresh_job_counts(service.store.job_counts))
                 task.add_done_callback(lambda _: counts.cancel())
             if settings.retention.prune_interval_seconds:
                 pruning = asyncio.ensure_future(
