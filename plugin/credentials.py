@@ -12,6 +12,7 @@ import msgspec
 
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy
 from plugin.klarna.client import UNAUTHORIZED_HINT
+from plugin.klarna.models import Environment, Region
 
 # How long the test may take, all in: a page that saves must not hang on a Klarna that does not
 # answer (the pool's own timeouts are 5 s to connect and 20 s to read).
@@ -41,8 +42,8 @@ async def check_credentials(
     *,
     username: str,
     password: str,
-    region: str,
-    environment: str,
+    region: Region,
+    environment: Environment,
     url: str | None = None,
     deadline: float = CONNECTION_TEST_SECONDS,
 ) -> ConnectionTest:
@@ -52,8 +53,8 @@ async def check_credentials(
         return ConnectionTest(outcome="refused", detail="no API username or password")
     client = KlarnaClient(
         Credentials(username, password),
-        region=region,  # type: ignore[arg-type]
-        environment=environment,  # type: ignore[arg-type]
+        region=region,
+        environment=environment,
         url=url,
         http=http,
         retry=RetryPolicy(attempts=1),

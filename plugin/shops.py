@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 import msgspec
 
 from plugin import signatures
+from plugin.klarna.models import Environment, Region
 from plugin.store import NewShop, ShopChanges, Store
 from plugin.store.records import KLARNA_CREDENTIALS, Shop, ShopOptions
 from plugin.vault import Vault
@@ -127,8 +128,8 @@ class Shops:
         *,
         platform: str,
         name: str,
-        klarna_region: str,
-        klarna_environment: str,
+        klarna_region: Region,
+        klarna_environment: Environment,
         klarna_username: str,
         klarna_password: str,
         status_url: str | None = None,

@@ -12,7 +12,7 @@ import msgspec
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
 from plugin.cli import arguments, running
 from plugin.credentials import check_credentials
-from plugin.klarna.client import Environment, Region
+from plugin.klarna.models import Environment, Region
 from plugin.outbound import AddressGuard, url_problem
 from plugin.platforms import registry
 from plugin.platforms.base import ShopAdd, ShopAddRefused

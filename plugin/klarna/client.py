@@ -12,7 +12,7 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import httpx2
 import msgspec
@@ -23,16 +23,15 @@ from plugin.klarna.models import (
     KLARNA_ID_PATTERN,
     Capture,
     CaptureObject,
+    Environment,
     ErrorBody,
     Order,
+    Region,
     ShippingInfo,
     UpdateShippingInfo,
 )
 from plugin.klarna.ratelimit import RateLimiter, rate_limiter_for
 from plugin.retries import RetryPolicy, parse_retry_after, retrying
-
-Region = Literal["eu", "na", "oc"]
-Environment = Literal["live", "playground"]
 
 BASE_URLS: dict[tuple[str, str], str] = {
     ("eu", "live"): "https://api.klarna.com",

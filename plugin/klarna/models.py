@@ -11,6 +11,23 @@ from typing import Annotated, Literal, get_args
 import msgspec
 from msgspec import Meta
 
+# A Klarna account's region and environment: which API host its orders live at.
+Region = Literal["eu", "na", "oc"]
+Environment = Literal["live", "playground"]
+_REGIONS: dict[str, Region] = {"eu": "eu", "na": "na", "oc": "oc"}
+_ENVIRONMENTS: dict[str, Environment] = {"live": "live", "playground": "playground"}
+
+
+def parse_region(text: str) -> Region | None:
+    """`text` as a region, or None where it names none (a form's or a command line's input)."""
+    return _REGIONS.get(text)
+
+
+def parse_environment(text: str) -> Environment | None:
+    """`text` as an environment, or None where it names none."""
+    return _ENVIRONMENTS.get(text)
+
+
 MAX_AMOUNT = 200_000_000
 
 Str10 = Annotated[str, Meta(max_length=10)]

@@ -60,8 +60,8 @@ class Pipeline:
         pools, because each request checks every idle connection of its pool."""
         return KlarnaClient(
             Credentials(shop.klarna_username, self.shops.klarna_password(shop)),
-            region=shop.klarna_region,  # type: ignore[arg-type]
-            environment=shop.klarna_environment,  # type: ignore[arg-type]
+            region=shop.klarna_region,
+            environment=shop.klarna_environment,
             url=self.klarna_url,
             http=self.klarna_http[shard % len(self.klarna_http)],
             retry=self.klarna_retry,

@@ -15,6 +15,7 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from plugin.errors import PluginError
+from plugin.klarna.models import Environment, Region
 from plugin.store.batching import Batcher
 from plugin.store.records import (
     JOB_KINDS,
@@ -51,8 +52,8 @@ class NewShop(msgspec.Struct, kw_only=True):
     id: str
     platform: str
     name: str
-    klarna_region: str
-    klarna_environment: str
+    klarna_region: Region
+    klarna_environment: Environment
     klarna_username: str
     klarna_password: bytes
     status_url: str | None = None
@@ -65,8 +66,8 @@ class ShopChanges(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Fields to change on a shop; UNSET ones stay as they are."""
 
     name: str | msgspec.UnsetType = msgspec.UNSET
-    klarna_region: str | msgspec.UnsetType = msgspec.UNSET
-    klarna_environment: str | msgspec.UnsetType = msgspec.UNSET
+    klarna_region: Region | msgspec.UnsetType = msgspec.UNSET
+    klarna_environment: Environment | msgspec.UnsetType = msgspec.UNSET
     klarna_username: str | msgspec.UnsetType = msgspec.UNSET
     klarna_password: bytes | msgspec.UnsetType = msgspec.UNSET
     status_url: str | msgspec.UnsetType | None = msgspec.UNSET

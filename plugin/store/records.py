@@ -4,6 +4,8 @@ from typing import Literal
 
 import msgspec
 
+from plugin.klarna.models import Environment, Region
+
 JobKind = Literal["fulfillment", "callback"]
 JOB_KINDS: tuple[JobKind, ...] = ("fulfillment", "callback")
 JobState = Literal["queued", "running", "done", "dead", "waiting"]
@@ -38,8 +40,8 @@ class Shop(msgspec.Struct, kw_only=True):
     id: str
     platform: str
     name: str
-    klarna_region: str
-    klarna_environment: str
+    klarna_region: Region
+    klarna_environment: Environment
     klarna_username: str
     klarna_password: bytes
     status_url: str | None

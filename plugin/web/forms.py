@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
+from plugin.klarna.models import Environment, Region, parse_environment, parse_region
 from plugin.outbound import AddressGuard, IPNetwork, url_problem
 from plugin.shops import Shops
 from plugin.store import ShopChanges
@@ -190,9 +191,9 @@ class SettingsForm(msgspec.Struct, kw_only=True):
 
     def _check(self) -> dict[str, str]:
         errors = {}
-        if self.klarna_region not in REGIONS:
+        if parse_region(self.klarna_region) is None:
             errors["klarna_region"] = "Choose the region of your Klarna account."
-        if self.klarna_environment not in ENVIRONMENTS:
+        if parse_environment(self.klarna_environment) is None:
             errors["klarna_environment"] = "Choose live or playground."
         if not self.klarna_username:
             errors["klarna_username"] = "Enter the API username Klarna gave you."
@@ -217,10 +218,22 @@ class SettingsForm(msgspec.Struct, kw_only=True):
         for name in page.write_only:
             self.fields[name] = ""
 
+    @property
+    def account(self) -> tuple[Region, Environment]:
+        """The Klarna account's region and environment, of a form without errors."""
+        region, environment = (
+            parse_region(self.klarna_region),
+            parse_environment(self.klarna_environment),
+        )
+        if region is None or environment is None:
+            raise ValueError("the form's Klarna account has errors")
+        return region, environment
+
     def changes(self, shop: Shop, page: SettingsPage) -> ShopChanges:
+        region, environment = self.account
         changes = ShopChanges(
-            klarna_region=self.klarna_region,
-            klarna_environment=self.klarna_environment,
+            klarna_region=region,
+            klarna_environment=environment,
             klarna_username=self.klarna_username,
             status_url=self.status_url or None,
             # The options the page does not show stay as stored.

@@ -280,8 +280,8 @@ async def _try_credentials(service: Service, form: SettingsForm, password: str) 
         service.pipeline.klarna_http[0],
         username=form.klarna_username,
         password=password,
-        region=form.klarna_region,
-        environment=form.klarna_environment,
+        region=form.account[0],
+        environment=form.account[1],
         url=service.settings.klarna.url,
     )
 
