@@ -39,7 +39,8 @@ PluginError                         anything of ours; `except PluginError` catch
 ├── DeadlineExceeded, ResponseTooLarge, AddressRefused
 │                                   plugin.outbound: also httpx2's TimeoutException,
 │                                   RemoteProtocolError and ConnectError, as httpx2 callers catch
-└── private ones                    the install flows' and the sandboxes' own refusals
+├── Refused                         plugin.web.pages: a platform page's short refusal
+└── private ones                    the sandboxes' own refusals
 
 tests/test_errors.py pins the names exported here and walks every module under plugin/: an
 exception class that does not derive from PluginError fails it.

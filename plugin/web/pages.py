@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from plugin.context import ServiceContext
+from plugin.errors import PluginError
 from plugin.klarna.errors import join_messages
 from plugin.web.auth import COOKIE, SESSION_SECONDS, Auth
 
@@ -54,6 +55,17 @@ def render(
     request: Request, name: str, context: dict[str, Any], status_code: int = 200
 ) -> Response:
     return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+class Refused(PluginError):
+    """A request a platform's page answers with a short page (`message`): `reason` goes to the
+    log, never a secret; `title` and `text` to the merchant."""
+
+    def __init__(self, status: int, title: str, text: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.title = title
+        self.text = text
 
 
 def message(request: Request, title: str, text: str, status_code: int) -> Response:

@@ -15,7 +15,6 @@ from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
 from plugin.context import ServiceContext
-from plugin.errors import PluginError
 from plugin.platforms.bigcommerce import mapping as bigcommerce
 from plugin.platforms.bigcommerce import signatures
 from plugin.platforms.bigcommerce.api import BigCommerceError, StoreClient
@@ -27,7 +26,7 @@ from plugin.platforms.bigcommerce.signatures import (
 )
 from plugin.retries import RetryPolicy
 from plugin.store.records import Shop
-from plugin.web.pages import allow_framing, message, service_of, set_session_cookie
+from plugin.web.pages import Refused, allow_framing, message, service_of, set_session_cookie
 
 CALLBACK_PATH = "/auth/bigcommerce/callback"
 LOAD_PATH = "/load"
@@ -53,17 +52,7 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-class _Refused(PluginError):
-    """A request answered with a short page; `reason` goes to the log, never a secret."""
-
-    def __init__(self, status: int, title: str, text: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.title = title
-        self.text = text
-
-
-def _refusal(request: Request, refused: _Refused, store_hash: str) -> Response:
+def _refusal(request: Request, refused: Refused, store_hash: str) -> Response:
     log.warning(
         "bigcommerce request refused",
         extra={"path": request.url.path, "store_hash": store_hash[:64], "reason": str(refused)},
@@ -73,7 +62,7 @@ def _refusal(request: Request, refused: _Refused, store_hash: str) -> Response:
 
 def _credentials(settings: Settings) -> tuple[str, str]:
     if settings.bigcommerce.client_id is None or not settings.bigcommerce.client_secret:
-        raise _Refused(
+        raise Refused(
             404,
             "BigCommerce app not set up",
             "This server does not run the BigCommerce app.",
@@ -131,13 +120,13 @@ async def callback(request: Request) -> Response:
     try:
         client_id, client_secret = _credentials(settings)
         if not store_hash:
-            raise _Refused(
+            raise Refused(
                 400, "Install not completed", _INSTALL_AGAIN, "context is not stores/{hash}"
             )
         _frame_for(request, store_hash)
         code = params.get("code", "")
         if not code:
-            raise _Refused(400, "Install not completed", _INSTALL_AGAIN, "missing code parameter")
+            raise Refused(400, "Install not completed", _INSTALL_AGAIN, "missing code parameter")
         try:
             grant = await exchange_code(
                 service.storefront_http,
@@ -151,13 +140,13 @@ async def callback(request: Request) -> Response:
             )
         except BigCommerceOAuthError as error:
             if error.status is not None and 400 <= error.status < 500:
-                raise _Refused(
+                raise Refused(
                     400,
                     "Install not completed",
                     "BigCommerce did not accept this install. " + _INSTALL_AGAIN,
                     str(error),
                 ) from None
-            raise _Refused(
+            raise Refused(
                 502,
                 "BigCommerce unavailable",
                 "BigCommerce could not be reached just now. Try again in a minute.",
@@ -165,14 +154,14 @@ async def callback(request: Request) -> Response:
             ) from None
         # The token endpoint's context, not the query's, says whose token this is.
         if grant.store_hash != store_hash:
-            raise _Refused(
+            raise Refused(
                 400,
                 "Install not completed",
                 _INSTALL_AGAIN,
                 f"the token is for context {grant.context!r}, the callback named {store_hash!r}",
             )
         if not grant.covers(bigcommerce.OAUTH_SCOPES):
-            raise _Refused(
+            raise Refused(
                 403,
                 "Permissions missing",
                 "The app needs the Orders (modify) permission to capture payments and note "
@@ -195,14 +184,14 @@ async def callback(request: Request) -> Response:
         try:
             await subscribe(service, shop, grant.access_token)
         except (BigCommerceError, httpx2.HTTPError) as error:
-            raise _Refused(
+            raise Refused(
                 502,
                 "Webhooks not set up",
                 "The app is installed, but BigCommerce did not let it subscribe to your "
                 "shipments just now. " + _FROM_CONTROL_PANEL,
                 f"hook registration failed: {error}",
             ) from None
-    except _Refused as refused:
+    except Refused as refused:
         return _refusal(request, refused, store_hash)
     return await _settings_page(request, shop)
 
@@ -217,14 +206,14 @@ async def _verified(request: Request, service: ServiceContext) -> SignedPayload:
             token, client_id=client_id, client_secret=client_secret, leeway=PAYLOAD_LEEWAY_SECONDS
         )
     except SignedPayloadError as exc:
-        raise _Refused(401, "Please sign in", _FROM_CONTROL_PANEL, str(exc)) from None
+        raise Refused(401, "Please sign in", _FROM_CONTROL_PANEL, str(exc)) from None
     # Its jti names a token; without one, its own digest does (the signature fixes its bytes).
     key = payload.jti or "sha256:" + hashlib.sha256(token.encode()).hexdigest()
     now = time.time()
     if not await service.store.use_token(
         f"bigcommerce:{key}", payload.expires_at + PAYLOAD_LEEWAY_SECONDS, now
     ):
-        raise _Refused(401, "Please sign in", _FROM_CONTROL_PANEL, "signed_payload_jwt used before")
+        raise Refused(401, "Please sign in", _FROM_CONTROL_PANEL, "signed_payload_jwt used before")
     return payload
 
 
@@ -241,7 +230,7 @@ async def load(request: Request) -> Response:
         shop = await service.store.shop_by_domain(bigcommerce.NAME, store_hash)
         token = service.shops.platform_token(shop) if shop is not None else None
         if shop is None or token is None:
-            raise _Refused(
+            raise Refused(
                 404,
                 "App not installed",
                 "The app is not installed on this store. " + _INSTALL_AGAIN,
@@ -256,7 +245,7 @@ async def load(request: Request) -> Response:
                 "bigcommerce hooks not checked",
                 extra={"store_hash": store_hash, "reason": str(error)},
             )
-    except _Refused as refused:
+    except Refused as refused:
         return _refusal(request, refused, store_hash)
     return await _settings_page(request, shop)
 
@@ -267,7 +256,7 @@ async def uninstall(request: Request) -> Response:
     service = service_of(request)
     try:
         payload = await _verified(request, service)
-    except _Refused as refused:
+    except Refused as refused:
         log.warning("bigcommerce uninstall refused", extra={"reason": str(refused)})
         status = "not_configured" if refused.status == 404 else "unauthorized"
         return JSONResponse({"status": status, "error": refused.title}, refused.status)

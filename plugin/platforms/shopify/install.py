@@ -10,7 +10,6 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
-from plugin.errors import PluginError
 from plugin.platforms.shopify import mapping as shopify
 from plugin.platforms.shopify import signatures
 from plugin.platforms.shopify.oauth import (
@@ -20,7 +19,7 @@ from plugin.platforms.shopify.oauth import (
     exchange_session_token,
 )
 from plugin.web.auth import INSTALL_STATE_COOKIE, INSTALL_STATE_SECONDS, InstallStateError
-from plugin.web.pages import auth_of, message, service_of, set_session_cookie
+from plugin.web.pages import Refused, auth_of, message, service_of, set_session_cookie
 
 # The least that works: write_orders for the capture metafields and tags on an order (and it
 # implies read_orders); read_orders for the fulfilment webhooks and the order's transactions.
@@ -44,17 +43,7 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-class _Refused(PluginError):
-    """A request answered with a short page; `reason` goes to the log, never a secret."""
-
-    def __init__(self, status: int, title: str, text: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.title = title
-        self.text = text
-
-
-def _refusal(request: Request, refused: _Refused, shop: str) -> Response:
+def _refusal(request: Request, refused: Refused, shop: str) -> Response:
     log.warning(
         "shopify request refused",
         extra={"path": request.url.path, "shop": shop[:255], "reason": str(refused)},
@@ -64,7 +53,7 @@ def _refusal(request: Request, refused: _Refused, shop: str) -> Response:
 
 def _configured(settings: Settings) -> str:
     if settings.shopify.client_id is None or not settings.shopify.client_secrets:
-        raise _Refused(
+        raise Refused(
             404,
             "Shopify app not set up",
             "This server does not run the Shopify app.",
@@ -86,7 +75,7 @@ def _signed_shop(request: Request, settings: Settings) -> str:
             max_age=QUERY_MAX_AGE_SECONDS,
         )
     except signatures.ShopifyRequestError as exc:
-        raise _Refused(
+        raise Refused(
             401,
             "Request not accepted",
             "This link did not come from Shopify, or it is too old. " + _INSTALL_AGAIN,
@@ -94,7 +83,7 @@ def _signed_shop(request: Request, settings: Settings) -> str:
         ) from None
     shop = request.query_params.get("shop", "")
     if not signatures.is_shop_domain(shop):
-        raise _Refused(
+        raise Refused(
             400,
             "Not a Shopify shop",
             "The shop must be a name.myshopify.com domain. " + _INSTALL_AGAIN,
@@ -105,7 +94,7 @@ def _signed_shop(request: Request, settings: Settings) -> str:
 
 def _checked_grant(grant: AccessToken) -> str:
     if not grant.covers(SCOPES):
-        raise _Refused(
+        raise Refused(
             403,
             "Permissions missing",
             f"The app needs the {', '.join(SCOPES)} permissions to capture payments. "
@@ -115,15 +104,15 @@ def _checked_grant(grant: AccessToken) -> str:
     return grant.access_token
 
 
-def _grant_refused(error: ShopifyOAuthError) -> _Refused:
+def _grant_refused(error: ShopifyOAuthError) -> Refused:
     if error.status is not None and 400 <= error.status < 500:
-        return _Refused(
+        return Refused(
             400,
             "Install not completed",
             "Shopify did not accept this install. " + _INSTALL_AGAIN,
             str(error),
         )
-    return _Refused(
+    return Refused(
         502,
         "Shopify unavailable",
         "Shopify could not be reached just now. Try again in a minute.",
@@ -140,7 +129,7 @@ async def install(request: Request) -> Response:
     try:
         client_id = _configured(settings)
         shop = _signed_shop(request, settings)
-    except _Refused as refused:
+    except Refused as refused:
         return _refusal(request, refused, shop)
     state = auth_of(request).install_state(shop)
     query = urlencode(
@@ -182,7 +171,7 @@ async def callback(request: Request) -> Response:
                 cookie=request.cookies.get(INSTALL_STATE_COOKIE),
             )
         except InstallStateError as exc:
-            raise _Refused(
+            raise Refused(
                 403,
                 "Install not completed",
                 "This install was not started in this browser, or took too long. " + _INSTALL_AGAIN,
@@ -190,7 +179,7 @@ async def callback(request: Request) -> Response:
             ) from None
         code = request.query_params.get("code", "")
         if not code:
-            raise _Refused(400, "Install not completed", _INSTALL_AGAIN, "missing code parameter")
+            raise Refused(400, "Install not completed", _INSTALL_AGAIN, "missing code parameter")
         try:
             grant = await exchange_code(
                 service.storefront_http,
@@ -202,7 +191,7 @@ async def callback(request: Request) -> Response:
         except ShopifyOAuthError as error:
             raise _grant_refused(error) from None
         token = _checked_grant(grant)
-    except _Refused as refused:
+    except Refused as refused:
         return _refusal(request, refused, shop)
     installed = await service.shops.install(platform=shopify.NAME, shop_domain=shop, token=token)
     log.info("shopify app installed", extra={"shop": shop, "shop_id": installed.id})
@@ -236,13 +225,13 @@ async def embedded(request: Request) -> Response:
         client_id = _configured(settings)
         session_token = _session_token(request)
         if not session_token:
-            raise _Refused(401, "Please sign in", _FROM_ADMIN, "no session token")
+            raise Refused(401, "Please sign in", _FROM_ADMIN, "no session token")
         try:
             session = signatures.verify_shopify_session_token(
                 session_token, client_id=client_id, secrets=settings.shopify.client_secrets
             )
         except signatures.ShopifyRequestError as exc:
-            raise _Refused(401, "Please sign in", _FROM_ADMIN, str(exc)) from None
+            raise Refused(401, "Please sign in", _FROM_ADMIN, str(exc)) from None
         shop = session.shop
         found = await service.store.shop_by_domain(shopify.NAME, shop)
         if found is None or found.platform_token is None:
@@ -262,7 +251,7 @@ async def embedded(request: Request) -> Response:
                 platform=shopify.NAME, shop_domain=shop, token=token
             )
             log.info("shopify app installed", extra={"shop": shop, "shop_id": found.id})
-    except _Refused as refused:
+    except Refused as refused:
         return _refusal(request, refused, shop)
     response = RedirectResponse(f"/admin/{found.id}/settings", status_code=303)
     await set_session_cookie(request, response, found.id, embedded=True)
