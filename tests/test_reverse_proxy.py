@@ -308,9 +308,16 @@ def test_what_serve_builds_from_a_request_names_the_public_https_url(
 ) -> None:
     # Starlette's redirect of a trailing slash is built from the request: https, since nginx
     # says so from the trusted address, with the name and port the client used.
+    redirects = len(re.findall(r" 307 ", deployment.access_log.read_text()))
     answer = deployment.client.get(f"{deployment.public_url}/healthz/")
     assert answer.status_code == 307
     assert answer.headers["location"] == f"{deployment.public_url}/healthz"
+    # nginx logs a request after answering it: the count below starts once this one is in.
+    wait_until(
+        lambda: len(re.findall(r" 307 ", deployment.access_log.read_text())) > redirects,
+        timeout=30,
+        what="for nginx to log the redirect",
+    )
     # A request for another name never reaches serve: only the public one does.
     before = len(deployment.upstreams())
     other = deployment.client.get(
