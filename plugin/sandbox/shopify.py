@@ -39,7 +39,6 @@ from plugin.sandbox.common import (
 
 __all__ = [
     "API_VERSION",
-    "API_VERSIONS",
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
     "DEFAULT_SCOPES",
@@ -58,11 +57,10 @@ __all__ = [
     "signed_webhook",
 ]
 
-# The Admin API versions this fake answers, oldest first; another is answered as Shopify answers
-# a version it does not have (404). Its webhooks say the newest. The app's version must be one of
-# these (a test keeps it so): bump both together.
-API_VERSIONS = ("2026-07",)
-API_VERSION = API_VERSIONS[-1]
+# The Admin API version whose shapes this fake answers in (at whatever version the path names, as
+# before) and which its webhooks say. The app's default version must be this one (a test keeps it
+# so): bump both together.
+API_VERSION = "2026-07"
 DEFAULT_CLIENT_ID = "sandbox-client-id"
 # A published sandbox default, as long as a real client secret (HS256 wants 32 bytes).
 DEFAULT_CLIENT_SECRET = "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"  # noqa: S105
@@ -1083,13 +1081,6 @@ def session_token(
 async def _graphql_endpoint(request: Request) -> Response:
     sandbox: ShopifySandbox = request.app.state.sandbox
     shop = request.path_params["shop"]
-    if request.path_params["version"] not in API_VERSIONS:
-        sandbox.log(
-            LoggedRequest(
-                method="POST", path=request.url.path, shop=shop, operation=None, status=404
-            )
-        )
-        return _json(404, {"errors": "Not Found"}).response()
     body = await request.body()
     if sandbox._take_hold(body):
         await anyio.to_thread.run_sync(sandbox._released.wait, 30.0)
