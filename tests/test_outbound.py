@@ -24,8 +24,8 @@ from plugin.outbound import (
     url_problem,
 )
 from plugin.platforms.base import StorefrontApp
-from plugin.platforms.woocommerce import mapping as woocommerce
 from plugin.platforms.woocommerce.adapter import RestClient, WooCommerceError
+from plugin.platforms.woocommerce.api_key import ApiKey
 from plugin.retries import RetryPolicy
 from plugin.service import open_service
 
@@ -292,7 +292,7 @@ async def test_urls_are_checked_before_they_are_saved(host: str) -> None:
 
 # --- what the merchant is shown ------------------------------------------------------------------
 
-KEY = woocommerce.ApiKey(consumer_key="ck_" + "1" * 40, consumer_secret="cs_" + "2" * 40)
+KEY = ApiKey(consumer_key="ck_" + "1" * 40, consumer_secret="cs_" + "2" * 40)
 ONCE = RetryPolicy(attempts=1)
 # What an internal service behind a merchant-entered site URL might answer.
 INTERNAL = b'{"code": "internal_db", "message": "root password hunter2", "data": "hunter2"}'

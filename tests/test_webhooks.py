@@ -17,7 +17,7 @@ import pytest
 
 from plugin import signatures
 from plugin.app import create_app
-from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce import payloads
 from plugin.platforms.woocommerce import signatures as woo_signatures
 from plugin.sandbox import bigcommerce as bigcommerce_sandbox
 from plugin.sandbox import shopify as shopify_sandbox
@@ -78,9 +78,9 @@ def running(tmp_path: Path, klarna_url: str) -> Iterator[Running]:
             key = woo_signatures.webhook_secret(signatures.parse_secret(woo_secret))
             digest = hmac.new(key, body, hashlib.sha256).digest()
             headers = {
-                woocommerce.SIGNATURE_HEADER: base64.b64encode(digest).decode(),
-                woocommerce.SOURCE_HEADER: SITE + "/",
-                woocommerce.TOPIC_HEADER: "order.updated",
+                payloads.SIGNATURE_HEADER: base64.b64encode(digest).decode(),
+                payloads.SOURCE_HEADER: SITE + "/",
+                payloads.TOPIC_HEADER: "order.updated",
                 "Content-Type": "application/json",
             }
             return f"{url}/webhooks/woocommerce/{woo.id}", headers

@@ -743,7 +743,7 @@ def _gql_taxes(taxes: Iterable[Tax], order: _Order) -> list[dict[str, Any]]:
 
 
 def _graphql_order(order: _Order, ns: str, key: str, query: str) -> dict[str, Any]:
-    """`data.order` in the field names of plugin.platforms.shopify.mapping.ORDER_QUERY."""
+    """`data.order` in the field names of plugin.platforms.shopify.payloads.ORDER_QUERY."""
     lines = [
         {
             "id": _gid("LineItem", item.id),

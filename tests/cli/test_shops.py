@@ -15,7 +15,7 @@ import pytest
 
 from plugin import signatures
 from plugin.config import ensure_secret_keys, load_settings
-from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce.api_key import ApiKey, decode_api_key
 from plugin.service import open_service
 from tests.cli.support import (
     WOO_KEY,
@@ -148,16 +148,16 @@ def test_a_woocommerce_shop_is_added_with_its_site_and_sealed_api_key(
     assert shown["options"]["capture_statuses"] == ["completed", "shipped"]
     assert WOO_KEY not in json.dumps(shown)
 
-    async def stored() -> woocommerce.ApiKey:
+    async def stored() -> ApiKey:
         settings, _ = ensure_secret_keys(load_settings(env))
         async with open_service(settings) as service:
             shop = await service.store.get_shop(shop_id)
             assert shop is not None
             token = service.shops.platform_token(shop)
             assert token is not None
-            return woocommerce.decode_api_key(token)
+            return decode_api_key(token)
 
-    assert anyio.run(stored) == woocommerce.ApiKey(consumer_key=WOO_KEY, consumer_secret=WOO_SECRET)
+    assert anyio.run(stored) == ApiKey(consumer_key=WOO_KEY, consumer_secret=WOO_SECRET)
     raw = b"".join(
         path.read_bytes() for path in tmp_path.glob("klarna-capture.db*") if path.is_file()
     )

@@ -16,7 +16,7 @@ from plugin.config import Settings, load_settings
 from plugin.klarna import RetryPolicy
 from plugin.pipeline import Pipeline
 from plugin.platforms import registry
-from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.shopify import payloads
 from plugin.sandbox.shopify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, ShopifySandbox
 from plugin.shops import Shops
 from plugin.store import ShopChanges, Store
@@ -128,12 +128,12 @@ async def receive(store: Store, shop: Shop, event: dict[str, Any]) -> None:
 async def receive_shopify(store: Store, shop: Shop, body: dict[str, Any]) -> None:
     """A verified Shopify `fulfillments/create` webhook, stored as its receiver stores it."""
     raw = msgspec.json.Encoder(decimal_format="number").encode(body)
-    fulfillment_id, order_id = shopify.fulfillment_ids(raw)
+    fulfillment_id, order_id = payloads.fulfillment_ids(raw)
     await store.record_delivery(
         shop.id,
         f"shopify-{uuid.uuid4().hex}",
         body=raw,
-        event_type=shopify.FULFILLMENT_TOPICS["fulfillments/create"],
+        event_type=payloads.FULFILLMENT_TOPICS["fulfillments/create"],
         fulfillment_id=fulfillment_id,
         rejected=None,
         now=time.time(),

@@ -13,19 +13,21 @@ import pytest
 from plugin.capture import klarna_lines
 from plugin.config import SHOPIFY_API_VERSION
 from plugin.events import FulfillmentEvent, Tracking
-from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.shopify import payloads
 from plugin.platforms.shopify.api import AdminClient, ShopifyError
 from plugin.platforms.shopify.mapping import (
+    ShopifyMappingError,
+    decode_order,
+    klarna_order_id,
+    shipment_from,
+)
+from plugin.platforms.shopify.payloads import (
     ORDER_QUERY,
     MetafieldSource,
     NoteAttributeSource,
-    ShopifyMappingError,
     TransactionSource,
     decode_fulfillment,
-    decode_order,
-    klarna_order_id,
     order_query_variables,
-    shipment_from,
 )
 from plugin.platforms.shopify.signatures import (
     verify_shopify_session_token,
@@ -56,7 +58,7 @@ pytestmark = pytest.mark.anyio
 
 SAMPLE = SHOPIFY_FULFILLMENT_SAMPLE
 SHOP = "corner.myshopify.com"
-VERSION = shopify.API_VERSION
+VERSION = payloads.API_VERSION
 START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 SOURCE = MetafieldSource(namespace="klarna", key="order_id")
 FAST = RetryPolicy(attempts=4, backoff_seconds=0.01, max_backoff_seconds=0.02)
@@ -170,7 +172,7 @@ def sample_order(sandbox: ShopifySandbox, klarna_id: str = "kl-1") -> str:
 
 async def read_order(
     http: httpx2.AsyncClient, url: str, token: str, gid: str, query: str = ORDER_QUERY
-) -> shopify.Order:
+) -> payloads.Order:
     """The app's own query over HTTP, the raw answer through the app's own decoder."""
     response = await http.post(
         f"{url}/shops/{SHOP}/admin/api/{VERSION}/graphql.json",
@@ -244,7 +246,7 @@ async def test_a_page_smaller_than_the_order_is_reported_and_refused(
     gid = sandbox.add_order(SHOP, [Line(f"Item {i}", "1.00") for i in range(3)])
     body = decode_fulfillment(msgspec.json.encode(sandbox.fulfill(SHOP, gid)))
     small = ORDER_QUERY.replace(
-        f"lineItems(first: {shopify.LINE_ITEMS_PAGE})", "lineItems(first: 2)"
+        f"lineItems(first: {payloads.LINE_ITEMS_PAGE})", "lineItems(first: 2)"
     )
     order = await read_order(http, url, token, gid, small)
     assert (len(order.line_items.nodes), order.line_items.page_info.has_next_page) == (2, True)
@@ -262,7 +264,7 @@ async def test_an_unknown_order_is_null(
 def test_the_sandbox_speaks_the_admin_api_version_the_app_speaks() -> None:
     """The app's version (the manifest's, the configuration's default) is the one whose shapes
     the sandbox answers in: a bump of one without the other fails here, not in a demo."""
-    assert shopify.API_VERSION == SHOPIFY_API_VERSION
+    assert payloads.API_VERSION == SHOPIFY_API_VERSION
     assert SHOPIFY_API_VERSION == API_VERSION
 
 

@@ -9,8 +9,11 @@ import httpx2
 import pytest
 
 from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce import payloads
 from plugin.platforms.woocommerce import signatures as woo_signatures
 from plugin.platforms.woocommerce.adapter import RestClient, WooCommerceError
+from plugin.platforms.woocommerce.api_key import ApiKey
+from plugin.platforms.woocommerce.site import same_site
 from plugin.retries import MAX_RETRY_AFTER_SECONDS, RetryPolicy
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.woocommerce import (
@@ -29,7 +32,7 @@ from plugin.sandbox.woocommerce import (
 pytestmark = pytest.mark.anyio
 
 SITE = "corner"
-KEY = woocommerce.ApiKey(consumer_key=DEFAULT_CONSUMER_KEY, consumer_secret=DEFAULT_CONSUMER_SECRET)
+KEY = ApiKey(consumer_key=DEFAULT_CONSUMER_KEY, consumer_secret=DEFAULT_CONSUMER_SECRET)
 FAST = RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.02)
 
 
@@ -67,9 +70,7 @@ def an_order(sandbox: WooCommerceSandbox, *, prices_include_tax: bool = True) ->
     )
 
 
-def client(
-    sandbox: WooCommerceSandbox, http: httpx2.AsyncClient, key: woocommerce.ApiKey = KEY
-) -> RestClient:
+def client(sandbox: WooCommerceSandbox, http: httpx2.AsyncClient, key: ApiKey = KEY) -> RestClient:
     return RestClient(sandbox.site_url(SITE), key, http=http, retry=FAST)
 
 
@@ -119,15 +120,15 @@ async def test_notes_and_meta_are_written_and_read_back(
         "x": "1",
     }
     order = await rest.order(str(order_id))
-    assert woocommerce.meta(order, "_klarna_capture_status") == "failed"
+    assert payloads.meta(order, "_klarna_capture_status") == "failed"
 
 
 async def test_wrong_keys_are_refused_without_showing_them(
     sandbox: WooCommerceSandbox, http: httpx2.AsyncClient
 ) -> None:
     order_id = an_order(sandbox)
-    wrong_secret = woocommerce.ApiKey(consumer_key=DEFAULT_CONSUMER_KEY, consumer_secret="cs_nope")
-    wrong_key = woocommerce.ApiKey(consumer_key="ck_nope", consumer_secret=DEFAULT_CONSUMER_SECRET)
+    wrong_secret = ApiKey(consumer_key=DEFAULT_CONSUMER_KEY, consumer_secret="cs_nope")
+    wrong_key = ApiKey(consumer_key="ck_nope", consumer_secret=DEFAULT_CONSUMER_SECRET)
 
     # What the site says comes through as WooCommerce's error code, never as its text.
     for key, message in (
@@ -236,7 +237,7 @@ def test_a_webhook_is_signed_and_named_as_woocommerce_does(sandbox: WooCommerceS
         [secret.encode()], headers["X-WC-Webhook-Signature"], first.body
     )
     assert headers["X-WC-Webhook-Source"] == sandbox.site_url(SITE) + "/"
-    assert woocommerce.same_site(headers["X-WC-Webhook-Source"], sandbox.site_url(SITE))
+    assert same_site(headers["X-WC-Webhook-Source"], sandbox.site_url(SITE))
     assert (headers["X-WC-Webhook-Topic"], headers["X-WC-Webhook-Resource"]) == (
         "order.updated",
         "order",
@@ -247,7 +248,7 @@ def test_a_webhook_is_signed_and_named_as_woocommerce_does(sandbox: WooCommerceS
     assert first.body == second.body
     ids = {first.headers["X-WC-Webhook-Delivery-ID"], second.headers["X-WC-Webhook-Delivery-ID"]}
     assert len(ids) == 2
-    order = woocommerce.decode_order(first.body)
+    order = payloads.decode_order(first.body)
     assert order.id == order_id
 
     deleted = sandbox.webhook(SITE, order_id, "order.deleted", secret=secret)
@@ -259,7 +260,7 @@ def test_the_ping_is_unsigned_form_data(sandbox: WooCommerceSandbox) -> None:
     assert ping.body == b"webhook_id=12"
     assert "X-WC-Webhook-Signature" not in ping.headers
     assert ping.headers["Content-Type"] == "application/x-www-form-urlencoded"
-    assert woocommerce.is_ping(ping.body)
+    assert payloads.is_ping(ping.body)
 
 
 def test_tracking_is_stored_as_shipment_tracking_stores_it(sandbox: WooCommerceSandbox) -> None:

@@ -4,7 +4,8 @@ WooCommerce site needs its REST API key entered again."""
 
 import pytest
 
-from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms import woocommerce
+from plugin.platforms.woocommerce.api_key import ApiKey, decode_api_key, encode_api_key
 from plugin.sandbox.woocommerce import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET
 from plugin.store.records import Shop
 from tests.web.support import SANDBOX_PASSWORD, SANDBOX_USERNAME, Browser, Site
@@ -82,19 +83,17 @@ def woo_shop(site: Site) -> Shop:
         klarna_username=SANDBOX_USERNAME,
         klarna_password=SANDBOX_PASSWORD,
         shop_domain=SITE_URL,
-        platform_token=woocommerce.encode_api_key(
-            woocommerce.ApiKey(
-                consumer_key=DEFAULT_CONSUMER_KEY, consumer_secret=DEFAULT_CONSUMER_SECRET
-            )
+        platform_token=encode_api_key(
+            ApiKey(consumer_key=DEFAULT_CONSUMER_KEY, consumer_secret=DEFAULT_CONSUMER_SECRET)
         ),
     )
     return shop
 
 
-def stored_key(site: Site, shop_id: str) -> woocommerce.ApiKey:
+def stored_key(site: Site, shop_id: str) -> ApiKey:
     token = site.service.shops.platform_token(site.shop(shop_id))
     assert token is not None
-    return woocommerce.decode_api_key(token)
+    return decode_api_key(token)
 
 
 @pytest.mark.parametrize("host", ["localhost", "10.2.0.1", "[::ffff:a9fe:a9fe]", "2852039166"])
@@ -132,6 +131,4 @@ def test_a_new_site_url_needs_the_key_entered_again(site: Site, woo_shop: Shop) 
 
     assert saved.status_code == 303
     assert site.shop(woo_shop.id).shop_domain == "https://10.1.0.9/shop"
-    assert stored_key(site, woo_shop.id) == woocommerce.ApiKey(
-        consumer_key=NEW_KEY, consumer_secret=NEW_SECRET
-    )
+    assert stored_key(site, woo_shop.id) == ApiKey(consumer_key=NEW_KEY, consumer_secret=NEW_SECRET)

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms import woocommerce
+from plugin.platforms.woocommerce.api_key import ApiKey, decode_api_key, encode_api_key
 from plugin.sandbox.woocommerce import (
     DEFAULT_CONSUMER_KEY,
     DEFAULT_CONSUMER_SECRET,
@@ -52,10 +53,8 @@ def connected(site: Site) -> tuple[Shop, str]:
         site,
         woocommerce.NAME,
         shop_domain=SITE_URL,
-        platform_token=woocommerce.encode_api_key(
-            woocommerce.ApiKey(
-                consumer_key=DEFAULT_CONSUMER_KEY, consumer_secret=DEFAULT_CONSUMER_SECRET
-            )
+        platform_token=encode_api_key(
+            ApiKey(consumer_key=DEFAULT_CONSUMER_KEY, consumer_secret=DEFAULT_CONSUMER_SECRET)
         ),
     )
 
@@ -65,10 +64,10 @@ def merchant(site: Site, connected: tuple[Shop, str]) -> Browser:
     return site.sign_in(connected[0].id)
 
 
-def api_key(site: Site, shop_id: str) -> woocommerce.ApiKey:
+def api_key(site: Site, shop_id: str) -> ApiKey:
     token = site.service.shops.platform_token(site.shop(shop_id))
     assert token is not None
-    return woocommerce.decode_api_key(token)
+    return decode_api_key(token)
 
 
 def test_the_page_shows_the_woocommerce_fields_and_never_the_key(
@@ -119,9 +118,7 @@ def test_a_new_key_pair_is_stored_sealed(
         merchant.save_settings(consumer_key=NEW_KEY, consumer_secret=NEW_SECRET).status_code == 303
     )
 
-    assert api_key(site, shop.id) == woocommerce.ApiKey(
-        consumer_key=NEW_KEY, consumer_secret=NEW_SECRET
-    )
+    assert api_key(site, shop.id) == ApiKey(consumer_key=NEW_KEY, consumer_secret=NEW_SECRET)
     with database(site.settings) as conn:
         rows = conn.execute("SELECT * FROM shops").fetchall()
     assert NEW_SECRET not in repr(rows)

@@ -23,8 +23,9 @@ from plugin.platforms.base import (
     refuse_if_captured_shipments_are_gone,
     shipping_method,
 )
-from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce import mapping, payloads
 from plugin.platforms.bigcommerce.api import BigCommerceError, StoreClient
+from plugin.platforms.bigcommerce.notes import capture_note, failure_note, staff_notes_with
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 
 log = logging.getLogger("plugin.bigcommerce")
@@ -41,10 +42,10 @@ class _Ids(msgspec.Struct):
     order_id: str
 
 
-def klarna_order_id_source(options: ShopOptions) -> bigcommerce.KlarnaOrderIdSource:
+def klarna_order_id_source(options: ShopOptions) -> payloads.KlarnaOrderIdSource:
     field = options.klarna_order_id_field.strip()
     if options.klarna_order_id_source == "transaction":
-        return bigcommerce.TransactionSource(payment_method=field)
+        return payloads.TransactionSource(payment_method=field)
     if options.klarna_order_id_source != "metafield":
         raise StorefrontError(
             "map",
@@ -56,11 +57,11 @@ def klarna_order_id_source(options: ShopOptions) -> bigcommerce.KlarnaOrderIdSou
             retryable=False,
         )
     namespace, _, key = field.partition(".")
-    return bigcommerce.MetafieldSource(namespace=namespace.strip(), key=key.strip())
+    return payloads.MetafieldSource(namespace=namespace.strip(), key=key.strip())
 
 
-def _where(source: bigcommerce.KlarnaOrderIdSource) -> str:
-    if isinstance(source, bigcommerce.MetafieldSource):
+def _where(source: payloads.KlarnaOrderIdSource) -> str:
+    if isinstance(source, payloads.MetafieldSource):
         return f"order metafield {source.namespace}.{source.key}"
     method = source.payment_method or "any payment method"
     return f"the payment provider id of an order paid with {method}"
@@ -98,7 +99,7 @@ class BigCommerceStorefront(StorefrontApp):
             # Captured: only tracking can still change, and the ledger knows the rest.
             try:
                 current = await client.shipment(ids.order_id, ids.shipment_id)
-                tracking = bigcommerce.tracking(current, method)
+                tracking = mapping.tracking(current, method)
             except BigCommerceError as error:
                 if error.code != "NOT_FOUND":
                     raise error.failure("map") from None
@@ -125,10 +126,10 @@ class BigCommerceStorefront(StorefrontApp):
                 await client.order_metafields(
                     ids.order_id, namespace=source.namespace, key=source.key
                 )
-                if isinstance(source, bigcommerce.MetafieldSource)
+                if isinstance(source, payloads.MetafieldSource)
                 else []
             )
-            klarna_id = bigcommerce.klarna_order_id(order, metafields, source)
+            klarna_id = mapping.klarna_order_id(order, metafields, source)
             if klarna_id is None:
                 return Skipped(
                     reason=f"order {ids.order_id} has no Klarna order id in {_where(source)}: "
@@ -148,16 +149,16 @@ class BigCommerceStorefront(StorefrontApp):
             self.store, shop, ids.order_id, {str(s.id) for s in shipments}, what="shipment"
         )
         try:
-            event = bigcommerce.shipment_from(
+            event = mapping.shipment_from(
                 shipment,
                 order,
                 products,
                 shipments,
                 klarna_order_id=klarna_id,
-                taxes_included=bigcommerce.taxes_included(shop.klarna_region),
+                taxes_included=mapping.taxes_included(shop.klarna_region),
                 shipping_method=method,
             )
-        except bigcommerce.BigCommerceMappingError as error:
+        except mapping.BigCommerceMappingError as error:
             raise StorefrontError(
                 "map", "UNMAPPABLE_SHIPMENT", [str(error)], retryable=False
             ) from None
@@ -175,7 +176,7 @@ class BigCommerceStorefront(StorefrontApp):
         if status == "pending":
             return
         summaries = [
-            bigcommerce.CaptureSummary(
+            payloads.CaptureSummary(
                 shipment_id=r.fulfillment_id,
                 capture_id=r.capture_id or "",
                 amount=str(money.to_decimal(r.captured_amount or 0, r.currency)),
@@ -187,7 +188,7 @@ class BigCommerceStorefront(StorefrontApp):
             for r in captured
         ]
         currency = captured[0].currency if captured else None
-        value = bigcommerce.CaptureStatus(
+        value = payloads.CaptureStatus(
             status=status,
             currency=currency,
             captured_amount=(
@@ -198,19 +199,19 @@ class BigCommerceStorefront(StorefrontApp):
             captures=summaries,
             failures=failures,
         )
-        notes = [bigcommerce.capture_note(s) for s in summaries]
-        notes += [bigcommerce.failure_note(f) for f in failures]
+        notes = [capture_note(s) for s in summaries]
+        notes += [failure_note(f) for f in failures]
         client = self.client(shop, "write_back")
         try:
             # The staff notes first, the metafield last: a status there means all is written.
             order = await client.order(order_id)
-            merged = bigcommerce.staff_notes_with(order.staff_notes, notes)
+            merged = staff_notes_with(order.staff_notes, notes)
             if merged is not None:
                 await client.set_staff_notes(order_id, merged)
             await client.put_order_metafield(
                 order_id,
-                namespace=bigcommerce.METAFIELD_NAMESPACE,
-                key=bigcommerce.METAFIELD_KEY,
+                namespace=payloads.METAFIELD_NAMESPACE,
+                key=payloads.METAFIELD_KEY,
                 value=_status_encoder.encode(value).decode(),
                 description=METAFIELD_DESCRIPTION,
             )
@@ -220,7 +221,7 @@ class BigCommerceStorefront(StorefrontApp):
             "bigcommerce write-back", extra={"shop": shop.id, "order": order_id, "status": status}
         )
 
-    async def _failures(self, shop: Shop, order_id: str) -> list[bigcommerce.FailureSummary]:
+    async def _failures(self, shop: Shop, order_id: str) -> list[payloads.FailureSummary]:
         """The order's shipments not captured whose last run failed, with Klarna's words."""
         shipment_ids = {
             d.fulfillment_id
@@ -241,7 +242,7 @@ class BigCommerceStorefront(StorefrontApp):
             except msgspec.MsgspecError:
                 error = JobError(step="unknown", error_code="UNKNOWN", error_messages=[])
             failures.append(
-                bigcommerce.FailureSummary(
+                payloads.FailureSummary(
                     shipment_id=shipment_id,
                     step=error.step,
                     error_code=error.error_code,
@@ -253,7 +254,7 @@ class BigCommerceStorefront(StorefrontApp):
 
 
 def _status(
-    records: Sequence[CaptureRecord], failures: Sequence[bigcommerce.FailureSummary]
+    records: Sequence[CaptureRecord], failures: Sequence[payloads.FailureSummary]
 ) -> Status:
     if failures:
         return "failed"
@@ -270,8 +271,8 @@ def _ids(deliveries: Sequence[Delivery]) -> _Ids | None:
         if delivery.fulfillment_id and delivery.order_id:
             return _Ids(shipment_id=delivery.fulfillment_id, order_id=delivery.order_id)
         try:
-            shipment_id, order_id = bigcommerce.shipment_ids(delivery.body)
-        except (msgspec.MsgspecError, bigcommerce.BigCommerceMappingError):
+            shipment_id, order_id = mapping.shipment_ids(delivery.body)
+        except (msgspec.MsgspecError, mapping.BigCommerceMappingError):
             continue
         return _Ids(shipment_id=shipment_id, order_id=order_id)
     return None

@@ -13,7 +13,7 @@ import httpx2
 import msgspec
 
 from plugin.platforms.base import ApiError
-from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce import payloads
 from plugin.retries import RetryPolicy, retrying
 
 log = logging.getLogger("plugin.bigcommerce")
@@ -62,11 +62,11 @@ class _HookOne(msgspec.Struct):
 
 
 class _Metafields(msgspec.Struct):
-    data: list[bigcommerce.Metafield] = []
+    data: list[payloads.Metafield] = []
 
 
 class _MetafieldOne(msgspec.Struct):
-    data: bigcommerce.Metafield
+    data: payloads.Metafield
 
 
 _v2_errors = msgspec.json.Decoder(list[_V2Error])
@@ -222,23 +222,23 @@ class StoreClient:
 
     # orders (v2)
 
-    async def order(self, order_id: str) -> bigcommerce.Order:
+    async def order(self, order_id: str) -> payloads.Order:
         raw = await self.call("order", "GET", f"/v2/orders/{order_id}")
-        return self._decode("order", raw, bigcommerce.decode_order)
+        return self._decode("order", raw, payloads.decode_order)
 
-    async def order_products(self, order_id: str) -> list[bigcommerce.OrderProduct]:
+    async def order_products(self, order_id: str) -> list[payloads.OrderProduct]:
         return await self._pages(
-            "order products", f"/v2/orders/{order_id}/products", bigcommerce.decode_products
+            "order products", f"/v2/orders/{order_id}/products", payloads.decode_products
         )
 
-    async def order_shipments(self, order_id: str) -> list[bigcommerce.Shipment]:
+    async def order_shipments(self, order_id: str) -> list[payloads.Shipment]:
         return await self._pages(
-            "order shipments", f"/v2/orders/{order_id}/shipments", bigcommerce.decode_shipments
+            "order shipments", f"/v2/orders/{order_id}/shipments", payloads.decode_shipments
         )
 
-    async def shipment(self, order_id: str, shipment_id: str) -> bigcommerce.Shipment:
+    async def shipment(self, order_id: str, shipment_id: str) -> payloads.Shipment:
         raw = await self.call("shipment", "GET", f"/v2/orders/{order_id}/shipments/{shipment_id}")
-        return self._decode("shipment", raw, bigcommerce.decode_shipment)
+        return self._decode("shipment", raw, payloads.decode_shipment)
 
     async def set_staff_notes(self, order_id: str, staff_notes: str) -> None:
         await self.call(
@@ -249,7 +249,7 @@ class StoreClient:
 
     async def order_metafields(
         self, order_id: str, *, namespace: str, key: str
-    ) -> list[bigcommerce.Metafield]:
+    ) -> list[payloads.Metafield]:
         raw = await self.call(
             "order metafields",
             "GET",
@@ -269,7 +269,7 @@ class StoreClient:
         value: str,
         description: str,
         permission_set: str = "read",
-    ) -> bigcommerce.Metafield:
+    ) -> payloads.Metafield:
         """Create the metafield, or change the value of the one this app already wrote."""
         path = f"/v3/orders/{order_id}/metafields"
         for _ in range(2):

@@ -15,8 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
 from plugin.context import ServiceContext
-from plugin.platforms.bigcommerce import mapping as bigcommerce
-from plugin.platforms.bigcommerce import signatures
+from plugin.platforms.bigcommerce import NAME, payloads, signatures
 from plugin.platforms.bigcommerce.api import BigCommerceError, StoreClient
 from plugin.platforms.bigcommerce.oauth import BigCommerceOAuthError, exchange_code
 from plugin.platforms.bigcommerce.signatures import (
@@ -24,10 +23,15 @@ from plugin.platforms.bigcommerce.signatures import (
     SignedPayloadError,
     verify_signed_payload,
 )
+from plugin.platforms.bigcommerce.store_hash import control_panel_origin, store_hash_of
 from plugin.retries import RetryPolicy
 from plugin.store.records import Shop
 from plugin.web.pages import Refused, allow_framing, message, service_of, set_session_cookie
 
+# The least that works: store_v2_orders ("Orders: modify") reads orders, their products and
+# shipments, writes the staff notes and the order metafields, and lets the app subscribe to the
+# shipment webhooks. Nothing else is asked for.
+OAUTH_SCOPES = ("store_v2_orders",)
 CALLBACK_PATH = "/auth/bigcommerce/callback"
 LOAD_PATH = "/load"
 UNINSTALL_PATH = "/uninstall"
@@ -73,7 +77,7 @@ def _credentials(settings: Settings) -> tuple[str, str]:
 
 def _frame_for(request: Request, store_hash: str) -> None:
     """The store's control panel frames the app: let it show this answer."""
-    allow_framing(request, (bigcommerce.control_panel_origin(store_hash),))
+    allow_framing(request, (control_panel_origin(store_hash),))
 
 
 def _api(service: ServiceContext, store_hash: str, token: str) -> StoreClient:
@@ -99,7 +103,7 @@ async def subscribe(service: ServiceContext, shop: Shop, token: str) -> None:
         )
     }
     await _api(service, shop.shop_domain, token).ensure_hooks(
-        bigcommerce.WEBHOOK_SCOPES, destination, header
+        payloads.WEBHOOK_SCOPES, destination, header
     )
 
 
@@ -116,7 +120,7 @@ async def callback(request: Request) -> Response:
     service = service_of(request)
     settings = service.settings
     params = request.query_params
-    store_hash = bigcommerce.store_hash_of(params.get("context", "")) or ""
+    store_hash = store_hash_of(params.get("context", "")) or ""
     try:
         client_id, client_secret = _credentials(settings)
         if not store_hash:
@@ -160,16 +164,16 @@ async def callback(request: Request) -> Response:
                 _INSTALL_AGAIN,
                 f"the token is for context {grant.context!r}, the callback named {store_hash!r}",
             )
-        if not grant.covers(bigcommerce.OAUTH_SCOPES):
+        if not grant.covers(OAUTH_SCOPES):
             raise Refused(
                 403,
                 "Permissions missing",
                 "The app needs the Orders (modify) permission to capture payments and note "
                 "them on the order. " + _INSTALL_AGAIN,
-                f"granted scopes {grant.scope!r} lack some of {' '.join(bigcommerce.OAUTH_SCOPES)}",
+                f"granted scopes {grant.scope!r} lack some of {' '.join(OAUTH_SCOPES)}",
             )
         shop = await service.shops.install(
-            platform=bigcommerce.NAME, shop_domain=store_hash, token=grant.access_token
+            platform=NAME, shop_domain=store_hash, token=grant.access_token
         )
         await service.store.add_audit(
             shop.id,
@@ -227,7 +231,7 @@ async def load(request: Request) -> Response:
         payload = await _verified(request, service)
         store_hash = payload.store_hash
         _frame_for(request, store_hash)
-        shop = await service.store.shop_by_domain(bigcommerce.NAME, store_hash)
+        shop = await service.store.shop_by_domain(NAME, store_hash)
         token = service.shops.platform_token(shop) if shop is not None else None
         if shop is None or token is None:
             raise Refused(
@@ -260,7 +264,7 @@ async def uninstall(request: Request) -> Response:
         log.warning("bigcommerce uninstall refused", extra={"reason": str(refused)})
         status = "not_configured" if refused.status == 404 else "unauthorized"
         return JSONResponse({"status": status, "error": refused.title}, refused.status)
-    shop = await service.store.shop_by_domain(bigcommerce.NAME, payload.store_hash)
+    shop = await service.store.shop_by_domain(NAME, payload.store_hash)
     if shop is None:
         return JSONResponse({"status": "unknown_shop"})
     if shop.enabled or shop.platform_token is not None:

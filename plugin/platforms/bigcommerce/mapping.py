@@ -1,11 +1,10 @@
-"""The BigCommerce storefront adapter: payload types and the pure mapping of a shipment.
+"""The BigCommerce mapping: a shipment of an order onto the neutral shipment to capture.
 
 BigCommerce announces a shipment with the thin `store/shipment/created` webhook (`data` holds the
 shipment and order ids only, `producer` the store), so the worker reads the order, its products
-and its shipments through the REST API (v2 orders, v3 order metafields). This module holds the
-types of those answers and maps (shipment, order, products, shipments) onto the neutral
-`FulfillmentEvent`; the client is `_bigcommerce_api.py`, the app at work
-`bigcommerce_storefront.py`.
+and its shipments through the REST API (v2 orders, v3 order metafields). Their types are
+`payloads.py`, the client `api.py`, the app at work `adapter.py`; this module maps (shipment,
+order, products, shipments) onto the neutral `FulfillmentEvent`.
 
 Mapping rules, in short (see `shipment_from`):
 
@@ -28,13 +27,10 @@ Mapping rules, in short (see `shipment_from`):
 """
 
 import email.utils
-import hashlib
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Literal
 
 import msgspec
 
@@ -43,35 +39,13 @@ from plugin.errors import MappingError
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna.carriers import klarna_carrier
 from plugin.klarna.models import OrderLineType, ShippingMethod
-
-NAME = "bigcommerce"
-
-# The least that works: store_v2_orders ("Orders: modify") reads orders, their products and
-# shipments, writes the staff notes and the order metafields, and lets the app subscribe to the
-# shipment webhooks. Nothing else is asked for.
-OAUTH_SCOPES = ("store_v2_orders",)
-# What the app subscribes to on install; a tracking number added or changed later comes as
-# `store/shipment/updated`.
-SHIPMENT_SCOPES = {
-    "store/shipment/created": "fulfillment.created",
-    "store/shipment/updated": "fulfillment.updated",
-}
-WEBHOOK_SCOPES = tuple(SHIPMENT_SCOPES)
-# A payload `hash` longer than this, or not hex, is not BigCommerce's (a SHA-1 in hex).
-_PAYLOAD_HASH = re.compile(r"[0-9a-fA-F]{1,128}")
-
-# The write-back: one order metafield, and lines appended to the order's staff notes.
-METAFIELD_NAMESPACE = "klarna_capture"
-METAFIELD_KEY = "status"
-NOTE_PREFIX = "[Klarna capture]"
+from plugin.platforms.bigcommerce import payloads
 
 MAX_TEXT = 255
 MAX_TRACKING_NUMBER = 100
 MAX_TRACKING_URL = 1024
 MAX_CARRIER = 100
 
-_STORE_HASH = re.compile(r"[a-z0-9]{1,64}")
-_CONTEXT = re.compile(r"stores/([a-z0-9]{1,64})")
 # The regions whose Klarna orders carry US-style sales tax as a line of its own.
 SALES_TAX_REGIONS = frozenset({"na"})
 
@@ -93,76 +67,10 @@ class BigCommerceMappingError(MappingError):
     """A BigCommerce shipment that cannot be turned into a shipment to capture, and why."""
 
 
-def is_store_hash(value: str) -> bool:
-    """Whether `value` is a store hash as BigCommerce writes them (lowercase letters, digits)."""
-    return _STORE_HASH.fullmatch(value) is not None
-
-
-def store_hash_of(context: str) -> str | None:
-    """The store hash in a `stores/{hash}` context, producer or `sub` claim; None otherwise."""
-    found = _CONTEXT.fullmatch(context)
-    return found.group(1) if found else None
-
-
-def control_panel_origin(store_hash: str) -> str:
-    """The store's control panel, which frames the app's pages."""
-    return f"https://store-{store_hash}.mybigcommerce.com"
-
-
-# --- the webhook body ----------------------------------------------------------------------------
-
-
-class WebhookData(msgspec.Struct, kw_only=True):
-    type: str
-    id: int
-    # A number in some events, a string in others (the docs show both).
-    order_id: int | str | None = msgspec.field(default=None, name="orderId")
-
-
-class Webhook(msgspec.Struct, kw_only=True):
-    """The thin body of a BigCommerce webhook."""
-
-    scope: str
-    producer: str
-    data: WebhookData | None = None
-    store_id: int | str | None = None
-    hash: str | None = None
-    created_at: int | None = None
-
-
-class _Envelope(msgspec.Struct, kw_only=True):
-    scope: str
-    producer: str
-
-
-_envelope_decoder = msgspec.json.Decoder(_Envelope)
-_webhook_decoder = msgspec.json.Decoder(Webhook)
-
-
-def webhook_envelope(body: bytes) -> tuple[str, str | None]:
-    """(scope, store hash) of a verified webhook body; the hash is None when `producer` is not
-    `stores/{hash}`."""
-    envelope = _envelope_decoder.decode(body)
-    return envelope.scope, store_hash_of(envelope.producer)
-
-
-def delivery_key(body: bytes, scope: str, store_hash: str) -> str:
-    """A stable id of a delivery that carries no `webhook-id`: the payload's `hash` (BigCommerce
-    sends the same one again when it retries) with the scope and store; the body's own SHA-256
-    when the hash is missing or not hex."""
-    try:
-        payload_hash = _webhook_decoder.decode(body).hash
-    except msgspec.MsgspecError:
-        payload_hash = None
-    if payload_hash is None or not _PAYLOAD_HASH.fullmatch(payload_hash):
-        payload_hash = "sha256-" + hashlib.sha256(body).hexdigest()
-    return f"hash:{scope}:{store_hash}:{payload_hash.lower()}"
-
-
 def shipment_ids(body: bytes) -> tuple[str, str]:
     """(shipment id, order id) of a verified `store/shipment/*` body; raises msgspec errors or
     BigCommerceMappingError for a body that names no shipment of an order."""
-    webhook = _webhook_decoder.decode(body)
+    webhook = payloads.decode_webhook(body)
     data = webhook.data
     if data is None or data.type != "shipment":
         raise BigCommerceMappingError("data is not a shipment")
@@ -172,154 +80,16 @@ def shipment_ids(body: bytes) -> tuple[str, str]:
     return str(data.id), order_id
 
 
-# --- the REST answers (v2 orders; amounts are decimal strings or numbers) ------------------------
-
-ZERO = Decimal(0)
-
-
-class AppliedDiscount(msgspec.Struct, kw_only=True):
-    amount: Decimal = ZERO
-    id: str | int | None = None
-    name: str | None = None
-    code: str | None = None
-    target: str | None = None
-
-
-class OrderProduct(msgspec.Struct, kw_only=True):
-    """One line of `GET /v2/orders/{id}/products`."""
-
-    id: int
-    name: str = ""
-    quantity: int = 0
-    sku: str | None = None
-    # physical, digital, giftcertificate
-    type: str = "physical"
-    quantity_refunded: int = 0
-    price_ex_tax: Decimal = ZERO
-    price_inc_tax: Decimal = ZERO
-    price_tax: Decimal = ZERO
-    total_ex_tax: Decimal = ZERO
-    total_inc_tax: Decimal = ZERO
-    total_tax: Decimal = ZERO
-    discounted_total_inc_tax: Decimal | None = None
-    applied_discounts: list[AppliedDiscount] = []
-
-
-class ShipmentItem(msgspec.Struct, kw_only=True):
-    order_product_id: int
-    quantity: int
-    product_id: int | None = None
-
-
-class Shipment(msgspec.Struct, kw_only=True):
-    """`GET /v2/orders/{id}/shipments/{id}`, and each entry of the order's shipments."""
-
-    id: int
-    order_id: int
-    date_created: str | None = None
-    tracking_number: str | None = None
-    shipping_method: str | None = None
-    shipping_provider: str | None = None
-    tracking_carrier: str | None = None
-    tracking_link: str | None = None
-    items: list[ShipmentItem] = []
-
-
-class Order(msgspec.Struct, kw_only=True):
-    """`GET /v2/orders/{id}`: what the mapping and the write-back read of it."""
-
-    id: int
-    currency_code: str
-    # The transactional currency (what the shopper pays in, and what the amounts are in);
-    # `currency_code` is the display currency.
-    default_currency_code: str | None = None
-    status_id: int | None = None
-    status: str | None = None
-    subtotal_ex_tax: Decimal = ZERO
-    subtotal_inc_tax: Decimal = ZERO
-    shipping_cost_ex_tax: Decimal = ZERO
-    shipping_cost_inc_tax: Decimal = ZERO
-    shipping_cost_tax: Decimal = ZERO
-    handling_cost_ex_tax: Decimal = ZERO
-    handling_cost_inc_tax: Decimal = ZERO
-    handling_cost_tax: Decimal = ZERO
-    wrapping_cost_ex_tax: Decimal = ZERO
-    wrapping_cost_inc_tax: Decimal = ZERO
-    wrapping_cost_tax: Decimal = ZERO
-    total_ex_tax: Decimal = ZERO
-    total_inc_tax: Decimal = ZERO
-    total_tax: Decimal = ZERO
-    discount_amount: Decimal = ZERO
-    coupon_discount: Decimal = ZERO
-    store_credit_amount: Decimal = ZERO
-    gift_certificate_amount: Decimal = ZERO
-    payment_method: str | None = None
-    payment_provider_id: str | int | None = None
-    staff_notes: str | None = None
-
-    @property
-    def currency(self) -> str:
-        return (self.default_currency_code or self.currency_code).strip().upper()
-
-
-class Metafield(msgspec.Struct, kw_only=True):
-    """One entry of `GET /v3/orders/{id}/metafields` (`data[]`)."""
-
-    id: int
-    namespace: str
-    key: str
-    value: str
-    permission_set: str | None = None
-
-
-_order_decoder = msgspec.json.Decoder(Order)
-_products_decoder = msgspec.json.Decoder(list[OrderProduct])
-_shipment_decoder = msgspec.json.Decoder(Shipment)
-_shipments_decoder = msgspec.json.Decoder(list[Shipment])
-
-
-def decode_order(raw: bytes) -> Order:
-    return _order_decoder.decode(raw)
-
-
-def decode_products(raw: bytes) -> list[OrderProduct]:
-    return _products_decoder.decode(raw)
-
-
-def decode_shipment(raw: bytes) -> Shipment:
-    return _shipment_decoder.decode(raw)
-
-
-def decode_shipments(raw: bytes) -> list[Shipment]:
-    return _shipments_decoder.decode(raw)
-
-
-# --- where a shop keeps the Klarna order id ------------------------------------------------------
-
-
-class MetafieldSource(msgspec.Struct, kw_only=True, frozen=True, tag="metafield"):
-    """An order metafield `namespace.key` holds the Klarna order id (written by the checkout with a
-    `permission_set` other apps may read: `read`, `write` or their `_and_sf_access` forms)."""
-
-    namespace: str
-    key: str
-
-
-class TransactionSource(msgspec.Struct, kw_only=True, frozen=True, tag="transaction"):
-    """The order's `payment_provider_id` is the Klarna order id, for orders paid with the payment
-    method `payment_method` (as the order names it; empty: any)."""
-
-    payment_method: str
-
-
-KlarnaOrderIdSource = MetafieldSource | TransactionSource
+# --- where a shop keeps the Klarna order id -------------------------------------------------------
 
 
 def klarna_order_id(
-    order: Order, metafields: Iterable[Metafield], source: KlarnaOrderIdSource
+    order: payloads.Order,
+    metafields: Iterable[payloads.Metafield],
+    source: payloads.KlarnaOrderIdSource,
 ) -> str | None:
     """The Klarna order id the shop keeps on `order`, or None when it is not there."""
-    if isinstance(source, MetafieldSource):
+    if isinstance(source, payloads.MetafieldSource):
         for field in metafields:
             if (field.namespace, field.key) == (source.namespace, source.key):
                 return _present(field.value)
@@ -360,10 +130,10 @@ class _Part:
 
 
 def shipment_from(
-    shipment: Shipment,
-    order: Order,
-    products: Sequence[OrderProduct],
-    shipments: Sequence[Shipment],
+    shipment: payloads.Shipment,
+    order: payloads.Order,
+    products: Sequence[payloads.OrderProduct],
+    shipments: Sequence[payloads.Shipment],
     *,
     klarna_order_id: str,
     taxes_included: bool,
@@ -440,7 +210,7 @@ def shipment_from(
         raise BigCommerceMappingError(f"the shipment breaks Klarna's limits: {error}") from None
 
 
-def _ships(product: OrderProduct) -> bool:
+def _ships(product: payloads.OrderProduct) -> bool:
     return product.type.strip().lower() == "physical"
 
 
@@ -459,9 +229,9 @@ def _rate(tax: Decimal, net: Decimal) -> int:
     return int((tax * 10_000 / net).to_integral_value(rounding=ROUND_HALF_UP))
 
 
-def _product_part(product: OrderProduct, currency: str, taxes_included: bool) -> _Part:
+def _product_part(product: payloads.OrderProduct, currency: str, taxes_included: bool) -> _Part:
     label = f"order product {product.id}"
-    discounts = sum((d.amount for d in product.applied_discounts), ZERO)
+    discounts = sum((d.amount for d in product.applied_discounts), payloads.ZERO)
     # The rate from whichever figure carries more digits: the line total, else the unit price.
     if product.total_ex_tax >= product.price_ex_tax and product.total_ex_tax > 0:
         rate = _rate(product.total_tax, product.total_ex_tax)
@@ -502,7 +272,7 @@ def _product_part(product: OrderProduct, currency: str, taxes_included: bool) ->
     )
 
 
-def _fees(order: Order, currency: str, taxes_included: bool) -> list[_Part]:
+def _fees(order: payloads.Order, currency: str, taxes_included: bool) -> list[_Part]:
     fees: tuple[tuple[str, OrderLineType, Decimal, Decimal, Decimal], ...] = (
         ("Shipping", "shipping_fee", order.shipping_cost_ex_tax, order.shipping_cost_inc_tax,
          order.shipping_cost_tax),
@@ -532,7 +302,7 @@ def _fees(order: Order, currency: str, taxes_included: bool) -> list[_Part]:
     return parts
 
 
-def _credits(order: Order, currency: str) -> list[ShipmentLine]:
+def _credits(order: payloads.Order, currency: str) -> list[ShipmentLine]:
     """Store credit and gift certificates spent on the order: payments besides Klarna's."""
     credits: tuple[tuple[str, OrderLineType, Decimal], ...] = (
         ("Store credit", "store_credit", order.store_credit_amount),
@@ -550,7 +320,9 @@ def _credits(order: Order, currency: str) -> list[ShipmentLine]:
     return lines
 
 
-def _check_total(order: Order, parts: Sequence[_Part], currency: str, taxes_included: bool) -> None:
+def _check_total(
+    order: payloads.Order, parts: Sequence[_Part], currency: str, taxes_included: bool
+) -> None:
     """The whole order, mapped, must come to the order's total: a unit a line of rounding aside."""
     mapped = sum(part.total + (0 if taxes_included else part.tax) for part in parts)
     total = _minor(order.total_inc_tax, currency, "the order's total")
@@ -585,7 +357,7 @@ def _whole(part: _Part, taxes_included: bool) -> ShipmentLine:
 _LAST = datetime.max.replace(tzinfo=UTC)
 
 
-def _created(shipment: Shipment) -> datetime:
+def _created(shipment: payloads.Shipment) -> datetime:
     if not shipment.date_created:
         return _LAST  # without a creation time, after every timed one
     try:
@@ -598,14 +370,16 @@ def _created(shipment: Shipment) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _earlier(shipment: Shipment, shipments: Sequence[Shipment]) -> list[Shipment]:
+def _earlier(
+    shipment: payloads.Shipment, shipments: Sequence[payloads.Shipment]
+) -> list[payloads.Shipment]:
     """The order's shipments that come before this one, by (date_created, id)."""
     listed = next((s for s in shipments if s.id == shipment.id), shipment)
     key = (_created(listed), listed.id)
     return [s for s in shipments if s.id != shipment.id and (_created(s), s.id) < key]
 
 
-def _shipped(shipments: Iterable[Shipment]) -> dict[int, int]:
+def _shipped(shipments: Iterable[payloads.Shipment]) -> dict[int, int]:
     shipped: dict[int, int] = {}
     for shipment in shipments:
         for item in shipment.items:
@@ -621,7 +395,7 @@ def _text(value: str | None) -> str | None:
     return value[:MAX_TEXT] or None
 
 
-def tracking(shipment: Shipment, shipping_method: ShippingMethod | None) -> list[Tracking]:
+def tracking(shipment: payloads.Shipment, shipping_method: ShippingMethod | None) -> list[Tracking]:
     """The shipment's tracking as one entry: `tracking_carrier` (or the `shipping_provider`,
     named), the tracking number and link. Values beyond Klarna's limits are dropped rather than
     cut (a cut tracking number is a wrong one)."""
@@ -647,69 +421,3 @@ def taxes_included(klarna_region: str) -> bool:
     """Whether the shop's Klarna orders carry taxes in their lines (VAT) rather than as a
     `sales_tax` line of their own, as Klarna's North American orders do."""
     return klarna_region.strip().lower() not in SALES_TAX_REGIONS
-
-
-# --- the write-back ------------------------------------------------------------------------------
-
-Status = Literal["captured", "partially_captured", "failed"]
-
-
-class CaptureSummary(msgspec.Struct, kw_only=True):
-    """One capture, as the status metafield lists it."""
-
-    shipment_id: str
-    capture_id: str
-    amount: str
-    currency: str
-    klarna_order_id: str
-    klarna_reference: str | None
-    captured_at: datetime
-
-
-class FailureSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A shipment not captured and why, as Klarna (or the app) said it."""
-
-    shipment_id: str
-    step: str
-    error_code: str
-    error_messages: list[str] = []
-    correlation_id: str | None = None
-
-
-class CaptureStatus(msgspec.Struct, kw_only=True):
-    """The value (JSON) of the order metafield `klarna_capture.status`."""
-
-    status: Status
-    currency: str | None = None
-    captured_amount: str | None = None
-    captures: list[CaptureSummary] = []
-    failures: list[FailureSummary] = []
-
-
-def capture_note(summary: CaptureSummary) -> str:
-    return (
-        f"{NOTE_PREFIX} Shipment {summary.shipment_id}: captured {summary.amount} "
-        f"{summary.currency} (Klarna capture {summary.capture_id}, "
-        f"Klarna order {summary.klarna_order_id})."
-    )
-
-
-def failure_note(failure: FailureSummary) -> str:
-    text = f"{NOTE_PREFIX} Shipment {failure.shipment_id}: not captured: {failure.step}: "
-    text += failure.error_code
-    if failure.error_messages:
-        text += ": " + "; ".join(failure.error_messages)
-    if failure.correlation_id:
-        text += f" (correlation_id {failure.correlation_id})"
-    return " ".join(text.split())
-
-
-def staff_notes_with(existing: str | None, lines: Iterable[str]) -> str | None:
-    """The staff notes with `lines` appended, each once: None when nothing is new (so a
-    write-back run again adds nothing, and the merchant's own notes are never touched)."""
-    notes = existing or ""
-    present = set(notes.splitlines())
-    new = [line for line in dict.fromkeys(lines) if line not in present]
-    if not new:
-        return None
-    return "\n".join([notes.rstrip("\n"), *new] if notes.strip() else new)

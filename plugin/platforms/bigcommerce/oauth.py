@@ -11,7 +11,7 @@ import httpx2
 import msgspec
 
 from plugin.errors import PluginError
-from plugin.platforms.bigcommerce.mapping import store_hash_of
+from plugin.platforms.bigcommerce.store_hash import store_hash_of
 
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 (a path, not a secret)
 AUTHORIZATION_CODE = "authorization_code"

@@ -4,10 +4,10 @@ uninstall callbacks, its adapter, its options and how its store hashes are writt
 from starlette.routing import BaseRoute, Route
 
 from plugin.platforms.base import Platform
-from plugin.platforms.bigcommerce import cli, install
+from plugin.platforms.bigcommerce import NAME, cli, install
 from plugin.platforms.bigcommerce.adapter import BigCommerceStorefront
-from plugin.platforms.bigcommerce.mapping import NAME, is_store_hash
 from plugin.platforms.bigcommerce.settings import BigCommerceSettings
+from plugin.platforms.bigcommerce.store_hash import is_store_hash
 from plugin.platforms.bigcommerce.webhooks import bigcommerce_webhook
 
 

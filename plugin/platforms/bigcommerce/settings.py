@@ -4,7 +4,7 @@ store's control panel, which frames the app."""
 import re
 from pathlib import Path
 
-from plugin.platforms.bigcommerce.mapping import control_panel_origin, is_store_hash
+from plugin.platforms.bigcommerce.store_hash import control_panel_origin, is_store_hash
 from plugin.store.records import Shop
 from plugin.web.forms import OrderIdSettingsPage, name_problem
 

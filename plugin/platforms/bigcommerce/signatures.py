@@ -21,7 +21,7 @@ from typing import Any
 import jwt
 import msgspec
 
-from plugin.platforms.bigcommerce.mapping import is_store_hash, store_hash_of
+from plugin.platforms.bigcommerce.store_hash import is_store_hash, store_hash_of
 from plugin.signatures import WebhookVerificationError
 
 ISSUER = "bc"

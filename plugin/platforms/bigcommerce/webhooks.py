@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.context import ServiceContext
-from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce import NAME, mapping, payloads
 from plugin.platforms.bigcommerce.signatures import (
     HOOK_HEADER,
     hook_header_matches,
@@ -27,7 +27,7 @@ log = logging.getLogger("plugin.receiver")
 async def bigcommerce_webhook(request: Request) -> Response:
     service: ServiceContext = request.app.state.service
     settings = service.settings
-    platform = bigcommerce.NAME
+    platform = NAME
     secret = settings.bigcommerce.client_secret
     if not settings.bigcommerce.enabled or not secret:
         return _answer(
@@ -65,7 +65,7 @@ async def bigcommerce_webhook(request: Request) -> Response:
     if (deep := too_deep(body, platform)) is not None:
         return deep
     try:
-        scope, store_hash = bigcommerce.webhook_envelope(body)
+        scope, store_hash = payloads.webhook_envelope(body)
     except msgspec.MsgspecError as exc:
         if signed_id is None:
             return _refuse(f"not a BigCommerce webhook: {exc}")
@@ -81,19 +81,19 @@ async def bigcommerce_webhook(request: Request) -> Response:
         return _answer(
             404, platform, "unknown_shop", error="the app is not installed on this store"
         )
-    event_type = bigcommerce.SHIPMENT_SCOPES.get(scope)
+    event_type = payloads.SHIPMENT_SCOPES.get(scope)
     if event_type is None:
         return _answer(200, platform, "ignored", scope=scope)
 
     rejected: str | None = None
     shipment_id = order_id = None
     try:
-        shipment_id, order_id = bigcommerce.shipment_ids(body)
-    except (msgspec.MsgspecError, bigcommerce.BigCommerceMappingError) as exc:
+        shipment_id, order_id = mapping.shipment_ids(body)
+    except (msgspec.MsgspecError, mapping.BigCommerceMappingError) as exc:
         rejected = f"not a shipment: {exc}"
     # A signed delivery is named by its webhook-id; one with the header only by the payload's
     # hash, which BigCommerce's retries repeat: either way a replay is a duplicate.
-    delivery_id = signed_id or bigcommerce.delivery_key(body, scope, store_hash)
+    delivery_id = signed_id or payloads.delivery_key(body, scope, store_hash)
     return await store_delivery(
         service,
         platform,
@@ -109,4 +109,4 @@ async def bigcommerce_webhook(request: Request) -> Response:
 
 def _refuse(reason: str) -> Response:
     log.warning("bigcommerce webhook refused", extra={"reason": reason})
-    return _answer(401, bigcommerce.NAME, "unauthorized", error=reason)
+    return _answer(401, NAME, "unauthorized", error=reason)

@@ -21,7 +21,7 @@ from plugin.platforms.base import (
     refuse_if_captured_shipments_are_gone,
     shipping_method,
 )
-from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.shopify import mapping, payloads
 from plugin.platforms.shopify.api import AdminClient, ShopifyError
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 
@@ -46,14 +46,14 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     captured_at: datetime
 
 
-def klarna_order_id_source(options: ShopOptions) -> shopify.KlarnaOrderIdSource:
+def klarna_order_id_source(options: ShopOptions) -> payloads.KlarnaOrderIdSource:
     field = options.klarna_order_id_field.strip()
     if options.klarna_order_id_source == "note_attribute":
-        return shopify.NoteAttributeSource(name=field)
+        return payloads.NoteAttributeSource(name=field)
     if options.klarna_order_id_source == "transaction":
-        return shopify.TransactionSource(gateway=field)
+        return payloads.TransactionSource(gateway=field)
     namespace, _, key = field.partition(".")
-    return shopify.MetafieldSource(namespace=namespace, key=key)
+    return payloads.MetafieldSource(namespace=namespace, key=key)
 
 
 def _where(options: ShopOptions) -> str:
@@ -90,7 +90,7 @@ class ShopifyStorefront(StorefrontApp):
         self, shop: Shop, deliveries: Sequence[Delivery], record: CaptureRecord | None
     ) -> Resolved | Skipped:
         try:
-            bodies = [shopify.decode_fulfillment(delivery.body) for delivery in deliveries]
+            bodies = [payloads.decode_fulfillment(delivery.body) for delivery in deliveries]
         except msgspec.MsgspecError as error:
             raise StorefrontError("map", "BAD_FULFILLMENT", [str(error)], retryable=False) from None
         if not bodies:
@@ -99,9 +99,9 @@ class ShopifyStorefront(StorefrontApp):
         tracking: list[Tracking] = []
         for body in bodies:
             tracking.extend(
-                entry for entry in shopify.tracking(body, method) if entry not in tracking
+                entry for entry in mapping.tracking(body, method) if entry not in tracking
             )
-        cancelled = next((body for body in bodies if shopify.is_cancelled(body)), None)
+        cancelled = next((body for body in bodies if mapping.is_cancelled(body)), None)
         if cancelled is not None and (record is None or record.state != "captured"):
             return Skipped(reason=f"the fulfilment is {cancelled.status}: nothing shipped")
         fulfillment = next(
@@ -121,7 +121,7 @@ class ShopifyStorefront(StorefrontApp):
                     klarna_order_id=record.klarna_order_id,
                     currency=record.currency,
                     shipping=tracking,
-                    fulfillment_name=(fulfillment.name or "")[: shopify.MAX_TEXT] or None,
+                    fulfillment_name=(fulfillment.name or "")[: mapping.MAX_TEXT] or None,
                 )
             )
         order = await self._order(shop, fulfillment.order_id)
@@ -129,12 +129,12 @@ class ShopifyStorefront(StorefrontApp):
             self.store,
             shop,
             str(fulfillment.order_id),
-            shopify.shipped_fulfillment_ids(order),
+            mapping.shipped_fulfillment_ids(order),
             what="fulfilment",
         )
         try:
-            klarna_id = shopify.klarna_order_id(order, klarna_order_id_source(shop.options))
-        except shopify.ShopifyMappingError as error:
+            klarna_id = mapping.klarna_order_id(order, klarna_order_id_source(shop.options))
+        except mapping.ShopifyMappingError as error:
             raise StorefrontError(
                 "map", "KLARNA_ORDER_ID_AMBIGUOUS", [str(error)], retryable=False
             ) from None
@@ -149,14 +149,14 @@ class ShopifyStorefront(StorefrontApp):
 
         def remap(currency: str | None) -> FulfillmentEvent:
             try:
-                event = shopify.shipment_from(
+                event = mapping.shipment_from(
                     fulfillment,
                     order,
                     klarna_order_id=klarna_id,
                     shipping_method=method,
                     currency=currency,
                 )
-            except shopify.ShopifyMappingError as error:
+            except mapping.ShopifyMappingError as error:
                 currencies = {order.currency_code.upper(), order.presentment_currency_code.upper()}
                 mismatch = currency is not None and currency.upper() not in currencies
                 code = "CURRENCY_MISMATCH" if mismatch else "UNMAPPABLE_FULFILLMENT"
@@ -165,12 +165,12 @@ class ShopifyStorefront(StorefrontApp):
 
         return Resolved(event=remap(None), remap=remap)
 
-    async def _order(self, shop: Shop, order_id: int) -> shopify.Order:
+    async def _order(self, shop: Shop, order_id: int) -> payloads.Order:
         client = self.admin(shop, "map")
-        variables = shopify.order_query_variables(order_id, klarna_order_id_source(shop.options))
+        variables = payloads.order_query_variables(order_id, klarna_order_id_source(shop.options))
         try:
-            data = await client.execute("order", shopify.ORDER_QUERY, variables)
-            found = msgspec.convert(data, shopify.OrderData)
+            data = await client.execute("order", payloads.ORDER_QUERY, variables)
+            found = msgspec.convert(data, payloads.OrderData)
         except ShopifyError as error:
             raise error.failure("map") from None
         except msgspec.ValidationError as error:
@@ -220,7 +220,7 @@ class ShopifyStorefront(StorefrontApp):
                 "number_decimal",
                 str(money.to_decimal(total, currency)),
             )
-        gid = shopify.order_gid(order_id)
+        gid = payloads.order_gid(order_id)
         try:
             # Tags first, the metafields last: a status in the metafields means all is written.
             await client.add_tags(gid, [TAGS[status]])

@@ -16,7 +16,7 @@ import time
 
 import msgspec
 
-from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.shopify import NAME, payloads
 from plugin.store import Store
 
 Report = dict[str, object]
@@ -24,27 +24,27 @@ Report = dict[str, object]
 
 async def handle(store: Store, topic: str, webhook_id: str, body: bytes) -> Report:
     """Act on a verified privacy request; raises msgspec errors for a body that is not one."""
-    request = shopify.decode_compliance(body)
+    request = payloads.decode_compliance(body)
     domain = request.shop_domain
-    shop = await store.shop_by_domain(shopify.NAME, domain)
+    shop = await store.shop_by_domain(NAME, domain)
     customer_id = request.customer.id if request.customer else None
     report: Report = {"shop_known": shop is not None}
-    if topic == shopify.DATA_REQUEST_TOPIC:
+    if topic == payloads.DATA_REQUEST_TOPIC:
         orders = [str(order) for order in request.orders_requested]
         report["customer_id"] = customer_id
         report["orders"] = await _held(store, shop.id, orders) if shop and orders else []
-    elif topic == shopify.CUSTOMER_REDACT_TOPIC:
+    elif topic == payloads.CUSTOMER_REDACT_TOPIC:
         orders = [str(order) for order in request.orders_to_redact]
         report["customer_id"] = customer_id
         report["orders"] = orders
         deliveries, entries = (0, 0)
         if shop is not None and orders:
             deliveries, entries = await store.redact_orders(
-                shop.id, orders, shopify.redact_json, _redact_text
+                shop.id, orders, redact_json, _redact_text
             )
         report["deliveries_redacted"] = deliveries
         report["audit_entries_redacted"] = entries
-    elif topic == shopify.SHOP_REDACT_TOPIC:
+    elif topic == payloads.SHOP_REDACT_TOPIC:
         installed = shop is not None and shop.enabled and shop.platform_token is not None
         report["deleted"] = bool(shop is not None and not installed)
         if shop is not None and not installed:
@@ -54,7 +54,7 @@ async def handle(store: Store, topic: str, webhook_id: str, body: bytes) -> Repo
     else:
         raise ValueError(f"{topic!r} is not a privacy topic")
     await store.record_compliance(
-        shopify.NAME,
+        NAME,
         domain,
         topic,
         webhook_id,
@@ -65,7 +65,7 @@ async def handle(store: Store, topic: str, webhook_id: str, body: bytes) -> Repo
 
 
 def _redact_text(detail: str) -> str:
-    return shopify.redact_json(detail.encode()).decode()
+    return redact_json(detail.encode()).decode()
 
 
 async def _held(store: Store, shop_id: str, orders: list[str]) -> list[Report]:
@@ -74,7 +74,7 @@ async def _held(store: Store, shop_id: str, orders: list[str]) -> list[Report]:
     held: list[Report] = []
     for order_id in orders:
         bodies = [d for d in deliveries if d.order_id == order_id]
-        fields = sorted({path for d in bodies for path in shopify.personal_fields(d.body)})
+        fields = sorted({path for d in bodies for path in personal_fields(d.body)})
         held.append(
             {
                 "order_id": order_id,
@@ -95,3 +95,73 @@ async def _held(store: Store, shop_id: str, orders: list[str]) -> list[Report]:
             }
         )
     return held
+
+
+# --- redaction: what in a stored body is personal -------------------------------------------------
+
+# What identifies or locates a person in a stored fulfilment body: the shipping address and
+# contact details, the customer, and line item properties (engraving text and the like).
+PERSONAL_KEYS = frozenset(
+    {
+        "destination",
+        "email",
+        "phone",
+        "customer",
+        "billing_address",
+        "shipping_address",
+        "contact_email",
+        "properties",
+        "note",
+        "note_attributes",
+        "browser_ip",
+        "client_details",
+    }
+)
+REDACTED = "[redacted]"
+
+
+def redact(value: object) -> object:
+    """`value` (decoded JSON) with every personal field's value replaced; amounts, ids, lines
+    and tracking stay."""
+    if isinstance(value, dict):
+        return {
+            key: (REDACTED if key in PERSONAL_KEYS and item is not None else redact(item))
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    return value
+
+
+def redact_json(raw: bytes) -> bytes:
+    """A stored body or audit detail with the personal fields redacted (unchanged if not JSON)."""
+    try:
+        decoded = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return raw
+    redacted = redact(decoded)
+    return raw if redacted == decoded else msgspec.json.encode(redacted)
+
+
+def personal_fields(raw: bytes) -> list[str]:
+    """The paths of personal fields a stored body holds (for a data request's report)."""
+    try:
+        decoded = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return []
+    found: list[str] = []
+
+    def walk(value: object, path: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else key
+                if key in PERSONAL_KEYS and item not in (None, REDACTED):
+                    found.append(where)
+                else:
+                    walk(item, where)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, f"{path}[]")
+
+    walk(decoded, "")
+    return sorted(set(found))

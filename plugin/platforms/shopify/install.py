@@ -10,8 +10,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
-from plugin.platforms.shopify import mapping as shopify
-from plugin.platforms.shopify import signatures
+from plugin.platforms.shopify import NAME, signatures
 from plugin.platforms.shopify.oauth import (
     AccessToken,
     ShopifyOAuthError,
@@ -193,7 +192,7 @@ async def callback(request: Request) -> Response:
         token = _checked_grant(grant)
     except Refused as refused:
         return _refusal(request, refused, shop)
-    installed = await service.shops.install(platform=shopify.NAME, shop_domain=shop, token=token)
+    installed = await service.shops.install(platform=NAME, shop_domain=shop, token=token)
     log.info("shopify app installed", extra={"shop": shop, "shop_id": installed.id})
     response = RedirectResponse(
         f"{_admin_base(settings, shop)}/admin/apps/{quote(client_id, safe='')}", status_code=302
@@ -233,7 +232,7 @@ async def embedded(request: Request) -> Response:
         except signatures.ShopifyRequestError as exc:
             raise Refused(401, "Please sign in", _FROM_ADMIN, str(exc)) from None
         shop = session.shop
-        found = await service.store.shop_by_domain(shopify.NAME, shop)
+        found = await service.store.shop_by_domain(NAME, shop)
         if found is None or found.platform_token is None:
             # Installed by Shopify (managed install) or installed again after an uninstall.
             try:
@@ -247,9 +246,7 @@ async def embedded(request: Request) -> Response:
             except ShopifyOAuthError as error:
                 raise _grant_refused(error) from None
             token = _checked_grant(grant)
-            found = await service.shops.install(
-                platform=shopify.NAME, shop_domain=shop, token=token
-            )
+            found = await service.shops.install(platform=NAME, shop_domain=shop, token=token)
             log.info("shopify app installed", extra={"shop": shop, "shop_id": found.id})
     except Refused as refused:
         return _refusal(request, refused, shop)

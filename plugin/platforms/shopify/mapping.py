@@ -1,11 +1,11 @@
-"""The Shopify storefront adapter.
+"""The Shopify mapping: a fulfilment and its order onto the neutral shipment.
 
 Shopify announces a shipment with the `fulfillments/create` and `fulfillments/update` webhooks,
 whose body is the REST Fulfillment (API 2026-07). That body lacks the order's currencies, its
 taxes-included flag, its shipping lines, its other fulfilments and wherever the Klarna order id was
-kept, so the order is read once through the Admin GraphQL API (`ORDER_QUERY`). This module holds the
-payload types of both, and the pure mapping of (fulfilment, order) onto the neutral
-`FulfillmentEvent`; the webhook route, OAuth and the Admin API client are later work.
+kept, so the order is read once through the Admin GraphQL API (`ORDER_QUERY`). The payload types of
+both are `payloads.py`; this module holds the pure mapping of (fulfilment, order) onto the neutral
+`FulfillmentEvent`, and the order's Klarna order id.
 
 Mapping rules, in short (see `shipment_from`):
 
@@ -35,26 +35,17 @@ from typing import Literal
 import msgspec
 
 from plugin import money
-from plugin.config import SHOPIFY_API_VERSION
 from plugin.errors import MappingError
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna.carriers import klarna_carrier
 from plugin.klarna.models import ShippingMethod
-
-NAME = "shopify"
-API_VERSION = SHOPIFY_API_VERSION
+from plugin.platforms.shopify import payloads
 
 MAX_TEXT = 255
 MAX_TRACKING_NUMBER = 100
 MAX_TRACKING_URL = 1024
 MAX_CARRIER = 100
 MAX_TRACKING_ENTRIES = 500
-
-# Page sizes of the order query. The lists (fulfillments, transactions, taxLines, ...) are fetched
-# whole; the connections are paged, and a truncated page is refused rather than mapped wrong.
-LINE_ITEMS_PAGE = 100
-SHIPPING_LINES_PAGE = 10
-FULFILLMENT_LINE_ITEMS_PAGE = 100
 
 # Fulfilment statuses that shipped nothing: never counted as shipped, never captured.
 _NOT_SHIPPED = frozenset({"cancelled", "error", "failure"})
@@ -64,261 +55,10 @@ class ShopifyMappingError(MappingError):
     """A Shopify fulfilment that cannot be turned into a shipment to capture, and why."""
 
 
-# --- the webhook body: REST Fulfillment, snake_case wire names, unknown fields ignored ----------
+_order_decoder = msgspec.json.Decoder(payloads.OrderResponse)
 
 
-class Money(msgspec.Struct, kw_only=True):
-    amount: str
-    currency_code: str
-
-
-class PriceSet(msgspec.Struct, kw_only=True):
-    shop_money: Money
-    presentment_money: Money | None = None
-
-
-class DiscountAllocation(msgspec.Struct, kw_only=True):
-    amount: str
-    amount_set: PriceSet | None = None
-    discount_application_index: int | None = None
-
-
-class TaxLine(msgspec.Struct, kw_only=True):
-    price: str
-    # A JSON number on the wire: decoded straight into an exact Decimal, never through float.
-    rate: Decimal | None = None
-    title: str | None = None
-    price_set: PriceSet | None = None
-
-
-class FulfillmentLineItem(msgspec.Struct, kw_only=True):
-    id: int
-    quantity: int
-    price: str
-    name: str | None = None
-    title: str | None = None
-    sku: str | None = None
-    price_set: PriceSet | None = None
-    # Deprecated by Shopify and known to disagree with the allocations: kept, never used.
-    total_discount: str | None = None
-    discount_allocations: list[DiscountAllocation] = []
-    tax_lines: list[TaxLine] = []
-    requires_shipping: bool = True
-    gift_card: bool = False
-
-
-class Fulfillment(msgspec.Struct, kw_only=True):
-    """The body of `fulfillments/create` and `fulfillments/update`."""
-
-    id: int
-    order_id: int
-    status: str | None = None
-    name: str | None = None
-    created_at: datetime | None = None
-    tracking_company: str | None = None
-    tracking_number: str | None = None
-    tracking_numbers: list[str] = []
-    tracking_url: str | None = None
-    tracking_urls: list[str] = []
-    line_items: list[FulfillmentLineItem] = []
-    admin_graphql_api_id: str | None = None
-
-
-_fulfillment_decoder = msgspec.json.Decoder(Fulfillment)
-
-
-def decode_fulfillment(body: bytes) -> Fulfillment:
-    """A verified `fulfillments/*` body; msgspec's error names the field that is wrong."""
-    return _fulfillment_decoder.decode(body)
-
-
-# --- the order, as the Admin GraphQL API returns it (camelCase wire names) ----------------------
-
-ORDER_QUERY = f"""\
-query ShipmentOrder($id: ID!, $ns: String!, $key: String!) {{
-  order(id: $id) {{
-    id
-    currencyCode
-    presentmentCurrencyCode
-    taxesIncluded
-    lineItems(first: {LINE_ITEMS_PAGE}) {{
-      nodes {{
-        id
-        sku
-        name
-        quantity
-        currentQuantity
-        requiresShipping
-        isGiftCard
-        originalUnitPriceSet {{ ...Bag }}
-        discountAllocations {{ allocatedAmountSet {{ ...Bag }} }}
-        taxLines {{ title rate priceSet {{ ...Bag }} }}
-      }}
-      pageInfo {{ hasNextPage }}
-    }}
-    shippingLines(first: {SHIPPING_LINES_PAGE}) {{
-      nodes {{
-        title
-        code
-        originalPriceSet {{ ...Bag }}
-        discountedPriceSet {{ ...Bag }}
-        taxLines {{ title rate priceSet {{ ...Bag }} }}
-      }}
-      pageInfo {{ hasNextPage }}
-    }}
-    fulfillments {{
-      id
-      createdAt
-      status
-      fulfillmentLineItems(first: {FULFILLMENT_LINE_ITEMS_PAGE}) {{
-        nodes {{ lineItem {{ id }} quantity }}
-        pageInfo {{ hasNextPage }}
-      }}
-    }}
-    metafield(namespace: $ns, key: $key) {{ namespace key value }}
-    customAttributes {{ key value }}
-    transactions {{ gateway kind status authorizationCode }}
-  }}
-}}
-
-fragment Bag on MoneyBag {{
-  shopMoney {{ amount currencyCode }}
-  presentmentMoney {{ amount currencyCode }}
-}}
-"""
-
-
-class MoneyV2(msgspec.Struct, kw_only=True, rename="camel"):
-    amount: str
-    currency_code: str
-
-
-class MoneyBag(msgspec.Struct, kw_only=True, rename="camel"):
-    shop_money: MoneyV2
-    presentment_money: MoneyV2
-
-
-class PageInfo(msgspec.Struct, kw_only=True, rename="camel"):
-    has_next_page: bool = False
-
-
-class OrderDiscountAllocation(msgspec.Struct, kw_only=True, rename="camel"):
-    allocated_amount_set: MoneyBag
-
-
-class OrderTaxLine(msgspec.Struct, kw_only=True, rename="camel"):
-    price_set: MoneyBag
-    rate: Decimal | None = None
-    title: str | None = None
-
-
-class OrderLineItem(msgspec.Struct, kw_only=True, rename="camel"):
-    id: str
-    quantity: int
-    current_quantity: int | None = None
-    sku: str | None = None
-    name: str | None = None
-    requires_shipping: bool = True
-    is_gift_card: bool = False
-    original_unit_price_set: MoneyBag | None = None
-    discount_allocations: list[OrderDiscountAllocation] = []
-    tax_lines: list[OrderTaxLine] = []
-
-
-class LineItemConnection(msgspec.Struct, kw_only=True, rename="camel"):
-    nodes: list[OrderLineItem] = []
-    page_info: PageInfo = msgspec.field(default_factory=PageInfo)
-
-
-class OrderShippingLine(msgspec.Struct, kw_only=True, rename="camel"):
-    title: str
-    discounted_price_set: MoneyBag
-    code: str | None = None
-    original_price_set: MoneyBag | None = None
-    tax_lines: list[OrderTaxLine] = []
-
-
-class ShippingLineConnection(msgspec.Struct, kw_only=True, rename="camel"):
-    nodes: list[OrderShippingLine] = []
-    page_info: PageInfo = msgspec.field(default_factory=PageInfo)
-
-
-class LineItemRef(msgspec.Struct, kw_only=True, rename="camel"):
-    id: str
-
-
-class OrderFulfillmentLineItem(msgspec.Struct, kw_only=True, rename="camel"):
-    line_item: LineItemRef
-    quantity: int
-
-
-class FulfillmentLineItemConnection(msgspec.Struct, kw_only=True, rename="camel"):
-    nodes: list[OrderFulfillmentLineItem] = []
-    page_info: PageInfo = msgspec.field(default_factory=PageInfo)
-
-
-class OrderFulfillment(msgspec.Struct, kw_only=True, rename="camel"):
-    id: str
-    created_at: datetime
-    # FulfillmentStatus: SUCCESS, CANCELLED, ERROR, FAILURE (OPEN, PENDING deprecated).
-    status: str
-    fulfillment_line_items: FulfillmentLineItemConnection = msgspec.field(
-        default_factory=FulfillmentLineItemConnection
-    )
-
-
-class Metafield(msgspec.Struct, kw_only=True, rename="camel"):
-    value: str
-    namespace: str | None = None
-    key: str | None = None
-
-
-class Attribute(msgspec.Struct, kw_only=True, rename="camel"):
-    key: str
-    value: str | None = None
-
-
-class OrderTransaction(msgspec.Struct, kw_only=True, rename="camel"):
-    # kind: OrderTransactionKind (AUTHORIZATION, SALE, CAPTURE, ...);
-    # status: OrderTransactionStatus (SUCCESS, PENDING, FAILURE, ERROR, ...).
-    kind: str
-    status: str
-    gateway: str | None = None
-    authorization_code: str | None = None
-
-
-class Order(msgspec.Struct, kw_only=True, rename="camel"):
-    """`data.order` of `ORDER_QUERY`."""
-
-    id: str
-    currency_code: str
-    presentment_currency_code: str
-    taxes_included: bool
-    line_items: LineItemConnection = msgspec.field(default_factory=LineItemConnection)
-    shipping_lines: ShippingLineConnection = msgspec.field(default_factory=ShippingLineConnection)
-    fulfillments: list[OrderFulfillment] = []
-    metafield: Metafield | None = None
-    custom_attributes: list[Attribute] = []
-    transactions: list[OrderTransaction] = []
-
-
-class OrderData(msgspec.Struct, kw_only=True):
-    order: Order | None = None
-
-
-class GraphQLError(msgspec.Struct, kw_only=True):
-    message: str
-
-
-class OrderResponse(msgspec.Struct, kw_only=True):
-    data: OrderData | None = None
-    errors: list[GraphQLError] = []
-
-
-_order_decoder = msgspec.json.Decoder(OrderResponse)
-
-
-def decode_order(body: bytes) -> Order:
+def decode_order(body: bytes) -> payloads.Order:
     """The order in an `ORDER_QUERY` response body; GraphQL errors or a missing order raise."""
     response = _order_decoder.decode(body)
     if response.errors:
@@ -330,57 +70,16 @@ def decode_order(body: bytes) -> Order:
     return response.data.order
 
 
-# --- where a shop keeps the Klarna order id ------------------------------------------------------
-
-
-class MetafieldSource(msgspec.Struct, kw_only=True, frozen=True, tag="metafield"):
-    """An order metafield `namespace.key` holds the Klarna order id."""
-
-    namespace: str
-    key: str
-
-
-class NoteAttributeSource(msgspec.Struct, kw_only=True, frozen=True, tag="note_attribute"):
-    """A note attribute (`customAttributes` in GraphQL) named `name` holds it."""
-
-    name: str
-
-
-class TransactionSource(msgspec.Struct, kw_only=True, frozen=True, tag="transaction"):
-    """The authorization code of the order's successful transaction through `gateway` is it."""
-
-    gateway: str
-
-
-KlarnaOrderIdSource = MetafieldSource | NoteAttributeSource | TransactionSource
-
-# Variables for the metafield of a shop that keeps the id elsewhere: any pair does, it is unused.
-_UNUSED_METAFIELD = ("klarna", "order_id")
-
-
-def order_gid(order_id: int | str) -> str:
-    """The GraphQL id of a REST order id (`order_id` of the fulfilment body)."""
-    return f"gid://shopify/Order/{order_id}"
-
-
-def order_query_variables(order_id: int | str, source: KlarnaOrderIdSource) -> dict[str, str]:
-    """The variables of `ORDER_QUERY` for one order of a shop using `source`."""
-    namespace, key = (
-        (source.namespace, source.key) if isinstance(source, MetafieldSource) else _UNUSED_METAFIELD
-    )
-    return {"id": order_gid(order_id), "ns": namespace, "key": key}
-
-
 _PAYMENT_KINDS = frozenset({"AUTHORIZATION", "SALE"})
 
 
-def klarna_order_id(order: Order, source: KlarnaOrderIdSource) -> str | None:
+def klarna_order_id(order: payloads.Order, source: payloads.KlarnaOrderIdSource) -> str | None:
     """The Klarna order id the shop keeps on `order`, or None when it is not there.
 
     A transaction source takes the successful AUTHORIZATION or SALE transactions of that gateway
     (case-insensitive); two of them naming different authorizations are ambiguous and raise.
     """
-    if isinstance(source, MetafieldSource):
+    if isinstance(source, payloads.MetafieldSource):
         field = order.metafield
         if field is None or (field.namespace, field.key) not in {
             (source.namespace, source.key),
@@ -388,7 +87,7 @@ def klarna_order_id(order: Order, source: KlarnaOrderIdSource) -> str | None:
         }:
             return None
         return _present(field.value)
-    if isinstance(source, NoteAttributeSource):
+    if isinstance(source, payloads.NoteAttributeSource):
         for attribute in order.custom_attributes:
             if attribute.key.strip() == source.name.strip():
                 return _present(attribute.value)
@@ -421,8 +120,8 @@ Side = Literal["shop", "presentment"]
 
 
 def shipment_from(
-    fulfillment: Fulfillment,
-    order: Order,
+    fulfillment: payloads.Fulfillment,
+    order: payloads.Order,
     *,
     klarna_order_id: str,
     shipping_method: ShippingMethod | None = None,
@@ -492,7 +191,7 @@ def shipment_from(
         raise ShopifyMappingError(f"the shipment breaks Klarna's limits: {error}") from None
 
 
-def _currency(order: Order, currency: str | None) -> tuple[Side, str]:
+def _currency(order: payloads.Order, currency: str | None) -> tuple[Side, str]:
     presentment = order.presentment_currency_code.upper()
     shop = order.currency_code.upper()
     wanted = (currency or presentment).upper()
@@ -524,7 +223,9 @@ def _order_key(created_at: datetime | None, gid_or_id: str) -> tuple[datetime, i
     return created_at, int(tail) if tail.isdigit() else 0
 
 
-def _earlier_fulfillments(fulfillment: Fulfillment, order: Order) -> list[OrderFulfillment]:
+def _earlier_fulfillments(
+    fulfillment: payloads.Fulfillment, order: payloads.Order
+) -> list[payloads.OrderFulfillment]:
     """The order's shipped fulfilments that come before this one, by (createdAt, id)."""
     this_id = str(fulfillment.id)
     this = next((f for f in order.fulfillments if _legacy_id(f.id) == this_id), None)
@@ -538,7 +239,7 @@ def _earlier_fulfillments(fulfillment: Fulfillment, order: Order) -> list[OrderF
     ]
 
 
-def _shipped(fulfillments: Iterable[OrderFulfillment]) -> dict[str, int]:
+def _shipped(fulfillments: Iterable[payloads.OrderFulfillment]) -> dict[str, int]:
     shipped: dict[str, int] = {}
     for fulfillment in fulfillments:
         if fulfillment.fulfillment_line_items.page_info.has_next_page:
@@ -552,13 +253,13 @@ def _shipped(fulfillments: Iterable[OrderFulfillment]) -> dict[str, int]:
 
 
 def _line(
-    item: FulfillmentLineItem,
-    order_line: OrderLineItem,
+    item: payloads.FulfillmentLineItem,
+    order_line: payloads.OrderLineItem,
     already: int,
     *,
     side: Side,
     currency: str,
-    order: Order,
+    order: payloads.Order,
 ) -> ShipmentLine:
     label = f"line item {item.id}"
     unit_price = _rest_amount(item.price, item.price_set, side, currency, order, label)
@@ -592,7 +293,7 @@ def _line(
 
 
 def _shipping_fee(
-    shipping: OrderShippingLine, side: Side, currency: str, order: Order
+    shipping: payloads.OrderShippingLine, side: Side, currency: str, order: payloads.Order
 ) -> ShipmentLine:
     price = _bag(shipping.discounted_price_set, side, currency)
     original = (
@@ -618,14 +319,14 @@ def _shipping_fee(
 
 def _rest_amount(
     amount: str,
-    price_set: PriceSet | None,
+    price_set: payloads.PriceSet | None,
     side: Side,
     currency: str,
-    order: Order,
+    order: payloads.Order,
     label: str,
 ) -> int:
     """A REST amount in `currency`: from its price set, or the bare shop-money field."""
-    chosen: Money | None = None
+    chosen: payloads.Money | None = None
     if price_set is not None:
         chosen = price_set.presentment_money if side == "presentment" else price_set.shop_money
     if chosen is None:
@@ -641,7 +342,7 @@ def _rest_amount(
     return _minor(chosen.amount, currency, label)
 
 
-def _bag(bag: MoneyBag, side: Side, currency: str) -> int:
+def _bag(bag: payloads.MoneyBag, side: Side, currency: str) -> int:
     chosen = bag.presentment_money if side == "presentment" else bag.shop_money
     if chosen.currency_code.upper() != currency:
         raise ShopifyMappingError(f"an order amount is in {chosen.currency_code}, not {currency}")
@@ -675,7 +376,9 @@ def _text(value: str | None) -> str | None:
     return value[:MAX_TEXT] or None
 
 
-def _tracking(fulfillment: Fulfillment, shipping_method: ShippingMethod | None) -> list[Tracking]:
+def _tracking(
+    fulfillment: payloads.Fulfillment, shipping_method: ShippingMethod | None
+) -> list[Tracking]:
     """One entry per parcel: numbers[i] with urls[i]; a shorter list pads with None.
 
     Values beyond Klarna's limits are dropped rather than cut (a cut tracking number is a wrong
@@ -706,153 +409,18 @@ def _tracking(fulfillment: Fulfillment, shipping_method: ShippingMethod | None) 
     return entries[:MAX_TRACKING_ENTRIES]
 
 
-# --- webhooks: what the receiver needs to know of each topic ------------------------------------
-
-FULFILLMENT_TOPICS = {
-    "fulfillments/create": "fulfillment.created",
-    "fulfillments/update": "fulfillment.updated",
-}
-UNINSTALLED_TOPIC = "app/uninstalled"
-DATA_REQUEST_TOPIC = "customers/data_request"
-CUSTOMER_REDACT_TOPIC = "customers/redact"
-SHOP_REDACT_TOPIC = "shop/redact"
-COMPLIANCE_TOPICS = frozenset({DATA_REQUEST_TOPIC, CUSTOMER_REDACT_TOPIC, SHOP_REDACT_TOPIC})
-
-
-class _FulfillmentIds(msgspec.Struct):
-    id: int
-    order_id: int
-
-
-_ids_decoder = msgspec.json.Decoder(_FulfillmentIds)
-
-
-def fulfillment_ids(body: bytes) -> tuple[str, str]:
-    """(fulfilment id, order id) of a verified `fulfillments/*` body, checked as a whole
-    fulfilment so a body the worker cannot map is refused at the door."""
-    decode_fulfillment(body)
-    ids = _ids_decoder.decode(body)
-    return str(ids.id), str(ids.order_id)
-
-
-def shipped_fulfillment_ids(order: Order) -> set[str]:
+def shipped_fulfillment_ids(order: payloads.Order) -> set[str]:
     """The REST ids of the order's fulfilments that shipped (not cancelled, error or failure)."""
     return {_legacy_id(f.id) for f in order.fulfillments if f.status.lower() not in _NOT_SHIPPED}
 
 
-def is_cancelled(fulfillment: Fulfillment) -> bool:
+def is_cancelled(fulfillment: payloads.Fulfillment) -> bool:
     """A fulfilment that shipped nothing (cancelled, or failed at the carrier)."""
     return (fulfillment.status or "").lower() in _NOT_SHIPPED
 
 
-def tracking(fulfillment: Fulfillment, shipping_method: ShippingMethod | None) -> list[Tracking]:
+def tracking(
+    fulfillment: payloads.Fulfillment, shipping_method: ShippingMethod | None
+) -> list[Tracking]:
     """The tracking entries a fulfilment body carries (see `_tracking`)."""
     return _tracking(fulfillment, shipping_method)
-
-
-class _UninstalledShop(msgspec.Struct):
-    myshopify_domain: str
-
-
-_uninstalled_decoder = msgspec.json.Decoder(_UninstalledShop)
-
-
-def uninstalled_shop(body: bytes) -> str:
-    """The myshopify.com domain an `app/uninstalled` body (the Shop) names. The domain header is
-    not signed, and the app secret also signs what a merchant sees (install queries, session
-    tokens), so only a verified body that parses as a Shop may say which shop goes."""
-    return _uninstalled_decoder.decode(body).myshopify_domain
-
-
-# --- privacy (compliance) webhooks ---------------------------------------------------------------
-
-
-class ComplianceCustomer(msgspec.Struct, kw_only=True):
-    id: int | None = None
-    email: str | None = None
-    phone: str | None = None
-
-
-class ComplianceRequest(msgspec.Struct, kw_only=True):
-    """The body of `customers/data_request`, `customers/redact` and `shop/redact`."""
-
-    shop_domain: str
-    shop_id: int | None = None
-    customer: ComplianceCustomer | None = None
-    orders_requested: list[int] = []
-    orders_to_redact: list[int] = []
-
-
-_compliance_decoder = msgspec.json.Decoder(ComplianceRequest)
-
-
-def decode_compliance(body: bytes) -> ComplianceRequest:
-    return _compliance_decoder.decode(body)
-
-
-# What identifies or locates a person in a stored fulfilment body: the shipping address and
-# contact details, the customer, and line item properties (engraving text and the like).
-PERSONAL_KEYS = frozenset(
-    {
-        "destination",
-        "email",
-        "phone",
-        "customer",
-        "billing_address",
-        "shipping_address",
-        "contact_email",
-        "properties",
-        "note",
-        "note_attributes",
-        "browser_ip",
-        "client_details",
-    }
-)
-REDACTED = "[redacted]"
-
-
-def redact(value: object) -> object:
-    """`value` (decoded JSON) with every personal field's value replaced; amounts, ids, lines
-    and tracking stay."""
-    if isinstance(value, dict):
-        return {
-            key: (REDACTED if key in PERSONAL_KEYS and item is not None else redact(item))
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(item) for item in value]
-    return value
-
-
-def redact_json(raw: bytes) -> bytes:
-    """A stored body or audit detail with the personal fields redacted (unchanged if not JSON)."""
-    try:
-        decoded = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return raw
-    redacted = redact(decoded)
-    return raw if redacted == decoded else msgspec.json.encode(redacted)
-
-
-def personal_fields(raw: bytes) -> list[str]:
-    """The paths of personal fields a stored body holds (for a data request's report)."""
-    try:
-        decoded = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return []
-    found: list[str] = []
-
-    def walk(value: object, path: str) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                where = f"{path}.{key}" if path else key
-                if key in PERSONAL_KEYS and item not in (None, REDACTED):
-                    found.append(where)
-                else:
-                    walk(item, where)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item, f"{path}[]")
-
-    walk(decoded, "")
-    return sorted(set(found))

@@ -4,9 +4,8 @@ entry, its adapter, its options and how its shop domains are written."""
 from starlette.routing import BaseRoute, Route
 
 from plugin.platforms.base import Platform
-from plugin.platforms.shopify import install, signatures
+from plugin.platforms.shopify import NAME, install, signatures
 from plugin.platforms.shopify.adapter import ShopifyStorefront
-from plugin.platforms.shopify.mapping import NAME
 from plugin.platforms.shopify.settings import ShopifySettings
 from plugin.platforms.shopify.webhooks import shopify_webhook
 

@@ -9,9 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from plugin.context import ServiceContext
+from plugin.platforms.shopify import NAME, payloads, signatures
 from plugin.platforms.shopify import compliance as shopify_compliance
-from plugin.platforms.shopify import mapping as shopify
-from plugin.platforms.shopify import signatures
 from plugin.signatures import WebhookVerificationError
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
@@ -23,7 +22,7 @@ async def shopify_webhook(request: Request) -> Response:
     """Shopify's webhooks for every installed shop, signed with the app's client secret."""
     service: ServiceContext = request.app.state.service
     settings = service.settings
-    platform = shopify.NAME
+    platform = NAME
     if not settings.shopify.enabled:
         return _answer(404, platform, "not_configured", error="the Shopify app is not set up here")
     try:
@@ -53,7 +52,7 @@ async def shopify_webhook(request: Request) -> Response:
             "X-Shopify-Shop-Domain are required",
         )
 
-    if topic in shopify.COMPLIANCE_TOPICS:
+    if topic in payloads.COMPLIANCE_TOPICS:
         try:
             report = await shopify_compliance.handle(service.store, topic, webhook_id, body)
         except msgspec.MsgspecError as exc:
@@ -68,9 +67,9 @@ async def shopify_webhook(request: Request) -> Response:
     shop = await service.shops.by_domain(platform, domain)
     if shop is None:
         return _answer(404, platform, "unknown_shop", error="the app is not installed on this shop")
-    if topic == shopify.UNINSTALLED_TOPIC:
+    if topic == payloads.UNINSTALLED_TOPIC:
         try:
-            named = shopify.uninstalled_shop(body)
+            named = payloads.uninstalled_shop(body)
         except msgspec.MsgspecError as exc:
             return _answer(400, platform, "rejected", error=f"not a shop: {exc}")
         if named != domain:
@@ -94,14 +93,14 @@ async def shopify_webhook(request: Request) -> Response:
         return _answer(200, platform, "uninstalled", delivery=row)
     if not shop.enabled:
         return _answer(404, platform, "unknown_shop", error="the app is uninstalled from this shop")
-    event_type = shopify.FULFILLMENT_TOPICS.get(topic)
+    event_type = payloads.FULFILLMENT_TOPICS.get(topic)
     if event_type is None:
         return _answer(200, platform, "ignored", topic=topic)
 
     rejected: str | None = None
     fulfillment_id = order_id = None
     try:
-        fulfillment_id, order_id = shopify.fulfillment_ids(body)
+        fulfillment_id, order_id = payloads.fulfillment_ids(body)
     except msgspec.MsgspecError as exc:
         rejected = f"not a fulfilment: {exc}"
     return await store_delivery(

@@ -22,7 +22,8 @@ from plugin import money, outbound
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.klarna.errors import join_messages
 from plugin.platforms.base import ApiError, Resolved, Skipped, StorefrontApp, StorefrontError
-from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce import api_key, mapping, payloads
+from plugin.platforms.woocommerce.statuses import capture_statuses, normalize_status
 from plugin.retries import RetryPolicy, parse_retry_after, retrying
 from plugin.store.records import CaptureRecord, Delivery, Shipment, Shop
 
@@ -61,14 +62,14 @@ class RestClient:
     def __init__(
         self,
         site_url: str,
-        key: woocommerce.ApiKey,
+        key: api_key.ApiKey,
         *,
         http: httpx2.AsyncClient,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.site_url = site_url.rstrip("/")
-        self.base = self.site_url + woocommerce.REST_PREFIX
+        self.base = self.site_url + payloads.REST_PREFIX
         self._auth = httpx2.BasicAuth(key.consumer_key, key.consumer_secret)
         self._http = http
         self._retry = retry or RetryPolicy()
@@ -77,10 +78,10 @@ class RestClient:
     def __repr__(self) -> str:
         return f"RestClient(site_url={self.site_url!r})"
 
-    async def order(self, order_id: str) -> woocommerce.Order:
+    async def order(self, order_id: str) -> payloads.Order:
         body = await self._call("read_order", "GET", f"/orders/{order_id}")
         try:
-            return woocommerce.decode_order(body)
+            return payloads.decode_order(body)
         except msgspec.MsgspecError as error:
             raise WooCommerceError(
                 "read_order", status=200, code="BAD_ORDER", messages=[str(error)]
@@ -216,7 +217,7 @@ class WooCommerceStorefront(StorefrontApp):
                 retryable=False,
             )
         return RestClient(
-            shop.shop_domain, woocommerce.decode_api_key(token), http=self.http, retry=self.retry
+            shop.shop_domain, api_key.decode_api_key(token), http=self.http, retry=self.retry
         )
 
     # the shipment
@@ -225,15 +226,15 @@ class WooCommerceStorefront(StorefrontApp):
         self, shop: Shop, deliveries: Sequence[Delivery], record: CaptureRecord | None
     ) -> Resolved | Skipped:
         try:
-            orders = [woocommerce.decode_order(delivery.body) for delivery in deliveries]
+            orders = [payloads.decode_order(delivery.body) for delivery in deliveries]
         except msgspec.MsgspecError as error:
             raise StorefrontError("map", "BAD_ORDER", [str(error)], retryable=False) from None
         if not orders:
             return Skipped(reason="no order body")
-        latest = woocommerce.latest(orders)
+        latest = mapping.latest(orders)
         tracking: list[Tracking] = []
         for order in sorted(orders, key=lambda o: o.date_modified_gmt or ""):
-            tracking.extend(entry for entry in woocommerce.tracking(order) if entry not in tracking)
+            tracking.extend(entry for entry in mapping.tracking(order) if entry not in tracking)
         if record is not None and record.state == "captured":
             # Captured: only tracking can still change, and the ledger knows the rest.
             return Resolved(
@@ -246,20 +247,20 @@ class WooCommerceStorefront(StorefrontApp):
                     complete=True,
                 )
             )
-        status = woocommerce.normalize_status(latest.status)
-        statuses = woocommerce.capture_statuses(shop.options)
+        status = normalize_status(latest.status)
+        statuses = capture_statuses(shop.options)
         if status not in statuses:
             return Skipped(
                 reason=f"the order is {status}, not in a capture status "
                 f"({', '.join(sorted(statuses))}): nothing to capture yet"
             )
-        if not woocommerce.is_klarna_payment(latest):
-            return Skipped(reason=f"paid with {woocommerce.payment_label(latest)}, not Klarna")
+        if not mapping.is_klarna_payment(latest):
+            return Skipped(reason=f"paid with {mapping.payment_label(latest)}, not Klarna")
         klarna_id = next(
             (
                 found
                 for order in [latest, *reversed(orders)]
-                if (found := woocommerce.klarna_order_id(order)) is not None
+                if (found := mapping.klarna_order_id(order)) is not None
             ),
             None,
         )
@@ -269,23 +270,23 @@ class WooCommerceStorefront(StorefrontApp):
                 fresh = await self.rest(shop, "map").order(str(latest.id))
             except WooCommerceError as error:
                 raise error.failure("map") from None
-            klarna_id = woocommerce.klarna_order_id(fresh)
+            klarna_id = mapping.klarna_order_id(fresh)
         if klarna_id is None:
             raise StorefrontError(
                 "map",
                 "KLARNA_ORDER_ID_MISSING",
                 [
-                    f"order {latest.id} is paid with {woocommerce.payment_label(latest)} but has "
-                    f"no {woocommerce.KLARNA_ORDER_ID_META} meta and no transaction id"
+                    f"order {latest.id} is paid with {mapping.payment_label(latest)} but has "
+                    f"no {payloads.KLARNA_ORDER_ID_META} meta and no transaction id"
                 ],
                 retryable=True,
             )
         sales_tax = shop.klarna_region == "na" and not latest.prices_include_tax
         try:
-            event = woocommerce.shipment_from(
+            event = mapping.shipment_from(
                 latest, klarna_order_id=klarna_id, sales_tax=sales_tax, shipping=tracking
             )
-        except woocommerce.WooCommerceMappingError as error:
+        except mapping.WooCommerceMappingError as error:
             raise StorefrontError(
                 "map", "UNMAPPABLE_ORDER", [str(error)], retryable=False
             ) from None
@@ -304,9 +305,9 @@ class WooCommerceStorefront(StorefrontApp):
             return
         status, note = outcome
         client = self.rest(shop, "write_back")
-        values: dict[str, str] = {woocommerce.STATUS_META: status}
+        values: dict[str, str] = {payloads.STATUS_META: status}
         if record is not None and record.state == "captured" and record.capture_id:
-            values[woocommerce.CAPTURE_ID_META] = record.capture_id
+            values[payloads.CAPTURE_ID_META] = record.capture_id
         try:
             # The note first, the meta last: a status in the meta means all is written.
             existing = await client.notes(order_id)

@@ -6,13 +6,9 @@ import argparse
 from typing import Any
 
 from plugin.platforms.base import NewShop, ReadSecret, ShopAdd, ShopAddRefused
-from plugin.platforms.woocommerce.mapping import (
-    ApiKey,
-    api_key_problem,
-    encode_api_key,
-    normalize_site_url,
-    parse_statuses,
-)
+from plugin.platforms.woocommerce.api_key import ApiKey, api_key_problem, encode_api_key
+from plugin.platforms.woocommerce.site import normalize_site_url
+from plugin.platforms.woocommerce.statuses import parse_statuses
 from plugin.store.records import Shop, ShopOptions
 
 

@@ -1,10 +1,10 @@
-"""The WooCommerce storefront adapter.
+"""The WooCommerce mapping: a whole order onto the neutral shipment that captures it.
 
 WooCommerce announces an order with the `order.created` and `order.updated` webhooks, whose body is
 the whole order as its REST API (v3) returns it: lines with their taxes, shipping, fees, coupons,
-payment method and meta data. This module holds that body's types, the webhook's signature and
-site checks, and the pure mapping of an order onto the neutral `FulfillmentEvent` that captures it
-whole; the webhook route and the REST client live with the receiver and the storefront.
+payment method and meta data. That body's types are `payloads.py`; this module holds the pure
+mapping of an order onto the neutral `FulfillmentEvent` that captures it whole, and what the
+receiver and the adapter decide from an order (worth a job, paid with Klarna, its tracking).
 
 Mapping rules, in short (see `shipment_from`):
 
@@ -28,12 +28,9 @@ Mapping rules, in short (see `shipment_from`):
   (the planner's rule); more than that is refused, naming both sums.
 """
 
-import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -42,264 +39,37 @@ from plugin.capture import ROUNDING_NAME
 from plugin.errors import MappingError
 from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
 from plugin.klarna.carriers import klarna_carrier
-from plugin.store.records import ShopOptions
-
-NAME = "woocommerce"
-REST_PREFIX = "/wp-json/wc/v3"
-
-SIGNATURE_HEADER = "X-WC-Webhook-Signature"
-SOURCE_HEADER = "X-WC-Webhook-Source"
-TOPIC_HEADER = "X-WC-Webhook-Topic"
-WEBHOOK_ID_HEADER = "X-WC-Webhook-ID"
-DELIVERY_ID_HEADER = "X-WC-Webhook-Delivery-ID"
-ORDER_TOPICS = frozenset({"order.created", "order.updated"})
+from plugin.platforms.woocommerce import payloads
+from plugin.platforms.woocommerce.statuses import normalize_status
 
 # Payment method ids of Klarna's WooCommerce plugins (Klarna Payments, Klarna Checkout).
 KLARNA_PAYMENT_METHODS = frozenset({"klarna_payments", "kco"})
-KLARNA_ORDER_ID_META = "_wc_klarna_order_id"
-TRACKING_META = "_wc_shipment_tracking_items"
-# What the write-back puts on the order.
-STATUS_META = "_klarna_capture_status"
-CAPTURE_ID_META = "_klarna_capture_id"
 
 MAX_TEXT = 255
 MAX_CARRIER = 100
 MAX_TRACKING_NUMBER = 100
 MAX_TRACKING_URL = 1024
 MAX_TRACKING_ENTRIES = 500
-MAX_CAPTURE_STATUSES = 20
-# WordPress keeps a post status in 20 characters, "wc-" included.
-MAX_STATUS_LENGTH = 17
-_STATUS = re.compile(r"[a-z0-9_-]{1,17}")
-_PING = re.compile(rb"webhook_id=\d{1,20}")
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
-_DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 class WooCommerceMappingError(MappingError):
     """A WooCommerce order that cannot be turned into a capture, and why."""
 
 
-# --- the webhook: ping, site, delivery key --------------------------------------------
+# --- what an order says: worth a job, paid with Klarna --------------------------------------------
 
 
-def is_ping(body: bytes) -> bool:
-    """The unsigned form body WooCommerce posts once when a webhook is saved: `webhook_id=N`."""
-    return _PING.fullmatch(body.strip()) is not None
-
-
-def delivery_key(body: bytes) -> str:
-    """What a delivery is deduplicated on: its content. WooCommerce's delivery id is made from the
-    webhook id and the time, so a redelivery of the same order state gets a new one."""
-    return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
-def normalize_site_url(url: str) -> str:
-    """A WooCommerce site URL as stored: lowercase scheme and host, no default port, no trailing
-    slash; the path (a WordPress in a subdirectory) kept. Raises ValueError saying what is wrong.
-
-    https only: WooCommerce takes REST API keys over plain http only with OAuth 1.0a signatures;
-    http is allowed for a test site on this machine (localhost, 127.0.0.1).
-    """
-    canonical = _canonical(url)
-    if canonical.startswith("http://") and urlsplit(canonical).hostname not in _LOOPBACK:
-        raise ValueError(
-            "Use the site's https:// address: WooCommerce accepts API keys over https only "
-            "(http works only for a test site on this machine)."
-        )
-    return canonical
-
-
-def same_site(source: str | None, site_url: str | None) -> bool:
-    """Whether an `X-WC-Webhook-Source` (WordPress's `home_url('/')`) names the shop's site."""
-    if not source or not site_url:
-        return False
-    try:
-        return _canonical(source) == _canonical(site_url)
-    except ValueError:
-        return False
-
-
-def _canonical(url: str) -> str:
-    text = url.strip()
-    if not text or any(c.isspace() for c in text) or not text.isprintable():
-        raise ValueError("Enter the site's address, as in https://shop.example.")
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS:
-        raise ValueError("A site URL starts with https://.")
-    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
-        raise ValueError("A site URL has no user name, query or fragment.")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise ValueError("A site URL names its host, as in https://shop.example.")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("The port of the site URL is not a number.") from None
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None and port != _DEFAULT_PORTS[scheme]:
-        netloc += f":{port}"
-    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
-
-
-# --- the order, as the REST API (v3) and the order.* webhooks carry it ---------------------------
-
-
-class MetaData(msgspec.Struct, kw_only=True):
-    key: str
-    value: Any = None
-    id: int | None = None
-
-
-class LineTax(msgspec.Struct, kw_only=True):
-    """A line's tax at one rate; amounts unrounded ("2.181818") when the shop rounds at subtotal."""
-
-    id: int
-    total: str = ""
-    subtotal: str = ""
-
-
-class LineItem(msgspec.Struct, kw_only=True):
-    # `price` (a float on the wire) is never read: the amounts below are exact decimal strings.
-    id: int
-    quantity: int
-    name: str = ""
-    product_id: int | None = None
-    variation_id: int | None = None
-    sku: str | None = None
-    subtotal: str = "0"
-    subtotal_tax: str = "0"
-    total: str = "0"
-    total_tax: str = "0"
-    taxes: list[LineTax] = []
-
-
-class ShippingLine(msgspec.Struct, kw_only=True):
-    id: int
-    method_title: str = ""
-    method_id: str = ""
-    total: str = "0"
-    total_tax: str = "0"
-    taxes: list[LineTax] = []
-
-
-class FeeLine(msgspec.Struct, kw_only=True):
-    id: int
-    name: str = ""
-    tax_status: str = "taxable"
-    total: str = "0"
-    total_tax: str = "0"
-    taxes: list[LineTax] = []
-
-
-class CouponLine(msgspec.Struct, kw_only=True):
-    id: int
-    code: str = ""
-    discount: str = "0"
-    discount_tax: str = "0"
-
-
-class TaxLine(msgspec.Struct, kw_only=True):
-    id: int
-    rate_id: int
-    rate_code: str = ""
-    label: str = ""
-    compound: bool = False
-    tax_total: str = "0"
-    shipping_tax_total: str = "0"
-    # A JSON number on the wire (18, 7.5): decoded straight into an exact Decimal.
-    rate_percent: Decimal | None = None
-
-
-class Address(msgspec.Struct, kw_only=True):
-    postcode: str = ""
-    country: str = ""
-
-
-class Order(msgspec.Struct, kw_only=True):
-    """The body of `order.created` / `order.updated`, and of GET /wp-json/wc/v3/orders/{id}."""
-
-    id: int
-    status: str
-    currency: str
-    total: str
-    number: str | None = None
-    prices_include_tax: bool = False
-    total_tax: str = "0"
-    discount_total: str = "0"
-    shipping_total: str = "0"
-    payment_method: str = ""
-    payment_method_title: str = ""
-    transaction_id: str = ""
-    date_modified_gmt: str | None = None
-    shipping: Address | None = None
-    meta_data: list[MetaData] = []
-    line_items: list[LineItem] = []
-    shipping_lines: list[ShippingLine] = []
-    fee_lines: list[FeeLine] = []
-    coupon_lines: list[CouponLine] = []
-    tax_lines: list[TaxLine] = []
-
-
-_order_decoder = msgspec.json.Decoder(Order)
-
-
-def decode_order(body: bytes) -> Order:
-    """A verified order body; msgspec's error names the field that is wrong."""
-    return _order_decoder.decode(body)
-
-
-def meta(order: Order, key: str) -> Any:
-    """The value of the order's first meta entry `key`, None when it has none."""
-    return next((entry.value for entry in order.meta_data if entry.key == key), None)
-
-
-# --- statuses and payment ------------------------------------------------------------------------
-
-
-def normalize_status(status: str) -> str:
-    """An order status as the REST API spells it: lowercase, without WordPress's `wc-` prefix."""
-    return status.strip().lower().removeprefix("wc-")
-
-
-def capture_statuses(options: ShopOptions) -> frozenset[str]:
-    return frozenset(normalize_status(s) for s in options.capture_statuses if s.strip())
-
-
-def parse_statuses(text: str) -> list[str]:
-    """Capture statuses as a merchant types them ("completed, wc-shipped"): normalized, in order,
-    without repeats. Raises ValueError naming the first one WordPress could not have."""
-    statuses: list[str] = []
-    for raw in re.split(r"[,\s]+", text):
-        if not raw:
-            continue
-        status = normalize_status(raw)
-        if not _STATUS.fullmatch(status):
-            raise ValueError(
-                f"{raw!r} is not an order status: use its slug, as in completed or shipped "
-                f"(lowercase letters, digits, - and _, at most {MAX_STATUS_LENGTH})."
-            )
-        if status not in statuses:
-            statuses.append(status)
-    if not statuses:
-        raise ValueError("Name at least one status, as in completed.")
-    if len(statuses) > MAX_CAPTURE_STATUSES:
-        raise ValueError(f"At most {MAX_CAPTURE_STATUSES} statuses.")
-    return statuses
-
-
-def wants_job(order: Order, statuses: frozenset[str]) -> bool:
+def wants_job(order: payloads.Order, statuses: frozenset[str]) -> bool:
     """Whether a delivery of `order` is worth a job: it may be captured, or it carries tracking
     for a capture made before."""
-    return normalize_status(order.status) in statuses or bool(tracking_items(order))
+    return normalize_status(order.status) in statuses or bool(payloads.tracking_items(order))
 
 
-def is_klarna_payment(order: Order) -> bool:
+def is_klarna_payment(order: payloads.Order) -> bool:
     return order.payment_method.strip().lower() in KLARNA_PAYMENT_METHODS
 
 
-def payment_label(order: Order) -> str:
+def payment_label(order: payloads.Order) -> str:
     """How the order was paid, for a merchant to read: "Direct bank transfer (bacs)"."""
     method = order.payment_method.strip()
     title = order.payment_method_title.strip()
@@ -308,56 +78,28 @@ def payment_label(order: Order) -> str:
     return title or method or "no payment method"
 
 
-def klarna_order_id(order: Order) -> str | None:
+def klarna_order_id(order: payloads.Order) -> str | None:
     """The Klarna order id of an order paid with Klarna: the `_wc_klarna_order_id` meta that
     Klarna's plugins write, else the order's `transaction_id`. None for an order paid otherwise,
     or one whose id is not (yet) there."""
     if not is_klarna_payment(order):
         return None
-    value = meta(order, KLARNA_ORDER_ID_META)
+    value = payloads.meta(order, payloads.KLARNA_ORDER_ID_META)
     if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
         return str(value).strip()[:MAX_TEXT]
     transaction = order.transaction_id.strip()
     return transaction[:MAX_TEXT] or None
 
 
-# --- tracking (the Shipment Tracking extension) --------------------------------------------------
+# --- tracking (the Shipment Tracking extension) ---------------------------------------------------
 
 
-class TrackingItem(msgspec.Struct, kw_only=True):
-    """One entry of `_wc_shipment_tracking_items`."""
-
-    tracking_provider: str = ""
-    custom_tracking_provider: str = ""
-    custom_tracking_link: str = ""
-    tracking_number: str = ""
-    date_shipped: str | int | None = None
-    tracking_id: str = ""
-
-
-def tracking_items(order: Order) -> list[TrackingItem]:
-    """The order's Shipment Tracking entries; an entry that is not one is left out, never fatal
-    (tracking is a courtesy to the customer, the capture does not wait for it)."""
-    value = meta(order, TRACKING_META)
-    if not isinstance(value, list):
-        return []
-    items = []
-    for raw in value:
-        try:
-            item = msgspec.convert(raw, TrackingItem, strict=False)
-        except msgspec.ValidationError:
-            continue
-        if item.tracking_number.strip() or item.custom_tracking_link.strip():
-            items.append(item)
-    return items
-
-
-def tracking(order: Order) -> list[Tracking]:
+def tracking(order: payloads.Order) -> list[Tracking]:
     """The order's parcels as tracking entries for Klarna."""
     postcode = order.shipping.postcode.strip() if order.shipping else ""
     country = order.shipping.country.strip() if order.shipping else ""
     entries: list[Tracking] = []
-    for item in tracking_items(order):
+    for item in payloads.tracking_items(order):
         number = item.tracking_number.strip()
         name = item.custom_tracking_provider.strip() or item.tracking_provider.strip()
         link = item.custom_tracking_link.strip()
@@ -394,7 +136,7 @@ def carrier_code(name: str) -> str:
 
 
 def shipment_from(
-    order: Order,
+    order: payloads.Order,
     *,
     klarna_order_id: str,
     sales_tax: bool = False,
@@ -479,7 +221,7 @@ def shipment_from(
 
 
 def _item_line(
-    item: LineItem, rates: dict[int, TaxLine], currency: str, sales_tax: bool
+    item: payloads.LineItem, rates: dict[int, payloads.TaxLine], currency: str, sales_tax: bool
 ) -> ShipmentLine:
     label = f"line item {item.id}"
     subtotal = _minor(item.subtotal, currency, label)
@@ -514,8 +256,8 @@ def _single_line(
     kind: str,
     net: int,
     tax: int,
-    rate_taxes: Sequence[LineTax],
-    rates: dict[int, TaxLine],
+    rate_taxes: Sequence[payloads.LineTax],
+    rates: dict[int, payloads.TaxLine],
     sales_tax: bool,
 ) -> ShipmentLine:
     return msgspec.convert(
@@ -532,7 +274,9 @@ def _single_line(
     )
 
 
-def _tax_rate(taxes: Sequence[LineTax], rates: dict[int, TaxLine], net: int, tax: int) -> int:
+def _tax_rate(
+    taxes: Sequence[payloads.LineTax], rates: dict[int, payloads.TaxLine], net: int, tax: int
+) -> int:
     """The line's tax rate in basis points. The order's rates when they explain the line's tax
     (within a unit per rate: WooCommerce rounds); otherwise, as when a negative fee's tax is
     spread over several rates, the rate the line's own amounts show."""
@@ -614,47 +358,10 @@ def _text(value: str | None) -> str | None:
     return value[:MAX_TEXT] or None
 
 
-def latest(orders: Iterable[Order]) -> Order:
+def latest(orders: Iterable[payloads.Order]) -> payloads.Order:
     """The most recent state among bodies of one order: by `date_modified_gmt`, later arrivals
     winning ties (deliveries go through wp-cron and need not arrive in order)."""
     ranked = sorted(enumerate(orders), key=lambda pair: (pair[1].date_modified_gmt or "", pair[0]))
     if not ranked:
         raise ValueError("no order bodies")
     return ranked[-1][1]
-
-
-# --- the REST API key ----------------------------------------------------------------------------
-
-
-class ApiKey(msgspec.Struct, kw_only=True, frozen=True):
-    """A WooCommerce REST API key (WooCommerce → Settings → Advanced → REST API), stored sealed
-    as the shop's platform token."""
-
-    consumer_key: str
-    consumer_secret: str
-
-    def __repr__(self) -> str:
-        return f"ApiKey(consumer_key='...{self.consumer_key[-4:]}')"
-
-
-def encode_api_key(key: ApiKey) -> str:
-    return msgspec.json.encode(key).decode()
-
-
-def decode_api_key(token: str) -> ApiKey:
-    return msgspec.json.decode(token, type=ApiKey)
-
-
-def api_key_problem(consumer_key: str, consumer_secret: str) -> tuple[str, str] | None:
-    """(field, what is wrong) for a key pair as entered; None when it looks like WooCommerce's."""
-    for value, field, prefix, what in (
-        (consumer_key, "consumer_key", "ck_", "consumer key"),
-        (consumer_secret, "consumer_secret", "cs_", "consumer secret"),
-    ):
-        if not value:
-            return field, f"Enter the {what}."
-        if any(c.isspace() for c in value):
-            return field, f"A WooCommerce {what} has no spaces."
-        if not value.startswith(prefix) or len(value) > 255 or not value.isprintable():
-            return field, f"A WooCommerce {what} starts with {prefix}, as WooCommerce shows it."
-    return None

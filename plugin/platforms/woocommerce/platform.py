@@ -4,9 +4,8 @@ at the address the merchant enters (so its calls are address-guarded)."""
 from starlette.routing import BaseRoute, Route
 
 from plugin.platforms.base import Platform
-from plugin.platforms.woocommerce import cli
+from plugin.platforms.woocommerce import NAME, cli
 from plugin.platforms.woocommerce.adapter import WooCommerceStorefront
-from plugin.platforms.woocommerce.mapping import NAME
 from plugin.platforms.woocommerce.settings import WooCommerceSettings
 from plugin.platforms.woocommerce.webhooks import woocommerce_webhook
 

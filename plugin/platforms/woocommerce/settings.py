@@ -8,7 +8,14 @@ from typing import Any
 
 import msgspec
 
-from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce import NAME, site
+from plugin.platforms.woocommerce.api_key import (
+    ApiKey,
+    api_key_problem,
+    decode_api_key,
+    encode_api_key,
+)
+from plugin.platforms.woocommerce.statuses import parse_statuses
 from plugin.shops import Shops
 from plugin.store.records import Shop
 from plugin.web.forms import SettingsForm, SettingsPage
@@ -44,7 +51,7 @@ class WooCommerceSettings(SettingsPage):
 
     def options(self, fields: Mapping[str, str]) -> dict[str, Any]:
         try:
-            statuses = woocommerce.parse_statuses(fields["capture_statuses"])
+            statuses = parse_statuses(fields["capture_statuses"])
         except ValueError:
             statuses = ["completed"]
         return {"capture_statuses": statuses}
@@ -58,7 +65,7 @@ class WooCommerceSettings(SettingsPage):
     async def conflicts(self, shops: Shops, shop: Shop, form: SettingsForm) -> dict[str, str]:
         if "site_url" in form.errors:
             return {}
-        other = await shops.store.shop_by_domain(woocommerce.NAME, form.fields["site_url"])
+        other = await shops.store.shop_by_domain(NAME, form.fields["site_url"])
         if other is not None and other.id != shop.id:
             return {"site_url": "Another shop here is already connected to this site."}
         return {}
@@ -66,14 +73,14 @@ class WooCommerceSettings(SettingsPage):
     async def save(self, shops: Shops, shop: Shop, fields: Mapping[str, str]) -> None:
         api_key = _api_key(fields)
         if api_key is not None:
-            await shops.set_platform_token(shop.id, woocommerce.encode_api_key(api_key))
+            await shops.set_platform_token(shop.id, encode_api_key(api_key))
 
 
 def _errors(fields: dict[str, str], *, has_api_key: bool) -> dict[str, str]:
     """The fields' errors; the site URL and the statuses as stored, where they are good."""
     errors = {}
     try:
-        fields["site_url"] = woocommerce.normalize_site_url(fields["site_url"])
+        fields["site_url"] = site.normalize_site_url(fields["site_url"])
     except ValueError as error:
         errors["site_url"] = str(error)
     key, secret = fields["consumer_key"], fields["consumer_secret"]
@@ -88,13 +95,11 @@ def _errors(fields: dict[str, str], *, has_api_key: bool) -> dict[str, str]:
         elif not secret:
             errors["consumer_secret"] = "Enter the consumer secret that goes with the key."  # noqa: S105
         else:
-            problem = woocommerce.api_key_problem(key, secret)
+            problem = api_key_problem(key, secret)
             if problem:
                 errors[problem[0]] = problem[1]
     try:
-        fields["capture_statuses"] = ", ".join(
-            woocommerce.parse_statuses(fields["capture_statuses"])
-        )
+        fields["capture_statuses"] = ", ".join(parse_statuses(fields["capture_statuses"]))
     except ValueError as error:
         errors["capture_statuses"] = str(error)
     return errors
@@ -115,13 +120,11 @@ def _site_change_errors(fields: Mapping[str, str], stored_site_url: str) -> dict
     return {}
 
 
-def _api_key(fields: Mapping[str, str]) -> woocommerce.ApiKey | None:
+def _api_key(fields: Mapping[str, str]) -> ApiKey | None:
     """The REST API key entered, None when the stored one is to stay."""
     if not fields["consumer_key"] or not fields["consumer_secret"]:
         return None
-    return woocommerce.ApiKey(
-        consumer_key=fields["consumer_key"], consumer_secret=fields["consumer_secret"]
-    )
+    return ApiKey(consumer_key=fields["consumer_key"], consumer_secret=fields["consumer_secret"])
 
 
 def _api_key_ending(shops: Shops, shop: Shop) -> str | None:
@@ -131,6 +134,6 @@ def _api_key_ending(shops: Shops, shop: Shop) -> str | None:
     if token is None:
         return None
     try:
-        return woocommerce.decode_api_key(token).consumer_key[-7:]
+        return decode_api_key(token).consumer_key[-7:]
     except msgspec.MsgspecError:
         return None

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
-from plugin.platforms.woocommerce.mapping import SIGNATURE_HEADER
+from plugin.platforms.woocommerce.payloads import SIGNATURE_HEADER
 from plugin.signatures import WebhookVerificationError
 
 

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from plugin.context import ServiceContext
-from plugin.platforms.woocommerce import mapping as woocommerce
-from plugin.platforms.woocommerce import signatures
+from plugin.platforms.woocommerce import NAME, mapping, payloads, signatures, site
+from plugin.platforms.woocommerce.statuses import capture_statuses, normalize_status
 from plugin.shops import is_shop_id
 from plugin.signatures import WebhookVerificationError
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
@@ -28,7 +28,7 @@ log = logging.getLogger("plugin.receiver")
 
 async def woocommerce_webhook(request: Request) -> Response:
     service: ServiceContext = request.app.state.service
-    platform = woocommerce.NAME
+    platform = NAME
     shop_id = request.path_params["shop_id"]
     if not is_shop_id(shop_id):
         # Before the body is read, and without a lookup: anyone can make up ids.
@@ -41,8 +41,8 @@ async def woocommerce_webhook(request: Request) -> Response:
     if loaded is None or loaded.shop.platform != platform or not loaded.shop.enabled:
         return _answer(404, platform, "unknown_shop", error="no such shop")
     shop = loaded.shop
-    signature = request.headers.get(woocommerce.SIGNATURE_HEADER)
-    if signature is None and woocommerce.is_ping(body):
+    signature = request.headers.get(payloads.SIGNATURE_HEADER)
+    if signature is None and payloads.is_ping(body):
         # Saving a webhook in WooCommerce sends this once, unsigned; it must get a 2xx.
         log.info("woocommerce ping", extra={"shop": shop_id})
         return _answer(200, platform, "ping")
@@ -55,10 +55,10 @@ async def woocommerce_webhook(request: Request) -> Response:
         return _answer(401, platform, "unauthorized", error=str(exc))
     if (deep := too_deep(body, platform)) is not None:
         return deep
-    source = request.headers.get(woocommerce.SOURCE_HEADER)
-    if not woocommerce.same_site(source, shop.shop_domain):
+    source = request.headers.get(payloads.SOURCE_HEADER)
+    if not site.same_site(source, shop.shop_domain):
         error = (
-            f"{woocommerce.SOURCE_HEADER} {source!r} is not this shop's site URL "
+            f"{payloads.SOURCE_HEADER} {source!r} is not this shop's site URL "
             f"{shop.shop_domain!r}: correct the site URL in the settings, or WordPress's "
             "Site Address"
             if shop.shop_domain
@@ -66,24 +66,22 @@ async def woocommerce_webhook(request: Request) -> Response:
         )
         log.warning("webhook refused", extra={"shop": shop_id, "reason": error})
         return _answer(403, platform, "wrong_source", error=error)
-    topic = request.headers.get(woocommerce.TOPIC_HEADER, "")
-    if topic not in woocommerce.ORDER_TOPICS:
+    topic = request.headers.get(payloads.TOPIC_HEADER, "")
+    if topic not in payloads.ORDER_TOPICS:
         return _answer(200, platform, "ignored", topic=topic)
 
-    delivery_id = woocommerce.delivery_key(body)
+    delivery_id = payloads.delivery_key(body)
     rejected: str | None = None
     order_id: str | None = None
     try:
-        order = woocommerce.decode_order(body)
+        order = payloads.decode_order(body)
     except msgspec.MsgspecError as exc:
         rejected = f"not an order: {exc}"
     else:
         order_id = str(order.id)
-        statuses = woocommerce.capture_statuses(shop.options)
-        if not woocommerce.wants_job(order, statuses) and not await _known(
-            service, shop_id, order_id
-        ):
-            status = woocommerce.normalize_status(order.status)
+        statuses = capture_statuses(shop.options)
+        if not mapping.wants_job(order, statuses) and not await _known(service, shop_id, order_id):
+            status = normalize_status(order.status)
             return _answer(200, platform, "ignored", topic=topic, order_status=status)
     return await store_delivery(
         service,
@@ -95,7 +93,7 @@ async def woocommerce_webhook(request: Request) -> Response:
         fulfillment_id=order_id,
         rejected=rejected,
         order_id=order_id,
-        woocommerce_delivery=request.headers.get(woocommerce.DELIVERY_ID_HEADER),
+        woocommerce_delivery=request.headers.get(payloads.DELIVERY_ID_HEADER),
     )
 
 

@@ -8,7 +8,7 @@ import httpx2
 import msgspec
 import pytest
 
-from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce import payloads
 from plugin.platforms.bigcommerce import signatures as bc_signatures
 from plugin.platforms.bigcommerce.api import PAGE_LIMIT, BigCommerceError, StoreClient
 from plugin.retries import RetryPolicy
@@ -222,13 +222,13 @@ async def test_hooks_are_subscribed_once_and_turned_back_on(
     token = sandbox.add_store(STORE)
     client = client_for(http, token)
 
-    await client.ensure_hooks(bigcommerce.WEBHOOK_SCOPES, DESTINATION, HEADER)
-    await client.ensure_hooks(bigcommerce.WEBHOOK_SCOPES, DESTINATION, HEADER)
+    await client.ensure_hooks(payloads.WEBHOOK_SCOPES, DESTINATION, HEADER)
+    await client.ensure_hooks(payloads.WEBHOOK_SCOPES, DESTINATION, HEADER)
     sandbox.deactivate_hooks(STORE)
-    hooks = await client.ensure_hooks(bigcommerce.WEBHOOK_SCOPES, DESTINATION, HEADER)
+    hooks = await client.ensure_hooks(payloads.WEBHOOK_SCOPES, DESTINATION, HEADER)
 
     stored = sandbox.hooks(STORE)
-    assert sorted(h["scope"] for h in stored) == sorted(bigcommerce.WEBHOOK_SCOPES)
+    assert sorted(h["scope"] for h in stored) == sorted(payloads.WEBHOOK_SCOPES)
     assert all(h["is_active"] and h["destination"] == DESTINATION for h in stored)
     assert all(h["headers"] == HEADER for h in stored)
     assert [h.id for h in hooks] == [h["id"] for h in stored]
@@ -240,18 +240,18 @@ async def test_hooks_get_the_header_they_lack_with_put_and_keep_the_one_they_hav
     token = sandbox.add_store(STORE)
     client = client_for(http, token)
     # One hook made before the app sent a header, one with an older (rotated) value.
-    sandbox.add_hook(STORE, bigcommerce.WEBHOOK_SCOPES[0], DESTINATION)
+    sandbox.add_hook(STORE, payloads.WEBHOOK_SCOPES[0], DESTINATION)
     sandbox.add_hook(
-        STORE, bigcommerce.WEBHOOK_SCOPES[1], DESTINATION, {bc_signatures.HOOK_HEADER: "old"}
+        STORE, payloads.WEBHOOK_SCOPES[1], DESTINATION, {bc_signatures.HOOK_HEADER: "old"}
     )
     before = [h["id"] for h in sandbox.hooks(STORE)]
 
-    await client.ensure_hooks(bigcommerce.WEBHOOK_SCOPES, DESTINATION, HEADER)
+    await client.ensure_hooks(payloads.WEBHOOK_SCOPES, DESTINATION, HEADER)
     updated = [(r.method, r.path) for r in sandbox.requests if r.path.startswith("/stores")]
     sandbox.requests.clear()
     # Names in another case are the same header (HTTP header names ignore case).
     await client.ensure_hooks(
-        bigcommerce.WEBHOOK_SCOPES, DESTINATION, {bc_signatures.HOOK_HEADER.lower(): "v1"}
+        payloads.WEBHOOK_SCOPES, DESTINATION, {bc_signatures.HOOK_HEADER.lower(): "v1"}
     )
 
     assert [h["id"] for h in sandbox.hooks(STORE)] == before  # updated in place, none added

@@ -17,7 +17,7 @@ import pytest
 
 from plugin.app import create_app
 from plugin.config import Settings
-from plugin.platforms.bigcommerce import mapping as bigcommerce_platform
+from plugin.platforms import bigcommerce as bigcommerce_platform
 from plugin.platforms.bigcommerce import signatures as bc_signatures
 from plugin.platforms.bigcommerce.signatures import HOOK_HEADER
 from plugin.sandbox.bigcommerce import (

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.routing import Match
 
 from plugin.app import create_app
-from plugin.platforms.bigcommerce import mapping as bigcommerce
+from plugin.platforms.bigcommerce import install, payloads
 from tests.web.support import page_settings
 
 MANIFEST = Path(__file__).resolve().parents[3] / "manifests" / "bigcommerce.md"
@@ -45,6 +45,6 @@ def test_the_manifest_names_the_scopes_and_webhooks_the_code_uses() -> None:
     scopes = set(re.findall(r"`(store_v2_[a-z_]+)`", text))
     hooks = set(re.findall(r"`(store/[a-z_/]+)`", text)) - {"store/shipment/*"}
 
-    assert scopes == set(bigcommerce.OAUTH_SCOPES)
-    assert hooks == set(bigcommerce.WEBHOOK_SCOPES)
-    assert bigcommerce.OAUTH_SCOPES == ("store_v2_orders",)
+    assert scopes == set(install.OAUTH_SCOPES)
+    assert hooks == set(payloads.WEBHOOK_SCOPES)
+    assert install.OAUTH_SCOPES == ("store_v2_orders",)

@@ -12,15 +12,16 @@ from hypothesis import strategies as st
 from plugin.capture import klarna_lines
 from plugin.events import FulfillmentEvent
 from plugin.platforms.bigcommerce import mapping as bigcommerce
-from plugin.platforms.bigcommerce.mapping import (
-    BigCommerceMappingError,
+from plugin.platforms.bigcommerce import payloads
+from plugin.platforms.bigcommerce.mapping import BigCommerceMappingError, shipment_from
+from plugin.platforms.bigcommerce.notes import staff_notes_with
+from plugin.platforms.bigcommerce.payloads import (
     MetafieldSource,
     Order,
     OrderProduct,
     Shipment,
     ShipmentItem,
     TransactionSource,
-    shipment_from,
 )
 from tests.helpers import KLARNA_ORDER_ID
 
@@ -70,7 +71,7 @@ def product(
         quantity=quantity,
         type=kind,
         discounted_total_inc_tax=paid_inc,
-        applied_discounts=[bigcommerce.AppliedDiscount(amount=d)] if d else [],
+        applied_discounts=[payloads.AppliedDiscount(amount=d)] if d else [],
         **fields,
     )
 
@@ -358,8 +359,8 @@ def test_tracking_names_the_carrier_as_klarna_knows_it() -> None:
 def test_the_klarna_order_id_is_taken_where_the_shop_keeps_it() -> None:
     order = Order(id=1, currency_code="EUR", payment_method="Klarna", payment_provider_id=" k-9 ")
     fields = [
-        bigcommerce.Metafield(id=1, namespace="klarna", key="order_id", value="k-1"),
-        bigcommerce.Metafield(id=2, namespace="other", key="order_id", value="nope"),
+        payloads.Metafield(id=1, namespace="klarna", key="order_id", value="k-1"),
+        payloads.Metafield(id=2, namespace="other", key="order_id", value="nope"),
     ]
 
     assert (
@@ -383,14 +384,14 @@ def test_the_klarna_order_id_is_taken_where_the_shop_keeps_it() -> None:
 def test_staff_notes_keep_the_merchants_and_take_each_line_once() -> None:
     lines = ["[Klarna capture] one", "[Klarna capture] two"]
 
-    first = bigcommerce.staff_notes_with("Call before delivery\n", lines)
-    again = bigcommerce.staff_notes_with(first, lines)
-    more = bigcommerce.staff_notes_with(first, [*lines, "[Klarna capture] three"])
+    first = staff_notes_with("Call before delivery\n", lines)
+    again = staff_notes_with(first, lines)
+    more = staff_notes_with(first, [*lines, "[Klarna capture] three"])
 
     assert first == "Call before delivery\n[Klarna capture] one\n[Klarna capture] two"
     assert again is None
     assert more == first + "\n[Klarna capture] three"
-    assert bigcommerce.staff_notes_with(None, lines[:1]) == "[Klarna capture] one"
+    assert staff_notes_with(None, lines[:1]) == "[Klarna capture] one"
 
 
 def test_a_webhook_names_its_store_and_shipment() -> None:
@@ -399,14 +400,14 @@ def test_a_webhook_names_its_store_and_shipment() -> None:
         b' "data": {"type": "shipment", "id": 12, "orderId": 251}, "hash": "x", "created_at": 1}'
     )
 
-    assert bigcommerce.webhook_envelope(body) == ("store/shipment/created", "abc1")
+    assert payloads.webhook_envelope(body) == ("store/shipment/created", "abc1")
     assert bigcommerce.shipment_ids(body) == ("12", "251")
     assert bigcommerce.shipment_ids(body.replace(b"251", b'"319"')) == ("12", "319")
     with pytest.raises(BigCommerceMappingError):
         bigcommerce.shipment_ids(body.replace(b'"shipment"', b'"order"'))
     with pytest.raises(msgspec.ValidationError):
         bigcommerce.shipment_ids(body.replace(b'"id": 12', b'"id": "twelve"'))
-    assert bigcommerce.webhook_envelope(body.replace(b"stores/abc1", b"stores/../x")) == (
+    assert payloads.webhook_envelope(body.replace(b"stores/abc1", b"stores/../x")) == (
         "store/shipment/created",
         None,
     )

@@ -16,15 +16,18 @@ from plugin.events import FulfillmentEvent, Tracking
 from plugin.klarna import Credentials, KlarnaClient
 from plugin.klarna.models import Order as KlarnaOrder
 from plugin.platforms.shopify import mapping as shopify
+from plugin.platforms.shopify import payloads
 from plugin.platforms.shopify.mapping import (
+    ShopifyMappingError,
+    klarna_order_id,
+    shipment_from,
+)
+from plugin.platforms.shopify.payloads import (
     Fulfillment,
     MetafieldSource,
     NoteAttributeSource,
     Order,
-    ShopifyMappingError,
     TransactionSource,
-    klarna_order_id,
-    shipment_from,
 )
 from plugin.sandbox.klarna import DEFAULT_PASSWORD, DEFAULT_USERNAME, KlarnaSandbox
 from tests.helpers import KLARNA_ORDER_ID
@@ -114,7 +117,7 @@ def fulfillment(
         "tracking_company": None,
     }
     body.update(changes)
-    return shopify.decode_fulfillment(_encode(body))
+    return payloads.decode_fulfillment(_encode(body))
 
 
 def gql_line(
@@ -228,7 +231,7 @@ def sample_order(klarna_id: str) -> Order:
 
 
 def test_the_sample_body_decodes() -> None:
-    body = shopify.decode_fulfillment(SAMPLE.read_bytes())
+    body = payloads.decode_fulfillment(SAMPLE.read_bytes())
     assert (body.id, body.order_id, body.name, body.status) == (
         123456,
         SAMPLE_ORDER_ID,
@@ -242,7 +245,7 @@ def test_the_sample_body_decodes() -> None:
 
 
 def test_the_sample_maps_to_exact_klarna_lines() -> None:
-    body = shopify.decode_fulfillment(SAMPLE.read_bytes())
+    body = payloads.decode_fulfillment(SAMPLE.read_bytes())
     event = shipment_from(
         body, sample_order("kl-1"), klarna_order_id=KLARNA_ORDER_ID, currency="USD"
     )
@@ -274,7 +277,7 @@ def test_the_sample_maps_to_exact_klarna_lines() -> None:
 def test_the_sample_captures_at_the_klarna_sandbox(
     klarna_sandbox: KlarnaSandbox, klarna_url: str
 ) -> None:
-    body = shopify.decode_fulfillment(SAMPLE.read_bytes())
+    body = payloads.decode_fulfillment(SAMPLE.read_bytes())
     # The Klarna order was placed with the order's full lines: the sample is the whole order.
     whole = shipment_from(body, sample_order("pending"), klarna_order_id=KLARNA_ORDER_ID)
     order_lines = klarna_lines(whole)
@@ -483,7 +486,7 @@ def test_the_tax_rate_is_decoded_exactly_from_a_json_number() -> None:
         b'{"id": 1, "order_id": 2, "line_items": [{"id": 3, "quantity": 1, "price": "1.00",'
         b' "tax_lines": [{"price": "0.07", "rate": 0.0725, "title": "CA"}]}]}'
     )
-    rate = shopify.decode_fulfillment(body).line_items[0].tax_lines[0].rate
+    rate = payloads.decode_fulfillment(body).line_items[0].tax_lines[0].rate
     assert rate == Decimal("0.0725")
     assert isinstance(rate, Decimal)
 
@@ -691,7 +694,7 @@ def test_an_amount_without_presentment_money_cannot_be_taken_in_it() -> None:
     raw["line_items"][0]["price_set"] = None
     with pytest.raises(ShopifyMappingError, match="no SEK amount"):
         shipment_from(
-            shopify.decode_fulfillment(_encode(raw)),
+            payloads.decode_fulfillment(_encode(raw)),
             order,
             klarna_order_id=KLARNA_ORDER_ID,
             currency="SEK",
@@ -718,7 +721,7 @@ def test_the_klarna_order_id_from_a_metafield() -> None:
     other = MetafieldSource(namespace="custom", key="klarna")
     assert klarna_order_id(gql_order(TWO_LINES, metafield=field), other) is None
     assert klarna_order_id(gql_order(TWO_LINES), SOURCE) is None
-    assert shopify.order_query_variables(1001, SOURCE) == {
+    assert payloads.order_query_variables(1001, SOURCE) == {
         "id": "gid://shopify/Order/1001",
         "ns": "klarna",
         "key": "order_id",
@@ -769,7 +772,7 @@ def test_the_klarna_order_id_from_the_gateways_successful_authorization() -> Non
 def test_sources_are_stored_as_tagged_json() -> None:
     for source in (SOURCE, NoteAttributeSource(name="k"), TransactionSource(gateway="klarna")):
         raw = msgspec.json.encode(source)
-        assert msgspec.json.decode(raw, type=shopify.KlarnaOrderIdSource) == source
+        assert msgspec.json.decode(raw, type=payloads.KlarnaOrderIdSource) == source
 
 
 # --- tracking ------------------------------------------------------------------------------------
@@ -826,7 +829,7 @@ def test_tracking_values_beyond_klarnas_limits_are_dropped_not_cut() -> None:
 
 
 def test_the_order_query_asks_for_what_the_mapping_reads() -> None:
-    query = shopify.ORDER_QUERY
+    query = payloads.ORDER_QUERY
     assert query.startswith("query ShipmentOrder($id: ID!, $ns: String!, $key: String!)")
     for field in (
         "currencyCode",

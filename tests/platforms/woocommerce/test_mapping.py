@@ -17,18 +17,17 @@ from plugin.events import Tracking
 from plugin.klarna.models import Order as KlarnaOrder
 from plugin.money import to_minor
 from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce import payloads
 from plugin.platforms.woocommerce import signatures as woo_signatures
 from plugin.platforms.woocommerce.mapping import (
-    Order,
     WooCommerceMappingError,
     carrier_code,
-    decode_order,
     klarna_order_id,
-    normalize_site_url,
-    parse_statuses,
-    same_site,
     shipment_from,
 )
+from plugin.platforms.woocommerce.payloads import Order, decode_order
+from plugin.platforms.woocommerce.site import normalize_site_url, same_site
+from plugin.platforms.woocommerce.statuses import parse_statuses
 from plugin.sandbox.woocommerce import (
     Coupon,
     Fee,
@@ -120,16 +119,16 @@ def test_the_signature_is_checked_over_the_raw_body_with_the_whsec_text() -> Non
 
 
 def test_the_ping_is_only_its_exact_form_body() -> None:
-    assert woocommerce.is_ping(b"webhook_id=12")
-    assert woocommerce.is_ping(b"webhook_id=12\n")
+    assert payloads.is_ping(b"webhook_id=12")
+    assert payloads.is_ping(b"webhook_id=12\n")
     for body in (b"webhook_id=", b"webhook_id=12&x=1", b'{"webhook_id": 12}', b""):
-        assert not woocommerce.is_ping(body)
+        assert not payloads.is_ping(body)
 
 
 def test_deliveries_are_keyed_by_their_content() -> None:
-    assert woocommerce.delivery_key(b"a") == woocommerce.delivery_key(b"a")
-    assert woocommerce.delivery_key(b"a") != woocommerce.delivery_key(b"b")
-    assert woocommerce.delivery_key(b"a").startswith("sha256:")
+    assert payloads.delivery_key(b"a") == payloads.delivery_key(b"a")
+    assert payloads.delivery_key(b"a") != payloads.delivery_key(b"b")
+    assert payloads.delivery_key(b"a").startswith("sha256:")
 
 
 @pytest.mark.parametrize(

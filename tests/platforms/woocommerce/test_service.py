@@ -12,8 +12,10 @@ import msgspec
 import pytest
 
 from plugin.config import Settings
-from plugin.platforms.woocommerce import mapping as woocommerce
+from plugin.platforms.woocommerce import payloads
 from plugin.platforms.woocommerce import signatures as woo_signatures
+from plugin.platforms.woocommerce.api_key import ApiKey, encode_api_key
+from plugin.platforms.woocommerce.site import normalize_site_url
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.woocommerce import (
@@ -78,9 +80,9 @@ def connect(
                 klarna_username=SANDBOX_USERNAME,
                 klarna_password=SANDBOX_PASSWORD,
                 options=options,
-                shop_domain=woocommerce.normalize_site_url(woo.site_url(site)),
-                platform_token=woocommerce.encode_api_key(
-                    woocommerce.ApiKey(
+                shop_domain=normalize_site_url(woo.site_url(site)),
+                platform_token=encode_api_key(
+                    ApiKey(
                         consumer_key=DEFAULT_CONSUMER_KEY, consumer_secret=DEFAULT_CONSUMER_SECRET
                     )
                 ),
@@ -110,7 +112,7 @@ def ship(
 
 
 def status_of(woo: WooCommerceSandbox, order_id: int, site: str = SITE) -> Any:
-    return woo.meta(site, order_id).get(woocommerce.STATUS_META)
+    return woo.meta(site, order_id).get(payloads.STATUS_META)
 
 
 def vegetable_order(
@@ -198,7 +200,7 @@ def test_a_completed_order_is_captured_whole_and_the_outcome_written_on_it(
         f"Klarna capture: {amount} EUR captured (capture id {capture.capture_id}; Klarna order "
         f"{klarna_id}; Klarna reference {order.klarna_reference})."
     )
-    assert woo.meta(SITE, order_id)[woocommerce.CAPTURE_ID_META] == capture.capture_id
+    assert woo.meta(SITE, order_id)[payloads.CAPTURE_ID_META] == capture.capture_id
 
 
 @pytest.mark.parametrize("prices_include_tax", [True, False])
@@ -608,7 +610,7 @@ def test_klarnas_refusal_is_written_back_with_its_correlation_id(
         "No order with id [a0b1c2d3-0000-4000-8000-000000000000] was found. Not retried "
     )
     assert note["note"].endswith("retry the shipment on the Klarna capture activity page.")
-    assert woocommerce.CAPTURE_ID_META not in woo.meta(SITE, order_id)
+    assert payloads.CAPTURE_ID_META not in woo.meta(SITE, order_id)
 
 
 def test_a_failed_write_back_is_retried_alone_and_never_repeats_capture_or_note(
