@@ -35,12 +35,16 @@ class Fulfillments:
         deliveries = await self.store.fulfillment_deliveries(shop.id, job.key)
         if not deliveries:
             return
-        record = await self.store.get_capture(shop.id, job.key)
+        storefront = self.storefronts[shop.platform]
+        record = (
+            await self.store.get_capture(shop.id, job.key)
+            if storefront.reads_record or not shop.enabled
+            else None
+        )
         if not shop.enabled:
             # Disabled, or the storefront app was uninstalled: nothing more is called there.
             await self._skip(shop, job, "the shop is disabled", record)
             return
-        storefront = self.storefronts[shop.platform]
         try:
             outcome = await storefront.shipment(shop, deliveries, record)
         except StorefrontError as error:

@@ -132,6 +132,12 @@ class Storefront(Protocol):
     """What the pipeline asks of a platform's adapter, Standard Webhooks included."""
 
     @property
+    def reads_record(self) -> bool:
+        """Whether `shipment` needs the fulfilment's capture record: an adapter whose webhook
+        holds the whole shipment does not, and the run then spares the read."""
+        ...
+
+    @property
     def writes_back(self) -> bool:
         """Whether `write_back` puts anything on a storefront order: an outcome is then queued
         as a callback even for a shop without a status URL."""
@@ -154,6 +160,7 @@ class StorefrontApp:
     """What every storefront app holds: the settings, the shops (for their sealed API
     credentials), the store (the ledger its write-back reads) and the HTTP client for its API."""
 
+    reads_record = True
     writes_back = True
 
     def __init__(

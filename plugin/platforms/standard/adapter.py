@@ -16,6 +16,7 @@ class StandardStorefront(StorefrontApp):
     """Built like every adapter (settings, shops, HTTP client, retry policy), though it calls
     nothing."""
 
+    reads_record = False
     writes_back = False
 
     async def shipment(
