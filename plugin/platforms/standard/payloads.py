@@ -8,7 +8,6 @@ import msgspec
 
 from plugin.events import FulfillmentEvent
 
-NAME = "standard"
 EventType = Literal["fulfillment.created", "fulfillment.updated"]
 
 

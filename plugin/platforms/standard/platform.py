@@ -4,8 +4,8 @@ shipment, so its adapter calls no API."""
 from starlette.routing import BaseRoute, Route
 
 from plugin.platforms.base import Platform, ShopAdd
+from plugin.platforms.standard import NAME
 from plugin.platforms.standard.adapter import StandardStorefront
-from plugin.platforms.standard.payloads import NAME
 from plugin.platforms.standard.settings import StandardSettings
 from plugin.platforms.standard.webhooks import standard_webhook
 

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from plugin import signatures
 from plugin.context import ServiceContext
-from plugin.platforms.standard import payloads as standard
+from plugin.platforms.standard import NAME, payloads
 from plugin.shops import is_shop_id
 from plugin.webhooks import BodyRefused, read_body, store_delivery, too_deep
 from plugin.webhooks import answer as _answer
@@ -19,7 +19,7 @@ log = logging.getLogger("plugin.receiver")
 
 async def standard_webhook(request: Request) -> Response:
     service: ServiceContext = request.app.state.service
-    platform = standard.NAME
+    platform = NAME
     shop_id = request.path_params["shop_id"]
     if not is_shop_id(shop_id):
         # Before the body is read, and without a lookup: anyone can make up ids.
@@ -47,7 +47,7 @@ async def standard_webhook(request: Request) -> Response:
     rejected: str | None = None
     event_type = fulfillment_id = order_id = None
     try:
-        envelope = standard.decode(body)
+        envelope = payloads.decode(body)
         event_type, fulfillment_id = envelope.type, envelope.data.fulfillment_id
         order_id = envelope.data.order_id
     except msgspec.MsgspecError as exc:
