@@ -16,6 +16,7 @@ from plugin.klarna.client import ERROR_PAGE_BYTES, _page_text, make_http_client,
 from plugin.klarna.models import CaptureObject, OrderLine, ShippingInfo
 from plugin.klarna.ratelimit import RateLimiter, share_rate_between
 from plugin.retries import MAX_RETRY_AFTER_SECONDS
+from plugin.sandbox.common import ManualClock
 from plugin.sandbox.klarna import DEFAULT_PASSWORD, DEFAULT_USERNAME, FaultSettings, KlarnaSandbox
 from plugin.service import open_service
 
@@ -95,6 +96,7 @@ def om_posts(sandbox: KlarnaSandbox) -> list[tuple[str, str | None, int]]:
 async def test_every_operation_round_trips(
     klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
 ) -> None:
+    clock = klarna_sandbox.clock = ManualClock(datetime(2025, 3, 1, 12, 0, tzinfo=UTC))
     placed = klarna_sandbox.create_order(order_amount=10_000, purchase_currency="EUR")
     client = make_client()
 
@@ -129,10 +131,11 @@ async def test_every_operation_round_trips(
     assert klarna_sandbox.orders[placed.order_id].captures[0].send_outs == 1
 
     before = (await client.read_order(placed.order_id)).expires_at
+    clock.advance(timedelta(days=5))
     await client.extend_authorization_time(placed.order_id, idempotency_key="extend-1")
     after = (await client.read_order(placed.order_id)).expires_at
     assert before is not None
-    assert after == before + timedelta(days=28)
+    assert after == before + timedelta(days=5)
 
     await client.release_remaining_authorization(placed.order_id, idempotency_key="release-1")
     order = await client.read_order(placed.order_id)
