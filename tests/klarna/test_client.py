@@ -193,6 +193,26 @@ async def test_a_refund_round_trips(
     assert order.refunds == [refund]
 
 
+async def test_commit_then_drop_is_retried_into_exactly_one_refund(
+    klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
+) -> None:
+    placed = klarna_sandbox.create_order(order_amount=10_000)
+    client = make_client()
+    await client.create_capture(placed.order_id, capture_of(10_000), idempotency_key="cap-1")
+    klarna_sandbox.set_faults(FaultSettings(order_id=placed.order_id, drop_after_commit_next=1))
+
+    refund_id = await client.create_refund(
+        placed.order_id, refund_of(10_000), idempotency_key="refund-1"
+    )
+
+    assert [r.refund_id for r in klarna_sandbox.orders[placed.order_id].refunds] == [refund_id]
+    refunds = [e for e in klarna_sandbox.requests if e.path.endswith("/refunds")]
+    assert [(e.status, e.dropped, e.replayed) for e in refunds] == [
+        (201, True, False),
+        (201, False, True),
+    ]
+
+
 async def test_a_refund_above_what_is_left_to_refund_is_final(
     klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
 ) -> None:
