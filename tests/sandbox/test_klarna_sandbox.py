@@ -520,6 +520,16 @@ def test_extend_authorization_uses_the_accounts_period(
     assert read_order(client, order_id).expires_at == START + timedelta(days=67)
 
 
+def test_extend_authorization_never_shortens_an_authorization(
+    client: httpx2.Client, clock: ManualClock
+) -> None:
+    longer = (START + timedelta(days=100)).isoformat()
+    order_id = new_order(client, expires_at=longer)
+    clock.advance(timedelta(days=1))
+    assert client.post(om(order_id, "extend-authorization-time")).status_code == 204
+    assert read_order(client, order_id).expires_at == START + timedelta(days=100)
+
+
 def test_extend_authorization_is_refused_for_expired_and_cancelled_orders(
     client: httpx2.Client, clock: ManualClock
 ) -> None:
