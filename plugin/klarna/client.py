@@ -26,8 +26,11 @@ from plugin.klarna.models import (
     Environment,
     ErrorBody,
     Order,
+    Refund,
+    RefundObject,
     Region,
     ShippingInfo,
+    UpdateMerchantReferences,
     UpdateShippingInfo,
 )
 from plugin.klarna.ratelimit import RateLimiter, rate_limiter_for
@@ -109,6 +112,7 @@ def make_http_client(
 _KLARNA_ID = re.compile(KLARNA_ID_PATTERN)
 _order_decoder = msgspec.json.Decoder(Order)
 _capture_decoder = msgspec.json.Decoder(Capture)
+_refund_decoder = msgspec.json.Decoder(Refund)
 _error_decoder = msgspec.json.Decoder(ErrorBody)
 _encoder = msgspec.json.Encoder()
 
@@ -166,24 +170,55 @@ class KlarnaClient:
             body=_encoder.encode(capture),
             idempotency_key=idempotency_key,
         )
-        capture_id = response.headers.get("Capture-Id")
-        if not capture_id:
-            location = response.headers.get("Location", "").rstrip("/")
-            capture_id = location.rsplit("/", 1)[-1] if "/captures/" in location else ""
-        if not capture_id:
-            raise KlarnaError(
-                "create_capture",
-                status=response.status_code,
-                error_code="UNEXPECTED_RESPONSE",
-                error_messages=["the answer names no capture (no Capture-Id, no Location)"],
-            )
-        return capture_id
+        return _created_id("create_capture", response, "Capture-Id", "captures")
 
     async def read_capture(self, order_id: str, capture_id: str) -> Capture:
         response = await self._call(
             "read_capture", "GET", _order_path("read_capture", order_id, capture_id=capture_id)
         )
         return self._decode("read_capture", response, _capture_decoder)
+
+    async def create_refund(
+        self, order_id: str, refund: RefundObject, *, idempotency_key: str
+    ) -> str:
+        """Refund (part of) what was captured; returns Klarna's refund id."""
+        response = await self._call(
+            "create_refund",
+            "POST",
+            _order_path("create_refund", order_id, "refunds"),
+            body=_encoder.encode(refund),
+            idempotency_key=idempotency_key,
+        )
+        return _created_id("create_refund", response, "Refund-Id", "refunds")
+
+    async def read_refund(self, order_id: str, refund_id: str) -> Refund:
+        response = await self._call(
+            "read_refund", "GET", _order_path("read_refund", order_id, refund_id=refund_id)
+        )
+        return self._decode("read_refund", response, _refund_decoder)
+
+    async def cancel_order(self, order_id: str, *, idempotency_key: str) -> None:
+        """Cancel an order nothing of which is captured; Klarna releases the whole authorization
+        and the order can never be captured again."""
+        await self._call(
+            "cancel_order",
+            "POST",
+            _order_path("cancel_order", order_id, "cancel"),
+            idempotency_key=idempotency_key,
+        )
+
+    async def update_merchant_references(
+        self, order_id: str, references: UpdateMerchantReferences, *, idempotency_key: str
+    ) -> None:
+        """Set the references Klarna shows in its emails and settlement files (the storefront's
+        order number); a reference left None is kept as it is."""
+        await self._call(
+            "update_merchant_references",
+            "PATCH",
+            _order_path("update_merchant_references", order_id, "merchant-references"),
+            body=_encoder.encode(references),
+            idempotency_key=idempotency_key,
+        )
 
     async def add_shipping_info(
         self,
@@ -238,7 +273,8 @@ class KlarnaClient:
         body: bytes | None = None,
         idempotency_key: str | None = None,
     ) -> httpx2.Response:
-        if method == "POST" and not idempotency_key:
+        # Klarna takes a key on every call that changes the order (POST and PATCH).
+        if method in ("POST", "PATCH") and not idempotency_key:
             raise ValueError(f"{operation} needs the idempotency key of its operation")
         headers = {"Content-Type": "application/json"} if body is not None else {}
         if idempotency_key:
@@ -304,14 +340,37 @@ class KlarnaClient:
 
 
 def _order_path(
-    operation: str, order_id: str, action: str = "", *, capture_id: str | None = None
+    operation: str,
+    order_id: str,
+    action: str = "",
+    *,
+    capture_id: str | None = None,
+    refund_id: str | None = None,
 ) -> str:
-    """The path of an order (and one of its captures), ids checked: the last line behind the
-    events' own check, for an id stored before it or passed by other code."""
+    """The path of an order (and one of its captures or refunds), ids checked: the last line
+    behind the events' own check, for an id stored before it or passed by other code."""
     path = "/ordermanagement/v1/orders/" + _klarna_id(operation, "order", order_id)
     if capture_id is not None:
         path += "/captures/" + _klarna_id(operation, "capture", capture_id)
+    if refund_id is not None:
+        path += "/refunds/" + _klarna_id(operation, "refund", refund_id)
     return path + "/" + action if action else path
+
+
+def _created_id(operation: str, response: httpx2.Response, header: str, collection: str) -> str:
+    """The id of what a 201 created: its header, else the last segment of `Location`."""
+    created = response.headers.get(header)
+    if not created:
+        location = response.headers.get("Location", "").rstrip("/")
+        created = location.rsplit("/", 1)[-1] if f"/{collection}/" in location else ""
+    if not created:
+        raise KlarnaError(
+            operation,
+            status=response.status_code,
+            error_code="UNEXPECTED_RESPONSE",
+            error_messages=[f"the answer names no {collection[:-1]} (no {header}, no Location)"],
+        )
+    return created
 
 
 def _klarna_id(operation: str, kind: str, value: str) -> str:

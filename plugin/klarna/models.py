@@ -120,6 +120,24 @@ class UpdateShippingInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
     shipping_info: Annotated[list[ShippingInfo], Meta(min_length=1, max_length=500)]
 
 
+class RefundObject(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """The body of POST /orders/{order_id}/refunds. Klarna matches a refund's lines to the
+    captured ones by `reference`, so a line refunded carries the reference it was captured with."""
+
+    refunded_amount: Amount
+    description: Str255 | None = None
+    reference: Str255 | None = None
+    order_lines: Annotated[list[OrderLine], Meta(max_length=1000)] | None = None
+
+
+class UpdateMerchantReferences(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """The body of PATCH /orders/{order_id}/merchant-references: a field left out (None) keeps
+    the order's reference as it is."""
+
+    merchant_reference1: Str255 | None = None
+    merchant_reference2: Str255 | None = None
+
+
 class Capture(msgspec.Struct, omit_defaults=True, kw_only=True):
     """A capture as read back (GET capture, or an element of an order's `captures`)."""
 
@@ -132,6 +150,17 @@ class Capture(msgspec.Struct, omit_defaults=True, kw_only=True):
     order_lines: list[OrderLine] = []
     shipping_info: list[ShippingInfo] = []
     refunded_amount: int = 0
+
+
+class Refund(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A refund as read back (GET refund, or an element of an order's `refunds`)."""
+
+    refund_id: str
+    refunded_amount: int
+    refunded_at: datetime | None = None
+    description: str | None = None
+    reference: str | None = None
+    order_lines: list[OrderLine] = []
 
 
 class Order(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -154,6 +183,7 @@ class Order(msgspec.Struct, omit_defaults=True, kw_only=True):
     merchant_reference2: str | None = None
     order_lines: list[OrderLine] = []
     captures: list[Capture] = []
+    refunds: list[Refund] = []
     shipping_info: list[ShippingInfo] = []
 
 

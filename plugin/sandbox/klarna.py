@@ -29,7 +29,9 @@ from plugin.klarna.models import (
     CaptureObject,
     OrderLine,
     OrderStatus,
+    RefundObject,
     ShippingInfo,
+    UpdateMerchantReferences,
     UpdateShippingInfo,
 )
 from plugin.sandbox import common
@@ -47,6 +49,8 @@ DROP_WAIT_SECONDS = 30.0
 FraudStatus = Literal["ACCEPTED", "PENDING", "REJECTED"]
 InitialStatus = Literal["AUTHORIZED", "CANCELLED", "EXPIRED", "CLOSED"]
 CAPTURABLE: frozenset[str] = frozenset({"AUTHORIZED", "PART_CAPTURED"})
+# Where Klarna takes a return fee on a refund (its docs: these markets only).
+RETURN_FEE_COUNTRIES: frozenset[str] = frozenset({"AT", "DE", "DK", "FI", "FR", "NL", "NO", "SE"})
 
 
 @dataclass
@@ -77,6 +81,26 @@ class SandboxCapture:
 
 
 @dataclass
+class SandboxRefund:
+    refund_id: str
+    refunded_amount: int
+    refunded_at: datetime
+    description: str | None = None
+    reference: str | None = None
+    order_lines: list[OrderLine] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "refund_id": self.refund_id,
+            "refunded_amount": self.refunded_amount,
+            "refunded_at": self.refunded_at,
+            "description": self.description,
+            "reference": self.reference,
+            "order_lines": self.order_lines,
+        }
+
+
+@dataclass
 class SandboxOrder:
     order_id: str
     status: OrderStatus
@@ -89,10 +113,12 @@ class SandboxOrder:
     expires_at: datetime
     klarna_reference: str
     merchant_reference1: str | None = None
+    merchant_reference2: str | None = None
     order_lines: list[OrderLine] = field(default_factory=list)
     captured_amount: int = 0
     refunded_amount: int = 0
     captures: list[SandboxCapture] = field(default_factory=list)
+    refunds: list[SandboxRefund] = field(default_factory=list)
     shipping_info: list[ShippingInfo] = field(default_factory=list)
 
     def status_at(self, now: datetime) -> OrderStatus:
@@ -102,6 +128,9 @@ class SandboxOrder:
 
     def capture(self, capture_id: str) -> SandboxCapture | None:
         return next((c for c in self.captures if c.capture_id == capture_id), None)
+
+    def refund(self, refund_id: str) -> SandboxRefund | None:
+        return next((r for r in self.refunds if r.refund_id == refund_id), None)
 
     def to_json(self, now: datetime) -> dict[str, object]:
         return {
@@ -119,8 +148,10 @@ class SandboxOrder:
             "created_at": self.created_at,
             "klarna_reference": self.klarna_reference,
             "merchant_reference1": self.merchant_reference1,
+            "merchant_reference2": self.merchant_reference2,
             "order_lines": self.order_lines,
             "captures": [c.to_json() for c in self.captures],
+            "refunds": [r.to_json() for r in self.refunds],
             "shipping_info": self.shipping_info,
         }
 
@@ -237,8 +268,16 @@ class KlarnaSandbox(Sandbox[LoggedRequest, Faults]):
     """The simulator's whole state; thread-safe, so tests may inspect it while a server runs.
     Its `faults` are everyone's; an order's own, in `order_faults`, come first for that order."""
 
-    def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        authorization_period: timedelta = AUTHORIZATION_PERIOD,
+    ) -> None:
         super().__init__(Faults, clock)
+        # The merchant account's authorization period: how long an order stays capturable after
+        # its purchase, and how far an extension reaches from the day it is asked for.
+        self.authorization_period = authorization_period
         self.orders: dict[str, SandboxOrder] = {}
         self.order_faults: dict[str, Faults] = {}
         self._idempotency: dict[tuple[str, str], tuple[datetime, Answer]] = {}
@@ -290,7 +329,7 @@ class KlarnaSandbox(Sandbox[LoggedRequest, Faults]):
                 purchase_currency=purchase_currency,
                 purchase_country=purchase_country,
                 created_at=now,
-                expires_at=expires_at or now + AUTHORIZATION_PERIOD,
+                expires_at=expires_at or now + self.authorization_period,
                 klarna_reference="K"
                 + "".join(self._references.choices(string.ascii_uppercase + string.digits, k=6)),
                 merchant_reference1=merchant_reference1,
@@ -377,6 +416,7 @@ class _Call:
     method: str
     order_id: str | None
     capture_id: str | None
+    refund_id: str | None
     body: bytes
     base_url: str
 
@@ -429,13 +469,7 @@ def _captures(call: _Call) -> Answer:
             "Captured amount is higher than the remaining authorized amount.",
         )
     lines = body.order_lines or []
-    problems = line_problems(lines)
-    total = sum(line.total_amount for line in lines)
-    if body.order_lines is not None and total != body.captured_amount:
-        problems.append(
-            f"The sum of the order_lines total_amount [{total}] does not match "
-            f"captured_amount [{body.captured_amount}]."
-        )
+    problems = _lines_problems(body.order_lines, body.captured_amount, "captured_amount")
     if problems:
         return error(400, "BAD_VALUE", *problems)
 
@@ -455,6 +489,102 @@ def _captures(call: _Call) -> Answer:
     order.status = "CAPTURED" if order.remaining_authorized_amount == 0 else "PART_CAPTURED"
     location = f"{call.base_url}{OM_PREFIX}/orders/{order.order_id}/captures/{capture.capture_id}"
     return Answer(201, headers=(("Capture-Id", capture.capture_id), ("Location", location)))
+
+
+def _lines_problems(lines: list[OrderLine] | None, amount: int, field_name: str) -> list[str]:
+    """Klarna's line rules for a capture's or a refund's lines, and their sum against `amount`."""
+    problems = line_problems(lines or [])
+    total = sum(line.total_amount for line in lines or [])
+    if lines is not None and total != amount:
+        problems.append(
+            f"The sum of the order_lines total_amount [{total}] does not match "
+            f"{field_name} [{amount}]."
+        )
+    return problems
+
+
+def _refunds(call: _Call) -> Answer:
+    order = call.sandbox.orders.get(call.order_id or "")
+    if order is None:
+        return _no_such_order(call.order_id)
+    try:
+        body = msgspec.json.decode(call.body, type=RefundObject)
+    except msgspec.DecodeError as exc:
+        return _decode_error(exc)
+    if body.refunded_amount < 1:
+        return error(400, "BAD_VALUE", "refunded_amount must be at least 1.")
+    refundable = order.captured_amount - order.refunded_amount
+    if body.refunded_amount > refundable:
+        return error(
+            403,
+            "REFUND_NOT_ALLOWED",
+            f"Refunded amount [{body.refunded_amount}] is higher than the captured amount not "
+            f"yet refunded [{refundable}].",
+        )
+    problems = _lines_problems(body.order_lines, body.refunded_amount, "refunded_amount")
+    if problems:
+        return error(400, "BAD_VALUE", *problems)
+    if any(line.type == "return_fee" for line in body.order_lines or []):
+        refused = _return_fee_refused(order)
+        if refused:
+            return error(403, "REFUND_NOT_ALLOWED", refused)
+
+    refund = SandboxRefund(
+        refund_id=str(uuid.uuid4()),
+        refunded_amount=body.refunded_amount,
+        refunded_at=call.now,
+        description=body.description,
+        reference=body.reference,
+        order_lines=list(body.order_lines or []),
+    )
+    order.refunds.append(refund)
+    order.refunded_amount += refund.refunded_amount
+    location = f"{call.base_url}{OM_PREFIX}/orders/{order.order_id}/refunds/{refund.refund_id}"
+    return Answer(201, headers=(("Refund-Id", refund.refund_id), ("Location", location)))
+
+
+def _return_fee_refused(order: SandboxOrder) -> str | None:
+    """Why Klarna takes no return_fee line on this order's refund, or None where it does. The
+    lines adding up exactly is checked for every refund before this."""
+    if order.purchase_country.upper() not in RETURN_FEE_COUNTRIES:
+        return (
+            f"A return_fee line is not allowed in the market [{order.purchase_country}]; only in "
+            + ", ".join(sorted(RETURN_FEE_COUNTRIES))
+            + "."
+        )
+    if len(order.captures) != 1 or order.captures[0].captured_amount != order.order_amount:
+        return "A return_fee line is only allowed on an order captured in full in one capture."
+    return None
+
+
+def _get_refund(call: _Call) -> Answer:
+    order = call.sandbox.orders.get(call.order_id or "")
+    if order is None:
+        return _no_such_order(call.order_id)
+    refund = order.refund(call.refund_id or "")
+    if refund is None:
+        return error(404, "NO_SUCH_ORDER", f"No refund with id [{call.refund_id}] was found.")
+    return json_answer(200, refund.to_json())
+
+
+def _merchant_references(call: _Call) -> Answer:
+    order = call.sandbox.orders.get(call.order_id or "")
+    if order is None:
+        return _no_such_order(call.order_id)
+    try:
+        body = msgspec.json.decode(call.body, type=UpdateMerchantReferences)
+    except msgspec.DecodeError as exc:
+        return _decode_error(exc)
+    status = order.status_at(call.now)
+    if status == "CANCELLED":
+        return error(
+            403, "NOT_ALLOWED", "The merchant references of a CANCELLED order can not be updated."
+        )
+    if body.merchant_reference1 is not None:
+        order.merchant_reference1 = body.merchant_reference1
+    if body.merchant_reference2 is not None:
+        order.merchant_reference2 = body.merchant_reference2
+    return Answer(204)
 
 
 def _find_capture(call: _Call, missing_code: str) -> tuple[SandboxOrder, SandboxCapture] | Answer:
@@ -516,7 +646,10 @@ def _extend_authorization(call: _Call) -> Answer:
             "NOT_ALLOWED",
             "The authorization already lasts the maximum of 180 days after the order was created.",
         )
-    order.expires_at = min(order.expires_at + AUTHORIZATION_PERIOD, cap)
+    # Today plus the account's period, at the time of day the order expires: asked twice on one
+    # day, the second extension changes nothing.
+    extended_to = (call.now.date() + call.sandbox.authorization_period, order.expires_at.timetz())
+    order.expires_at = max(order.expires_at, min(datetime.combine(*extended_to), cap))
     return Answer(204)
 
 
@@ -604,7 +737,8 @@ def _om_endpoint(
         sandbox: KlarnaSandbox = request.app.state.sandbox
         credentials: Mapping[str, str] = request.app.state.credentials
         order_id: str | None = request.path_params.get("order_id")
-        is_post = request.method == "POST"
+        # POST and PATCH change the order: they take an idempotency key and a body.
+        is_post = request.method in ("POST", "PATCH")
         key = request.headers.get("Klarna-Idempotency-Key") if is_post else None
 
         def logged(
@@ -656,6 +790,7 @@ def _om_endpoint(
                 method=request.method,
                 order_id=order_id,
                 capture_id=request.path_params.get("capture_id"),
+                refund_id=request.path_params.get("refund_id"),
                 body=body,
                 base_url=str(request.base_url).rstrip("/"),
             )
@@ -746,6 +881,13 @@ def create_app(
             methods=["POST"],
         ),
         Route(f"{orders}/cancel", _om_endpoint(_cancel), methods=["POST"]),
+        Route(f"{orders}/refunds", _om_endpoint(_refunds), methods=["POST"]),
+        Route(f"{orders}/refunds/{{refund_id}}", _om_endpoint(_get_refund), methods=["GET"]),
+        Route(
+            f"{orders}/merchant-references",
+            _om_endpoint(_merchant_references),
+            methods=["PATCH"],
+        ),
         Route(
             f"{OM_PREFIX}/{{path:path}}",
             _om_endpoint(_unknown_path),

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -13,10 +14,22 @@ import pytest
 from plugin.config import load_settings
 from plugin.klarna import Credentials, KlarnaClient, KlarnaError, RetryPolicy, base_url
 from plugin.klarna.client import ERROR_PAGE_BYTES, _page_text, make_http_client, new_idempotency_key
-from plugin.klarna.models import CaptureObject, OrderLine, ShippingInfo
+from plugin.klarna.models import (
+    CaptureObject,
+    OrderLine,
+    RefundObject,
+    ShippingInfo,
+    UpdateMerchantReferences,
+)
 from plugin.klarna.ratelimit import RateLimiter, share_rate_between
 from plugin.retries import MAX_RETRY_AFTER_SECONDS
-from plugin.sandbox.klarna import DEFAULT_PASSWORD, DEFAULT_USERNAME, FaultSettings, KlarnaSandbox
+from plugin.sandbox.common import ManualClock
+from plugin.sandbox.klarna import (
+    DEFAULT_PASSWORD,
+    DEFAULT_USERNAME,
+    FaultSettings,
+    KlarnaSandbox,
+)
 from plugin.service import open_service
 
 pytestmark = pytest.mark.anyio
@@ -84,6 +97,15 @@ def capture_of(amount: int, reference: str = "F1") -> CaptureObject:
     )
 
 
+def refund_of(amount: int, reference: str = "R1") -> RefundObject:
+    return RefundObject(
+        refunded_amount=amount,
+        reference=reference,
+        description="Returned",
+        order_lines=capture_of(amount).order_lines,
+    )
+
+
 def om_posts(sandbox: KlarnaSandbox) -> list[tuple[str, str | None, int]]:
     return [
         (entry.path.rsplit("/", 1)[-1], entry.idempotency_key, entry.status)
@@ -95,6 +117,7 @@ def om_posts(sandbox: KlarnaSandbox) -> list[tuple[str, str | None, int]]:
 async def test_every_operation_round_trips(
     klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
 ) -> None:
+    clock = klarna_sandbox.clock = ManualClock(datetime(2025, 3, 1, 12, 0, tzinfo=UTC))
     placed = klarna_sandbox.create_order(order_amount=10_000, purchase_currency="EUR")
     client = make_client()
 
@@ -129,10 +152,11 @@ async def test_every_operation_round_trips(
     assert klarna_sandbox.orders[placed.order_id].captures[0].send_outs == 1
 
     before = (await client.read_order(placed.order_id)).expires_at
+    clock.advance(timedelta(days=5))
     await client.extend_authorization_time(placed.order_id, idempotency_key="extend-1")
     after = (await client.read_order(placed.order_id)).expires_at
     assert before is not None
-    assert after == before + timedelta(days=28)
+    assert after == before + timedelta(days=5)
 
     await client.release_remaining_authorization(placed.order_id, idempotency_key="release-1")
     order = await client.read_order(placed.order_id)
@@ -142,6 +166,271 @@ async def test_every_operation_round_trips(
         0,
     )
     assert [c.capture_id for c in order.captures] == [capture_id]
+
+
+async def test_a_refund_round_trips(
+    klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
+) -> None:
+    placed = klarna_sandbox.create_order(order_amount=10_000)
+    client = make_client()
+    await client.create_capture(placed.order_id, capture_of(10_000), idempotency_key="cap-1")
+
+    refund_id = await client.create_refund(
+        placed.order_id, refund_of(2_500), idempotency_key=new_idempotency_key()
+    )
+
+    refund = await client.read_refund(placed.order_id, refund_id)
+    assert (refund.refund_id, refund.refunded_amount, refund.reference, refund.description) == (
+        refund_id,
+        2_500,
+        "R1",
+        "Returned",
+    )
+    assert refund.order_lines == refund_of(2_500).order_lines
+    assert refund.refunded_at is not None
+    order = await client.read_order(placed.order_id)
+    assert (order.captured_amount, order.refunded_amount) == (10_000, 2_500)
+    assert order.refunds == [refund]
+
+
+async def test_commit_then_drop_is_retried_into_exactly_one_refund(
+    klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
+) -> None:
+    placed = klarna_sandbox.create_order(order_amount=10_000)
+    client = make_client()
+    await client.create_capture(placed.order_id, capture_of(10_000), idempotency_key="cap-1")
+    klarna_sandbox.set_faults(FaultSettings(order_id=placed.order_id, drop_after_commit_next=1))
+
+    refund_id = await client.create_refund(
+        placed.order_id, refund_of(10_000), idempotency_key="refund-1"
+    )
+
+    assert [r.refund_id for r in klarna_sandbox.orders[placed.order_id].refunds] == [refund_id]
+    refunds = [e for e in klarna_sandbox.requests if e.path.endswith("/refunds")]
+    assert [(e.status, e.dropped, e.replayed) for e in refunds] == [
+        (201, True, False),
+        (201, False, True),
+    ]
+
+
+async def test_a_refund_above_what_is_left_to_refund_is_final(
+    klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
+) -> None:
+    placed = klarna_sandbox.create_order(order_amount=10_000)
+    client = make_client()
+    await client.create_capture(placed.order_id, capture_of(4_000), idempotency_key="cap-1")
+    await client.create_refund(placed.order_id, refund_of(3_000), idempotency_key="refund-1")
+
+    with pytest.raises(KlarnaError) as raised:
+        await client.create_refund(placed.order_id, refund_of(1_001), idempotency_key="refund-2")
+
+    error = raised.value
+    assert (error.operation, error.status, error.error_code, error.retryable) == (
+        "create_refund",
+        403,
+        "REFUND_NOT_ALLOWED",
+        False,
+    )
+    assert error.correlation_id
+    assert [status for name, _, status in om_posts(klarna_sandbox) if name == "refunds"] == [
+        201,
+        403,
+    ]
+    assert klarna_sandbox.orders[placed.order_id].refunded_amount == 3_000
+
+
+async def test_a_refund_on_an_order_with_nothing_captured_is_refused(
+    klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
+) -> None:
+    placed = klarna_sandbox.create_order(order_amount=10_000)
+    with pytest.raises(KlarnaError) as raised:
+        await make_client().create_refund(placed.order_id, refund_of(1), idempotency_key="r")
+    assert (raised.value.status, raised.value.error_code) == (403, "REFUND_NOT_ALLOWED")
+
+
+async def test_an_unknown_refund_is_404(
+    klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
+) -> None:
+    placed = klarna_sandbox.create_order(order_amount=10_000)
+    with pytest.raises(KlarnaError) as raised:
+        await make_client().read_refund(placed.order_id, CAPTURE)
+    assert (raised.value.operation, raised.value.status, raised.value.error_code) == (
+        "read_refund",
+        404,
+        "NO_SUCH_ORDER",
+    )
+
+
+async def test_cancel_cancels_an_order_with_nothing_captured(
+    klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
+) -> None:
+    placed = klarna_sandbox.create_order(order_amount=10_000)
+    client = make_client()
+
+    await client.cancel_order(placed.order_id, idempotency_key="cancel-1")
+
+    order = await client.read_order(placed.order_id)
+    assert (order.status, order.remaining_authorized_amount) == ("CANCELLED", 0)
+    with pytest.raises(KlarnaError) as raised:
+        await client.cancel_order(placed.order_id, idempotency_key="cancel-2")
+    assert (raised.value.status, raised.value.error_code) == (403, "CANCEL_NOT_ALLOWED")
+
+
+async def test_cancel_is_refused_once_anything_is_captured(
+    klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
+) -> None:
+    placed = klarna_sandbox.create_order(order_amount=10_000)
+    client = make_client()
+    await client.create_capture(placed.order_id, capture_of(100), idempotency_key="cap-1")
+
+    with pytest.raises(KlarnaError) as raised:
+        await client.cancel_order(placed.order_id, idempotency_key="cancel-1")
+
+    error = raised.value
+    assert (error.operation, error.status, error.error_code, error.retryable) == (
+        "cancel_order",
+        403,
+        "CANCEL_NOT_ALLOWED",
+        False,
+    )
+    assert len(om_posts(klarna_sandbox)) == 2
+    assert (await client.read_order(placed.order_id)).status == "PART_CAPTURED"
+
+
+async def test_merchant_references_are_set_and_read_back(
+    klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
+) -> None:
+    placed = klarna_sandbox.create_order(order_amount=10_000, merchant_reference1="cart-5")
+    client = make_client()
+
+    await client.update_merchant_references(
+        placed.order_id,
+        UpdateMerchantReferences(merchant_reference2="fulfil-7"),
+        idempotency_key="refs-1",
+    )
+    order = await client.read_order(placed.order_id)
+    assert (order.merchant_reference1, order.merchant_reference2) == ("cart-5", "fulfil-7")
+
+    await client.update_merchant_references(
+        placed.order_id,
+        UpdateMerchantReferences(merchant_reference1="#1001"),
+        idempotency_key="refs-2",
+    )
+    order = await client.read_order(placed.order_id)
+    assert (order.merchant_reference1, order.merchant_reference2) == ("#1001", "fulfil-7")
+    patches = [e for e in klarna_sandbox.requests if e.method == "PATCH"]
+    assert [(e.path.rsplit("/", 1)[-1], e.idempotency_key) for e in patches] == [
+        ("merchant-references", "refs-1"),
+        ("merchant-references", "refs-2"),
+    ]
+
+
+async def test_merchant_references_are_refused_on_a_cancelled_order(
+    klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient]
+) -> None:
+    placed = klarna_sandbox.create_order(order_amount=10_000, status="CANCELLED")
+    with pytest.raises(KlarnaError) as raised:
+        await make_client().update_merchant_references(
+            placed.order_id,
+            UpdateMerchantReferences(merchant_reference1="#1001"),
+            idempotency_key="refs-1",
+        )
+    assert (raised.value.operation, raised.value.status, raised.value.error_code) == (
+        "update_merchant_references",
+        403,
+        "NOT_ALLOWED",
+    )
+    assert klarna_sandbox.orders[placed.order_id].merchant_reference1 is None
+
+
+# Each call that changes an order, made on an order it applies to: (what it does, what it
+# changed, as read back).
+ORDER_CALLS: dict[str, tuple[Callable[..., Any], Callable[[KlarnaSandbox, str], object]]] = {
+    "create_refund": (
+        lambda client, order_id, key: client.create_refund(
+            order_id, refund_of(1_000), idempotency_key=key
+        ),
+        lambda sandbox, order_id: [r.refunded_amount for r in sandbox.orders[order_id].refunds],
+    ),
+    "cancel_order": (
+        lambda client, order_id, key: client.cancel_order(order_id, idempotency_key=key),
+        lambda sandbox, order_id: sandbox.orders[order_id].status,
+    ),
+    "release_remaining_authorization": (
+        lambda client, order_id, key: client.release_remaining_authorization(
+            order_id, idempotency_key=key
+        ),
+        lambda sandbox, order_id: sandbox.orders[order_id].remaining_authorized_amount,
+    ),
+    "extend_authorization_time": (
+        lambda client, order_id, key: client.extend_authorization_time(
+            order_id, idempotency_key=key
+        ),
+        lambda sandbox, order_id: sandbox.orders[order_id].expires_at,
+    ),
+    "update_merchant_references": (
+        lambda client, order_id, key: client.update_merchant_references(
+            order_id, UpdateMerchantReferences(merchant_reference1="#1001"), idempotency_key=key
+        ),
+        lambda sandbox, order_id: sandbox.orders[order_id].merchant_reference1,
+    ),
+}
+
+
+async def order_for(sandbox: KlarnaSandbox, client: KlarnaClient, operation: str) -> str:
+    """An order `operation` applies to, captured in part except for a cancel, three days old (an
+    extension changes the expiry only on a later day), with no request logged yet."""
+    clock = sandbox.clock = ManualClock(datetime(2025, 3, 1, 12, 0, tzinfo=UTC))
+    placed = sandbox.create_order(order_amount=10_000)
+    if operation != "cancel_order":
+        await client.create_capture(placed.order_id, capture_of(4_000), idempotency_key="cap-1")
+    clock.advance(timedelta(days=3))
+    sandbox.requests.clear()
+    return placed.order_id
+
+
+@pytest.mark.parametrize("operation", ORDER_CALLS)
+async def test_a_5xx_is_retried_with_the_same_key_into_one_change(
+    klarna_sandbox: KlarnaSandbox,
+    make_client: Callable[..., KlarnaClient],
+    sleeps: Sleeps,
+    operation: str,
+) -> None:
+    call, changed = ORDER_CALLS[operation]
+    client = make_client()
+    order_id = await order_for(klarna_sandbox, client, operation)
+    before = changed(klarna_sandbox, order_id)
+    klarna_sandbox.set_faults(FaultSettings(order_id=order_id, fail_next=2, fail_status=503))
+
+    await call(client, order_id, "key-1")
+
+    after = changed(klarna_sandbox, order_id)
+    assert after != before
+    writes = [e for e in klarna_sandbox.requests if e.method in ("POST", "PATCH")]
+    assert [(e.idempotency_key, e.status) for e in writes] == [
+        ("key-1", 503),
+        ("key-1", 503),
+        ("key-1", writes[-1].status),
+    ]
+    assert writes[-1].status in (201, 204)
+    assert len(sleeps) == 2
+
+
+@pytest.mark.parametrize("operation", ORDER_CALLS)
+async def test_the_same_key_again_replays_the_first_answer_and_changes_nothing(
+    klarna_sandbox: KlarnaSandbox, make_client: Callable[..., KlarnaClient], operation: str
+) -> None:
+    call, changed = ORDER_CALLS[operation]
+    client = make_client()
+    order_id = await order_for(klarna_sandbox, client, operation)
+    await call(client, order_id, "key-1")
+    once = changed(klarna_sandbox, order_id)
+
+    await call(client, order_id, "key-1")
+
+    assert changed(klarna_sandbox, order_id) == once
+    writes = [e for e in klarna_sandbox.requests if e.method in ("POST", "PATCH")]
+    assert [(e.idempotency_key, e.replayed) for e in writes] == [("key-1", False), ("key-1", True)]
 
 
 async def test_commit_then_drop_is_retried_into_exactly_one_capture(
@@ -408,6 +697,34 @@ async def test_requests_carry_auth_integrator_and_one_key_across_attempts() -> N
     assert request.headers["Content-Type"] == "application/json"
 
 
+async def test_the_refund_id_falls_back_to_location() -> None:
+    transport, _ = recording_transport(
+        httpx2.Response(
+            201,
+            headers={
+                "Location": f"https://klarna.test/ordermanagement/v1/orders/{ORDER}/refunds/ref-9"
+            },
+        )
+    )
+    async with KlarnaClient(
+        Credentials("PK1", "pw"),
+        url="https://klarna.test",
+        http=make_http_client(transport=transport),
+    ) as client:
+        assert await client.create_refund(ORDER, refund_of(100), idempotency_key="k") == "ref-9"
+
+
+async def test_a_refund_answer_naming_no_refund_is_an_error() -> None:
+    transport, _ = recording_transport(httpx2.Response(201))
+    async with KlarnaClient(
+        Credentials("PK1", "pw"),
+        url="https://klarna.test",
+        http=make_http_client(transport=transport),
+    ) as client:
+        with pytest.raises(KlarnaError, match=r"UNEXPECTED_RESPONSE.*names no refund"):
+            await client.create_refund(ORDER, refund_of(100), idempotency_key="k")
+
+
 async def test_the_capture_id_falls_back_to_location() -> None:
     transport, _ = recording_transport(
         httpx2.Response(
@@ -502,6 +819,10 @@ async def test_a_post_without_an_idempotency_key_is_refused_before_sending() -> 
     ) as client:
         with pytest.raises(ValueError, match="idempotency key"):
             await client.trigger_send_out(ORDER, CAPTURE, idempotency_key="")
+        with pytest.raises(ValueError, match="idempotency key"):
+            await client.update_merchant_references(
+                ORDER, UpdateMerchantReferences(merchant_reference1="#1"), idempotency_key=""
+            )
     assert seen == []
 
 
@@ -527,6 +848,11 @@ async def test_an_order_or_capture_id_that_is_not_klarnas_never_reaches_a_url(ba
             lambda: client.trigger_send_out(ORDER, bad, **key),
             lambda: client.extend_authorization_time(bad, **key),
             lambda: client.release_remaining_authorization(bad, **key),
+            lambda: client.create_refund(bad, refund_of(100), **key),
+            lambda: client.read_refund(bad, CAPTURE),
+            lambda: client.read_refund(ORDER, bad),
+            lambda: client.cancel_order(bad, **key),
+            lambda: client.update_merchant_references(bad, UpdateMerchantReferences(), **key),
         ]
         for call in calls:
             with pytest.raises(KlarnaError) as raised:

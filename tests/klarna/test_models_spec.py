@@ -19,10 +19,13 @@ REQUESTS = {
     models.OrderLine: "order_line",
     models.ShippingInfo: "shipping_info",
     models.UpdateShippingInfo: "UpdateShippingInfo",
+    models.RefundObject: "RefundObject",
+    models.UpdateMerchantReferences: "Update merchant references",
 }
 READS = {
     models.Order: "MerchantOrderDto",
     models.Capture: "Capture",
+    models.Refund: "Refund",
     models.ErrorBody: "ErrorMessageDto",
 }
 

@@ -12,9 +12,10 @@ import httpx2
 import msgspec
 import pytest
 
-from plugin.klarna.models import Capture, Order
+from plugin.klarna.models import Capture, Order, Refund
 from plugin.sandbox.common import ManualClock
 from plugin.sandbox.klarna import (
+    AUTHORIZATION_PERIOD,
     DEFAULT_PASSWORD,
     DEFAULT_USERNAME,
     KlarnaSandbox,
@@ -44,6 +45,7 @@ def clock() -> ManualClock:
 def sandbox(served: tuple[KlarnaSandbox, str], clock: ManualClock) -> KlarnaSandbox:
     served[0].reset()
     served[0].clock = clock
+    served[0].authorization_period = AUTHORIZATION_PERIOD
     return served[0]
 
 
@@ -62,6 +64,7 @@ def line(
     tax_rate: int = 2500,
     type_: str = "physical",
     name: str = "Widget",
+    reference: str | None = None,
 ) -> dict[str, Any]:
     total = quantity * unit_price - discount
     tax = total - Fraction(total * 10000, 10000 + tax_rate)
@@ -76,6 +79,8 @@ def line(
     }
     if discount:
         item["total_discount_amount"] = discount
+    if reference is not None:
+        item["reference"] = reference
     return item
 
 
@@ -102,6 +107,20 @@ def capture(
 ) -> httpx2.Response:
     headers = {"Klarna-Idempotency-Key": key} if key else {}
     return client.post(om(order_id, "captures"), json=body, headers=headers)
+
+
+def refund(
+    client: httpx2.Client, order_id: str, body: dict[str, Any], key: str | None = None
+) -> httpx2.Response:
+    headers = {"Klarna-Idempotency-Key": key} if key else {}
+    return client.post(om(order_id, "refunds"), json=body, headers=headers)
+
+
+def references(
+    client: httpx2.Client, order_id: str, body: dict[str, Any], key: str | None = None
+) -> httpx2.Response:
+    headers = {"Klarna-Idempotency-Key": key} if key else {}
+    return client.patch(om(order_id, "merchant-references"), json=body, headers=headers)
 
 
 def assert_error(r: httpx2.Response, status: int, code: str) -> list[str]:
@@ -463,26 +482,69 @@ def test_trigger_send_out_counts_send_outs(client: httpx2.Client, sandbox: Klarn
     )
 
 
-def test_extend_authorization_adds_28_days_up_to_180(
+def test_extend_authorization_sets_today_plus_the_period_up_to_180_days(
     client: httpx2.Client, clock: ManualClock
 ) -> None:
     order_id = new_order(client)
-    seen = []
-    for _ in range(6):
-        r = client.post(om(order_id, "extend-authorization-time"))
-        assert r.status_code == 204
-        seen.append(read_order(client, order_id).expires_at)
-    assert seen == [START + timedelta(days=d) for d in (56, 84, 112, 140, 168, 180)]
+    assert client.post(om(order_id, "extend-authorization-time")).status_code == 204
+    assert read_order(client, order_id).expires_at == START + timedelta(days=28)
+
+    clock.advance(timedelta(days=10))
+    assert client.post(om(order_id, "extend-authorization-time")).status_code == 204
+    assert read_order(client, order_id).expires_at == START + timedelta(days=38)
+    clock.advance(timedelta(hours=9))
+    assert client.post(om(order_id, "extend-authorization-time")).status_code == 204
+    assert read_order(client, order_id).expires_at == START + timedelta(days=38)
+
+    for day in (35, 62, 89, 116, 143):
+        clock.now = START + timedelta(days=day)
+        assert client.post(om(order_id, "extend-authorization-time")).status_code == 204
+    assert read_order(client, order_id).expires_at == START + timedelta(days=171)
+    clock.now = START + timedelta(days=160)
+    assert client.post(om(order_id, "extend-authorization-time")).status_code == 204
+    assert read_order(client, order_id).expires_at == START + timedelta(days=180)
     messages = assert_error(
         client.post(om(order_id, "extend-authorization-time")), 403, "NOT_ALLOWED"
     )
     assert "180 days" in messages[0]
 
+
+def test_extend_authorization_uses_the_accounts_period(
+    client: httpx2.Client, sandbox: KlarnaSandbox, clock: ManualClock
+) -> None:
+    sandbox.authorization_period = timedelta(days=60)
+    order_id = new_order(client)
+    assert read_order(client, order_id).expires_at == START + timedelta(days=60)
+    clock.advance(timedelta(days=7))
+    assert client.post(om(order_id, "extend-authorization-time")).status_code == 204
+    assert read_order(client, order_id).expires_at == START + timedelta(days=67)
+
+
+def test_extend_authorization_never_shortens_an_authorization(
+    client: httpx2.Client, clock: ManualClock
+) -> None:
+    longer = (START + timedelta(days=100)).isoformat()
+    order_id = new_order(client, expires_at=longer)
+    clock.advance(timedelta(days=1))
+    assert client.post(om(order_id, "extend-authorization-time")).status_code == 204
+    assert read_order(client, order_id).expires_at == START + timedelta(days=100)
+
+
+def test_extend_authorization_is_refused_for_expired_and_cancelled_orders(
+    client: httpx2.Client, clock: ManualClock
+) -> None:
     expired = new_order(client)
-    clock.advance(timedelta(days=29))
-    assert_error(client.post(om(expired, "extend-authorization-time")), 403, "NOT_ALLOWED")
     cancelled = new_order(client, status="CANCELLED")
-    assert_error(client.post(om(cancelled, "extend-authorization-time")), 403, "NOT_ALLOWED")
+    clock.advance(timedelta(days=28))
+    messages = assert_error(
+        client.post(om(expired, "extend-authorization-time")), 403, "NOT_ALLOWED"
+    )
+    assert "EXPIRED" in messages[0]
+    assert read_order(client, expired).expires_at == START + timedelta(days=28)
+    messages = assert_error(
+        client.post(om(cancelled, "extend-authorization-time")), 403, "NOT_ALLOWED"
+    )
+    assert "CANCELLED" in messages[0]
 
 
 def test_release_remaining_authorization(client: httpx2.Client) -> None:
@@ -502,6 +564,253 @@ def test_release_remaining_authorization(client: httpx2.Client) -> None:
     )
     assert_error(capture(client, order_id, {"captured_amount": 1}), 403, "CAPTURE_NOT_ALLOWED")
     assert_error(client.post(om(order_id, "release-remaining-authorization")), 403, "NOT_ALLOWED")
+
+
+@pytest.mark.parametrize(
+    ("fields", "captured", "status"),
+    [({"status": "CANCELLED"}, 0, "CANCELLED"), ({}, 10_000, "CAPTURED"), ({}, 0, "AUTHORIZED")],
+    ids=["cancelled", "fully-captured", "nothing-captured"],
+)
+def test_release_is_refused_unless_something_but_not_everything_is_captured(
+    client: httpx2.Client, fields: dict[str, Any], captured: int, status: str
+) -> None:
+    order_id = new_order(client, 10_000, **fields)
+    if captured:
+        assert capture(client, order_id, {"captured_amount": captured}).status_code == 201
+    messages = assert_error(
+        client.post(om(order_id, "release-remaining-authorization")), 403, "NOT_ALLOWED"
+    )
+    assert status in messages[0]
+    assert read_order(client, order_id).remaining_authorized_amount == 10_000 - captured - (
+        10_000 if status == "CANCELLED" else 0
+    )
+
+
+def test_cancel_releases_everything_and_is_final(client: httpx2.Client) -> None:
+    order_id = new_order(client, 10_000)
+    r = client.post(om(order_id, "cancel"))
+    assert (r.status_code, r.content) == (204, b"")
+    order = read_order(client, order_id)
+    assert (order.status, order.remaining_authorized_amount) == ("CANCELLED", 0)
+
+    assert_error(client.post(om(order_id, "cancel")), 403, "CANCEL_NOT_ALLOWED")
+    assert_error(capture(client, order_id, {"captured_amount": 1}), 403, "CAPTURE_NOT_ALLOWED")
+    assert_error(client.post(om(order_id, "extend-authorization-time")), 403, "NOT_ALLOWED")
+    assert_error(client.post(om(order_id, "release-remaining-authorization")), 403, "NOT_ALLOWED")
+    assert_error(refund(client, order_id, {"refunded_amount": 1}), 403, "REFUND_NOT_ALLOWED")
+    assert read_order(client, order_id).status == "CANCELLED"
+
+
+@pytest.mark.parametrize("captured", [1, 10_000], ids=["part-captured", "captured"])
+def test_cancel_is_refused_once_anything_is_captured(client: httpx2.Client, captured: int) -> None:
+    order_id = new_order(client, 10_000)
+    assert capture(client, order_id, {"captured_amount": captured}).status_code == 201
+    messages = assert_error(client.post(om(order_id, "cancel")), 403, "CANCEL_NOT_ALLOWED")
+    assert "CAPTURED" in messages[0]
+    order = read_order(client, order_id)
+    assert order.status in ("PART_CAPTURED", "CAPTURED")
+    assert order.remaining_authorized_amount == 10_000 - captured
+
+
+def test_refund_answers_201_empty_with_refund_id_and_location(
+    client: httpx2.Client, served: tuple[KlarnaSandbox, str], clock: ManualClock
+) -> None:
+    lines = [line(2, 3000, reference="SKU-1"), line(1, 4000, reference="SKU-2")]
+    order_id = new_order(client, 10_000, order_lines=lines)
+    assert capture(client, order_id, {"captured_amount": 10_000, "order_lines": lines}).is_success
+    clock.advance(timedelta(days=3))
+
+    returned = line(1, 3000, reference="SKU-1")
+    body = {
+        "refunded_amount": 3000,
+        "reference": "R1",
+        "description": "returned",
+        "order_lines": [returned],
+    }
+    r = refund(client, order_id, body)
+
+    assert (r.status_code, r.content) == (201, b"")
+    refund_id = r.headers["Refund-Id"]
+    uuid.UUID(refund_id)
+    assert r.headers["Location"] == f"{served[1]}{om(order_id, 'refunds', refund_id)}"
+    read = client.get(r.headers["Location"])
+    assert read.status_code == 200
+    made = msgspec.json.decode(read.content, type=Refund)
+    assert (made.refund_id, made.refunded_amount, made.reference, made.description) == (
+        refund_id,
+        3000,
+        "R1",
+        "returned",
+    )
+    assert made.refunded_at == START + timedelta(days=3)
+    assert [(ol.reference, ol.total_amount) for ol in made.order_lines] == [("SKU-1", 3000)]
+    order = read_order(client, order_id)
+    assert (order.status, order.captured_amount, order.refunded_amount) == (
+        "CAPTURED",
+        10_000,
+        3000,
+    )
+    assert order.refunds == [made]
+
+
+def test_refunds_never_exceed_what_was_captured_and_not_yet_refunded(client: httpx2.Client) -> None:
+    order_id = new_order(client, 10_000)
+    messages = assert_error(
+        refund(client, order_id, {"refunded_amount": 1}), 403, "REFUND_NOT_ALLOWED"
+    )
+    assert "[0]" in messages[0]
+    assert capture(client, order_id, {"captured_amount": 4000}).status_code == 201
+
+    assert_error(refund(client, order_id, {"refunded_amount": 4001}), 403, "REFUND_NOT_ALLOWED")
+    assert refund(client, order_id, {"refunded_amount": 3000}).status_code == 201
+    messages = assert_error(
+        refund(client, order_id, {"refunded_amount": 1001}), 403, "REFUND_NOT_ALLOWED"
+    )
+    assert "[1000]" in messages[0]
+    assert refund(client, order_id, {"refunded_amount": 1000}).status_code == 201
+    assert_error(refund(client, order_id, {"refunded_amount": 1}), 403, "REFUND_NOT_ALLOWED")
+
+    order = read_order(client, order_id)
+    assert (order.captured_amount, order.refunded_amount) == (4000, 4000)
+    assert [r.refunded_amount for r in order.refunds] == [3000, 1000]
+
+
+def test_refund_lines_follow_the_capture_rules(client: httpx2.Client) -> None:
+    order_id = new_order(client, 10_000)
+    assert capture(client, order_id, {"captured_amount": 10_000}).status_code == 201
+
+    short = {"refunded_amount": 3000, "order_lines": [line(1, 2999)]}
+    messages = assert_error(refund(client, order_id, short), 400, "BAD_VALUE")
+    assert "does not match refunded_amount [3000]" in messages[0]
+    bad_tax = {"refunded_amount": 3000, "order_lines": [line(1, 3000) | {"total_tax_amount": 0}]}
+    assert (
+        "total_tax_amount differs"
+        in assert_error(refund(client, order_id, bad_tax), 400, "BAD_VALUE")[0]
+    )
+    assert_error(refund(client, order_id, {"refunded_amount": 0}), 400, "BAD_VALUE")
+    long_reference = {"refunded_amount": 1, "reference": "r" * 256}
+    assert (
+        "$.reference" in assert_error(refund(client, order_id, long_reference), 400, "BAD_VALUE")[0]
+    )
+    assert read_order(client, order_id).refunded_amount == 0
+
+
+def test_same_idempotency_key_gives_one_refund_and_the_same_answer(
+    client: httpx2.Client, sandbox: KlarnaSandbox
+) -> None:
+    order_id = new_order(client, 10_000)
+    assert capture(client, order_id, {"captured_amount": 10_000}).status_code == 201
+    first = refund(client, order_id, {"refunded_amount": 2000}, key="refund-1")
+    again = refund(client, order_id, {"refunded_amount": 5000}, key="refund-1")
+
+    assert first.status_code == again.status_code == 201
+    assert again.headers["Refund-Id"] == first.headers["Refund-Id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    order = read_order(client, order_id)
+    assert (order.refunded_amount, len(order.refunds)) == (2000, 1)
+    assert [e.replayed for e in sandbox.requests if e.method == "POST"][-2:] == [False, True]
+
+
+def test_an_unknown_refund_is_404(client: httpx2.Client) -> None:
+    order_id = new_order(client)
+    assert_error(client.get(om(order_id, "refunds", str(uuid.uuid4()))), 404, "NO_SUCH_ORDER")
+    assert_error(refund(client, str(uuid.uuid4()), {"refunded_amount": 1}), 404, "NO_SUCH_ORDER")
+
+
+def return_fee_refund() -> dict[str, Any]:
+    """10.00 back for the item, 2.00 kept as the return fee: 8.00 refunded."""
+    lines = [line(1, 1000), line(1, -200, type_="return_fee", name="Return fee")]
+    return {"refunded_amount": 800, "order_lines": lines}
+
+
+@pytest.mark.parametrize("country", ["AT", "DE", "DK", "FI", "FR", "NL", "NO", "SE", "de"])
+def test_a_return_fee_is_taken_on_an_order_captured_in_one_go_in_its_markets(
+    client: httpx2.Client, country: str
+) -> None:
+    order_id = new_order(client, 10_000, purchase_country=country)
+    assert capture(client, order_id, {"captured_amount": 10_000}).status_code == 201
+    assert refund(client, order_id, return_fee_refund()).status_code == 201
+    order = read_order(client, order_id)
+    assert order.refunded_amount == 800
+    assert [ol.type for ol in order.refunds[0].order_lines] == ["physical", "return_fee"]
+
+
+@pytest.mark.parametrize(
+    ("country", "captures", "release", "expected"),
+    [
+        ("US", [10_000], False, "market [US]"),
+        ("GB", [10_000], False, "market [GB]"),
+        ("DE", [4000, 6000], False, "one capture"),
+        ("DE", [4000], True, "one capture"),
+    ],
+    ids=["us", "gb", "two-captures", "part-captured-then-released"],
+)
+def test_a_return_fee_is_refused_where_klarna_does_not_take_one(
+    client: httpx2.Client, country: str, captures: list[int], release: bool, expected: str
+) -> None:
+    order_id = new_order(client, 10_000, purchase_country=country)
+    for amount in captures:
+        assert capture(client, order_id, {"captured_amount": amount}).status_code == 201
+    if release:
+        assert client.post(om(order_id, "release-remaining-authorization")).status_code == 204
+    messages = assert_error(
+        refund(client, order_id, return_fee_refund()), 403, "REFUND_NOT_ALLOWED"
+    )
+    assert expected in messages[0]
+    assert read_order(client, order_id).refunds == []
+    assert refund(client, order_id, {"refunded_amount": 800}).status_code == 201
+
+
+def test_a_return_fee_refund_must_add_up_exactly(client: httpx2.Client) -> None:
+    order_id = new_order(client, 10_000)
+    assert capture(client, order_id, {"captured_amount": 10_000}).status_code == 201
+    off_by_one = return_fee_refund() | {"refunded_amount": 801}
+    assert_error(refund(client, order_id, off_by_one), 400, "BAD_VALUE")
+
+
+def test_merchant_references_are_set_and_read_back(client: httpx2.Client) -> None:
+    order_id = new_order(client, merchant_reference1="cart-77")
+    r = references(client, order_id, {"merchant_reference1": "#1001", "merchant_reference2": "S-9"})
+    assert (r.status_code, r.content) == (204, b"")
+    order = read_order(client, order_id)
+    assert (order.merchant_reference1, order.merchant_reference2) == ("#1001", "S-9")
+
+    assert references(client, order_id, {"merchant_reference2": "S-10"}).status_code == 204
+    order = read_order(client, order_id)
+    assert (order.merchant_reference1, order.merchant_reference2) == ("#1001", "S-10")
+
+    too_long = {"merchant_reference1": "x" * 256}
+    message = assert_error(references(client, order_id, too_long), 400, "BAD_VALUE")
+    assert "$.merchant_reference1" in message[0]
+    assert read_order(client, order_id).merchant_reference1 == "#1001"
+    assert_error(references(client, str(uuid.uuid4()), {}), 404, "NO_SUCH_ORDER")
+
+
+def test_merchant_references_are_refused_on_a_cancelled_order(client: httpx2.Client) -> None:
+    order_id = new_order(client, merchant_reference1="cart-77")
+    assert client.post(om(order_id, "cancel")).status_code == 204
+    messages = assert_error(
+        references(client, order_id, {"merchant_reference1": "#1001"}), 403, "NOT_ALLOWED"
+    )
+    assert "CANCELLED" in messages[0]
+    assert read_order(client, order_id).merchant_reference1 == "cart-77"
+
+
+def test_merchant_references_replay_the_first_answer_for_one_key(
+    client: httpx2.Client, sandbox: KlarnaSandbox
+) -> None:
+    order_id = new_order(client)
+    assert (
+        references(client, order_id, {"merchant_reference1": "#1"}, key="refs-1").status_code == 204
+    )
+    again = references(client, order_id, {"merchant_reference1": "#2"}, key="refs-1")
+    assert again.status_code == 204
+    assert read_order(client, order_id).merchant_reference1 == "#1"
+    patches = [e for e in sandbox.requests if e.method == "PATCH"]
+    assert [(e.idempotency_key, e.replayed) for e in patches] == [
+        ("refs-1", False),
+        ("refs-1", True),
+    ]
 
 
 def test_body_over_one_megabyte_is_413(client: httpx2.Client) -> None:
