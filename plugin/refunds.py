@@ -18,7 +18,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from plugin.capture import MAX_DESCRIPTION, MAX_ORDER_LINES, line_problems
+from plugin.capture import MAX_DESCRIPTION, MAX_ORDER_LINES, SALES_TAX_NAME, line_problems
 from plugin.errors import OperationError
 from plugin.klarna.models import MAX_AMOUNT, Amount, OrderLine, Str255, TaxRate
 from plugin.money import div_round, prorate, tax_included
@@ -49,13 +49,16 @@ class RefundLine(msgspec.Struct, kw_only=True, frozen=True):
 class RefundRequest(msgspec.Struct, kw_only=True):
     """A refund as the storefront reports it. `amount` is what the customer gets back, in minor
     units; `lines` name what is refunded (none: a refund by amount); `fulfillment_id` names the
-    shipment (the capture's `reference`) the lines come from; `return_fee` (tax-inclusive minor
-    units, at `return_fee_tax_rate`) is withheld from the refund as a `return_fee` line."""
+    shipment (the capture's `reference`) the lines come from; `sales_tax` is the US-style sales
+    tax refunded with the lines of an order whose prices exclude tax (it was captured as one
+    `sales_tax` line, which no reference names); `return_fee` (tax-inclusive minor units, at
+    `return_fee_tax_rate`) is withheld from the refund as a `return_fee` line."""
 
     amount: Amount
     lines: Annotated[list[RefundLine], Meta(max_length=MAX_REFUND_LINES)] | None = None
     fulfillment_id: Str255 | None = None
     description: str | None = None
+    sales_tax: Amount = 0
     return_fee: Amount = 0
     return_fee_tax_rate: TaxRate = 0
 
@@ -165,6 +168,10 @@ def plan_refund(
             raise RefundRefused(
                 "RETURN_FEE_NOT_ALLOWED", "a return fee needs the refunded lines to add up to"
             )
+        if request.sales_tax:
+            raise RefundRefused(
+                "LINES_REQUIRED", "a sales tax refund goes with the lines it is the tax of"
+            )
         if len(captures) > 1:
             # Klarna matches a refund to the invoice of each capture by its lines' references;
             # an amount alone on an order captured in parts names no invoice, and spreading it
@@ -176,6 +183,8 @@ def plan_refund(
         return RefundPlan(refunded_amount=request.amount, order_lines=[], description=description)
 
     lines = _refund_lines(request.lines, request.fulfillment_id, captures, refunds)
+    if request.sales_tax:
+        lines.append(_sales_tax_line(request.sales_tax, request.fulfillment_id, captures, refunds))
     if request.return_fee:
         lines.append(_return_fee_line(request, captures, market))
     itemised = sum(line.total_amount for line in lines)
@@ -215,6 +224,8 @@ def _check_request(request: RefundRequest) -> None:
                 raise RefundRefused(
                     "INVALID_LINE", f"line {line.reference}: quantity {line.quantity}"
                 )
+    if not 0 <= request.sales_tax <= MAX_AMOUNT:
+        raise RefundRefused("INVALID_AMOUNT", f"the sales tax {request.sales_tax} is invalid")
     if not 0 <= request.return_fee <= MAX_AMOUNT or request.return_fee_tax_rate < 0:
         raise RefundRefused("INVALID_AMOUNT", f"the return fee {request.return_fee} is invalid")
 
@@ -289,6 +300,50 @@ def _refund_lines(
         ):
             lines.append(refunded_part(entry.line, units, already))
     return lines
+
+
+def _sales_tax_line(
+    amount: int,
+    fulfillment_id: str | None,
+    captures: Sequence[CapturedPart],
+    refunds: Sequence[RefundedPart],
+) -> OrderLine:
+    """The sales tax refunded, as one `sales_tax` line like the one captured: never more than the
+    sales tax captured less refunded, of the named shipment when one is named, and of the order."""
+
+    def sales_tax(lines: Sequence[OrderLine]) -> int:
+        return sum(line.total_amount for line in lines if line.type == "sales_tax")
+
+    scopes: list[tuple[str | None, Sequence[CapturedPart], Sequence[RefundedPart]]] = [
+        (None, captures, refunds)
+    ]
+    if fulfillment_id is not None:
+        scopes.append(
+            (
+                fulfillment_id,
+                [c for c in captures if c.reference == fulfillment_id],
+                [r for r in refunds if r.fulfillment_id == fulfillment_id],
+            )
+        )
+    for name, captured, refunded in scopes:
+        left = sum(sales_tax(c.order_lines) for c in captured) - sum(
+            sales_tax(r.order_lines) for r in refunded
+        )
+        if amount > left:
+            where = f"shipment {name!r}" if name is not None else "the order"
+            raise RefundRefused(
+                "ABOVE_CAPTURED_TAX",
+                f"{amount} of sales tax refunded but only {left} of {where}'s is not refunded yet",
+            )
+    return OrderLine(
+        name=SALES_TAX_NAME,
+        type="sales_tax",
+        quantity=1,
+        unit_price=amount,
+        total_amount=amount,
+        tax_rate=0,
+        total_tax_amount=0,
+    )
 
 
 def _is_fee(line: OrderLine) -> bool:

@@ -32,6 +32,7 @@ from tests.test_capture import (
 CHAIR = OrderLine(
     reference="SKU-1",
     name="Chair",
+    type="physical",
     quantity=3,
     unit_price=1000,
     total_discount_amount=100,
@@ -42,6 +43,7 @@ CHAIR = OrderLine(
 LAMP = OrderLine(
     reference="SKU-2",
     name="Lamp",
+    type="physical",
     quantity=1,
     unit_price=4000,
     total_amount=4000,
@@ -209,6 +211,37 @@ def test_a_return_fee_is_withheld_where_klarna_allows_it() -> None:
     )
 
 
+def test_sales_tax_is_refunded_as_a_line_up_to_what_was_captured() -> None:
+    # Prices without tax: the capture carried the tax as one sales_tax line, with no reference.
+    net = msgspec.structs.replace(LAMP, tax_rate=0, total_tax_amount=0)
+    tax = OrderLine(
+        name="Sales tax",
+        type="sales_tax",
+        quantity=1,
+        unit_price=290,
+        total_amount=290,
+        tax_rate=0,
+        total_tax_amount=0,
+    )
+    parts = [
+        CapturedPart(reference="F1", captured_amount=4290, order_lines=[net, tax]),
+        CapturedPart(reference="F2", captured_amount=4290, order_lines=[net, tax]),
+    ]
+    plan = plan_refund(request(4290, ("SKU-2", 1), sales_tax=290, fulfillment_id="F1"), parts)
+    assert [(line.type, line.total_amount) for line in plan.order_lines] == [
+        ("physical", 4000),
+        ("sales_tax", 290),
+    ]
+    earlier = [RefundedPart(refunded_amount=290, order_lines=[tax], fulfillment_id="F1")]
+    error = refused(request(4001, ("SKU-2", 1), sales_tax=1, fulfillment_id="F1"), parts, earlier)
+    assert error.code == "ABOVE_CAPTURED_TAX"
+    assert plan_refund(
+        request(4001, ("SKU-2", 1), sales_tax=1), parts, earlier
+    ).refunded_amount == (4001)
+    assert refused(request(4581, ("SKU-2", 1), sales_tax=581), parts).code == "ABOVE_CAPTURED_TAX"
+    assert refused(request(290, sales_tax=290), parts[:1]).code == "LINES_REQUIRED"
+
+
 def test_requests_are_bounded() -> None:
     assert refused(request(0), ONE_GO).code == "INVALID_AMOUNT"
     assert refused(request(100, ("SKU-1", 0)), ONE_GO).code == "INVALID_LINE"
@@ -274,6 +307,7 @@ def test_partial_refunds_match_the_captures_and_never_exceed_them(
     # (shipment, reference) -> units refunded so far, kept by the test apart from the planner.
     done: dict[tuple[str | None, str | None], int] = defaultdict(int)
     parts: dict[tuple[str | None, str | None], list[OrderLine]] = defaultdict(list)
+    tax_done: dict[str | None, int] = defaultdict(int)
     for _ in range(data.draw(st.integers(1, 4), label="refunds")):
         capture = data.draw(st.sampled_from(captures), label="shipment refunded")
         wanted = []
@@ -294,15 +328,25 @@ def test_partial_refunds_match_the_captures_and_never_exceed_them(
             continue  # free items only: nothing to refund
         for key, units in taking.items():
             done[key] += units
-        plan = plan_refund(
-            request(expected, *wanted, fulfillment_id=capture.reference), captures, refunds
+        tax_left = (
+            sum(line.total_amount for line in capture.order_lines if line.type == "sales_tax")
+            - tax_done[capture.reference]
         )
-        assert plan.refunded_amount == expected
+        tax = data.draw(st.integers(0, tax_left), label="sales tax") if tax_left else 0
+        tax_done[capture.reference] += tax
+        plan = plan_refund(
+            request(expected + tax, *wanted, fulfillment_id=capture.reference, sales_tax=tax),
+            captures,
+            refunds,
+        )
+        assert plan.refunded_amount == expected + tax
         assert plan.refunded_amount == sum(line.total_amount for line in plan.order_lines)
         assert sum(r.refunded_amount for r in refunds) + plan.refunded_amount <= captured
         by_reference = {line.reference: line for line in capture.order_lines}
         for line in plan.order_lines:
             assert line_problems(line) == []
+            if line.type == "sales_tax":
+                continue
             assert line.reference in by_reference
             assert line.unit_price == by_reference[line.reference].unit_price
             parts[(capture.reference, line.reference)].append(line)
