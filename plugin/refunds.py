@@ -242,7 +242,7 @@ def _ledger(captures: Sequence[CapturedPart], refunds: Sequence[RefundedPart]) -
     ]
     for refund in refunds:
         for line in refund.order_lines:
-            if line.reference is not None and line.type != "return_fee":
+            if line.reference is not None:
                 _take(ledger, line.reference, line.quantity, refund.fulfillment_id)
     return ledger
 

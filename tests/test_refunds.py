@@ -211,6 +211,25 @@ def test_a_return_fee_is_withheld_where_klarna_allows_it() -> None:
     )
 
 
+def test_a_refund_of_more_lines_than_klarna_takes_is_refused() -> None:
+    # Each requested line comes from two captures, so 1000 requested lines make 2000 refund lines.
+    units = [
+        OrderLine(reference=f"R{n}", name="Pin", quantity=1, unit_price=1, total_amount=1)
+        for n in range(1000)
+    ]
+    parts = [
+        CapturedPart(reference=name, captured_amount=1000, order_lines=units)
+        for name in ("F1", "F2")
+    ]
+    wanted = [(f"R{n}", 2) for n in range(1000)]
+    error = refused(request(2000, *wanted), parts)
+    assert (error.code, error.reason) == (
+        "INVALID_LINE",
+        "2000 order lines, more than Klarna's 1000",
+    )
+    assert len(plan_refund(request(1000, *wanted[:500]), parts).order_lines) == 1000
+
+
 def test_sales_tax_is_refunded_as_a_line_up_to_what_was_captured() -> None:
     # Prices without tax: the capture carried the tax as one sales_tax line, with no reference.
     net = msgspec.structs.replace(LAMP, tax_rate=0, total_tax_amount=0)
@@ -245,6 +264,11 @@ def test_sales_tax_is_refunded_as_a_line_up_to_what_was_captured() -> None:
 def test_requests_are_bounded() -> None:
     assert refused(request(0), ONE_GO).code == "INVALID_AMOUNT"
     assert refused(request(100, ("SKU-1", 0)), ONE_GO).code == "INVALID_LINE"
+    assert refused(request(100, sales_tax=-1), ONE_GO).code == "INVALID_AMOUNT"
+    assert refused(request(100, return_fee=-1), ONE_GO).code == "INVALID_AMOUNT"
+    assert refused(request(100, *[("SKU-1", 1)] * 1001), ONE_GO).code == "INVALID_LINE"
+    long = plan_refund(request(100, description="x" * 300), ONE_GO)
+    assert long.description == "x" * 255
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"amount": -1}', type=RefundRequest)
     with pytest.raises(msgspec.ValidationError):
@@ -309,12 +333,12 @@ def test_partial_refunds_match_the_captures_and_never_exceed_them(
     parts: dict[tuple[str | None, str | None], list[OrderLine]] = defaultdict(list)
     tax_done: dict[str | None, int] = defaultdict(int)
     for _ in range(data.draw(st.integers(1, 4), label="refunds")):
-        capture = data.draw(st.sampled_from(captures), label="shipment refunded")
+        shipped = data.draw(st.sampled_from(captures), label="shipment refunded")
         wanted = []
         taking: dict[tuple[str | None, str | None], int] = {}
         expected = 0
-        for line in capture.order_lines:
-            key = (capture.reference, line.reference)
+        for line in shipped.order_lines:
+            key = (shipped.reference, line.reference)
             left = line.quantity - done[key]
             if line.reference is None or not left:
                 continue
@@ -329,41 +353,41 @@ def test_partial_refunds_match_the_captures_and_never_exceed_them(
         for key, units in taking.items():
             done[key] += units
         tax_left = (
-            sum(line.total_amount for line in capture.order_lines if line.type == "sales_tax")
-            - tax_done[capture.reference]
+            sum(line.total_amount for line in shipped.order_lines if line.type == "sales_tax")
+            - tax_done[shipped.reference]
         )
         tax = data.draw(st.integers(0, tax_left), label="sales tax") if tax_left else 0
-        tax_done[capture.reference] += tax
+        tax_done[shipped.reference] += tax
         plan = plan_refund(
-            request(expected + tax, *wanted, fulfillment_id=capture.reference, sales_tax=tax),
+            request(expected + tax, *wanted, fulfillment_id=shipped.reference, sales_tax=tax),
             captures,
             refunds,
         )
         assert plan.refunded_amount == expected + tax
         assert plan.refunded_amount == sum(line.total_amount for line in plan.order_lines)
         assert sum(r.refunded_amount for r in refunds) + plan.refunded_amount <= captured
-        by_reference = {line.reference: line for line in capture.order_lines}
+        by_reference = {line.reference: line for line in shipped.order_lines}
         for line in plan.order_lines:
             assert line_problems(line) == []
             if line.type == "sales_tax":
                 continue
             assert line.reference in by_reference
             assert line.unit_price == by_reference[line.reference].unit_price
-            parts[(capture.reference, line.reference)].append(line)
+            parts[(shipped.reference, line.reference)].append(line)
         msgspec.json.decode(msgspec.json.encode(plan), type=RefundPlan)
         refunds.append(
             RefundedPart(
                 refunded_amount=plan.refunded_amount,
                 order_lines=plan.order_lines,
-                fulfillment_id=capture.reference,
+                fulfillment_id=shipped.reference,
             )
         )
-    for capture in captures:
-        for line in capture.order_lines:
-            refunded = parts[(capture.reference, line.reference)]
-            units = sum(part.quantity for part in refunded)
+    for shipped in captures:
+        for line in shipped.order_lines:
+            refunded = parts[(shipped.reference, line.reference)]
+            units = sum(p.quantity for p in refunded)
             assert units <= line.quantity
-            total = sum(part.total_amount for part in refunded)
+            total = sum(p.total_amount for p in refunded)
             assert abs(total) <= abs(line.total_amount)
             if units == line.quantity:
                 assert total == line.total_amount
