@@ -1,4 +1,5 @@
 from collections import defaultdict
+from dataclasses import dataclass
 
 import msgspec
 import pytest
@@ -288,16 +289,10 @@ def cumulative_total(line: OrderLine, units: int) -> int:
     )
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    currency=st.sampled_from(CURRENCIES),
-    taxes_included=st.booleans(),
-    specs=st.lists(line_specs, min_size=1, max_size=6),
-    data=st.data(),
-)
-def test_partial_refunds_match_the_captures_and_never_exceed_them(
-    currency: str, taxes_included: bool, specs: list[OrderLineSpec], data: st.DataObject
-) -> None:
+def capture_all(
+    specs: list[OrderLineSpec], data: st.DataObject, *, currency: str, taxes_included: bool
+) -> list[CapturedPart]:
+    """A random order shipped in random parts, each captured as the capture planner plans it."""
     shipments = draw_shipments(specs, data, currency=currency, taxes_included=taxes_included)
     amount = sum(s.quantity * s.unit_price - s.discount + s.tax for s in specs)
     klarna = SimulatedOrder(amount=amount, remaining=amount)
@@ -324,6 +319,20 @@ def test_partial_refunds_match_the_captures_and_never_exceed_them(
                 order_lines=capture.order_lines or [],
             )
         )
+    return captures
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    currency=st.sampled_from(CURRENCIES),
+    taxes_included=st.booleans(),
+    specs=st.lists(line_specs, min_size=1, max_size=6),
+    data=st.data(),
+)
+def test_partial_refunds_match_the_captures_and_never_exceed_them(
+    currency: str, taxes_included: bool, specs: list[OrderLineSpec], data: st.DataObject
+) -> None:
+    captures = capture_all(specs, data, currency=currency, taxes_included=taxes_included)
     if not captures:
         return
     captured = sum(c.captured_amount for c in captures)
@@ -437,3 +446,68 @@ def test_a_line_refunded_in_any_steps_adds_up_to_the_captured_line(
     assert sum(part.total_amount for part in parts) == line.total_amount
     assert sum(part.total_tax_amount or 0 for part in parts) == line.total_tax_amount
     assert sum(part.total_discount_amount or 0 for part in parts) == line.total_discount_amount
+
+
+@dataclass
+class CapturedLine:
+    """A captured line and the units the test has refunded of it."""
+
+    line: OrderLine
+    done: int = 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    currency=st.sampled_from(CURRENCIES),
+    specs=st.lists(line_specs, min_size=1, max_size=6),
+    data=st.data(),
+)
+def test_refunds_naming_no_shipment_take_each_line_from_the_earliest_capture(
+    currency: str, specs: list[OrderLineSpec], data: st.DataObject
+) -> None:
+    captures = capture_all(specs, data, currency=currency, taxes_included=True)
+    ledger = [
+        CapturedLine(line) for part in captures for line in part.order_lines if line.reference
+    ]
+    references = sorted({entry.line.reference or "" for entry in ledger})
+    refunds: list[RefundedPart] = []
+    for _ in range(data.draw(st.integers(1, 4), label="refunds")):
+        wanted = []
+        expected = 0
+        before = [entry.done for entry in ledger]
+        for reference in references:
+            entries = [entry for entry in ledger if entry.line.reference == reference]
+            left = sum(entry.line.quantity - entry.done for entry in entries)
+            units = data.draw(st.integers(0, left)) if left else 0
+            if not units:
+                continue
+            wanted.append((reference, units))
+            for entry in entries:  # earliest capture first
+                take = min(units, entry.line.quantity - entry.done)
+                expected += cumulative_total(entry.line, entry.done + take) - cumulative_total(
+                    entry.line, entry.done
+                )
+                entry.done += take
+                units -= take
+        if expected <= 0:  # nothing to refund: the planner never hears of it
+            for entry, done in zip(ledger, before, strict=True):
+                entry.done = done
+            continue
+        plan = plan_refund(request(expected, *wanted), captures, refunds)
+        assert plan.refunded_amount == expected
+        assert all(line_problems(line) == [] for line in plan.order_lines)
+        refunds.append(RefundedPart(refunded_amount=expected, order_lines=plan.order_lines))
+    assert sum(r.refunded_amount for r in refunds) <= sum(c.captured_amount for c in captures)
+    every = [line for refund in refunds for line in refund.order_lines]
+    for reference in references:
+        captured = [entry.line for entry in ledger if entry.line.reference == reference]
+        mine = [line for line in every if line.reference == reference]
+        units = sum(line.quantity for line in mine)
+        assert units <= sum(line.quantity for line in captured)
+        if units == sum(line.quantity for line in captured):
+            assert sum(line.total_amount for line in mine) == sum(
+                line.total_amount for line in captured
+            )
+            assert sum(line.total_tax_amount or 0 for line in mine) == sum(
+                line.total_tax_amount or 0 for line in captured
+            )
