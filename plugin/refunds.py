@@ -166,7 +166,8 @@ def plan_refund(
     if not request.lines:
         if request.return_fee:
             raise RefundRefused(
-                "RETURN_FEE_NOT_ALLOWED", "a return fee needs the refunded lines to add up to"
+                "RETURN_FEE_NOT_ALLOWED",
+                "a return fee is withheld only from a refund naming its lines",
             )
         if request.sales_tax:
             raise RefundRefused(
@@ -213,7 +214,9 @@ def plan_refund(
 def _check_request(request: RefundRequest) -> None:
     # The request is bounded when decoded; a caller that built it by hand is held to the same.
     if not 0 < request.amount <= MAX_AMOUNT:
-        raise RefundRefused("INVALID_AMOUNT", f"the refund amount {request.amount} is not positive")
+        raise RefundRefused(
+            "INVALID_AMOUNT", f"the refund amount {request.amount} is not within 1..{MAX_AMOUNT}"
+        )
     if request.lines is not None:
         if len(request.lines) > MAX_REFUND_LINES:
             raise RefundRefused(
