@@ -16,6 +16,7 @@ PluginError                         anything of ours; `except PluginError` catch
 │   │   └── BigCommerceError        plugin.platforms.bigcommerce.api
 │   ├── StorefrontError             plugin.platforms.base: a shipment an adapter cannot give
 │   ├── CaptureRefused              plugin.capture: a capture the planner will not make
+│   ├── RefundRefused               plugin.refunds: a refund the planner will not make
 │   ├── StatusUrlError              plugin.pipeline.reports: posting to a shop's status URL
 │   └── JobFailure                  plugin.worker: how a job failed, as its handler says
 │       └── ShipmentFailure         plugin.pipeline.failures: one the shop hears of
