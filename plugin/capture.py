@@ -174,18 +174,21 @@ def klarna_lines(event: FulfillmentEvent) -> list[OrderLine]:
         sales_tax += tax_on(net, line.tax_rate) if tax is None else tax
         lines.append(_line(line, net, tax_rate=0, total_tax_amount=0))
     if sales_tax:
-        lines.append(
-            OrderLine(
-                name=SALES_TAX_NAME,
-                type="sales_tax",
-                quantity=1,
-                unit_price=sales_tax,
-                total_amount=sales_tax,
-                tax_rate=0,
-                total_tax_amount=0,
-            )
-        )
+        lines.append(sales_tax_line(sales_tax))
     return lines
+
+
+def sales_tax_line(amount: int) -> OrderLine:
+    """US-style sales tax as Klarna takes it: one `sales_tax` line, the other lines at rate 0."""
+    return OrderLine(
+        name=SALES_TAX_NAME,
+        type="sales_tax",
+        quantity=1,
+        unit_price=amount,
+        total_amount=amount,
+        tax_rate=0,
+        total_tax_amount=0,
+    )
 
 
 def _inclusive_line(line: ShipmentLine) -> OrderLine:

@@ -18,7 +18,12 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from plugin.capture import MAX_DESCRIPTION, MAX_ORDER_LINES, SALES_TAX_NAME, line_problems
+from plugin.capture import (
+    MAX_DESCRIPTION,
+    MAX_ORDER_LINES,
+    line_problems,
+    sales_tax_line,
+)
 from plugin.errors import OperationError
 from plugin.klarna.models import MAX_AMOUNT, Amount, OrderLine, Str255, TaxRate
 from plugin.money import div_round, prorate, tax_included
@@ -338,15 +343,7 @@ def _sales_tax_line(
                 "ABOVE_CAPTURED_TAX",
                 f"{amount} of sales tax refunded but only {left} of {where}'s is not refunded yet",
             )
-    return OrderLine(
-        name=SALES_TAX_NAME,
-        type="sales_tax",
-        quantity=1,
-        unit_price=amount,
-        total_amount=amount,
-        tax_rate=0,
-        total_tax_amount=0,
-    )
+    return sales_tax_line(amount)
 
 
 def _is_fee(line: OrderLine) -> bool:
