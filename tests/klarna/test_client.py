@@ -3,7 +3,7 @@
 import base64
 import email.utils
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -697,12 +697,30 @@ async def test_requests_carry_auth_integrator_and_one_key_across_attempts() -> N
     assert request.headers["Content-Type"] == "application/json"
 
 
-async def test_the_refund_id_falls_back_to_location() -> None:
+async def create_capture(client: KlarnaClient) -> str:
+    return await client.create_capture(ORDER, capture_of(100), idempotency_key="k")
+
+
+async def create_refund(client: KlarnaClient) -> str:
+    return await client.create_refund(ORDER, refund_of(100), idempotency_key="k")
+
+
+# A call that creates something at Klarna, and the collection its Location names.
+CREATE_CALLS = [
+    pytest.param(create_capture, "captures", id="capture"),
+    pytest.param(create_refund, "refunds", id="refund"),
+]
+
+
+@pytest.mark.parametrize(("create", "collection"), CREATE_CALLS)
+async def test_the_created_id_falls_back_to_location(
+    create: Callable[[KlarnaClient], Awaitable[str]], collection: str
+) -> None:
     transport, _ = recording_transport(
         httpx2.Response(
             201,
             headers={
-                "Location": f"https://klarna.test/ordermanagement/v1/orders/{ORDER}/refunds/ref-9"
+                "Location": f"https://klarna.test/ordermanagement/v1/orders/{ORDER}/{collection}/id-9"
             },
         )
     )
@@ -711,46 +729,23 @@ async def test_the_refund_id_falls_back_to_location() -> None:
         url="https://klarna.test",
         http=make_http_client(transport=transport),
     ) as client:
-        assert await client.create_refund(ORDER, refund_of(100), idempotency_key="k") == "ref-9"
+        assert await create(client) == "id-9"
 
 
-async def test_a_refund_answer_naming_no_refund_is_an_error() -> None:
+@pytest.mark.parametrize(("create", "collection"), CREATE_CALLS)
+async def test_an_answer_naming_nothing_created_is_an_error(
+    create: Callable[[KlarnaClient], Awaitable[str]], collection: str
+) -> None:
     transport, _ = recording_transport(httpx2.Response(201))
     async with KlarnaClient(
         Credentials("PK1", "pw"),
         url="https://klarna.test",
         http=make_http_client(transport=transport),
     ) as client:
-        with pytest.raises(KlarnaError, match=r"UNEXPECTED_RESPONSE.*names no refund"):
-            await client.create_refund(ORDER, refund_of(100), idempotency_key="k")
-
-
-async def test_the_capture_id_falls_back_to_location() -> None:
-    transport, _ = recording_transport(
-        httpx2.Response(
-            201,
-            headers={
-                "Location": f"https://klarna.test/ordermanagement/v1/orders/{ORDER}/captures/cap-9"
-            },
-        )
-    )
-    async with KlarnaClient(
-        Credentials("PK1", "pw"),
-        url="https://klarna.test",
-        http=make_http_client(transport=transport),
-    ) as client:
-        assert await client.create_capture(ORDER, capture_of(100), idempotency_key="k") == "cap-9"
-
-
-async def test_a_capture_answer_naming_no_capture_is_an_error() -> None:
-    transport, _ = recording_transport(httpx2.Response(201))
-    async with KlarnaClient(
-        Credentials("PK1", "pw"),
-        url="https://klarna.test",
-        http=make_http_client(transport=transport),
-    ) as client:
-        with pytest.raises(KlarnaError, match="UNEXPECTED_RESPONSE"):
-            await client.create_capture(ORDER, capture_of(100), idempotency_key="k")
+        with pytest.raises(
+            KlarnaError, match=rf"UNEXPECTED_RESPONSE.*names no {collection[:-1]}\b"
+        ):
+            await create(client)
 
 
 async def test_retry_after_as_an_http_date_is_honoured() -> None:
