@@ -76,6 +76,17 @@ async def wait_for_job(store: Store, job_id: int, state: str, attempts: int = 0)
             await anyio.sleep(0.02)
 
 
+async def run_until(
+    worker: Worker, store: Store, job_id: int, state: str, attempts: int = 0
+) -> Job:
+    """Run `worker` until the job is in `state` after `attempts` failures, then stop it."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        job = await wait_for_job(store, job_id, state, attempts)
+        group.cancel_scope.cancel()
+    return job
+
+
 async def test_a_job_that_never_ends_is_stopped_at_its_deadline_and_retried(store: Store) -> None:
     await add_shop(store)
     job_id = await ship(store, "shop_1", "F1")
@@ -298,10 +309,7 @@ async def test_a_retry_is_never_parked_past_the_backoffs_maximum(
         concurrency=1,
         poll_seconds=0.05,
     )
-    async with anyio.create_task_group() as group:
-        group.start_soon(worker.run)
-        job = await wait_for_job(store, job_id, "queued", attempts=1)
-        group.cancel_scope.cancel()
+    job = await run_until(worker, store, job_id, "queued", attempts=1)
     assert math.isfinite(job.due_at)
     assert job.due_at == pytest.approx(job.updated_at + MAX_BACKOFF, abs=1.0)
 
@@ -518,10 +526,7 @@ async def test_a_starting_worker_takes_over_the_jobs_of_a_dead_process_of_its_ma
         poll_seconds=3600,  # no polling: only finding the dead one makes it look
         heartbeat_seconds=3600,  # and only at its start
     )
-    async with anyio.create_task_group() as group:
-        group.start_soon(restarted.run)
-        job = await wait_for_job(store, job_id, "done")
-        group.cancel_scope.cancel()
+    job = await run_until(restarted, store, job_id, "done")
     # Done (claimed, run, finished) long before the dead one's lease would have run out.
     assert held.lease_until is not None
     assert job.updated_at < held.lease_until
@@ -560,10 +565,7 @@ async def test_a_silent_workers_jobs_are_taken_over_when_its_heartbeat_is_stale(
         poll_seconds=3600,  # no polling: only its heartbeat makes it look
         heartbeat_seconds=0.2,
     )
-    async with anyio.create_task_group() as group:
-        group.start_soon(survivor.run)
-        job = await wait_for_job(store, job_id, "done")
-        group.cancel_scope.cancel()
+    job = await run_until(survivor, store, job_id, "done")
     # Taken over once stale, and done within a lease that had an hour to run.
     assert now + 0.5 <= job.updated_at
     assert held.lease_until is not None
@@ -605,10 +607,7 @@ async def test_a_job_cut_short_by_the_database_again_and_again_waits_longer_each
     worker = Worker(
         store, {"fulfillment": times_out, "callback": times_out}, concurrency=1, poll_seconds=0.05
     )
-    async with anyio.create_task_group() as group:
-        group.start_soon(worker.run)
-        done = await wait_for_job(store, job_id, "done")
-        group.cancel_scope.cancel()
+    done = await run_until(worker, store, job_id, "done")
     assert done.attempts == 0  # the database's trouble is not the job's failure
     gaps = [later - earlier for earlier, later in itertools.pairwise(runs)]
     # Sleeps never end early: each gap is at least its pause, doubling from the first.
@@ -653,10 +652,7 @@ async def test_a_retryable_failure_is_retried_at_the_backoff_and_its_task_told(
         poll_seconds=0.05,
         backoff=Backoff(base_seconds=600, attempts=5),
     )
-    async with anyio.create_task_group() as group:
-        group.start_soon(worker.run)
-        job = await wait_for_job(store, job_id, "queued", attempts=1)
-        group.cancel_scope.cancel()
+    job = await run_until(worker, store, job_id, "queued", attempts=1)
     # The backoff's first delay: 600 s with jitter (half to all of it).
     assert job.updated_at + 300 <= job.due_at <= job.updated_at + 600
     assert msgspec.json.decode(job.last_error or "")["error_code"] == "UNAVAILABLE"
@@ -684,10 +680,7 @@ async def test_a_job_retried_until_its_attempts_run_out_is_dead_and_its_task_tol
         poll_seconds=0.05,
         backoff=Backoff(base_seconds=0.01, max_seconds=0.02, attempts=3),
     )
-    async with anyio.create_task_group() as group:
-        group.start_soon(worker.run)
-        job = await wait_for_job(store, job_id, "dead", attempts=3)
-        group.cancel_scope.cancel()
+    job = await run_until(worker, store, job_id, "dead", attempts=3)
     assert runs == [0, 1, 2]
     assert [fate for *_, fate in hook.fates] == ["retrying", "retrying", "dead"]
     assert (await store.job_counts())["dead"] == 1
@@ -714,10 +707,7 @@ async def test_a_final_failure_is_dead_at_once_with_the_callback_its_task_gave(
         poll_seconds=0.05,
         backoff=Backoff(base_seconds=0.01, attempts=5),
     )
-    async with anyio.create_task_group() as group:
-        group.start_soon(worker.run)
-        job = await wait_for_job(store, job_id, "dead", attempts=1)
-        group.cancel_scope.cancel()
+    job = await run_until(worker, store, job_id, "dead", attempts=1)
     assert msgspec.json.decode(job.last_error or "")["error_code"] == "ORDER_CANCELLED"
     assert hook.fates == [(job_id, 0, "ORDER_CANCELLED", "dead")]
     [callback] = await callback_jobs(store)
@@ -738,10 +728,7 @@ async def test_a_task_without_a_hook_fails_like_any_other(store: Store) -> None:
         concurrency=1,
         poll_seconds=0.05,
     )
-    async with anyio.create_task_group() as group:
-        group.start_soon(worker.run)
-        await wait_for_job(store, job_id, "dead", attempts=1)
-        group.cancel_scope.cancel()
+    await run_until(worker, store, job_id, "dead", attempts=1)
     assert await callback_jobs(store) == []
 
 
