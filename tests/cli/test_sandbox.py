@@ -12,6 +12,19 @@ from plugin.klarna import Credentials, KlarnaClient, KlarnaError
 from tests.helpers import free_port
 
 
+def first_answer(process: "subprocess.Popen[str]", url: str) -> httpx2.Response:
+    """`url`'s answer once the simulator `process` started listens (20 s at most); the process
+    ending first fails the test."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return httpx2.get(url, timeout=1)
+        except httpx2.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def sandbox_process() -> Iterator[str]:
     port = free_port()
@@ -34,15 +47,7 @@ def sandbox_process() -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx2.get(f"{url}/sandbox/orders/none", timeout=1)
-                break
-            except httpx2.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        first_answer(process, f"{url}/sandbox/orders/none")
         yield url
     finally:
         process.terminate()
@@ -90,15 +95,7 @@ def test_the_woocommerce_sandbox_runs_alone_with_its_published_key() -> None:
     )
     orders = f"http://127.0.0.1:{port}/shop/wp-json/wc/v3/orders/1"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                anonymous = httpx2.get(orders, timeout=1)
-                break
-            except httpx2.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        anonymous = first_answer(process, orders)
         keyed = httpx2.get(orders, auth=(DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET))
     finally:
         process.terminate()
@@ -129,16 +126,7 @@ def test_the_storefront_sandboxes_run_alone_where_they_say(name: str, banner: st
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                answer = httpx2.get(f"{url}/no-such-path", timeout=1)
-                break
-            except httpx2.TransportError:
-                assert process.poll() is None
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-        assert answer.status_code == 404
+        assert first_answer(process, f"{url}/no-such-path").status_code == 404
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=10)
