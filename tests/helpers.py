@@ -46,6 +46,24 @@ TOMATOES = OrderLine(
     total_tax_amount=1200,
 )
 
+# A storefront order as the Klarna order placed for it: 2 x 20.00 tomatoes (2.00 off) and
+# 1 x 10.00 basil at 7 % VAT, 4.90 shipping at 19 %, tax included: 52.90 EUR in all.
+STOREFRONT_ORDER_LINES = (
+    OrderLine(
+        name="Tomatoes", quantity=2, unit_price=2000, total_amount=3800,
+        total_discount_amount=200, tax_rate=700, total_tax_amount=249,
+    ),
+    OrderLine(
+        name="Basil", quantity=1, unit_price=1000, total_amount=1000,
+        tax_rate=700, total_tax_amount=65,
+    ),
+    OrderLine(
+        name="Standard", type="shipping_fee", quantity=1, unit_price=490,
+        total_amount=490, tax_rate=1900, total_tax_amount=78,
+    ),
+)  # fmt: skip
+STOREFRONT_ORDER_AMOUNT = 5290
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -37,7 +37,15 @@ from plugin.sandbox.server import serve_in_thread
 from plugin.service import Service, open_service
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
-from tests.helpers import SANDBOX_PASSWORD, SANDBOX_USERNAME, install_shop, wait_idle, wait_until
+from tests.helpers import (
+    SANDBOX_PASSWORD,
+    SANDBOX_USERNAME,
+    STOREFRONT_ORDER_AMOUNT,
+    STOREFRONT_ORDER_LINES,
+    install_shop,
+    wait_idle,
+    wait_until,
+)
 from tests.web.support import count, database
 
 STORE = "g5cd38"
@@ -95,21 +103,9 @@ def place_order(
 ) -> tuple[int, str]:
     """A tax-included EUR order of 2 x 20.00 tomatoes (2.00 off) and 1 x 10.00 basil, 4.90
     shipping: 52.90 in all, paid with Klarna. Returns (BigCommerce order id, Klarna order id)."""
-    lines = [
-        OrderLine(
-            name="Tomatoes", quantity=2, unit_price=2000, total_amount=3800,
-            total_discount_amount=200, tax_rate=700, total_tax_amount=249,
-        ),
-        OrderLine(
-            name="Basil", quantity=1, unit_price=1000, total_amount=1000,
-            tax_rate=700, total_tax_amount=65,
-        ),
-        OrderLine(
-            name="Standard", type="shipping_fee", quantity=1, unit_price=490,
-            total_amount=490, tax_rate=1900, total_tax_amount=78,
-        ),
-    ]  # fmt: skip
-    placed = klarna.create_order(order_amount=5290, order_lines=lines)
+    placed = klarna.create_order(
+        order_amount=STOREFRONT_ORDER_AMOUNT, order_lines=list(STOREFRONT_ORDER_LINES)
+    )
     kept = placed.order_id if klarna_id == "placed" else klarna_id
     order_id = bigcommerce.add_order(
         STORE,

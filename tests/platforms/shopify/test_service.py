@@ -16,7 +16,6 @@ import pytest
 from plugin.app import create_app
 from plugin.config import Settings, load_settings
 from plugin.klarna import RetryPolicy
-from plugin.klarna.models import OrderLine
 from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.shopify import (
@@ -36,6 +35,8 @@ from plugin.worker import Backoff
 from tests.helpers import (
     SANDBOX_PASSWORD,
     SANDBOX_USERNAME,
+    STOREFRONT_ORDER_AMOUNT,
+    STOREFRONT_ORDER_LINES,
     install_shop,
     run_cli,
     wait_idle,
@@ -81,21 +82,9 @@ def place_order(
 ) -> tuple[str, str]:
     """A tax-included EUR order of 2 x 20.00 tomatoes (2.00 off) and 1 x 10.00 basil, 4.90
     shipping: 52.90 in all, paid with Klarna. Returns (Shopify order gid, Klarna order id)."""
-    lines = [
-        OrderLine(
-            name="Tomatoes", quantity=2, unit_price=2000, total_amount=3800,
-            total_discount_amount=200, tax_rate=700, total_tax_amount=249,
-        ),
-        OrderLine(
-            name="Basil", quantity=1, unit_price=1000, total_amount=1000,
-            tax_rate=700, total_tax_amount=65,
-        ),
-        OrderLine(
-            name="Standard", type="shipping_fee", quantity=1, unit_price=490,
-            total_amount=490, tax_rate=1900, total_tax_amount=78,
-        ),
-    ]  # fmt: skip
-    placed = klarna.create_order(order_amount=5290, order_lines=lines)
+    placed = klarna.create_order(
+        order_amount=STOREFRONT_ORDER_AMOUNT, order_lines=list(STOREFRONT_ORDER_LINES)
+    )
     gid = shopify.add_order(
         DOMAIN,
         [
