@@ -1,4 +1,5 @@
-"""The neutral description of one shipment that every storefront adapter produces.
+"""The neutral description of one shipment, and of one refund, that every storefront adapter
+produces.
 
 Nothing here knows a storefront's field names. Amounts are integer minor units; limits and enums are
 Klarna's, so a shipment that decodes is one Klarna can take.
@@ -19,6 +20,7 @@ from plugin.klarna.models import (
     Str100,
     Str255,
     Str1024,
+    TaxRate,
 )
 
 Currency = Annotated[str, Meta(pattern="^[A-Za-z]{3}$")]
@@ -74,3 +76,38 @@ class FulfillmentEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     complete: bool = False
     taxes_included: bool = True
     fulfillment_name: Str255 | None = None
+    # The order number the customer knows (Shopify's "#1001"), set once on the Klarna order as
+    # its merchant reference when it has none; the order id is used when it is absent.
+    order_number: Str255 | None = None
+
+
+class RefundEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One refund of a storefront order, to be made at Klarna once (per `refund_id`).
+
+    `amount` is what the customer gets back, tax included. `lines` name what is refunded: each
+    by the `reference` of the captured line and a `quantity` (the price, discount and tax come
+    from the line Klarna captured, so the other fields are read as a check by nothing); none is
+    a refund by amount, which Klarna matches to an order captured in one go. `fulfillment_id`
+    names the shipment (capture) the lines come from; a refund naming one that is not captured
+    yet waits for it. `sales_tax` is the US-style sales tax refunded with the lines of an order
+    whose prices exclude tax; `return_fee` (at `return_fee_tax_rate`) is withheld from the
+    refund as a `return_fee` line, where Klarna takes one."""
+
+    order_id: Str255
+    refund_id: Str255
+    klarna_order_id: KlarnaId
+    currency: Currency
+    amount: Amount
+    lines: Annotated[list[ShipmentLine], Meta(max_length=1000)] | None = None
+    fulfillment_id: Str255 | None = None
+    description: Str255 | None = None
+    sales_tax: Amount = 0
+    return_fee: Amount = 0
+    return_fee_tax_rate: TaxRate = 0
+
+
+class OrderEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A storefront order cancelled, or closed (nothing more of it will ship)."""
+
+    order_id: Str255
+    klarna_order_id: KlarnaId

@@ -108,10 +108,13 @@ async def store_delivery(
     fulfillment_id: str | None,
     rejected: str | None,
     order_id: str | None = None,
+    order_event: bool = False,
     **log_fields: object,
 ) -> Response:
     """Store a verified delivery (and queue its job, in the same transaction) and answer:
-    200 accepted or duplicate, 400 for a verified body that is not an event."""
+    200 accepted or duplicate, 400 for a verified body that is not an event. A shipment's
+    delivery names its `fulfillment_id`; an `order_event` (refund, cancellation, close) queues
+    the job of its `order_id`."""
     row, duplicate = await service.store.record_delivery(
         shop_id,
         delivery_id,
@@ -121,6 +124,7 @@ async def store_delivery(
         rejected=rejected,
         now=time.time(),
         order_id=order_id,
+        order_event=order_event and rejected is None,
     )
     if duplicate:
         return answer(200, platform, "duplicate", delivery=row)
@@ -136,6 +140,7 @@ async def store_delivery(
             "shop": shop_id,
             "delivery": row,
             "fulfillment": fulfillment_id,
+            "order": order_id,
             "event_type": event_type,
             **log_fields,
         },

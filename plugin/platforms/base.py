@@ -14,12 +14,19 @@ from starlette.routing import BaseRoute
 from plugin.config import Settings
 from plugin.context import ServiceContext
 from plugin.errors import OperationError, PluginError
-from plugin.events import FulfillmentEvent
+from plugin.events import FulfillmentEvent, RefundEvent
 from plugin.klarna.models import ShippingMethod
 from plugin.retries import RetryPolicy, bounded_wait
 from plugin.shops import Shops
 from plugin.store import Store
-from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
+from plugin.store.records import (
+    CaptureRecord,
+    Delivery,
+    OrderOperation,
+    OrderState,
+    Shop,
+    ShopOptions,
+)
 from plugin.web.forms import SettingsPage
 
 
@@ -128,6 +135,56 @@ class Resolved(msgspec.Struct, frozen=True, kw_only=True):
     remap: Callable[[str], FulfillmentEvent] | None = None
 
 
+class OrderChanges(msgspec.Struct, frozen=True, kw_only=True):
+    """What a storefront order's events ask of Klarna, as its adapter reads the order now: the
+    refunds made on the storefront (each made at Klarna once, by its `refund_id`), whether the
+    order was cancelled, and whether nothing more of it will ship (`closed`: completed, or closed
+    with goods never shipped). The order's job does only what the ledger says is not done yet."""
+
+    klarna_order_id: str
+    refunds: list[RefundEvent] = []
+    cancelled: bool = False
+    closed: bool = False
+    order_number: str | None = None
+
+
+class OrderLife(msgspec.Struct, frozen=True, kw_only=True):
+    """An order's life at Klarna after its captures, from the ledger, for a write-back: what was
+    refunded (done refunds only), its state (`released`: its remaining authorization given back),
+    and when its authorization runs out while goods may still ship (None: not known, or the order
+    is no longer open)."""
+
+    state: OrderState = "open"
+    refunded_amount: int = 0
+    refunds: list[OrderOperation] = []
+    failed_refunds: list[OrderOperation] = []
+    released: bool = False
+    cancelled: bool = False
+    authorization_expires_at: float | None = None
+    extended: bool = False
+
+
+async def order_life(store: Store, shop: Shop, order_id: str) -> OrderLife:
+    """The order's refunds, cancellation, release and authorization, as the ledger holds them."""
+    operations = await store.order_operations(shop.id, [order_id])
+    order = await store.get_order(shop.id, order_id)
+    refunds = [op for op in operations if op.kind == "refund" and op.state == "done"]
+    done = {op.kind for op in operations if op.state == "done"}
+    state: OrderState = order.state if order is not None else "open"
+    return OrderLife(
+        state=state,
+        refunded_amount=sum(op.amount or 0 for op in refunds),
+        refunds=refunds,
+        failed_refunds=[op for op in operations if op.kind == "refund" and op.state == "failed"],
+        released="release" in done,
+        cancelled="cancel" in done,
+        authorization_expires_at=(
+            order.authorization_expires_at if order is not None and state == "open" else None
+        ),
+        extended="extend" in done,
+    )
+
+
 class Storefront(Protocol):
     """What the pipeline asks of a platform's adapter, Standard Webhooks included."""
 
@@ -150,9 +207,18 @@ class Storefront(Protocol):
         can still change (tracking) needs to be right."""
         ...
 
+    async def order_changes(
+        self, shop: Shop, order_id: str, deliveries: Sequence[Delivery]
+    ) -> OrderChanges | Skipped:
+        """What the order's events (`deliveries`: its accepted order events, in arrival order,
+        bodies kept) ask of Klarna: an adapter with an API reads the order's refunds and status
+        there, as they stand now; one without reads them from the deliveries."""
+        ...
+
     async def write_back(self, shop: Shop, order_id: str) -> None:
-        """Put the order's capture status on the storefront order, from the ledger as it now
-        stands (so a retried or late write-back never goes backwards)."""
+        """Put the order's capture status, and its life after (`order_life`: refunds,
+        cancellation, release, the authorization's expiry), on the storefront order, from the
+        ledger as it now stands (so a retried or late write-back never goes backwards)."""
         ...
 
 

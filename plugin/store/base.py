@@ -9,6 +9,7 @@ import contextlib
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Literal
 
 import anyio
 import msgspec
@@ -28,6 +29,10 @@ from plugin.store.records import (
     NewDelivery,
     Operation,
     OperationKind,
+    OrderOperation,
+    OrderOperationKind,
+    OrderRecord,
+    OrderState,
     SealedSecret,
     Shipment,
     Shop,
@@ -119,6 +124,49 @@ class Captured(msgspec.Struct, kw_only=True):
     captured_amount: int
     shipping_info: str
     klarna_reference: str | None = None
+
+
+class NoteOrder(msgspec.Struct, kw_only=True):
+    """What to note of an order at Klarna: a new order is inserted as open; a known one has the
+    fields given (not None) changed. Its state never goes back to open."""
+
+    shop_id: str
+    order_id: str
+    klarna_order_id: str
+    currency: str
+    state: OrderState | None = None
+    authorization_expires_at: float | None = None
+    checked_at: float | None = None
+
+
+class PlanOrderOperation(msgspec.Struct, kw_only=True):
+    """A life-cycle call to store, with its key and request, before it is sent."""
+
+    shop_id: str
+    kind: OrderOperationKind
+    key: str
+    order_id: str
+    klarna_order_id: str
+    currency: str
+    idempotency_key: str
+    request: bytes
+    amount: int | None = None
+
+
+class FinishOrderOperation(msgspec.Struct, kw_only=True):
+    """A planned call's outcome: `done` (with what Klarna made: `result`, `amount`) or `failed`
+    (refused for good: `error`, JSON); and what it changed on the order: its new `order_state`,
+    its new `authorization_expires_at`."""
+
+    shop_id: str
+    kind: OrderOperationKind
+    key: str
+    state: Literal["done", "failed"]
+    result: str | None = None
+    amount: int | None = None
+    error: str | None = None
+    order_state: OrderState | None = None
+    authorization_expires_at: float | None = None
 
 
 class Beat(msgspec.Struct, frozen=True, kw_only=True):
@@ -225,8 +273,10 @@ class Store(ABC):
         rejected: str | None,
         now: float,
         order_id: str | None = None,
+        order_event: bool = False,
     ) -> tuple[int, bool]:
-        """Store a verified delivery and, when accepted, queue its fulfilment's job, together;
+        """Store a verified delivery and, when accepted, queue its job (its fulfilment's; an
+        `order_event`'s: its order's), together;
         written with the deliveries stored at the same moment, in one transaction.
 
         Returns (delivery row id, whether it was a duplicate that created nothing)."""
@@ -239,6 +289,7 @@ class Store(ABC):
             rejected=rejected,
             received_at=now,
             order_id=order_id,
+            order_event=order_event,
         )
         return await self._delivery_batcher().submit(delivery)
 
@@ -437,6 +488,61 @@ class Store(ABC):
     ) -> CaptureRecord | None:
         """Mark a side effect done and record what it changed on the capture, together with
         `callback` and `note`; returns the capture as it now stands."""
+
+    # orders at Klarna and the life-cycle calls made on them (refunds, cancellation, release,
+    # extension, merchant references)
+    @abstractmethod
+    async def note_order(self, order: NoteOrder, now: float) -> OrderRecord:
+        """Insert the order (open), or change the fields `order` gives on the stored one; its
+        state never goes back to open. Returns the order as it now stands."""
+
+    @abstractmethod
+    async def get_order(self, shop_id: str, order_id: str) -> OrderRecord | None: ...
+
+    @abstractmethod
+    async def orders_expiring(
+        self,
+        before: float,
+        *,
+        shop_id: str | None = None,
+        checked_before: float | None = None,
+        limit: int = 100,
+    ) -> list[OrderRecord]:
+        """Open orders whose authorization runs out before `before` or is not known yet (None
+        first, then soonest first): of one shop, or of every shop; with `checked_before`, only
+        those not checked since then (or never). Found by index, however many orders there are."""
+
+    @abstractmethod
+    async def queue_order(self, shop_id: str, order_id: str, now: float) -> int:
+        """Queue (or re-queue) an order's job, due `now`; a dead one is revived. Its id."""
+
+    @abstractmethod
+    async def order_operations(
+        self, shop_id: str, order_ids: Sequence[str]
+    ) -> list[OrderOperation]:
+        """The life-cycle calls planned or made on these orders, in the order they were planned."""
+
+    @abstractmethod
+    async def plan_order_operation(
+        self, plan: PlanOrderOperation, now: float, *, note: AuditNote | None = None
+    ) -> OrderOperation:
+        """Store a call under its (shop, kind, key) before it is sent, and return it. One stored
+        already is returned as it is when planned (sent again with its key) or done; a failed one
+        is planned afresh with `plan`'s key and request. `note` is written only when something
+        was stored."""
+
+    @abstractmethod
+    async def finish_order_operation(
+        self,
+        finished: FinishOrderOperation,
+        callback: NewCallback | None,
+        now: float,
+        *,
+        note: AuditNote | None = None,
+    ) -> OrderOperation | None:
+        """Record a planned call's outcome, what it changed on the order, `callback` and `note`,
+        in one commit. None, and nothing written, when the call is not planned (done already by
+        another run, or never stored)."""
 
     # callbacks and audit
     @abstractmethod

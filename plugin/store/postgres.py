@@ -30,9 +30,12 @@ from plugin.store.base import (
     AuditNote,
     Beat,
     Captured,
+    FinishOrderOperation,
     NewCallback,
     NewShop,
+    NoteOrder,
     Plan,
+    PlanOrderOperation,
     ShopChanges,
     Store,
     StoreUnavailable,
@@ -48,6 +51,8 @@ from plugin.store.records import (
     NewDelivery,
     Operation,
     OperationKind,
+    OrderOperation,
+    OrderRecord,
     SealedSecret,
     Shipment,
     Shop,
@@ -1183,6 +1188,46 @@ class PostgresStore(Store):
         return _record(row, CaptureRecord) if row else None
 
     # callbacks and audit
+
+    # orders at Klarna (being written: each raises until implemented)
+    async def note_order(self, order: NoteOrder, now: float) -> OrderRecord:
+        raise NotImplementedError
+
+    async def get_order(self, shop_id: str, order_id: str) -> OrderRecord | None:
+        raise NotImplementedError
+
+    async def orders_expiring(
+        self,
+        before: float,
+        *,
+        shop_id: str | None = None,
+        checked_before: float | None = None,
+        limit: int = 100,
+    ) -> list[OrderRecord]:
+        raise NotImplementedError
+
+    async def queue_order(self, shop_id: str, order_id: str, now: float) -> int:
+        raise NotImplementedError
+
+    async def order_operations(
+        self, shop_id: str, order_ids: Sequence[str]
+    ) -> list[OrderOperation]:
+        raise NotImplementedError
+
+    async def plan_order_operation(
+        self, plan: PlanOrderOperation, now: float, *, note: AuditNote | None = None
+    ) -> OrderOperation:
+        raise NotImplementedError
+
+    async def finish_order_operation(
+        self,
+        finished: FinishOrderOperation,
+        callback: NewCallback | None,
+        now: float,
+        *,
+        note: AuditNote | None = None,
+    ) -> OrderOperation | None:
+        raise NotImplementedError
 
     async def get_callback(self, callback_id: int) -> Callback | None:
         row = await self._fetchrow("SELECT * FROM callbacks WHERE id = $1", callback_id)

@@ -1,13 +1,16 @@
 """What the store holds, as typed records; secrets stay encrypted blobs until the vault opens."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from plugin.klarna.models import Environment, Region
 
-JobKind = Literal["fulfillment", "callback"]
-JOB_KINDS: tuple[JobKind, ...] = ("fulfillment", "callback")
+# A fulfilment's job captures it; an order's job (key: the storefront order id) carries out what
+# its order events ask of Klarna (refunds, cancellation, release, extension); a callback's job
+# reports an outcome.
+JobKind = Literal["fulfillment", "callback", "order"]
+JOB_KINDS: tuple[JobKind, ...] = ("fulfillment", "callback", "order")
 JobState = Literal["queued", "running", "done", "dead", "waiting"]
 # What a waiting job waits on: the shop's Klarna credentials (missing, or refused by Klarna). A
 # waiting job is neither queued nor dead: it is not claimed and burns no attempt, until the shop's
@@ -16,6 +19,12 @@ Wait = Literal["klarna_credentials"]
 KLARNA_CREDENTIALS: Wait = "klarna_credentials"
 CaptureState = Literal["planned", "captured"]
 OperationKind = Literal["shipping_info", "send_out"]
+# A storefront order at Klarna: open while goods may still ship; cancelled (nothing captured, the
+# order cancelled) or closed (the remaining authorization released: nothing more ships).
+OrderState = Literal["open", "cancelled", "closed"]
+# The life-cycle calls made on a Klarna order, each under its key (OrderOperation).
+OrderOperationKind = Literal["refund", "cancel", "release", "extend", "merchant_references"]
+OrderOperationState = Literal["planned", "done", "failed"]
 
 
 class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -34,6 +43,12 @@ class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     # WooCommerce: the order statuses that mean "shipped, capture it" (a custom one such as
     # "shipped" included), without the "wc-" prefix.
     capture_statuses: list[str] = msgspec.field(default_factory=lambda: ["completed"])
+    # The order's life at Klarna: a cancelled or completed order with an uncaptured remainder has
+    # it released; an order with unshipped goods whose authorization expires within
+    # `keep_alive_days` days has it extended (once a day at most, while Klarna allows).
+    release_remaining: bool = True
+    keep_alive: bool = True
+    keep_alive_days: Annotated[int, msgspec.Meta(ge=1, le=30)] = 3
 
 
 class Shop(msgspec.Struct, kw_only=True):
@@ -144,6 +159,46 @@ class Operation(msgspec.Struct, kw_only=True):
     done_at: float | None
 
 
+class OrderRecord(msgspec.Struct, kw_only=True):
+    """A storefront order as the service knows it at Klarna: one row per (shop, order), noted
+    when a shipment of it is planned or one of its order events runs."""
+
+    shop_id: str
+    order_id: str
+    klarna_order_id: str
+    currency: str
+    state: OrderState
+    # When the Klarna authorization runs out (its `expires_at`; None: not read yet), and when the
+    # keep-alive last read the order at Klarna.
+    authorization_expires_at: float | None
+    checked_at: float | None
+    created_at: float
+    updated_at: float
+
+
+class OrderOperation(msgspec.Struct, kw_only=True):
+    """One life-cycle call on a Klarna order, planned with its idempotency key and request before
+    it is sent, under a key that makes it happen once: a refund under the storefront's refund id;
+    a cancellation, a release or the merchant references under the order id; an extension under
+    the order id and the day (so at most one a day)."""
+
+    shop_id: str
+    kind: OrderOperationKind
+    key: str
+    order_id: str
+    klarna_order_id: str
+    currency: str
+    state: OrderOperationState
+    idempotency_key: str
+    request: bytes  # the JSON body sent (b"" for calls without one)
+    amount: int | None  # refunded or released, in minor units
+    result: str | None  # Klarna's refund id; an extension's new expiry (ISO 8601)
+    error: str | None  # JSON: the failure of a refused call
+    planned_at: float
+    done_at: float | None
+    updated_at: float
+
+
 class Callback(msgspec.Struct, kw_only=True):
     """An outcome to post to the shop's status URL; `webhook_id` is stable across retries."""
 
@@ -238,7 +293,9 @@ class WorkerRecord(msgspec.Struct, kw_only=True, frozen=True):
 
 class NewDelivery(msgspec.Struct, frozen=True, kw_only=True):
     """A verified delivery to store: `rejected` says why a verified body is no event (stored, no
-    job); an accepted one with a `fulfillment_id` queues that fulfilment's job."""
+    job); an accepted one with a `fulfillment_id` queues that fulfilment's job; an accepted
+    `order_event` (a refund, a cancellation, a closed order: no `fulfillment_id`) queues the job
+    of its `order_id`."""
 
     shop_id: str
     delivery_id: str
@@ -248,3 +305,4 @@ class NewDelivery(msgspec.Struct, frozen=True, kw_only=True):
     rejected: str | None
     received_at: float
     order_id: str | None = None
+    order_event: bool = False

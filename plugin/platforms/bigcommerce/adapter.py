@@ -16,6 +16,7 @@ from plugin import money
 from plugin.errors import JobError
 from plugin.events import FulfillmentEvent
 from plugin.platforms.base import (
+    OrderChanges,
     Resolved,
     Skipped,
     StorefrontApp,
@@ -165,6 +166,11 @@ class BigCommerceStorefront(StorefrontApp):
         return Resolved(event=event)
 
     # the write-back
+
+    async def order_changes(
+        self, shop: Shop, order_id: str, deliveries: Sequence[Delivery]
+    ) -> OrderChanges | Skipped:
+        raise NotImplementedError  # being written
 
     async def write_back(self, shop: Shop, order_id: str) -> None:
         if not shop.enabled or shop.platform_token is None:

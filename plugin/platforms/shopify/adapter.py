@@ -14,6 +14,7 @@ import msgspec
 from plugin import money
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.platforms.base import (
+    OrderChanges,
     Resolved,
     Skipped,
     StorefrontApp,
@@ -187,6 +188,11 @@ class ShopifyStorefront(StorefrontApp):
         return found.order
 
     # the write-back
+
+    async def order_changes(
+        self, shop: Shop, order_id: str, deliveries: Sequence[Delivery]
+    ) -> OrderChanges | Skipped:
+        raise NotImplementedError  # being written
 
     async def write_back(self, shop: Shop, order_id: str) -> None:
         if not shop.enabled or shop.platform_token is None:

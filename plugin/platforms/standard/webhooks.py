@@ -46,10 +46,14 @@ async def standard_webhook(request: Request) -> Response:
 
     rejected: str | None = None
     event_type = fulfillment_id = order_id = None
+    order_event = False
     try:
         envelope = payloads.decode(body)
-        event_type, fulfillment_id = envelope.type, envelope.data.fulfillment_id
-        order_id = envelope.data.order_id
+        event_type, order_id = envelope.type, envelope.data.order_id
+        if isinstance(envelope, payloads.Envelope):
+            fulfillment_id = envelope.data.fulfillment_id
+        else:
+            order_event = True  # a refund, a cancellation, a close: the order's job
     except msgspec.MsgspecError as exc:
         rejected = f"not a valid event: {exc}"
     return await store_delivery(
@@ -62,4 +66,5 @@ async def standard_webhook(request: Request) -> Response:
         fulfillment_id=fulfillment_id,
         rejected=rejected,
         order_id=order_id,
+        order_event=order_event,
     )

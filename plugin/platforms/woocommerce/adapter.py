@@ -21,7 +21,14 @@ import msgspec
 from plugin import money, outbound
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.klarna.errors import join_messages
-from plugin.platforms.base import ApiError, Resolved, Skipped, StorefrontApp, StorefrontError
+from plugin.platforms.base import (
+    ApiError,
+    OrderChanges,
+    Resolved,
+    Skipped,
+    StorefrontApp,
+    StorefrontError,
+)
 from plugin.platforms.woocommerce import api_key, mapping, payloads
 from plugin.platforms.woocommerce.statuses import capture_statuses, normalize_status
 from plugin.retries import RetryPolicy, parse_retry_after, retrying
@@ -293,6 +300,11 @@ class WooCommerceStorefront(StorefrontApp):
         return Resolved(event=event)
 
     # the write-back
+
+    async def order_changes(
+        self, shop: Shop, order_id: str, deliveries: Sequence[Delivery]
+    ) -> OrderChanges | Skipped:
+        raise NotImplementedError  # being written
 
     async def write_back(self, shop: Shop, order_id: str) -> None:
         if not shop.enabled:
