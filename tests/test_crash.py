@@ -19,7 +19,16 @@ import httpx2
 import pytest
 
 from plugin.sandbox.klarna import FaultSettings, KlarnaSandbox
-from tests.helpers import TOMATOES, Server, Storefront, capture_keys, cli_shop, shipment, wait_until
+from tests.helpers import (
+    TOMATOES,
+    Server,
+    Storefront,
+    capture_keys,
+    cli_shop,
+    refund,
+    shipment,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -246,3 +255,59 @@ def test_workers_run_alone_beside_a_serve_that_only_receives(
     finally:
         worker.terminate()
         assert worker.wait(timeout=30) == 0
+
+
+def test_sigkill_mid_refund_burst_refunds_each_order_exactly_once(
+    env: dict[str, str],
+    klarna_sandbox: KlarnaSandbox,
+    servers: list[Server],
+) -> None:
+    shop = cli_shop(env, name="Refund crash shop", environment="live")
+    orders = [
+        klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES]) for _ in range(30)
+    ]
+    servers.append(Server(env))
+    storefront = Storefront(servers[0].url, shop["shop_id"], shop["webhook_secret"])
+    for index, order in enumerate(orders):
+        event = shipment(order.order_id, f"{index}-F1", complete=True)
+        event["data"]["order_id"] = str(index)
+        assert storefront.send(event).status_code == 200
+    wait_until(lambda: all(order.captures for order in orders), timeout=60)
+    # Refunds in flight when the process dies.
+    klarna_sandbox.set_faults(FaultSettings(latency_ms=150))
+    events = [
+        refund(order.order_id, f"{index}-R1", order_id=str(index), amount=6000)
+        for index, order in enumerate(orders)
+    ]
+
+    def deliver(index: int) -> bool:
+        try:
+            response = storefront.send(events[index], delivery_id=f"msg_refund_{index}")
+        except httpx2.TransportError:
+            return False
+        return response.status_code == 200
+
+    acknowledged: set[int] = set()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = {pool.submit(deliver, index): index for index in range(len(events))}
+        for future in concurrent.futures.as_completed(futures):
+            if future.result():
+                acknowledged.add(futures[future])
+            if len(acknowledged) == 15 and servers[0].process.poll() is None:
+                servers[0].kill()
+                servers.append(Server(env))
+    assert 15 <= len(acknowledged) < len(events)
+    storefront.url = storefront.url.replace(servers[0].url, servers[1].url)
+    for index in range(len(events)):
+        if index not in acknowledged:
+            assert deliver(index)
+    wait_until(
+        lambda: all(order.refunds for order in orders),
+        timeout=90,
+        what="for every order to be refunded",
+    )
+    assert [len(order.refunds) for order in orders] == [1] * len(orders)
+    for order in orders:
+        path = f"/ordermanagement/v1/orders/{order.order_id}/refunds"
+        keys = {r.idempotency_key for r in klarna_sandbox.requests if r.path == path}
+        assert len(keys) == 1  # planned once, however often it was sent

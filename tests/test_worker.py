@@ -337,7 +337,7 @@ async def test_the_service_gives_callbacks_a_lane_of_their_own_and_caps_each_sho
     async with open_service(settings) as service:
         worker = service.worker
         assert worker.lanes == [
-            Lane(kinds=("fulfillment",), loops=8),
+            Lane(kinds=("fulfillment", "order"), loops=8),
             Lane(kinds=("callback",), loops=2, shop_limit=1),
         ]
         assert (worker.shop_limit, worker.job_deadline_seconds) == (4, 300)

@@ -14,6 +14,7 @@ from plugin.errors import JobError, OperationError
 from plugin.klarna import KlarnaError
 from plugin.pipeline.reports import Reports, StatusUrlError
 from plugin.platforms.base import StorefrontError
+from plugin.refunds import RefundRefused
 from plugin.store import NewCallback, Store
 from plugin.store.records import KLARNA_CREDENTIALS, Job, Shop, Wait, order_subject
 from plugin.worker import Fate, JobFailure
@@ -79,7 +80,7 @@ def job_failure(
             waits_for = KLARNA_CREDENTIALS
     elif isinstance(error, StorefrontError):
         facts = JobError(step=error.step, error_code=error.code, error_messages=error.messages)
-    elif isinstance(error, CaptureRefused):
+    elif isinstance(error, CaptureRefused | RefundRefused):
         facts = JobError(step=step, error_code=error.code, error_messages=[error.reason])
     elif isinstance(error, StatusUrlError):
         facts = JobError(

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import anyio
 
-from plugin.store import Store
+from plugin.store import NoteOrder, Store
 from plugin.store.records import OrderRecord, Shop, ShopOptions
 
 log = logging.getLogger("plugin.keepalive")
@@ -36,7 +36,23 @@ async def queue_expiring(store: Store, now: float, *, limit: int = BATCH) -> int
         if order.shop_id not in shops:
             shops[order.shop_id] = await store.get_shop(order.shop_id)
         shop = shops[order.shop_id]
-        if shop is None or not shop.enabled or not _due(shop.options, order, now):
+        if shop is None:
+            continue
+        if not shop.enabled or not shop.options.keep_alive:
+            # Looked at, and nothing to do today: marked so, so that it leaves the head of the
+            # next passes to the orders that need them.
+            await store.note_order(
+                NoteOrder(
+                    shop_id=order.shop_id,
+                    order_id=order.order_id,
+                    klarna_order_id=order.klarna_order_id,
+                    currency=order.currency,
+                    checked_at=now,
+                ),
+                now,
+            )
+            continue
+        if not _due(shop.options, order, now):
             continue
         await store.queue_order(shop.id, order.order_id, now)
         queued += 1

@@ -482,8 +482,9 @@ class Orders:
         return any(r.state == "captured" and r.completes_order for r in captures)
 
     async def _close(self, run: _Run) -> None:
-        """Nothing more ships: the remaining authorization goes back to the customer once the
-        order's shipments are settled, when the shop wants it."""
+        """Nothing more ships: once the order's shipments are settled, and when the shop wants
+        it, the remaining authorization goes back to the customer (released; an order nothing
+        of which was captured is cancelled)."""
         if not run.shop.options.release_remaining:
             return
         if await self._shipments_pending(run):
@@ -498,19 +499,25 @@ class Orders:
                 ),
                 retryable=True,
             )
-        await self._release(run)
+        # Nothing captured: nothing will be, and the order is cancelled; else the rest released.
+        await self._cancel(run)
 
     async def _shipments_pending(self, run: _Run) -> bool:
         deliveries = await self.store.order_deliveries(run.shop.id, [run.order_id])
         for fulfillment_id in {d.fulfillment_id for d in deliveries if d.fulfillment_id}:
             shipment = await self.store.shipment(run.shop.id, fulfillment_id)
-            if shipment is not None and shipment.job_state in ("queued", "running", "waiting"):
+            # A shipment captured already changes the authorization no more (its tracking may).
+            if (
+                shipment is not None
+                and shipment.job_state in ("queued", "running", "waiting")
+                and shipment.capture_state != "captured"
+            ):
                 return True
         return False
 
     async def _release(self, run: _Run) -> None:
         remaining = run.klarna.remaining_authorized_amount
-        if run.klarna.status not in _AUTHORIZED or remaining <= 0:
+        if run.klarna.status != "PART_CAPTURED" or remaining <= 0:
             # Nothing left to give back (all captured, released, expired): the order is closed,
             # and a release planned before is done (its answer was lost).
             stored = run.operations.get(("release", run.order_id))
