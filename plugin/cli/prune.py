@@ -35,5 +35,8 @@ async def _prune(service: Service, args: argparse.Namespace) -> int:
             done = "would be deleted" if args.dry_run else "deleted"
         print(f"{table:<20} {count:>9} {what} {done}")
     if service.settings.retention.ledger_days is None:
-        print("captures, operations, audit, compliance_requests: kept (RETAIN_LEDGER_DAYS=never)")
+        print(
+            "captures, operations, orders, order_operations, audit, compliance_requests:"
+            " kept (RETAIN_LEDGER_DAYS=never)"
+        )
     return 0

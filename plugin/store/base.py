@@ -581,8 +581,9 @@ class Store(ABC):
         scrub_detail: Callable[[str], str],
     ) -> tuple[int, int]:
         """Rewrite, in one transaction, the stored deliveries of these orders with `scrub_body`
-        and the audit entries of their fulfilments with `scrub_detail`; returns how many of each
-        changed. Amounts and ids in the ledger stay."""
+        and the audit entries of their fulfilments and of the orders' own life (filed under
+        `records.order_subject`) with `scrub_detail`; returns how many of each changed. Amounts
+        and ids in the ledger stay."""
 
     @abstractmethod
     async def record_compliance(

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from plugin.store.records import NewDelivery, SealedSecret
+from plugin.store.records import ORDER_SUBJECT_PREFIX, NewDelivery, SealedSecret
 
 # What `sealed_secrets` reads: (id, klarna_password, platform_token) and (id, shop_id, secret).
 SEALED_SHOP_FIELDS = "SELECT id, klarna_password, platform_token FROM shops"
@@ -137,6 +137,14 @@ _LIVE_ORDER_JOB = (
     " AND j.kind = 'order' AND j.state <> 'done')"
 )
 
+# An audit entry of an order's life (filed under records.order_subject) whose order's job may
+# still run.
+_LIVE_ORDER_TRAIL = (
+    f"t.fulfillment_id LIKE '{ORDER_SUBJECT_PREFIX}%' AND EXISTS (SELECT 1 FROM jobs AS j"  # noqa: S608 - constant fragments
+    f" WHERE j.key = substr(t.fulfillment_id, {len(ORDER_SUBJECT_PREFIX) + 1})"
+    " AND j.shop_id = t.shop_id AND j.kind = 'order' AND j.state <> 'done')"
+)
+
 
 class PruneStep(NamedTuple):
     table: str
@@ -218,7 +226,9 @@ PRUNE_STEPS: dict[str, PruneStep] = {
         " WHERE o.shop_id = t.shop_id AND o.order_id = t.order_id)",
         "t.updated_at",
     ),
-    "audit": PruneStep("audit", "t.id", f"t.at < $1 AND NOT {_LIVE_JOB}", "t.at"),
+    "audit": PruneStep(
+        "audit", "t.id", f"t.at < $1 AND NOT {_LIVE_JOB} AND NOT ({_LIVE_ORDER_TRAIL})", "t.at"
+    ),
     "compliance_requests": PruneStep(
         "compliance_requests", "t.id", "t.received_at < $1", "t.received_at"
     ),

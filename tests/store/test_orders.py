@@ -24,7 +24,15 @@ from plugin.store import (
 from plugin.store import postgres as postgres_store
 from plugin.store import sqlite as sqlite_store
 from plugin.store.records import OrderState, order_subject
-from tests.store.test_store import NOW, add_shop, database_url, query, receive, store
+from tests.store.test_store import (
+    NOW,
+    add_shop,
+    database_url,
+    integrity_error,
+    query,
+    receive,
+    store,
+)
 
 __all__ = ["database_url", "store"]  # fixtures
 
@@ -483,6 +491,29 @@ async def test_a_call_is_finished_once_with_its_callback_job_note_and_order_chan
     assert (order.state, order.authorization_expires_at) == ("closed", NOW + 30 * DAY)
 
 
+async def test_a_finish_that_fails_writes_nothing_of_it(store: Store, database_url: str) -> None:
+    """The call's outcome, the order's change, the callback and the note are one commit: when one
+    of them cannot be written (the callback's id is taken), none is, and the call stays planned
+    for the next run."""
+    await add_shop(store)
+    await store.note_order(ORDER, NOW)
+    await store.plan_order_operation(REFUND, NOW)
+    await store.plan_order_operation(msgspec.structs.replace(REFUND, key="R2"), NOW)
+    await store.finish_order_operation(done("R2"), callback("msg_taken"), NOW + 1)
+    with pytest.raises(integrity_error(database_url)):
+        await store.finish_order_operation(
+            done(order_state="closed"), callback("msg_taken"), NOW + 2, note=note("refunded")
+        )
+    [call] = [op for op in await store.order_operations("shop_1", ["O1"]) if op.key == "R1"]
+    assert (call.state, call.result, call.done_at) == ("planned", None, None)
+    order = await store.get_order("shop_1", "O1")
+    assert order is not None
+    assert (order.state, order.updated_at) == ("open", NOW)
+    assert await store.audit_trail("shop_1", order_subject("O1")) == []
+    assert await query(database_url, "SELECT count(*) FROM callbacks") == 1
+    assert await query(database_url, "SELECT count(*) FROM jobs") == 1
+
+
 async def test_a_call_on_an_order_not_noted_changes_only_itself(
     store: Store, database_url: str
 ) -> None:
@@ -593,6 +624,19 @@ async def test_an_order_events_bodies_stay_while_its_job_may_run(store: Store) -
     assert (await prune(store, NOW + 4 * DAY))["deliveries.body"] == 2
     assert await bodies(store) == {"d1": b""}
     assert await bodies(store, "O2") == {"d2": b""}
+
+
+async def test_an_orders_trail_stays_while_its_job_may_run(store: Store) -> None:
+    await add_shop(store)
+    for order_id in ("O1", "O2"):
+        plan = msgspec.structs.replace(REFUND, order_id=order_id, key=f"R-{order_id}")
+        await store.plan_order_operation(plan, NOW, note=note("planned"))
+    await store.queue_order("shop_1", "O1", NOW)  # may still run
+    await store.add_audit("shop_1", "O1", None, "a shipment", "done", "{}", NOW)  # not the order
+    assert (await prune(store, NOW + 1096 * DAY))["audit"] == 2
+    assert len(await store.audit_trail("shop_1", order_subject("O1"))) == 1
+    assert await store.audit_trail("shop_1", order_subject("O2")) == []
+    assert await store.audit_trail("shop_1", "O1") == []
 
 
 async def test_an_orders_rows_go_with_the_ledger_once_nothing_may_be_done_on_it(

@@ -14,7 +14,7 @@ import anyio
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from plugin.store import NewCallback, open_store
+from plugin.store import FinishOrderOperation, NewCallback, PlanOrderOperation, open_store
 from plugin.store import schema as sqlite_schema
 from plugin.store.postgres import JOBS_CHANNEL, PostgresStore, _Pool
 from plugin.store.records import Job
@@ -370,6 +370,63 @@ async def test_the_changes_that_make_a_job_due_now_announce_it(
             change = second.mark_captured(captured(fulfillment_id, "c1"), report, NOW)
             assert await announcements_after(change) == announced
         assert heard == [JOBS_CHANNEL] * 7
+    finally:
+        await listener.close()
+
+
+async def test_an_order_event_and_a_finished_order_call_announce_their_jobs(
+    stores: tuple[PostgresStore, PostgresStore], postgres_database: str
+) -> None:
+    first, second = stores
+    await add_shop(first)
+    heard: list[str] = []
+    listener = await asyncpg.connect(postgres_database)
+    await listener.add_listener(JOBS_CHANNEL, lambda *args: heard.append(args[2]))
+    try:
+
+        async def announcements_after(change: Awaitable[object]) -> int:
+            before = len(heard)
+            await change
+            await listener.execute("SELECT 1")
+            return len(heard) - before
+
+        def refund(delivery_id: str) -> Awaitable[object]:
+            return second.record_delivery(
+                "shop_1",
+                delivery_id,
+                body=b"{}",
+                event_type="refund.created",
+                fulfillment_id=None,
+                rejected=None,
+                now=NOW,
+                order_id="O1",
+                order_event=True,
+            )
+
+        assert await announcements_after(refund("d1")) == 1
+        assert await announcements_after(refund("d1")) == 0  # a duplicate
+        job = await first.claim_job("w1", 60, NOW, kinds=("order",))
+        assert job is not None
+        assert await announcements_after(refund("d2")) == 0  # running: it runs again at its end
+        assert await announcements_after(first.bury_job(job.id, "w1", "{}", NOW)) == 0
+        assert await announcements_after(refund("d3")) == 1  # the dead job revived
+        assert await announcements_after(second.queue_order("shop_1", "O2", NOW)) == 1
+        plan = PlanOrderOperation(
+            shop_id="shop_1",
+            kind="cancel",
+            key="O1",
+            order_id="O1",
+            klarna_order_id="K1",
+            currency="EUR",
+            idempotency_key="k",
+            request=b"",
+        )
+        await second.plan_order_operation(plan, NOW)
+        report = NewCallback(event_type="order.cancelled", webhook_id="msg_c", payload=b"{}")
+        finish = FinishOrderOperation(shop_id="shop_1", kind="cancel", key="O1", state="done")
+        assert await announcements_after(second.finish_order_operation(finish, report, NOW)) == 1
+        assert await announcements_after(second.finish_order_operation(finish, report, NOW)) == 0
+        assert heard == [JOBS_CHANNEL] * 4
     finally:
         await listener.close()
 
