@@ -124,7 +124,7 @@ class RestClient:
             "read_refunds",
             status=200,
             code="TOO_MANY_REFUNDS",
-            messages=[f"the order has more than {payloads.MAX_REFUNDS} refunds"],
+            messages=[f"the order has {payloads.MAX_REFUNDS} refunds or more"],
         )
 
     async def notes(self, order_id: str) -> list[Note]:
