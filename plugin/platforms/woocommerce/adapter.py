@@ -556,7 +556,10 @@ def _failed_refund_note(op: OrderOperation) -> str:
         text += f": {join_messages(messages)}"
     if not text.endswith((".", "!", "?")):
         text += "."
-    return text + " Refund it in Klarna's merchant portal, or fix the cause and refund again."
+    return text + (
+        " It was not refunded at Klarna: refund it in Klarna's merchant portal, or retry the "
+        "order on the Klarna capture activity page once the cause is fixed."
+    )
 
 
 def _iso(timestamp: float) -> str:
