@@ -470,7 +470,7 @@ def _no_klarna_order_id(order: payloads.Order) -> StorefrontError:
     )
 
 
-OrderStatus = Literal["cancelled", "refunded", "partially_refunded", "released", "open"]
+OrderStatus = Literal["cancelled", "refunded", "partially_refunded", "released", "closed", "open"]
 
 
 def life_of(
@@ -527,9 +527,10 @@ def order_status(life: OrderLife, captured_amount: int) -> OrderStatus:
         if captured_amount and life.refunded_amount >= captured_amount:
             return "refunded"
         return "partially_refunded"
-    if life.released or life.state == "closed":
+    if life.released:
         return "released"
-    return "open"
+    # Closed with nothing to release (all of it captured): nothing more happens at Klarna.
+    return "closed" if life.state == "closed" else "open"
 
 
 def _refund_note(op: OrderOperation) -> str:

@@ -85,6 +85,7 @@ def test_refunds_made_and_failed_are_written_with_a_note_each() -> None:
 
 def test_the_status_moves_forward_only() -> None:
     assert order_status(OrderLife(), 100) == "open"
+    assert order_status(OrderLife(state="closed"), 100) == "closed"
     assert order_status(OrderLife(released=True, state="closed"), 100) == "released"
     assert order_status(OrderLife(refunded_amount=40, released=True), 100) == ("partially_refunded")
     assert order_status(OrderLife(refunded_amount=100), 100) == "refunded"

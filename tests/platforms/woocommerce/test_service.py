@@ -894,3 +894,37 @@ def test_refund_webhooks_are_verified_bounded_and_decoded_before_anything_else(
     with database(settings) as conn:
         jobs = conn.execute("SELECT kind, key FROM jobs").fetchall()
     assert jobs == [("order", str(order_id))]
+
+
+def test_a_refund_klarna_refuses_is_written_back_as_failed_with_what_to_do(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    shop = connect(settings, woo)
+    order_id, klarna_id = vegetable_order(woo, klarna_sandbox)
+    ship(service, woo, shop, order_id)
+    wait_until(lambda: status_of(woo, order_id) == "captured", what="the capture")
+    # Refunded whole in Klarna's portal meanwhile: Klarna takes no more.
+    placed = klarna_sandbox.orders[klarna_id]
+    placed.refunded_amount = placed.captured_amount
+
+    refund_id = woo.refund(SITE, order_id, {"MUG": 1})
+    send(service, shop.shop, woo.webhook(SITE, order_id, secret=shop.secret))
+
+    def failed() -> bool:
+        return woo.meta(SITE, order_id).get(payloads.FAILED_REFUNDS_META) == str(refund_id)
+
+    wait_until(failed, what="the failed refund on the order")
+    wait_idle(settings)
+    assert refunds_at_klarna(klarna_sandbox, klarna_id) == []
+    meta = woo.meta(SITE, order_id)
+    # Completed and captured whole: closed, with nothing left to release.
+    assert (meta[payloads.ORDER_STATUS_META], meta[payloads.REFUNDED_META]) == ("closed", "0.00")
+    [note] = [n["note"] for n in woo.notes(SITE, order_id) if "refund failed" in n["note"]]
+    assert note.startswith(
+        f"Klarna refund failed for WooCommerce refund {refund_id}: REFUND_NOT_ALLOWED "
+        "(correlation id "
+    )
+    assert note.endswith("once the cause is fixed.")
+    with database(settings) as conn:
+        [raw] = conn.execute("SELECT last_error FROM jobs WHERE kind = 'order'").fetchone()
+    assert json.loads(raw)["error_code"] == "REFUND_NOT_ALLOWED"
