@@ -66,10 +66,12 @@ def wants_job(order: payloads.Order, statuses: frozenset[str]) -> bool:
 
 
 def is_order_event(order: payloads.Order) -> bool:
-    """Whether a delivery of `order` asks something of Klarna beyond a capture: the order lists
-    refunds, or it is cancelled or refunded (its order job reads what, from the REST API)."""
+    """Whether a delivery of `order` asks something of Klarna beyond a capture: the order, paid
+    with Klarna, lists refunds or is cancelled or refunded (its order job reads what, from the
+    REST API). An order paid otherwise never will: its refunds are no business of Klarna's."""
     status = normalize_status(order.status)
-    return bool(order.refunds) or status in (payloads.CANCELLED, payloads.REFUNDED)
+    asks = bool(order.refunds) or status in (payloads.CANCELLED, payloads.REFUNDED)
+    return asks and is_klarna_payment(order)
 
 
 def order_number(order: payloads.Order) -> str | None:

@@ -928,3 +928,18 @@ def test_a_refund_klarna_refuses_is_written_back_as_failed_with_what_to_do(
     with database(settings) as conn:
         [raw] = conn.execute("SELECT last_error FROM jobs WHERE kind = 'order'").fetchone()
     assert json.loads(raw)["error_code"] == "REFUND_NOT_ALLOWED"
+
+
+def test_refunds_of_an_order_paid_otherwise_are_ignored(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    shop = connect(settings, woo)
+    order_id, _ = vegetable_order(woo, klarna_sandbox, klarna_id=False, payment_method="bacs")
+    woo.refund(SITE, order_id, {"MUG": 1})
+    refunded = send(service, shop.shop, woo.webhook(SITE, order_id, secret=shop.secret))
+    woo.cancel(SITE, order_id)
+    cancelled = send(service, shop.shop, woo.webhook(SITE, order_id, secret=shop.secret))
+
+    assert [refunded.json()["status"], cancelled.json()["status"]] == ["ignored", "ignored"]
+    assert count(settings, "SELECT count(*) FROM deliveries") == 0
+    assert [r for r in woo.requests if r.operation is not None] == []
