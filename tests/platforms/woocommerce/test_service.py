@@ -4,6 +4,7 @@ order comes out at Klarna, and an order note and meta land on the WooCommerce or
 cancellation saves the order: its webhook makes the refund or the cancellation at Klarna, once."""
 
 import json
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -14,7 +15,7 @@ import msgspec
 import pytest
 
 from plugin.config import Settings
-from plugin.platforms.base import OrderChanges, Skipped
+from plugin.platforms.base import OrderChanges, Skipped, StorefrontError
 from plugin.platforms.woocommerce import payloads
 from plugin.platforms.woocommerce import signatures as woo_signatures
 from plugin.platforms.woocommerce.api_key import ApiKey, encode_api_key
@@ -36,6 +37,7 @@ from plugin.sandbox.woocommerce import (
 )
 from plugin.sandbox.woocommerce import create_app as create_woocommerce_app
 from plugin.service import open_service
+from plugin.store import Plan
 from plugin.store.records import Shop, ShopOptions
 from tests.helpers import SANDBOX_PASSWORD, SANDBOX_USERNAME, wait_idle, wait_until
 from tests.web.support import count, database
@@ -943,3 +945,35 @@ def test_refunds_of_an_order_paid_otherwise_are_ignored(
     assert [refunded.json()["status"], cancelled.json()["status"]] == ["ignored", "ignored"]
     assert count(settings, "SELECT count(*) FROM deliveries") == 0
     assert [r for r in woo.requests if r.operation is not None] == []
+
+
+def test_a_cancellation_while_the_capture_is_under_way_is_read_again_later(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox
+) -> None:
+    shop = connect(settings, woo)
+    order_id, klarna_id = vegetable_order(woo, klarna_sandbox)
+    woo.cancel(SITE, order_id)
+
+    async def read() -> StorefrontError:
+        async with open_service(settings) as opened:
+            # The capture planned (its key stored) and not known to be done: it may be at Klarna.
+            await opened.store.save_plan(
+                Plan(
+                    shop_id=shop.shop.id,
+                    fulfillment_id=str(order_id),
+                    order_id=str(order_id),
+                    klarna_order_id=klarna_id,
+                    currency="EUR",
+                    idempotency_key="key-1",
+                    request=b"{}",
+                ),
+                time.time(),
+            )
+            adapter = opened.pipeline.storefronts["woocommerce"]
+            with pytest.raises(StorefrontError) as raised:
+                await adapter.order_changes(shop.shop, str(order_id), [])
+            return raised.value
+
+    error = anyio.run(read)
+
+    assert (error.code, error.retryable) == ("CAPTURE_IN_FLIGHT", True)
