@@ -1,8 +1,10 @@
 """An in-memory fake of WooCommerce sites: orders computed as WooCommerce computes them (taxes per
 rate, prices with or without tax, coupons spread over the lines, shipping and fees, tax rounded
-per line or at subtotal), the REST API calls the app makes (read an order, add a note, set meta)
-behind Basic auth with a consumer key and secret, and webhook deliveries as WooCommerce sends them
-(signed body, source, topic, delivery id; the unsigned ping).
+per line or at subtotal), refunds as the order screen makes them (units of lines, shipping and
+fees whole, amounts on lines, a typed amount) and cancellations, the REST API calls the app makes
+(read an order and its refunds, add a note, set meta) behind Basic auth with a consumer key and
+secret, and webhook deliveries as WooCommerce sends them (signed body, source, topic, delivery id;
+the unsigned ping).
 
 Each site lives under its own path: its site URL is `{base_url}/{name}` and its REST API
 `{base_url}/{name}/wp-json/wc/v3/...`, as for a WordPress installed in a subdirectory.
@@ -160,6 +162,7 @@ class _Order:
     id: int
     data: dict[str, Any]
     notes: list[dict[str, Any]] = field(default_factory=list)
+    refunds: list[dict[str, Any]] = field(default_factory=list)  # newest first, as listed
 
 
 @dataclass
@@ -330,6 +333,95 @@ class WooCommerceSandbox(Sandbox[LoggedRequest, Faults]):
                 _stamp(data, "completed", now)
             _stamp(data, "modified", now)
 
+    def cancel(self, site: str, order_id: int) -> None:
+        """The merchant cancelling the order (status `cancelled`)."""
+        self.set_status(site, order_id, "cancelled")
+
+    def refund(
+        self,
+        site: str,
+        order_id: int,
+        items: Mapping[int | str, int] | None = None,
+        *,
+        shipping: bool = False,
+        fees: bool = False,
+        amounts: Mapping[int | str, str] | None = None,
+        amount: str | None = None,
+        reason: str = "",
+    ) -> int:
+        """A refund as the order screen's "Refund manually" makes it; its id.
+
+        `items` are line items (by id or SKU) and the units refunded, each at its share of the
+        line's total and of each tax (rounded to the currency, as the screen fills them in);
+        `shipping` and `fees` refund every shipping or fee line whole; `amounts` are amounts (tax
+        included) typed on line items (by id or SKU) without units; `amount` is the refund's
+        amount when the merchant typed one (it wins over the lines'), else the lines' sum. A
+        refund leaving nothing of the order to refund makes it `refunded`, as WooCommerce does.
+        Raises ValueError for what WooCommerce refuses: more than is left to refund, nothing."""
+        with self.lock:
+            order = self._order(site, order_id)
+            data = order.data
+            cent = Decimal(1).scaleb(-money.exponent(data["currency"]))
+            refund_id = next(self._ids)
+            lines = []
+            for key, quantity in (items or {}).items():
+                item = _line_item(data, key)
+                lines.append(_refund_item(item, quantity, None, cent, self._ids))
+            for key, typed in (amounts or {}).items():
+                item = _line_item(data, key)
+                lines.append(_refund_item(item, 0, Decimal(typed), cent, self._ids))
+            ships = [_refund_whole(line, self._ids) for line in data["shipping_lines"]]
+            fee_lines = [_refund_whole(line, self._ids) for line in data["fee_lines"]]
+            refunded = [*lines, *(ships if shipping else []), *(fee_lines if fees else [])]
+            itemised = sum(
+                (-Decimal(line["total"]) - Decimal(line["total_tax"]) for line in refunded),
+                Decimal(0),
+            )
+            total = Decimal(amount) if amount is not None else itemised
+            left = Decimal(data["total"]) - sum(
+                (-Decimal(r["total"]) for r in data["refunds"]), Decimal(0)
+            )
+            if total <= 0 or total > left:
+                raise ValueError(f"Invalid refund amount: {total} (left to refund: {left})")
+            now = self.clock()
+            refund: dict[str, Any] = {
+                "id": refund_id,
+                "date_created": _local(now),
+                "date_created_gmt": _local(now),
+                "amount": _fixed(total, cent),
+                "reason": reason,
+                "refunded_by": 1,
+                "refunded_payment": False,
+                "meta_data": [],
+                "line_items": lines,
+                "shipping_lines": ships if shipping else [],
+                "tax_lines": [],
+                "fee_lines": fee_lines if fees else [],
+                "_links": {
+                    "self": [
+                        {
+                            "href": f"{self.site_url(site)}{REST}/orders/{order_id}/refunds/"
+                            f"{refund_id}"
+                        }
+                    ],
+                    "up": [{"href": f"{self.site_url(site)}{REST}/orders/{order_id}"}],
+                },
+            }
+            order.refunds.insert(0, refund)
+            data["refunds"].insert(
+                0, {"id": refund_id, "reason": reason, "total": _fixed(-total, cent)}
+            )
+            if total == left:
+                data["status"] = "refunded"
+            _stamp(data, "modified", now)
+            return refund_id
+
+    def refunds(self, site: str, order_id: int) -> list[dict[str, Any]]:
+        """The order's refunds as GET /wp-json/wc/v3/orders/{id}/refunds lists them (newest
+        first)."""
+        with self.lock:
+            return copy.deepcopy(self._order(site, order_id).refunds)
+
     def set_meta(self, site: str, order_id: int, key: str, value: Any) -> None:
         """A plugin writing order meta (Klarna's writes `_wc_klarna_order_id`)."""
         with self.lock:
@@ -454,6 +546,7 @@ class WooCommerceSandbox(Sandbox[LoggedRequest, Faults]):
         path: str,
         authorization: str | None,
         body: bytes,
+        query: Mapping[str, str] | None = None,
     ) -> tuple[int, object, str | None]:
         """Answer one REST call: (status, JSON payload, operation name)."""
         with self.lock:
@@ -473,6 +566,8 @@ class WooCommerceSandbox(Sandbox[LoggedRequest, Faults]):
             order = shop.orders.get(int(parts[1])) if parts[1].isdigit() else None
             if order is None:
                 return 404, _error(404, *_INVALID_ORDER), operation
+            if operation == "refunds":
+                return 200, _page(order.refunds, query or {}), operation
             try:
                 return self._answer(shop, order, operation, body)
             except _BadRequest as bad:
@@ -535,7 +630,18 @@ def _operation(method: str, parts: list[str]) -> str | None:
         return {"GET": "order", "PUT": "update_order", "POST": "update_order"}.get(method)
     if len(parts) == 3 and parts[0] == "orders" and parts[2] == "notes":
         return {"GET": "notes", "POST": "add_note"}.get(method)
+    if len(parts) == 3 and parts[0] == "orders" and parts[2] == "refunds":
+        return {"GET": "refunds"}.get(method)
     return None
+
+
+def _page(entries: list[dict[str, Any]], query: Mapping[str, str]) -> list[dict[str, Any]]:
+    """One page of a collection, as `per_page` (default 10, at most 100) and `page` ask."""
+    per_page = int(query["per_page"]) if query.get("per_page", "").isdigit() else 10
+    page = int(query["page"]) if query.get("page", "").isdigit() else 1
+    per_page = max(1, min(per_page, 100))
+    start = (max(page, 1) - 1) * per_page
+    return entries[start : start + per_page]
 
 
 def _authenticate(site: _Site, authorization: str | None, *, write: bool) -> object | None:
@@ -860,6 +966,98 @@ def _stamp(data: dict[str, Any], what: str, moment: datetime | None) -> None:
     data[f"date_{what}_gmt"] = value
 
 
+def _line_item(data: dict[str, Any], key: int | str) -> dict[str, Any]:
+    """An order's line item by its id, or by its SKU."""
+    for item in data["line_items"]:
+        if item["id"] == key or (isinstance(key, str) and item["sku"] == key):
+            return dict(item)
+    raise KeyError(f"no line item {key!r} on order {data['id']}")
+
+
+def _refund_item(
+    item: dict[str, Any],
+    quantity: int,
+    typed: Decimal | None,
+    cent: Decimal,
+    ids: "itertools.count[int]",
+) -> dict[str, Any]:
+    """A refunded line item as WooCommerce stores it: amounts and quantity negative, the order's
+    line named by `_refunded_item_id`. `quantity` units at their share of the line's total and of
+    each tax; or `typed` (tax included) without units, split over net and taxes by the line's."""
+    ordered = item["quantity"]
+    if not 0 <= quantity <= ordered:
+        raise ValueError(f"line item {item['id']}: cannot refund {quantity} of {ordered}")
+    whole = Decimal(item["total"]) + Decimal(item["total_tax"])
+    if typed is not None:
+        share = typed / whole if whole else Decimal(0)
+    else:
+        share = Decimal(quantity) / ordered
+    net = (Decimal(item["total"]) * share).quantize(cent, ROUND_HALF_UP)
+    taxes = [
+        {
+            "id": tax["id"],
+            "total": _fixed(-(Decimal(tax["total"]) * share).quantize(cent, ROUND_HALF_UP), cent),
+            "subtotal": _fixed(
+                -(Decimal(tax["total"]) * share).quantize(cent, ROUND_HALF_UP), cent
+            ),
+        }
+        for tax in item["taxes"]
+    ]
+    tax_total = -sum((Decimal(tax["total"]) for tax in taxes), Decimal(0))
+    if typed is not None:
+        net = typed - tax_total  # what was typed is what is refunded, to the cent
+    return {
+        "id": next(ids),
+        "name": item["name"],
+        "product_id": item["product_id"],
+        "variation_id": item["variation_id"],
+        "quantity": -quantity,
+        "tax_class": item["tax_class"],
+        "subtotal": _fixed(-net, cent),
+        "subtotal_tax": _fixed(-tax_total, cent),
+        "total": _fixed(-net, cent),
+        "total_tax": _fixed(-tax_total, cent),
+        "taxes": taxes,
+        "meta_data": [_refunded_item_meta(item["id"], ids)],
+        "sku": item["sku"],
+        "price": float(-net / quantity) if quantity else 0.0,
+    }
+
+
+def _refund_whole(line: dict[str, Any], ids: "itertools.count[int]") -> dict[str, Any]:
+    """A shipping or fee line refunded whole, as WooCommerce stores it (amounts negative)."""
+    refunded = {
+        key: value
+        for key, value in line.items()
+        if key not in ("meta_data", "total", "total_tax", "taxes", "amount")
+    }
+    return refunded | {
+        "id": next(ids),
+        "total": _negated(line["total"]),
+        "total_tax": _negated(line["total_tax"]),
+        "taxes": [
+            {"id": tax["id"], "total": _negated(tax["total"]), "subtotal": ""}
+            for tax in line["taxes"]
+        ],
+        "meta_data": [_refunded_item_meta(line["id"], ids)],
+    }
+
+
+def _refunded_item_meta(item_id: int, ids: "itertools.count[int]") -> dict[str, Any]:
+    return {
+        "id": next(ids),
+        "key": "_refunded_item_id",
+        "value": str(item_id),
+        "display_key": "_refunded_item_id",
+        "display_value": str(item_id),
+    }
+
+
+def _negated(amount: str) -> str:
+    value = -Decimal(amount)
+    return amount if value == 0 else str(value)
+
+
 def _meta_value(data: dict[str, Any], key: str) -> Any:
     return next((e["value"] for e in data["meta_data"] if e["key"] == key), None)
 
@@ -885,6 +1083,7 @@ async def _rest_endpoint(request: Request) -> Response:
         request.path_params["path"],
         request.headers.get("Authorization"),
         await request.body(),
+        dict(request.query_params),
     )
     sandbox.log(
         LoggedRequest(

@@ -123,6 +123,73 @@ async def test_notes_and_meta_are_written_and_read_back(
     assert payloads.meta(order, "_klarna_capture_status") == "failed"
 
 
+async def test_refunds_are_read_as_woocommerce_lists_them(
+    sandbox: WooCommerceSandbox, http: httpx2.AsyncClient
+) -> None:
+    order_id = an_order(sandbox)
+    body = sandbox.order_json(SITE, order_id)
+    mug, tea = (line["id"] for line in body["line_items"])
+    [dhl] = (line["id"] for line in body["shipping_lines"])
+    lines = sandbox.refund(SITE, order_id, {"MUG": 1, tea: 2}, reason="Broken")
+    shipping = sandbox.refund(SITE, order_id, shipping=True, fees=True)
+    typed = sandbox.refund(SITE, order_id, amount="1.50")
+
+    refunds = await client(sandbox, http).refunds(str(order_id))
+    order = await client(sandbox, http).order(str(order_id))
+
+    assert [r.id for r in refunds] == [typed, shipping, lines]  # newest first
+    assert [(r.id, r.reason, r.total) for r in order.refunds] == [
+        (r.id, r.reason, f"-{r.amount}") for r in refunds
+    ]
+    made = refunds[2]
+    assert [(i.quantity, payloads.refunded_item_id(i.meta_data)) for i in made.line_items] == [
+        (-1, mug),
+        (-2, tea),
+    ]
+    assert all(i.total.startswith("-") for i in made.line_items)
+    assert Decimal(made.amount) == -sum(
+        Decimal(i.total) + Decimal(i.total_tax) for i in made.line_items
+    )
+    [ship] = refunds[1].shipping_lines
+    assert (payloads.refunded_item_id(ship.meta_data), ship.total) == (dhl, "-4.90")
+    assert [f.name for f in refunds[1].fee_lines] == ["Packing"]
+    assert (refunds[0].amount, refunds[0].line_items) == ("1.50", [])
+    assert order.status == "processing"
+    [entry, _] = sandbox.requests
+    assert (entry.operation, entry.status) == ("refunds", 200)
+
+
+async def test_many_refunds_are_read_page_by_page(
+    sandbox: WooCommerceSandbox, http: httpx2.AsyncClient
+) -> None:
+    order_id = an_order(sandbox)
+    made = [sandbox.refund(SITE, order_id, amount="0.01") for _ in range(150)]
+
+    refunds = await client(sandbox, http).refunds(str(order_id))
+
+    assert [r.id for r in refunds] == made[::-1]
+    assert [r.operation for r in sandbox.requests] == ["refunds", "refunds"]
+
+
+async def test_an_order_refunded_whole_is_refunded_and_no_more_can_be(
+    sandbox: WooCommerceSandbox,
+) -> None:
+    order_id = an_order(sandbox)
+    total = sandbox.order_json(SITE, order_id)["total"]
+
+    with pytest.raises(ValueError, match="Invalid refund amount"):
+        sandbox.refund(SITE, order_id, amount=str(Decimal(total) + 1))
+    sandbox.refund(SITE, order_id, amount="10.00")
+    sandbox.refund(SITE, order_id, amount=str(Decimal(total) - 10))
+    with pytest.raises(ValueError, match="Invalid refund amount"):
+        sandbox.refund(SITE, order_id, amount="0.01")
+
+    assert sandbox.order_json(SITE, order_id)["status"] == "refunded"
+    other = sandbox.add_order(SITE, [Item("Mug", "129.00")])
+    sandbox.cancel(SITE, other)
+    assert sandbox.order_json(SITE, other)["status"] == "cancelled"
+
+
 async def test_wrong_keys_are_refused_without_showing_them(
     sandbox: WooCommerceSandbox, http: httpx2.AsyncClient
 ) -> None:

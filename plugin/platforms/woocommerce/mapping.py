@@ -65,6 +65,34 @@ def wants_job(order: payloads.Order, statuses: frozenset[str]) -> bool:
     return normalize_status(order.status) in statuses or bool(payloads.tracking_items(order))
 
 
+def is_order_event(order: payloads.Order) -> bool:
+    """Whether a delivery of `order` asks something of Klarna beyond a capture: the order, paid
+    with Klarna, lists refunds or is cancelled or refunded (its order job reads what, from the
+    REST API). An order paid otherwise never will: its refunds are no business of Klarna's."""
+    status = normalize_status(order.status)
+    asks = bool(order.refunds) or status in (payloads.CANCELLED, payloads.REFUNDED)
+    return asks and is_klarna_payment(order)
+
+
+def order_number(order: payloads.Order) -> str | None:
+    """The number the customer knows (a sequential-numbers plugin's "WC-1001"), else the id."""
+    return bounded_text(order.number or str(order.id))
+
+
+def line_reference(sku: str | None, product_id: int | None, variation_id: int | None) -> str | None:
+    """A product line's reference at Klarna: its SKU, else its product (or variation) id. A
+    refund names the captured line by the same reference, so both are made here."""
+    reference = sku.strip() if sku and sku.strip() else None
+    if reference is None and product_id:
+        reference = str(variation_id or product_id)
+    return bounded_text(reference)
+
+
+def shipping_reference(method_id: str) -> str | None:
+    """A shipping line's reference at Klarna: its method id ("flat_rate")."""
+    return bounded_text(method_id)
+
+
 def is_klarna_payment(order: payloads.Order) -> bool:
     return order.payment_method.strip().lower() in KLARNA_PAYMENT_METHODS
 
@@ -164,18 +192,18 @@ def shipment_from(
         lines.append(
             _single_line(
                 name=ship.method_title or "Shipping",
-                reference=ship.method_id or None,
+                reference=shipping_reference(ship.method_id),
                 kind="shipping_fee",
-                net=_minor(ship.total, currency, f"shipping line {ship.id}"),
-                tax=_minor(ship.total_tax, currency, f"shipping line {ship.id}"),
+                net=minor(ship.total, currency, f"shipping line {ship.id}"),
+                tax=minor(ship.total_tax, currency, f"shipping line {ship.id}"),
                 rate_taxes=ship.taxes,
                 rates=rates,
                 sales_tax=sales_tax,
             )
         )
     for fee in order.fee_lines:
-        net = _minor(fee.total, currency, f"fee line {fee.id}")
-        tax = _minor(fee.total_tax, currency, f"fee line {fee.id}")
+        net = minor(fee.total, currency, f"fee line {fee.id}")
+        tax = minor(fee.total_tax, currency, f"fee line {fee.id}")
         lines.append(
             _single_line(
                 name=fee.name or "Fee",
@@ -188,9 +216,9 @@ def shipment_from(
                 sales_tax=sales_tax,
             )
         )
-    total = _minor(order.total, currency, "the order total")
+    total = minor(order.total, currency, "the order total")
     if sales_tax:
-        _settle_sales_tax(lines, _minor(order.total_tax, currency, "the order's total_tax"))
+        _settle_sales_tax(lines, minor(order.total_tax, currency, "the order's total_tax"))
     itemised = sum(_line_total(line) for line in lines)
     if sales_tax:
         itemised += sum(line.total_tax_amount or 0 for line in lines)
@@ -212,7 +240,8 @@ def shipment_from(
         shipping=list(shipping),
         complete=True,
         taxes_included=not sales_tax,
-        fulfillment_name=_text(f"#{order.number or order.id}"),
+        fulfillment_name=bounded_text(f"#{order.number or order.id}"),
+        order_number=order_number(order),
     )
     try:  # Struct constructors do not check constraints: the event a pipeline captures must.
         return msgspec.convert(msgspec.to_builtins(event), FulfillmentEvent)
@@ -224,22 +253,19 @@ def _item_line(
     item: payloads.LineItem, rates: dict[int, payloads.TaxLine], currency: str, sales_tax: bool
 ) -> ShipmentLine:
     label = f"line item {item.id}"
-    subtotal = _minor(item.subtotal, currency, label)
-    subtotal_tax = _minor(item.subtotal_tax, currency, label)
-    total = _minor(item.total, currency, label)
-    total_tax = _minor(item.total_tax, currency, label)
+    subtotal = minor(item.subtotal, currency, label)
+    subtotal_tax = minor(item.subtotal_tax, currency, label)
+    total = minor(item.total, currency, label)
+    total_tax = minor(item.total_tax, currency, label)
     before, after = (subtotal, total) if sales_tax else (subtotal + subtotal_tax, total + total_tax)
     if after < 0:
         raise WooCommerceMappingError(f"{label} has a negative total")
     quantity = item.quantity
     # Rounded up, so the discount that makes the line's total exact is never negative.
     unit_price = -(-max(before, after) // quantity)
-    reference = item.sku.strip() if item.sku and item.sku.strip() else None
-    if reference is None and item.product_id:
-        reference = str(item.variation_id or item.product_id)
     return ShipmentLine(
-        name=_text(item.name) or f"Item {item.id}",
-        reference=_text(reference),
+        name=bounded_text(item.name) or f"Item {item.id}",
+        reference=line_reference(item.sku, item.product_id, item.variation_id),
         quantity=quantity,
         unit_price=unit_price,
         total_discount_amount=quantity * unit_price - after,
@@ -262,8 +288,8 @@ def _single_line(
 ) -> ShipmentLine:
     return msgspec.convert(
         {
-            "name": _text(name) or kind,
-            "reference": _text(reference),
+            "name": bounded_text(name) or kind,
+            "reference": bounded_text(reference),
             "quantity": 1,
             "unit_price": net if sales_tax else net + tax,
             "tax_rate": 0 if sales_tax else _tax_rate(rate_taxes, rates, net, tax),
@@ -331,7 +357,7 @@ def _line_total(line: ShipmentLine) -> int:
     return line.quantity * line.unit_price - line.total_discount_amount
 
 
-def _minor(amount: str, currency: str, label: str) -> int:
+def minor(amount: str, currency: str, label: str) -> int:
     """A WooCommerce amount in minor units. Shops may show more decimals than the currency has;
     those amounts are rounded half up, and the total check catches what that loses."""
     if not amount.strip():
@@ -353,7 +379,7 @@ def _basis_points(percent: Decimal) -> int:
     return int((percent * 100).to_integral_value(rounding=ROUND_HALF_UP))
 
 
-def _text(value: str | None) -> str | None:
+def bounded_text(value: str | None) -> str | None:
     value = (value or "").strip()
     return value[:MAX_TEXT] or None
 

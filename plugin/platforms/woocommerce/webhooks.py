@@ -3,10 +3,13 @@
 
 What is stored: a delivery whose order is in one of the shop's capture statuses or carries
 tracking, and every later delivery of an order already stored (so the worker sees its latest
-state, a cancellation included), each under its order's job. Anything else is answered 200
-`ignored` and not stored: a shop's other order updates are none of this app's business.
-Deliveries are deduplicated on their content, since WooCommerce's delivery id changes with every
-(re)delivery.
+state, a cancellation included), each under its order's capture job; and, as an order event that
+queues the order's job (its refunds and cancellation), a delivery whose order lists refunds or is
+cancelled or refunded (WooCommerce has no refund webhook: a refund saves its order). A delivery
+that is both is stored twice, the second time under a delivery id of its own. Anything else is
+answered 200 `ignored` and not stored: a shop's other order updates are none of this app's
+business. Deliveries are deduplicated on their content, since WooCommerce's delivery id changes
+with every (re)delivery.
 """
 
 import logging
@@ -73,17 +76,23 @@ async def woocommerce_webhook(request: Request) -> Response:
     delivery_id = payloads.delivery_key(body)
     rejected: str | None = None
     order_id: str | None = None
+    order_event = False
     try:
         order = payloads.decode_order(body)
     except msgspec.MsgspecError as exc:
         rejected = f"not an order: {exc}"
     else:
         order_id = str(order.id)
+        order_event = mapping.is_order_event(order)
         statuses = capture_statuses(shop.options)
-        if not mapping.wants_job(order, statuses) and not await _known(service, shop_id, order_id):
+        wanted = mapping.wants_job(order, statuses) or await _known(service, shop_id, order_id)
+        if not wanted and not order_event:
             status = normalize_status(order.status)
             return _answer(200, platform, "ignored", topic=topic, order_status=status)
-    return await store_delivery(
+        if not wanted:
+            # Only an order event: stored under its own delivery id alone, no capture job.
+            return await _store_order_event(service, shop_id, delivery_id, body, topic, order_id)
+    stored = await store_delivery(
         service,
         platform,
         shop_id,
@@ -95,6 +104,48 @@ async def woocommerce_webhook(request: Request) -> Response:
         order_id=order_id,
         woocommerce_delivery=request.headers.get(payloads.DELIVERY_ID_HEADER),
     )
+    if not order_event or order_id is None or stored.status_code != 200:
+        return stored
+    # One delivery row feeds one job: the same body is stored again, under a delivery id of its
+    # own, as the order event that queues the order's job. Written second, so a process that
+    # dies between the two writes leaves the order event for the redelivery to store (the first
+    # is then a duplicate, the second is new).
+    second = await _store_order_event(service, shop_id, delivery_id, body, topic, order_id)
+    return second if _outcome(stored) == "duplicate" else stored
+
+
+async def _store_order_event(
+    service: ServiceContext,
+    shop_id: str,
+    delivery_id: str,
+    body: bytes,
+    topic: str,
+    order_id: str,
+) -> Response:
+    return await store_delivery(
+        service,
+        NAME,
+        shop_id,
+        payloads.order_event_key(delivery_id),
+        body=body,
+        event_type=topic,
+        fulfillment_id=None,
+        rejected=None,
+        order_id=order_id,
+        order_event=True,
+    )
+
+
+class _Answer(msgspec.Struct):
+    status: str = ""
+
+
+_answer_decoder = msgspec.json.Decoder(_Answer)
+
+
+def _outcome(response: Response) -> str:
+    """What a stored delivery's answer says (accepted, duplicate), from the answer itself."""
+    return _answer_decoder.decode(bytes(response.body)).status
 
 
 async def _known(service: ServiceContext, shop_id: str, order_id: str) -> bool:

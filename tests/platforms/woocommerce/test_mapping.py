@@ -554,3 +554,16 @@ def test_any_order_maps_to_lines_klarna_takes_adding_up_to_its_total(
     plan = plan_capture(event, authorized)
     assert isinstance(plan, CapturePlan)
     assert (plan.capture.captured_amount, plan.rounding_adjustment) == (total, 0)
+
+
+def test_the_shipment_carries_the_order_number_the_customer_knows() -> None:
+    sandbox, order_id = placed([Item("Mug", "129.00", sku="MUG", taxes=[1])])
+    order = order_of(sandbox, order_id)
+
+    plain = shipment_from(order, klarna_order_id=KLARNA_ORDER_ID)
+    numbered = shipment_from(
+        msgspec.structs.replace(order, number="WC-1001"), klarna_order_id=KLARNA_ORDER_ID
+    )
+
+    assert plain.order_number == str(order_id)
+    assert numbered.order_number == "WC-1001"

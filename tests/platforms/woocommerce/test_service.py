@@ -1,9 +1,12 @@
 """WooCommerce end to end: the real service under uvicorn with a real SQLite file, the fake
 WooCommerce and the Klarna sandbox over HTTP. An order webhook goes in; a capture of the whole
-order comes out at Klarna, and an order note and meta land on the WooCommerce order."""
+order comes out at Klarna, and an order note and meta land on the WooCommerce order. A refund or a
+cancellation saves the order: its webhook makes the refund or the cancellation at Klarna, once."""
 
 import json
+import time
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -12,10 +15,12 @@ import msgspec
 import pytest
 
 from plugin.config import Settings
+from plugin.platforms.base import OrderChanges, Skipped, StorefrontError
 from plugin.platforms.woocommerce import payloads
 from plugin.platforms.woocommerce import signatures as woo_signatures
 from plugin.platforms.woocommerce.api_key import ApiKey, encode_api_key
 from plugin.platforms.woocommerce.site import normalize_site_url
+from plugin.refunds import CapturedPart, RefundLine, RefundRequest, plan_refund
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.woocommerce import (
@@ -32,6 +37,7 @@ from plugin.sandbox.woocommerce import (
 )
 from plugin.sandbox.woocommerce import create_app as create_woocommerce_app
 from plugin.service import open_service
+from plugin.store import Plan
 from plugin.store.records import Shop, ShopOptions
 from tests.helpers import SANDBOX_PASSWORD, SANDBOX_USERNAME, wait_idle, wait_until
 from tests.web.support import count, database
@@ -648,3 +654,326 @@ def test_a_refused_api_key_fails_the_write_back_and_says_why(
     assert "Read/Write" in " ".join(error["error_messages"])
     assert DEFAULT_CONSUMER_SECRET not in raw
     assert len(klarna_sandbox.orders[klarna_id].captures) == 1
+
+
+# --- refunds and cancellations -------------------------------------------------------------------
+
+
+def refunds_at_klarna(klarna: KlarnaSandbox, klarna_id: str) -> list[Any]:
+    return list(klarna.orders[klarna_id].refunds)
+
+
+def order_status_of(woo: WooCommerceSandbox, order_id: int) -> Any:
+    return woo.meta(SITE, order_id).get(payloads.ORDER_STATUS_META)
+
+
+def test_a_refund_is_made_at_klarna_once_by_the_captured_lines_and_written_back(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    shop = connect(settings, woo)
+    order_id, klarna_id = vegetable_order(woo, klarna_sandbox)
+    ship(service, woo, shop, order_id)
+    wait_until(lambda: status_of(woo, order_id) == "captured", what="the capture")
+
+    first = woo.refund(SITE, order_id, {"TOM": 1}, shipping=True, reason="Squashed")
+    delivery = woo.webhook(SITE, order_id, secret=shop.secret)
+    answers = [send(service, shop.shop, delivery) for _ in range(2)]
+
+    # A known order: its capture's delivery (a later state) and its order event, once.
+    assert [a.json()["status"] for a in answers] == ["accepted", "duplicate"]
+    wait_until(lambda: order_status_of(woo, order_id) == "partially_refunded", what="the refund")
+    [made] = refunds_at_klarna(klarna_sandbox, klarna_id)
+    assert made.reference == str(first)
+    assert made.description == "Squashed"
+    assert [(line.reference, line.quantity) for line in made.order_lines] == [
+        ("TOM", 1),
+        ("flat_rate", 1),
+    ]
+    assert made.refunded_amount == 899 + 6125
+    meta = woo.meta(SITE, order_id)
+    assert meta[payloads.REFUNDED_META] == "70.24"
+    assert meta[payloads.FAILED_REFUNDS_META] == ""
+    notes = [n["note"] for n in woo.notes(SITE, order_id)]
+    assert notes[0] == (
+        f"Klarna refund: 70.24 EUR refunded (WooCommerce refund {first}; Klarna refund id "
+        f"{made.refund_id}; Klarna order {klarna_id})."
+    )
+
+    # A second refund: only it is made; the first is not made again.
+    second = woo.refund(SITE, order_id, {"MUG": 1})
+    assert (
+        send(service, shop.shop, woo.webhook(SITE, order_id, secret=shop.secret)).json()["status"]
+        == "accepted"
+    )
+    wait_until(lambda: len(refunds_at_klarna(klarna_sandbox, klarna_id)) == 2, what="refund 2")
+    wait_idle(settings)
+    made_first, made_second = refunds_at_klarna(klarna_sandbox, klarna_id)
+    assert (made_first.reference, made_second.reference) == (str(first), str(second))
+    assert [(line.reference, line.quantity) for line in made_second.order_lines] == [("MUG", 1)]
+    assert len(klarna_sandbox.orders[klarna_id].captures) == 1
+    assert woo.meta(SITE, order_id)[payloads.REFUNDED_META] == str(
+        Decimal(7024 + made_second.refunded_amount) / 100
+    )
+    assert len([n for n in woo.notes(SITE, order_id) if "Klarna refund:" in n["note"]]) == 2
+
+
+def test_the_refunds_lines_are_the_captured_lines_by_reference(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    shop = connect(settings, woo)
+    order_id, klarna_id = vegetable_order(woo, klarna_sandbox, prices_include_tax=False)
+    ship(service, woo, shop, order_id)
+    wait_until(lambda: status_of(woo, order_id) == "captured", what="the capture")
+    [capture] = klarna_sandbox.orders[klarna_id].captures
+    woo.refund(SITE, order_id, {"TOM": 2, "MUG": 1}, shipping=True)
+
+    async def read() -> OrderChanges | Skipped:
+        async with open_service(settings) as opened:
+            adapter = opened.pipeline.storefronts["woocommerce"]
+            return await adapter.order_changes(shop.shop, str(order_id), [])
+
+    found = anyio.run(read)
+
+    assert isinstance(found, OrderChanges)
+    [refund] = found.refunds
+    assert refund.lines is not None
+    captured = {line.reference for line in capture.order_lines}
+    assert {line.reference for line in refund.lines} <= captured
+    plan = plan_refund(
+        RefundRequest(
+            amount=refund.amount,
+            lines=[
+                RefundLine(reference=line.reference or "", quantity=line.quantity)
+                for line in refund.lines
+            ],
+        ),
+        [
+            CapturedPart(
+                captured_amount=capture.captured_amount,
+                order_lines=capture.order_lines,
+                reference=capture.reference,
+            )
+        ],
+    )
+    assert plan.refunded_amount == refund.amount
+
+
+def test_a_cancelled_order_never_captured_is_cancelled_at_klarna(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    shop = connect(settings, woo)
+    order_id, klarna_id = vegetable_order(woo, klarna_sandbox)
+
+    woo.cancel(SITE, order_id)
+    delivery = woo.webhook(SITE, order_id, secret=shop.secret)
+    answers = [send(service, shop.shop, delivery), send(service, shop.shop, delivery)]
+
+    assert [a.json()["status"] for a in answers] == ["accepted", "duplicate"]
+    wait_until(lambda: order_status_of(woo, order_id) == "cancelled", what="the cancellation")
+    wait_idle(settings)
+    assert klarna_sandbox.orders[klarna_id].status == "CANCELLED"
+    assert klarna_sandbox.orders[klarna_id].captures == []
+    # Only the order event was stored: the order was none of the capture's business.
+    with database(settings) as conn:
+        stored = conn.execute("SELECT delivery_id, fulfillment_id FROM deliveries").fetchall()
+    assert [(d.endswith("/order"), f) for d, f in stored] == [(True, None)]
+    [note] = woo.notes(SITE, order_id)
+    assert note["note"] == (
+        f"Klarna order {klarna_id} cancelled: the customer's authorization is released in full."
+    )
+
+
+def test_a_completed_order_listing_a_refund_is_captured_then_refunded(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    shop = connect(settings, woo)
+    order_id, klarna_id = vegetable_order(woo, klarna_sandbox)
+    refund_id = woo.refund(SITE, order_id, {"TOM": 1})
+    woo.set_status(SITE, order_id, "completed")
+    delivery = woo.webhook(SITE, order_id, secret=shop.secret)
+
+    answer = send(service, shop.shop, delivery)
+
+    assert answer.json()["status"] == "accepted"
+    wait_until(lambda: len(refunds_at_klarna(klarna_sandbox, klarna_id)) == 1, what="the refund")
+    wait_idle(settings)
+    order = klarna_sandbox.orders[klarna_id]
+    [capture] = order.captures
+    assert capture.captured_amount == woo.total(SITE, order_id)
+    [made] = order.refunds
+    assert (made.reference, made.refunded_amount) == (str(refund_id), 899)
+    with database(settings) as conn:
+        stored = sorted(conn.execute("SELECT delivery_id, fulfillment_id FROM deliveries"))
+    key = payloads.delivery_key(delivery.body)
+    # The write-back's own order.updated is not sent here: these are the one delivery's rows.
+    assert stored == [(key, str(order_id)), (key + "/order", None)]
+
+
+def test_a_crash_between_the_two_writes_loses_nothing(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    shop = connect(settings, woo)
+    order_id, klarna_id = vegetable_order(woo, klarna_sandbox)
+    refund_id = woo.refund(SITE, order_id, {"MUG": 1})
+    woo.set_status(SITE, order_id, "completed")
+    delivery = woo.webhook(SITE, order_id, secret=shop.secret)
+    # The database refuses the second write, as a process dying after the first leaves it.
+    with database(settings) as conn:
+        conn.execute(
+            "CREATE TRIGGER crash BEFORE INSERT ON deliveries WHEN NEW.delivery_id LIKE '%/order' "
+            "BEGIN SELECT RAISE(ABORT, 'the process died'); END"
+        )
+
+    crashed = send(service, shop.shop, delivery)
+
+    assert crashed.status_code == 500
+    with database(settings) as conn:
+        conn.execute("DROP TRIGGER crash")
+    # WooCommerce delivers the same body again (its redelivery, the other webhook, a resend).
+    again = send(service, shop.shop, woo.webhook(SITE, order_id, secret=shop.secret))
+
+    assert again.json()["status"] == "accepted"
+    wait_until(lambda: len(refunds_at_klarna(klarna_sandbox, klarna_id)) == 1, what="the refund")
+    wait_idle(settings)
+    assert count(settings, "SELECT count(*) FROM deliveries") == 2
+    assert len(klarna_sandbox.orders[klarna_id].captures) == 1
+    [made] = refunds_at_klarna(klarna_sandbox, klarna_id)
+    assert made.reference == str(refund_id)
+
+
+def test_refund_webhooks_are_verified_bounded_and_decoded_before_anything_else(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    shop = connect(settings, woo)
+    order_id, _ = vegetable_order(woo, klarna_sandbox)
+    woo.refund(SITE, order_id, amount="5.00")
+    good = woo.webhook(SITE, order_id, secret=shop.secret)
+    url = f"{service}/webhooks/woocommerce/{shop.shop.id}"
+
+    forged = send(service, shop.shop, woo.webhook(SITE, order_id, secret="whsec_other"))
+    body = json.loads(good.body)
+    body["refunds"] = [{"id": "one", "total": "-5.00"}]
+    bad_shape = json.dumps(body).encode()
+    misshapen = httpx2.post(
+        url,
+        content=bad_shape,
+        headers={
+            **good.headers,
+            "X-WC-Webhook-Signature": woo_signatures.sign(shop.secret.encode(), bad_shape),
+        },
+    )
+    body["refunds"] = [{"id": n, "total": "-0.01"} for n in range(payloads.MAX_REFUNDS + 1)]
+    too_many = json.dumps(body).encode()
+    crowded = httpx2.post(
+        url,
+        content=too_many,
+        headers={
+            **good.headers,
+            "X-WC-Webhook-Signature": woo_signatures.sign(shop.secret.encode(), too_many),
+        },
+    )
+    huge = good.body[:-1] + b',"padding":"' + b"x" * (1024 * 1024) + b'"}'
+    oversized = httpx2.post(
+        url,
+        content=huge,
+        headers={
+            **good.headers,
+            "X-WC-Webhook-Signature": woo_signatures.sign(shop.secret.encode(), huge),
+        },
+    )
+
+    assert (forged.status_code, forged.json()["status"]) == (401, "unauthorized")
+    assert (misshapen.status_code, misshapen.json()["status"]) == (400, "rejected")
+    assert "refunds" in misshapen.json()["error"]
+    assert (crowded.status_code, crowded.json()["status"]) == (400, "rejected")
+    assert oversized.status_code == 413
+    assert count(settings, "SELECT count(*) FROM jobs") == 0
+    assert count(settings, "SELECT count(*) FROM deliveries WHERE status = 'accepted'") == 0
+
+    accepted = send(service, shop.shop, good)
+
+    assert accepted.json()["status"] == "accepted"
+    with database(settings) as conn:
+        jobs = conn.execute("SELECT kind, key FROM jobs").fetchall()
+    assert jobs == [("order", str(order_id))]
+
+
+def test_a_refund_klarna_refuses_is_written_back_as_failed_with_what_to_do(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    shop = connect(settings, woo)
+    order_id, klarna_id = vegetable_order(woo, klarna_sandbox)
+    ship(service, woo, shop, order_id)
+    wait_until(lambda: status_of(woo, order_id) == "captured", what="the capture")
+    # Refunded whole in Klarna's portal meanwhile: Klarna takes no more.
+    placed = klarna_sandbox.orders[klarna_id]
+    placed.refunded_amount = placed.captured_amount
+
+    refund_id = woo.refund(SITE, order_id, {"MUG": 1})
+    send(service, shop.shop, woo.webhook(SITE, order_id, secret=shop.secret))
+
+    def failed() -> bool:
+        return woo.meta(SITE, order_id).get(payloads.FAILED_REFUNDS_META) == str(refund_id)
+
+    wait_until(failed, what="the failed refund on the order")
+    wait_idle(settings)
+    assert refunds_at_klarna(klarna_sandbox, klarna_id) == []
+    meta = woo.meta(SITE, order_id)
+    # Completed and captured whole: closed, with nothing left to release.
+    assert (meta[payloads.ORDER_STATUS_META], meta[payloads.REFUNDED_META]) == ("closed", "0.00")
+    [note] = [n["note"] for n in woo.notes(SITE, order_id) if "refund failed" in n["note"]]
+    assert note.startswith(
+        f"Klarna refund failed for WooCommerce refund {refund_id}: REFUND_NOT_ALLOWED "
+        "(correlation id "
+    )
+    assert note.endswith("once the cause is fixed.")
+    with database(settings) as conn:
+        [raw] = conn.execute("SELECT last_error FROM jobs WHERE kind = 'order'").fetchone()
+    assert json.loads(raw)["error_code"] == "REFUND_NOT_ALLOWED"
+
+
+def test_refunds_of_an_order_paid_otherwise_are_ignored(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
+) -> None:
+    shop = connect(settings, woo)
+    order_id, _ = vegetable_order(woo, klarna_sandbox, klarna_id=False, payment_method="bacs")
+    woo.refund(SITE, order_id, {"MUG": 1})
+    refunded = send(service, shop.shop, woo.webhook(SITE, order_id, secret=shop.secret))
+    woo.cancel(SITE, order_id)
+    cancelled = send(service, shop.shop, woo.webhook(SITE, order_id, secret=shop.secret))
+
+    assert [refunded.json()["status"], cancelled.json()["status"]] == ["ignored", "ignored"]
+    assert count(settings, "SELECT count(*) FROM deliveries") == 0
+    assert [r for r in woo.requests if r.operation is not None] == []
+
+
+def test_a_cancellation_while_the_capture_is_under_way_is_read_again_later(
+    settings: Settings, woo: WooCommerceSandbox, klarna_sandbox: KlarnaSandbox
+) -> None:
+    shop = connect(settings, woo)
+    order_id, klarna_id = vegetable_order(woo, klarna_sandbox)
+    woo.cancel(SITE, order_id)
+
+    async def read() -> StorefrontError:
+        async with open_service(settings) as opened:
+            # The capture planned (its key stored) and not known to be done: it may be at Klarna.
+            await opened.store.save_plan(
+                Plan(
+                    shop_id=shop.shop.id,
+                    fulfillment_id=str(order_id),
+                    order_id=str(order_id),
+                    klarna_order_id=klarna_id,
+                    currency="EUR",
+                    idempotency_key="key-1",
+                    request=b"{}",
+                ),
+                time.time(),
+            )
+            adapter = opened.pipeline.storefronts["woocommerce"]
+            with pytest.raises(StorefrontError) as raised:
+                await adapter.order_changes(shop.shop, str(order_id), [])
+            return raised.value
+
+    error = anyio.run(read)
+
+    assert (error.code, error.retryable) == ("CAPTURE_IN_FLIGHT", True)
