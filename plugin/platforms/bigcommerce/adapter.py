@@ -387,7 +387,7 @@ def _order_status(life: OrderLife, captured_amount: int) -> payloads.OrderStatus
     if life.cancelled:
         return "cancelled"
     if life.refunded_amount > 0:
-        if life.refunded_amount >= captured_amount:
+        if 0 < captured_amount <= life.refunded_amount:
             return "refunded"
         return "partially_refunded"
     if life.released:
