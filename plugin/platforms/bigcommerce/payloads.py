@@ -217,10 +217,6 @@ class Metafield(msgspec.Struct, kw_only=True):
     permission_set: str | None = None
 
 
-# What a refund's items are: a product (`item_id`: the order product), the gift wrapping of one,
-# the shipping or handling of an address (`item_id`: the order address), or an amount off the
-# order as a whole.
-RefundItemType = Literal["PRODUCT", "GIFT_WRAPPING", "SHIPPING", "HANDLING", "ORDER", "TAX"]
 # BigCommerce's own store credit: a refund paid out there gives the shopper nothing back through
 # the payment they paid with.
 STORE_CREDIT = "storecredit"
@@ -234,7 +230,10 @@ class RefundItem(msgspec.Struct, kw_only=True):
     """One item of a refund: `quantity` for a product refunded by quantity (None otherwise),
     `requested_amount` for one refunded by amount (a number; a string or null in some answers)."""
 
-    item_type: RefundItemType
+    # PRODUCT (`item_id`: the order product), GIFT_WRAPPING (of an order product), SHIPPING or
+    # HANDLING (of an order address), ORDER (an amount off the order as a whole), TAX; kept a
+    # string, so that a type BigCommerce adds later is a refund by amount, not an answer refused.
+    item_type: str
     item_id: int | None = None
     quantity: int | None = None
     requested_amount: Decimal | None = None

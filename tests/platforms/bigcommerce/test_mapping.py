@@ -652,3 +652,18 @@ def test_an_order_webhook_names_its_order_and_its_new_status() -> None:
         bigcommerce.order_event_ids(status.replace(b'"type": "order"', b'"type": "cart"'))
     with pytest.raises(msgspec.ValidationError):
         bigcommerce.order_event_ids(status.replace(b'"new_status_id": 5', b'"new_status_id": "x"'))
+
+
+def test_a_refund_item_of_a_type_bigcommerce_adds_later_is_a_refund_by_amount() -> None:
+    products = [product(1, "10.00", 2)]
+    raw = (
+        b'{"data": [{"id": 9, "order_id": 100, "total_amount": 3.5, "total_tax": 0,'
+        b' "items": [{"item_type": "FEE", "item_id": 5, "quantity": null,'
+        b' "requested_amount": "3.50"}], "payments": [{"provider_id": "klarna", "amount": 3.5}]}],'
+        b' "meta": {}}'
+    )
+
+    [refund] = payloads.decode_refunds(raw)
+    event = refunded(refund, order_of(products), products)
+
+    assert (event.amount, event.lines) == (350, None)
