@@ -485,8 +485,10 @@ def order_state(
     shipments: Sequence[payloads.Shipment],
 ) -> tuple[bool, bool]:
     """(cancelled, closed) of the order as it stands: cancelled when its status is Cancelled;
-    closed (nothing more of it will ship) when it is Shipped, Completed, Refunded or Cancelled with
-    every physical product shipped or refunded, or Refunded or Cancelled with nothing shipped."""
+    closed (nothing more of it will ship) when it is Shipped, Completed, Refunded, Partially
+    Refunded or Cancelled with every physical product shipped or refunded, or Refunded or
+    Cancelled with nothing shipped. (A refund makes the status Partially Refunded whatever it
+    was: goods refunded rather than shipped close the order too.)"""
     status = order.status_id
     shipped = _shipped(shipments)
     nothing_left = all(
@@ -496,9 +498,8 @@ def order_state(
     )
     never_shipped = not any(shipped.values())
     ended = (payloads.REFUNDED, payloads.CANCELLED)
-    closed = (status in (payloads.SHIPPED, payloads.COMPLETED, *ended) and nothing_left) or (
-        status in ended and never_shipped
-    )
+    settled = (payloads.SHIPPED, payloads.COMPLETED, payloads.PARTIALLY_REFUNDED, *ended)
+    closed = (status in settled and nothing_left) or (status in ended and never_shipped)
     return status == payloads.CANCELLED, closed
 
 

@@ -615,6 +615,8 @@ def test_a_refund_that_cannot_be_so_is_refused_not_guessed(
         (4, {}, 0, (False, True)),  # refunded, nothing shipped
         (4, {1: 1}, 1, (False, True)),  # refunded: what did not ship was refunded
         (14, {1: 1}, 0, (False, False)),  # partially refunded, a unit still to ship
+        (14, {1: 1}, 1, (False, True)),  # partially refunded: the unit not shipped was refunded
+        (14, {}, 1, (False, False)),  # partially refunded, nothing shipped: a unit to ship
         (2, {1: 2}, 0, (False, True)),  # shipped, all of it
         (10, {1: 1}, 1, (False, True)),  # completed, the rest refunded
         (10, {1: 1}, 0, (False, False)),  # completed with a unit never shipped: not closed

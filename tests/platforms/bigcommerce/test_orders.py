@@ -435,7 +435,7 @@ def test_a_cancelled_order_is_cancelled_at_klarna_once_and_says_so_on_the_order(
     ]
 
 
-def test_a_refund_of_goods_never_captured_is_refused_and_written_back_with_its_reason(
+def test_goods_refunded_instead_of_shipped_release_the_authorization_not_a_refund(
     settings: Settings, bigcommerce: BigCommerceSandbox, klarna_sandbox: KlarnaSandbox, service: str
 ) -> None:
     install(settings, bigcommerce)
@@ -458,9 +458,18 @@ def test_a_refund_of_goods_never_captured_is_refused_and_written_back_with_its_r
     assert "UNKNOWN_LINE" in failure["error_messages"][0]
     assert "'BAS'" in failure["error_messages"][0]
     assert klarna_sandbox.orders[klarna_id].refunds == []
-    note = our_notes(bigcommerce, order_id)[-1]
-    assert note.startswith(f"[Klarna capture] Refund {refund_id}: not refunded at Klarna: ")
-    assert "UNKNOWN_LINE" in note
+    # Nothing more ships: what the basil held of the authorization is given back instead.
+    wait_until(lambda: written(bigcommerce, order_id)["released"], what="the release")
+    assert klarna_sandbox.orders[klarna_id].remaining_authorized_amount == 0
+    value = written(bigcommerce, order_id)
+    assert (value["order_status"], value["refunded_amount"]) == ("released", None)
+    notes = our_notes(bigcommerce, order_id)
+    assert notes[-2].startswith(f"[Klarna capture] Refund {refund_id}: not refunded at Klarna: ")
+    assert "UNKNOWN_LINE" in notes[-2]
+    assert notes[-1] == (
+        "[Klarna capture] The rest of the Klarna authorization was released: nothing more will "
+        f"be captured (Klarna order {klarna_id})."
+    )
 
 
 def test_while_goods_are_still_to_ship_the_write_back_says_when_the_authorization_expires(
