@@ -84,8 +84,9 @@ async def bigcommerce_webhook(request: Request) -> Response:
         )
     # A signed delivery is named by its webhook-id; one with the header only by the payload's
     # hash, which BigCommerce's retries repeat: either way a replay is a duplicate.
+    delivery_id = signed_id or payloads.delivery_key(body, scope, store_hash)
     if scope in payloads.ORDER_SCOPES:
-        return await _order_event(service, shop.id, body, scope, signed_id or "", store_hash)
+        return await _order_event(service, shop.id, delivery_id, body, scope)
     event_type = payloads.SHIPMENT_SCOPES.get(scope)
     if event_type is None:
         return _answer(200, platform, "ignored", scope=scope)
@@ -96,7 +97,6 @@ async def bigcommerce_webhook(request: Request) -> Response:
         shipment_id, order_id = mapping.shipment_ids(body)
     except (msgspec.MsgspecError, mapping.BigCommerceMappingError) as exc:
         rejected = f"not a shipment: {exc}"
-    delivery_id = signed_id or payloads.delivery_key(body, scope, store_hash)
     return await store_delivery(
         service,
         platform,
@@ -111,7 +111,7 @@ async def bigcommerce_webhook(request: Request) -> Response:
 
 
 async def _order_event(
-    service: ServiceContext, shop_id: str, body: bytes, scope: str, signed_id: str, store_hash: str
+    service: ServiceContext, shop_id: str, delivery_id: str, body: bytes, scope: str
 ) -> Response:
     """A refund or a status change: stored as an event of its order (whose job reads the order's
     refunds and status as they stand); a change to a status the app does not act on is
@@ -129,7 +129,7 @@ async def _order_event(
         service,
         NAME,
         shop_id,
-        signed_id or payloads.delivery_key(body, scope, store_hash),
+        delivery_id,
         body=body,
         event_type=payloads.ORDER_SCOPES[scope],
         fulfillment_id=None,
