@@ -1,8 +1,10 @@
 """An in-memory fake of BigCommerce: stores with orders answering the app's REST calls (v2 orders,
-products, shipments and order updates; v3 order metafields and hooks) behind X-Auth-Token, the
-OAuth token endpoint, injectable faults (5xx, 429 with BigCommerce's rate-limit headers), and
-the webhooks (with the custom `headers` an app set on its hook, Standard Webhooks signed or not)
-and `signed_payload_jwt`s BigCommerce sends an app.
+products, shipments and order updates; v3 order refunds, metafields and hooks) behind
+X-Auth-Token, the OAuth token endpoint, injectable faults (5xx, 429 with BigCommerce's rate-limit
+headers), and the webhooks (with the custom `headers` an app set on its hook, Standard Webhooks
+signed or not) and `signed_payload_jwt`s BigCommerce sends an app. The merchant's side: place an
+order, ship it, refund it (products by quantity, shipping and handling, an amount off the order,
+paid back to the payment or as store credit), cancel it or set its status.
 
 Amounts follow BigCommerce: decimal strings with four places; a product's `total_*` are before
 discounts, `applied_discounts` are in the store's price basis (tax included or not), and
@@ -48,6 +50,7 @@ __all__ = [
     "LoggedRequest",
     "Product",
     "create_app",
+    "order_webhook_body",
     "signed_payload_jwt",
     "signed_webhook",
     "webhook_body",
@@ -66,6 +69,29 @@ PERMISSION_SETS = frozenset(
 )
 _READABLE = PERMISSION_SETS - {"app_only"}
 _WRITABLE = frozenset({"write", "write_and_sf_access"})
+
+# BigCommerce's order statuses (`status_id`: `status`).
+STATUSES = {
+    0: "Incomplete",
+    1: "Pending",
+    2: "Shipped",
+    3: "Partially Shipped",
+    4: "Refunded",
+    5: "Cancelled",
+    6: "Declined",
+    7: "Awaiting Payment",
+    8: "Awaiting Pickup",
+    9: "Awaiting Shipment",
+    10: "Completed",
+    11: "Awaiting Fulfillment",
+    12: "Manual Verification Required",
+    13: "Disputed",
+    14: "Partially Refunded",
+}
+REFUNDED = 4
+CANCELLED = 5
+PARTIALLY_REFUNDED = 14
+STORE_CREDIT = "storecredit"
 
 _FOUR = Decimal("0.0001")
 _TWO = Decimal("0.01")
@@ -112,6 +138,33 @@ class _Shipment:
 
 
 @dataclass
+class _RefundItem:
+    item_type: str
+    item_id: int
+    quantity: int | None
+    requested_amount: Decimal | None
+    reason: str = ""
+
+
+@dataclass
+class _RefundPayment:
+    provider_id: str
+    amount: Decimal
+    declined: bool = False
+
+
+@dataclass
+class _Refund:
+    id: int
+    created_at: datetime
+    reason: str
+    items: list[_RefundItem]
+    total_amount: Decimal
+    total_tax: Decimal
+    payments: list[_RefundPayment]
+
+
+@dataclass
 class _Metafield:
     id: int
     namespace: str
@@ -138,6 +191,9 @@ class _Order:
     created_at: datetime
     metafields: list[_Metafield] = field(default_factory=list)
     shipments: list[_Shipment] = field(default_factory=list)
+    refunds: list[_Refund] = field(default_factory=list)
+    # The status the merchant (or a refund) set; None: the one the shipments make.
+    status_id: int | None = None
 
 
 @dataclass
@@ -399,6 +455,103 @@ class BigCommerceSandbox(Sandbox[LoggedRequest, _Faults]):
             order = self._order(store_hash, order_id)
             order.shipments = [s for s in order.shipments if s.id != shipment_id]
 
+    def refund(
+        self,
+        store_hash: str,
+        order_id: int,
+        products: Mapping[int, int] | None = None,
+        *,
+        shipping: bool | str = False,
+        handling: bool | str = False,
+        amount: str | None = None,
+        product_amounts: Mapping[int, str] | None = None,
+        reason: str = "",
+        store_credit: str = "0",
+        provider: str = "klarna",
+        declined: bool = False,
+    ) -> int:
+        """The merchant refunds (Orders > Refund): `products` by quantity (order product id ->
+        units), the whole shipping or handling (True) or a part of it (a decimal string, in the
+        order's price basis), `amount` off the order as a whole (an ORDER item), a product by an
+        amount (`product_amounts`). What the shopper gets back is paid to `provider` but for
+        `store_credit`; `declined`, the provider refused it. The refund's id; the order becomes
+        Refunded once all it cost is refunded, else Partially Refunded."""
+        with self.lock:
+            order = self._order(store_hash, order_id)
+            by_id = {p.id: p for p in order.products}
+            refunded = _refunded(order)
+            items: list[_RefundItem] = []
+            total = tax = Decimal(0)
+            for product_id, quantity in (products or {}).items():
+                product = by_id.get(product_id)
+                if product is None:
+                    raise ValueError(f"{product_id} is not a product of order {order_id}")
+                left = product.spec.quantity - refunded.get(product_id, 0)
+                if not 0 < quantity <= left:
+                    raise ValueError(f"product {product_id}: {quantity} to refund, {left} left")
+                paid = _product_amounts(order, product)["paid"]
+                share = Decimal(quantity) / product.spec.quantity
+                total += (paid.inc * share).quantize(_TWO, rounding=ROUND_HALF_UP)
+                tax += (paid.tax * share).quantize(_TWO, rounding=ROUND_HALF_UP)
+                items.append(_RefundItem("PRODUCT", product_id, quantity, None, reason))
+            for product_id, part in (product_amounts or {}).items():
+                if product_id not in by_id:
+                    raise ValueError(f"{product_id} is not a product of order {order_id}")
+                total += Decimal(part)
+                items.append(_RefundItem("PRODUCT", product_id, None, Decimal(part), reason))
+            for kind, fee, wanted in (
+                ("SHIPPING", order.shipping, shipping),
+                ("HANDLING", order.handling, handling),
+            ):
+                if wanted is False:
+                    continue
+                split = _fee(order, fee)
+                if wanted is True:
+                    basis = split.inc if order.prices_include_tax else split.ex
+                    total, tax = total + split.inc, tax + split.tax
+                else:
+                    basis = Decimal(wanted)
+                    total += basis
+                items.append(_RefundItem(kind, 1, None, basis, reason))
+            if amount is not None:
+                total += Decimal(amount)
+                items.append(_RefundItem("ORDER", order.id, None, Decimal(amount), reason))
+            if not items or total <= 0:
+                raise ValueError("a refund refunds something")
+            credit = Decimal(store_credit)
+            payments = [_RefundPayment(STORE_CREDIT, credit)] if credit else []
+            if total - credit > 0:
+                payments.append(_RefundPayment(provider, total - credit, declined))
+            refund = _Refund(
+                id=next(self._ids),
+                created_at=self.clock(),
+                reason=reason,
+                items=items,
+                total_amount=total,
+                total_tax=tax,
+                payments=payments,
+            )
+            order.refunds.append(refund)
+            grand_total = Decimal(_order_json(order)["total_inc_tax"])
+            all_refunded = sum((r.total_amount for r in order.refunds), Decimal(0))
+            order.status_id = REFUNDED if all_refunded >= grand_total else PARTIALLY_REFUNDED
+            return refund.id
+
+    def cancel(self, store_hash: str, order_id: int) -> None:
+        """The merchant cancels the order (its status becomes Cancelled)."""
+        self.set_status(store_hash, order_id, CANCELLED)
+
+    def set_status(self, store_hash: str, order_id: int, status_id: int) -> None:
+        """The merchant sets the order's status (Completed: 10, Cancelled: 5, ...)."""
+        if status_id not in STATUSES:
+            raise ValueError(f"{status_id} is not a BigCommerce order status")
+        with self.lock:
+            self._order(store_hash, order_id).status_id = status_id
+
+    def refund_ids(self, store_hash: str, order_id: int) -> list[int]:
+        with self.lock:
+            return [r.id for r in self._order(store_hash, order_id).refunds]
+
     def order_json(self, store_hash: str, order_id: int) -> dict[str, Any]:
         with self.lock:
             return _order_json(self._order(store_hash, order_id))
@@ -453,6 +606,41 @@ class BigCommerceSandbox(Sandbox[LoggedRequest, _Faults]):
                 if h.scope == scope and h.is_active and h.client_id == self.client_id
             )
             sent = webhook_body(store_hash, scope, order_id, shipment_id)
+            headers = {"Content-Type": "application/json", **(hook.headers or {})}
+            if signed:
+                headers.update(signed_webhook(self.client_secret, sent))
+            return sent, headers
+
+    def order_delivery(
+        self,
+        store_hash: str,
+        scope: str,
+        order_id: int,
+        *,
+        refund_id: int | None = None,
+        previous_status_id: int | None = None,
+        signed: bool = False,
+    ) -> tuple[bytes, dict[str, str]]:
+        """The webhook BigCommerce sends for an order event (`store/order/refund/created`: the
+        refund `refund_id`, the order's last one by default; `store/order/statusUpdated`: the
+        order's status now): (body, headers), as `delivery` makes them."""
+        with self.lock:
+            hook = next(
+                h
+                for h in self._store(store_hash).hooks
+                if h.scope == scope and h.is_active and h.client_id == self.client_id
+            )
+            order = self._order(store_hash, order_id)
+            if scope.endswith("/refund/created") and refund_id is None:
+                refund_id = order.refunds[-1].id
+            sent = order_webhook_body(
+                store_hash,
+                scope,
+                order_id,
+                refund_id=refund_id,
+                new_status_id=_status(order)[0],
+                previous_status_id=previous_status_id,
+            )
             headers = {"Content-Type": "application/json", **(hook.headers or {})}
             if signed:
                 headers.update(signed_webhook(self.client_secret, sent))
@@ -585,6 +773,8 @@ class _Router:
                 )
             case ["v2", "orders", order_id, "shipments", shipment_id] if method == "GET":
                 return self.shipment(order_id, shipment_id)
+            case ["v3", "orders", order_id, "payment_actions", "refunds"] if method == "GET":
+                return self.refunds(order_id)
             case ["v3", "orders", order_id, "metafields"]:
                 return self.metafields(method, order_id, query, payload)
             case ["v3", "orders", order_id, "metafields", metafield_id] if method == "PUT":
@@ -613,6 +803,12 @@ class _Router:
             return _v2_error(400, "The field 'staff_notes' must be a string.")
         order.staff_notes = notes  # PUT replaces: an app must append by itself
         return _json(200, _order_json(order))
+
+    def refunds(self, order_id: str) -> Answer:
+        order = self._order(order_id)
+        if order is None:
+            return _v3_error(404, "Order not found")
+        return _json(200, {"data": [_refund_json(order, r) for r in order.refunds], "meta": {}})
 
     def listed(
         self, order_id: str, query: Mapping[str, str], build: Callable[[_Order], list[Any]]
@@ -766,6 +962,64 @@ def _metafield_problems(payload: Any, *, creating: bool) -> dict[str, str]:
     return problems
 
 
+def _refunded(order: _Order) -> dict[int, int]:
+    """Units refunded of each order product."""
+    refunded: dict[int, int] = {}
+    for refund in order.refunds:
+        for item in refund.items:
+            if item.item_type == "PRODUCT" and item.quantity:
+                refunded[item.item_id] = refunded.get(item.item_id, 0) + item.quantity
+    return refunded
+
+
+def _status(order: _Order) -> tuple[int, str]:
+    """The order's status: the one set (by the merchant or a refund), else its shipments'."""
+    if order.status_id is not None:
+        return order.status_id, STATUSES[order.status_id]
+    shipped = sum(sum(s.items.values()) for s in order.shipments)
+    physical = sum(p.spec.quantity for p in order.products if p.spec.type == "physical")
+    if shipped >= physical:
+        return 2, STATUSES[2]
+    return (3, STATUSES[3]) if shipped else (11, STATUSES[11])
+
+
+def _refund_json(order: _Order, refund: _Refund) -> dict[str, Any]:
+    """A refund as `GET /v3/orders/{id}/payment_actions/refunds` lists it: amounts are numbers."""
+    return {
+        "id": refund.id,
+        "order_id": order.id,
+        "user_id": 0,
+        "created": refund.created_at.astimezone(UTC).isoformat(),
+        "reason": refund.reason,
+        "total_amount": float(refund.total_amount),
+        "total_tax": float(refund.total_tax),
+        "uses_merchant_override_values": False,
+        "items": [
+            {
+                "item_type": item.item_type,
+                "item_id": item.item_id,
+                "quantity": item.quantity,
+                "requested_amount": (
+                    None if item.requested_amount is None else float(item.requested_amount)
+                ),
+                "reason": item.reason,
+            }
+            for item in refund.items
+        ],
+        "payments": [
+            {
+                "id": refund.id * 10 + index,
+                "provider_id": payment.provider_id,
+                "amount": float(payment.amount),
+                "offline": False,
+                "is_declined": payment.declined,
+                "declined_message": "Declined by the provider" if payment.declined else "",
+            }
+            for index, payment in enumerate(refund.payments)
+        ],
+    }
+
+
 def _shipped(order: _Order) -> dict[int, int]:
     shipped: dict[int, int] = {}
     for shipment in order.shipments:
@@ -815,6 +1069,7 @@ def _product_json(order: _Order, product: _Product) -> dict[str, Any]:
         else []
     )
     shipped = sum(s.items.get(product.id, 0) for s in order.shipments)
+    refunded = _refunded(order).get(product.id, 0)
     return {
         "id": product.id,
         "order_id": order.id,
@@ -836,8 +1091,8 @@ def _product_json(order: _Order, product: _Product) -> dict[str, Any]:
         "discounted_total_inc_tax": _four(paid.inc),
         "quantity": spec.quantity,
         "quantity_shipped": shipped,
-        "quantity_refunded": 0,
-        "is_refunded": False,
+        "quantity_refunded": refunded,
+        "is_refunded": refunded >= spec.quantity,
         "refund_amount": "0.0000",
         "applied_discounts": discounts,
         "product_options": [],
@@ -871,14 +1126,8 @@ def _order_json(order: _Order) -> dict[str, Any]:
     total_tax = sum((a["paid"].tax for a in lines), Decimal(0)) + shipping.tax + handling.tax
     items_total = sum(p.spec.quantity for p in order.products)
     items_shipped = sum(sum(s.items.values()) for s in order.shipments)
-    status_id, status = (
-        (2, "Shipped")
-        if items_shipped
-        >= sum(p.spec.quantity for p in order.products if p.spec.type == "physical")
-        else (3, "Partially Shipped")
-        if items_shipped
-        else (11, "Awaiting Fulfillment")
-    )
+    status_id, status = _status(order)
+    refunded = sum((r.total_amount for r in order.refunds), Decimal(0))
     return {
         "id": order.id,
         "customer_id": 11,
@@ -912,8 +1161,14 @@ def _order_json(order: _Order) -> dict[str, Any]:
         "items_shipped": items_shipped,
         "payment_method": order.payment_method,
         "payment_provider_id": order.payment_provider_id,
-        "payment_status": "authorized",
-        "refunded_amount": "0.0000",
+        "payment_status": (
+            "refunded"
+            if status_id == REFUNDED
+            else "partially refunded"
+            if refunded
+            else "authorized"
+        ),
+        "refunded_amount": _four(refunded),
         "order_is_digital": all(p.spec.type != "physical" for p in order.products),
         "store_credit_amount": _four(order.store_credit),
         "gift_certificate_amount": _four(order.gift_certificate),
@@ -1024,6 +1279,38 @@ def webhook_body(
         "id": shipment_id,
         "orderId": str(order_id) if order_id_as_text else order_id,
     }
+    payload = {
+        "scope": scope,
+        "store_id": "1025646",
+        "data": data,
+        "hash": secrets.token_hex(20),
+        "created_at": moment,
+        "producer": f"stores/{store_hash}",
+    }
+    return msgspec.json.encode(payload)
+
+
+def order_webhook_body(
+    store_hash: str,
+    scope: str,
+    order_id: int,
+    *,
+    refund_id: int | None = None,
+    new_status_id: int | None = None,
+    previous_status_id: int | None = None,
+    created_at: int | None = None,
+) -> bytes:
+    """The thin body of a `store/order/refund/created` (naming `refund_id`) or
+    `store/order/statusUpdated` (naming the statuses) webhook."""
+    moment = int(time.time()) if created_at is None else created_at
+    data: dict[str, Any] = {"type": "order", "id": order_id}
+    if scope.endswith("/refund/created"):
+        data["refund"] = {"refund_id": refund_id}
+    else:
+        data["status"] = {
+            "previous_status_id": 11 if previous_status_id is None else previous_status_id,
+            "new_status_id": new_status_id,
+        }
     payload = {
         "scope": scope,
         "store_id": "1025646",

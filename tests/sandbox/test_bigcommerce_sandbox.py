@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 from starlette.testclient import TestClient
 
 from plugin import signatures
+from plugin.platforms.bigcommerce import mapping
 from plugin.platforms.bigcommerce.signatures import verify_signed_payload
 from plugin.sandbox.bigcommerce import (
     DEFAULT_CLIENT_ID,
@@ -250,6 +252,73 @@ def test_hooks_keep_the_headers_given_and_their_deliveries_carry_them(
     assert (
         signatures.verify([DEFAULT_CLIENT_SECRET.encode()], lowered, body) == signed["webhook-id"]
     )
+
+
+def test_refunds_are_listed_as_bigcommerce_lists_them_and_set_the_orders_status(
+    sandbox: BigCommerceSandbox, client: TestClient
+) -> None:
+    token = sandbox.add_store(STORE)
+    headers = {"X-Auth-Token": token}
+    order_id = order_of(sandbox)
+    tomatoes, basil = sandbox.product_ids(STORE, order_id)
+    path = f"/stores/{STORE}/v3/orders/{order_id}/payment_actions/refunds"
+
+    none_yet = client.get(path, headers=headers).json()
+    first = sandbox.refund(STORE, order_id, {tomatoes: 1}, shipping=True, reason="Bruised")
+    partly = client.get(f"/stores/{STORE}/v2/orders/{order_id}", headers=headers).json()
+    second = sandbox.refund(STORE, order_id, {tomatoes: 1, basil: 1}, store_credit="5.00")
+    listed = client.get(path, headers=headers).json()["data"]
+    whole = client.get(f"/stores/{STORE}/v2/orders/{order_id}", headers=headers).json()
+    products = client.get(f"/stores/{STORE}/v2/orders/{order_id}/products", headers=headers)
+
+    assert none_yet == {"data": [], "meta": {}}
+    assert [r["id"] for r in listed] == [first, second] == sandbox.refund_ids(STORE, order_id)
+    assert (listed[0]["total_amount"], listed[0]["reason"]) == (23.9, "Bruised")
+    assert [(i["item_type"], i["quantity"], i["requested_amount"]) for i in listed[0]["items"]] == [
+        ("PRODUCT", 1, None),
+        ("SHIPPING", None, 4.9),
+    ]
+    assert [(p["provider_id"], p["amount"]) for p in listed[1]["payments"]] == [
+        ("storecredit", 5.0),
+        ("klarna", 24.0),
+    ]
+    assert (partly["status_id"], partly["status"]) == (14, "Partially Refunded")
+    assert (whole["status_id"], whole["status"], whole["refunded_amount"]) == (
+        4,
+        "Refunded",
+        "52.9000",
+    )
+    assert [p["quantity_refunded"] for p in products.json()] == [2, 1]
+    with pytest.raises(ValueError, match="0 left"):
+        sandbox.refund(STORE, order_id, {tomatoes: 1})
+
+
+def test_the_merchant_cancels_or_sets_a_status_and_the_order_webhooks_say_so(
+    sandbox: BigCommerceSandbox, client: TestClient
+) -> None:
+    token = sandbox.add_store(STORE)
+    order_id = order_of(sandbox)
+    for scope in ("store/order/refund/created", "store/order/statusUpdated"):
+        sandbox.add_hook(STORE, scope, "https://app.example/webhooks", {"X-A": "1"})
+
+    sandbox.cancel(STORE, order_id)
+    cancelled = client.get(
+        f"/stores/{STORE}/v2/orders/{order_id}", headers={"X-Auth-Token": token}
+    ).json()
+    status_body, status_headers = sandbox.order_delivery(
+        STORE, "store/order/statusUpdated", order_id, signed=True
+    )
+    refund_id = sandbox.refund(STORE, order_id, amount="1.00")
+    refund_body, _ = sandbox.order_delivery(STORE, "store/order/refund/created", order_id)
+
+    assert (cancelled["status_id"], cancelled["status"]) == (5, "Cancelled")
+    assert mapping.order_event_ids(status_body) == (str(order_id), 5)
+    assert status_headers["X-A"] == "1"
+    assert "webhook-signature" in status_headers
+    assert mapping.order_event_ids(refund_body) == (str(order_id), None)
+    assert msgspec.json.decode(refund_body)["data"]["refund"] == {"refund_id": refund_id}
+    with pytest.raises(ValueError, match="not a BigCommerce order status"):
+        sandbox.set_status(STORE, order_id, 99)
 
 
 def test_codes_work_once_for_the_right_client_and_store(

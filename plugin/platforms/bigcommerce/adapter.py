@@ -1,5 +1,6 @@
 """The BigCommerce app at work: reads the order behind a shipment through the REST API to map it,
-and writes the capture status back onto the order (a metafield, and lines in the staff notes).
+reads an order's refunds and status for its order job, and writes the capture status and the
+order's life at Klarna back onto the order (a metafield, and lines in the staff notes).
 
 The write-back is computed from the ledger as it stands when it runs, not from the event that
 queued it, so a retried or late write-back never puts an older status on the order.
@@ -8,7 +9,6 @@ queued it, so a retried or late write-back never puts an older status on the ord
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
 
 import msgspec
 
@@ -17,21 +17,31 @@ from plugin.errors import JobError
 from plugin.events import FulfillmentEvent
 from plugin.platforms.base import (
     OrderChanges,
+    OrderLife,
     Resolved,
     Skipped,
     StorefrontApp,
     StorefrontError,
+    order_life,
     refuse_if_captured_shipments_are_gone,
     shipping_method,
 )
 from plugin.platforms.bigcommerce import mapping, payloads
 from plugin.platforms.bigcommerce.api import BigCommerceError, StoreClient
-from plugin.platforms.bigcommerce.notes import capture_note, failure_note, staff_notes_with
-from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
+from plugin.platforms.bigcommerce.notes import (
+    cancelled_note,
+    capture_note,
+    failure_note,
+    refund_failure_note,
+    refund_note,
+    released_note,
+    staff_notes_with,
+)
+from plugin.store.records import CaptureRecord, Delivery, OrderOperation, Shop, ShopOptions
 
 log = logging.getLogger("plugin.bigcommerce")
 
-Status = Literal["captured", "partially_captured", "failed", "pending"]
+Status = payloads.Status
 METAFIELD_DESCRIPTION = "Klarna capture status of this order (written by the Klarna capture app)"
 
 _error_decoder = msgspec.json.Decoder(JobError)
@@ -170,16 +180,70 @@ class BigCommerceStorefront(StorefrontApp):
     async def order_changes(
         self, shop: Shop, order_id: str, deliveries: Sequence[Delivery]
     ) -> OrderChanges | Skipped:
-        raise NotImplementedError  # being written
+        """The order's refunds and status as BigCommerce shows them now (whichever of its events
+        queued the job): every refund made on it, each by its BigCommerce refund id."""
+        if not order_id.isdigit():
+            return Skipped(reason=f"{order_id!r} is not a BigCommerce order id")
+        client = self.client(shop, "map")
+        source = klarna_order_id_source(shop.options)
+        try:
+            order = await client.order(order_id)
+        except BigCommerceError as error:
+            if error.code == "NOT_FOUND":
+                return Skipped(reason=f"order {order_id} no longer exists on the store")
+            raise error.failure("map") from None
+        try:
+            metafields = (
+                await client.order_metafields(order_id, namespace=source.namespace, key=source.key)
+                if isinstance(source, payloads.MetafieldSource)
+                else []
+            )
+            klarna_id = mapping.klarna_order_id(order, metafields, source)
+            if klarna_id is None:
+                return Skipped(
+                    reason=f"order {order_id} has no Klarna order id in {_where(source)}: "
+                    "not a Klarna order"
+                )
+            products = await client.order_products(order_id)
+            shipments = await client.order_shipments(order_id)
+            refunds = await client.order_refunds(order_id)
+        except BigCommerceError as error:
+            raise error.failure("map") from None
+        taxes_included = mapping.taxes_included(shop.klarna_region)
+        events = []
+        try:
+            for refund in refunds:
+                event = mapping.refund_from(
+                    refund,
+                    order,
+                    products,
+                    klarna_order_id=klarna_id,
+                    taxes_included=taxes_included,
+                )
+                if event is not None:
+                    events.append(event)
+        except mapping.BigCommerceMappingError as error:
+            raise StorefrontError(
+                "map", "UNMAPPABLE_REFUND", [str(error)], retryable=False
+            ) from None
+        cancelled, closed = mapping.order_state(order, products, shipments)
+        return OrderChanges(
+            klarna_order_id=klarna_id,
+            refunds=events,
+            cancelled=cancelled,
+            closed=closed,
+            order_number=mapping.order_number(order),
+        )
 
     async def write_back(self, shop: Shop, order_id: str) -> None:
         if not shop.enabled or shop.platform_token is None:
             return  # uninstalled: nothing more is called
         records = await self.store.order_captures(shop.id, [order_id])
         failures = await self._failures(shop, order_id)
+        life = await order_life(self.store, shop, order_id)
         captured = [r for r in records if r.state == "captured" and r.capture_id]
         status = _status(records, failures)
-        if status == "pending":
+        if status == "pending" and not _has_life(life):
             return
         summaries = [
             payloads.CaptureSummary(
@@ -194,19 +258,42 @@ class BigCommerceStorefront(StorefrontApp):
             for r in captured
         ]
         currency = captured[0].currency if captured else None
+        captured_amount = sum(r.captured_amount or 0 for r in captured)
+        refunds = [_refund_summary(op) for op in life.refunds]
+        failed_refunds = [_refund_failure(op) for op in life.failed_refunds]
+        klarna_order_id = await self._klarna_order_id(shop, order_id, records, life)
         value = payloads.CaptureStatus(
             status=status,
             currency=currency,
             captured_amount=(
-                str(money.to_decimal(sum(r.captured_amount or 0 for r in captured), currency))
-                if currency
-                else None
+                str(money.to_decimal(captured_amount, currency)) if currency else None
             ),
             captures=summaries,
             failures=failures,
+            order_status=_order_status(life, captured_amount),
+            refunded_amount=(
+                str(money.to_decimal(life.refunded_amount, life.refunds[0].currency))
+                if life.refunds
+                else None
+            ),
+            refunds=refunds,
+            failed_refunds=failed_refunds,
+            released=life.released,
+            # Only while goods may still ship: then an expired authorization loses them.
+            authorization_expires_at=(
+                datetime.fromtimestamp(life.authorization_expires_at, UTC)
+                if life.authorization_expires_at is not None and status != "captured"
+                else None
+            ),
         )
         notes = [capture_note(s) for s in summaries]
         notes += [failure_note(f) for f in failures]
+        notes += [refund_note(r) for r in refunds]
+        notes += [refund_failure_note(f) for f in failed_refunds]
+        if life.cancelled and klarna_order_id:
+            notes.append(cancelled_note(klarna_order_id))
+        if life.released and klarna_order_id:
+            notes.append(released_note(klarna_order_id))
         client = self.client(shop, "write_back")
         try:
             # The staff notes first, the metafield last: a status there means all is written.
@@ -224,8 +311,26 @@ class BigCommerceStorefront(StorefrontApp):
         except BigCommerceError as error:
             raise error.failure("write_back") from None
         log.info(
-            "bigcommerce write-back", extra={"shop": shop.id, "order": order_id, "status": status}
+            "bigcommerce write-back",
+            extra={
+                "shop": shop.id,
+                "order": order_id,
+                "status": status,
+                "order_status": value.order_status,
+            },
         )
+
+    async def _klarna_order_id(
+        self, shop: Shop, order_id: str, records: Sequence[CaptureRecord], life: OrderLife
+    ) -> str | None:
+        """The Klarna order the ledger knows for the order, for the notes of its cancellation or
+        release."""
+        if not (life.cancelled or life.released):
+            return None
+        if records:
+            return records[0].klarna_order_id
+        order = await self.store.get_order(shop.id, order_id)
+        return order.klarna_order_id if order is not None else None
 
     async def _failures(self, shop: Shop, order_id: str) -> list[payloads.FailureSummary]:
         """The order's shipments not captured whose last run failed, with Klarna's words."""
@@ -270,6 +375,49 @@ def _status(
     if len(captured) == len(records) and any(r.completes_order for r in captured):
         return "captured"
     return "partially_captured"
+
+
+def _has_life(life: OrderLife) -> bool:
+    return bool(life.refunds or life.failed_refunds or life.cancelled or life.released)
+
+
+def _order_status(life: OrderLife, captured_amount: int) -> payloads.OrderStatus | None:
+    """What the order's life at Klarna comes to, the weightiest first: cancelled, refunded in
+    full (all that was captured), refunded in part, its remaining authorization released."""
+    if life.cancelled:
+        return "cancelled"
+    if life.refunded_amount > 0:
+        if 0 < captured_amount <= life.refunded_amount:
+            return "refunded"
+        return "partially_refunded"
+    if life.released:
+        return "released"
+    return None
+
+
+def _refund_summary(op: OrderOperation) -> payloads.RefundSummary:
+    return payloads.RefundSummary(
+        refund_id=op.key,
+        amount=str(money.to_decimal(op.amount or 0, op.currency)),
+        currency=op.currency,
+        klarna_order_id=op.klarna_order_id,
+        klarna_refund_id=op.result,
+        refunded_at=datetime.fromtimestamp(op.done_at or op.updated_at, UTC),
+    )
+
+
+def _refund_failure(op: OrderOperation) -> payloads.RefundFailure:
+    try:
+        error = _error_decoder.decode(op.error or b"")
+    except msgspec.MsgspecError:
+        error = JobError(step="refund", error_code="UNKNOWN", error_messages=[])
+    return payloads.RefundFailure(
+        refund_id=op.key,
+        amount=str(money.to_decimal(op.amount, op.currency)) if op.amount is not None else None,
+        error_code=error.error_code,
+        error_messages=list(error.error_messages),
+        correlation_id=error.correlation_id,
+    )
 
 
 def _ids(deliveries: Sequence[Delivery]) -> _Ids | None:

@@ -1,7 +1,7 @@
 """BigCommerce's REST API for one store, as the BigCommerce adapter uses it: the order, its
-products and shipments (v2), its metafields (v3), the staff notes (PUT v2 order) and the webhook
-subscriptions (v3 hooks). Every call is retried on network errors, 429 and 5xx; a 429 waits what
-`X-Rate-Limit-Time-Reset-Ms` says.
+products and shipments (v2), its refunds and metafields (v3), the staff notes (PUT v2 order) and
+the webhook subscriptions (v3 hooks). Every call is retried on network errors, 429 and 5xx; a 429
+waits what `X-Rate-Limit-Time-Reset-Ms` says.
 """
 
 import asyncio
@@ -244,6 +244,17 @@ class StoreClient:
         await self.call(
             "staff notes", "PUT", f"/v2/orders/{order_id}", body={"staff_notes": staff_notes}
         )
+
+    # order refunds (v3 payment actions)
+
+    async def order_refunds(self, order_id: str) -> list[payloads.Refund]:
+        """The order's refunds, oldest first (BigCommerce lists them by id)."""
+        raw = await self.call(
+            "order refunds", "GET", f"/v3/orders/{order_id}/payment_actions/refunds"
+        )
+        if raw is None:
+            return []
+        return self._decode("order refunds", raw, payloads.decode_refunds)
 
     # order metafields (v3)
 

@@ -1,7 +1,7 @@
 """The BigCommerce app's callbacks: the install (/auth/bigcommerce/callback), which trades the code
-for the store's access token, stores it sealed and subscribes the shipment webhooks; /load, which
-signs the merchant in to the store's settings inside the BigCommerce control panel; and
-/uninstall, which disables the shop and forgets its token."""
+for the store's access token, stores it sealed and subscribes the shipment and order webhooks;
+/load, which signs the merchant in to the store's settings inside the BigCommerce control panel;
+and /uninstall, which disables the shop and forgets its token."""
 
 import hashlib
 import logging
@@ -28,9 +28,9 @@ from plugin.retries import RetryPolicy
 from plugin.store.records import Shop
 from plugin.web.pages import Refused, allow_framing, message, service_of, set_session_cookie
 
-# The least that works: store_v2_orders ("Orders: modify") reads orders, their products and
-# shipments, writes the staff notes and the order metafields, and lets the app subscribe to the
-# shipment webhooks. Nothing else is asked for.
+# The least that works: store_v2_orders ("Orders: modify") reads orders, their products,
+# shipments and refunds, writes the staff notes and the order metafields, and lets the app
+# subscribe to the shipment, refund and order status webhooks. Nothing else is asked for.
 OAUTH_SCOPES = ("store_v2_orders",)
 CALLBACK_PATH = "/auth/bigcommerce/callback"
 LOAD_PATH = "/load"
@@ -91,8 +91,10 @@ def _api(service: ServiceContext, store_hash: str, token: str) -> StoreClient:
 
 
 async def subscribe(service: ServiceContext, shop: Shop, token: str) -> None:
-    """The shop's shipment hooks subscribed and active, each sending the store's hook header
-    (from its current webhook secret); a hook without it, or with an older one, is updated."""
+    """The shop's hooks (shipments, refunds, order status) subscribed and active, each sending
+    the store's hook header (from its current webhook secret); a hook without it, or with an
+    older one, is updated. A store installed before the order hooks existed gets them here, on
+    its next /load."""
     secrets = await service.shops.get(shop.id)
     if secrets is None or not secrets.webhook_keys or shop.shop_domain is None:
         raise BigCommerceError("hooks", status=None, code="NO_SHOP", messages=["shop removed"])
@@ -116,7 +118,7 @@ async def _settings_page(request: Request, shop: Shop) -> Response:
 async def callback(request: Request) -> Response:
     """GET /auth/bigcommerce/callback: the merchant approved the install in the control panel,
     whose iframe now shows this. The code becomes the store's access token (stored sealed), the
-    shipment webhooks are subscribed, and the merchant lands on the settings page."""
+    shipment and order webhooks are subscribed, and the merchant lands on the settings page."""
     service = service_of(request)
     settings = service.settings
     params = request.query_params
@@ -192,7 +194,7 @@ async def callback(request: Request) -> Response:
                 502,
                 "Webhooks not set up",
                 "The app is installed, but BigCommerce did not let it subscribe to your "
-                "shipments just now. " + _FROM_CONTROL_PANEL,
+                "shipments and orders just now. " + _FROM_CONTROL_PANEL,
                 f"hook registration failed: {error}",
             ) from None
     except Refused as refused:

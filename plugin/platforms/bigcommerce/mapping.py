@@ -24,6 +24,15 @@ Mapping rules, in short (see `shipment_from`):
   refunded).
 - Before mapping, the whole order is mapped once and must add up to `total_inc_tax` (a unit of
   rounding per line aside): an order whose fields disagree is refused, never captured on a guess.
+- Every captured line carries a `reference` a refund can name it by: a product its SKU (its order
+  product id without one), the fees `SHIPPING`, `HANDLING` and `GIFT_WRAPPING`.
+
+A refund (`refund_from`) names what it gives back by those same references: a product refunded by
+quantity is that many units of its line; shipping, handling or gift wrapping refunded whole is the
+fee's line. A refund that names anything else (an amount off the order, a product or a fee in
+part) is a refund by amount, which Klarna takes for an order captured in one go. What was paid
+back as BigCommerce store credit, or declined, is not the Klarna payment's: a refund paid back
+only so is none at Klarna, one paid back partly so is a refund by amount of the rest.
 """
 
 import email.utils
@@ -36,7 +45,7 @@ import msgspec
 
 from plugin import money
 from plugin.errors import MappingError
-from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
+from plugin.events import FulfillmentEvent, RefundEvent, ShipmentLine, Tracking
 from plugin.klarna.carriers import klarna_carrier
 from plugin.klarna.models import OrderLineType, ShippingMethod
 from plugin.platforms.bigcommerce import payloads
@@ -45,6 +54,13 @@ MAX_TEXT = 255
 MAX_TRACKING_NUMBER = 100
 MAX_TRACKING_URL = 1024
 MAX_CARRIER = 100
+
+# The references of the fee lines (BigCommerce's names for them as refund items).
+SHIPPING_REFERENCE = "SHIPPING"
+HANDLING_REFERENCE = "HANDLING"
+WRAPPING_REFERENCE = "GIFT_WRAPPING"
+# Amounts beyond this (in major units) are no order's: refused before any arithmetic on them.
+MAX_DECIMAL = Decimal(10) ** 12
 
 # The regions whose Klarna orders carry US-style sales tax as a line of its own.
 SALES_TAX_REGIONS = frozenset({"na"})
@@ -203,11 +219,17 @@ def shipment_from(
         complete=complete,
         taxes_included=taxes_included,
         fulfillment_name=f"#{order.id}-{shipment.id}",
+        order_number=order_number(order),
     )
     try:  # Struct constructors do not check constraints: the event a pipeline stores must.
         return msgspec.convert(msgspec.to_builtins(event), FulfillmentEvent)
     except msgspec.ValidationError as error:
         raise BigCommerceMappingError(f"the shipment breaks Klarna's limits: {error}") from None
+
+
+def order_number(order: payloads.Order) -> str:
+    """The number the shopper knows the order by: BigCommerce shows the order id."""
+    return str(order.id)
 
 
 def _ships(product: payloads.OrderProduct) -> bool:
@@ -262,7 +284,7 @@ def _product_part(product: payloads.OrderProduct, currency: str, taxes_included:
     discount = product.quantity * unit - paid_minor
     return _Part(
         name=_text(product.name) or f"Product {product.id}",
-        reference=_text(product.sku) or str(product.id),
+        reference=product_reference(product),
         quantity=product.quantity,
         unit=unit,
         discount=discount,
@@ -272,17 +294,29 @@ def _product_part(product: payloads.OrderProduct, currency: str, taxes_included:
     )
 
 
-def _fees(order: payloads.Order, currency: str, taxes_included: bool) -> list[_Part]:
-    fees: tuple[tuple[str, OrderLineType, Decimal, Decimal, Decimal], ...] = (
-        ("Shipping", "shipping_fee", order.shipping_cost_ex_tax, order.shipping_cost_inc_tax,
-         order.shipping_cost_tax),
-        ("Handling", "surcharge", order.handling_cost_ex_tax, order.handling_cost_inc_tax,
-         order.handling_cost_tax),
-        ("Gift wrapping", "surcharge", order.wrapping_cost_ex_tax, order.wrapping_cost_inc_tax,
-         order.wrapping_cost_tax),
+def product_reference(product: payloads.OrderProduct) -> str:
+    """The reference of a product's captured lines, which its refunds name: its SKU, else its order
+    product id."""
+    return _text(product.sku) or str(product.id)
+
+
+def _fee_costs(
+    order: payloads.Order,
+) -> tuple[tuple[str, str, OrderLineType, Decimal, Decimal, Decimal], ...]:
+    """(name, reference, line type, ex tax, inc tax, tax) of each of the order's fees."""
+    return (
+        ("Shipping", SHIPPING_REFERENCE, "shipping_fee", order.shipping_cost_ex_tax,
+         order.shipping_cost_inc_tax, order.shipping_cost_tax),
+        ("Handling", HANDLING_REFERENCE, "surcharge", order.handling_cost_ex_tax,
+         order.handling_cost_inc_tax, order.handling_cost_tax),
+        ("Gift wrapping", WRAPPING_REFERENCE, "surcharge", order.wrapping_cost_ex_tax,
+         order.wrapping_cost_inc_tax, order.wrapping_cost_tax),
     )  # fmt: skip
+
+
+def _fees(order: payloads.Order, currency: str, taxes_included: bool) -> list[_Part]:
     parts = []
-    for name, kind, ex_tax, inc_tax, tax in fees:
+    for name, reference, kind, ex_tax, inc_tax, tax in _fee_costs(order):
         if ex_tax <= 0 and inc_tax <= 0:
             continue
         label = f"the order's {name.lower()}"
@@ -290,7 +324,7 @@ def _fees(order: payloads.Order, currency: str, taxes_included: bool) -> list[_P
         parts.append(
             _Part(
                 name=name,
-                reference=None,
+                reference=reference,
                 quantity=1,
                 unit=unit,
                 discount=0,
@@ -421,3 +455,184 @@ def taxes_included(klarna_region: str) -> bool:
     """Whether the shop's Klarna orders carry taxes in their lines (VAT) rather than as a
     `sales_tax` line of their own, as Klarna's North American orders do."""
     return klarna_region.strip().lower() not in SALES_TAX_REGIONS
+
+
+# --- an order's events: its refunds and its status ------------------------------------------------
+
+
+def order_event_ids(body: bytes) -> tuple[str, int | None]:
+    """(order id, new status id or None) of a verified `store/order/refund/created` or
+    `store/order/statusUpdated` body; raises msgspec errors or BigCommerceMappingError for a body
+    that names no order, or a status change without its new status."""
+    webhook = payloads.decode_webhook(body)
+    data = webhook.data
+    if data is None or data.type != "order":
+        raise BigCommerceMappingError("data is not an order")
+    if data.id <= 0:
+        raise BigCommerceMappingError("data.id is not an order id")
+    if webhook.scope == payloads.REFUND_SCOPE:
+        if data.refund is None:
+            raise BigCommerceMappingError("data.refund is missing")
+        return str(data.id), None
+    if data.status is None:
+        raise BigCommerceMappingError("data.status is missing")
+    return str(data.id), data.status.new_status_id
+
+
+def order_state(
+    order: payloads.Order,
+    products: Sequence[payloads.OrderProduct],
+    shipments: Sequence[payloads.Shipment],
+) -> tuple[bool, bool]:
+    """(cancelled, closed) of the order as it stands: cancelled when its status is Cancelled;
+    closed (nothing more of it will ship) when it is Shipped, Completed, Refunded, Partially
+    Refunded or Cancelled with every physical product shipped or refunded, or Refunded or
+    Cancelled with nothing shipped. (A refund makes the status Partially Refunded whatever it
+    was: goods refunded rather than shipped close the order too.)"""
+    status = order.status_id
+    shipped = _shipped(shipments)
+    nothing_left = all(
+        shipped.get(p.id, 0) + max(p.quantity_refunded, 0) >= p.quantity
+        for p in products
+        if _ships(p)
+    )
+    never_shipped = not any(shipped.values())
+    ended = (payloads.REFUNDED, payloads.CANCELLED)
+    settled = (payloads.SHIPPED, payloads.COMPLETED, payloads.PARTIALLY_REFUNDED, *ended)
+    closed = (status in settled and nothing_left) or (status in ended and never_shipped)
+    return status == payloads.CANCELLED, closed
+
+
+def _refund_minor(amount: Decimal, currency: str, label: str) -> int:
+    if not amount.is_finite() or abs(amount) >= MAX_DECIMAL:
+        raise BigCommerceMappingError(f"{label}: {amount} is not an amount")
+    return _minor(amount, currency, label)
+
+
+def klarna_part(refund: payloads.Refund) -> Decimal:
+    """What of a refund went back to the payment the shopper paid with: not what BigCommerce paid
+    out as store credit, nor a payment the provider declined. The whole refund when it lists no
+    payments."""
+    if not refund.payments:
+        return refund.total_amount
+    return sum(
+        (
+            payment.amount
+            for payment in refund.payments
+            if not payment.is_declined
+            and payment.provider_id.strip().lower() != payloads.STORE_CREDIT
+        ),
+        payloads.ZERO,
+    )
+
+
+def refund_from(
+    refund: payloads.Refund,
+    order: payloads.Order,
+    products: Sequence[payloads.OrderProduct],
+    *,
+    klarna_order_id: str,
+    taxes_included: bool,
+) -> RefundEvent | None:
+    """The neutral refund of one BigCommerce refund of `order`, or None when none of it went back
+    to the Klarna payment (store credit, declined). Raises BigCommerceMappingError for a refund
+    that names a product the order lacks, more units than were ordered, or amounts that are none.
+    """
+    currency = order.currency
+    label = f"refund {refund.id}"
+    try:
+        money.exponent(currency)
+    except money.MoneyError as error:
+        raise BigCommerceMappingError(f"order {order.id}: {error}") from None
+    total = _refund_minor(refund.total_amount, currency, f"{label}: total_amount")
+    for payment in refund.payments:
+        _refund_minor(payment.amount, currency, f"{label}: payment amount")
+    back = _refund_minor(klarna_part(refund), currency, f"{label}: its payments")
+    if back <= 0:
+        return None
+    lines = _refund_lines(refund, order, products, taxes_included) if back == total else None
+    sales_tax = 0
+    if lines and not taxes_included:
+        # The tax comes back with the lines, as the one sales tax line it was captured as.
+        sales_tax = max(_refund_minor(refund.total_tax or payloads.ZERO, currency, label), 0)
+    reasons = [refund.reason or ""] + [item.reason or "" for item in refund.items]
+    description = next((r.strip() for r in reasons if r.strip()), None)
+    event = RefundEvent(
+        order_id=str(order.id),
+        refund_id=str(refund.id),
+        klarna_order_id=klarna_order_id,
+        currency=currency,
+        amount=back,
+        lines=lines or None,
+        description=description[:MAX_TEXT] if description else None,
+        sales_tax=sales_tax,
+    )
+    try:  # Struct constructors do not check constraints: the event the planner reads must.
+        return msgspec.convert(msgspec.to_builtins(event), RefundEvent)
+    except msgspec.ValidationError as error:
+        raise BigCommerceMappingError(f"{label} breaks Klarna's limits: {error}") from None
+
+
+def _refund_lines(
+    refund: payloads.Refund,
+    order: payloads.Order,
+    products: Sequence[payloads.OrderProduct],
+    taxes_included: bool,
+) -> list[ShipmentLine] | None:
+    """The captured lines a refund gives back, by their references; None when an item is not
+    units of a line (an amount off the order, a product by amount, a fee in part): a refund by
+    amount."""
+    currency = order.currency
+    by_id = {p.id: p for p in products}
+    lines: list[ShipmentLine] = []
+    fees: dict[str, Decimal] = {}
+    for item in refund.items:
+        kind = item.item_type.strip().upper()
+        if kind == "PRODUCT" and item.quantity is not None:
+            # By quantity: that many units of the product's line (what they come to is the
+            # planner's to check against the refund's amount).
+            product = by_id.get(item.item_id or 0)
+            if product is None:
+                raise BigCommerceMappingError(
+                    f"refund {refund.id} refunds order product {item.item_id}, which order "
+                    f"{order.id} does not have"
+                )
+            if not 0 < item.quantity <= product.quantity:
+                raise BigCommerceMappingError(
+                    f"refund {refund.id}: {item.quantity} of order product {product.id} refunded, "
+                    f"{product.quantity} ordered"
+                )
+            part = _product_part(product, currency, taxes_included)
+            lines.append(
+                ShipmentLine(
+                    name=part.name,
+                    reference=part.reference,
+                    quantity=item.quantity,
+                    unit_price=part.unit,
+                    tax_rate=part.rate,
+                    type=part.type,
+                )
+            )
+        elif kind in (SHIPPING_REFERENCE, HANDLING_REFERENCE, WRAPPING_REFERENCE):
+            if item.requested_amount is None:
+                return None
+            fees[kind] = fees.get(kind, payloads.ZERO) + item.requested_amount
+        else:
+            return None  # ORDER (an amount off the whole order), TAX, a product by amount
+    fee_parts = {part.reference: part for part in _fees(order, currency, taxes_included)}
+    for reference, amount in fees.items():
+        fee = fee_parts.get(reference)
+        refunded = _refund_minor(amount, currency, f"refund {refund.id}: {reference.lower()}")
+        if fee is None or refunded != fee.unit:
+            return None  # a fee in part, or one the order does not have: by amount
+        lines.append(
+            ShipmentLine(
+                name=fee.name,
+                reference=reference,
+                quantity=1,
+                unit_price=fee.unit,
+                tax_rate=fee.rate,
+                type=fee.type,
+            )
+        )
+    return lines

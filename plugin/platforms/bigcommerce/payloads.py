@@ -2,17 +2,19 @@
 
 BigCommerce announces a shipment with the thin `store/shipment/created` webhook (`data` holds the
 shipment and order ids only, `producer` the store), so the worker reads the order, its products
-and its shipments through the REST API (v2 orders, v3 order metafields). This module holds the
-webhook body and its delivery key, the types of those answers, where a shop keeps the Klarna order
-id, and the status metafield the write-back puts on the order. What they mean for a capture is
-`mapping.py`'s.
+and its shipments through the REST API (v2 orders, v3 order metafields). A refund
+(`store/order/refund/created`) and an order's new status (`store/order/statusUpdated`) are as thin:
+the order's refunds are read from `GET /v3/orders/{id}/payment_actions/refunds`. This module holds
+the webhook bodies and their delivery key, the types of those answers, where a shop keeps the
+Klarna order id, and the status metafield the write-back puts on the order. What they mean for a
+capture or a refund is `mapping.py`'s.
 """
 
 import hashlib
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -24,7 +26,22 @@ SHIPMENT_SCOPES = {
     "store/shipment/created": "fulfillment.created",
     "store/shipment/updated": "fulfillment.updated",
 }
-WEBHOOK_SCOPES = tuple(SHIPMENT_SCOPES)
+# An order's events: a refund made, or its status changed (only to one of ORDER_STATUSES is it
+# an event; the rest are answered "ignored").
+REFUND_SCOPE = "store/order/refund/created"
+STATUS_SCOPE = "store/order/statusUpdated"
+ORDER_SCOPES = {REFUND_SCOPE: "refund.created", STATUS_SCOPE: "order.status_updated"}
+WEBHOOK_SCOPES = (*SHIPMENT_SCOPES, *ORDER_SCOPES)
+
+# BigCommerce's order status ids (`status_id`, `new_status_id`) the app reads.
+SHIPPED = 2
+REFUNDED = 4
+CANCELLED = 5
+COMPLETED = 10
+PARTIALLY_REFUNDED = 14
+# A status change to one of these queues the order's job: refunds, a cancellation, an order
+# completed (nothing more will ship). Shipped is not: it comes with the shipment being captured.
+ORDER_STATUSES = frozenset({REFUNDED, CANCELLED, COMPLETED, PARTIALLY_REFUNDED})
 # A payload `hash` longer than this, or not hex, is not BigCommerce's (a SHA-1 in hex).
 _PAYLOAD_HASH = re.compile(r"[0-9a-fA-F]{1,128}")
 
@@ -36,11 +53,23 @@ METAFIELD_KEY = "status"
 # --- the webhook body ----------------------------------------------------------------------------
 
 
+class RefundRef(msgspec.Struct, kw_only=True):
+    refund_id: int
+
+
+class StatusChange(msgspec.Struct, kw_only=True):
+    new_status_id: int
+    previous_status_id: int | None = None
+
+
 class WebhookData(msgspec.Struct, kw_only=True):
     type: str
     id: int
     # A number in some events, a string in others (the docs show both).
     order_id: int | str | None = msgspec.field(default=None, name="orderId")
+    # store/order/refund/created: the refund made; store/order/statusUpdated: the change.
+    refund: RefundRef | None = None
+    status: StatusChange | None = None
 
 
 class Webhook(msgspec.Struct, kw_only=True):
@@ -188,7 +217,62 @@ class Metafield(msgspec.Struct, kw_only=True):
     permission_set: str | None = None
 
 
+# BigCommerce's own store credit: a refund paid out there gives the shopper nothing back through
+# the payment they paid with.
+STORE_CREDIT = "storecredit"
+# More refunds, items or payments than this on one order is not an answer from BigCommerce.
+MAX_REFUNDS = 250
+MAX_REFUND_ITEMS = 1000
+MAX_REFUND_PAYMENTS = 20
+
+
+class RefundItem(msgspec.Struct, kw_only=True):
+    """One item of a refund: `quantity` for a product refunded by quantity (None otherwise),
+    `requested_amount` for one refunded by amount (a number; a string or null in some answers)."""
+
+    # PRODUCT (`item_id`: the order product), GIFT_WRAPPING (of an order product), SHIPPING or
+    # HANDLING (of an order address), ORDER (an amount off the order as a whole), TAX; kept a
+    # string, so that a type BigCommerce adds later is a refund by amount, not an answer refused.
+    item_type: str
+    item_id: int | None = None
+    quantity: int | None = None
+    requested_amount: Decimal | None = None
+    reason: str | None = None
+
+
+class RefundPayment(msgspec.Struct, kw_only=True):
+    """Where a refund's money went: the payment provider, or the store credit."""
+
+    provider_id: str = ""
+    amount: Decimal = ZERO
+    offline: bool = False
+    is_declined: bool = False
+    id: int | None = None
+    declined_message: str | None = None
+
+
+class Refund(msgspec.Struct, kw_only=True):
+    """One refund of `GET /v3/orders/{id}/payment_actions/refunds` (`data[]`): `total_amount` is
+    what the shopper gets back, tax included."""
+
+    id: int
+    order_id: int
+    total_amount: Decimal
+    items: Annotated[list[RefundItem], msgspec.Meta(max_length=MAX_REFUND_ITEMS)] = []
+    payments: Annotated[list[RefundPayment], msgspec.Meta(max_length=MAX_REFUND_PAYMENTS)] = []
+    total_tax: Decimal | None = None
+    reason: str | None = None
+    created: str | None = None
+    user_id: int | None = None
+    uses_merchant_override_values: bool = False
+
+
+class Refunds(msgspec.Struct, kw_only=True):
+    data: Annotated[list[Refund], msgspec.Meta(max_length=MAX_REFUNDS)] = []
+
+
 _order_decoder = msgspec.json.Decoder(Order)
+_refunds_decoder = msgspec.json.Decoder(Refunds)
 _products_decoder = msgspec.json.Decoder(list[OrderProduct])
 _shipment_decoder = msgspec.json.Decoder(Shipment)
 _shipments_decoder = msgspec.json.Decoder(list[Shipment])
@@ -208,6 +292,10 @@ def decode_shipment(raw: bytes) -> Shipment:
 
 def decode_shipments(raw: bytes) -> list[Shipment]:
     return _shipments_decoder.decode(raw)
+
+
+def decode_refunds(raw: bytes) -> list[Refund]:
+    return _refunds_decoder.decode(raw).data
 
 
 # --- where a shop keeps the Klarna order id ------------------------------------------------------
@@ -233,7 +321,11 @@ KlarnaOrderIdSource = MetafieldSource | TransactionSource
 
 # --- the write-back: the status metafield ---------------------------------------------------------
 
-Status = Literal["captured", "partially_captured", "failed"]
+# The capture status: `pending` while nothing is captured (written only once the order's life
+# at Klarna has something to say, a cancellation say).
+Status = Literal["captured", "partially_captured", "failed", "pending"]
+# The order's life at Klarna after its captures, as the status metafield says it.
+OrderStatus = Literal["refunded", "partially_refunded", "cancelled", "released"]
 
 
 class CaptureSummary(msgspec.Struct, kw_only=True):
@@ -258,11 +350,40 @@ class FailureSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
     correlation_id: str | None = None
 
 
+class RefundSummary(msgspec.Struct, kw_only=True):
+    """One BigCommerce refund made at Klarna."""
+
+    refund_id: str
+    amount: str
+    currency: str
+    klarna_order_id: str
+    klarna_refund_id: str | None
+    refunded_at: datetime
+
+
+class RefundFailure(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A BigCommerce refund Klarna (or the app) refused for good, and why."""
+
+    refund_id: str
+    amount: str | None = None
+    error_code: str
+    error_messages: list[str] = []
+    correlation_id: str | None = None
+
+
 class CaptureStatus(msgspec.Struct, kw_only=True):
-    """The value (JSON) of the order metafield `klarna_capture.status`."""
+    """The value (JSON) of the order metafield `klarna_capture.status`: the captures, and the
+    order's life at Klarna after them (its refunds, a cancellation or release, and, while goods
+    are still to ship, when its Klarna authorization expires)."""
 
     status: Status
     currency: str | None = None
     captured_amount: str | None = None
     captures: list[CaptureSummary] = []
     failures: list[FailureSummary] = []
+    order_status: OrderStatus | None = None
+    refunded_amount: str | None = None
+    refunds: list[RefundSummary] = []
+    failed_refunds: list[RefundFailure] = []
+    released: bool = False
+    authorization_expires_at: datetime | None = None

@@ -1,8 +1,9 @@
 """POST /webhooks/bigcommerce: every installed store's webhooks. A delivery is taken when it
 carries the store's hook header (the custom header the app set on its hooks, as BigCommerce
 documents) or a valid Standard Webhooks signature keyed with the app's client secret; 401
-otherwise, before anything is stored. A shipment queues its job; the worker reads the shipment and
-its order back through the store's API, so the body is only ever a pointer."""
+otherwise, before anything is stored. A shipment queues its job; a refund, or an order's status
+changed to one the app acts on (cancelled, refunded, completed), queues its order's job. Either
+way the worker reads the order back through the store's API, so the body is only ever a pointer."""
 
 import logging
 
@@ -81,6 +82,11 @@ async def bigcommerce_webhook(request: Request) -> Response:
         return _answer(
             404, platform, "unknown_shop", error="the app is not installed on this store"
         )
+    # A signed delivery is named by its webhook-id; one with the header only by the payload's
+    # hash, which BigCommerce's retries repeat: either way a replay is a duplicate.
+    delivery_id = signed_id or payloads.delivery_key(body, scope, store_hash)
+    if scope in payloads.ORDER_SCOPES:
+        return await _order_event(service, shop.id, delivery_id, body, scope)
     event_type = payloads.SHIPMENT_SCOPES.get(scope)
     if event_type is None:
         return _answer(200, platform, "ignored", scope=scope)
@@ -91,9 +97,6 @@ async def bigcommerce_webhook(request: Request) -> Response:
         shipment_id, order_id = mapping.shipment_ids(body)
     except (msgspec.MsgspecError, mapping.BigCommerceMappingError) as exc:
         rejected = f"not a shipment: {exc}"
-    # A signed delivery is named by its webhook-id; one with the header only by the payload's
-    # hash, which BigCommerce's retries repeat: either way a replay is a duplicate.
-    delivery_id = signed_id or payloads.delivery_key(body, scope, store_hash)
     return await store_delivery(
         service,
         platform,
@@ -104,6 +107,35 @@ async def bigcommerce_webhook(request: Request) -> Response:
         fulfillment_id=shipment_id,
         rejected=rejected,
         order_id=order_id,
+    )
+
+
+async def _order_event(
+    service: ServiceContext, shop_id: str, delivery_id: str, body: bytes, scope: str
+) -> Response:
+    """A refund or a status change: stored as an event of its order (whose job reads the order's
+    refunds and status as they stand); a change to a status the app does not act on is
+    acknowledged and not stored."""
+    rejected: str | None = None
+    order_id: str | None = None
+    try:
+        order_id, status = mapping.order_event_ids(body)
+    except (msgspec.MsgspecError, mapping.BigCommerceMappingError) as exc:
+        rejected = f"not an order event: {exc}"
+    else:
+        if status is not None and status not in payloads.ORDER_STATUSES:
+            return _answer(200, NAME, "ignored", scope=scope, status_id=status)
+    return await store_delivery(
+        service,
+        NAME,
+        shop_id,
+        delivery_id,
+        body=body,
+        event_type=payloads.ORDER_SCOPES[scope],
+        fulfillment_id=None,
+        rejected=rejected,
+        order_id=order_id,
+        order_event=True,
     )
 
 

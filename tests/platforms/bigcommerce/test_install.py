@@ -37,7 +37,8 @@ from tests.web.support import COOKIE, SECRET_KEY, csp_directives, page_settings,
 
 STORE = "g5cd38"
 CONTROL_PANEL = f"https://store-{STORE}.mybigcommerce.com"
-SCOPES = {"store/shipment/created", "store/shipment/updated"}
+SHIPMENT_SCOPES = ["store/shipment/created", "store/shipment/updated"]
+SCOPES = {*SHIPMENT_SCOPES, "store/order/refund/created", "store/order/statusUpdated"}
 CREATED = "store/shipment/created"
 
 
@@ -190,7 +191,7 @@ def test_a_reinstall_keeps_the_shop_takes_the_new_token_and_subscribes_once(
     assert after["id"] == before["id"]
     assert token_of(after) != token_of(before)
     hooks = bigcommerce.hooks(STORE)
-    assert len(hooks) == 2
+    assert len(hooks) == len(SCOPES)
     assert all(h["is_active"] for h in hooks)
 
 
@@ -302,7 +303,7 @@ def test_load_turns_a_deactivated_subscription_back_on(
 
     assert load(service, payload()).status_code == 303
 
-    assert [h["is_active"] for h in bigcommerce.hooks(STORE)] == [True, True]
+    assert [h["is_active"] for h in bigcommerce.hooks(STORE)] == [True] * len(SCOPES)
 
 
 @pytest.mark.parametrize(
@@ -490,7 +491,7 @@ def test_deliveries_with_the_hooks_header_or_a_signature_are_taken_once_on_each_
     service, settings = any_store
     assert install(service, bigcommerce).status_code == 303
     header = stores_header(settings)
-    assert [h["headers"] for h in bigcommerce.hooks(STORE)] == [{HOOK_HEADER: header}] * 2
+    assert [h["headers"] for h in bigcommerce.hooks(STORE)] == [{HOOK_HEADER: header}] * len(SCOPES)
     order_id = bigcommerce.add_order(STORE, [Product("Tomatoes", "20.00")])
     plain = bigcommerce.delivery(STORE, CREATED, order_id, 11)
     signed = bigcommerce.delivery(STORE, CREATED, order_id, 12, signed=True)
@@ -511,14 +512,15 @@ def test_deliveries_with_the_hooks_header_or_a_signature_are_taken_once_on_each_
     assert deliver(service, forged_body, {HOOK_HEADER: header}).json()["status"] == "accepted"
 
 
-def test_a_hook_made_before_the_header_gets_it_on_the_next_load(
+def test_a_hook_made_before_the_header_gets_it_on_the_next_load_with_the_order_hooks(
     any_store: tuple[str, Settings], bigcommerce: BigCommerceSandbox
 ) -> None:
     service, settings = any_store
-    # Installed, and subscribed, by a version that set no header on its hooks.
+    # Installed, and subscribed, by a version that set no header on its hooks and knew only
+    # shipments.
     token = bigcommerce.add_store(STORE)
     destination = f"{settings.web.public_url}/webhooks/bigcommerce"
-    for scope in sorted(SCOPES):
+    for scope in SHIPMENT_SCOPES:
         bigcommerce.add_hook(STORE, scope, destination)
 
     async def installed_before() -> None:
@@ -533,10 +535,13 @@ def test_a_hook_made_before_the_header_gets_it_on_the_next_load(
     assert load(service, payload()).status_code == 303
 
     hook_calls = [(r.method, r.path) for r in bigcommerce.requests if "/v3/hooks" in r.path]
-    assert [method for method, _ in hook_calls] == ["GET", "PUT", "PUT"]
-    assert [h["id"] for h in bigcommerce.hooks(STORE)] == before
+    # The shipment hooks updated in place; the refund and status hooks created.
+    assert [method for method, _ in hook_calls] == ["GET", "PUT", "PUT", "POST", "POST"]
+    hooks = bigcommerce.hooks(STORE)
+    assert [h["id"] for h in hooks][:2] == before
+    assert {h["scope"] for h in hooks} == SCOPES
     header = stores_header(settings)
-    assert [h["headers"] for h in bigcommerce.hooks(STORE)] == [{HOOK_HEADER: header}] * 2
+    assert [h["headers"] for h in hooks] == [{HOOK_HEADER: header}] * len(SCOPES)
     assert refused.status_code == 401
     taken = deliver(service, *bigcommerce.delivery(STORE, CREATED, order_id, 11))
     assert taken.json()["status"] == "accepted"
@@ -569,7 +574,7 @@ def test_rotating_the_secret_sets_a_new_header_on_the_hooks_and_the_old_one_pass
     assert new[1][HOOK_HEADER] != old[1][HOOK_HEADER]
     assert [h["headers"] for h in bigcommerce.hooks(STORE)] == [
         {HOOK_HEADER: new[1][HOOK_HEADER]}
-    ] * 2
+    ] * len(SCOPES)
     # Deliveries already on their way with the old header still pass (24 hours of grace); the
     # running service sees the new one once its shops cache (seconds) has let the old entry go.
     assert deliver(service, *old).json()["status"] == "accepted"

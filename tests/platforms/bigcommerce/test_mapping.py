@@ -434,3 +434,238 @@ def test_a_unit_price_finer_than_the_currency_still_adds_up_to_what_was_paid() -
 
     assert [(line.unit_price, line.total_discount_amount) for line in early.lines] == [(34, 1)]
     assert totals(early) + totals(late) == 100
+
+
+# --- refunds and the order's status ---------------------------------------------------------------
+
+
+def refund_of(
+    *items: payloads.RefundItem,
+    total: str,
+    tax: str = "0",
+    payments: list[payloads.RefundPayment] | None = None,
+    reason: str | None = None,
+) -> payloads.Refund:
+    return payloads.Refund(
+        id=9,
+        order_id=100,
+        total_amount=Decimal(total),
+        total_tax=Decimal(tax),
+        items=list(items),
+        payments=payments if payments is not None else [],
+        reason=reason,
+    )
+
+
+def units(product_id: int, quantity: int) -> payloads.RefundItem:
+    return payloads.RefundItem(item_type="PRODUCT", item_id=product_id, quantity=quantity)
+
+
+def amount_of(kind: str, amount: str, item_id: int = 1) -> payloads.RefundItem:
+    return payloads.RefundItem(item_type=kind, item_id=item_id, requested_amount=Decimal(amount))
+
+
+def refunded(
+    refund: payloads.Refund, order: Order, products: list[OrderProduct], included: bool = True
+) -> Any:
+    return bigcommerce.refund_from(
+        refund, order, products, klarna_order_id=KLARNA_ORDER_ID, taxes_included=included
+    )
+
+
+def test_a_refund_names_the_lines_by_the_references_their_capture_carries() -> None:
+    products = [
+        product(1, "20.00", 2, rate="0.07", discount="2.00"),
+        product(2, "10.00", rate="0.07"),
+    ]
+    order = order_of(products, shipping="4.90", shipping_rate="0.19")
+    only = shipment(11, {1: 2, 2: 1})
+    capture = mapped(only, order, products, [only])
+    captured = {line.reference: line for line in capture.lines}
+    assert capture.order_number == "100"  # the number the shopper knows: the order id
+
+    event = refunded(
+        refund_of(units(1, 1), amount_of("SHIPPING", "4.90"), total="23.90", reason="Too ripe"),
+        order,
+        products,
+    )
+
+    assert (event.refund_id, event.order_id, event.klarna_order_id) == ("9", "100", KLARNA_ORDER_ID)
+    assert (event.amount, event.currency, event.description) == (2390, "EUR", "Too ripe")
+    assert [(line.reference, line.quantity) for line in event.lines] == [
+        ("SKU-1", 1),
+        ("SHIPPING", 1),
+    ]
+    for line in event.lines:
+        assert line.reference in captured
+        assert (line.unit_price, line.tax_rate, line.type) == (
+            captured[line.reference].unit_price,
+            captured[line.reference].tax_rate,
+            captured[line.reference].type,
+        )
+    assert event.fulfillment_id is None  # BigCommerce does not say which shipment came back
+
+
+def test_a_product_without_a_sku_is_named_by_its_order_product_id_in_capture_and_refund() -> None:
+    bare = msgspec.structs.replace(product(1, "10.00", 2), sku=None)
+    order = order_of([bare])
+    only = shipment(11, {1: 2})
+
+    [line] = mapped(only, order, [bare], [only]).lines
+    event = refunded(refund_of(units(1, 2), total="20.00"), order, [bare])
+
+    assert [(line.reference, line.quantity) for line in event.lines] == [("1", 2)]
+    assert line.reference == "1"
+
+
+@pytest.mark.parametrize(
+    ("items", "total"),
+    [
+        ([amount_of("ORDER", "5.00", 100)], "5.00"),  # an amount off the order
+        ([amount_of("SHIPPING", "2.00")], "2.00"),  # part of the shipping
+        ([amount_of("PRODUCT", "3.00")], "3.00"),  # a product by amount
+        ([units(1, 1), amount_of("ORDER", "1.00", 100)], "11.00"),  # units and an adjustment
+        ([amount_of("HANDLING", "1.00")], "1.00"),  # a fee the order does not have
+    ],
+)
+def test_a_refund_that_is_not_whole_lines_is_a_refund_by_amount(
+    items: list[payloads.RefundItem], total: str
+) -> None:
+    products = [product(1, "10.00", 2)]
+    order = order_of(products, shipping="4.90")
+
+    event = refunded(refund_of(*items, total=total), order, products)
+
+    assert event.lines is None
+    assert event.amount == int(Decimal(total) * 100)
+
+
+def test_what_went_back_as_store_credit_or_was_declined_is_not_refunded_at_klarna() -> None:
+    products = [product(1, "10.00", 2)]
+    order = order_of(products)
+    credit = payloads.RefundPayment(provider_id="storecredit", amount=Decimal("20.00"))
+    some_credit = payloads.RefundPayment(provider_id="StoreCredit ", amount=Decimal("5.00"))
+    paid = payloads.RefundPayment(provider_id="klarna", amount=Decimal("15.00"))
+    declined = payloads.RefundPayment(
+        provider_id="klarna", amount=Decimal("20.00"), is_declined=True
+    )
+
+    assert (
+        refunded(refund_of(units(1, 2), total="20.00", payments=[credit]), order, products) is None
+    )
+    assert (
+        refunded(refund_of(units(1, 2), total="20.00", payments=[declined]), order, products)
+        is None
+    )
+    split = refunded(
+        refund_of(units(1, 2), total="20.00", payments=[some_credit, paid]), order, products
+    )
+    assert (split.amount, split.lines) == (1500, None)  # the rest, by amount
+    rest = payloads.RefundPayment(provider_id="klarna", amount=Decimal("5.00"))
+    whole = refunded(refund_of(units(1, 2), total="20.00", payments=[paid, rest]), order, products)
+    assert (whole.amount, [line.quantity for line in whole.lines]) == (2000, [2])
+
+
+def test_money_edge_cases_zero_decimals_and_rounding() -> None:
+    yen = [product(1, "1500", 2)]
+    order = order_of(yen, currency="JPY")
+    event = refunded(refund_of(units(1, 1), total="1500"), order, yen)
+    assert (event.amount, event.currency, event.lines[0].unit_price) == (1500, "JPY", 1500)
+
+    euros = [product(1, "10.00", 2)]
+    # Four decimals, as BigCommerce keeps them: rounded half up to the cent.
+    assert refunded(refund_of(units(1, 1), total="10.005"), order_of(euros), euros).amount == 1001
+    assert refunded(refund_of(units(1, 1), total="9.9949"), order_of(euros), euros).amount == 999
+
+
+def test_taxes_excluded_refund_their_tax_as_sales_tax_with_the_lines() -> None:
+    products = [product(1, "10.00", 2, rate="0.0825", included=False)]
+    order = order_of(products, included=False, currency="USD")
+
+    event = refunded(refund_of(units(1, 1), total="10.83", tax="0.83"), order, products, False)
+
+    assert (event.amount, event.sales_tax) == (1083, 83)
+    assert [(line.reference, line.unit_price) for line in event.lines] == [("SKU-1", 1000)]
+
+
+@pytest.mark.parametrize(
+    ("refund", "message"),
+    [
+        (refund_of(units(7, 1), total="10.00"), "order product 7, which order 100 does not have"),
+        (refund_of(units(1, 3), total="30.00"), "3 of order product 1 refunded, 2 ordered"),
+        (refund_of(units(1, 1), total="1e400"), "is not an amount"),
+        (refund_of(units(1, 1), total="NaN"), "is not an amount"),
+    ],
+)
+def test_a_refund_that_cannot_be_so_is_refused_not_guessed(
+    refund: payloads.Refund, message: str
+) -> None:
+    products = [product(1, "10.00", 2)]
+
+    with pytest.raises(BigCommerceMappingError, match=message):
+        refunded(refund, order_of(products), products)
+
+
+@pytest.mark.parametrize(
+    ("status", "shipped", "refunded_units", "expected"),
+    [
+        (11, {}, 0, (False, False)),  # awaiting fulfillment
+        (5, {}, 0, (True, True)),  # cancelled, nothing shipped
+        (5, {1: 1}, 0, (True, False)),  # cancelled after a shipment: cancelled, not closed
+        (4, {}, 0, (False, True)),  # refunded, nothing shipped
+        (4, {1: 1}, 1, (False, True)),  # refunded: what did not ship was refunded
+        (14, {1: 1}, 0, (False, False)),  # partially refunded, a unit still to ship
+        (14, {1: 1}, 1, (False, True)),  # partially refunded: the unit not shipped was refunded
+        (14, {}, 1, (False, False)),  # partially refunded, nothing shipped: a unit to ship
+        (2, {1: 2}, 0, (False, True)),  # shipped, all of it
+        (10, {1: 1}, 1, (False, True)),  # completed, the rest refunded
+        (10, {1: 1}, 0, (False, False)),  # completed with a unit never shipped: not closed
+    ],
+)
+def test_an_order_is_cancelled_or_closed_by_its_status_and_what_shipped(
+    status: int, shipped: dict[int, int], refunded_units: int, expected: tuple[bool, bool]
+) -> None:
+    products = [
+        msgspec.structs.replace(product(1, "10.00", 2), quantity_refunded=refunded_units),
+        product(2, "5.00", kind="digital"),
+    ]
+    order = msgspec.structs.replace(order_of(products), status_id=status)
+    shipments = [shipment(11, shipped)] if shipped else []
+
+    assert bigcommerce.order_state(order, products, shipments) == expected
+
+
+def test_an_order_webhook_names_its_order_and_its_new_status() -> None:
+    refund = (
+        b'{"scope": "store/order/refund/created", "store_id": "1", "producer": "stores/abc1",'
+        b' "data": {"type": "order", "id": 250, "refund": {"refund_id": 3}}, "hash": "x"}'
+    )
+    status = (
+        b'{"scope": "store/order/statusUpdated", "store_id": "1", "producer": "stores/abc1",'
+        b' "data": {"type": "order", "id": 250, "status": {"previous_status_id": 11,'
+        b' "new_status_id": 5}}, "hash": "x"}'
+    )
+
+    assert bigcommerce.order_event_ids(refund) == ("250", None)
+    assert bigcommerce.order_event_ids(status) == ("250", 5)
+    with pytest.raises(BigCommerceMappingError, match=r"data\.refund"):
+        bigcommerce.order_event_ids(refund.replace(b', "refund": {"refund_id": 3}', b""))
+    with pytest.raises(BigCommerceMappingError, match="not an order"):
+        bigcommerce.order_event_ids(status.replace(b'"type": "order"', b'"type": "cart"'))
+    with pytest.raises(msgspec.ValidationError):
+        bigcommerce.order_event_ids(status.replace(b'"new_status_id": 5', b'"new_status_id": "x"'))
+
+
+def test_a_refund_item_of_a_type_bigcommerce_adds_later_is_a_refund_by_amount() -> None:
+    products = [product(1, "10.00", 2)]
+    raw = (
+        b'{"data": [{"id": 9, "order_id": 100, "total_amount": 3.5, "total_tax": 0,'
+        b' "items": [{"item_type": "FEE", "item_id": 5, "quantity": null,'
+        b' "requested_amount": "3.50"}], "payments": [{"provider_id": "klarna", "amount": 3.5}]}],'
+        b' "meta": {}}'
+    )
+
+    [refund] = payloads.decode_refunds(raw)
+    event = refunded(refund, order_of(products), products)
+
+    assert (event.amount, event.lines) == (350, None)
