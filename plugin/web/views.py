@@ -23,6 +23,7 @@ from plugin.web.auth import COOKIE, LinkError, Session
 from plugin.web.forms import (
     CAPTURE_MODES,
     ENVIRONMENTS,
+    KEEP_ALIVE_DAYS,
     KLARNA_ACCOUNT_FIELDS,
     REGIONS,
     TEMPLATE_FIELDS,
@@ -178,6 +179,7 @@ def _settings_context(
         "environments": ENVIRONMENTS,
         "capture_modes": CAPTURE_MODES,
         "template_fields": TEMPLATE_FIELDS,
+        "keep_alive_days": KEEP_ALIVE_DAYS,
         "webhook_url": f"{service.settings.web.public_url}/webhooks/{shop.platform}/{shop.id}",
         "csrf_token": request.state.csrf_token,
         "notice": NOTICES.get(request.query_params.get("notice", "")),
