@@ -1,4 +1,4 @@
-"""The merchant's pages: settings, activity, one shipment; sign-in by admin link."""
+"""The merchant's pages: settings, activity, one shipment, one order; sign-in by admin link."""
 
 import math
 import time
@@ -482,10 +482,16 @@ class FailedOrder(msgspec.Struct, kw_only=True):
 async def _failed_orders(
     service: Service, shop: Shop, order_ids: Sequence[str]
 ) -> list[FailedOrder]:
-    """The dead order jobs among these orders (a page's: at most PAGE_SIZE of them)."""
+    """The dead order jobs among these orders (a page's: at most PAGE_SIZE of them): each
+    order's trail read, and its job only when the trail's last word of it is its burial (the
+    order task's failed hook writes it whenever the job dies)."""
     failed = []
     for order_id in order_ids:
-        job = await _order_job(service, shop, order_id)
+        trail = await service.store.audit_trail(shop.id, order_subject(order_id))
+        last = next((entry for entry in reversed(trail) if entry.job_id is not None), None)
+        if last is None or last.outcome != "dead":
+            continue
+        job = await _order_job(service, shop, order_id, trail)
         if job is not None and job.state == "dead":
             failed.append(FailedOrder(order_id=order_id, error=_job_error(job.last_error)))
     return failed
