@@ -400,6 +400,17 @@ def test_the_authorizations_expiring_soon_are_listed_with_what_the_keep_alive_di
     assert 'id="expiring"' not in browser.get(f"{browser.base}/activity?before=1.0_1").text
 
 
+def test_the_expiring_list_stops_at_fifty_soonest_first(quiet_site: Site) -> None:
+    site = quiet_site
+    shop, _ = site.create_shop()
+    now = time.time()
+    for i in range(55):
+        note_order(site, shop.id, f"E{i:02d}", now + DAY - i * 60)
+    browser = site.sign_in(shop.id)
+    expiring = section(browser.get(f"{browser.base}/activity").text, "expiring")
+    assert re.findall(r'/orders/([^"]+)">', expiring) == [f"E{i:02d}" for i in range(54, 4, -1)]
+
+
 def test_what_a_storefront_names_is_escaped(quiet_site: Site) -> None:
     site = quiet_site
     shop, _ = site.create_shop()
