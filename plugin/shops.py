@@ -28,8 +28,17 @@ ROTATION_GRACE_SECONDS = 24 * 3600.0
 CACHE_ENTRIES = 10_000
 CACHE_MISSES = 1_000
 # The options (ShopOptions' fields) every shop uses, as its settings page offers them: how to
-# capture and what the customer sees. Each platform adds its own (plugin.platforms.registry).
-COMMON_OPTIONS = ("capture_mode", "send_tracking", "trigger_send_out", "description_template")
+# capture, what the customer sees, and the order's life after (release, keep-alive). Each platform
+# adds its own (plugin.platforms.registry).
+COMMON_OPTIONS = (
+    "capture_mode",
+    "send_tracking",
+    "trigger_send_out",
+    "description_template",
+    "release_remaining",
+    "keep_alive",
+    "keep_alive_days",
+)
 
 
 _SHOP_ID = re.compile(r"shop_[0-9a-f]{12}")

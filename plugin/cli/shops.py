@@ -20,6 +20,7 @@ from plugin.service import Service
 from plugin.store import ShopChanges
 from plugin.store.records import KLARNA_CREDENTIALS, Shop, ShopOptions
 from plugin.web.auth import Auth
+from plugin.web.forms import KEEP_ALIVE_DAYS, parse_keep_alive_days
 
 # The choices are the Klarna client's own types' values, so that a shop added here is one the
 # client can call.
@@ -78,6 +79,25 @@ def add_commands(commands: Any) -> None:
         "--description-template",
         help="the capture description customers see, e.g. 'Parcel {fulfillment_name}'; plain "
         "fields only: " + ", ".join("{" + name + "}" for name in DESCRIPTION_FIELDS),
+    )
+    add.add_argument(
+        "--release-remaining",
+        action=argparse.BooleanOptionalAction,
+        help="release what is left of an order's authorization when it is cancelled or "
+        "completed with goods never shipped (default: on)",
+    )
+    add.add_argument(
+        "--keep-alive",
+        action=argparse.BooleanOptionalAction,
+        help="extend the authorization of an order with goods unshipped before it expires "
+        "(default: on)",
+    )
+    low, high = KEEP_ALIVE_DAYS
+    add.add_argument(
+        "--keep-alive-days",
+        metavar="DAYS",
+        help=f"extend an authorization when it expires within DAYS days, {low} to {high} "
+        f"(default: {ShopOptions().keep_alive_days})",
     )
     add.add_argument("--json", action="store_true", help="print one JSON object")
     add.set_defaults(run=lambda args: running.run(_shop_add, args))
@@ -172,14 +192,7 @@ async def _add(service: Service, args: argparse.Namespace) -> int:
     new = part.new_shop(args)
     if new.domain is not None and await service.store.shop_by_domain(args.platform, new.domain):
         raise ShopAddRefused(f"a shop is already connected to {new.domain}", status=1)
-    options = new.options
-    if args.description_template:
-        refused = description_problem(args.description_template)
-        if refused:
-            raise ShopAddRefused(f"--description-template: {refused}")
-        options = msgspec.structs.replace(
-            options or ShopOptions(), description_template=args.description_template
-        )
+    options = _common_options(new.options, args)
     password = _read_secret(
         args.klarna_password_stdin,
         "Klarna API password: ",
@@ -220,6 +233,32 @@ async def _add(service: Service, args: argparse.Namespace) -> int:
         if part.created:
             print(part.created)
     return 0
+
+
+def _common_options(options: ShopOptions | None, args: argparse.Namespace) -> ShopOptions | None:
+    """The platform's options with the common ones given on the command line; ShopAddRefused
+    naming the first option given wrong."""
+    given: dict[str, Any] = {}
+    if args.description_template:
+        refused = description_problem(args.description_template)
+        if refused:
+            raise ShopAddRefused(f"--description-template: {refused}")
+        given["description_template"] = args.description_template
+    if args.release_remaining is not None:
+        given["release_remaining"] = args.release_remaining
+    if args.keep_alive is not None:
+        given["keep_alive"] = args.keep_alive
+    if args.keep_alive_days is not None:
+        days = parse_keep_alive_days(args.keep_alive_days)
+        if days is None:
+            low, high = KEEP_ALIVE_DAYS
+            raise ShopAddRefused(
+                f"--keep-alive-days: give a whole number of days from {low} to {high}"
+            )
+        given["keep_alive_days"] = days
+    if not given:
+        return options
+    return msgspec.structs.replace(options or ShopOptions(), **given)
 
 
 async def _address_problem(service: Service, *urls: tuple[str, str | None]) -> str | None:

@@ -2,6 +2,7 @@
 has are here; what a platform adds (its fields, their checks, its partial, who frames its pages)
 is its `SettingsPage`, in `plugin/platforms/<name>/settings.py`."""
 
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -13,7 +14,7 @@ from plugin.klarna.models import Environment, Region, parse_environment, parse_r
 from plugin.outbound import AddressGuard, IPNetwork, url_problem
 from plugin.shops import Shops
 from plugin.store import ShopChanges
-from plugin.store.records import Shop
+from plugin.store.records import Shop, ShopOptions
 
 REGIONS = {"eu": "Europe", "na": "North America", "oc": "Oceania"}
 ENVIRONMENTS = {"playground": "Playground (test)", "live": "Live"}
@@ -29,6 +30,23 @@ KLARNA_ACCOUNT_FIELDS = (
     "klarna_password",
 )
 MAX_NAME = 255
+
+
+def _bounds(name: str) -> tuple[int, int]:
+    """The bounds ShopOptions sets on its integer option `name`: the form checks the same."""
+    info = msgspec.inspect.type_info(ShopOptions)
+    if isinstance(info, msgspec.inspect.StructType):
+        for field in info.fields:
+            kind = field.type
+            if field.name != name or not isinstance(kind, msgspec.inspect.IntType):
+                continue
+            if kind.ge is not None and kind.le is not None:
+                return kind.ge, kind.le
+    raise TypeError(f"ShopOptions.{name} is no bounded integer")
+
+
+# How many days ahead of its expiry an authorization is extended (ShopOptions.keep_alive_days).
+KEEP_ALIVE_DAYS = _bounds("keep_alive_days")
 
 
 class SettingsPage:
@@ -147,6 +165,9 @@ class SettingsForm(msgspec.Struct, kw_only=True):
     send_tracking: bool = True
     trigger_send_out: bool = False
     description_template: str = ""
+    release_remaining: bool = True
+    keep_alive: bool = True
+    keep_alive_days: str = "3"
     status_url: str = ""
     fields: dict[str, str] = {}
     errors: dict[str, str] = {}
@@ -161,6 +182,9 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             send_tracking=shop.options.send_tracking,
             trigger_send_out=shop.options.trigger_send_out,
             description_template=shop.options.description_template or "",
+            release_remaining=shop.options.release_remaining,
+            keep_alive=shop.options.keep_alive,
+            keep_alive_days=str(shop.options.keep_alive_days),
             status_url=shop.status_url or "",
             fields=page.from_shop(shop),
         )
@@ -178,6 +202,9 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             send_tracking=data.get("send_tracking") == "on",
             trigger_send_out=data.get("trigger_send_out") == "on",
             description_template=data.get("description_template", "").strip(),
+            release_remaining=data.get("release_remaining") == "on",
+            keep_alive=data.get("keep_alive") == "on",
+            keep_alive_days=data.get("keep_alive_days", "").strip(),
             status_url=data.get("status_url", "").strip(),
         )
         kept = cls.from_shop(shop, page)
@@ -206,6 +233,9 @@ class SettingsForm(msgspec.Struct, kw_only=True):
         problem = description_problem(self.description_template)
         if problem:
             errors["description_template"] = problem
+        if parse_keep_alive_days(self.keep_alive_days) is None:
+            low, high = KEEP_ALIVE_DAYS
+            errors["keep_alive_days"] = f"Enter a whole number of days from {low} to {high}."
         if self.status_url and (
             not self.status_url.startswith(("https://", "http://")) or len(self.status_url) > 2048
         ):
@@ -243,6 +273,10 @@ class SettingsForm(msgspec.Struct, kw_only=True):
                 send_tracking=self.send_tracking,
                 trigger_send_out=self.trigger_send_out,
                 description_template=self.description_template or None,
+                release_remaining=self.release_remaining,
+                keep_alive=self.keep_alive,
+                keep_alive_days=parse_keep_alive_days(self.keep_alive_days)
+                or shop.options.keep_alive_days,
                 **page.options(self.fields),
             ),
         )
@@ -250,6 +284,15 @@ class SettingsForm(msgspec.Struct, kw_only=True):
         if domain:
             changes.shop_domain = domain
         return changes
+
+
+def parse_keep_alive_days(value: str) -> int | None:
+    """`value` as the shop's `keep_alive_days` (at most two ASCII digits, within
+    KEEP_ALIVE_DAYS); None when it is no such number."""
+    low, high = KEEP_ALIVE_DAYS
+    if not re.fullmatch(r"[0-9]{1,2}", value) or not low <= int(value) <= high:
+        return None
+    return int(value)
 
 
 def name_problem(what: str, name: str) -> str | None:

@@ -31,6 +31,7 @@ _SOURCE = re.compile(r"https://[a-z0-9.-]+", re.IGNORECASE)
 def routes() -> list[BaseRoute]:
     shop = "/admin/{shop_id}"
     shipments = shop + "/shipments/"
+    orders = shop + "/orders/"
     return [
         Route("/", views.index),
         Route("/admin", views.home),
@@ -48,6 +49,9 @@ def routes() -> list[BaseRoute]:
         Route(shipments + "{fulfillment_id:path}", views.shipment_page, methods=["GET"]),
         # .../shipments/<fulfillment id>/retry and .../send-out; the id may hold slashes.
         Route(shipments + "{target:path}", views.shipment_action, methods=["POST"]),
+        Route(orders + "{order_id:path}", views.order_page, methods=["GET"]),
+        # .../orders/<order id>/retry; the id may hold slashes.
+        Route(orders + "{target:path}", views.order_action, methods=["POST"]),
         Route(shop + "/logout", views.logout, methods=["POST"]),
     ]
 

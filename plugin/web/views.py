@@ -1,8 +1,9 @@
-"""The merchant's pages: settings, activity, one shipment; sign-in by admin link."""
+"""The merchant's pages: settings, activity, one shipment, one order; sign-in by admin link."""
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,16 +14,28 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from plugin import about, money
 from plugin.credentials import OUTCOME_TEXTS, ConnectionTest, check_credentials
+from plugin.errors import JobError
 from plugin.klarna import KlarnaError
 from plugin.klarna.client import new_idempotency_key
 from plugin.klarna.models import CaptureObject
 from plugin.platforms import registry
 from plugin.service import Service
-from plugin.store.records import KLARNA_CREDENTIALS, Shipment, Shop, Waiting
+from plugin.store.records import (
+    KLARNA_CREDENTIALS,
+    AuditEntry,
+    Job,
+    OrderOperation,
+    OrderRecord,
+    Shipment,
+    Shop,
+    Waiting,
+    order_subject,
+)
 from plugin.web.auth import COOKIE, LinkError, Session
 from plugin.web.forms import (
     CAPTURE_MODES,
     ENVIRONMENTS,
+    KEEP_ALIVE_DAYS,
     KLARNA_ACCOUNT_FIELDS,
     REGIONS,
     TEMPLATE_FIELDS,
@@ -40,6 +53,9 @@ from plugin.web.pages import (
 )
 
 PAGE_SIZE = 50
+# Orders listed under "Authorizations expiring soon", soonest first.
+EXPIRING_LIMIT = 50
+DAY = 86_400.0
 
 
 def _service(request: Request) -> Service:
@@ -57,6 +73,7 @@ NOTICES = {
     "saved-anyway": "Settings saved anyway, but Klarna did not accept the credentials (see "
     "beside the password): shipments wait on them until Klarna accepts the ones saved here.",
     "retried": "The shipment is queued to be processed again.",
+    "retried-order": "The order is queued to be processed again.",
     "sent": "Klarna was asked to send the customer their payment details again.",
 }
 
@@ -178,6 +195,7 @@ def _settings_context(
         "environments": ENVIRONMENTS,
         "capture_modes": CAPTURE_MODES,
         "template_fields": TEMPLATE_FIELDS,
+        "keep_alive_days": KEEP_ALIVE_DAYS,
         "webhook_url": f"{service.settings.web.public_url}/webhooks/{shop.platform}/{shop.id}",
         "csrf_token": request.state.csrf_token,
         "notice": NOTICES.get(request.query_params.get("notice", "")),
@@ -323,16 +341,10 @@ def _row(shipment: Shipment) -> Row:
     if amount is None and shipment.planned_request:
         amount = msgspec.json.decode(shipment.planned_request, type=CaptureObject).captured_amount
     currency = shipment.currency or ""
-    shown = ""
-    if amount is not None and currency:
-        try:
-            shown = str(money.to_decimal(amount, currency))
-        except money.MoneyError:
-            shown = str(amount)
     return Row(
         fulfillment_id=shipment.fulfillment_id,
         state=_state(shipment),
-        amount=shown,
+        amount=_amount(amount, currency),
         currency=currency,
         capture_id=shipment.capture_id or "",
         klarna_reference=shipment.klarna_reference or "",
@@ -344,6 +356,16 @@ def _row(shipment: Shipment) -> Row:
         can_send_out=shipment.capture_id is not None,
         waiting=shipment.job_state == "waiting",
     )
+
+
+def _amount(amount: int | None, currency: str) -> str:
+    """Minor units as the currency's decimal amount ("" when unknown)."""
+    if amount is None or not currency:
+        return ""
+    try:
+        return str(money.to_decimal(amount, currency))
+    except money.MoneyError:
+        return str(amount)
 
 
 WAITING_STATE = "waiting on credentials"
@@ -364,6 +386,151 @@ def _state(shipment: Shipment) -> str:
     return "received"
 
 
+class Call(msgspec.Struct, kw_only=True):
+    """A life-cycle call on a Klarna order (a refund, the cancellation, the release, an
+    extension) as the pages show it; never its idempotency key or request."""
+
+    order_id: str
+    what: str
+    refund_id: str  # a refund's: the storefront's refund id
+    state: str  # planned, done, failed
+    amount: str
+    currency: str
+    klarna_refund_id: str
+    expires_at: float | None  # an extension's: the authorization's new expiry
+    error: JobError | None
+    at: float
+
+
+_CALLS = {"refund": "Refund", "cancel": "Cancellation", "release": "Release", "extend": "Extension"}
+_error_decoder = msgspec.json.Decoder(JobError)
+
+
+def _job_error(stored: str | None) -> JobError | None:
+    """A stored failure (a dead letter's, a refused call's), as the pages show it."""
+    if not stored:
+        return None
+    try:
+        return _error_decoder.decode(stored)
+    except msgspec.DecodeError:
+        return JobError(step="", error_code="UNREADABLE", error_messages=[stored[:500]])
+
+
+def _calls(operations: Iterable[OrderOperation]) -> list[Call]:
+    """The calls the merchant sees, in the order they were planned (the order's number given to
+    Klarna is bookkeeping, not shown)."""
+    return [_call(op) for op in operations if op.kind in _CALLS]
+
+
+def _call(op: OrderOperation) -> Call:
+    expires_at = None
+    if op.kind == "extend" and op.state == "done" and op.result:
+        try:
+            expires_at = datetime.fromisoformat(op.result).timestamp()
+        except ValueError:
+            expires_at = None
+    return Call(
+        order_id=op.order_id,
+        what=_CALLS[op.kind],
+        refund_id=op.key if op.kind == "refund" else "",
+        state=op.state,
+        amount=_amount(op.amount, op.currency) if op.kind in ("refund", "release") else "",
+        currency=op.currency,
+        klarna_refund_id=(op.result or "") if op.kind == "refund" and op.state == "done" else "",
+        expires_at=expires_at,
+        error=_job_error(op.error) if op.state == "failed" else None,
+        at=op.updated_at,
+    )
+
+
+async def _operations(
+    service: Service, shop: Shop, order_ids: Sequence[str]
+) -> list[OrderOperation]:
+    """The life-cycle calls of these orders, in one query (none for no order)."""
+    return await service.store.order_operations(shop.id, order_ids) if order_ids else []
+
+
+def _job_of(trail: Sequence[AuditEntry]) -> int | None:
+    """The id of the order's job: every run of it that changed something, and every failure of
+    it, is on the order's trail with the job's id."""
+    for entry in reversed(trail):
+        if entry.job_id is not None:
+            return entry.job_id
+    return None
+
+
+async def _order_job(
+    service: Service, shop: Shop, order_id: str, trail: Sequence[AuditEntry] | None = None
+) -> Job | None:
+    """The order's job, when it has run (None: never ran, or its trail is gone)."""
+    if trail is None:
+        trail = await service.store.audit_trail(shop.id, order_subject(order_id))
+    job_id = _job_of(trail)
+    job = await service.store.get_job(job_id) if job_id is not None else None
+    if job is None or (job.shop_id, job.kind, job.key) != (shop.id, "order", order_id):
+        return None
+    return job
+
+
+class FailedOrder(msgspec.Struct, kw_only=True):
+    """An order whose job is a dead letter, and why."""
+
+    order_id: str
+    error: JobError | None
+
+
+async def _failed_orders(
+    service: Service, shop: Shop, order_ids: Sequence[str]
+) -> list[FailedOrder]:
+    """The dead order jobs among these orders (a page's: at most PAGE_SIZE of them): each
+    order's trail read, and its job only when the trail's last word of it is its burial (the
+    order task's failed hook writes it whenever the job dies)."""
+    failed = []
+    for order_id in order_ids:
+        trail = await service.store.audit_trail(shop.id, order_subject(order_id))
+        last = next((entry for entry in reversed(trail) if entry.job_id is not None), None)
+        if last is None or last.outcome != "dead":
+            continue
+        job = await _order_job(service, shop, order_id, trail)
+        if job is not None and job.state == "dead":
+            failed.append(FailedOrder(order_id=order_id, error=_job_error(job.last_error)))
+    return failed
+
+
+class Expiring(msgspec.Struct, kw_only=True):
+    """An open order whose Klarna authorization runs out soon (or is not read yet), and what the
+    keep-alive last did for it."""
+
+    order_id: str
+    klarna_order_id: str
+    expires_at: float | None
+    expired: bool
+    extension: Call | None
+
+
+async def _expiring(service: Service, shop: Shop, now: float) -> list[Expiring]:
+    """The shop's open orders whose authorization expires within its `keep_alive_days`, soonest
+    first, with their last extension: two queries, at most EXPIRING_LIMIT orders."""
+    orders: list[OrderRecord] = await service.store.orders_expiring(
+        now + shop.options.keep_alive_days * DAY, shop_id=shop.id, limit=EXPIRING_LIMIT
+    )
+    extensions: dict[str, Call] = {}
+    for op in await _operations(service, shop, [order.order_id for order in orders]):
+        if op.kind == "extend" and op.state != "planned":
+            extensions[op.order_id] = _call(op)  # planned in order: the last one stays
+    return [
+        Expiring(
+            order_id=order.order_id,
+            klarna_order_id=order.klarna_order_id,
+            expires_at=order.authorization_expires_at,
+            expired=order.authorization_expires_at is not None
+            and order.authorization_expires_at <= now,
+            extension=extensions.get(order.order_id),
+        )
+        for order in orders
+    ]
+
+
 @page()
 async def activity(request: Request, service: Service, shop: Shop, session: Session) -> Response:
     before: tuple[float, int] | None = None
@@ -382,12 +549,19 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
     next_cursor = (
         f"{shipments[-1].updated_at!r}_{shipments[-1].job_id}" if more and shipments else None
     )
+    rows = [_row(s) for s in shipments]
+    # The orders of this page's shipments: their refunds, cancellation, release and extensions,
+    # and those whose own job failed for good.
+    order_ids = list(dict.fromkeys(row.order_id for row in rows if row.order_id))
     return _render(
         request,
         "activity.html",
         {
             "shop": shop,
-            "rows": [_row(s) for s in shipments],
+            "rows": rows,
+            "calls": _calls(await _operations(service, shop, order_ids)),
+            "failed_orders": await _failed_orders(service, shop, order_ids),
+            "expiring": await _expiring(service, shop, time.time()) if before is None else [],
             "next_cursor": next_cursor,
             "first_page": before is None,
             "csrf_token": request.state.csrf_token,
@@ -424,12 +598,14 @@ async def _shipment_page(
                 "refunded": str(money.to_decimal(capture.refunded_amount, row.currency)),
             }
     trail = await service.store.audit_trail(shop.id, shipment.fulfillment_id)
+    order_ids = [shipment.order_id] if shipment.order_id else []
     return _render(
         request,
         "shipment.html",
         {
             "shop": shop,
             "row": row,
+            "calls": _calls(await _operations(service, shop, order_ids)),
             "live": live,
             "live_error": live_error,
             "trail": trail,
@@ -450,9 +626,110 @@ async def shipment_page(
     return await _shipment_page(request, service, shop)
 
 
+class OrderFacts(msgspec.Struct, kw_only=True):
+    """A storefront order at Klarna as its page shows it, from the ledger."""
+
+    order_id: str
+    klarna_order_id: str
+    currency: str
+    state: str  # open, cancelled, closed; "" when no order event or keep-alive noted it yet
+    expires_at: float | None  # while open
+    refunded: str  # the done refunds' sum
+
+
+async def _order_page(
+    request: Request,
+    service: Service,
+    shop: Shop,
+    *,
+    outcome: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    order_id = request.path_params["order_id"]
+    store = service.store
+    order = await store.get_order(shop.id, order_id)
+    operations = await store.order_operations(shop.id, [order_id])
+    captures = await store.order_captures(shop.id, [order_id])
+    trail = await store.audit_trail(shop.id, order_subject(order_id))
+    if order is None and not operations and not captures and not trail:
+        return message(request, "No such order", "This shop has no such order.", 404)
+    job = await _order_job(service, shop, order_id, trail)
+    # What Klarna order it is and its currency: whatever the ledger holds of it.
+    known = order or (operations[0] if operations else None) or (captures[0] if captures else None)
+    currency = known.currency if known is not None else ""
+    facts = OrderFacts(
+        order_id=order_id,
+        klarna_order_id=known.klarna_order_id if known is not None else "",
+        currency=currency,
+        state=order.state if order is not None else "",
+        expires_at=order.authorization_expires_at
+        if order is not None and order.state == "open"
+        else None,
+        refunded=_amount(
+            sum(op.amount or 0 for op in operations if op.kind == "refund" and op.state == "done"),
+            currency,
+        ),
+    )
+    return _render(
+        request,
+        "order.html",
+        {
+            "shop": shop,
+            "order": facts,
+            "calls": _calls(operations),
+            "shipments": [
+                {
+                    "fulfillment_id": c.fulfillment_id,
+                    "state": c.state,
+                    "amount": _amount(c.captured_amount, c.currency),
+                    "currency": c.currency,
+                }
+                for c in captures
+            ],
+            "dead": job is not None and job.state == "dead",
+            "error": _job_error(job.last_error) if job is not None else None,
+            "trail": trail,
+            "outcome": outcome,
+            "notice": NOTICES.get(request.query_params.get("notice", "")),
+            "csrf_token": request.state.csrf_token,
+        },
+        status_code=status_code,
+    )
+
+
+@page()
+async def order_page(request: Request, service: Service, shop: Shop, session: Session) -> Response:
+    if not is_fulfillment_id(request.path_params["order_id"]):
+        return message(request, "Not found", "There is no such page.", 404)
+    return await _order_page(request, service, shop)
+
+
+@page(post=True)
+async def order_action(
+    request: Request, service: Service, shop: Shop, session: Session
+) -> Response:
+    """POST .../orders/<order id>/retry: a dead order job run again; ids may hold slashes."""
+    order_id, _, action = request.path_params["target"].rpartition("/")
+    if action != "retry" or not is_fulfillment_id(order_id):
+        return message(request, "Not found", "There is no such page.", 404)
+    request.path_params["order_id"] = order_id
+    job = await _order_job(service, shop, order_id)
+    if (
+        job is None
+        or job.state != "dead"
+        or not await service.store.requeue_job(job.id, time.time())
+    ):
+        outcome = {"ok": "", "text": "Only an order that failed for good can be retried."}
+        return await _order_page(request, service, shop, outcome=outcome, status_code=409)
+    service.wake_workers()
+    return RedirectResponse(
+        f"/admin/{shop.id}/orders/{order_id}?notice=retried-order", status_code=303
+    )
+
+
 def is_fulfillment_id(value: str) -> bool:
-    """Whether `value` could be a fulfilment id: every event carries one of at most 255
-    printable characters. Anything else in a URL is no shipment, answered without a lookup."""
+    """Whether `value` could be a fulfilment (or order) id: every event carries one of at most
+    255 printable characters. Anything else in a URL is none, answered without a lookup."""
     return 0 < len(value) <= MAX_FULFILLMENT_ID and value.isprintable()
 
 

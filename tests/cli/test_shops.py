@@ -75,6 +75,32 @@ def test_shop_add_takes_a_description_template_of_plain_fields_only(env: dict[st
     assert listed_shops(env) == [shop["shop_id"]]
 
 
+def test_shop_add_sets_the_order_life_options_within_their_bounds(env: dict[str, str]) -> None:
+    shop = add_shop(env, "--no-release-remaining", "--no-keep-alive", "--keep-alive-days", "30")
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop["shop_id"]).stdout)
+    options = shown["options"]
+    assert (options["release_remaining"], options["keep_alive"], options["keep_alive_days"]) == (
+        False,
+        False,
+        30,
+    )
+    other = add_shop(env, "--keep-alive-days", "1", "--release-remaining")
+    options = msgspec.json.decode(run_cli(env, "shop", "show", other["shop_id"]).stdout)["options"]
+    assert (options["release_remaining"], options["keep_alive"], options["keep_alive_days"]) == (
+        True,
+        True,
+        1,
+    )
+
+    for days in ("0", "31", "2.5", "-1", "x", "1" * 100):
+        done = refused_shop_add(env, "--keep-alive-days", days)
+        assert done.returncode == 2, days
+        assert done.stderr.startswith(
+            "klarna-capture: --keep-alive-days: give a whole number of days from 1 to 30"
+        ), done.stderr
+    assert sorted(listed_shops(env)) == sorted([shop["shop_id"], other["shop_id"]])
+
+
 def test_rotate_secret_keeps_the_old_one_for_a_while(env: dict[str, str]) -> None:
     shop = add_shop(env)
     rotated = run_cli(env, "shop", "rotate-secret", shop["shop_id"]).stdout
@@ -340,7 +366,15 @@ def at_a_terminal(env: dict[str, str], typed: str, *args: str) -> subprocess.Com
 
 
 def test_shop_show_lists_the_options_of_the_shops_platform(env: dict[str, str]) -> None:
-    common = {"capture_mode", "send_tracking", "trigger_send_out", "description_template"}
+    common = {
+        "capture_mode",
+        "send_tracking",
+        "trigger_send_out",
+        "description_template",
+        "release_remaining",
+        "keep_alive",
+        "keep_alive_days",
+    }
     standard = add_shop(env)["shop_id"]
     shown = msgspec.json.decode(run_cli(env, "shop", "show", standard).stdout)["options"]
     assert shown == {
@@ -348,6 +382,9 @@ def test_shop_show_lists_the_options_of_the_shops_platform(env: dict[str, str]) 
         "send_tracking": True,
         "trigger_send_out": False,
         "description_template": None,
+        "release_remaining": True,
+        "keep_alive": True,
+        "keep_alive_days": 3,
     }
     woo = add_woocommerce_shop(
         env, "--site-url", "https://shop.example", "--consumer-key", WOO_KEY

@@ -82,7 +82,8 @@ def test_what_merchants_and_storefronts_type_is_shown_as_text(
     assert captured_page.status_code == 200
     assert_escaped(
         captured_page.text,
-        f"<dt>Order</dt><dd>{ESCAPED}</dd>",
+        f'<dt>Order</dt><dd><a href="/admin/{shop.id}/orders/%3Cscript%3E',
+        f"{ESCAPED}</a></dd>",
         f"<td>{ESCAPED} <small>SKU-1</small></td>",
         "dhl &lt;script&gt;alert(2)&lt;/script&gt;",
         "<dt>Description</dt><dd>&lt;script&gt;alert(3)&lt;/script&gt;</dd>",

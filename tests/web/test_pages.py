@@ -212,6 +212,9 @@ def test_settings_show_the_account_and_keep_the_password_write_only(
         "capture_mode": "each",
         "send_tracking": "on",
         "description_template": "",
+        "release_remaining": "on",
+        "keep_alive": "on",
+        "keep_alive_days": "3",
         "status_url": "",
     }
     set_at = datetime.fromtimestamp(shop[0].klarna_password_set_at or 0, UTC)
@@ -225,6 +228,8 @@ def test_settings_show_the_account_and_keep_the_password_write_only(
         send_tracking=None,
         trigger_send_out="on",
         description_template="Parcel {fulfillment_name} of {order_id}",
+        release_remaining=None,
+        keep_alive_days="14",
         status_url="https://shop.example/klarna-status",
     )
     assert saved.status_code == 303
@@ -240,12 +245,16 @@ def test_settings_show_the_account_and_keep_the_password_write_only(
     assert "send_tracking" not in fields
     assert fields["trigger_send_out"] == "on"
     assert fields["description_template"] == "Parcel {fulfillment_name} of {order_id}"
+    assert "release_remaining" not in fields
+    assert (fields["keep_alive"], fields["keep_alive_days"]) == ("on", "14")
     assert fields["status_url"] == "https://shop.example/klarna-status"
     shop_now, password, _ = stored(site, shop_id)
     assert password == new_password
     assert shop_now.options.capture_mode == "complete"
     assert shop_now.options.send_tracking is False
     assert shop_now.options.trigger_send_out is True
+    assert shop_now.options.release_remaining is False
+    assert (shop_now.options.keep_alive, shop_now.options.keep_alive_days) == (True, 14)
     assert shop_now.status_url == "https://shop.example/klarna-status"
     assert shop_now.klarna_password_set_at is not None
     assert shop_now.klarna_password_set_at >= (shop[0].klarna_password_set_at or 0)
@@ -265,6 +274,39 @@ def test_settings_show_the_account_and_keep_the_password_write_only(
     assert stored(site, shop_id)[1] == "another-one-9"
 
 
+def test_the_order_life_options_are_saved_and_shown_again(
+    site: Site, shop: tuple[Shop, str], browser: Browser
+) -> None:
+    assert (
+        browser.save_settings(
+            release_remaining=None, keep_alive=None, keep_alive_days="30"
+        ).status_code
+        == 303
+    )
+    options = site.shop(shop[0].id).options
+    assert (options.release_remaining, options.keep_alive, options.keep_alive_days) == (
+        False,
+        False,
+        30,
+    )
+    fields = browser.settings_form()
+    assert ("release_remaining" in fields, "keep_alive" in fields) == (False, False)
+    assert fields["keep_alive_days"] == "30"
+
+    assert (
+        browser.save_settings(
+            release_remaining="on", keep_alive="on", keep_alive_days="1"
+        ).status_code
+        == 303
+    )
+    options = site.shop(shop[0].id).options
+    assert (options.release_remaining, options.keep_alive, options.keep_alive_days) == (
+        True,
+        True,
+        1,
+    )
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
@@ -281,6 +323,12 @@ def test_settings_show_the_account_and_keep_the_password_write_only(
         ("description_template", "{fulfillment_name:{order_id}}", "Write each field as it is"),
         ("status_url", "ftp://x", "Enter an http(s) URL, or leave it empty."),
         ("klarna_region", "mars", "Choose the region of your Klarna account."),
+        ("keep_alive_days", "0", "Enter a whole number of days from 1 to 30."),
+        ("keep_alive_days", "31", "Enter a whole number of days from 1 to 30."),
+        ("keep_alive_days", "", "Enter a whole number of days from 1 to 30."),
+        ("keep_alive_days", "2.5", "Enter a whole number of days from 1 to 30."),
+        ("keep_alive_days", "-1", "Enter a whole number of days from 1 to 30."),
+        ("keep_alive_days", "1" * 4000, "Enter a whole number of days from 1 to 30."),
     ],
 )
 def test_a_wrong_field_is_explained_next_to_it_and_nothing_is_saved(
@@ -329,6 +377,9 @@ def test_every_settings_control_has_a_label(browser: Browser) -> None:
         "send_tracking",
         "trigger_send_out",
         "description_template",
+        "release_remaining",
+        "keep_alive",
+        "keep_alive_days",
         "status_url",
     }
 

@@ -155,6 +155,24 @@ def test_bad_values_are_refused_inline_and_nothing_is_saved(
     assert site.shop(installed.id).options == before.options
 
 
+def test_the_order_life_options_are_on_a_shopify_shops_page(
+    site: Site, browser: Browser, installed: Shop
+) -> None:
+    fields = browser.settings_form()
+    assert (fields["release_remaining"], fields["keep_alive"], fields["keep_alive_days"]) == (
+        "on",
+        "on",
+        "3",
+    )
+    configure(browser, keep_alive="", keep_alive_days="10")
+    options = site.shop(installed.id).options
+    assert (options.release_remaining, options.keep_alive, options.keep_alive_days) == (
+        True,
+        False,
+        10,
+    )
+
+
 def test_testing_the_connection_checks_only_the_klarna_fields(
     browser: Browser, installed: Shop
 ) -> None:

@@ -218,6 +218,34 @@ def test_the_webhook_secret_made_here_is_what_woocommerce_signs_with(
     assert second not in merchant.get(f"/admin/{shop.id}/settings").text
 
 
+@pytest.mark.parametrize("shop_of", ["connected", "bigcommerce"])
+def test_the_order_life_options_are_on_every_platforms_page(
+    site: Site, shop_of: str, request: pytest.FixtureRequest
+) -> None:
+    made = request.getfixturevalue(shop_of)
+    shop: Shop = made[0] if isinstance(made, tuple) else made
+    merchant = site.sign_in(shop.id)
+    fields = merchant.settings_form()
+    assert (fields["release_remaining"], fields["keep_alive"], fields["keep_alive_days"]) == (
+        "on",
+        "on",
+        "3",
+    )
+    refused = merchant.save_settings(keep_alive_days="45")
+    assert refused.status_code == 400
+    assert "Enter a whole number of days from 1 to 30." in refused.text
+    assert site.shop(shop.id).options == shop.options
+
+    answer = merchant.save_settings(release_remaining=None, keep_alive_days="7")
+    assert answer.status_code == 303
+    options = site.shop(shop.id).options
+    assert (options.release_remaining, options.keep_alive, options.keep_alive_days) == (
+        False,
+        True,
+        7,
+    )
+
+
 # --- BigCommerce: where its orders keep the Klarna order id, and who frames its pages ----------
 
 
