@@ -1,5 +1,6 @@
-"""The whole path once, on loopback: a Klarna sandbox, the service, a shop, one signed shipment, and
-the capture read back from Klarna (the sandbox). Everything runs in a fresh temporary directory and
+"""The whole path once, on loopback: a Klarna sandbox, the service, a shop, one signed shipment and
+the capture read back from Klarna (the sandbox), then a signed refund of part of it and the refund
+read back. Everything runs in a fresh temporary directory and
 both processes are stopped at the end, on error and on Ctrl-C too."""
 
 import contextlib
@@ -189,24 +190,7 @@ def demo(command: str, env: dict[str, str], sandbox_url: str, service_url: str, 
             ],
         },
     }
-    body = msgspec.json.encode(event)
-    delivery_id, timestamp = f"msg_demo_{int(time.time())}", int(time.time())
-    key = signatures.parse_secret(shop["webhook_secret"])
-    answer = httpx2.post(
-        f"{service_url}{shop['webhook_path']}",
-        content=body,
-        headers={
-            "content-type": "application/json",
-            "webhook-id": delivery_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signatures.sign(key, delivery_id, timestamp, body),
-        },
-        timeout=30,
-    )
-    print(f"\ndelivery {delivery_id} ({len(body)} bytes) answered HTTP {answer.status_code}:")
-    print(f"  {answer.text}")
-    if answer.status_code != 200:
-        fail("the service did not accept the delivery", log)
+    send(service_url, shop, event, log)
 
     # 4. A worker captures it; wait for Klarna (the sandbox) to show the capture.
     deadline = time.monotonic() + CAPTURE_WAIT_SECONDS
@@ -224,7 +208,64 @@ def demo(command: str, env: dict[str, str], sandbox_url: str, service_url: str, 
     )
     capture.raise_for_status()
     show(f"capture read back from Klarna (order now {order['status']})", capture.json())
+
+    # 5. The customer sends two tomatoes back; the storefront refunds them, by the captured line.
+    refund = {
+        "type": "refund.created",
+        "timestamp": "2026-11-28T10:00:00Z",
+        "data": {
+            "order_id": "1001",
+            "refund_id": "1001-R1",
+            "klarna_order_id": order_id,
+            "currency": "EUR",
+            "amount": 1200,
+            "fulfillment_id": "1001-F1",
+            "description": "Two tomatoes sent back",
+            "lines": [{"reference": "SKU-1", "name": "Tomatoes", "quantity": 2, "unit_price": 600}],
+        },
+    }
+    send(service_url, shop, refund, log)
+    deadline = time.monotonic() + CAPTURE_WAIT_SECONDS
+    while not (order := httpx2.get(f"{sandbox_url}/sandbox/orders/{order_id}").json())["refunds"]:
+        if time.monotonic() > deadline:
+            print(f"\nno refund within {CAPTURE_WAIT_SECONDS:g} s", file=sys.stderr)
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            print("--- last lines of the service log ---", *tail, sep="\n", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    refund_id = order["refunds"][0]["refund_id"]
+    made = httpx2.get(
+        f"{sandbox_url}/ordermanagement/v1/orders/{order_id}/refunds/{refund_id}",
+        auth=(KLARNA_USER, KLARNA_PASSWORD),
+    )
+    made.raise_for_status()
+    show(f"refund read back from Klarna (refunded {order['refunded_amount']})", made.json())
     return 0
+
+
+def send(service_url: str, shop: dict[str, Any], event: dict[str, Any], log: Path) -> None:
+    """One signed Standard Webhooks delivery of `event`, as a storefront sends it."""
+    body = msgspec.json.encode(event)
+    delivery_id, timestamp = f"msg_demo_{time.time_ns()}", int(time.time())
+    key = signatures.parse_secret(shop["webhook_secret"])
+    answer = httpx2.post(
+        f"{service_url}{shop['webhook_path']}",
+        content=body,
+        headers={
+            "content-type": "application/json",
+            "webhook-id": delivery_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signatures.sign(key, delivery_id, timestamp, body),
+        },
+        timeout=30,
+    )
+    print(
+        f"\n{event['type']} delivery {delivery_id} ({len(body)} bytes) answered HTTP "
+        f"{answer.status_code}:"
+    )
+    print(f"  {answer.text}")
+    if answer.status_code != 200:
+        fail("the service did not accept the delivery", log)
 
 
 if __name__ == "__main__":

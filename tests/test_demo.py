@@ -1,4 +1,5 @@
-"""The demos a newcomer runs first keep working: each exits 0 only when its capture appeared."""
+"""The demos a newcomer runs first keep working: each exits 0 only when its capture, and then its
+refund, appeared."""
 
 import subprocess
 import sys
@@ -12,7 +13,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 @pytest.mark.parametrize(
     ("script", "expected"),
     [
-        ("demo.py", "capture read back from Klarna (order now CAPTURED)"),
+        ("demo.py", "refund read back from Klarna (refunded 1200)"),
         ("demo_shopify.py", '"klarna_capture.status": "captured"'),
     ],
 )
