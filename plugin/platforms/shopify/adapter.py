@@ -187,12 +187,101 @@ class ShopifyStorefront(StorefrontApp):
             )
         return found.order
 
-    # the write-back
+    # the order's life
 
     async def order_changes(
         self, shop: Shop, order_id: str, deliveries: Sequence[Delivery]
     ) -> OrderChanges | Skipped:
-        raise NotImplementedError  # being written
+        """The order's refunds and status as Shopify holds them now (the webhooks only say that
+        something changed): each refund with money given back, in the currency the order was
+        captured in; cancelled once Shopify stamps it so; closed per `mapping.is_closed`."""
+        source = klarna_order_id_source(shop.options)
+        order = await self._life(shop, order_id, source)
+        captures = await self.store.order_captures(shop.id, [order_id])
+        try:
+            klarna_id = mapping.klarna_order_id(order, source)
+        except mapping.ShopifyMappingError as error:
+            raise StorefrontError(
+                "map", "KLARNA_ORDER_ID_AMBIGUOUS", [str(error)], retryable=False
+            ) from None
+        if klarna_id is None:
+            if not captures:
+                # Nothing of it was ever captured: an order paid some other way.
+                return Skipped(
+                    reason=f"order {order_id} has no Klarna order id in {_where(shop.options)}"
+                )
+            raise StorefrontError(
+                "map",
+                "KLARNA_ORDER_ID_MISSING",
+                [f"order {order_id} no longer has a Klarna order id in {_where(shop.options)}"],
+                retryable=False,
+            )
+        # Refunds go back in the money the captures took (the Klarna order's currency).
+        currency = captures[0].currency if captures else None
+        gateway = source.gateway if isinstance(source, payloads.TransactionSource) else None
+        refunds = []
+        for refund in order.refunds:
+            try:
+                event = mapping.refund_from(
+                    refund, order, klarna_order_id=klarna_id, currency=currency, gateway=gateway
+                )
+            except mapping.ShopifyMappingError as error:
+                currencies = {order.currency_code.upper(), order.presentment_currency_code.upper()}
+                mismatch = currency is not None and currency.upper() not in currencies
+                code = "CURRENCY_MISMATCH" if mismatch else "UNMAPPABLE_REFUND"
+                raise StorefrontError("map", code, [str(error)], retryable=False) from None
+            if event is not None:
+                refunds.append(event)
+            elif mapping.is_pending(refund, gateway):
+                # Its money is on its way: Shopify sends no webhook when it lands, so wait here.
+                raise StorefrontError(
+                    "map",
+                    "REFUND_PENDING",
+                    [f"refund {refund.id.rsplit('/', 1)[-1]}: its refund transaction is pending"],
+                    retryable=True,
+                )
+        return OrderChanges(
+            klarna_order_id=klarna_id,
+            refunds=refunds,
+            cancelled=order.cancelled_at is not None,
+            closed=mapping.is_closed(order),
+            order_number=(order.name or "").strip()[: mapping.MAX_TEXT] or None,
+        )
+
+    async def _life(
+        self, shop: Shop, order_id: str, source: payloads.KlarnaOrderIdSource
+    ) -> payloads.LifeOrder:
+        client = self.admin(shop, "map")
+        variables = payloads.order_query_variables(order_id, source)
+        try:
+            data = await client.execute("order", payloads.ORDER_LIFE_QUERY, variables)
+            found = msgspec.convert(data, payloads.LifeOrderData)
+        except ShopifyError as error:
+            raise error.failure("map") from None
+        except msgspec.ValidationError as error:
+            raise StorefrontError(
+                "map", "BAD_ORDER", [f"the order life query answered {error}"], retryable=True
+            ) from None
+        if found.order is None:
+            raise StorefrontError(
+                "map",
+                "ORDER_NOT_FOUND",
+                [f"order {order_id} is not readable (deleted, or out of the app's scope)"],
+                retryable=False,
+            )
+        if (
+            found.order.shipping_lines.page_info.has_next_page
+            or len(found.order.refunds) > payloads.REFUNDS_PAGE
+        ):
+            raise StorefrontError(
+                "map",
+                "UNMAPPABLE_REFUND",
+                [f"order {order_id} has more refunds or shipping lines than one query reads"],
+                retryable=False,
+            )
+        return found.order
+
+    # the write-back
 
     async def write_back(self, shop: Shop, order_id: str) -> None:
         if not shop.enabled or shop.platform_token is None:
