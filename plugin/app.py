@@ -80,6 +80,8 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
                             retention.Retention.of(settings),
                             settings.retention.prune_interval_seconds,
                         )
+                    if settings.queue.keep_alive_interval_seconds:
+                        group.start_soon(service.keep_alive)
                 if metrics.serving():  # no listener, nobody to count jobs for
                     group.start_soon(metrics.refresh_job_counts, service.store.job_counts)
                 yield

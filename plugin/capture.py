@@ -306,8 +306,22 @@ def plan_capture(
     )
 
 
+# What a merchant can do about an authorization that ran out: Klarna holds the customer's money
+# no longer, and nothing this service sends can capture it.
+EXPIRED_ADVICE = (
+    "Klarna no longer holds the customer's payment for this order, so nothing of it can be "
+    "captured: ask the customer to pay again (a new Klarna order) or settle outside Klarna. "
+    "With the shop's keep-alive option on, an authorization is extended before it runs out "
+    "while goods are unshipped"
+)
+
+
 def _check_order(event: FulfillmentEvent, order: Order, now: datetime) -> None:
     closed = _CLOSED_STATUSES.get(order.status)
+    if order.status == "EXPIRED":
+        raise CaptureRefused(
+            "ORDER_EXPIRED", f"the Klarna order's authorization expired. {EXPIRED_ADVICE}"
+        )
     if closed:
         raise CaptureRefused(f"ORDER_{order.status}", f"the Klarna order is {closed}")
     if order.status == "CAPTURED" or order.remaining_authorized_amount <= 0:
@@ -328,7 +342,7 @@ def _check_order(event: FulfillmentEvent, order: Order, now: datetime) -> None:
     if order.expires_at is not None and order.expires_at <= now:
         raise CaptureRefused(
             "AUTHORIZATION_EXPIRED",
-            f"the authorization expired at {order.expires_at.isoformat()}",
+            f"the authorization expired at {order.expires_at.isoformat()}. {EXPIRED_ADVICE}",
         )
     currency = order.purchase_currency
     if currency and currency.upper() != event.currency.upper():

@@ -50,6 +50,8 @@ MIN_JOB_DEADLINE_SECONDS = 60
 DATABASE_TIMEOUT_SECONDS = 5
 # A worker's heartbeat: every 2 s, so that a dead one's jobs wait at most 6 s (three beats).
 HEARTBEAT_SECONDS = 2
+# How often the orders whose Klarna authorization runs out soon are looked for (the keep-alive).
+KEEP_ALIVE_INTERVAL_SECONDS = 3600
 # Retention (plugin/retention.py; docs/operations/retention.md says why each figure): days
 # webhook bodies are kept (longer while their shipment is not settled), days a delivery id
 # outlives its body (at least the longest redelivery schedule of any storefront, Standard
@@ -173,6 +175,9 @@ class QueueSettings:
     # How often a process that runs workers tells the database it lives; after three missed
     # beats its running jobs are claimed by others at once, without waiting for their lease.
     heartbeat_seconds: int = HEARTBEAT_SECONDS
+    # How often a process that runs workers queues the orders whose authorization runs out within
+    # their shop's `keep_alive_days` (0: never; the extension itself is a shop option).
+    keep_alive_interval_seconds: int = KEEP_ALIVE_INTERVAL_SECONDS
 
     @property
     def capture_loops(self) -> int:
@@ -313,6 +318,13 @@ def _load(env: Mapping[str, str], read: set[str]) -> Settings:
     heartbeat_seconds = _whole_number(
         "HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), default=HEARTBEAT_SECONDS, low=1, high=60
     )
+    keep_alive_interval_seconds = _whole_number(
+        "KEEP_ALIVE_INTERVAL_SECONDS",
+        get("KEEP_ALIVE_INTERVAL_SECONDS"),
+        default=KEEP_ALIVE_INTERVAL_SECONDS,
+        low=0,
+        high=86_400,
+    )
     return Settings(
         data_dir=data_dir,
         secret_keys=secret_keys,
@@ -329,6 +341,7 @@ def _load(env: Mapping[str, str], read: set[str]) -> Settings:
             lease_seconds=lease_seconds,
             poll_ms=poll_ms,
             heartbeat_seconds=heartbeat_seconds,
+            keep_alive_interval_seconds=keep_alive_interval_seconds,
             **queue,
         ),
         klarna=klarna,

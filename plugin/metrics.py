@@ -65,6 +65,24 @@ CAPTURED_AMOUNT = Counter(
     ["currency"],
     registry=REGISTRY,
 )
+REFUNDS = Counter(
+    "klarna_capture_refunds_total",
+    "Refunds by outcome (refunded, failed)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+REFUNDED_AMOUNT = Counter(
+    "klarna_capture_refunded_amount_minor_total",
+    "Refunded amount in minor units",
+    ["currency"],
+    registry=REGISTRY,
+)
+ORDER_OPERATIONS = Counter(
+    "klarna_capture_order_operations_total",
+    "Cancellations, releases and extensions of Klarna orders by kind and outcome",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
 JOB_LAG = Histogram(
     "klarna_capture_job_lag_seconds",
     "Time from a job being due to being claimed",

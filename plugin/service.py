@@ -10,7 +10,7 @@ from plugin.klarna import RetryPolicy, make_http_client
 from plugin.klarna.client import DEFAULT_TIMEOUT
 from plugin.klarna.ratelimit import share_rate_between
 from plugin.outbound import AddressGuard, Bounds, make_client
-from plugin.pipeline import Pipeline
+from plugin.pipeline import Pipeline, keepalive
 from plugin.platforms import registry
 from plugin.shops import Shops
 from plugin.store import Store, open_store
@@ -72,13 +72,14 @@ class Service:
                 if platform.storefront is not None
             },
         )
-        # Captures and status callbacks (with storefront write-backs) in lanes of their own: a
-        # shop whose status URL or storefront hangs holds callback loops only.
+        # Klarna calls (captures, and an order's refunds, cancellation, release, extension) and
+        # status callbacks (with storefront write-backs) in lanes of their own: a shop whose
+        # status URL or storefront hangs holds callback loops only.
         self.worker = Worker(
             store,
             self.pipeline.tasks,
             lanes=[
-                Lane(kinds=("fulfillment",), loops=settings.queue.capture_loops),
+                Lane(kinds=("fulfillment", "order"), loops=settings.queue.capture_loops),
                 Lane(
                     kinds=("callback",),
                     loops=settings.queue.callback_loops,
@@ -95,6 +96,13 @@ class Service:
 
     def wake_workers(self) -> None:
         self.worker.wake()
+
+    async def keep_alive(self) -> None:
+        """Queue the orders whose Klarna authorization runs out soon, every
+        `keep_alive_interval_seconds`, until cancelled (plugin/pipeline/keepalive.py)."""
+        await keepalive.keep_alive_forever(
+            self.store, self.settings.queue.keep_alive_interval_seconds, self.wake_workers
+        )
 
 
 @contextlib.asynccontextmanager

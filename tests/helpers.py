@@ -236,6 +236,46 @@ def shipment(
     }
 
 
+def refund(
+    klarna_order_id: str,
+    refund_id: str = "R1",
+    *,
+    amount: int,
+    order_id: str = "1001",
+    lines: list[tuple[str, int]] | None = None,
+    fulfillment_id: str | None = None,
+    currency: str = "EUR",
+    description: str | None = None,
+) -> dict[str, Any]:
+    """A `refund.created` event in the public schema; `lines` as (reference, quantity)."""
+    data: dict[str, Any] = {
+        "order_id": order_id,
+        "refund_id": refund_id,
+        "klarna_order_id": klarna_order_id,
+        "currency": currency,
+        "amount": amount,
+    }
+    if lines is not None:
+        data["lines"] = [
+            {"reference": reference, "name": reference, "quantity": quantity, "unit_price": 0}
+            for reference, quantity in lines
+        ]
+    if fulfillment_id is not None:
+        data["fulfillment_id"] = fulfillment_id
+    if description is not None:
+        data["description"] = description
+    return {"type": "refund.created", "timestamp": "2026-11-28T10:00:00Z", "data": data}
+
+
+def order_event(event_type: str, klarna_order_id: str, order_id: str = "1001") -> dict[str, Any]:
+    """An `order.cancelled` or `order.closed` event in the public schema."""
+    return {
+        "type": event_type,
+        "timestamp": "2026-11-28T10:00:00Z",
+        "data": {"order_id": order_id, "klarna_order_id": klarna_order_id},
+    }
+
+
 class Storefront:
     """Sends signed deliveries to the service, as a Standard Webhooks storefront does."""
 

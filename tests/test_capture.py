@@ -572,3 +572,18 @@ def test_a_description_is_built_within_klarnas_255_characters() -> None:
     text = render_description("Parcel {fulfillment_name}, {order_id}, {fulfillment_id}", longest)
     assert text == ("Parcel " + "f" * 255)[:MAX_DESCRIPTION]
     assert render_description("x" * 1000, FIELDS) == "x" * MAX_DESCRIPTION
+
+
+@pytest.mark.parametrize(
+    "changes", [{"status": "EXPIRED"}, {"expires_at": NOW - timedelta(seconds=1)}]
+)
+def test_an_expired_authorization_says_what_happened_and_what_the_merchant_can_do(
+    changes: dict[str, object],
+) -> None:
+    with pytest.raises(CaptureRefused) as refused:
+        plan_capture(event(TOMATOES), order(6000, **changes), now=NOW)
+    reason = refused.value.reason
+    assert "expired" in reason
+    assert "no longer holds the customer's payment" in reason
+    assert "pay again" in reason
+    assert "keep-alive" in reason

@@ -107,10 +107,18 @@ class Callbacks:
                 return
 
     async def _order_state(self, shop: Shop, order_id: str) -> tuple[object, ...]:
-        """What a write-back is computed from: the order's ledger rows and failing shipments."""
+        """What a write-back is computed from: the order's ledger rows, its failing shipments,
+        and its calls after the captures (refunds, cancellation, release, extension)."""
         captures = await self.store.order_captures(shop.id, [order_id])
         deliveries = await self.store.order_deliveries(shop.id, [order_id])
         state: list[object] = [(c.fulfillment_id, c.state, c.capture_id) for c in captures]
+        state.extend(
+            (op.kind, op.key, op.state, op.result)
+            for op in await self.store.order_operations(shop.id, [order_id])
+        )
+        order = await self.store.get_order(shop.id, order_id)
+        if order is not None:
+            state.append((order.state, order.authorization_expires_at))
         for fulfillment_id in sorted({d.fulfillment_id for d in deliveries if d.fulfillment_id}):
             shipment = await self.store.shipment(shop.id, fulfillment_id)
             if shipment is not None:

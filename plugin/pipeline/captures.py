@@ -10,10 +10,11 @@ from plugin import metrics
 from plugin.capture import AlreadyCaptured, CaptureRefused, plan_capture, render_description
 from plugin.events import FulfillmentEvent, ShipmentLine
 from plugin.klarna import KlarnaError
-from plugin.klarna.models import CaptureObject, OrderLine, ShippingInfo
+from plugin.klarna.models import CaptureObject, Order, OrderLine, ShippingInfo
+from plugin.pipeline.references import set_merchant_reference
 from plugin.pipeline.shipments import Remap, Shipment
 from plugin.platforms.base import StorefrontError
-from plugin.store import AuditNote, Captured, Plan
+from plugin.store import AuditNote, Captured, NoteOrder, Plan
 from plugin.store.records import CaptureRecord, Shop
 
 log = logging.getLogger("plugin.pipeline")
@@ -34,6 +35,9 @@ class Capture:
         self.store = shipment.store
         self.clock = shipment.clock
         self.record: CaptureRecord | None = None
+        # What this run's plan leaves of the order uncaptured though it completes the order:
+        # the order's job releases it, when the shop wants that.
+        self.uncaptured_remainder = 0
 
     async def record_partial_shipment(self) -> None:
         """Capture nothing yet (the shop captures with the shipment that completes the order):
@@ -131,6 +135,8 @@ class Capture:
                 complete=True,
             )
         description = _description(self.shipment.shop, event)
+        await self._note_order(order, event)
+        await set_merchant_reference(self.shipment, order)
         try:
             result = plan_capture(event, order, description=description)
         except CaptureRefused as refused:
@@ -180,6 +186,7 @@ class Capture:
                 ),
             )
             return
+        self.uncaptured_remainder = result.uncaptured_remainder
         if result.uncaptured_remainder:
             log.warning(
                 "completing shipment leaves more than rounding uncaptured",
@@ -204,6 +211,22 @@ class Capture:
         )
         if self.record is None:  # captured, or planned with a key, meanwhile by another run
             self.record = await self.store.get_capture(self.shipment.shop.id, event.fulfillment_id)
+
+    async def _note_order(self, order: Order, event: FulfillmentEvent) -> None:
+        """An order that will still ship goods after this shipment is noted with its
+        authorization's expiry, for the keep-alive; one this shipment completes is not."""
+        if event.complete:
+            return
+        await self.store.note_order(
+            NoteOrder(
+                shop_id=self.shipment.shop.id,
+                order_id=event.order_id,
+                klarna_order_id=event.klarna_order_id,
+                currency=(order.purchase_currency or event.currency).upper(),
+                authorization_expires_at=order.expires_at.timestamp() if order.expires_at else None,
+            ),
+            self.clock(),
+        )
 
     async def _captured(
         self,

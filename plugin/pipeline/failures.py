@@ -1,6 +1,7 @@
 """How a pipeline job fails: any error of its steps mapped to the worker's JobFailure in one place
 (`job_failure`), and what a failed fulfilment leaves behind (`FailedShipments`, the fulfilment
-task's hook): its audit entry, a metric, and the `capture.failed` callback the shop hears of."""
+task's hook): its audit entry, a metric, and the `capture.failed` callback the shop hears of; and
+a failed order job (`FailedOrders`): its audit entry."""
 
 import time
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ from plugin.klarna import KlarnaError
 from plugin.pipeline.reports import Reports, StatusUrlError
 from plugin.platforms.base import StorefrontError
 from plugin.store import NewCallback, Store
-from plugin.store.records import KLARNA_CREDENTIALS, Job, Shop, Wait
+from plugin.store.records import KLARNA_CREDENTIALS, Job, Shop, Wait, order_subject
 from plugin.worker import Fate, JobFailure
 
 _encoder = msgspec.json.Encoder()
@@ -133,3 +134,28 @@ class FailedShipments:
         # A wait is reported once per wait too: a job parks with attempts 0 only after a fresh
         # start.
         return failure.report(self.reports, retrying=True) if job.attempts == 0 else None
+
+
+class FailedOrders:
+    """The order task's `failed` hook: the failure goes on the order's audit trail. The shop
+    heard of each refused call with the call (`refund.failed`); a wait or a retry is no news."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.clock = clock
+
+    async def __call__(self, job: Job, failure: JobFailure, fate: Fate) -> NewCallback | None:
+        if fate == "waiting":
+            outcome = "waiting for " + (failure.waits_for or "").replace("_", " ")
+        else:
+            outcome = "dead" if fate == "dead" else "failed, will retry"
+        await self.store.add_audit(
+            job.shop_id,
+            order_subject(job.key),
+            job.id,
+            failure.error.step,
+            outcome,
+            _encoder.encode(failure.error).decode(),
+            self.clock(),
+        )
+        return None

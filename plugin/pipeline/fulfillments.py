@@ -13,6 +13,7 @@ from plugin.pipeline.operations import add_shipping_info, send_out
 from plugin.pipeline.shipments import Shipment, Steps
 from plugin.platforms.base import Skipped, Storefront, StorefrontError
 from plugin.shops import KLARNA_NOT_CONFIGURED
+from plugin.store import NoteOrder
 from plugin.store.records import KLARNA_CREDENTIALS, CaptureRecord, Job, Shop
 
 _encoder = msgspec.json.Encoder()
@@ -71,10 +72,23 @@ class Fulfillments:
         shipment = Shipment(self.steps, job, shop, event, event.shipping)
         capture = Capture(shipment, outcome.remap)
         if shop.options.capture_mode == "complete" and not event.complete:
-            # This shop captures once, with the shipment that completes the order.
+            # This shop captures once, with the shipment that completes the order: until then
+            # the order is noted, so that its authorization is kept alive.
             await capture.record_partial_shipment()
+            await self.store.note_order(
+                NoteOrder(
+                    shop_id=shop.id,
+                    order_id=event.order_id,
+                    klarna_order_id=event.klarna_order_id,
+                    currency=event.currency.upper(),
+                ),
+                self.steps.clock(),
+            )
             return
         record = await capture.run()
+        if capture.uncaptured_remainder and shop.options.release_remaining:
+            # The order is complete and some of its authorization is left: its job releases it.
+            await self.store.queue_order(shop.id, event.order_id, self.steps.clock())
         record = await add_shipping_info(shipment, record)
         await send_out(shipment, record)
 

@@ -12,7 +12,17 @@ from plugin.store import NewCallback
 from plugin.store.records import Shop
 
 # Outcomes a storefront app writes back onto its order.
-WRITE_BACK_EVENTS = frozenset({"capture.succeeded", "capture.failed"})
+WRITE_BACK_EVENTS = frozenset(
+    {
+        "capture.succeeded",
+        "capture.failed",
+        "refund.succeeded",
+        "refund.failed",
+        "order.cancelled",
+        "authorization.released",
+        "authorization.extended",
+    }
+)
 
 _encoder = msgspec.json.Encoder()
 

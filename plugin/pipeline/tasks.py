@@ -1,4 +1,4 @@
-"""The pipeline as the worker sees it: one Task per kind of job it runs (`fulfillment`,
+"""The pipeline as the worker sees it: one Task per kind of job it runs (`fulfillment`, `order`,
 `callback`), built over the store, the shops, the storefront adapters and the HTTP clients."""
 
 import time
@@ -8,8 +8,9 @@ import httpx2
 
 from plugin.klarna import Credentials, KlarnaClient, RetryPolicy
 from plugin.pipeline.callbacks import Callbacks
-from plugin.pipeline.failures import FailedShipments
+from plugin.pipeline.failures import FailedOrders, FailedShipments
 from plugin.pipeline.fulfillments import Fulfillments
+from plugin.pipeline.orders import Orders
 from plugin.pipeline.reports import Reports
 from plugin.pipeline.shipments import Steps
 from plugin.platforms.base import Storefront
@@ -44,6 +45,7 @@ class Pipeline:
         reports = Reports(name for name, s in self.storefronts.items() if s.writes_back)
         steps = Steps(store=store, reports=reports, klarna=self.klarna, clock=clock)
         self.fulfillments = Fulfillments(steps, self.storefronts)
+        self.orders = Orders(steps, self.storefronts)
         self.callbacks = Callbacks(store, shops, self.storefronts, status_http, clock)
         self.failed_shipments = FailedShipments(store, reports, clock)
 
@@ -52,6 +54,7 @@ class Pipeline:
         """What the worker runs, by kind of job."""
         return {
             "fulfillment": Task(run=self.fulfillments.run, failed=self.failed_shipments),
+            "order": Task(run=self.orders.run, failed=FailedOrders(self.store, self.clock)),
             "callback": Task(run=self.callbacks.run),
         }
 

@@ -159,6 +159,12 @@ class Operation(msgspec.Struct, kw_only=True):
     done_at: float | None
 
 
+def order_subject(order_id: str) -> str:
+    """What an order's audit entries are filed under (the audit trail's `fulfillment_id`
+    column), apart from its shipments'."""
+    return "order:" + order_id
+
+
 class OrderRecord(msgspec.Struct, kw_only=True):
     """A storefront order as the service knows it at Klarna: one row per (shop, order), noted
     when a shipment of it is planned or one of its order events runs."""

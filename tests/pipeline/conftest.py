@@ -125,6 +125,24 @@ async def receive(store: Store, shop: Shop, event: dict[str, Any]) -> None:
     )
 
 
+async def receive_order_event(
+    store: Store, shop: Shop, event: dict[str, Any], delivery_id: str | None = None
+) -> None:
+    """A verified Standard Webhooks order event (tests.helpers.refund, order_event), stored as
+    the receiver stores it: its order's job queued."""
+    await store.record_delivery(
+        shop.id,
+        delivery_id or f"msg_{uuid.uuid4().hex}",
+        body=msgspec.json.encode(event),
+        event_type=event["type"],
+        fulfillment_id=None,
+        rejected=None,
+        now=time.time(),
+        order_id=event["data"]["order_id"],
+        order_event=True,
+    )
+
+
 async def receive_shopify(store: Store, shop: Shop, body: dict[str, Any]) -> None:
     """A verified Shopify `fulfillments/create` webhook, stored as its receiver stores it."""
     raw = msgspec.json.Encoder(decimal_format="number").encode(body)
