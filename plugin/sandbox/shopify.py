@@ -713,8 +713,8 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             entry = _with(entry, operation=operation)
             if operation is None:
                 message = (
-                    "the sandbox answers only the order query, metafieldsSet, tagsAdd and "
-                    "tagsRemove"
+                    "the sandbox answers only the order query, metafieldsSet, "
+                    "metafieldsDelete, tagsAdd and tagsRemove"
                 )
                 return _json(200, {"errors": [{"message": message}]}), entry
             cost = self.query_cost if operation == "order" else self.mutation_cost
@@ -770,6 +770,8 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             return {"order": None if order is None else _graphql_order(order, ns, key, query)}
         if operation == "metafieldsSet":
             return {"metafieldsSet": _metafields_set(shop, variables.get("metafields"))}
+        if operation == "metafieldsDelete":
+            return {"metafieldsDelete": _metafields_delete(shop, variables.get("metafields"))}
         if operation == "tagsRemove":
             return {"tagsRemove": _tags_change(shop, variables, query, remove=True)}
         return {"tagsAdd": _tags_change(shop, variables, query, remove=False)}
@@ -841,6 +843,8 @@ def _server_error(status: int) -> Answer:
 def _operation(query: str) -> str | None:
     if re.search(r"\bmetafieldsSet\s*\(", query):
         return "metafieldsSet"
+    if re.search(r"\bmetafieldsDelete\s*\(", query):
+        return "metafieldsDelete"
     if re.search(r"\btagsAdd\s*\(", query):
         return "tagsAdd"
     if re.search(r"\btagsRemove\s*\(", query):
@@ -1352,6 +1356,31 @@ def _metafields_set(shop: _Shop, raw: object) -> dict[str, Any]:
         "metafields": [{"namespace": ns, "key": key} for _, ns, key, _, _ in writes],
         "userErrors": [],
     }
+
+
+def _metafields_delete(shop: _Shop, raw: object) -> dict[str, Any]:
+    """metafieldsDelete: each (owner, namespace, key) removed; a missing one answers null."""
+    if not isinstance(raw, list) or not raw:
+        raise _GraphQLError("Variable $metafields of type [MetafieldIdentifierInput!]! is required")
+    targets: list[tuple[_Order, str, str]] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            errors.append(_user_error(["metafields", index], "Metafield is invalid.", "INVALID"))
+            continue
+        owner_id = _legacy(str(item.get("ownerId", "")), "Order")
+        order = shop.orders.get(owner_id if owner_id is not None else -1)
+        if order is None:
+            errors.append(_user_error(["metafields", index, "ownerId"], "Owner does not exist."))
+            continue
+        targets.append((order, str(item.get("namespace") or ""), str(item.get("key") or "")))
+    if errors:  # all or none, as metafieldsSet
+        return {"deletedMetafields": None, "userErrors": errors}
+    deleted = [
+        None if order.metafields.pop((ns, key), None) is None else {"namespace": ns, "key": key}
+        for order, ns, key in targets
+    ]
+    return {"deletedMetafields": deleted, "userErrors": []}
 
 
 def _add_tags(current: list[str], new: Iterable[str]) -> None:

@@ -1,5 +1,6 @@
 """The Shopify app at work: reads the order behind a fulfilment through the Admin API to map the
-shipment, and writes the capture status back onto the order (metafields and tags).
+shipment, reads an order's refunds and status for its life at Klarna, and writes the capture
+status and that life back onto the order (metafields and tags).
 
 The write-back is computed from the ledger as it stands when it runs, not from the event that
 queued it, so a retried or late write-back never puts an older status on the order.
@@ -15,10 +16,12 @@ from plugin import money
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.platforms.base import (
     OrderChanges,
+    OrderLife,
     Resolved,
     Skipped,
     StorefrontApp,
     StorefrontError,
+    order_life,
     refuse_if_captured_shipments_are_gone,
     shipping_method,
 )
@@ -33,6 +36,16 @@ TAGS: dict[Status, str] = {
     "partially_captured": "klarna-partially-captured",
     "failed": "klarna-capture-failed",
 }
+# The order's life at Klarna after its captures, one status at a time (see `life_status`).
+LifeStatus = Literal["cancelled", "refunded", "partially_refunded", "released"]
+LIFE_TAGS: dict[LifeStatus, str] = {
+    "cancelled": "klarna-cancelled",
+    "refunded": "klarna-refunded",
+    "partially_refunded": "klarna-partially-refunded",
+    "released": "klarna-released",
+}
+REFUND_FAILED_TAG = "klarna-refund-failed"
+EXPIRY_KEY = "authorization_expires_at"
 
 
 class CaptureSummary(msgspec.Struct, kw_only=True):
@@ -45,6 +58,36 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     klarna_order_id: str
     klarna_reference: str | None
     captured_at: datetime
+
+
+class RefundSummary(msgspec.Struct, kw_only=True):
+    """One refund as the `refunds` metafield lists it."""
+
+    refund_id: str  # the Shopify refund's id
+    klarna_refund_id: str | None
+    amount: str
+    currency: str
+    refunded_at: datetime
+
+
+class FailedRefund(msgspec.Struct, kw_only=True):
+    """One refund Klarna or the planner refused for good, as `failed_refunds` lists it."""
+
+    refund_id: str
+    error: msgspec.Raw  # the ledger's JSON: code and message
+
+
+def life_status(life: OrderLife, captured: int) -> LifeStatus | None:
+    """What happened to the order at Klarna after its captures, the strongest first: cancelled;
+    refunded (all that was captured); partially refunded; the rest of the authorization released;
+    None while nothing of that happened."""
+    if life.cancelled or life.state == "cancelled":
+        return "cancelled"
+    if life.refunded_amount > 0:
+        return "refunded" if life.refunded_amount >= captured else "partially_refunded"
+    if life.released:
+        return "released"
+    return None
 
 
 def klarna_order_id_source(options: ShopOptions) -> payloads.KlarnaOrderIdSource:
@@ -289,40 +332,59 @@ class ShopifyStorefront(StorefrontApp):
         client = self.admin(shop, "write_back")
         records = await self.store.order_captures(shop.id, [order_id])
         status = await self._status(shop, order_id, records)
-        if status == "pending":
-            return
+        life = await order_life(self.store, shop, order_id)
         captured = [r for r in records if r.state == "captured" and r.capture_id]
-        currency = captured[0].currency if captured else (records[0].currency if records else "")
         total = sum(r.captured_amount or 0 for r in captured)
-        summaries = [
-            CaptureSummary(
-                fulfillment_id=r.fulfillment_id,
-                capture_id=r.capture_id or "",
-                amount=str(money.to_decimal(r.captured_amount or 0, r.currency)),
-                currency=r.currency,
-                klarna_order_id=r.klarna_order_id,
-                klarna_reference=r.klarna_reference,
-                captured_at=datetime.fromtimestamp(r.captured_at or r.updated_at, UTC),
-            )
-            for r in captured
-        ]
-        values = {
-            "status": ("single_line_text_field", status),
-            "captures": ("json", msgspec.json.encode(summaries).decode()),
-        }
-        if currency:
-            values["captured_amount"] = (
-                "number_decimal",
-                str(money.to_decimal(total, currency)),
-            )
+        currency = captured[0].currency if captured else (records[0].currency if records else "")
+        lived = life_status(life, total)
+        # The authorization's expiry is worth showing while goods may still ship under it.
+        expires_at = life.authorization_expires_at if status != "captured" else None
+        if status == "pending" and lived is None and not life.failed_refunds and not expires_at:
+            return
+        values: dict[str, tuple[str, str]] = {}
+        if status != "pending":
+            summaries = [
+                CaptureSummary(
+                    fulfillment_id=r.fulfillment_id,
+                    capture_id=r.capture_id or "",
+                    amount=str(money.to_decimal(r.captured_amount or 0, r.currency)),
+                    currency=r.currency,
+                    klarna_order_id=r.klarna_order_id,
+                    klarna_reference=r.klarna_reference,
+                    captured_at=datetime.fromtimestamp(r.captured_at or r.updated_at, UTC),
+                )
+                for r in captured
+            ]
+            values["status"] = ("single_line_text_field", status)
+            values["captures"] = ("json", msgspec.json.encode(summaries).decode())
+            if currency:
+                values["captured_amount"] = (
+                    "number_decimal",
+                    str(money.to_decimal(total, currency)),
+                )
+        values.update(_life_values(life, lived, currency, expires_at))
+        add = [TAGS[status]] if status != "pending" else []
+        remove = [tag for key, tag in TAGS.items() if key != status] if add else []
+        if lived is not None:
+            add.append(LIFE_TAGS[lived])
+        remove += [tag for key, tag in LIFE_TAGS.items() if key != lived]
+        (add if life.failed_refunds else remove).append(REFUND_FAILED_TAG)
         gid = payloads.order_gid(order_id)
         try:
             # Tags first, the metafields last: a status in the metafields means all is written.
-            await client.add_tags(gid, [TAGS[status]])
-            await client.remove_tags(gid, [tag for key, tag in TAGS.items() if key != status])
+            if add:
+                await client.add_tags(gid, add)
+            await client.remove_tags(gid, remove)
+            if expires_at is None and await self._expiry_may_be_written(shop, order_id):
+                await client.delete_metafields(gid, NAMESPACE, [EXPIRY_KEY])
             await client.set_metafields(gid, NAMESPACE, values)
         except ShopifyError as error:
             raise error.failure("write_back") from None
+
+    async def _expiry_may_be_written(self, shop: Shop, order_id: str) -> bool:
+        """Whether an earlier write-back may have put the authorization's expiry on the order."""
+        order = await self.store.get_order(shop.id, order_id)
+        return order is not None and order.authorization_expires_at is not None
 
     async def _status(self, shop: Shop, order_id: str, records: list[CaptureRecord]) -> Status:
         fulfillments = {
@@ -344,3 +406,49 @@ class ShopifyStorefront(StorefrontApp):
         if len(captured) == len(records) and any(r.completes_order for r in captured):
             return "captured"
         return "partially_captured"
+
+
+def _life_values(
+    life: OrderLife, lived: LifeStatus | None, currency: str, expires_at: float | None
+) -> dict[str, tuple[str, str]]:
+    """The order's life at Klarna as metafields: what is known of it, nothing more."""
+    values: dict[str, tuple[str, str]] = {}
+    if lived is not None:
+        values["order_status"] = ("single_line_text_field", lived)
+    if life.refunds:
+        refunds = [
+            RefundSummary(
+                refund_id=op.key,
+                klarna_refund_id=op.result,
+                amount=str(money.to_decimal(op.amount or 0, op.currency)),
+                currency=op.currency,
+                refunded_at=datetime.fromtimestamp(op.done_at or op.updated_at, UTC),
+            )
+            for op in life.refunds
+        ]
+        values["refunds"] = ("json", msgspec.json.encode(refunds).decode())
+    if life.refunds or life.failed_refunds:
+        refund_currency = currency or (life.refunds or life.failed_refunds)[0].currency
+        values["refunded_amount"] = (
+            "number_decimal",
+            str(money.to_decimal(life.refunded_amount, refund_currency)),
+        )
+        failed = [
+            FailedRefund(refund_id=op.key, error=msgspec.Raw(_json_or_text(op.error)))
+            for op in life.failed_refunds
+        ]
+        values["failed_refunds"] = ("json", msgspec.json.encode(failed).decode())
+    if expires_at is not None:
+        moment = datetime.fromtimestamp(expires_at, UTC).replace(microsecond=0)
+        values[EXPIRY_KEY] = ("date_time", moment.isoformat().replace("+00:00", "Z"))
+    return values
+
+
+def _json_or_text(error: str | None) -> bytes:
+    """The ledger's error JSON as it is, or a plain message as a JSON string."""
+    text = error or '""'
+    try:
+        msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return msgspec.json.encode(text)
+    return text.encode()
