@@ -2,12 +2,14 @@
 the background of every process that runs workers and on demand (`klarna-capture prune`).
 
 Customers' data goes first: a webhook body (names, addresses) is emptied `retain_bodies_days`
-after it arrived, once its shipment is settled (no job left that may run it: finished, or never
-queued; a queued, running, waiting or dead one keeps its bodies); the delivery's row, whose id
-refuses a late duplicate, goes `retain_delivery_ids_days` after its body. Finished jobs and the
-callbacks they sent go after `retain_jobs_days`; queued, running, waiting and dead ones stay (a
-dead letter waits for `jobs retry`, with its deliveries whole). The capture ledger (with its side
-effects), the audit trail and privacy requests' reports go after `retain_ledger_days`, or never.
+after it arrived, once its shipment (an order event's: its order) is settled (no job left that
+may run it: finished, or never queued; a queued, running, waiting or dead one keeps its bodies);
+the delivery's row, whose id refuses a late duplicate, goes `retain_delivery_ids_days` after its
+body. Finished jobs and the callbacks they sent go after `retain_jobs_days`; queued, running,
+waiting and dead ones stay (a dead letter waits for `jobs retry`, with its deliveries whole). The
+capture ledger (with its side effects), the orders at Klarna and the calls made on them (once the
+order's job is settled and its authorization could no longer be kept alive), the audit trail and
+privacy requests' reports go after `retain_ledger_days`, or never.
 Expired sessions, one-time tokens, used sign-in links and rotated-out webhook secrets go once they
 can no longer be used.
 """
@@ -64,7 +66,13 @@ class Retention:
         }
         if self.ledger_days is not None:
             ledger = now - self.ledger_days * DAY
-            cutoffs.update(captures=ledger, audit=ledger, compliance_requests=ledger)
+            cutoffs.update(
+                captures=ledger,
+                orders=ledger,
+                order_operations=ledger,
+                audit=ledger,
+                compliance_requests=ledger,
+            )
         return cutoffs
 
 

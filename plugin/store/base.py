@@ -91,9 +91,10 @@ class NewCallback(msgspec.Struct, kw_only=True):
 
 
 class AuditNote(msgspec.Struct, frozen=True, kw_only=True):
-    """An audit trail entry for the capture a change is about, written in the same commit as
-    that change, and only if the capture changed: the trail says no more, and no less, than the
-    ledger did."""
+    """An audit trail entry for the capture a change is about (or the order, for a life-cycle
+    call: filed under `records.order_subject(order_id)`), written in the same commit as that
+    change, and only if the ledger changed: the trail says no more, and no less, than the ledger
+    did."""
 
     job_id: int | None
     step: str
@@ -127,8 +128,9 @@ class Captured(msgspec.Struct, kw_only=True):
 
 
 class NoteOrder(msgspec.Struct, kw_only=True):
-    """What to note of an order at Klarna: a new order is inserted as open; a known one has the
-    fields given (not None) changed. Its state never goes back to open."""
+    """What to note of an order at Klarna: a new order is inserted with the state given (open
+    when none); a known one has the fields given (not None) changed. Its state never goes back to
+    open."""
 
     shop_id: str
     order_id: str
@@ -276,7 +278,7 @@ class Store(ABC):
         order_event: bool = False,
     ) -> tuple[int, bool]:
         """Store a verified delivery and, when accepted, queue its job (its fulfilment's; an
-        `order_event`'s: its order's), together;
+        `order_event`'s: its order's, a dead one revived, as `queue_order` does), together;
         written with the deliveries stored at the same moment, in one transaction.
 
         Returns (delivery row id, whether it was a duplicate that created nothing)."""
@@ -493,8 +495,9 @@ class Store(ABC):
     # extension, merchant references)
     @abstractmethod
     async def note_order(self, order: NoteOrder, now: float) -> OrderRecord:
-        """Insert the order (open), or change the fields `order` gives on the stored one; its
-        state never goes back to open. Returns the order as it now stands."""
+        """Insert the order (open, unless `order` gives a state), or change the fields `order`
+        gives on the stored one; its state never goes back to open. Returns the order as it now
+        stands."""
 
     @abstractmethod
     async def get_order(self, shop_id: str, order_id: str) -> OrderRecord | None: ...
@@ -528,8 +531,8 @@ class Store(ABC):
     ) -> OrderOperation:
         """Store a call under its (shop, kind, key) before it is sent, and return it. One stored
         already is returned as it is when planned (sent again with its key) or done; a failed one
-        is planned afresh with `plan`'s key and request. `note` is written only when something
-        was stored."""
+        is planned afresh with `plan`'s key, request and amount (its error kept until it is
+        finished again). `note` is written only when something was stored."""
 
     @abstractmethod
     async def finish_order_operation(
@@ -540,9 +543,10 @@ class Store(ABC):
         *,
         note: AuditNote | None = None,
     ) -> OrderOperation | None:
-        """Record a planned call's outcome, what it changed on the order, `callback` and `note`,
-        in one commit. None, and nothing written, when the call is not planned (done already by
-        another run, or never stored)."""
+        """Record a planned call's outcome, what it changed on the order (its state, never back
+        to open, and its authorization's expiry; an order not noted stays so), `callback` (with
+        its job) and `note`, in one commit. None, and nothing written, when the call is not
+        planned (done or failed already by another run, or never stored)."""
 
     # callbacks and audit
     @abstractmethod

@@ -48,6 +48,7 @@ from plugin.store.records import (
     ComplianceRequest,
     Delivery,
     Job,
+    JobKind,
     NewDelivery,
     Operation,
     OperationKind,
@@ -61,6 +62,7 @@ from plugin.store.records import (
     Waiting,
     WebhookSecret,
     WorkerRecord,
+    order_subject,
 )
 from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
 from plugin.store.sql import (
@@ -72,6 +74,7 @@ from plugin.store.sql import (
     cap,
     delivery_row,
     finite,
+    orders_expiring,
     prune_arguments,
     requeue,
     sealed_secrets,
@@ -385,6 +388,57 @@ _RECORD_DELIVERIES = (
     " FROM input i LEFT JOIN delivery d ON d.shop_id = i.shop_id AND d.delivery_id = i.delivery_id"
     " LEFT JOIN deliveries e ON e.shop_id = i.shop_id AND e.delivery_id = i.delivery_id"
     " ORDER BY i.n"
+)
+
+# An order event's orders ($1 shops, $2 order ids, $3 when each first arrived, one per order)
+# queue their jobs, a dead one revived (a new refund or cancellation runs even if an earlier one
+# of the order died: the job redoes only what is not done), with the notification when one is due.
+_QUEUE_ORDERS = (
+    "WITH job AS (INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
+    " SELECT i.shop_id, 'order', i.order_id, 'queued', i.at, i.at, i.at"
+    " FROM unnest($1::text[], $2::text[], $3::float8[]) AS i (shop_id, order_id, at)"
+    " ORDER BY i.shop_id, i.order_id"
+    f"{requeue(revive='true')} RETURNING state = 'queued' AND due_at <= updated_at AS due),"
+    f" notified AS (SELECT pg_notify('{JOBS_CHANNEL}', '') FROM job WHERE due)"
+    " SELECT count(*) FROM notified"
+)
+
+# An order noted: inserted with the state given (open when none), or the fields given changed;
+# its state never goes back to open. $8 is now.
+_NOTE_ORDER = (
+    "INSERT INTO orders (shop_id, order_id, klarna_order_id, currency, state,"
+    " authorization_expires_at, checked_at, created_at, updated_at)"
+    " VALUES ($1, $2, $3, $4, coalesce($5::text, 'open'), $6::float8, $7::float8, $8, $8)"
+    " ON CONFLICT (shop_id, order_id) DO UPDATE SET"
+    " klarna_order_id = excluded.klarna_order_id, currency = excluded.currency,"
+    " state = CASE WHEN $5::text IS NULL OR $5::text = 'open' THEN orders.state ELSE $5::text END,"
+    " authorization_expires_at = coalesce($6::float8, orders.authorization_expires_at),"
+    " checked_at = coalesce($7::float8, orders.checked_at), updated_at = $8 RETURNING *"
+)
+# What finishing a call changed on its order (as sqlite.py's).
+_CHANGE_ORDER = (
+    "UPDATE orders SET state = CASE WHEN $1::text IS NULL OR $1::text = 'open' THEN state"
+    " ELSE $1::text END, authorization_expires_at = coalesce($2::float8, authorization_expires_at),"
+    " updated_at = $3 WHERE shop_id = $4 AND order_id = $5"
+)
+ORDERS_EXPIRING = orders_expiring(one_shop=False)
+ORDERS_EXPIRING_SHOP = orders_expiring(one_shop=True)
+# A call planned under its key; over a failed one only (as sqlite.py's).
+_PLAN_ORDER_OPERATION = (
+    "INSERT INTO order_operations (shop_id, kind, key, order_id, klarna_order_id, currency,"
+    " state, idempotency_key, request, amount, planned_at, updated_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, 'planned', $7, $8, $9::bigint, $10, $10)"
+    " ON CONFLICT (shop_id, kind, key) DO UPDATE SET state = 'planned',"
+    " idempotency_key = excluded.idempotency_key, request = excluded.request,"
+    " amount = excluded.amount, planned_at = excluded.planned_at,"
+    " updated_at = excluded.updated_at WHERE order_operations.state = 'failed' RETURNING *"
+)
+# A planned call's outcome ($1 done or failed); $5 is now. No row when it is not planned.
+_FINISH_ORDER_OPERATION = (
+    "UPDATE order_operations SET state = $1::text, result = $2::text,"
+    " amount = coalesce($3::bigint, amount), error = $4::text,"
+    " done_at = CASE WHEN $1::text = 'done' THEN $5::float8 END, updated_at = $5::float8"
+    " WHERE shop_id = $6 AND kind = $7 AND key = $8 AND state = 'planned' RETURNING *"
 )
 
 R = TypeVar("R")
@@ -736,7 +790,14 @@ class PostgresStore(Store):
     async def remove_shop(self, shop_id: str) -> bool:
         async with self._transaction() as conn:
             tables = ("deliveries", "jobs", "captures", "operations", "callbacks", "audit")
-            for table in (*tables, "admin_links", "job_slots", "job_waits"):
+            for table in (
+                *tables,
+                "orders",
+                "order_operations",
+                "admin_links",
+                "job_slots",
+                "job_waits",
+            ):
                 await conn.execute(
                     f"DELETE FROM {table} WHERE shop_id = $1",  # noqa: S608
                     shop_id,
@@ -808,10 +869,34 @@ class PostgresStore(Store):
     # deliveries
 
     async def record_deliveries(self, deliveries: Sequence[NewDelivery]) -> list[tuple[int, bool]]:
-        # One statement, so one round trip and one commit for them all.
+        # One statement, so one round trip and one commit for them all; order events (rare) queue
+        # their orders' jobs in a second statement of the same transaction, only when there are.
         columns = zip(*(delivery_row(delivery) for delivery in deliveries), strict=True)
+        arguments = [list(column) for column in columns]
         async with self._connection(replanning=True) as conn:
-            rows = await conn.fetch(_RECORD_DELIVERIES, *(list(column) for column in columns))
+            if not any(_order_event(delivery) for delivery in deliveries):
+                rows = await conn.fetch(_RECORD_DELIVERIES, *arguments)
+                return await self._recorded(rows)
+            async with conn.transaction():
+                rows = await conn.fetch(_RECORD_DELIVERIES, *arguments)
+                results = await self._recorded(rows)
+                orders: dict[tuple[str, str], float] = {}
+                for delivery, (_, duplicate) in zip(deliveries, results, strict=True):
+                    if not duplicate and _order_event(delivery) and delivery.order_id:
+                        orders.setdefault(
+                            (delivery.shop_id, delivery.order_id), delivery.received_at
+                        )
+                if orders:
+                    await conn.fetch(
+                        _QUEUE_ORDERS,
+                        [shop_id for shop_id, _ in orders],
+                        [order_id for _, order_id in orders],
+                        list(orders.values()),
+                    )
+            return results
+
+    async def _recorded(self, rows: Sequence[_Row]) -> list[tuple[int, bool]]:
+        """The result of each delivery, from _RECORD_DELIVERIES' rows."""
         results: list[tuple[int, bool]] = []
         stored: dict[tuple[str, str], int] = {}
         for row in rows:
@@ -856,7 +941,7 @@ class PostgresStore(Store):
 
     async def queue_fulfillment(self, shop_id: str, fulfillment_id: str, now: float) -> int:
         async with self._transaction() as conn:
-            return await _queue_fulfillment(conn, shop_id, fulfillment_id, now, revive=True)
+            return await _queue_job(conn, shop_id, "fulfillment", fulfillment_id, now, revive=True)
 
     # jobs
 
@@ -1187,14 +1272,28 @@ class PostgresStore(Store):
             )
         return _record(row, CaptureRecord) if row else None
 
-    # callbacks and audit
+    # orders at Klarna and the life-cycle calls made on them
 
-    # orders at Klarna (being written: each raises until implemented)
     async def note_order(self, order: NoteOrder, now: float) -> OrderRecord:
-        raise NotImplementedError
+        row = await self._fetchrow(
+            _NOTE_ORDER,
+            order.shop_id,
+            order.order_id,
+            order.klarna_order_id,
+            order.currency,
+            order.state,
+            order.authorization_expires_at,
+            order.checked_at,
+            now,
+        )
+        assert row is not None
+        return _record(row, OrderRecord)
 
     async def get_order(self, shop_id: str, order_id: str) -> OrderRecord | None:
-        raise NotImplementedError
+        row = await self._fetchrow(
+            "SELECT * FROM orders WHERE shop_id = $1 AND order_id = $2", shop_id, order_id
+        )
+        return _record(row, OrderRecord) if row else None
 
     async def orders_expiring(
         self,
@@ -1204,20 +1303,58 @@ class PostgresStore(Store):
         checked_before: float | None = None,
         limit: int = 100,
     ) -> list[OrderRecord]:
-        raise NotImplementedError
+        if shop_id is None:
+            rows = await self._fetch(ORDERS_EXPIRING, before, checked_before, limit)
+        else:
+            rows = await self._fetch(ORDERS_EXPIRING_SHOP, before, checked_before, limit, shop_id)
+        return [_record(row, OrderRecord) for row in rows]
 
     async def queue_order(self, shop_id: str, order_id: str, now: float) -> int:
-        raise NotImplementedError
+        async with self._transaction() as conn:
+            return await _queue_job(conn, shop_id, "order", order_id, now, revive=True)
 
     async def order_operations(
         self, shop_id: str, order_ids: Sequence[str]
     ) -> list[OrderOperation]:
-        raise NotImplementedError
+        rows = await self._fetch(
+            "SELECT * FROM order_operations WHERE shop_id = $1 AND order_id = ANY($2::text[])"
+            " ORDER BY planned_at, kind, key",
+            shop_id,
+            list(order_ids),
+        )
+        return [_record(row, OrderOperation) for row in rows]
 
     async def plan_order_operation(
         self, plan: PlanOrderOperation, now: float, *, note: AuditNote | None = None
     ) -> OrderOperation:
-        raise NotImplementedError
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                _PLAN_ORDER_OPERATION,
+                plan.shop_id,
+                plan.kind,
+                plan.key,
+                plan.order_id,
+                plan.klarna_order_id,
+                plan.currency,
+                plan.idempotency_key,
+                plan.request,
+                plan.amount,
+                now,
+            )
+            if row is None:  # planned or done already: that one stands, nothing is noted
+                # (A statement of its own sees the row that the conflict waited for.)
+                row = await conn.fetchrow(
+                    "SELECT * FROM order_operations WHERE shop_id = $1 AND kind = $2 AND key = $3",
+                    plan.shop_id,
+                    plan.kind,
+                    plan.key,
+                )
+            elif note is not None:
+                await conn.execute(
+                    _ADD_AUDIT, plan.shop_id, order_subject(plan.order_id), now, *_note_values(note)
+                )
+        assert row is not None
+        return _record(row, OrderOperation)
 
     async def finish_order_operation(
         self,
@@ -1227,7 +1364,42 @@ class PostgresStore(Store):
         *,
         note: AuditNote | None = None,
     ) -> OrderOperation | None:
-        raise NotImplementedError
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                _FINISH_ORDER_OPERATION,
+                finished.state,
+                finished.result,
+                finished.amount,
+                finished.error,
+                now,
+                finished.shop_id,
+                finished.kind,
+                finished.key,
+            )
+            if row is None:  # done already by another run, or never planned: nothing written
+                return None
+            operation = _record(row, OrderOperation)
+            if finished.order_state is not None or finished.authorization_expires_at is not None:
+                await conn.execute(
+                    _CHANGE_ORDER,
+                    finished.order_state,
+                    finished.authorization_expires_at,
+                    now,
+                    operation.shop_id,
+                    operation.order_id,
+                )
+            await _add_callback(conn, operation.shop_id, callback, now)
+            if note is not None:
+                await conn.execute(
+                    _ADD_AUDIT,
+                    operation.shop_id,
+                    order_subject(operation.order_id),
+                    now,
+                    *_note_values(note),
+                )
+        return operation
+
+    # callbacks and audit
 
     async def get_callback(self, callback_id: int) -> Callback | None:
         row = await self._fetchrow("SELECT * FROM callbacks WHERE id = $1", callback_id)
@@ -1284,6 +1456,7 @@ class PostgresStore(Store):
                     orders,
                 )
             )
+            fulfillments.update(order_subject(order_id) for order_id in orders)
             changed_bodies = 0
             for row in deliveries:
                 scrubbed = scrub_body(row[2])
@@ -1471,8 +1644,10 @@ class PostgresStore(Store):
                 " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM done)"
             )
         else:
+            # A row named by several columns is picked by its row address.
+            array = "t.ctid" if "," in prune.key else prune.key
             statement = (
-                f"WITH gone AS ({prune.batch(array=prune.key)} RETURNING 1)"  # noqa: S608
+                f"WITH gone AS ({prune.batch(array=array)} RETURNING 1)"  # noqa: S608
                 " SELECT count(*) FROM gone"
             )
         row = await self._fetchrow(statement, *prune_arguments(statement, cutoff, limit, now))
@@ -1509,19 +1684,21 @@ _SHIPMENTS = (
 )
 
 
-async def _queue_fulfillment(
-    conn: _Connection, shop_id: str, fulfillment_id: str, now: float, *, revive: bool = False
+async def _queue_job(
+    conn: _Connection, shop_id: str, kind: JobKind, key: str, now: float, *, revive: bool = False
 ) -> int:
-    """Queue a fulfilment's one job: a running job is flagged to run again, a finished one is
-    queued afresh; a dead one stays dead (a dead letter waits for `jobs retry`) unless `revive`."""
+    """Queue a fulfilment's or an order's one job: a running job is flagged to run again, a
+    finished one is queued afresh; a dead one stays dead (a dead letter waits for `jobs retry`)
+    unless `revive`."""
     row = await conn.fetchrow(
         "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
-        " VALUES ($1, 'fulfillment', $2, 'queued', $3, $3, $3)"
+        " VALUES ($1, $5, $2, 'queued', $3, $3, $3)"
         f"{requeue(revive='$4::boolean')} RETURNING id, state = 'queued' AND due_at <= $3",
         shop_id,
-        fulfillment_id,
+        key,
         now,
         revive,
+        kind,
     )
     assert row is not None
     if row[1]:  # due now
@@ -1584,6 +1761,11 @@ async def _close_quietly(conn: _ListeningConnection) -> None:
             await conn.close()
     except Exception:
         conn.terminate()
+
+
+def _order_event(delivery: NewDelivery) -> bool:
+    """An accepted delivery that queues its order's job."""
+    return delivery.order_event and delivery.order_id is not None and delivery.rejected is None
 
 
 def _record(row: _Row, kind: type[R]) -> R:

@@ -25,6 +25,15 @@ OrderState = Literal["open", "cancelled", "closed"]
 # The life-cycle calls made on a Klarna order, each under its key (OrderOperation).
 OrderOperationKind = Literal["refund", "cancel", "release", "extend", "merchant_references"]
 OrderOperationState = Literal["planned", "done", "failed"]
+# The audit trail's `fulfillment_id` column names what an entry is about: a shipment (its
+# fulfilment id), or an order's life after its captures (this prefix and the order id).
+ORDER_SUBJECT_PREFIX = "order:"
+
+
+def order_subject(order_id: str) -> str:
+    """What the audit trail files an order's life-cycle entries under (`audit_trail(shop,
+    order_subject(order_id))` reads them): the one place that spells it."""
+    return ORDER_SUBJECT_PREFIX + order_id
 
 
 class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):

@@ -231,4 +231,51 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX compliance_requests_received ON compliance_requests (received_at);
     CREATE INDEX admin_links_used ON admin_links (used_at);
     """,
+    # 9: the order's life at Klarna after its captures (issue 18): each storefront order as known
+    # at Klarna (open, cancelled or closed; when its authorization runs out and when that was last
+    # read), and each life-cycle call on it (refund, cancellation, release, extension, merchant
+    # references) under the key that makes it happen once, stored with its idempotency key and
+    # request before it is sent. The keep-alive finds the open orders expiring soonest along
+    # orders_expiring (of every shop) or orders_shop_expiring (of one), an authorization not read
+    # yet first (as 0): one range of one index, however many orders there are. Retention walks
+    # both tables by age.
+    """
+    CREATE TABLE orders (
+        shop_id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        klarna_order_id TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        state TEXT NOT NULL,
+        authorization_expires_at REAL,
+        checked_at REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (shop_id, order_id)
+    );
+    CREATE INDEX orders_expiring ON orders
+        (coalesce(authorization_expires_at, 0), shop_id, order_id) WHERE state = 'open';
+    CREATE INDEX orders_shop_expiring ON orders
+        (shop_id, coalesce(authorization_expires_at, 0), order_id) WHERE state = 'open';
+    CREATE INDEX orders_updated ON orders (updated_at);
+    CREATE TABLE order_operations (
+        shop_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        klarna_order_id TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        state TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        request BLOB NOT NULL,
+        amount INTEGER,
+        result TEXT,
+        error TEXT,
+        planned_at REAL NOT NULL,
+        done_at REAL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (shop_id, kind, key)
+    );
+    CREATE INDEX order_operations_order ON order_operations (shop_id, order_id);
+    CREATE INDEX order_operations_updated ON order_operations (updated_at);
+    """,
 )

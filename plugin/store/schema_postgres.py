@@ -233,6 +233,49 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_unsettled ON jobs (key, shop_id)
         WHERE kind = 'fulfillment' AND state <> 'done';
     """,
+    # 9: the order's life at Klarna (issue 18): schema.py's tables and indexes; and here only, the
+    # order jobs that may still run, for retention's lookup, as jobs_unsettled is for shipments
+    """
+    CREATE TABLE orders (
+        shop_id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        klarna_order_id TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        state TEXT NOT NULL,
+        authorization_expires_at DOUBLE PRECISION,
+        checked_at DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (shop_id, order_id)
+    );
+    CREATE INDEX orders_expiring ON orders
+        ((coalesce(authorization_expires_at, 0)), shop_id, order_id) WHERE state = 'open';
+    CREATE INDEX orders_shop_expiring ON orders
+        (shop_id, (coalesce(authorization_expires_at, 0)), order_id) WHERE state = 'open';
+    CREATE INDEX orders_updated ON orders (updated_at);
+    CREATE TABLE order_operations (
+        shop_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        klarna_order_id TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        state TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        request BYTEA NOT NULL,
+        amount BIGINT,
+        result TEXT,
+        error TEXT,
+        planned_at DOUBLE PRECISION NOT NULL,
+        done_at DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (shop_id, kind, key)
+    );
+    CREATE INDEX order_operations_order ON order_operations (shop_id, order_id);
+    CREATE INDEX order_operations_updated ON order_operations (updated_at);
+    CREATE INDEX jobs_order_unsettled ON jobs (key, shop_id)
+        WHERE kind = 'order' AND state <> 'done';
+    """,
 )
 
 # What `migrate` keeps: one row per applied migration.

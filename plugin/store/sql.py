@@ -1,6 +1,7 @@
-"""SQL both backends write alike (SQLite reads `true` as 1): the clause that queues a fulfilment's
-job again, the column values of a delivery, and the sealed secrets read from their two tables;
-and the checks both apply to a claim's cap and a job's next due time."""
+"""SQL both backends write alike (SQLite reads `true` as 1): the clause that queues a job again,
+the column values of a delivery, the sealed secrets read from their two tables, the search for
+open orders whose authorization runs out, and the steps of retention; and the checks both apply
+to a claim's cap and a job's next due time."""
 
 import math
 from collections.abc import Sequence
@@ -14,9 +15,9 @@ SEALED_WEBHOOK_SECRETS = "SELECT id, shop_id, secret FROM webhook_secrets"
 
 
 def requeue(*, revive: str) -> str:
-    """The ON CONFLICT clause that queues a fulfilment's one job again: a running job is flagged
-    to run again, a finished one is queued afresh; a dead one stays dead (a dead letter waits for
-    `jobs retry`) unless the SQL expression `revive` is true."""
+    """The ON CONFLICT clause that queues a fulfilment's (or an order's) one job again: a running
+    job is flagged to run again, a finished one is queued afresh; a dead one stays dead (a dead
+    letter waits for `jobs retry`) unless the SQL expression `revive` is true."""
     return (
         " ON CONFLICT (shop_id, kind, key) DO UPDATE SET"
         " rerun = CASE WHEN jobs.state = 'running' THEN true ELSE jobs.rerun END,"
@@ -26,6 +27,20 @@ def requeue(*, revive: str) -> str:
         f" state = CASE WHEN jobs.state = 'done' OR (jobs.state = 'dead' AND {revive})"
         "   THEN 'queued' ELSE jobs.state END,"
         " updated_at = excluded.updated_at"
+    )
+
+
+def orders_expiring(*, one_shop: bool) -> str:
+    """Open orders whose authorization runs out before $1 (one not read yet counts as 0: first,
+    and always in range), not checked since $2 (NULL: whenever), at most $3, of shop $4 when
+    `one_shop`; soonest first. Written as the indexes orders_expiring and orders_shop_expiring
+    are, so that it is one range of one of them, read in order and no further than the limit."""
+    shop, order = ("shop_id = $4 AND ", "") if one_shop else ("", "shop_id, ")
+    return (
+        "SELECT * FROM orders WHERE state = 'open' AND "  # noqa: S608 - constant fragments
+        f"{shop}coalesce(authorization_expires_at, 0) < $1"
+        " AND (CAST($2 AS DOUBLE PRECISION) IS NULL OR checked_at IS NULL OR checked_at < $2)"
+        f" ORDER BY coalesce(authorization_expires_at, 0), {order}order_id LIMIT $3"
     )
 
 
@@ -114,6 +129,15 @@ _LIVE_JOB = (
 )
 
 
+# An order whose job may still run (queued, running, waiting, or a dead letter that may be
+# retried): the bodies of its order events stay, and so do its ledger rows. Written as the
+# predicate of PostgreSQL's jobs_order_unsettled, for the reason given above.
+_LIVE_ORDER_JOB = (
+    "EXISTS (SELECT 1 FROM jobs AS j WHERE j.key = t.order_id AND j.shop_id = t.shop_id"
+    " AND j.kind = 'order' AND j.state <> 'done')"
+)
+
+
 class PruneStep(NamedTuple):
     table: str
     key: str  # the column(s) that name a row, comma-separated, on `t`
@@ -148,16 +172,21 @@ class PruneStep(NamedTuple):
 
 
 # The steps in the order they run, by what the report calls them. A delivery's body goes once
-# it is older than the cutoff and its shipment is settled (no job left that may run it);
-# the delivery's row (its id, which refuses a late duplicate) a window after its body, whatever
-# the job does since: the body is what a run reads, and an emptied one is never read again.
-# "jobs" (finished ones, with their sent callbacks) and "captures" (with their side effects) are
-# compound: each backend writes them (see `_prune_batch`), from these candidates.
+# it is older than the cutoff and its shipment is settled (no job left that may run it), or, an
+# order event's (no fulfilment), its order's job is; the delivery's row (its id, which refuses a
+# late duplicate) a window after its body, whatever the job does since: the body is what a run
+# reads, and an emptied one is never read again. "jobs" (finished ones, with their sent
+# callbacks) and "captures" (with their side effects) are compound: each backend writes them
+# (see `_prune_batch`), from these candidates. An order's row goes with the ledger's window once
+# its job is settled and nothing may still be done on it at Klarna: no call on it changed within
+# the window, and, open, its authorization ran out before the window began (so the keep-alive is
+# done with it); its calls go once the order's row has gone (or never was) and the job settled.
 PRUNE_STEPS: dict[str, PruneStep] = {
     "deliveries.body": PruneStep(
         "deliveries",
         "t.id",
-        f"t.pruned_at IS NULL AND t.received_at < $1 AND NOT {_LIVE_JOB}",
+        f"t.pruned_at IS NULL AND t.received_at < $1 AND NOT {_LIVE_JOB}"
+        f" AND NOT (t.fulfillment_id IS NULL AND t.order_id IS NOT NULL AND {_LIVE_ORDER_JOB})",
         "t.received_at",
         # An empty blob in both dialects, of the column's own type.
         action="body = substr(t.body, 1, 0), pruned_at = $3",
@@ -170,6 +199,23 @@ PRUNE_STEPS: dict[str, PruneStep] = {
         "captures",
         "t.shop_id, t.fulfillment_id",
         f"t.updated_at < $1 AND NOT {_LIVE_JOB}",
+        "t.updated_at",
+    ),
+    "orders": PruneStep(
+        "orders",
+        "t.shop_id, t.order_id",
+        f"t.updated_at < $1 AND NOT {_LIVE_ORDER_JOB}"  # noqa: S608 - constant fragments
+        " AND (t.state <> 'open' OR coalesce(t.authorization_expires_at, 0) < $1)"
+        " AND NOT EXISTS (SELECT 1 FROM order_operations AS o"
+        " WHERE o.shop_id = t.shop_id AND o.order_id = t.order_id AND o.updated_at >= $1)",
+        "t.updated_at",
+    ),
+    "order_operations": PruneStep(
+        "order_operations",
+        "t.shop_id, t.kind, t.key",
+        f"t.updated_at < $1 AND NOT {_LIVE_ORDER_JOB}"  # noqa: S608 - constant fragments
+        " AND NOT EXISTS (SELECT 1 FROM orders AS o"
+        " WHERE o.shop_id = t.shop_id AND o.order_id = t.order_id)",
         "t.updated_at",
     ),
     "audit": PruneStep("audit", "t.id", f"t.at < $1 AND NOT {_LIVE_JOB}", "t.at"),

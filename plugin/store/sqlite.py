@@ -40,6 +40,7 @@ from plugin.store.records import (
     ComplianceRequest,
     Delivery,
     Job,
+    JobKind,
     NewDelivery,
     Operation,
     OperationKind,
@@ -53,6 +54,7 @@ from plugin.store.records import (
     Waiting,
     WebhookSecret,
     WorkerRecord,
+    order_subject,
 )
 from plugin.store.schema import MIGRATIONS
 from plugin.store.sql import (
@@ -64,6 +66,7 @@ from plugin.store.sql import (
     cap,
     delivery_row,
     finite,
+    orders_expiring,
     prune_arguments,
     requeue,
     sealed_secrets,
@@ -425,7 +428,7 @@ class SqliteStore(Store):
     async def remove_shop(self, shop_id: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             tables = ("deliveries", "jobs", "captures", "operations", "callbacks", "audit")
-            for table in (*tables, "admin_links", "job_waits"):
+            for table in (*tables, "orders", "order_operations", "admin_links", "job_waits"):
                 conn.execute(f"DELETE FROM {table} WHERE shop_id = ?", (shop_id,))  # noqa: S608
             return conn.execute("DELETE FROM shops WHERE id = ?", (shop_id,)).rowcount > 0
 
@@ -519,6 +522,7 @@ class SqliteStore(Store):
                 inserted = {key: first + offset for offset, key in enumerate(fresh)}
             results: list[tuple[int, bool]] = []
             shipments: list[NewDelivery] = []
+            orders: dict[Key, float] = {}  # (shop_id, order_id): when its first event arrived
             for delivery in deliveries:
                 key = (delivery.shop_id, delivery.delivery_id)
                 row_id = inserted.pop(key, None)  # the first of a repeated id is the new one
@@ -529,6 +533,11 @@ class SqliteStore(Store):
                 results.append((row_id, False))
                 if delivery.fulfillment_id is not None and delivery.rejected is None:
                     shipments.append(delivery)
+                if delivery.order_event and delivery.order_id and delivery.rejected is None:
+                    orders.setdefault((delivery.shop_id, delivery.order_id), delivery.received_at)
+            # Order events are rare: their jobs are written apart, only when there are any.
+            for (shop_id, order_id), received_at in orders.items():
+                _queue_job(conn, shop_id, "order", order_id, received_at, revive=True)
             if shipments:
                 conn.execute(
                     "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
@@ -577,7 +586,7 @@ class SqliteStore(Store):
 
     async def queue_fulfillment(self, shop_id: str, fulfillment_id: str, now: float) -> int:
         return await self._write(
-            lambda conn: _queue_fulfillment(conn, shop_id, fulfillment_id, now, revive=True)
+            lambda conn: _queue_job(conn, shop_id, "fulfillment", fulfillment_id, now, revive=True)
         )
 
     # jobs
@@ -940,14 +949,33 @@ class SqliteStore(Store):
 
         return await self._write(work)
 
-    # callbacks and audit
+    # orders at Klarna and the life-cycle calls made on them
 
-    # orders at Klarna (being written: each raises until implemented)
     async def note_order(self, order: NoteOrder, now: float) -> OrderRecord:
-        raise NotImplementedError
+        row = await self._write(
+            lambda conn: conn.execute(
+                _NOTE_ORDER,
+                (
+                    order.shop_id,
+                    order.order_id,
+                    order.klarna_order_id,
+                    order.currency,
+                    order.state,
+                    order.authorization_expires_at,
+                    order.checked_at,
+                    now,
+                ),
+            ).fetchone()
+        )
+        return _order(row)
 
     async def get_order(self, shop_id: str, order_id: str) -> OrderRecord | None:
-        raise NotImplementedError
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM orders WHERE shop_id = ? AND order_id = ?", (shop_id, order_id)
+            ).fetchone()
+        )
+        return _order(row) if row else None
 
     async def orders_expiring(
         self,
@@ -957,20 +985,62 @@ class SqliteStore(Store):
         checked_before: float | None = None,
         limit: int = 100,
     ) -> list[OrderRecord]:
-        raise NotImplementedError
+        statement, arguments = (
+            (ORDERS_EXPIRING, (before, checked_before, limit))
+            if shop_id is None
+            else (ORDERS_EXPIRING_SHOP, (before, checked_before, limit, shop_id))
+        )
+        rows = await self._read(lambda conn: conn.execute(statement, arguments).fetchall())
+        return [_order(row) for row in rows]
 
     async def queue_order(self, shop_id: str, order_id: str, now: float) -> int:
-        raise NotImplementedError
+        return await self._write(
+            lambda conn: _queue_job(conn, shop_id, "order", order_id, now, revive=True)
+        )
 
     async def order_operations(
         self, shop_id: str, order_ids: Sequence[str]
     ) -> list[OrderOperation]:
-        raise NotImplementedError
+        marks = ", ".join("?" for _ in order_ids)
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT * FROM order_operations WHERE shop_id = ? AND order_id IN ({marks})"  # noqa: S608
+                " ORDER BY planned_at, kind, key",
+                (shop_id, *order_ids),
+            ).fetchall()
+        )
+        return [_order_operation(row) for row in rows]
 
     async def plan_order_operation(
         self, plan: PlanOrderOperation, now: float, *, note: AuditNote | None = None
     ) -> OrderOperation:
-        raise NotImplementedError
+        def work(conn: sqlite3.Connection) -> OrderOperation:
+            row = conn.execute(
+                _PLAN_ORDER_OPERATION,
+                (
+                    plan.shop_id,
+                    plan.kind,
+                    plan.key,
+                    plan.order_id,
+                    plan.klarna_order_id,
+                    plan.currency,
+                    plan.idempotency_key,
+                    plan.request,
+                    plan.amount,
+                    now,
+                ),
+            ).fetchone()
+            if row is None:  # planned or done already: that one stands, nothing is noted
+                return _order_operation(
+                    conn.execute(
+                        "SELECT * FROM order_operations WHERE shop_id = ? AND kind = ? AND key = ?",
+                        (plan.shop_id, plan.kind, plan.key),
+                    ).fetchone()
+                )
+            _add_note(conn, plan.shop_id, order_subject(plan.order_id), note, now)
+            return _order_operation(row)
+
+        return await self._write(work)
 
     async def finish_order_operation(
         self,
@@ -980,7 +1050,41 @@ class SqliteStore(Store):
         *,
         note: AuditNote | None = None,
     ) -> OrderOperation | None:
-        raise NotImplementedError
+        def work(conn: sqlite3.Connection) -> OrderOperation | None:
+            row = conn.execute(
+                _FINISH_ORDER_OPERATION,
+                (
+                    finished.state,
+                    finished.result,
+                    finished.amount,
+                    finished.error,
+                    now,
+                    finished.shop_id,
+                    finished.kind,
+                    finished.key,
+                ),
+            ).fetchone()
+            if row is None:  # done already by another run, or never planned: nothing written
+                return None
+            operation = _order_operation(row)
+            if finished.order_state is not None or finished.authorization_expires_at is not None:
+                conn.execute(
+                    _CHANGE_ORDER,
+                    (
+                        finished.order_state,
+                        finished.authorization_expires_at,
+                        now,
+                        operation.shop_id,
+                        operation.order_id,
+                    ),
+                )
+            _add_callback(conn, operation.shop_id, callback, now)
+            _add_note(conn, operation.shop_id, order_subject(operation.order_id), note, now)
+            return operation
+
+        return await self._write(work)
+
+    # callbacks and audit
 
     async def get_callback(self, callback_id: int) -> Callback | None:
         row = await self._read(
@@ -1045,6 +1149,7 @@ class SqliteStore(Store):
                     (shop_id, *order_ids),
                 )
             )
+            fulfillments.update(order_subject(order_id) for order_id in order_ids)
             changed_bodies = 0
             for row_id, _, body in deliveries:
                 scrubbed = scrub_body(body)
@@ -1292,17 +1397,63 @@ _HAND_BACK = (
 )
 
 
-def _queue_fulfillment(
-    conn: sqlite3.Connection, shop_id: str, fulfillment_id: str, now: float, *, revive: bool = False
+def _queue_job(
+    conn: sqlite3.Connection,
+    shop_id: str,
+    kind: JobKind,
+    key: str,
+    now: float,
+    *,
+    revive: bool = False,
 ) -> int:
-    """Queue a fulfilment's one job (see `_requeue`)."""
+    """Queue a fulfilment's or an order's one job (see `requeue`)."""
     row = conn.execute(
         "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
-        " VALUES (?, 'fulfillment', ?, 'queued', ?, ?, ?)"
+        " VALUES (?, ?, ?, 'queued', ?, ?, ?)"
         f"{requeue(revive='?')} RETURNING id",
-        (shop_id, fulfillment_id, now, now, now, revive),
+        (shop_id, kind, key, now, now, now, revive),
     ).fetchone()
     return int(row[0])
+
+
+# An order noted: inserted with the state given (open when none), or the fields given changed;
+# its state never goes back to open. ?8 is now.
+_NOTE_ORDER = (
+    "INSERT INTO orders (shop_id, order_id, klarna_order_id, currency, state,"
+    " authorization_expires_at, checked_at, created_at, updated_at)"
+    " VALUES (?1, ?2, ?3, ?4, coalesce(?5, 'open'), ?6, ?7, ?8, ?8)"
+    " ON CONFLICT (shop_id, order_id) DO UPDATE SET"
+    " klarna_order_id = excluded.klarna_order_id, currency = excluded.currency,"
+    " state = CASE WHEN ?5 IS NULL OR ?5 = 'open' THEN orders.state ELSE ?5 END,"
+    " authorization_expires_at = coalesce(?6, orders.authorization_expires_at),"
+    " checked_at = coalesce(?7, orders.checked_at), updated_at = ?8 RETURNING *"
+)
+# What finishing a call changed on its order (?1 its state, never back to open; ?2 the
+# authorization's expiry); an order not noted stays so.
+_CHANGE_ORDER = (
+    "UPDATE orders SET state = CASE WHEN ?1 IS NULL OR ?1 = 'open' THEN state ELSE ?1 END,"
+    " authorization_expires_at = coalesce(?2, authorization_expires_at), updated_at = ?3"
+    " WHERE shop_id = ?4 AND order_id = ?5"
+)
+ORDERS_EXPIRING = _numbered(orders_expiring(one_shop=False))
+ORDERS_EXPIRING_SHOP = _numbered(orders_expiring(one_shop=True))
+# A call planned under its key; over a failed one only (a new key and request, its error kept
+# until it is finished again); ?10 is now. No row when one is planned or done already.
+_PLAN_ORDER_OPERATION = (
+    "INSERT INTO order_operations (shop_id, kind, key, order_id, klarna_order_id, currency,"
+    " state, idempotency_key, request, amount, planned_at, updated_at)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'planned', ?7, ?8, ?9, ?10, ?10)"
+    " ON CONFLICT (shop_id, kind, key) DO UPDATE SET state = 'planned',"
+    " idempotency_key = excluded.idempotency_key, request = excluded.request,"
+    " amount = excluded.amount, planned_at = excluded.planned_at,"
+    " updated_at = excluded.updated_at WHERE order_operations.state = 'failed' RETURNING *"
+)
+# A planned call's outcome (?1 done or failed); ?5 is now. No row when it is not planned.
+_FINISH_ORDER_OPERATION = (
+    "UPDATE order_operations SET state = ?1, result = ?2, amount = coalesce(?3, amount),"
+    " error = ?4, done_at = CASE WHEN ?1 = 'done' THEN ?5 END, updated_at = ?5"
+    " WHERE shop_id = ?6 AND kind = ?7 AND key = ?8 AND state = 'planned' RETURNING *"
+)
 
 
 def _earlier_deliveries(
@@ -1365,3 +1516,11 @@ def _capture(row: sqlite3.Row) -> CaptureRecord:
 
 def _job(row: sqlite3.Row) -> Job:
     return msgspec.convert(dict(row), Job, strict=False)
+
+
+def _order(row: sqlite3.Row) -> OrderRecord:
+    return msgspec.convert(dict(row), OrderRecord, strict=False)
+
+
+def _order_operation(row: sqlite3.Row) -> OrderOperation:
+    return msgspec.convert(dict(row), OrderOperation, strict=False)
