@@ -237,9 +237,21 @@ class ShopifyStorefront(StorefrontApp):
     ) -> OrderChanges | Skipped:
         """The order's refunds and status as Shopify holds them now (the webhooks only say that
         something changed): each refund with money given back, in the currency the order was
-        captured in; cancelled once Shopify stamps it so; closed per `mapping.is_closed`."""
+        captured in (or the Klarna order's, as the ledger knows it); cancelled once Shopify
+        stamps it so or a verified `orders/cancelled` said so (Shopify never reopens a cancelled
+        order); closed per `mapping.is_closed`. A refund a webhook announced that the API does
+        not show yet is waited for, rather than the job ending without it."""
         source = klarna_order_id_source(shop.options)
         order = await self._life(shop, order_id, source)
+        announced, cancelled = _announced(deliveries)
+        missing = sorted(announced - {refund.id.rsplit("/", 1)[-1] for refund in order.refunds})
+        if missing:
+            raise StorefrontError(
+                "map",
+                "REFUND_NOT_FOUND",
+                [f"order {order_id} does not show refund {', '.join(missing)} yet"],
+                retryable=True,
+            )
         captures = await self.store.order_captures(shop.id, [order_id])
         try:
             klarna_id = mapping.klarna_order_id(order, source)
@@ -260,7 +272,8 @@ class ShopifyStorefront(StorefrontApp):
                 retryable=False,
             )
         # Refunds go back in the money the captures took (the Klarna order's currency).
-        currency = captures[0].currency if captures else None
+        known = None if captures else await self.store.get_order(shop.id, order_id)
+        currency = captures[0].currency if captures else (known.currency if known else None)
         gateway = source.gateway if isinstance(source, payloads.TransactionSource) else None
         refunds = []
         for refund in order.refunds:
@@ -286,7 +299,7 @@ class ShopifyStorefront(StorefrontApp):
         return OrderChanges(
             klarna_order_id=klarna_id,
             refunds=refunds,
-            cancelled=order.cancelled_at is not None,
+            cancelled=cancelled or order.cancelled_at is not None,
             closed=mapping.is_closed(order),
             order_number=(order.name or "").strip()[: mapping.MAX_TEXT] or None,
         )
@@ -406,6 +419,22 @@ class ShopifyStorefront(StorefrontApp):
         if len(captured) == len(records) and any(r.completes_order for r in captured):
             return "captured"
         return "partially_captured"
+
+
+def _announced(deliveries: Sequence[Delivery]) -> tuple[set[str], bool]:
+    """What the order's stored events announced: the refund ids, and whether it was cancelled.
+    Each body was verified and checked on arrival; an emptied one says nothing."""
+    refunds: set[str] = set()
+    cancelled = False
+    for delivery in deliveries:
+        if delivery.event_type == payloads.ORDER_TOPICS[payloads.CANCELLED_TOPIC]:
+            cancelled = True
+        elif delivery.event_type == payloads.ORDER_TOPICS[payloads.REFUND_TOPIC]:
+            try:
+                refunds.add(payloads.refund_body_id(delivery.body))
+            except msgspec.MsgspecError:
+                continue
+    return refunds, cancelled
 
 
 def _life_values(

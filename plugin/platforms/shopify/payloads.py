@@ -595,6 +595,11 @@ _refund_body_decoder = msgspec.json.Decoder(RefundBody)
 _cancelled_body_decoder = msgspec.json.Decoder(CancelledOrderBody)
 
 
+def refund_body_id(body: bytes) -> str:
+    """The refund id of a stored `refunds/create` body."""
+    return str(_refund_body_decoder.decode(body).id)
+
+
 def order_event_order_id(topic: str, body: bytes) -> str:
     """The order id of a verified order event (`ORDER_TOPICS`), its body checked as that event:
     a refund of an order, or an order that is cancelled. msgspec's error names what is wrong."""

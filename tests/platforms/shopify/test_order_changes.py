@@ -2,10 +2,14 @@
 status read through the Admin API, each refund naming the lines the capture made (proved by the
 refund planner taking them over the lines Klarna captured), with exact money."""
 
+import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx2
+import msgspec
 import pytest
 
 from plugin.config import Settings
@@ -14,6 +18,7 @@ from plugin.klarna.models import OrderLine
 from plugin.pipeline import Pipeline
 from plugin.platforms.base import OrderChanges, Skipped, StorefrontError
 from plugin.platforms.registry import PLATFORMS
+from plugin.platforms.shopify import payloads
 from plugin.platforms.shopify.adapter import ShopifyStorefront
 from plugin.refunds import (
     CapturedPart,
@@ -27,8 +32,8 @@ from plugin.refunds import (
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.sandbox.shopify import Line, ShippingLine, ShopifySandbox, Tax
 from plugin.shops import Shops
-from plugin.store import Store, open_store
-from plugin.store.records import Shop
+from plugin.store import NoteOrder, Store, open_store
+from plugin.store.records import Delivery, Shop
 from plugin.vault import Vault
 from tests.helpers import STOREFRONT_ORDER_AMOUNT, STOREFRONT_ORDER_LINES
 from tests.pipeline import conftest as pipeline_fixtures
@@ -149,10 +154,30 @@ def lines_of(refund: RefundEvent) -> list[tuple[str | None, int]]:
     return [(line.reference, line.quantity) for line in refund.lines or []]
 
 
-async def changes_of(adapter: ShopifyStorefront, shop: Shop, gid: str) -> OrderChanges:
-    changes = await adapter.order_changes(shop, legacy(gid), [])
+async def changes_of(
+    adapter: ShopifyStorefront, shop: Shop, gid: str, deliveries: Sequence[Delivery] = ()
+) -> OrderChanges:
+    changes = await adapter.order_changes(shop, legacy(gid), deliveries)
     assert isinstance(changes, OrderChanges)
     return changes
+
+
+async def received(store: Store, shop: Shop, topic: str, body: dict[str, Any]) -> list[Delivery]:
+    """A verified order event stored as the receiver stores it; the order's deliveries."""
+    raw = msgspec.json.Encoder(decimal_format="number").encode(body)
+    order_id = payloads.order_event_order_id(topic, raw)
+    await store.record_delivery(
+        shop.id,
+        f"shopify-{uuid.uuid4().hex}",
+        body=raw,
+        event_type=payloads.ORDER_TOPICS[topic],
+        fulfillment_id=None,
+        rejected=None,
+        now=time.time(),
+        order_id=order_id,
+        order_event=True,
+    )
+    return await store.order_deliveries(shop.id, [order_id])
 
 
 # --- refunds onto the captured lines -------------------------------------------------------------
@@ -469,3 +494,62 @@ async def test_cancelled_and_closed_follow_shopifys_cancellation_and_fulfilment(
     # cancelled with goods unshipped: nothing more will ship either
     assert [flags(cancelled_unshipped), flags(cancelled_partly)] == [(True, True), (True, True)]
     assert (open_unshipped.order_number, open_partly.order_number) == ("#1001", "#1002")
+
+
+async def test_what_a_webhook_announced_is_waited_for_or_taken_at_its_word(
+    store: Store,
+    shops: Shops,
+    adapter: ShopifyStorefront,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+) -> None:
+    """A refund the webhook names that the API does not show yet is retried, not forgotten (no
+    other webhook would bring it back); a verified cancellation stands (Shopify never reopens a
+    cancelled order) even before the API shows it."""
+    shop = await shopify_shop(shops, shopify_sandbox)
+    gid, _ = storefront_order(shopify_sandbox, klarna_sandbox)
+    _, basil = line_ids(shopify_sandbox, gid)
+    body = shopify_sandbox.refund(SHOPIFY_DOMAIN, gid, {basil: 1})
+    ahead = await received(store, shop, "refunds/create", {**body, "id": body["id"] + 1})
+
+    with pytest.raises(StorefrontError) as unseen:
+        await adapter.order_changes(shop, legacy(gid), ahead)
+    assert (unseen.value.code, unseen.value.retryable) == ("REFUND_NOT_FOUND", True)
+    assert str(body["id"] + 1) in str(unseen.value)
+
+    other, _ = storefront_order(shopify_sandbox, klarna_sandbox)
+    cancelled = {"id": int(legacy(other)), "cancelled_at": "2026-12-03T10:00:00Z"}
+    deliveries = await received(store, shop, "orders/cancelled", cancelled)
+    assert (await changes_of(adapter, shop, other, deliveries)).cancelled is True
+    assert (await changes_of(adapter, shop, other)).cancelled is False  # what the API says
+
+
+async def test_before_any_capture_a_refund_is_in_the_klarna_orders_currency_the_ledger_knows(
+    store: Store,
+    shops: Shops,
+    adapter: ShopifyStorefront,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+) -> None:
+    """A shop in EUR selling in SEK whose Klarna order is in EUR: with no capture to go by, the
+    order the ledger noted at Klarna says which money the refund is in."""
+    shop = await shopify_shop(shops, shopify_sandbox)
+    placed = klarna_sandbox.create_order(order_amount=1000, purchase_currency="EUR")
+    gid = shopify_sandbox.add_order(
+        SHOPIFY_DOMAIN,
+        [Line("Tomatoes", ("10.00", "110.00"), sku="TOM", id=77)],
+        currency="EUR",
+        presentment_currency="SEK",
+        metafields={KLARNA_ID: placed.order_id},
+    )
+    shopify_sandbox.refund(SHOPIFY_DOMAIN, gid, {77: 1})
+    [in_sek] = (await changes_of(adapter, shop, gid)).refunds
+    note = NoteOrder(
+        shop_id=shop.id, order_id=legacy(gid), klarna_order_id=placed.order_id, currency="EUR"
+    )
+    await store.note_order(note, time.time())
+
+    [in_eur] = (await changes_of(adapter, shop, gid)).refunds
+
+    assert (in_sek.currency, in_sek.amount) == ("SEK", 11000)
+    assert (in_eur.currency, in_eur.amount) == ("EUR", 1000)
