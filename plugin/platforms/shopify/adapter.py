@@ -325,14 +325,11 @@ class ShopifyStorefront(StorefrontApp):
                 [f"order {order_id} is not readable (deleted, or out of the app's scope)"],
                 retryable=False,
             )
-        if (
-            found.order.shipping_lines.page_info.has_next_page
-            or len(found.order.refunds) > payloads.REFUNDS_PAGE
-        ):
+        if len(found.order.refunds) > payloads.REFUNDS_PAGE:
             raise StorefrontError(
                 "map",
                 "UNMAPPABLE_REFUND",
-                [f"order {order_id} has more refunds or shipping lines than one query reads"],
+                [f"order {order_id} has more refunds than one query reads"],
                 retryable=False,
             )
         return found.order

@@ -305,10 +305,6 @@ query OrderLife($id: ID!, $ns: String!, $key: String!) {{
     taxesIncluded
     cancelledAt
     displayFulfillmentStatus
-    shippingLines(first: {SHIPPING_LINES_PAGE}) {{
-      nodes {{ title code discountedPriceSet {{ ...Bag }} }}
-      pageInfo {{ hasNextPage }}
-    }}
     metafield(namespace: $ns, key: $key) {{ namespace key value }}
     customAttributes {{ key value }}
     transactions {{ gateway kind status authorizationCode }}
@@ -441,11 +437,6 @@ class Refund(msgspec.Struct, kw_only=True, rename="camel"):
     )
 
 
-class LifeShippingLineConnection(msgspec.Struct, kw_only=True, rename="camel"):
-    nodes: Annotated[list[ShippingLineRef], Meta(max_length=SHIPPING_LINES_PAGE)] = []
-    page_info: PageInfo = msgspec.field(default_factory=PageInfo)
-
-
 class LifeOrder(msgspec.Struct, kw_only=True, rename="camel"):
     """`data.order` of `ORDER_LIFE_QUERY`."""
 
@@ -457,9 +448,6 @@ class LifeOrder(msgspec.Struct, kw_only=True, rename="camel"):
     cancelled_at: datetime | None = None
     # OrderDisplayFulfillmentStatus: FULFILLED, PARTIALLY_FULFILLED, UNFULFILLED, ...
     display_fulfillment_status: str | None = None
-    shipping_lines: LifeShippingLineConnection = msgspec.field(
-        default_factory=LifeShippingLineConnection
-    )
     metafield: Metafield | None = None
     custom_attributes: list[Attribute] = []
     transactions: list[OrderTransaction] = []

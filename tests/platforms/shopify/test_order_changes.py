@@ -459,6 +459,16 @@ async def test_a_refund_beyond_what_one_query_reads_is_refused_not_mapped_short(
     assert (error.value.code, error.value.retryable) == ("UNMAPPABLE_REFUND", False)
     assert "more parts than one order query reads" in str(error.value)
 
+    many = shopify_sandbox.add_order(
+        SHOPIFY_DOMAIN, [Line("Basil", "100.00")], metafields={KLARNA_ID: placed.order_id}
+    )
+    for _ in range(payloads.REFUNDS_PAGE):
+        shopify_sandbox.refund(SHOPIFY_DOMAIN, many, amount="0.01")
+    assert len((await changes_of(adapter, shop, many)).refunds) == payloads.REFUNDS_PAGE
+    shopify_sandbox.refund(SHOPIFY_DOMAIN, many, amount="0.01")
+    with pytest.raises(StorefrontError, match="more refunds than one query reads"):
+        await adapter.order_changes(shop, legacy(many), [])
+
 
 # --- cancelled and closed ------------------------------------------------------------------------
 
