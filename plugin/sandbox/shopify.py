@@ -549,6 +549,14 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
         """
         with self.lock:
             order = self._order(domain, order_gid)
+            given = [a for a in (amount, shipping) if not isinstance(a, bool | None)]
+            if order.presentment_currency != order.currency and any(
+                isinstance(a, str) for a in given
+            ):
+                raise ValueError(
+                    f"the order presents {order.presentment_currency} but the shop is in "
+                    f"{order.currency}: give amounts as (shop, presentment) pairs"
+                )
             by_id = {item.id: item for item in order.lines}
             refunded = _refunded(order)
             refund_lines = []

@@ -491,6 +491,24 @@ async def test_refunds_and_a_cancellation_come_back_through_the_life_query(
     assert cancelled["cancel_reason"] == "customer"
 
 
+def test_a_refund_of_a_multi_currency_order_takes_both_moneys_or_nothing(
+    sandbox: ShopifySandbox,
+) -> None:
+    sandbox.add_shop(SHOP)
+    gid = sandbox.add_order(
+        SHOP, [Line("Tea", ("9.00", "1500"), id=5)], currency="EUR", presentment_currency="JPY"
+    )
+    with pytest.raises(ValueError, match="pairs"):
+        sandbox.refund(SHOP, gid, {5: 1}, amount="5.00")
+    body = sandbox.refund(SHOP, gid, {5: 1}, amount=("5.00", "800"))
+    assert body["transactions"][0]["amount"] == "5.00"
+    [refund] = sandbox.order_json(SHOP, gid)["refunds"]
+    assert refund["transactions"]["nodes"][0]["amountSet"]["presentmentMoney"] == {
+        "amount": "800",
+        "currencyCode": "JPY",
+    }
+
+
 # --- throttling, faults and tokens ---------------------------------------------------------------
 
 
