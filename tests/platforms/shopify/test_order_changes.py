@@ -5,20 +5,25 @@ refund planner taking them over the lines Klarna captured), with exact money."""
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from plugin.capture import klarna_lines
 from plugin.config import Settings
 from plugin.events import RefundEvent
 from plugin.klarna.models import OrderLine
 from plugin.pipeline import Pipeline
 from plugin.platforms.base import OrderChanges, Skipped, StorefrontError
 from plugin.platforms.registry import PLATFORMS
-from plugin.platforms.shopify import payloads
+from plugin.platforms.shopify import mapping, payloads
 from plugin.platforms.shopify.adapter import ShopifyStorefront
 from plugin.refunds import (
     CapturedPart,
@@ -563,3 +568,86 @@ async def test_before_any_capture_a_refund_is_in_the_klarna_orders_currency_the_
 
     assert (in_sek.currency, in_sek.amount) == ("SEK", 11000)
     assert (in_eur.currency, in_eur.amount) == ("EUR", 1000)
+
+
+# --- any split of a line into refunds -------------------------------------------------------------
+
+
+def answered(sandbox: ShopifySandbox, token: str, query: str, gid: str) -> Any:
+    """The fake's answer to one of the app's queries, in process (the property runs many)."""
+    request = msgspec.json.encode(
+        {"query": query, "variables": payloads.order_query_variables(legacy(gid), SOURCE)}
+    )
+    answer, _ = sandbox.graphql(SHOPIFY_DOMAIN, token, request)
+    return msgspec.json.decode(answer.body)["data"]
+
+
+SOURCE = payloads.MetafieldSource(namespace="klarna", key="order_id")
+KLARNA_ORDER = "f3392f8b-6116-4073-ab96-e330819e2c07"
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(
+    quantity=st.integers(1, 12),
+    price=st.integers(1, 100_000),
+    discount_share=st.integers(0, 100),
+    rate=st.sampled_from(["0.07", "0.19", "0.25"]),
+    data=st.data(),
+)
+def test_any_refunds_of_a_captured_line_plan_and_add_up_to_its_capture(
+    quantity: int, price: int, discount_share: int, rate: str, data: st.DataObject
+) -> None:
+    """Shopify's amount for each refunded part (its cumulative share of the line's discount) is
+    the amount the planner makes of the captured line's part: every refund plans, and together
+    they refund exactly what was captured."""
+    sandbox = ShopifySandbox()
+    token = sandbox.add_shop(SHOPIFY_DOMAIN)
+    gross = price * quantity
+    discount = gross * discount_share // 200  # up to half off
+    net = gross - discount
+    tax = net - net * 10_000 // (10_000 + int(Decimal(rate) * 10_000))
+    gid = sandbox.add_order(
+        SHOPIFY_DOMAIN,
+        [
+            Line(
+                "Seeds", cents(price), quantity=quantity, sku="SEED", id=5,
+                discounts=[cents(discount)] if discount else (), taxes=[Tax(rate, cents(tax))],
+            )
+        ],
+        metafields={KLARNA_ID: KLARNA_ORDER},
+    )  # fmt: skip
+    body = payloads.decode_fulfillment(msgspec.json.encode(sandbox.fulfill(SHOPIFY_DOMAIN, gid)))
+    order = msgspec.convert(answered(sandbox, token, payloads.ORDER_QUERY, gid), payloads.OrderData)
+    assert order.order is not None
+    event = mapping.shipment_from(body, order.order, klarna_order_id=KLARNA_ORDER)
+    lines = klarna_lines(event)
+    captures = [
+        CapturedPart(
+            captured_amount=sum(line.total_amount for line in lines),
+            order_lines=lines,
+            reference=event.fulfillment_id,
+        )
+    ]
+    cuts = sorted(data.draw(st.sets(st.integers(1, quantity - 1))) if quantity > 1 else [])
+    for part in (b - a for a, b in zip([0, *cuts], [*cuts, quantity], strict=True)):
+        sandbox.refund(SHOPIFY_DOMAIN, gid, {5: part})
+
+    life = msgspec.convert(
+        answered(sandbox, token, payloads.ORDER_LIFE_QUERY, gid), payloads.LifeOrderData
+    )
+    assert life.order is not None
+    done: list[RefundedPart] = []
+    for refund in life.order.refunds:
+        event_refund = mapping.refund_from(refund, life.order, klarna_order_id=KLARNA_ORDER)
+        assert event_refund is not None
+        assert event_refund.lines is not None
+        plan = planned(event_refund, captures, done)
+        assert plan.refunded_amount == event_refund.amount
+        done.append(
+            RefundedPart(refunded_amount=plan.refunded_amount, order_lines=plan.order_lines)
+        )
+    assert sum(part.refunded_amount for part in done) == captures[0].captured_amount == net
+
+
+def cents(minor: int) -> str:
+    return f"{Decimal(minor).scaleb(-2):.2f}"
