@@ -448,17 +448,24 @@ _FULFILLED = "FULFILLED"
 _NOTHING_TO_FULFIL = frozenset({_FULFILLED, "FULFILLMENT_NOT_REQUIRED"})
 
 
+# Gateways whose money is never Klarna's: a refund to a gift card or to store credit is the
+# shop's own, and nothing of it goes back through Klarna.
+_NOT_KLARNA_GATEWAYS = frozenset({"gift_card", "shopify_store_credit"})
+
+
 def _refund_transactions(
     refund: payloads.Refund, gateway: str | None
 ) -> list[payloads.RefundTransaction]:
-    """The refund's REFUND transactions (of `gateway` only, when one is named)."""
+    """The refund's REFUND transactions through Klarna: of `gateway` only, when the shop names
+    the one that holds the Klarna payment; else of any gateway but the shop's own money."""
     wanted = gateway.strip().casefold() if gateway else None
-    return [
-        transaction
-        for transaction in refund.transactions.nodes
-        if transaction.kind.upper() == "REFUND"
-        and (wanted is None or (transaction.gateway or "").strip().casefold() == wanted)
-    ]
+    found = []
+    for transaction in refund.transactions.nodes:
+        through = (transaction.gateway or "").strip().casefold()
+        klarnas = through == wanted if wanted is not None else through not in _NOT_KLARNA_GATEWAYS
+        if transaction.kind.upper() == "REFUND" and klarnas:
+            found.append(transaction)
+    return found
 
 
 def is_pending(refund: payloads.Refund, gateway: str | None = None) -> bool:
@@ -489,7 +496,8 @@ def refund_from(
     None: the order's presentment currency), or None when it gave no money back (a restock).
 
     `amount` is the money the refund's successful REFUND transactions gave back (of `gateway`'s
-    only, when the shop names the gateway that holds the Klarna payment). Its lines name the
+    only, when the shop names the gateway that holds the Klarna payment; never a gift card's or
+    store credit's). Its lines name the
     captured lines by the capture's references: each refunded line item by its SKU (else id) and
     quantity, a shipping line refunded whole by its code (else title). When the money is not what
     Shopify calculated for those items (an adjustment: refunded less or more, or a shipping line

@@ -389,7 +389,7 @@ async def test_zero_decimal_currencies_and_the_klarna_orders_side_of_the_money(
 # --- what is not a refund to make, and what cannot be read ---------------------------------------
 
 
-async def test_a_restock_without_money_is_no_refund_and_pending_money_waits(
+async def test_a_restock_or_a_gift_card_refund_is_no_refund_and_pending_money_waits(
     store: Store,
     shops: Shops,
     pipeline: Pipeline,
@@ -403,6 +403,9 @@ async def test_a_restock_without_money_is_no_refund_and_pending_money_waits(
     tomatoes, basil = line_ids(shopify_sandbox, gid)
     shopify_sandbox.refund(SHOPIFY_DOMAIN, gid, {tomatoes: 1}, amount="0.00")
     assert (await changes_of(adapter, shop, gid)).refunds == []
+
+    shopify_sandbox.refund(SHOPIFY_DOMAIN, gid, {tomatoes: 1}, gateway="gift_card")
+    assert (await changes_of(adapter, shop, gid)).refunds == []  # the shop's own money
 
     shopify_sandbox.refund(SHOPIFY_DOMAIN, gid, {basil: 1}, status="PENDING")
     with pytest.raises(StorefrontError) as pending:
