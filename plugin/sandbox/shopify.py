@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -168,6 +168,36 @@ class _Fulfillment:
     tracking_urls: list[str]
 
 
+@dataclass(frozen=True)
+class _RefundLine:
+    line_id: int
+    quantity: int
+    subtotal: tuple[str, str]  # (shop, presentment), after discounts; tax-inclusive if the order is
+    tax: tuple[str, str]
+    restock_type: str
+
+
+@dataclass(frozen=True)
+class _RefundShipping:
+    index: int  # of the order's shipping lines
+    subtotal: tuple[str, str]
+    tax: tuple[str, str]
+
+
+@dataclass
+class _Refund:
+    id: int
+    created_at: datetime
+    note: str | None
+    lines: list[_RefundLine]
+    shipping: list[_RefundShipping]
+    # (reason, amount, tax): what was refunded short of (positive) or beyond (negative) what
+    # Shopify calculated for the items and shipping.
+    adjustments: list[tuple[str, tuple[str, str], tuple[str, str]]]
+    # (gateway, status, amount) of each REFUND transaction.
+    transactions: list[tuple[str, str, tuple[str, str]]]
+
+
 @dataclass
 class _Order:
     id: int
@@ -183,6 +213,9 @@ class _Order:
     tags: list[str]
     fulfillments: list[_Fulfillment] = field(default_factory=list)
     customer: "Customer | None" = None
+    refunds: list[_Refund] = field(default_factory=list)
+    cancelled_at: datetime | None = None
+    cancel_reason: str | None = None
 
     @property
     def gid(self) -> str:
@@ -491,6 +524,125 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             found.updated_at = self.clock()
             return _rest_fulfillment(order, found)
 
+    def refund(
+        self,
+        domain: str,
+        order_gid: str,
+        lines: Mapping[str | int, int] | None = None,
+        *,
+        shipping: bool | Amount = False,
+        amount: Amount | None = None,
+        note: str | None = None,
+        gateway: str | None = None,
+        status: str = "SUCCESS",
+        restock_type: str = "RETURN",
+    ) -> dict[str, Any]:
+        """Refund `lines` (line item gid or id -> quantity) and the shipping (True: every shipping
+        line whole; an amount: that much of the first one) as Shopify's admin does, and return the
+        `refunds/create` webhook body (the REST Refund).
+
+        Shopify calculates each line's part of its discount and tax (cumulative shares, so the
+        parts of a line refunded over several refunds add up to it). The money given back is that
+        calculation unless `amount` says otherwise, in which case the difference is recorded as
+        an order adjustment (REFUND_DISCREPANCY), as Shopify does. The refund transaction goes
+        through `gateway` (default: the order's first payment's) with `status`.
+        """
+        with self.lock:
+            order = self._order(domain, order_gid)
+            given = [a for a in (amount, shipping) if not isinstance(a, bool | None)]
+            if order.presentment_currency != order.currency and any(
+                isinstance(a, str) for a in given
+            ):
+                raise ValueError(
+                    f"the order presents {order.presentment_currency} but the shop is in "
+                    f"{order.currency}: give amounts as (shop, presentment) pairs"
+                )
+            by_id = {item.id: item for item in order.lines}
+            refunded = _refunded(order)
+            refund_lines = []
+            for key, quantity in (lines or {}).items():
+                line_id = _legacy(key, "LineItem")
+                if line_id is None or line_id not in by_id:
+                    raise ValueError(f"{key} is not a line item of {order_gid}")
+                spec = by_id[line_id].spec
+                before = refunded.get(line_id, 0)
+                if not 0 < quantity <= spec.quantity - before:
+                    left = spec.quantity - before
+                    raise ValueError(f"line item {line_id}: {quantity} to refund, {left} left")
+                refund_lines.append(
+                    _refund_line(order, line_id, spec, quantity, before, restock_type)
+                )
+            refund_shipping = self._refund_shipping(order, shipping)
+            if not refund_lines and not refund_shipping and amount is None:
+                raise ValueError("a refund of nothing: give lines, shipping or an amount")
+            parts = [(r.subtotal, r.tax) for r in refund_lines]
+            parts += [(r.subtotal, r.tax) for r in refund_shipping]
+            calculated = _sum_pairs(
+                [
+                    subtotal if order.taxes_included else _add_pairs(subtotal, tax)
+                    for subtotal, tax in parts
+                ]
+            )
+            money = calculated if amount is None else _pair(amount)
+            adjustments = []
+            if any(Decimal(m) != Decimal(c) for m, c in zip(money, calculated, strict=True)):
+                difference = _sub_pairs(calculated, money)
+                adjustments.append(("REFUND_DISCREPANCY", difference, ("0.00", "0.00")))
+            payment = order.transactions[0].gateway if order.transactions else "manual"
+            created = _Refund(
+                id=next(self._ids),
+                created_at=self.clock(),
+                note=note,
+                lines=refund_lines,
+                shipping=refund_shipping,
+                adjustments=adjustments,
+                transactions=[(gateway or payment, status.upper(), money)],
+            )
+            order.refunds.append(created)
+            return _rest_refund(order, created)
+
+    def _refund_shipping(self, order: _Order, shipping: bool | Amount) -> list[_RefundShipping]:
+        if shipping is False:
+            return []
+        if not order.shipping:
+            raise ValueError("the order has no shipping to refund")
+        taken = {part.index for refund in order.refunds for part in refund.shipping}
+        if shipping is True:
+            indexes = [i for i in range(len(order.shipping)) if i not in taken]
+            if not indexes:
+                raise ValueError("the shipping is refunded already")
+            return [
+                _RefundShipping(
+                    i,
+                    _pair(_shipping_price(order.shipping[i])),
+                    _sum_pairs([_pair(t.amount) for t in order.shipping[i].taxes]),
+                )
+                for i in indexes
+            ]
+        line = order.shipping[0]
+        whole = _pair(_shipping_price(line))
+        part = _pair(shipping)
+        tax = _sum_pairs([_pair(t.amount) for t in line.taxes])
+        share = tuple(
+            _quantize(Decimal(tax[i]) * Decimal(part[i]) / Decimal(whole[i]), tax[i])
+            if Decimal(whole[i])
+            else tax[i]
+            for i in range(2)
+        )
+        return [_RefundShipping(0, part, (share[0], share[1]))]
+
+    def cancel_order(
+        self, domain: str, order_gid: str, *, reason: str = "customer"
+    ) -> dict[str, Any]:
+        """The merchant cancels the order; the `orders/cancelled` webhook body (the REST Order)."""
+        with self.lock:
+            order = self._order(domain, order_gid)
+            if order.cancelled_at is not None:
+                raise ValueError(f"{order_gid} is cancelled already")
+            order.cancelled_at = self.clock()
+            order.cancel_reason = reason
+            return _rest_order(order)
+
     def delete_order(self, domain: str, order_gid: str) -> None:
         """The merchant deletes the order: the API then answers for it as for a missing one."""
         with self.lock:
@@ -569,8 +721,8 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             entry = _with(entry, operation=operation)
             if operation is None:
                 message = (
-                    "the sandbox answers only the order query, metafieldsSet, tagsAdd and "
-                    "tagsRemove"
+                    "the sandbox answers only the order query, metafieldsSet, "
+                    "metafieldsDelete, tagsAdd and tagsRemove"
                 )
                 return _json(200, {"errors": [{"message": message}]}), entry
             cost = self.query_cost if operation == "order" else self.mutation_cost
@@ -626,6 +778,8 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             return {"order": None if order is None else _graphql_order(order, ns, key, query)}
         if operation == "metafieldsSet":
             return {"metafieldsSet": _metafields_set(shop, variables.get("metafields"))}
+        if operation == "metafieldsDelete":
+            return {"metafieldsDelete": _metafields_delete(shop, variables.get("metafields"))}
         if operation == "tagsRemove":
             return {"tagsRemove": _tags_change(shop, variables, query, remove=True)}
         return {"tagsAdd": _tags_change(shop, variables, query, remove=False)}
@@ -697,6 +851,8 @@ def _server_error(status: int) -> Answer:
 def _operation(query: str) -> str | None:
     if re.search(r"\bmetafieldsSet\s*\(", query):
         return "metafieldsSet"
+    if re.search(r"\bmetafieldsDelete\s*\(", query):
+        return "metafieldsDelete"
     if re.search(r"\btagsAdd\s*\(", query):
         return "tagsAdd"
     if re.search(r"\btagsRemove\s*\(", query):
@@ -742,15 +898,260 @@ def _gql_taxes(taxes: Iterable[Tax], order: _Order) -> list[dict[str, Any]]:
     ]
 
 
+def _places(amount: str) -> Decimal:
+    """The exponent an amount string is written with ("0.00", "1", "0.001")."""
+    text = amount.strip()
+    decimals = len(text.split(".", 1)[1]) if "." in text else 0
+    return Decimal(1).scaleb(-decimals)
+
+
+def _quantize(value: Decimal, like: str) -> str:
+    return str(value.quantize(_places(like), rounding=ROUND_HALF_UP))
+
+
+def _share(total: str, part: int, of: int, already: int) -> str:
+    """`part` units' share of a line's `total` after `already` units: cumulative rounding."""
+    whole = Decimal(total)
+
+    def upto(units: int) -> Decimal:
+        return (whole * units / of).quantize(_places(total), rounding=ROUND_HALF_UP)
+
+    return str(upto(already + part) - upto(already))
+
+
+def _combine(a: str, b: str, sign: int) -> str:
+    finest = min(_places(a), _places(b))
+    return str((Decimal(a) + sign * Decimal(b)).quantize(finest, rounding=ROUND_HALF_UP))
+
+
+def _add_pairs(a: tuple[str, str], b: tuple[str, str]) -> tuple[str, str]:
+    return (_combine(a[0], b[0], 1), _combine(a[1], b[1], 1))
+
+
+def _sub_pairs(a: tuple[str, str], b: tuple[str, str]) -> tuple[str, str]:
+    return (_combine(a[0], b[0], -1), _combine(a[1], b[1], -1))
+
+
+def _sum_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    total = ("0", "0")
+    for pair in pairs:
+        total = _add_pairs(total, pair)
+    return total
+
+
+def _shipping_price(line: ShippingLine) -> Amount:
+    return line.discounted_price if line.discounted_price is not None else line.price
+
+
+def _refunded(order: _Order) -> dict[int, int]:
+    refunded: dict[int, int] = {}
+    for refund in order.refunds:
+        for line in refund.lines:
+            refunded[line.line_id] = refunded.get(line.line_id, 0) + line.quantity
+    return refunded
+
+
+def _refund_line(
+    order: _Order, line_id: int, spec: Line, quantity: int, before: int, restock_type: str
+) -> _RefundLine:
+    """Shopify's calculation for `quantity` units of a line: price less their discount share;
+    their tax share."""
+    sides = []
+    for side in range(2):
+        price = Decimal(_pair(spec.price)[side])
+        discount = sum((Decimal(_pair(d)[side]) for d in spec.discounts), Decimal(0))
+        tax = sum((Decimal(_pair(t.amount)[side]) for t in spec.taxes), Decimal(0))
+        like = _pair(spec.price)[side]
+        discount_part = Decimal(_share(_quantize(discount, like), quantity, spec.quantity, before))
+        tax_part = _share(_quantize(tax, like), quantity, spec.quantity, before)
+        sides.append((_quantize(price * quantity - discount_part, like), tax_part))
+    return _RefundLine(
+        line_id=line_id,
+        quantity=quantity,
+        subtotal=(sides[0][0], sides[1][0]),
+        tax=(sides[0][1], sides[1][1]),
+        restock_type=restock_type.upper(),
+    )
+
+
+def _display_fulfillment_status(order: _Order) -> str:
+    shipped = _shipped(order)
+    refunded = _refunded(order)
+    if not any(shipped.values()):
+        return "UNFULFILLED"
+    done = all(
+        shipped.get(item.id, 0) >= item.spec.quantity - refunded.get(item.id, 0)
+        for item in order.lines
+    )
+    return "FULFILLED" if done else "PARTIALLY_FULFILLED"
+
+
+def _graphql_refund(order: _Order, refund: _Refund, query: str) -> dict[str, Any]:
+    by_id = {item.id: item for item in order.lines}
+    lines = [
+        {
+            "lineItem": {
+                "id": _gid("LineItem", part.line_id),
+                "sku": by_id[part.line_id].spec.sku,
+                "name": by_id[part.line_id].spec.name,
+            },
+            "quantity": part.quantity,
+            "restockType": part.restock_type,
+            "priceSet": _bag(by_id[part.line_id].spec.price, order),
+            "subtotalSet": _bag(part.subtotal, order),
+            "totalTaxSet": _bag(part.tax, order),
+        }
+        for part in refund.lines
+    ]
+    shipping = [
+        {
+            "shippingLine": _graphql_shipping_line(order.shipping[part.index], order),
+            "subtotalAmountSet": _bag(part.subtotal, order),
+            "taxAmountSet": _bag(part.tax, order),
+        }
+        for part in refund.shipping
+    ]
+    adjustments = [
+        {"reason": reason, "amountSet": _bag(amount, order), "taxAmountSet": _bag(tax, order)}
+        for reason, amount, tax in refund.adjustments
+    ]
+    transactions = [
+        {"kind": "REFUND", "status": status, "gateway": gateway, "amountSet": _bag(amount, order)}
+        for gateway, status, amount in refund.transactions
+    ]
+    return {
+        "id": _gid("Refund", refund.id),
+        "createdAt": _timestamp(refund.created_at),
+        "note": refund.note,
+        "refundLineItems": _page(lines, query, "refundLineItems", 50),
+        "refundShippingLines": _page(shipping, query, "refundShippingLines", 50),
+        "orderAdjustments": _page(adjustments, query, "orderAdjustments", 50),
+        "transactions": _page(transactions, query, "transactions", 50),
+    }
+
+
+def _graphql_shipping_line(line: ShippingLine, order: _Order) -> dict[str, Any]:
+    return {
+        "title": line.title,
+        "code": line.code,
+        "originalPriceSet": _bag(line.price, order),
+        "discountedPriceSet": _bag(_shipping_price(line), order),
+        "taxLines": _gql_taxes(line.taxes, order),
+    }
+
+
+def _rest_refund(order: _Order, refund: _Refund) -> dict[str, Any]:
+    """The REST Refund of a `refunds/create` webhook (API 2024-10 on: no shipping adjustments,
+    no adjustment `kind`)."""
+    by_id = {item.id: item for item in order.lines}
+    moment = refund.created_at.astimezone(UTC).isoformat(timespec="seconds")
+    return {
+        "id": refund.id,
+        "order_id": order.id,
+        "created_at": moment,
+        "processed_at": moment,
+        "note": refund.note,
+        "user_id": None,
+        "restock": any(part.restock_type != "NO_RESTOCK" for part in refund.lines),
+        "admin_graphql_api_id": _gid("Refund", refund.id),
+        "duties": [],
+        "refund_line_items": [
+            {
+                "id": next_id,
+                "line_item_id": part.line_id,
+                "quantity": part.quantity,
+                "location_id": None,
+                "restock_type": part.restock_type.lower(),
+                "subtotal": Decimal(part.subtotal[0]),
+                "total_tax": Decimal(part.tax[0]),
+                "subtotal_set": _price_set(part.subtotal, order),
+                "total_tax_set": _price_set(part.tax, order),
+                "line_item": {
+                    "id": part.line_id,
+                    "admin_graphql_api_id": _gid("LineItem", part.line_id),
+                    "name": by_id[part.line_id].spec.name,
+                    "sku": by_id[part.line_id].spec.sku,
+                    "quantity": by_id[part.line_id].spec.quantity,
+                    "price": _pair(by_id[part.line_id].spec.price)[0],
+                },
+            }
+            for next_id, part in enumerate(refund.lines, start=refund.id * 10)
+        ],
+        "order_adjustments": [
+            {
+                "id": refund.id * 10 + index,
+                "order_id": order.id,
+                "refund_id": refund.id,
+                "amount": amount[0],
+                "tax_amount": tax[0],
+                "reason": reason.replace("_", " ").capitalize(),
+                "amount_set": _price_set(amount, order),
+                "tax_amount_set": _price_set(tax, order),
+            }
+            for index, (reason, amount, tax) in enumerate(refund.adjustments)
+        ],
+        "transactions": [
+            {
+                "id": refund.id * 10 + index,
+                "order_id": order.id,
+                "kind": "refund",
+                "gateway": gateway,
+                "status": status.lower(),
+                "amount": amount[0],
+                "currency": order.currency,
+                "created_at": moment,
+                "parent_id": None,
+            }
+            for index, (gateway, status, amount) in enumerate(refund.transactions)
+        ],
+    }
+
+
+def _rest_order(order: _Order) -> dict[str, Any]:
+    """The REST Order of an `orders/*` webhook, as far as the app reads it."""
+    status = _display_fulfillment_status(order)
+    return {
+        "id": order.id,
+        "admin_graphql_api_id": order.gid,
+        "name": order.name,
+        "order_number": int(order.name.lstrip("#")),
+        "currency": order.currency,
+        "presentment_currency": order.presentment_currency,
+        "taxes_included": order.taxes_included,
+        "cancelled_at": None
+        if order.cancelled_at is None
+        else order.cancelled_at.astimezone(UTC).isoformat(timespec="seconds"),
+        "cancel_reason": order.cancel_reason,
+        "fulfillment_status": {"FULFILLED": "fulfilled", "PARTIALLY_FULFILLED": "partial"}.get(
+            status
+        ),
+        "tags": ", ".join(order.tags),
+        "line_items": [
+            {
+                "id": item.id,
+                "admin_graphql_api_id": _gid("LineItem", item.id),
+                "name": item.spec.name,
+                "sku": item.spec.sku,
+                "quantity": item.spec.quantity,
+                "price": _pair(item.spec.price)[0],
+            }
+            for item in order.lines
+        ],
+        **_personal(order.customer),
+    }
+
+
 def _graphql_order(order: _Order, ns: str, key: str, query: str) -> dict[str, Any]:
-    """`data.order` in the field names of plugin.platforms.shopify.payloads.ORDER_QUERY."""
+    """`data.order` in the field names of plugin.platforms.shopify.payloads.ORDER_QUERY and
+    ORDER_LIFE_QUERY (every field whatever the query asks: the app ignores what it did not)."""
+    refunded = _refunded(order)
     lines = [
         {
             "id": _gid("LineItem", item.id),
             "sku": item.spec.sku,
             "name": item.spec.name,
             "quantity": item.spec.quantity,
-            "currentQuantity": item.spec.quantity,
+            "currentQuantity": item.spec.quantity - refunded.get(item.id, 0),
             "requiresShipping": item.spec.requires_shipping,
             "isGiftCard": item.spec.gift_card,
             "originalUnitPriceSet": _bag(item.spec.price, order),
@@ -761,18 +1162,7 @@ def _graphql_order(order: _Order, ns: str, key: str, query: str) -> dict[str, An
         }
         for item in order.lines
     ]
-    shipping = [
-        {
-            "title": s.title,
-            "code": s.code,
-            "originalPriceSet": _bag(s.price, order),
-            "discountedPriceSet": _bag(
-                s.discounted_price if s.discounted_price is not None else s.price, order
-            ),
-            "taxLines": _gql_taxes(s.taxes, order),
-        }
-        for s in order.shipping
-    ]
+    shipping = [_graphql_shipping_line(line, order) for line in order.shipping]
     fulfillments = [
         {
             "id": _gid("Fulfillment", f.id),
@@ -791,8 +1181,13 @@ def _graphql_order(order: _Order, ns: str, key: str, query: str) -> dict[str, An
         for f in order.fulfillments
     ]
     metafield = order.metafields.get((ns, key))
+    refunds = [_graphql_refund(order, refund, query) for refund in order.refunds]
     return {
         "id": order.gid,
+        "name": order.name,
+        "cancelledAt": None if order.cancelled_at is None else _timestamp(order.cancelled_at),
+        "displayFulfillmentStatus": _display_fulfillment_status(order),
+        "refunds": refunds[: _first(query, "refunds", 50)],
         "currencyCode": order.currency,
         "presentmentCurrencyCode": order.presentment_currency,
         "taxesIncluded": order.taxes_included,
@@ -969,6 +1364,31 @@ def _metafields_set(shop: _Shop, raw: object) -> dict[str, Any]:
         "metafields": [{"namespace": ns, "key": key} for _, ns, key, _, _ in writes],
         "userErrors": [],
     }
+
+
+def _metafields_delete(shop: _Shop, raw: object) -> dict[str, Any]:
+    """metafieldsDelete: each (owner, namespace, key) removed; a missing one answers null."""
+    if not isinstance(raw, list) or not raw:
+        raise _GraphQLError("Variable $metafields of type [MetafieldIdentifierInput!]! is required")
+    targets: list[tuple[_Order, str, str]] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            errors.append(_user_error(["metafields", index], "Metafield is invalid.", "INVALID"))
+            continue
+        owner_id = _legacy(str(item.get("ownerId", "")), "Order")
+        order = shop.orders.get(owner_id if owner_id is not None else -1)
+        if order is None:
+            errors.append(_user_error(["metafields", index, "ownerId"], "Owner does not exist."))
+            continue
+        targets.append((order, str(item.get("namespace") or ""), str(item.get("key") or "")))
+    if errors:  # all or none, as metafieldsSet
+        return {"deletedMetafields": None, "userErrors": errors}
+    deleted = [
+        None if order.metafields.pop((ns, key), None) is None else {"namespace": ns, "key": key}
+        for order, ns, key in targets
+    ]
+    return {"deletedMetafields": deleted, "userErrors": []}
 
 
 def _add_tags(current: list[str], new: Iterable[str]) -> None:

@@ -409,6 +409,106 @@ async def test_an_unknown_owner_is_a_user_error(
         await admin.add_tags("gid://shopify/Order/1", ["x"])
 
 
+async def test_metafields_are_deleted_and_a_missing_one_is_no_error(
+    sandbox: ShopifySandbox, admin: AdminClient
+) -> None:
+    gid = sample_order(sandbox)
+    await admin.set_metafields(gid, "klarna_capture", {"expires": ("date_time", "2026-12-31")})
+    await admin.delete_metafields(gid, "klarna_capture", ["expires"])
+    await admin.delete_metafields(gid, "klarna_capture", ["expires"])  # gone already: fine
+    assert ("klarna_capture", "expires") not in sandbox.metafields(SHOP, gid)
+    with pytest.raises(ShopifyError, match=r"metafields\.0\.ownerId"):
+        await admin.delete_metafields("gid://shopify/Order/1", "klarna_capture", ["expires"])
+
+
+# --- refunds and cancellation --------------------------------------------------------------------
+
+
+async def read_life(http: httpx2.AsyncClient, url: str, token: str, gid: str) -> payloads.LifeOrder:
+    """The app's order life query over HTTP, decoded with the app's own Structs."""
+    response = await http.post(
+        f"{url}/shops/{SHOP}/admin/api/{VERSION}/graphql.json",
+        json={
+            "query": payloads.ORDER_LIFE_QUERY,
+            "variables": order_query_variables(legacy(gid), SOURCE),
+        },
+        headers={"X-Shopify-Access-Token": token},
+    )
+    assert response.status_code == 200
+    order = msgspec.convert(response.json()["data"], payloads.LifeOrderData).order
+    assert order is not None
+    return order
+
+
+async def test_refunds_and_a_cancellation_come_back_through_the_life_query(
+    sandbox: ShopifySandbox, url: str, token: str, http: httpx2.AsyncClient
+) -> None:
+    gid = sandbox.add_order(
+        SHOP,
+        [Line("Tomatoes", "20.00", quantity=3, sku="TOM", discounts=["1.00"], id=11)],
+        shipping=[ShippingLine("Standard", "4.90", code="STD", taxes=[Tax("0.19", "0.78")])],
+        transactions=[Transaction("klarna", authorization_code="kl-1")],
+    )
+    sandbox.fulfill(SHOP, gid, {11: 2})
+    body = sandbox.refund(SHOP, gid, {11: 1}, shipping=True, note="late")
+    sandbox.refund(SHOP, gid, amount="2.50")
+    with pytest.raises(ValueError, match="3 to refund, 2 left"):
+        sandbox.refund(SHOP, gid, {11: 3})
+    cancelled = sandbox.cancel_order(SHOP, gid, reason="customer")
+
+    order = await read_life(http, url, token, gid)
+
+    assert (order.name, order.display_fulfillment_status) == ("#1001", "FULFILLED")
+    assert order.cancelled_at == START
+    first, second = order.refunds
+    assert legacy(first.id) == str(body["id"])
+    [item] = first.refund_line_items.nodes
+    assert (item.line_item.sku, item.quantity) == ("TOM", 1)
+    assert (item.subtotal_set.shop_money.amount, item.price_set.shop_money.amount) == (
+        "19.67",
+        "20.00",
+    )
+    [shipping] = first.refund_shipping_lines.nodes
+    assert (shipping.shipping_line.code, shipping.subtotal_amount_set.shop_money.amount) == (
+        "STD",
+        "4.90",
+    )
+    assert [(t.kind, t.status, t.gateway) for t in first.transactions.nodes] == [
+        ("REFUND", "SUCCESS", "klarna")
+    ]
+    assert first.transactions.nodes[0].amount_set.shop_money.amount == "24.57"
+    assert first.order_adjustments.nodes == []
+    [adjustment] = second.order_adjustments.nodes
+    assert (adjustment.reason, adjustment.amount_set.shop_money.amount) == (
+        "REFUND_DISCREPANCY",
+        "-2.50",
+    )
+    # the webhook bodies are what the receiver checks them as
+    raw = msgspec.json.Encoder(decimal_format="number").encode(body)
+    assert payloads.order_event_order_id("refunds/create", raw) == legacy(gid)
+    raw = msgspec.json.encode(cancelled)
+    assert payloads.order_event_order_id("orders/cancelled", raw) == legacy(gid)
+    assert cancelled["cancel_reason"] == "customer"
+
+
+def test_a_refund_of_a_multi_currency_order_takes_both_moneys_or_nothing(
+    sandbox: ShopifySandbox,
+) -> None:
+    sandbox.add_shop(SHOP)
+    gid = sandbox.add_order(
+        SHOP, [Line("Tea", ("9.00", "1500"), id=5)], currency="EUR", presentment_currency="JPY"
+    )
+    with pytest.raises(ValueError, match="pairs"):
+        sandbox.refund(SHOP, gid, {5: 1}, amount="5.00")
+    body = sandbox.refund(SHOP, gid, {5: 1}, amount=("5.00", "800"))
+    assert body["transactions"][0]["amount"] == "5.00"
+    [refund] = sandbox.order_json(SHOP, gid)["refunds"]
+    assert refund["transactions"]["nodes"][0]["amountSet"]["presentmentMoney"] == {
+        "amount": "800",
+        "currencyCode": "JPY",
+    }
+
+
 # --- throttling, faults and tokens ---------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """The Shopify app at work: reads the order behind a fulfilment through the Admin API to map the
-shipment, and writes the capture status back onto the order (metafields and tags).
+shipment, reads an order's refunds and status for its life at Klarna, and writes the capture
+status and that life back onto the order (metafields and tags).
 
 The write-back is computed from the ledger as it stands when it runs, not from the event that
 queued it, so a retried or late write-back never puts an older status on the order.
@@ -15,10 +16,12 @@ from plugin import money
 from plugin.events import FulfillmentEvent, Tracking
 from plugin.platforms.base import (
     OrderChanges,
+    OrderLife,
     Resolved,
     Skipped,
     StorefrontApp,
     StorefrontError,
+    order_life,
     refuse_if_captured_shipments_are_gone,
     shipping_method,
 )
@@ -33,6 +36,16 @@ TAGS: dict[Status, str] = {
     "partially_captured": "klarna-partially-captured",
     "failed": "klarna-capture-failed",
 }
+# The order's life at Klarna after its captures, one status at a time (see `life_status`).
+LifeStatus = Literal["cancelled", "refunded", "partially_refunded", "released"]
+LIFE_TAGS: dict[LifeStatus, str] = {
+    "cancelled": "klarna-cancelled",
+    "refunded": "klarna-refunded",
+    "partially_refunded": "klarna-partially-refunded",
+    "released": "klarna-released",
+}
+REFUND_FAILED_TAG = "klarna-refund-failed"
+EXPIRY_KEY = "authorization_expires_at"
 
 
 class CaptureSummary(msgspec.Struct, kw_only=True):
@@ -45,6 +58,36 @@ class CaptureSummary(msgspec.Struct, kw_only=True):
     klarna_order_id: str
     klarna_reference: str | None
     captured_at: datetime
+
+
+class RefundSummary(msgspec.Struct, kw_only=True):
+    """One refund as the `refunds` metafield lists it."""
+
+    refund_id: str  # the Shopify refund's id
+    klarna_refund_id: str | None
+    amount: str
+    currency: str
+    refunded_at: datetime
+
+
+class FailedRefund(msgspec.Struct, kw_only=True):
+    """One refund Klarna or the planner refused for good, as `failed_refunds` lists it."""
+
+    refund_id: str
+    error: msgspec.Raw  # the ledger's JSON: code and message
+
+
+def life_status(life: OrderLife, captured: int) -> LifeStatus | None:
+    """What happened to the order at Klarna after its captures, the strongest first: cancelled;
+    refunded (all that was captured); partially refunded; the rest of the authorization released;
+    None while nothing of that happened."""
+    if life.cancelled or life.state == "cancelled":
+        return "cancelled"
+    if life.refunded_amount > 0:
+        return "refunded" if life.refunded_amount >= captured else "partially_refunded"
+    if life.released:
+        return "released"
+    return None
 
 
 def klarna_order_id_source(options: ShopOptions) -> payloads.KlarnaOrderIdSource:
@@ -187,12 +230,111 @@ class ShopifyStorefront(StorefrontApp):
             )
         return found.order
 
-    # the write-back
+    # the order's life
 
     async def order_changes(
         self, shop: Shop, order_id: str, deliveries: Sequence[Delivery]
     ) -> OrderChanges | Skipped:
-        raise NotImplementedError  # being written
+        """The order's refunds and status as Shopify holds them now (the webhooks only say that
+        something changed): each refund with money given back, in the currency the order was
+        captured in (or the Klarna order's, as the ledger knows it); cancelled once Shopify
+        stamps it so or a verified `orders/cancelled` said so (Shopify never reopens a cancelled
+        order); closed per `mapping.is_closed`. A refund a webhook announced that the API does
+        not show yet is waited for, rather than the job ending without it."""
+        source = klarna_order_id_source(shop.options)
+        order = await self._life(shop, order_id, source)
+        announced, cancelled = _announced(deliveries)
+        missing = sorted(announced - {refund.id.rsplit("/", 1)[-1] for refund in order.refunds})
+        if missing:
+            raise StorefrontError(
+                "map",
+                "REFUND_NOT_FOUND",
+                [f"order {order_id} does not show refund {', '.join(missing)} yet"],
+                retryable=True,
+            )
+        captures = await self.store.order_captures(shop.id, [order_id])
+        try:
+            klarna_id = mapping.klarna_order_id(order, source)
+        except mapping.ShopifyMappingError as error:
+            raise StorefrontError(
+                "map", "KLARNA_ORDER_ID_AMBIGUOUS", [str(error)], retryable=False
+            ) from None
+        if klarna_id is None:
+            if not captures:
+                # Nothing of it was ever captured: an order paid some other way.
+                return Skipped(
+                    reason=f"order {order_id} has no Klarna order id in {_where(shop.options)}"
+                )
+            raise StorefrontError(
+                "map",
+                "KLARNA_ORDER_ID_MISSING",
+                [f"order {order_id} no longer has a Klarna order id in {_where(shop.options)}"],
+                retryable=False,
+            )
+        # Refunds go back in the money the captures took (the Klarna order's currency).
+        known = None if captures else await self.store.get_order(shop.id, order_id)
+        currency = captures[0].currency if captures else (known.currency if known else None)
+        gateway = source.gateway if isinstance(source, payloads.TransactionSource) else None
+        refunds = []
+        for refund in order.refunds:
+            try:
+                event = mapping.refund_from(
+                    refund, order, klarna_order_id=klarna_id, currency=currency, gateway=gateway
+                )
+            except mapping.ShopifyMappingError as error:
+                currencies = {order.currency_code.upper(), order.presentment_currency_code.upper()}
+                mismatch = currency is not None and currency.upper() not in currencies
+                code = "CURRENCY_MISMATCH" if mismatch else "UNMAPPABLE_REFUND"
+                raise StorefrontError("map", code, [str(error)], retryable=False) from None
+            if event is not None:
+                refunds.append(event)
+            elif mapping.is_pending(refund, gateway):
+                # Its money is on its way: Shopify sends no webhook when it lands, so wait here.
+                raise StorefrontError(
+                    "map",
+                    "REFUND_PENDING",
+                    [f"refund {refund.id.rsplit('/', 1)[-1]}: its refund transaction is pending"],
+                    retryable=True,
+                )
+        return OrderChanges(
+            klarna_order_id=klarna_id,
+            refunds=refunds,
+            cancelled=cancelled or order.cancelled_at is not None,
+            closed=mapping.is_closed(order),
+            order_number=(order.name or "").strip()[: mapping.MAX_TEXT] or None,
+        )
+
+    async def _life(
+        self, shop: Shop, order_id: str, source: payloads.KlarnaOrderIdSource
+    ) -> payloads.LifeOrder:
+        client = self.admin(shop, "map")
+        variables = payloads.order_query_variables(order_id, source)
+        try:
+            data = await client.execute("order", payloads.ORDER_LIFE_QUERY, variables)
+            found = msgspec.convert(data, payloads.LifeOrderData)
+        except ShopifyError as error:
+            raise error.failure("map") from None
+        except msgspec.ValidationError as error:
+            raise StorefrontError(
+                "map", "BAD_ORDER", [f"the order life query answered {error}"], retryable=True
+            ) from None
+        if found.order is None:
+            raise StorefrontError(
+                "map",
+                "ORDER_NOT_FOUND",
+                [f"order {order_id} is not readable (deleted, or out of the app's scope)"],
+                retryable=False,
+            )
+        if len(found.order.refunds) > payloads.REFUNDS_PAGE:
+            raise StorefrontError(
+                "map",
+                "UNMAPPABLE_REFUND",
+                [f"order {order_id} has more refunds than one query reads"],
+                retryable=False,
+            )
+        return found.order
+
+    # the write-back
 
     async def write_back(self, shop: Shop, order_id: str) -> None:
         if not shop.enabled or shop.platform_token is None:
@@ -200,40 +342,59 @@ class ShopifyStorefront(StorefrontApp):
         client = self.admin(shop, "write_back")
         records = await self.store.order_captures(shop.id, [order_id])
         status = await self._status(shop, order_id, records)
-        if status == "pending":
-            return
+        life = await order_life(self.store, shop, order_id)
         captured = [r for r in records if r.state == "captured" and r.capture_id]
-        currency = captured[0].currency if captured else (records[0].currency if records else "")
         total = sum(r.captured_amount or 0 for r in captured)
-        summaries = [
-            CaptureSummary(
-                fulfillment_id=r.fulfillment_id,
-                capture_id=r.capture_id or "",
-                amount=str(money.to_decimal(r.captured_amount or 0, r.currency)),
-                currency=r.currency,
-                klarna_order_id=r.klarna_order_id,
-                klarna_reference=r.klarna_reference,
-                captured_at=datetime.fromtimestamp(r.captured_at or r.updated_at, UTC),
-            )
-            for r in captured
-        ]
-        values = {
-            "status": ("single_line_text_field", status),
-            "captures": ("json", msgspec.json.encode(summaries).decode()),
-        }
-        if currency:
-            values["captured_amount"] = (
-                "number_decimal",
-                str(money.to_decimal(total, currency)),
-            )
+        currency = captured[0].currency if captured else (records[0].currency if records else "")
+        lived = life_status(life, total)
+        # The authorization's expiry is worth showing while goods may still ship under it.
+        expires_at = life.authorization_expires_at if status != "captured" else None
+        if status == "pending" and lived is None and not life.failed_refunds and not expires_at:
+            return
+        values: dict[str, tuple[str, str]] = {}
+        if status != "pending":
+            summaries = [
+                CaptureSummary(
+                    fulfillment_id=r.fulfillment_id,
+                    capture_id=r.capture_id or "",
+                    amount=str(money.to_decimal(r.captured_amount or 0, r.currency)),
+                    currency=r.currency,
+                    klarna_order_id=r.klarna_order_id,
+                    klarna_reference=r.klarna_reference,
+                    captured_at=datetime.fromtimestamp(r.captured_at or r.updated_at, UTC),
+                )
+                for r in captured
+            ]
+            values["status"] = ("single_line_text_field", status)
+            values["captures"] = ("json", msgspec.json.encode(summaries).decode())
+            if currency:
+                values["captured_amount"] = (
+                    "number_decimal",
+                    str(money.to_decimal(total, currency)),
+                )
+        values.update(_life_values(life, lived, currency, expires_at))
+        add = [TAGS[status]] if status != "pending" else []
+        remove = [tag for key, tag in TAGS.items() if key != status] if add else []
+        if lived is not None:
+            add.append(LIFE_TAGS[lived])
+        remove += [tag for key, tag in LIFE_TAGS.items() if key != lived]
+        (add if life.failed_refunds else remove).append(REFUND_FAILED_TAG)
         gid = payloads.order_gid(order_id)
         try:
             # Tags first, the metafields last: a status in the metafields means all is written.
-            await client.add_tags(gid, [TAGS[status]])
-            await client.remove_tags(gid, [tag for key, tag in TAGS.items() if key != status])
+            if add:
+                await client.add_tags(gid, add)
+            await client.remove_tags(gid, remove)
+            if expires_at is None and await self._expiry_may_be_written(shop, order_id):
+                await client.delete_metafields(gid, NAMESPACE, [EXPIRY_KEY])
             await client.set_metafields(gid, NAMESPACE, values)
         except ShopifyError as error:
             raise error.failure("write_back") from None
+
+    async def _expiry_may_be_written(self, shop: Shop, order_id: str) -> bool:
+        """Whether an earlier write-back may have put the authorization's expiry on the order."""
+        order = await self.store.get_order(shop.id, order_id)
+        return order is not None and order.authorization_expires_at is not None
 
     async def _status(self, shop: Shop, order_id: str, records: list[CaptureRecord]) -> Status:
         fulfillments = {
@@ -255,3 +416,65 @@ class ShopifyStorefront(StorefrontApp):
         if len(captured) == len(records) and any(r.completes_order for r in captured):
             return "captured"
         return "partially_captured"
+
+
+def _announced(deliveries: Sequence[Delivery]) -> tuple[set[str], bool]:
+    """What the order's stored events announced: the refund ids, and whether it was cancelled.
+    Each body was verified and checked on arrival; an emptied one says nothing."""
+    refunds: set[str] = set()
+    cancelled = False
+    for delivery in deliveries:
+        if delivery.event_type == payloads.ORDER_TOPICS[payloads.CANCELLED_TOPIC]:
+            cancelled = True
+        elif delivery.event_type == payloads.ORDER_TOPICS[payloads.REFUND_TOPIC]:
+            try:
+                refunds.add(payloads.refund_body_id(delivery.body))
+            except msgspec.MsgspecError:
+                continue
+    return refunds, cancelled
+
+
+def _life_values(
+    life: OrderLife, lived: LifeStatus | None, currency: str, expires_at: float | None
+) -> dict[str, tuple[str, str]]:
+    """The order's life at Klarna as metafields: what is known of it, nothing more."""
+    values: dict[str, tuple[str, str]] = {}
+    if lived is not None:
+        values["order_status"] = ("single_line_text_field", lived)
+    if life.refunds:
+        refunds = [
+            RefundSummary(
+                refund_id=op.key,
+                klarna_refund_id=op.result,
+                amount=str(money.to_decimal(op.amount or 0, op.currency)),
+                currency=op.currency,
+                refunded_at=datetime.fromtimestamp(op.done_at or op.updated_at, UTC),
+            )
+            for op in life.refunds
+        ]
+        values["refunds"] = ("json", msgspec.json.encode(refunds).decode())
+    if life.refunds or life.failed_refunds:
+        refund_currency = currency or (life.refunds or life.failed_refunds)[0].currency
+        values["refunded_amount"] = (
+            "number_decimal",
+            str(money.to_decimal(life.refunded_amount, refund_currency)),
+        )
+        failed = [
+            FailedRefund(refund_id=op.key, error=msgspec.Raw(_json_or_text(op.error)))
+            for op in life.failed_refunds
+        ]
+        values["failed_refunds"] = ("json", msgspec.json.encode(failed).decode())
+    if expires_at is not None:
+        moment = datetime.fromtimestamp(expires_at, UTC).replace(microsecond=0)
+        values[EXPIRY_KEY] = ("date_time", moment.isoformat().replace("+00:00", "Z"))
+    return values
+
+
+def _json_or_text(error: str | None) -> bytes:
+    """The ledger's error JSON as it is, or a plain message as a JSON string."""
+    text = error or '""'
+    try:
+        msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return msgspec.json.encode(text)
+    return text.encode()

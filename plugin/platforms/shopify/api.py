@@ -1,5 +1,6 @@
 """Shopify's Admin GraphQL API, as the Shopify adapter uses it: one query call with cost-based
-throttling and retries, and the two write-backs (metafieldsSet, tagsAdd).
+throttling and retries, and the write-backs (metafieldsSet, metafieldsDelete, tagsAdd,
+tagsRemove).
 
 Throttling is by query cost: a THROTTLED answer carries `extensions.cost` (what the query asked
 for, what the bucket holds and how fast it refills), so the wait is computed, not guessed.
@@ -25,6 +26,14 @@ mutation metafieldsSet($metafields: [MetafieldsSetInput!]!) {
   metafieldsSet(metafields: $metafields) {
     metafields { namespace key }
     userErrors { field message code }
+  }
+}
+"""
+METAFIELDS_DELETE = """
+mutation metafieldsDelete($metafields: [MetafieldIdentifierInput!]!) {
+  metafieldsDelete(metafields: $metafields) {
+    deletedMetafields { namespace key }
+    userErrors { field message }
   }
 }
 """
@@ -187,6 +196,13 @@ class AdminClient:
         ]
         data = await self.execute("metafieldsSet", METAFIELDS_SET, {"metafields": metafields})
         _raise_user_errors("metafieldsSet", data.get("metafieldsSet"))
+
+    async def delete_metafields(self, owner_id: str, namespace: str, keys: Sequence[str]) -> None:
+        """`metafieldsDelete` on one owner: these keys of `namespace` go (a missing one is no
+        error, so a repeated delete changes nothing)."""
+        metafields = [{"ownerId": owner_id, "namespace": namespace, "key": key} for key in keys]
+        data = await self.execute("metafieldsDelete", METAFIELDS_DELETE, {"metafields": metafields})
+        _raise_user_errors("metafieldsDelete", data.get("metafieldsDelete"))
 
     async def add_tags(self, node_id: str, tags: Sequence[str]) -> None:
         """`tagsAdd`: appends, never replacing the merchant's own tags (orderUpdate would)."""

@@ -21,7 +21,8 @@ from plugin.web.auth import INSTALL_STATE_COOKIE, INSTALL_STATE_SECONDS, Install
 from plugin.web.pages import Refused, auth_of, message, service_of, set_session_cookie
 
 # The least that works: write_orders for the capture metafields and tags on an order (and it
-# implies read_orders); read_orders for the fulfilment webhooks and the order's transactions.
+# implies read_orders); read_orders for the fulfilment, refund and cancellation webhooks, the
+# order's transactions and its refunds.
 SCOPES = ("read_orders", "write_orders")
 INSTALL_PATH = "/auth/shopify/install"
 CALLBACK_PATH = "/auth/shopify/callback"

@@ -36,7 +36,7 @@ import msgspec
 
 from plugin import money
 from plugin.errors import MappingError
-from plugin.events import FulfillmentEvent, ShipmentLine, Tracking
+from plugin.events import FulfillmentEvent, RefundEvent, ShipmentLine, Tracking
 from plugin.klarna.carriers import klarna_carrier
 from plugin.klarna.models import ShippingMethod
 from plugin.platforms.shopify import payloads
@@ -73,7 +73,9 @@ def decode_order(body: bytes) -> payloads.Order:
 _PAYMENT_KINDS = frozenset({"AUTHORIZATION", "SALE"})
 
 
-def klarna_order_id(order: payloads.Order, source: payloads.KlarnaOrderIdSource) -> str | None:
+def klarna_order_id(
+    order: payloads.Order | payloads.LifeOrder, source: payloads.KlarnaOrderIdSource
+) -> str | None:
     """The Klarna order id the shop keeps on `order`, or None when it is not there.
 
     A transaction source takes the successful AUTHORIZATION or SALE transactions of that gateway
@@ -184,6 +186,7 @@ def shipment_from(
         complete=complete,
         taxes_included=order.taxes_included,
         fulfillment_name=_text(fulfillment.name),
+        order_number=_text(order.name),
     )
     try:  # Struct constructors do not check constraints: the event a pipeline stores must.
         return msgspec.convert(msgspec.to_builtins(event), FulfillmentEvent)
@@ -191,7 +194,8 @@ def shipment_from(
         raise ShopifyMappingError(f"the shipment breaks Klarna's limits: {error}") from None
 
 
-def _currency(order: payloads.Order, currency: str | None) -> tuple[Side, str]:
+def _currency(order: payloads.Order | payloads.LifeOrder, currency: str | None) -> tuple[Side, str]:
+    """The side (shop or presentment money) that holds `currency` (None: presentment)."""
     presentment = order.presentment_currency_code.upper()
     shop = order.currency_code.upper()
     wanted = (currency or presentment).upper()
@@ -280,7 +284,7 @@ def _line(
     ordered = order_line.quantity
     line = ShipmentLine(
         name=_text(item.name or item.title or order_line.name) or str(item.id),
-        reference=_text(item.sku or order_line.sku) or str(item.id),
+        reference=line_reference(item.sku or order_line.sku, item.id),
         quantity=item.quantity,
         unit_price=unit_price,
         tax_rate=_basis_points(t.rate for t in item.tax_lines),
@@ -305,7 +309,7 @@ def _shipping_fee(
         original = price
     line = ShipmentLine(
         name=_text(shipping.title) or "Shipping",
-        reference=_text(shipping.code or shipping.title),
+        reference=shipping_reference(shipping.code, shipping.title),
         quantity=1,
         unit_price=original,
         total_discount_amount=original - price,
@@ -376,6 +380,17 @@ def _text(value: str | None) -> str | None:
     return value[:MAX_TEXT] or None
 
 
+def line_reference(sku: str | None, line_item_id: int | str) -> str:
+    """The reference of an order line's captured part: its SKU, else its REST id. A refund names
+    the captured line by the same reference (Klarna matches refunds to invoices by it)."""
+    return _text(sku) or str(line_item_id)
+
+
+def shipping_reference(code: str | None, title: str | None) -> str | None:
+    """The reference of a captured shipping fee: the shipping line's code, else its title."""
+    return _text(code or title)
+
+
 def _tracking(
     fulfillment: payloads.Fulfillment, shipping_method: ShippingMethod | None
 ) -> list[Tracking]:
@@ -424,3 +439,150 @@ def tracking(
 ) -> list[Tracking]:
     """The tracking entries a fulfilment body carries (see `_tracking`)."""
     return _tracking(fulfillment, shipping_method)
+
+
+# --- the order's life: refunds and status ---------------------------------------------------------
+
+# Display fulfilment statuses of an order with nothing (left) to ship.
+_FULFILLED = "FULFILLED"
+_NOTHING_TO_FULFIL = frozenset({_FULFILLED, "FULFILLMENT_NOT_REQUIRED"})
+
+
+# Gateways whose money is never Klarna's: a refund to a gift card or to store credit is the
+# shop's own, and nothing of it goes back through Klarna.
+_NOT_KLARNA_GATEWAYS = frozenset({"gift_card", "shopify_store_credit"})
+
+
+def _refund_transactions(
+    refund: payloads.Refund, gateway: str | None
+) -> list[payloads.RefundTransaction]:
+    """The refund's REFUND transactions through Klarna: of `gateway` only, when the shop names
+    the one that holds the Klarna payment; else of any gateway but the shop's own money."""
+    wanted = gateway.strip().casefold() if gateway else None
+    found = []
+    for transaction in refund.transactions.nodes:
+        through = (transaction.gateway or "").strip().casefold()
+        klarnas = through == wanted if wanted is not None else through not in _NOT_KLARNA_GATEWAYS
+        if transaction.kind.upper() == "REFUND" and klarnas:
+            found.append(transaction)
+    return found
+
+
+def is_pending(refund: payloads.Refund, gateway: str | None = None) -> bool:
+    """The refund's money is still on its way (a PENDING refund transaction): not known yet."""
+    return any(t.status.upper() == "PENDING" for t in _refund_transactions(refund, gateway))
+
+
+def is_closed(order: payloads.LifeOrder) -> bool:
+    """Nothing more of the order will ship: it is fulfilled, or cancelled with goods unshipped.
+
+    Shopify's own `closed` (archived) is not used: a merchant archives orders with goods still to
+    ship, and an order closes by itself once paid and fulfilled anyway."""
+    status = (order.display_fulfillment_status or "").upper()
+    if status == _FULFILLED:
+        return True
+    return order.cancelled_at is not None and status not in _NOTHING_TO_FULFIL
+
+
+def refund_from(
+    refund: payloads.Refund,
+    order: payloads.LifeOrder,
+    *,
+    klarna_order_id: str,
+    currency: str | None = None,
+    gateway: str | None = None,
+) -> RefundEvent | None:
+    """The neutral refund of one Shopify refund of `order`, in `currency` (the Klarna order's;
+    None: the order's presentment currency), or None when it gave no money back (a restock).
+
+    `amount` is the money the refund's successful REFUND transactions gave back (of `gateway`'s
+    only, when the shop names the gateway that holds the Klarna payment; never a gift card's or
+    store credit's). Its lines name the
+    captured lines by the capture's references: each refunded line item by its SKU (else id) and
+    quantity, a shipping line refunded whole by its code (else title). When the money is not what
+    Shopify calculated for those items (an adjustment: refunded less or more, or a shipping line
+    refunded in part), no line can say it: the refund goes by amount, which Klarna takes on an
+    order captured in one go and the planner refuses, with a clear code, on one captured in parts.
+
+    Raises ShopifyMappingError when it cannot be read."""
+    label = f"refund {_legacy_id(refund.id)}"
+    connections = (
+        refund.refund_line_items.page_info,
+        refund.refund_shipping_lines.page_info,
+        refund.order_adjustments.page_info,
+        refund.transactions.page_info,
+    )
+    if any(page.has_next_page for page in connections):
+        raise ShopifyMappingError(f"{label} has more parts than one order query reads")
+    side, code = _currency(order, currency)
+    money = sum(
+        _bag(transaction.amount_set, side, code)
+        for transaction in _refund_transactions(refund, gateway)
+        if transaction.status.upper() == "SUCCESS"
+    )
+    if money <= 0:
+        return None  # nothing given back (a restock), or not yet (see `is_pending`)
+
+    lines: list[ShipmentLine] = []
+    calculated = sales_tax = 0
+    by_lines = True
+    for item in refund.refund_line_items.nodes:
+        if item.quantity <= 0:
+            continue
+        subtotal = _bag(item.subtotal_set, side, code)
+        tax = _bag(item.total_tax_set, side, code)
+        calculated += subtotal if order.taxes_included else subtotal + tax
+        if not order.taxes_included:
+            sales_tax += tax
+        unit_price = _bag(item.price_set, side, code)
+        reference = line_reference(item.line_item.sku, _legacy_id(item.line_item.id))
+        # Informative only: the planner takes price, discount and tax from the captured line.
+        lines.append(
+            ShipmentLine(
+                name=_text(item.line_item.name) or reference,
+                reference=reference,
+                quantity=item.quantity,
+                unit_price=unit_price,
+                total_discount_amount=max(0, unit_price * item.quantity - subtotal),
+            )
+        )
+    for shipping in refund.refund_shipping_lines.nodes:
+        subtotal = _bag(shipping.subtotal_amount_set, side, code)
+        tax = _bag(shipping.tax_amount_set, side, code)
+        calculated += subtotal if order.taxes_included else subtotal + tax
+        if not order.taxes_included:
+            sales_tax += tax
+        line = shipping.shipping_line
+        fee = shipping_reference(line.code, line.title)
+        whole = (
+            line.discounted_price_set is not None
+            and _bag(line.discounted_price_set, side, code) == subtotal
+        )
+        if fee is None or not whole:
+            by_lines = False  # a part of a shipping fee: no quantity of its line says it
+            continue
+        lines.append(
+            ShipmentLine(
+                name=_text(line.title) or fee,
+                reference=fee,
+                quantity=1,
+                unit_price=subtotal,
+                type="shipping_fee",
+            )
+        )
+    if money != calculated or not lines:
+        by_lines = False
+    event = RefundEvent(
+        order_id=_legacy_id(order.id),
+        refund_id=_legacy_id(refund.id),
+        klarna_order_id=klarna_order_id,
+        currency=code,
+        amount=money,
+        lines=lines if by_lines else None,
+        description=_text(refund.note),
+        sales_tax=sales_tax if by_lines else 0,
+    )
+    try:  # Struct constructors do not check constraints: the event the job plans with must.
+        return msgspec.convert(msgspec.to_builtins(event), RefundEvent)
+    except msgspec.ValidationError as error:
+        raise ShopifyMappingError(f"{label} breaks Klarna's limits: {error}") from None

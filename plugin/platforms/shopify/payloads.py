@@ -2,9 +2,13 @@
 
 - The `fulfillments/create` and `fulfillments/update` webhook body: the REST Fulfillment (API
   2026-07, snake_case wire names, unknown fields ignored).
+- The `refunds/create` body (the REST Refund) and the `orders/cancelled` body (the REST Order),
+  as far as the receiver checks them: which order, and that it is such an event.
 - The order as `ORDER_QUERY` reads it through the Admin GraphQL API (camelCase wire names): the
   currencies, taxes-included flag, shipping lines and other fulfilments the webhook body lacks,
   and wherever the shop keeps the Klarna order id (`KlarnaOrderIdSource`).
+- The order as `ORDER_LIFE_QUERY` reads it: its refunds (lines, shipping, adjustments, the money
+  moved), whether it is cancelled, how far it is fulfilled, its number.
 - The topics the receiver knows, the `app/uninstalled` body and the privacy (compliance) bodies.
 
 What a fulfilment and its order mean for a capture is `mapping.py`'s; this module only says what
@@ -13,8 +17,10 @@ the wire carries.
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from plugin.config import SHOPIFY_API_VERSION
 
@@ -25,6 +31,13 @@ API_VERSION = SHOPIFY_API_VERSION
 LINE_ITEMS_PAGE = 100
 SHIPPING_LINES_PAGE = 10
 FULFILLMENT_LINE_ITEMS_PAGE = 100
+# Page sizes of the order life query: the refunds of one order (one more is asked for, so that an
+# order with more than a page is told from one with exactly a page), and what each refund holds.
+REFUNDS_PAGE = 50
+REFUND_LINE_ITEMS_PAGE = 100
+REFUND_SHIPPING_LINES_PAGE = 10
+ORDER_ADJUSTMENTS_PAGE = 10
+REFUND_TRANSACTIONS_PAGE = 20
 
 
 # --- the webhook body: REST Fulfillment, snake_case wire names, unknown fields ignored ----------
@@ -101,6 +114,7 @@ ORDER_QUERY = f"""\
 query ShipmentOrder($id: ID!, $ns: String!, $key: String!) {{
   order(id: $id) {{
     id
+    name
     currencyCode
     presentmentCurrencyCode
     taxesIncluded
@@ -257,6 +271,7 @@ class Order(msgspec.Struct, kw_only=True, rename="camel"):
     currency_code: str
     presentment_currency_code: str
     taxes_included: bool
+    name: str | None = None  # "#1001": the number the customer knows
     line_items: LineItemConnection = msgspec.field(default_factory=LineItemConnection)
     shipping_lines: ShippingLineConnection = msgspec.field(default_factory=ShippingLineConnection)
     fulfillments: list[OrderFulfillment] = []
@@ -276,6 +291,171 @@ class GraphQLError(msgspec.Struct, kw_only=True):
 class OrderResponse(msgspec.Struct, kw_only=True):
     data: OrderData | None = None
     errors: list[GraphQLError] = []
+
+
+# --- the order's life: its refunds and status, as ORDER_LIFE_QUERY reads them -----------------
+
+ORDER_LIFE_QUERY = f"""\
+query OrderLife($id: ID!, $ns: String!, $key: String!) {{
+  order(id: $id) {{
+    id
+    name
+    currencyCode
+    presentmentCurrencyCode
+    taxesIncluded
+    cancelledAt
+    displayFulfillmentStatus
+    metafield(namespace: $ns, key: $key) {{ namespace key value }}
+    customAttributes {{ key value }}
+    transactions {{ gateway kind status authorizationCode }}
+    refunds(first: {REFUNDS_PAGE + 1}) {{
+      id
+      createdAt
+      note
+      refundLineItems(first: {REFUND_LINE_ITEMS_PAGE}) {{
+        nodes {{
+          lineItem {{ id sku name }}
+          quantity
+          priceSet {{ ...Bag }}
+          subtotalSet {{ ...Bag }}
+          totalTaxSet {{ ...Bag }}
+        }}
+        pageInfo {{ hasNextPage }}
+      }}
+      refundShippingLines(first: {REFUND_SHIPPING_LINES_PAGE}) {{
+        nodes {{
+          shippingLine {{ title code discountedPriceSet {{ ...Bag }} }}
+          subtotalAmountSet {{ ...Bag }}
+          taxAmountSet {{ ...Bag }}
+        }}
+        pageInfo {{ hasNextPage }}
+      }}
+      orderAdjustments(first: {ORDER_ADJUSTMENTS_PAGE}) {{
+        nodes {{ reason amountSet {{ ...Bag }} taxAmountSet {{ ...Bag }} }}
+        pageInfo {{ hasNextPage }}
+      }}
+      transactions(first: {REFUND_TRANSACTIONS_PAGE}) {{
+        nodes {{ kind status gateway amountSet {{ ...Bag }} }}
+        pageInfo {{ hasNextPage }}
+      }}
+    }}
+  }}
+}}
+
+fragment Bag on MoneyBag {{
+  shopMoney {{ amount currencyCode }}
+  presentmentMoney {{ amount currencyCode }}
+}}
+"""
+
+
+class RefundedLineItem(msgspec.Struct, kw_only=True, rename="camel"):
+    """The order line a refund line names: the SKU (or id) the capture made its reference of."""
+
+    id: str
+    sku: str | None = None
+    name: str | None = None
+
+
+class RefundLineItem(msgspec.Struct, kw_only=True, rename="camel"):
+    line_item: RefundedLineItem
+    quantity: int
+    price_set: MoneyBag  # the unit price
+    # What Shopify computed for these units: the subtotal (after discounts; tax-inclusive when
+    # the order's prices are) and the tax in it or on top of it.
+    subtotal_set: MoneyBag
+    total_tax_set: MoneyBag
+
+
+class RefundLineItemConnection(msgspec.Struct, kw_only=True, rename="camel"):
+    nodes: Annotated[list[RefundLineItem], Meta(max_length=REFUND_LINE_ITEMS_PAGE)] = []
+    page_info: PageInfo = msgspec.field(default_factory=PageInfo)
+
+
+class ShippingLineRef(msgspec.Struct, kw_only=True, rename="camel"):
+    """An order's shipping line: its code or title is the reference the capture gave it."""
+
+    title: str
+    code: str | None = None
+    discounted_price_set: MoneyBag | None = None
+
+
+class RefundShippingLine(msgspec.Struct, kw_only=True, rename="camel"):
+    shipping_line: ShippingLineRef
+    subtotal_amount_set: MoneyBag
+    tax_amount_set: MoneyBag
+
+
+class RefundShippingLineConnection(msgspec.Struct, kw_only=True, rename="camel"):
+    nodes: Annotated[list[RefundShippingLine], Meta(max_length=REFUND_SHIPPING_LINES_PAGE)] = []
+    page_info: PageInfo = msgspec.field(default_factory=PageInfo)
+
+
+class OrderAdjustment(msgspec.Struct, kw_only=True, rename="camel"):
+    """The difference between what Shopify calculated for a refund's items and what was refunded
+    (since API 2024-10 never a shipping refund: those are `refundShippingLines`)."""
+
+    amount_set: MoneyBag
+    tax_amount_set: MoneyBag | None = None
+    # OrderAdjustmentDiscrepancyReason: RESTOCK, DAMAGE, CUSTOMER, REFUND_DISCREPANCY, ...
+    reason: str | None = None
+
+
+class OrderAdjustmentConnection(msgspec.Struct, kw_only=True, rename="camel"):
+    nodes: Annotated[list[OrderAdjustment], Meta(max_length=ORDER_ADJUSTMENTS_PAGE)] = []
+    page_info: PageInfo = msgspec.field(default_factory=PageInfo)
+
+
+class RefundTransaction(msgspec.Struct, kw_only=True, rename="camel"):
+    # kind: REFUND for money given back; status: SUCCESS, PENDING, FAILURE, ERROR, ...
+    kind: str
+    status: str
+    amount_set: MoneyBag
+    gateway: str | None = None
+
+
+class RefundTransactionConnection(msgspec.Struct, kw_only=True, rename="camel"):
+    nodes: Annotated[list[RefundTransaction], Meta(max_length=REFUND_TRANSACTIONS_PAGE)] = []
+    page_info: PageInfo = msgspec.field(default_factory=PageInfo)
+
+
+class Refund(msgspec.Struct, kw_only=True, rename="camel"):
+    id: str
+    created_at: datetime | None = None
+    note: str | None = None
+    refund_line_items: RefundLineItemConnection = msgspec.field(
+        default_factory=RefundLineItemConnection
+    )
+    refund_shipping_lines: RefundShippingLineConnection = msgspec.field(
+        default_factory=RefundShippingLineConnection
+    )
+    order_adjustments: OrderAdjustmentConnection = msgspec.field(
+        default_factory=OrderAdjustmentConnection
+    )
+    transactions: RefundTransactionConnection = msgspec.field(
+        default_factory=RefundTransactionConnection
+    )
+
+
+class LifeOrder(msgspec.Struct, kw_only=True, rename="camel"):
+    """`data.order` of `ORDER_LIFE_QUERY`."""
+
+    id: str
+    currency_code: str
+    presentment_currency_code: str
+    taxes_included: bool
+    name: str | None = None
+    cancelled_at: datetime | None = None
+    # OrderDisplayFulfillmentStatus: FULFILLED, PARTIALLY_FULFILLED, UNFULFILLED, ...
+    display_fulfillment_status: str | None = None
+    metafield: Metafield | None = None
+    custom_attributes: list[Attribute] = []
+    transactions: list[OrderTransaction] = []
+    refunds: Annotated[list[Refund], Meta(max_length=REFUNDS_PAGE + 1)] = []
+
+
+class LifeOrderData(msgspec.Struct, kw_only=True):
+    order: LifeOrder | None = None
 
 
 # --- where a shop keeps the Klarna order id ------------------------------------------------------
@@ -325,6 +505,10 @@ FULFILLMENT_TOPICS = {
     "fulfillments/create": "fulfillment.created",
     "fulfillments/update": "fulfillment.updated",
 }
+# The order events: each queues its order's job, which reads the order's refunds and status.
+REFUND_TOPIC = "refunds/create"
+CANCELLED_TOPIC = "orders/cancelled"
+ORDER_TOPICS = {REFUND_TOPIC: "refund.created", CANCELLED_TOPIC: "order.cancelled"}
 UNINSTALLED_TOPIC = "app/uninstalled"
 DATA_REQUEST_TOPIC = "customers/data_request"
 CUSTOMER_REDACT_TOPIC = "customers/redact"
@@ -346,6 +530,72 @@ def fulfillment_ids(body: bytes) -> tuple[str, str]:
     decode_fulfillment(body)
     ids = _ids_decoder.decode(body)
     return str(ids.id), str(ids.order_id)
+
+
+# The order events' bodies, as far as the receiver reads them: the order job reads the order
+# itself through the API, as it stands when the job runs. Lists are bounded so that a body that is
+# not a refund is refused before it is walked.
+MAX_REFUND_ITEMS = 1000
+
+
+class RefundLineItemBody(msgspec.Struct, kw_only=True):
+    line_item_id: int
+    quantity: Annotated[int, Meta(ge=0)]
+    id: int | None = None
+    restock_type: str | None = None
+
+
+class OrderAdjustmentBody(msgspec.Struct, kw_only=True):
+    id: int | None = None
+    kind: str | None = None  # sent before API 2024-10 only
+    reason: str | None = None
+
+
+class RefundTransactionBody(msgspec.Struct, kw_only=True):
+    kind: str
+    status: str
+    id: int | None = None
+    gateway: str | None = None
+
+
+class RefundBody(msgspec.Struct, kw_only=True):
+    """The body of `refunds/create`: the REST Refund (amounts are read from the API instead)."""
+
+    id: Annotated[int, Meta(ge=1)]
+    order_id: Annotated[int, Meta(ge=1)]
+    created_at: datetime | None = None
+    note: str | None = None
+    refund_line_items: Annotated[list[RefundLineItemBody], Meta(max_length=MAX_REFUND_ITEMS)] = []
+    order_adjustments: Annotated[list[OrderAdjustmentBody], Meta(max_length=MAX_REFUND_ITEMS)] = []
+    transactions: Annotated[list[RefundTransactionBody], Meta(max_length=MAX_REFUND_ITEMS)] = []
+
+
+class CancelledOrderBody(msgspec.Struct, kw_only=True):
+    """The body of `orders/cancelled`: the REST Order, which a cancellation stamps."""
+
+    id: Annotated[int, Meta(ge=1)]
+    cancelled_at: datetime
+    name: str | None = None
+    cancel_reason: str | None = None
+
+
+_refund_body_decoder = msgspec.json.Decoder(RefundBody)
+_cancelled_body_decoder = msgspec.json.Decoder(CancelledOrderBody)
+
+
+def refund_body_id(body: bytes) -> str:
+    """The refund id of a stored `refunds/create` body."""
+    return str(_refund_body_decoder.decode(body).id)
+
+
+def order_event_order_id(topic: str, body: bytes) -> str:
+    """The order id of a verified order event (`ORDER_TOPICS`), its body checked as that event:
+    a refund of an order, or an order that is cancelled. msgspec's error names what is wrong."""
+    if topic == REFUND_TOPIC:
+        return str(_refund_body_decoder.decode(body).order_id)
+    if topic == CANCELLED_TOPIC:
+        return str(_cancelled_body_decoder.decode(body).id)
+    raise ValueError(f"{topic} is not an order event")
 
 
 class _UninstalledShop(msgspec.Struct):

@@ -1,5 +1,6 @@
 """POST /webhooks/shopify: every installed shop's webhooks, signed with the app's client secret:
-fulfilments, the uninstall, and the mandatory privacy topics."""
+fulfilments, refunds and cancellations (order events), the uninstall, and the mandatory privacy
+topics."""
 
 import logging
 import time
@@ -93,6 +94,8 @@ async def shopify_webhook(request: Request) -> Response:
         return _answer(200, platform, "uninstalled", delivery=row)
     if not shop.enabled:
         return _answer(404, platform, "unknown_shop", error="the app is uninstalled from this shop")
+    if topic in payloads.ORDER_TOPICS:
+        return await _order_event(service, shop.id, topic, webhook_id, body)
     event_type = payloads.FULFILLMENT_TOPICS.get(topic)
     if event_type is None:
         return _answer(200, platform, "ignored", topic=topic)
@@ -113,4 +116,29 @@ async def shopify_webhook(request: Request) -> Response:
         fulfillment_id=fulfillment_id,
         rejected=rejected,
         order_id=order_id,
+    )
+
+
+async def _order_event(
+    service: ServiceContext, shop_id: str, topic: str, webhook_id: str, body: bytes
+) -> Response:
+    """A refund or a cancellation: stored as an event of its order, which queues the order's job
+    (that job reads the order's refunds and status through the API as they then stand)."""
+    rejected: str | None = None
+    order_id = None
+    try:
+        order_id = payloads.order_event_order_id(topic, body)
+    except msgspec.MsgspecError as exc:
+        rejected = f"not a {topic} body: {exc}"
+    return await store_delivery(
+        service,
+        NAME,
+        shop_id,
+        webhook_id,
+        body=body,
+        event_type=payloads.ORDER_TOPICS[topic],
+        fulfillment_id=None,
+        rejected=rejected,
+        order_id=order_id,
+        order_event=True,
     )

@@ -11,6 +11,7 @@ from starlette.routing import Match
 
 from plugin.app import create_app
 from plugin.config import SHOPIFY_API_VERSION
+from plugin.platforms.shopify.payloads import ORDER_TOPICS
 from tests.web.support import running, shopify_query, shopify_settings
 
 MANIFEST = Path(__file__).resolve().parents[3] / "manifests" / "shopify.app.toml"
@@ -80,3 +81,5 @@ def test_the_manifest_declares_an_embedded_app_on_the_services_api_version(
     assert compliance >= COMPLIANCE_TOPICS
     topics = {t for sub in subscriptions for t in sub.get("topics", [])}
     assert {"fulfillments/create", "fulfillments/update", "app/uninstalled"} <= topics
+    # the order events the receiver stores: refunds and cancellations reach Klarna
+    assert set(ORDER_TOPICS) <= topics

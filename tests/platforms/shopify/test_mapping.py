@@ -227,6 +227,7 @@ def sample_order(klarna_id: str) -> Order:
         ],
         taxes_included=False,
         metafield={"namespace": "klarna", "key": "order_id", "value": klarna_id},
+        name="#9999",
     )
 
 
@@ -256,6 +257,7 @@ def test_the_sample_maps_to_exact_klarna_lines() -> None:
         "#9999.1",
     )
     assert (event.currency, event.taxes_included, event.complete) == ("USD", False, True)
+    assert event.order_number == "#9999"  # the number the customer knows, for Klarna
     assert summary(event) == [
         ("SKU2006-001", "physical", 1, 8999, 0, 8999, 0, 0),
         ("LENS-PROTECT-2YR", "physical", 1, 1999, 0, 1999, 0, 0),
