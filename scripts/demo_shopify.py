@@ -1,7 +1,9 @@
 """`scripts/demo shopify`: the Shopify app once, on loopback. A fake Shopify (in this process, so
 the demo can place and ship orders in it), the Klarna sandbox and the service; the app installed
-through OAuth, Klarna credentials entered on the embedded settings page, an order shipped, and
-the capture at Klarna and the status on the Shopify order printed. Exit 0 when both are there."""
+through OAuth, Klarna credentials entered on the embedded settings page, an order shipped, the
+capture at Klarna and the status on the Shopify order printed; then a tomato refunded on the
+Shopify order, the refund at Klarna and what was written back printed. Exit 0 when all are
+there."""
 
 import html
 import re
@@ -126,6 +128,9 @@ def demo(shopify: ShopifySandbox, klarna_url: str, service_url: str, log: Path) 
         "klarna_order_id_source": "metafield",
         "klarna_order_id_field": "klarna.order_id",
         "shipping_method": "Home",
+        "release_remaining": "on",
+        "keep_alive": "on",
+        "keep_alive_days": "3",
     }
     saved = browser.post(settings_url, data=form, headers={"Origin": service_url})
     if saved.status_code not in (200, 303):
@@ -182,7 +187,34 @@ def demo(shopify: ShopifySandbox, klarna_url: str, service_url: str, log: Path) 
     }
     show("metafields on the Shopify order", fields)
     show("tags on the Shopify order", shopify.tags(DOMAIN, gid))
-    return 0 if fields.get("klarna_capture.status") == "captured" else 1
+    if fields.get("klarna_capture.status") != "captured":
+        return 1
+
+    # 6. A tomato comes back: the merchant refunds it; Shopify sends refunds/create.
+    tomatoes = shopify.order_json(DOMAIN, gid)["lineItems"]["nodes"][0]["id"]
+    body = shopify.refund(DOMAIN, gid, {tomatoes: 1}, note="One tomato came back bruised")
+    raw = msgspec.json.Encoder(decimal_format="number").encode(body)
+    headers = signed_webhook(DEFAULT_CLIENT_SECRET, "refunds/create", DOMAIN, raw)
+    answer = httpx2.post(f"{service_url}/webhooks/shopify", content=raw, headers=headers)
+    print(f"\nrefunds/create answered HTTP {answer.status_code}: {answer.text}")
+    if answer.status_code != 200:
+        fail("the service did not accept the webhook", log)
+
+    # 7. The order's job refunds it at Klarna, by the captured line, and writes it back.
+    deadline = time.monotonic() + WAIT_SECONDS
+    while ("klarna_capture", "refunded_amount") not in shopify.metafields(DOMAIN, gid):
+        if time.monotonic() > deadline:
+            fail(f"no refund on the Shopify order within {WAIT_SECONDS:g} s", log)
+        time.sleep(0.1)
+    order = httpx2.get(f"{klarna_url}/sandbox/orders/{klarna_id}").json()
+    show(f"the refund at Klarna (refunded {order['refunded_amount']})", order["refunds"])
+    fields = {
+        f"{namespace}.{key}": value
+        for (namespace, key), (_, value) in shopify.metafields(DOMAIN, gid).items()
+        if namespace == "klarna_capture"
+    }
+    show("metafields on the Shopify order after the refund", fields)
+    return 0 if order["refunded_amount"] > 0 else 1
 
 
 if __name__ == "__main__":

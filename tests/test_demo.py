@@ -14,7 +14,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
     ("script", "expected"),
     [
         ("demo.py", "refund read back from Klarna (refunded 1200)"),
-        ("demo_shopify.py", '"klarna_capture.status": "captured"'),
+        ("demo_shopify.py", '"klarna_capture.order_status": "partially_refunded"'),
     ],
 )
 def test_the_demo_captures(script: str, expected: str) -> None:
