@@ -484,6 +484,10 @@ def is_closed(order: payloads.LifeOrder) -> bool:
     return order.cancelled_at is not None and status not in _NOTHING_TO_FULFIL
 
 
+# A refunded line item restocked this way was removed before it was fulfilled.
+_UNFULFILLED_REMOVED = "CANCEL"
+
+
 def refund_from(
     refund: payloads.Refund,
     order: payloads.LifeOrder,
@@ -493,7 +497,9 @@ def refund_from(
     gateway: str | None = None,
 ) -> RefundEvent | None:
     """The neutral refund of one Shopify refund of `order`, in `currency` (the Klarna order's;
-    None: the order's presentment currency), or None when it gave no money back (a restock).
+    None: the order's presentment currency), or None when it gave no money back (a restock), or
+    only for units removed before they were fulfilled (restock type CANCEL: never captured, their
+    authorization is released with the order's remainder).
 
     `amount` is the money the refund's successful REFUND transactions gave back (of `gateway`'s
     only, when the shop names the gateway that holds the Klarna payment; never a gift card's or
@@ -531,6 +537,12 @@ def refund_from(
             continue
         subtotal = _bag(item.subtotal_set, side, code)
         tax = _bag(item.total_tax_set, side, code)
+        if (item.restock_type or "").upper() == _UNFULFILLED_REMOVED:
+            # Units taken off the order before they were fulfilled: never shipped, so never
+            # captured; the customer's money for them is only authorized, and goes back when the
+            # order's remaining authorization is released. Not a refund at Klarna.
+            money -= subtotal if order.taxes_included else subtotal + tax
+            continue
         calculated += subtotal if order.taxes_included else subtotal + tax
         if not order.taxes_included:
             sales_tax += tax
@@ -570,6 +582,8 @@ def refund_from(
                 type="shipping_fee",
             )
         )
+    if money <= 0:
+        return None  # only units never shipped: nothing of it was captured
     if money != calculated or not lines:
         by_lines = False
     event = RefundEvent(

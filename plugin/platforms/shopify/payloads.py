@@ -316,6 +316,7 @@ query OrderLife($id: ID!, $ns: String!, $key: String!) {{
         nodes {{
           lineItem {{ id sku name }}
           quantity
+          restockType
           priceSet {{ ...Bag }}
           subtotalSet {{ ...Bag }}
           totalTaxSet {{ ...Bag }}
@@ -361,6 +362,9 @@ class RefundLineItem(msgspec.Struct, kw_only=True, rename="camel"):
     line_item: RefundedLineItem
     quantity: int
     price_set: MoneyBag  # the unit price
+    # RefundLineItemRestockType: CANCEL (units removed before they were fulfilled), RETURN,
+    # NO_RESTOCK, LEGACY_RESTOCK.
+    restock_type: str | None = None
     # What Shopify computed for these units: the subtotal (after discounts; tax-inclusive when
     # the order's prices are) and the tax in it or on top of it.
     subtotal_set: MoneyBag

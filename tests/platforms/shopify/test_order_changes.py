@@ -414,26 +414,32 @@ async def test_a_restock_or_a_gift_card_refund_is_no_refund_and_pending_money_wa
     assert pending.value.retryable
 
 
-async def test_goods_refunded_before_they_were_captured_are_still_reported(
+async def test_units_removed_before_they_were_fulfilled_are_no_refund_at_klarna(
+    store: Store,
     shops: Shops,
+    pipeline: Pipeline,
     adapter: ShopifyStorefront,
     shopify_sandbox: ShopifySandbox,
     klarna_sandbox: KlarnaSandbox,
 ) -> None:
-    """The adapter reports the refund; the planner refuses it, saying why."""
+    """Restocked as CANCEL, units were taken off the order unshipped: nothing of them was
+    captured, so only the rest of a refund goes to Klarna."""
     shop = await shopify_shop(shops, shopify_sandbox)
     gid, _ = storefront_order(shopify_sandbox, klarna_sandbox)
-    _, basil = line_ids(shopify_sandbox, gid)
+    tomatoes, basil = line_ids(shopify_sandbox, gid)
     shopify_sandbox.refund(SHOPIFY_DOMAIN, gid, {basil: 1}, restock_type="CANCEL")
 
     changes = await changes_of(adapter, shop, gid)
 
-    [refund] = changes.refunds
-    assert (refund.amount, lines_of(refund)) == (1000, [("BAS", 1)])
+    assert changes.refunds == []
     assert changes.closed is False  # nothing shipped, nothing cancelled
-    with pytest.raises(RefundRefused) as refused:
-        planned(refund, [])
-    assert refused.value.code == "NOTHING_CAPTURED"
+
+    # The tomatoes ship and are captured, and one comes back: that refund goes to Klarna alone.
+    await receive_shopify(store, shop, shopify_sandbox.fulfill(SHOPIFY_DOMAIN, gid, {tomatoes: 2}))
+    await pipeline.tasks["fulfillment"].run(await claim(store))
+    shopify_sandbox.refund(SHOPIFY_DOMAIN, gid, {tomatoes: 1})
+    [refund] = (await changes_of(adapter, shop, gid)).refunds
+    assert (refund.amount, lines_of(refund)) == (1900, [("TOM", 1)])
 
 
 async def test_an_order_without_a_klarna_order_id_is_skipped_unless_it_was_captured(
