@@ -2,7 +2,7 @@
 
 Pure and deterministic: no I/O, integer money only. Its input is the ledger's view of the order
 (the captures made, with their lines as sent, and the refunds made), its output the body of a
-Klarna refund. The pipeline does not call it yet.
+Klarna refund. The order's job (plugin/pipeline/orders.py) calls it.
 
 A refunded line is asked for by the captured line's `reference` and a quantity, never with prices:
 the price, discount and tax come from the line Klarna captured, so a refund cannot disagree with

@@ -17,6 +17,8 @@ from plugin.store import NoteOrder
 from plugin.store.records import KLARNA_CREDENTIALS, CaptureRecord, Job, Shop
 
 _encoder = msgspec.json.Encoder()
+# How long after the shipment that completed an order its uncaptured remainder is released.
+RELEASE_GRACE_SECONDS = 3600.0
 
 
 class Fulfillments:
@@ -87,8 +89,13 @@ class Fulfillments:
             return
         record = await capture.run()
         if capture.uncaptured_remainder and shop.options.release_remaining:
-            # The order is complete and some of its authorization is left: its job releases it.
-            await self.store.queue_order(shop.id, event.order_id, self.steps.clock())
+            # The order is complete and some of its authorization is left: its job releases it,
+            # after a grace period in which a shipment sent before this one but delivered after
+            # it can still arrive and be captured (the job waits for any it then knows of).
+            now = self.steps.clock()
+            await self.store.queue_order(
+                shop.id, event.order_id, now, due_at=now + RELEASE_GRACE_SECONDS
+            )
         record = await add_shipping_info(shipment, record)
         await send_out(shipment, record)
 

@@ -38,9 +38,9 @@ async def queue_expiring(store: Store, now: float, *, limit: int = BATCH) -> int
         shop = shops[order.shop_id]
         if shop is None:
             continue
-        if not shop.enabled or not shop.options.keep_alive:
-            # Looked at, and nothing to do today: marked so, so that it leaves the head of the
-            # next passes to the orders that need them.
+        if not shop.enabled or not shop.options.keep_alive or not _due(shop.options, order, now):
+            # Looked at, and nothing to do now: marked so, so that it leaves the head of the
+            # next passes to the orders that need them (it is looked at again within a day).
             await store.note_order(
                 NoteOrder(
                     shop_id=order.shop_id,
@@ -52,9 +52,8 @@ async def queue_expiring(store: Store, now: float, *, limit: int = BATCH) -> int
                 now,
             )
             continue
-        if not _due(shop.options, order, now):
-            continue
-        await store.queue_order(shop.id, order.order_id, now)
+        # A dead order job stays dead: its dead letter waits for someone to retry it.
+        await store.queue_order(shop.id, order.order_id, now, revive=False)
         queued += 1
     return queued
 

@@ -16,9 +16,11 @@ order operations says is not done:
 - an open order with goods unshipped whose authorization runs out within the shop's
   `keep_alive_days`: extended, at most once a day (the day is in its key), while Klarna allows.
 
-A refund or cancellation Klarna refuses for good is recorded as failed (`refund.failed`), the
-order's other calls still run, and the job then ends as a dead letter carrying Klarna's error
-code and correlation id: `jobs retry` (or a new event of the order) tries it again.
+A refund or cancellation Klarna refuses for good is recorded as failed (`refund.failed`, once),
+the order's other calls still run, and the job then ends as a dead letter carrying Klarna's error
+code and correlation id. A later event of the order never sends it again (the merchant may have
+settled it by hand); a retry by hand (`jobs retry`, Retry) forgets the refused calls
+(Store.requeue_job), and they are planned afresh.
 """
 
 import logging
@@ -34,7 +36,7 @@ from plugin.errors import JobError, OperationError
 from plugin.events import RefundEvent
 from plugin.klarna import KlarnaClient, KlarnaError
 from plugin.klarna.client import new_idempotency_key
-from plugin.klarna.models import CaptureObject, Order, RefundObject
+from plugin.klarna.models import Capture, CaptureObject, Order, OrderLine, RefundObject
 from plugin.pipeline.failures import job_failure
 from plugin.pipeline.shipments import Steps
 from plugin.platforms.base import OrderChanges, Skipped, Storefront, StorefrontError
@@ -50,6 +52,7 @@ from plugin.shops import KLARNA_NOT_CONFIGURED
 from plugin.store import AuditNote, FinishOrderOperation, NoteOrder, PlanOrderOperation
 from plugin.store.records import (
     KLARNA_CREDENTIALS,
+    CaptureRecord,
     Delivery,
     Job,
     OrderOperation,
@@ -64,15 +67,40 @@ from plugin.worker import JobFailure
 log = logging.getLogger("plugin.pipeline")
 
 DAY = 86400.0
-# Klarna honours an idempotency key for 24 h; a call planned longer ago is settled by Klarna's
-# word first (the order read back), then sent with a fresh key.
-KEY_TRUST_SECONDS = 23 * 3600.0
+
+# Klarna honours an idempotency key for 24 h, so a key alone cannot stop a second refund: before
+# every send, Klarna's word (its refunds by reference, the order's status) is read, and a call it
+# shows made is recorded, not sent. A call still planned is sent again with its stored key.
 # Klarna statuses in which an authorization still holds money that may be captured.
 _AUTHORIZED = ("AUTHORIZED", "PART_CAPTURED")
 
 _encoder = msgspec.json.Encoder()
 _capture_decoder = msgspec.json.Decoder(CaptureObject)
 _refund_decoder = msgspec.json.Decoder(RefundObject)
+
+
+def _pending(step: str) -> JobFailure:
+    return JobFailure(
+        JobError(
+            step=step,
+            error_code="SHIPMENTS_PENDING",
+            error_messages=[
+                "a shipment of the order is still being captured: the order's authorization is "
+                "settled once its shipments are"
+            ],
+        ),
+        retryable=True,
+    )
+
+
+def _settled_state(klarna: Order) -> OrderState | None:
+    """What Klarna's own status says of the order's life: cancelled, or closed (all captured,
+    released, expired, closed); None while an authorization remains."""
+    if klarna.status == "CANCELLED":
+        return "cancelled"
+    if klarna.status not in _AUTHORIZED or klarna.remaining_authorized_amount <= 0:
+        return "closed"
+    return None
 
 
 def order_event_deliveries(deliveries: Sequence[Delivery]) -> list[Delivery]:
@@ -98,6 +126,8 @@ class _Run:
     changes: OrderChanges
     operations: dict[tuple[str, str], OrderOperation]
     refused: list[JobError] = field(default_factory=list)
+    waiting: list[JobFailure] = field(default_factory=list)
+    moot: bool = False  # refunds waiting for a capture are moot (cancelled, nothing captured)
 
     @property
     def currency(self) -> str:
@@ -151,14 +181,21 @@ class Orders:
                 for op in await self.store.order_operations(shop.id, [order_id])
             },
         )
-        await self._note_order(run)
+        await self._note_order(run, _settled_state(klarna))
+        # A cancelled order nothing of which was captured never will be: no refund waits then.
+        run.moot = changes.cancelled and klarna.captured_amount == 0
         for refund in changes.refunds:
             await self._refund(run, refund)
         if changes.cancelled:
+            if klarna.captured_amount == 0 and await self._shipments_pending(run):
+                # A capture on its way: cancelling now would refuse it; released after instead.
+                raise _pending("cancel")
             await self._cancel(run)
         elif changes.closed or await self._completed_with_remainder(run):
             await self._close(run)
         await self._keep_alive(run)
+        if not run.refused and run.waiting:
+            raise run.waiting[0]
         if run.refused:
             # Each refusal was recorded and reported with its call; the dead letter keeps the
             # first, with Klarna's code and correlation id, until someone retries.
@@ -240,15 +277,33 @@ class Orders:
         stored = run.operations.get(("refund", refund.refund_id))
         if stored is not None and stored.state == "done":
             return
-        # Made at Klarna already (an answer lost, or a key Klarna forgot): its word settles it.
+        if stored is not None and stored.state == "failed":
+            # Refused for good, and reported then: tried again only when someone retries the
+            # order (which forgets its failed calls), never by a later event of the order; the
+            # merchant may have settled it by hand meanwhile.
+            run.refused.append(_failure_of(stored))
+            return
+        # Made at Klarna already (an answer lost, a key Klarna forgot, a ledger row gone): its
+        # word settles it, whatever the ledger says.
         made = next((r for r in run.klarna.refunds if r.reference == refund.refund_id), None)
-        if made is not None and stored is not None and stored.state == "planned":
+        if made is not None:
+            if stored is None:
+                stored = await self._store_plan(run, refund, b"", made.refunded_amount)
             await self._finish_refund(run, refund, stored, made.refund_id, made.refunded_amount)
             return
-        if stored is None or stored.state == "failed" or self._key_expired(stored):
+        if stored is None:
             stored = await self._plan_refund(run, refund)
             if stored is None:
                 return
+        if stored.order_id != run.order_id:
+            # One refund id, two orders: the storefront reused it (the row stored under it is
+            # the other order's). Nothing is refunded on a guess.
+            refused = RefundRefused(
+                "REFUND_ID_REUSED",
+                f"refund {refund.refund_id} is a refund of order {stored.order_id} already",
+            )
+            run.refused.append(job_failure(refused, step="refund").error)
+            return
         if stored.state != "planned":
             return
         try:
@@ -270,11 +325,14 @@ class Orders:
 
     async def _plan_refund(self, run: _Run, refund: RefundEvent) -> OrderOperation | None:
         """The refund planned and stored with its key; None when it is refused (recorded)."""
+        # The captures of this Klarna order (a storefront order re-authorized under another
+        # Klarna order has captures the refund must not be priced from).
         captures = [
             record
             for record in await self.store.order_captures(run.shop.id, [run.order_id])
-            if record.state == "captured" and record.request
+            if record.state == "captured" and record.klarna_order_id == run.klarna.order_id
         ]
+        at_klarna = {c.capture_id: c for c in run.klarna.captures}
         done = [
             op
             for op in run.operations.values()
@@ -293,8 +351,7 @@ class Orders:
                 [
                     CapturedPart(
                         captured_amount=record.captured_amount or 0,
-                        order_lines=_capture_decoder.decode(record.request or b"").order_lines
-                        or [],
+                        order_lines=_captured_lines(record, at_klarna),
                         reference=record.fulfillment_id,
                     )
                     for record in captures
@@ -311,8 +368,11 @@ class Orders:
             )
         except RefundRefused as refused:
             if refused.retryable:
-                # Not captured yet: the refund waits for its capture, retried with backoff.
-                raise job_failure(refused, step="refund") from refused
+                # Not captured yet: the refund waits for its capture (the job is retried with
+                # backoff), and the order's other calls still run meanwhile.
+                if not run.moot:
+                    run.waiting.append(job_failure(refused, step="refund"))
+                return None
             stored = await self._store_plan(run, refund, b"", refund.amount)
             await self._refund_failed(run, refund, stored, refused)
             return None
@@ -359,7 +419,8 @@ class Orders:
             if note is not None
             else None,
         )
-        run.operations[("refund", refund.refund_id)] = stored
+        if stored.order_id == run.order_id:
+            run.operations[("refund", refund.refund_id)] = stored
         return stored
 
     async def _finish_refund(
@@ -482,34 +543,35 @@ class Orders:
         return any(r.state == "captured" and r.completes_order for r in captures)
 
     async def _close(self, run: _Run) -> None:
-        """Nothing more ships: once the order's shipments are settled, and when the shop wants
-        it, the remaining authorization goes back to the customer (released; an order nothing
-        of which was captured is cancelled)."""
-        if not run.shop.options.release_remaining:
+        """Nothing more ships: once the order's shipments are settled (a dead one counts as not
+        settled: it may be retried), and when the shop wants it, what remains of the
+        authorization goes back to the customer. A close is no cancellation: an order nothing of
+        which is captured keeps its authorization (a shipment may yet arrive and be captured)."""
+        if await self._shipments_pending(run, dead_too=True):
+            raise _pending("release")
+        if run.klarna.captured_amount == 0:
             return
-        if await self._shipments_pending(run):
-            raise JobFailure(
-                JobError(
-                    step="release",
-                    error_code="SHIPMENTS_PENDING",
-                    error_messages=[
-                        "a shipment of the order is still being captured: the remaining "
-                        "authorization is released once it is settled"
-                    ],
-                ),
-                retryable=True,
-            )
-        # Nothing captured: nothing will be, and the order is cancelled; else the rest released.
-        await self._cancel(run)
+        if not run.shop.options.release_remaining:
+            # The shop keeps its remainders: not released, but no longer kept alive either.
+            await self._note_order(run, "closed")
+            return
+        await self._release(run)
 
-    async def _shipments_pending(self, run: _Run) -> bool:
+    async def _shipments_pending(self, run: _Run, *, dead_too: bool = False) -> bool:
+        """Whether a shipment of the order is not captured yet and may still be: its job queued,
+        running or waiting (or, with `dead_too`, dead: a dead letter may be retried)."""
+        states = (
+            ("queued", "running", "waiting", "dead")
+            if dead_too
+            else ("queued", "running", "waiting")
+        )
         deliveries = await self.store.order_deliveries(run.shop.id, [run.order_id])
         for fulfillment_id in {d.fulfillment_id for d in deliveries if d.fulfillment_id}:
             shipment = await self.store.shipment(run.shop.id, fulfillment_id)
             # A shipment captured already changes the authorization no more (its tracking may).
             if (
                 shipment is not None
-                and shipment.job_state in ("queued", "running", "waiting")
+                and shipment.job_state in states
                 and shipment.capture_state != "captured"
             ):
                 return True
@@ -611,7 +673,7 @@ class Orders:
         stored = run.operations.get((kind, key))
         if stored is not None and stored.state == "done":
             return stored
-        if stored is not None and stored.state == "planned" and not self._key_expired(stored):
+        if stored is not None and stored.state == "planned":
             return stored
         fresh = new_idempotency_key()
         stored = await self.store.plan_order_operation(
@@ -692,9 +754,6 @@ class Orders:
             outcome=outcome,
         )
 
-    def _key_expired(self, stored: OrderOperation) -> bool:
-        return self.clock() - stored.planned_at > KEY_TRUST_SECONDS
-
     def _note(self, run: _Run, step: str, outcome: str, detail: Mapping[str, object]) -> AuditNote:
         return AuditNote(
             job_id=run.job.id,
@@ -718,6 +777,23 @@ class Orders:
                 _encoder.encode(detail).decode(),
                 self.clock(),
             )
+
+
+def _captured_lines(record: CaptureRecord, at_klarna: Mapping[str, Capture]) -> list[OrderLine]:
+    """A capture's lines as sent; for one found already made at Klarna (no request of ours on
+    the ledger), as Klarna holds them."""
+    if record.request:
+        return _capture_decoder.decode(record.request).order_lines or []
+    held = at_klarna.get(record.capture_id or "")
+    return list(held.order_lines) if held is not None else []
+
+
+def _failure_of(stored: OrderOperation) -> JobError:
+    """The failure a failed call recorded."""
+    try:
+        return msgspec.json.decode(stored.error or b"", type=JobError)
+    except msgspec.MsgspecError:
+        return JobError(step=stored.kind, error_code="REFUSED")
 
 
 def _refund_request(refund: RefundEvent) -> RefundRequest:

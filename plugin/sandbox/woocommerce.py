@@ -348,8 +348,10 @@ class WooCommerceSandbox(Sandbox[LoggedRequest, Faults]):
         amounts: Mapping[int | str, str] | None = None,
         amount: str | None = None,
         reason: str = "",
+        via_gateway: bool = False,
     ) -> int:
-        """A refund as the order screen's "Refund manually" makes it; its id.
+        """A refund as the order screen's "Refund manually" makes it (or, `via_gateway`, its
+        "Refund via <gateway>": the payment plugin refunded the money itself); its id.
 
         `items` are line items (by id or SKU) and the units refunded, each at its share of the
         line's total and of each tax (rounded to the currency, as the screen fills them in);
@@ -391,7 +393,7 @@ class WooCommerceSandbox(Sandbox[LoggedRequest, Faults]):
                 "amount": _fixed(total, cent),
                 "reason": reason,
                 "refunded_by": 1,
-                "refunded_payment": False,
+                "refunded_payment": via_gateway,
                 "meta_data": [],
                 "line_items": lines,
                 "shipping_lines": ships if shipping else [],

@@ -412,7 +412,10 @@ class Store(ABC):
 
     @abstractmethod
     async def requeue_job(self, job_id: int, now: float) -> bool:
-        """Run a job that is not running again from its first attempt (`jobs retry`)."""
+        """Run a job that is not running again from its first attempt (`jobs retry`, Retry on
+        the pages). For an order's job, the calls it recorded as refused for good are forgotten
+        in the same transaction, so that they are planned and tried afresh: only a retry by hand
+        does that, never a later event of the order."""
 
     @abstractmethod
     async def get_job(self, job_id: int) -> Job | None: ...
@@ -516,8 +519,17 @@ class Store(ABC):
         those not checked since then (or never). Found by index, however many orders there are."""
 
     @abstractmethod
-    async def queue_order(self, shop_id: str, order_id: str, now: float) -> int:
-        """Queue (or re-queue) an order's job, due `now`; a dead one is revived. Its id."""
+    async def queue_order(
+        self,
+        shop_id: str,
+        order_id: str,
+        now: float,
+        *,
+        due_at: float | None = None,
+        revive: bool = True,
+    ) -> int:
+        """Queue (or re-queue) an order's job, due `due_at` (default `now`; a job queued already
+        keeps its due time); a dead one is revived unless `revive` is false. Its id."""
 
     @abstractmethod
     async def order_operations(

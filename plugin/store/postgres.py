@@ -1070,11 +1070,19 @@ class PostgresStore(Store):
         async with self._transaction() as conn:
             row = await conn.fetchrow(
                 "UPDATE jobs SET state = 'queued', due_at = $1, attempts = 0, updated_at = $1"
-                " WHERE id = $2 AND state != 'running' RETURNING id",
+                " WHERE id = $2 AND state != 'running' RETURNING shop_id, kind, key",
                 now,
                 job_id,
             )
             if row is not None:
+                if row["kind"] == "order":
+                    # Run again by hand: the calls it had refused for good are tried afresh.
+                    await conn.execute(
+                        "DELETE FROM order_operations"
+                        " WHERE shop_id = $1 AND order_id = $2 AND state = 'failed'",
+                        row["shop_id"],
+                        row["key"],
+                    )
                 await conn.execute(_NOTIFY)
         return row is not None
 
@@ -1309,9 +1317,19 @@ class PostgresStore(Store):
             rows = await self._fetch(ORDERS_EXPIRING_SHOP, before, checked_before, limit, shop_id)
         return [_record(row, OrderRecord) for row in rows]
 
-    async def queue_order(self, shop_id: str, order_id: str, now: float) -> int:
+    async def queue_order(
+        self,
+        shop_id: str,
+        order_id: str,
+        now: float,
+        *,
+        due_at: float | None = None,
+        revive: bool = True,
+    ) -> int:
         async with self._transaction() as conn:
-            return await _queue_job(conn, shop_id, "order", order_id, now, revive=True)
+            return await _queue_job(
+                conn, shop_id, "order", order_id, now, revive=revive, due_at=due_at
+            )
 
     async def order_operations(
         self, shop_id: str, order_ids: Sequence[str]
@@ -1685,20 +1703,28 @@ _SHIPMENTS = (
 
 
 async def _queue_job(
-    conn: _Connection, shop_id: str, kind: JobKind, key: str, now: float, *, revive: bool = False
+    conn: _Connection,
+    shop_id: str,
+    kind: JobKind,
+    key: str,
+    now: float,
+    *,
+    revive: bool = False,
+    due_at: float | None = None,
 ) -> int:
-    """Queue a fulfilment's or an order's one job: a running job is flagged to run again, a
-    finished one is queued afresh; a dead one stays dead (a dead letter waits for `jobs retry`)
-    unless `revive`."""
+    """Queue a fulfilment's or an order's one job, due `due_at` (default now): a running job is
+    flagged to run again, a finished one is queued afresh; a dead one stays dead (a dead letter
+    waits for `jobs retry`) unless `revive`."""
     row = await conn.fetchrow(
         "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
-        " VALUES ($1, $5, $2, 'queued', $3, $3, $3)"
+        " VALUES ($1, $5, $2, 'queued', $6, $3, $3)"
         f"{requeue(revive='$4::boolean')} RETURNING id, state = 'queued' AND due_at <= $3",
         shop_id,
         key,
         now,
         revive,
         kind,
+        now if due_at is None else due_at,
     )
     assert row is not None
     if row[1]:  # due now

@@ -727,16 +727,17 @@ class SqliteStore(Store):
         return await self._write(work)
 
     async def requeue_job(self, job_id: int, now: float) -> bool:
-        return await self._write(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE jobs SET state = 'queued', due_at = ?, attempts = 0, updated_at = ?"
-                    " WHERE id = ? AND state != 'running'",
-                    (now, now, job_id),
-                ).rowcount
-                > 0
-            )
-        )
+        def work(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "UPDATE jobs SET state = 'queued', due_at = ?, attempts = 0, updated_at = ?"
+                " WHERE id = ? AND state != 'running' RETURNING shop_id, kind, key",
+                (now, now, job_id),
+            ).fetchone()
+            if row is not None and row[1] == "order":
+                conn.execute(_FORGET_FAILED_CALLS, (row[0], row[2]))
+            return row is not None
+
+        return await self._write(work)
 
     async def get_job(self, job_id: int) -> Job | None:
         row = await self._read(
@@ -993,9 +994,19 @@ class SqliteStore(Store):
         rows = await self._read(lambda conn: conn.execute(statement, arguments).fetchall())
         return [_order(row) for row in rows]
 
-    async def queue_order(self, shop_id: str, order_id: str, now: float) -> int:
+    async def queue_order(
+        self,
+        shop_id: str,
+        order_id: str,
+        now: float,
+        *,
+        due_at: float | None = None,
+        revive: bool = True,
+    ) -> int:
         return await self._write(
-            lambda conn: _queue_job(conn, shop_id, "order", order_id, now, revive=True)
+            lambda conn: _queue_job(
+                conn, shop_id, "order", order_id, now, revive=revive, due_at=due_at
+            )
         )
 
     async def order_operations(
@@ -1397,6 +1408,12 @@ _HAND_BACK = (
 )
 
 
+# An order's job run again by hand: the calls it had refused for good are tried afresh.
+_FORGET_FAILED_CALLS = (
+    "DELETE FROM order_operations WHERE shop_id = ? AND order_id = ? AND state = 'failed'"
+)
+
+
 def _queue_job(
     conn: sqlite3.Connection,
     shop_id: str,
@@ -1405,13 +1422,14 @@ def _queue_job(
     now: float,
     *,
     revive: bool = False,
+    due_at: float | None = None,
 ) -> int:
-    """Queue a fulfilment's or an order's one job (see `requeue`)."""
+    """Queue a fulfilment's or an order's one job (see `requeue`), due `due_at` (default now)."""
     row = conn.execute(
         "INSERT INTO jobs (shop_id, kind, key, state, due_at, created_at, updated_at)"  # noqa: S608 - constant fragments; values bound
         " VALUES (?, ?, ?, 'queued', ?, ?, ?)"
         f"{requeue(revive='?')} RETURNING id",
-        (shop_id, kind, key, now, now, now, revive),
+        (shop_id, kind, key, now if due_at is None else due_at, now, now, revive),
     ).fetchone()
     return int(row[0])
 

@@ -77,6 +77,8 @@ def order_changes(
     if not (cancelled and not captured):
         before = list(ledger.refunds.values())
         for refund in sorted(refunds, key=lambda r: r.id):
+            if refund.refunded_payment:
+                continue  # refunded at Klarna by the payment gateway's own plugin: not twice
             event = refund_event(
                 order, refund, klarna_order_id=klarna_order_id, sales_tax=sales_tax
             )

@@ -232,6 +232,9 @@ class Refund(msgspec.Struct, kw_only=True):
     amount: str
     reason: str | None = ""
     date_created_gmt: str | None = None
+    # True when the payment gateway refunded the money itself ("Refund via <gateway>"): Klarna's
+    # own WooCommerce plugin then made the refund at Klarna already.
+    refunded_payment: bool = False
     line_items: Annotated[list[RefundLineItem], msgspec.Meta(max_length=MAX_LINES)] = []
     shipping_lines: Annotated[list[RefundShippingLine], msgspec.Meta(max_length=MAX_LINES)] = []
     fee_lines: Annotated[list[RefundFeeLine], msgspec.Meta(max_length=MAX_LINES)] = []

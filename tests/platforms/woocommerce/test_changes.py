@@ -184,6 +184,17 @@ def test_each_refund_once_in_the_order_made() -> None:
     ]
 
 
+def test_a_refund_the_payment_gateway_made_itself_is_not_made_again() -> None:
+    """ "Refund via Klarna" (Klarna's own WooCommerce plugin refunded at Klarna already)."""
+    sandbox, order_id = vegetables()
+    sandbox.refund(SITE, order_id, {"MUG": 1}, via_gateway=True)
+    by_hand = sandbox.refund(SITE, order_id, {"TOM": 1})
+
+    found = changes_of(sandbox, order_id)
+
+    assert [r.refund_id for r in found.refunds] == [str(by_hand)]
+
+
 def test_lines_the_captured_lines_cannot_give_exactly_become_a_refund_by_amount() -> None:
     sandbox = WooCommerceSandbox()
     sandbox.add_site(SITE, prices_include_tax=True)
