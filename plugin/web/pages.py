@@ -83,10 +83,11 @@ async def set_session_cookie(
     request: Request, response: Response, shop_id: str, *, embedded: bool = False
 ) -> None:
     """A new settings session, recorded in the store (where sign-out and uninstall end it) and
-    set as the cookie. An embedded app's cookie is a third-party one inside the storefront
-    admin's iframe, so over https it is SameSite=None and partitioned (CHIPS) to that admin."""
+    set as the cookie. An embedded app's session remembers it started inside the storefront
+    admin, and its cookie is a third-party one inside that admin's iframe, so over https it is
+    SameSite=None and partitioned (CHIPS) to that admin."""
     service = service_of(request)
-    session, value = auth_of(request).new_session(shop_id)
+    session, value = auth_of(request).new_session(shop_id, embedded=embedded)
     now = time.time()
     await service.store.start_session(session.sid, shop_id, now + SESSION_SECONDS, now)
     https = service.settings.web.public_url.startswith("https://")

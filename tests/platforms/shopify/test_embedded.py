@@ -1,9 +1,12 @@
 """The embedded app through the real app and the fake Shopify over HTTP: the session token Shopify
 hands the app URL, token exchange for a shop without a token, the settings session in the admin's
-iframe, and which pages that admin (and nobody else) may frame."""
+iframe, what App Bridge is handed of the shop and its admin, and which pages that admin (and
+nobody else) may frame."""
 
+import base64
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import jwt
@@ -77,8 +80,9 @@ def oauth_calls(sandbox: ShopifySandbox) -> int:
 
 def browser_of(site: Site, entered: httpx2.Response) -> Browser:
     assert entered.status_code == 303, entered.text
-    shop_id = entered.headers["location"].split("/")[2]
-    assert entered.headers["location"] == f"/admin/{shop_id}/settings"
+    location = urlsplit(entered.headers["location"])
+    shop_id = location.path.split("/")[2]
+    assert location.path == f"/admin/{shop_id}/settings"
     return Browser(site.client, shop_id, session_cookie(entered))
 
 
@@ -300,3 +304,59 @@ def test_only_a_shopify_shops_own_pages_are_frameable_and_only_by_its_admin(
     )
     assert saved.status_code == 303
     assert frames(saved) == ADMIN_FRAMES
+
+
+# what App Bridge is handed
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("host", "kept"),
+    [
+        (b64("admin.shopify.com/store/corner-shop"), True),
+        (b64(f"{SHOP}/admin"), True),
+        (b64("admin.shopify.com/store/other-shop"), False),
+        (b64("evil.example/admin"), False),
+        (b64(f"{SHOP}/admin").rstrip("="), True),
+        ("aG9zdA", False),  # "host"
+        ("not base64!", False),
+        (b64("admin.shopify.com/store/" + "a" * 300), False),
+        ("", False),
+    ],
+    ids=[
+        "admin",
+        "legacy admin",
+        "another store",
+        "another site",
+        "unpadded",
+        "not an admin",
+        "not base64",
+        "too long",
+        "none",
+    ],
+)
+def test_the_app_url_hands_app_bridge_the_shop_and_its_own_admins_host(
+    site: Site, host: str, kept: bool
+) -> None:
+    params = shopify_query(embedded="1", host=host, shop=SHOP)
+    params["id_token"] = valid_token()
+    site.client.cookies.clear()
+    entered = site.client.get("/shopify", params=params)
+    site.client.cookies.clear()
+    browser_of(site, entered)
+    query = parse_qs(urlsplit(entered.headers["location"]).query)
+    expected = {"shop": [SHOP], **({"host": [host]} if kept else {})}
+    assert query == expected
+
+
+def test_a_session_started_in_the_admin_says_so_and_an_admin_links_does_not(site: Site) -> None:
+    entered = browser_of(site, open_app(site, valid_token()))
+    inside = site.auth.read_session(entered.cookie)
+    assert inside is not None
+    assert inside.embedded
+    outside = site.auth.read_session(site.sign_in(entered.shop_id).cookie)
+    assert outside is not None
+    assert not outside.embedded
