@@ -28,8 +28,12 @@ class InstallStateError(PluginError):
 
 
 class Session(msgspec.Struct, frozen=True):
+    """A settings session of one shop; `embedded` when it was started by a storefront admin that
+    frames the pages (its app's admin entry), so that its pages fit into that admin."""
+
     shop_id: str
     sid: str
+    embedded: bool = False
 
 
 class Auth:
@@ -54,12 +58,15 @@ class Auth:
             raise LinkError("This sign-in link is not valid.") from None
         return str(data["shop"]), str(data["nonce"])
 
-    def new_session(self, shop_id: str) -> tuple[Session, str]:
+    def new_session(self, shop_id: str, *, embedded: bool = False) -> tuple[Session, str]:
         """A new session of the shop and its signed cookie. The cookie alone is not enough: the
         caller records the session in the store, and only a session recorded there and not ended
         signs in (sign-out and uninstall end it on the server)."""
-        session = Session(shop_id=shop_id, sid=secrets.token_hex(16))
-        return session, self._sessions.dumps({"shop": shop_id, "sid": session.sid})
+        session = Session(shop_id=shop_id, sid=secrets.token_hex(16), embedded=embedded)
+        data: dict[str, object] = {"shop": shop_id, "sid": session.sid}
+        if embedded:
+            data["embedded"] = True
+        return session, self._sessions.dumps(data)
 
     def read_session(self, cookie: str | None) -> Session | None:
         if not cookie:
@@ -68,7 +75,9 @@ class Auth:
             data = self._sessions.loads(cookie, max_age=SESSION_SECONDS)
         except BadSignature:
             return None
-        return Session(shop_id=str(data["shop"]), sid=str(data["sid"]))
+        return Session(
+            shop_id=str(data["shop"]), sid=str(data["sid"]), embedded=data.get("embedded") is True
+        )
 
     def csrf_token(self, session: Session) -> str:
         return self._csrf.dumps(session.sid)

@@ -10,11 +10,13 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
+from plugin.config import Settings
 from plugin.klarna.models import Environment, Region, parse_environment, parse_region
 from plugin.outbound import AddressGuard, IPNetwork, url_problem
 from plugin.shops import Shops
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
+from plugin.web.pages import Embedding
 
 REGIONS = {"eu": "Europe", "na": "North America", "oc": "Oceania"}
 ENVIRONMENTS = {"playground": "Playground (test)", "live": "Live"}
@@ -94,6 +96,11 @@ class SettingsPage:
     def frame_ancestors(self, shop: Shop) -> tuple[str, ...]:
         """The origins that may frame the shop's pages (its storefront's admin); none by default."""
         return ()
+
+    def embedding(self, settings: Settings, shop: Shop) -> Embedding | None:
+        """How the shop's pages fit into its storefront's admin when a session started there
+        (its app's admin entry) opens them; None by default: they stay pages of their own."""
+        return None
 
     async def conflicts(self, shops: Shops, shop: Shop, form: "SettingsForm") -> dict[str, str]:
         """Errors of its fields that only the store knows (another shop with the same site)."""

@@ -12,10 +12,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from plugin.platforms import registry
 from plugin.web import pages, views
 
-# No inline script anywhere; forms post only to us; nobody frames a page unless its view said
-# who may (pages.allow_framing: a storefront app's admin).
+# No script anywhere, inline or not, but on a page embedded in a storefront admin, which runs
+# exactly that admin's script (pages.embed); forms post only to us; nobody frames a page unless
+# its view said who may (pages.allow_framing: a storefront app's admin).
 CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "default-src 'none'; {scripts}style-src 'self'; img-src 'self'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors {frame_ancestors}"
 )
 SECURITY_HEADERS = [
@@ -56,17 +57,25 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def content_security_policy(frame_ancestors: Sequence[str] | None) -> str:
-    """The page CSP; `frame_ancestors` (https origins) may frame it, nobody when None."""
+def content_security_policy(
+    frame_ancestors: Sequence[str] | None, scripts: Sequence[str] = ()
+) -> str:
+    """The page CSP; `frame_ancestors` (https origins) may frame it, nobody when None; `scripts`
+    (an embedding's, checked by pages.Embedding) are the only scripts it may run, each by its
+    whole URL: none when empty, as default-src says."""
     sources = [s for s in frame_ancestors or () if _SOURCE.fullmatch(s)]
-    return CSP.format(frame_ancestors=" ".join(sources) if sources else "'none'")
+    return CSP.format(
+        scripts=f"script-src {' '.join(scripts)}; " if scripts else "",
+        frame_ancestors=" ".join(sources) if sources else "'none'",
+    )
 
 
 class SecurityHeaders:
     """Adds the page security headers to every page; webhooks and probes pass untouched.
 
     Who may frame a page is the view's decision, left in the request state under
-    `pages.FRAME_ANCESTORS`; without it nobody may.
+    `pages.FRAME_ANCESTORS`; without it nobody may. Which scripts it may run is its embedding's
+    (`pages.EMBEDDING`); without one, none.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -83,8 +92,10 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 frame_ancestors = state.get(pages.FRAME_ANCESTORS)
+                embedding = state.get(pages.EMBEDDING)
                 csp = content_security_policy(
-                    frame_ancestors if isinstance(frame_ancestors, tuple) else None
+                    frame_ancestors if isinstance(frame_ancestors, tuple) else None,
+                    embedding.scripts if isinstance(embedding, pages.Embedding) else (),
                 )
                 message["headers"] = [
                     *message.get("headers", []),

@@ -46,6 +46,7 @@ from plugin.web.forms import (
 from plugin.web.pages import (
     allow_framing,
     auth_of,
+    embed,
     make_templates,
     message,
     partitioned_cookie,
@@ -134,7 +135,10 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
                 return message(request, "Please sign in", _SESSION_ENDED, 401)
             if not shop.enabled:
                 return message(request, "Shop disabled", _DISABLED, 403)
-            allow_framing(request, _settings_page(shop).frame_ancestors(shop))
+            settings_page = _settings_page(shop)
+            allow_framing(request, settings_page.frame_ancestors(shop))
+            if session.embedded:
+                embed(request, settings_page.embedding(service.settings, shop))
             if post:
                 form = await request.form()
                 token = form.get("csrf_token")

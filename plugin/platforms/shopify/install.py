@@ -2,7 +2,10 @@
 stores the shop's offline access token, and the embedded admin entry (/shopify), which signs the
 merchant in to the shop's settings pages inside the Shopify admin."""
 
+import base64
+import binascii
 import logging
+import re
 from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
@@ -28,6 +31,9 @@ INSTALL_PATH = "/auth/shopify/install"
 CALLBACK_PATH = "/auth/shopify/callback"
 EMBEDDED_PATH = "/shopify"
 QUERY_MAX_AGE_SECONDS = 300.0
+# Shopify's `host` parameter: its admin's address in base64 (as App Bridge decodes it, atob).
+_HOST = re.compile(r"[A-Za-z0-9+/]{4,340}={0,2}")
+_STORE_ADMIN = "admin.shopify.com/store/"
 
 log = logging.getLogger("plugin.platforms.shopify.install")
 
@@ -207,6 +213,30 @@ async def callback(request: Request) -> Response:
     return response
 
 
+def admin_host(host: str, shop: str) -> str | None:
+    """`host` as Shopify sends it to the app URL when it names this shop's admin (the admin's
+    admin.shopify.com/store/<name>, or the shop's own <shop>/admin); None for anything else, so
+    that a page never hands App Bridge an address of another's choosing."""
+    if not _HOST.fullmatch(host):
+        return None
+    try:
+        decoded = base64.b64decode(host + "=" * (-len(host) % 4), validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    name = shop.removesuffix(".myshopify.com")
+    return host if decoded in (_STORE_ADMIN + name, f"{shop}/admin") else None
+
+
+def _settings_url(shop_id: str, shop: str, host: str) -> str:
+    """The settings page, with the `shop` and (checked) `host` App Bridge reads on the first
+    page it runs on and keeps for the pages after; never the session token."""
+    query = {"shop": shop}
+    checked = admin_host(host, shop)
+    if checked is not None:
+        query["host"] = checked
+    return f"/admin/{shop_id}/settings?{urlencode(query)}"
+
+
 def _session_token(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -217,7 +247,8 @@ def _session_token(request: Request) -> str:
 async def embedded(request: Request) -> Response:
     """GET /shopify, the app URL Shopify opens in its admin's iframe with a session token
     (`id_token`, or an `Authorization: Bearer` header): the shop is installed by token exchange
-    when it has no access token yet, and the merchant gets the settings session."""
+    when it has no access token yet, and the merchant gets an embedded settings session, whose
+    pages fit into the admin (ShopifySettings.embedding)."""
     service = service_of(request)
     settings = service.settings
     shop = request.query_params.get("shop", "")
@@ -251,6 +282,8 @@ async def embedded(request: Request) -> Response:
             log.info("shopify app installed", extra={"shop": shop, "shop_id": found.id})
     except Refused as refused:
         return _refusal(request, refused, shop)
-    response = RedirectResponse(f"/admin/{found.id}/settings", status_code=303)
+    response = RedirectResponse(
+        _settings_url(found.id, shop, request.query_params.get("host", "")), status_code=303
+    )
     await set_session_cookie(request, response, found.id, embedded=True)
     return response

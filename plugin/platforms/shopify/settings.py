@@ -1,18 +1,29 @@
 """The Shopify shop's settings page: where its orders keep the Klarna order id, the shipping
-method of its tracking, and the shop's own admin, which frames the embedded app."""
+method of its tracking, and the shop's own admin, which frames the embedded app and into which its
+pages fit there (App Bridge, its navigation, Polaris' look)."""
 
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args
 
+from plugin.config import Settings
 from plugin.klarna.models import ShippingMethod
 from plugin.platforms.shopify import signatures
 from plugin.shops import Shops
 from plugin.store.records import Shop
 from plugin.web.forms import OrderIdSettingsPage, name_problem
+from plugin.web.pages import Embedding
 
 ADMIN = "https://admin.shopify.com"
+# App Bridge: Shopify loads it only from its CDN, as the page's first script, neither async nor
+# deferred, and reads the app's client id from the meta tag.
+APP_BRIDGE = "https://cdn.shopify.com/shopifycloud/app-bridge.js"
+API_KEY_META = "shopify-api-key"
+# The App Bridge element whose links become the app's entries in the admin's navigation.
+NAV_MENU = "ui-nav-menu"
+# Our stylesheet after Polaris' tokens, so that the pages look like the admin around them.
+POLARIS_LOOK = "/admin/static/polaris.css"
 SOURCES = {
     "metafield": "An order metafield",
     "note_attribute": "A note attribute of the order",
@@ -73,3 +84,17 @@ class ShopifySettings(OrderIdSettingsPage):
         if domain and signatures.is_shop_domain(domain):
             return (f"https://{domain}", ADMIN)
         return ()
+
+    def embedding(self, settings: Settings, shop: Shop) -> Embedding | None:
+        """Opened from the Shopify admin, the pages load App Bridge with the app's client id,
+        hand their links to the admin's navigation and take Polaris' look. Not without a client
+        id (the app is not set up here) or a shop domain the admin could frame them from."""
+        client_id = settings.shopify.client_id
+        if client_id is None or not self.frame_ancestors(shop):
+            return None
+        return Embedding(
+            meta=((API_KEY_META, client_id),),
+            scripts=(APP_BRIDGE,),
+            stylesheets=(POLARIS_LOOK,),
+            nav=NAV_MENU,
+        )

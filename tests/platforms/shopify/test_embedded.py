@@ -1,9 +1,15 @@
 """The embedded app through the real app and the fake Shopify over HTTP: the session token Shopify
 hands the app URL, token exchange for a shop without a token, the settings session in the admin's
-iframe, and which pages that admin (and nobody else) may frame."""
+iframe, what App Bridge is handed of the shop and its admin, which pages that admin (and nobody
+else) may frame, and how those pages fit into the admin (App Bridge, its navigation, Polaris'
+look, the CSP that allows exactly App Bridge) while working as they are when the script cannot
+load (as here: no test reaches Shopify's CDN)."""
 
+import base64
 import time
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import jwt
@@ -77,8 +83,9 @@ def oauth_calls(sandbox: ShopifySandbox) -> int:
 
 def browser_of(site: Site, entered: httpx2.Response) -> Browser:
     assert entered.status_code == 303, entered.text
-    shop_id = entered.headers["location"].split("/")[2]
-    assert entered.headers["location"] == f"/admin/{shop_id}/settings"
+    location = urlsplit(entered.headers["location"])
+    shop_id = location.path.split("/")[2]
+    assert location.path == f"/admin/{shop_id}/settings"
     return Browser(site.client, shop_id, session_cookie(entered))
 
 
@@ -300,3 +307,232 @@ def test_only_a_shopify_shops_own_pages_are_frameable_and_only_by_its_admin(
     )
     assert saved.status_code == 303
     assert frames(saved) == ADMIN_FRAMES
+
+
+# what App Bridge is handed
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("host", "kept"),
+    [
+        (b64("admin.shopify.com/store/corner-shop"), True),
+        (b64(f"{SHOP}/admin"), True),
+        (b64("admin.shopify.com/store/other-shop"), False),
+        (b64("evil.example/admin"), False),
+        (b64(f"{SHOP}/admin").rstrip("="), True),
+        ("aG9zdA", False),  # "host"
+        ("not base64!", False),
+        (b64("admin.shopify.com/store/" + "a" * 300), False),
+        ("", False),
+    ],
+    ids=[
+        "admin",
+        "legacy admin",
+        "another store",
+        "another site",
+        "unpadded",
+        "not an admin",
+        "not base64",
+        "too long",
+        "none",
+    ],
+)
+def test_the_app_url_hands_app_bridge_the_shop_and_its_own_admins_host(
+    site: Site, host: str, kept: bool
+) -> None:
+    params = shopify_query(embedded="1", host=host, shop=SHOP)
+    params["id_token"] = valid_token()
+    site.client.cookies.clear()
+    entered = site.client.get("/shopify", params=params)
+    site.client.cookies.clear()
+    browser_of(site, entered)
+    query = parse_qs(urlsplit(entered.headers["location"]).query)
+    expected = {"shop": [SHOP], **({"host": [host]} if kept else {})}
+    assert query == expected
+
+
+def test_a_session_started_in_the_admin_says_so_and_an_admin_links_does_not(site: Site) -> None:
+    entered = browser_of(site, open_app(site, valid_token()))
+    inside = site.auth.read_session(entered.cookie)
+    assert inside is not None
+    assert inside.embedded
+    outside = site.auth.read_session(site.sign_in(entered.shop_id).cookie)
+    assert outside is not None
+    assert not outside.embedded
+
+
+# the pages inside the admin
+
+APP_BRIDGE = "https://cdn.shopify.com/shopifycloud/app-bridge.js"
+
+
+class Page(HTMLParser):
+    """What a page asks of the browser: its head's meta tags, scripts and stylesheets in order,
+    the links of its App Bridge navigation menu, its forms and whether it has our own top bar."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.head: list[tuple[str, dict[str, str | None]]] = []
+        self.scripts: list[dict[str, str | None]] = []
+        self.nav_menu: list[tuple[str | None, str | None]] = []
+        self.forms: list[dict[str, str | None]] = []
+        self.top_bar = False
+        self._in_head = False
+        self._in_nav_menu = False
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "head":
+            self._in_head = True
+        elif self._in_head and tag in ("meta", "script", "link"):
+            self.head.append((tag, a))
+        if tag == "script":
+            self.scripts.append(a)
+        elif tag == "ui-nav-menu":
+            self._in_nav_menu = True
+        elif tag == "a" and self._in_nav_menu:
+            self.nav_menu.append((a.get("href"), a.get("rel")))
+        elif tag == "form":
+            self.forms.append(a)
+        elif tag == "header" and "top" in (a.get("class") or "").split():
+            self.top_bar = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "head":
+            self._in_head = False
+        elif tag == "ui-nav-menu":
+            self._in_nav_menu = False
+
+    def meta(self, name: str) -> str | None:
+        return next((a.get("content") for tag, a in self.head if a.get("name") == name), None)
+
+    @property
+    def stylesheets(self) -> list[str | None]:
+        return [
+            a.get("href") for tag, a in self.head if tag == "link" and a.get("rel") == "stylesheet"
+        ]
+
+
+def embedded_pages(browser: Browser) -> list[httpx2.Response]:
+    """A shop's pages as the admin's iframe opens them: settings, activity, and the short pages
+    of a shipment and an order it does not have."""
+    return [
+        browser.get(f"{browser.base}/{path}")
+        for path in ("settings", "activity", "shipments/no-such-shipment", "orders/no-such-order")
+    ]
+
+
+def test_pages_opened_from_the_admin_load_app_bridge_and_hand_it_their_navigation(
+    site: Site,
+) -> None:
+    browser = browser_of(site, open_app(site, valid_token()))
+    answers = embedded_pages(browser)
+    assert [a.status_code for a in answers] == [200, 200, 404, 404]
+    for answer in answers:
+        page = Page(answer.text)
+        # the client id in the meta tag, then App Bridge from Shopify's CDN as the first script,
+        # blocking (App Bridge refuses to run async, deferred or as a module)
+        assert page.meta("shopify-api-key") == DEFAULT_CLIENT_ID
+        assert page.scripts == [{"src": APP_BRIDGE}]
+        tags = [(tag, a.get("name") or a.get("src")) for tag, a in page.head if tag != "link"]
+        assert tags.index(("meta", "shopify-api-key")) < tags.index(("script", APP_BRIDGE))
+        # the pages go into the admin's navigation, the settings as the app's home
+        assert page.nav_menu == [
+            (f"{browser.base}/settings", "home"),
+            (f"{browser.base}/activity", None),
+        ]
+        # the admin is the frame: no top bar of ours, no sign-out
+        assert not page.top_bar
+        assert "Sign out" not in answer.text
+        assert not [f for f in page.forms if (f.get("action") or "").endswith("/logout")]
+        # Polaris' look after our own styles
+        assert page.stylesheets == ["/admin/static/app.css", "/admin/static/polaris.css"]
+
+
+def test_the_csp_of_a_page_inside_the_admin_allows_exactly_app_bridge(site: Site) -> None:
+    browser = browser_of(site, open_app(site, valid_token()))
+    for answer in embedded_pages(browser):
+        csp = csp_directives(answer)
+        assert csp == {
+            "default-src": ["'none'"],
+            "script-src": [APP_BRIDGE],
+            "style-src": ["'self'"],
+            "img-src": ["'self'"],
+            "form-action": ["'self'"],
+            "base-uri": ["'none'"],
+            "frame-ancestors": ADMIN_FRAMES,
+        }
+        # everything the page loads, it may load
+        page = Page(answer.text)
+        assert [s.get("src") for s in page.scripts] == csp["script-src"]
+        assert all((href or "").startswith("/admin/static/") for href in page.stylesheets)
+    stylesheet = site.client.get("/admin/static/polaris.css")
+    assert stylesheet.status_code == 200
+    assert stylesheet.headers["content-type"].startswith("text/css")
+
+
+def test_pages_outside_the_admin_stay_script_free_with_their_top_bar(site: Site) -> None:
+    """The same Shopify shop signed in by admin link, and a Standard Webhooks shop: no App Bridge
+    (which, outside the admin's frame, would send the browser to the admin), no script at all."""
+    shopify_shop_id = browser_of(site, open_app(site, valid_token())).shop_id
+    standard, _ = site.create_shop(name="Standard shop")
+    for browser in (site.sign_in(shopify_shop_id), site.sign_in(standard.id)):
+        answers = embedded_pages(browser)
+        for answer in answers[:2]:  # settings and activity: signed in, with a sign-out
+            assert "Sign out" in answer.text
+        for answer in answers:
+            page = Page(answer.text)
+            assert page.scripts == []
+            assert page.meta("shopify-api-key") is None
+            assert page.nav_menu == []
+            assert page.top_bar
+            assert page.stylesheets == ["/admin/static/app.css"]
+            csp = csp_directives(answer)
+            assert "script-src" not in csp
+            assert csp["default-src"] == ["'none'"]
+    # and a page no session opens
+    site.client.cookies.clear()
+    refused = site.client.get(f"/admin/{shopify_shop_id}/settings")
+    assert refused.status_code == 401
+    assert Page(refused.text).scripts == []
+    assert "script-src" not in csp_directives(refused)
+
+
+def test_forms_inside_the_admin_post_and_work_without_the_script(site: Site) -> None:
+    browser = browser_of(site, open_app(site, valid_token()))
+    settings_page = browser.get(f"{browser.base}/settings")
+    page = Page(settings_page.text)
+    # plain forms posting to us, each carrying its CSRF token: nothing needs App Bridge
+    assert page.forms
+    for form in page.forms:
+        assert form.get("method") == "post"
+        assert (form.get("action") or "").startswith(f"{browser.base}/settings")
+    assert settings_page.text.count('name="csrf_token"') == len(page.forms)
+    # a refused save answers inside the admin, with App Bridge and its CSP
+    refused = browser.save_settings(klarna_username="PK_SANDBOX", klarna_password="")
+    assert refused.status_code == 400
+    assert Page(refused.text).scripts == [{"src": APP_BRIDGE}]
+    assert csp_directives(refused)["script-src"] == [APP_BRIDGE]
+    # testing the connection and saving work as they do everywhere
+    tested = browser.post(
+        f"{browser.base}/settings/test-connection",
+        {
+            "klarna_region": "eu",
+            "klarna_environment": "playground",
+            "klarna_username": "PK_SANDBOX",
+            "klarna_password": "sandbox-secret",
+        },
+    )
+    assert tested.status_code == 200
+    assert Page(tested.text).meta("shopify-api-key") == DEFAULT_CLIENT_ID
+    saved = browser.save_settings(klarna_username="PK_SANDBOX", klarna_password="sandbox-secret")
+    assert saved.status_code == 303
+    assert saved.headers["location"].startswith(f"{browser.base}/settings?notice=saved")
+    shop = site.shop(browser.shop_id)
+    assert shop.klarna_username == "PK_SANDBOX"
+    assert site.service.shops.klarna_password(shop) == "sandbox-secret"
