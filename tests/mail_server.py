@@ -20,12 +20,14 @@ class Inbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._messages: list[tuple[list[str], EmailMessage]] = []
+        self.received = threading.Event()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         received = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(received, EmailMessage)
         with self._lock:
             self._messages.append((list(envelope.rcpt_tos), received))
+        self.received.set()
         return "250 Message accepted for delivery"
 
     @property

@@ -2,7 +2,9 @@
 shop that asked for them gets one mail listing its new dead letters and refused calls with a link
 to each, at most one an hour; a shop that did not gets nothing; two processes never both send."""
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -19,6 +21,7 @@ from plugin.store import (
 from plugin.store.records import ShopOptions
 from tests.mail_server import Inbox, body, smtp_server
 from tests.store.test_store import NOW, add_shop, database_url, store
+from tests.web.support import page_settings, running
 
 pytestmark = pytest.mark.anyio
 __all__ = ["database_url", "store"]
@@ -169,3 +172,28 @@ async def test_an_alert_that_did_not_leave_is_sent_at_the_next_pass(store: Store
         assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 30) == 1
         [(_, mail)] = inbox.messages
         assert "Shipment F1" in body(mail)
+
+
+def test_the_running_service_sends_the_alerts_where_its_workers_run(
+    tmp_path: Path, klarna_url: str, server: tuple[Inbox, str]
+) -> None:
+    inbox, url = server
+    extra = {"KLARNA_CAPTURE_SMTP_URL": url, "KLARNA_CAPTURE_MAIL_FROM": "capture@example.com"}
+    settings = page_settings(tmp_path, klarna_url, workers=1, extra=extra)
+
+    async def prepare() -> None:
+        store = open_store(settings.database.url)
+        await store.migrate()
+        try:
+            await shop_with_alerts(store, "shop_1")
+            await dead_letter(store, "shop_1", "F1", time.time() - 60)
+        finally:
+            await store.close()
+
+    anyio.run(prepare)
+    # The first pass runs as the service starts; the server's event says the mail arrived.
+    with running(settings):
+        assert inbox.received.wait(timeout=60)
+    [(recipients, mail)] = inbox.messages
+    assert recipients == ["shop_1@example.com"]
+    assert "Shipment F1" in body(mail)
