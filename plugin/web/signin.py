@@ -3,6 +3,7 @@ asking, and the mail of one-time links sent off the request path, so that the an
 in text, status and time, whether the address belongs to a shop or not."""
 
 import hashlib
+import ipaddress
 import logging
 import math
 import time
@@ -107,9 +108,8 @@ async def request_link(request: Request, service: Service) -> Response:
     if address is None:
         return form_page(request, service, entered=entered, error=emails.PROBLEM, status_code=400)
     now = time.time()
-    client = request.client.host if request.client else "unknown"
     for key, limit in (
-        ("login-client:" + client, PER_CLIENT),
+        ("login-client:" + client_key(request), PER_CLIENT),
         ("login-address:" + hashlib.sha256(address.encode()).hexdigest(), PER_ADDRESS),
     ):
         hits, reset_at = await service.store.count_hit(key, WINDOW_SECONDS, now)
@@ -127,6 +127,20 @@ async def request_link(request: Request, service: Service) -> Response:
     response = render(request, "login.html", context)
     response.background = BackgroundTask(send_links, service, auth, address)
     return response
+
+
+def client_key(request: Request) -> str:
+    """Whom the per-client limit counts: the client's address as the app sees it (uvicorn puts a
+    trusted proxy's X-Forwarded-For there), an IPv6 client by its /64, which one host is commonly
+    given whole, so that it cannot take a fresh address for each request."""
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:100] or "unknown"
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _message(request: Request, title: str, text: str, status_code: int) -> Response:

@@ -167,6 +167,14 @@ def test_requests_are_limited_per_client(site: Site, inbox: Inbox) -> None:
     assert len(inbox.messages) == 1
 
 
+def test_an_ipv6_client_is_counted_by_its_64(site: Site, inbox: Inbox) -> None:
+    for n in range(signin.PER_CLIENT):
+        answer = ask(site, f"user{n}@example.com", client=f"2001:db8:1:2::{n + 1:x}")
+        assert answer.status_code == 200
+    assert ask(site, "ann@example.com", client="2001:db8:1:2:ffff::1").status_code == 429
+    assert ask(site, "ann@example.com", client="2001:db8:1:3::1").status_code == 200
+
+
 def test_a_request_without_the_forms_token_or_from_another_site_is_refused(
     site: Site, inbox: Inbox
 ) -> None:
