@@ -1,4 +1,5 @@
-"""The merchant's pages: settings, activity, one shipment, one order; sign-in by admin link."""
+"""The merchant's pages: settings, activity, one shipment, one order; sign-in by admin link
+(the form that mails one is signin.py's)."""
 
 import math
 import time
