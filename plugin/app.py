@@ -82,6 +82,8 @@ def create_app(settings: Settings, **service_options: Any) -> Starlette:
                         )
                     if settings.queue.keep_alive_interval_seconds:
                         group.start_soon(service.keep_alive)
+                    if settings.mail.enabled:  # alerts go out where the workers run
+                        group.start_soon(service.failure_alerts)
                 if metrics.serving():  # no listener, nobody to count jobs for
                     group.start_soon(metrics.refresh_job_counts, service.store.job_counts)
                 yield

@@ -16,9 +16,10 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from typing import Any, ClassVar, Literal, cast
+from urllib.parse import parse_qs, unquote, urlsplit
 
+from plugin import emails
 from plugin.errors import PluginError
 from plugin.vault import MIN_KEY_LENGTH, generate_key
 
@@ -234,6 +235,30 @@ class WebSettings:
     allowed_private_networks: tuple[Network, ...] = ()
 
 
+# How a mail server is spoken to: TLS from the first byte (smtps://), or STARTTLS required, used
+# when the server offers it, or never (smtp://, its `starttls` parameter).
+MailSecurity = Literal["tls", "require", "auto", "off"]
+SMTP_PORTS = {"smtps": 465, "smtp": 587}
+
+
+@dataclass(frozen=True, slots=True)
+class MailSettings:
+    """Where mail goes out (sign-in links, failure alerts): the SMTP server of
+    KLARNA_CAPTURE_SMTP_URL, its login (the password a Secret) and who the mail is from. No host:
+    no mail is sent, and the sign-in page sends merchants to the operator."""
+
+    host: str | None = None
+    port: int = SMTP_PORTS["smtp"]
+    security: MailSecurity = "auto"
+    username: str | None = None
+    password: Secret | None = None
+    mail_from: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None and self.mail_from is not None
+
+
 @dataclass(frozen=True, slots=True)
 class RetentionSettings:
     """How many days each kind of row is kept (None: the ledger is never pruned), and how often a
@@ -261,6 +286,7 @@ class Settings:
     klarna: KlarnaSettings = KlarnaSettings()
     web: WebSettings = WebSettings()
     retention: RetentionSettings = RetentionSettings()
+    mail: MailSettings = MailSettings()
     shopify: ShopifySettings = ShopifySettings()
     bigcommerce: BigCommerceSettings = BigCommerceSettings()
 
@@ -353,6 +379,7 @@ def _load(env: Mapping[str, str], read: set[str]) -> Settings:
             allowed_private_networks=allowed_private_networks,
         ),
         retention=_retention(get),
+        mail=_mail(get),
         shopify=shopify,
         bigcommerce=bigcommerce,
     )
@@ -408,6 +435,67 @@ def _bigcommerce(get: Callable[[str], str | None]) -> BigCommerceSettings:
         login_url=_http_url(
             "BIGCOMMERCE_LOGIN_URL", get("BIGCOMMERCE_LOGIN_URL") or BIGCOMMERCE_LOGIN_URL
         ),
+    )
+
+
+def _mail(get: Callable[[str], str | None]) -> MailSettings:
+    url, sender = get("SMTP_URL"), get("MAIL_FROM")
+    if url is None and sender is None:
+        return MailSettings()
+    if url is None or sender is None:
+        raise ConfigError(
+            f"{PREFIX}SMTP_URL and {PREFIX}MAIL_FROM go together: set both (the mail server and "
+            "the address mail is sent from) or neither"
+        )
+    mail_from = emails.normalise(sender)
+    if mail_from is None:
+        raise ConfigError(
+            f"{PREFIX}MAIL_FROM must be one plain address such as capture@example.com, not "
+            f"{_shown(sender)}"
+        )
+    return replace(_smtp_url(url), mail_from=mail_from)
+
+
+def _smtp_url(value: str) -> MailSettings:
+    """smtp://[user[:password]@]host[:port][?starttls=require|auto|off] or smtps://...; the
+    password is never quoted in an error."""
+    name = PREFIX + "SMTP_URL"
+    shown = _shown(_without_password(value))
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme not in SMTP_PORTS or not parts.hostname:
+        raise ConfigError(f"{name} must be smtp://host[:port] or smtps://host[:port], not {shown}")
+    try:
+        port = parts.port or SMTP_PORTS[scheme]
+    except ValueError:
+        raise ConfigError(f"{name} has a port that is not a number from 1 to 65535") from None
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ConfigError(f"{name} must have no path or fragment, not {shown}")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    starttls = query.pop("starttls", [])
+    security: MailSecurity = "tls" if scheme == "smtps" else "auto"
+    if query or len(starttls) > 1 or (starttls and scheme == "smtps"):
+        raise ConfigError(
+            f"{name} knows one parameter, starttls=require|auto|off, on smtp:// only; not {shown}"
+        )
+    if starttls:
+        if starttls[0] not in ("require", "auto", "off"):
+            raise ConfigError(f"{name}: starttls must be require, auto or off, not {shown}")
+        security = cast(MailSecurity, starttls[0])
+    password = None if parts.password is None else Secret(unquote(parts.password))
+    if password is not None and security in ("auto", "off"):
+        # A password goes to the server only over TLS: auto would send it in clear to a server
+        # (or to whoever stands between) that does not offer STARTTLS.
+        raise ConfigError(
+            f"{name} has a password: use smtps:// or smtp://...?starttls=require, so that it is "
+            "never sent in clear"
+        )
+    return MailSettings(
+        host=parts.hostname,
+        port=port,
+        security=security,
+        username=None if parts.username is None else unquote(parts.username),
+        password=password,
     )
 
 

@@ -10,7 +10,7 @@ from plugin.klarna import RetryPolicy, make_http_client
 from plugin.klarna.client import DEFAULT_TIMEOUT
 from plugin.klarna.ratelimit import share_rate_between
 from plugin.outbound import AddressGuard, Bounds, make_client
-from plugin.pipeline import Pipeline, keepalive
+from plugin.pipeline import Pipeline, alerts, keepalive
 from plugin.platforms import registry
 from plugin.shops import Shops
 from plugin.store import Store, open_store
@@ -103,6 +103,11 @@ class Service:
         await keepalive.keep_alive_forever(
             self.store, self.settings.queue.keep_alive_interval_seconds, self.wake_workers
         )
+
+    async def failure_alerts(self) -> None:
+        """Mail the shops that asked for failure alerts what needs attention, at most once an
+        hour each, until cancelled (plugin/pipeline/alerts.py); only with mail configured."""
+        await alerts.alert_forever(self.store, self.settings.mail, self.settings.web.public_url)
 
 
 @contextlib.asynccontextmanager

@@ -38,6 +38,7 @@ COMMON_OPTIONS = (
     "release_remaining",
     "keep_alive",
     "keep_alive_days",
+    "failure_alerts",
 )
 
 
@@ -145,6 +146,7 @@ class Shops:
         options: ShopOptions | None = None,
         shop_domain: str | None = None,
         platform_token: str | None = None,
+        email: str | None = None,
     ) -> tuple[Shop, str]:
         """A new shop and its webhook secret (`whsec_...`), shown to the merchant once.
         `shop_domain` and `platform_token` are a storefront's site and API credential."""
@@ -172,6 +174,7 @@ class Shops:
                 options=options or ShopOptions(),
                 shop_domain=shop_domain,
                 platform_token=sealed_token,
+                email=email,
             ),
             self.vault.encrypt(secret, context=secret_context(shop_id, "webhook_secret")),
             time.time(),

@@ -145,6 +145,9 @@ def _worker(args: argparse.Namespace) -> int:
             if settings.queue.keep_alive_interval_seconds:
                 keeping = asyncio.ensure_future(service.keep_alive())
                 task.add_done_callback(lambda _: keeping.cancel())
+            if settings.mail.enabled:
+                alerting = asyncio.ensure_future(service.failure_alerts())
+                task.add_done_callback(lambda _: alerting.cancel())
             loop = asyncio.get_running_loop()
             # Stopped, not cancelled: the running jobs are handed back before the exit.
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,4 +1,4 @@
-"""shop (add, list, show, rotate-secret, remove, set-klarna), admin-link and rotate-keys: the
+"""shop (add, list, show, rotate-secret, remove, set-klarna, set), admin-link and rotate-keys: the
 shops, their credentials and secrets. Each platform's own options and steps come from the
 registry (its `shop_add`, `shop_details` and `rehook`)."""
 
@@ -9,6 +9,7 @@ from typing import Any, get_args
 
 import msgspec
 
+from plugin import emails
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
 from plugin.cli import arguments, running
 from plugin.credentials import check_credentials
@@ -99,6 +100,7 @@ def add_commands(commands: Any) -> None:
         help=f"extend an authorization when it expires within DAYS days, {low} to {high} "
         f"(default: {ShopOptions().keep_alive_days})",
     )
+    _mail_options(add)
     add.add_argument("--json", action="store_true", help="print one JSON object")
     add.set_defaults(run=lambda args: running.run(_shop_add, args))
     listing = arguments.command(shops, "list", "list every shop, one a line")
@@ -148,6 +150,16 @@ def add_commands(commands: Any) -> None:
     )
     set_klarna.set_defaults(run=lambda args: running.run(_shop_set_klarna, args))
 
+    changes = arguments.command(
+        shops,
+        "set",
+        "change a shop's email address and whether it gets failure alerts",
+        allow_abbrev=False,
+    )
+    changes.add_argument("shop_id", help="the shop's id (shop_...)")
+    _mail_options(changes, changing=True)
+    changes.set_defaults(run=lambda args: running.run(_shop_set, args))
+
     link = arguments.command(commands, "admin-link", "print a one-time sign-in URL for a shop")
     link.add_argument("shop_id", help="the shop's id (shop_...)")
     link.set_defaults(run=lambda args: running.run(_admin_link, args))
@@ -158,6 +170,31 @@ def add_commands(commands: Any) -> None:
         "re-encrypt stored secrets with the first key of KLARNA_CAPTURE_SECRET_KEY",
     )
     rotate_keys.set_defaults(run=lambda args: running.run(_rotate_keys))
+
+
+def _mail_options(parser: argparse.ArgumentParser, *, changing: bool = False) -> None:
+    parser.add_argument(
+        "--email",
+        metavar="ADDRESS",
+        help="where the merchant receives sign-in links (/admin/login) and failure alerts"
+        + ("; an empty ADDRESS removes it" if changing else ""),
+    )
+    parser.add_argument(
+        "--failure-alerts",
+        action=argparse.BooleanOptionalAction,
+        help="mail the shop's address when shipments or orders need attention, at most once an "
+        "hour" + ("" if changing else " (default: off)"),
+    )
+
+
+def _email(value: str | None) -> str | None:
+    """--email as stored (plugin.emails' normal form); ShopAddRefused when it is no address."""
+    if not value:
+        return None
+    address = emails.normalise(value)
+    if address is None:
+        raise ShopAddRefused(f"--email: {emails.PROBLEM}")
+    return address
 
 
 def _read_secret(flag: bool, prompt: str, what: str, option: str) -> str:
@@ -193,6 +230,7 @@ async def _add(service: Service, args: argparse.Namespace) -> int:
     if new.domain is not None and await service.store.shop_by_domain(args.platform, new.domain):
         raise ShopAddRefused(f"a shop is already connected to {new.domain}", status=1)
     options = _common_options(new.options, args)
+    email = _email(args.email)
     password = _read_secret(
         args.klarna_password_stdin,
         "Klarna API password: ",
@@ -218,6 +256,7 @@ async def _add(service: Service, args: argparse.Namespace) -> int:
         options=options,
         shop_domain=new.domain,
         platform_token=api_token,
+        email=email,
     )
     path = f"/webhooks/{shop.platform}/{shop.id}"
     if args.json:
@@ -248,6 +287,10 @@ def _common_options(options: ShopOptions | None, args: argparse.Namespace) -> Sh
         given["release_remaining"] = args.release_remaining
     if args.keep_alive is not None:
         given["keep_alive"] = args.keep_alive
+    if args.failure_alerts is not None:
+        if args.failure_alerts and not args.email:
+            raise ShopAddRefused("--failure-alerts: give the --email they go to")
+        given["failure_alerts"] = args.failure_alerts
     if args.keep_alive_days is not None:
         days = parse_keep_alive_days(args.keep_alive_days)
         if days is None:
@@ -304,6 +347,7 @@ async def _shop_show(service: Service, args: argparse.Namespace) -> int:
         "klarna_username": shop.klarna_username,
         "klarna_password": "set" if shop.klarna_configured else "not set",
         "status_url": shop.status_url,
+        "email": shop.email,
         "options": {
             name: msgspec.to_builtins(getattr(shop.options, name))
             for name in registry.options_of(shop.platform)
@@ -421,6 +465,31 @@ async def _shop_set_klarna(service: Service, args: argparse.Namespace) -> int:
         )
     if waiting.count:
         print(f"{waiting.count} shipment(s) waiting on the credentials resumed")
+    return 0
+
+
+async def _shop_set(service: Service, args: argparse.Namespace) -> int:
+    shop = await running.find_shop(service, args.shop_id)
+    if shop is None:
+        return 1
+    if args.email is None and args.failure_alerts is None:
+        print("klarna-capture: give --email or --failure-alerts", file=sys.stderr)
+        return 2
+    try:
+        email = shop.email if args.email is None else _email(args.email)
+        if args.failure_alerts and email is None:
+            raise ShopAddRefused("--failure-alerts: the shop has no address; give --email")
+    except ShopAddRefused as refused:
+        print(f"klarna-capture: {refused}", file=sys.stderr)
+        return 2
+    alerts = shop.options.failure_alerts if args.failure_alerts is None else args.failure_alerts
+    # Alerts without an address would go nowhere: removing the address stops them.
+    alerts = alerts and email is not None
+    changes = ShopChanges(
+        email=email, options=msgspec.structs.replace(shop.options, failure_alerts=alerts)
+    )
+    await service.shops.update(shop.id, changes)
+    print(f"shop {shop.id}: email {email or 'none'}, failure alerts {'on' if alerts else 'off'}")
     return 0
 
 

@@ -25,6 +25,7 @@ from plugin.store.records import (
     CaptureRecord,
     ComplianceRequest,
     Delivery,
+    Failure,
     Job,
     NewDelivery,
     Operation,
@@ -65,6 +66,7 @@ class NewShop(msgspec.Struct, kw_only=True):
     options: ShopOptions = msgspec.field(default_factory=ShopOptions)
     shop_domain: str | None = None
     platform_token: bytes | None = None
+    email: str | None = None
 
 
 class ShopChanges(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -80,6 +82,7 @@ class ShopChanges(msgspec.Struct, kw_only=True, omit_defaults=True):
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
     platform_token: bytes | msgspec.UnsetType | None = msgspec.UNSET
     shop_domain: str | msgspec.UnsetType | None = msgspec.UNSET
+    email: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class NewCallback(msgspec.Struct, kw_only=True):
@@ -227,6 +230,10 @@ class Store(ABC):
 
     @abstractmethod
     async def shop_by_domain(self, platform: str, shop_domain: str) -> Shop | None: ...
+
+    @abstractmethod
+    async def shops_by_email(self, email: str) -> list[Shop]:
+        """The shops registered to `email` (in its normal form), oldest first: one index range."""
 
     @abstractmethod
     async def update_shop(self, shop_id: str, changes: ShopChanges, now: float) -> Shop | None:
@@ -633,6 +640,29 @@ class Store(ABC):
     async def use_token(self, token: str, expires_at: float, now: float) -> bool:
         """Mark a one-time token used until `expires_at`; False if it was used before. Tokens
         expired by `now` are forgotten on the way (they are refused for their age by then)."""
+
+    @abstractmethod
+    async def count_hit(self, key: str, window_seconds: float, now: float) -> tuple[int, float]:
+        """Count one more hit on `key` in its window (a new window of `window_seconds` starts
+        at the first hit after the last one ended) and return the hits in it, this one
+        included, and when it ends. One statement: concurrent processes count together.
+        Windows ended by `now` are forgotten on the way."""
+
+    # failure alerts
+
+    @abstractmethod
+    async def last_alert(self, shop_id: str) -> float | None:
+        """When the shop's last failure alert was sent (None: never)."""
+
+    @abstractmethod
+    async def claim_alert(self, shop_id: str, previous: float | None, now: float) -> bool:
+        """Record an alert of the shop sent at `now`, if the last one is still `previous` (as
+        `last_alert` read it): False when another process claimed it first."""
+
+    @abstractmethod
+    async def failures(self, shop_id: str, since: float, until: float, limit: int) -> list[Failure]:
+        """The shop's dead shipment and order jobs and refused order calls that failed after
+        `since` and by `until`, oldest first, at most `limit`."""
 
     # jobs waiting on a shop's Klarna credentials
 

@@ -47,6 +47,7 @@ from plugin.store.records import (
     CaptureRecord,
     ComplianceRequest,
     Delivery,
+    Failure,
     Job,
     JobKind,
     NewDelivery,
@@ -66,7 +67,9 @@ from plugin.store.records import (
 )
 from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
 from plugin.store.sql import (
+    COUNT_HIT,
     DELIVERY_COLUMNS,
+    FAILURES,
     PRUNE_COMPANIONS,
     PRUNE_STEPS,
     SEALED_SHOP_FIELDS,
@@ -725,8 +728,9 @@ class PostgresStore(Store):
             row = await conn.fetchrow(
                 "INSERT INTO shops (id, platform, name, klarna_region, klarna_environment,"
                 " klarna_username, klarna_password, status_url, options, enabled, created_at,"
-                " updated_at, klarna_password_set_at, shop_domain, platform_token)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true, $10, $10, $11, $12, $13)"
+                " updated_at, klarna_password_set_at, shop_domain, platform_token, email)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true, $10, $10, $11, $12, $13,"
+                " $14)"
                 " RETURNING *",
                 shop.id,
                 shop.platform,
@@ -741,6 +745,7 @@ class PostgresStore(Store):
                 now if shop.klarna_username else None,
                 shop.shop_domain,
                 shop.platform_token,
+                shop.email,
             )
             await conn.execute(
                 "INSERT INTO webhook_secrets (shop_id, secret, created_at) VALUES ($1, $2, $3)",
@@ -764,6 +769,10 @@ class PostgresStore(Store):
             "SELECT * FROM shops WHERE platform = $1 AND shop_domain = $2", platform, shop_domain
         )
         return _shop(row) if row else None
+
+    async def shops_by_email(self, email: str) -> list[Shop]:
+        rows = await self._fetch("SELECT * FROM shops WHERE email = $1 ORDER BY created_at", email)
+        return [_shop(row) for row in rows]
 
     async def update_shop(self, shop_id: str, changes: ShopChanges, now: float) -> Shop | None:
         fields: dict[str, object] = {
@@ -797,6 +806,7 @@ class PostgresStore(Store):
                 "admin_links",
                 "job_slots",
                 "job_waits",
+                "failure_alerts",
             ):
                 await conn.execute(
                     f"DELETE FROM {table} WHERE shop_id = $1",  # noqa: S608
@@ -1565,6 +1575,41 @@ class PostgresStore(Store):
                 expires_at,
             )
         return row is not None
+
+    async def count_hit(self, key: str, window_seconds: float, now: float) -> tuple[int, float]:
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM rate_limits WHERE reset_at <= $1", now)
+            row = await conn.fetchrow(COUNT_HIT, key, now + window_seconds, now)
+        assert row is not None
+        return int(row["hits"]), float(row["reset_at"])
+
+    # failure alerts
+
+    async def last_alert(self, shop_id: str) -> float | None:
+        row = await self._fetchrow("SELECT sent_at FROM failure_alerts WHERE shop_id = $1", shop_id)
+        return float(row["sent_at"]) if row else None
+
+    async def claim_alert(self, shop_id: str, previous: float | None, now: float) -> bool:
+        if previous is None:
+            row = await self._fetchrow(
+                "INSERT INTO failure_alerts (shop_id, sent_at) VALUES ($1, $2)"
+                " ON CONFLICT (shop_id) DO NOTHING RETURNING shop_id",
+                shop_id,
+                now,
+            )
+        else:
+            row = await self._fetchrow(
+                "UPDATE failure_alerts SET sent_at = $1 WHERE shop_id = $2 AND sent_at = $3"
+                " RETURNING shop_id",
+                now,
+                shop_id,
+                previous,
+            )
+        return row is not None
+
+    async def failures(self, shop_id: str, since: float, until: float, limit: int) -> list[Failure]:
+        rows = await self._fetch(FAILURES, shop_id, since, until, limit)
+        return [_record(row, Failure) for row in rows]
 
     # jobs waiting on a shop's Klarna credentials
 

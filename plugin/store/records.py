@@ -58,6 +58,9 @@ class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     release_remaining: bool = True
     keep_alive: bool = True
     keep_alive_days: Annotated[int, msgspec.Meta(ge=1, le=30)] = 3
+    # A mail to the shop's address when shipments or orders need attention (dead letters, refused
+    # refunds), at most one an hour (plugin/pipeline/alerts.py): asked for, never assumed.
+    failure_alerts: bool = False
 
 
 class Shop(msgspec.Struct, kw_only=True):
@@ -77,6 +80,9 @@ class Shop(msgspec.Struct, kw_only=True):
     # A storefront app's shop: its domain there and its sealed API token (None once uninstalled).
     shop_domain: str | None = None
     platform_token: bytes | None = None
+    # Where the merchant receives sign-in links and failure alerts (plugin/emails.py's normal
+    # form); None: nowhere.
+    email: str | None = None
 
     @property
     def klarna_configured(self) -> bool:
@@ -260,6 +266,17 @@ class Waiting(msgspec.Struct, frozen=True, kw_only=True):
     count: int
     since: float | None = None
     expires_at: float | None = None
+
+
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    """Something of a shop that needs the merchant's attention, as a failure alert lists it: a
+    shipment or an order whose job died (a dead letter), or an order's refused call."""
+
+    subject: Literal["shipment", "order"]
+    id: str  # the fulfilment id, or the storefront order id
+    what: str  # "dead letter", or the refused call's kind ("refund", ...)
+    error: str | None  # stored as the job or call keeps it (JSON)
+    at: float
 
 
 class ComplianceRequest(msgspec.Struct, kw_only=True):

@@ -276,6 +276,25 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_order_unsettled ON jobs (key, shop_id)
         WHERE kind = 'order' AND state <> 'done';
     """,
+    # 10: the merchant's own way in (issue 19): a shop's email address, in its normal form
+    # (plugin/emails.py), found by index when a sign-in link is asked for; the sign-in requests
+    # counted per address and per client, in windows that end at `reset_at` (so that the limits
+    # hold across processes; expired windows go by index); and each shop's last failure alert,
+    # whose time is also where the next one starts, so that one process sends it.
+    """
+    ALTER TABLE shops ADD COLUMN email TEXT;
+    CREATE INDEX shops_email ON shops (email) WHERE email IS NOT NULL;
+    CREATE TABLE rate_limits (
+        key TEXT PRIMARY KEY,
+        hits INTEGER NOT NULL,
+        reset_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX rate_limits_reset ON rate_limits (reset_at);
+    CREATE TABLE failure_alerts (
+        shop_id TEXT PRIMARY KEY,
+        sent_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 
 # What `migrate` keeps: one row per applied migration.

@@ -14,6 +14,34 @@ SEALED_SHOP_FIELDS = "SELECT id, klarna_password, platform_token FROM shops"
 SEALED_WEBHOOK_SECRETS = "SELECT id, shop_id, secret FROM webhook_secrets"
 
 
+# One more hit on key $1 in its window: a window ended by $3 (now) starts again, to end at $2.
+# Returns the hits in the window, this one included, and when it ends.
+COUNT_HIT = (
+    "INSERT INTO rate_limits (key, hits, reset_at) VALUES ($1, 1, $2)"
+    " ON CONFLICT (key) DO UPDATE SET"
+    " hits = CASE WHEN rate_limits.reset_at <= $3 THEN 1 ELSE rate_limits.hits + 1 END,"
+    " reset_at = CASE WHEN rate_limits.reset_at <= $3 THEN excluded.reset_at"
+    "   ELSE rate_limits.reset_at END"
+    " RETURNING hits, reset_at"
+)
+# What a failure alert lists of shop $1, failed after $2 and by $3, oldest first, at most $4:
+# its dead shipment and order jobs (along jobs_state), and its refused order calls (along
+# order_operations_updated).
+FAILURE_FIELDS = ("subject", "id", "what", "error", "at")
+FAILURES = (
+    "SELECT subject, id, what, error, at FROM ("
+    " SELECT CASE WHEN kind = 'order' THEN 'order' ELSE 'shipment' END AS subject, key AS id,"
+    "  'dead letter' AS what, last_error AS error, updated_at AS at FROM jobs"
+    "  WHERE state = 'dead' AND updated_at > $2 AND updated_at <= $3 AND shop_id = $1"
+    "  AND kind IN ('fulfillment', 'order')"
+    " UNION ALL"
+    " SELECT 'order' AS subject, order_id AS id, kind AS what, error, updated_at AS at"
+    "  FROM order_operations"
+    "  WHERE state = 'failed' AND updated_at > $2 AND updated_at <= $3 AND shop_id = $1"
+    ") AS failed ORDER BY at, id LIMIT $4"
+)
+
+
 def requeue(*, revive: str) -> str:
     """The ON CONFLICT clause that queues a fulfilment's (or an order's) one job again: a running
     job is flagged to run again, a finished one is queued afresh; a dead one stays dead (a dead

@@ -39,6 +39,7 @@ from plugin.store.records import (
     CaptureRecord,
     ComplianceRequest,
     Delivery,
+    Failure,
     Job,
     JobKind,
     NewDelivery,
@@ -58,7 +59,10 @@ from plugin.store.records import (
 )
 from plugin.store.schema import MIGRATIONS
 from plugin.store.sql import (
+    COUNT_HIT,
     DELIVERY_COLUMNS,
+    FAILURE_FIELDS,
+    FAILURES,
     PRUNE_COMPANIONS,
     PRUNE_STEPS,
     SEALED_SHOP_FIELDS,
@@ -355,8 +359,8 @@ class SqliteStore(Store):
             conn.execute(
                 "INSERT INTO shops (id, platform, name, klarna_region, klarna_environment,"
                 " klarna_username, klarna_password, status_url, options, enabled, created_at,"
-                " updated_at, klarna_password_set_at, shop_domain, platform_token)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
+                " updated_at, klarna_password_set_at, shop_domain, platform_token, email)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
                 (
                     shop.id,
                     shop.platform,
@@ -372,6 +376,7 @@ class SqliteStore(Store):
                     now if shop.klarna_username else None,
                     shop.shop_domain,
                     shop.platform_token,
+                    shop.email,
                 ),
             )
             conn.execute(
@@ -403,6 +408,14 @@ class SqliteStore(Store):
         )
         return _shop(row) if row else None
 
+    async def shops_by_email(self, email: str) -> list[Shop]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM shops WHERE email = ? ORDER BY created_at", (email,)
+            ).fetchall()
+        )
+        return [_shop(row) for row in rows]
+
     async def update_shop(self, shop_id: str, changes: ShopChanges, now: float) -> Shop | None:
         fields: dict[str, object] = {
             name: getattr(changes, name)
@@ -428,7 +441,14 @@ class SqliteStore(Store):
     async def remove_shop(self, shop_id: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             tables = ("deliveries", "jobs", "captures", "operations", "callbacks", "audit")
-            for table in (*tables, "orders", "order_operations", "admin_links", "job_waits"):
+            for table in (
+                *tables,
+                "orders",
+                "order_operations",
+                "admin_links",
+                "job_waits",
+                "failure_alerts",
+            ):
                 conn.execute(f"DELETE FROM {table} WHERE shop_id = ?", (shop_id,))  # noqa: S608
             return conn.execute("DELETE FROM shops WHERE id = ?", (shop_id,)).rowcount > 0
 
@@ -1256,6 +1276,48 @@ class SqliteStore(Store):
 
         return await self._write(work)
 
+    async def count_hit(self, key: str, window_seconds: float, now: float) -> tuple[int, float]:
+        def work(conn: sqlite3.Connection) -> tuple[int, float]:
+            conn.execute("DELETE FROM rate_limits WHERE reset_at <= ?", (now,))
+            row = conn.execute(_COUNT_HIT, (key, now + window_seconds, now)).fetchone()
+            return int(row[0]), float(row[1])
+
+        return await self._write(work)
+
+    # failure alerts
+
+    async def last_alert(self, shop_id: str) -> float | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT sent_at FROM failure_alerts WHERE shop_id = ?", (shop_id,)
+            ).fetchone()
+        )
+        return float(row[0]) if row else None
+
+    async def claim_alert(self, shop_id: str, previous: float | None, now: float) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            if previous is None:
+                statement = (
+                    "INSERT INTO failure_alerts (shop_id, sent_at) VALUES (?, ?)"
+                    " ON CONFLICT (shop_id) DO NOTHING"
+                )
+                return conn.execute(statement, (shop_id, now)).rowcount > 0
+            return (
+                conn.execute(
+                    "UPDATE failure_alerts SET sent_at = ? WHERE shop_id = ? AND sent_at = ?",
+                    (now, shop_id, previous),
+                ).rowcount
+                > 0
+            )
+
+        return await self._write(work)
+
+    async def failures(self, shop_id: str, since: float, until: float, limit: int) -> list[Failure]:
+        rows = await self._read(
+            lambda conn: conn.execute(_FAILURES, (shop_id, since, until, limit)).fetchall()
+        )
+        return [_failure(tuple(row)) for row in rows]
+
     # jobs waiting on a shop's Klarna credentials
 
     async def park_job(
@@ -1455,6 +1517,8 @@ _CHANGE_ORDER = (
 )
 ORDERS_EXPIRING = _numbered(orders_expiring(one_shop=False))
 ORDERS_EXPIRING_SHOP = _numbered(orders_expiring(one_shop=True))
+_COUNT_HIT = _numbered(COUNT_HIT)
+_FAILURES = _numbered(FAILURES)
 # A call planned under its key; over a failed one only (a new key and request, its error kept
 # until it is finished again); ?10 is now. No row when one is planned or done already.
 _PLAN_ORDER_OPERATION = (
@@ -1526,6 +1590,10 @@ def _shop(row: sqlite3.Row) -> Shop:
     fields = dict(row)
     fields["options"] = _options_decoder.decode(fields["options"])
     return msgspec.convert(fields, Shop, strict=False)
+
+
+def _failure(row: tuple[object, ...]) -> Failure:
+    return msgspec.convert(dict(zip(FAILURE_FIELDS, row, strict=True)), Failure, strict=False)
 
 
 def _capture(row: sqlite3.Row) -> CaptureRecord:

@@ -1,6 +1,6 @@
 """Sign-in for the settings page: one-time admin links, signed session cookies (naming a session
-the store keeps) and per-session CSRF tokens, and the `state` of a Shopify install, all with
-itsdangerous and the service's secret keys."""
+the store keeps) and per-session CSRF tokens, the sign-in form's CSRF token, and the `state` of
+a Shopify install, all with itsdangerous and the service's secret keys."""
 
 import hmac
 import secrets
@@ -17,6 +17,10 @@ COOKIE = "kc_session"
 INSTALL_STATE_SECONDS = 10 * 60
 INSTALL_STATE_COOKIE = "kc_install_state"
 INSTALL_STATE_SALT = "klarna-capture install state"
+# The sign-in form (/admin/login) has no session to tie its CSRF token to: its token signs a
+# random value the browser keeps in this cookie (double submit), for this long.
+LOGIN_FORM_SECONDS = 3600
+LOGIN_COOKIE = "kc_login"
 
 
 class LinkError(PluginError):
@@ -44,6 +48,7 @@ class Auth:
         self._sessions = URLSafeTimedSerializer(keys, salt="klarna-capture session")
         self._csrf = URLSafeTimedSerializer(keys, salt="klarna-capture csrf")
         self._install_states = URLSafeTimedSerializer(keys, salt=INSTALL_STATE_SALT)
+        self._login_forms = URLSafeTimedSerializer(keys, salt="klarna-capture login form")
 
     def link_token(self, shop_id: str) -> str:
         return self._links.dumps({"shop": shop_id, "nonce": secrets.token_hex(16)})
@@ -90,6 +95,21 @@ class Auth:
         except BadSignature:
             return False
         return hmac.compare_digest(str(sid), session.sid)
+
+    def login_form(self) -> tuple[str, str]:
+        """A new sign-in form's (cookie value, CSRF token): the token names the cookie's value."""
+        nonce = secrets.token_hex(16)
+        return nonce, self._login_forms.dumps(nonce)
+
+    def login_form_valid(self, cookie: str | None, token: str | None) -> bool:
+        """Whether `token` was made with the browser's sign-in form cookie, within the hour."""
+        if not cookie or not token:
+            return False
+        try:
+            nonce = self._login_forms.loads(token, max_age=LOGIN_FORM_SECONDS)
+        except BadSignature:
+            return False
+        return hmac.compare_digest(str(nonce).encode(), cookie.encode())
 
     def install_state(self, shop_domain: str) -> str:
         """The `state` of one install of the storefront app on `shop_domain`: signed, short-lived,

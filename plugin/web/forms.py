@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
+from plugin import emails
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
 from plugin.config import Settings
 from plugin.klarna.models import Environment, Region, parse_environment, parse_region
@@ -176,6 +177,8 @@ class SettingsForm(msgspec.Struct, kw_only=True):
     keep_alive: bool = True
     keep_alive_days: str = "3"
     status_url: str = ""
+    email: str = ""
+    failure_alerts: bool = False
     fields: dict[str, str] = {}
     errors: dict[str, str] = {}
 
@@ -193,6 +196,8 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             keep_alive=shop.options.keep_alive,
             keep_alive_days=str(shop.options.keep_alive_days),
             status_url=shop.status_url or "",
+            email=shop.email or "",
+            failure_alerts=shop.options.failure_alerts,
             fields=page.from_shop(shop),
         )
 
@@ -213,6 +218,9 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             keep_alive=data.get("keep_alive") == "on",
             keep_alive_days=data.get("keep_alive_days", "").strip(),
             status_url=data.get("status_url", "").strip(),
+            # Cut before anything else looks at it: longer is no address (emails.MAX_ADDRESS).
+            email=data.get("email", "")[: emails.MAX_ADDRESS + 1].strip(),
+            failure_alerts=data.get("failure_alerts") == "on",
         )
         kept = cls.from_shop(shop, page)
         if not page.status_url:
@@ -247,6 +255,10 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             not self.status_url.startswith(("https://", "http://")) or len(self.status_url) > 2048
         ):
             errors["status_url"] = "Enter an http(s) URL, or leave it empty."
+        if self.email and emails.normalise(self.email) is None:
+            errors["email"] = emails.PROBLEM
+        elif self.failure_alerts and not self.email:
+            errors["email"] = "Enter the address the alerts go to."
         return errors
 
     def forget_secrets(self, page: SettingsPage) -> None:
@@ -273,6 +285,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             klarna_environment=environment,
             klarna_username=self.klarna_username,
             status_url=self.status_url or None,
+            email=emails.normalise(self.email) if self.email else None,
             # The options the page does not show stay as stored.
             options=msgspec.structs.replace(
                 shop.options,
@@ -282,6 +295,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
                 description_template=self.description_template or None,
                 release_remaining=self.release_remaining,
                 keep_alive=self.keep_alive,
+                failure_alerts=self.failure_alerts,
                 keep_alive_days=parse_keep_alive_days(self.keep_alive_days)
                 or shop.options.keep_alive_days,
                 **page.options(self.fields),

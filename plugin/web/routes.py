@@ -36,7 +36,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/", views.index),
         Route("/admin", views.home),
-        Route("/admin/login", views.login),
+        Route("/admin/login", views.login, methods=["GET", "POST"]),
         Mount(
             "/admin/static",
             StaticFiles(directory=Path(__file__).resolve().parent / "static"),

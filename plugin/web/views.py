@@ -1,11 +1,11 @@
-"""The merchant's pages: settings, activity, one shipment, one order; sign-in by admin link."""
+"""The merchant's pages: settings, activity, one shipment, one order; sign-in by admin link
+(the form that mails one is signin.py's)."""
 
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 from starlette.datastructures import FormData
@@ -31,6 +31,7 @@ from plugin.store.records import (
     Waiting,
     order_subject,
 )
+from plugin.web import signin
 from plugin.web.auth import COOKIE, LinkError, Session
 from plugin.web.forms import (
     CAPTURE_MODES,
@@ -81,8 +82,8 @@ NOTICES = {
 Page = Callable[[Request, "Service", Shop, Session], Awaitable[Response]]
 
 _SIGN_IN = (
-    "Open the settings from your storefront's admin, or ask for a sign-in link: "
-    "klarna-capture admin-link SHOP_ID prints one."
+    "Open the settings from your storefront's admin, or ask for a sign-in link by mail at "
+    "/admin/login (or from the operator: klarna-capture admin-link SHOP_ID prints one)."
 )
 _SESSION_ENDED = "This session has ended. " + _SIGN_IN
 _DISABLED = (
@@ -101,18 +102,8 @@ def _settings_page(shop: Shop) -> SettingsPage:
     return registry.settings_page(shop.platform)
 
 
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def _same_origin(request: Request, service: Service) -> bool:
-    allowed = {_origin(service.settings.web.public_url), _origin(str(request.base_url))}
-    origin = request.headers.get("origin")
-    if origin is not None:
-        return origin in allowed
-    referer = request.headers.get("referer")
-    return referer is not None and _origin(referer) in allowed
+    return signin.same_origin(request, service.settings.web.public_url)
 
 
 def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitable[Response]]]:
@@ -162,7 +153,12 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
 
 
 async def login(request: Request) -> Response:
+    """A one-time link (`?token=`) signs in; without one, the form that mails links (POST)."""
     service = _service(request)
+    if request.method == "POST":
+        return await signin.request_link(request, service)
+    if "token" not in request.query_params:
+        return signin.form_page(request, service)
     token = request.query_params.get("token", "")
     try:
         shop_id, nonce = auth_of(request).read_link(token)

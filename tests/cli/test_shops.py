@@ -374,6 +374,7 @@ def test_shop_show_lists_the_options_of_the_shops_platform(env: dict[str, str]) 
         "release_remaining",
         "keep_alive",
         "keep_alive_days",
+        "failure_alerts",
     }
     standard = add_shop(env)["shop_id"]
     shown = msgspec.json.decode(run_cli(env, "shop", "show", standard).stdout)["options"]
@@ -385,6 +386,7 @@ def test_shop_show_lists_the_options_of_the_shops_platform(env: dict[str, str]) 
         "release_remaining": True,
         "keep_alive": True,
         "keep_alive_days": 3,
+        "failure_alerts": False,
     }
     woo = add_woocommerce_shop(
         env, "--site-url", "https://shop.example", "--consumer-key", WOO_KEY
@@ -392,3 +394,39 @@ def test_shop_show_lists_the_options_of_the_shops_platform(env: dict[str, str]) 
     shown = msgspec.json.decode(run_cli(env, "shop", "show", woo).stdout)["options"]
     assert set(shown) == common | {"capture_statuses"}
     assert shown["capture_statuses"] == ["completed"]
+
+
+def test_a_shops_email_is_set_at_add_shown_and_changed(env: dict[str, str]) -> None:
+    shop_id = add_shop(env, "--email", " Ann@Example.com", "--failure-alerts")["shop_id"]
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop_id).stdout)
+    assert (shown["email"], shown["options"]["failure_alerts"]) == ("ann@example.com", True)
+
+    changed = run_cli(env, "shop", "set", shop_id, "--email", "bob@example.com")
+    assert "email bob@example.com, failure alerts on" in changed.stdout
+    run_cli(env, "shop", "set", shop_id, "--no-failure-alerts")
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop_id).stdout)
+    assert (shown["email"], shown["options"]["failure_alerts"]) == ("bob@example.com", False)
+    # Alerts need an address: removing it stops them.
+    run_cli(env, "shop", "set", shop_id, "--failure-alerts")
+    run_cli(env, "shop", "set", shop_id, "--email", "")
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop_id).stdout)
+    assert (shown["email"], shown["options"]["failure_alerts"]) == (None, False)
+
+    refused = run_cli(env, "shop", "set", shop_id, "--email", "ann@", check=False)
+    assert refused.returncode == 2
+    assert "--email: Enter one email address" in refused.stderr
+    refused = run_cli(env, "shop", "set", shop_id, "--failure-alerts", check=False)
+    assert refused.returncode == 2
+    assert "the shop has no address" in refused.stderr
+
+
+def test_shop_add_refuses_an_email_that_is_no_address_and_alerts_without_one(
+    env: dict[str, str],
+) -> None:
+    refused = refused_shop_add(env, "--email", "ann@example.com, eve@example.com")
+    assert refused.returncode != 0
+    assert "--email: Enter one email address" in refused.stderr
+    refused = refused_shop_add(env, "--failure-alerts")
+    assert refused.returncode != 0
+    assert "--failure-alerts: give the --email they go to" in refused.stderr
+    assert listed_shops(env) == []

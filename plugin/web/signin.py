@@ -1,0 +1,184 @@
+"""Sign-in by mail (/admin/login without a link): the form asking for an address, the limits on
+asking, and the mail of one-time links sent off the request path, so that the answer is the same,
+in text, status and time, whether the address belongs to a shop or not."""
+
+import hashlib
+import ipaddress
+import logging
+import math
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+
+from plugin import emails, mail
+from plugin.service import Service
+from plugin.store import StoreUnavailable
+from plugin.web.auth import LOGIN_COOKIE, LOGIN_FORM_SECONDS, Auth
+from plugin.web.pages import auth_of, render
+from plugin.webhooks import BodyRefused, read_body
+
+log = logging.getLogger("plugin.web.signin")
+
+# The form holds an address and a token: anything longer is no sign-in request.
+MAX_FORM_BYTES = 4096
+# Sign-in requests counted per address and per client (as the app sees it: a trusted proxy's
+# X-Forwarded-For) in windows of a link's life, across processes (the store): enough for a
+# merchant who mistypes, too few to flood a mailbox or try addresses by the thousand.
+WINDOW_SECONDS = 15 * 60
+PER_ADDRESS = 3
+PER_CLIENT = 10
+SUBJECT = "Your sign-in link for Klarna capture"
+
+
+def same_origin(request: Request, public_url: str) -> bool:
+    """Whether the request's Origin (or, without one, its Referer) is this site."""
+    allowed = {_origin(public_url), _origin(str(request.base_url))}
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin in allowed
+    referer = request.headers.get("referer")
+    return referer is not None and _origin(referer) in allowed
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def form_page(
+    request: Request,
+    service: Service,
+    *,
+    entered: str = "",
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    """The sign-in form, with a fresh CSRF token and its cookie; without mail configured, the
+    page that sends the merchant to the operator."""
+    if not service.settings.mail.enabled:
+        return render(request, "login.html", {"title": "Sign in", "mail": False}, status_code)
+    nonce, token = auth_of(request).login_form()
+    context = {
+        "title": "Sign in",
+        "mail": True,
+        "csrf_token": token,
+        "email": entered,
+        "error": error,
+    }
+    response = render(request, "login.html", context, status_code)
+    response.set_cookie(
+        LOGIN_COOKIE,
+        nonce,
+        max_age=LOGIN_FORM_SECONDS,
+        path="/admin/login",
+        httponly=True,
+        secure=service.settings.web.public_url.startswith("https://"),
+        samesite="strict",
+    )
+    return response
+
+
+async def request_link(request: Request, service: Service) -> Response:
+    """A POST of the form: checked, counted, answered alike for every address; the mail goes
+    after the answer (a background task), to the shops of the address if there are any."""
+    if not service.settings.mail.enabled:
+        return form_page(request, service, status_code=404)
+    try:
+        body = await read_body(request, MAX_FORM_BYTES)
+    except BodyRefused as refused:
+        return _message(request, "Request refused", "That is no sign-in request.", refused.status)
+    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    token = fields.get("csrf_token", [""])[0]
+    auth = auth_of(request)
+    public_url = service.settings.web.public_url
+    if not same_origin(request, public_url) or not auth.login_form_valid(
+        request.cookies.get(LOGIN_COOKIE), token
+    ):
+        return _message(
+            request,
+            "Request refused",
+            "The form was out of date or came from another site. Reload the page and try again.",
+            403,
+        )
+    entered = fields.get("email", [""])[0][: emails.MAX_ADDRESS + 1]
+    address = emails.normalise(entered)
+    if address is None:
+        return form_page(request, service, entered=entered, error=emails.PROBLEM, status_code=400)
+    now = time.time()
+    for key, limit in (
+        ("login-client:" + client_key(request), PER_CLIENT),
+        ("login-address:" + hashlib.sha256(address.encode()).hexdigest(), PER_ADDRESS),
+    ):
+        hits, reset_at = await service.store.count_hit(key, WINDOW_SECONDS, now)
+        if hits > limit:
+            minutes = max(1, math.ceil((reset_at - now) / 60))
+            response = _message(
+                request,
+                "Too many sign-in requests",
+                f"Too many sign-in links were asked for. Try again in {minutes} minutes.",
+                429,
+            )
+            response.headers["retry-after"] = str(math.ceil(reset_at - now))
+            return response
+    context = {"title": "Check your mail", "mail": True, "sent_to": address}
+    response = render(request, "login.html", context)
+    response.background = BackgroundTask(send_links, service, auth, address)
+    return response
+
+
+def client_key(request: Request) -> str:
+    """Whom the per-client limit counts: the client's address as the app sees it (uvicorn puts a
+    trusted proxy's X-Forwarded-For there), an IPv6 client by its /64, which one host is commonly
+    given whole, so that it cannot take a fresh address for each request."""
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:100] or "unknown"
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _message(request: Request, title: str, text: str, status_code: int) -> Response:
+    return render(request, "message.html", {"title": title, "text": text}, status_code)
+
+
+async def send_links(service: Service, auth: Auth, address: str) -> None:
+    """Mail `address` one message with a one-time sign-in link for each enabled shop registered
+    to it; nothing when there is none. Failures are logged (without the address or a link),
+    never raised: the answer has gone."""
+    try:
+        shops = [s for s in await service.store.shops_by_email(address) if s.enabled]
+    except StoreUnavailable as exc:
+        log.warning("sign-in mail not sent: database unavailable", extra={"error": str(exc)})
+        return
+    if not shops:
+        return
+    base = service.settings.web.public_url
+    lines = [
+        "Someone, hopefully you, asked to sign in to Klarna capture with this address.",
+        "",
+        "Each link works once, for 15 minutes:",
+        "",
+    ]
+    for shop in shops:
+        lines += [
+            f"{shop.name} ({shop.id}):",
+            f"{base}/admin/login?token={auth.link_token(shop.id)}",
+        ]
+        lines.append("")
+    lines.append("If you did not ask for this, ignore this mail: nothing changes.")
+    settings = service.settings.mail
+    try:
+        await mail.send(settings, mail.message(settings, address, SUBJECT, "\n".join(lines)))
+    except mail.MAIL_ERRORS as exc:
+        log.warning(
+            "sign-in mail not sent",
+            extra={"shops": [s.id for s in shops], "error": type(exc).__name__},
+        )
+        return
+    log.info("sign-in mail sent", extra={"shops": [s.id for s in shops]})

@@ -1,0 +1,199 @@
+"""Failure alerts (issue 19), on every backend, received by a real SMTP server on loopback: a
+shop that asked for them gets one mail listing its new dead letters and refused calls with a link
+to each, at most one an hour; a shop that did not gets nothing; two processes never both send."""
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from plugin.config import MailSettings, load_settings
+from plugin.pipeline import alerts
+from plugin.store import (
+    FinishOrderOperation,
+    PlanOrderOperation,
+    ShopChanges,
+    Store,
+    open_store,
+)
+from plugin.store.records import ShopOptions
+from tests.mail_server import Inbox, body, smtp_server
+from tests.store.test_store import NOW, add_shop, database_url, store
+from tests.web.support import page_settings, running
+
+pytestmark = pytest.mark.anyio
+__all__ = ["database_url", "store"]
+PUBLIC_URL = "https://capture.example"
+HOUR = alerts.ALERT_EVERY_SECONDS
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[Inbox, str]]:
+    with smtp_server() as running:
+        yield running
+
+
+def mail_settings(url: str) -> MailSettings:
+    return load_settings(
+        {"KLARNA_CAPTURE_SMTP_URL": url, "KLARNA_CAPTURE_MAIL_FROM": "capture@example.com"}
+    ).mail
+
+
+async def shop_with_alerts(store: Store, shop_id: str, *, alerts_on: bool = True) -> None:
+    await add_shop(store, shop_id)
+    options = ShopOptions(failure_alerts=alerts_on)
+    await store.update_shop(
+        shop_id, ShopChanges(email=f"{shop_id}@example.com", options=options), NOW
+    )
+
+
+async def dead_letter(store: Store, shop_id: str, fulfillment_id: str, at: float) -> None:
+    """A shipment of `shop_id` whose job died at `at` with Klarna's NO_SUCH_ORDER."""
+    await store.record_delivery(
+        shop_id,
+        f"d-{fulfillment_id}",
+        body=b"{}",
+        event_type="fulfillment.created",
+        fulfillment_id=fulfillment_id,
+        rejected=None,
+        now=at,
+    )
+    job = await store.claim_job("w1", 60, at)
+    assert job is not None
+    assert job.key == fulfillment_id
+    assert await store.bury_job(job.id, "w1", '{"error_code":"NO_SUCH_ORDER"}', at)
+
+
+async def refused_refund(store: Store, shop_id: str, order_id: str, at: float) -> None:
+    plan = PlanOrderOperation(
+        shop_id=shop_id,
+        kind="refund",
+        key=f"R-{order_id}",
+        order_id=order_id,
+        klarna_order_id="K1",
+        currency="EUR",
+        idempotency_key=f"key-{order_id}",
+        request=b"{}",
+        amount=500,
+    )
+    await store.plan_order_operation(plan, at)
+    refused = FinishOrderOperation(
+        shop_id=shop_id,
+        kind="refund",
+        key=f"R-{order_id}",
+        state="failed",
+        result=None,
+        amount=None,
+        error='{"error_code":"REFUND_NOT_ALLOWED"}',
+    )
+    await store.finish_order_operation(refused, None, at)
+
+
+async def test_failures_within_the_hour_make_one_mail_and_the_next_hour_another(
+    store: Store, server: tuple[Inbox, str]
+) -> None:
+    inbox, url = server
+    settings = mail_settings(url)
+    await shop_with_alerts(store, "shop_1")
+    await dead_letter(store, "shop_1", "F/1", NOW + 10)
+    await refused_refund(store, "shop_1", "O1", NOW + 20)
+
+    assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 30) == 1
+    [(recipients, first)] = inbox.messages
+    assert recipients == ["shop_1@example.com"]
+    assert first["Subject"] == alerts.SUBJECT
+    text = body(first)
+    assert "Shipment F/1: failed, needs attention (NO_SUCH_ORDER)" in text
+    assert f"{PUBLIC_URL}/admin/shop_1/shipments/F%2F1" in text
+    assert "Order O1: refund refused (REFUND_NOT_ALLOWED)" in text
+    assert f"{PUBLIC_URL}/admin/shop_1/orders/O1" in text
+
+    # Another failure within the hour: no mail until the hour is up, then one with it alone.
+    await dead_letter(store, "shop_1", "F2", NOW + 40)
+    assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 50) == 0
+    assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 30 + HOUR - 1) == 0
+    assert len(inbox.messages) == 1
+    assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 30 + HOUR) == 1
+    assert len(inbox.messages) == 2
+    second = body(inbox.messages[1][1])
+    assert "Shipment F2" in second
+    assert "F/1" not in second
+    assert "O1" not in second
+    # Nothing new: no mail, however long after.
+    assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 30 + 3 * HOUR) == 0
+    assert len(inbox.messages) == 2
+
+
+async def test_a_shop_that_did_not_ask_gets_nothing(
+    store: Store, server: tuple[Inbox, str]
+) -> None:
+    inbox, url = server
+    await shop_with_alerts(store, "shop_1", alerts_on=False)
+    await dead_letter(store, "shop_1", "F1", NOW + 10)
+    assert await alerts.alert_all(store, mail_settings(url), PUBLIC_URL, NOW + 20) == 0
+    assert inbox.messages == []
+    assert await store.last_alert("shop_1") is None
+
+
+async def test_two_processes_send_one_alert(database_url: str, server: tuple[Inbox, str]) -> None:
+    inbox, url = server
+    settings = mail_settings(url)
+    first, second = open_store(database_url), open_store(database_url)
+    await first.migrate()
+    try:
+        await shop_with_alerts(first, "shop_1")
+        await dead_letter(first, "shop_1", "F1", NOW + 10)
+        sent: list[int] = []
+
+        async def one_pass(store: Store) -> None:
+            sent.append(await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 20))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(one_pass, first)
+            group.start_soon(one_pass, second)
+        assert sorted(sent) == [0, 1]
+        assert len(inbox.messages) == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_an_alert_that_did_not_leave_is_sent_at_the_next_pass(store: Store) -> None:
+    await shop_with_alerts(store, "shop_1")
+    await dead_letter(store, "shop_1", "F1", NOW + 10)
+    with smtp_server() as (inbox, url):
+        settings = mail_settings(url)
+    # The server is gone: nothing leaves, and the alert stays due.
+    assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 20) == 0
+    with smtp_server() as (inbox, url):
+        settings = mail_settings(url)
+        assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 30) == 1
+        [(_, mail)] = inbox.messages
+        assert "Shipment F1" in body(mail)
+
+
+def test_the_running_service_sends_the_alerts_where_its_workers_run(
+    tmp_path: Path, klarna_url: str, server: tuple[Inbox, str]
+) -> None:
+    inbox, url = server
+    extra = {"KLARNA_CAPTURE_SMTP_URL": url, "KLARNA_CAPTURE_MAIL_FROM": "capture@example.com"}
+    settings = page_settings(tmp_path, klarna_url, workers=1, extra=extra)
+
+    async def prepare() -> None:
+        store = open_store(settings.database.url)
+        await store.migrate()
+        try:
+            await shop_with_alerts(store, "shop_1")
+            await dead_letter(store, "shop_1", "F1", time.time() - 60)
+        finally:
+            await store.close()
+
+    anyio.run(prepare)
+    # The first pass runs as the service starts; the server's event says the mail arrived.
+    with running(settings):
+        assert inbox.received.wait(timeout=60)
+    [(recipients, mail)] = inbox.messages
+    assert recipients == ["shop_1@example.com"]
+    assert "Shipment F1" in body(mail)

@@ -1,0 +1,239 @@
+"""Sign-in without an operator (issue 19): a merchant asks /admin/login for a link, a real SMTP
+server on loopback receives the mail, and the link in it signs them in, once. The answer is the
+same for an address no shop has; requests are limited per address and per client; without mail
+configured the page sends merchants to the operator and admin links keep working."""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx2
+import pytest
+
+from plugin.config import Settings
+from plugin.store import ShopChanges
+from plugin.store.records import Shop
+from plugin.web import signin
+from tests.mail_server import Inbox, body, smtp_server
+from tests.web.support import ORIGIN, Browser, Site, csrf_token, page_settings, running
+
+MAIL_FROM = "capture@example.com"
+
+
+@pytest.fixture
+def inbox_and_url() -> Iterator[tuple[Inbox, str]]:
+    with smtp_server() as server:
+        yield server
+
+
+@pytest.fixture
+def inbox(inbox_and_url: tuple[Inbox, str]) -> Inbox:
+    return inbox_and_url[0]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, klarna_url: str, inbox_and_url: tuple[Inbox, str]) -> Settings:
+    extra = {"KLARNA_CAPTURE_SMTP_URL": inbox_and_url[1], "KLARNA_CAPTURE_MAIL_FROM": MAIL_FROM}
+    return page_settings(tmp_path, klarna_url, workers=0, extra=extra)
+
+
+def registered(site: Site, email: str, name: str = "Corner shop") -> Shop:
+    shop, _ = site.create_shop(name=name)
+    changed = site.call(site.service.shops.update, shop.id, ShopChanges(email=email))
+    assert changed is not None
+    return changed
+
+
+def ask(
+    site: Site, email: str, *, client: str = "203.0.113.7", origin: str | None = ORIGIN
+) -> httpx2.Response:
+    """A browser at address `client` (what the app takes the client to be: the socket's peer, or
+    a trusted proxy's X-Forwarded-For) opens the sign-in form and asks for a link for `email`."""
+    # The test client's transport puts this in each request's scope.
+    scope = vars(site.client._transport)
+    before = scope["client"]
+    scope["client"] = (client, 50000)
+    site.client.cookies.clear()
+    try:
+        form = site.client.get("/admin/login")
+        assert form.status_code == 200, form.text
+        return site.client.post(
+            "/admin/login",
+            data={"email": email, "csrf_token": csrf_token(form.text)},
+            headers={"origin": origin} if origin else {},
+        )
+    finally:
+        scope["client"] = before
+        site.client.cookies.clear()
+
+
+def links(text: str) -> list[str]:
+    return re.findall(r"https?://\S+/admin/login\?token=\S+", text)
+
+
+def follow(site: Site, link: str) -> httpx2.Response:
+    parts = urlsplit(link)
+    site.client.cookies.clear()
+    try:
+        return site.client.get(f"{parts.path}?{parts.query}")
+    finally:
+        site.client.cookies.clear()
+
+
+def test_a_merchant_signs_in_with_the_link_mailed_to_their_address(
+    site: Site, inbox: Inbox
+) -> None:
+    shop = registered(site, "ann@example.com")
+    answer = ask(site, "  Ann@Example.COM ")
+    assert answer.status_code == 200
+    assert "Check your mail" in answer.text
+    [(recipients, mail)] = inbox.messages
+    assert recipients == ["ann@example.com"]
+    assert (mail["From"], mail["To"], mail["Subject"]) == (
+        MAIL_FROM,
+        "ann@example.com",
+        signin.SUBJECT,
+    )
+    [link] = links(body(mail))
+    assert link.startswith(f"{ORIGIN}/admin/login?token=")
+    landed = follow(site, link)
+    assert landed.status_code == 303
+    assert landed.headers["location"] == f"/admin/{shop.id}/settings"
+    cookie = re.search(r"kc_session=([^;]+)", landed.headers["set-cookie"])
+    assert cookie is not None
+    settings = Browser(site.client, shop.id, cookie.group(1)).get(f"/admin/{shop.id}/settings")
+    assert settings.status_code == 200
+    assert 'value="ann@example.com"' in settings.text
+    # Single use: the same link again signs nobody in.
+    again = follow(site, link)
+    assert again.status_code == 400
+    assert "already used" in again.text
+
+
+def test_one_mail_holds_a_link_for_each_shop_of_the_address(site: Site, inbox: Inbox) -> None:
+    first = registered(site, "ann@example.com", "North shop")
+    second = registered(site, "ann@example.com", "South shop")
+    registered(site, "bob@example.com", "Bob's shop")
+    ask(site, "ann@example.com")
+    [(_, mail)] = inbox.messages
+    text = body(mail)
+    assert "North shop" in text
+    assert "South shop" in text
+    assert "Bob" not in text
+    found = [follow(site, link).headers["location"] for link in links(text)]
+    assert found == [f"/admin/{first.id}/settings", f"/admin/{second.id}/settings"]
+
+
+def test_an_unknown_address_gets_the_same_answer_and_no_mail(site: Site, inbox: Inbox) -> None:
+    registered(site, "ann@example.com")
+    known = ask(site, "ann@example.com", client="203.0.113.1")
+    unknown = ask(site, "eve@example.com", client="203.0.113.2")
+    assert (known.status_code, unknown.status_code) == (200, 200)
+    assert known.text.replace("ann@", "eve@") == unknown.text
+    assert [recipients for recipients, _ in inbox.messages] == [["ann@example.com"]]
+
+
+def test_a_disabled_shop_gets_no_link(site: Site, inbox: Inbox) -> None:
+    shop = registered(site, "ann@example.com")
+    site.call(site.service.shops.update, shop.id, ShopChanges(enabled=False))
+    assert ask(site, "ann@example.com").status_code == 200
+    assert inbox.messages == []
+
+
+def test_requests_are_limited_per_address(site: Site, inbox: Inbox) -> None:
+    registered(site, "ann@example.com")
+    for n in range(signin.PER_ADDRESS):
+        assert ask(site, "ann@example.com", client=f"203.0.113.{n}").status_code == 200
+    limited = ask(site, "ANN@example.com", client="203.0.113.99")
+    assert limited.status_code == 429
+    assert "Too many sign-in requests" in limited.text
+    assert 0 < int(limited.headers["retry-after"]) <= signin.WINDOW_SECONDS
+    assert len(inbox.messages) == signin.PER_ADDRESS
+    # Another address is not held back by this one.
+    assert ask(site, "bob@example.com", client="203.0.113.98").status_code == 200
+
+
+def test_requests_are_limited_per_client(site: Site, inbox: Inbox) -> None:
+    registered(site, "ann@example.com")
+    for n in range(signin.PER_CLIENT):
+        assert ask(site, f"user{n}@example.com", client="198.51.100.5").status_code == 200
+    limited = ask(site, "ann@example.com", client="198.51.100.5")
+    assert limited.status_code == 429
+    assert inbox.messages == []
+    # The address was not counted against, nor mailed for, the limited client; another client
+    # still gets its link.
+    assert ask(site, "ann@example.com", client="198.51.100.6").status_code == 200
+    assert len(inbox.messages) == 1
+
+
+def test_an_ipv6_client_is_counted_by_its_64(site: Site, inbox: Inbox) -> None:
+    for n in range(signin.PER_CLIENT):
+        answer = ask(site, f"user{n}@example.com", client=f"2001:db8:1:2::{n + 1:x}")
+        assert answer.status_code == 200
+    assert ask(site, "ann@example.com", client="2001:db8:1:2:ffff::1").status_code == 429
+    assert ask(site, "ann@example.com", client="2001:db8:1:3::1").status_code == 200
+
+
+def test_a_request_without_the_forms_token_or_from_another_site_is_refused(
+    site: Site, inbox: Inbox
+) -> None:
+    registered(site, "ann@example.com")
+    assert ask(site, "ann@example.com", origin="https://evil.example").status_code == 403
+    site.client.cookies.clear()
+    no_cookie = site.client.post(
+        "/admin/login",
+        data={
+            "email": "ann@example.com",
+            "csrf_token": csrf_token(site.client.get("/admin/login").text),
+        },
+        headers={"origin": ORIGIN, "cookie": "kc_login=forged"},
+    )
+    assert no_cookie.status_code == 403
+    site.client.cookies.clear()
+    assert inbox.messages == []
+
+
+def test_an_address_that_is_no_address_is_refused_beside_the_field(
+    site: Site, inbox: Inbox
+) -> None:
+    for entered in ("ann", "ann@example.com\r\nBcc: eve@example.com", "a@b@example.com", "x" * 300):
+        answer = ask(site, entered)
+        assert answer.status_code == 400
+        assert 'aria-invalid="true"' in answer.text
+    assert inbox.messages == []
+
+
+def test_without_mail_configured_the_page_sends_merchants_to_the_operator(
+    tmp_path: Path, klarna_url: str
+) -> None:
+    with running(page_settings(tmp_path, klarna_url, workers=0)) as site:
+        page = site.client.get("/admin/login")
+        assert page.status_code == 200
+        assert "ask the operator" in page.text
+        assert "<form" not in page.text
+        shop, _ = site.create_shop()
+        asked = site.client.post(
+            "/admin/login", data={"email": "ann@example.com"}, headers={"origin": ORIGIN}
+        )
+        assert asked.status_code == 404
+        # The operator's link works as before.
+        assert site.sign_in(shop.id).get(f"/admin/{shop.id}/settings").status_code == 200
+
+
+def test_the_address_is_set_on_the_settings_page(site: Site, browser: Browser) -> None:
+    saved = browser.save_settings(email=" Ann@Example.com ", failure_alerts="on")
+    assert saved.status_code == 303, saved.text
+    shop = site.shop(browser.shop_id)
+    assert (shop.email, shop.options.failure_alerts) == ("ann@example.com", True)
+    for wrong in ("not an address", "ann@example.com, bob@example.com", "a" * 250 + "@x.com"):
+        refused = browser.save_settings(email=wrong)
+        assert refused.status_code == 400
+        assert 'id="email-error"' in refused.text
+    # Alerts need an address to go to; removing the address with them on is refused.
+    refused = browser.save_settings(email="")
+    assert refused.status_code == 400
+    assert "Enter the address the alerts go to." in refused.text
+    assert browser.save_settings(email="", failure_alerts=None).status_code == 303
+    shop = site.shop(browser.shop_id)
+    assert (shop.email, shop.options.failure_alerts) == (None, False)
