@@ -1762,8 +1762,19 @@ _SHIPMENTS = (
 # The activity view's statements (sql.py says which index each walks). The newest page starts
 # before every (updated_at, job id).
 _NEWEST = (float("inf"), 2**63 - 1)
+# A find's look joins each of its rows to its ledger row by the primary key, one probe each: as a
+# plain join, PostgreSQL hashes the whole ledger for a look of 2,000 (it prices the scan below the
+# probes while the table is under millions of rows). OFFSET 0 keeps the subquery from being
+# flattened back into that join.
+_LEDGER_JOIN = " LEFT JOIN captures AS c ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
+_LEDGER_PROBE = (
+    " LEFT JOIN LATERAL (SELECT * FROM captures AS l WHERE l.shop_id = j.shop_id"
+    " AND l.fulfillment_id = j.key OFFSET 0) AS c ON TRUE"
+)
+assert _LEDGER_JOIN in _SHIPMENTS
 _FIND_SHIPMENTS: dict[ShipmentFilter | None, str] = {
-    state: find_shipments(_SHIPMENTS, state) for state in (None, *SHIPMENT_FILTERS)
+    state: find_shipments(_SHIPMENTS.replace(_LEDGER_JOIN, _LEDGER_PROBE), state)
+    for state in (None, *SHIPMENT_FILTERS)
 }
 _SHIPMENTS_CHANGED = shipments_changed(_SHIPMENTS)
 _CAPTURES_BY_DAY = captures_by_day("floor(c.captured_at / 86400)::bigint")

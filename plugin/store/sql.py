@@ -48,13 +48,14 @@ def orders_expiring(*, one_shop: bool) -> str:
 # own rows, or one of the few dead letters, never a whole table.
 #
 # The filters of a shop's shipments, as predicates over jobs `j` and the ledger `c`; "refunded"
-# looks its order's refunds up in order_operations_order.
+# looks its order's refunds up in order_operations_order, one probe per shipment looked at (the
+# OFFSET keeps PostgreSQL from making it a join that hashes every shop's refunds).
 FILTER_PREDICATES: dict[str, str] = {
     "attention": "j.state = 'dead'",
     "waiting": "j.state IN ('waiting', 'queued', 'running')",
     "captured": "c.state = 'captured'",
     "refunded": "EXISTS (SELECT 1 FROM order_operations AS o WHERE o.shop_id = j.shop_id"
-    " AND o.order_id = c.order_id AND o.kind = 'refund' AND o.state = 'done')",
+    " AND o.order_id = c.order_id AND o.kind = 'refund' AND o.state = 'done' LIMIT 1 OFFSET 0)",
 }
 
 
@@ -62,14 +63,15 @@ def find_shipments(shipments: str, state: str | None) -> str:
     """The shop's shipments matching the filter `state` and the search $6 (NULL: any; else a
     fulfilment id, storefront order id, Klarna reference or Klarna order id, exactly), among at
     most $4 of them changed before ($2, $3), newest first, at most $5. `shipments` is the
-    backend's SELECT of shipments from jobs `j` and captures `c`. The look is bounded, not the
-    matches' index: the $4 are one range of jobs_shop_activity (shop, kind, updated_at, id), each
-    joined to its ledger row by the captures' primary key."""
+    backend's SELECT of shipments from jobs `j` and captures `c`, read here from the look's rows.
+    The look is bounded, not the matches' index: the $4 are one range of jobs_shop_activity
+    (shop, kind, updated_at, id), each joined to its ledger row by the captures' primary key."""
     where = FILTER_PREDICATES[state] if state is not None else "TRUE"
+    looked_at = shipments.replace("FROM jobs AS j", "FROM recent AS j", 1)
     return (
-        "WITH recent AS (SELECT id FROM jobs WHERE shop_id = $1 AND kind = 'fulfillment'"  # noqa: S608 - constant fragments
+        "WITH recent AS (SELECT * FROM jobs WHERE shop_id = $1 AND kind = 'fulfillment'"  # noqa: S608 - constant fragments
         " AND (updated_at, id) < ($2, $3) ORDER BY updated_at DESC, id DESC LIMIT $4)"
-        f" {shipments} JOIN recent ON recent.id = j.id WHERE {where}"
+        f" {looked_at} WHERE {where}"
         " AND (CAST($6 AS TEXT) IS NULL OR CAST($6 AS TEXT) IN"
         " (j.key, c.order_id, c.klarna_reference, c.klarna_order_id))"
         " ORDER BY j.updated_at DESC, j.id DESC LIMIT $5"

@@ -81,13 +81,13 @@ def read_filters(params: Mapping[str, str]) -> Filters:
 
 def read_range(params: Mapping[str, str]) -> tuple[date, date]:
     """The export's first and last day (both included, YYYY-MM-DD), at most EXPORT_DAYS."""
+    given = (params.get("from", ""), params.get("to", ""))
     try:
-        first = date.fromisoformat(params.get("from", "")[:10])
-        last = date.fromisoformat(params.get("to", "")[:10])
+        if any(len(value) != len("YYYY-MM-DD") for value in given):
+            raise ValueError(given)
+        first, last = (date.fromisoformat(value) for value in given)
     except ValueError:
         raise BadQuery("Give the first and last day of the export, as YYYY-MM-DD.") from None
-    if len(params.get("from", "")) != 10 or len(params.get("to", "")) != 10:
-        raise BadQuery("Give the first and last day of the export, as YYYY-MM-DD.")
     if last < first:
         raise BadQuery("The last day of the export comes before its first.")
     if (last - first).days + 1 > EXPORT_DAYS:
