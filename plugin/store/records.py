@@ -254,9 +254,9 @@ class Shipment(msgspec.Struct, kw_only=True):
     captured_at: float | None = None
 
 
-# What the activity view filters a shop's shipments by: failed for good (a dead letter), not
-# captured yet (waiting on credentials, queued, retrying or running), captured, or of an order
-# with a refund Klarna made.
+# What the activity view filters a shop's shipments by: failed for good (a dead letter), its job
+# not done (waiting on credentials, queued, retrying or running), captured, or of an order with a
+# refund Klarna made.
 ShipmentFilter = Literal["attention", "waiting", "captured", "refunded"]
 SHIPMENT_FILTERS: tuple[ShipmentFilter, ...] = ("attention", "waiting", "captured", "refunded")
 

@@ -182,7 +182,7 @@ def test_the_summary_sums_captures_per_currency_and_counts_waiting_and_dead(site
     )
     assert text(section(html, "captured-week")) == ("95.50 EUR (3 captures) 120.00 SEK (1 capture)")
     waiting = text(section(html, "waiting-count"))
-    assert waiting == "2 shipments not captured yet, 1 of them on your Klarna credentials"
+    assert waiting == "2 shipments in progress or waiting, 1 of them on your Klarna credentials"
     assert text(section(html, "attention-count")) == "1 shipment failed for good"
 
     # the chart: one bar a day for 14 days, the numbers in a table beside it
@@ -332,6 +332,36 @@ def test_the_export_lists_each_shipment_of_the_range_safe_for_spreadsheets(site:
     old = time.strftime("%Y-%m-%d", time.gmtime(now - 40 * DAY))
     answer = browser.get(f"{browser.base}/activity/export?from={old}&to={old}")
     assert [row[1] for row in csv.reader(io.StringIO(answer.text))] == ["Fulfilment", "long-ago"]
+
+
+def test_the_export_streams_every_shipment_page_after_page(site: Site) -> None:
+    """More shipments than one read of the export (500): each exported once, in order."""
+    shop, _ = site.create_shop()
+    store = site.service.store
+    start = time.time() - 3600
+
+    async def receive_many() -> None:
+        for n in range(1201):
+            await store.record_delivery(
+                shop.id,
+                f"msg_{n}",
+                body=b"{}",
+                event_type="fulfillment.created",
+                fulfillment_id=f"F{n:04}",
+                rejected=None,
+                now=start + n,
+                order_id=f"O{n:04}",
+            )
+
+    site.call(receive_many)
+    browser = site.sign_in(shop.id)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    yesterday = time.strftime("%Y-%m-%d", time.gmtime(start - DAY))
+    answer = browser.get(f"{browser.base}/activity/export?from={yesterday}&to={today}")
+    assert answer.status_code == 200
+    rows = list(csv.reader(io.StringIO(answer.text)))
+    assert [row[1] for row in rows[1:]] == [f"F{n:04}" for n in range(1201)]
+    assert {row[4] for row in rows[1:]} == {"received"}
 
 
 @pytest.mark.parametrize(
