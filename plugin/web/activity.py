@@ -153,7 +153,7 @@ def chart(days: Iterable[CaptureDay], today: int) -> Chart:
     counts: dict[int, int] = {}
     for day in days:
         counts[day.day] = counts.get(day.day, 0) + day.count
-    step, bar_width, top, plot = 24, 16, 8, 80
+    step, bar_width, top, plot = 40, 28, 8, 100
     baseline = top + plot
     numbers = [counts.get(day, 0) for day in range(today - CHART_DAYS + 1, today + 1)]
     most = max(numbers, default=0)

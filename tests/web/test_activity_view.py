@@ -430,7 +430,8 @@ def test_every_dead_letter_of_one_code_is_retried_at_once_and_only_the_shops(
     assert state_of(site, other.id, "x1") == "dead"
     after = browser.get(location).text
     assert text(section(after, "requeued")) == (
-        "2 jobs that failed with NO_SUCH_ORDER are queued to run again."
+        "2 jobs that failed with NO_SUCH_ORDER were queued to run again: the list below shows"
+        " how they went."
     )
     assert "NO_SUCH_ORDER" not in section(after, "dead-codes")
 
