@@ -41,6 +41,7 @@ PluginError                         anything of ours; `except PluginError` catch
 │                                   plugin.outbound: also httpx2's TimeoutException,
 │                                   RemoteProtocolError and ConnectError, as httpx2 callers catch
 ├── Refused                         plugin.web.pages: a platform page's short refusal
+├── BadQuery                        plugin.web.activity: an activity query string refused
 └── private ones                    the sandboxes' own refusals
 
 tests/test_errors.py pins the names exported here and walks every module under plugin/: an

@@ -22,10 +22,12 @@ from plugin.store.records import (
     JOB_KINDS,
     AuditEntry,
     Callback,
+    CaptureDay,
     CaptureRecord,
     ComplianceRequest,
     Delivery,
     Failure,
+    FoundShipments,
     Job,
     NewDelivery,
     Operation,
@@ -36,6 +38,8 @@ from plugin.store.records import (
     OrderState,
     SealedSecret,
     Shipment,
+    ShipmentCounts,
+    ShipmentFilter,
     Shop,
     ShopOptions,
     Wait,
@@ -442,6 +446,56 @@ class Store(ABC):
 
     @abstractmethod
     async def shipment(self, shop_id: str, fulfillment_id: str) -> Shipment | None: ...
+
+    # the activity view: each a bounded read along an index of the shop's own rows (sql.py)
+
+    @abstractmethod
+    async def find_shipments(
+        self,
+        shop_id: str,
+        *,
+        state: ShipmentFilter | None = None,
+        search: str | None = None,
+        before: tuple[float, int] | None = None,
+        limit: int = 50,
+        scan: int = 2000,
+    ) -> FoundShipments:
+        """The shop's shipments matching the filter `state` and `search` (a fulfilment id, a
+        storefront order id, a Klarna reference or a Klarna order id, exactly), newest first, at
+        most `limit`, looked for among the `scan` shipments changed last before `before` (the
+        (updated_at, job_id) of a previous page's last); `scanned_to` says where the look stopped
+        when the shop has older shipments still."""
+
+    @abstractmethod
+    async def shipments_changed(
+        self,
+        shop_id: str,
+        start: float,
+        end: float,
+        *,
+        after: tuple[float, int] | None = None,
+        limit: int = 500,
+    ) -> list[Shipment]:
+        """The shop's shipments last changed in [`start`, `end`), oldest first, after `after`
+        (the (updated_at, job_id) of the previous page's last), at most `limit`."""
+
+    @abstractmethod
+    async def captures_by_day(self, shop_id: str, since: float) -> list[CaptureDay]:
+        """The shop's captures made since `since`, by day (UTC) and currency, oldest first."""
+
+    @abstractmethod
+    async def shipment_counts(self, shop_id: str) -> ShipmentCounts:
+        """How many of the shop's shipments wait, are queued, run, or are dead letters."""
+
+    @abstractmethod
+    async def dead_jobs(self, shop_id: str, *, limit: int = 1000) -> list[Job]:
+        """The shop's dead letters (of every kind), most recently failed first, at most
+        `limit`."""
+
+    @abstractmethod
+    async def requeue_dead_jobs(self, shop_id: str, job_ids: Sequence[int], now: float) -> int:
+        """Run these jobs again from their first attempt, due `now`, in one transaction: those of
+        them that are the shop's and dead, no other. Returns how many were queued."""
 
     # the capture ledger
     @abstractmethod

@@ -42,12 +42,15 @@ from plugin.store.base import (
 )
 from plugin.store.records import (
     JOB_KINDS,
+    SHIPMENT_FILTERS,
     AuditEntry,
     Callback,
+    CaptureDay,
     CaptureRecord,
     ComplianceRequest,
     Delivery,
     Failure,
+    FoundShipments,
     Job,
     JobKind,
     NewDelivery,
@@ -57,6 +60,8 @@ from plugin.store.records import (
     OrderRecord,
     SealedSecret,
     Shipment,
+    ShipmentCounts,
+    ShipmentFilter,
     Shop,
     ShopOptions,
     Wait,
@@ -68,19 +73,25 @@ from plugin.store.records import (
 from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
 from plugin.store.sql import (
     COUNT_HIT,
+    DEAD_JOBS,
     DELIVERY_COLUMNS,
     FAILURES,
     PRUNE_COMPANIONS,
     PRUNE_STEPS,
+    SCANNED_TO,
     SEALED_SHOP_FIELDS,
     SEALED_WEBHOOK_SECRETS,
+    SHIPMENT_COUNTS,
     cap,
+    captures_by_day,
     delivery_row,
+    find_shipments,
     finite,
     orders_expiring,
     prune_arguments,
     requeue,
     sealed_secrets,
+    shipments_changed,
 )
 
 # Taken for the length of the migrating transaction, so that processes migrating at once apply
@@ -1141,6 +1152,71 @@ class PostgresStore(Store):
         )
         return _record(row, Shipment) if row else None
 
+    # the activity view
+
+    async def find_shipments(
+        self,
+        shop_id: str,
+        *,
+        state: ShipmentFilter | None = None,
+        search: str | None = None,
+        before: tuple[float, int] | None = None,
+        limit: int = 50,
+        scan: int = 2000,
+    ) -> FoundShipments:
+        at, job_id = before or _NEWEST
+        # One read-only transaction: the matches and where the look stopped, of one snapshot.
+        async with self._transaction(isolation="repeatable_read", readonly=True) as conn:
+            rows = await conn.fetch(
+                _FIND_SHIPMENTS[state], shop_id, at, job_id, scan, limit, search
+            )
+            end = await conn.fetchrow(SCANNED_TO, shop_id, at, job_id, scan)
+        return FoundShipments(
+            shipments=[_record(row, Shipment) for row in rows],
+            scanned_to=(float(end[0]), int(end[1])) if end else None,
+        )
+
+    async def shipments_changed(
+        self,
+        shop_id: str,
+        start: float,
+        end: float,
+        *,
+        after: tuple[float, int] | None = None,
+        limit: int = 500,
+    ) -> list[Shipment]:
+        at, job_id = after or (start, -1)
+        rows = await self._fetch(_SHIPMENTS_CHANGED, shop_id, start, end, at, job_id, limit)
+        return [_record(row, Shipment) for row in rows]
+
+    async def captures_by_day(self, shop_id: str, since: float) -> list[CaptureDay]:
+        rows = await self._fetch(_CAPTURES_BY_DAY, shop_id, since)
+        return [
+            CaptureDay(
+                day=int(row["day"]),
+                currency=row["currency"],
+                count=int(row["count"]),
+                amount=int(row["amount"]),  # sum() of BIGINT is a NUMERIC
+            )
+            for row in rows
+        ]
+
+    async def shipment_counts(self, shop_id: str) -> ShipmentCounts:
+        row = await self._fetchrow(SHIPMENT_COUNTS, shop_id)
+        assert row is not None  # counts: always one row
+        return _record(row, ShipmentCounts)
+
+    async def dead_jobs(self, shop_id: str, *, limit: int = 1000) -> list[Job]:
+        rows = await self._fetch(DEAD_JOBS, shop_id, limit)
+        return [_record(row, Job) for row in rows]
+
+    async def requeue_dead_jobs(self, shop_id: str, job_ids: Sequence[int], now: float) -> int:
+        async with self._transaction() as conn:
+            rows = await conn.fetch(_REQUEUE_DEAD, now, shop_id, [int(i) for i in job_ids])
+            if rows:
+                await conn.execute(_NOTIFY)
+        return len(rows)
+
     # the capture ledger
 
     async def get_capture(self, shop_id: str, fulfillment_id: str) -> CaptureRecord | None:
@@ -1741,9 +1817,34 @@ _SHIPMENTS = (
     " j.last_error, j.created_at AS received_at, j.updated_at, c.state AS capture_state,"
     " c.order_id, c.klarna_order_id, c.currency, c.request AS planned_request,"
     " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info,"
-    " coalesce(c.send_out_done, false) AS send_out_done"
+    " coalesce(c.send_out_done, false) AS send_out_done, c.captured_at"
     " FROM jobs AS j LEFT JOIN captures AS c"
     " ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
+)
+
+# The activity view's statements (sql.py says which index each walks). The newest page starts
+# before every (updated_at, job id).
+_NEWEST = (float("inf"), 2**63 - 1)
+# A find's look joins each of its rows to its ledger row by the primary key, one probe each: as a
+# plain join, PostgreSQL hashes the whole ledger for a look of 2,000 (it prices the scan below the
+# probes while the table is under millions of rows). OFFSET 0 keeps the subquery from being
+# flattened back into that join.
+_LEDGER_JOIN = " LEFT JOIN captures AS c ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
+_LEDGER_PROBE = (
+    " LEFT JOIN LATERAL (SELECT * FROM captures AS l WHERE l.shop_id = j.shop_id"
+    " AND l.fulfillment_id = j.key OFFSET 0) AS c ON TRUE"
+)
+assert _LEDGER_JOIN in _SHIPMENTS
+_FIND_SHIPMENTS: dict[ShipmentFilter | None, str] = {
+    state: find_shipments(_SHIPMENTS.replace(_LEDGER_JOIN, _LEDGER_PROBE), state)
+    for state in (None, *SHIPMENT_FILTERS)
+}
+_SHIPMENTS_CHANGED = shipments_changed(_SHIPMENTS)
+_CAPTURES_BY_DAY = captures_by_day("floor(c.captured_at / 86400)::bigint")
+# Dead jobs of the shop $2 among the ids $3, queued again: each found by its primary key.
+_REQUEUE_DEAD = (
+    "UPDATE jobs SET state = 'queued', due_at = $1, attempts = 0, updated_at = $1"
+    " WHERE id = ANY($3::bigint[]) AND shop_id = $2 AND state = 'dead' RETURNING id"
 )
 
 

@@ -257,6 +257,43 @@ class Shipment(msgspec.Struct, kw_only=True):
     klarna_reference: str | None = None
     shipping_info: str | None = None
     send_out_done: bool = False
+    captured_at: float | None = None
+
+
+# What the activity view filters a shop's shipments by: failed for good (a dead letter), its job
+# not done (waiting on credentials, queued, retrying or running), captured, or of an order with a
+# refund Klarna made.
+ShipmentFilter = Literal["attention", "waiting", "captured", "refunded"]
+SHIPMENT_FILTERS: tuple[ShipmentFilter, ...] = ("attention", "waiting", "captured", "refunded")
+
+
+class FoundShipments(msgspec.Struct, frozen=True, kw_only=True):
+    """The shipments a filtered look through a shop's recent ones found, newest first, and,
+    when it stopped at its bound before the shop's oldest shipment, the (updated_at, job_id) of
+    the last one it looked at: where the next look goes on."""
+
+    shipments: list[Shipment]
+    scanned_to: tuple[float, int] | None = None
+
+
+class CaptureDay(msgspec.Struct, frozen=True, kw_only=True):
+    """A shop's captures of one currency made on one day (UTC): how many, and their sum in
+    minor units."""
+
+    day: int  # days since 1970-01-01, UTC
+    currency: str
+    count: int
+    amount: int
+
+
+class ShipmentCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """A shop's shipments by where their job stands: waiting on something (the credentials),
+    queued (new, or failed and retrying), running, and dead (failed for good)."""
+
+    waiting: int = 0
+    queued: int = 0
+    running: int = 0
+    dead: int = 0
 
 
 class Waiting(msgspec.Struct, frozen=True, kw_only=True):

@@ -72,6 +72,93 @@ def orders_expiring(*, one_shop: bool) -> str:
     )
 
 
+# The activity view (the statements below: $1 is the shop). Each walks one index of the shop's
+# own rows, or one of the few dead letters, never a whole table.
+#
+# The filters of a shop's shipments, as predicates over jobs `j` and the ledger `c`; "refunded"
+# looks its order's refunds up in order_operations_order, one probe per shipment looked at (the
+# OFFSET keeps PostgreSQL from making it a join that hashes every shop's refunds).
+FILTER_PREDICATES: dict[str, str] = {
+    "attention": "j.state = 'dead'",
+    "waiting": "j.state IN ('waiting', 'queued', 'running')",
+    "captured": "c.state = 'captured'",
+    "refunded": "EXISTS (SELECT 1 FROM order_operations AS o WHERE o.shop_id = j.shop_id"
+    " AND o.order_id = c.order_id AND o.kind = 'refund' AND o.state = 'done' LIMIT 1 OFFSET 0)",
+}
+
+
+def find_shipments(shipments: str, state: str | None) -> str:
+    """The shop's shipments matching the filter `state` and the search $6 (NULL: any; else a
+    fulfilment id, storefront order id, Klarna reference or Klarna order id, exactly), among at
+    most $4 of them changed before ($2, $3), newest first, at most $5. `shipments` is the
+    backend's SELECT of shipments from jobs `j` and captures `c`, read here from the look's rows.
+    The look is bounded, not the matches' index: the $4 are one range of jobs_shop_activity
+    (shop, kind, updated_at, id), each joined to its ledger row by the captures' primary key."""
+    where = FILTER_PREDICATES[state] if state is not None else "TRUE"
+    looked_at = shipments.replace("FROM jobs AS j", "FROM recent AS j", 1)
+    return (
+        "WITH recent AS (SELECT * FROM jobs WHERE shop_id = $1 AND kind = 'fulfillment'"  # noqa: S608 - constant fragments
+        " AND (updated_at, id) < ($2, $3) ORDER BY updated_at DESC, id DESC LIMIT $4)"
+        f" {looked_at} WHERE {where}"
+        " AND (CAST($6 AS TEXT) IS NULL OR CAST($6 AS TEXT) IN"
+        " (j.key, c.order_id, c.klarna_reference, c.klarna_order_id))"
+        " ORDER BY j.updated_at DESC, j.id DESC LIMIT $5"
+    )
+
+
+# Where a bounded look ends: the $4th shipment changed before ($2, $3), along jobs_shop_activity
+# (none when the shop has fewer: the look reached its oldest).
+SCANNED_TO = (
+    "SELECT updated_at, id FROM jobs WHERE shop_id = $1 AND kind = 'fulfillment'"
+    " AND (updated_at, id) < ($2, $3) ORDER BY updated_at DESC, id DESC LIMIT 1 OFFSET $4 - 1"
+)
+
+
+def shipments_changed(shipments: str) -> str:
+    """The shop's shipments last changed in [$2, $3), after ($4, $5), oldest first, at most $6:
+    one range of jobs_shop_activity, read in order (the CSV export's pages)."""
+    return (
+        f"{shipments} WHERE j.shop_id = $1 AND j.kind = 'fulfillment'"
+        " AND j.updated_at >= $2 AND j.updated_at < $3 AND (j.updated_at, j.id) > ($4, $5)"
+        " ORDER BY j.updated_at, j.id LIMIT $6"
+    )
+
+
+def captures_by_day(day: str) -> str:
+    """The shop's captures made since $2, by day (`day`: the backend's whole days since the epoch
+    of c.captured_at) and currency. Found along jobs_shop_activity from $2 on, each joined to its
+    ledger row by primary key: a fulfilment's job changes last when it ends, after its capture, so
+    a capture made since $2 has its job changed since $2 too."""
+    return (
+        f"SELECT {day} AS day, c.currency, count(*) AS count,"  # noqa: S608 - constant fragments
+        " sum(c.captured_amount) AS amount"
+        " FROM jobs AS j JOIN captures AS c ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
+        " WHERE j.shop_id = $1 AND j.kind = 'fulfillment' AND j.updated_at >= $2"
+        " AND c.state = 'captured' AND c.captured_at >= $2"
+        " GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+
+
+# The shop's shipments by job state, each count one range of one index: waiting ones by
+# job_waits_shop, queued by jobs_queued_shop, running by jobs_running_shop (both partial on the
+# state), dead along jobs_state, the dead letters of every shop: few, each one an alarm.
+SHIPMENT_COUNTS = (
+    "SELECT (SELECT count(*) FROM job_waits AS w JOIN jobs AS j ON j.id = w.job_id"
+    "  WHERE w.shop_id = $1 AND j.state = 'waiting' AND j.kind = 'fulfillment') AS waiting,"
+    " (SELECT count(*) FROM jobs WHERE state = 'queued' AND kind = 'fulfillment'"
+    "  AND shop_id = $1) AS queued,"
+    " (SELECT count(*) FROM jobs WHERE state = 'running' AND shop_id = $1"
+    "  AND kind = 'fulfillment') AS running,"
+    " (SELECT count(*) FROM jobs WHERE state = 'dead' AND shop_id = $1"
+    "  AND kind = 'fulfillment') AS dead"
+)
+# The shop's dead letters of every kind, most recent first, at most $2, along jobs_state.
+DEAD_JOBS = (
+    "SELECT * FROM jobs WHERE state = 'dead' AND shop_id = $1"
+    " ORDER BY updated_at DESC, id DESC LIMIT $2"
+)
+
+
 # The per-shop cap a claim is given when it has none: more jobs than any shop has running.
 NO_CAP = 2**31 - 1
 

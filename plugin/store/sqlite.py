@@ -34,12 +34,15 @@ from plugin.store.base import (
 )
 from plugin.store.records import (
     JOB_KINDS,
+    SHIPMENT_FILTERS,
     AuditEntry,
     Callback,
+    CaptureDay,
     CaptureRecord,
     ComplianceRequest,
     Delivery,
     Failure,
+    FoundShipments,
     Job,
     JobKind,
     NewDelivery,
@@ -49,6 +52,8 @@ from plugin.store.records import (
     OrderRecord,
     SealedSecret,
     Shipment,
+    ShipmentCounts,
+    ShipmentFilter,
     Shop,
     ShopOptions,
     Wait,
@@ -60,20 +65,26 @@ from plugin.store.records import (
 from plugin.store.schema import MIGRATIONS
 from plugin.store.sql import (
     COUNT_HIT,
+    DEAD_JOBS,
     DELIVERY_COLUMNS,
     FAILURE_FIELDS,
     FAILURES,
     PRUNE_COMPANIONS,
     PRUNE_STEPS,
+    SCANNED_TO,
     SEALED_SHOP_FIELDS,
     SEALED_WEBHOOK_SECRETS,
+    SHIPMENT_COUNTS,
     cap,
+    captures_by_day,
     delivery_row,
+    find_shipments,
     finite,
     orders_expiring,
     prune_arguments,
     requeue,
     sealed_secrets,
+    shipments_changed,
 )
 
 T = TypeVar("T")
@@ -803,6 +814,68 @@ class SqliteStore(Store):
         )
         return msgspec.convert(dict(row), Shipment, strict=False) if row else None
 
+    # the activity view
+
+    async def find_shipments(
+        self,
+        shop_id: str,
+        *,
+        state: ShipmentFilter | None = None,
+        search: str | None = None,
+        before: tuple[float, int] | None = None,
+        limit: int = 50,
+        scan: int = 2000,
+    ) -> FoundShipments:
+        at, job_id = before or _NEWEST
+        statement = _FIND_SHIPMENTS[state]
+
+        def work(conn: sqlite3.Connection) -> FoundShipments:
+            rows = conn.execute(statement, (shop_id, at, job_id, scan, limit, search)).fetchall()
+            end = conn.execute(_SCANNED_TO, (shop_id, at, job_id, scan)).fetchone()
+            return FoundShipments(
+                shipments=[msgspec.convert(dict(row), Shipment, strict=False) for row in rows],
+                scanned_to=(float(end[0]), int(end[1])) if end else None,
+            )
+
+        return await self._read(work)
+
+    async def shipments_changed(
+        self,
+        shop_id: str,
+        start: float,
+        end: float,
+        *,
+        after: tuple[float, int] | None = None,
+        limit: int = 500,
+    ) -> list[Shipment]:
+        at, job_id = after or (start, -1)
+        rows = await self._read(
+            lambda conn: conn.execute(
+                _SHIPMENTS_CHANGED, (shop_id, start, end, at, job_id, limit)
+            ).fetchall()
+        )
+        return [msgspec.convert(dict(row), Shipment, strict=False) for row in rows]
+
+    async def captures_by_day(self, shop_id: str, since: float) -> list[CaptureDay]:
+        rows = await self._read(
+            lambda conn: conn.execute(_CAPTURES_BY_DAY, (shop_id, since)).fetchall()
+        )
+        return [msgspec.convert(dict(row), CaptureDay, strict=False) for row in rows]
+
+    async def shipment_counts(self, shop_id: str) -> ShipmentCounts:
+        row = await self._read(lambda conn: conn.execute(_SHIPMENT_COUNTS, (shop_id,)).fetchone())
+        return msgspec.convert(dict(row), ShipmentCounts, strict=False)
+
+    async def dead_jobs(self, shop_id: str, *, limit: int = 1000) -> list[Job]:
+        rows = await self._read(lambda conn: conn.execute(_DEAD_JOBS, (shop_id, limit)).fetchall())
+        return [_job(row) for row in rows]
+
+    async def requeue_dead_jobs(self, shop_id: str, job_ids: Sequence[int], now: float) -> int:
+        ids = json.dumps([int(job_id) for job_id in job_ids])
+        return await self._write(
+            lambda conn: int(conn.execute(_REQUEUE_DEAD, (now, shop_id, ids)).rowcount)
+        )
+
     # the capture ledger
 
     async def get_capture(self, shop_id: str, fulfillment_id: str) -> CaptureRecord | None:
@@ -1425,9 +1498,33 @@ _SHIPMENTS = (
     " j.last_error, j.created_at AS received_at, j.updated_at, c.state AS capture_state,"
     " c.order_id, c.klarna_order_id, c.currency, c.request AS planned_request,"
     " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info,"
-    " coalesce(c.send_out_done, 0) AS send_out_done"
+    " coalesce(c.send_out_done, 0) AS send_out_done, c.captured_at"
     " FROM jobs AS j LEFT JOIN captures AS c"
     " ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
+)
+
+
+# The activity view's statements (sql.py says which index each walks). The newest page starts
+# before every (updated_at, job id).
+_NEWEST = (float("inf"), 2**63 - 1)
+_FIND_SHIPMENTS: dict[ShipmentFilter | None, str] = {
+    state: _numbered(find_shipments(_SHIPMENTS, state)) for state in (None, *SHIPMENT_FILTERS)
+}
+_SCANNED_TO = _numbered(SCANNED_TO)
+_SHIPMENTS_CHANGED = _numbered(shipments_changed(_SHIPMENTS))
+# Whole days since the epoch: truncation is the floor, for times after 1970.
+_CAPTURES_BY_DAY = _numbered(captures_by_day("CAST(c.captured_at / 86400 AS INTEGER)"))
+# INDEXED BY: left alone, SQLite counts a shop's dead shipments along jobs_shop_activity, every
+# job the shop ever had, not along the dead letters.
+_SHIPMENT_COUNTS = _numbered(SHIPMENT_COUNTS).replace(
+    "FROM jobs WHERE state = 'dead'", "FROM jobs INDEXED BY jobs_state WHERE state = 'dead'"
+)
+_DEAD_JOBS = _numbered(DEAD_JOBS).replace("FROM jobs", "FROM jobs INDEXED BY jobs_state")
+# Dead jobs of the shop ?2 among the ids ?3 (a JSON array), queued again. NOT INDEXED: each is
+# found by its id, not among all the shop's jobs along jobs_shop_activity.
+_REQUEUE_DEAD = (
+    "UPDATE jobs NOT INDEXED SET state = 'queued', due_at = ?1, attempts = 0, updated_at = ?1"
+    " WHERE id IN (SELECT value FROM json_each(?3)) AND shop_id = ?2 AND state = 'dead'"
 )
 
 

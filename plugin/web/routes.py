@@ -47,6 +47,8 @@ def routes() -> list[BaseRoute]:
         Route(shop + "/settings/test-connection", views.test_connection, methods=["POST"]),
         Route(shop + "/settings/rotate-secret", views.rotate_secret, methods=["POST"]),
         Route(shop + "/activity", views.activity, methods=["GET"]),
+        Route(shop + "/activity/export", views.export_activity, methods=["GET"]),
+        Route(shop + "/activity/retry-dead", views.retry_dead, methods=["POST"]),
         Route(shipments + "{fulfillment_id:path}", views.shipment_page, methods=["GET"]),
         # .../shipments/<fulfillment id>/retry and .../send-out; the id may hold slashes.
         Route(shipments + "{target:path}", views.shipment_action, methods=["POST"]),

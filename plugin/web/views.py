@@ -3,14 +3,15 @@
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import msgspec
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from plugin import about, money
 from plugin.credentials import OUTCOME_TEXTS, ConnectionTest, check_credentials
@@ -31,6 +32,7 @@ from plugin.store.records import (
     Waiting,
     order_subject,
 )
+from plugin.web import activity as activity_view
 from plugin.web import signin
 from plugin.web.auth import COOKIE, LinkError, Session
 from plugin.web.forms import (
@@ -55,6 +57,9 @@ from plugin.web.pages import (
 )
 
 PAGE_SIZE = 50
+# Shipments an export reads at a time; dead letters a summary groups or a retry looks through.
+EXPORT_PAGE = 500
+DEAD_LIMIT = 1000
 # Orders listed under "Authorizations expiring soon", soonest first.
 EXPIRING_LIMIT = 50
 DAY = 86_400.0
@@ -531,24 +536,99 @@ async def _expiring(service: Service, shop: Shop, now: float) -> list[Expiring]:
     ]
 
 
+class Summary(msgspec.Struct, kw_only=True):
+    """The top of the activity page: captures today and over the last week per currency, the
+    shipments waiting and those needing attention, the dead letters by error code, the chart."""
+
+    today: list[dict[str, Any]]
+    week: list[dict[str, Any]]
+    waiting: int
+    on_credentials: int
+    dead: int
+    dead_codes: list[tuple[str, int]]  # (error code, how many), most first
+    chart: activity_view.Chart
+
+
+async def _summary(service: Service, shop: Shop, now: float) -> Summary:
+    """Three indexed reads: the captures of the last CHART_DAYS days by day, the shipments by job
+    state, and the shop's dead letters (at most DEAD_LIMIT)."""
+    today = activity_view.day_of(now)
+    first_day = today - activity_view.CHART_DAYS + 1
+    days = await service.store.captures_by_day(shop.id, float(first_day * activity_view.DAY))
+    counts = await service.store.shipment_counts(shop.id)
+    codes: dict[str, int] = {}
+    for job in await service.store.dead_jobs(shop.id, limit=DEAD_LIMIT):
+        code = activity_view.error_code(job.last_error) or "unknown"
+        codes[code] = codes.get(code, 0) + 1
+
+    def shown(first: int) -> list[dict[str, Any]]:
+        return [
+            {"currency": t.currency, "count": t.count, "amount": _amount(t.amount, t.currency)}
+            for t in activity_view.totals(days, first)
+        ]
+
+    return Summary(
+        today=shown(today),
+        week=shown(today - activity_view.WEEK_DAYS + 1),
+        waiting=counts.waiting + counts.queued + counts.running,
+        on_credentials=counts.waiting,
+        dead=counts.dead,
+        dead_codes=sorted(codes.items(), key=lambda item: (-item[1], item[0])),
+        chart=activity_view.chart(days, today),
+    )
+
+
+def _cursor(value: str) -> tuple[float, int] | None:
+    """A page link's `before` (updated_at_jobid); BadQuery when it is not one."""
+    if not value:
+        return None
+    at, _, job_id = value.partition("_")
+    try:
+        before = (float(at), int(job_id))
+    except ValueError:
+        before = None
+    if before is None or not math.isfinite(before[0]) or not 0 <= before[1] < 2**63:
+        raise activity_view.BadQuery("That page link is not valid.")
+    return before
+
+
+def _requeued(request: Request) -> dict[str, Any] | None:
+    """What the retry of one error code's dead letters queued, as its redirect says."""
+    count = request.query_params.get("queued", "")
+    code = request.query_params.get("code", "")
+    if not count.isdigit() or len(count) > 6 or not activity_view.ERROR_CODE.fullmatch(code):
+        return None
+    return {"count": int(count), "code": code}
+
+
 @page()
 async def activity(request: Request, service: Service, shop: Shop, session: Session) -> Response:
-    before: tuple[float, int] | None = None
-    cursor = request.query_params.get("before", "")
-    if cursor:
-        at, _, job_id = cursor.partition("_")
-        try:
-            before = (float(at), int(job_id))
-        except ValueError:
-            before = None
-        if before is None or not math.isfinite(before[0]) or not 0 <= before[1] < 2**63:
-            return message(request, "Bad page", "That page link is not valid.", 400)
-    shipments = await service.store.shipments(shop.id, before=before, limit=PAGE_SIZE + 1)
-    more = len(shipments) > PAGE_SIZE
-    shipments = shipments[:PAGE_SIZE]
-    next_cursor = (
-        f"{shipments[-1].updated_at!r}_{shipments[-1].job_id}" if more and shipments else None
-    )
+    try:
+        before = _cursor(request.query_params.get("before", ""))
+        filters = activity_view.read_filters(request.query_params)
+    except activity_view.BadQuery as exc:
+        return message(request, "Bad page", str(exc), 400)
+    next_at: tuple[float, int] | None = None
+    scanned_to: tuple[float, int] | None = None
+    if filters.active:
+        found = await service.store.find_shipments(
+            shop.id,
+            state=filters.state,
+            search=filters.search,
+            before=before,
+            limit=PAGE_SIZE + 1,
+            scan=activity_view.SCAN,
+        )
+        shipments, scanned_to = found.shipments, found.scanned_to
+    else:
+        shipments = await service.store.shipments(shop.id, before=before, limit=PAGE_SIZE + 1)
+    if len(shipments) > PAGE_SIZE:
+        shipments = shipments[:PAGE_SIZE]
+        next_at = (shipments[-1].updated_at, shipments[-1].job_id)
+    else:
+        # A filtered look that stopped at its bound goes on from there: older ones may match.
+        next_at = scanned_to
+    next_cursor = f"{next_at[0]!r}_{next_at[1]}" if next_at is not None else None
     rows = [_row(s) for s in shipments]
     # The orders of this page's shipments: their refunds, cancellation, release and extensions,
     # and those whose own job failed for good.
@@ -564,10 +644,78 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
             "expiring": await _expiring(service, shop, time.time()) if before is None else [],
             "next_cursor": next_cursor,
             "first_page": before is None,
+            "filters": filters,
+            "filter_query": filters.query(),
+            "scan": activity_view.SCAN,
+            "summary": await _summary(service, shop, time.time()),
+            "requeued": _requeued(request),
+            "today": activity_view.utc(time.time())[:10],
             "csrf_token": request.state.csrf_token,
             "waiting": await _waiting_banner(service, shop),
         },
     )
+
+
+@page()
+async def export_activity(
+    request: Request, service: Service, shop: Shop, session: Session
+) -> Response:
+    """The shop's shipments last changed within a range of days (UTC, both included) as CSV,
+    streamed a page of EXPORT_PAGE at a time, each page one indexed read and one of its orders'
+    refunds."""
+    try:
+        first, last = activity_view.read_range(request.query_params)
+    except activity_view.BadQuery as exc:
+        return message(request, "Bad export", str(exc), 400)
+    start = activity_view.day_start(first)
+    end = activity_view.day_start(last) + activity_view.DAY
+
+    async def lines() -> AsyncIterator[str]:
+        yield activity_view.csv_text([activity_view.EXPORT_HEADER])
+        after: tuple[float, int] | None = None
+        while True:
+            page = await service.store.shipments_changed(
+                shop.id, start, end, after=after, limit=EXPORT_PAGE
+            )
+            if not page:
+                return
+            order_ids = list(dict.fromkeys(s.order_id for s in page if s.order_id))
+            refunded: dict[str, int] = {}
+            for op in await _operations(service, shop, order_ids):
+                if op.kind == "refund" and op.state == "done":
+                    refunded[op.order_id] = refunded.get(op.order_id, 0) + (op.amount or 0)
+            yield activity_view.csv_text(
+                [
+                    activity_view.export_row(s, _state(s), refunded.get(s.order_id or ""))
+                    for s in page
+                ]
+            )
+            if len(page) < EXPORT_PAGE:
+                return
+            after = (page[-1].updated_at, page[-1].job_id)
+
+    name = f"activity-{first.isoformat()}-to-{last.isoformat()}.csv"
+    return StreamingResponse(
+        lines(),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@page(post=True)
+async def retry_dead(request: Request, service: Service, shop: Shop, session: Session) -> Response:
+    """POST .../activity/retry-dead: every dead letter of this shop failed with `error_code`,
+    run again (at most DEAD_LIMIT, the most recent first); the page after says how many."""
+    code = _form(request).get("error_code", "")
+    if not activity_view.ERROR_CODE.fullmatch(code):
+        return message(request, "Bad request", "Name the error code to retry.", 400)
+    dead = await service.store.dead_jobs(shop.id, limit=DEAD_LIMIT)
+    ids = [job.id for job in dead if activity_view.error_code(job.last_error) == code]
+    queued = await service.store.requeue_dead_jobs(shop.id, ids, time.time()) if ids else 0
+    if queued:
+        service.wake_workers()
+    query = urlencode({"queued": queued, "code": code})
+    return RedirectResponse(f"/admin/{shop.id}/activity?{query}", status_code=303)
 
 
 async def _shipment_page(
