@@ -38,6 +38,7 @@ COMMON_OPTIONS = (
     "release_remaining",
     "keep_alive",
     "keep_alive_days",
+    "time_zone",
 )
 
 

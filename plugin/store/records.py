@@ -58,6 +58,8 @@ class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     release_remaining: bool = True
     keep_alive: bool = True
     keep_alive_days: Annotated[int, msgspec.Meta(ge=1, le=30)] = 3
+    # The IANA time zone the merchant's pages show times in (checked against zoneinfo when set).
+    time_zone: Annotated[str, msgspec.Meta(max_length=64)] = "UTC"
 
 
 class Shop(msgspec.Struct, kw_only=True):

@@ -147,7 +147,7 @@ def test_a_merchant_fixes_a_wrong_password_and_retries_a_failed_shipment(
     assert storefront.send(shipment(first.order_id, "1001-F1")).json()["status"] == "accepted"
     page.get_by_role("link", name="Activity").click()
     expect(page).to_have_url(activity_url)
-    reload_until(page, row(page, "1001-F1"), "waiting on credentials")
+    reload_until(page, row(page, "1001-F1"), "Waiting for Klarna credentials")
     expect(row(page, "1001-F1")).to_contain_text("UNAUTHORIZED")
     expect(page.locator("#waiting-banner")).to_contain_text(
         "1 shipment waiting on your Klarna credentials"
@@ -186,7 +186,7 @@ def test_a_merchant_fixes_a_wrong_password_and_retries_a_failed_shipment(
     page.get_by_role("link", name="Activity").click()
     reload_until(page, row(page, "1001-F1"), "captured")
     reload_until(page, row(page, "1002-F1"), "captured")
-    expect(row(page, "1002-F1")).to_contain_text("60.00 EUR")
+    expect(row(page, "1002-F1")).to_contain_text("€60.00")
     reload_until(page, row(page, "1003-F1"), "dead")
     expect(page.locator("#waiting-banner")).to_have_count(0)
     screenshot(page, "activity.png")

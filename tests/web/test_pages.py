@@ -215,6 +215,7 @@ def test_settings_show_the_account_and_keep_the_password_write_only(
         "release_remaining": "on",
         "keep_alive": "on",
         "keep_alive_days": "3",
+        "time_zone": "UTC",
         "status_url": "",
     }
     set_at = datetime.fromtimestamp(shop[0].klarna_password_set_at or 0, UTC)
@@ -380,6 +381,7 @@ def test_every_settings_control_has_a_label(browser: Browser) -> None:
         "release_remaining",
         "keep_alive",
         "keep_alive_days",
+        "time_zone",
         "status_url",
     }
 
