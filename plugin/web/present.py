@@ -8,7 +8,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from babel.numbers import format_currency
+from babel.numbers import format_currency, get_currency_symbol
 
 from plugin import money
 
@@ -72,7 +72,10 @@ def amount(minor: int | None, currency: str) -> str:
         value = money.to_decimal(minor, currency)
     except money.MoneyError:
         return f"{minor} {currency} (minor units)"
-    return format_currency(value, currency.upper(), locale=LOCALE, currency_digits=True)
+    code = currency.upper()
+    # A currency the locale writes by its code (SEK, KWD) gets a space between code and number.
+    spaced = "¤\xa0#,##0.00" if get_currency_symbol(code, LOCALE) == code else None
+    return format_currency(value, code, format=spaced, locale=LOCALE, currency_digits=True)
 
 
 def zone(name: str | None) -> ZoneInfo:
