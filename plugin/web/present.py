@@ -151,3 +151,30 @@ def portal_url(environment: str, username: str, klarna_order_id: str) -> str | N
         f"{base}/orders/all/merchants/{quote(merchant, safe='')}/orders/"
         f"{quote(klarna_order_id, safe='')}"
     )
+
+
+# The steps and outcomes of a trail (the audit entries the pipeline writes) in plain words; a
+# step or outcome not named here shows as written, its underscores as spaces.
+STEPS = {
+    "map": "Reading the shipment",
+    "plan": "Planning",
+    "capture": "Capture",
+    "shipping_info": "Tracking sent to Klarna",
+    "send_out": "Customer email",
+    "report": "Status report",
+    "merchant_references": "Order number at Klarna",
+    "skip": "Skipped",
+}
+OUTCOMES = {
+    "dead": "failed: needs attention",
+    "failed, will retry": "failed, will retry by itself",
+    "waiting for klarna credentials": "waiting for Klarna credentials",
+}
+
+
+def trail_step(step: str) -> str:
+    return STEPS.get(step, step.replace("_", " ").capitalize())
+
+
+def trail_outcome(outcome: str) -> str:
+    return OUTCOMES.get(outcome, outcome)

@@ -84,6 +84,8 @@ templates.env.filters["datetime"] = _datetime
 templates.env.filters["money"] = present.amount
 templates.env.filters["carrier"] = present.carrier
 templates.env.filters["advice"] = advice_for
+templates.env.filters["step"] = present.trail_step
+templates.env.filters["outcome"] = present.trail_outcome
 
 NOTICES = {
     "saved": "Settings saved.",

@@ -152,7 +152,7 @@ def test_the_shipment_page_reads_the_capture_live_from_klarna(
     assert html.count(order.klarna_reference) == 1
     assert "<td>Tomatoes <small>SKU-1</small></td><td>10</td><td>€60.00</td>" in html
     assert "<li>DHL JJD0001 (Home)</li>" in html  # Klarna's carrier code by its name
-    assert "capture</strong>: captured" in html  # the audit trail
+    assert "Capture</strong>: captured" in html  # the audit trail
 
     # Klarna's side changes; the page shows it without anything stored changing here
     with klarna_sandbox.lock:
@@ -244,7 +244,7 @@ def test_resend_asks_klarna_for_one_more_send_out(
     assert capture.send_outs == 1
     after = browser.get(sent.headers["location"]).text
     assert "Klarna was asked to send the customer their payment details again." in after
-    assert "send_out</strong>: resent by the merchant" in after
+    assert "Customer email</strong>: resent by the merchant" in after
     assert browser.post(f"{path}/send-out").status_code == 303
     assert capture.send_outs == 2
 
@@ -276,7 +276,7 @@ def test_a_resend_klarna_refuses_shows_why(
     assert answer.status_code == 502
     assert "Klarna did not resend." in answer.text
     assert f"Klarna trigger_send_out failed: {expected}" in answer.text
-    assert "send_out</strong>: failed" in answer.text
+    assert "Customer email</strong>: failed" in answer.text
     assert capture.send_outs == 0
     assert_page_headers(answer)
 

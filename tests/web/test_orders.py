@@ -290,7 +290,7 @@ def test_activity_shows_each_orders_refunds_release_and_extensions(quiet_site: S
     assert f'<a href="/admin/{shop.id}/shipments/1001-F1">1001-F1</a>: Captured, €60.00' in (
         order.text
     )
-    assert "<strong>refund</strong>: failed" in order.text  # the order's trail
+    assert "<strong>Refund</strong>: failed" in order.text  # the order's trail
     assert "/retry" not in order.text
     closed = browser.get(f"{browser.base}/orders/1002").text
     assert '<dt>State</dt><dd><span class="badge">Closed</span></dd>' in closed

@@ -177,6 +177,9 @@ def test_after_a_retry_that_failed_again_the_banner_says_so_not_queued(
         "wrong.</p>" in after
     )
     assert "Queued" not in after
+    # and its trail says it in words too: no bare "dead"
+    assert "<strong>Planning</strong>: failed: needs attention" in after
+    assert ": dead" not in after
     assert 'class="ok"' not in after
 
 
