@@ -25,6 +25,7 @@ from plugin.service import Service
 from plugin.store.records import (
     KLARNA_CREDENTIALS,
     AuditEntry,
+    Delivery,
     Job,
     OrderOperation,
     OrderRecord,
@@ -85,6 +86,8 @@ templates.env.filters["money"] = present.amount
 templates.env.filters["carrier"] = present.carrier
 templates.env.filters["advice"] = advice_for
 templates.env.filters["step"] = present.trail_step
+templates.env.filters["call_state"] = lambda state: present.CALL_STATES.get(state, state)
+templates.env.filters["order_state"] = lambda state: present.ORDER_STATES.get(state, state)
 templates.env.filters["outcome"] = present.trail_outcome
 
 NOTICES = {
@@ -644,10 +647,25 @@ async def _shipment_page(
     )
 
 
+async def _from_ledger(
+    service: Service, shop: Shop, row: Row, deliveries: Sequence[Delivery]
+) -> None:
+    """The Klarna order of the shipment's order, where the ledger knows it (another shipment or
+    an order event of it reached Klarna)."""
+    order_id = row.order_id or next((d.order_id for d in deliveries if d.order_id), None)
+    order = await service.store.get_order(shop.id, order_id) if order_id else None
+    if order is not None:
+        row.order_id = order.order_id
+        row.klarna_order_id = order.klarna_order_id
+        row.currency = row.currency or order.currency
+
+
 async def _from_deliveries(service: Service, shop: Shop, row: Row) -> None:
-    """A shipment that failed before it was planned has no ledger row: its order, Klarna order
-    and amount are read from its stored deliveries, through its platform's decoding."""
+    """A shipment that failed before it was planned has no capture row: its order, Klarna order
+    and amount are read from its stored deliveries, through its platform's decoding, and the
+    Klarna order from the ledger's order where the deliveries do not say (or are pruned)."""
     deliveries = await service.store.fulfillment_deliveries(shop.id, row.fulfillment_id)
+    await _from_ledger(service, shop, row, deliveries)
     for delivery in deliveries:
         row.order_id = row.order_id or delivery.order_id or ""
         event = registry.delivery_event(shop.platform, delivery.body)

@@ -15,7 +15,15 @@ from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.store.records import Shop
 from plugin.web import present
 from tests.helpers import TOMATOES, shipment, wait_until
-from tests.web.support import Browser, Site, captured, csrf_token, forms, job_state
+from tests.web.support import (
+    Browser,
+    Site,
+    captured,
+    csrf_token,
+    database,
+    forms,
+    job_state,
+)
 
 CSS = Path(__file__).resolve().parents[2] / "plugin/web/static/app.css"
 
@@ -58,6 +66,27 @@ def test_states_in_the_merchants_words() -> None:
     assert present.shipment_state("queued", 1, None, None) == present.RETRYING
     assert present.shipment_state("queued", 0, None, None) == present.RECEIVED
     assert present.partly_captured(6600, 6600, "EUR") is None
+
+
+def test_a_failed_shipment_whose_delivery_says_nothing_shows_the_ledgers_klarna_order(
+    site: Site, shop: tuple[Shop, str], browser: Browser, klarna_sandbox: KlarnaSandbox
+) -> None:
+    order = klarna_sandbox.create_order(order_amount=12000)
+    send(site, shop, shipment(order.order_id, "1001-F1"))
+    wait_until(lambda: captured(site.settings, shop[0].id, "1001-F1"), what="the capture")
+    # A second shipment of the order names a Klarna order Klarna does not know: dead before it
+    # was planned; then its delivery's body is gone (as retention prunes it).
+    unknown = "0b1e9c52-5d3c-4c1e-9a43-3f8f1d2b7c11"
+    send(site, shop, shipment(unknown, "1001-F2"))
+    wait_until(lambda: job_state(site.settings, shop[0].id, "1001-F2") == "dead", what="dead")
+    with database(site.settings) as conn:
+        conn.execute("UPDATE deliveries SET body = x'' WHERE fulfillment_id = '1001-F2'")
+
+    page = browser.get(f"{browser.base}/shipments/1001-F2").text
+    assert ">1001</a>" in page
+    assert f"<dt>Klarna order</dt><dd><code>{order.order_id}</code>" in page
+    assert "<dt>Amount</dt><dd>not known yet</dd>" in page
+    assert "Klarna has no order with this id in the account and environment set here." in page
 
 
 # amounts, carriers
