@@ -39,6 +39,7 @@ COMMON_OPTIONS = (
     "keep_alive",
     "keep_alive_days",
     "failure_alerts",
+    "time_zone",
 )
 
 

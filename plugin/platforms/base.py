@@ -275,6 +275,10 @@ class Platform:
       their checks, its partial, who may frame the page), from its `settings.py`.
     - `pages`: the paths of its own pages beyond the merchant's (its install and admin entries),
       which get the pages' security headers.
+    - `delivery_event`: the shipment a stored delivery's body describes, decoded without a call
+      (None: the body alone does not say), so a shipment that failed before it was planned
+      still shows its order, Klarna order and amount; None where the platform's deliveries
+      hold no whole shipment.
     """
 
     name: str
@@ -289,6 +293,7 @@ class Platform:
     rehook: "Callable[[ServiceContext, Shop], Awaitable[int]] | None" = None
     settings_page: SettingsPage = field(default_factory=SettingsPage)
     pages: tuple[str, ...] = ()
+    delivery_event: Callable[[bytes], FulfillmentEvent | None] | None = None
 
 
 class ShopAddRefused(PluginError):

@@ -5,6 +5,7 @@ from collections.abc import Callable, Mapping
 
 import jinja2
 
+from plugin.events import FulfillmentEvent
 from plugin.platforms.base import Platform
 from plugin.platforms.bigcommerce.platform import PLATFORM as BIGCOMMERCE
 from plugin.platforms.shopify.platform import PLATFORM as SHOPIFY
@@ -63,3 +64,11 @@ def template_loader() -> jinja2.BaseLoader:
 def page_paths() -> tuple[str, ...]:
     """The paths of the platforms' own pages (install and admin entries)."""
     return tuple(path for platform in PLATFORMS.values() for path in platform.pages)
+
+
+def delivery_event(name: str, body: bytes) -> FulfillmentEvent | None:
+    """The shipment a stored delivery of platform `name` describes, where its body says alone."""
+    platform = PLATFORMS.get(name)
+    if platform is None or platform.delivery_event is None:
+        return None
+    return platform.delivery_event(body)

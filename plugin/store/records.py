@@ -61,6 +61,8 @@ class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     # A mail to the shop's address when shipments or orders need attention (dead letters, refused
     # refunds), at most one an hour (plugin/pipeline/alerts.py): asked for, never assumed.
     failure_alerts: bool = False
+    # The IANA time zone the merchant's pages show times in (checked against zoneinfo when set).
+    time_zone: Annotated[str, msgspec.Meta(max_length=64)] = "UTC"
 
 
 class Shop(msgspec.Struct, kw_only=True):

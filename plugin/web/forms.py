@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from zoneinfo import available_timezones
 
 import msgspec
 
@@ -33,6 +34,8 @@ KLARNA_ACCOUNT_FIELDS = (
     "klarna_password",
 )
 MAX_NAME = 255
+MAX_TIME_ZONE = 64  # characters, as ShopOptions.time_zone allows; the longest IANA name has 32
+_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
 
 
 def _bounds(name: str) -> tuple[int, int]:
@@ -176,6 +179,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
     release_remaining: bool = True
     keep_alive: bool = True
     keep_alive_days: str = "3"
+    time_zone: str = "UTC"
     status_url: str = ""
     email: str = ""
     failure_alerts: bool = False
@@ -195,6 +199,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             release_remaining=shop.options.release_remaining,
             keep_alive=shop.options.keep_alive,
             keep_alive_days=str(shop.options.keep_alive_days),
+            time_zone=shop.options.time_zone,
             status_url=shop.status_url or "",
             email=shop.email or "",
             failure_alerts=shop.options.failure_alerts,
@@ -217,6 +222,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             release_remaining=data.get("release_remaining") == "on",
             keep_alive=data.get("keep_alive") == "on",
             keep_alive_days=data.get("keep_alive_days", "").strip(),
+            time_zone=data.get("time_zone", "").strip(),
             status_url=data.get("status_url", "").strip(),
             # Cut before anything else looks at it: longer is no address (emails.MAX_ADDRESS).
             email=data.get("email", "")[: emails.MAX_ADDRESS + 1].strip(),
@@ -251,6 +257,9 @@ class SettingsForm(msgspec.Struct, kw_only=True):
         if parse_keep_alive_days(self.keep_alive_days) is None:
             low, high = KEEP_ALIVE_DAYS
             errors["keep_alive_days"] = f"Enter a whole number of days from {low} to {high}."
+        problem = time_zone_problem(self.time_zone)
+        if problem:
+            errors["time_zone"] = problem
         if self.status_url and (
             not self.status_url.startswith(("https://", "http://")) or len(self.status_url) > 2048
         ):
@@ -298,6 +307,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
                 failure_alerts=self.failure_alerts,
                 keep_alive_days=parse_keep_alive_days(self.keep_alive_days)
                 or shop.options.keep_alive_days,
+                time_zone=self.time_zone,
                 **page.options(self.fields),
             ),
         )
@@ -314,6 +324,18 @@ def parse_keep_alive_days(value: str) -> int | None:
     if not re.fullmatch(r"[0-9]{1,2}", value) or not low <= int(value) <= high:
         return None
     return int(value)
+
+
+def time_zone_problem(name: str) -> str | None:
+    """What is wrong with `name` as the shop's time zone (an IANA name zoneinfo knows); None:
+    nothing. Its shape is checked before the name is looked up."""
+    if (
+        len(name) > MAX_TIME_ZONE
+        or not _ZONE_NAME.fullmatch(name)
+        or name not in available_timezones()
+    ):
+        return "Enter a time zone by its IANA name, such as Europe/Stockholm or America/New_York."
+    return None
 
 
 def name_problem(what: str, name: str) -> str | None:

@@ -8,12 +8,14 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import jinja2
 import msgspec
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from plugin import about, money
+from plugin import about
+from plugin.capture import klarna_lines
 from plugin.credentials import OUTCOME_TEXTS, ConnectionTest, check_credentials
 from plugin.errors import JobError
 from plugin.klarna import KlarnaError
@@ -24,6 +26,7 @@ from plugin.service import Service
 from plugin.store.records import (
     KLARNA_CREDENTIALS,
     AuditEntry,
+    Delivery,
     Job,
     OrderOperation,
     OrderRecord,
@@ -33,7 +36,8 @@ from plugin.store.records import (
     order_subject,
 )
 from plugin.web import activity as activity_view
-from plugin.web import signin
+from plugin.web import present, signin
+from plugin.web.advice import advice_for
 from plugin.web.auth import COOKIE, LinkError, Session
 from plugin.web.forms import (
     CAPTURE_MODES,
@@ -75,16 +79,50 @@ MAX_FULFILLMENT_ID = 255  # characters, as events.FulfillmentEvent allows
 # The service's templates and each platform's settings partial.
 templates = make_templates(registry.template_loader())
 
+
+@jinja2.pass_context
+def _datetime(context: jinja2.runtime.Context, at: float) -> str:
+    """A moment in the time zone of the page's shop (UTC on a page of none)."""
+    shop = context.get("shop")
+    return present.when(at, shop.options.time_zone if isinstance(shop, Shop) else None)
+
+
+templates.env.filters["datetime"] = _datetime
+templates.env.filters["money"] = present.amount
+templates.env.filters["carrier"] = present.carrier
+templates.env.filters["advice"] = advice_for
+templates.env.filters["step"] = present.trail_step
+templates.env.filters["call_state"] = lambda state: present.CALL_STATES.get(state, state)
+templates.env.filters["order_state"] = lambda state: present.ORDER_STATES.get(state, state)
+templates.env.filters["outcome"] = present.trail_outcome
+
 NOTICES = {
     "saved": "Settings saved.",
     "saved-anyway": "Settings saved anyway, but Klarna did not accept the credentials (see "
     "beside the password): shipments wait on them until Klarna accepts the ones saved here.",
-    "retried": "The shipment is queued to be processed again.",
-    "retried-order": "The order is queued to be processed again.",
     "sent": "Klarna was asked to send the customer their payment details again.",
 }
 
 Page = Callable[[Request, "Service", Shop, Session], Awaitable[Response]]
+
+# After a Retry, what the banner says follows the job as it is now, not the link that came back
+# from the Retry: a job that failed again is not shown as queued.
+_RETRY_OUTCOMES = {
+    "queued": ("yes", "Queued to be processed again."),
+    "running": ("yes", "Being processed again now."),
+    "done": ("yes", "Retried: done."),
+    "waiting": ("", "Retried, and now waiting for Klarna credentials: see below."),
+    "dead": ("", "Retried, and it failed again: see below for what went wrong."),
+}
+
+
+def _after_retry(request: Request, job_state: str | None) -> dict[str, str] | None:
+    """The banner of a page a Retry redirected to, from the job's current state."""
+    if request.query_params.get("notice") not in ("retried", "retried-order"):
+        return None
+    ok, text = _RETRY_OUTCOMES.get(job_state or "", ("", "The retry could not be followed."))
+    return {"ok": ok, "text": text}
+
 
 _SIGN_IN = (
     "Open the settings from your storefront's admin, or ask for a sign-in link by mail at "
@@ -326,8 +364,9 @@ class Row(msgspec.Struct, kw_only=True):
     """A shipment as the pages show it."""
 
     fulfillment_id: str
-    state: str
-    amount: str
+    state: str  # in the merchant's words (present.shipment_state)
+    tone: str  # the state's colour: done, partial, pending, waiting, retrying, failed
+    amount: str  # formatted for its currency
     currency: str
     capture_id: str
     klarna_reference: str
@@ -346,10 +385,14 @@ def _row(shipment: Shipment) -> Row:
     if amount is None and shipment.planned_request:
         amount = msgspec.json.decode(shipment.planned_request, type=CaptureObject).captured_amount
     currency = shipment.currency or ""
+    state = present.shipment_state(
+        shipment.job_state, shipment.attempts, shipment.capture_state, shipment.capture_id
+    )
     return Row(
         fulfillment_id=shipment.fulfillment_id,
-        state=_state(shipment),
-        amount=_amount(amount, currency),
+        state=state.label,
+        tone=state.tone,
+        amount=present.amount(amount, currency),
         currency=currency,
         capture_id=shipment.capture_id or "",
         klarna_reference=shipment.klarna_reference or "",
@@ -361,34 +404,6 @@ def _row(shipment: Shipment) -> Row:
         can_send_out=shipment.capture_id is not None,
         waiting=shipment.job_state == "waiting",
     )
-
-
-def _amount(amount: int | None, currency: str) -> str:
-    """Minor units as the currency's decimal amount ("" when unknown)."""
-    if amount is None or not currency:
-        return ""
-    try:
-        return str(money.to_decimal(amount, currency))
-    except money.MoneyError:
-        return str(amount)
-
-
-WAITING_STATE = "waiting on credentials"
-
-
-def _state(shipment: Shipment) -> str:
-    if shipment.job_state == "dead":
-        return "dead"
-    if shipment.job_state == "waiting":
-        return WAITING_STATE
-    if shipment.job_state == "queued" and shipment.attempts and shipment.capture_id is None:
-        return "failed"
-    if shipment.capture_state == "captured":
-        sent = shipment.shipping_info not in (None, "", "[]")
-        return "shipping info sent" if sent else "captured"
-    if shipment.capture_state == "planned":
-        return "planned"
-    return "received"
 
 
 class Call(msgspec.Struct, kw_only=True):
@@ -439,7 +454,7 @@ def _call(op: OrderOperation) -> Call:
         what=_CALLS[op.kind],
         refund_id=op.key if op.kind == "refund" else "",
         state=op.state,
-        amount=_amount(op.amount, op.currency) if op.kind in ("refund", "release") else "",
+        amount=present.amount(op.amount, op.currency) if op.kind in ("refund", "release") else "",
         currency=op.currency,
         klarna_refund_id=(op.result or "") if op.kind == "refund" and op.state == "done" else "",
         expires_at=expires_at,
@@ -563,7 +578,11 @@ async def _summary(service: Service, shop: Shop, now: float) -> Summary:
 
     def shown(first: int) -> list[dict[str, Any]]:
         return [
-            {"currency": t.currency, "count": t.count, "amount": _amount(t.amount, t.currency)}
+            {
+                "currency": t.currency,
+                "count": t.count,
+                "amount": present.amount(t.amount, t.currency),
+            }
             for t in activity_view.totals(days, first)
         ]
 
@@ -686,7 +705,13 @@ async def export_activity(
                     refunded[op.order_id] = refunded.get(op.order_id, 0) + (op.amount or 0)
             yield activity_view.csv_text(
                 [
-                    activity_view.export_row(s, _state(s), refunded.get(s.order_id or ""))
+                    activity_view.export_row(
+                        s,
+                        present.shipment_state(
+                            s.job_state, s.attempts, s.capture_state, s.capture_id
+                        ).label,
+                        refunded.get(s.order_id or ""),
+                    )
                     for s in page
                 ]
             )
@@ -730,20 +755,31 @@ async def _shipment_page(
     if shipment is None:
         return message(request, "No such shipment", "This shop has no such shipment.", 404)
     row = _row(shipment)
+    if not row.klarna_order_id:
+        await _from_deliveries(service, shop, row)
     live: dict[str, Any] | None = None
     live_error = None
     if shipment.capture_id and shipment.klarna_order_id:
+        # The Klarna order as it stands, its captures in it: what this one holds now, and
+        # whether the order is captured in full (else the state says how much of it).
         try:
-            capture = await service.pipeline.klarna(shop).read_capture(
-                shipment.klarna_order_id, shipment.capture_id
-            )
+            order = await service.pipeline.klarna(shop).read_order(shipment.klarna_order_id)
         except KlarnaError as error:
             live_error = str(error)
         else:
+            capture = next((c for c in order.captures if c.capture_id == shipment.capture_id), None)
+            partly = present.partly_captured(
+                order.captured_amount, order.order_amount, row.currency
+            )
+            if partly is not None and row.tone == "done":
+                row.state, row.tone = partly.label, partly.tone
             live = {
                 "capture": capture,
-                "amount": str(money.to_decimal(capture.captured_amount, row.currency)),
-                "refunded": str(money.to_decimal(capture.refunded_amount, row.currency)),
+                "order": order,
+                "amount": present.amount(capture.captured_amount, row.currency) if capture else "",
+                "refunded": present.amount(capture.refunded_amount, row.currency)
+                if capture
+                else "",
             }
     trail = await service.store.audit_trail(shop.id, shipment.fulfillment_id)
     order_ids = [shipment.order_id] if shipment.order_id else []
@@ -753,16 +789,54 @@ async def _shipment_page(
         {
             "shop": shop,
             "row": row,
+            "portal_url": present.portal_url(
+                shop.klarna_environment, shop.klarna_username, row.klarna_order_id
+            ),
             "calls": _calls(await _operations(service, shop, order_ids)),
             "live": live,
             "live_error": live_error,
             "trail": trail,
-            "outcome": outcome,
+            "outcome": outcome or _after_retry(request, shipment.job_state),
             "notice": NOTICES.get(request.query_params.get("notice", "")),
             "csrf_token": request.state.csrf_token,
         },
         status_code=status_code,
     )
+
+
+async def _from_ledger(
+    service: Service, shop: Shop, row: Row, deliveries: Sequence[Delivery]
+) -> None:
+    """The Klarna order of the shipment's order, where the ledger knows it (another shipment or
+    an order event of it reached Klarna)."""
+    order_id = row.order_id or next((d.order_id for d in deliveries if d.order_id), None)
+    order = await service.store.get_order(shop.id, order_id) if order_id else None
+    if order is not None:
+        row.order_id = order.order_id
+        row.klarna_order_id = order.klarna_order_id
+        row.currency = row.currency or order.currency
+
+
+async def _from_deliveries(service: Service, shop: Shop, row: Row) -> None:
+    """A shipment that failed before it was planned has no capture row: its order, Klarna order
+    and amount are read from its stored deliveries, through its platform's decoding, and the
+    Klarna order from the ledger's order where the deliveries do not say (or are pruned)."""
+    deliveries = await service.store.fulfillment_deliveries(shop.id, row.fulfillment_id)
+    await _from_ledger(service, shop, row, deliveries)
+    for delivery in deliveries:
+        row.order_id = row.order_id or delivery.order_id or ""
+        event = registry.delivery_event(shop.platform, delivery.body)
+        if event is None:
+            continue
+        row.order_id = row.order_id or event.order_id
+        row.klarna_order_id = event.klarna_order_id
+        row.currency = event.currency
+        try:
+            total = sum(line.total_amount for line in klarna_lines(event))
+        except (ValueError, ArithmeticError):
+            continue
+        row.amount = present.amount(total, event.currency)
+        return
 
 
 @page()
@@ -813,7 +887,7 @@ async def _order_page(
         expires_at=order.authorization_expires_at
         if order is not None and order.state == "open"
         else None,
-        refunded=_amount(
+        refunded=present.amount(
             sum(op.amount or 0 for op in operations if op.kind == "refund" and op.state == "done"),
             currency,
         ),
@@ -824,12 +898,17 @@ async def _order_page(
         {
             "shop": shop,
             "order": facts,
+            "portal_url": present.portal_url(
+                shop.klarna_environment, shop.klarna_username, facts.klarna_order_id
+            ),
             "calls": _calls(operations),
             "shipments": [
                 {
                     "fulfillment_id": c.fulfillment_id,
-                    "state": c.state,
-                    "amount": _amount(c.captured_amount, c.currency),
+                    "state": present.CAPTURED.label
+                    if c.state == "captured"
+                    else present.CAPTURING.label,
+                    "amount": present.amount(c.captured_amount, c.currency),
                     "currency": c.currency,
                 }
                 for c in captures
@@ -837,7 +916,7 @@ async def _order_page(
             "dead": job is not None and job.state == "dead",
             "error": _job_error(job.last_error) if job is not None else None,
             "trail": trail,
-            "outcome": outcome,
+            "outcome": outcome or _after_retry(request, job.state if job is not None else None),
             "notice": NOTICES.get(request.query_params.get("notice", "")),
             "csrf_token": request.state.csrf_token,
         },

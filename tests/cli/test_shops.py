@@ -375,6 +375,7 @@ def test_shop_show_lists_the_options_of_the_shops_platform(env: dict[str, str]) 
         "keep_alive",
         "keep_alive_days",
         "failure_alerts",
+        "time_zone",
     }
     standard = add_shop(env)["shop_id"]
     shown = msgspec.json.decode(run_cli(env, "shop", "show", standard).stdout)["options"]
@@ -387,6 +388,7 @@ def test_shop_show_lists_the_options_of_the_shops_platform(env: dict[str, str]) 
         "keep_alive": True,
         "keep_alive_days": 3,
         "failure_alerts": False,
+        "time_zone": "UTC",
     }
     woo = add_woocommerce_shop(
         env, "--site-url", "https://shop.example", "--consumer-key", WOO_KEY

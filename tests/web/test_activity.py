@@ -80,10 +80,19 @@ def test_a_shipment_refused_before_it_was_planned_still_shows(
 
     activity = browser.get(f"{browser.base}/activity")
     assert activity.status_code == 200
-    assert "dead" in table_row(activity.text, "1001-F1")
+    assert "Failed: needs attention" in table_row(activity.text, "1001-F1")
     page = browser.get(f"{browser.base}/shipments/1001-F1")
     assert page.status_code == 200
     assert "plan: ORDER_CANCELLED: the Klarna order is cancelled" in page.text
+    # What the delivery carried, read through the platform's decoding: no empty fields.
+    assert f"<code>{order.order_id}</code>" in page.text
+    assert ">1001</a>" in page.text
+    assert "<dt>Amount</dt><dd>€60.00</dd>" in page.text
+    assert "not known yet" not in page.text
+    # and what it means, and what to do
+    assert "<strong>The Klarna order is cancelled or closed: nothing more can be captured." in (
+        page.text
+    )
 
 
 def test_activity_lists_captured_dead_and_waiting_shipments_with_klarnas_facts(
@@ -104,19 +113,20 @@ def test_activity_lists_captured_dead_and_waiting_shipments_with_klarnas_facts(
     page = browser.get(f"{browser.base}/activity")
     assert page.status_code == 200
     assert listed(page.text) == ["1003-F1", "1002-F1", "1001-F1"]
-    [capture] = good.captures
+    assert len(good.captures) == 1
     row = table_row(page.text, "1001-F1")
-    assert "shipping info sent" in row
-    assert "60.00 EUR" in row
-    assert f"<code>{capture.capture_id}</code>" in row
-    assert f"<td>{good.klarna_reference}</td>" in row
+    assert '<span class="badge">Captured</span>' in row  # tracking sent: still "Captured"
+    assert '<td data-label="Amount" class="amount">€60.00</td>' in row
+    assert "6000" not in row
+    assert f'<td data-label="Klarna reference">{good.klarna_reference}</td>' in row
     assert "order 1001" in row
     row = table_row(page.text, "1002-F1")
-    assert '<span class="badge">dead</span>' in row
+    assert '<span class="badge">Failed: needs attention</span>' in row
     assert "ORDER_CANCELLED: the Klarna order is cancelled" in row
     row = table_row(page.text, "1003-F1")
-    assert '<span class="badge">waiting on credentials</span>' in row
-    assert '<small class="waiting">UNAUTHORIZED: Invalid or missing API credentials.' in row
+    assert '<span class="badge">Waiting for Klarna credentials</span>' in row
+    assert "Klarna refused the API username and password." in row
+    assert '<span class="code">UNAUTHORIZED: Invalid or missing API credentials.' in row
     assert f"(correlation id {unauthorized['correlation_id']})" in row
 
 
@@ -131,30 +141,33 @@ def test_the_shipment_page_reads_the_capture_live_from_klarna(
     page = browser.get(path)
     assert page.status_code == 200
     html = page.text
-    assert '<span class="badge">shipping info sent</span>' in html
+    assert '<span class="badge state-done">Captured</span>' in html
     assert f"<code>{order.order_id}</code>" in html
     assert f"<code>{capture.capture_id}</code>" in html
-    assert "<dt>Captured</dt><dd>60.00 EUR</dd>" in html
-    assert "<dt>Refunded</dt><dd>0.00 EUR</dd>" in html
-    assert f"<dt>Klarna reference</dt><dd>{capture.klarna_reference}</dd>" in html
-    assert "<td>Tomatoes <small>SKU-1</small></td><td>10</td><td>6000</td>" in html
-    assert "<li>dhl JJD0001 (Home)</li>" in html
-    assert "capture</strong>: captured" in html  # the audit trail
+    assert "<dt>Captured</dt><dd>€60.00</dd>" in html
+    assert "<dt>Refunded</dt><dd>€0.00</dd>" in html
+    # One reference, clearly labelled: the Klarna order's, which the customer and Klarna's
+    # support know.
+    assert f"<dd><strong>{order.klarna_reference}</strong></dd>" in html, html
+    assert html.count(order.klarna_reference) == 1
+    assert "<td>Tomatoes <small>SKU-1</small></td><td>10</td><td>€60.00</td>" in html
+    assert "<li>DHL JJD0001 (Home)</li>" in html  # Klarna's carrier code by its name
+    assert "Capture</strong>: captured" in html  # the audit trail
 
     # Klarna's side changes; the page shows it without anything stored changing here
     with klarna_sandbox.lock:
         capture.refunded_amount = 1500
         capture.shipping_info[0].tracking_number = "JJD0002"
     html = browser.get(path).text
-    assert "<dt>Refunded</dt><dd>15.00 EUR</dd>" in html
-    assert "<li>dhl JJD0002 (Home)</li>" in html
+    assert "<dt>Refunded</dt><dd>€15.00</dd>" in html
+    assert "<li>DHL JJD0002 (Home)</li>" in html
 
     # and when Klarna cannot be asked, the page says so instead of failing
     klarna_sandbox.set_faults(FaultSettings(order_id=order.order_id, fail_next=10, fail_status=503))
     unavailable = browser.get(path)
     assert unavailable.status_code == 200
-    assert "Klarna could not be asked: Klarna read_capture failed: HTTP 503" in unavailable.text
-    assert "60.00 EUR" in unavailable.text  # what we stored still shows
+    assert "Klarna could not be asked: Klarna read_order failed: HTTP 503" in unavailable.text
+    assert "€60.00" in unavailable.text  # what we stored still shows
 
 
 def test_retry_runs_a_dead_shipment_again_once_its_cause_is_fixed(
@@ -188,15 +201,16 @@ def test_retry_runs_a_dead_shipment_again_once_its_cause_is_fixed(
     retried = browser.post(f"{path}/retry", token=csrf_token(retry_form.group(2)))
     assert retried.status_code == 303
     assert retried.headers["location"] == f"{path}?notice=retried"
-    assert (
-        "The shipment is queued to be processed again."
-        in browser.get(retried.headers["location"]).text
+    assert re.search(
+        r'<p class="ok" role="status">(Queued to be processed again|Being processed again now'
+        r"|Retried: done)\.</p>",
+        browser.get(retried.headers["location"]).text,
     )
     wait_until(lambda: captured(site.settings, shop[0].id, "1001-F1"), what="for the retry")
     assert len(order.captures) == 1
     done = browser.get(path).text
-    assert '<span class="badge">captured</span>' in done
-    assert "<dt>Captured</dt><dd>60.00 EUR</dd>" in done
+    assert '<span class="badge state-done">Captured</span>' in done
+    assert "<dt>Captured</dt><dd>€60.00</dd>" in done
     assert "/retry" not in done
 
     again = browser.post(f"{path}/retry")
@@ -230,7 +244,7 @@ def test_resend_asks_klarna_for_one_more_send_out(
     assert capture.send_outs == 1
     after = browser.get(sent.headers["location"]).text
     assert "Klarna was asked to send the customer their payment details again." in after
-    assert "send_out</strong>: resent by the merchant" in after
+    assert "Customer email</strong>: resent by the merchant" in after
     assert browser.post(f"{path}/send-out").status_code == 303
     assert capture.send_outs == 2
 
@@ -262,7 +276,7 @@ def test_a_resend_klarna_refuses_shows_why(
     assert answer.status_code == 502
     assert "Klarna did not resend." in answer.text
     assert f"Klarna trigger_send_out failed: {expected}" in answer.text
-    assert "send_out</strong>: failed" in answer.text
+    assert "Customer email</strong>: failed" in answer.text
     assert capture.send_outs == 0
     assert_page_headers(answer)
 
@@ -335,7 +349,7 @@ def test_activity_pages_through_shipments_fifty_at_a_time(quiet_site: Site) -> N
     assert first.status_code == 200
     assert listed(first.text) == expected[:50]
     assert ">Newest</a>" not in first.text
-    assert "2.19 EUR" in table_row(first.text, "F119")
+    assert "€2.19" in table_row(first.text, "F119")
     second_link = older_link(first.text)
     assert second_link is not None
     second = browser.get(second_link)
@@ -446,4 +460,4 @@ def test_a_hundred_thousand_shipments_are_paged_by_index(quiet_site: Site) -> No
         assert link is not None
         page = browser.get(link)
     assert listed(page.text) == [f"B{i:06d}" for i in range(99_849, 99_799, -1)]
-    assert "999.49 EUR" in table_row(page.text, "B099849")
+    assert "€999.49" in table_row(page.text, "B099849")

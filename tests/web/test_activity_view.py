@@ -177,13 +177,11 @@ def test_the_summary_sums_captures_per_currency_and_counts_waiting_and_dead(site
     assert_page_headers(page)
     assert_no_script(page.text)
     html = page.text
-    assert text(section(html, "captured-today")) == (
-        "85.50 EUR (2 captures) 120.00 SEK (1 capture)"
-    )
-    assert text(section(html, "captured-week")) == ("95.50 EUR (3 captures) 120.00 SEK (1 capture)")
+    assert text(section(html, "captured-today")) == ("€85.50 (2 captures) SEK 120.00 (1 capture)")
+    assert text(section(html, "captured-week")) == ("€95.50 (3 captures) SEK 120.00 (1 capture)")
     waiting = text(section(html, "waiting-count"))
     assert waiting == "2 shipments in progress or waiting, 1 of them on your Klarna credentials"
-    assert text(section(html, "attention-count")) == "1 shipment failed for good"
+    assert text(section(html, "attention-count")) == "1 shipment needs your attention"
 
     # the chart: one bar a day for 14 days, the numbers in a table beside it
     chart = section(html, "captures-chart")
@@ -320,13 +318,13 @@ def test_the_export_lists_each_shipment_of_the_range_safe_for_spreadsheets(site:
     by_fulfilment = {row[1]: row for row in rows[1:]}
     assert set(by_fulfilment) == {"1001-F1", '\'=HYPERLINK("http://x")', "d1"}
     first = by_fulfilment["1001-F1"]
-    assert first[:7] == ["1001", "1001-F1", "klarna-1001", "K-1001", "captured", "60.00", "EUR"]
+    assert first[:7] == ["1001", "1001-F1", "klarna-1001", "K-1001", "Captured", "60.00", "EUR"]
     assert first[7].startswith(today)
     assert first[8] == "5.00"
     formula = by_fulfilment['\'=HYPERLINK("http://x")']
     assert formula[0] == "'@SUM(A1)"
     assert formula[5] == "12.34"
-    assert by_fulfilment["d1"][4:6] == ["dead", ""]
+    assert by_fulfilment["d1"][4:6] == ["Failed: needs attention", ""]
     assert_page_headers(answer)
 
     old = time.strftime("%Y-%m-%d", time.gmtime(now - 40 * DAY))
@@ -361,7 +359,7 @@ def test_the_export_streams_every_shipment_page_after_page(site: Site) -> None:
     assert answer.status_code == 200
     rows = list(csv.reader(io.StringIO(answer.text)))
     assert [row[1] for row in rows[1:]] == [f"F{n:04}" for n in range(1201)]
-    assert {row[4] for row in rows[1:]} == {"received"}
+    assert {row[4] for row in rows[1:]} == {"Received"}
 
 
 @pytest.mark.parametrize(

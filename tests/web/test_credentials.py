@@ -107,7 +107,7 @@ def test_a_refused_password_makes_shipments_wait_until_the_right_one_is_saved_on
     assert site.call(site.service.store.job_counts).get("dead", 0) == 0
 
     activity = browser.get(f"{browser.base}/activity").text
-    assert '<span class="badge">waiting on credentials</span>' in activity
+    assert '<span class="badge">Waiting for Klarna credentials</span>' in activity
     assert "dead" not in activity
     assert "failed" not in activity
     since = site.call(site.service.store.waiting, shop_id, KLARNA_CREDENTIALS).since

@@ -85,7 +85,7 @@ def test_what_merchants_and_storefronts_type_is_shown_as_text(
         f'<dt>Order</dt><dd><a href="/admin/{shop.id}/orders/%3Cscript%3E',
         f"{ESCAPED}</a></dd>",
         f"<td>{ESCAPED} <small>SKU-1</small></td>",
-        "dhl &lt;script&gt;alert(2)&lt;/script&gt;",
+        "DHL &lt;script&gt;alert(2)&lt;/script&gt;",
         "<dt>Description</dt><dd>&lt;script&gt;alert(3)&lt;/script&gt;</dd>",
     )
     failed_page = browser.get(links[0])

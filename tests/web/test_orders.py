@@ -252,22 +252,23 @@ def test_activity_shows_each_orders_refunds_release_and_extensions(quiet_site: S
     assert len(rows) == 5  # the order number given to Klarna is not the merchant's concern
     r1, r2, r3, extension, release = rows
     assert "Refund <code>R1</code>" in r1
-    assert '<span class="badge">done</span>' in r1
-    assert "15.00 EUR" in r1
+    assert '<span class="badge">Done</span>' in r1
+    assert "€15.00" in r1
     assert "refund <code>klarna-refund-1</code>" in r1
     assert f'href="/admin/{shop.id}/orders/1001"' in r1
-    assert '<span class="badge">failed</span>' in r2
+    assert '<span class="badge">Failed</span>' in r2
     assert (
-        '<small class="error">REFUND_NOT_ALLOWED: The refund is not allowed. '
+        '<small class="error">Klarna refused the refund: more than was captured, or the order '
+        "does not allow it. REFUND_NOT_ALLOWED: The refund is not allowed. "
         "(correlation id corr-7f3a)</small>"
     ) in r2
-    assert "25.00 EUR" in r2
-    assert '<span class="badge">planned</span>' in r3
-    assert "7.00 EUR" in r3
+    assert "€25.00" in r2
+    assert '<span class="badge">Being sent to Klarna</span>' in r3
+    assert "€7.00" in r3
     assert "Extension" in extension
     assert "authorized until 2027-01-20 12:00 UTC" in extension
     assert "Release" in release
-    assert "12.34 EUR" in release
+    assert "€12.34" in release
     assert f'href="/admin/{shop.id}/orders/1003"' not in page.text
     for secret in ("idem-refund-R1", "refunded_amount"):
         assert secret not in page.text
@@ -279,20 +280,20 @@ def test_activity_shows_each_orders_refunds_release_and_extensions(quiet_site: S
     shipment_page = browser.get(f"{browser.base}/shipments/1002-F1").text
     assert f'<a href="/admin/{shop.id}/orders/1002">1002</a>' in shipment_page
     assert len(call_rows(shipment_page)) == 2
-    assert "12.34 EUR" in shipment_page
+    assert "€12.34" in shipment_page
 
     order = browser.get(f"{browser.base}/orders/1001")
     assert order.status_code == 200
-    assert "<dt>Refunded</dt><dd>15.00 EUR</dd>" in order.text
+    assert "<dt>Refunded</dt><dd>€15.00</dd>" in order.text
     assert "<code>klarna-1001</code>" in order.text
     assert len(call_rows(order.text)) == 3
-    assert f'<a href="/admin/{shop.id}/shipments/1001-F1">1001-F1</a>: captured, 60.00 EUR' in (
+    assert f'<a href="/admin/{shop.id}/shipments/1001-F1">1001-F1</a>: Captured, €60.00' in (
         order.text
     )
-    assert "<strong>refund</strong>: failed" in order.text  # the order's trail
+    assert "<strong>Refund</strong>: failed" in order.text  # the order's trail
     assert "/retry" not in order.text
     closed = browser.get(f"{browser.base}/orders/1002").text
-    assert '<dt>State</dt><dd><span class="badge">closed</span></dd>' in closed
+    assert '<dt>State</dt><dd><span class="badge">Closed</span></dd>' in closed
 
 
 def test_an_unknown_or_foreign_order_is_not_found(quiet_site: Site) -> None:
@@ -334,7 +335,7 @@ def test_an_order_whose_job_died_is_among_the_failures_and_retry_runs_it_again(
 
     path = f"{browser.base}/orders/1001"
     order = browser.get(path).text
-    assert '<dd class="error">refund: REFUND_NOT_ALLOWED' in order
+    assert '<span class="detail">refund: REFUND_NOT_ALLOWED' in order
     assert f'action="{path}/retry"' in order
 
     assert browser.post(f"{path}/retry", token=None).status_code == 403
@@ -346,7 +347,8 @@ def test_an_order_whose_job_died_is_among_the_failures_and_retry_runs_it_again(
     assert retried.headers["location"] == f"{path}?notice=retried-order"
     assert order_job_state(site, shop.id, "1001") == "queued"
     after = browser.get(retried.headers["location"]).text
-    assert "The order is queued to be processed again." in after
+    # The banner follows the job as it is now: queued.
+    assert '<p class="ok" role="status">Queued to be processed again.</p>' in after
     assert "/retry" not in after
     assert "failed-orders" not in browser.get(f"{browser.base}/activity").text
 
@@ -466,6 +468,6 @@ def test_a_refund_before_its_capture_dies_then_retry_refunds_it_once(
     assert "failed-orders" not in page
     [row] = call_rows(page)
     assert "Refund <code>R1</code>" in row
-    assert '<span class="badge">done</span>' in row
-    assert "15.00 EUR" in row
+    assert '<span class="badge">Done</span>' in row
+    assert "€15.00" in row
     assert f"refund <code>{made.refund_id}</code>" in row

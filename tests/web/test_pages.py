@@ -216,6 +216,7 @@ def test_settings_show_the_account_and_keep_the_password_write_only(
         "keep_alive": "on",
         "keep_alive_days": "3",
         "email": "",
+        "time_zone": "UTC",
         "status_url": "",
     }
     set_at = datetime.fromtimestamp(shop[0].klarna_password_set_at or 0, UTC)
@@ -383,6 +384,7 @@ def test_every_settings_control_has_a_label(browser: Browser) -> None:
         "keep_alive_days",
         "email",
         "failure_alerts",
+        "time_zone",
         "status_url",
     }
 

@@ -61,3 +61,11 @@ def decode(body: bytes) -> Envelope | RefundEnvelope | OrderEnvelope:
 def decode_shipment(body: bytes) -> Envelope:
     """A stored shipment event (its job's deliveries are only ever these)."""
     return _decoder.decode(body)
+
+
+def delivery_event(body: bytes) -> FulfillmentEvent | None:
+    """The shipment a stored delivery holds; None for a body that is none (pruned, say)."""
+    try:
+        return decode_shipment(body).data
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None

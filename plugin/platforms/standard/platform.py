@@ -6,6 +6,7 @@ from starlette.routing import BaseRoute, Route
 from plugin.platforms.base import Platform, ShopAdd
 from plugin.platforms.standard import NAME
 from plugin.platforms.standard.adapter import StandardStorefront
+from plugin.platforms.standard.payloads import delivery_event
 from plugin.platforms.standard.settings import StandardSettings
 from plugin.platforms.standard.webhooks import standard_webhook
 
@@ -22,4 +23,5 @@ PLATFORM = Platform(
     # Added with `shop add` and nothing more than its common options.
     shop_add=ShopAdd(),
     settings_page=StandardSettings(),
+    delivery_event=delivery_event,
 )

@@ -1,0 +1,285 @@
+"""The words and layout of the merchant's pages, through the real app: a partial capture says
+so, times follow the shop's time zone, the Klarna order links to Klarna's merchant portal of the
+shop's environment, a Retry's banner follows the job, the capture description has no
+placeholder that reads like a default, and the shipments stack on a phone."""
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from plugin.klarna import carriers
+from plugin.sandbox.klarna import KlarnaSandbox
+from plugin.store.records import Shop
+from plugin.web import present
+from tests.helpers import TOMATOES, shipment, wait_until
+from tests.web.support import (
+    Browser,
+    Site,
+    captured,
+    csrf_token,
+    database,
+    forms,
+    job_state,
+)
+
+CSS = Path(__file__).resolve().parents[2] / "plugin/web/static/app.css"
+
+
+def send(site: Site, shop: tuple[Shop, str], event: dict[str, object]) -> None:
+    answer = site.deliver(shop[0].id, shop[1], event)
+    assert answer.status_code == 200, answer.text
+
+
+# states
+
+
+def test_a_shipment_that_captures_part_of_its_order_says_how_much(
+    site: Site, shop: tuple[Shop, str], browser: Browser, klarna_sandbox: KlarnaSandbox
+) -> None:
+    order = klarna_sandbox.create_order(order_amount=6600)  # 60.00 of it ship now
+    send(site, shop, shipment(order.order_id, "1001-F1"))
+    wait_until(lambda: captured(site.settings, shop[0].id, "1001-F1"), what="the capture")
+
+    page = browser.get(f"{browser.base}/shipments/1001-F1").text
+    assert '<span class="badge state-partial">Partly captured: €60.00 of €66.00</span>' in page
+    assert "<dt>Of the order</dt><dd>€60.00 captured of €66.00</dd>" in page
+
+    whole = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    send(site, shop, shipment(whole.order_id, "1002-F1"))
+    wait_until(lambda: captured(site.settings, shop[0].id, "1002-F1"), what="the capture")
+    assert '<span class="badge state-done">Captured</span>' in (
+        browser.get(f"{browser.base}/shipments/1002-F1").text
+    )
+
+
+def test_states_in_the_merchants_words() -> None:
+    assert present.shipment_state("done", 1, "captured", "c1") == present.CAPTURED
+    # captured, then its tracking sent or being sent: still captured
+    assert present.shipment_state("running", 2, "captured", "c1") == present.CAPTURED
+    assert present.shipment_state("dead", 3, None, None).label == "Failed: needs attention"
+    assert present.shipment_state("waiting", 0, None, None).label == (
+        "Waiting for Klarna credentials"
+    )
+    assert present.shipment_state("queued", 1, None, None) == present.RETRYING
+    assert present.shipment_state("queued", 0, None, None) == present.RECEIVED
+    assert present.partly_captured(6600, 6600, "EUR") is None
+
+
+def test_a_failed_shipment_whose_delivery_says_nothing_shows_the_ledgers_klarna_order(
+    site: Site, shop: tuple[Shop, str], browser: Browser, klarna_sandbox: KlarnaSandbox
+) -> None:
+    order = klarna_sandbox.create_order(order_amount=12000)
+    send(site, shop, shipment(order.order_id, "1001-F1"))
+    wait_until(lambda: captured(site.settings, shop[0].id, "1001-F1"), what="the capture")
+    # A second shipment of the order names a Klarna order Klarna does not know: dead before it
+    # was planned; then its delivery's body is gone (as retention prunes it).
+    unknown = "0b1e9c52-5d3c-4c1e-9a43-3f8f1d2b7c11"
+    send(site, shop, shipment(unknown, "1001-F2"))
+    wait_until(lambda: job_state(site.settings, shop[0].id, "1001-F2") == "dead", what="dead")
+    with database(site.settings) as conn:
+        conn.execute("UPDATE deliveries SET body = x'' WHERE fulfillment_id = '1001-F2'")
+
+    page = browser.get(f"{browser.base}/shipments/1001-F2").text
+    assert ">1001</a>" in page
+    assert f"<dt>Klarna order</dt><dd><code>{order.order_id}</code>" in page
+    assert "<dt>Amount</dt><dd>not known yet</dd>" in page
+    assert "Klarna has no order with this id in the account and environment set here." in page
+
+
+# amounts, carriers
+
+
+@pytest.mark.parametrize(
+    ("minor", "currency", "shown"),
+    [
+        (6000, "EUR", "€60.00"),
+        (6000, "JPY", "¥6,000"),
+        (123456, "SEK", "SEK\xa01,234.56"),
+        (1234, "KWD", "KWD\xa01.234"),
+        (None, "EUR", ""),
+        (6000, "", ""),
+    ],
+)
+def test_amounts_are_written_as_their_currency_writes_them(
+    minor: int | None, currency: str, shown: str
+) -> None:
+    assert present.amount(minor, currency) == shown
+
+
+def test_every_klarna_carrier_code_has_a_name() -> None:
+    codes = set(carriers._CODES.values())
+    assert codes <= set(present.CARRIERS)
+    assert present.carrier("dhl") == "DHL"
+    assert present.carrier("royal-mail") == "Royal Mail"
+    assert present.carrier("Some Local Courier") == "Some Local Courier"
+
+
+# the merchant portal
+
+
+def test_the_klarna_order_links_to_the_merchant_portal_of_the_shops_environment(
+    site: Site, shop: tuple[Shop, str], browser: Browser, klarna_sandbox: KlarnaSandbox
+) -> None:
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    send(site, shop, shipment(order.order_id, "1001-F1"))
+    wait_until(lambda: captured(site.settings, shop[0].id, "1001-F1"), what="the capture")
+    merchant = shop[0].klarna_username.partition("_")[0]
+
+    page = browser.get(f"{browser.base}/shipments/1001-F1").text
+    playground = (
+        f"https://portal.playground.klarna.com/orders/all/merchants/{merchant}/orders/"
+        f"{order.order_id}"
+    )
+    assert f'<a href="{playground}" rel="noopener noreferrer">' in page
+    assert f'<a href="{playground}"' in browser.get(f"{browser.base}/orders/1001").text
+
+    live = present.portal_url("live", "K123456_abcdef", order.order_id)
+    assert live == f"https://portal.klarna.com/orders/all/merchants/K123456/orders/{order.order_id}"
+    # a username without a merchant id in it: the portal's orders, where the id finds it
+    assert present.portal_url("live", "8d0c7f5e-key", order.order_id) == (
+        "https://portal.klarna.com/orders"
+    )
+    assert present.portal_url("live", "K1_x", "") is None
+
+
+# times
+
+
+def test_times_show_in_the_shops_time_zone_once_set(
+    site: Site, shop: tuple[Shop, str], browser: Browser
+) -> None:
+    set_at = shop[0].klarna_password_set_at or 0
+    page = browser.get(f"{browser.base}/settings").text
+    assert f"since {datetime.fromtimestamp(set_at, UTC):%Y-%m-%d %H:%M} UTC" in page
+    assert forms(page)[f"{browser.base}/settings"]["time_zone"] == "UTC"
+
+    assert browser.save_settings(time_zone="Europe/Stockholm").status_code == 303
+    assert site.shop(shop[0].id).options.time_zone == "Europe/Stockholm"
+    local = datetime.fromtimestamp(set_at, ZoneInfo("Europe/Stockholm"))
+    page = browser.get(f"{browser.base}/settings").text
+    assert f"since {local:%Y-%m-%d %H:%M %Z}" in page
+    assert local.tzname() in ("CET", "CEST")
+
+
+@pytest.mark.parametrize(
+    "entered", ["Mars/Olympus_Mons", "../../etc/passwd", "Europe/" + "x" * 80, "UTC; DROP", ""]
+)
+def test_a_time_zone_that_is_no_iana_name_is_refused_next_to_the_field(
+    site: Site, shop: tuple[Shop, str], browser: Browser, entered: str
+) -> None:
+    answer = browser.save_settings(time_zone=entered)
+    assert answer.status_code == 400
+    assert '<p class="error" id="time_zone-error">Enter a time zone by its IANA name' in (
+        answer.text
+    )
+    assert site.shop(shop[0].id).options.time_zone == "UTC"
+
+
+# banners
+
+
+def test_after_a_retry_that_failed_again_the_banner_says_so_not_queued(
+    site: Site, shop: tuple[Shop, str], browser: Browser, klarna_sandbox: KlarnaSandbox
+) -> None:
+    order = klarna_sandbox.create_order(
+        order_amount=6000, order_lines=[TOMATOES], status="CANCELLED"
+    )
+    send(site, shop, shipment(order.order_id, "1001-F1"))
+    wait_until(lambda: job_state(site.settings, shop[0].id, "1001-F1") == "dead", what="dead")
+    path = f"{browser.base}/shipments/1001-F1"
+    form = re.search(
+        r'<form method="post" action="([^"]+/retry)">(.*?)</form>', browser.get(path).text, re.S
+    )
+    assert form is not None
+
+    retried = browser.post(form.group(1), token=csrf_token(form.group(2)))
+    assert retried.status_code == 303
+    assert retried.headers["location"] == f"{path}?notice=retried"
+    # the cause is not fixed: the job dies again
+    wait_until(lambda: job_state(site.settings, shop[0].id, "1001-F1") == "dead", what="dead again")
+    after = browser.get(retried.headers["location"]).text
+    assert (
+        '<p class="error" role="status">Retried, and it failed again: see below for what went '
+        "wrong.</p>" in after
+    )
+    assert "Queued" not in after
+    # and its trail says it in words too: no bare "dead"
+    assert "<strong>Planning</strong>: failed: needs attention" in after
+    assert ": dead" not in after
+    assert 'class="ok"' not in after
+
+
+# the capture description
+
+
+def test_the_description_field_has_no_placeholder_that_reads_like_a_default(
+    site: Site, shop: tuple[Shop, str], browser: Browser, klarna_sandbox: KlarnaSandbox
+) -> None:
+    page = browser.get(f"{browser.base}/settings").text
+    field = re.search(r"<input id=\"description_template\"[^>]*>", page)
+    assert field is not None
+    assert "placeholder" not in field.group(0)
+    assert 'value=""' in field.group(0)
+    assert "Left empty, no description is sent." in page
+
+    # and indeed nothing is sent while it is empty
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    send(site, shop, shipment(order.order_id, "1001-F1"))
+    wait_until(lambda: captured(site.settings, shop[0].id, "1001-F1"), what="the capture")
+    assert order.captures[0].description is None
+
+    # what the merchant types is the field's value and is sent
+    assert browser.save_settings(description_template="Parcel {fulfillment_id}").status_code == 303
+    assert 'value="Parcel {fulfillment_id}"' in browser.get(f"{browser.base}/settings").text
+    second = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    send(site, shop, shipment(second.order_id, "1002-F1"))
+    wait_until(lambda: captured(site.settings, shop[0].id, "1002-F1"), what="the capture")
+    assert second.captures[0].description == "Parcel 1002-F1"
+
+
+# phones
+
+
+def _phone_rules() -> str:
+    css = CSS.read_text()
+    match = re.search(r"@media \(max-width: 600px\) \{(.*?)\n\}", css, re.S)
+    assert match is not None, "no rules for phones"
+    return match.group(1)
+
+
+def test_on_a_phone_the_shipments_stack_with_state_and_amount_first(
+    site: Site, shop: tuple[Shop, str], browser: Browser, klarna_sandbox: KlarnaSandbox
+) -> None:
+    rules = _phone_rules()
+    # the table's parts become blocks (rows stacked, nothing wider than the screen)
+    assert re.search(
+        r"table\.shipments, table\.shipments tbody, table\.shipments tr, table\.shipments td "
+        r"\{ display: block;",
+        rules,
+    )
+    # the column heads leave the layout but stay for screen readers; cells carry their label
+    assert re.search(r"table\.shipments thead \{ position: absolute;", rules)
+    assert 'content: attr(data-label) ": "' in rules
+    # state and amount share the first line
+    assert re.search(
+        r'td\[data-label="State"\], table\.shipments td\[data-label="Amount"\] '
+        r"\{ display: inline-block;",
+        rules,
+    )
+
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    send(site, shop, shipment(order.order_id, "1001-F1"))
+    wait_until(lambda: captured(site.settings, shop[0].id, "1001-F1"), what="the capture")
+    page = browser.get(f"{browser.base}/activity").text
+    assert '<table class="shipments">' in page
+    row = re.search(r'<tr class="state-done">(.*?)</tr>', page, re.S)
+    assert row is not None
+    labels = re.findall(r'<td data-label="([^"]+)"', row.group(1))
+    assert labels[:2] == ["State", "Amount"]
+    heads = re.findall(r'<th scope="col">([^<]+)</th>', page.split('<table class="shipments">')[1])
+    assert heads[: len(labels)] == labels
+    assert "<style" not in page  # CSS only, from the stylesheet; and no script
+    assert "<script" not in page
