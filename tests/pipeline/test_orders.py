@@ -702,11 +702,16 @@ async def test_an_order_with_goods_unshipped_has_its_authorization_extended_once
 
 
 async def test_an_authorization_is_extended_at_most_once_a_day(
-    store: Store, shops: Shops, pipeline: Pipeline, klarna_sandbox: KlarnaSandbox
+    store: Store,
+    shops: Shops,
+    pipeline: Pipeline,
+    klarna_sandbox: KlarnaSandbox,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     shop = await standard_shop(shops)
-    # An account whose extensions give one day: still within the window after one.
-    klarna_sandbox.authorization_period = timedelta(days=1)
+    # An account whose extensions give one day: still within the window after one. (Set for this
+    # test only: the sandbox serves the whole session.)
+    monkeypatch.setattr(klarna_sandbox, "authorization_period", timedelta(days=1))
     placed = klarna_sandbox.create_order(
         order_amount=12000,
         order_lines=[TOMATOES, TOMATOES],

@@ -128,6 +128,25 @@ async def test_the_pages_count_read_the_oldest_wait_and_the_earliest_expiry(
     )
 
 
+async def add_shop_as_then(database_url: str) -> None:
+    """The shop, written with the columns shops had before the waiting state (today's store
+    writes columns later migrations added)."""
+    sql = (
+        "INSERT INTO shops (id, platform, name, klarna_region, klarna_environment,"
+        " klarna_username, klarna_password, options, created_at, updated_at)"
+        " VALUES ('shop_1', 'standard', 'S', 'eu', 'playground', 'PK', {blob}, '{{}}', 0, 0)"
+    )
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            conn.execute(sql.format(blob="X'00'"))
+        return
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql.format(blob="'\\x00'::bytea"))
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
 def before_waiting(monkeypatch: pytest.MonkeyPatch) -> int:
     """The migrations before the one of the waiting state, as the backends apply them; the full
@@ -144,7 +163,7 @@ async def test_dead_letters_of_refused_or_missing_credentials_wait_after_the_upg
     older = open_store(database_url)
     try:
         assert await older.migrate() == before_waiting
-        await add_shop(older)
+        await add_shop_as_then(database_url)
         buried = {
             "F1": REFUSED,  # a Klarna 401
             "F2": NOT_CONFIGURED,
