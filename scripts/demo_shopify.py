@@ -131,6 +131,8 @@ def demo(shopify: ShopifySandbox, klarna_url: str, service_url: str, log: Path) 
         "release_remaining": "on",
         "keep_alive": "on",
         "keep_alive_days": "3",
+        "time_zone": "Europe/Berlin",
+        "email": "",  # no sign-in mail: the shop opens its pages from the Shopify admin
     }
     saved = browser.post(settings_url, data=form, headers={"Origin": service_url})
     if saved.status_code not in (200, 303):
