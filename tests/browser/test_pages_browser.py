@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from plugin.sandbox.klarna import KlarnaSandbox
 from tests.browser.test_settings_browser import (
@@ -89,6 +89,14 @@ def check(page: Page, name: str) -> None:
     assert not problems, f"{name}: {problems}"
 
 
+def looks(field: Locator) -> list[str]:
+    """What sets a form field apart on the page: its border, padding and font size."""
+    style = "e => { const s = getComputedStyle(e); return [s.borderTopWidth, s.borderTopStyle,"
+    style += " s.borderTopColor, s.paddingTop, s.fontSize, s.display]; }"
+    shown: list[str] = field.evaluate(style)
+    return shown
+
+
 def test_a_merchant_signs_in_by_mail_and_reads_every_page(
     env: dict[str, str],
     server: Server,
@@ -127,6 +135,9 @@ def test_a_merchant_signs_in_by_mail_and_reads_every_page(
     # The login page; the mail brings the link, and the link signs in.
     page.goto(f"{server.url}/admin/login")
     check(page, "login")
+    # the address field is drawn as the other fields are, not as the browser's bare default
+    address = page.get_by_label("Your shop's email address")
+    assert looks(address)[5] == "block"
     page.get_by_label("Your shop's email address").fill(MERCHANT)
     page.get_by_role("button", name="Mail me a sign-in link").click()
     expect(page.get_by_role("status")).to_contain_text("a mail with a sign-in link")
@@ -139,6 +150,7 @@ def test_a_merchant_signs_in_by_mail_and_reads_every_page(
     expect(page).to_have_url(f"{server.url}/admin/{shop_id}/settings")
     expect(page.get_by_role("heading", name="Settings", level=1)).to_be_visible()
     check(page, "settings")
+    assert looks(page.locator("#email")) == looks(page.get_by_label("API username"))
 
     # The activity, once each shipment settled; the refund after the capture it refunds.
     page.get_by_role("link", name="Activity").click()
@@ -175,5 +187,11 @@ def test_a_merchant_signs_in_by_mail_and_reads_every_page(
         re.compile(r"Queued to be processed again\.|Being processed again now\.|Retried: done\.")
     )
     reload_until(page, page.locator("dl.facts").first, "Captured")
+    # The facts' names stay a narrow column, the reference's hint beside the reference: the
+    # values are not squeezed into what the widest name leaves.
+    facts = page.locator("dl.facts").first
+    expect(facts).to_contain_text("quote it to Klarna's support")
+    names = facts.locator("dt").evaluate_all("ds => ds.map(d => d.getBoundingClientRect().width)")
+    assert max(names) < DESKTOP["width"] / 4, names
     assert [len(whole.captures), len(partly.captures), len(short.captures)] == [1, 1, 1]
     assert partly.captures[0].captured_amount == 2400
