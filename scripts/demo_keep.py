@@ -119,7 +119,8 @@ def keep() -> int:
                 wait_for(service, f"{service_url}/readyz", "the service", service_log)
                 print(f"Klarna sandbox on {sandbox_url}, service on {service_url}")
                 print(f"mail server on 127.0.0.1:{smtp_port} (prints what it receives)")
-                shop_id = seed(env, sandbox_url, service_url, service_log)
+                shop = add_shop(env)
+                shop_id = seed(env, sandbox_url, service_url, service_log, shop)
                 link = cli(env, "admin-link", shop_id).strip()
                 print(f"\nsign-in link for {SHOP_NAME} (Standard Webhooks, once, 15 min): {link}")
                 print(f"login page: {service_url}/admin/login (enter {MERCHANT_EMAIL})")
@@ -136,10 +137,10 @@ def keep() -> int:
     return 0
 
 
-def seed(env: dict[str, str], sandbox_url: str, service_url: str, log: Path) -> str:
-    """A shop with a captured and refunded order, a partly captured one, a shipment for an order
-    Klarna does not know (failed, with advice) and one waiting on credentials: its id."""
-    shop = msgspec.json.decode(
+def add_shop(env: dict[str, str]) -> Any:
+    """The demo's shop, with the sandbox's credentials and the merchant's address, failure alerts
+    on: `shop add --json`'s answer."""
+    return msgspec.json.decode(
         cli(
             env,
             *("shop", "add", "--platform", "standard", "--name", SHOP_NAME),
@@ -149,6 +150,20 @@ def seed(env: dict[str, str], sandbox_url: str, service_url: str, log: Path) -> 
             stdin=KLARNA_PASSWORD + "\n",
         )
     )
+
+
+def seed(
+    env: dict[str, str],
+    sandbox_url: str,
+    service_url: str,
+    log: Path,
+    shop: dict[str, Any],
+    *,
+    with_waiting: bool = True,
+) -> str:
+    """Fill `shop` (as `shop add --json` answered) with a captured and refunded order, a partly
+    captured one, a shipment for an order Klarna does not know (failed, with advice) and, when
+    `with_waiting`, one waiting on credentials (its stored password made wrong): its id."""
     shop_id: str = shop["shop_id"]
     print(f"shop {shop_id}, webhook URL {service_url}{shop['webhook_path']}")
     amount = sum(line["total_amount"] for line in ORDER_LINES)
@@ -170,6 +185,8 @@ def seed(env: dict[str, str], sandbox_url: str, service_url: str, log: Path) -> 
     wait(lambda: bool(sandbox_order(sandbox_url, partly)["captures"]), "the capture of 1002")
     wait(lambda: dead(env, "1003-F1"), "1003-F1 to fail")
 
+    if not with_waiting:
+        return shop_id
     # 1004: the stored password goes wrong (as when a merchant's keys are rotated at Klarna), and
     # the next shipment waits for the right one: the merchant enters it on the settings page.
     cli(env, "shop", "set-klarna", shop_id, "--klarna-password-stdin", stdin="rotated-away\n")
