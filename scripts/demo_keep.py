@@ -1,7 +1,8 @@
-"""`scripts/demo --keep`: the Klarna sandbox, the service and a local mail server left running on
-loopback, with a Standard Webhooks shop whose activity holds each state a merchant meets (captured,
-partly captured, refunded, failed with advice, waiting on Klarna credentials), and the links to
-sign in printed, until Ctrl-C. Then everything stops and the temporary directory is removed.
+"""`scripts/demo --keep`: the Klarna sandbox, a fake Shopify, the service and a local mail server
+left running on loopback, with a Standard Webhooks shop and a Shopify shop whose activity holds
+each state a merchant meets (captured, partly captured, refunded, failed with advice, waiting on
+Klarna credentials), and the links to sign in printed, until Ctrl-C. Then everything stops and the
+temporary directory is removed.
 
 The mail server (aiosmtpd, a dev dependency) prints each mail it receives, so that a sign-in link
 asked for at /admin/login, or a failure alert, shows in the demo's output."""
@@ -34,9 +35,23 @@ from demo import (
     send,
     wait_for,
 )
+from demo_shopify import KLARNA_LINES, set_up
 from support import free_port, klarna_capture
 
+from plugin.sandbox.server import serve_in_thread
+from plugin.sandbox.shopify import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    Line,
+    ShippingLine,
+    ShopifySandbox,
+    Tax,
+    create_app,
+    signed_webhook,
+)
+
 SHOP_NAME = "Corner shop"
+SHOPIFY_DOMAIN = "demo-tomatoes.myshopify.com"
 MERCHANT_EMAIL = "merchant@example.com"
 MAIL_FROM = "capture@example.com"
 SEED_WAIT_SECONDS = 60.0
@@ -75,12 +90,16 @@ def cli(env: dict[str, str], *args: str, stdin: str = "") -> str:
 
 
 def keep() -> int:
-    """Start everything, seed the shop, print the links, wait for Ctrl-C; 0 once all stopped."""
+    """Start everything, seed the shops, print the links, wait for Ctrl-C; 0 once all stopped."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if isinstance(sys.stdout, io.TextIOWrapper):  # each line out as printed, also into a pipe
         sys.stdout.reconfigure(line_buffering=True)
-    with tempfile.TemporaryDirectory(prefix="klarna-capture-demo-") as tmp:
+    shopify = ShopifySandbox()  # in this process, so that the demo places and ships its orders
+    with (
+        tempfile.TemporaryDirectory(prefix="klarna-capture-demo-") as tmp,
+        serve_in_thread(create_app(shopify)) as shopify_url,
+    ):
         data_dir = Path(tmp)
         sandbox_port, service_port, smtp_port = free_port(), free_port(), free_port()
         sandbox_url = f"http://127.0.0.1:{sandbox_port}"
@@ -97,6 +116,9 @@ def keep() -> int:
             "KLARNA_CAPTURE_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}?starttls=off",
             "KLARNA_CAPTURE_MAIL_FROM": MAIL_FROM,
             "KLARNA_CAPTURE_METRICS_ADDRESS": "off",
+            "KLARNA_CAPTURE_SHOPIFY_CLIENT_ID": DEFAULT_CLIENT_ID,
+            "KLARNA_CAPTURE_SHOPIFY_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
+            "KLARNA_CAPTURE_SHOPIFY_ADMIN_URL": f"{shopify_url}/shops/{{shop}}",
         }
         command = klarna_capture()
         sandbox_log, service_log = data_dir / "sandbox.log", data_dir / "service.log"
@@ -118,11 +140,17 @@ def keep() -> int:
                 wait_for(sandbox, f"{sandbox_url}/sandbox/orders/none", "the sandbox", sandbox_log)
                 wait_for(service, f"{service_url}/readyz", "the service", service_log)
                 print(f"Klarna sandbox on {sandbox_url}, service on {service_url}")
+                print(f"fake Shopify on {shopify_url}")
                 print(f"mail server on 127.0.0.1:{smtp_port} (prints what it receives)")
-                shop = add_shop(env)
-                shop_id = seed(env, sandbox_url, service_url, service_log, shop)
-                link = cli(env, "admin-link", shop_id).strip()
-                print(f"\nsign-in link for {SHOP_NAME} (Standard Webhooks, once, 15 min): {link}")
+                shop_id = seed(env, sandbox_url, service_url, service_log, add_shop(env))
+                shopify_id = seed_shopify(shopify, env, sandbox_url, service_url, service_log)
+                print()
+                for name, platform, shop in (
+                    (SHOP_NAME, "Standard Webhooks", shop_id),
+                    (SHOPIFY_DOMAIN, "Shopify", shopify_id),
+                ):
+                    link = cli(env, "admin-link", shop).strip()
+                    print(f"sign-in link for {name} ({platform}, once, 15 min): {link}")
                 print(f"login page: {service_url}/admin/login (enter {MERCHANT_EMAIL})")
                 print(f"\n{READY}")
                 try:
@@ -200,6 +228,89 @@ def seed(
     return shop_id
 
 
+def seed_shopify(
+    shopify: ShopifySandbox, env: dict[str, str], sandbox_url: str, service_url: str, log: Path
+) -> str:
+    """The Shopify shop, installed through OAuth with its settings saved on the embedded page as
+    `scripts/demo shopify` does, holding the same states as the Standard Webhooks shop: its id."""
+    settings_url = set_up(service_url, log, SHOPIFY_DOMAIN)
+    shop_id = settings_url.removeprefix(service_url).split("/")[2]
+
+    def order(klarna_order_id: str) -> str:
+        """A Shopify order of 2 tomatoes (2.00 off), basil and shipping, 52.90 EUR, that keeps
+        its Klarna order id in a metafield, as the checkout does: its gid."""
+        return shopify.add_order(
+            SHOPIFY_DOMAIN,
+            [
+                Line(
+                    "Tomatoes", "20.00", quantity=2, discounts=["2.00"], taxes=[Tax("0.07", "2.49")]
+                ),
+                Line("Basil", "10.00", taxes=[Tax("0.07", "0.65")]),
+            ],
+            shipping=[ShippingLine("Standard", "4.90", taxes=[Tax("0.19", "0.78")])],
+            metafields={("klarna", "order_id"): klarna_order_id},
+        )
+
+    def tomatoes(gid: str) -> str:
+        line: str = shopify.order_json(SHOPIFY_DOMAIN, gid)["lineItems"]["nodes"][0]["id"]
+        return line
+
+    def webhook(topic: str, body: dict[str, Any]) -> None:
+        raw = msgspec.json.Encoder(decimal_format="number").encode(body)  # tax rates are numbers
+        headers = signed_webhook(DEFAULT_CLIENT_SECRET, topic, SHOPIFY_DOMAIN, raw)
+        answer = httpx2.post(
+            f"{service_url}/webhooks/shopify", content=raw, headers=headers, timeout=30
+        )
+        print(f"Shopify {topic} answered HTTP {answer.status_code}: {answer.text}")
+        if answer.status_code != 200:
+            fail("the service did not accept the webhook", log)
+
+    def klarna_order() -> str:
+        return create_order(sandbox_url, 5290, KLARNA_LINES)
+
+    # Shipped whole and captured, then a tomato refunded on the Shopify order.
+    whole_id = klarna_order()
+    whole = order(whole_id)
+    webhook(
+        "fulfillments/create",
+        shopify.fulfill(
+            SHOPIFY_DOMAIN,
+            whole,
+            tracking_company="DHL Express",
+            tracking_numbers=["JJD000390007845621"],
+        ),
+    )
+    # One tomato of two shipped: partly captured.
+    partly_id = klarna_order()
+    partly = order(partly_id)
+    webhook("fulfillments/create", shopify.fulfill(SHOPIFY_DOMAIN, partly, {tomatoes(partly): 1}))
+    # A Klarna order id that Klarna does not know: fails for good, with advice.
+    unknown = order(str(uuid.UUID(int=0x2003)))
+    webhook("fulfillments/create", shopify.fulfill(SHOPIFY_DOMAIN, unknown))
+    wait(lambda: bool(sandbox_order(sandbox_url, whole_id)["captures"]), "the Shopify capture")
+    bruised = shopify.refund(SHOPIFY_DOMAIN, whole, {tomatoes(whole): 1}, note="A bruised tomato")
+    webhook("refunds/create", bruised)
+    wait(lambda: bool(sandbox_order(sandbox_url, whole_id)["refunds"]), "the Shopify refund")
+    wait(lambda: bool(sandbox_order(sandbox_url, partly_id)["captures"]), "the partial capture")
+    wait(lambda: any(j["state"] == "dead" for j in shop_jobs(env, shop_id)), "the Shopify failure")
+
+    # The password goes wrong, and the next shipment waits for the right one.
+    cli(env, "shop", "set-klarna", shop_id, "--klarna-password-stdin", stdin="rotated-away\n")
+    waiting = order(klarna_order())
+    webhook("fulfillments/create", shopify.fulfill(SHOPIFY_DOMAIN, waiting))
+    wait(
+        lambda: any(
+            j["state"] not in ("done", "dead") and j.get("error") for j in shop_jobs(env, shop_id)
+        ),
+        "the Shopify shipment to wait on credentials",
+    )
+    return shop_id
+
+
+def shop_jobs(env: dict[str, str], shop_id: str) -> list[dict[str, Any]]:
+    return [job for job in jobs(env) if job["shop_id"] == shop_id]
+
+
 def shipment(
     order: str, klarna_order_id: str, lines: list[dict[str, Any]], *, complete: bool
 ) -> dict[str, Any]:
@@ -241,10 +352,15 @@ def refund(order: str, klarna_order_id: str) -> dict[str, Any]:
     }
 
 
-def create_order(sandbox_url: str, amount: int) -> str:
+def create_order(sandbox_url: str, amount: int, lines: list[dict[str, Any]] | None = None) -> str:
+    """A shopper's order, authorized at Klarna (the sandbox): its id."""
     created = httpx2.post(
         f"{sandbox_url}/sandbox/orders",
-        json={"order_amount": amount, "purchase_currency": "EUR", "order_lines": ORDER_LINES},
+        json={
+            "order_amount": amount,
+            "purchase_currency": "EUR",
+            "order_lines": ORDER_LINES if lines is None else lines,
+        },
     )
     if created.status_code != 201:
         fail(f"the sandbox refused the order: HTTP {created.status_code} {created.text}")

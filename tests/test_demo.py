@@ -82,7 +82,9 @@ def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
     output = Output(demo)
     try:
         data_dir = Path(output.until(r"data dir \(deleted at the end\): (\S+)")[1])
+        sandbox = output.until(r"Klarna sandbox on (\S+),")[1]
         link = output.until(r"sign-in link for Corner shop .*: (\S+)")[1]
+        shopify_link = output.until(r"sign-in link for \S+\.myshopify\.com \(Shopify.*: (\S+)")[1]
         login = output.until(r"login page: (\S+) \(enter (\S+)\)")
         output.until("^Ready:")
         service = login[1].removesuffix("/admin/login")
@@ -101,6 +103,23 @@ def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
                 "Failed: needs attention",  # 1003, no such Klarna order ...
                 "Klarna has no order with this id",  # ... with advice
                 "Waiting for Klarna credentials",  # 1004
+            ):
+                assert state in activity.text, state
+
+        # The Shopify shop, installed through the fake Shopify, holds the same states.
+        with httpx2.Client(follow_redirects=True, timeout=10) as merchant:
+            settings = merchant.get(shopify_link)
+            assert settings.status_code == 200
+            shopify_id = settings.url.path.split("/")[2]
+            assert shopify_id != shop_id
+            activity = merchant.get(f"{service}/admin/{shopify_id}/activity")
+            for state in (
+                "Captured",
+                "€23.90",  # one tomato of two (19.00 after its share of the discount) and shipping
+                "Refund",
+                "Failed: needs attention",
+                "Klarna has no order with this id",
+                "Waiting for Klarna credentials",
             ):
                 assert state in activity.text, state
 
@@ -132,5 +151,6 @@ def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
     for stopped in ("stopped service", "stopped Klarna sandbox", "stopped the mail server"):
         assert stopped in said, said
     assert not data_dir.exists()
-    with pytest.raises(httpx2.TransportError):
-        httpx2.get(f"{service}/readyz", timeout=2)
+    for stopped_at in (f"{service}/readyz", f"{sandbox}/sandbox/orders/none"):
+        with pytest.raises(httpx2.TransportError):
+            httpx2.get(stopped_at, timeout=2)
