@@ -61,12 +61,12 @@ def test_a_merchant_filters_searches_exports_and_retries_by_error_code(
 
     page.goto(run_cli(env, "admin-link", shop_id).stdout.strip())
     page.get_by_role("link", name="Activity").click()
-    reload_until(page, row(page, "1001-F1"), "captured")
-    reload_until(page, row(page, "1002-F1"), "dead")
+    reload_until(page, row(page, "1001-F1"), "Captured")
+    reload_until(page, row(page, "1002-F1"), "Failed: needs attention")
 
     # the summary and the chart
-    expect(page.locator("#captured-today")).to_have_text("60.00 EUR (1 capture)")
-    expect(page.locator("#attention-count")).to_contain_text("1 shipment failed for good")
+    expect(page.locator("#captured-today")).to_have_text("€60.00 (1 capture)")
+    expect(page.locator("#attention-count")).to_have_text("1 shipment needs your attention")
     chart = page.get_by_role("img", name="Captures per day, last 14 days")
     expect(chart).to_be_visible()
     page.get_by_text("Captures per day, as a table").click()
@@ -94,7 +94,7 @@ def test_a_merchant_filters_searches_exports_and_retries_by_error_code(
     assert rows[0][:5] == ["Order", "Fulfilment", "Klarna order", "Klarna reference", "State"]
     exported = {r[1]: r for r in rows[1:]}
     assert set(exported) == {"1001-F1", "1002-F1"}
-    assert exported["1001-F1"][3:7] == [good.klarna_reference, "captured", "60.00", "EUR"]
+    assert exported["1001-F1"][3:7] == [good.klarna_reference, "Captured", "60.00", "EUR"]
 
     # Retry all of the dead letters' one code
     page.get_by_role("link", name="Activity").click()
