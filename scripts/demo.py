@@ -1,8 +1,14 @@
 """The whole path once, on loopback: a Klarna sandbox, the service, a shop, one signed shipment and
 the capture read back from Klarna (the sandbox), then a signed refund of part of it and the refund
 read back. Everything runs in a fresh temporary directory and
-both processes are stopped at the end, on error and on Ctrl-C too."""
+both processes are stopped at the end, on error and on Ctrl-C too.
 
+With --keep it stays up instead, for a merchant's look at the pages: a shop whose activity holds
+each state a merchant meets (captured, partly captured, refunded, failed with advice, waiting on
+credentials), a local mail server so that sign-in by mail works, and the sign-in links printed,
+until Ctrl-C."""
+
+import argparse
 import contextlib
 import os
 import signal
@@ -115,6 +121,18 @@ def show(title: str, value: object) -> None:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="seed a shop with every state, keep everything running and print sign-in links "
+        "until Ctrl-C",
+    )
+    args = parser.parse_args()
+    if args.keep:
+        from demo_keep import keep  # the mail server it runs is a dev dependency
+
+        return keep()
     # Clean up on Ctrl-C and when stopped, also when started with SIGINT ignored (`demo &`).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

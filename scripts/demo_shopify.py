@@ -89,11 +89,13 @@ def main() -> int:
             return demo(shopify, klarna_url, service_url, service_log)
 
 
-def demo(shopify: ShopifySandbox, klarna_url: str, service_url: str, log: Path) -> int:
+def set_up(service_url: str, log: Path, domain: str = DOMAIN) -> str:
+    """Install the app on `domain` through OAuth and save its embedded settings page with the
+    sandbox's Klarna credentials, as the merchant does: the settings page's URL."""
     browser = httpx2.Client(timeout=30, follow_redirects=False)
 
     # 1. The merchant installs the app: Shopify's signed install link, consent, the callback.
-    params = {"shop": DOMAIN, "timestamp": str(int(time.time()))}
+    params = {"shop": domain, "timestamp": str(int(time.time()))}
     url = f"{service_url}/auth/shopify/install?" + urlencode(
         {**params, "hmac": query_hmac(DEFAULT_CLIENT_SECRET, params)}
     )
@@ -107,8 +109,8 @@ def demo(shopify: ShopifySandbox, klarna_url: str, service_url: str, log: Path) 
     print(f"  installed; Shopify now opens the app in its admin ({url.split('?')[0]})")
 
     # 2. The merchant opens the embedded settings page and enters the Klarna credentials.
-    token = session_token(DEFAULT_CLIENT_SECRET, DEFAULT_CLIENT_ID, DOMAIN)
-    entry = browser.get(f"{service_url}/shopify", params={"shop": DOMAIN, "id_token": token})
+    token = session_token(DEFAULT_CLIENT_SECRET, DEFAULT_CLIENT_ID, domain)
+    entry = browser.get(f"{service_url}/shopify", params={"shop": domain, "id_token": token})
     if entry.status_code != 303:
         fail(f"the embedded entry answered HTTP {entry.status_code}: {entry.text[:300]}", log)
     settings_url = service_url + entry.headers["location"]
@@ -132,12 +134,17 @@ def demo(shopify: ShopifySandbox, klarna_url: str, service_url: str, log: Path) 
         "keep_alive": "on",
         "keep_alive_days": "3",
         "time_zone": "Europe/Berlin",
-        "email": "",
+        "email": "",  # no sign-in mail: the shop opens its pages from the Shopify admin
     }
     saved = browser.post(settings_url, data=form, headers={"Origin": service_url})
     if saved.status_code not in (200, 303):
         fail(f"saving the settings answered HTTP {saved.status_code}", log)
     print(f"\nsettings saved on {settings_url.removeprefix(service_url)}")
+    return settings_url
+
+
+def demo(shopify: ShopifySandbox, klarna_url: str, service_url: str, log: Path) -> int:
+    set_up(service_url, log)
 
     # 3. A shopper pays with Klarna; the checkout keeps the Klarna order id in a metafield.
     created = httpx2.post(

@@ -1,10 +1,15 @@
 """The demos a newcomer runs first keep working: each exits 0 only when its capture, and then its
-refund, appeared."""
+refund, appeared; `demo.py --keep` leaves a seeded shop up to sign in to until Ctrl-C."""
 
+import queue
+import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import httpx2
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -27,3 +32,125 @@ def test_the_demo_captures(script: str, expected: str) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert expected in done.stdout
+
+
+class Output:
+    """The lines a process prints, read by a thread of their own so that a wait for one is bounded
+    (the kept demo prints nothing more until something happens)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.said: list[str] = []
+        self.stream = process.stdout
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.stream:
+            self.lines.put(line)
+
+    def close(self) -> None:
+        """Once the process exited: its output read to the end, the pipe closed."""
+        self.reader.join(timeout=30)
+        self.stream.close()
+
+    def until(self, pattern: str, timeout: float = 120) -> re.Match[str]:
+        """The first line from now on that matches `pattern`; fails with all said so far."""
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(
+                    f"no line matched {pattern!r}:\n{''.join(self.said)}"
+                ) from None
+            self.said.append(line)
+            if found := re.search(pattern, line):
+                return found
+
+
+def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
+    """`demo.py --keep` seeds a shop with every state, prints its sign-in link, keeps the pages up
+    and mails sign-in links asked for at /admin/login to its own mail server; Ctrl-C (SIGINT)
+    stops every process and removes the data dir."""
+    demo = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "demo.py"), "--keep"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(demo)
+    try:
+        data_dir = Path(output.until(r"data dir \(deleted at the end\): (\S+)")[1])
+        sandbox = output.until(r"Klarna sandbox on (\S+),")[1]
+        link = output.until(r"sign-in link for Corner shop .*: (\S+)")[1]
+        shopify_link = output.until(r"sign-in link for \S+\.myshopify\.com \(Shopify.*: (\S+)")[1]
+        login = output.until(r"login page: (\S+) \(enter (\S+)\)")
+        output.until("^Ready:")
+        service = login[1].removesuffix("/admin/login")
+        assert data_dir.is_dir()
+
+        with httpx2.Client(follow_redirects=True, timeout=10) as merchant:
+            settings = merchant.get(link)
+            assert settings.status_code == 200
+            shop_id = settings.url.path.split("/")[2]
+            activity = merchant.get(f"{service}/admin/{shop_id}/activity")
+            assert activity.status_code == 200
+            for state in (
+                "Captured",  # 1001, whole
+                "€24.00",  # 1002, four tomatoes of ten
+                "1001-R1",  # the refund of two tomatoes
+                "Failed: needs attention",  # 1003, no such Klarna order ...
+                "Klarna has no order with this id",  # ... with advice
+                "Waiting for Klarna credentials",  # 1004
+            ):
+                assert state in activity.text, state
+
+        # The Shopify shop, installed through the fake Shopify, holds the same states.
+        with httpx2.Client(follow_redirects=True, timeout=10) as merchant:
+            settings = merchant.get(shopify_link)
+            assert settings.status_code == 200
+            shopify_id = settings.url.path.split("/")[2]
+            assert shopify_id != shop_id
+            activity = merchant.get(f"{service}/admin/{shopify_id}/activity")
+            for state in (
+                "Captured",
+                "€23.90",  # one tomato of two (19.00 after its share of the discount) and shipping
+                "Refund",
+                "Failed: needs attention",
+                "Klarna has no order with this id",
+                "Waiting for Klarna credentials",
+            ):
+                assert state in activity.text, state
+
+        # Sign-in by mail: the link arrives at the demo's mail server, which prints it.
+        with httpx2.Client(follow_redirects=True, timeout=10) as merchant:
+            form = merchant.get(login[1]).text
+            token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+            assert token is not None
+            asked = merchant.post(
+                login[1],
+                data={"csrf_token": token[1], "email": login[2]},
+                headers={"origin": service},  # as a browser sends with a form
+            )
+            assert "a mail with a sign-in link" in asked.text
+            output.until(f"^mail to {re.escape(login[2])}: ")
+            mailed = output.until(r"(http://\S+/admin/login\?token=\S+)")[1]
+            assert merchant.get(mailed).url.path == f"/admin/{shop_id}/settings"
+
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=60)
+        output.until("^removed the data dir")
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        output.close()
+    assert demo.returncode == 0, "".join(output.said)
+    said = "".join(output.said)
+    for stopped in ("stopped service", "stopped Klarna sandbox", "stopped the mail server"):
+        assert stopped in said, said
+    assert not data_dir.exists()
+    for stopped_at in (f"{service}/readyz", f"{sandbox}/sandbox/orders/none"):
+        with pytest.raises(httpx2.TransportError):
+            httpx2.get(stopped_at, timeout=2)

@@ -1,6 +1,6 @@
-"""The listing screenshot is made by scripts/screenshot.py with example values: its inputs hold
-no loopback address and no sandbox credential, and the script, run in Debian's Chromium, checks
-the page it takes for them (so a leak on the page stops it)."""
+"""The listing screenshots are made by scripts/screenshot.py with example values and the demo's
+seeded shipments: its inputs hold no loopback address and no sandbox credential, and the script,
+run in Debian's Chromium, checks each page it takes for them (so a leak on a page stops it)."""
 
 import importlib.util
 import struct
@@ -53,18 +53,22 @@ def test_the_screenshot_is_filled_with_example_values_only() -> None:
         assert made.LEAKS.search(leak), leak
 
 
-def test_the_script_takes_the_settings_page(tmp_path: Path) -> None:
-    output = tmp_path / "settings.png"
+def test_the_script_takes_each_page(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--output", str(output)],
+        [sys.executable, str(SCRIPT), "--output-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=180,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    header = output.read_bytes()[:24]
-    assert header[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", header[16:24])
-    assert width == 1280
-    assert height > 900  # the whole page, not the window
+    taken = sorted(path.name for path in tmp_path.iterdir())
+    assert taken == ["activity.png", "order.png", "settings.png", "shipment.png"]
+    for name in taken:
+        header = (tmp_path / name).read_bytes()[:24]
+        assert header[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", header[16:24])
+        assert width == 1280
+        assert height >= 900, name
+        if name in ("activity.png", "settings.png"):
+            assert height > 900, name  # the whole page, not the window

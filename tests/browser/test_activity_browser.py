@@ -66,7 +66,7 @@ def test_a_merchant_filters_searches_exports_and_retries_by_error_code(
 
     # the summary and the chart
     expect(page.locator("#captured-today")).to_have_text("€60.00 (1 capture)")
-    expect(page.locator("#attention-count")).to_contain_text("1 shipment needs your attention")
+    expect(page.locator("#attention-count")).to_have_text("1 shipment needs your attention")
     chart = page.get_by_role("img", name="Captures per day, last 14 days")
     expect(chart).to_be_visible()
     page.get_by_text("Captures per day, as a table").click()

@@ -5,7 +5,8 @@ With Shopify's CDN out of reach, as in every test, the pages work on their own: 
 Settings and Activity show in the page, the forms post. With App Bridge's URL answered by a
 stand-in, the browser runs exactly that script under the page's CSP and no other (neither another
 script of the same CDN nor an inline one), and the links leave the page for the admin's
-navigation. Screenshots go to tests/artifacts/ (git-ignored)."""
+navigation. axe-core finds no serious or critical violation in the pages' Polaris look.
+Screenshots go to tests/artifacts/ (git-ignored)."""
 
 import base64
 import os
@@ -18,6 +19,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright
 
 from plugin.sandbox.shopify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, session_token
+from tests.browser.test_pages_browser import serious
 from tests.helpers import SANDBOX_PASSWORD, SANDBOX_USERNAME, Server, free_port
 from tests.web.support import shopify_query
 
@@ -126,15 +128,18 @@ def test_without_app_bridge_the_pages_inside_the_admin_work_on_their_own(
     expect(page.locator("p.notice")).to_have_text("Settings saved.")
     expect(page.get_by_text("A password is set (since")).to_be_visible()
     screenshot(page, "shopify-embedded-settings.png")
+    assert not serious(page)  # axe-core: no serious or critical violation in Polaris' look
     page.set_viewport_size(PHONE)
     page.reload()
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     screenshot(page, "shopify-embedded-settings-phone.png")
+    assert not serious(page)
     page.set_viewport_size(DESKTOP)
 
     nav.get_by_role("link", name="Activity").click()
     expect(page.get_by_role("heading", name="Recent shipments", level=1)).to_be_visible()
     screenshot(page, "shopify-embedded-activity.png")
+    assert not serious(page)
 
 
 def test_inside_the_admin_the_page_runs_app_bridge_and_no_other_script(
