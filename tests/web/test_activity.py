@@ -148,7 +148,7 @@ def test_the_shipment_page_reads_the_capture_live_from_klarna(
     assert "<dt>Refunded</dt><dd>€0.00</dd>" in html
     # One reference, clearly labelled: the Klarna order's, which the customer and Klarna's
     # support know.
-    assert f"<dd><strong>{order.klarna_reference}</strong></dd>" in html, html
+    assert f"<dd><strong>{order.klarna_reference}</strong> <small>" in html, html
     assert html.count(order.klarna_reference) == 1
     assert "<td>Tomatoes <small>SKU-1</small></td><td>10</td><td>€60.00</td>" in html
     assert "<li>DHL JJD0001 (Home)</li>" in html  # Klarna's carrier code by its name
