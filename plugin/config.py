@@ -473,7 +473,13 @@ def _smtp_url(value: str) -> MailSettings:
         raise ConfigError(f"{name} must have no path or fragment, not {shown}")
     query = parse_qs(parts.query, keep_blank_values=True)
     starttls = query.pop("starttls", [])
-    security: MailSecurity = "tls" if scheme == "smtps" else "auto"
+    # Sign-in links are as good as a password for 15 minutes: over a network they travel only
+    # encrypted unless the operator says otherwise; a mail server on this machine is spoken to
+    # as it offers.
+    loopback = (parts.hostname or "").lower() in ("localhost", "::1") or (
+        parts.hostname or ""
+    ).startswith("127.")
+    security: MailSecurity = "tls" if scheme == "smtps" else ("auto" if loopback else "require")
     if query or len(starttls) > 1 or (starttls and scheme == "smtps"):
         raise ConfigError(
             f"{name} knows one parameter, starttls=require|auto|off, on smtp:// only; not {shown}"

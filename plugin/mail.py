@@ -3,7 +3,7 @@ the mail settings, bounded in time. What a mail says is its sender's (the sign-i
 failure alerts); here is only how it leaves."""
 
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import formatdate, make_msgid
 
 import aiosmtplib
 
@@ -31,6 +31,7 @@ def message(settings: MailSettings, to: str, subject: str, text: str) -> EmailMe
     mail["From"] = settings.mail_from
     mail["To"] = to
     mail["Subject"] = subject
+    mail["Date"] = formatdate(usegmt=True)  # RFC 5322 asks for it; filters score mail without
     mail["Message-ID"] = make_msgid(domain=settings.mail_from.rpartition("@")[2])
     mail["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to us
     mail.set_content(text)

@@ -211,14 +211,9 @@ def demo(command: str, env: dict[str, str], sandbox_url: str, service_url: str, 
     send(service_url, shop, event, log)
 
     # 4. A worker captures it; wait for Klarna (the sandbox) to show the capture.
-    deadline = time.monotonic() + CAPTURE_WAIT_SECONDS
-    while not (order := httpx2.get(f"{sandbox_url}/sandbox/orders/{order_id}").json())["captures"]:
-        if time.monotonic() > deadline:
-            print(f"\nno capture within {CAPTURE_WAIT_SECONDS:g} s", file=sys.stderr)
-            tail = log.read_text(errors="replace").splitlines()[-20:]
-            print("--- last lines of the service log ---", *tail, sep="\n", file=sys.stderr)
-            return 1
-        time.sleep(0.1)
+    order = klarna_order_with(sandbox_url, order_id, "captures", log)
+    if order is None:
+        return 1
     capture_id = order["captures"][0]["capture_id"]
     capture = httpx2.get(
         f"{sandbox_url}/ordermanagement/v1/orders/{order_id}/captures/{capture_id}",
@@ -243,14 +238,9 @@ def demo(command: str, env: dict[str, str], sandbox_url: str, service_url: str, 
         },
     }
     send(service_url, shop, refund, log)
-    deadline = time.monotonic() + CAPTURE_WAIT_SECONDS
-    while not (order := httpx2.get(f"{sandbox_url}/sandbox/orders/{order_id}").json())["refunds"]:
-        if time.monotonic() > deadline:
-            print(f"\nno refund within {CAPTURE_WAIT_SECONDS:g} s", file=sys.stderr)
-            tail = log.read_text(errors="replace").splitlines()[-20:]
-            print("--- last lines of the service log ---", *tail, sep="\n", file=sys.stderr)
-            return 1
-        time.sleep(0.1)
+    order = klarna_order_with(sandbox_url, order_id, "refunds", log)
+    if order is None:
+        return 1
     refund_id = order["refunds"][0]["refund_id"]
     made = httpx2.get(
         f"{sandbox_url}/ordermanagement/v1/orders/{order_id}/refunds/{refund_id}",
@@ -259,6 +249,23 @@ def demo(command: str, env: dict[str, str], sandbox_url: str, service_url: str, 
     made.raise_for_status()
     show(f"refund read back from Klarna (refunded {order['refunded_amount']})", made.json())
     return 0
+
+
+def klarna_order_with(
+    sandbox_url: str, order_id: str, field: str, log: Path
+) -> dict[str, Any] | None:
+    """The Klarna order (as the sandbox shows it) once its `field` (captures, refunds) holds
+    something; None, with the service log's last lines, when it does not within the wait."""
+    deadline = time.monotonic() + CAPTURE_WAIT_SECONDS
+    while not (order := httpx2.get(f"{sandbox_url}/sandbox/orders/{order_id}").json())[field]:
+        if time.monotonic() > deadline:
+            print(f"\nno {field[:-1]} within {CAPTURE_WAIT_SECONDS:g} s", file=sys.stderr)
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            print("--- last lines of the service log ---", *tail, sep="\n", file=sys.stderr)
+            return None
+        time.sleep(0.1)
+    found: dict[str, Any] = order
+    return found
 
 
 def send(service_url: str, shop: dict[str, Any], event: dict[str, Any], log: Path) -> None:

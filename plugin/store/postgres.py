@@ -1213,6 +1213,14 @@ class PostgresStore(Store):
     async def requeue_dead_jobs(self, shop_id: str, job_ids: Sequence[int], now: float) -> int:
         async with self._transaction() as conn:
             rows = await conn.fetch(_REQUEUE_DEAD, now, shop_id, [int(i) for i in job_ids])
+            orders = [row["key"] for row in rows if row["kind"] == "order"]
+            if orders:  # as `requeue_job`: their refused calls are tried afresh
+                await conn.execute(
+                    "DELETE FROM order_operations"
+                    " WHERE shop_id = $1 AND order_id = ANY($2::text[]) AND state = 'failed'",
+                    shop_id,
+                    orders,
+                )
             if rows:
                 await conn.execute(_NOTIFY)
         return len(rows)
@@ -1844,7 +1852,7 @@ _CAPTURES_BY_DAY = captures_by_day("floor(c.captured_at / 86400)::bigint")
 # Dead jobs of the shop $2 among the ids $3, queued again: each found by its primary key.
 _REQUEUE_DEAD = (
     "UPDATE jobs SET state = 'queued', due_at = $1, attempts = 0, updated_at = $1"
-    " WHERE id = ANY($3::bigint[]) AND shop_id = $2 AND state = 'dead' RETURNING id"
+    " WHERE id = ANY($3::bigint[]) AND shop_id = $2 AND state = 'dead' RETURNING id, kind, key"
 )
 
 

@@ -872,9 +872,15 @@ class SqliteStore(Store):
 
     async def requeue_dead_jobs(self, shop_id: str, job_ids: Sequence[int], now: float) -> int:
         ids = json.dumps([int(job_id) for job_id in job_ids])
-        return await self._write(
-            lambda conn: int(conn.execute(_REQUEUE_DEAD, (now, shop_id, ids)).rowcount)
-        )
+
+        def work(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(_REQUEUE_DEAD, (now, shop_id, ids)).fetchall()
+            for kind, key in rows:
+                if kind == "order":  # as `requeue_job`: its refused calls are tried afresh
+                    conn.execute(_FORGET_FAILED_CALLS, (shop_id, key))
+            return len(rows)
+
+        return await self._write(work)
 
     # the capture ledger
 
@@ -1525,6 +1531,7 @@ _DEAD_JOBS = _numbered(DEAD_JOBS).replace("FROM jobs", "FROM jobs INDEXED BY job
 _REQUEUE_DEAD = (
     "UPDATE jobs NOT INDEXED SET state = 'queued', due_at = ?1, attempts = 0, updated_at = ?1"
     " WHERE id IN (SELECT value FROM json_each(?3)) AND shop_id = ?2 AND state = 'dead'"
+    " RETURNING kind, key"
 )
 
 

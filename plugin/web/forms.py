@@ -2,6 +2,7 @@
 has are here; what a platform adds (its fields, their checks, its partial, who frames its pages)
 is its `SettingsPage`, in `plugin/platforms/<name>/settings.py`."""
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -329,13 +330,15 @@ def parse_keep_alive_days(value: str) -> int | None:
 def time_zone_problem(name: str) -> str | None:
     """What is wrong with `name` as the shop's time zone (an IANA name zoneinfo knows); None:
     nothing. Its shape is checked before the name is looked up."""
-    if (
-        len(name) > MAX_TIME_ZONE
-        or not _ZONE_NAME.fullmatch(name)
-        or name not in available_timezones()
-    ):
+    if len(name) > MAX_TIME_ZONE or not _ZONE_NAME.fullmatch(name) or name not in _time_zones():
         return "Enter a time zone by its IANA name, such as Europe/Stockholm or America/New_York."
     return None
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    """The IANA names this machine knows, read once (a walk of the zone files)."""
+    return frozenset(available_timezones())
 
 
 def name_problem(what: str, name: str) -> str | None:

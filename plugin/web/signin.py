@@ -90,7 +90,10 @@ async def request_link(request: Request, service: Service) -> Response:
         body = await read_body(request, MAX_FORM_BYTES)
     except BodyRefused as refused:
         return _message(request, "Request refused", "That is no sign-in request.", refused.status)
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    except ValueError:  # more fields than the form has
+        return _message(request, "Request refused", "That is no sign-in request.", 400)
     token = fields.get("csrf_token", [""])[0]
     auth = auth_of(request)
     public_url = service.settings.web.public_url

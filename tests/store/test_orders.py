@@ -686,3 +686,30 @@ async def test_an_orders_rows_go_with_the_ledger_once_nothing_may_be_done_on_it(
         ("recent", True),
     ):
         assert (await store.get_order("shop_1", order_id) is not None) is present, order_id
+
+
+@pytest.mark.parametrize("by", ["one", "all of its code"])
+async def test_an_order_job_retried_by_hand_forgets_its_refused_calls_and_only_those(
+    store: Store, by: str
+) -> None:
+    await add_shop(store)
+    await order_event(store, "d1")
+    await store.plan_order_operation(REFUND, NOW)
+    await store.finish_order_operation(
+        done(state="failed", result=None, error='{"error_code":"X"}'), None, NOW + 1
+    )
+    kept = msgspec.structs.replace(REFUND, key="R2", idempotency_key="key-2")
+    await store.plan_order_operation(kept, NOW + 1)
+    await store.finish_order_operation(done(key="R2"), None, NOW + 1)
+    job = await store.claim_job("w1", 60, NOW + 2, kinds=ORDERS)
+    assert job is not None
+    assert await store.bury_job(job.id, "w1", '{"error_code":"X"}', NOW + 3)
+
+    if by == "one":
+        assert await store.requeue_job(job.id, NOW + 4)
+    else:
+        assert await store.requeue_dead_jobs("shop_1", [job.id], NOW + 4) == 1
+
+    calls = await store.order_operations("shop_1", ["O1"])
+    assert [(c.key, c.state) for c in calls] == [("R2", "done")]
+    assert await order_job_state(store) == [("O1", "queued", False)]

@@ -2,7 +2,7 @@
 merchant reads what happened on the order without the app's pages: each capture and failed
 capture, each refund made or refused at Klarna, a cancellation, a release."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from plugin.platforms.bigcommerce.payloads import (
     CaptureSummary,
@@ -23,13 +23,12 @@ def capture_note(summary: CaptureSummary) -> str:
 
 
 def failure_note(failure: FailureSummary) -> str:
-    text = f"{NOTE_PREFIX} Shipment {failure.shipment_id}: not captured: {failure.step}: "
-    text += failure.error_code
-    if failure.error_messages:
-        text += ": " + "; ".join(failure.error_messages)
-    if failure.correlation_id:
-        text += f" (correlation_id {failure.correlation_id})"
-    return " ".join(text.split())
+    return _refusal(
+        f"Shipment {failure.shipment_id}: not captured: {failure.step}: ",
+        failure.error_code,
+        failure.error_messages,
+        failure.correlation_id,
+    )
 
 
 def refund_note(summary: RefundSummary) -> str:
@@ -41,12 +40,22 @@ def refund_note(summary: RefundSummary) -> str:
 
 
 def refund_failure_note(failure: RefundFailure) -> str:
-    text = f"{NOTE_PREFIX} Refund {failure.refund_id}: not refunded at Klarna: "
-    text += failure.error_code
-    if failure.error_messages:
-        text += ": " + "; ".join(failure.error_messages)
-    if failure.correlation_id:
-        text += f" (correlation_id {failure.correlation_id})"
+    return _refusal(
+        f"Refund {failure.refund_id}: not refunded at Klarna: ",
+        failure.error_code,
+        failure.error_messages,
+        failure.correlation_id,
+    )
+
+
+def _refusal(what: str, code: str, messages: Sequence[str], correlation_id: str | None) -> str:
+    """A note of something refused: what, then the code, messages and correlation id, in one
+    line."""
+    text = f"{NOTE_PREFIX} {what}{code}"
+    if messages:
+        text += ": " + "; ".join(messages)
+    if correlation_id:
+        text += f" (correlation_id {correlation_id})"
     return " ".join(text.split())
 
 

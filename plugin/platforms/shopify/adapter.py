@@ -8,7 +8,7 @@ queued it, so a retried or late write-back never puts an older status on the ord
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -46,6 +46,9 @@ LIFE_TAGS: dict[LifeStatus, str] = {
 }
 REFUND_FAILED_TAG = "klarna-refund-failed"
 EXPIRY_KEY = "authorization_expires_at"
+
+T = TypeVar("T")
+Found = TypeVar("Found")
 
 
 class CaptureSummary(msgspec.Struct, kw_only=True):
@@ -210,25 +213,22 @@ class ShopifyStorefront(StorefrontApp):
         return Resolved(event=remap(None), remap=remap)
 
     async def _order(self, shop: Shop, order_id: int) -> payloads.Order:
-        client = self.admin(shop, "map")
         variables = payloads.order_query_variables(order_id, klarna_order_id_source(shop.options))
+        found = await self._query(shop, payloads.ORDER_QUERY, variables, payloads.OrderData)
+        return _readable(found.order, order_id)
+
+    async def _query(self, shop: Shop, query: str, variables: dict[str, Any], answer: type[T]) -> T:
+        """An order query's answer as `answer`; a failure as the mapping step's."""
+        client = self.admin(shop, "map")
         try:
-            data = await client.execute("order", payloads.ORDER_QUERY, variables)
-            found = msgspec.convert(data, payloads.OrderData)
+            data = await client.execute("order", query, variables)
+            return msgspec.convert(data, answer)
         except ShopifyError as error:
             raise error.failure("map") from None
         except msgspec.ValidationError as error:
             raise StorefrontError(
                 "map", "BAD_ORDER", [f"the order query answered {error}"], retryable=True
             ) from None
-        if found.order is None:
-            raise StorefrontError(
-                "map",
-                "ORDER_NOT_FOUND",
-                [f"order {order_id} is not readable (deleted, or out of the app's scope)"],
-                retryable=False,
-            )
-        return found.order
 
     # the order's life
 
@@ -307,32 +307,19 @@ class ShopifyStorefront(StorefrontApp):
     async def _life(
         self, shop: Shop, order_id: str, source: payloads.KlarnaOrderIdSource
     ) -> payloads.LifeOrder:
-        client = self.admin(shop, "map")
         variables = payloads.order_query_variables(order_id, source)
-        try:
-            data = await client.execute("order", payloads.ORDER_LIFE_QUERY, variables)
-            found = msgspec.convert(data, payloads.LifeOrderData)
-        except ShopifyError as error:
-            raise error.failure("map") from None
-        except msgspec.ValidationError as error:
-            raise StorefrontError(
-                "map", "BAD_ORDER", [f"the order life query answered {error}"], retryable=True
-            ) from None
-        if found.order is None:
-            raise StorefrontError(
-                "map",
-                "ORDER_NOT_FOUND",
-                [f"order {order_id} is not readable (deleted, or out of the app's scope)"],
-                retryable=False,
-            )
-        if len(found.order.refunds) > payloads.REFUNDS_PAGE:
+        found = await self._query(
+            shop, payloads.ORDER_LIFE_QUERY, variables, payloads.LifeOrderData
+        )
+        order = _readable(found.order, order_id)
+        if len(order.refunds) > payloads.REFUNDS_PAGE:
             raise StorefrontError(
                 "map",
                 "UNMAPPABLE_REFUND",
                 [f"order {order_id} has more refunds than one query reads"],
                 retryable=False,
             )
-        return found.order
+        return order
 
     # the write-back
 
@@ -468,6 +455,18 @@ def _life_values(
         moment = datetime.fromtimestamp(expires_at, UTC).replace(microsecond=0)
         values[EXPIRY_KEY] = ("date_time", moment.isoformat().replace("+00:00", "Z"))
     return values
+
+
+def _readable(order: Found | None, order_id: object) -> Found:
+    """The order an order query found; none is an order the app cannot read."""
+    if order is None:
+        raise StorefrontError(
+            "map",
+            "ORDER_NOT_FOUND",
+            [f"order {order_id} is not readable (deleted, or out of the app's scope)"],
+            retryable=False,
+        )
+    return order
 
 
 def _json_or_text(error: str | None) -> bytes:
