@@ -22,6 +22,8 @@ log = logging.getLogger("plugin.pipeline")
 # How far the storefront's clock may run behind ours: a capture made this long before the plan
 # may still be the plan's (matched by amount, and never one another shipment holds).
 CLOCK_SLACK_SECONDS = 60.0
+# The statuses of a capture that took no money: sent again if the plan is run again.
+FAILED = frozenset({"FAILURE", "ERROR"})
 
 
 class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,7 +112,7 @@ class StorefrontCapture:
                 if capture.amount == request.amount
                 and capture.created_at >= since
                 and capture.id not in held
-                and capture.status != "FAILURE"
+                and capture.status not in FAILED
             ),
             None,
         )
@@ -243,7 +245,8 @@ class StorefrontCapture:
         except StorefrontError as error:
             metrics.CAPTURES.labels("failed").inc()
             raise self.shipment.failure("capture", error) from error
-        if capture.status == "PENDING":
+        if capture.status not in FAILED and capture.status != "SUCCESS":
+            # PENDING, or Shopify's AWAITING_RESPONSE and UNKNOWN: the gateway has not answered.
             await self.shipment.audit("capture", "pending", {"transaction_id": capture.id})
             raise _pending(self.shipment, capture)
         if capture.status != "SUCCESS":

@@ -239,6 +239,7 @@ def test_a_shop_paid_through_shopifys_checkout_has_shopify_capture_without_klarn
     assert saved.status_code == 303, saved.text
     shop = site.shop(installed.id)
     assert not shop.klarna_configured
+    assert "Klarna credentials are still needed" not in browser.get(browser.base + "/settings").text
     assert (
         shop.options.payment_flow,
         shop.options.single_capture,
