@@ -1315,10 +1315,19 @@ def _graphql_payment(payment: _Payment, order: _Order) -> dict[str, Any]:
         "createdAt": _timestamp(payment.created_at),
         "multiCapturable": payment.multi_capturable,
         "amountSet": _bag(payment.amount, order),
+        "totalUnsettledSet": _bag(_unsettled(order, payment), order),
         "parentTransaction": None
         if payment.parent is None
         else {"id": _gid("OrderTransaction", payment.parent)},
     }
+
+
+def _unsettled(order: _Order, payment: _Payment) -> tuple[str, str]:
+    """What a transaction still holds to capture: an authorization's capturable rest."""
+    if payment.kind != "AUTHORIZATION" or payment.status != "SUCCESS":
+        return ("0.00", "0.00")
+    shop, presentment = _capturable(order, payment)
+    return (_quantize(shop, "0.00"), _quantize(presentment, "0.00"))
 
 
 def _capture_refused(path: Sequence[str], message: str) -> dict[str, Any]:

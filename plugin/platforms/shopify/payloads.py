@@ -523,6 +523,7 @@ query OrderPayments($id: ID!) {
       createdAt
       multiCapturable
       amountSet { ...Bag }
+      totalUnsettledSet { ...Bag }
       parentTransaction { id }
     }
   }
@@ -567,6 +568,9 @@ class PaymentTransaction(msgspec.Struct, kw_only=True, rename="camel"):
     amount_set: MoneyBag
     gateway: str | None = None
     multi_capturable: bool = False
+    # Of an authorization: what it still holds to capture (Shopify's count, pending captures
+    # taken off).
+    total_unsettled_set: MoneyBag | None = None
     parent_transaction: TransactionRef | None = None
 
 

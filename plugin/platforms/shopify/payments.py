@@ -79,9 +79,11 @@ class ShopifyPayments:
                 or t.parent_transaction.id == authorization.id
             )
         ]
+        # The authorization's own remainder: the order's total capturable counts every
+        # gateway's authorizations, a gift card's or another method's too.
         capturable = (
-            _presentment(order.total_capturable_set, currency)
-            if order.capturable and order.total_capturable_set is not None
+            _presentment(authorization.total_unsettled_set, currency)
+            if order.capturable and authorization is not None
             else 0
         )
         return PaymentState(
