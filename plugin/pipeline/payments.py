@@ -212,9 +212,16 @@ class StorefrontCapture:
         )
         last = state.captures[-1].id if state.captures else "checkout"
         self.shipment.event = msgspec.structs.replace(event, currency=state.currency.upper())
+        reason = (
+            "the payment was taken at checkout: the shop captures automatically, and only "
+            "manual capture lets each shipment be captured"
+            if state.settled_at_checkout
+            else "nothing of the authorization is left to capture: captured before"
+        )
         return await self._captured(
             PaymentCapture(id=last, amount=0, status="SUCCESS", created_at=0.0),
             "captured_by_storefront",
+            reason=reason,
         )
 
     async def _wait_for_the_last(self) -> None:
@@ -260,7 +267,9 @@ class StorefrontCapture:
             raise self.shipment.failure("capture", failed) from None
         return await self._captured(capture, "captured")
 
-    async def _captured(self, capture: PaymentCapture, outcome: str) -> CaptureRecord | None:
+    async def _captured(
+        self, capture: PaymentCapture, outcome: str, *, reason: str | None = None
+    ) -> CaptureRecord | None:
         shipment = self.shipment
         currency = shipment.event.currency.upper()
         data = {
@@ -282,7 +291,11 @@ class StorefrontCapture:
             note=shipment.note(
                 "capture" if outcome == "captured" else "plan",
                 outcome,
-                {"capture_id": capture.id, "through": "storefront"},
+                {
+                    "capture_id": capture.id,
+                    "through": "storefront",
+                    **({"reason": reason} if reason else {}),
+                },
             ),
         )
         metrics.CAPTURES.labels(

@@ -170,6 +170,8 @@ OUTCOMES = {
     "dead": "failed: needs attention",
     "failed, will retry": "failed, will retry by itself",
     "waiting for klarna credentials": "waiting for Klarna credentials",
+    "captured_by_storefront": "captured already in the storefront: nothing sent",
+    "pending": "sent: the payment gateway is still working on it",
 }
 
 
