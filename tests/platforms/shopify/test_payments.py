@@ -6,10 +6,13 @@ authorization, once, and Klarna is never called."""
 import json
 import uuid
 
+from plugin.app import create_app
 from plugin.config import Settings
 from plugin.sandbox.klarna import KlarnaSandbox
+from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.shopify import Line, ShippingLine, ShopifySandbox, Tax, Transaction
 from plugin.store.records import ShopOptions
+from plugin.worker import Backoff
 from tests.helpers import run_cli, wait_idle, wait_until
 from tests.platforms.shopify.test_service import (
     DOMAIN,
@@ -168,6 +171,35 @@ def test_a_capture_whose_answer_was_lost_is_settled_by_shopifys_transactions(
     with database(settings) as conn:
         outcomes = [o for (o,) in conn.execute("SELECT outcome FROM audit ORDER BY id")]
     assert "already_captured" in outcomes
+
+
+def test_a_capture_whose_answer_was_lost_is_kept_when_the_fulfilment_is_cancelled_after(
+    settings: Settings, shopify_sandbox: ShopifySandbox
+) -> None:
+    """Shopify captures but its answer never arrives; before the retry the merchant cancels the
+    fulfilment. The retry must not skip it as cancelled: Shopify has the money."""
+    app = create_app(
+        settings, backoff=Backoff(base_seconds=2, max_seconds=2, attempts=4), poll_seconds=0.05
+    )
+    install(settings, shopify_sandbox, options=SHOPIFY_FLOW)
+    gid = place_order(shopify_sandbox)
+    shopify_sandbox.lose_next_capture_answer()
+    body = shopify_sandbox.fulfill(DOMAIN, gid)
+    with serve_in_thread(app) as service:
+        assert send(service, "fulfillments/create", body).is_success
+        wait_until(lambda: len(captures(shopify_sandbox, gid)) == 1, what="Shopify's capture")
+        cancelled = shopify_sandbox.cancel_fulfillment(DOMAIN, gid, body["id"])
+        assert send(service, "fulfillments/update", cancelled).is_success
+
+        wait_until(lambda: status_of(shopify_sandbox, gid) == "captured", what="the write-back")
+    [(state, _, amount, capture_id)] = ledger(settings)
+    assert (state, amount) == ("captured", 5290)
+    assert capture_id is not None
+    assert capture_id.startswith("gid://shopify/OrderTransaction/")
+    with database(settings) as conn:
+        steps = [row[0] for row in conn.execute("SELECT step FROM audit ORDER BY id")]
+    assert "skip" not in steps
+    assert capture_calls(shopify_sandbox) == 1
 
 
 def test_a_capture_that_stays_pending_is_never_sent_again(
