@@ -251,6 +251,11 @@ def test_a_shop_paid_through_shopifys_checkout_has_shopify_capture_without_klarn
         "first",
         "klarna, klarna_pay",
     )
+    # A gateway name is the merchant's text: shown escaped, never as markup.
+    assert browser.save_settings(payment_gateways='klarna, "><b>x').status_code == 303
+    page = browser.get(browser.base + "/settings").text
+    assert '"><b>x' not in page
+    assert "&#34;&gt;&lt;b&gt;x" in page
     # Left empty, the gateways are the known names of Klarna's.
     assert browser.save_settings(payment_gateways="").status_code == 303
     assert site.shop(installed.id).options.payment_gateways == ("klarna", "shopify_payments")
