@@ -23,6 +23,9 @@ from plugin.klarna.models import (
     TaxRate,
 )
 
+# The Klarna order id of a shipment whose Klarna order is not known here (a shop whose storefront
+# captures, and keeps no Klarna order id on its orders): nothing is ever called at Klarna with it.
+NO_KLARNA_ORDER = "00000000-0000-0000-0000-000000000000"
 Currency = Annotated[str, Meta(pattern="^[A-Za-z]{3}$")]
 # Klarna's tax rates are percent with two implicit decimals: 0 to 100 %. A storefront's 10001 is
 # refused here, with the field named, instead of becoming an absurd request.

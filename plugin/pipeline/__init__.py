@@ -10,6 +10,8 @@ tracking update never repeats a side effect.
 - `fulfillments`: the fulfilment job: the platform's adapter says what shipped, then each step.
 - `shipments`: one fulfilment as its steps see it, and how they write their outcomes.
 - `captures`: plan and capture, and a plan settled by Klarna's word.
+- `payments`: the same through a storefront that captures itself (Shopify's `orderCapture`),
+  settled by the storefront's word; nothing called at Klarna.
 - `operations`: what follows a capture: tracking added, customer send-out.
 - `callbacks`: the callback job: write-back, then the status URL.
 - `reports`: the status events and the callbacks that carry them.

@@ -10,6 +10,7 @@ import msgspec
 from plugin.pipeline.captures import Capture
 from plugin.pipeline.failures import job_failure
 from plugin.pipeline.operations import add_shipping_info, send_out
+from plugin.pipeline.payments import StorefrontCapture
 from plugin.pipeline.shipments import Shipment, Steps
 from plugin.platforms.base import Skipped, Storefront, StorefrontError
 from plugin.shops import KLARNA_NOT_CONFIGURED
@@ -57,6 +58,12 @@ class Fulfillments:
             await self._skip(shop, job, outcome.reason, record)
             return
         event = outcome.event
+        payments = storefront.payments(shop)
+        if payments is not None:
+            # The storefront's checkout took the payment: it captures, Klarna is not called.
+            shipment = Shipment(self.steps, job, shop, event, [])
+            await StorefrontCapture(shipment, payments, outcome.remap).run()
+            return
         if not shop.klarna_configured:
             missing = StorefrontError(
                 "plan",
@@ -103,8 +110,20 @@ class Fulfillments:
         """Leave a fulfilment uncaptured, unless a capture planned for it may already be at
         Klarna (sent, its answer lost): then Klarna's word settles it first, so the ledger never
         forgets a capture that happened."""
+        payments = self.storefronts[shop.platform].payments(shop)
         if (
-            record is not None
+            payments is not None
+            and record is not None
+            and record.state == "planned"
+            and shop.enabled
+            and await StorefrontCapture(
+                Shipment.of_record(self.steps, job, shop, record), payments
+            ).settle_planned(record)
+        ):
+            return
+        if (
+            payments is None
+            and record is not None
             and record.state == "planned"
             and record.request
             and shop.klarna_configured

@@ -154,6 +154,13 @@ class Orders:
         if not shop.enabled:
             await self._note_once(shop, job, order_id, "skip", {"reason": "the shop is disabled"})
             return
+        if self.storefronts[shop.platform].payments(shop) is not None:
+            # The storefront captured the payment: its refunds and cancellations are made there,
+            # and nothing of the order is called at Klarna (no refund, cancel, release or
+            # extension).
+            reason = "the shop's payments are captured, refunded and cancelled in the storefront"
+            await self._note_once(shop, job, order_id, "skip", {"reason": reason})
+            return
         deliveries = order_event_deliveries(await self.store.order_deliveries(shop.id, [order_id]))
         known = await self.store.get_order(shop.id, order_id)
         changes = await self._changes(shop, job, order_id, deliveries, known)

@@ -2,6 +2,7 @@
 a Klarna client) and how each writes its outcome (audit notes, callbacks, failures), over what
 all runs share (`Steps`)."""
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +50,12 @@ class Shipment:
         self.shop = shop
         self.event = event
         self.tracking = tracking if shop.options.send_tracking else []
-        self.client = steps.klarna(shop, job.id)
+
+    @functools.cached_property
+    def client(self) -> KlarnaClient:
+        """A Klarna client for the shop, made when a step first calls Klarna: a shipment the
+        storefront captures never does, and its shop may have no Klarna credentials."""
+        return self.steps.klarna(self.shop, self.job.id)
 
     @classmethod
     def of_record(cls, steps: Steps, job: Job, shop: Shop, record: CaptureRecord) -> "Shipment":

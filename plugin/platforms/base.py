@@ -185,6 +185,50 @@ async def order_life(store: Store, shop: Shop, order_id: str) -> OrderLife:
     )
 
 
+class PaymentCapture(msgspec.Struct, frozen=True, kw_only=True):
+    """One capture the storefront's payments hold on an order: its id, amount (minor units of the
+    order's presentment currency), status (PENDING, SUCCESS, FAILURE) and when it was made."""
+
+    id: str
+    amount: int
+    status: str
+    created_at: float
+
+
+class PaymentState(msgspec.Struct, frozen=True, kw_only=True):
+    """An order's payment as the storefront holds it, for a capture through the storefront: the
+    authorization to capture from (None: there is none, the order was paid some other way or
+    already taken in full), the presentment currency, what is left to capture, whether the
+    authorization takes several captures, and the captures made so far (oldest first)."""
+
+    authorization_id: str | None
+    currency: str
+    capturable: int
+    multi_capturable: bool
+    captures: list[PaymentCapture] = []
+    # Money taken at checkout (a SALE) or captured outside this service before: the order is
+    # the storefront's business, not ours.
+    settled_at_checkout: bool = False
+
+
+class StorefrontPayments(Protocol):
+    """A storefront that captures Klarna's money itself (its checkout took the payment): the
+    pipeline captures a shipment through it instead of at Klarna, and calls Klarna for nothing
+    of such an order."""
+
+    async def payment_state(self, shop: Shop, order_id: str) -> PaymentState:
+        """The order's payment as the storefront holds it now."""
+        ...
+
+    async def capture_payment(
+        self, shop: Shop, order_id: str, authorization_id: str, amount: int, currency: str
+    ) -> PaymentCapture:
+        """Capture `amount` of the authorization; the capture transaction the storefront made
+        (PENDING while its gateway works). Raises StorefrontError, not retryable, with the
+        storefront's words when it refuses."""
+        ...
+
+
 class Storefront(Protocol):
     """What the pipeline asks of a platform's adapter, Standard Webhooks included."""
 
@@ -215,6 +259,11 @@ class Storefront(Protocol):
         there, as they stand now; one without reads them from the deliveries."""
         ...
 
+    def payments(self, shop: Shop) -> StorefrontPayments | None:
+        """The storefront's own capture of the shop's Klarna payments, when the shop takes Klarna
+        through the storefront's checkout and chose to capture there; None: captured at Klarna."""
+        ...
+
     async def write_back(self, shop: Shop, order_id: str) -> None:
         """Put the order's capture status, and its life after (`order_life`: refunds,
         cancellation, release, the authorization's expiry), on the storefront order, from the
@@ -242,6 +291,9 @@ class StorefrontApp:
         self.store: Store = shops.store
         self.http = http
         self.retry = retry
+
+    def payments(self, shop: Shop) -> StorefrontPayments | None:
+        return None
 
 
 StorefrontFactory = Callable[..., Storefront]

@@ -129,10 +129,31 @@ class ShippingLine:
 
 @dataclass(frozen=True)
 class Transaction:
+    """A payment transaction of the order at checkout; `amount` None: the order's total.
+    `multi_capturable`: an authorization that takes several captures (Shopify Plus)."""
+
     gateway: str
     kind: str = "AUTHORIZATION"
     status: str = "SUCCESS"
     authorization_code: str | None = None
+    amount: Amount | None = None
+    multi_capturable: bool = False
+
+
+@dataclass
+class _Payment:
+    """A transaction as Shopify keeps it: checkout's, and each capture `orderCapture` made."""
+
+    id: int
+    gateway: str
+    kind: str
+    status: str
+    amount: tuple[str, str]
+    created_at: datetime
+    authorization_code: str | None = None
+    multi_capturable: bool = False
+    parent: int | None = None
+    pending_reads: int = 0  # reads of the order it stays PENDING for
 
 
 @dataclass(frozen=True)
@@ -216,6 +237,7 @@ class _Order:
     refunds: list[_Refund] = field(default_factory=list)
     cancelled_at: datetime | None = None
     cancel_reason: str | None = None
+    payments: list[_Payment] = field(default_factory=list)
 
     @property
     def gid(self) -> str:
@@ -258,6 +280,10 @@ class _GraphQLRequest(msgspec.Struct, kw_only=True):
 
 class _GraphQLError(PluginError):
     """A top-level GraphQL error: HTTP 200, `errors`, no data."""
+
+
+class _LostAnswer(PluginError):
+    """A mutation applied whose answer the network loses (lose_next_capture_answer)."""
 
 
 def _json(status: int, payload: object) -> Answer:
@@ -321,6 +347,10 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
         self._released = threading.Event()
         self._released.set()
         self.held = 0  # mutations held so far
+        # Shopify answers a capture PENDING and settles it asynchronously: a new capture stays
+        # PENDING for this many reads of its order (0: SUCCESS at once).
+        self.capture_pending_reads = 1
+        self._lose_capture_answers = 0
 
     # --- state helpers for tests and the demo -------------------------------------------------
 
@@ -332,7 +362,29 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             self.clear_faults()
             self._hold_next = 0
             self.held = 0
+            self.capture_pending_reads = 1
+            self._lose_capture_answers = 0
         self._released.set()
+
+    def lose_next_capture_answer(self) -> None:
+        """Apply the next orderCapture, then answer 502: its answer is lost on the way."""
+        with self.lock:
+            self._lose_capture_answers += 1
+
+    def settle_captures(self, domain: str, order_gid: str, status: str = "SUCCESS") -> None:
+        """The gateway finishing every pending capture of the order with `status`."""
+        with self.lock:
+            for payment in self._order(domain, order_gid).payments:
+                if payment.kind == "CAPTURE" and payment.status == "PENDING":
+                    payment.status = status
+                    payment.pending_reads = 0
+
+    def payments(self, domain: str, order_gid: str) -> list[tuple[str, str, str]]:
+        """The order's transactions as (kind, status, presentment amount), oldest first."""
+        with self.lock:
+            return [
+                (p.kind, p.status, p.amount[1]) for p in self._order(domain, order_gid).payments
+            ]
 
     def add_shop(self, domain: str) -> str:
         """Install the app on `domain` (created when new); a fresh offline access token."""
@@ -457,6 +509,20 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
                 tags=[],
                 customer=customer or Customer(),
             )
+            total = _order_total(order)
+            order.payments = [
+                _Payment(
+                    id=next(self._ids),
+                    gateway=t.gateway,
+                    kind=t.kind.upper(),
+                    status=t.status.upper(),
+                    amount=_pair(t.amount) if t.amount is not None else total,
+                    created_at=self.clock(),
+                    authorization_code=t.authorization_code,
+                    multi_capturable=t.multi_capturable,
+                )
+                for t in transactions
+            ]
             _add_tags(order.tags, tags)
             shop.next_order_number += 1
             shop.orders[legacy_id] = order
@@ -721,7 +787,7 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             entry = _with(entry, operation=operation)
             if operation is None:
                 message = (
-                    "the sandbox answers only the order query, metafieldsSet, "
+                    "the sandbox answers only the order query, orderCapture, metafieldsSet, "
                     "metafieldsDelete, tagsAdd and tagsRemove"
                 )
                 return _json(200, {"errors": [{"message": message}]}), entry
@@ -758,6 +824,8 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             }
             try:
                 data = self._execute(shop, operation, query, variables)
+            except _LostAnswer:
+                return _server_error(502), _with(entry, fault="lost_answer")
             except _GraphQLError as error:
                 payload = {"errors": [{"message": str(error)}], "extensions": extensions}
                 return _json(200, payload), entry
@@ -766,6 +834,8 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
     def _execute(
         self, shop: _Shop, operation: str, query: str, variables: Mapping[str, Any]
     ) -> dict[str, Any]:
+        if operation == "orderCapture":
+            return {"orderCapture": self._capture(shop, variables.get("input"))}
         if operation == "order":
             order_id = variables.get("id")
             if not isinstance(order_id, str):
@@ -774,6 +844,8 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             if legacy_id is None:
                 raise _GraphQLError(f"Invalid global id '{order_id}'")
             order = shop.orders.get(legacy_id)
+            if order is not None:
+                _settle_reads(order)
             ns, key = str(variables.get("ns", "")), str(variables.get("key", ""))
             return {"order": None if order is None else _graphql_order(order, ns, key, query)}
         if operation == "metafieldsSet":
@@ -783,6 +855,65 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
         if operation == "tagsRemove":
             return {"tagsRemove": _tags_change(shop, variables, query, remove=True)}
         return {"tagsAdd": _tags_change(shop, variables, query, remove=False)}
+
+    def _capture(self, shop: _Shop, raw: object) -> dict[str, Any]:
+        """orderCapture with Shopify's rules: a successful authorization of the order, an
+        amount within what it still holds (nothing more once captured, where it takes one
+        capture only), the presentment currency (required when it is not the shop's)."""
+        if not isinstance(raw, dict):
+            raise _GraphQLError(
+                "Variable $input of type OrderCaptureInput! was provided invalid value"
+            )
+        order = shop.orders.get(_legacy(str(raw.get("id", "")), "Order") or -1)
+        if order is None:
+            return _capture_refused(["id"], "Order does not exist")
+        parent_id = _legacy(str(raw.get("parentTransactionId", "")), "OrderTransaction")
+        parent = next((p for p in _authorizations(order) if p.id == parent_id), None)
+        if parent is None:
+            return _capture_refused(
+                ["parentTransactionId"], "Parent transaction must be a successful authorization"
+            )
+        currency = raw.get("currency")
+        if currency is None and order.presentment_currency != order.currency:
+            return _capture_refused(
+                ["currency"], "Currency is required for orders in more than one currency"
+            )
+        if currency is not None and str(currency).upper() != order.presentment_currency:
+            return _capture_refused(
+                ["currency"], "Currency must match the order's presentment currency"
+            )
+        try:
+            amount = Decimal(str(raw.get("amount", "")))
+        except ArithmeticError:
+            raise _GraphQLError(
+                "Variable $input.amount of type Money! was provided invalid value"
+            ) from None
+        shop_left, left = _capturable(order, parent)
+        if amount <= 0:
+            return _capture_refused(["amount"], "Amount must be greater than zero")
+        if amount > left:
+            return _capture_refused(
+                ["amount"],
+                f"Amount {amount} is greater than the capturable amount {left} "
+                f"{order.presentment_currency}",
+            )
+        shop_amount = (shop_left * amount / left).quantize(Decimal("0.01"), ROUND_HALF_UP)
+        pending = self.capture_pending_reads
+        capture = _Payment(
+            id=next(self._ids),
+            gateway=parent.gateway,
+            kind="CAPTURE",
+            status="PENDING" if pending > 0 else "SUCCESS",
+            amount=(str(shop_amount), str(amount)),
+            created_at=self.clock(),
+            parent=parent.id,
+            pending_reads=pending,
+        )
+        order.payments.append(capture)
+        if self._lose_capture_answers > 0:
+            self._lose_capture_answers -= 1
+            raise _LostAnswer("the answer was lost")
+        return {"transaction": _graphql_payment(capture, order), "userErrors": []}
 
     def oauth(self, domain: str, params: Mapping[str, str]) -> Answer:
         """POST /admin/oauth/access_token: the authorization code grant or token exchange."""
@@ -849,6 +980,8 @@ def _server_error(status: int) -> Answer:
 
 
 def _operation(query: str) -> str | None:
+    if re.search(r"\borderCapture\s*\(", query):
+        return "orderCapture"
     if re.search(r"\bmetafieldsSet\s*\(", query):
         return "metafieldsSet"
     if re.search(r"\bmetafieldsDelete\s*\(", query):
@@ -1107,6 +1240,100 @@ def _rest_refund(order: _Order, refund: _Refund) -> dict[str, Any]:
     }
 
 
+def _order_total(order: _Order) -> tuple[str, str]:
+    """What the customer pays: lines after discounts, shipping, and taxes unless included."""
+    pairs: list[tuple[str, str]] = []
+    for item in order.lines:
+        unit = _pair(item.spec.price)
+        pairs.append(
+            (
+                str(Decimal(unit[0]) * item.spec.quantity),
+                str(Decimal(unit[1]) * item.spec.quantity),
+            )
+        )
+        pairs += [_negate(_pair(d)) for d in item.spec.discounts]
+        if not order.taxes_included:
+            pairs += [_pair(t.amount) for t in item.spec.taxes]
+    for line in order.shipping:
+        pairs.append(_pair(_shipping_price(line)))
+        if not order.taxes_included:
+            pairs += [_pair(t.amount) for t in line.taxes]
+    return _sum_pairs(pairs)
+
+
+def _negate(pair: tuple[str, str]) -> tuple[str, str]:
+    return (str(-Decimal(pair[0])), str(-Decimal(pair[1])))
+
+
+def _authorizations(order: _Order) -> list[_Payment]:
+    return [p for p in order.payments if p.kind == "AUTHORIZATION" and p.status == "SUCCESS"]
+
+
+def _capturable(order: _Order, authorization: _Payment) -> tuple[Decimal, Decimal]:
+    """What the authorization still holds (shop, presentment): its amount less its captures
+    made or on their way; nothing once captured where it takes one capture only."""
+    captures = [
+        p
+        for p in order.payments
+        if p.kind == "CAPTURE" and p.parent == authorization.id and p.status != "FAILURE"
+    ]
+    if captures and not authorization.multi_capturable:
+        return Decimal(0), Decimal(0)
+    shop = Decimal(authorization.amount[0]) - sum(
+        (Decimal(p.amount[0]) for p in captures), Decimal(0)
+    )
+    presentment = Decimal(authorization.amount[1]) - sum(
+        (Decimal(p.amount[1]) for p in captures), Decimal(0)
+    )
+    return max(shop, Decimal(0)), max(presentment, Decimal(0))
+
+
+def _capturable_pair(order: _Order) -> tuple[str, str]:
+    shop, presentment = Decimal(0), Decimal(0)
+    for authorization in _authorizations(order):
+        one = _capturable(order, authorization)
+        shop, presentment = shop + one[0], presentment + one[1]
+    return (_quantize(shop, "0.00"), _quantize(presentment, "0.00"))
+
+
+def _settle_reads(order: _Order) -> None:
+    """A read of the order: a pending capture whose reads are up has succeeded."""
+    for payment in order.payments:
+        if payment.status == "PENDING" and payment.pending_reads > 0:
+            payment.pending_reads -= 1
+            if payment.pending_reads == 0:
+                payment.status = "SUCCESS"
+
+
+def _graphql_payment(payment: _Payment, order: _Order) -> dict[str, Any]:
+    return {
+        "id": _gid("OrderTransaction", payment.id),
+        "gateway": payment.gateway,
+        "kind": payment.kind,
+        "status": payment.status,
+        "authorizationCode": payment.authorization_code,
+        "createdAt": _timestamp(payment.created_at),
+        "multiCapturable": payment.multi_capturable,
+        "amountSet": _bag(payment.amount, order),
+        "totalUnsettledSet": _bag(_unsettled(order, payment), order),
+        "parentTransaction": None
+        if payment.parent is None
+        else {"id": _gid("OrderTransaction", payment.parent)},
+    }
+
+
+def _unsettled(order: _Order, payment: _Payment) -> tuple[str, str]:
+    """What a transaction still holds to capture: an authorization's capturable rest."""
+    if payment.kind != "AUTHORIZATION" or payment.status != "SUCCESS":
+        return ("0.00", "0.00")
+    shop, presentment = _capturable(order, payment)
+    return (_quantize(shop, "0.00"), _quantize(presentment, "0.00"))
+
+
+def _capture_refused(path: Sequence[str], message: str) -> dict[str, Any]:
+    return {"transaction": None, "userErrors": [{"field": ["input", *path], "message": message}]}
+
+
 def _rest_order(order: _Order) -> dict[str, Any]:
     """The REST Order of an `orders/*` webhook, as far as the app reads it."""
     status = _display_fulfillment_status(order)
@@ -1181,6 +1408,7 @@ def _graphql_order(order: _Order, ns: str, key: str, query: str) -> dict[str, An
         for f in order.fulfillments
     ]
     metafield = order.metafields.get((ns, key))
+    capturable = sum(_capturable(order, p)[1] for p in _authorizations(order))
     refunds = [_graphql_refund(order, refund, query) for refund in order.refunds]
     return {
         "id": order.gid,
@@ -1198,15 +1426,9 @@ def _graphql_order(order: _Order, ns: str, key: str, query: str) -> dict[str, An
         if metafield is None
         else {"namespace": ns, "key": key, "value": metafield[1]},
         "customAttributes": [{"key": k, "value": v} for k, v in order.attributes],
-        "transactions": [
-            {
-                "gateway": t.gateway,
-                "kind": t.kind,
-                "status": t.status,
-                "authorizationCode": t.authorization_code,
-            }
-            for t in order.transactions
-        ],
+        "transactions": [_graphql_payment(p, order) for p in order.payments],
+        "capturable": capturable > 0,
+        "totalCapturableSet": _bag(_capturable_pair(order), order),
     }
 
 

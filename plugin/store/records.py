@@ -36,6 +36,10 @@ def order_subject(order_id: str) -> str:
     return ORDER_SUBJECT_PREFIX + order_id
 
 
+# The gateway names Shopify gives Klarna's payments: Klarna's payments app, Shopify Payments.
+DEFAULT_PAYMENT_GATEWAYS = ("klarna", "shopify_payments")
+
+
 class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """What a merchant chooses; defaults are the safe choice."""
 
@@ -49,6 +53,14 @@ class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     klarna_order_id_source: Literal["metafield", "note_attribute", "transaction"] = "metafield"
     klarna_order_id_field: str = "klarna.order_id"
     shipping_method: str | None = None
+    # Shopify: who captures. "klarna": this service at Klarna's OM API (the Klarna order lives
+    # outside Shopify's checkout); "shopify": Shopify's orderCapture, for shops that take Klarna
+    # through Shopify's checkout (Klarna's payments app, Shopify Payments). Its authorizations
+    # come from `payment_gateways` (lower case); one that cannot be captured in parts is
+    # captured whole at the order's first or last fulfilment (`single_capture`).
+    payment_flow: Literal["klarna", "shopify"] = "klarna"
+    payment_gateways: tuple[str, ...] = DEFAULT_PAYMENT_GATEWAYS
+    single_capture: Literal["first", "last"] = "last"
     # WooCommerce: the order statuses that mean "shipped, capture it" (a custom one such as
     # "shipped" included), without the "wc-" prefix.
     capture_statuses: list[str] = msgspec.field(default_factory=lambda: ["completed"])

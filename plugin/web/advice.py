@@ -293,6 +293,33 @@ _TABLE: dict[str, tuple[str, str]] = {
     "BAD_FULFILLMENT": ("The storefront sent a fulfilment we could not read.", _RETRY),
     "BAD_ORDER": ("The storefront's order could not be read.", _RETRY),
     "BAD_ORDER_ID": ("The storefront's order id is not one we can read.", _RETRY),
+    # A capture through the storefront's own payments (Shopify's orderCapture).
+    "CAPTURE_PENDING": (
+        "The storefront's capture was sent and its payment gateway is still working on it; "
+        "it is never sent twice.",
+        "Check the order's payment in the storefront. Once the capture shows as paid, press "
+        "Retry: it is recorded without a new capture.",
+    ),
+    "CAPTURE_FAILED": (
+        "The storefront's payment gateway refused the capture.",
+        "Check the order's payment in the storefront (an authorization that ran out, a "
+        "declined capture); capture there by hand, or press Retry to send it again.",
+    ),
+    "SHOPIFY_CAPTURE_REFUSED": (
+        "Shopify refused the capture; its words are below (an amount above what the "
+        "authorization still holds, a missing permission, another currency).",
+        "Check the order's payment in Shopify and the app's permissions, then press Retry, or "
+        "capture there by hand.",
+    ),
+    "AUTHORIZATION_AMBIGUOUS": (
+        "The order has several Klarna authorizations: we cannot tell which one to capture.",
+        "Capture the order by hand in Shopify.",
+    ),
+    "BAD_ANSWER": (
+        "The storefront's answer to the capture could not be read; whether it captured is "
+        "settled from the order's payments before anything is sent again.",
+        _RETRIES,
+    ),
 }
 
 # A storefront API's failures, recorded as `<PLATFORM>_<code>`; `{platform}` names it.

@@ -90,6 +90,11 @@ class SettingsPage:
         """The shop options (ShopOptions' fields) its fields set."""
         return {}
 
+    def klarna_required(self, fields: Mapping[str, str]) -> bool:
+        """Whether Klarna API credentials must be entered with these fields: not where the
+        storefront captures (its checkout took the payment) and nothing is called at Klarna."""
+        return True
+
     def shop_domain(self, fields: Mapping[str, str]) -> str | None:
         """The shop's domain, where the merchant enters it (None: not changed here)."""
         return None
@@ -236,6 +241,14 @@ class SettingsForm(msgspec.Struct, kw_only=True):
         form.errors.update(form._check())
         if not form.klarna_password and shop.klarna_password_set_at is None:
             form.errors["klarna_password"] = "Enter the API password Klarna gave you."  # noqa: S105
+        if (
+            not page.klarna_required(form.fields)
+            and not form.klarna_username
+            and not form.klarna_password
+        ):
+            # Left empty on purpose: nothing is called at Klarna for this shop.
+            form.errors.pop("klarna_username", None)
+            form.errors.pop("klarna_password", None)
         return form
 
     def _check(self) -> dict[str, str]:

@@ -11,6 +11,7 @@ import msgspec
 from babel.numbers import format_currency, get_currency_symbol
 
 from plugin import money
+from plugin.events import NO_KLARNA_ORDER
 
 # The pages are written in English; amounts follow its conventions for each currency.
 LOCALE = "en"
@@ -142,7 +143,7 @@ def portal_url(environment: str, username: str, klarna_order_id: str) -> str | N
     is the part of the API username before its `_` (Klarna's `PK12345_…` usernames); without
     one, the portal's orders list, where the order id finds it."""
     base = PORTALS.get(environment)
-    if base is None or not klarna_order_id:
+    if base is None or not klarna_order_id or klarna_order_id == NO_KLARNA_ORDER:
         return None
     merchant, sep, _ = username.partition("_")
     if not sep or not _MERCHANT_ID.fullmatch(merchant):
@@ -169,6 +170,8 @@ OUTCOMES = {
     "dead": "failed: needs attention",
     "failed, will retry": "failed, will retry by itself",
     "waiting for klarna credentials": "waiting for Klarna credentials",
+    "captured_by_storefront": "captured already in the storefront: nothing sent",
+    "pending": "sent: the payment gateway is still working on it",
 }
 
 

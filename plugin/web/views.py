@@ -234,6 +234,8 @@ def _settings_context(
         "form": form,
         "platform_template": registry.settings_template(shop.platform),
         "offers_status_url": page.status_url,
+        # Stored, not as typed: the banner says what the shop needs as it stands.
+        "klarna_required": page.klarna_required(page.from_shop(shop)),
         "regions": REGIONS,
         "environments": ENVIRONMENTS,
         "capture_modes": CAPTURE_MODES,

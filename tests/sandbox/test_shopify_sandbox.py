@@ -13,6 +13,7 @@ import pytest
 from plugin.capture import klarna_lines
 from plugin.config import SHOPIFY_API_VERSION
 from plugin.events import FulfillmentEvent, Tracking
+from plugin.platforms.base import StorefrontError
 from plugin.platforms.shopify import payloads
 from plugin.platforms.shopify.api import AdminClient, ShopifyError
 from plugin.platforms.shopify.mapping import (
@@ -29,6 +30,7 @@ from plugin.platforms.shopify.payloads import (
     decode_fulfillment,
     order_query_variables,
 )
+from plugin.platforms.shopify.payments import ShopifyPayments
 from plugin.platforms.shopify.signatures import (
     verify_shopify_session_token,
     verify_shopify_webhook,
@@ -51,6 +53,7 @@ from plugin.sandbox.shopify import (
     signed_webhook,
 )
 from plugin.signatures import WebhookVerificationError
+from plugin.store.records import Shop, ShopOptions
 from tests.helpers import KLARNA_ORDER_ID
 from tests.reference import SHOPIFY_FULFILLMENT_SAMPLE
 
@@ -663,3 +666,121 @@ def test_session_token_verifies() -> None:
         verify_shopify_session_token(
             token, client_id=DEFAULT_CLIENT_ID, secrets=[DEFAULT_CLIENT_SECRET], now=now + 120
         )
+
+
+# --- orderCapture, as the "shopify" payment flow reads and calls it -------------------------------
+
+
+def payments_of(admin: AdminClient, gateways: tuple[str, ...] = ("klarna",)) -> ShopifyPayments:
+    return ShopifyPayments(lambda shop, step: admin, gateways)
+
+
+PAYING_SHOP = Shop(
+    id="shop-1",
+    platform="shopify",
+    name="Corner",
+    klarna_region="eu",
+    klarna_environment="playground",
+    klarna_username="",
+    klarna_password=b"",
+    status_url=None,
+    options=ShopOptions(payment_flow="shopify"),
+    enabled=True,
+    created_at=0.0,
+    updated_at=0.0,
+    shop_domain=SHOP,
+)
+
+
+def paid_order(sandbox: ShopifySandbox, *transactions: Transaction, sek: bool = False) -> str:
+    """2 x 20.00 tomatoes, taxes included: 40.00 (400.00 SEK where the customer paid in SEK)."""
+    price: str | tuple[str, str] = ("20.00", "200.00") if sek else "20.00"
+    return sandbox.add_order(
+        SHOP,
+        [Line("Tomatoes", price, quantity=2, sku="TOM")],
+        presentment_currency="SEK" if sek else None,
+        transactions=transactions,
+    )
+
+
+def order_id(gid: str) -> str:
+    return gid.rsplit("/", 1)[-1]
+
+
+async def test_a_capture_is_pending_then_succeeds_and_never_exceeds_what_is_capturable(
+    sandbox: ShopifySandbox, admin: AdminClient
+) -> None:
+    gid = paid_order(sandbox, Transaction("Klarna", multi_capturable=True), Transaction("manual"))
+    payments = payments_of(admin)
+
+    before = await payments.payment_state(PAYING_SHOP, order_id(gid))
+    assert (before.capturable, before.multi_capturable, before.currency) == (4000, True, "EUR")
+    assert before.authorization_id is not None
+    assert (before.captures, before.settled_at_checkout) == ([], False)
+    first = await payments.capture_payment(
+        PAYING_SHOP, order_id(gid), before.authorization_id, 1500, "EUR"
+    )
+    assert (first.status, first.amount) == ("PENDING", 1500)  # Shopify answers asynchronously
+
+    after = await payments.payment_state(PAYING_SHOP, order_id(gid))  # the next read: settled
+    assert [(c.id, c.status, c.amount) for c in after.captures] == [(first.id, "SUCCESS", 1500)]
+    assert after.capturable == 2500
+    with pytest.raises(StorefrontError) as refused:
+        await payments.capture_payment(
+            PAYING_SHOP, order_id(gid), before.authorization_id, 2600, "EUR"
+        )
+    assert refused.value.code == "SHOPIFY_CAPTURE_REFUSED"
+    assert not refused.value.retryable
+    assert "greater than the capturable amount 25.00 EUR" in str(refused.value)
+
+
+async def test_an_authorization_that_takes_one_capture_holds_nothing_after_it(
+    sandbox: ShopifySandbox, admin: AdminClient
+) -> None:
+    gid = paid_order(sandbox, Transaction("Klarna"))
+    payments = payments_of(admin)
+    state = await payments.payment_state(PAYING_SHOP, order_id(gid))
+    assert state.authorization_id is not None
+    assert not state.multi_capturable
+
+    await payments.capture_payment(PAYING_SHOP, order_id(gid), state.authorization_id, 1500, "EUR")
+
+    after = await payments.payment_state(PAYING_SHOP, order_id(gid))
+    assert after.capturable == 0  # Shopify released the rest: one capture only
+    with pytest.raises(StorefrontError, match="capturable amount 0"):
+        await payments.capture_payment(
+            PAYING_SHOP, order_id(gid), state.authorization_id, 100, "EUR"
+        )
+
+
+async def test_a_capture_is_in_the_presentment_currency_or_refused(
+    sandbox: ShopifySandbox, admin: AdminClient
+) -> None:
+    gid = paid_order(sandbox, Transaction("Klarna", multi_capturable=True), sek=True)
+    payments = payments_of(admin)
+    state = await payments.payment_state(PAYING_SHOP, order_id(gid))
+    assert (state.currency, state.capturable) == ("SEK", 40000)
+    assert state.authorization_id is not None
+
+    with pytest.raises(StorefrontError, match="presentment currency"):
+        await payments.capture_payment(
+            PAYING_SHOP, order_id(gid), state.authorization_id, 1000, "EUR"
+        )
+    taken = await payments.capture_payment(
+        PAYING_SHOP, order_id(gid), state.authorization_id, 10000, "SEK"
+    )
+    assert taken.amount == 10000
+    assert sandbox.payments(SHOP, gid)[-1] == ("CAPTURE", "PENDING", "100.00")
+
+
+async def test_a_sale_is_settled_at_checkout_and_other_gateways_are_not_ours(
+    sandbox: ShopifySandbox, admin: AdminClient
+) -> None:
+    sold = paid_order(sandbox, Transaction("Klarna", kind="SALE"))
+    by_card = paid_order(sandbox, Transaction("bogus"))
+    payments = payments_of(admin)
+
+    paid = await payments.payment_state(PAYING_SHOP, order_id(sold))
+    assert (paid.authorization_id, paid.settled_at_checkout) == (None, True)
+    other = await payments.payment_state(PAYING_SHOP, order_id(by_card))
+    assert (other.authorization_id, other.settled_at_checkout, other.captures) == (None, False, [])

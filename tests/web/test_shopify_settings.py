@@ -136,6 +136,10 @@ ID_FIELD = "klarna_order_id_field"
         ({"klarna_order_id_source": "note_attribute", ID_FIELD: "a\u0007b"}, ID_FIELD, "printable"),
         ({"klarna_order_id_source": "cart_token"}, "klarna_order_id_source", "Choose where"),
         ({"shipping_method": "Teleport"}, "shipping_method", "shipping methods, or none"),
+        ({"payment_flow": "paypal"}, "payment_flow", "Choose who captures"),
+        ({"single_capture": "never"}, "single_capture", "Choose when an order"),
+        ({"payment_gateways": "a, b, c, d, e, f"}, "payment_gateways", "at most 5 gateway"),
+        ({"payment_gateways": "klarna, a\u0007b"}, "payment_gateways", "printable"),
     ],
 )
 def test_bad_values_are_refused_inline_and_nothing_is_saved(
@@ -209,3 +213,49 @@ def test_a_standard_shop_keeps_its_page_and_its_storefront_options(site: Site) -
     saved = site.shop(shop.id).options
     assert saved.capture_mode == "complete"
     assert (saved.klarna_order_id_source, saved.klarna_order_id_field) == ("transaction", "manual")
+
+
+def test_a_shop_paid_through_shopifys_checkout_has_shopify_capture_without_klarna_credentials(
+    site: Site, browser: Browser, installed: Shop
+) -> None:
+    page = browser.get(f"/admin/{installed.id}/settings").text
+    # What each choice for an order Shopify captures once risks, said on the page.
+    assert "Capturing in parts, one capture per shipment, is a Shopify Plus feature" in page
+    assert "authorization lasts 28 days" in page
+    assert "money for goods you have not shipped yet" in page
+    assert "Payment capture method: manual" in page
+    assert browser.settings_form()["payment_flow"] == "klarna"
+    # Capturing at Klarna needs Klarna's credentials; capturing through Shopify does not.
+    refused = browser.save_settings(payment_flow="klarna")
+    assert refused.status_code == 400
+    assert "Enter the API username Klarna gave you." in refused.text
+
+    saved = browser.save_settings(
+        payment_flow="shopify",
+        single_capture="first",
+        payment_gateways="Klarna, klarna_pay, Klarna",
+    )
+
+    assert saved.status_code == 303, saved.text
+    shop = site.shop(installed.id)
+    assert not shop.klarna_configured
+    assert "Klarna credentials are still needed" not in browser.get(browser.base + "/settings").text
+    assert (
+        shop.options.payment_flow,
+        shop.options.single_capture,
+        shop.options.payment_gateways,
+    ) == ("shopify", "first", ("klarna", "klarna_pay"))
+    fields = browser.settings_form()
+    assert (fields["payment_flow"], fields["single_capture"], fields["payment_gateways"]) == (
+        "shopify",
+        "first",
+        "klarna, klarna_pay",
+    )
+    # A gateway name is the merchant's text: shown escaped, never as markup.
+    assert browser.save_settings(payment_gateways='klarna, "><b>x').status_code == 303
+    page = browser.get(browser.base + "/settings").text
+    assert '"><b>x' not in page
+    assert "&#34;&gt;&lt;b&gt;x" in page
+    # Left empty, the gateways are the known names of Klarna's.
+    assert browser.save_settings(payment_gateways="").status_code == 303
+    assert site.shop(installed.id).options.payment_gateways == ("klarna", "shopify_payments")

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from plugin.events import NO_KLARNA_ORDER
 from plugin.klarna import carriers
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.store.records import Shop
@@ -143,6 +144,8 @@ def test_the_klarna_order_links_to_the_merchant_portal_of_the_shops_environment(
         "https://portal.klarna.com/orders"
     )
     assert present.portal_url("live", "K1_x", "") is None
+    # a shipment Shopify captured, of no Klarna order known here: no link that leads nowhere
+    assert present.portal_url("live", "K1_x", NO_KLARNA_ORDER) is None
 
 
 # times

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from plugin import money
-from plugin.events import FulfillmentEvent, Tracking
+from plugin.events import NO_KLARNA_ORDER, FulfillmentEvent, Tracking
 from plugin.platforms.base import (
     OrderChanges,
     OrderLife,
@@ -21,12 +21,14 @@ from plugin.platforms.base import (
     Skipped,
     StorefrontApp,
     StorefrontError,
+    StorefrontPayments,
     order_life,
     refuse_if_captured_shipments_are_gone,
     shipping_method,
 )
 from plugin.platforms.shopify import mapping, payloads
 from plugin.platforms.shopify.api import AdminClient, ShopifyError
+from plugin.platforms.shopify.payments import ShopifyPayments
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 
 NAMESPACE = "klarna_capture"
@@ -131,6 +133,12 @@ class ShopifyStorefront(StorefrontApp):
             retry=self.retry,
         )
 
+    def payments(self, shop: Shop) -> StorefrontPayments | None:
+        """Shopify captures for a shop that chose the "shopify" payment flow."""
+        if shop.options.payment_flow != "shopify":
+            return None
+        return ShopifyPayments(self.admin, shop.options.payment_gateways)
+
     # the shipment
 
     async def shipment(
@@ -185,7 +193,8 @@ class ShopifyStorefront(StorefrontApp):
             raise StorefrontError(
                 "map", "KLARNA_ORDER_ID_AMBIGUOUS", [str(error)], retryable=False
             ) from None
-        if klarna_id is None:
+        shopify_flow = shop.options.payment_flow == "shopify"
+        if klarna_id is None and not shopify_flow:
             # Often written by the checkout a moment after the order: worth trying again.
             raise StorefrontError(
                 "map",
@@ -199,7 +208,9 @@ class ShopifyStorefront(StorefrontApp):
                 event = mapping.shipment_from(
                     fulfillment,
                     order,
-                    klarna_order_id=klarna_id,
+                    # Shopify captures in the "shopify" flow: the Klarna order id, where
+                    # the shop keeps one, only labels the shipment.
+                    klarna_order_id=klarna_id or NO_KLARNA_ORDER,
                     shipping_method=method,
                     currency=currency,
                 )
@@ -210,7 +221,9 @@ class ShopifyStorefront(StorefrontApp):
                 raise StorefrontError("map", code, [str(error)], retryable=False) from None
             return msgspec.structs.replace(event, shipping=tracking)
 
-        return Resolved(event=remap(None), remap=remap)
+        # Shopify captures in the money the customer paid in (the presentment currency).
+        first = order.presentment_currency_code if shopify_flow else None
+        return Resolved(event=remap(first), remap=remap)
 
     async def _order(self, shop: Shop, order_id: int) -> payloads.Order:
         variables = payloads.order_query_variables(order_id, klarna_order_id_source(shop.options))

@@ -1,6 +1,6 @@
 """Shopify's Admin GraphQL API, as the Shopify adapter uses it: one query call with cost-based
-throttling and retries, and the write-backs (metafieldsSet, metafieldsDelete, tagsAdd,
-tagsRemove).
+throttling and retries, a call made once (orderCapture, which moves money), and the write-backs
+(metafieldsSet, metafieldsDelete, tagsAdd, tagsRemove).
 
 Throttling is by query cost: a THROTTLED answer carries `extensions.cost` (what the query asked
 for, what the bucket holds and how fast it refills), so the wait is computed, not guessed.
@@ -129,6 +129,14 @@ class AdminClient:
         retry = retrying(self._retry, sleep=self._sleep)
         data: dict[str, Any] = await retry(self._attempt, operation, body)
         return data
+
+    async def execute_once(
+        self, operation: str, query: str, variables: Mapping[str, object] | None = None
+    ) -> dict[str, Any]:
+        """Run a mutation that moves money once, without retrying: an answer lost after Shopify
+        applied it must not send it again; the caller settles it by reading the order."""
+        body = msgspec.json.encode({"query": query, "variables": variables or {}})
+        return await self._attempt(operation, body)
 
     async def _attempt(self, operation: str, body: bytes) -> dict[str, Any]:
         headers = {"X-Shopify-Access-Token": self._token, "Content-Type": "application/json"}

@@ -503,6 +503,105 @@ def order_query_variables(order_id: int | str, source: KlarnaOrderIdSource) -> d
     return {"id": order_gid(order_id), "ns": namespace, "key": key}
 
 
+# --- the order's payment, for the "shopify" payment flow (capture through orderCapture) ---------
+
+# Shopify lists an order's transactions whole (no pages); more than this is not a Klarna order.
+PAYMENT_TRANSACTIONS = 100
+
+PAYMENTS_QUERY = """\
+query OrderPayments($id: ID!) {
+  order(id: $id) {
+    id
+    presentmentCurrencyCode
+    capturable
+    totalCapturableSet { ...Bag }
+    transactions {
+      id
+      kind
+      status
+      gateway
+      createdAt
+      multiCapturable
+      amountSet { ...Bag }
+      totalUnsettledSet { ...Bag }
+      parentTransaction { id }
+    }
+  }
+}
+
+fragment Bag on MoneyBag {
+  shopMoney { amount currencyCode }
+  presentmentMoney { amount currencyCode }
+}
+"""
+
+ORDER_CAPTURE = """\
+mutation orderCapture($input: OrderCaptureInput!) {
+  orderCapture(input: $input) {
+    transaction {
+      id
+      kind
+      status
+      gateway
+      createdAt
+      multiCapturable
+      amountSet { shopMoney { amount currencyCode } presentmentMoney { amount currencyCode } }
+      parentTransaction { id }
+    }
+    userErrors { field message }
+  }
+}
+"""
+
+
+class TransactionRef(msgspec.Struct, kw_only=True, rename="camel"):
+    id: str
+
+
+class PaymentTransaction(msgspec.Struct, kw_only=True, rename="camel"):
+    """An OrderTransaction as `PAYMENTS_QUERY` and `ORDER_CAPTURE` read it."""
+
+    id: str
+    kind: str
+    status: str
+    created_at: str
+    amount_set: MoneyBag
+    gateway: str | None = None
+    multi_capturable: bool = False
+    # Of an authorization: what it still holds to capture (Shopify's count, pending captures
+    # taken off).
+    total_unsettled_set: MoneyBag | None = None
+    parent_transaction: TransactionRef | None = None
+
+
+class PaymentsOrder(msgspec.Struct, kw_only=True, rename="camel"):
+    """`data.order` of `PAYMENTS_QUERY`."""
+
+    id: str
+    presentment_currency_code: str
+    capturable: bool = False
+    total_capturable_set: MoneyBag | None = None
+    transactions: list[PaymentTransaction] = []
+
+
+class PaymentsData(msgspec.Struct, kw_only=True):
+    order: PaymentsOrder | None = None
+
+
+class CaptureUserError(msgspec.Struct, kw_only=True):
+    message: str
+    field: list[str] | None = None
+
+
+class OrderCapturePayload(msgspec.Struct, kw_only=True, rename="camel"):
+    transaction: PaymentTransaction | None = None
+    user_errors: list[CaptureUserError] = []
+
+
+class OrderCaptureData(msgspec.Struct, kw_only=True, rename="camel"):
+    order_capture: OrderCapturePayload | None = None
+
+
 # --- webhooks: what the receiver needs to know of each topic ------------------------------------
 
 FULFILLMENT_TOPICS = {

@@ -1,6 +1,8 @@
-"""The Shopify shop's settings page: where its orders keep the Klarna order id, the shipping
-method of its tracking, and the shop's own admin, which frames the embedded app and into which its
-pages fit there (App Bridge, its navigation, Polaris' look)."""
+"""The Shopify shop's settings page: who captures (Klarna, or Shopify for shops whose checkout
+takes the Klarna payment, with its gateways and when an order that takes one capture is
+captured), where its orders keep the Klarna order id, the shipping method of its tracking, and
+the shop's own admin, which frames the embedded app and into which its pages fit there (App
+Bridge, its navigation, Polaris' look)."""
 
 import re
 from collections.abc import Mapping
@@ -11,7 +13,7 @@ from plugin.config import Settings
 from plugin.klarna.models import ShippingMethod
 from plugin.platforms.shopify import signatures
 from plugin.shops import Shops
-from plugin.store.records import Shop
+from plugin.store.records import DEFAULT_PAYMENT_GATEWAYS, Shop
 from plugin.web.forms import OrderIdSettingsPage, name_problem
 from plugin.web.pages import Embedding
 
@@ -29,6 +31,18 @@ SOURCES = {
     "note_attribute": "A note attribute of the order",
     "transaction": "The authorization of the order's payment transaction",
 }
+# Who captures: this service at Klarna, or Shopify (its checkout took the Klarna payment).
+PAYMENT_FLOWS = {
+    "klarna": "At Klarna: my Klarna orders are created outside Shopify's checkout",
+    "shopify": "Through Shopify: my customers pay with Klarna in Shopify's checkout",
+}
+# When an authorization that takes one capture only (not Shopify Plus) is captured, and what
+# each risks.
+SINGLE_CAPTURES = {
+    "last": "With the shipment that completes the order",
+    "first": "With the order's first shipment",
+}
+MAX_GATEWAYS = 5
 SHIPPING_METHODS: tuple[str, ...] = get_args(ShippingMethod)
 NO_SHIPPING_METHOD = "none"
 # Shopify's own limits: namespace 3-255 and key 2-64 letters, digits, hyphens and underscores.
@@ -53,6 +67,9 @@ class ShopifySettings(OrderIdSettingsPage):
         return {
             **super().from_shop(shop),
             "shipping_method": shop.options.shipping_method or NO_SHIPPING_METHOD,
+            "payment_flow": shop.options.payment_flow,
+            "single_capture": shop.options.single_capture,
+            "payment_gateways": ", ".join(shop.options.payment_gateways),
         }
 
     def from_post(
@@ -62,13 +79,32 @@ class ShopifySettings(OrderIdSettingsPage):
         fields["shipping_method"] = data.get("shipping_method", "").strip()
         if fields["shipping_method"] not in (NO_SHIPPING_METHOD, *SHIPPING_METHODS):
             errors["shipping_method"] = "Choose one of Klarna's shipping methods, or none."
+        fields["payment_flow"] = data.get("payment_flow", kept.get("payment_flow", "klarna"))
+        if fields["payment_flow"] not in PAYMENT_FLOWS:
+            errors["payment_flow"] = "Choose who captures: Klarna or Shopify."
+            fields["payment_flow"] = "klarna"
+        fields["single_capture"] = data.get("single_capture", kept.get("single_capture", "last"))
+        if fields["single_capture"] not in SINGLE_CAPTURES:
+            errors["single_capture"] = "Choose when an order that takes one capture is captured."
+            fields["single_capture"] = "last"
+        fields["payment_gateways"] = data.get("payment_gateways", "")[:300].strip()
+        problem = gateways_problem(fields["payment_gateways"])
+        if problem:
+            errors["payment_gateways"] = problem
         return fields, errors
+
+    def klarna_required(self, fields: Mapping[str, str]) -> bool:
+        """Shopify captures in the "shopify" flow: Klarna's credentials are not needed."""
+        return fields.get("payment_flow") != "shopify"
 
     def options(self, fields: Mapping[str, str]) -> dict[str, Any]:
         method = fields["shipping_method"]
         return {
             **super().options(fields),
             "shipping_method": None if method == NO_SHIPPING_METHOD else method,
+            "payment_flow": fields["payment_flow"],
+            "single_capture": fields["single_capture"],
+            "payment_gateways": gateways(fields["payment_gateways"]),
         }
 
     def context(self, shops: Shops, shop: Shop) -> dict[str, Any]:
@@ -76,6 +112,9 @@ class ShopifySettings(OrderIdSettingsPage):
             **super().context(shops, shop),
             "shipping_methods": SHIPPING_METHODS,
             "no_shipping_method": NO_SHIPPING_METHOD,
+            "payment_flows": PAYMENT_FLOWS,
+            "single_captures": SINGLE_CAPTURES,
+            "default_gateways": ", ".join(DEFAULT_PAYMENT_GATEWAYS),
         }
 
     def frame_ancestors(self, shop: Shop) -> tuple[str, ...]:
@@ -98,3 +137,21 @@ class ShopifySettings(OrderIdSettingsPage):
             stylesheets=(POLARIS_LOOK,),
             nav=NAV_MENU,
         )
+
+
+def gateways(text: str) -> tuple[str, ...]:
+    """The payment gateway names of the field (comma-separated), lower case, each once; empty:
+    the known names of Klarna's gateways."""
+    names = tuple(dict.fromkeys(n.strip().casefold() for n in text.split(",") if n.strip()))
+    return names or DEFAULT_PAYMENT_GATEWAYS
+
+
+def gateways_problem(text: str) -> str | None:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if len(names) > MAX_GATEWAYS:
+        return f"Enter at most {MAX_GATEWAYS} gateway names, separated by commas."
+    for name in names:
+        problem = name_problem("payment gateway", name)
+        if problem:
+            return problem
+    return None
