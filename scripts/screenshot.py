@@ -128,6 +128,8 @@ def take(link: str, local: str, shop_id: str, output: Path) -> None:
         try:
             page = browser.new_context(viewport=VIEWPORT).new_page()  # type: ignore[arg-type]
             page.goto(link)
+            # The link's page signs in with its button: opening a link uses nothing.
+            page.get_by_role("button", name="Sign in").click()
             page.get_by_role("button", name="Save settings").click()
             page.locator("p.notice[role=status]").wait_for()
             output.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
-"""Sign-in for the settings page: one-time admin links, signed session cookies (naming a session
-the store keeps) and per-session CSRF tokens, the sign-in form's CSRF token, and the `state` of
-a Shopify install, all with itsdangerous and the service's secret keys."""
+"""Sign-in for the settings page: one-time admin links and the CSRF token of the page that uses
+one, signed session cookies (naming a session the store keeps) and per-session CSRF tokens, the
+sign-in form's CSRF token, the links that confirm a new sign-in address, and the `state` of a
+Shopify install, all with itsdangerous and the service's secret keys."""
 
 import hmac
 import secrets
@@ -21,10 +22,23 @@ INSTALL_STATE_SALT = "klarna-capture install state"
 # random value the browser keeps in this cookie (double submit), for this long.
 LOGIN_FORM_SECONDS = 3600
 LOGIN_COOKIE = "kc_login"
+# The page a one-time link opens (a GET, which mail scanners make too) posts the link back with a
+# token naming the link and a random value this cookie keeps: only that POST uses the link.
+LINK_COOKIE = "kc_link"
+# A link confirming a new sign-in address works for as long as a sign-in link.
+EMAIL_CHANGE_SECONDS = LINK_SECONDS
 
 
 class LinkError(PluginError):
     """A sign-in link that cannot be used; the message is for the merchant."""
+
+
+class EmailChange(msgspec.Struct, frozen=True):
+    """What a link mailed to a new sign-in address confirms: `shop_id`'s address is `email`."""
+
+    shop_id: str
+    email: str
+    nonce: str
 
 
 class InstallStateError(PluginError):
@@ -49,6 +63,8 @@ class Auth:
         self._csrf = URLSafeTimedSerializer(keys, salt="klarna-capture csrf")
         self._install_states = URLSafeTimedSerializer(keys, salt=INSTALL_STATE_SALT)
         self._login_forms = URLSafeTimedSerializer(keys, salt="klarna-capture login form")
+        self._link_forms = URLSafeTimedSerializer(keys, salt="klarna-capture link form")
+        self._email_changes = URLSafeTimedSerializer(keys, salt="klarna-capture email change")
 
     def link_token(self, shop_id: str) -> str:
         return self._links.dumps({"shop": shop_id, "nonce": secrets.token_hex(16)})
@@ -110,6 +126,47 @@ class Auth:
         except BadSignature:
             return False
         return hmac.compare_digest(str(nonce).encode(), cookie.encode())
+
+    def link_form(self, link_nonce: str) -> tuple[str, str]:
+        """The (cookie value, CSRF token) of the page a one-time link opens: the token names both
+        the cookie's value and the link, so that it posts back only that link, from that
+        browser."""
+        nonce = secrets.token_hex(16)
+        return nonce, self._link_forms.dumps({"form": nonce, "link": link_nonce})
+
+    def link_form_valid(self, cookie: str | None, token: str | None, link_nonce: str) -> bool:
+        """Whether `token` was made for the link of `link_nonce` with the browser's cookie."""
+        if not cookie or not token:
+            return False
+        try:
+            data = self._link_forms.loads(token, max_age=LINK_SECONDS)
+        except BadSignature:
+            return False
+        if not isinstance(data, dict):
+            return False
+        return hmac.compare_digest(
+            str(data.get("form", "")).encode(), cookie.encode()
+        ) and hmac.compare_digest(str(data.get("link", "")).encode(), link_nonce.encode())
+
+    def email_change_token(self, shop_id: str, email: str) -> str:
+        """The token of a link that makes `email` the sign-in address of `shop_id`, once."""
+        return self._email_changes.dumps(
+            {"shop": shop_id, "email": email, "nonce": secrets.token_hex(16)}
+        )
+
+    def read_email_change(self, token: str) -> EmailChange:
+        """What a valid token confirms; the caller makes sure it is used once."""
+        try:
+            data = self._email_changes.loads(token, max_age=EMAIL_CHANGE_SECONDS)
+        except SignatureExpired:
+            raise LinkError(
+                "This confirmation link has expired: links work for 15 minutes."
+            ) from None
+        except BadSignature:
+            raise LinkError("This confirmation link is not valid.") from None
+        return EmailChange(
+            shop_id=str(data["shop"]), email=str(data["email"]), nonce=str(data["nonce"])
+        )
 
     def install_state(self, shop_domain: str) -> str:
         """The `state` of one install of the storefront app on `shop_domain`: signed, short-lived,

@@ -1,6 +1,9 @@
-"""Sign-in by mail (/admin/login without a link): the form asking for an address, the limits on
-asking, and the mail of one-time links sent off the request path, so that the answer is the same,
-in text, status and time, whether the address belongs to a shop or not."""
+"""Sign-in by mail (/admin/login): the form asking for an address, the limits on asking, and the
+mail of one-time links sent off the request path, so that the answer is the same, in text, status
+and time, whether the address belongs to a shop or not, and whether it was asked for too often;
+the page a one-time link opens (a GET, harmless to the mail scanners that follow links) and its
+POST, which alone uses the link and signs in; and the same two steps for the link that confirms
+a new sign-in address, with the mails that ask for that confirmation."""
 
 import hashlib
 import ipaddress
@@ -11,13 +14,20 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from plugin import emails, mail
 from plugin.service import Service
 from plugin.store import StoreUnavailable
-from plugin.web.auth import LOGIN_COOKIE, LOGIN_FORM_SECONDS, Auth
-from plugin.web.pages import auth_of, render
+from plugin.web.auth import (
+    LINK_COOKIE,
+    LINK_SECONDS,
+    LOGIN_COOKIE,
+    LOGIN_FORM_SECONDS,
+    Auth,
+    LinkError,
+)
+from plugin.web.pages import auth_of, message, render, set_session_cookie
 from plugin.webhooks import BodyRefused, read_body
 
 log = logging.getLogger("plugin.web.signin")
@@ -31,6 +41,15 @@ WINDOW_SECONDS = 15 * 60
 PER_ADDRESS = 3
 PER_CLIENT = 10
 SUBJECT = "Your sign-in link for Klarna capture"
+CONFIRM_SUBJECT = "Confirm your new sign-in address for Klarna capture"
+NOTICE_SUBJECT = "A change of your sign-in address for Klarna capture was asked"
+# A one-time link's token is itsdangerous text of a few hundred characters.
+MAX_TOKEN = 1024
+_REFUSED = "The form was out of date or came from another site. Reload the page and try again."
+_DISABLED = (
+    "This shop is disabled: the app was uninstalled from the storefront. Install the app "
+    "again to use these pages."
+)
 
 
 def same_origin(request: Request, public_url: str) -> bool:
@@ -81,11 +100,8 @@ def form_page(
     return response
 
 
-async def request_link(request: Request, service: Service) -> Response:
-    """A POST of the form: checked, counted, answered alike for every address; the mail goes
-    after the answer (a background task), to the shops of the address if there are any."""
-    if not service.settings.mail.enabled:
-        return form_page(request, service, status_code=404)
+async def read_form(request: Request) -> dict[str, str] | Response:
+    """The fields of a small form POST (the first value of each), or the answer refusing it."""
     try:
         body = await read_body(request, MAX_FORM_BYTES)
     except BodyRefused as refused:
@@ -94,41 +110,132 @@ async def request_link(request: Request, service: Service) -> Response:
         fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
     except ValueError:  # more fields than the form has
         return _message(request, "Request refused", "That is no sign-in request.", 400)
-    token = fields.get("csrf_token", [""])[0]
+    return {name: values[0] for name, values in fields.items()}
+
+
+async def post(request: Request, service: Service) -> Response:
+    """A POST of /admin/login: the page of a one-time link using it (it carries `token`), or the
+    form asking for links by mail."""
+    fields = await read_form(request)
+    if isinstance(fields, Response):
+        return fields
+    if "token" in fields:
+        return await use_link(request, service, fields)
+    return await request_link(request, service, fields)
+
+
+async def request_link(request: Request, service: Service, fields: dict[str, str]) -> Response:
+    """A POST of the form: checked, counted, answered alike for every address; the mail goes
+    after the answer (a background task), to the shops of the address if there are any."""
+    if not service.settings.mail.enabled:
+        return form_page(request, service, status_code=404)
+    token = fields.get("csrf_token", "")
     auth = auth_of(request)
     public_url = service.settings.web.public_url
     if not same_origin(request, public_url) or not auth.login_form_valid(
         request.cookies.get(LOGIN_COOKIE), token
     ):
-        return _message(
-            request,
-            "Request refused",
-            "The form was out of date or came from another site. Reload the page and try again.",
-            403,
-        )
-    entered = fields.get("email", [""])[0][: emails.MAX_ADDRESS + 1]
+        return _message(request, "Request refused", _REFUSED, 403)
+    entered = fields.get("email", "")[: emails.MAX_ADDRESS + 1]
     address = emails.normalise(entered)
     if address is None:
         return form_page(request, service, entered=entered, error=emails.PROBLEM, status_code=400)
     now = time.time()
-    for key, limit in (
-        ("login-client:" + client_key(request), PER_CLIENT),
-        ("login-address:" + hashlib.sha256(address.encode()).hexdigest(), PER_ADDRESS),
-    ):
-        hits, reset_at = await service.store.count_hit(key, WINDOW_SECONDS, now)
-        if hits > limit:
-            minutes = max(1, math.ceil((reset_at - now) / 60))
-            response = _message(
-                request,
-                "Too many sign-in requests",
-                f"Too many sign-in links were asked for. Try again in {minutes} minutes.",
-                429,
-            )
-            response.headers["retry-after"] = str(math.ceil(reset_at - now))
-            return response
+    # The client's limit says nothing about the address: it is answered as what it is.
+    hits, reset_at = await service.store.count_hit(
+        "login-client:" + client_key(request), WINDOW_SECONDS, now
+    )
+    if hits > PER_CLIENT:
+        minutes = max(1, math.ceil((reset_at - now) / 60))
+        response = _message(
+            request,
+            "Too many sign-in requests",
+            f"Too many sign-in links were asked for. Try again in {minutes} minutes.",
+            429,
+        )
+        response.headers["retry-after"] = str(math.ceil(reset_at - now))
+        return response
+    # The address's limit is not: a different answer would tell anyone who knows an address
+    # that it is asked for, and would let them keep its merchant from signing in. Past it, the
+    # answer is the same and the mail is simply not sent.
+    hits, _ = await service.store.count_hit(
+        "login-address:" + hashlib.sha256(address.encode()).hexdigest(), WINDOW_SECONDS, now
+    )
     context = {"title": "Check your mail", "mail": True, "sent_to": address}
     response = render(request, "login.html", context)
-    response.background = BackgroundTask(send_links, service, auth, address)
+    if hits <= PER_ADDRESS:
+        response.background = BackgroundTask(send_links, service, auth, address)
+    return response
+
+
+def link_page(request: Request, service: Service, token: str) -> Response:
+    """GET of a one-time link: nothing is used, only checked; a page whose button posts the link
+    back (mail scanners that open links do not post forms)."""
+    auth = auth_of(request)
+    try:
+        _, link_nonce = auth.read_link(token[:MAX_TOKEN])
+    except LinkError as exc:
+        return _message(request, "Sign-in link not valid", str(exc), 400)
+    return _confirm_page(
+        request,
+        service,
+        link_nonce,
+        {
+            "title": "Sign in",
+            "text": "Sign in to your shop's Klarna capture settings.",
+            "action": "/admin/login",
+            "token": token,
+            "button": "Sign in",
+        },
+    )
+
+
+def _confirm_page(
+    request: Request, service: Service, link_nonce: str, context: dict[str, str]
+) -> Response:
+    nonce, csrf = auth_of(request).link_form(link_nonce)
+    response = render(request, "confirm.html", {**context, "csrf_token": csrf})
+    response.set_cookie(
+        LINK_COOKIE,
+        nonce,
+        max_age=LINK_SECONDS,
+        path=context["action"],
+        httponly=True,
+        secure=service.settings.web.public_url.startswith("https://"),
+        samesite="strict",
+    )
+    return response
+
+
+def _confirmed(request: Request, service: Service, fields: dict[str, str], nonce: str) -> bool:
+    """Whether the POST of a link's page came from this site, from the browser that opened it."""
+    return same_origin(request, service.settings.web.public_url) and auth_of(
+        request
+    ).link_form_valid(request.cookies.get(LINK_COOKIE), fields.get("csrf_token"), nonce)
+
+
+async def use_link(request: Request, service: Service, fields: dict[str, str]) -> Response:
+    """POST of a one-time link's page: the link is used (once) and a session starts."""
+    try:
+        shop_id, nonce = auth_of(request).read_link(fields.get("token", "")[:MAX_TOKEN])
+    except LinkError as exc:
+        return _message(request, "Sign-in link not valid", str(exc), 400)
+    if not _confirmed(request, service, fields, nonce):
+        return _message(request, "Request refused", _REFUSED, 403)
+    if not await service.store.use_admin_link(nonce, shop_id, time.time()):
+        return _message(
+            request,
+            "Sign-in link already used",
+            "Each sign-in link works once. Ask for a new one.",
+            400,
+        )
+    shop = await service.store.get_shop(shop_id)
+    if shop is None:
+        return _message(request, "No such shop", "This shop no longer exists.", 404)
+    if not shop.enabled:
+        return _message(request, "Shop disabled", _DISABLED, 403)
+    response = RedirectResponse(f"/admin/{shop_id}/settings", status_code=303)
+    await set_session_cookie(request, response, shop_id)
     return response
 
 
@@ -147,7 +254,7 @@ def client_key(request: Request) -> str:
 
 
 def _message(request: Request, title: str, text: str, status_code: int) -> Response:
-    return render(request, "message.html", {"title": title, "text": text}, status_code)
+    return message(request, title, text, status_code)
 
 
 async def send_links(service: Service, auth: Auth, address: str) -> None:

@@ -38,7 +38,7 @@ from plugin.store.records import (
 from plugin.web import activity as activity_view
 from plugin.web import present, signin
 from plugin.web.advice import advice_for
-from plugin.web.auth import COOKIE, LinkError, Session
+from plugin.web.auth import COOKIE, Session
 from plugin.web.forms import (
     CAPTURE_MODES,
     ENVIRONMENTS,
@@ -57,7 +57,6 @@ from plugin.web.pages import (
     make_templates,
     message,
     partitioned_cookie,
-    set_session_cookie,
 )
 
 PAGE_SIZE = 50
@@ -196,32 +195,14 @@ def page(*, post: bool = False) -> Callable[[Page], Callable[[Request], Awaitabl
 
 
 async def login(request: Request) -> Response:
-    """A one-time link (`?token=`) signs in; without one, the form that mails links (POST)."""
+    """A one-time link (`?token=`) opens the page whose POST signs in; without one, the form
+    that mails links (POST)."""
     service = _service(request)
     if request.method == "POST":
-        return await signin.request_link(request, service)
+        return await signin.post(request, service)
     if "token" not in request.query_params:
         return signin.form_page(request, service)
-    token = request.query_params.get("token", "")
-    try:
-        shop_id, nonce = auth_of(request).read_link(token)
-    except LinkError as exc:
-        return message(request, "Sign-in link not valid", str(exc), 400)
-    if not await service.store.use_admin_link(nonce, shop_id, time.time()):
-        return message(
-            request,
-            "Sign-in link already used",
-            "Each sign-in link works once. Ask for a new one.",
-            400,
-        )
-    shop = await service.store.get_shop(shop_id)
-    if shop is None:
-        return message(request, "No such shop", "This shop no longer exists.", 404)
-    if not shop.enabled:
-        return message(request, "Shop disabled", _DISABLED, 403)
-    response = RedirectResponse(f"/admin/{shop_id}/settings", status_code=303)
-    await set_session_cookie(request, response, shop_id)
-    return response
+    return signin.link_page(request, service, request.query_params.get("token", ""))
 
 
 def _settings_context(

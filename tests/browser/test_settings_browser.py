@@ -138,6 +138,7 @@ def test_a_merchant_fixes_a_wrong_password_and_retries_a_failed_shipment(
 
     # Signing in lands on the settings page.
     page.goto(link)
+    page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(settings_url)
     expect(page.get_by_role("heading", name="Settings", level=1)).to_be_visible()
     expect(page.get_by_label("API username")).to_have_value("PK_SANDBOX")
