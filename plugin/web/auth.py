@@ -65,6 +65,7 @@ class Auth:
         self._login_forms = URLSafeTimedSerializer(keys, salt="klarna-capture login form")
         self._link_forms = URLSafeTimedSerializer(keys, salt="klarna-capture link form")
         self._email_changes = URLSafeTimedSerializer(keys, salt="klarna-capture email change")
+        self._pending_emails = URLSafeTimedSerializer(keys, salt="klarna-capture pending email")
 
     def link_token(self, shop_id: str) -> str:
         return self._links.dumps({"shop": shop_id, "nonce": secrets.token_hex(16)})
@@ -167,6 +168,21 @@ class Auth:
         return EmailChange(
             shop_id=str(data["shop"]), email=str(data["email"]), nonce=str(data["nonce"])
         )
+
+    def pending_email(self, shop_id: str, email: str) -> str:
+        """What the settings page after a save shows as "confirmation sent to `email`": signed,
+        so that no link can make the page say it of another address."""
+        return self._pending_emails.dumps({"shop": shop_id, "email": email})
+
+    def read_pending_email(self, value: str, shop_id: str) -> str | None:
+        """The address a `pending_email` of `shop_id` names, while its link may be followed."""
+        try:
+            data = self._pending_emails.loads(value, max_age=EMAIL_CHANGE_SECONDS)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or data.get("shop") != shop_id:
+            return None
+        return str(data.get("email", "")) or None
 
     def install_state(self, shop_domain: str) -> str:
         """The `state` of one install of the storefront app on `shop_domain`: signed, short-lived,

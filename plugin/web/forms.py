@@ -308,7 +308,10 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             klarna_environment=environment,
             klarna_username=self.klarna_username,
             status_url=self.status_url or None,
-            email=emails.normalise(self.email) if self.email else None,
+            # Removing the address takes effect now; a new one only once the link mailed to it
+            # is followed (email_to_confirm), so that a session cannot send sign-in links
+            # elsewhere unchecked.
+            email=None if not self.email else msgspec.UNSET,
             # The options the page does not show stay as stored.
             options=msgspec.structs.replace(
                 shop.options,
@@ -329,6 +332,12 @@ class SettingsForm(msgspec.Struct, kw_only=True):
         if domain:
             changes.shop_domain = domain
         return changes
+
+    def email_to_confirm(self, shop: Shop) -> str | None:
+        """The new sign-in address entered, to be confirmed by the link mailed to it; None when
+        the address is unchanged or removed (of a form without errors)."""
+        address = emails.normalise(self.email) if self.email else None
+        return address if address is not None and address != shop.email else None
 
 
 def parse_keep_alive_days(value: str) -> int | None:

@@ -37,6 +37,7 @@ def routes() -> list[BaseRoute]:
         Route("/", views.index),
         Route("/admin", views.home),
         Route("/admin/login", views.login, methods=["GET", "POST"]),
+        Route("/admin/confirm-email", views.confirm_email, methods=["GET", "POST"]),
         Mount(
             "/admin/static",
             StaticFiles(directory=Path(__file__).resolve().parent / "static"),

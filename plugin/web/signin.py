@@ -18,7 +18,8 @@ from starlette.responses import RedirectResponse, Response
 
 from plugin import emails, mail
 from plugin.service import Service
-from plugin.store import StoreUnavailable
+from plugin.store import ShopChanges, StoreUnavailable
+from plugin.store.records import Shop
 from plugin.web.auth import (
     LINK_COOKIE,
     LINK_SECONDS,
@@ -292,3 +293,111 @@ async def send_links(service: Service, auth: Auth, address: str) -> None:
         )
         return
     log.info("sign-in mail sent", extra={"shops": [s.id for s in shops]})
+
+
+def email_change_page(request: Request, service: Service, token: str) -> Response:
+    """GET of a link confirming a new sign-in address: checked, not used; a page whose button
+    posts it back (as a sign-in link's, so that mail scanners do not confirm it)."""
+    try:
+        change = auth_of(request).read_email_change(token[:MAX_TOKEN])
+    except LinkError as exc:
+        return _message(request, "Confirmation link not valid", str(exc), 400)
+    return _confirm_page(
+        request,
+        service,
+        change.nonce,
+        {
+            "title": "Confirm your sign-in address",
+            "text": f"Use {change.email} to sign in to your shop's Klarna capture settings and "
+            "to receive its failure alerts.",
+            "action": "/admin/confirm-email",
+            "token": token,
+            "button": "Use this address",
+        },
+    )
+
+
+async def confirm_email_change(request: Request, service: Service) -> Response:
+    """POST of that page: the link is used (once) and the shop's address becomes the new one."""
+    fields = await read_form(request)
+    if isinstance(fields, Response):
+        return fields
+    try:
+        change = auth_of(request).read_email_change(fields.get("token", "")[:MAX_TOKEN])
+    except LinkError as exc:
+        return _message(request, "Confirmation link not valid", str(exc), 400)
+    if not _confirmed(request, service, fields, change.nonce):
+        return _message(request, "Request refused", _REFUSED, 403)
+    # The sign-in links' store of used nonces, with a prefix of its own: once, across processes.
+    if not await service.store.use_admin_link("email:" + change.nonce, change.shop_id, time.time()):
+        return _message(
+            request,
+            "Confirmation link already used",
+            "Each confirmation link works once. Enter the address on the settings page again.",
+            400,
+        )
+    shop = await service.store.get_shop(change.shop_id)
+    if shop is None:
+        return _message(request, "No such shop", "This shop no longer exists.", 404)
+    if not shop.enabled:
+        return _message(request, "Shop disabled", _DISABLED, 403)
+    await service.shops.update(shop.id, ShopChanges(email=change.email))
+    log.info("sign-in address changed", extra={"shop": shop.id})
+    return _message(
+        request,
+        "Address confirmed",
+        f"Sign-in links and failure alerts of {shop.name} now go to {change.email}.",
+        200,
+    )
+
+
+async def send_email_change(
+    service: Service, auth: Auth, shop: Shop, new: str | None, base: str
+) -> None:
+    """After a save that changed the shop's sign-in address: a link confirming it to the `new`
+    address (None: the address was removed), and a word to the old one, when there is one, that
+    a change was asked. Failures are logged (without addresses or links), never raised."""
+    settings = service.settings.mail
+    mails = []
+    if new is not None:
+        link = f"{base}/admin/confirm-email?token={auth.email_change_token(shop.id, new)}"
+        text = "\n".join(
+            [
+                f"Someone signed in to the Klarna capture settings of {shop.name} ({shop.id})",
+                "asked to send its sign-in links and failure alerts to this address.",
+                "",
+                "To confirm, open this link within 15 minutes and press the button it shows:",
+                "",
+                link,
+                "",
+                "If you did not ask for this, ignore this mail: nothing changes.",
+            ]
+        )
+        mails.append(mail.message(settings, new, CONFIRM_SUBJECT, text))
+    if shop.email is not None:
+        if new is not None:
+            what = [
+                f"Someone signed in to the Klarna capture settings of {shop.name} ({shop.id})",
+                f"asked to send its sign-in links and failure alerts to {new} instead of here.",
+                "Nothing changes unless the link mailed to that address is followed within 15",
+                "minutes.",
+            ]
+        else:
+            what = [
+                f"Someone signed in to the Klarna capture settings of {shop.name} ({shop.id})",
+                "removed this address: its sign-in links and failure alerts no longer come here.",
+            ]
+        what += [
+            "",
+            "If this was not you, sign in to the settings from your storefront's admin or ask",
+            "the operator of the service, and check the address there.",
+        ]
+        mails.append(mail.message(settings, shop.email, NOTICE_SUBJECT, "\n".join(what)))
+    for message_ in mails:
+        try:
+            await mail.send(settings, message_)
+        except mail.MAIL_ERRORS as exc:
+            log.warning(
+                "address change mail not sent",
+                extra={"shop": shop.id, "error": type(exc).__name__},
+            )

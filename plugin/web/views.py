@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 import jinja2
 import msgspec
+from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -226,6 +227,7 @@ def _settings_context(
         "csrf_token": request.state.csrf_token,
         "notice": NOTICES.get(request.query_params.get("notice", "")),
         "connection": _saved_connection(request),
+        "pending_email": _pending_email(request, shop),
         "waiting": None,
         **extra,
     }
@@ -237,6 +239,16 @@ def _saved_connection(request: Request) -> dict[str, str] | None:
     if outcome not in OUTCOME_TEXTS:
         return None
     return {"ok": "yes" if outcome == "accepted" else "", "text": OUTCOME_TEXTS[outcome]}
+
+
+def _pending_email(request: Request, shop: Shop) -> str | None:
+    """The new address the save that redirected here mailed a confirmation link to, as its
+    signed value says, until the shop has it."""
+    value = request.query_params.get("pending", "")
+    if not value or len(value) > 1024:
+        return None
+    email = auth_of(request).read_pending_email(value, shop.id)
+    return email if email != shop.email else None
 
 
 async def _waiting_banner(service: Service, shop: Shop) -> Waiting | None:
@@ -288,11 +300,25 @@ async def save_settings(
         shop.id, form.changes(shop, page), klarna_password=form.klarna_password or None
     )
     await page.save(service.shops, shop, form.fields)
-    query = "notice=saved"
+    query = {"notice": "saved"}
     if tested is not None:
         notice = "saved" if tested.outcome == "accepted" else "saved-anyway"
-        query = f"notice={notice}&klarna={tested.outcome}"
-    return RedirectResponse(f"/admin/{shop.id}/settings?{query}", status_code=303)
+        query = {"notice": notice, "klarna": tested.outcome}
+    # A new address waits for the link mailed to it; a removed one is told to the old address.
+    new_email = form.email_to_confirm(shop)
+    if new_email is not None:
+        query["pending"] = auth_of(request).pending_email(shop.id, new_email)
+    response = RedirectResponse(f"/admin/{shop.id}/settings?{urlencode(query)}", status_code=303)
+    if new_email is not None or (shop.email is not None and not form.email):
+        response.background = BackgroundTask(
+            signin.send_email_change,
+            service,
+            auth_of(request),
+            shop,
+            new_email,
+            service.settings.web.public_url,
+        )
+    return response
 
 
 @page(post=True)
@@ -1018,6 +1044,14 @@ async def logout(request: Request, service: Service, shop: Shop, session: Sessio
         # A partitioned cookie (the embedded app's) is only removed by a partitioned deletion.
         response.headers.append("set-cookie", partitioned_cookie("", 0))
     return response
+
+
+async def confirm_email(request: Request) -> Response:
+    """A link confirming a new sign-in address: GET shows its button, POST uses it."""
+    service = _service(request)
+    if request.method == "POST":
+        return await signin.confirm_email_change(request, service)
+    return signin.email_change_page(request, service, request.query_params.get("token", ""))
 
 
 async def home(request: Request) -> Response:

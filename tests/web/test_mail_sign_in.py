@@ -4,12 +4,15 @@ same for an address no shop has; requests are limited per address and per client
 configured the page sends merchants to the operator and admin links keep working."""
 
 import re
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from plugin.config import Settings
 from plugin.store import ShopChanges
@@ -22,6 +25,7 @@ from tests.web.support import (
     Site,
     assert_no_script,
     csrf_token,
+    forge_signature,
     page_settings,
     running,
 )
@@ -280,19 +284,130 @@ def test_without_mail_configured_the_page_sends_merchants_to_the_operator(
         assert site.sign_in(shop.id).get(f"/admin/{shop.id}/settings").status_code == 200
 
 
-def test_the_address_is_set_on_the_settings_page(site: Site, browser: Browser) -> None:
+def confirmation_link(text: str) -> str:
+    [link] = re.findall(r"https?://\S+/admin/confirm-email\?token=\S+", text)
+    return link
+
+
+def confirm(site: Site, link: str, *, origin: str = ORIGIN) -> httpx2.Response:
+    """Open a confirmation link and press the button of the page it opens."""
+    parts = urlsplit(link)
+    site.client.cookies.clear()
+    try:
+        page = site.client.get(f"{parts.path}?{parts.query}")
+        assert page.status_code == 200, page.text
+        return site.client.post(
+            parts.path,
+            data={"token": parse_qs(parts.query)["token"][0], "csrf_token": csrf_token(page.text)},
+            headers={"origin": origin},
+        )
+    finally:
+        site.client.cookies.clear()
+
+
+def test_a_new_address_takes_effect_only_through_the_link_mailed_to_it(
+    site: Site, browser: Browser, inbox: Inbox
+) -> None:
     saved = browser.save_settings(email=" Ann@Example.com ", failure_alerts="on")
     assert saved.status_code == 303, saved.text
     shop = site.shop(browser.shop_id)
-    assert (shop.email, shop.options.failure_alerts) == ("ann@example.com", True)
+    # Saved, but not the address: that waits for its owner.
+    assert (shop.email, shop.options.failure_alerts) == (None, True)
+    [(recipients, mail)] = inbox.messages  # no old address to tell
+    assert recipients == ["ann@example.com"]
+    assert mail["Subject"] == signin.CONFIRM_SUBJECT
+    link = confirmation_link(body(mail))
+    after = browser.get(saved.headers["location"])
+    assert "Confirmation sent to <strong>ann@example.com</strong>" in after.text
+    assert 'value=""' in after.text.split('id="email"')[1].split(">")[0]
+    # The notice cannot be forged or carried to another shop.
+    other, _ = site.create_shop(name="Other shop")
+    forged = [
+        f"{browser.base}/settings?pending=ann@example.com",
+        f"{browser.base}/settings?pending=" + site.auth.pending_email(other.id, "eve@example.com"),
+    ]
+    for url in forged:
+        assert "Confirmation sent" not in browser.get(url).text
+
+    # Opening the link changes nothing (mail scanners open links); its button does, once.
+    parts = urlsplit(link)
+    assert site.client.get(f"{parts.path}?{parts.query}").status_code == 200
+    site.client.cookies.clear()
+    assert site.shop(browser.shop_id).email is None
+    assert confirm(site, link, origin="https://evil.example").status_code == 403
+    assert site.shop(browser.shop_id).email is None
+    done = confirm(site, link)
+    assert done.status_code == 200, done.text
+    assert "Address confirmed" in done.text
+    assert site.shop(browser.shop_id).email == "ann@example.com"
+    assert "already used" in confirm(site, link).text
+    # Confirmed, the page no longer says it waits.
+    assert "Confirmation sent" not in browser.get(saved.headers["location"]).text
+
+    # A change from a known address: the new one gets the link, the old one is told.
+    inbox.messages.clear()
+    assert browser.save_settings(email="bob@example.com").status_code == 303
+    assert site.shop(browser.shop_id).email == "ann@example.com"
+    by_recipient = {recipients[0]: mail for recipients, mail in inbox.messages}
+    assert set(by_recipient) == {"bob@example.com", "ann@example.com"}
+    told = body(by_recipient["ann@example.com"])
+    assert by_recipient["ann@example.com"]["Subject"] == signin.NOTICE_SUBJECT
+    assert "bob@example.com" in told
+    assert "/admin/" not in told  # the old address gets no link that would change anything
+    # A link for another address, or a forged one, changes nothing.
+    bob_link = confirmation_link(body(by_recipient["bob@example.com"]))
+    token = parse_qs(urlsplit(bob_link).query)["token"][0]
+    forged = site.client.get("/admin/confirm-email", params={"token": forge_signature(token)})
+    assert forged.status_code == 400
+    assert site.shop(browser.shop_id).email == "ann@example.com"
+
+
+def test_a_confirmation_link_expires_after_15_minutes(
+    site: Site, settings: Settings, browser: Browser
+) -> None:
+    def signed_ago(seconds: int) -> str:
+        class Backdated(TimestampSigner):
+            def get_timestamp(self) -> int:
+                return int(time.time()) - seconds
+
+        serializer = URLSafeTimedSerializer(
+            list(reversed(settings.secret_keys)),
+            salt="klarna-capture email change",
+            signer=Backdated,
+        )
+        return serializer.dumps(
+            {"shop": browser.shop_id, "email": "ann@example.com", "nonce": secrets.token_hex(16)}
+        )
+
+    assert (
+        confirm(site, f"{ORIGIN}/admin/confirm-email?token={signed_ago(14 * 60)}").status_code
+        == 200
+    )
+    site.call(site.service.shops.update, browser.shop_id, ShopChanges(email=None))
+    late = site.client.get("/admin/confirm-email", params={"token": signed_ago(16 * 60)})
+    assert late.status_code == 400
+    assert "expired" in late.text
+    assert site.shop(browser.shop_id).email is None
+
+
+def test_the_address_is_checked_and_removed_on_the_settings_page(
+    site: Site, browser: Browser, inbox: Inbox
+) -> None:
+    site.call(site.service.shops.update, browser.shop_id, ShopChanges(email="ann@example.com"))
     for wrong in ("not an address", "ann@example.com, bob@example.com", "a" * 250 + "@x.com"):
-        refused = browser.save_settings(email=wrong)
+        refused = browser.save_settings(email=wrong, failure_alerts="on")
         assert refused.status_code == 400
         assert 'id="email-error"' in refused.text
     # Alerts need an address to go to; removing the address with them on is refused.
+    assert browser.save_settings(failure_alerts="on").status_code == 303
     refused = browser.save_settings(email="")
     assert refused.status_code == 400
     assert "Enter the address the alerts go to." in refused.text
+    assert inbox.messages == []
+    # Removing it takes effect at once, and the old address is told.
     assert browser.save_settings(email="", failure_alerts=None).status_code == 303
     shop = site.shop(browser.shop_id)
     assert (shop.email, shop.options.failure_alerts) == (None, False)
+    [(recipients, mail)] = inbox.messages
+    assert recipients == ["ann@example.com"]
+    assert "removed this address" in body(mail)
