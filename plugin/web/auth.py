@@ -25,6 +25,8 @@ LOGIN_COOKIE = "kc_login"
 # The page a one-time link opens (a GET, which mail scanners make too) posts the link back with a
 # token naming the link and a random value this cookie keeps: only that POST uses the link.
 LINK_COOKIE = "kc_link"
+# What an action did, carried signed in the link of the page it redirects to, is shown that long.
+OUTCOME_SECONDS = 10 * 60
 # A link confirming a new sign-in address works for as long as a sign-in link.
 EMAIL_CHANGE_SECONDS = LINK_SECONDS
 
@@ -66,6 +68,7 @@ class Auth:
         self._link_forms = URLSafeTimedSerializer(keys, salt="klarna-capture link form")
         self._email_changes = URLSafeTimedSerializer(keys, salt="klarna-capture email change")
         self._pending_emails = URLSafeTimedSerializer(keys, salt="klarna-capture pending email")
+        self._outcomes = URLSafeTimedSerializer(keys, salt="klarna-capture outcome")
 
     def link_token(self, shop_id: str) -> str:
         return self._links.dumps({"shop": shop_id, "nonce": secrets.token_hex(16)})
@@ -183,6 +186,22 @@ class Auth:
         if not isinstance(data, dict) or data.get("shop") != shop_id:
             return None
         return str(data.get("email", "")) or None
+
+    def outcome(self, shop_id: str, outcome: dict[str, str | int]) -> str:
+        """What an action on `shop_id`'s pages did, signed for the link of the page after it, so
+        that the page's banner says only what happened (no link can make it say anything)."""
+        return self._outcomes.dumps({"shop": shop_id, "outcome": outcome})
+
+    def read_outcome(self, value: str, shop_id: str) -> dict[str, object] | None:
+        """The outcome an `outcome` value of `shop_id` carries; None: none, or not ours."""
+        try:
+            data = self._outcomes.loads(value, max_age=OUTCOME_SECONDS)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or data.get("shop") != shop_id:
+            return None
+        outcome = data.get("outcome")
+        return outcome if isinstance(outcome, dict) else None
 
     def install_state(self, shop_domain: str) -> str:
         """The `state` of one install of the storefront app on `shop_domain`: signed, short-lived,

@@ -620,13 +620,19 @@ def _cursor(value: str) -> tuple[float, int] | None:
     return before
 
 
-def _requeued(request: Request) -> dict[str, Any] | None:
-    """What the retry of one error code's dead letters queued, as its redirect says."""
-    count = request.query_params.get("queued", "")
-    code = request.query_params.get("code", "")
-    if not count.isdigit() or len(count) > 6 or not activity_view.ERROR_CODE.fullmatch(code):
+def _requeued(request: Request, shop: Shop) -> dict[str, Any] | None:
+    """What the retry of one error code's dead letters queued, as its redirect's signed value
+    says (a count and a code typed into the link show nothing)."""
+    value = request.query_params.get("requeued", "")
+    if not value or len(value) > 1024:
         return None
-    return {"count": int(count), "code": code}
+    outcome = auth_of(request).read_outcome(value, shop.id)
+    if outcome is None:
+        return None
+    count, code = outcome.get("count"), outcome.get("code")
+    if not isinstance(count, int) or not isinstance(code, str):
+        return None
+    return {"count": count, "code": code}
 
 
 @page()
@@ -676,7 +682,7 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
             "filter_query": filters.query(),
             "scan": activity_view.SCAN,
             "summary": await _summary(service, shop, time.time()),
-            "requeued": _requeued(request),
+            "requeued": _requeued(request, shop),
             "today": activity_view.utc(time.time())[:10],
             "csrf_token": request.state.csrf_token,
             "waiting": await _waiting_banner(service, shop),
@@ -748,7 +754,8 @@ async def retry_dead(request: Request, service: Service, shop: Shop, session: Se
     queued = await service.store.requeue_dead_jobs(shop.id, ids, time.time()) if ids else 0
     if queued:
         service.wake_workers()
-    query = urlencode({"queued": queued, "code": code})
+    outcome = auth_of(request).outcome(shop.id, {"count": queued, "code": code})
+    query = urlencode({"requeued": outcome})
     return RedirectResponse(f"/admin/{shop.id}/activity?{query}", status_code=303)
 
 
