@@ -213,9 +213,12 @@ class SettingsForm(msgspec.Struct, kw_only=True):
         )
 
     @classmethod
-    def from_post(cls, data: Mapping[str, str], shop: Shop, page: SettingsPage) -> "SettingsForm":
-        """The form as posted for `shop`. Fields its page does not show keep the shop's values; a
-        shop without a stored Klarna password must be given one."""
+    def from_post(
+        cls, data: Mapping[str, str], shop: Shop, page: SettingsPage, *, mail: bool = True
+    ) -> "SettingsForm":
+        """The form as posted for `shop`. Fields its page does not show keep the shop's values
+        (the address and the alerts too when `mail` is not configured); a shop without a stored
+        Klarna password must be given one."""
         form = cls(
             klarna_region=data.get("klarna_region", "").strip(),
             klarna_environment=data.get("klarna_environment", "").strip(),
@@ -237,6 +240,9 @@ class SettingsForm(msgspec.Struct, kw_only=True):
         kept = cls.from_shop(shop, page)
         if not page.status_url:
             form.status_url = kept.status_url
+        if not mail:
+            # Not on the page: what the operator's CLI stored stays.
+            form.email, form.failure_alerts = kept.email, kept.failure_alerts
         form.fields, form.errors = page.from_post(data, shop, kept.fields)
         form.errors.update(form._check())
         if not form.klarna_password and shop.klarna_password_set_at is None:

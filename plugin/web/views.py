@@ -228,6 +228,7 @@ def _settings_context(
         "notice": NOTICES.get(request.query_params.get("notice", "")),
         "connection": _saved_connection(request),
         "pending_email": _pending_email(request, shop),
+        "mail": service.settings.mail.enabled,
         "waiting": None,
         **extra,
     }
@@ -278,7 +279,7 @@ async def save_settings(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
     page = _settings_page(shop)
-    form = SettingsForm.from_post(_form(request), shop, page)
+    form = SettingsForm.from_post(_form(request), shop, page, mail=service.settings.mail.enabled)
     allowed = service.settings.web.allowed_private_networks
     form.errors.update(await address_errors(form, shop, page, allowed))
     form.errors.update(await page.conflicts(service.shops, shop, form))
@@ -326,7 +327,7 @@ async def test_connection(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
     page = _settings_page(shop)
-    form = SettingsForm.from_post(_form(request), shop, page)
+    form = SettingsForm.from_post(_form(request), shop, page, mail=service.settings.mail.enabled)
     errors = {k: v for k, v in form.errors.items() if k in KLARNA_ACCOUNT_FIELDS}
     result: dict[str, str]
     if errors:

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
+import msgspec
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
@@ -282,6 +283,33 @@ def test_without_mail_configured_the_page_sends_merchants_to_the_operator(
         assert asked.status_code == 404
         # The operator's link works as before.
         assert site.sign_in(shop.id).get(f"/admin/{shop.id}/settings").status_code == 200
+
+
+def test_without_mail_configured_the_settings_page_says_mail_is_off_and_keeps_the_address(
+    tmp_path: Path, klarna_url: str
+) -> None:
+    with running(page_settings(tmp_path, klarna_url, workers=0)) as site:
+        shop, _ = site.create_shop()
+        # The operator's CLI may still store an address and the choice of alerts.
+        site.call(
+            site.service.shops.update,
+            shop.id,
+            ShopChanges(
+                email="ann@example.com",
+                options=msgspec.structs.replace(shop.options, failure_alerts=True),
+            ),
+        )
+        browser = site.sign_in(shop.id)
+        page = browser.get(f"{browser.base}/settings").text
+        assert "Mail is not set up on this installation" in page
+        assert 'name="email"' not in page
+        assert 'name="failure_alerts"' not in page
+        # Saving the page as shown leaves what the CLI stored.
+        assert browser.save_settings().status_code == 303
+        # Even a posted address or an unticked box (the page offers neither) changes nothing.
+        assert browser.save_settings(email="eve@example.com").status_code == 303
+        stored = site.shop(shop.id)
+        assert (stored.email, stored.options.failure_alerts) == ("ann@example.com", True)
 
 
 def confirmation_link(text: str) -> str:
