@@ -69,6 +69,21 @@ class Output:
                 return found
 
 
+def press_sign_in(merchant: httpx2.Client, link: str, service: str) -> httpx2.Response:
+    """Open a sign-in link and press the Sign in button of the page it opens."""
+    page = merchant.get(link)
+    assert page.status_code == 200, page.text
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    token = re.search(r'name="token" value="([^"]+)"', page.text)
+    assert found is not None, page.text
+    assert token is not None, page.text
+    return merchant.post(
+        f"{service}/admin/login",
+        data={"csrf_token": found[1], "token": token[1]},
+        headers={"origin": service},  # as a browser sends with a form
+    )
+
+
 def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
     """`demo.py --keep` seeds a shop with every state, prints its sign-in link, keeps the pages up
     and mails sign-in links asked for at /admin/login to its own mail server; Ctrl-C (SIGINT)
@@ -91,7 +106,7 @@ def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
         assert data_dir.is_dir()
 
         with httpx2.Client(follow_redirects=True, timeout=10) as merchant:
-            settings = merchant.get(link)
+            settings = press_sign_in(merchant, link, service)
             assert settings.status_code == 200
             shop_id = settings.url.path.split("/")[2]
             activity = merchant.get(f"{service}/admin/{shop_id}/activity")
@@ -108,7 +123,7 @@ def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
 
         # The Shopify shop, installed through the fake Shopify, holds the same states.
         with httpx2.Client(follow_redirects=True, timeout=10) as merchant:
-            settings = merchant.get(shopify_link)
+            settings = press_sign_in(merchant, shopify_link, service)
             assert settings.status_code == 200
             shopify_id = settings.url.path.split("/")[2]
             assert shopify_id != shop_id
@@ -136,7 +151,8 @@ def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
             assert "a mail with a sign-in link" in asked.text
             output.until(f"^mail to {re.escape(login[2])}: ")
             mailed = output.until(r"(http://\S+/admin/login\?token=\S+)")[1]
-            assert merchant.get(mailed).url.path == f"/admin/{shop_id}/settings"
+            signed_in = press_sign_in(merchant, mailed, service)
+            assert signed_in.url.path == f"/admin/{shop_id}/settings"
 
         demo.send_signal(signal.SIGINT)
         demo.wait(timeout=60)
