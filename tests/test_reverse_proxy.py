@@ -47,7 +47,7 @@ from tests.helpers import (
 )
 from tests.postgres_cluster import fresh_database
 from tests.test_deploy import exec_form, final_stage
-from tests.web.support import COOKIE, Browser, forms
+from tests.web.support import COOKIE, Browser, csrf_token, forms
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "nginx" / "klarna-capture.conf.template"
@@ -280,8 +280,15 @@ def test_sign_in_through_the_proxy_is_a_secure_session_on_the_public_https_url(
     shop_id = deployment.shop["shop_id"]
     link = run_cli(deployment.env, "admin-link", shop_id).stdout.strip()
     assert link.startswith(f"{public_url}/admin/login?token=")
-    answer = deployment.client.get(link)
-    assert answer.status_code == 303
+    # The link opens a page whose Sign in button posts it back, from the public origin.
+    opened = deployment.client.get(link)
+    assert opened.status_code == 200, opened.text
+    answer = deployment.client.post(
+        f"{public_url}/admin/login",
+        data={"token": link.partition("?token=")[2], "csrf_token": csrf_token(opened.text)},
+        headers={"origin": public_url},
+    )
+    assert answer.status_code == 303, answer.text
     assert urljoin(link, answer.headers["location"]) == f"{public_url}/admin/{shop_id}/settings"
     cookie = answer.headers["set-cookie"]
     attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}

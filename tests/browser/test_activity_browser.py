@@ -60,6 +60,7 @@ def test_a_merchant_filters_searches_exports_and_retries_by_error_code(
     assert storefront.send(shipment(cancelled.order_id, "1002-F1")).json()["status"] == "accepted"
 
     page.goto(run_cli(env, "admin-link", shop_id).stdout.strip())
+    page.get_by_role("button", name="Sign in").click()
     page.get_by_role("link", name="Activity").click()
     reload_until(page, row(page, "1001-F1"), "Captured")
     reload_until(page, row(page, "1002-F1"), "Failed: needs attention")
