@@ -351,6 +351,18 @@ async def confirm_email_change(request: Request, service: Service) -> Response:
     )
 
 
+async def email_change_problem(service: Service, shop: Shop) -> str | None:
+    """Why the settings page may not mail a confirmation link now: a session may ask for as
+    many as an address may for sign-in links (PER_ADDRESS in WINDOW_SECONDS, across processes),
+    so that it cannot use the service to mail any address again and again."""
+    now = time.time()
+    hits, reset_at = await service.store.count_hit("email-change:" + shop.id, WINDOW_SECONDS, now)
+    if hits <= PER_ADDRESS:
+        return None
+    minutes = max(1, math.ceil((reset_at - now) / 60))
+    return f"Too many new addresses were entered. Try again in {minutes} minutes."
+
+
 async def send_email_change(
     service: Service, auth: Auth, shop: Shop, new: str | None, base: str
 ) -> None:

@@ -283,6 +283,11 @@ async def save_settings(
     allowed = service.settings.web.allowed_private_networks
     form.errors.update(await address_errors(form, shop, page, allowed))
     form.errors.update(await page.conflicts(service.shops, shop, form))
+    new_email = form.email_to_confirm(shop)
+    if new_email is not None and not form.errors:
+        problem = await signin.email_change_problem(service, shop)
+        if problem is not None:
+            form.errors["email"] = problem
     if form.errors:
         form.forget_secrets(page)
         context = _settings_context(request, service, shop, form)
@@ -306,7 +311,6 @@ async def save_settings(
         notice = "saved" if tested.outcome == "accepted" else "saved-anyway"
         query = {"notice": notice, "klarna": tested.outcome}
     # A new address waits for the link mailed to it; a removed one is told to the old address.
-    new_email = form.email_to_confirm(shop)
     if new_email is not None:
         query["pending"] = auth_of(request).pending_email(shop.id, new_email)
     response = RedirectResponse(f"/admin/{shop.id}/settings?{urlencode(query)}", status_code=303)

@@ -439,3 +439,16 @@ def test_the_address_is_checked_and_removed_on_the_settings_page(
     [(recipients, mail)] = inbox.messages
     assert recipients == ["ann@example.com"]
     assert "removed this address" in body(mail)
+
+
+def test_new_addresses_are_limited_per_shop(site: Site, browser: Browser, inbox: Inbox) -> None:
+    for n in range(signin.PER_ADDRESS):
+        assert browser.save_settings(email=f"user{n}@example.com").status_code == 303
+    assert len(inbox.messages) == signin.PER_ADDRESS
+    limited = browser.save_settings(email="eve@example.com")
+    assert limited.status_code == 400
+    assert "Too many new addresses were entered." in limited.text
+    assert len(inbox.messages) == signin.PER_ADDRESS
+    # The rest of the page still saves.
+    assert browser.save_settings(time_zone="Europe/Berlin").status_code == 303
+    assert site.shop(browser.shop_id).options.time_zone == "Europe/Berlin"
