@@ -1,5 +1,5 @@
-"""The merchant's pages: settings, activity, one shipment, one order; sign-in by admin link
-(the form that mails one is signin.py's)."""
+"""The merchant's pages: settings, activity, one shipment, one order; the routes of sign-in by
+link and of the confirmation of a new sign-in address (what they do is signin.py's)."""
 
 import math
 import time
