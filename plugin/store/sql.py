@@ -141,7 +141,7 @@ def captures_by_day(day: str) -> str:
 
 # The shop's shipments by job state, each count one range of one index: waiting ones by
 # job_waits_shop, queued by jobs_queued_shop, running by jobs_running_shop (both partial on the
-# state), dead along jobs_state, the dead letters of every shop: few, each one an alarm.
+# state), dead by jobs_shop_dead (partial on the state: the shop's dead letters only).
 SHIPMENT_COUNTS = (
     "SELECT (SELECT count(*) FROM job_waits AS w JOIN jobs AS j ON j.id = w.job_id"
     "  WHERE w.shop_id = $1 AND j.state = 'waiting' AND j.kind = 'fulfillment') AS waiting,"
@@ -152,7 +152,8 @@ SHIPMENT_COUNTS = (
     " (SELECT count(*) FROM jobs WHERE state = 'dead' AND shop_id = $1"
     "  AND kind = 'fulfillment') AS dead"
 )
-# The shop's dead letters of every kind, most recent first, at most $2, along jobs_state.
+# The shop's dead letters of every kind, most recent first, at most $2: one range of
+# jobs_shop_dead (shop, updated_at, id), read in its order.
 DEAD_JOBS = (
     "SELECT * FROM jobs WHERE state = 'dead' AND shop_id = $1"
     " ORDER BY updated_at DESC, id DESC LIMIT $2"

@@ -1521,11 +1521,11 @@ _SHIPMENTS_CHANGED = _numbered(shipments_changed(_SHIPMENTS))
 # Whole days since the epoch: truncation is the floor, for times after 1970.
 _CAPTURES_BY_DAY = _numbered(captures_by_day("CAST(c.captured_at / 86400 AS INTEGER)"))
 # INDEXED BY: left alone, SQLite counts a shop's dead shipments along jobs_shop_activity, every
-# job the shop ever had, not along the dead letters.
+# job the shop ever had, not along the shop's dead letters.
 _SHIPMENT_COUNTS = _numbered(SHIPMENT_COUNTS).replace(
-    "FROM jobs WHERE state = 'dead'", "FROM jobs INDEXED BY jobs_state WHERE state = 'dead'"
+    "FROM jobs WHERE state = 'dead'", "FROM jobs INDEXED BY jobs_shop_dead WHERE state = 'dead'"
 )
-_DEAD_JOBS = _numbered(DEAD_JOBS).replace("FROM jobs", "FROM jobs INDEXED BY jobs_state")
+_DEAD_JOBS = _numbered(DEAD_JOBS).replace("FROM jobs", "FROM jobs INDEXED BY jobs_shop_dead")
 # Dead jobs of the shop ?2 among the ids ?3 (a JSON array), queued again. NOT INDEXED: each is
 # found by its id, not among all the shop's jobs along jobs_shop_activity.
 _REQUEUE_DEAD = (
