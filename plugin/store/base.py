@@ -120,6 +120,8 @@ class Plan(msgspec.Struct, kw_only=True):
     klarna_reference: str | None = None  # the Klarna order's customer-facing reference
     completes_order: bool = False  # the shipment that leaves nothing of the order to capture
     authorization_expires_at: float | None = None  # the Klarna order's `expires_at`
+    order_number: str | None = None  # the storefront's, as its merchant knows the order
+    order_amount: int | None = None  # the Klarna order's `order_amount` when planned
     # A plan stored before, with its request, is replaced only if it was made before this time
     # (its key older than Klarna is trusted to remember it); a younger one is kept and sent.
     replaces_plans_before: float = 0.0
@@ -565,6 +567,10 @@ class Store(ABC):
 
     @abstractmethod
     async def get_order(self, shop_id: str, order_id: str) -> OrderRecord | None: ...
+
+    @abstractmethod
+    async def get_orders(self, shop_id: str, order_ids: Sequence[str]) -> list[OrderRecord]:
+        """These storefront orders as known at Klarna (those noted), each by its primary key."""
 
     @abstractmethod
     async def orders_expiring(

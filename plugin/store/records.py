@@ -172,6 +172,8 @@ class CaptureRecord(msgspec.Struct, kw_only=True):
     completes_order: bool = False
     # When the Klarna order's authorization runs out (its `expires_at`), as read when planning.
     authorization_expires_at: float | None = None
+    order_number: str | None = None  # the storefront's order number, as planning read it
+    order_amount: int | None = None  # the Klarna order's `order_amount`, as planning read it
 
 
 class Operation(msgspec.Struct, kw_only=True):
@@ -272,6 +274,8 @@ class Shipment(msgspec.Struct, kw_only=True):
     shipping_info: str | None = None
     send_out_done: bool = False
     captured_at: float | None = None
+    order_number: str | None = None  # the storefront's, when planned
+    order_amount: int | None = None  # the Klarna order's amount when planned
 
 
 # What the activity view filters a shop's shipments by: failed for good (a dead letter), its job

@@ -89,8 +89,9 @@ FILTER_PREDICATES: dict[str, str] = {
 
 def find_shipments(shipments: str, state: str | None) -> str:
     """The shop's shipments matching the filter `state` and the search $6 (NULL: any; else a
-    fulfilment id, storefront order id, Klarna reference or Klarna order id, exactly), among at
-    most $4 of them changed before ($2, $3), newest first, at most $5. `shipments` is the
+    fulfilment id, storefront order id or number, Klarna reference or Klarna order id, exactly,
+    among the look's rows: no index of their own), among at most $4 of them changed before
+    ($2, $3), newest first, at most $5. `shipments` is the
     backend's SELECT of shipments from jobs `j` and captures `c`, read here from the look's rows.
     The look is bounded, not the matches' index: the $4 are one range of jobs_shop_activity
     (shop, kind, updated_at, id), each joined to its ledger row by the captures' primary key."""
@@ -101,7 +102,7 @@ def find_shipments(shipments: str, state: str | None) -> str:
         " AND (updated_at, id) < ($2, $3) ORDER BY updated_at DESC, id DESC LIMIT $4)"
         f" {looked_at} WHERE {where}"
         " AND (CAST($6 AS TEXT) IS NULL OR CAST($6 AS TEXT) IN"
-        " (j.key, c.order_id, c.klarna_reference, c.klarna_order_id))"
+        " (j.key, c.order_id, c.order_number, c.klarna_reference, c.klarna_order_id))"
         " ORDER BY j.updated_at DESC, j.id DESC LIMIT $5"
     )
 

@@ -911,8 +911,9 @@ class SqliteStore(Store):
             row = conn.execute(
                 "INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"
                 " currency, state, idempotency_key, planned_at, request, klarna_reference, error,"
-                " created_at, updated_at, completes_order, authorization_expires_at)"
-                " VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, NULL, ?, ?, ?, ?)"
+                " created_at, updated_at, completes_order, authorization_expires_at,"
+                " order_number, order_amount)"
+                " VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (shop_id, fulfillment_id) DO UPDATE SET"
                 " order_id = excluded.order_id, klarna_order_id = excluded.klarna_order_id,"
                 " currency = excluded.currency, state = 'planned',"
@@ -921,7 +922,9 @@ class SqliteStore(Store):
                 " error = NULL, updated_at = excluded.updated_at,"
                 " completes_order = excluded.completes_order,"
                 " authorization_expires_at = coalesce(excluded.authorization_expires_at,"
-                "   captures.authorization_expires_at)"
+                "   captures.authorization_expires_at),"
+                " order_number = coalesce(excluded.order_number, captures.order_number),"
+                " order_amount = coalesce(excluded.order_amount, captures.order_amount)"
                 " WHERE captures.capture_id IS NULL AND (captures.request IS NULL"
                 "   OR length(captures.request) = 0 OR captures.planned_at IS NULL"
                 "   OR captures.planned_at < ?) RETURNING *",
@@ -939,6 +942,8 @@ class SqliteStore(Store):
                     now,
                     plan.completes_order,
                     plan.authorization_expires_at,
+                    plan.order_number,
+                    plan.order_amount,
                     plan.replaces_plans_before,
                 ),
             ).fetchone()
@@ -1076,6 +1081,17 @@ class SqliteStore(Store):
             ).fetchone()
         )
         return _order(row) if row else None
+
+    async def get_orders(self, shop_id: str, order_ids: Sequence[str]) -> list[OrderRecord]:
+        marks = ", ".join("?" for _ in order_ids)
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT * FROM orders WHERE shop_id = ? AND order_id IN ({marks})"  # noqa: S608
+                " ORDER BY order_id",
+                (shop_id, *order_ids),
+            ).fetchall()
+        )
+        return [_order(row) for row in rows]
 
     async def orders_expiring(
         self,
@@ -1503,7 +1519,8 @@ _SHIPMENTS = (
     "SELECT j.id AS job_id, j.key AS fulfillment_id, j.state AS job_state, j.attempts,"
     " j.last_error, j.created_at AS received_at, j.updated_at, c.state AS capture_state,"
     " c.order_id, c.klarna_order_id, c.currency, c.request AS planned_request,"
-    " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info,"
+    " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info, c.order_number,"
+    " c.order_amount,"
     " coalesce(c.send_out_done, 0) AS send_out_done, c.captured_at"
     " FROM jobs AS j LEFT JOIN captures AS c"
     " ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"

@@ -40,6 +40,7 @@ EXPORT_HEADER = (
     "Captured at (UTC)",
     "Order refunded",
     "Last change (UTC)",
+    "Order number",
 )
 
 
@@ -228,6 +229,7 @@ def export_row(shipment: Shipment, state: str, refunded: int | None) -> list[str
         utc(shipment.captured_at),
         decimal(refunded, currency),
         utc(shipment.updated_at),
+        shipment.order_number or "",
     ]
     return [neutralise(cell) for cell in cells]
 

@@ -16,6 +16,7 @@ from plugin.errors import JobError
 from plugin.store import (
     Captured,
     FinishOrderOperation,
+    NoteOrder,
     Plan,
     PlanOrderOperation,
     Store,
@@ -23,7 +24,13 @@ from plugin.store import (
 )
 from plugin.store import postgres as postgres_store
 from plugin.store import sqlite as sqlite_store
-from plugin.store.records import KLARNA_CREDENTIALS, CaptureDay, Shipment, ShipmentCounts
+from plugin.store.records import (
+    KLARNA_CREDENTIALS,
+    CaptureDay,
+    OrderState,
+    Shipment,
+    ShipmentCounts,
+)
 from plugin.store.schema import MIGRATIONS
 from plugin.store.sql import DEAD_JOBS, SCANNED_TO, SHIPMENT_COUNTS
 from tests.store.test_store import NOW, add_shop, database_url, receive, store
@@ -70,6 +77,8 @@ async def captured(
         idempotency_key=f"key-{fulfillment_id}",
         request=b"",
         klarna_reference=f"REF-{order_id}",
+        order_number=f"#{order_id}",
+        order_amount=amount + 600,
     )
     assert await store.save_plan(plan, at) is not None
     done = Captured(
@@ -153,12 +162,42 @@ async def test_shipments_are_filtered_and_searched_within_the_shop(store: Store)
     assert await find(search="REF-O1") == ["C1"]  # the Klarna reference
     assert await find(search="klarna-O2") == ["C2"]  # the Klarna order
     assert await find(search="D1") == ["D1"]  # the fulfilment
+    assert await find(search="#O2") == ["C2"]  # the storefront's order number
     assert await find(search="X1") == []  # another shop's
     assert await find(search="ref-o1") == []  # exactly
     assert await find(state="captured", search="O1") == ["C1"]
     found = await store.find_shipments("shop_1")
     [c1] = [s for s in found.shipments if s.fulfillment_id == "C1"]
     assert (c1.captured_amount, c1.currency, c1.captured_at) == (6000, "EUR", NOW + 1)
+    assert (c1.order_number, c1.order_amount) == ("#O1", 6600)
+    record = await store.get_capture("shop_1", "C1")
+    assert record is not None
+    assert (record.order_number, record.order_amount) == ("#O1", 6600)
+
+
+async def test_orders_are_read_together_by_their_ids(store: Store) -> None:
+    await add_shop(store)
+    await add_shop(store, "shop_2")
+    orders: list[tuple[str, str, OrderState | None]] = [
+        ("shop_1", "O1", None),
+        ("shop_1", "O2", "closed"),
+        ("shop_1", "O3", None),
+        ("shop_2", "O1", None),
+    ]
+    for shop_id, order_id, state in orders:
+        note = NoteOrder(
+            shop_id=shop_id,
+            order_id=order_id,
+            klarna_order_id=f"k-{order_id}",
+            currency="EUR",
+            state=state,
+        )
+        await store.note_order(note, NOW)
+    found = await store.get_orders("shop_1", ["O2", "O1", "O9"])
+    assert [(o.shop_id, o.order_id, o.state) for o in found] == [
+        ("shop_1", "O1", "open"),
+        ("shop_1", "O2", "closed"),
+    ]
 
 
 async def test_a_filtered_look_is_bounded_and_goes_on_where_it_stopped(store: Store) -> None:

@@ -314,6 +314,7 @@ def test_the_export_lists_each_shipment_of_the_range_safe_for_spreadsheets(site:
         "Captured at (UTC)",
         "Order refunded",
         "Last change (UTC)",
+        "Order number",
     ]
     by_fulfilment = {row[1]: row for row in rows[1:]}
     assert set(by_fulfilment) == {"1001-F1", '\'=HYPERLINK("http://x")', "d1"}
