@@ -22,7 +22,7 @@ from plugin.store.records import (
     JOB_KINDS,
     AuditEntry,
     Callback,
-    CaptureDay,
+    CaptureQuarter,
     CaptureRecord,
     ComplianceRequest,
     Delivery,
@@ -482,8 +482,9 @@ class Store(ABC):
         (the (updated_at, job_id) of the previous page's last), at most `limit`."""
 
     @abstractmethod
-    async def captures_by_day(self, shop_id: str, since: float) -> list[CaptureDay]:
-        """The shop's captures made since `since`, by day (UTC) and currency, oldest first."""
+    async def captures_by_quarter(self, shop_id: str, since: float) -> list[CaptureQuarter]:
+        """The shop's captures made since `since`, by quarter hour and currency, oldest first
+        (the pages add them up to the days of the shop's time zone)."""
 
     @abstractmethod
     async def shipment_counts(self, shop_id: str) -> ShipmentCounts:

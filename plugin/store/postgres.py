@@ -42,10 +42,11 @@ from plugin.store.base import (
 )
 from plugin.store.records import (
     JOB_KINDS,
+    QUARTER_HOUR,
     SHIPMENT_FILTERS,
     AuditEntry,
     Callback,
-    CaptureDay,
+    CaptureQuarter,
     CaptureRecord,
     ComplianceRequest,
     Delivery,
@@ -83,7 +84,7 @@ from plugin.store.sql import (
     SEALED_WEBHOOK_SECRETS,
     SHIPMENT_COUNTS,
     cap,
-    captures_by_day,
+    captures_by_quarter,
     delivery_row,
     find_shipments,
     finite,
@@ -1192,11 +1193,11 @@ class PostgresStore(Store):
         rows = await self._fetch(_SHIPMENTS_CHANGED, shop_id, start, end, at, job_id, limit)
         return [_record(row, Shipment) for row in rows]
 
-    async def captures_by_day(self, shop_id: str, since: float) -> list[CaptureDay]:
-        rows = await self._fetch(_CAPTURES_BY_DAY, shop_id, since)
+    async def captures_by_quarter(self, shop_id: str, since: float) -> list[CaptureQuarter]:
+        rows = await self._fetch(_CAPTURES_BY_QUARTER, shop_id, since)
         return [
-            CaptureDay(
-                day=int(row["day"]),
+            CaptureQuarter(
+                quarter=int(row["quarter"]),
                 currency=row["currency"],
                 count=int(row["count"]),
                 amount=int(row["amount"]),  # sum() of BIGINT is a NUMERIC
@@ -1863,7 +1864,7 @@ _FIND_SHIPMENTS: dict[ShipmentFilter | None, str] = {
     for state in (None, *SHIPMENT_FILTERS)
 }
 _SHIPMENTS_CHANGED = shipments_changed(_SHIPMENTS)
-_CAPTURES_BY_DAY = captures_by_day("floor(c.captured_at / 86400)::bigint")
+_CAPTURES_BY_QUARTER = captures_by_quarter(f"floor(c.captured_at / {QUARTER_HOUR})::bigint")
 # Dead jobs of the shop $2 among the ids $3, queued again: each found by its primary key.
 _REQUEUE_DEAD = (
     "UPDATE jobs SET state = 'queued', due_at = $1, attempts = 0, updated_at = $1"

@@ -125,13 +125,13 @@ def shipments_changed(shipments: str) -> str:
     )
 
 
-def captures_by_day(day: str) -> str:
-    """The shop's captures made since $2, by day (`day`: the backend's whole days since the epoch
-    of c.captured_at) and currency. Found along jobs_shop_activity from $2 on, each joined to its
-    ledger row by primary key: a fulfilment's job changes last when it ends, after its capture, so
-    a capture made since $2 has its job changed since $2 too."""
+def captures_by_quarter(quarter: str) -> str:
+    """The shop's captures made since $2, by quarter hour (`quarter`: the backend's whole quarter
+    hours since the epoch of c.captured_at) and currency. Found along jobs_shop_activity from $2
+    on, each joined to its ledger row by primary key: a fulfilment's job changes last when it
+    ends, after its capture, so a capture made since $2 has its job changed since $2 too."""
     return (
-        f"SELECT {day} AS day, c.currency, count(*) AS count,"  # noqa: S608 - constant fragments
+        f"SELECT {quarter} AS quarter, c.currency, count(*) AS count,"  # noqa: S608 - constant fragments
         " sum(c.captured_amount) AS amount"
         " FROM jobs AS j JOIN captures AS c ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
         " WHERE j.shop_id = $1 AND j.kind = 'fulfillment' AND j.updated_at >= $2"

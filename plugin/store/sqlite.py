@@ -34,10 +34,11 @@ from plugin.store.base import (
 )
 from plugin.store.records import (
     JOB_KINDS,
+    QUARTER_HOUR,
     SHIPMENT_FILTERS,
     AuditEntry,
     Callback,
-    CaptureDay,
+    CaptureQuarter,
     CaptureRecord,
     ComplianceRequest,
     Delivery,
@@ -76,7 +77,7 @@ from plugin.store.sql import (
     SEALED_WEBHOOK_SECRETS,
     SHIPMENT_COUNTS,
     cap,
-    captures_by_day,
+    captures_by_quarter,
     delivery_row,
     find_shipments,
     finite,
@@ -856,11 +857,11 @@ class SqliteStore(Store):
         )
         return [msgspec.convert(dict(row), Shipment, strict=False) for row in rows]
 
-    async def captures_by_day(self, shop_id: str, since: float) -> list[CaptureDay]:
+    async def captures_by_quarter(self, shop_id: str, since: float) -> list[CaptureQuarter]:
         rows = await self._read(
-            lambda conn: conn.execute(_CAPTURES_BY_DAY, (shop_id, since)).fetchall()
+            lambda conn: conn.execute(_CAPTURES_BY_QUARTER, (shop_id, since)).fetchall()
         )
-        return [msgspec.convert(dict(row), CaptureDay, strict=False) for row in rows]
+        return [msgspec.convert(dict(row), CaptureQuarter, strict=False) for row in rows]
 
     async def shipment_counts(self, shop_id: str) -> ShipmentCounts:
         row = await self._read(lambda conn: conn.execute(_SHIPMENT_COUNTS, (shop_id,)).fetchone())
@@ -1535,8 +1536,10 @@ _FIND_SHIPMENTS: dict[ShipmentFilter | None, str] = {
 }
 _SCANNED_TO = _numbered(SCANNED_TO)
 _SHIPMENTS_CHANGED = _numbered(shipments_changed(_SHIPMENTS))
-# Whole days since the epoch: truncation is the floor, for times after 1970.
-_CAPTURES_BY_DAY = _numbered(captures_by_day("CAST(c.captured_at / 86400 AS INTEGER)"))
+# Whole quarter hours since the epoch: truncation is the floor, for times after 1970.
+_CAPTURES_BY_QUARTER = _numbered(
+    captures_by_quarter(f"CAST(c.captured_at / {QUARTER_HOUR} AS INTEGER)")
+)
 # INDEXED BY: left alone, SQLite counts a shop's dead shipments along jobs_shop_activity, every
 # job the shop ever had, not along the shop's dead letters.
 _SHIPMENT_COUNTS = _numbered(SHIPMENT_COUNTS).replace(

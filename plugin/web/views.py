@@ -4,7 +4,7 @@
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -615,11 +615,14 @@ class Summary(msgspec.Struct, kw_only=True):
 
 
 async def _summary(service: Service, shop: Shop, now: float) -> Summary:
-    """Three indexed reads: the captures of the last CHART_DAYS days by day, the shipments by job
-    state, and the shop's dead letters (at most DEAD_LIMIT)."""
-    today = activity_view.day_of(now)
+    """Three indexed reads: the captures of the last CHART_DAYS days of the shop's time zone (by
+    quarter hour, added up to its days), the shipments by job state, and the shop's dead letters
+    (at most DEAD_LIMIT)."""
+    zone = present.zone(shop.options.time_zone)
+    today = activity_view.day_of(now, zone)
     first_day = today - activity_view.CHART_DAYS + 1
-    days = await service.store.captures_by_day(shop.id, float(first_day * activity_view.DAY))
+    since = activity_view.day_start(activity_view.local_date(first_day), zone)
+    days = activity_view.by_day(await service.store.captures_by_quarter(shop.id, since), zone)
     counts = await service.store.shipment_counts(shop.id)
     codes: dict[str, int] = {}
     for job in await service.store.dead_jobs(shop.id, limit=DEAD_LIMIT):
@@ -719,7 +722,10 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
             "scan": activity_view.SCAN,
             "summary": await _summary(service, shop, time.time()),
             "requeued": _requeued(request),
-            "today": activity_view.utc(time.time())[:10],
+            "today": activity_view.local_date(
+                activity_view.day_of(time.time(), present.zone(shop.options.time_zone))
+            ).isoformat(),
+            "time_zone": present.zone(shop.options.time_zone).key,
             "csrf_token": request.state.csrf_token,
             "waiting": await _waiting_banner(service, shop),
         },
@@ -730,18 +736,19 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
 async def export_activity(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
-    """The shop's shipments last changed within a range of days (UTC, both included) as CSV,
-    streamed a page of EXPORT_PAGE at a time, each page one indexed read and one of its orders'
-    refunds."""
+    """The shop's shipments last changed within a range of days of its time zone (both
+    included) as CSV, streamed a page of EXPORT_PAGE at a time, each page one indexed read, one
+    of its orders' refunds and two of what marks a partial capture."""
     try:
         first, last = activity_view.read_range(request.query_params)
     except activity_view.BadQuery as exc:
         return message(request, "Bad export", str(exc), 400)
-    start = activity_view.day_start(first)
-    end = activity_view.day_start(last) + activity_view.DAY
+    zone = present.zone(shop.options.time_zone)
+    start = activity_view.day_start(first, zone)
+    end = activity_view.day_start(last + timedelta(days=1), zone)
 
     async def lines() -> AsyncIterator[str]:
-        yield activity_view.csv_text([activity_view.EXPORT_HEADER])
+        yield activity_view.csv_text([activity_view.export_header(zone)])
         after: tuple[float, int] | None = None
         while True:
             page = await service.store.shipments_changed(
@@ -761,6 +768,7 @@ async def export_activity(
                         s,
                         _mark_partly(_row(s), partly).state,
                         refunded.get(s.order_id or ""),
+                        zone,
                     )
                     for s in page
                 ]

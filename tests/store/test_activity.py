@@ -1,7 +1,7 @@
 """What the activity view reads of a shop, on every backend (a real SQLite file and a real
 PostgreSQL database of each test's own): shipments filtered and searched within a bounded look,
-page after page; captures by day and currency; shipments counted by where their job stands; the
-export's range; and the dead letters, retried together, the shop's own only."""
+page after page; captures by quarter hour and currency; shipments counted by where their job
+stands; the export's range; and the dead letters, retried together, the shop's own only."""
 
 import re
 import sqlite3
@@ -26,7 +26,8 @@ from plugin.store import postgres as postgres_store
 from plugin.store import sqlite as sqlite_store
 from plugin.store.records import (
     KLARNA_CREDENTIALS,
-    CaptureDay,
+    QUARTER_HOUR,
+    CaptureQuarter,
     OrderState,
     Shipment,
     ShipmentCounts,
@@ -40,7 +41,6 @@ __all__ = ["database_url", "store"]  # fixtures
 pytestmark = pytest.mark.anyio
 
 DAY = 86_400.0
-TODAY = int(NOW // DAY)
 FULFILMENTS = ("fulfillment",)
 
 
@@ -220,7 +220,7 @@ async def test_a_filtered_look_is_bounded_and_goes_on_where_it_stopped(store: St
     assert keys(rest.shipments) == ["W1"]
 
 
-async def test_captures_are_summed_by_day_and_currency_since_a_time(store: Store) -> None:
+async def test_captures_are_summed_by_quarter_hour_and_currency_since_a_time(store: Store) -> None:
     await add_shop(store)
     await add_shop(store, "shop_2")
     await captured(store, "A", NOW - 3 * DAY, amount=1000)
@@ -228,6 +228,7 @@ async def test_captures_are_summed_by_day_and_currency_since_a_time(store: Store
     await captured(store, "C", NOW - DAY + 1, amount=500, currency="SEK", order_id="O2")
     await captured(store, "D", NOW, amount=6000)
     await captured(store, "E", NOW + 1, amount=1, order_id="O3")
+    await captured(store, "I", NOW + QUARTER_HOUR, amount=7, order_id="O4")  # the next quarter
     await captured(store, "F", NOW, amount=9999, shop_id="shop_2")
     await dead(store, "G", NOW, "NO_SUCH_ORDER")
     await receive(store, "H", at=NOW)  # planned, never captured
@@ -245,13 +246,16 @@ async def test_captures_are_summed_by_day_and_currency_since_a_time(store: Store
         NOW,
     )
 
-    days = await store.captures_by_day("shop_1", NOW - 2 * DAY)
-    assert days == [
-        CaptureDay(day=int((NOW - DAY) // DAY), currency="EUR", count=1, amount=2500),
-        CaptureDay(day=int((NOW - DAY) // DAY), currency="SEK", count=1, amount=500),
-        CaptureDay(day=TODAY, currency="EUR", count=2, amount=6001),
+    quarters = await store.captures_by_quarter("shop_1", NOW - 2 * DAY)
+    quarter = int(NOW // QUARTER_HOUR)  # NOW and NOW + 1 share one
+    yesterday = int((NOW - DAY) // QUARTER_HOUR)
+    assert quarters == [
+        CaptureQuarter(quarter=yesterday, currency="EUR", count=1, amount=2500),
+        CaptureQuarter(quarter=yesterday, currency="SEK", count=1, amount=500),
+        CaptureQuarter(quarter=quarter, currency="EUR", count=2, amount=6001),
+        CaptureQuarter(quarter=quarter + 1, currency="EUR", count=1, amount=7),
     ]
-    assert await store.captures_by_day("shop_1", NOW + 2) == []
+    assert await store.captures_by_quarter("shop_1", NOW + QUARTER_HOUR + 1) == []
 
 
 async def test_shipments_are_counted_by_where_their_job_stands(store: Store) -> None:
@@ -314,7 +318,7 @@ def test_each_statement_of_the_view_walks_an_index_on_sqlite(tmp_path: Path) -> 
             **{f"find {state}": query for state, query in sqlite_store._FIND_SHIPMENTS.items()},
             "scanned to": sqlite_store._SCANNED_TO,
             "changed": sqlite_store._SHIPMENTS_CHANGED,
-            "by day": sqlite_store._CAPTURES_BY_DAY,
+            "by quarter": sqlite_store._CAPTURES_BY_QUARTER,
             "counts": sqlite_store._SHIPMENT_COUNTS,
             "dead": sqlite_store._DEAD_JOBS,
             "requeue": sqlite_store._REQUEUE_DEAD,
@@ -391,7 +395,7 @@ async def test_each_statement_of_the_view_walks_an_index_on_postgres(
                 postgres_store._SHIPMENTS_CHANGED,
                 ("shop_7", NOW - 30 * DAY, NOW - 20 * DAY, NOW - 30 * DAY, -1, 500),
             ),
-            "by day": (postgres_store._CAPTURES_BY_DAY, ("shop_7", NOW - 14 * DAY)),
+            "by quarter": (postgres_store._CAPTURES_BY_QUARTER, ("shop_7", NOW - 14 * DAY)),
             "counts": (SHIPMENT_COUNTS, ("shop_7",)),
             "dead": (DEAD_JOBS, ("shop_7", 1000)),
             "requeue": (postgres_store._REQUEUE_DEAD, (NOW, "shop_7", [1, 2, 3])),
