@@ -4,7 +4,7 @@
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -745,7 +745,10 @@ async def export_activity(
         return message(request, "Bad export", str(exc), 400)
     zone = present.zone(shop.options.time_zone)
     start = activity_view.day_start(first, zone)
-    end = activity_view.day_start(last + timedelta(days=1), zone)
+    # The end is the next day's start (a day of a change of offset is not 24 hours long).
+    end = activity_view.day_start(last, zone) + activity_view.DAY
+    if last < date.max:
+        end = activity_view.day_start(last + timedelta(days=1), zone)
 
     async def lines() -> AsyncIterator[str]:
         yield activity_view.csv_text([activity_view.export_header(zone)])

@@ -420,6 +420,10 @@ def test_a_year_leap_day_included_is_exported(site: Site) -> None:
     answer = browser.get(f"{browser.base}/activity/export?from=2028-01-01&to=2028-12-31")
     assert answer.status_code == 200
     assert answer.text.splitlines()[0].startswith("Order,Fulfilment,")
+    # the last day there is has no next day to end at: still an answer, not an error
+    answer = browser.get(f"{browser.base}/activity/export?from=9999-12-31&to=9999-12-31")
+    assert answer.status_code == 200
+    assert len(answer.text.splitlines()) == 1
 
 
 # retry every dead letter of one error code
