@@ -157,6 +157,10 @@ class Capture:
             klarna_reference=order.klarna_reference,
             completes_order=event.complete,
             authorization_expires_at=order.expires_at.timestamp() if order.expires_at else None,
+            # What the activity list shows without asking Klarna: the merchant's own order
+            # number, and the order's amount a capture is partial against.
+            order_number=event.order_number,
+            order_amount=order.order_amount,
             # A plan another run of this shipment stored meanwhile is kept, and sent with its
             # key, unless Klarna may have forgotten that key.
             replaces_plans_before=self.clock() - KEY_TRUST_SECONDS,

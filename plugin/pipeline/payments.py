@@ -177,6 +177,7 @@ class StorefrontCapture:
             idempotency_key=key,
             request=_encoder.encode(request),
             completes_order=whole or event.complete,
+            order_number=event.order_number,
             # A plan stored before is never replaced: the storefront's transactions settle it.
             replaces_plans_before=0.0,
         )
@@ -207,6 +208,7 @@ class StorefrontCapture:
                 idempotency_key="",
                 request=b"",
                 completes_order=True,
+                order_number=event.order_number,
             ),
             self.clock(),
         )

@@ -22,7 +22,7 @@ from plugin.store.records import (
     JOB_KINDS,
     AuditEntry,
     Callback,
-    CaptureDay,
+    CaptureQuarter,
     CaptureRecord,
     ComplianceRequest,
     Delivery,
@@ -120,6 +120,8 @@ class Plan(msgspec.Struct, kw_only=True):
     klarna_reference: str | None = None  # the Klarna order's customer-facing reference
     completes_order: bool = False  # the shipment that leaves nothing of the order to capture
     authorization_expires_at: float | None = None  # the Klarna order's `expires_at`
+    order_number: str | None = None  # the storefront's, as its merchant knows the order
+    order_amount: int | None = None  # the Klarna order's `order_amount` when planned
     # A plan stored before, with its request, is replaced only if it was made before this time
     # (its key older than Klarna is trusted to remember it); a younger one is kept and sent.
     replaces_plans_before: float = 0.0
@@ -480,8 +482,9 @@ class Store(ABC):
         (the (updated_at, job_id) of the previous page's last), at most `limit`."""
 
     @abstractmethod
-    async def captures_by_day(self, shop_id: str, since: float) -> list[CaptureDay]:
-        """The shop's captures made since `since`, by day (UTC) and currency, oldest first."""
+    async def captures_by_quarter(self, shop_id: str, since: float) -> list[CaptureQuarter]:
+        """The shop's captures made since `since`, by quarter hour and currency, oldest first
+        (the pages add them up to the days of the shop's time zone)."""
 
     @abstractmethod
     async def shipment_counts(self, shop_id: str) -> ShipmentCounts:
@@ -565,6 +568,10 @@ class Store(ABC):
 
     @abstractmethod
     async def get_order(self, shop_id: str, order_id: str) -> OrderRecord | None: ...
+
+    @abstractmethod
+    async def get_orders(self, shop_id: str, order_ids: Sequence[str]) -> list[OrderRecord]:
+        """These storefront orders as known at Klarna (those noted), each by its primary key."""
 
     @abstractmethod
     async def orders_expiring(

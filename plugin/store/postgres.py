@@ -42,10 +42,11 @@ from plugin.store.base import (
 )
 from plugin.store.records import (
     JOB_KINDS,
+    QUARTER_HOUR,
     SHIPMENT_FILTERS,
     AuditEntry,
     Callback,
-    CaptureDay,
+    CaptureQuarter,
     CaptureRecord,
     ComplianceRequest,
     Delivery,
@@ -83,7 +84,7 @@ from plugin.store.sql import (
     SEALED_WEBHOOK_SECRETS,
     SHIPMENT_COUNTS,
     cap,
-    captures_by_day,
+    captures_by_quarter,
     delivery_row,
     find_shipments,
     finite,
@@ -339,9 +340,10 @@ _ADD_AUDIT = (
 _SAVE_PLAN = (
     "WITH saved AS (INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"  # noqa: S608 - constant fragments; values bound
     " currency, state, idempotency_key, planned_at, request, klarna_reference, error,"
-    " created_at, updated_at, completes_order, authorization_expires_at)"
+    " created_at, updated_at, completes_order, authorization_expires_at, order_number,"
+    " order_amount)"
     " VALUES ($1, $2, $3, $4, $5, 'planned', $6, $7, $8, $9, NULL, $7, $7, $10,"
-    " $15::double precision)"
+    " $15::double precision, $17::text, $18::bigint)"
     " ON CONFLICT (shop_id, fulfillment_id) DO UPDATE SET"
     " order_id = excluded.order_id, klarna_order_id = excluded.klarna_order_id,"
     " currency = excluded.currency, state = 'planned',"
@@ -350,7 +352,9 @@ _SAVE_PLAN = (
     " error = NULL, updated_at = excluded.updated_at,"
     " completes_order = excluded.completes_order,"
     " authorization_expires_at = coalesce(excluded.authorization_expires_at,"
-    "   captures.authorization_expires_at)"
+    "   captures.authorization_expires_at),"
+    " order_number = coalesce(excluded.order_number, captures.order_number),"
+    " order_amount = coalesce(excluded.order_amount, captures.order_amount)"
     " WHERE captures.capture_id IS NULL AND (captures.request IS NULL"
     "   OR length(captures.request) = 0 OR captures.planned_at IS NULL"
     "   OR captures.planned_at < $16::double precision) RETURNING *),"
@@ -1189,11 +1193,11 @@ class PostgresStore(Store):
         rows = await self._fetch(_SHIPMENTS_CHANGED, shop_id, start, end, at, job_id, limit)
         return [_record(row, Shipment) for row in rows]
 
-    async def captures_by_day(self, shop_id: str, since: float) -> list[CaptureDay]:
-        rows = await self._fetch(_CAPTURES_BY_DAY, shop_id, since)
+    async def captures_by_quarter(self, shop_id: str, since: float) -> list[CaptureQuarter]:
+        rows = await self._fetch(_CAPTURES_BY_QUARTER, shop_id, since)
         return [
-            CaptureDay(
-                day=int(row["day"]),
+            CaptureQuarter(
+                quarter=int(row["quarter"]),
                 currency=row["currency"],
                 count=int(row["count"]),
                 amount=int(row["amount"]),  # sum() of BIGINT is a NUMERIC
@@ -1262,6 +1266,8 @@ class PostgresStore(Store):
             *_note_values(note),
             plan.authorization_expires_at,
             plan.replaces_plans_before,
+            plan.order_number,
+            plan.order_amount,
         )
         return _record(row, CaptureRecord) if row else None
 
@@ -1396,6 +1402,15 @@ class PostgresStore(Store):
             "SELECT * FROM orders WHERE shop_id = $1 AND order_id = $2", shop_id, order_id
         )
         return _record(row, OrderRecord) if row else None
+
+    async def get_orders(self, shop_id: str, order_ids: Sequence[str]) -> list[OrderRecord]:
+        rows = await self._fetch(
+            "SELECT * FROM orders WHERE shop_id = $1 AND order_id = ANY($2::text[])"
+            " ORDER BY order_id",
+            shop_id,
+            list(order_ids),
+        )
+        return [_record(row, OrderRecord) for row in rows]
 
     async def orders_expiring(
         self,
@@ -1824,7 +1839,8 @@ _SHIPMENTS = (
     "SELECT j.id AS job_id, j.key AS fulfillment_id, j.state AS job_state, j.attempts,"
     " j.last_error, j.created_at AS received_at, j.updated_at, c.state AS capture_state,"
     " c.order_id, c.klarna_order_id, c.currency, c.request AS planned_request,"
-    " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info,"
+    " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info, c.order_number,"
+    " c.order_amount,"
     " coalesce(c.send_out_done, false) AS send_out_done, c.captured_at"
     " FROM jobs AS j LEFT JOIN captures AS c"
     " ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
@@ -1848,7 +1864,7 @@ _FIND_SHIPMENTS: dict[ShipmentFilter | None, str] = {
     for state in (None, *SHIPMENT_FILTERS)
 }
 _SHIPMENTS_CHANGED = shipments_changed(_SHIPMENTS)
-_CAPTURES_BY_DAY = captures_by_day("floor(c.captured_at / 86400)::bigint")
+_CAPTURES_BY_QUARTER = captures_by_quarter(f"floor(c.captured_at / {QUARTER_HOUR})::bigint")
 # Dead jobs of the shop $2 among the ids $3, queued again: each found by its primary key.
 _REQUEUE_DEAD = (
     "UPDATE jobs SET state = 'queued', due_at = $1, attempts = 0, updated_at = $1"

@@ -172,6 +172,8 @@ class CaptureRecord(msgspec.Struct, kw_only=True):
     completes_order: bool = False
     # When the Klarna order's authorization runs out (its `expires_at`), as read when planning.
     authorization_expires_at: float | None = None
+    order_number: str | None = None  # the storefront's order number, as planning read it
+    order_amount: int | None = None  # the Klarna order's `order_amount`, as planning read it
 
 
 class Operation(msgspec.Struct, kw_only=True):
@@ -272,6 +274,8 @@ class Shipment(msgspec.Struct, kw_only=True):
     shipping_info: str | None = None
     send_out_done: bool = False
     captured_at: float | None = None
+    order_number: str | None = None  # the storefront's, when planned
+    order_amount: int | None = None  # the Klarna order's amount when planned
 
 
 # What the activity view filters a shop's shipments by: failed for good (a dead letter), its job
@@ -291,10 +295,25 @@ class FoundShipments(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CaptureDay(msgspec.Struct, frozen=True, kw_only=True):
-    """A shop's captures of one currency made on one day (UTC): how many, and their sum in
+    """A shop's captures of one currency made on one day of the shop's calendar: how many, and
+    their sum in minor units."""
+
+    day: int  # days since 1970-01-01 on the shop's calendar
+    currency: str
+    count: int
+    amount: int
+
+
+# The store sums captures by quarter hour: every time zone's offset from UTC is a whole number of
+# quarter hours, so they add up to the days of any zone, its changes of offset included.
+QUARTER_HOUR = 900
+
+
+class CaptureQuarter(msgspec.Struct, frozen=True, kw_only=True):
+    """A shop's captures of one currency made in one quarter hour: how many, and their sum in
     minor units."""
 
-    day: int  # days since 1970-01-01, UTC
+    quarter: int  # whole quarter hours since 1970-01-01 00:00 UTC
     currency: str
     count: int
     amount: int

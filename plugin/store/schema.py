@@ -297,4 +297,14 @@ MIGRATIONS: tuple[str, ...] = (
         sent_at REAL NOT NULL
     );
     """,
+    # 11: the activity view, reviewed (issue 19): a shop's dead letters along their own partial
+    # index, newest first, not along jobs_state, the dead letters of every shop; and on each
+    # ledger row what the list and the export show without asking Klarna: the storefront's order
+    # number (searched within the view's bounded look, so no index) and the Klarna order's
+    # amount when the capture was planned (to mark a partial capture).
+    """
+    CREATE INDEX jobs_shop_dead ON jobs (shop_id, updated_at, id) WHERE state = 'dead';
+    ALTER TABLE captures ADD COLUMN order_number TEXT;
+    ALTER TABLE captures ADD COLUMN order_amount INTEGER;
+    """,
 )

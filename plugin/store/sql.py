@@ -89,8 +89,9 @@ FILTER_PREDICATES: dict[str, str] = {
 
 def find_shipments(shipments: str, state: str | None) -> str:
     """The shop's shipments matching the filter `state` and the search $6 (NULL: any; else a
-    fulfilment id, storefront order id, Klarna reference or Klarna order id, exactly), among at
-    most $4 of them changed before ($2, $3), newest first, at most $5. `shipments` is the
+    fulfilment id, storefront order id or number, Klarna reference or Klarna order id, exactly,
+    among the look's rows: no index of their own), among at most $4 of them changed before
+    ($2, $3), newest first, at most $5. `shipments` is the
     backend's SELECT of shipments from jobs `j` and captures `c`, read here from the look's rows.
     The look is bounded, not the matches' index: the $4 are one range of jobs_shop_activity
     (shop, kind, updated_at, id), each joined to its ledger row by the captures' primary key."""
@@ -101,7 +102,7 @@ def find_shipments(shipments: str, state: str | None) -> str:
         " AND (updated_at, id) < ($2, $3) ORDER BY updated_at DESC, id DESC LIMIT $4)"
         f" {looked_at} WHERE {where}"
         " AND (CAST($6 AS TEXT) IS NULL OR CAST($6 AS TEXT) IN"
-        " (j.key, c.order_id, c.klarna_reference, c.klarna_order_id))"
+        " (j.key, c.order_id, c.order_number, c.klarna_reference, c.klarna_order_id))"
         " ORDER BY j.updated_at DESC, j.id DESC LIMIT $5"
     )
 
@@ -124,13 +125,13 @@ def shipments_changed(shipments: str) -> str:
     )
 
 
-def captures_by_day(day: str) -> str:
-    """The shop's captures made since $2, by day (`day`: the backend's whole days since the epoch
-    of c.captured_at) and currency. Found along jobs_shop_activity from $2 on, each joined to its
-    ledger row by primary key: a fulfilment's job changes last when it ends, after its capture, so
-    a capture made since $2 has its job changed since $2 too."""
+def captures_by_quarter(quarter: str) -> str:
+    """The shop's captures made since $2, by quarter hour (`quarter`: the backend's whole quarter
+    hours since the epoch of c.captured_at) and currency. Found along jobs_shop_activity from $2
+    on, each joined to its ledger row by primary key: a fulfilment's job changes last when it
+    ends, after its capture, so a capture made since $2 has its job changed since $2 too."""
     return (
-        f"SELECT {day} AS day, c.currency, count(*) AS count,"  # noqa: S608 - constant fragments
+        f"SELECT {quarter} AS quarter, c.currency, count(*) AS count,"  # noqa: S608 - constant fragments
         " sum(c.captured_amount) AS amount"
         " FROM jobs AS j JOIN captures AS c ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
         " WHERE j.shop_id = $1 AND j.kind = 'fulfillment' AND j.updated_at >= $2"
@@ -141,7 +142,7 @@ def captures_by_day(day: str) -> str:
 
 # The shop's shipments by job state, each count one range of one index: waiting ones by
 # job_waits_shop, queued by jobs_queued_shop, running by jobs_running_shop (both partial on the
-# state), dead along jobs_state, the dead letters of every shop: few, each one an alarm.
+# state), dead by jobs_shop_dead (partial on the state: the shop's dead letters only).
 SHIPMENT_COUNTS = (
     "SELECT (SELECT count(*) FROM job_waits AS w JOIN jobs AS j ON j.id = w.job_id"
     "  WHERE w.shop_id = $1 AND j.state = 'waiting' AND j.kind = 'fulfillment') AS waiting,"
@@ -152,7 +153,8 @@ SHIPMENT_COUNTS = (
     " (SELECT count(*) FROM jobs WHERE state = 'dead' AND shop_id = $1"
     "  AND kind = 'fulfillment') AS dead"
 )
-# The shop's dead letters of every kind, most recent first, at most $2, along jobs_state.
+# The shop's dead letters of every kind, most recent first, at most $2: one range of
+# jobs_shop_dead (shop, updated_at, id), read in its order.
 DEAD_JOBS = (
     "SELECT * FROM jobs WHERE state = 'dead' AND shop_id = $1"
     " ORDER BY updated_at DESC, id DESC LIMIT $2"

@@ -34,10 +34,11 @@ from plugin.store.base import (
 )
 from plugin.store.records import (
     JOB_KINDS,
+    QUARTER_HOUR,
     SHIPMENT_FILTERS,
     AuditEntry,
     Callback,
-    CaptureDay,
+    CaptureQuarter,
     CaptureRecord,
     ComplianceRequest,
     Delivery,
@@ -76,7 +77,7 @@ from plugin.store.sql import (
     SEALED_WEBHOOK_SECRETS,
     SHIPMENT_COUNTS,
     cap,
-    captures_by_day,
+    captures_by_quarter,
     delivery_row,
     find_shipments,
     finite,
@@ -856,11 +857,11 @@ class SqliteStore(Store):
         )
         return [msgspec.convert(dict(row), Shipment, strict=False) for row in rows]
 
-    async def captures_by_day(self, shop_id: str, since: float) -> list[CaptureDay]:
+    async def captures_by_quarter(self, shop_id: str, since: float) -> list[CaptureQuarter]:
         rows = await self._read(
-            lambda conn: conn.execute(_CAPTURES_BY_DAY, (shop_id, since)).fetchall()
+            lambda conn: conn.execute(_CAPTURES_BY_QUARTER, (shop_id, since)).fetchall()
         )
-        return [msgspec.convert(dict(row), CaptureDay, strict=False) for row in rows]
+        return [msgspec.convert(dict(row), CaptureQuarter, strict=False) for row in rows]
 
     async def shipment_counts(self, shop_id: str) -> ShipmentCounts:
         row = await self._read(lambda conn: conn.execute(_SHIPMENT_COUNTS, (shop_id,)).fetchone())
@@ -911,8 +912,9 @@ class SqliteStore(Store):
             row = conn.execute(
                 "INSERT INTO captures (shop_id, fulfillment_id, order_id, klarna_order_id,"
                 " currency, state, idempotency_key, planned_at, request, klarna_reference, error,"
-                " created_at, updated_at, completes_order, authorization_expires_at)"
-                " VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, NULL, ?, ?, ?, ?)"
+                " created_at, updated_at, completes_order, authorization_expires_at,"
+                " order_number, order_amount)"
+                " VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (shop_id, fulfillment_id) DO UPDATE SET"
                 " order_id = excluded.order_id, klarna_order_id = excluded.klarna_order_id,"
                 " currency = excluded.currency, state = 'planned',"
@@ -921,7 +923,9 @@ class SqliteStore(Store):
                 " error = NULL, updated_at = excluded.updated_at,"
                 " completes_order = excluded.completes_order,"
                 " authorization_expires_at = coalesce(excluded.authorization_expires_at,"
-                "   captures.authorization_expires_at)"
+                "   captures.authorization_expires_at),"
+                " order_number = coalesce(excluded.order_number, captures.order_number),"
+                " order_amount = coalesce(excluded.order_amount, captures.order_amount)"
                 " WHERE captures.capture_id IS NULL AND (captures.request IS NULL"
                 "   OR length(captures.request) = 0 OR captures.planned_at IS NULL"
                 "   OR captures.planned_at < ?) RETURNING *",
@@ -939,6 +943,8 @@ class SqliteStore(Store):
                     now,
                     plan.completes_order,
                     plan.authorization_expires_at,
+                    plan.order_number,
+                    plan.order_amount,
                     plan.replaces_plans_before,
                 ),
             ).fetchone()
@@ -1076,6 +1082,17 @@ class SqliteStore(Store):
             ).fetchone()
         )
         return _order(row) if row else None
+
+    async def get_orders(self, shop_id: str, order_ids: Sequence[str]) -> list[OrderRecord]:
+        marks = ", ".join("?" for _ in order_ids)
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT * FROM orders WHERE shop_id = ? AND order_id IN ({marks})"  # noqa: S608
+                " ORDER BY order_id",
+                (shop_id, *order_ids),
+            ).fetchall()
+        )
+        return [_order(row) for row in rows]
 
     async def orders_expiring(
         self,
@@ -1503,7 +1520,8 @@ _SHIPMENTS = (
     "SELECT j.id AS job_id, j.key AS fulfillment_id, j.state AS job_state, j.attempts,"
     " j.last_error, j.created_at AS received_at, j.updated_at, c.state AS capture_state,"
     " c.order_id, c.klarna_order_id, c.currency, c.request AS planned_request,"
-    " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info,"
+    " c.captured_amount, c.capture_id, c.klarna_reference, c.shipping_info, c.order_number,"
+    " c.order_amount,"
     " coalesce(c.send_out_done, 0) AS send_out_done, c.captured_at"
     " FROM jobs AS j LEFT JOIN captures AS c"
     " ON c.shop_id = j.shop_id AND c.fulfillment_id = j.key"
@@ -1518,14 +1536,16 @@ _FIND_SHIPMENTS: dict[ShipmentFilter | None, str] = {
 }
 _SCANNED_TO = _numbered(SCANNED_TO)
 _SHIPMENTS_CHANGED = _numbered(shipments_changed(_SHIPMENTS))
-# Whole days since the epoch: truncation is the floor, for times after 1970.
-_CAPTURES_BY_DAY = _numbered(captures_by_day("CAST(c.captured_at / 86400 AS INTEGER)"))
-# INDEXED BY: left alone, SQLite counts a shop's dead shipments along jobs_shop_activity, every
-# job the shop ever had, not along the dead letters.
-_SHIPMENT_COUNTS = _numbered(SHIPMENT_COUNTS).replace(
-    "FROM jobs WHERE state = 'dead'", "FROM jobs INDEXED BY jobs_state WHERE state = 'dead'"
+# Whole quarter hours since the epoch: truncation is the floor, for times after 1970.
+_CAPTURES_BY_QUARTER = _numbered(
+    captures_by_quarter(f"CAST(c.captured_at / {QUARTER_HOUR} AS INTEGER)")
 )
-_DEAD_JOBS = _numbered(DEAD_JOBS).replace("FROM jobs", "FROM jobs INDEXED BY jobs_state")
+# INDEXED BY: left alone, SQLite counts a shop's dead shipments along jobs_shop_activity, every
+# job the shop ever had, not along the shop's dead letters.
+_SHIPMENT_COUNTS = _numbered(SHIPMENT_COUNTS).replace(
+    "FROM jobs WHERE state = 'dead'", "FROM jobs INDEXED BY jobs_shop_dead WHERE state = 'dead'"
+)
+_DEAD_JOBS = _numbered(DEAD_JOBS).replace("FROM jobs", "FROM jobs INDEXED BY jobs_shop_dead")
 # Dead jobs of the shop ?2 among the ids ?3 (a JSON array), queued again. NOT INDEXED: each is
 # found by its id, not among all the shop's jobs along jobs_shop_activity.
 _REQUEUE_DEAD = (

@@ -7,14 +7,22 @@ import csv
 import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import msgspec
 
 from plugin import money
 from plugin.errors import JobError, PluginError
-from plugin.store.records import SHIPMENT_FILTERS, CaptureDay, Shipment, ShipmentFilter
+from plugin.store.records import (
+    QUARTER_HOUR,
+    SHIPMENT_FILTERS,
+    CaptureDay,
+    CaptureQuarter,
+    Shipment,
+    ShipmentFilter,
+)
 
 DAY = 86_400
 # A search names a fulfilment, an order or a Klarna reference or order: at most as long as an id.
@@ -29,18 +37,24 @@ WEEK_DAYS = 7
 ERROR_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 # A spreadsheet reads a cell starting with one of these as a formula (OWASP's CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-EXPORT_HEADER = (
-    "Order",
-    "Fulfilment",
-    "Klarna order",
-    "Klarna reference",
-    "State",
-    "Captured amount",
-    "Currency",
-    "Captured at (UTC)",
-    "Order refunded",
-    "Last change (UTC)",
-)
+EPOCH = date(1970, 1, 1)
+
+
+def export_header(zone: ZoneInfo) -> list[str]:
+    """The export's header row: its times are in the shop's time zone, which it names."""
+    return [
+        "Order",
+        "Fulfilment",
+        "Klarna order",
+        "Klarna reference",
+        "State",
+        "Captured amount",
+        "Currency",
+        f"Captured at ({zone.key})",
+        "Order refunded",
+        f"Last change ({zone.key})",
+        "Order number",
+    ]
 
 
 class BadQuery(PluginError):
@@ -95,14 +109,33 @@ def read_range(params: Mapping[str, str]) -> tuple[date, date]:
     return first, last
 
 
-def day_start(day: date) -> float:
-    """The first second of `day`, UTC."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+def day_start(day: date, zone: ZoneInfo) -> float:
+    """The first moment of `day` in the shop's time zone (a day of a change of offset is 23 or
+    25 hours long: each day starts on its own)."""
+    return datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
 
 
-def day_of(at: float) -> int:
-    """Whole days since 1970-01-01 (UTC) of the time `at`, as the store counts them."""
-    return int(at // DAY)
+def day_of(at: float, zone: ZoneInfo) -> int:
+    """Whole days since 1970-01-01 on the shop's calendar of the time `at`."""
+    return (datetime.fromtimestamp(at, zone).date() - EPOCH).days
+
+
+def local_date(day: int) -> date:
+    """The date of a day counted as day_of counts them."""
+    return EPOCH + timedelta(days=day)
+
+
+def by_day(quarters: Iterable[CaptureQuarter], zone: ZoneInfo) -> list[CaptureDay]:
+    """The store's quarter hours of captures added up to the days of the shop's time zone."""
+    found: dict[tuple[int, str], tuple[int, int]] = {}
+    for quarter in quarters:
+        key = (day_of(quarter.quarter * QUARTER_HOUR, zone), quarter.currency)
+        count, amount = found.get(key, (0, 0))
+        found[key] = (count + quarter.count, amount + quarter.amount)
+    return [
+        CaptureDay(day=day, currency=currency, count=count, amount=amount)
+        for (day, currency), (count, amount) in sorted(found.items())
+    ]
 
 
 class Total(msgspec.Struct, kw_only=True):
@@ -159,7 +192,7 @@ def chart(days: Iterable[CaptureDay], today: int) -> Chart:
     most = max(numbers, default=0)
     bars = []
     for index, count in enumerate(numbers):
-        when = date(1970, 1, 1) + timedelta(days=today - CHART_DAYS + 1 + index)
+        when = local_date(today - CHART_DAYS + 1 + index)
         height = round(plot * count / most) if most else 0
         bars.append(
             Bar(
@@ -203,10 +236,11 @@ def decimal(amount: int | None, currency: str) -> str:
         return ""
 
 
-def utc(at: float | None) -> str:
+def local(at: float | None, zone: ZoneInfo) -> str:
+    """A moment in the shop's time zone, to the second (the header names the zone)."""
     if at is None:
         return ""
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(at, zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def neutralise(cell: str) -> str:
@@ -214,8 +248,8 @@ def neutralise(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
-def export_row(shipment: Shipment, state: str, refunded: int | None) -> list[str]:
-    """One shipment as a row of the export (EXPORT_HEADER's columns)."""
+def export_row(shipment: Shipment, state: str, refunded: int | None, zone: ZoneInfo) -> list[str]:
+    """One shipment as a row of the export (export_header's columns)."""
     currency = shipment.currency or ""
     cells = [
         shipment.order_id or "",
@@ -225,9 +259,10 @@ def export_row(shipment: Shipment, state: str, refunded: int | None) -> list[str
         state,
         decimal(shipment.captured_amount, currency),
         currency,
-        utc(shipment.captured_at),
+        local(shipment.captured_at, zone),
         decimal(refunded, currency),
-        utc(shipment.updated_at),
+        local(shipment.updated_at, zone),
+        shipment.order_number or "",
     ]
     return [neutralise(cell) for cell in cells]
 

@@ -52,9 +52,13 @@ def shipment_state(
     return RECEIVED
 
 
-def partly_captured(captured: int, order_amount: int, currency: str) -> State | None:
-    """The state of a shipment whose Klarna order is captured only in part (None: in full)."""
-    if captured >= order_amount:
+def partly_captured(
+    captured: int, remaining: int, order_amount: int, currency: str
+) -> State | None:
+    """The state of a shipment whose Klarna order is captured only in part and still holds an
+    authorization for more (`remaining`). None when captured in full, or when nothing remains to
+    capture: the rest released, cancelled or run out, so what was captured is all there is."""
+    if remaining <= 0 or captured >= order_amount:
         return None
     label = f"Partly captured: {amount(captured, currency)} of {amount(order_amount, currency)}"
     return State(label=label, tone="partial")

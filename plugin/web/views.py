@@ -3,8 +3,8 @@ link and of the confirmation of a new sign-in address (what they do is signin.py
 
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -386,6 +386,7 @@ class Row(msgspec.Struct, kw_only=True):
     klarna_reference: str
     klarna_order_id: str
     order_id: str
+    order_number: str  # the storefront's, as its merchant knows the order ("" when not known)
     updated_at: float
     error: dict[str, Any] | None
     dead: bool
@@ -412,6 +413,7 @@ def _row(shipment: Shipment) -> Row:
         klarna_reference=shipment.klarna_reference or "",
         klarna_order_id=shipment.klarna_order_id or "",
         order_id=shipment.order_id or "",
+        order_number=shipment.order_number or "",
         updated_at=shipment.updated_at,
         error=error,
         dead=shipment.job_state == "dead",
@@ -475,6 +477,52 @@ def _call(op: OrderOperation) -> Call:
         error=_job_error(op.error) if op.state == "failed" else None,
         at=op.updated_at,
     )
+
+
+async def _partly_captured(
+    service: Service, shop: Shop, shipments: Sequence[Shipment]
+) -> dict[str, present.State]:
+    """The captured shipments among these whose Klarna order is captured only in part and still
+    holds the rest, by fulfilment id, as the ledger knows it (no call to Klarna): the order's
+    captures summed against its amount when planned, while the order is open (none of it
+    released, cancelled or run out). Two reads, however many shipments."""
+    known = [
+        s for s in shipments if s.capture_state == "captured" and s.order_amount and s.order_id
+    ]
+    order_ids = list(dict.fromkeys(s.order_id for s in known if s.order_id))
+    if not order_ids:
+        return {}
+    captured: dict[str, int] = {}
+    for capture in await service.store.order_captures(shop.id, order_ids):
+        if capture.state == "captured":
+            captured[capture.order_id] = captured.get(capture.order_id, 0) + (
+                capture.captured_amount or 0
+            )
+    open_orders = {
+        order.order_id
+        for order in await service.store.get_orders(shop.id, order_ids)
+        if order.state == "open"
+    }
+    found: dict[str, present.State] = {}
+    for s in known:
+        if s.order_id not in open_orders or not s.order_amount:
+            continue
+        done = captured.get(s.order_id, 0)
+        partly = present.partly_captured(
+            done, s.order_amount - done, s.order_amount, s.currency or ""
+        )
+        if partly is not None:
+            found[s.fulfillment_id] = partly
+    return found
+
+
+def _mark_partly(row: Row, partly: Mapping[str, present.State]) -> Row:
+    """A captured row whose order is captured only in part says so (a failure, a wait, says
+    what it says)."""
+    state = partly.get(row.fulfillment_id)
+    if state is not None and row.tone == "done":
+        row.state, row.tone = state.label, state.tone
+    return row
 
 
 async def _operations(
@@ -579,11 +627,14 @@ class Summary(msgspec.Struct, kw_only=True):
 
 
 async def _summary(service: Service, shop: Shop, now: float) -> Summary:
-    """Three indexed reads: the captures of the last CHART_DAYS days by day, the shipments by job
-    state, and the shop's dead letters (at most DEAD_LIMIT)."""
-    today = activity_view.day_of(now)
+    """Three indexed reads: the captures of the last CHART_DAYS days of the shop's time zone (by
+    quarter hour, added up to its days), the shipments by job state, and the shop's dead letters
+    (at most DEAD_LIMIT)."""
+    zone = present.zone(shop.options.time_zone)
+    today = activity_view.day_of(now, zone)
     first_day = today - activity_view.CHART_DAYS + 1
-    days = await service.store.captures_by_day(shop.id, float(first_day * activity_view.DAY))
+    since = activity_view.day_start(activity_view.local_date(first_day), zone)
+    days = activity_view.by_day(await service.store.captures_by_quarter(shop.id, since), zone)
     counts = await service.store.shipment_counts(shop.id)
     codes: dict[str, int] = {}
     for job in await service.store.dead_jobs(shop.id, limit=DEAD_LIMIT):
@@ -668,7 +719,8 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
         # A filtered look that stopped at its bound goes on from there: older ones may match.
         next_at = scanned_to
     next_cursor = f"{next_at[0]!r}_{next_at[1]}" if next_at is not None else None
-    rows = [_row(s) for s in shipments]
+    partly = await _partly_captured(service, shop, shipments)
+    rows = [_mark_partly(_row(s), partly) for s in shipments]
     # The orders of this page's shipments: their refunds, cancellation, release and extensions,
     # and those whose own job failed for good.
     order_ids = list(dict.fromkeys(row.order_id for row in rows if row.order_id))
@@ -688,7 +740,10 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
             "scan": activity_view.SCAN,
             "summary": await _summary(service, shop, time.time()),
             "requeued": _requeued(request, shop),
-            "today": activity_view.utc(time.time())[:10],
+            "today": activity_view.local_date(
+                activity_view.day_of(time.time(), present.zone(shop.options.time_zone))
+            ).isoformat(),
+            "time_zone": present.zone(shop.options.time_zone).key,
             "csrf_token": request.state.csrf_token,
             "waiting": await _waiting_banner(service, shop),
         },
@@ -699,18 +754,22 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
 async def export_activity(
     request: Request, service: Service, shop: Shop, session: Session
 ) -> Response:
-    """The shop's shipments last changed within a range of days (UTC, both included) as CSV,
-    streamed a page of EXPORT_PAGE at a time, each page one indexed read and one of its orders'
-    refunds."""
+    """The shop's shipments last changed within a range of days of its time zone (both
+    included) as CSV, streamed a page of EXPORT_PAGE at a time, each page one indexed read, one
+    of its orders' refunds and two of what marks a partial capture."""
     try:
         first, last = activity_view.read_range(request.query_params)
     except activity_view.BadQuery as exc:
         return message(request, "Bad export", str(exc), 400)
-    start = activity_view.day_start(first)
-    end = activity_view.day_start(last) + activity_view.DAY
+    zone = present.zone(shop.options.time_zone)
+    start = activity_view.day_start(first, zone)
+    # The end is the next day's start (a day of a change of offset is not 24 hours long).
+    end = activity_view.day_start(last, zone) + activity_view.DAY
+    if last < date.max:
+        end = activity_view.day_start(last + timedelta(days=1), zone)
 
     async def lines() -> AsyncIterator[str]:
-        yield activity_view.csv_text([activity_view.EXPORT_HEADER])
+        yield activity_view.csv_text([activity_view.export_header(zone)])
         after: tuple[float, int] | None = None
         while True:
             page = await service.store.shipments_changed(
@@ -719,6 +778,7 @@ async def export_activity(
             if not page:
                 return
             order_ids = list(dict.fromkeys(s.order_id for s in page if s.order_id))
+            partly = await _partly_captured(service, shop, page)
             refunded: dict[str, int] = {}
             for op in await _operations(service, shop, order_ids):
                 if op.kind == "refund" and op.state == "done":
@@ -727,10 +787,9 @@ async def export_activity(
                 [
                     activity_view.export_row(
                         s,
-                        present.shipment_state(
-                            s.job_state, s.attempts, s.capture_state, s.capture_id
-                        ).label,
+                        _mark_partly(_row(s), partly).state,
                         refunded.get(s.order_id or ""),
+                        zone,
                     )
                     for s in page
                 ]
@@ -790,7 +849,10 @@ async def _shipment_page(
         else:
             capture = next((c for c in order.captures if c.capture_id == shipment.capture_id), None)
             partly = present.partly_captured(
-                order.captured_amount, order.order_amount, row.currency
+                order.captured_amount,
+                order.remaining_authorized_amount,
+                order.order_amount,
+                row.currency,
             )
             if partly is not None and row.tone == "done":
                 row.state, row.tone = partly.label, partly.tone

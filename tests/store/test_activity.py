@@ -1,7 +1,7 @@
 """What the activity view reads of a shop, on every backend (a real SQLite file and a real
 PostgreSQL database of each test's own): shipments filtered and searched within a bounded look,
-page after page; captures by day and currency; shipments counted by where their job stands; the
-export's range; and the dead letters, retried together, the shop's own only."""
+page after page; captures by quarter hour and currency; shipments counted by where their job
+stands; the export's range; and the dead letters, retried together, the shop's own only."""
 
 import re
 import sqlite3
@@ -16,6 +16,7 @@ from plugin.errors import JobError
 from plugin.store import (
     Captured,
     FinishOrderOperation,
+    NoteOrder,
     Plan,
     PlanOrderOperation,
     Store,
@@ -23,7 +24,14 @@ from plugin.store import (
 )
 from plugin.store import postgres as postgres_store
 from plugin.store import sqlite as sqlite_store
-from plugin.store.records import KLARNA_CREDENTIALS, CaptureDay, Shipment, ShipmentCounts
+from plugin.store.records import (
+    KLARNA_CREDENTIALS,
+    QUARTER_HOUR,
+    CaptureQuarter,
+    OrderState,
+    Shipment,
+    ShipmentCounts,
+)
 from plugin.store.schema import MIGRATIONS
 from plugin.store.sql import DEAD_JOBS, SCANNED_TO, SHIPMENT_COUNTS
 from tests.store.test_store import NOW, add_shop, database_url, receive, store
@@ -33,7 +41,6 @@ __all__ = ["database_url", "store"]  # fixtures
 pytestmark = pytest.mark.anyio
 
 DAY = 86_400.0
-TODAY = int(NOW // DAY)
 FULFILMENTS = ("fulfillment",)
 
 
@@ -70,6 +77,8 @@ async def captured(
         idempotency_key=f"key-{fulfillment_id}",
         request=b"",
         klarna_reference=f"REF-{order_id}",
+        order_number=f"#{order_id}",
+        order_amount=amount + 600,
     )
     assert await store.save_plan(plan, at) is not None
     done = Captured(
@@ -153,12 +162,42 @@ async def test_shipments_are_filtered_and_searched_within_the_shop(store: Store)
     assert await find(search="REF-O1") == ["C1"]  # the Klarna reference
     assert await find(search="klarna-O2") == ["C2"]  # the Klarna order
     assert await find(search="D1") == ["D1"]  # the fulfilment
+    assert await find(search="#O2") == ["C2"]  # the storefront's order number
     assert await find(search="X1") == []  # another shop's
     assert await find(search="ref-o1") == []  # exactly
     assert await find(state="captured", search="O1") == ["C1"]
     found = await store.find_shipments("shop_1")
     [c1] = [s for s in found.shipments if s.fulfillment_id == "C1"]
     assert (c1.captured_amount, c1.currency, c1.captured_at) == (6000, "EUR", NOW + 1)
+    assert (c1.order_number, c1.order_amount) == ("#O1", 6600)
+    record = await store.get_capture("shop_1", "C1")
+    assert record is not None
+    assert (record.order_number, record.order_amount) == ("#O1", 6600)
+
+
+async def test_orders_are_read_together_by_their_ids(store: Store) -> None:
+    await add_shop(store)
+    await add_shop(store, "shop_2")
+    orders: list[tuple[str, str, OrderState | None]] = [
+        ("shop_1", "O1", None),
+        ("shop_1", "O2", "closed"),
+        ("shop_1", "O3", None),
+        ("shop_2", "O1", None),
+    ]
+    for shop_id, order_id, state in orders:
+        note = NoteOrder(
+            shop_id=shop_id,
+            order_id=order_id,
+            klarna_order_id=f"k-{order_id}",
+            currency="EUR",
+            state=state,
+        )
+        await store.note_order(note, NOW)
+    found = await store.get_orders("shop_1", ["O2", "O1", "O9"])
+    assert [(o.shop_id, o.order_id, o.state) for o in found] == [
+        ("shop_1", "O1", "open"),
+        ("shop_1", "O2", "closed"),
+    ]
 
 
 async def test_a_filtered_look_is_bounded_and_goes_on_where_it_stopped(store: Store) -> None:
@@ -181,7 +220,7 @@ async def test_a_filtered_look_is_bounded_and_goes_on_where_it_stopped(store: St
     assert keys(rest.shipments) == ["W1"]
 
 
-async def test_captures_are_summed_by_day_and_currency_since_a_time(store: Store) -> None:
+async def test_captures_are_summed_by_quarter_hour_and_currency_since_a_time(store: Store) -> None:
     await add_shop(store)
     await add_shop(store, "shop_2")
     await captured(store, "A", NOW - 3 * DAY, amount=1000)
@@ -189,6 +228,7 @@ async def test_captures_are_summed_by_day_and_currency_since_a_time(store: Store
     await captured(store, "C", NOW - DAY + 1, amount=500, currency="SEK", order_id="O2")
     await captured(store, "D", NOW, amount=6000)
     await captured(store, "E", NOW + 1, amount=1, order_id="O3")
+    await captured(store, "I", NOW + QUARTER_HOUR, amount=7, order_id="O4")  # the next quarter
     await captured(store, "F", NOW, amount=9999, shop_id="shop_2")
     await dead(store, "G", NOW, "NO_SUCH_ORDER")
     await receive(store, "H", at=NOW)  # planned, never captured
@@ -206,13 +246,16 @@ async def test_captures_are_summed_by_day_and_currency_since_a_time(store: Store
         NOW,
     )
 
-    days = await store.captures_by_day("shop_1", NOW - 2 * DAY)
-    assert days == [
-        CaptureDay(day=int((NOW - DAY) // DAY), currency="EUR", count=1, amount=2500),
-        CaptureDay(day=int((NOW - DAY) // DAY), currency="SEK", count=1, amount=500),
-        CaptureDay(day=TODAY, currency="EUR", count=2, amount=6001),
+    quarters = await store.captures_by_quarter("shop_1", NOW - 2 * DAY)
+    quarter = int(NOW // QUARTER_HOUR)  # NOW and NOW + 1 share one
+    yesterday = int((NOW - DAY) // QUARTER_HOUR)
+    assert quarters == [
+        CaptureQuarter(quarter=yesterday, currency="EUR", count=1, amount=2500),
+        CaptureQuarter(quarter=yesterday, currency="SEK", count=1, amount=500),
+        CaptureQuarter(quarter=quarter, currency="EUR", count=2, amount=6001),
+        CaptureQuarter(quarter=quarter + 1, currency="EUR", count=1, amount=7),
     ]
-    assert await store.captures_by_day("shop_1", NOW + 2) == []
+    assert await store.captures_by_quarter("shop_1", NOW + QUARTER_HOUR + 1) == []
 
 
 async def test_shipments_are_counted_by_where_their_job_stands(store: Store) -> None:
@@ -275,7 +318,7 @@ def test_each_statement_of_the_view_walks_an_index_on_sqlite(tmp_path: Path) -> 
             **{f"find {state}": query for state, query in sqlite_store._FIND_SHIPMENTS.items()},
             "scanned to": sqlite_store._SCANNED_TO,
             "changed": sqlite_store._SHIPMENTS_CHANGED,
-            "by day": sqlite_store._CAPTURES_BY_DAY,
+            "by quarter": sqlite_store._CAPTURES_BY_QUARTER,
             "counts": sqlite_store._SHIPMENT_COUNTS,
             "dead": sqlite_store._DEAD_JOBS,
             "requeue": sqlite_store._REQUEUE_DEAD,
@@ -296,6 +339,9 @@ def test_each_statement_of_the_view_walks_an_index_on_sqlite(tmp_path: Path) -> 
             ]
             assert scans == [], (name, plan)
             assert any("USING" in step for step in plan), (name, plan)
+            if name in ("counts", "dead"):  # the shop's dead letters, not every shop's
+                assert any("USING INDEX jobs_shop_dead" in step for step in plan), (name, plan)
+                assert not any("jobs_state" in step for step in plan), (name, plan)
 
 
 async def test_each_statement_of_the_view_walks_an_index_on_postgres(
@@ -349,7 +395,7 @@ async def test_each_statement_of_the_view_walks_an_index_on_postgres(
                 postgres_store._SHIPMENTS_CHANGED,
                 ("shop_7", NOW - 30 * DAY, NOW - 20 * DAY, NOW - 30 * DAY, -1, 500),
             ),
-            "by day": (postgres_store._CAPTURES_BY_DAY, ("shop_7", NOW - 14 * DAY)),
+            "by quarter": (postgres_store._CAPTURES_BY_QUARTER, ("shop_7", NOW - 14 * DAY)),
             "counts": (SHIPMENT_COUNTS, ("shop_7",)),
             "dead": (DEAD_JOBS, ("shop_7", 1000)),
             "requeue": (postgres_store._REQUEUE_DEAD, (NOW, "shop_7", [1, 2, 3])),
@@ -360,5 +406,9 @@ async def test_each_statement_of_the_view_walks_an_index_on_postgres(
                 step for step in plan if re.search(r"Seq Scan on (jobs|captures|order_op)", step)
             ]
             assert scans == [], (name, plan)
+            if name in ("counts", "dead"):  # the shop's dead letters, not every shop's
+                text = "\n".join(plan)
+                assert "jobs_shop_dead" in text, (name, plan)
+                assert "jobs_state" not in text, (name, plan)
     finally:
         await conn.close()

@@ -9,8 +9,10 @@ import io
 import re
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
@@ -200,6 +202,36 @@ def test_the_summary_sums_captures_per_currency_and_counts_waiting_and_dead(site
     assert sum(int(count) for _, count in days) == 5
 
 
+def test_the_summary_chart_and_export_count_the_days_of_the_shops_time_zone(site: Site) -> None:
+    """Kathmandu is 5 h 45 min ahead of UTC: a capture a minute before its midnight and one a
+    minute after are on one UTC day, and in one UTC hour, but on two of the shop's days."""
+    shop, _ = site.create_shop()
+    browser = site.sign_in(shop.id)
+    assert browser.save_settings(time_zone="Asia/Kathmandu").status_code == 303
+    zone = ZoneInfo("Asia/Kathmandu")
+    midnight = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+    today, yesterday = midnight.date(), (midnight - timedelta(days=1)).date()
+    add(site, shop.id, "before", at=midnight.timestamp() - 60, amount=100)
+    add(site, shop.id, "after", at=midnight.timestamp() + 60, amount=200, order_id="1002")
+
+    html = browser.get(f"{browser.base}/activity").text
+    assert text(section(html, "captured-today")) == "€2.00 (1 capture)"
+    assert text(section(html, "captured-week")) == "€3.00 (2 captures)"
+    chart = section(html, "captures-chart")
+    assert '<th scope="col">Day (Asia/Kathmandu)</th>' in chart
+    days = re.findall(r"<tr><td>([\d-]+)</td><td>(\d+)</td></tr>", chart)
+    assert days[-2:] == [(yesterday.isoformat(), "1"), (today.isoformat(), "1")]
+    # the export's form starts at the shop's today, and its range is of the shop's days
+    assert f'name="from" type="date" required value="{today.isoformat()}"' in html
+    answer = browser.get(f"{browser.base}/activity/export?from={today}&to={today}")
+    header, *rows = list(csv.reader(io.StringIO(answer.text)))
+    assert header[7] == "Captured at (Asia/Kathmandu)"
+    assert header[9] == "Last change (Asia/Kathmandu)"
+    assert [(row[1], row[7][:16]) for row in rows] == [("after", f"{today} 00:01")]
+    answer = browser.get(f"{browser.base}/activity/export?from={yesterday}&to={yesterday}")
+    assert [row[1] for row in csv.reader(io.StringIO(answer.text))][1:] == ["before"]
+
+
 def test_an_empty_shop_has_an_empty_summary(site: Site) -> None:
     shop, _ = site.create_shop()
     browser = site.sign_in(shop.id)
@@ -315,6 +347,7 @@ def test_the_export_lists_each_shipment_of_the_range_safe_for_spreadsheets(site:
         "Captured at (UTC)",
         "Order refunded",
         "Last change (UTC)",
+        "Order number",
     ]
     by_fulfilment = {row[1]: row for row in rows[1:]}
     assert set(by_fulfilment) == {"1001-F1", '\'=HYPERLINK("http://x")', "d1"}
@@ -388,6 +421,10 @@ def test_a_year_leap_day_included_is_exported(site: Site) -> None:
     answer = browser.get(f"{browser.base}/activity/export?from=2028-01-01&to=2028-12-31")
     assert answer.status_code == 200
     assert answer.text.splitlines()[0].startswith("Order,Fulfilment,")
+    # the last day there is has no next day to end at: still an answer, not an error
+    answer = browser.get(f"{browser.base}/activity/export?from=9999-12-31&to=9999-12-31")
+    assert answer.status_code == 200
+    assert len(answer.text.splitlines()) == 1
 
 
 # retry every dead letter of one error code

@@ -3,8 +3,10 @@ so, times follow the shop's time zone, the Klarna order links to Klarna's mercha
 shop's environment, a Retry's banner follows the job, the capture description has no
 placeholder that reads like a default, and the shipments stack on a phone."""
 
+import csv
+import io
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -15,7 +17,7 @@ from plugin.klarna import carriers
 from plugin.sandbox.klarna import KlarnaSandbox
 from plugin.store.records import Shop
 from plugin.web import present
-from tests.helpers import TOMATOES, shipment, wait_until
+from tests.helpers import TOMATOES, order_event, shipment, wait_until
 from tests.web.support import (
     Browser,
     Site,
@@ -56,6 +58,58 @@ def test_a_shipment_that_captures_part_of_its_order_says_how_much(
     )
 
 
+def test_the_list_and_export_mark_a_partial_capture_until_the_rest_is_released(
+    site: Site, shop: tuple[Shop, str], browser: Browser, klarna_sandbox: KlarnaSandbox
+) -> None:
+    """Without asking Klarna: the ledger holds the order's amount and number from planning, and
+    the order's state (open, or closed once its remaining authorization is released)."""
+    order = klarna_sandbox.create_order(order_amount=6600)  # 60.00 of it ship now
+    event = shipment(order.order_id, "1001-F1")
+    event["data"]["order_number"] = "#1001"
+    send(site, shop, event)
+    wait_until(lambda: captured(site.settings, shop[0].id, "1001-F1"), what="the capture")
+    partly = (
+        '<tr class="state-partial">\n    <td data-label="State">'
+        '<span class="badge">Partly captured: €60.00 of €66.00</span>'
+    )
+    today = datetime.now(UTC).date()
+    export = (
+        f"{browser.base}/activity/export?from={(today - timedelta(days=1)).isoformat()}"
+        f"&to={(today + timedelta(days=1)).isoformat()}"
+    )
+
+    page = browser.get(f"{browser.base}/activity").text
+    assert partly in page
+    assert "order #1001 (1001)" in page
+    [row] = list(csv.reader(io.StringIO(browser.get(export).text)))[1:]
+    assert (row[0], row[4], row[-1]) == ("1001", "Partly captured: €60.00 of €66.00", "#1001")
+    # the order number is searched, exactly, as the other ids are
+    assert "1001-F1" in browser.get(f"{browser.base}/activity?q=%231001").text
+    assert "1001-F1" not in browser.get(f"{browser.base}/activity?q=%23100").text
+
+    # the storefront closes the order: the rest of the authorization is released at Klarna
+    send(site, shop, order_event("order.closed", order.order_id, "1001"))
+
+    def closed() -> bool:
+        known = site.call(site.service.store.get_order, shop[0].id, "1001")
+        return known is not None and known.state == "closed"
+
+    wait_until(closed, what="the release")
+    assert klarna_sandbox.orders[order.order_id].remaining_authorized_amount == 0
+    page = browser.get(f"{browser.base}/activity").text
+    assert "Partly captured" not in page
+    assert (
+        '<tr class="state-done">\n    <td data-label="State"><span class="badge">Captured</span>'
+        in page
+    )
+    [row] = list(csv.reader(io.StringIO(browser.get(export).text)))[1:]
+    assert row[4] == "Captured"
+    # the shipment page reads Klarna's order: nothing remains, so it is captured too
+    assert '<span class="badge state-done">Captured</span>' in (
+        browser.get(f"{browser.base}/shipments/1001-F1").text
+    )
+
+
 def test_states_in_the_merchants_words() -> None:
     assert present.shipment_state("done", 1, "captured", "c1") == present.CAPTURED
     # captured, then its tracking sent or being sent: still captured
@@ -66,7 +120,12 @@ def test_states_in_the_merchants_words() -> None:
     )
     assert present.shipment_state("queued", 1, None, None) == present.RETRYING
     assert present.shipment_state("queued", 0, None, None) == present.RECEIVED
-    assert present.partly_captured(6600, 6600, "EUR") is None
+    assert present.partly_captured(6600, 0, 6600, "EUR") is None
+    # captured in part, the rest released: captured, not partly
+    assert present.partly_captured(6000, 0, 6600, "EUR") is None
+    assert present.partly_captured(6000, 600, 6600, "EUR") == present.State(
+        label="Partly captured: €60.00 of €66.00", tone="partial"
+    )
 
 
 def test_a_failed_shipment_whose_delivery_says_nothing_shows_the_ledgers_klarna_order(
