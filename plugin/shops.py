@@ -40,6 +40,7 @@ COMMON_OPTIONS = (
     "keep_alive_days",
     "failure_alerts",
     "time_zone",
+    "locale",
 )
 
 
