@@ -40,6 +40,7 @@ COMMON_OPTIONS = (
     "keep_alive_days",
     "failure_alerts",
     "time_zone",
+    "locale",
 )
 
 
@@ -282,10 +283,13 @@ class Shops:
             self._wake()
         return shop
 
-    async def install(self, *, platform: str, shop_domain: str, token: str) -> Shop:
+    async def install(
+        self, *, platform: str, shop_domain: str, token: str, time_zone: str | None = None
+    ) -> Shop:
         """A storefront app installed (or installed again) on `shop_domain` with API `token`:
-        the shop is created on first install, with no Klarna credentials yet, else re-enabled
-        with the new token. Its settings, ledger and history survive a reinstall."""
+        the shop is created on first install, with no Klarna credentials yet and `time_zone`
+        (the storefront's, when it says; else UTC), else re-enabled with the new token. Its
+        settings, ledger and history survive a reinstall, the time zone the merchant set too."""
         shop = await self.store.shop_by_domain(platform, shop_domain)
         if shop is None:
             shop_id = "shop_" + secrets.token_hex(6)
@@ -305,6 +309,7 @@ class Shops:
                         platform_token=self.vault.encrypt(
                             token, context=secret_context(shop_id, "platform_token")
                         ),
+                        options=ShopOptions(time_zone=time_zone or "UTC"),
                     ),
                     self.vault.encrypt(
                         signatures.new_secret(), context=secret_context(shop_id, "webhook_secret")

@@ -1,8 +1,9 @@
 """Failure alerts: a shop that asked for them (ShopOptions.failure_alerts) gets a mail at its
 address listing what of it needs attention (dead letters, refused order calls) since its last
 alert, with a link to each page; at most one an hour. The store remembers each shop's last alert
-and lets one process claim the next, so that several processes never both send. Runs in the
-background of every process that runs workers, when mail is configured."""
+and lets one process claim the next, so that several processes never both send; and what each
+alert listed, so that the next looks back over a margin without listing anything twice. Runs in
+the background of every process that runs workers, when mail is configured."""
 
 import logging
 import time
@@ -24,6 +25,11 @@ log = logging.getLogger("plugin.alerts")
 ALERT_EVERY_SECONDS = 3600.0
 # How often the shops are looked at: an alert leaves at most this long after its hour is up.
 PASS_SECONDS = 300.0
+# How far before the last alert the next looks: a failure is stamped by its worker's clock
+# before its transaction commits, and that clock may be a little behind this one's.
+MARGIN_SECONDS = 600.0
+# What an alert listed is remembered this long, well past the margin.
+REMEMBERED_SECONDS = 7 * 24 * 3600.0
 # Listed in one mail; the rest are counted, and the activity page has them all.
 LISTED = 50
 SUBJECT = "Klarna capture: shipments or orders need your attention"
@@ -47,20 +53,36 @@ async def alert_shop(
     last = await store.last_alert(shop.id)
     if last is not None and now - last < ALERT_EVERY_SECONDS:
         return False
-    since = last if last is not None else now - ALERT_EVERY_SECONDS
+    # The first alert (alerts just turned on: turning them off forgets the last) covers the hour
+    # before it; each later one what failed from a margin before the last, less what it listed.
+    since = now - ALERT_EVERY_SECONDS if last is None else last - MARGIN_SECONDS
     failures = await store.failures(shop.id, since, now, LISTED + 1)
     if not failures or not await store.claim_alert(shop.id, last, now):
         return False
-    text = _text(shop, failures, since, public_url)
+    sent = False
     try:
+        text = _text(shop, failures, since, public_url)
         await mail.send(settings, mail.message(settings, shop.email, SUBJECT, text))
+        sent = True
     except mail.MAIL_ERRORS as exc:
-        # Given back: the next pass tries again from the same point, so that nothing is lost.
-        await store.claim_alert(shop.id, now, since)
         log.warning("failure alert not sent", extra={"shop": shop.id, "error": type(exc).__name__})
+    finally:
+        if not sent:
+            # Given back on any failure, cancellation included (shielded, so that a shutdown
+            # does not stop it half way): the next pass tries again from the same point.
+            with anyio.CancelScope(shield=True):
+                await store.claim_alert(shop.id, now, _given_back(last, now))
+    if not sent:
         return False
+    await store.alerted(shop.id, failures[:LISTED], now - REMEMBERED_SECONDS)
     log.info("failure alert sent", extra={"shop": shop.id, "failures": len(failures)})
     return True
+
+
+def _given_back(last: float | None, now: float) -> float:
+    """The last alert's time as a claim gives it back: as it was, or, for a shop never alerted,
+    an hour ago (due at once, and looking back over that hour and its margin)."""
+    return last if last is not None else now - ALERT_EVERY_SECONDS
 
 
 def _text(shop: Shop, failures: list[Failure], since: float, public_url: str) -> str:

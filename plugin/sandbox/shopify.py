@@ -252,6 +252,7 @@ class _Shop:
     available: float = MAXIMUM_AVAILABLE
     refilled_at: datetime | None = None
     next_order_number: int = 1001
+    time_zone: str = "UTC"  # the shop's ianaTimezone, as its admin's settings hold it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -390,6 +391,12 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
         """Install the app on `domain` (created when new); a fresh offline access token."""
         with self.lock:
             return self._issue_token(domain)
+
+    def set_time_zone(self, domain: str, name: str) -> None:
+        """The time zone the merchant chose in their Shopify admin (`shop { ianaTimezone }`);
+        the shop is created when new, so that it may be set before the install."""
+        with self.lock:
+            self._shops.setdefault(domain, _Shop(domain)).time_zone = name
 
     def revoke_tokens(self, domain: str) -> None:
         """What an uninstall does: every token of the shop stops working."""
@@ -787,11 +794,11 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             entry = _with(entry, operation=operation)
             if operation is None:
                 message = (
-                    "the sandbox answers only the order query, orderCapture, metafieldsSet, "
-                    "metafieldsDelete, tagsAdd and tagsRemove"
+                    "the sandbox answers only the order and shop queries, orderCapture, "
+                    "metafieldsSet, metafieldsDelete, tagsAdd and tagsRemove"
                 )
                 return _json(200, {"errors": [{"message": message}]}), entry
-            cost = self.query_cost if operation == "order" else self.mutation_cost
+            cost = self.query_cost if operation in ("order", "shop") else self.mutation_cost
             self._refill(shop)
             forced = self.faults.throttle_next > 0
             if forced or shop.available < cost:
@@ -848,6 +855,8 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
                 _settle_reads(order)
             ns, key = str(variables.get("ns", "")), str(variables.get("key", ""))
             return {"order": None if order is None else _graphql_order(order, ns, key, query)}
+        if operation == "shop":
+            return {"shop": {"ianaTimezone": shop.time_zone}}
         if operation == "metafieldsSet":
             return {"metafieldsSet": _metafields_set(shop, variables.get("metafields"))}
         if operation == "metafieldsDelete":
@@ -992,6 +1001,8 @@ def _operation(query: str) -> str | None:
         return "tagsRemove"
     if re.search(r"\border\s*\(\s*id\s*:", query):
         return "order"
+    if re.fullmatch(r"\s*query\s*(\w+\s*)?\{\s*shop\s*\{\s*ianaTimezone\s*\}\s*\}\s*", query):
+        return "shop"
     return None
 
 

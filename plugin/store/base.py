@@ -723,7 +723,16 @@ class Store(ABC):
     @abstractmethod
     async def failures(self, shop_id: str, since: float, until: float, limit: int) -> list[Failure]:
         """The shop's dead shipment and order jobs and refused order calls that failed after
-        `since` and by `until`, oldest first, at most `limit`."""
+        `since` and by `until` and that no alert listed yet (`alerted`), oldest first, at most
+        `limit`; a dead order job whose order has a refused call is left out (the call lists
+        the order)."""
+
+    @abstractmethod
+    async def alerted(
+        self, shop_id: str, failures: Sequence[Failure], forget_before: float
+    ) -> None:
+        """Remember that an alert of the shop listed `failures` (so that `failures` leaves them
+        out), and forget what it listed of failures before `forget_before`."""
 
     # jobs waiting on a shop's Klarna credentials
 

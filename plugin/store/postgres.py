@@ -73,10 +73,13 @@ from plugin.store.records import (
 )
 from plugin.store.schema_postgres import MIGRATIONS, SCHEMA_VERSION_TABLE
 from plugin.store.sql import (
+    ALERTED,
+    ALERTS_OFF,
     COUNT_HIT,
     DEAD_JOBS,
     DELIVERY_COLUMNS,
     FAILURES,
+    FORGET_ALERTED,
     PRUNE_COMPANIONS,
     PRUNE_STEPS,
     SCANNED_TO,
@@ -802,13 +805,16 @@ class PostgresStore(Store):
         # Column names come from ShopChanges' own fields, never from input.
         assignments = "".join(f"{name} = ${number}, " for number, name in enumerate(fields, 1))
         count = len(fields)
-        row = await self._fetchrow(
-            f"UPDATE shops SET {assignments}updated_at = ${count + 1}"  # noqa: S608
-            f" WHERE id = ${count + 2} RETURNING *",
-            *fields.values(),
-            now,
-            shop_id,
-        )
+        async with self._transaction() as conn:
+            if isinstance(changes.options, ShopOptions) and not changes.options.failure_alerts:
+                await conn.execute(ALERTS_OFF, shop_id)
+            row = await conn.fetchrow(
+                f"UPDATE shops SET {assignments}updated_at = ${count + 1}"  # noqa: S608
+                f" WHERE id = ${count + 2} RETURNING *",
+                *fields.values(),
+                now,
+                shop_id,
+            )
         return _shop(row) if row else None
 
     async def remove_shop(self, shop_id: str) -> bool:
@@ -822,6 +828,7 @@ class PostgresStore(Store):
                 "job_slots",
                 "job_waits",
                 "failure_alerts",
+                "alerted_failures",
             ):
                 await conn.execute(
                     f"DELETE FROM {table} WHERE shop_id = $1",  # noqa: S608
@@ -1709,6 +1716,14 @@ class PostgresStore(Store):
     async def failures(self, shop_id: str, since: float, until: float, limit: int) -> list[Failure]:
         rows = await self._fetch(FAILURES, shop_id, since, until, limit)
         return [_record(row, Failure) for row in rows]
+
+    async def alerted(
+        self, shop_id: str, failures: Sequence[Failure], forget_before: float
+    ) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(FORGET_ALERTED, shop_id, forget_before)
+            for f in failures:  # at most one alert's worth
+                await conn.execute(ALERTED, shop_id, f.subject, f.id, f.what, f.at)
 
     # jobs waiting on a shop's Klarna credentials
 

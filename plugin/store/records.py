@@ -75,6 +75,8 @@ class ShopOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     failure_alerts: bool = False
     # The IANA time zone the merchant's pages show times in (checked against zoneinfo when set).
     time_zone: Annotated[str, msgspec.Meta(max_length=64)] = "UTC"
+    # The Babel locale the pages format amounts with (checked with babel.Locale.parse when set).
+    locale: Annotated[str, msgspec.Meta(max_length=32)] = "en"
 
 
 class Shop(msgspec.Struct, kw_only=True):

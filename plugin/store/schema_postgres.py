@@ -305,6 +305,20 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE captures ADD COLUMN order_number TEXT;
     ALTER TABLE captures ADD COLUMN order_amount BIGINT;
     """,
+    # 12: what each shop's failure alerts listed, by what and when it failed, so that the next
+    # alert can look back over a margin (a failure stamped by a clock a little behind, or
+    # committed after the pass read) without listing it twice; kept a few days (pruned by the
+    # alert that records more).
+    """
+    CREATE TABLE alerted_failures (
+        shop_id TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        id TEXT NOT NULL,
+        what TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (shop_id, subject, id, what, at)
+    );
+    """,
 )
 
 # What `migrate` keeps: one row per applied migration.

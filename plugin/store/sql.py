@@ -26,7 +26,8 @@ COUNT_HIT = (
 )
 # What a failure alert lists of shop $1, failed after $2 and by $3, oldest first, at most $4:
 # its dead shipment and order jobs (along jobs_state), and its refused order calls (along
-# order_operations_updated).
+# order_operations_updated); none an earlier alert listed (alerted_failures), and no dead order
+# job whose order has a refused call (the call says it, and the order is listed once).
 FAILURE_FIELDS = ("subject", "id", "what", "error", "at")
 FAILURES = (
     "SELECT subject, id, what, error, at FROM ("
@@ -34,12 +35,27 @@ FAILURES = (
     "  'dead letter' AS what, last_error AS error, updated_at AS at FROM jobs"
     "  WHERE state = 'dead' AND updated_at > $2 AND updated_at <= $3 AND shop_id = $1"
     "  AND kind IN ('fulfillment', 'order')"
+    "  AND NOT (kind = 'order' AND EXISTS (SELECT 1 FROM order_operations AS o"
+    "   WHERE o.shop_id = jobs.shop_id AND o.order_id = jobs.key AND o.state = 'failed'))"
     " UNION ALL"
     " SELECT 'order' AS subject, order_id AS id, kind AS what, error, updated_at AS at"
     "  FROM order_operations"
     "  WHERE state = 'failed' AND updated_at > $2 AND updated_at <= $3 AND shop_id = $1"
-    ") AS failed ORDER BY at, id LIMIT $4"
+    ") AS failed WHERE NOT EXISTS (SELECT 1 FROM alerted_failures AS a"
+    " WHERE a.shop_id = $1 AND a.subject = failed.subject AND a.id = failed.id"
+    " AND a.what = failed.what AND a.at = failed.at)"
+    " ORDER BY at, id LIMIT $4"
 )
+# What an alert listed (shop_id, subject, id, what, at), and what is forgotten: shop $1's
+# entries of failures before $2.
+ALERTED = (
+    "INSERT INTO alerted_failures (shop_id, subject, id, what, at) VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT DO NOTHING"
+)
+FORGET_ALERTED = "DELETE FROM alerted_failures WHERE shop_id = $1 AND at < $2"
+# A shop's alerts turned off: its last alert is forgotten, so that when they are turned on again
+# the first covers the hour before it, not all that failed while they were off.
+ALERTS_OFF = "DELETE FROM failure_alerts WHERE shop_id = $1"
 
 
 def requeue(*, revive: str) -> str:

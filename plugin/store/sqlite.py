@@ -65,11 +65,14 @@ from plugin.store.records import (
 )
 from plugin.store.schema import MIGRATIONS
 from plugin.store.sql import (
+    ALERTED,
+    ALERTS_OFF,
     COUNT_HIT,
     DEAD_JOBS,
     DELIVERY_COLUMNS,
     FAILURE_FIELDS,
     FAILURES,
+    FORGET_ALERTED,
     PRUNE_COMPANIONS,
     PRUNE_STEPS,
     SCANNED_TO,
@@ -440,8 +443,11 @@ class SqliteStore(Store):
             fields["klarna_password_set_at"] = now
         # Column names come from ShopChanges' own fields, never from input.
         assignments = "".join(f"{name} = ?, " for name in fields)
+        alerts_off = isinstance(changes.options, ShopOptions) and not changes.options.failure_alerts
 
         def work(conn: sqlite3.Connection) -> Shop | None:
+            if alerts_off:
+                conn.execute(_ALERTS_OFF, (shop_id,))
             row = conn.execute(
                 f"UPDATE shops SET {assignments}updated_at = ? WHERE id = ? RETURNING *",  # noqa: S608
                 (*fields.values(), now, shop_id),
@@ -460,6 +466,7 @@ class SqliteStore(Store):
                 "admin_links",
                 "job_waits",
                 "failure_alerts",
+                "alerted_failures",
             ):
                 conn.execute(f"DELETE FROM {table} WHERE shop_id = ?", (shop_id,))  # noqa: S608
             return conn.execute("DELETE FROM shops WHERE id = ?", (shop_id,)).rowcount > 0
@@ -1414,6 +1421,17 @@ class SqliteStore(Store):
         )
         return [_failure(tuple(row)) for row in rows]
 
+    async def alerted(
+        self, shop_id: str, failures: Sequence[Failure], forget_before: float
+    ) -> None:
+        rows = [(shop_id, f.subject, f.id, f.what, f.at) for f in failures]
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(_FORGET_ALERTED, (shop_id, forget_before))
+            conn.executemany(_ALERTED, rows)
+
+        await self._write(work)
+
     # jobs waiting on a shop's Klarna credentials
 
     async def park_job(
@@ -1643,6 +1661,9 @@ ORDERS_EXPIRING = _numbered(orders_expiring(one_shop=False))
 ORDERS_EXPIRING_SHOP = _numbered(orders_expiring(one_shop=True))
 _COUNT_HIT = _numbered(COUNT_HIT)
 _FAILURES = _numbered(FAILURES)
+_ALERTS_OFF = _numbered(ALERTS_OFF)
+_ALERTED = _numbered(ALERTED)
+_FORGET_ALERTED = _numbered(FORGET_ALERTED)
 # A call planned under its key; over a failed one only (a new key and request, its error kept
 # until it is finished again); ?10 is now. No row when one is planned or done already.
 _PLAN_ORDER_OPERATION = (

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 from zoneinfo import available_timezones
 
 import msgspec
+from babel import Locale, UnknownLocaleError
 
 from plugin import emails
 from plugin.capture import DESCRIPTION_FIELDS, description_problem
@@ -36,6 +37,9 @@ KLARNA_ACCOUNT_FIELDS = (
 )
 MAX_NAME = 255
 MAX_TIME_ZONE = 64  # characters, as ShopOptions.time_zone allows; the longest IANA name has 32
+MAX_LOCALE = 32  # characters, as ShopOptions.locale allows; Babel's longest ids have about 20
+# A locale identifier's shape (language, then script, territory, variant), before Babel reads it.
+_LOCALE_ID = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}")
 _ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
 
 
@@ -186,6 +190,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
     keep_alive: bool = True
     keep_alive_days: str = "3"
     time_zone: str = "UTC"
+    locale: str = "en"
     status_url: str = ""
     email: str = ""
     failure_alerts: bool = False
@@ -206,6 +211,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             keep_alive=shop.options.keep_alive,
             keep_alive_days=str(shop.options.keep_alive_days),
             time_zone=shop.options.time_zone,
+            locale=shop.options.locale,
             status_url=shop.status_url or "",
             email=shop.email or "",
             failure_alerts=shop.options.failure_alerts,
@@ -232,6 +238,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
             keep_alive=data.get("keep_alive") == "on",
             keep_alive_days=data.get("keep_alive_days", "").strip(),
             time_zone=data.get("time_zone", "").strip(),
+            locale=data.get("locale", "en").strip(),
             status_url=data.get("status_url", "").strip(),
             # Cut before anything else looks at it: longer is no address (emails.MAX_ADDRESS).
             email=data.get("email", "")[: emails.MAX_ADDRESS + 1].strip(),
@@ -280,6 +287,10 @@ class SettingsForm(msgspec.Struct, kw_only=True):
         problem = time_zone_problem(self.time_zone)
         if problem:
             errors["time_zone"] = problem
+        if locale_id(self.locale) is None:
+            errors["locale"] = (
+                "Enter a locale identifier, such as en, en_GB, de_DE or sv_SE (see the hint)."
+            )
         if self.status_url and (
             not self.status_url.startswith(("https://", "http://")) or len(self.status_url) > 2048
         ):
@@ -331,6 +342,7 @@ class SettingsForm(msgspec.Struct, kw_only=True):
                 keep_alive_days=parse_keep_alive_days(self.keep_alive_days)
                 or shop.options.keep_alive_days,
                 time_zone=self.time_zone,
+                locale=locale_id(self.locale) or "en",
                 **page.options(self.fields),
             ),
         )
@@ -361,6 +373,17 @@ def time_zone_problem(name: str) -> str | None:
     if len(name) > MAX_TIME_ZONE or not _ZONE_NAME.fullmatch(name) or name not in _time_zones():
         return "Enter a time zone by its IANA name, such as Europe/Stockholm or America/New_York."
     return None
+
+
+def locale_id(name: str) -> str | None:
+    """`name` as the Babel locale identifier it names (`de-de` -> `de_DE`); None when it names
+    none Babel has data for. Its length and shape are checked before Babel reads it."""
+    if len(name) > MAX_LOCALE or not _LOCALE_ID.fullmatch(name):
+        return None
+    try:
+        return str(Locale.parse(name.replace("-", "_")))
+    except (UnknownLocaleError, ValueError):
+        return None
 
 
 @functools.cache

@@ -1,19 +1,23 @@
 """How the merchant's pages word and format what the store holds: a shipment's state in plain
-words, amounts per currency (Babel, from integer minor units, only here at the edge), times in
-the shop's time zone, carriers by name, and the link to an order in Klarna's merchant portal."""
+words, amounts per currency in the shop's locale (Babel, from integer minor units, only here at
+the edge), times in the shop's time zone, carriers by name, and the link to an order in Klarna's
+merchant portal."""
 
+import functools
 import re
 from datetime import UTC, datetime
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
+from babel import Locale, UnknownLocaleError
 from babel.numbers import format_currency, get_currency_symbol
 
 from plugin import money
 from plugin.events import NO_KLARNA_ORDER
 
-# The pages are written in English; amounts follow its conventions for each currency.
+# The pages are written in English; amounts follow the shop's locale (ShopOptions.locale) for
+# each currency, English's where the shop names none.
 LOCALE = "en"
 DEFAULT_TIME_ZONE = "UTC"
 
@@ -53,14 +57,15 @@ def shipment_state(
 
 
 def partly_captured(
-    captured: int, remaining: int, order_amount: int, currency: str
+    captured: int, remaining: int, order_amount: int, currency: str, locale: str = LOCALE
 ) -> State | None:
     """The state of a shipment whose Klarna order is captured only in part and still holds an
     authorization for more (`remaining`). None when captured in full, or when nothing remains to
     capture: the rest released, cancelled or run out, so what was captured is all there is."""
     if remaining <= 0 or captured >= order_amount:
         return None
-    label = f"Partly captured: {amount(captured, currency)} of {amount(order_amount, currency)}"
+    of = amount(captured, currency, locale)
+    label = f"Partly captured: {of} of {amount(order_amount, currency, locale)}"
     return State(label=label, tone="partial")
 
 
@@ -68,9 +73,10 @@ ORDER_STATES = {"open": "Open", "cancelled": "Cancelled", "closed": "Closed"}
 CALL_STATES = {"planned": "Being sent to Klarna", "done": "Done", "failed": "Failed"}
 
 
-def amount(minor: int | None, currency: str) -> str:
-    """Minor units as the currency writes them (`€60.00`, `¥6,000`); "" when unknown. A currency
-    that is no ISO 4217 code (none gets stored) shows its units and code rather than a guess."""
+def amount(minor: int | None, currency: str, locale: str = LOCALE) -> str:
+    """Minor units as the currency writes them in `locale` (`€60.00` in en, `60,00 €` in de_DE,
+    `¥6,000`); "" when unknown. A currency that is no ISO 4217 code (none gets stored) shows its
+    units and code rather than a guess; a locale Babel does not know (none gets stored), en's."""
     if minor is None or not currency:
         return ""
     try:
@@ -78,9 +84,22 @@ def amount(minor: int | None, currency: str) -> str:
     except money.MoneyError:
         return f"{minor} {currency} (minor units)"
     code = currency.upper()
-    # A currency the locale writes by its code (SEK, KWD) gets a space between code and number.
-    spaced = "¤\xa0#,##0.00" if get_currency_symbol(code, LOCALE) == code else None
-    return format_currency(value, code, format=spaced, locale=LOCALE, currency_digits=True)
+    parsed = _locale(locale)
+    shown: str = format_currency(value, code, locale=parsed, currency_digits=True)
+    # A currency the locale writes by its code (SEK in English, KWD) and puts before the number
+    # gets a space between the two, as the code would otherwise run into the digits.
+    if get_currency_symbol(code, parsed) == code and shown.startswith(code):
+        shown = code + "\xa0" + shown[len(code) :].lstrip()
+    return shown
+
+
+@functools.lru_cache(maxsize=64)
+def _locale(name: str) -> Locale:
+    """The Babel locale of a shop's stored identifier; English for one Babel does not know."""
+    try:
+        return Locale.parse(name)
+    except (UnknownLocaleError, ValueError):
+        return Locale.parse(LOCALE)
 
 
 def zone(name: str | None) -> ZoneInfo:

@@ -87,8 +87,15 @@ def _datetime(context: jinja2.runtime.Context, at: float) -> str:
     return present.when(at, shop.options.time_zone if isinstance(shop, Shop) else None)
 
 
+@jinja2.pass_context
+def _money(context: jinja2.runtime.Context, minor: int | None, currency: str) -> str:
+    """An amount as the locale of the page's shop writes it (English on a page of none)."""
+    shop = context.get("shop")
+    return present.amount(minor, currency, shop.options.locale if isinstance(shop, Shop) else "en")
+
+
 templates.env.filters["datetime"] = _datetime
-templates.env.filters["money"] = present.amount
+templates.env.filters["money"] = _money
 templates.env.filters["carrier"] = present.carrier
 templates.env.filters["advice"] = advice_for
 templates.env.filters["step"] = present.trail_step
@@ -394,7 +401,7 @@ class Row(msgspec.Struct, kw_only=True):
     waiting: bool = False  # on the shop's Klarna credentials: the error says why, not a failure
 
 
-def _row(shipment: Shipment) -> Row:
+def _row(shipment: Shipment, locale: str) -> Row:
     error = msgspec.json.decode(shipment.last_error) if shipment.last_error else None
     amount = shipment.captured_amount
     if amount is None and shipment.planned_request:
@@ -407,7 +414,7 @@ def _row(shipment: Shipment) -> Row:
         fulfillment_id=shipment.fulfillment_id,
         state=state.label,
         tone=state.tone,
-        amount=present.amount(amount, currency),
+        amount=present.amount(amount, currency, locale),
         currency=currency,
         capture_id=shipment.capture_id or "",
         klarna_reference=shipment.klarna_reference or "",
@@ -452,13 +459,13 @@ def _job_error(stored: str | None) -> JobError | None:
         return JobError(step="", error_code="UNREADABLE", error_messages=[stored[:500]])
 
 
-def _calls(operations: Iterable[OrderOperation]) -> list[Call]:
+def _calls(operations: Iterable[OrderOperation], locale: str) -> list[Call]:
     """The calls the merchant sees, in the order they were planned (the order's number given to
     Klarna is bookkeeping, not shown)."""
-    return [_call(op) for op in operations if op.kind in _CALLS]
+    return [_call(op, locale) for op in operations if op.kind in _CALLS]
 
 
-def _call(op: OrderOperation) -> Call:
+def _call(op: OrderOperation, locale: str) -> Call:
     expires_at = None
     if op.kind == "extend" and op.state == "done" and op.result:
         try:
@@ -470,7 +477,9 @@ def _call(op: OrderOperation) -> Call:
         what=_CALLS[op.kind],
         refund_id=op.key if op.kind == "refund" else "",
         state=op.state,
-        amount=present.amount(op.amount, op.currency) if op.kind in ("refund", "release") else "",
+        amount=present.amount(op.amount, op.currency, locale)
+        if op.kind in ("refund", "release")
+        else "",
         currency=op.currency,
         klarna_refund_id=(op.result or "") if op.kind == "refund" and op.state == "done" else "",
         expires_at=expires_at,
@@ -509,7 +518,7 @@ async def _partly_captured(
             continue
         done = captured.get(s.order_id, 0)
         partly = present.partly_captured(
-            done, s.order_amount - done, s.order_amount, s.currency or ""
+            done, s.order_amount - done, s.order_amount, s.currency or "", shop.options.locale
         )
         if partly is not None:
             found[s.fulfillment_id] = partly
@@ -599,7 +608,8 @@ async def _expiring(service: Service, shop: Shop, now: float) -> list[Expiring]:
     extensions: dict[str, Call] = {}
     for op in await _operations(service, shop, [order.order_id for order in orders]):
         if op.kind == "extend" and op.state != "planned":
-            extensions[op.order_id] = _call(op)  # planned in order: the last one stays
+            # Planned in order: the last one stays.
+            extensions[op.order_id] = _call(op, shop.options.locale)
     return [
         Expiring(
             order_id=order.order_id,
@@ -646,7 +656,7 @@ async def _summary(service: Service, shop: Shop, now: float) -> Summary:
             {
                 "currency": t.currency,
                 "count": t.count,
-                "amount": present.amount(t.amount, t.currency),
+                "amount": present.amount(t.amount, t.currency, shop.options.locale),
             }
             for t in activity_view.totals(days, first)
         ]
@@ -720,7 +730,7 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
         next_at = scanned_to
     next_cursor = f"{next_at[0]!r}_{next_at[1]}" if next_at is not None else None
     partly = await _partly_captured(service, shop, shipments)
-    rows = [_mark_partly(_row(s), partly) for s in shipments]
+    rows = [_mark_partly(_row(s, shop.options.locale), partly) for s in shipments]
     # The orders of this page's shipments: their refunds, cancellation, release and extensions,
     # and those whose own job failed for good.
     order_ids = list(dict.fromkeys(row.order_id for row in rows if row.order_id))
@@ -730,7 +740,7 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
         {
             "shop": shop,
             "rows": rows,
-            "calls": _calls(await _operations(service, shop, order_ids)),
+            "calls": _calls(await _operations(service, shop, order_ids), shop.options.locale),
             "failed_orders": await _failed_orders(service, shop, order_ids),
             "expiring": await _expiring(service, shop, time.time()) if before is None else [],
             "next_cursor": next_cursor,
@@ -787,7 +797,7 @@ async def export_activity(
                 [
                     activity_view.export_row(
                         s,
-                        _mark_partly(_row(s), partly).state,
+                        _mark_partly(_row(s, shop.options.locale), partly).state,
                         refunded.get(s.order_id or ""),
                         zone,
                     )
@@ -834,7 +844,8 @@ async def _shipment_page(
     shipment = await service.store.shipment(shop.id, request.path_params["fulfillment_id"])
     if shipment is None:
         return message(request, "No such shipment", "This shop has no such shipment.", 404)
-    row = _row(shipment)
+    locale = shop.options.locale
+    row = _row(shipment, locale)
     if not row.klarna_order_id:
         await _from_deliveries(service, shop, row)
     live: dict[str, Any] | None = None
@@ -853,14 +864,17 @@ async def _shipment_page(
                 order.remaining_authorized_amount,
                 order.order_amount,
                 row.currency,
+                locale,
             )
             if partly is not None and row.tone == "done":
                 row.state, row.tone = partly.label, partly.tone
             live = {
                 "capture": capture,
                 "order": order,
-                "amount": present.amount(capture.captured_amount, row.currency) if capture else "",
-                "refunded": present.amount(capture.refunded_amount, row.currency)
+                "amount": present.amount(capture.captured_amount, row.currency, locale)
+                if capture
+                else "",
+                "refunded": present.amount(capture.refunded_amount, row.currency, locale)
                 if capture
                 else "",
             }
@@ -875,7 +889,7 @@ async def _shipment_page(
             "portal_url": present.portal_url(
                 shop.klarna_environment, shop.klarna_username, row.klarna_order_id
             ),
-            "calls": _calls(await _operations(service, shop, order_ids)),
+            "calls": _calls(await _operations(service, shop, order_ids), shop.options.locale),
             "live": live,
             "live_error": live_error,
             "trail": trail,
@@ -918,7 +932,7 @@ async def _from_deliveries(service: Service, shop: Shop, row: Row) -> None:
             total = sum(line.total_amount for line in klarna_lines(event))
         except (ValueError, ArithmeticError):
             continue
-        row.amount = present.amount(total, event.currency)
+        row.amount = present.amount(total, event.currency, shop.options.locale)
         return
 
 
@@ -973,6 +987,7 @@ async def _order_page(
         refunded=present.amount(
             sum(op.amount or 0 for op in operations if op.kind == "refund" and op.state == "done"),
             currency,
+            shop.options.locale,
         ),
     )
     return _render(
@@ -984,14 +999,14 @@ async def _order_page(
             "portal_url": present.portal_url(
                 shop.klarna_environment, shop.klarna_username, facts.klarna_order_id
             ),
-            "calls": _calls(operations),
+            "calls": _calls(operations, shop.options.locale),
             "shipments": [
                 {
                     "fulfillment_id": c.fulfillment_id,
                     "state": present.CAPTURED.label
                     if c.state == "captured"
                     else present.CAPTURING.label,
-                    "amount": present.amount(c.captured_amount, c.currency),
+                    "amount": present.amount(c.captured_amount, c.currency, shop.options.locale),
                     "currency": c.currency,
                 }
                 for c in captures

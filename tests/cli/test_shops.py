@@ -376,6 +376,7 @@ def test_shop_show_lists_the_options_of_the_shops_platform(env: dict[str, str]) 
         "keep_alive_days",
         "failure_alerts",
         "time_zone",
+        "locale",
     }
     standard = add_shop(env)["shop_id"]
     shown = msgspec.json.decode(run_cli(env, "shop", "show", standard).stdout)["options"]
@@ -389,6 +390,7 @@ def test_shop_show_lists_the_options_of_the_shops_platform(env: dict[str, str]) 
         "keep_alive_days": 3,
         "failure_alerts": False,
         "time_zone": "UTC",
+        "locale": "en",
     }
     woo = add_woocommerce_shop(
         env, "--site-url", "https://shop.example", "--consumer-key", WOO_KEY

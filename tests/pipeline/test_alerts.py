@@ -1,6 +1,8 @@
 """Failure alerts (issue 19), on every backend, received by a real SMTP server on loopback: a
 shop that asked for them gets one mail listing its new dead letters and refused calls with a link
-to each, at most one an hour; a shop that did not gets nothing; two processes never both send."""
+to each, at most one an hour; a shop that did not gets nothing; two processes never both send;
+nothing is lost (a failure stamped late, a send that failed or was cancelled) and nothing is
+listed twice; alerts turned on again do not mail what failed while they were off."""
 
 import time
 from collections.abc import Iterator
@@ -49,14 +51,19 @@ async def shop_with_alerts(store: Store, shop_id: str, *, alerts_on: bool = True
     )
 
 
-async def dead_letter(store: Store, shop_id: str, fulfillment_id: str, at: float) -> None:
-    """A shipment of `shop_id` whose job died at `at` with Klarna's NO_SUCH_ORDER."""
+async def dead_letter(
+    store: Store, shop_id: str, fulfillment_id: str, at: float, *, order: bool = False
+) -> None:
+    """A shipment of `shop_id` (or with `order`, an order of that id) whose job died at `at`
+    with Klarna's NO_SUCH_ORDER."""
     await store.record_delivery(
         shop_id,
         f"d-{fulfillment_id}",
         body=b"{}",
-        event_type="fulfillment.created",
-        fulfillment_id=fulfillment_id,
+        event_type="orders/updated" if order else "fulfillment.created",
+        fulfillment_id=None if order else fulfillment_id,
+        order_id=fulfillment_id if order else None,
+        order_event=order,
         rejected=None,
         now=at,
     )
@@ -197,3 +204,103 @@ def test_the_running_service_sends_the_alerts_where_its_workers_run(
     [(recipients, mail)] = inbox.messages
     assert recipients == ["shop_1@example.com"]
     assert "Shipment F1" in body(mail)
+
+
+async def test_a_failure_stamped_before_the_last_alert_is_in_the_next_and_none_twice(
+    store: Store, server: tuple[Inbox, str]
+) -> None:
+    inbox, url = server
+    settings = mail_settings(url)
+    await shop_with_alerts(store, "shop_1")
+    await dead_letter(store, "shop_1", "F1", NOW + 10)
+    assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 30) == 1
+    # Committed after that pass read, by a worker whose clock stamped it before the alert.
+    await dead_letter(store, "shop_1", "F2", NOW + 25)
+    assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 30 + HOUR) == 1
+    second = body(inbox.messages[1][1])
+    assert "Shipment F2" in second
+    assert "F1" not in second
+    # Both listed once: nothing more to say.
+    assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 30 + 2 * HOUR) == 0
+    assert len(inbox.messages) == 2
+
+
+async def test_a_send_cancelled_after_the_claim_gives_the_claim_back(
+    store: Store, server: tuple[Inbox, str]
+) -> None:
+    inbox, url = server
+    await shop_with_alerts(store, "shop_1")
+    await dead_letter(store, "shop_1", "F1", NOW + 10)
+    # A mail server that takes the connection and never greets: the send hangs until the
+    # process is shut down (cancelled) once the connection is in.
+    connected = anyio.Event()
+
+    async def silent(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            connected.set()
+            await anyio.sleep_forever()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - not Django
+    sending = anyio.CancelScope()
+    ended = anyio.Event()
+
+    async def send() -> None:
+        with sending:
+            await alerts.alert_all(
+                store, mail_settings(f"smtp://127.0.0.1:{port}"), PUBLIC_URL, NOW + 20
+            )
+        ended.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(listener.serve, silent)
+        group.start_soon(send)
+        await connected.wait()
+        assert await store.last_alert("shop_1") == NOW + 20  # claimed
+        sending.cancel()
+        await ended.wait()
+        group.cancel_scope.cancel()
+    await listener.aclose()
+    # Given back: the next pass sends it, listing what the cancelled one would have.
+    assert await store.last_alert("shop_1") != NOW + 20
+    assert await alerts.alert_all(store, mail_settings(url), PUBLIC_URL, NOW + 30) == 1
+    [(_, mail)] = inbox.messages
+    assert "Shipment F1" in body(mail)
+
+
+async def test_a_refused_refund_lists_its_order_once(
+    store: Store, server: tuple[Inbox, str]
+) -> None:
+    inbox, url = server
+    await shop_with_alerts(store, "shop_1")
+    # The refused call, and the order's job that died of it.
+    await refused_refund(store, "shop_1", "O1", NOW + 10)
+    await dead_letter(store, "shop_1", "O1", NOW + 10, order=True)
+    # An order job dead of something else is listed.
+    await dead_letter(store, "shop_1", "O2", NOW + 15, order=True)
+    assert await alerts.alert_all(store, mail_settings(url), PUBLIC_URL, NOW + 20) == 1
+    text = body(inbox.messages[0][1])
+    assert text.count("Order O1") == 1
+    assert "Order O1: refund refused (REFUND_NOT_ALLOWED)" in text
+    assert "Order O2: failed, needs attention (NO_SUCH_ORDER)" in text
+
+
+async def test_alerts_turned_on_again_do_not_mail_what_failed_while_they_were_off(
+    store: Store, server: tuple[Inbox, str]
+) -> None:
+    inbox, url = server
+    settings = mail_settings(url)
+    await shop_with_alerts(store, "shop_1")
+    await dead_letter(store, "shop_1", "F1", NOW + 10)
+    assert await alerts.alert_all(store, settings, PUBLIC_URL, NOW + 20) == 1
+    off = NOW + 100
+    await store.update_shop("shop_1", ShopChanges(options=ShopOptions(failure_alerts=False)), off)
+    months = 90 * 24 * HOUR
+    await dead_letter(store, "shop_1", "F-while-off", off + months / 2)
+    on = off + months
+    await store.update_shop("shop_1", ShopChanges(options=ShopOptions(failure_alerts=True)), on)
+    await dead_letter(store, "shop_1", "F-since-on", on + 10)
+    assert await alerts.alert_all(store, settings, PUBLIC_URL, on + 20) == 1
+    second = body(inbox.messages[1][1])
+    assert "Shipment F-since-on" in second
+    assert "F-while-off" not in second

@@ -217,6 +217,7 @@ def test_settings_show_the_account_and_keep_the_password_write_only(
         "keep_alive_days": "3",
         # No email field: mail is not configured here (tests/web/test_mail_sign_in.py has it).
         "time_zone": "UTC",
+        "locale": "en",
         "status_url": "",
     }
     set_at = datetime.fromtimestamp(shop[0].klarna_password_set_at or 0, UTC)
@@ -383,6 +384,7 @@ def test_every_settings_control_has_a_label(browser: Browser) -> None:
         "keep_alive",
         "keep_alive_days",
         "time_zone",
+        "locale",
         "status_url",
     }
 

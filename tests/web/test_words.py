@@ -169,6 +169,55 @@ def test_amounts_are_written_as_their_currency_writes_them(
     assert present.amount(minor, currency) == shown
 
 
+@pytest.mark.parametrize(
+    ("locale", "minor", "currency", "shown"),
+    [
+        ("de_DE", 123456, "EUR", "1.234,56\xa0€"),
+        ("sv_SE", 123456, "SEK", "1\xa0234,56\xa0kr"),
+        ("en_GB", 123456, "SEK", "SEK\xa01,234.56"),
+        ("ja_JP", 123456, "SEK", "SEK\xa01,234.56"),
+        ("de_DE", 1234, "KWD", "1,234\xa0KWD"),
+        ("zz_ZZ", 6000, "EUR", "€60.00"),  # none is stored: English's, not an error
+    ],
+)
+def test_amounts_follow_the_locale(locale: str, minor: int, currency: str, shown: str) -> None:
+    assert present.amount(minor, currency, locale) == shown
+
+
+def test_amounts_follow_the_shops_locale_once_set(
+    site: Site, shop: tuple[Shop, str], browser: Browser, klarna_sandbox: KlarnaSandbox
+) -> None:
+    assert (
+        forms(browser.get(f"{browser.base}/settings").text)[f"{browser.base}/settings"]["locale"]
+        == "en"
+    )
+    # Typed as a browser's language tag: stored as Babel names it.
+    assert browser.save_settings(locale="de-de").status_code == 303
+    assert site.shop(shop[0].id).options.locale == "de_DE"
+    order = klarna_sandbox.create_order(order_amount=6600)
+    send(site, shop, shipment(order.order_id, "1001-F1"))
+    wait_until(lambda: captured(site.settings, shop[0].id, "1001-F1"), what="the capture")
+    page = browser.get(f"{browser.base}/shipments/1001-F1").text
+    # The state (formatted in the view) and the order's amounts (in the template) alike.
+    assert "Partly captured: 60,00\xa0€ of 66,00\xa0€</span>" in page
+    assert "<dt>Of the order</dt><dd>60,00\xa0€ captured of 66,00\xa0€</dd>" in page
+    assert "€60.00" not in page
+    assert "60,00\xa0€" in browser.get(f"{browser.base}/activity").text
+
+
+@pytest.mark.parametrize(
+    "entered", ["xx_YY", "en_US; DROP", "../../etc/passwd", "de_" + "D" * 40, "", "<b>de</b>"]
+)
+def test_a_locale_babel_does_not_know_is_refused_next_to_the_field(
+    site: Site, shop: tuple[Shop, str], browser: Browser, entered: str
+) -> None:
+    answer = browser.save_settings(locale=entered)
+    assert answer.status_code == 400
+    assert '<p class="error" id="locale-error">Enter a locale identifier' in answer.text
+    assert "<b>de</b>" not in answer.text
+    assert site.shop(shop[0].id).options.locale == "en"
+
+
 def test_every_klarna_carrier_code_has_a_name() -> None:
     codes = set(carriers._CODES.values())
     assert codes <= set(present.CARRIERS)
@@ -193,7 +242,7 @@ def test_the_klarna_order_links_to_the_merchant_portal_of_the_shops_environment(
         f"https://portal.playground.klarna.com/orders/all/merchants/{merchant}/orders/"
         f"{order.order_id}"
     )
-    assert f'<a href="{playground}" rel="noopener noreferrer">' in page
+    assert f'<a href="{playground}" target="_blank" rel="noopener noreferrer">' in page
     assert f'<a href="{playground}"' in browser.get(f"{browser.base}/orders/1001").text
 
     live = present.portal_url("live", "K123456_abcdef", order.order_id)

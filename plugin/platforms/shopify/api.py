@@ -21,6 +21,8 @@ log = logging.getLogger("plugin.shopify")
 
 DEFAULT_BASE_URL = "https://{shop}"
 
+# The shop's time zone, read once at install to default the settings page's (plugin/shops.py).
+SHOP_TIME_ZONE = "query { shop { ianaTimezone } }"
 METAFIELDS_SET = """
 mutation metafieldsSet($metafields: [MetafieldsSetInput!]!) {
   metafieldsSet(metafields: $metafields) {
@@ -190,6 +192,14 @@ class AdminClient:
             ]
             raise ShopifyError(operation, status=status, code="GRAPHQL_ERROR", messages=messages)
         return answer.data
+
+    async def time_zone(self) -> str:
+        """The shop's time zone as its admin's settings name it (IANA `ianaTimezone`); '' when
+        the answer holds none."""
+        data = await self.execute("shop", SHOP_TIME_ZONE)
+        shop = data.get("shop")
+        zone = shop.get("ianaTimezone") if isinstance(shop, dict) else None
+        return zone if isinstance(zone, str) else ""
 
     async def set_metafields(
         self, owner_id: str, namespace: str, values: Mapping[str, tuple[str, str]]

@@ -14,13 +14,16 @@ from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
 from plugin.platforms.shopify import NAME, signatures
+from plugin.platforms.shopify.api import AdminClient, ShopifyError
 from plugin.platforms.shopify.oauth import (
     AccessToken,
     ShopifyOAuthError,
     exchange_code,
     exchange_session_token,
 )
+from plugin.retries import RetryPolicy
 from plugin.web.auth import INSTALL_STATE_COOKIE, INSTALL_STATE_SECONDS, InstallStateError
+from plugin.web.forms import time_zone_problem
 from plugin.web.pages import Refused, auth_of, message, service_of, set_session_cookie
 
 # The least that works: write_orders for the capture metafields and tags on an order (and it
@@ -126,6 +129,30 @@ def _grant_refused(error: ShopifyOAuthError) -> Refused:
     )
 
 
+async def _storefront_time_zone(request: Request, shop: str, token: str) -> str | None:
+    """The time zone the merchant chose in their Shopify admin, for a shop installed for the
+    first time (a reinstall keeps what the settings page holds); None when it is not new, or
+    the answer is not a time zone this machine knows, or Shopify did not answer: one try, since
+    the install does not wait on it (the shop starts in UTC, changeable on the settings page)."""
+    service = service_of(request)
+    if await service.store.shop_by_domain(NAME, shop) is not None:
+        return None
+    client = AdminClient(
+        shop,
+        token,
+        api_version=service.settings.shopify.api_version,
+        http=service.storefront_http,
+        base_url=service.settings.shopify.admin_url,
+        retry=RetryPolicy(attempts=1),
+    )
+    try:
+        zone = await client.time_zone()
+    except ShopifyError as error:
+        log.warning("shopify time zone not read", extra={"shop": shop, "error": error.code})
+        return None
+    return None if time_zone_problem(zone) else zone
+
+
 async def install(request: Request) -> Response:
     """GET /auth/shopify/install: Shopify's signed start of an install, sent on to Shopify's
     consent screen with a `state` bound to the shop and to this browser."""
@@ -199,7 +226,10 @@ async def callback(request: Request) -> Response:
         token = _checked_grant(grant)
     except Refused as refused:
         return _refusal(request, refused, shop)
-    installed = await service.shops.install(platform=NAME, shop_domain=shop, token=token)
+    zone = await _storefront_time_zone(request, shop, token)
+    installed = await service.shops.install(
+        platform=NAME, shop_domain=shop, token=token, time_zone=zone
+    )
     log.info("shopify app installed", extra={"shop": shop, "shop_id": installed.id})
     response = RedirectResponse(
         f"{_admin_base(settings, shop)}/admin/apps/{quote(client_id, safe='')}", status_code=302
@@ -278,7 +308,10 @@ async def embedded(request: Request) -> Response:
             except ShopifyOAuthError as error:
                 raise _grant_refused(error) from None
             token = _checked_grant(grant)
-            found = await service.shops.install(platform=NAME, shop_domain=shop, token=token)
+            zone = await _storefront_time_zone(request, shop, token)
+            found = await service.shops.install(
+                platform=NAME, shop_domain=shop, token=token, time_zone=zone
+            )
             log.info("shopify app installed", extra={"shop": shop, "shop_id": found.id})
     except Refused as refused:
         return _refusal(request, refused, shop)

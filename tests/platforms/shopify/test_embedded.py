@@ -117,6 +117,18 @@ def test_a_new_shop_is_installed_by_token_exchange_and_signed_in(
         )
 
 
+def test_a_shop_installed_by_token_exchange_starts_in_its_shopify_time_zone(
+    site: Site, shopify_sandbox: ShopifySandbox
+) -> None:
+    shopify_sandbox.set_time_zone(SHOP, "Europe/Stockholm")
+    browser = browser_of(site, open_app(site, valid_token()))
+    shop = stored_shop(site)
+    assert shop is not None
+    assert shop.options.time_zone == "Europe/Stockholm"
+    page = browser.get(f"/admin/{shop.id}/settings")
+    assert 'value="Europe/Stockholm"' in page.text
+
+
 def test_a_shop_with_a_token_is_signed_in_without_asking_shopify(
     site: Site, shopify_sandbox: ShopifySandbox
 ) -> None:

@@ -7,11 +7,13 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
+import msgspec
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from plugin.config import SHOPIFY_API_VERSION
 from plugin.sandbox.shopify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, ShopifySandbox
+from plugin.sandbox.shopify import FaultSettings as ShopifyFaults
 from plugin.store import ShopChanges
 from plugin.store.records import Shop, ShopOptions
 from plugin.web.auth import INSTALL_STATE_COOKIE, INSTALL_STATE_SALT
@@ -197,6 +199,53 @@ def test_a_reinstall_enables_the_shop_again_with_its_settings_and_a_new_token(
     assert token is not None
     assert token != first_token
     assert token_works(shopify_admin_url, SHOP, token)
+
+
+def test_a_new_shop_takes_its_time_zone_from_shopify_and_a_reinstall_keeps_the_merchants(
+    site: Site, shopify_sandbox: ShopifySandbox
+) -> None:
+    shopify_sandbox.set_time_zone(SHOP, "Europe/Stockholm")
+    assert install(site)[0].status_code == 302
+    shop = stored_shop(site)
+    assert shop is not None
+    assert shop.options.time_zone == "Europe/Stockholm"
+    assert [r.operation for r in shopify_sandbox.requests if r.operation == "shop"] == ["shop"]
+
+    # The merchant chose another on the settings page; Shopify's changes too: a reinstall
+    # keeps the merchant's, without asking Shopify.
+    options = msgspec.structs.replace(shop.options, time_zone="America/New_York")
+    site.call(site.service.shops.update, shop.id, ShopChanges(options=options))
+    site.call(site.service.shops.uninstall, shop.id)
+    shopify_sandbox.set_time_zone(SHOP, "Asia/Tokyo")
+    assert install(site)[0].status_code == 302
+    again = stored_shop(site)
+    assert again is not None
+    assert again.options.time_zone == "America/New_York"
+    assert [r.operation for r in shopify_sandbox.requests if r.operation == "shop"] == ["shop"]
+
+
+@pytest.mark.parametrize("unusable", ["Mars/Olympus_Mons", "Europe/../../etc/passwd", "x" * 80])
+def test_a_time_zone_shopify_names_that_this_machine_does_not_know_leaves_utc(
+    site: Site, shopify_sandbox: ShopifySandbox, unusable: str
+) -> None:
+    shopify_sandbox.set_time_zone(SHOP, unusable)
+    assert install(site)[0].status_code == 302
+    shop = stored_shop(site)
+    assert shop is not None
+    assert shop.options.time_zone == "UTC"
+
+
+def test_an_install_does_not_wait_on_the_time_zone_when_shopify_fails_to_say(
+    site: Site, shopify_sandbox: ShopifySandbox
+) -> None:
+    shopify_sandbox.set_time_zone(SHOP, "Europe/Stockholm")
+    # The token exchange is answered; the Admin API's first call fails once.
+    shopify_sandbox.set_faults(ShopifyFaults(fail_next=1, fail_status=503))
+    assert install(site)[0].status_code == 302
+    shop = stored_shop(site)
+    assert shop is not None
+    assert shop.enabled
+    assert shop.options.time_zone == "UTC"
 
 
 def test_the_previous_client_secret_still_starts_an_install_during_a_rotation(
