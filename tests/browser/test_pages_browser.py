@@ -160,7 +160,7 @@ def test_a_merchant_signs_in_by_mail_and_reads_every_page(
     reload_until(page, row(page, "1001-F1"), "Captured")
     refunded = refund(whole.order_id, "1001-R1", amount=1200, lines=[("SKU-1", 2)])
     assert storefront.send(refunded).status_code == 200
-    reload_until(page, row(page, "1002-F1"), "Captured")
+    reload_until(page, row(page, "1002-F1"), "Partly captured")
     reload_until(page, row(page, "1003-F1"), "Failed: needs attention")
     reload_until(page, page.locator("body"), "1001-R1")
     check(page, "activity")
