@@ -209,6 +209,9 @@ class PaymentState(msgspec.Struct, frozen=True, kw_only=True):
     # Money taken at checkout (a SALE) or captured outside this service before: the order is
     # the storefront's business, not ours.
     settled_at_checkout: bool = False
+    # The authorization's payment id at the storefront (Shopify's `paymentId`): what Klarna's
+    # payments app writes into the Klarna order's merchant references.
+    payment_id: str | None = None
 
 
 class StorefrontPayments(Protocol):

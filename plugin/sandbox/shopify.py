@@ -138,6 +138,9 @@ class Transaction:
     authorization_code: str | None = None
     amount: Amount | None = None
     multi_capturable: bool = False
+    # Shopify's payment id, which Klarna's payments app writes into the Klarna order's
+    # merchant references.
+    payment_id: str | None = None
 
 
 @dataclass
@@ -153,7 +156,8 @@ class _Payment:
     authorization_code: str | None = None
     multi_capturable: bool = False
     parent: int | None = None
-    pending_reads: int = 0  # reads of the order it stays PENDING for
+    pending_reads: int = 0
+    payment_id: str | None = None  # reads of the order it stays PENDING for
 
 
 @dataclass(frozen=True)
@@ -520,6 +524,7 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
                     created_at=self.clock(),
                     authorization_code=t.authorization_code,
                     multi_capturable=t.multi_capturable,
+                    payment_id=t.payment_id,
                 )
                 for t in transactions
             ]
@@ -1312,6 +1317,7 @@ def _graphql_payment(payment: _Payment, order: _Order) -> dict[str, Any]:
         "kind": payment.kind,
         "status": payment.status,
         "authorizationCode": payment.authorization_code,
+        "paymentId": payment.payment_id,
         "createdAt": _timestamp(payment.created_at),
         "multiCapturable": payment.multi_capturable,
         "amountSet": _bag(payment.amount, order),

@@ -95,6 +95,7 @@ templates.env.filters["step"] = present.trail_step
 templates.env.filters["call_state"] = lambda state: present.CALL_STATES.get(state, state)
 templates.env.filters["order_state"] = lambda state: present.ORDER_STATES.get(state, state)
 templates.env.filters["outcome"] = present.trail_outcome
+templates.env.filters["reason"] = present.trail_reason
 
 NOTICES = {
     "saved": "Settings saved.",

@@ -520,6 +520,7 @@ query OrderPayments($id: ID!) {
       kind
       status
       gateway
+      paymentId
       createdAt
       multiCapturable
       amountSet { ...Bag }
@@ -572,6 +573,9 @@ class PaymentTransaction(msgspec.Struct, kw_only=True, rename="camel"):
     # taken off).
     total_unsettled_set: MoneyBag | None = None
     parent_transaction: TransactionRef | None = None
+    # Shopify's payment id (Klarna's payments app writes it into the Klarna order's merchant
+    # references).
+    payment_id: str | None = None
 
 
 class PaymentsOrder(msgspec.Struct, kw_only=True, rename="camel"):

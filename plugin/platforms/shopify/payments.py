@@ -95,6 +95,7 @@ class ShopifyPayments:
             settled_at_checkout=any(
                 t.kind.upper() == "SALE" and t.status.upper() == "SUCCESS" for t in ours
             ),
+            payment_id=(authorization.payment_id or None) if authorization else None,
         )
 
     async def capture_payment(
