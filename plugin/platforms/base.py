@@ -231,6 +231,11 @@ class StorefrontPayments(Protocol):
         storefront's words when it refuses."""
         ...
 
+    async def capture_setting(self, shop: Shop) -> str:
+        """What the storefront's recent orders say of the shop's payment capture setting, in
+        the merchant's words (that it could not be checked, when it could not)."""
+        ...
+
 
 class Storefront(Protocol):
     """What the pipeline asks of a platform's adapter, Standard Webhooks included."""

@@ -792,11 +792,11 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             entry = _with(entry, operation=operation)
             if operation is None:
                 message = (
-                    "the sandbox answers only the order query, orderCapture, metafieldsSet, "
-                    "metafieldsDelete, tagsAdd and tagsRemove"
+                    "the sandbox answers only the order and orders queries, orderCapture, "
+                    "metafieldsSet, metafieldsDelete, tagsAdd and tagsRemove"
                 )
                 return _json(200, {"errors": [{"message": message}]}), entry
-            cost = self.query_cost if operation == "order" else self.mutation_cost
+            cost = self.query_cost if operation in ("order", "orders") else self.mutation_cost
             self._refill(shop)
             forced = self.faults.throttle_next > 0
             if forced or shop.available < cost:
@@ -853,6 +853,21 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
                 _settle_reads(order)
             ns, key = str(variables.get("ns", "")), str(variables.get("key", ""))
             return {"order": None if order is None else _graphql_order(order, ns, key, query)}
+        if operation == "orders":
+            # The newest first, as `orders(reverse: true, sortKey: CREATED_AT)` asks; their
+            # transactions as the order query gives them.
+            newest = sorted(shop.orders.values(), key=lambda o: o.id, reverse=True)[:10]
+            return {
+                "orders": {
+                    "nodes": [
+                        {
+                            "id": o.gid,
+                            "transactions": [_graphql_payment(p, o) for p in o.payments],
+                        }
+                        for o in newest
+                    ]
+                }
+            }
         if operation == "metafieldsSet":
             return {"metafieldsSet": _metafields_set(shop, variables.get("metafields"))}
         if operation == "metafieldsDelete":
@@ -997,6 +1012,8 @@ def _operation(query: str) -> str | None:
         return "tagsRemove"
     if re.search(r"\border\s*\(\s*id\s*:", query):
         return "order"
+    if re.search(r"\borders\s*\(", query):
+        return "orders"
     return None
 
 

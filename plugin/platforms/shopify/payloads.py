@@ -592,6 +592,41 @@ class PaymentsData(msgspec.Struct, kw_only=True):
     order: PaymentsOrder | None = None
 
 
+# The recent orders the settings page reads to tell the shop's payment capture setting (the
+# Admin API exposes no such setting): their Klarna transactions show it.
+RECENT_ORDERS = 10
+RECENT_PAYMENTS_QUERY = f"""\
+query RecentPayments {{
+  orders(first: {RECENT_ORDERS}, reverse: true, sortKey: CREATED_AT) {{
+    nodes {{
+      id
+      transactions(first: 20) {{ kind status gateway createdAt }}
+    }}
+  }}
+}}
+"""
+
+
+class RecentTransaction(msgspec.Struct, kw_only=True, rename="camel"):
+    kind: str
+    status: str
+    created_at: str
+    gateway: str | None = None
+
+
+class RecentOrder(msgspec.Struct, kw_only=True):
+    id: str
+    transactions: list[RecentTransaction] = []
+
+
+class RecentOrders(msgspec.Struct, kw_only=True):
+    nodes: list[RecentOrder] = []
+
+
+class RecentPaymentsData(msgspec.Struct, kw_only=True):
+    orders: RecentOrders
+
+
 class CaptureUserError(msgspec.Struct, kw_only=True):
     message: str
     field: list[str] | None = None
