@@ -19,14 +19,17 @@ from plugin.platforms import registry
 from plugin.platforms.base import ShopAdd, ShopAddRefused
 from plugin.service import Service
 from plugin.store import ShopChanges
-from plugin.store.records import KLARNA_CREDENTIALS, Shop, ShopOptions
+from plugin.store.records import DEFAULT_PAYMENT_GATEWAYS, KLARNA_CREDENTIALS, Shop, ShopOptions
 from plugin.web.auth import Auth
-from plugin.web.forms import KEEP_ALIVE_DAYS, parse_keep_alive_days
+from plugin.web.forms import KEEP_ALIVE_DAYS, gateways, gateways_problem, parse_keep_alive_days
 
 # The choices are the Klarna client's own types' values, so that a shop added here is one the
 # client can call.
 REGIONS: tuple[Region, ...] = get_args(Region)
 ENVIRONMENTS: tuple[Environment, ...] = get_args(Environment)
+# A Shopify shop's payment choices, as its options spell them.
+PAYMENT_FLOWS: tuple[str, ...] = get_args(ShopOptions.__annotations__["payment_flow"])
+SINGLE_CAPTURES: tuple[str, ...] = get_args(ShopOptions.__annotations__["single_capture"])
 
 
 def _addable() -> dict[str, ShopAdd]:
@@ -153,11 +156,13 @@ def add_commands(commands: Any) -> None:
     changes = arguments.command(
         shops,
         "set",
-        "change a shop's email address and whether it gets failure alerts",
+        "change a shop's email address, whether it gets failure alerts and, for a Shopify "
+        "shop, who captures its orders",
         allow_abbrev=False,
     )
     changes.add_argument("shop_id", help="the shop's id (shop_...)")
     _mail_options(changes, changing=True)
+    _payment_options(changes)
     changes.set_defaults(run=lambda args: running.run(_shop_set, args))
 
     link = arguments.command(commands, "admin-link", "print a one-time sign-in URL for a shop")
@@ -185,6 +190,50 @@ def _mail_options(parser: argparse.ArgumentParser, *, changing: bool = False) ->
         help="mail the shop's address when shipments or orders need attention, at most once an "
         "hour" + ("" if changing else " (default: off)"),
     )
+
+
+def _payment_options(parser: argparse.ArgumentParser) -> None:
+    """A Shopify shop's payment flow (its shops come from installing the app, not `shop add`:
+    `shop set` is where the command line chooses it)."""
+    parser.add_argument(
+        "--payment-flow",
+        choices=PAYMENT_FLOWS,
+        help="Shopify: who captures the orders: klarna (this service at Klarna, for Klarna "
+        "orders made outside Shopify's checkout) or shopify (Shopify's orderCapture, for "
+        "Klarna taken in Shopify's checkout)",
+    )
+    parser.add_argument(
+        "--payment-gateways",
+        metavar="NAMES",
+        help="Shopify: the gateway names of the authorizations Shopify captures, "
+        "comma-separated; an empty NAMES restores " + ", ".join(DEFAULT_PAYMENT_GATEWAYS),
+    )
+    parser.add_argument(
+        "--single-capture",
+        choices=SINGLE_CAPTURES,
+        help="Shopify: an order Shopify captures only once (no Shopify Plus) is captured whole "
+        "at its first shipment (money taken for goods not shipped yet) or its last (the "
+        "authorization may expire first)",
+    )
+
+
+def _payment_changes(shop: Shop, args: argparse.Namespace) -> dict[str, Any]:
+    """The payment options `shop set` was given, checked as the settings page checks them;
+    ShopAddRefused naming the first given wrong."""
+    given: dict[str, Any] = {}
+    if args.payment_flow is not None:
+        given["payment_flow"] = args.payment_flow
+    if args.payment_gateways is not None:
+        problem = gateways_problem(args.payment_gateways[:300])
+        if len(args.payment_gateways) > 300 or problem is not None:
+            raise ShopAddRefused(f"--payment-gateways: {problem or 'at most 300 characters'}")
+        given["payment_gateways"] = gateways(args.payment_gateways)
+    if args.single_capture is not None:
+        given["single_capture"] = args.single_capture
+    if given and "payment_flow" not in registry.options_of(shop.platform):
+        option = "--" + next(iter(given)).replace("_", "-")
+        raise ShopAddRefused(f"{option} is for Shopify shops")
+    return given
 
 
 def _email(value: str | None) -> str | None:
@@ -472,24 +521,30 @@ async def _shop_set(service: Service, args: argparse.Namespace) -> int:
     shop = await running.find_shop(service, args.shop_id)
     if shop is None:
         return 1
-    if args.email is None and args.failure_alerts is None:
-        print("klarna-capture: give --email or --failure-alerts", file=sys.stderr)
+    payment = (args.payment_flow, args.payment_gateways, args.single_capture)
+    if args.email is None and args.failure_alerts is None and payment == (None, None, None):
+        print("klarna-capture: give --email, --failure-alerts or a payment option", file=sys.stderr)
         return 2
     try:
         email = shop.email if args.email is None else _email(args.email)
         if args.failure_alerts and email is None:
             raise ShopAddRefused("--failure-alerts: the shop has no address; give --email")
+        paying = _payment_changes(shop, args)
     except ShopAddRefused as refused:
         print(f"klarna-capture: {refused}", file=sys.stderr)
         return 2
     alerts = shop.options.failure_alerts if args.failure_alerts is None else args.failure_alerts
     # Alerts without an address would go nowhere: removing the address stops them.
     alerts = alerts and email is not None
-    changes = ShopChanges(
-        email=email, options=msgspec.structs.replace(shop.options, failure_alerts=alerts)
-    )
-    await service.shops.update(shop.id, changes)
+    options = msgspec.structs.replace(shop.options, failure_alerts=alerts, **paying)
+    await service.shops.update(shop.id, ShopChanges(email=email, options=options))
     print(f"shop {shop.id}: email {email or 'none'}, failure alerts {'on' if alerts else 'off'}")
+    if "payment_flow" in registry.options_of(shop.platform):
+        print(
+            f"payments captured by {options.payment_flow}; gateways "
+            f"{', '.join(options.payment_gateways)}; an order captured once is captured at its "
+            f"{options.single_capture} shipment"
+        )
     return 0
 
 

@@ -10,7 +10,7 @@ import msgspec
 from plugin.pipeline.captures import Capture
 from plugin.pipeline.failures import job_failure
 from plugin.pipeline.operations import add_shipping_info, send_out
-from plugin.pipeline.payments import StorefrontCapture
+from plugin.pipeline.payments import KlarnaTracking, StorefrontCapture
 from plugin.pipeline.shipments import Shipment, Steps
 from plugin.platforms.base import Skipped, Storefront, StorefrontError
 from plugin.shops import KLARNA_NOT_CONFIGURED
@@ -61,8 +61,10 @@ class Fulfillments:
         payments = storefront.payments(shop)
         if payments is not None:
             # The storefront's checkout took the payment: it captures, Klarna is not called.
-            shipment = Shipment(self.steps, job, shop, event, [])
-            await StorefrontCapture(shipment, payments, outcome.remap).run()
+            shipment = Shipment(self.steps, job, shop, event, event.shipping)
+            record = await StorefrontCapture(shipment, payments, outcome.remap).run()
+            # Nothing moves money at Klarna: its tracking only, where it can be told for sure.
+            await KlarnaTracking(shipment, payments).run(record)
             return
         if not shop.klarna_configured:
             missing = StorefrontError(

@@ -16,9 +16,10 @@ _shipping_decoder = msgspec.json.Decoder(list[ShippingInfo])
 
 
 async def add_shipping_info(
-    shipment: Shipment, record: CaptureRecord | None
+    shipment: Shipment, record: CaptureRecord | None, at: tuple[str, str] | None = None
 ) -> CaptureRecord | None:
-    """Send Klarna the shipment's tracking it does not have yet, on the capture in `record`;
+    """Send Klarna the shipment's tracking it does not have yet, on the capture in `record`
+    (or `at`, a Klarna order and capture id: the capture a storefront's capture produced);
     the ledger row after."""
     if record is None or record.capture_id is None:
         return record
@@ -41,10 +42,11 @@ async def add_shipping_info(
             shipment.clock(),
         )
     entries = _shipping_decoder.decode(operation.body)
+    klarna_order_id, capture_id = at or (record.klarna_order_id, record.capture_id)
     try:
         await shipment.client.add_shipping_info(
-            record.klarna_order_id,
-            record.capture_id,
+            klarna_order_id,
+            capture_id,
             entries,
             idempotency_key=operation.idempotency_key,
         )
@@ -52,7 +54,7 @@ async def add_shipping_info(
         raise shipment.failure("shipping_info", error, report=False) from error
     data = {
         **shipment.ids,
-        "capture_id": record.capture_id,
+        "capture_id": capture_id,
         "shipping_info": msgspec.to_builtins(entries),
     }
     return await shipment.store.complete_operation(

@@ -2,8 +2,10 @@
 Klarna payment (the adapter's `payments`): the amount is stored with the fulfilment before the
 capture call, and a plan that may already be at the storefront is settled by the storefront's
 word (a capture of that amount made after the plan) before anything is sent again, so that a
-retry, a redelivery or a crash never captures twice. Nothing of such an order is called at
-Klarna."""
+retry, a redelivery or a crash never captures twice. Nothing of such an order that moves money
+is called at Klarna; where the shop entered Klarna credentials, the shipment's tracking is added
+to the Klarna capture the storefront's capture produced (`KlarnaTracking`), when that capture can
+be told for sure."""
 
 import logging
 import uuid
@@ -11,7 +13,11 @@ import uuid
 import msgspec
 
 from plugin import metrics
-from plugin.capture import klarna_lines
+from plugin.capture import klarna_lines, klarna_shipping_info
+from plugin.events import NO_KLARNA_ORDER
+from plugin.klarna import KlarnaError
+from plugin.klarna.models import Order, ShippingInfo
+from plugin.pipeline.operations import add_shipping_info
 from plugin.pipeline.shipments import Remap, Shipment
 from plugin.platforms.base import PaymentCapture, PaymentState, StorefrontError, StorefrontPayments
 from plugin.store import Captured, Plan
@@ -22,6 +28,10 @@ log = logging.getLogger("plugin.pipeline")
 # How far the storefront's clock may run behind ours: a capture made this long before the plan
 # may still be the plan's (matched by amount, and never one another shipment holds).
 CLOCK_SLACK_SECONDS = 60.0
+# How long after the storefront confirmed its capture Klarna's own record of it may be dated
+# (Klarna's payments app captures at Klarna when Shopify asks it to, before Shopify says SUCCESS;
+# the margin is for the two clocks).
+KLARNA_LATE_SECONDS = 600.0
 # The statuses of a capture that took no money: sent again if the plan is run again.
 FAILED = frozenset({"FAILURE", "ERROR"})
 
@@ -39,6 +49,7 @@ class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(PaymentRequest)
+_shipping_decoder = msgspec.json.Decoder(list[ShippingInfo])
 
 
 class StorefrontCapture:
@@ -316,6 +327,115 @@ class StorefrontCapture:
             },
         )
         return record
+
+
+class KlarnaTracking:
+    """The shipment's tracking added at Klarna to the capture the storefront's capture produced:
+    optional (the shop entered Klarna credentials and keeps the Klarna order id on its orders),
+    and never guessed. The Klarna order must name the storefront's payment id in a merchant
+    reference, and hold exactly one capture of the shipment's amount made between the plan and
+    the storefront's confirmation; otherwise an audit note on the shipment says why nothing was
+    added. It moves no money."""
+
+    def __init__(self, shipment: Shipment, payments: StorefrontPayments) -> None:
+        self.shipment = shipment
+        self.payments = payments
+
+    async def run(self, record: CaptureRecord | None) -> CaptureRecord | None:
+        shipment = self.shipment
+        if (
+            record is None
+            or record.state != "captured"
+            or not shipment.tracking
+            or not shipment.shop.klarna_configured
+        ):
+            return record
+        sent = _shipping_decoder.decode(record.shipping_info)
+        if all(entry in sent for entry in klarna_shipping_info(shipment.tracking)):
+            return record
+        found = await self._klarna_capture(record)
+        if isinstance(found, str):
+            await self._not_added(found)
+            return record
+        return await add_shipping_info(shipment, record, at=found)
+
+    async def _klarna_capture(self, record: CaptureRecord) -> tuple[str, str] | str:
+        """The Klarna order and capture ids of the shipment's capture; else why there is none
+        to be sure of."""
+        klarna_order_id = record.klarna_order_id
+        if not klarna_order_id or klarna_order_id == NO_KLARNA_ORDER:
+            return (
+                "no Klarna order id is kept on this order in Shopify, where the settings page "
+                "says to read it: the Klarna order cannot be found"
+            )
+        if not record.captured_amount:
+            return "this shipment captured nothing of its own: there is no capture to add it to"
+        try:
+            state = await self.payments.payment_state(self.shipment.shop, record.order_id)
+        except StorefrontError as error:
+            raise self.shipment.failure(error.step, error, report=False) from error
+        if not state.payment_id:
+            return (
+                "Shopify names no payment id for the order's Klarna authorization: the Klarna "
+                f"order {klarna_order_id} cannot be confirmed as this order's"
+            )
+        try:
+            order = await self.shipment.client.read_order(klarna_order_id)
+        except KlarnaError as error:
+            if error.status in (403, 404):
+                return f"Klarna has no order {klarna_order_id} for these credentials"
+            raise self.shipment.failure("shipping_info", error, report=False) from error
+        return _the_capture(order, record, state.payment_id)
+
+    async def _not_added(self, reason: str) -> None:
+        """The note saying why, once per reason: tracking updates run this again."""
+        trail = await self.shipment.store.audit_trail(
+            self.shipment.shop.id, self.shipment.event.fulfillment_id
+        )
+        detail: dict[str, object] = {"reason": reason}
+        if any(
+            entry.step == "shipping_info"
+            and entry.outcome == "not_added"
+            and msgspec.json.decode(entry.detail) == detail
+            for entry in trail
+        ):
+            return
+        await self.shipment.audit("shipping_info", "not_added", detail)
+
+
+def _the_capture(order: Order, record: CaptureRecord, payment_id: str) -> tuple[str, str] | str:
+    references = [r for r in (order.merchant_reference1, order.merchant_reference2) if r]
+    if payment_id not in references:
+        return (
+            f"Klarna order {order.order_id} does not name Shopify's payment id {payment_id} in "
+            "its merchant references: it is not this order's"
+        )
+    currency = record.currency.upper()
+    if (order.purchase_currency or "").upper() != currency:
+        return (
+            f"Klarna order {order.order_id} is in {order.purchase_currency}, the shipment in "
+            f"{currency}"
+        )
+    since = (record.planned_at or record.captured_at or 0.0) - CLOCK_SLACK_SECONDS
+    until = (record.captured_at or since) + KLARNA_LATE_SECONDS
+    candidates = [
+        capture
+        for capture in order.captures
+        if capture.captured_amount == record.captured_amount
+        and capture.captured_at is not None
+        and since <= capture.captured_at.timestamp() <= until
+    ]
+    if not candidates:
+        return (
+            f"Klarna order {order.order_id} has no capture of this shipment's amount made when "
+            "Shopify captured it"
+        )
+    if len(candidates) > 1:
+        return (
+            f"Klarna order {order.order_id} has {len(candidates)} captures of this shipment's "
+            "amount made when Shopify captured it: which one is this shipment's cannot be told"
+        )
+    return (order.order_id, candidates[0].capture_id)
 
 
 def _pending(shipment: Shipment, capture: PaymentCapture) -> Exception:

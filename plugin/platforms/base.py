@@ -209,6 +209,9 @@ class PaymentState(msgspec.Struct, frozen=True, kw_only=True):
     # Money taken at checkout (a SALE) or captured outside this service before: the order is
     # the storefront's business, not ours.
     settled_at_checkout: bool = False
+    # The authorization's payment id at the storefront (Shopify's `paymentId`): what Klarna's
+    # payments app writes into the Klarna order's merchant references.
+    payment_id: str | None = None
 
 
 class StorefrontPayments(Protocol):
@@ -226,6 +229,11 @@ class StorefrontPayments(Protocol):
         """Capture `amount` of the authorization; the capture transaction the storefront made
         (PENDING while its gateway works). Raises StorefrontError, not retryable, with the
         storefront's words when it refuses."""
+        ...
+
+    async def capture_setting(self, shop: Shop) -> str:
+        """What the storefront's recent orders say of the shop's payment capture setting, in
+        the merchant's words (that it could not be checked, when it could not)."""
         ...
 
 

@@ -138,6 +138,9 @@ class Transaction:
     authorization_code: str | None = None
     amount: Amount | None = None
     multi_capturable: bool = False
+    # Shopify's payment id, which Klarna's payments app writes into the Klarna order's
+    # merchant references.
+    payment_id: str | None = None
 
 
 @dataclass
@@ -153,7 +156,8 @@ class _Payment:
     authorization_code: str | None = None
     multi_capturable: bool = False
     parent: int | None = None
-    pending_reads: int = 0  # reads of the order it stays PENDING for
+    pending_reads: int = 0
+    payment_id: str | None = None  # reads of the order it stays PENDING for
 
 
 @dataclass(frozen=True)
@@ -527,6 +531,7 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
                     created_at=self.clock(),
                     authorization_code=t.authorization_code,
                     multi_capturable=t.multi_capturable,
+                    payment_id=t.payment_id,
                 )
                 for t in transactions
             ]
@@ -794,11 +799,13 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             entry = _with(entry, operation=operation)
             if operation is None:
                 message = (
-                    "the sandbox answers only the order and shop queries, orderCapture, "
+                    "the sandbox answers only the order, orders and shop queries, orderCapture, "
                     "metafieldsSet, metafieldsDelete, tagsAdd and tagsRemove"
                 )
                 return _json(200, {"errors": [{"message": message}]}), entry
-            cost = self.query_cost if operation in ("order", "shop") else self.mutation_cost
+            cost = (
+                self.query_cost if operation in ("order", "orders", "shop") else self.mutation_cost
+            )
             self._refill(shop)
             forced = self.faults.throttle_next > 0
             if forced or shop.available < cost:
@@ -857,6 +864,21 @@ class ShopifySandbox(Sandbox[LoggedRequest, _Faults]):
             return {"order": None if order is None else _graphql_order(order, ns, key, query)}
         if operation == "shop":
             return {"shop": {"ianaTimezone": shop.time_zone}}
+        if operation == "orders":
+            # The newest first, as `orders(reverse: true, sortKey: CREATED_AT)` asks; their
+            # transactions as the order query gives them.
+            newest = sorted(shop.orders.values(), key=lambda o: o.id, reverse=True)[:10]
+            return {
+                "orders": {
+                    "nodes": [
+                        {
+                            "id": o.gid,
+                            "transactions": [_graphql_payment(p, o) for p in o.payments],
+                        }
+                        for o in newest
+                    ]
+                }
+            }
         if operation == "metafieldsSet":
             return {"metafieldsSet": _metafields_set(shop, variables.get("metafields"))}
         if operation == "metafieldsDelete":
@@ -1003,6 +1025,8 @@ def _operation(query: str) -> str | None:
         return "order"
     if re.fullmatch(r"\s*query\s*(\w+\s*)?\{\s*shop\s*\{\s*ianaTimezone\s*\}\s*\}\s*", query):
         return "shop"
+    if re.search(r"\borders\s*\(", query):
+        return "orders"
     return None
 
 
@@ -1323,6 +1347,7 @@ def _graphql_payment(payment: _Payment, order: _Order) -> dict[str, Any]:
         "kind": payment.kind,
         "status": payment.status,
         "authorizationCode": payment.authorization_code,
+        "paymentId": payment.payment_id,
         "createdAt": _timestamp(payment.created_at),
         "multiCapturable": payment.multi_capturable,
         "amountSet": _bag(payment.amount, order),

@@ -19,7 +19,7 @@ from plugin.klarna.models import Environment, Region, parse_environment, parse_r
 from plugin.outbound import AddressGuard, IPNetwork, url_problem
 from plugin.shops import Shops
 from plugin.store import ShopChanges
-from plugin.store.records import Shop, ShopOptions
+from plugin.store.records import DEFAULT_PAYMENT_GATEWAYS, Shop, ShopOptions
 from plugin.web.pages import Embedding
 
 REGIONS = {"eu": "Europe", "na": "North America", "oc": "Oceania"}
@@ -390,6 +390,28 @@ def locale_id(name: str) -> str | None:
 def _time_zones() -> frozenset[str]:
     """The IANA names this machine knows, read once (a walk of the zone files)."""
     return frozenset(available_timezones())
+
+
+# A Shopify shop's payment gateways (its settings page, `shop set`): at most this many names.
+MAX_GATEWAYS = 5
+
+
+def gateways(text: str) -> tuple[str, ...]:
+    """The payment gateway names of the field (comma-separated), lower case, each once; empty:
+    the known names of Klarna's gateways."""
+    names = tuple(dict.fromkeys(n.strip().casefold() for n in text.split(",") if n.strip()))
+    return names or DEFAULT_PAYMENT_GATEWAYS
+
+
+def gateways_problem(text: str) -> str | None:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if len(names) > MAX_GATEWAYS:
+        return f"Enter at most {MAX_GATEWAYS} gateway names, separated by commas."
+    for name in names:
+        problem = name_problem("payment gateway", name)
+        if problem:
+            return problem
+    return None
 
 
 def name_problem(what: str, name: str) -> str | None:

@@ -195,6 +195,7 @@ OUTCOMES = {
     "waiting for klarna credentials": "waiting for Klarna credentials",
     "captured_by_storefront": "captured already in the storefront: nothing sent",
     "pending": "sent: the payment gateway is still working on it",
+    "not_added": "nothing added",
 }
 
 
@@ -204,3 +205,18 @@ def trail_step(step: str) -> str:
 
 def trail_outcome(outcome: str) -> str:
     return OUTCOMES.get(outcome, outcome)
+
+
+# The longest reason a trail entry shows: the pipeline writes its own words, a sentence each.
+MAX_REASON = 500
+
+
+def trail_reason(detail: str) -> str:
+    """The reason an audit entry's detail (JSON) gives in words, if any: why a step did
+    nothing, shown beside it."""
+    try:
+        found = msgspec.json.decode(detail[:20_000])
+    except msgspec.DecodeError:
+        return ""
+    reason = found.get("reason") if isinstance(found, dict) else None
+    return reason[:MAX_REASON] if isinstance(reason, str) else ""

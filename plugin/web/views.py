@@ -102,6 +102,7 @@ templates.env.filters["step"] = present.trail_step
 templates.env.filters["call_state"] = lambda state: present.CALL_STATES.get(state, state)
 templates.env.filters["order_state"] = lambda state: present.ORDER_STATES.get(state, state)
 templates.env.filters["outcome"] = present.trail_outcome
+templates.env.filters["reason"] = present.trail_reason
 
 NOTICES = {
     "saved": "Settings saved.",
@@ -272,8 +273,23 @@ async def settings_page(
 ) -> Response:
     form = SettingsForm.from_shop(shop, _settings_page(shop))
     banner = await _waiting_banner(service, shop)
-    context = _settings_context(request, service, shop, form, waiting=banner)
+    context = _settings_context(
+        request,
+        service,
+        shop,
+        form,
+        waiting=banner,
+        capture_check=await _capture_check(service, shop),
+    )
     return _render(request, "settings.html", context)
+
+
+async def _capture_check(service: Service, shop: Shop) -> str | None:
+    """For a shop whose storefront captures (its checkout took Klarna's payment): what the
+    storefront says of its capture setting, which must be manual. One read per page view."""
+    storefront = service.pipeline.storefronts.get(shop.platform)
+    payments = storefront.payments(shop) if storefront is not None and shop.enabled else None
+    return await payments.capture_setting(shop) if payments is not None else None
 
 
 def _form(request: Request) -> dict[str, str]:

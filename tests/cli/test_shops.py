@@ -434,3 +434,84 @@ def test_shop_add_refuses_an_email_that_is_no_address_and_alerts_without_one(
     assert refused.returncode != 0
     assert "--failure-alerts: give the --email they go to" in refused.stderr
     assert listed_shops(env) == []
+
+
+def _shopify_shop(env: dict[str, str]) -> str:
+    """A Shopify shop as installing the app leaves it (`shop add` makes none)."""
+
+    async def create() -> str:
+        settings, _ = ensure_secret_keys(load_settings(env))
+        async with open_service(settings) as service:
+            shop, _ = await service.shops.create(
+                platform="shopify",
+                name="Fika",
+                klarna_region="eu",
+                klarna_environment="playground",
+                klarna_username="",
+                klarna_password="",
+                shop_domain="fika.myshopify.com",
+            )
+            return shop.id
+
+    return anyio.run(create)
+
+
+def test_shop_set_chooses_who_captures_a_shopify_shop_and_shop_show_says_it(
+    env: dict[str, str],
+) -> None:
+    shop_id = _shopify_shop(env)
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop_id).stdout)["options"]
+    assert (shown["payment_flow"], shown["payment_gateways"], shown["single_capture"]) == (
+        "klarna",
+        ["klarna", "shopify_payments"],
+        "last",
+    )
+    changed = run_cli(
+        env,
+        "shop",
+        "set",
+        shop_id,
+        "--payment-flow",
+        "shopify",
+        "--payment-gateways",
+        " Klarna , klarna_payments,klarna",
+        "--single-capture",
+        "first",
+    )
+    assert "payments captured by shopify; gateways klarna, klarna_payments" in changed.stdout
+    assert "captured at its first shipment" in changed.stdout
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop_id).stdout)["options"]
+    assert (shown["payment_flow"], shown["payment_gateways"], shown["single_capture"]) == (
+        "shopify",
+        ["klarna", "klarna_payments"],
+        "first",
+    )
+    # An empty list restores the known gateways; other options stay as they were.
+    run_cli(env, "shop", "set", shop_id, "--payment-gateways", "")
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop_id).stdout)["options"]
+    assert (shown["payment_flow"], shown["payment_gateways"]) == (
+        "shopify",
+        ["klarna", "shopify_payments"],
+    )
+
+    for wrong, said in (
+        (("--payment-flow", "stripe"), "invalid choice"),
+        (("--single-capture", "middle"), "invalid choice"),
+        (("--payment-gateways", "a,b,c,d,e,f"), "at most 5 gateway names"),
+        (("--payment-gateways", "klarna\x1b[31m"), "all printable"),
+        (("--payment-gateways", "k" * 200 + "," + "a" * 200), "at most 300 characters"),
+    ):
+        refused = run_cli(env, "shop", "set", shop_id, *wrong, check=False)
+        assert refused.returncode == 2, wrong
+        assert said in refused.stderr, (wrong, refused.stderr)
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", shop_id).stdout)["options"]
+    assert shown["single_capture"] == "first"
+
+
+def test_the_payment_options_are_for_shopify_shops_only(env: dict[str, str]) -> None:
+    standard = add_shop(env)["shop_id"]
+    refused = run_cli(env, "shop", "set", standard, "--payment-flow", "shopify", check=False)
+    assert refused.returncode == 2
+    assert "--payment-flow is for Shopify shops" in refused.stderr
+    shown = msgspec.json.decode(run_cli(env, "shop", "show", standard).stdout)["options"]
+    assert "payment_flow" not in shown

@@ -1,7 +1,9 @@
 """Whatever a merchant or a storefront can put into the pages comes out as text, never as markup;
 and every shipment a storefront can name has a page."""
 
+import json
 import re
+import time
 from typing import Any
 
 from plugin.sandbox.klarna import KlarnaSandbox
@@ -149,3 +151,34 @@ def test_a_shipment_whose_id_holds_a_slash_has_a_page(
     page = browser.get(link)
     assert page.status_code == 200
     assert f"Shipment {fulfillment_id}" in page.text
+
+
+def test_a_trail_entry_shows_why_a_step_did_nothing_as_text(
+    site: Site, klarna_sandbox: KlarnaSandbox
+) -> None:
+    """The reason the pipeline notes (a Klarna order it would not guess, say) is shown beside
+    its step, escaped: a storefront's ids are quoted in it."""
+    shop, secret = site.create_shop()
+    browser = site.sign_in(shop.id)
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    assert site.deliver(shop.id, secret, shipment(order.order_id, "F7")).status_code == 200
+    wait_until(lambda: captured(site.settings, shop.id, "F7"), what="for the capture")
+    reason = f"Klarna order {PAYLOAD} has 2 captures of this shipment's amount"
+    detail = json.dumps({"reason": reason})
+    site.call(
+        site.service.store.add_audit,
+        shop.id,
+        "F7",
+        None,
+        "shipping_info",
+        "not_added",
+        detail,
+        time.time(),
+    )
+    page = browser.get(f"{browser.base}/shipments/F7")
+    assert page.status_code == 200
+    assert_escaped(
+        page.text,
+        "<strong>Tracking sent to Klarna</strong>: nothing added (Klarna order "
+        f"{ESCAPED} has 2 captures of this shipment&#39;s amount)",
+    )

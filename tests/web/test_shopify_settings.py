@@ -2,6 +2,7 @@
 after an install, where its orders keep the Klarna order id, the tracking's shipping method, and
 no Standard Webhooks section of its own."""
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args
@@ -9,6 +10,7 @@ from typing import get_args
 import pytest
 
 from plugin.klarna.models import ShippingMethod
+from plugin.sandbox.shopify import Line, ShopifySandbox, Transaction
 from plugin.store.records import Shop, ShopOptions
 from tests.web.support import (
     SANDBOX_PASSWORD,
@@ -259,3 +261,46 @@ def test_a_shop_paid_through_shopifys_checkout_has_shopify_capture_without_klarn
     # Left empty, the gateways are the known names of Klarna's.
     assert browser.save_settings(payment_gateways="").status_code == 303
     assert site.shop(installed.id).options.payment_gateways == ("klarna", "shopify_payments")
+
+
+def test_the_page_says_what_shopifys_recent_orders_show_of_the_capture_setting(
+    site: Site, shopify_sandbox: ShopifySandbox
+) -> None:
+    token = shopify_sandbox.add_shop(SHOP)
+    shop = site.call(site.service.shops.install, platform="shopify", shop_domain=SHOP, token=token)
+    browser = site.sign_in(shop.id)
+
+    def check() -> str:
+        page = browser.get(f"/admin/{shop.id}/settings").text
+        found = re.search(r'<p class="hint" id="capture-check" role="status">(.*?)</p>', page)
+        return found.group(1) if found else ""
+
+    # At Klarna, Shopify's capture setting is not this app's business: nothing is read.
+    assert check() == ""
+    assert browser.save_settings(payment_flow="shopify").status_code == 303
+    assert check() == (
+        "<strong>Checked in Shopify:</strong> No recent order in Shopify was paid with these "
+        "gateways, so the payment capture setting could not be checked: make sure it is manual."
+    )
+
+    def order(*transactions: Transaction) -> None:
+        shopify_sandbox.add_order(SHOP, [Line("Basil", "10.00")], transactions=transactions)
+
+    order(Transaction("Klarna"))
+    order(Transaction("Klarna"), Transaction("gift_card", kind="SALE"))  # not Klarna's
+    assert check() == (
+        "<strong>Checked in Shopify:</strong> The last 2 Klarna orders in Shopify were "
+        "authorized only: payment capture is manual, as it must be."
+    )
+    order(Transaction("Klarna", kind="SALE"))
+    assert check() == (
+        "<strong>Checked in Shopify:</strong> 1 of the last 3 Klarna orders in Shopify were "
+        "paid at checkout: Shopify captures automatically. Set Settings → Payments → Payment "
+        "capture method to manual, or nothing is left to capture per shipment."
+    )
+    # Shopify not answering is said, not taken for a yes.
+    shopify_sandbox.reset()
+    assert check() == (
+        "<strong>Checked in Shopify:</strong> Shopify&#39;s payment capture setting could not be "
+        "checked (Shopify did not answer): make sure it is manual."
+    )

@@ -520,6 +520,7 @@ query OrderPayments($id: ID!) {
       kind
       status
       gateway
+      paymentId
       createdAt
       multiCapturable
       amountSet { ...Bag }
@@ -572,6 +573,9 @@ class PaymentTransaction(msgspec.Struct, kw_only=True, rename="camel"):
     # taken off).
     total_unsettled_set: MoneyBag | None = None
     parent_transaction: TransactionRef | None = None
+    # Shopify's payment id (Klarna's payments app writes it into the Klarna order's merchant
+    # references).
+    payment_id: str | None = None
 
 
 class PaymentsOrder(msgspec.Struct, kw_only=True, rename="camel"):
@@ -586,6 +590,41 @@ class PaymentsOrder(msgspec.Struct, kw_only=True, rename="camel"):
 
 class PaymentsData(msgspec.Struct, kw_only=True):
     order: PaymentsOrder | None = None
+
+
+# The recent orders the settings page reads to tell the shop's payment capture setting (the
+# Admin API exposes no such setting): their Klarna transactions show it.
+RECENT_ORDERS = 10
+RECENT_PAYMENTS_QUERY = f"""\
+query RecentPayments {{
+  orders(first: {RECENT_ORDERS}, reverse: true, sortKey: CREATED_AT) {{
+    nodes {{
+      id
+      transactions(first: 20) {{ kind status gateway createdAt }}
+    }}
+  }}
+}}
+"""
+
+
+class RecentTransaction(msgspec.Struct, kw_only=True, rename="camel"):
+    kind: str
+    status: str
+    created_at: str
+    gateway: str | None = None
+
+
+class RecentOrder(msgspec.Struct, kw_only=True):
+    id: str
+    transactions: list[RecentTransaction] = []
+
+
+class RecentOrders(msgspec.Struct, kw_only=True):
+    nodes: list[RecentOrder] = []
+
+
+class RecentPaymentsData(msgspec.Struct, kw_only=True):
+    orders: RecentOrders
 
 
 class CaptureUserError(msgspec.Struct, kw_only=True):

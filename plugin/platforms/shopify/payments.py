@@ -95,6 +95,7 @@ class ShopifyPayments:
             settled_at_checkout=any(
                 t.kind.upper() == "SALE" and t.status.upper() == "SUCCESS" for t in ours
             ),
+            payment_id=(authorization.payment_id or None) if authorization else None,
         )
 
     async def capture_payment(
@@ -136,6 +137,57 @@ class ShopifyPayments:
             status=transaction.status.upper(),
             created_at=_moment(transaction.created_at),
         )
+
+    async def capture_setting(self, shop: Shop) -> str:
+        """The shop's capture setting as its recent orders' Klarna transactions show it (the
+        Admin API has no field for the setting): an authorization left to capture is manual
+        capture; a SALE, or a capture within a minute of its authorization, was taken at
+        checkout."""
+        try:
+            data = await self.admin(shop, "settings").execute(
+                "orders", payloads.RECENT_PAYMENTS_QUERY, {}
+            )
+            recent = msgspec.convert(data, payloads.RecentPaymentsData).orders.nodes
+        except (ShopifyError, StorefrontError, msgspec.ValidationError):
+            return (
+                "Shopify's payment capture setting could not be checked (Shopify did not "
+                "answer): make sure it is manual."
+            )
+        manual = automatic = 0
+        for order in recent[: payloads.RECENT_ORDERS]:
+            ours = [t for t in order.transactions if self._ours_recent(t)]
+            ok = [t for t in ours if t.status.upper() == "SUCCESS"]
+            authorized = [_moment(t.created_at) for t in ok if t.kind.upper() == "AUTHORIZATION"]
+            at_once = any(
+                t.kind.upper() == "SALE"
+                or (
+                    t.kind.upper() == "CAPTURE"
+                    and any(abs(_moment(t.created_at) - a) <= 60 for a in authorized)
+                )
+                for t in ok
+            )
+            if at_once:
+                automatic += 1
+            elif authorized:
+                manual += 1
+        if automatic:
+            return (
+                f"{automatic} of the last {manual + automatic} Klarna orders in Shopify were "
+                "paid at checkout: Shopify captures automatically. Set Settings → Payments → "
+                "Payment capture method to manual, or nothing is left to capture per shipment."
+            )
+        if manual:
+            return (
+                f"The last {manual} Klarna orders in Shopify were authorized only: payment "
+                "capture is manual, as it must be."
+            )
+        return (
+            "No recent order in Shopify was paid with these gateways, so the payment capture "
+            "setting could not be checked: make sure it is manual."
+        )
+
+    def _ours_recent(self, transaction: payloads.RecentTransaction) -> bool:
+        return (transaction.gateway or "").strip().casefold() in self.gateways
 
 
 def _presentment(bag: payloads.MoneyBag | None, currency: str) -> int:

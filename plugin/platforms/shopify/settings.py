@@ -14,7 +14,7 @@ from plugin.klarna.models import ShippingMethod
 from plugin.platforms.shopify import signatures
 from plugin.shops import Shops
 from plugin.store.records import DEFAULT_PAYMENT_GATEWAYS, Shop
-from plugin.web.forms import OrderIdSettingsPage, name_problem
+from plugin.web.forms import OrderIdSettingsPage, gateways, gateways_problem, name_problem
 from plugin.web.pages import Embedding
 
 ADMIN = "https://admin.shopify.com"
@@ -42,7 +42,6 @@ SINGLE_CAPTURES = {
     "last": "With the shipment that completes the order",
     "first": "With the order's first shipment",
 }
-MAX_GATEWAYS = 5
 SHIPPING_METHODS: tuple[str, ...] = get_args(ShippingMethod)
 NO_SHIPPING_METHOD = "none"
 # Shopify's own limits: namespace 3-255 and key 2-64 letters, digits, hyphens and underscores.
@@ -137,21 +136,3 @@ class ShopifySettings(OrderIdSettingsPage):
             stylesheets=(POLARIS_LOOK,),
             nav=NAV_MENU,
         )
-
-
-def gateways(text: str) -> tuple[str, ...]:
-    """The payment gateway names of the field (comma-separated), lower case, each once; empty:
-    the known names of Klarna's gateways."""
-    names = tuple(dict.fromkeys(n.strip().casefold() for n in text.split(",") if n.strip()))
-    return names or DEFAULT_PAYMENT_GATEWAYS
-
-
-def gateways_problem(text: str) -> str | None:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if len(names) > MAX_GATEWAYS:
-        return f"Enter at most {MAX_GATEWAYS} gateway names, separated by commas."
-    for name in names:
-        problem = name_problem("payment gateway", name)
-        if problem:
-            return problem
-    return None

@@ -5,10 +5,11 @@ authorization, once, and Klarna is never called."""
 
 import json
 import uuid
+from datetime import timedelta
 
 from plugin.app import create_app
 from plugin.config import Settings
-from plugin.sandbox.klarna import KlarnaSandbox
+from plugin.sandbox.klarna import KlarnaSandbox, SandboxCapture
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.shopify import Line, ShippingLine, ShopifySandbox, Tax, Transaction
 from plugin.store.records import ShopOptions
@@ -359,3 +360,173 @@ def test_refunds_and_cancellations_stay_in_shopify(
         [detail] = conn.execute("SELECT detail FROM audit WHERE step = 'skip'").fetchone()
     assert state == "done"
     assert "refunded and cancelled in the storefront" in json.loads(detail)["reason"]
+
+
+TRACKED = ShopOptions(payment_flow="shopify")
+PAYMENT_ID = "rYj3kPq9c0vW1xZ2"
+
+
+def place_tracked_order(
+    shopify: ShopifySandbox, klarna: KlarnaSandbox, *, payment_id: str = PAYMENT_ID
+) -> tuple[str, str]:
+    """The 52.90 order of `place_order`, paid through Klarna's payments app: Shopify keeps the
+    Klarna order id in its metafield, and Klarna keeps Shopify's payment id in the order's
+    merchant reference. Returns (Shopify order gid, Klarna order id)."""
+    placed = klarna.create_order(order_amount=5290, merchant_reference1=payment_id)
+    gid = shopify.add_order(
+        DOMAIN,
+        [
+            Line(
+                "Tomatoes", "20.00", quantity=2, sku="TOM", discounts=["2.00"],
+                taxes=[Tax("0.07", "2.49")],
+            ),
+            Line("Basil", "10.00", sku="BAS", taxes=[Tax("0.07", "0.65")]),
+        ],
+        shipping=[ShippingLine("Standard", "4.90", taxes=[Tax("0.19", "0.78")])],
+        metafields={("klarna", "order_id"): placed.order_id},
+        transactions=[Transaction("Klarna", multi_capturable=True, payment_id=PAYMENT_ID)],
+    )  # fmt: skip
+    return gid, placed.order_id
+
+
+def klarna_captures_too(
+    klarna: KlarnaSandbox, order_id: str, *amounts: int, ago: timedelta = timedelta(0)
+) -> None:
+    """What Klarna's payments app does when Shopify asks it to capture: a capture at Klarna
+    (made `ago` before now)."""
+    with klarna.lock:
+        order = klarna.orders[order_id]
+        for amount in amounts:
+            order.captures.append(
+                SandboxCapture(
+                    capture_id=str(uuid.uuid4()),
+                    captured_amount=amount,
+                    captured_at=klarna.now() - ago,
+                    klarna_reference=f"K{len(order.captures)}",
+                )
+            )
+            order.captured_amount += amount
+
+
+def not_added(settings: Settings) -> list[str]:
+    with database(settings) as conn:
+        rows = conn.execute(
+            "SELECT detail FROM audit WHERE step = 'shipping_info' AND outcome = 'not_added'"
+        ).fetchall()
+    return [json.loads(detail)["reason"] for (detail,) in rows]
+
+
+def test_tracking_goes_to_the_klarna_capture_shopifys_capture_produced(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    install(settings, shopify_sandbox, options=TRACKED)
+    gid, klarna_id = place_tracked_order(shopify_sandbox, klarna_sandbox)
+    # A capture of another amount made then is not this shipment's.
+    klarna_captures_too(klarna_sandbox, klarna_id, 5290, 1000)
+    body = shopify_sandbox.fulfill(
+        DOMAIN, gid, tracking_company="DHL", tracking_numbers=["00340434161094042557"]
+    )
+    assert send(service, "fulfillments/create", body).is_success
+    ours = klarna_sandbox.orders[klarna_id].captures[0]
+    wait_until(lambda: ours.shipping_info != [], what="the tracking at Klarna")
+    assert [(i.shipping_company, i.tracking_number) for i in ours.shipping_info] == [
+        ("dhl", "00340434161094042557")
+    ]
+    assert klarna_sandbox.orders[klarna_id].captures[1].shipping_info == []
+    assert captures(shopify_sandbox, gid) == [("SUCCESS", "52.90")]
+    # Klarna was read and given tracking: no capture, refund or cancel.
+    assert {(r.method, r.path.endswith("/shipping-info")) for r in klarna_sandbox.requests} == {
+        ("GET", False),
+        ("POST", True),
+    }
+    wait_idle(settings)
+    assert not_added(settings) == []
+
+
+def test_two_klarna_captures_of_the_amount_are_no_guess_and_the_shipment_says_so(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    install(settings, shopify_sandbox, options=TRACKED)
+    gid, klarna_id = place_tracked_order(shopify_sandbox, klarna_sandbox)
+    klarna_captures_too(klarna_sandbox, klarna_id, 5290, 5290)
+    body = shopify_sandbox.fulfill(DOMAIN, gid, tracking_company="DHL", tracking_numbers=["1"])
+    assert send(service, "fulfillments/create", body).is_success
+    wait_until(lambda: not_added(settings) != [], what="the note")
+    wait_idle(settings)
+    assert not_added(settings) == [
+        f"Klarna order {klarna_id} has 2 captures of this shipment's amount made when Shopify "
+        "captured it: which one is this shipment's cannot be told"
+    ]
+    assert all(c.shipping_info == [] for c in klarna_sandbox.orders[klarna_id].captures)
+    assert captures(shopify_sandbox, gid) == [("SUCCESS", "52.90")]
+
+
+def test_a_klarna_order_that_is_not_the_payments_gets_no_tracking_and_the_shipment_says_so(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    install(settings, shopify_sandbox, options=TRACKED)
+    gid, klarna_id = place_tracked_order(shopify_sandbox, klarna_sandbox, payment_id="other")
+    klarna_captures_too(klarna_sandbox, klarna_id, 5290)
+    body = shopify_sandbox.fulfill(DOMAIN, gid, tracking_company="DHL", tracking_numbers=["1"])
+    assert send(service, "fulfillments/create", body).is_success
+    wait_until(lambda: not_added(settings) != [], what="the note")
+    wait_idle(settings)
+    assert not_added(settings) == [
+        f"Klarna order {klarna_id} does not name Shopify's payment id {PAYMENT_ID} in its "
+        "merchant references: it is not this order's"
+    ]
+    assert klarna_sandbox.orders[klarna_id].captures[0].shipping_info == []
+
+
+def test_an_order_without_a_klarna_order_id_gets_no_tracking_and_the_shipment_says_so(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    install(settings, shopify_sandbox, options=TRACKED)
+    gid = place_order(shopify_sandbox)
+    body = shopify_sandbox.fulfill(DOMAIN, gid, tracking_company="DHL", tracking_numbers=["1"])
+    assert send(service, "fulfillments/create", body).is_success
+    wait_until(lambda: not_added(settings) != [], what="the note")
+    wait_idle(settings)
+    assert not_added(settings) == [
+        "no Klarna order id is kept on this order in Shopify, where the settings page says to "
+        "read it: the Klarna order cannot be found"
+    ]
+    assert captures(shopify_sandbox, gid) == [("SUCCESS", "52.90")]
+    assert klarna_sandbox.requests == []
+    # The fulfilment's next update is no second note.
+    assert send(service, "fulfillments/update", body).is_success
+    wait_until(lambda: count(settings, "SELECT count(*) FROM deliveries") == 2, what="it")
+    wait_idle(settings)
+    assert len(not_added(settings)) == 1
+
+
+def test_a_klarna_capture_of_the_amount_made_before_the_shipment_is_not_its(
+    settings: Settings,
+    shopify_sandbox: ShopifySandbox,
+    klarna_sandbox: KlarnaSandbox,
+    service: str,
+) -> None:
+    install(settings, shopify_sandbox, options=TRACKED)
+    gid, klarna_id = place_tracked_order(shopify_sandbox, klarna_sandbox)
+    klarna_captures_too(klarna_sandbox, klarna_id, 5290, ago=timedelta(hours=1))
+    body = shopify_sandbox.fulfill(DOMAIN, gid, tracking_company="DHL", tracking_numbers=["1"])
+    assert send(service, "fulfillments/create", body).is_success
+    wait_until(lambda: not_added(settings) != [], what="the note")
+    wait_idle(settings)
+    assert not_added(settings) == [
+        f"Klarna order {klarna_id} has no capture of this shipment's amount made when Shopify "
+        "captured it"
+    ]
+    assert klarna_sandbox.orders[klarna_id].captures[0].shipping_info == []
