@@ -8,7 +8,7 @@ queued it, so a retried or late write-back never puts an older status on the ord
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 import msgspec
 
@@ -27,7 +27,12 @@ from plugin.platforms.base import (
     shipping_method,
 )
 from plugin.platforms.shopify import mapping, payloads
-from plugin.platforms.shopify.api import AdminClient, ShopifyError
+from plugin.platforms.shopify.api import (
+    AdminClient,
+    ShopifyError,
+    order_query,
+    readable_order,
+)
 from plugin.platforms.shopify.payments import ShopifyPayments
 from plugin.store.records import CaptureRecord, Delivery, Shop, ShopOptions
 
@@ -48,9 +53,6 @@ LIFE_TAGS: dict[LifeStatus, str] = {
 }
 REFUND_FAILED_TAG = "klarna-refund-failed"
 EXPIRY_KEY = "authorization_expires_at"
-
-T = TypeVar("T")
-Found = TypeVar("Found")
 
 
 class CaptureSummary(msgspec.Struct, kw_only=True):
@@ -227,21 +229,9 @@ class ShopifyStorefront(StorefrontApp):
 
     async def _order(self, shop: Shop, order_id: int) -> payloads.Order:
         variables = payloads.order_query_variables(order_id, klarna_order_id_source(shop.options))
-        found = await self._query(shop, payloads.ORDER_QUERY, variables, payloads.OrderData)
-        return _readable(found.order, order_id)
-
-    async def _query(self, shop: Shop, query: str, variables: dict[str, Any], answer: type[T]) -> T:
-        """An order query's answer as `answer`; a failure as the mapping step's."""
-        client = self.admin(shop, "map")
-        try:
-            data = await client.execute("order", query, variables)
-            return msgspec.convert(data, answer)
-        except ShopifyError as error:
-            raise error.failure("map") from None
-        except msgspec.ValidationError as error:
-            raise StorefrontError(
-                "map", "BAD_ORDER", [f"the order query answered {error}"], retryable=True
-            ) from None
+        query = payloads.ORDER_QUERY
+        found = await order_query(self.admin(shop, "map"), query, variables, payloads.OrderData)
+        return readable_order(found.order, order_id)
 
     # the order's life
 
@@ -321,10 +311,10 @@ class ShopifyStorefront(StorefrontApp):
         self, shop: Shop, order_id: str, source: payloads.KlarnaOrderIdSource
     ) -> payloads.LifeOrder:
         variables = payloads.order_query_variables(order_id, source)
-        found = await self._query(
-            shop, payloads.ORDER_LIFE_QUERY, variables, payloads.LifeOrderData
+        found = await order_query(
+            self.admin(shop, "map"), payloads.ORDER_LIFE_QUERY, variables, payloads.LifeOrderData
         )
-        order = _readable(found.order, order_id)
+        order = readable_order(found.order, order_id)
         if len(order.refunds) > payloads.REFUNDS_PAGE:
             raise StorefrontError(
                 "map",
@@ -468,18 +458,6 @@ def _life_values(
         moment = datetime.fromtimestamp(expires_at, UTC).replace(microsecond=0)
         values[EXPIRY_KEY] = ("date_time", moment.isoformat().replace("+00:00", "Z"))
     return values
-
-
-def _readable(order: Found | None, order_id: object) -> Found:
-    """The order an order query found; none is an order the app cannot read."""
-    if order is None:
-        raise StorefrontError(
-            "map",
-            "ORDER_NOT_FOUND",
-            [f"order {order_id} is not readable (deleted, or out of the app's scope)"],
-            retryable=False,
-        )
-    return order
 
 
 def _json_or_text(error: str | None) -> bytes:

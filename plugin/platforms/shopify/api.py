@@ -9,12 +9,12 @@ for, what the bucket holds and how fast it refills), so the wait is computed, no
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 import msgspec
 
-from plugin.platforms.base import ApiError
+from plugin.platforms.base import ApiError, StorefrontError
 from plugin.retries import RetryPolicy, parse_retry_after, retrying
 
 log = logging.getLogger("plugin.shopify")
@@ -249,3 +249,35 @@ def _raise_user_errors(operation: str, payload: object) -> None:
         messages = [_user_error(error)[:300] for error in errors][:5]
         raise ShopifyError(operation, status=200, code="USER_ERRORS", messages=messages)
     log.debug("shopify write-back", extra={"operation": operation})
+
+
+Answer = TypeVar("Answer")
+Found = TypeVar("Found")
+
+
+async def order_query(
+    client: "AdminClient", query: str, variables: dict[str, Any], answer: type[Answer]
+) -> Answer:
+    """An order query's answer as `answer`; a failure as the mapping step's (`BAD_ORDER` for an
+    answer of another shape)."""
+    try:
+        data = await client.execute("order", query, variables)
+        return msgspec.convert(data, answer)
+    except ShopifyError as error:
+        raise error.failure("map") from None
+    except msgspec.ValidationError as error:
+        raise StorefrontError(
+            "map", "BAD_ORDER", [f"the order query answered {error}"], retryable=True
+        ) from None
+
+
+def readable_order(order: Found | None, order_id: object) -> Found:
+    """The order an order query found; none is an order the app cannot read."""
+    if order is None:
+        raise StorefrontError(
+            "map",
+            "ORDER_NOT_FOUND",
+            [f"order {order_id} is not readable (deleted, or out of the app's scope)"],
+            retryable=False,
+        )
+    return order

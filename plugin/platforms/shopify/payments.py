@@ -13,7 +13,7 @@ import msgspec
 from plugin import money
 from plugin.platforms.base import PaymentCapture, PaymentState, StorefrontError
 from plugin.platforms.shopify import payloads
-from plugin.platforms.shopify.api import AdminClient, ShopifyError
+from plugin.platforms.shopify.api import AdminClient, ShopifyError, order_query, readable_order
 from plugin.store.records import Shop
 
 # The adapter's `admin`: a shop's Admin API client for one step.
@@ -31,26 +31,13 @@ class ShopifyPayments:
         return (transaction.gateway or "").strip().casefold() in self.gateways
 
     async def payment_state(self, shop: Shop, order_id: str) -> PaymentState:
-        client = self.admin(shop, "map")
-        try:
-            data = await client.execute(
-                "order", payloads.PAYMENTS_QUERY, {"id": payloads.order_gid(order_id)}
-            )
-            found = msgspec.convert(data, payloads.PaymentsData)
-        except ShopifyError as error:
-            raise error.failure("map") from None
-        except msgspec.ValidationError as error:
-            raise StorefrontError(
-                "map", "BAD_ORDER", [f"the order payments query answered {error}"], retryable=True
-            ) from None
-        order = found.order
-        if order is None:
-            raise StorefrontError(
-                "map",
-                "ORDER_NOT_FOUND",
-                [f"order {order_id} is not readable (deleted, or out of the app's scope)"],
-                retryable=False,
-            )
+        found = await order_query(
+            self.admin(shop, "map"),
+            payloads.PAYMENTS_QUERY,
+            {"id": payloads.order_gid(order_id)},
+            payloads.PaymentsData,
+        )
+        order = readable_order(found.order, order_id)
         currency = order.presentment_currency_code.upper()
         ours = [t for t in order.transactions[: payloads.PAYMENT_TRANSACTIONS] if self._ours(t)]
         authorizations = [
