@@ -113,19 +113,7 @@ class FailedShipments:
         self.clock = clock
 
     async def __call__(self, job: Job, failure: JobFailure, fate: Fate) -> NewCallback | None:
-        if fate == "waiting":
-            outcome = "waiting for " + (failure.waits_for or "").replace("_", " ")
-        else:
-            outcome = "dead" if fate == "dead" else "failed, will retry"
-        await self.store.add_audit(
-            job.shop_id,
-            job.key,
-            job.id,
-            failure.error.step,
-            outcome,
-            _encoder.encode(failure.error).decode(),
-            self.clock(),
-        )
+        await _audit(self.store, job, job.key, failure, fate, self.clock())
         if fate != "retrying":
             metrics.CAPTURES.labels(fate).inc()
         if not isinstance(failure, ShipmentFailure):
@@ -146,17 +134,24 @@ class FailedOrders:
         self.clock = clock
 
     async def __call__(self, job: Job, failure: JobFailure, fate: Fate) -> NewCallback | None:
-        if fate == "waiting":
-            outcome = "waiting for " + (failure.waits_for or "").replace("_", " ")
-        else:
-            outcome = "dead" if fate == "dead" else "failed, will retry"
-        await self.store.add_audit(
-            job.shop_id,
-            order_subject(job.key),
-            job.id,
-            failure.error.step,
-            outcome,
-            _encoder.encode(failure.error).decode(),
-            self.clock(),
-        )
+        await _audit(self.store, job, order_subject(job.key), failure, fate, self.clock())
         return None
+
+
+async def _audit(
+    store: Store, job: Job, subject: str, failure: JobFailure, fate: Fate, now: float
+) -> None:
+    """The failure on the trail of what the job is about (a shipment, an order), with its fate."""
+    if fate == "waiting":
+        outcome = "waiting for " + (failure.waits_for or "").replace("_", " ")
+    else:
+        outcome = "dead" if fate == "dead" else "failed, will retry"
+    await store.add_audit(
+        job.shop_id,
+        subject,
+        job.id,
+        failure.error.step,
+        outcome,
+        _encoder.encode(failure.error).decode(),
+        now,
+    )
