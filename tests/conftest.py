@@ -17,7 +17,7 @@ from plugin.sandbox.shopify import ShopifySandbox
 from plugin.sandbox.shopify import create_app as create_shopify_app
 from plugin.worker import Backoff
 from tests import postgres_cluster
-from tests.helpers import ALLOW_LOOPBACK
+from tests.helpers import ALLOW_LOOPBACK, StatusInbox
 
 
 @pytest.fixture
@@ -141,3 +141,18 @@ def service(settings: Settings) -> Iterator[str]:
     )
     with serve_in_thread(app) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def status_server() -> Iterator[tuple[StatusInbox, str]]:
+    """A shop's status URL over HTTP for the session: (what it received, its URL)."""
+    inbox = StatusInbox()
+    with serve_in_thread(inbox.app) as url:
+        yield inbox, f"{url}/status"
+
+
+@pytest.fixture
+def inbox(status_server: tuple[StatusInbox, str]) -> StatusInbox:
+    """The status URL's inbox, emptied for the test."""
+    status_server[0].received.clear()
+    return status_server[0]

@@ -51,19 +51,6 @@ BASIL = OrderLine(
 )
 
 
-@pytest.fixture(scope="session")
-def status_server() -> Iterator[tuple[StatusInbox, str]]:
-    inbox = StatusInbox()
-    with serve_in_thread(inbox.app) as url:
-        yield inbox, f"{url}/status"
-
-
-@pytest.fixture
-def inbox(status_server: tuple[StatusInbox, str]) -> StatusInbox:
-    status_server[0].received.clear()
-    return status_server[0]
-
-
 def test_a_full_shipment_is_captured_with_tracking_and_reported(
     settings: Settings,
     klarna_sandbox: KlarnaSandbox,

@@ -4,7 +4,6 @@ events are verified, stored and answered; the order's job makes each call once, 
 twice or fails on the way."""
 
 import concurrent.futures
-from collections.abc import Iterator
 
 import httpx2
 import msgspec
@@ -28,19 +27,6 @@ from tests.helpers import (
     wait_until,
 )
 from tests.web.support import count
-
-
-@pytest.fixture(scope="session")
-def status_server() -> Iterator[tuple[StatusInbox, str]]:
-    inbox = StatusInbox()
-    with serve_in_thread(inbox.app) as url:
-        yield inbox, f"{url}/status"
-
-
-@pytest.fixture
-def inbox(status_server: tuple[StatusInbox, str]) -> StatusInbox:
-    status_server[0].received.clear()
-    return status_server[0]
 
 
 def test_a_refund_after_the_capture_is_made_once_and_reported(
