@@ -25,6 +25,10 @@ LOGIN_COOKIE = "kc_login"
 # The page a one-time link opens (a GET, which mail scanners make too) posts the link back with a
 # token naming the link and a random value this cookie keeps: only that POST uses the link.
 LINK_COOKIE = "kc_link"
+# Those two cookies hold their random value signed (a few dozen characters): a longer one is
+# none of ours, and is not even checked.
+MAX_FORM_COOKIE = 256
+NONCE_CHARS = 32
 # What an action did, carried signed in the link of the page it redirects to, is shown that long.
 OUTCOME_SECONDS = 10 * 60
 # A link confirming a new sign-in address works for as long as a sign-in link.
@@ -65,7 +69,9 @@ class Auth:
         self._csrf = URLSafeTimedSerializer(keys, salt="klarna-capture csrf")
         self._install_states = URLSafeTimedSerializer(keys, salt=INSTALL_STATE_SALT)
         self._login_forms = URLSafeTimedSerializer(keys, salt="klarna-capture login form")
+        self._login_cookies = URLSafeTimedSerializer(keys, salt="klarna-capture login cookie")
         self._link_forms = URLSafeTimedSerializer(keys, salt="klarna-capture link form")
+        self._link_cookies = URLSafeTimedSerializer(keys, salt="klarna-capture link cookie")
         self._email_changes = URLSafeTimedSerializer(keys, salt="klarna-capture email change")
         self._pending_emails = URLSafeTimedSerializer(keys, salt="klarna-capture pending email")
         self._outcomes = URLSafeTimedSerializer(keys, salt="klarna-capture outcome")
@@ -116,31 +122,40 @@ class Auth:
             return False
         return hmac.compare_digest(str(sid), session.sid)
 
-    def login_form(self) -> tuple[str, str]:
-        """A new sign-in form's (cookie value, CSRF token): the token names the cookie's value."""
-        nonce = secrets.token_hex(16)
-        return nonce, self._login_forms.dumps(nonce)
+    def login_form(self, cookie: str | None) -> tuple[str, str]:
+        """A sign-in form's (cookie value, CSRF token): the token names the random value the
+        cookie holds. The browser's cookie, while valid, keeps its value (signed anew, for
+        another LOGIN_FORM_SECONDS), so that a form opened in a second tab leaves the first
+        one's token good; any other cookie is replaced by a new value."""
+        nonce = _kept_nonce(self._login_cookies, cookie, LOGIN_FORM_SECONDS) or _new_nonce()
+        return self._login_cookies.dumps(nonce), self._login_forms.dumps(nonce)
 
     def login_form_valid(self, cookie: str | None, token: str | None) -> bool:
-        """Whether `token` was made with the browser's sign-in form cookie, within the hour."""
-        if not cookie or not token:
+        """Whether `token` was made with the browser's sign-in form cookie, each within the
+        hour."""
+        nonce = _kept_nonce(self._login_cookies, cookie, LOGIN_FORM_SECONDS)
+        if nonce is None or not token:
             return False
         try:
-            nonce = self._login_forms.loads(token, max_age=LOGIN_FORM_SECONDS)
+            named = self._login_forms.loads(token, max_age=LOGIN_FORM_SECONDS)
         except BadSignature:
             return False
-        return hmac.compare_digest(str(nonce).encode(), cookie.encode())
+        return hmac.compare_digest(str(named).encode(), nonce.encode())
 
-    def link_form(self, link_nonce: str) -> tuple[str, str]:
+    def link_form(self, link_nonce: str, cookie: str | None) -> tuple[str, str]:
         """The (cookie value, CSRF token) of the page a one-time link opens: the token names both
-        the cookie's value and the link, so that it posts back only that link, from that
-        browser."""
-        nonce = secrets.token_hex(16)
-        return nonce, self._link_forms.dumps({"form": nonce, "link": link_nonce})
+        the cookie's random value and the link, so that it posts back only that link, from that
+        browser. As with the sign-in form, a valid cookie keeps its value (signed anew, for
+        another LINK_SECONDS): the pages of two links opened one after the other (a mail holds
+        one per shop) both still sign in."""
+        nonce = _kept_nonce(self._link_cookies, cookie, LINK_SECONDS) or _new_nonce()
+        token = self._link_forms.dumps({"form": nonce, "link": link_nonce})
+        return self._link_cookies.dumps(nonce), token
 
     def link_form_valid(self, cookie: str | None, token: str | None, link_nonce: str) -> bool:
         """Whether `token` was made for the link of `link_nonce` with the browser's cookie."""
-        if not cookie or not token:
+        nonce = _kept_nonce(self._link_cookies, cookie, LINK_SECONDS)
+        if nonce is None or not token:
             return False
         try:
             data = self._link_forms.loads(token, max_age=LINK_SECONDS)
@@ -149,7 +164,7 @@ class Auth:
         if not isinstance(data, dict):
             return False
         return hmac.compare_digest(
-            str(data.get("form", "")).encode(), cookie.encode()
+            str(data.get("form", "")).encode(), nonce.encode()
         ) and hmac.compare_digest(str(data.get("link", "")).encode(), link_nonce.encode())
 
     def email_change_token(self, shop_id: str, email: str) -> str:
@@ -225,3 +240,19 @@ class Auth:
             raise InstallStateError("no install state cookie: another browser, or cookies blocked")
         if not hmac.compare_digest(cookie.encode(), state.encode()):
             raise InstallStateError("state does not match this browser's install state cookie")
+
+
+def _kept_nonce(signer: URLSafeTimedSerializer, cookie: str | None, max_age: int) -> str | None:
+    """The random value a form cookie holds, when it is one of ours: bounded, signed by
+    `signer`, younger than `max_age`. None for anything else."""
+    if not cookie or len(cookie) > MAX_FORM_COOKIE:
+        return None
+    try:
+        nonce = signer.loads(cookie, max_age=max_age)
+    except BadSignature:
+        return None
+    return nonce if isinstance(nonce, str) and len(nonce) == NONCE_CHARS else None
+
+
+def _new_nonce() -> str:
+    return secrets.token_hex(NONCE_CHARS // 2)

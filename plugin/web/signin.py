@@ -76,11 +76,12 @@ def form_page(
     error: str | None = None,
     status_code: int = 200,
 ) -> Response:
-    """The sign-in form, with a fresh CSRF token and its cookie; without mail configured, the
-    page that sends the merchant to the operator."""
+    """The sign-in form, with a fresh CSRF token and its cookie (the browser's own while valid,
+    so that every tab's form works); without mail configured, the page that sends the merchant
+    to the operator."""
     if not service.settings.mail.enabled:
         return render(request, "login.html", {"title": "Sign in", "mail": False}, status_code)
-    nonce, token = auth_of(request).login_form()
+    cookie, token = auth_of(request).login_form(request.cookies.get(LOGIN_COOKIE))
     context = {
         "title": "Sign in",
         "mail": True,
@@ -91,7 +92,7 @@ def form_page(
     response = render(request, "login.html", context, status_code)
     response.set_cookie(
         LOGIN_COOKIE,
-        nonce,
+        cookie,
         max_age=LOGIN_FORM_SECONDS,
         path="/admin/login",
         httponly=True,
@@ -194,11 +195,11 @@ def link_page(request: Request, service: Service, token: str) -> Response:
 def _confirm_page(
     request: Request, service: Service, link_nonce: str, context: dict[str, str]
 ) -> Response:
-    nonce, csrf = auth_of(request).link_form(link_nonce)
+    cookie, csrf = auth_of(request).link_form(link_nonce, request.cookies.get(LINK_COOKIE))
     response = render(request, "confirm.html", {**context, "csrf_token": csrf})
     response.set_cookie(
         LINK_COOKIE,
-        nonce,
+        cookie,
         max_age=LINK_SECONDS,
         path=context["action"],
         httponly=True,

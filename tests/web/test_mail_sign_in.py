@@ -144,14 +144,16 @@ def test_opening_a_link_uses_nothing_only_its_pages_button_signs_in(
     page = site.client.get("/admin/login", params={"token": token})
     csrf = csrf_token(page.text)
     other_page = site.client.get("/admin/login", params={"token": site.auth.link_token(shop.id)})
-    other_csrf = csrf_token(other_page.text)  # the browser's cookie is now this page's
+    other_csrf = csrf_token(other_page.text)  # made for another link, in this browser
     refused = [
-        site.client.post(
-            "/admin/login", data={"token": token, "csrf_token": csrf}, headers={"origin": ORIGIN}
-        ),
         site.client.post(
             "/admin/login",
             data={"token": token, "csrf_token": other_csrf},
+            headers={"origin": ORIGIN},
+        ),
+        site.client.post(
+            "/admin/login",
+            data={"token": token, "csrf_token": csrf},
             headers={"origin": "https://evil.example"},
         ),
         site.client.post("/admin/login", data={"token": token}, headers={"origin": ORIGIN}),
@@ -256,6 +258,111 @@ def test_a_request_without_the_forms_token_or_from_another_site_is_refused(
     assert no_cookie.status_code == 403
     site.client.cookies.clear()
     assert inbox.messages == []
+
+
+def form_cookie(answer: httpx2.Response, name: str) -> str:
+    match = re.search(rf"{name}=([^;]+)", answer.headers.get("set-cookie", ""))
+    assert match is not None, answer.headers
+    return match.group(1)
+
+
+def signed_ago(settings: Settings, salt: str, value: object, seconds: int) -> str:
+    """`value` signed with the service's keys and `salt`, `seconds` ago."""
+
+    class Backdated(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time()) - seconds
+
+    serializer = URLSafeTimedSerializer(
+        list(reversed(settings.secret_keys)), salt=salt, signer=Backdated
+    )
+    return str(serializer.dumps(value))
+
+
+def test_a_sign_in_form_opened_in_a_second_tab_leaves_the_first_working(
+    site: Site, inbox: Inbox
+) -> None:
+    registered(site, "ann@example.com")
+    site.client.cookies.clear()
+    first = site.client.get("/admin/login")
+    second = site.client.get("/admin/login")  # the browser's cookie, kept
+    assert form_cookie(first, "kc_login") != ""
+    for form in (first, second):
+        answer = site.client.post(
+            "/admin/login",
+            data={"email": "ann@example.com", "csrf_token": csrf_token(form.text)},
+            headers={"origin": ORIGIN},
+        )
+        assert answer.status_code == 200, answer.text
+        assert "Check your mail" in answer.text
+    assert len(inbox.messages) == 2
+    site.client.cookies.clear()
+
+
+def test_only_a_valid_sign_in_form_cookie_is_kept(site: Site, settings: Settings) -> None:
+    """A cookie the service did not sign, one past its hour, or one longer than any it makes
+    is replaced by a new value; a valid one keeps its value, signed anew for another hour."""
+    salt = "klarna-capture login cookie"
+    nonce = secrets.token_hex(16)
+    serializer = URLSafeTimedSerializer(list(reversed(settings.secret_keys)), salt=salt)
+
+    def opened_with(cookie: str) -> tuple[str, str]:
+        """The value the form's answer sets, and the random value it holds."""
+        site.client.cookies.clear()
+        answer = site.client.get("/admin/login", headers={"cookie": f"kc_login={cookie}"})
+        assert answer.status_code == 200
+        value = form_cookie(answer, "kc_login")
+        return value, str(serializer.loads(value))
+
+    kept, held = opened_with(signed_ago(settings, salt, nonce, 59 * 60))
+    assert held == nonce
+    assert "Max-Age=3600" in site.client.get("/admin/login").headers["set-cookie"]
+    for foreign in (
+        nonce,  # not signed
+        signed_ago(settings, salt, nonce, 61 * 60),  # past its hour
+        signed_ago(settings, "klarna-capture login form", nonce, 0),  # a token, not a cookie
+        signed_ago(settings, salt, nonce + "0" * 300, 0),  # longer than any the service makes
+    ):
+        assert opened_with(foreign)[1] != nonce
+    # The kept cookie and a token made with it sign in; the token with a cookie past its hour,
+    # though of the same value, does not.
+    site.client.cookies.clear()
+    form = site.client.get("/admin/login", headers={"cookie": f"kc_login={kept}"})
+    for cookie, status in ((kept, 200), (signed_ago(settings, salt, nonce, 61 * 60), 403)):
+        site.client.cookies.clear()
+        answer = site.client.post(
+            "/admin/login",
+            data={"email": "ann@example.com", "csrf_token": csrf_token(form.text)},
+            headers={"origin": ORIGIN, "cookie": f"kc_login={cookie}"},
+        )
+        assert answer.status_code == status
+    site.client.cookies.clear()
+
+
+def test_the_pages_of_two_links_opened_one_after_the_other_both_sign_in(
+    site: Site, inbox: Inbox
+) -> None:
+    """A mail holds a link per shop: opened in two tabs, the first tab's button still works."""
+    first = registered(site, "ann@example.com", "North shop")
+    second = registered(site, "ann@example.com", "South shop")
+    ask(site, "ann@example.com")
+    [(_, mail)] = inbox.messages
+    tokens = [parse_qs(urlsplit(link).query)["token"][0] for link in links(body(mail))]
+    site.client.cookies.clear()
+    pages = [site.client.get("/admin/login", params={"token": token}) for token in tokens]
+    landed = [
+        site.client.post(
+            "/admin/login",
+            data={"token": token, "csrf_token": csrf_token(page.text)},
+            headers={"origin": ORIGIN},
+        )
+        for token, page in zip(tokens, pages, strict=True)
+    ]
+    assert [answer.headers.get("location") for answer in landed] == [
+        f"/admin/{first.id}/settings",
+        f"/admin/{second.id}/settings",
+    ]
+    site.client.cookies.clear()
 
 
 def test_an_address_that_is_no_address_is_refused_beside_the_field(
