@@ -606,6 +606,12 @@ class Store(ABC):
         """The life-cycle calls planned or made on these orders, in the order they were planned."""
 
     @abstractmethod
+    async def order_jobs(self, shop_id: str, order_ids: Sequence[str]) -> list[Job]:
+        """The jobs of these storefront orders (kind `order`, at most one an order), in any
+        state and no particular order: one read, each found by its (shop, kind, key), however
+        many jobs the shop has."""
+
+    @abstractmethod
     async def plan_order_operation(
         self, plan: PlanOrderOperation, now: float, *, note: AuditNote | None = None
     ) -> OrderOperation:

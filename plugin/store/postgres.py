@@ -1458,6 +1458,10 @@ class PostgresStore(Store):
         )
         return [_record(row, OrderOperation) for row in rows]
 
+    async def order_jobs(self, shop_id: str, order_ids: Sequence[str]) -> list[Job]:
+        rows = await self._fetch(_ORDER_JOBS, shop_id, list(order_ids))
+        return [_record(row, Job) for row in rows]
+
     async def plan_order_operation(
         self, plan: PlanOrderOperation, now: float, *, note: AuditNote | None = None
     ) -> OrderOperation:
@@ -1885,6 +1889,8 @@ _REQUEUE_DEAD = (
     "UPDATE jobs SET state = 'queued', due_at = $1, attempts = 0, updated_at = $1"
     " WHERE id = ANY($3::bigint[]) AND shop_id = $2 AND state = 'dead' RETURNING id, kind, key"
 )
+# The jobs of the shop $1's orders $2: each found by its (shop, kind, key).
+_ORDER_JOBS = "SELECT * FROM jobs WHERE shop_id = $1 AND kind = 'order' AND key = ANY($2::text[])"
 
 
 async def _queue_job(

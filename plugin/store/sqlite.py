@@ -1145,6 +1145,11 @@ class SqliteStore(Store):
         )
         return [_order_operation(row) for row in rows]
 
+    async def order_jobs(self, shop_id: str, order_ids: Sequence[str]) -> list[Job]:
+        keys = json.dumps(list(order_ids))
+        rows = await self._read(lambda conn: conn.execute(_ORDER_JOBS, (shop_id, keys)).fetchall())
+        return [_job(row) for row in rows]
+
     async def plan_order_operation(
         self, plan: PlanOrderOperation, now: float, *, note: AuditNote | None = None
     ) -> OrderOperation:
@@ -1570,6 +1575,11 @@ _REQUEUE_DEAD = (
     "UPDATE jobs NOT INDEXED SET state = 'queued', due_at = ?1, attempts = 0, updated_at = ?1"
     " WHERE id IN (SELECT value FROM json_each(?3)) AND shop_id = ?2 AND state = 'dead'"
     " RETURNING kind, key"
+)
+# The jobs of the shop ?1's orders among ?2 (a JSON array): each found by its (shop, kind, key).
+_ORDER_JOBS = (
+    "SELECT * FROM jobs WHERE shop_id = ?1 AND kind = 'order'"
+    " AND key IN (SELECT value FROM json_each(?2))"
 )
 
 

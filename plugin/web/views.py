@@ -26,7 +26,6 @@ from plugin.platforms import registry
 from plugin.service import Service
 from plugin.store.records import (
     KLARNA_CREDENTIALS,
-    AuditEntry,
     Delivery,
     Job,
     OrderOperation,
@@ -557,26 +556,10 @@ async def _operations(
     return await service.store.order_operations(shop.id, order_ids) if order_ids else []
 
 
-def _job_of(trail: Sequence[AuditEntry]) -> int | None:
-    """The id of the order's job: every run of it that changed something, and every failure of
-    it, is on the order's trail with the job's id."""
-    for entry in reversed(trail):
-        if entry.job_id is not None:
-            return entry.job_id
-    return None
-
-
-async def _order_job(
-    service: Service, shop: Shop, order_id: str, trail: Sequence[AuditEntry] | None = None
-) -> Job | None:
-    """The order's job, when it has run (None: never ran, or its trail is gone)."""
-    if trail is None:
-        trail = await service.store.audit_trail(shop.id, order_subject(order_id))
-    job_id = _job_of(trail)
-    job = await service.store.get_job(job_id) if job_id is not None else None
-    if job is None or (job.shop_id, job.kind, job.key) != (shop.id, "order", order_id):
-        return None
-    return job
+async def _order_job(service: Service, shop: Shop, order_id: str) -> Job | None:
+    """The order's job, when it has one (None: no event of the order queued one)."""
+    jobs = await service.store.order_jobs(shop.id, [order_id])
+    return jobs[0] if jobs else None
 
 
 class FailedOrder(msgspec.Struct, kw_only=True):
@@ -589,19 +572,20 @@ class FailedOrder(msgspec.Struct, kw_only=True):
 async def _failed_orders(
     service: Service, shop: Shop, order_ids: Sequence[str]
 ) -> list[FailedOrder]:
-    """The dead order jobs among these orders (a page's: at most PAGE_SIZE of them): each
-    order's trail read, and its job only when the trail's last word of it is its burial (the
-    order task's failed hook writes it whenever the job dies)."""
-    failed = []
-    for order_id in order_ids:
-        trail = await service.store.audit_trail(shop.id, order_subject(order_id))
-        last = next((entry for entry in reversed(trail) if entry.job_id is not None), None)
-        if last is None or last.outcome != "dead":
-            continue
-        job = await _order_job(service, shop, order_id, trail)
-        if job is not None and job.state == "dead":
-            failed.append(FailedOrder(order_id=order_id, error=_job_error(job.last_error)))
-    return failed
+    """The dead order jobs among these orders (a page's: at most PAGE_SIZE of them), in their
+    order: one read of their jobs, whatever their number."""
+    if not order_ids:
+        return []
+    dead = {
+        job.key: job
+        for job in await service.store.order_jobs(shop.id, order_ids)
+        if job.state == "dead"
+    }
+    return [
+        FailedOrder(order_id=order_id, error=_job_error(dead[order_id].last_error))
+        for order_id in order_ids
+        if order_id in dead
+    ]
 
 
 class Expiring(msgspec.Struct, kw_only=True):
@@ -988,7 +972,7 @@ async def _order_page(
     trail = await store.audit_trail(shop.id, order_subject(order_id))
     if order is None and not operations and not captures and not trail:
         return message(request, "No such order", "This shop has no such order.", 404)
-    job = await _order_job(service, shop, order_id, trail)
+    job = await _order_job(service, shop, order_id)
     # What Klarna order it is and its currency: whatever the ledger holds of it.
     known = order or (operations[0] if operations else None) or (captures[0] if captures else None)
     currency = known.currency if known is not None else ""

@@ -322,6 +322,7 @@ def test_each_statement_of_the_view_walks_an_index_on_sqlite(tmp_path: Path) -> 
             "counts": sqlite_store._SHIPMENT_COUNTS,
             "dead": sqlite_store._DEAD_JOBS,
             "requeue": sqlite_store._REQUEUE_DEAD,
+            "order jobs": sqlite_store._ORDER_JOBS,
         }
         for name, statement in statements.items():
             marks = statement.count("?") and max(int(n) for n in re.findall(r"\?(\d+)", statement))
@@ -399,6 +400,7 @@ async def test_each_statement_of_the_view_walks_an_index_on_postgres(
             "counts": (SHIPMENT_COUNTS, ("shop_7",)),
             "dead": (DEAD_JOBS, ("shop_7", 1000)),
             "requeue": (postgres_store._REQUEUE_DEAD, (NOW, "shop_7", [1, 2, 3])),
+            "order jobs": (postgres_store._ORDER_JOBS, ("shop_7", ["O1", "O2", "O3"])),
         }
         for name, (statement, arguments) in statements.items():
             plan = [row[0] for row in await conn.fetch(f"EXPLAIN {statement}", *arguments)]

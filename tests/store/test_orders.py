@@ -376,6 +376,45 @@ async def test_an_order_event_revives_a_dead_order_job_and_reruns_a_running_one(
     assert dead.state == "dead"
 
 
+async def test_the_jobs_of_many_orders_are_read_at_once_the_shops_own_only(store: Store) -> None:
+    """The activity page's orders: one read gives each order's job as it stands (a dead one with
+    its failure), none of another shop, none of a shipment that shares the order's id."""
+    await add_shop(store)
+    await add_shop(store, "shop_2")
+    for order_id in ("O1", "O2", "O3"):
+        await order_event(store, f"d-{order_id}", order_id)
+    first = await store.claim_job("w", 60, NOW, kinds=ORDERS)
+    assert first is not None
+    assert first.key == "O1"
+    assert await store.bury_job(first.id, "w", '{"error_code":"REFUSED"}', NOW + 1)
+    second = await store.claim_job("w", 60, NOW + 2, kinds=ORDERS)
+    assert second is not None
+    assert await store.finish_job(second.id, "w", NOW + 2)
+    await store.record_delivery(
+        "shop_2",
+        "x1",
+        body=b"{}",
+        event_type="refund.created",
+        fulfillment_id=None,
+        rejected=None,
+        now=NOW,
+        order_id="O1",
+        order_event=True,
+    )
+    await receive(store, "O2")  # a shipment whose id is an order's: not the order's job
+
+    jobs = await store.order_jobs("shop_1", ["O1", "O2", "O3", "O4"])
+    found = sorted((j.key, j.kind, j.shop_id, j.state, j.last_error) for j in jobs)
+    assert found == [
+        ("O1", "order", "shop_1", "dead", '{"error_code":"REFUSED"}'),
+        ("O2", "order", "shop_1", "done", None),
+        ("O3", "order", "shop_1", "queued", None),
+    ]
+    assert [j.shop_id for j in await store.order_jobs("shop_2", ["O1", "O2"])] == ["shop_2"]
+    assert await store.order_jobs("shop_1", []) == []
+    assert await store.order_jobs("shop_1", ["O'1", '["O1"]', "%"]) == []
+
+
 # life-cycle calls
 
 
