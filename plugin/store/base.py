@@ -488,7 +488,8 @@ class Store(ABC):
 
     @abstractmethod
     async def shipment_counts(self, shop_id: str) -> ShipmentCounts:
-        """How many of the shop's shipments wait, are queued, run, or are dead letters."""
+        """How many of the shop's shipments wait, are queued, run, or are dead letters; and how
+        many of its orders' jobs and status reports are dead letters."""
 
     @abstractmethod
     async def dead_jobs(self, shop_id: str, *, limit: int = 1000) -> list[Job]:

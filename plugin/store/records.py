@@ -323,12 +323,16 @@ class CaptureQuarter(msgspec.Struct, frozen=True, kw_only=True):
 
 class ShipmentCounts(msgspec.Struct, frozen=True, kw_only=True):
     """A shop's shipments by where their job stands: waiting on something (the credentials),
-    queued (new, or failed and retrying), running, and dead (failed for good)."""
+    queued (new, or failed and retrying), running, and dead (failed for good); and beside them
+    the shop's other dead letters, its orders' jobs and its status reports (callbacks), so that
+    what needs attention is counted as Retry all retries it: every kind."""
 
     waiting: int = 0
     queued: int = 0
     running: int = 0
     dead: int = 0
+    dead_orders: int = 0
+    dead_callbacks: int = 0
 
 
 class Waiting(msgspec.Struct, frozen=True, kw_only=True):

@@ -158,7 +158,8 @@ def captures_by_quarter(quarter: str) -> str:
 
 # The shop's shipments by job state, each count one range of one index: waiting ones by
 # job_waits_shop, queued by jobs_queued_shop, running by jobs_running_shop (both partial on the
-# state), dead by jobs_shop_dead (partial on the state: the shop's dead letters only).
+# state); and its dead letters of each kind (what Retry all retries), counted in one range of
+# jobs_shop_dead (partial on the state: the shop's dead letters only).
 SHIPMENT_COUNTS = (
     "SELECT (SELECT count(*) FROM job_waits AS w JOIN jobs AS j ON j.id = w.job_id"
     "  WHERE w.shop_id = $1 AND j.state = 'waiting' AND j.kind = 'fulfillment') AS waiting,"
@@ -166,8 +167,11 @@ SHIPMENT_COUNTS = (
     "  AND shop_id = $1) AS queued,"
     " (SELECT count(*) FROM jobs WHERE state = 'running' AND shop_id = $1"
     "  AND kind = 'fulfillment') AS running,"
-    " (SELECT count(*) FROM jobs WHERE state = 'dead' AND shop_id = $1"
-    "  AND kind = 'fulfillment') AS dead"
+    " d.dead, d.dead_orders, d.dead_callbacks"
+    " FROM (SELECT count(CASE WHEN kind = 'fulfillment' THEN 1 END) AS dead,"
+    "  count(CASE WHEN kind = 'order' THEN 1 END) AS dead_orders,"
+    "  count(CASE WHEN kind = 'callback' THEN 1 END) AS dead_callbacks"
+    "  FROM jobs WHERE state = 'dead' AND shop_id = $1) AS d"
 )
 # The shop's dead letters of every kind, most recent first, at most $2: one range of
 # jobs_shop_dead (shop, updated_at, id), read in its order.

@@ -1,7 +1,7 @@
 """The activity view's parts that are not pages: its query string read and bounded (filter,
 search, export dates), the captures summed per day and currency and drawn as a chart, the CSV
 export's cells (amounts as decimal strings, formulas neutralised), and the error codes of dead
-letters."""
+letters and their kinds in words."""
 
 import csv
 import io
@@ -20,6 +20,7 @@ from plugin.store.records import (
     SHIPMENT_FILTERS,
     CaptureDay,
     CaptureQuarter,
+    JobKind,
     Shipment,
     ShipmentFilter,
 )
@@ -213,6 +214,25 @@ def chart(days: Iterable[CaptureDay], today: int) -> Chart:
         most=most,
         total=sum(numbers),
     )
+
+
+# What the page calls each kind of dead letter, one and more, in the order it lists them.
+KIND_NOUNS: dict[JobKind, tuple[str, str]] = {
+    "fulfillment": ("shipment", "shipments"),
+    "order": ("order", "orders"),
+    "callback": ("status report", "status reports"),
+}
+
+
+def in_words(counts: Mapping[JobKind, int], *, always: Sequence[JobKind] = ()) -> list[str]:
+    """Dead letters counted by kind, in words ("2 shipments", "1 order"), in KIND_NOUNS' order:
+    each kind counted, and those of `always` even when none."""
+    words = []
+    for kind, (one, more) in KIND_NOUNS.items():
+        count = counts.get(kind, 0)
+        if count or kind in always:
+            words.append(f"{count} {one if count == 1 else more}")
+    return words
 
 
 def error_code(stored: str | None) -> str:

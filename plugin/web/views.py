@@ -28,6 +28,7 @@ from plugin.store.records import (
     KLARNA_CREDENTIALS,
     Delivery,
     Job,
+    JobKind,
     OrderOperation,
     OrderRecord,
     Shipment,
@@ -623,33 +624,53 @@ async def _expiring(service: Service, shop: Shop, now: float) -> list[Expiring]:
     ]
 
 
+class DeadCode(msgspec.Struct, kw_only=True):
+    """One error code of the shop's dead letters: how many failed with it, and of which kinds in
+    words ("2 shipments", "1 order")."""
+
+    code: str
+    count: int
+    kinds: list[str]
+
+
 class Summary(msgspec.Struct, kw_only=True):
     """The top of the activity page: captures today and over the last week per currency, the
-    shipments waiting and those needing attention, the dead letters by error code, the chart."""
+    shipments waiting, the dead letters needing attention (by kind, as Retry all retries them:
+    every kind), the same dead letters by error code, the chart."""
 
     today: list[dict[str, Any]]
     week: list[dict[str, Any]]
     waiting: int
     on_credentials: int
-    dead: int
-    dead_codes: list[tuple[str, int]]  # (error code, how many), most first
+    attention: list[str]  # the dead letters by kind in words, the shipments always first
+    attention_count: int
+    dead_codes: list[DeadCode]  # most first
+    listed: list[str]  # the dead letters the codes count, by kind in words
+    listed_count: int  # less than attention_count only past DEAD_LIMIT
     chart: activity_view.Chart
 
 
 async def _summary(service: Service, shop: Shop, now: float) -> Summary:
     """Three indexed reads: the captures of the last CHART_DAYS days of the shop's time zone (by
-    quarter hour, added up to its days), the shipments by job state, and the shop's dead letters
-    (at most DEAD_LIMIT)."""
+    quarter hour, added up to its days), the shipments by job state with the dead letters by
+    kind, and the shop's dead letters (at most DEAD_LIMIT) by error code and kind."""
     zone = present.zone(shop.options.time_zone)
     today = activity_view.day_of(now, zone)
     first_day = today - activity_view.CHART_DAYS + 1
     since = activity_view.day_start(activity_view.local_date(first_day), zone)
     days = activity_view.by_day(await service.store.captures_by_quarter(shop.id, since), zone)
     counts = await service.store.shipment_counts(shop.id)
-    codes: dict[str, int] = {}
+    dead: dict[JobKind, int] = {
+        "fulfillment": counts.dead,
+        "order": counts.dead_orders,
+        "callback": counts.dead_callbacks,
+    }
+    codes: dict[str, dict[JobKind, int]] = {}
+    listed: dict[JobKind, int] = {}
     for job in await service.store.dead_jobs(shop.id, limit=DEAD_LIMIT):
-        code = activity_view.error_code(job.last_error) or "unknown"
-        codes[code] = codes.get(code, 0) + 1
+        kinds = codes.setdefault(activity_view.error_code(job.last_error) or "unknown", {})
+        kinds[job.kind] = kinds.get(job.kind, 0) + 1
+        listed[job.kind] = listed.get(job.kind, 0) + 1
 
     def shown(first: int) -> list[dict[str, Any]]:
         return [
@@ -661,13 +682,20 @@ async def _summary(service: Service, shop: Shop, now: float) -> Summary:
             for t in activity_view.totals(days, first)
         ]
 
+    dead_codes = [
+        DeadCode(code=code, count=sum(kinds.values()), kinds=activity_view.in_words(kinds))
+        for code, kinds in codes.items()
+    ]
     return Summary(
         today=shown(today),
         week=shown(today - activity_view.WEEK_DAYS + 1),
         waiting=counts.waiting + counts.queued + counts.running,
         on_credentials=counts.waiting,
-        dead=counts.dead,
-        dead_codes=sorted(codes.items(), key=lambda item: (-item[1], item[0])),
+        attention=activity_view.in_words(dead, always=("fulfillment",)),
+        attention_count=sum(dead.values()),
+        dead_codes=sorted(dead_codes, key=lambda c: (-c.count, c.code)),
+        listed=activity_view.in_words(listed),
+        listed_count=sum(listed.values()),
         chart=activity_view.chart(days, today),
     )
 

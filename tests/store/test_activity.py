@@ -16,6 +16,7 @@ from plugin.errors import JobError
 from plugin.store import (
     Captured,
     FinishOrderOperation,
+    NewCallback,
     NoteOrder,
     Plan,
     PlanOrderOperation,
@@ -269,6 +270,55 @@ async def test_shipments_are_counted_by_where_their_job_stands(store: Store) -> 
     assert await store.shipment_counts("shop_3") == ShipmentCounts()
 
 
+async def test_the_other_dead_letters_are_counted_by_kind_beside_the_shipments(
+    store: Store,
+) -> None:
+    """What Retry all retries, every kind, counted as the summary shows it: an order's dead job
+    and a dead status report beside the dead shipments; another shop's not."""
+    await a_shop_of_every_kind(store)
+    for shop_id in ("shop_1", "shop_2"):
+        await store.record_delivery(
+            shop_id,
+            f"refund-{shop_id}",
+            body=b"{}",
+            event_type="refund.created",
+            fulfillment_id=None,
+            rejected=None,
+            now=NOW + 9,
+            order_id="O7",
+            order_event=True,
+        )
+        order_job = await store.claim_job("w1", 60, NOW + 9, kinds=("order",))
+        assert order_job is not None
+        assert await store.bury_job(order_job.id, "w1", failure("REFUND_NOT_ALLOWED"), NOW + 9)
+    refund = PlanOrderOperation(
+        shop_id="shop_1",
+        kind="refund",
+        key="R-O2",
+        order_id="O2",
+        klarna_order_id="klarna-O2",
+        currency="EUR",
+        idempotency_key="rk-O2",
+        request=b"{}",
+        amount=500,
+    )
+    await store.plan_order_operation(refund, NOW + 10)
+    finished = FinishOrderOperation(
+        shop_id="shop_1", kind="refund", key="R-O2", state="done", result="kr", amount=500
+    )
+    report = NewCallback(event_type="refund.succeeded", webhook_id="msg_r", payload=b"{}")
+    assert await store.finish_order_operation(finished, report, NOW + 10) is not None
+    callback_job = await store.claim_job("w1", 60, NOW + 10, kinds=("callback",))
+    assert callback_job is not None
+    assert await store.bury_job(callback_job.id, "w1", failure("STATUS_URL"), NOW + 10)
+
+    assert await store.shipment_counts("shop_1") == ShipmentCounts(
+        waiting=1, queued=1, dead=1, dead_orders=1, dead_callbacks=1
+    )
+    assert await store.shipment_counts("shop_2") == ShipmentCounts(dead=1, dead_orders=1)
+    assert len(await store.dead_jobs("shop_1")) == 3  # what the table by error code counts
+
+
 async def test_the_export_reads_a_range_of_changes_page_by_page(store: Store) -> None:
     await a_shop_of_every_kind(store)
     assert keys(await store.shipments_changed("shop_1", NOW + 2, NOW + 4)) == ["C2", "D1"]
@@ -329,8 +379,11 @@ def test_each_statement_of_the_view_walks_an_index_on_sqlite(tmp_path: Path) -> 
             plan = [
                 row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", ["1"] * marks)
             ]
-            # a find reads its look (the CTE `recent`, as `j`), which SQLite reads whole
-            look = ("SCAN j",) if name.startswith("find") else ()
+            # a find reads its look (the CTE `recent`, as `j`), which SQLite reads whole; the
+            # counts read their one row of dead letters by kind (`d`)
+            look = (
+                ("SCAN j",) if name.startswith("find") else ("SCAN d",) if name == "counts" else ()
+            )
             scans = [
                 step
                 for step in plan

@@ -18,12 +18,14 @@ import msgspec
 import pytest
 
 from plugin.errors import JobError
-from plugin.store import Captured, FinishOrderOperation, Plan, PlanOrderOperation
-from plugin.store.records import KLARNA_CREDENTIALS
+from plugin.store import Captured, FinishOrderOperation, NewCallback, Plan, PlanOrderOperation
+from plugin.store.records import KLARNA_CREDENTIALS, order_subject
+from plugin.web.views import DEAD_LIMIT
 from tests.web.support import (
     Site,
     assert_no_script,
     assert_page_headers,
+    database,
     forge_signature,
     listed,
     page_settings,
@@ -200,6 +202,137 @@ def test_the_summary_sums_captures_per_currency_and_counts_waiting_and_dead(site
     assert days[-1] == (today, "3")
     assert (ten_days_ago, "1") in days
     assert sum(int(count) for _, count in days) == 5
+
+
+def dead_order(site: Site, shop_id: str, order_id: str, code: str) -> None:
+    """An order's refund event whose job failed for good, as the worker leaves it: buried, and
+    the order task's failed hook's note on the order's trail."""
+    store = site.service.store
+
+    async def work() -> None:
+        now = time.time()
+        await store.record_delivery(
+            shop_id,
+            f"msg_refund_{order_id}",
+            body=b"{}",
+            event_type="refund.created",
+            fulfillment_id=None,
+            rejected=None,
+            now=now,
+            order_id=order_id,
+            order_event=True,
+        )
+        job = await store.claim_job("test", 60, now, kinds=["order"])
+        assert job is not None
+        assert await store.bury_job(job.id, "test", failure(code), now)
+        await store.add_audit(
+            shop_id, order_subject(order_id), job.id, "refund", "dead", failure(code), now
+        )
+
+    site.call(work)
+
+
+def dead_report(site: Site, shop_id: str, order_id: str, code: str) -> None:
+    """A refund done at Klarna whose status report to the shop failed for good."""
+    store = site.service.store
+
+    async def work() -> None:
+        now = time.time()
+        plan = PlanOrderOperation(
+            shop_id=shop_id,
+            kind="refund",
+            key=f"R-{order_id}",
+            order_id=order_id,
+            klarna_order_id=f"klarna-{order_id}",
+            currency="EUR",
+            idempotency_key=f"rk-{order_id}",
+            request=b"{}",
+            amount=100,
+        )
+        await store.plan_order_operation(plan, now)
+        finished = FinishOrderOperation(
+            shop_id=shop_id, kind="refund", key=f"R-{order_id}", state="done", result="kr-1"
+        )
+        report = NewCallback(event_type="refund.succeeded", webhook_id="msg_r", payload=b"{}")
+        assert await store.finish_order_operation(finished, report, now) is not None
+        job = await store.claim_job("test", 60, now, kinds=["callback"])
+        assert job is not None
+        assert await store.bury_job(job.id, "test", failure(code), now)
+
+    site.call(work)
+
+
+def test_what_needs_attention_is_counted_as_retry_all_retries_it_every_kind(site: Site) -> None:
+    """A dead shipment, a dead order job and a dead status report: the summary names each kind,
+    and the table by error code, whose Retry all retries every kind, adds up to the same."""
+    shop, _ = site.create_shop()
+    add(site, shop.id, "c1", order_id="1001")  # captured: its order is among the page's
+    add(site, shop.id, "d1", dead="NO_SUCH_ORDER", order_id="1003")
+    add(site, shop.id, "d2", dead="NO_SUCH_ORDER", order_id="1002")
+    dead_order(site, shop.id, "1001", "NO_SUCH_ORDER")
+    dead_report(site, shop.id, "1002", "HTTP_500")
+    other, _ = site.create_shop(name="Other shop")
+    dead_order(site, other.id, "1001", "NO_SUCH_ORDER")
+    browser = site.sign_in(shop.id)
+
+    html = browser.get(f"{browser.base}/activity").text
+    attention = section(html, "attention-count")
+    assert attention == (
+        f'<a href="/admin/{shop.id}/activity?filter=attention">2 shipments</a>, 1 order and 1'
+        " status report need your attention"
+    )
+    codes = text(section(html, "dead-codes"))
+    assert "NO_SUCH_ORDER 2 shipments and 1 order Retry all 3" in codes
+    assert "HTTP_500 1 status report Retry all 1" in codes
+    assert text(section(html, "dead-total")) == "2 shipments, 1 order and 1 status report"
+    assert "most recently" not in html  # every dead letter is counted in the table
+    # the dead order among the orders that failed, with its error
+    failed = section(html, "failed-orders")
+    assert f'<a href="/admin/{shop.id}/orders/1001">1001</a>' in failed
+    assert "plan: NO_SUCH_ORDER" in failed
+
+    # Retry all of a code retries each kind it counts: nothing is left of it in either place.
+    answer = browser.post(f"{browser.base}/activity/retry-dead", {"error_code": "NO_SUCH_ORDER"})
+    after = browser.get(answer.headers["location"]).text
+    assert text(section(after, "requeued")).startswith("3 jobs that failed with NO_SUCH_ORDER")
+    assert text(section(after, "attention-count")) == (
+        "0 shipments and 1 status report need your attention"
+    )
+    assert text(section(after, "dead-total")) == "1 status report"
+
+
+def test_a_single_dead_order_is_named_for_what_it_is(site: Site) -> None:
+    shop, _ = site.create_shop()
+    dead_order(site, shop.id, "1001", "REFUND_NOT_ALLOWED")
+    browser = site.sign_in(shop.id)
+    html = browser.get(f"{browser.base}/activity").text
+    assert text(section(html, "attention-count")) == "0 shipments and 1 order need your attention"
+    assert text(section(html, "dead-codes")).startswith(
+        "Error code Failed Action REFUND_NOT_ALLOWED 1 order Retry all 1"
+    )
+
+
+def test_past_a_thousand_dead_letters_the_table_says_it_counts_the_most_recent(
+    site: Site,
+) -> None:
+    shop, _ = site.create_shop()
+    now = time.time()
+    with database(site.settings) as conn:  # a thousand and one dead status reports, as buried
+        conn.executemany(
+            "INSERT INTO jobs (shop_id, kind, key, state, due_at, last_error, created_at,"
+            " updated_at) VALUES (?, 'callback', ?, 'dead', ?, ?, ?, ?)",
+            [
+                (shop.id, str(n), now, failure("HTTP_500"), now - n, now - n)
+                for n in range(DEAD_LIMIT + 1)
+            ],
+        )
+    browser = site.sign_in(shop.id)
+    html = browser.get(f"{browser.base}/activity").text
+    assert text(section(html, "attention-count")) == (
+        "0 shipments and 1001 status reports need your attention"
+    )
+    assert text(section(html, "dead-total")) == "1000 status reports"
+    assert "Counted here: the 1000 that failed most recently, of 1001;" in html
 
 
 def test_the_summary_chart_and_export_count_the_days_of_the_shops_time_zone(site: Site) -> None:
@@ -442,8 +575,8 @@ def test_every_dead_letter_of_one_code_is_retried_at_once_and_only_the_shops(
     browser = site.sign_in(shop.id)
     page = browser.get(f"{browser.base}/activity").text
     codes = text(section(page, "dead-codes"))
-    assert "NO_SUCH_ORDER 2 Retry all 2" in codes
-    assert "CAPTURE_NOT_ALLOWED 1 Retry all 1" in codes
+    assert "NO_SUCH_ORDER 2 shipments Retry all 2" in codes
+    assert "CAPTURE_NOT_ALLOWED 1 shipment Retry all 1" in codes
     retry = f"{browser.base}/activity/retry-dead"
 
     # without the form's token, or from another site: refused, nothing queued
