@@ -10,12 +10,10 @@ asked for at /admin/login, or a failure alert, shows in the demo's output."""
 import io
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -24,18 +22,26 @@ from typing import Any
 import httpx2
 import msgspec
 from aiosmtpd.controller import Controller
-from demo import (
+from demo_support import (
     DEMO_SECRET_KEY,
+    KLARNA_LINES,
+    KLARNA_LINES_AMOUNT,
     KLARNA_PASSWORD,
     KLARNA_USER,
     ORDER_LINES,
     SHIPMENT_KEYS,
+    SHOPIFY_DOMAIN,
+    cli,
+    create_order,
     fail,
+    has_job,
     running,
+    sandbox_order,
     send,
+    set_up,
+    wait,
     wait_for,
 )
-from demo_shopify import KLARNA_LINES, set_up
 from support import free_port, klarna_capture
 
 from plugin.sandbox.server import serve_in_thread
@@ -51,10 +57,8 @@ from plugin.sandbox.shopify import (
 )
 
 SHOP_NAME = "Corner shop"
-SHOPIFY_DOMAIN = "demo-tomatoes.myshopify.com"
 MERCHANT_EMAIL = "merchant@example.com"
 MAIL_FROM = "capture@example.com"
-SEED_WAIT_SECONDS = 60.0
 # A line that only prints when everything is seeded and the links are out: what a script (and the
 # test) waits for.
 READY = "Ready: the pages above stay up until Ctrl-C."
@@ -71,22 +75,6 @@ class PrintingInbox:
         print(f"\nmail to {', '.join(envelope.rcpt_tos)}: {received['subject']}", flush=True)
         print("  " + "\n  ".join(str(text).strip().splitlines()), flush=True)
         return "250 Message accepted for delivery"
-
-
-def cli(env: dict[str, str], *args: str, stdin: str = "") -> str:
-    """One `klarna-capture` command against the demo's data dir: its standard output."""
-    done = subprocess.run(  # noqa: S603 - our own command
-        [klarna_capture(), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=60,
-    )
-    if done.returncode != 0:
-        fail(f"klarna-capture {args[0]} {args[1] if len(args) > 1 else ''}: {done.stderr.strip()}")
-    return done.stdout
 
 
 def keep() -> int:
@@ -198,10 +186,10 @@ def seed(
     lines = [{key: line[key] for key in SHIPMENT_KEYS} for line in ORDER_LINES]
 
     # 1001: shipped whole, captured, then two tomatoes refunded.
-    shipped = create_order(sandbox_url, amount)
+    shipped = create_order(sandbox_url, amount, ORDER_LINES)
     send(service_url, shop, shipment("1001", shipped, lines, complete=True), log)
     # 1002: a first parcel of four tomatoes, the rest still to ship: partly captured.
-    partly = create_order(sandbox_url, amount)
+    partly = create_order(sandbox_url, amount, ORDER_LINES)
     four = [{**lines[0], "quantity": 4}]
     send(service_url, shop, shipment("1002", partly, four, complete=False), log)
     # 1003: a shipment for a Klarna order that does not exist: fails for good, with advice.
@@ -211,16 +199,16 @@ def seed(
     send(service_url, shop, refund("1001", shipped), log)
     wait(lambda: bool(sandbox_order(sandbox_url, shipped)["refunds"]), "the refund of 1001")
     wait(lambda: bool(sandbox_order(sandbox_url, partly)["captures"]), "the capture of 1002")
-    wait(lambda: dead(env, "1003-F1"), "1003-F1 to fail")
+    wait(lambda: has_job(env, shop_id, "dead", "1003-F1"), "1003-F1 to fail")
 
     if not with_waiting:
         return shop_id
     # 1004: the stored password goes wrong (as when a merchant's keys are rotated at Klarna), and
     # the next shipment waits for the right one: the merchant enters it on the settings page.
     cli(env, "shop", "set-klarna", shop_id, "--klarna-password-stdin", stdin="rotated-away\n")
-    waiting = create_order(sandbox_url, amount)
+    waiting = create_order(sandbox_url, amount, ORDER_LINES)
     send(service_url, shop, shipment("1004", waiting, lines, complete=True), log)
-    wait(lambda: job_error(env, "1004-F1") is not None, "1004-F1 to wait on credentials")
+    wait(lambda: has_job(env, shop_id, "waiting", "1004-F1"), "1004-F1 to wait on credentials")
     print(
         f"\n1004-F1 waits on the Klarna credentials: on the settings page enter the password "
         f"{KLARNA_PASSWORD!r} (the sandbox's) and it is captured."
@@ -266,7 +254,7 @@ def seed_shopify(
             fail("the service did not accept the webhook", log)
 
     def klarna_order() -> str:
-        return create_order(sandbox_url, 5290, KLARNA_LINES)
+        return create_order(sandbox_url, KLARNA_LINES_AMOUNT, KLARNA_LINES)
 
     # Shipped whole and captured, then a tomato refunded on the Shopify order.
     whole_id = klarna_order()
@@ -292,23 +280,14 @@ def seed_shopify(
     webhook("refunds/create", bruised)
     wait(lambda: bool(sandbox_order(sandbox_url, whole_id)["refunds"]), "the Shopify refund")
     wait(lambda: bool(sandbox_order(sandbox_url, partly_id)["captures"]), "the partial capture")
-    wait(lambda: any(j["state"] == "dead" for j in shop_jobs(env, shop_id)), "the Shopify failure")
+    wait(lambda: has_job(env, shop_id, "dead"), "the Shopify failure")
 
     # The password goes wrong, and the next shipment waits for the right one.
     cli(env, "shop", "set-klarna", shop_id, "--klarna-password-stdin", stdin="rotated-away\n")
     waiting = order(klarna_order())
     webhook("fulfillments/create", shopify.fulfill(SHOPIFY_DOMAIN, waiting))
-    wait(
-        lambda: any(
-            j["state"] not in ("done", "dead") and j.get("error") for j in shop_jobs(env, shop_id)
-        ),
-        "the Shopify shipment to wait on credentials",
-    )
+    wait(lambda: has_job(env, shop_id, "waiting"), "the Shopify shipment to wait on credentials")
     return shop_id
-
-
-def shop_jobs(env: dict[str, str], shop_id: str) -> list[dict[str, Any]]:
-    return [job for job in jobs(env) if job["shop_id"] == shop_id]
 
 
 def shipment(
@@ -350,48 +329,3 @@ def refund(order: str, klarna_order_id: str) -> dict[str, Any]:
             "lines": [{"reference": "SKU-1", "name": "Tomatoes", "quantity": 2, "unit_price": 600}],
         },
     }
-
-
-def create_order(sandbox_url: str, amount: int, lines: list[dict[str, Any]] | None = None) -> str:
-    """A shopper's order, authorized at Klarna (the sandbox): its id."""
-    created = httpx2.post(
-        f"{sandbox_url}/sandbox/orders",
-        json={
-            "order_amount": amount,
-            "purchase_currency": "EUR",
-            "order_lines": ORDER_LINES if lines is None else lines,
-        },
-    )
-    if created.status_code != 201:
-        fail(f"the sandbox refused the order: HTTP {created.status_code} {created.text}")
-    order_id: str = created.json()["order_id"]
-    return order_id
-
-
-def sandbox_order(sandbox_url: str, order_id: str) -> Any:
-    return httpx2.get(f"{sandbox_url}/sandbox/orders/{order_id}").json()
-
-
-def jobs(env: dict[str, str]) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = msgspec.json.decode(cli(env, "jobs", "list", "--json"))
-    return found
-
-
-def dead(env: dict[str, str], key: str) -> bool:
-    return any(job["state"] == "dead" and key in str(job["key"]) for job in jobs(env))
-
-
-def job_error(env: dict[str, str], key: str) -> object:
-    """The error of the not-yet-done job for `key`, None while it has none."""
-    for job in jobs(env):
-        if key in str(job["key"]) and job["state"] != "done" and job.get("error"):
-            return job["error"]
-    return None
-
-
-def wait(done: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + SEED_WAIT_SECONDS
-    while not done():
-        if time.monotonic() > deadline:
-            fail(f"gave up waiting for {what} after {SEED_WAIT_SECONDS:g} s")
-        time.sleep(0.2)

@@ -1,6 +1,8 @@
 """The demos a newcomer runs first keep working: each exits 0 only when its capture, and then its
-refund, appeared; `demo.py --keep` leaves a seeded shop up to sign in to until Ctrl-C."""
+refund, appeared; `demo.py --keep` leaves seeded shops up to sign in to until Ctrl-C; and the demo
+modules share what they share through one module, not each other."""
 
+import ast
 import queue
 import re
 import signal
@@ -82,6 +84,27 @@ def press_sign_in(merchant: httpx2.Client, link: str, service: str) -> httpx2.Re
         data={"csrf_token": found[1], "token": token[1]},
         headers={"origin": service},  # as a browser sends with a form
     )
+
+
+def test_the_demo_modules_import_no_other_demo_module_but_the_entry_points() -> None:
+    """What the demos share is in demo_support.py, which imports no demo; only demo.py imports
+    another demo (demo_keep.py, the --keep it runs), so that no import goes round in a circle."""
+    demos = {path.stem: path for path in SCRIPTS.glob("demo*.py")}
+    imports: dict[str, set[str]] = {}
+    for name, path in demos.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module is not None:
+                found.add(node.module)
+        imports[name] = found & set(demos)
+    assert imports == {
+        "demo": {"demo_keep", "demo_support"},
+        "demo_keep": {"demo_support"},
+        "demo_shopify": {"demo_support"},
+        "demo_support": set(),
+    }
 
 
 def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
