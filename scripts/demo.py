@@ -3,121 +3,37 @@ the capture read back from Klarna (the sandbox), then a signed refund of part of
 read back. Everything runs in a fresh temporary directory and
 both processes are stopped at the end, on error and on Ctrl-C too.
 
-With --keep it stays up instead, for a merchant's look at the pages: a shop whose activity holds
-each state a merchant meets (captured, partly captured, refunded, failed with advice, waiting on
-credentials), a local mail server so that sign-in by mail works, and the sign-in links printed,
-until Ctrl-C."""
+With --keep it stays up instead, for a merchant's look at the pages (demo_keep.py): a shop of each
+platform (Standard Webhooks, Shopify, WooCommerce, BigCommerce) whose activity holds the states a
+merchant meets (captured, partly captured, refunded, failed with advice, waiting on credentials), a
+local mail server so that sign-in by mail works, and a sign-in link per shop printed, until
+Ctrl-C."""
 
 import argparse
-import contextlib
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx2
-import msgspec
+from demo_support import (
+    DEMO_SECRET_KEY,
+    KLARNA_PASSWORD,
+    KLARNA_USER,
+    ORDER_LINES,
+    SHIPMENT_KEYS,
+    fail,
+    running,
+    send,
+    show,
+    wait_for,
+)
 from support import add_shop, free_port, klarna_capture
 
-from plugin import signatures
-
-KLARNA_USER = "PK_SANDBOX"
-KLARNA_PASSWORD = "sandbox-secret"  # noqa: S105 - the sandbox's published default
-DEMO_SECRET_KEY = "demo-secret-key-0123456789abcdef"  # noqa: S105 - a throwaway demo key
 CAPTURE_WAIT_SECONDS = 30.0
-
-# Two lines that follow Klarna's rules: total = quantity * unit_price - discount, and the tax is
-# within +-1 of total - total * 10000 / (10000 + tax_rate).
-ORDER_LINES: list[dict[str, Any]] = [
-    {
-        "reference": "SKU-1",
-        "name": "Tomatoes",
-        "type": "physical",
-        "quantity": 10,
-        "unit_price": 600,
-        "total_discount_amount": 0,
-        "total_amount": 6000,
-        "tax_rate": 2500,
-        "total_tax_amount": 1200,  # 6000 - 6000 * 10000 / 12500 = 1200
-    },
-    {
-        "reference": "SKU-2",
-        "name": "Basil",
-        "type": "physical",
-        "quantity": 2,
-        "unit_price": 350,
-        "total_discount_amount": 100,
-        "total_amount": 600,
-        "tax_rate": 700,
-        "total_tax_amount": 39,  # 600 - 600 * 10000 / 10700 = 39.25
-    },
-]
-# What a shipment line carries: the service computes totals and tax itself.
-SHIPMENT_KEYS = (
-    "reference",
-    "name",
-    "type",
-    "quantity",
-    "unit_price",
-    "tax_rate",
-    "total_discount_amount",
-)
-
-
-@contextlib.contextmanager
-def running(
-    name: str, command: list[str], env: dict[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `command` with its output in `log`; stop it (SIGTERM, then SIGKILL) on the way out."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: S603 - our own commands
-            command, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        print(f"stopped {name}")
-
-
-def wait_for(
-    process: subprocess.Popen[bytes], url: str, what: str, log: Path, timeout: float = 30.0
-) -> None:
-    """Until `url` answers at all; fails early if the process exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            httpx2.get(url, timeout=1)
-            return
-        except httpx2.TransportError:
-            if process.poll() is not None:
-                fail(f"{what} exited with status {process.returncode}", log)
-            if time.monotonic() > deadline:
-                fail(f"{what} did not start within {timeout:g} s", log)
-            time.sleep(0.1)
-
-
-def fail(message: str, log: Path | None = None) -> NoReturn:
-    if log is not None and log.exists():
-        tail = log.read_text(errors="replace").splitlines()[-20:]
-        message += f"\n--- last lines of {log.name} ---\n" + "\n".join(tail)
-    raise SystemExit(f"demo: {message}")
-
-
-def show(title: str, value: object) -> None:
-    print(f"\n{title}:")
-    print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
 
 
 def main() -> int:
@@ -125,8 +41,8 @@ def main() -> int:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="seed a shop with every state, keep everything running and print sign-in links "
-        "until Ctrl-C",
+        help="seed a shop of each platform with every state, keep everything running and print "
+        "a sign-in link per shop until Ctrl-C",
     )
     args = parser.parse_args()
     if args.keep:
@@ -266,31 +182,6 @@ def klarna_order_with(
         time.sleep(0.1)
     found: dict[str, Any] = order
     return found
-
-
-def send(service_url: str, shop: dict[str, Any], event: dict[str, Any], log: Path) -> None:
-    """One signed Standard Webhooks delivery of `event`, as a storefront sends it."""
-    body = msgspec.json.encode(event)
-    delivery_id, timestamp = f"msg_demo_{time.time_ns()}", int(time.time())
-    key = signatures.parse_secret(shop["webhook_secret"])
-    answer = httpx2.post(
-        f"{service_url}{shop['webhook_path']}",
-        content=body,
-        headers={
-            "content-type": "application/json",
-            "webhook-id": delivery_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signatures.sign(key, delivery_id, timestamp, body),
-        },
-        timeout=30,
-    )
-    print(
-        f"\n{event['type']} delivery {delivery_id} ({len(body)} bytes) answered HTTP "
-        f"{answer.status_code}:"
-    )
-    print(f"  {answer.text}")
-    if answer.status_code != 200:
-        fail("the service did not accept the delivery", log)
 
 
 if __name__ == "__main__":

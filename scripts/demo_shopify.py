@@ -5,18 +5,24 @@ capture at Klarna and the status on the Shopify order printed; then a tomato ref
 Shopify order, the refund at Klarna and what was written back printed. Exit 0 when all are
 there."""
 
-import html
-import re
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlencode
 
 import httpx2
 import msgspec
-from demo import KLARNA_PASSWORD, KLARNA_USER, fail, running, show, wait_for
+from demo_support import (
+    KLARNA_LINES,
+    KLARNA_LINES_AMOUNT,
+    SHOPIFY_DOMAIN,
+    fail,
+    running,
+    set_up,
+    show,
+    wait_for,
+)
 from support import free_port, klarna_capture, service_env
 
 from plugin.sandbox.server import serve_in_thread
@@ -28,23 +34,11 @@ from plugin.sandbox.shopify import (
     ShopifySandbox,
     Tax,
     create_app,
-    query_hmac,
-    session_token,
     signed_webhook,
 )
 
-DOMAIN = "demo-tomatoes.myshopify.com"
+DOMAIN = SHOPIFY_DOMAIN
 WAIT_SECONDS = 30.0
-
-# The Klarna order the shopper placed: 2 x 20.00 tomatoes less 2.00, 10.00 basil, 4.90 shipping.
-KLARNA_LINES = [
-    {"name": "Tomatoes", "quantity": 2, "unit_price": 2000, "total_discount_amount": 200,
-     "total_amount": 3800, "tax_rate": 700, "total_tax_amount": 249},
-    {"name": "Basil", "quantity": 1, "unit_price": 1000, "total_amount": 1000,
-     "tax_rate": 700, "total_tax_amount": 65},
-    {"name": "Standard", "type": "shipping_fee", "quantity": 1, "unit_price": 490,
-     "total_amount": 490, "tax_rate": 1900, "total_tax_amount": 78},
-]  # fmt: skip
 
 
 def main() -> int:
@@ -89,67 +83,17 @@ def main() -> int:
             return demo(shopify, klarna_url, service_url, service_log)
 
 
-def set_up(service_url: str, log: Path, domain: str = DOMAIN) -> str:
-    """Install the app on `domain` through OAuth and save its embedded settings page with the
-    sandbox's Klarna credentials, as the merchant does: the settings page's URL."""
-    browser = httpx2.Client(timeout=30, follow_redirects=False)
-
-    # 1. The merchant installs the app: Shopify's signed install link, consent, the callback.
-    params = {"shop": domain, "timestamp": str(int(time.time()))}
-    url = f"{service_url}/auth/shopify/install?" + urlencode(
-        {**params, "hmac": query_hmac(DEFAULT_CLIENT_SECRET, params)}
-    )
-    print("\ninstall:")
-    for _ in range(3):  # install -> Shopify's consent page -> our callback -> the admin
-        answer = browser.get(url)
-        print(f"  GET {url.split('?')[0]} -> HTTP {answer.status_code}")
-        if answer.status_code not in (302, 303):
-            fail(f"the install stopped: {answer.text[:300]}", log)
-        url = answer.headers["location"]
-    print(f"  installed; Shopify now opens the app in its admin ({url.split('?')[0]})")
-
-    # 2. The merchant opens the embedded settings page and enters the Klarna credentials.
-    token = session_token(DEFAULT_CLIENT_SECRET, DEFAULT_CLIENT_ID, domain)
-    entry = browser.get(f"{service_url}/shopify", params={"shop": domain, "id_token": token})
-    if entry.status_code != 303:
-        fail(f"the embedded entry answered HTTP {entry.status_code}: {entry.text[:300]}", log)
-    settings_url = service_url + entry.headers["location"]
-    page = browser.get(settings_url)
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    if page.status_code != 200 or found is None:
-        fail(f"the settings page answered HTTP {page.status_code}", log)
-    form = {
-        "csrf_token": html.unescape(found.group(1)),
-        "klarna_region": "eu",
-        "klarna_environment": "playground",
-        "klarna_username": KLARNA_USER,
-        "klarna_password": KLARNA_PASSWORD,
-        "capture_mode": "each",
-        "send_tracking": "on",
-        "description_template": "Shipment {fulfillment_name}",
-        "klarna_order_id_source": "metafield",
-        "klarna_order_id_field": "klarna.order_id",
-        "shipping_method": "Home",
-        "release_remaining": "on",
-        "keep_alive": "on",
-        "keep_alive_days": "3",
-        "time_zone": "Europe/Berlin",
-        "email": "",  # no sign-in mail: the shop opens its pages from the Shopify admin
-    }
-    saved = browser.post(settings_url, data=form, headers={"Origin": service_url})
-    if saved.status_code not in (200, 303):
-        fail(f"saving the settings answered HTTP {saved.status_code}", log)
-    print(f"\nsettings saved on {settings_url.removeprefix(service_url)}")
-    return settings_url
-
-
 def demo(shopify: ShopifySandbox, klarna_url: str, service_url: str, log: Path) -> int:
     set_up(service_url, log)
 
     # 3. A shopper pays with Klarna; the checkout keeps the Klarna order id in a metafield.
     created = httpx2.post(
         f"{klarna_url}/sandbox/orders",
-        json={"order_amount": 5290, "purchase_currency": "EUR", "order_lines": KLARNA_LINES},
+        json={
+            "order_amount": KLARNA_LINES_AMOUNT,
+            "purchase_currency": "EUR",
+            "order_lines": KLARNA_LINES,
+        },
     )
     if created.status_code != 201:
         fail(f"the Klarna sandbox refused the order: {created.text}")

@@ -1,12 +1,16 @@
 """The demos a newcomer runs first keep working: each exits 0 only when its capture, and then its
-refund, appeared; `demo.py --keep` leaves a seeded shop up to sign in to until Ctrl-C."""
+refund, appeared; `demo.py --keep` leaves a seeded shop of each platform up to sign in to until
+Ctrl-C; and the demo modules share what they share through one module, not each other."""
 
+import ast
+import contextlib
 import queue
 import re
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -84,10 +88,40 @@ def press_sign_in(merchant: httpx2.Client, link: str, service: str) -> httpx2.Re
     )
 
 
+def test_the_demo_modules_import_no_other_demo_module_but_the_entry_points() -> None:
+    """What the demos share is in demo_support.py, which imports no demo; only demo.py imports
+    another demo (demo_keep.py, the --keep it runs), so that no import goes round in a circle."""
+    demos = {path.stem: path for path in SCRIPTS.glob("demo*.py")}
+    imports: dict[str, set[str]] = {}
+    for name, path in demos.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module is not None:
+                found.add(node.module)
+        imports[name] = found & set(demos)
+    assert imports == {
+        "demo": {"demo_keep", "demo_support"},
+        "demo_keep": {"demo_support"},
+        "demo_shopify": {"demo_support"},
+        "demo_support": set(),
+    }
+
+
+@contextlib.contextmanager
+def signed_in_with(link: str, service: str) -> Iterator[tuple[httpx2.Client, str]]:
+    """A browser signed in with `link`, and the id of the shop it signed in to."""
+    with httpx2.Client(follow_redirects=True, timeout=10) as merchant:
+        settings = press_sign_in(merchant, link, service)
+        assert settings.status_code == 200, settings.text
+        yield merchant, settings.url.path.split("/")[2]
+
+
 def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
-    """`demo.py --keep` seeds a shop with every state, prints its sign-in link, keeps the pages up
-    and mails sign-in links asked for at /admin/login to its own mail server; Ctrl-C (SIGINT)
-    stops every process and removes the data dir."""
+    """`demo.py --keep` seeds a shop of each platform with the states a merchant meets, prints a
+    sign-in link per shop, keeps the pages up and mails sign-in links asked for at /admin/login
+    to its own mail server; Ctrl-C (SIGINT) stops every process and removes the data dir."""
     demo = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "demo.py"), "--keep"],
         stdout=subprocess.PIPE,
@@ -98,9 +132,12 @@ def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
     try:
         data_dir = Path(output.until(r"data dir \(deleted at the end\): (\S+)")[1])
         sandbox = output.until(r"Klarna sandbox on (\S+),")[1]
-        link = output.until(r"sign-in link for Corner shop .*: (\S+)")[1]
-        shopify_link = output.until(r"sign-in link for \S+\.myshopify\.com \(Shopify.*: (\S+)")[1]
+        link = output.until(r"sign-in link for Corner shop \(Standard Webhooks, .*: (\S+)")[1]
+        shopify_link = output.until(r"sign-in link for \S+\.myshopify\.com \(Shopify, .*: (\S+)")[1]
+        woocommerce_link = output.until(r"sign-in link for .* \(WooCommerce, .*: (\S+)")[1]
+        bigcommerce_link = output.until(r"sign-in link for .* \(BigCommerce, .*: (\S+)")[1]
         login = output.until(r"login page: (\S+) \(enter (\S+)\)")
+        output.until("works once, within 15 minutes.* mail server")
         output.until("^Ready:")
         service = login[1].removesuffix("/admin/login")
         assert data_dir.is_dir()
@@ -138,6 +175,36 @@ def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
             ):
                 assert state in activity.text, state
 
+        # The WooCommerce shop, added with its site's REST API key: completed orders captured
+        # whole (WooCommerce has no partial capture), a refund, a failure, a wait.
+        with signed_in_with(woocommerce_link, service) as (merchant, woocommerce_id):
+            activity = merchant.get(f"{service}/admin/{woocommerce_id}/activity")
+            for state in (
+                "Captured",
+                "€73.13",  # ten tomatoes, two basil, shipping, all with VAT
+                "Refund",
+                "€12.00",  # two tomatoes
+                "Failed: needs attention",
+                "Klarna has no order with this id",
+                "Waiting for Klarna credentials",
+            ):
+                assert state in activity.text, state
+
+        # The BigCommerce shop, installed through the fake BigCommerce's OAuth.
+        with signed_in_with(bigcommerce_link, service) as (merchant, bigcommerce_id):
+            activity = merchant.get(f"{service}/admin/{bigcommerce_id}/activity")
+            for state in (
+                "Captured",
+                "Partly captured: €23.90 of €52.90",  # one tomato of two, and shipping
+                "Refund",
+                "€19.00",  # a tomato
+                "Failed: needs attention",
+                "Klarna has no order with this id",
+                "Waiting for Klarna credentials",
+            ):
+                assert state in activity.text, state
+        assert len({shop_id, shopify_id, woocommerce_id, bigcommerce_id}) == 4
+
         # Sign-in by mail: the link arrives at the demo's mail server, which prints it.
         with httpx2.Client(follow_redirects=True, timeout=10) as merchant:
             form = merchant.get(login[1]).text
@@ -150,7 +217,13 @@ def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
             )
             assert "a mail with a sign-in link" in asked.text
             output.until(f"^mail to {re.escape(login[2])}: ")
-            mailed = output.until(r"(http://\S+/admin/login\?token=\S+)")[1]
+            # A link for each shop registered to the address: the four; Corner shop's here.
+            mailed_links: dict[str, str] = {}
+            for _ in range(4):
+                listed = output.until(r"^  .+ \((shop_\w+)\):$")[1]
+                mailed_links[listed] = output.until(r"(http://\S+/admin/login\?token=\S+)")[1]
+            assert set(mailed_links) == {shop_id, shopify_id, woocommerce_id, bigcommerce_id}
+            mailed = mailed_links[shop_id]
             signed_in = press_sign_in(merchant, mailed, service)
             assert signed_in.url.path == f"/admin/{shop_id}/settings"
 
