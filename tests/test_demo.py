@@ -4,6 +4,7 @@ Ctrl-C; and the demo modules share what they share through one module, not each 
 
 import ast
 import contextlib
+import os
 import queue
 import re
 import signal
@@ -127,6 +128,8 @@ def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Its own process group: a failing test stops the demo's children too, not only the demo.
+        start_new_session=True,
     )
     output = Output(demo)
     try:
@@ -232,7 +235,8 @@ def test_the_kept_demo_signs_a_merchant_in_until_interrupted() -> None:
         output.until("^removed the data dir")
     finally:
         if demo.poll() is None:
-            demo.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
         output.close()
     assert demo.returncode == 0, "".join(output.said)
