@@ -242,6 +242,7 @@ def _settings_context(
         "form": form,
         "platform_template": registry.settings_template(shop.platform),
         "offers_status_url": page.status_url,
+        "time_zone_default": page.time_zone_default,
         # Stored, not as typed: the banner says what the shop needs as it stands.
         "klarna_required": page.klarna_required(page.from_shop(shop)),
         "regions": REGIONS,

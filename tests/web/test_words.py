@@ -276,6 +276,35 @@ def test_times_show_in_the_shops_time_zone_once_set(
     assert local.tzname() in ("CET", "CEST")
 
 
+@pytest.mark.parametrize(
+    ("platform", "domain", "source"),
+    [
+        ("standard", None, "UTC, as your storefront&#39;s webhooks do not say its time zone"),
+        ("shopify", "corner.myshopify.com", "your Shopify admin&#39;s, read when the app"),
+        ("bigcommerce", "g5cd38", "your BigCommerce control panel&#39;s, read when the app"),
+        ("woocommerce", "https://corner.example", "your WordPress&#39;s (Settings → General)"),
+    ],
+)
+def test_the_time_zone_field_says_where_its_default_came_from(
+    site: Site, platform: str, domain: str | None, source: str
+) -> None:
+    shop, _ = site.call(
+        site.service.shops.create,
+        platform=platform,
+        name="Corner shop",
+        klarna_region="eu",
+        klarna_environment="playground",
+        klarna_username="PK_X",
+        klarna_password="pw",
+        shop_domain=domain,
+    )
+    browser = site.sign_in(shop.id)
+    page = browser.get(f"{browser.base}/settings").text
+    hint = re.search(r'<p class="hint" id="time_zone-hint">(.*?)</p>', page, re.S)
+    assert hint is not None
+    assert f"Until you set one: {source}" in hint.group(1)
+
+
 # 18:04 UTC on the Saturday before and the Monday after Europe's clocks went forward (29 March).
 BEFORE_DST = datetime(2026, 3, 28, 18, 4, tzinfo=UTC).timestamp()
 AFTER_DST = datetime(2026, 3, 30, 18, 4, tzinfo=UTC).timestamp()
