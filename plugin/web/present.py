@@ -1,7 +1,7 @@
 """How the merchant's pages word and format what the store holds: a shipment's state in plain
 words, amounts per currency in the shop's locale (Babel, from integer minor units, only here at
-the edge), times in the shop's time zone and locale (plugin.dates), carriers by name, and the
-link to an order in Klarna's merchant portal."""
+the edge), the shop's time zone (its times are written by plugin.dates), carriers by name, and
+the link to an order in Klarna's merchant portal."""
 
 import re
 from urllib.parse import quote
@@ -99,12 +99,6 @@ def _locale(name: str) -> Locale:
 def zone(name: str | None) -> ZoneInfo:
     """The shop's time zone; UTC when it names none this machine knows."""
     return dates.zone(name)
-
-
-def when(at: float, time_zone: str | None, locale: str = LOCALE) -> str:
-    """A moment in the shop's time zone as its locale writes it, with the zone's abbreviation
-    (`3. Dez. 2026, 19:04 CET` in de_DE, `Dec 3, 2026, 7:04 PM EST` in en_US)."""
-    return dates.moment(at, time_zone, locale)
 
 
 # Klarna's carrier codes (plugin.klarna.carriers) as their companies write their names.

@@ -59,6 +59,7 @@ from plugin.web.pages import (
     make_templates,
     message,
     partitioned_cookie,
+    time_element,
 )
 
 PAGE_SIZE = 50
@@ -86,12 +87,9 @@ def _datetime(context: jinja2.runtime.Context, at: float) -> markupsafe.Markup:
     """A moment in the time zone and locale of the page's shop (UTC and English on a page of
     none), in a `<time>` element whose `datetime` holds it in ISO 8601."""
     shop = context.get("shop")
-    time_zone, locale = (
-        (shop.options.time_zone, shop.options.locale) if isinstance(shop, Shop) else (None, None)
-    )
-    return markupsafe.Markup('<time datetime="{}">{}</time>').format(
-        dates.iso(at, time_zone), present.when(at, time_zone, locale or present.LOCALE)
-    )
+    if not isinstance(shop, Shop):
+        return time_element(at)
+    return time_element(at, shop.options.time_zone, shop.options.locale)
 
 
 @jinja2.pass_context

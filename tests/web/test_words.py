@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from plugin import dates
 from plugin.events import NO_KLARNA_ORDER
 from plugin.klarna import carriers
 from plugin.sandbox.klarna import KlarnaSandbox
@@ -303,6 +304,23 @@ def test_the_time_zone_field_says_where_its_default_came_from(
     hint = re.search(r'<p class="hint" id="time_zone-hint">(.*?)</p>', page, re.S)
     assert hint is not None
     assert f"Until you set one: {source}" in hint.group(1)
+
+
+@pytest.mark.parametrize(
+    ("time_zone", "locale", "shown"),
+    [
+        ("Europe/Stockholm", "sv_SE", "3 dec. 2026 19:04 CET"),
+        ("Asia/Kathmandu", "en_GB", "3 Dec 2026, 23:49 +0545"),
+        # A zone or locale the shop could not have stored: UTC and English, not an error.
+        ("Mars/Olympus_Mons", "xx_YY", "Dec 3, 2026, 6:04\u202fPM UTC"),
+        (None, None, "Dec 3, 2026, 6:04\u202fPM UTC"),
+    ],
+)
+def test_a_moment_is_written_in_a_zone_and_locale(
+    time_zone: str | None, locale: str | None, shown: str
+) -> None:
+    at = datetime(2026, 12, 3, 18, 4, tzinfo=UTC).timestamp()
+    assert dates.moment(at, time_zone, locale) == shown
 
 
 # 18:04 UTC on the Saturday before and the Monday after Europe's clocks went forward (29 March).
