@@ -294,6 +294,10 @@ async def _add(service: Service, args: argparse.Namespace) -> int:
     refused = await _address_problem(service, ("--status-url", args.status_url), *new.addresses)
     if refused is not None:
         raise ShopAddRefused(refused)
+    # Asked only of an address found public above (or on a network the operator allows).
+    zone = await part.time_zone(service.site_http, new) if part.time_zone is not None else None
+    if zone is not None:
+        options = msgspec.structs.replace(options or ShopOptions(), time_zone=zone)
     shop, secret = await service.shops.create(
         platform=args.platform,
         name=args.name,
@@ -318,6 +322,9 @@ async def _add(service: Service, args: argparse.Namespace) -> int:
         print(f"shop {shop.id} created")
         print(f"webhook URL:    {service.settings.web.public_url}{path}")
         print(f"webhook secret: {secret}  (shown this once)")
+        if part.time_zone is not None:
+            said = "as the storefront names it" if zone else "the storefront names none"
+            print(f"time zone:      {zone or 'UTC'}  ({said}; the settings page changes it)")
         if part.created:
             print(part.created)
     return 0

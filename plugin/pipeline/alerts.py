@@ -8,13 +8,12 @@ the background of every process that runs workers, when mail is configured."""
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from urllib.parse import quote
 
 import anyio
 import msgspec
 
-from plugin import mail
+from plugin import dates, mail
 from plugin.config import MailSettings
 from plugin.store import Store
 from plugin.store.records import Failure, Shop
@@ -87,7 +86,8 @@ def _given_back(last: float | None, now: float) -> float:
 
 def _text(shop: Shop, failures: list[Failure], since: float, public_url: str) -> str:
     pages = f"{public_url}/admin/{quote(shop.id, safe='')}"
-    at = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # In the shop's time zone and locale, as its pages write times.
+    at = dates.moment(since, shop.options.time_zone, shop.options.locale)
     lines = [f"In {shop.name} ({shop.id}), since {at}:", ""]
     for failure in failures[:LISTED]:
         what = _WHAT.get(failure.what, failure.what)

@@ -398,6 +398,9 @@ class ShopAdd:
     - `api_token`: the shop's API credentials (sealed when stored), made with the secrets it
       reads after the Klarna password; None: the platform has none.
     - `created`: what the operator does next on the storefront, said after the shop is made.
+    - `time_zone`: the time zone the storefront names for the new shop, asked once (through
+      the client for merchant-entered addresses) before it is made; None: it names none, and
+      the shop starts in UTC. None here: the platform is not asked.
     """
 
     add_options: Callable[[argparse.ArgumentParser], None] = _no_options
@@ -405,3 +408,4 @@ class ShopAdd:
     new_shop: Callable[[argparse.Namespace], NewShop] = _nothing_more
     api_token: Callable[[argparse.Namespace, ReadSecret], str] | None = None
     created: str | None = None
+    time_zone: Callable[[httpx2.AsyncClient, NewShop], Awaitable[str | None]] | None = None

@@ -1,5 +1,6 @@
 """An in-memory fake of BigCommerce: stores with orders answering the app's REST calls (v2 orders,
-products, shipments and order updates; v3 order refunds, metafields and hooks) behind
+products, shipments and order updates; the v2 store's time zone; v3 order refunds, metafields and
+hooks) behind
 X-Auth-Token, the OAuth token endpoint, injectable faults (5xx, 429 with BigCommerce's rate-limit
 headers), and the webhooks (with the custom `headers` an app set on its hook, Standard Webhooks
 signed or not) and `signed_payload_jwt`s BigCommerce sends an app. The merchant's side: place an
@@ -214,6 +215,7 @@ class _Store:
     tokens: set[str] = field(default_factory=set)
     orders: dict[int, _Order] = field(default_factory=dict)
     hooks: list[_Hook] = field(default_factory=list)
+    time_zone: str = "UTC"  # the store's `timezone.name`, as its control panel's settings hold it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -306,6 +308,13 @@ class BigCommerceSandbox(Sandbox[LoggedRequest, _Faults]):
         """The app installed on a store (created when new): a fresh access token."""
         with self.lock:
             return self._issue_token(store_hash)
+
+    def set_time_zone(self, store_hash: str, name: str) -> None:
+        """The time zone the merchant chose in the control panel (`GET /v2/store`'s
+        `timezone.name`); the store is created when new, so that it may be set before the
+        install."""
+        with self.lock:
+            self._stores.setdefault(store_hash, _Store(store_hash)).time_zone = name
 
     def revoke_tokens(self, store_hash: str) -> None:
         """What an uninstall does: every token of the store stops working, its hooks go."""
@@ -761,6 +770,8 @@ class _Router:
         self, method: str, parts: list[str], query: Mapping[str, str], payload: Any
     ) -> Answer:
         match parts:
+            case ["v2", "store"] if method == "GET":
+                return _json(200, _store_json(self.store))
             case ["v2", "orders", order_id]:
                 return self.order(method, order_id, payload)
             case ["v2", "orders", order_id, "products"] if method == "GET":
@@ -940,6 +951,23 @@ class _Router:
             hook.headers = _headers(payload)
         hook.updated_at = int(self.sandbox.clock().timestamp())
         return _json(200, {"data": _hook_json(hook, self.store.hash), "meta": {}})
+
+
+def _store_json(store: _Store) -> dict[str, Any]:
+    """`GET /v2/store`: a few of the fields BigCommerce documents, the time zone by its name
+    (its offsets, which the app does not read, left out)."""
+    return {
+        "id": store.hash,
+        "domain": f"store-{store.hash}.mybigcommerce.com",
+        "name": "Sandbox store",
+        "status": "live",
+        "timezone": {
+            "name": store.time_zone,
+            "date_format": {"display": "M jS Y", "export": "M jS Y"},
+        },
+        "language": "en",
+        "currency": "USD",
+    }
 
 
 def _metafield_problems(payload: Any, *, creating: bool) -> dict[str, str]:

@@ -3,7 +3,8 @@ rate, prices with or without tax, coupons spread over the lines, shipping and fe
 per line or at subtotal), refunds as the order screen makes them (units of lines, shipping and
 fees whole, amounts on lines, a typed amount) and cancellations, the REST API calls the app makes
 (read an order and its refunds, add a note, set meta) behind Basic auth with a consumer key and
-secret, and webhook deliveries as WooCommerce sends them (signed body, source, topic, delivery id;
+secret, WordPress's REST index with the site's time zone (public, as WordPress serves it), and
+webhook deliveries as WooCommerce sends them (signed body, source, topic, delivery id;
 the unsigned ping).
 
 Each site lives under its own path: its site URL is `{base_url}/{name}` and its REST API
@@ -144,7 +145,8 @@ class WebhookDelivery:
 @dataclass(frozen=True, kw_only=True)
 class LoggedRequest(common.LoggedRequest):
     site: str
-    operation: str | None  # order, update_order, notes, add_note; None when unrecognised
+    # order, update_order, notes, add_note, refunds; index (WordPress's); None when unrecognised
+    operation: str | None
     fault: bool = False
 
 
@@ -176,6 +178,9 @@ class _Site:
     round_at_subtotal: bool
     rates: dict[int, _Rate] = field(default_factory=dict)
     orders: dict[int, _Order] = field(default_factory=dict)
+    # WordPress's Settings → General → Timezone: a city's IANA name, or "" and an offset.
+    timezone_string: str = ""
+    gmt_offset: float = 0.0
 
 
 # --- the whole state -----------------------------------------------------------------------------
@@ -232,6 +237,41 @@ class WooCommerceSandbox(Sandbox[LoggedRequest, Faults]):
                 round_at_subtotal=round_tax_at_subtotal,
             )
         return self.site_url(name)
+
+    def set_time_zone(self, site: str, timezone_string: str, gmt_offset: float = 0.0) -> None:
+        """The site's WordPress time zone: a city's IANA name (`timezone_string`), or, as when
+        the admin chose a UTC offset instead, "" and that offset in hours."""
+        with self.lock:
+            found = self._sites[site]
+            found.timezone_string = timezone_string
+            found.gmt_offset = gmt_offset
+
+    def index(self, site: str, fields: str | None) -> tuple[int, object]:
+        """WordPress's REST API index of `site` (`GET /wp-json/`), without authentication: its
+        name, addresses and time zone (no routes: nothing here reads them); `_fields` keeps the
+        fields it names, as WordPress does. Injected faults answer it too."""
+        with self.lock:
+            found = self._sites.get(site)
+            if found is None:
+                return 404, _error(404, *_NO_ROUTE)
+            status = self.faults.take_failure()
+            if status is not None:
+                return status, _error(status, "internal_server_error", "Fault injected.")
+            url = self.site_url(site)
+            index: dict[str, object] = {
+                "name": found.name,
+                "description": "",
+                "url": url,
+                "home": url,
+                "gmt_offset": found.gmt_offset,
+                "timezone_string": found.timezone_string,
+                "namespaces": ["wp/v2", "wc/v3"],
+                "authentication": [],
+            }
+        if fields:
+            wanted = {name.strip() for name in fields.split(",")}
+            index = {key: value for key, value in index.items() if key in wanted}
+        return 200, index
 
     def add_tax_rate(
         self,
@@ -1100,6 +1140,22 @@ async def _rest_endpoint(request: Request) -> Response:
     return Response(php_json(payload), status_code=status, media_type="application/json")
 
 
+async def _index_endpoint(request: Request) -> Response:
+    sandbox: WooCommerceSandbox = request.app.state.sandbox
+    site = request.path_params["site"]
+    status, payload = sandbox.index(site, request.query_params.get("_fields"))
+    sandbox.log(
+        LoggedRequest(
+            method=request.method,
+            path=request.url.path,
+            site=site,
+            operation="index",
+            status=status,
+        )
+    )
+    return Response(php_json(payload), status_code=status, media_type="application/json")
+
+
 def create_app(sandbox: WooCommerceSandbox | None = None) -> Starlette:
     """The fake as an ASGI app; set the sandbox's `base_url` to where it is served."""
     routes: list[BaseRoute] = [
@@ -1108,6 +1164,7 @@ def create_app(sandbox: WooCommerceSandbox | None = None) -> Starlette:
             faults_endpoint(FaultSettings, encode=php_json),
             methods=["POST", "DELETE"],
         ),
+        Route("/{site}/wp-json/", _index_endpoint, methods=["GET"]),
         Route(
             "/{site}" + REST + "/{path:path}",
             _rest_endpoint,

@@ -72,6 +72,8 @@ class SettingsPage:
       page makes anew (a storefront app's are signed with the app's secret).
     - `write_only`: its fields that are never sent back, not even as they were typed.
     - `addresses`: its fields holding an address the service will call (checked by the guard).
+    - `time_zone_default`: where a new shop's time zone comes from, as the time zone field's
+      hint ends ("Until you set one: ...").
     """
 
     template: ClassVar[Path | None] = None
@@ -79,6 +81,7 @@ class SettingsPage:
     webhook_secret: ClassVar[bool] = True
     write_only: ClassVar[tuple[str, ...]] = ()
     addresses: ClassVar[tuple[str, ...]] = ()
+    time_zone_default: ClassVar[str] = "UTC, as your storefront's webhooks do not say its time zone"
 
     def from_shop(self, shop: Shop) -> dict[str, str]:
         """Its fields as the shop has them stored."""

@@ -6,16 +6,17 @@ packages may use it while the merchant's pages ask the registry."""
 
 import re
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
+from plugin import dates
 from plugin.context import ServiceContext
 from plugin.errors import PluginError
 from plugin.klarna.errors import join_messages
@@ -86,6 +87,16 @@ def _page_context(request: Request) -> dict[str, Any]:
     return {"embedding": embedding, "embedded_shop_id": shop_id}
 
 
+def time_element(
+    at: float, time_zone: str | None = None, locale: str | None = None
+) -> markupsafe.Markup:
+    """A moment as a page shows it: in a shop's time zone and locale (UTC and English on a page
+    of none; plugin.dates), in a `<time>` element whose `datetime` holds it in ISO 8601."""
+    return markupsafe.Markup('<time datetime="{}">{}</time>').format(
+        dates.iso(at, time_zone), dates.moment(at, time_zone, locale)
+    )
+
+
 def make_templates(*loaders: jinja2.BaseLoader) -> Jinja2Templates:
     """The service's templates, then those `loaders` find (the platforms' partials). Every page
     gets the request's `embedding` (see `embed`), so a short message inside a storefront admin
@@ -95,9 +106,7 @@ def make_templates(*loaders: jinja2.BaseLoader) -> Jinja2Templates:
         autoescape=jinja2.select_autoescape(),
     )
     env.filters["messages"] = join_messages
-    env.filters["datetime"] = lambda at: datetime.fromtimestamp(at, UTC).strftime(
-        "%Y-%m-%d %H:%M UTC"
-    )
+    env.filters["datetime"] = time_element
     return Jinja2Templates(env=env, context_processors=[_page_context])
 
 

@@ -1,25 +1,23 @@
 """How the merchant's pages word and format what the store holds: a shipment's state in plain
 words, amounts per currency in the shop's locale (Babel, from integer minor units, only here at
-the edge), times in the shop's time zone, carriers by name, and the link to an order in Klarna's
-merchant portal."""
+the edge), the shop's time zone (its times are written by plugin.dates), carriers by name, and
+the link to an order in Klarna's merchant portal."""
 
-import functools
 import re
-from datetime import UTC, datetime
 from urllib.parse import quote
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import msgspec
-from babel import Locale, UnknownLocaleError
+from babel import Locale
 from babel.numbers import format_currency, get_currency_symbol
 
-from plugin import money
+from plugin import dates, money
 from plugin.events import NO_KLARNA_ORDER
 
-# The pages are written in English; amounts follow the shop's locale (ShopOptions.locale) for
-# each currency, English's where the shop names none.
-LOCALE = "en"
-DEFAULT_TIME_ZONE = "UTC"
+# The pages are written in English; amounts and times follow the shop's locale
+# (ShopOptions.locale), English's where the shop names none.
+LOCALE = dates.DEFAULT_LOCALE
+DEFAULT_TIME_ZONE = dates.DEFAULT_TIME_ZONE
 
 
 class State(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,26 +91,14 @@ def amount(minor: int | None, currency: str, locale: str = LOCALE) -> str:
     return shown
 
 
-@functools.lru_cache(maxsize=64)
 def _locale(name: str) -> Locale:
     """The Babel locale of a shop's stored identifier; English for one Babel does not know."""
-    try:
-        return Locale.parse(name)
-    except (UnknownLocaleError, ValueError):
-        return Locale.parse(LOCALE)
+    return dates.locale(name)
 
 
 def zone(name: str | None) -> ZoneInfo:
     """The shop's time zone; UTC when it names none this machine knows."""
-    try:
-        return ZoneInfo(name or DEFAULT_TIME_ZONE)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo(DEFAULT_TIME_ZONE)
-
-
-def when(at: float, time_zone: str | None) -> str:
-    """A moment in the shop's time zone, with the zone's abbreviation (`2026-12-03 18:40 CET`)."""
-    return datetime.fromtimestamp(at, UTC).astimezone(zone(time_zone)).strftime("%Y-%m-%d %H:%M %Z")
+    return dates.zone(name)
 
 
 # Klarna's carrier codes (plugin.klarna.carriers) as their companies write their names.

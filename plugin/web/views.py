@@ -9,13 +9,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+import markupsafe
 import msgspec
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from plugin import about
+from plugin import about, dates
 from plugin.capture import klarna_lines
 from plugin.credentials import OUTCOME_TEXTS, ConnectionTest, check_credentials
 from plugin.errors import JobError
@@ -58,6 +59,7 @@ from plugin.web.pages import (
     make_templates,
     message,
     partitioned_cookie,
+    time_element,
 )
 
 PAGE_SIZE = 50
@@ -81,10 +83,23 @@ templates = make_templates(registry.template_loader())
 
 
 @jinja2.pass_context
-def _datetime(context: jinja2.runtime.Context, at: float) -> str:
-    """A moment in the time zone of the page's shop (UTC on a page of none)."""
+def _datetime(context: jinja2.runtime.Context, at: float) -> markupsafe.Markup:
+    """A moment in the time zone and locale of the page's shop (UTC and English on a page of
+    none), in a `<time>` element whose `datetime` holds it in ISO 8601."""
     shop = context.get("shop")
-    return present.when(at, shop.options.time_zone if isinstance(shop, Shop) else None)
+    if not isinstance(shop, Shop):
+        return time_element(at)
+    return time_element(at, shop.options.time_zone, shop.options.locale)
+
+
+@jinja2.pass_context
+def _day(context: jinja2.runtime.Context, day: str) -> str:
+    """A day of the shop's time zone (ISO 8601, as the chart holds it) as the locale of the
+    page's shop writes it."""
+    shop = context.get("shop")
+    return dates.day(
+        date.fromisoformat(day), shop.options.locale if isinstance(shop, Shop) else None
+    )
 
 
 @jinja2.pass_context
@@ -95,6 +110,7 @@ def _money(context: jinja2.runtime.Context, minor: int | None, currency: str) ->
 
 
 templates.env.filters["datetime"] = _datetime
+templates.env.filters["day"] = _day
 templates.env.filters["money"] = _money
 templates.env.filters["carrier"] = present.carrier
 templates.env.filters["advice"] = advice_for
@@ -224,6 +240,7 @@ def _settings_context(
         "form": form,
         "platform_template": registry.settings_template(shop.platform),
         "offers_status_url": page.status_url,
+        "time_zone_default": page.time_zone_default,
         # Stored, not as typed: the banner says what the shop needs as it stands.
         "klarna_required": page.klarna_required(page.from_shop(shop)),
         "regions": REGIONS,

@@ -133,6 +133,28 @@ async def test_failures_within_the_hour_make_one_mail_and_the_next_hour_another(
     assert len(inbox.messages) == 2
 
 
+@pytest.mark.parametrize(
+    ("time_zone", "locale", "since"),
+    [
+        ("Europe/Berlin", "de_DE", "15. Jan. 2027, 08:00 CET"),
+        ("America/New_York", "en_US", "Jan 15, 2027, 2:00\u202fAM EST"),
+        ("UTC", "en", "Jan 15, 2027, 7:00\u202fAM UTC"),
+    ],
+)
+async def test_an_alert_says_since_when_in_the_shops_time_zone_and_locale(
+    store: Store, server: tuple[Inbox, str], time_zone: str, locale: str, since: str
+) -> None:
+    inbox, url = server
+    await add_shop(store, "shop_1")
+    options = ShopOptions(failure_alerts=True, time_zone=time_zone, locale=locale)
+    await store.update_shop("shop_1", ShopChanges(email="shop_1@example.com", options=options), NOW)
+    await dead_letter(store, "shop_1", "F1", NOW + 10)
+    # The first alert covers the hour before it: since NOW + 30 - 1 h, 07:00 UTC.
+    assert await alerts.alert_all(store, mail_settings(url), PUBLIC_URL, NOW + 30) == 1
+    [(_, sent)] = inbox.messages
+    assert body(sent).splitlines()[0] == f"In S (shop_1), since {since}:"
+
+
 async def test_a_shop_that_did_not_ask_gets_nothing(
     store: Store, server: tuple[Inbox, str]
 ) -> None:

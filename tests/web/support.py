@@ -8,6 +8,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,6 +85,15 @@ def shopify_query(
     """A query as Shopify sends it to the app: `params`, a timestamp, and their hex `hmac`."""
     query = {**params, "timestamp": str(int(time.time() if timestamp is None else timestamp))}
     return {**query, "hmac": query_hmac(secret, query)}
+
+
+def shown_time(moment: datetime) -> str:
+    """How a page shows an aware moment for an `en` shop (in the moment's own zone), written
+    out here without Babel: `<time datetime="2027-01-20T12:00:00+00:00">Jan 20, 2027,
+    12:00 PM UTC</time>`, the space before AM/PM a narrow no-break one as CLDR writes it."""
+    hour = moment.hour % 12 or 12
+    text = f"{moment:%b} {moment.day}, {moment:%Y}, {hour}:{moment:%M}\u202f{moment:%p} {moment:%Z}"
+    return f'<time datetime="{moment.isoformat(timespec="seconds")}">{text}</time>'
 
 
 def set_cookie(response: httpx2.Response, name: str) -> str | None:

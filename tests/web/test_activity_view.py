@@ -195,7 +195,9 @@ def test_the_summary_sums_captures_per_currency_and_counts_waiting_and_dead(site
     assert '<title id="chart-title">Captures per day, last 14 days</title>' in chart
     assert "5 captures in 14 days, at most 3 a day." in chart
     assert chart.count('<rect class="bar"') == 14
-    days = re.findall(r"<tr><td>([\d-]+)</td><td>(\d+)</td></tr>", chart)
+    days = re.findall(
+        r'<tr><td><time datetime="([\d-]+)">[^<]+</time></td><td>(\d+)</td></tr>', chart
+    )
     assert len(days) == 14
     today = time.strftime("%Y-%m-%d", time.gmtime(now))
     ten_days_ago = time.strftime("%Y-%m-%d", time.gmtime(now - 10 * DAY))
@@ -352,8 +354,12 @@ def test_the_summary_chart_and_export_count_the_days_of_the_shops_time_zone(site
     assert text(section(html, "captured-week")) == "€3.00 (2 captures)"
     chart = section(html, "captures-chart")
     assert '<th scope="col">Day (Asia/Kathmandu)</th>' in chart
-    days = re.findall(r"<tr><td>([\d-]+)</td><td>(\d+)</td></tr>", chart)
+    days = re.findall(
+        r'<tr><td><time datetime="([\d-]+)">[^<]+</time></td><td>(\d+)</td></tr>', chart
+    )
     assert days[-2:] == [(yesterday.isoformat(), "1"), (today.isoformat(), "1")]
+    # each day as the shop's locale (en here) writes a recent one, its ISO date beside it
+    assert f'<time datetime="{today}">{today:%a}, {today:%b} {today.day}</time>' in chart
     # the export's form starts at the shop's today, and its range is of the shop's days
     assert f'name="from" type="date" required value="{today.isoformat()}"' in html
     answer = browser.get(f"{browser.base}/activity/export?from={today}&to={today}")

@@ -27,6 +27,7 @@ from tests.web.support import (
     cli_env,
     page_settings,
     running,
+    shown_time,
     stored,
 )
 
@@ -79,7 +80,8 @@ def banner(html: str) -> str | None:
 
 
 def shown(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    """A moment as the banner's text shows it (its `<time>` element taken off, as banner does)."""
+    return re.sub(r"<[^>]+>", "", shown_time(datetime.fromtimestamp(when, UTC)))
 
 
 def test_a_refused_password_makes_shipments_wait_until_the_right_one_is_saved_on_the_page(

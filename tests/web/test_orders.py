@@ -266,7 +266,10 @@ def test_activity_shows_each_orders_refunds_release_and_extensions(quiet_site: S
     assert '<span class="badge">Being sent to Klarna</span>' in r3
     assert "€7.00" in r3
     assert "Extension" in extension
-    assert "authorized until 2027-01-20 12:00 UTC" in extension
+    assert (
+        'authorized until <time datetime="2027-01-20T12:00:00+00:00">'
+        "Jan 20, 2027, 12:00\u202fPM UTC</time>"
+    ) in extension
     assert "Release" in release
     assert "€12.34" in release
     assert f'href="/admin/{shop.id}/orders/1003"' not in page.text

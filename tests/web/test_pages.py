@@ -28,6 +28,7 @@ from tests.web.support import (
     page_settings,
     running,
     session_cookie,
+    shown_time,
     stored,
     unlabelled_controls,
 )
@@ -221,7 +222,7 @@ def test_settings_show_the_account_and_keep_the_password_write_only(
         "status_url": "",
     }
     set_at = datetime.fromtimestamp(shop[0].klarna_password_set_at or 0, UTC)
-    assert f"A password is set (since {set_at:%Y-%m-%d %H:%M} UTC)" in page.text
+    assert f"A password is set (since {shown_time(set_at)})" in page.text
     assert SANDBOX_PASSWORD not in page.text
 
     new_password = "N3w-klarna-pa55word-7c1d"

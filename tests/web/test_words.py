@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from plugin import dates
 from plugin.events import NO_KLARNA_ORDER
 from plugin.klarna import carriers
 from plugin.sandbox.klarna import KlarnaSandbox
@@ -26,6 +27,7 @@ from tests.web.support import (
     database,
     forms,
     job_state,
+    shown_time,
 )
 
 CSS = Path(__file__).resolve().parents[2] / "plugin/web/static/app.css"
@@ -264,15 +266,101 @@ def test_times_show_in_the_shops_time_zone_once_set(
 ) -> None:
     set_at = shop[0].klarna_password_set_at or 0
     page = browser.get(f"{browser.base}/settings").text
-    assert f"since {datetime.fromtimestamp(set_at, UTC):%Y-%m-%d %H:%M} UTC" in page
+    assert f"since {shown_time(datetime.fromtimestamp(set_at, UTC))}" in page
     assert forms(page)[f"{browser.base}/settings"]["time_zone"] == "UTC"
 
     assert browser.save_settings(time_zone="Europe/Stockholm").status_code == 303
     assert site.shop(shop[0].id).options.time_zone == "Europe/Stockholm"
     local = datetime.fromtimestamp(set_at, ZoneInfo("Europe/Stockholm"))
     page = browser.get(f"{browser.base}/settings").text
-    assert f"since {local:%Y-%m-%d %H:%M %Z}" in page
+    assert f"since {shown_time(local)}" in page
     assert local.tzname() in ("CET", "CEST")
+
+
+@pytest.mark.parametrize(
+    ("platform", "domain", "source"),
+    [
+        ("standard", None, "UTC, as your storefront&#39;s webhooks do not say its time zone"),
+        ("shopify", "corner.myshopify.com", "your Shopify admin&#39;s, read when the app"),
+        ("bigcommerce", "g5cd38", "your BigCommerce control panel&#39;s, read when the app"),
+        ("woocommerce", "https://corner.example", "your WordPress&#39;s (Settings → General)"),
+    ],
+)
+def test_the_time_zone_field_says_where_its_default_came_from(
+    site: Site, platform: str, domain: str | None, source: str
+) -> None:
+    shop, _ = site.call(
+        site.service.shops.create,
+        platform=platform,
+        name="Corner shop",
+        klarna_region="eu",
+        klarna_environment="playground",
+        klarna_username="PK_X",
+        klarna_password="pw",
+        shop_domain=domain,
+    )
+    browser = site.sign_in(shop.id)
+    page = browser.get(f"{browser.base}/settings").text
+    hint = re.search(r'<p class="hint" id="time_zone-hint">(.*?)</p>', page, re.S)
+    assert hint is not None
+    assert f"Until you set one: {source}" in hint.group(1)
+
+
+@pytest.mark.parametrize(
+    ("time_zone", "locale", "shown"),
+    [
+        ("Europe/Stockholm", "sv_SE", "3 dec. 2026 19:04 CET"),
+        ("Asia/Kathmandu", "en_GB", "3 Dec 2026, 23:49 +0545"),
+        # A zone or locale the shop could not have stored: UTC and English, not an error.
+        ("Mars/Olympus_Mons", "xx_YY", "Dec 3, 2026, 6:04\u202fPM UTC"),
+        (None, None, "Dec 3, 2026, 6:04\u202fPM UTC"),
+    ],
+)
+def test_a_moment_is_written_in_a_zone_and_locale(
+    time_zone: str | None, locale: str | None, shown: str
+) -> None:
+    at = datetime(2026, 12, 3, 18, 4, tzinfo=UTC).timestamp()
+    assert dates.moment(at, time_zone, locale) == shown
+
+
+# 18:04 UTC on the Saturday before and the Monday after Europe's clocks went forward (29 March).
+BEFORE_DST = datetime(2026, 3, 28, 18, 4, tzinfo=UTC).timestamp()
+AFTER_DST = datetime(2026, 3, 30, 18, 4, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("locale", "before", "after"),
+    [
+        ("de_DE", "28. März 2026, 19:04 CET", "30. März 2026, 20:04 CEST"),
+        ("en_GB", "28 Mar 2026, 19:04 CET", "30 Mar 2026, 20:04 CEST"),
+        ("en_US", "Mar 28, 2026, 7:04\u202fPM CET", "Mar 30, 2026, 8:04\u202fPM CEST"),
+    ],
+)
+def test_a_shipments_times_are_written_in_the_shops_locale_and_time_zone(
+    site: Site,
+    shop: tuple[Shop, str],
+    browser: Browser,
+    klarna_sandbox: KlarnaSandbox,
+    locale: str,
+    before: str,
+    after: str,
+) -> None:
+    order = klarna_sandbox.create_order(order_amount=6000, order_lines=[TOMATOES])
+    send(site, shop, shipment(order.order_id, "1001-F1"))
+    wait_until(lambda: captured(site.settings, shop[0].id, "1001-F1"), what="the capture")
+    for at, outcome in ((BEFORE_DST, "before"), (AFTER_DST, "after")):
+        site.call(
+            site.service.store.add_audit, shop[0].id, "1001-F1", None, "report", outcome, "{}", at
+        )
+    assert browser.save_settings(time_zone="Europe/Berlin", locale=locale).status_code == 303
+
+    page = browser.get(f"{browser.base}/shipments/1001-F1").text
+    # Each time in the shop's locale and zone (its offset an hour apart across the change), in
+    # a <time> element holding the moment in ISO 8601 for machines.
+    assert f'<time datetime="2026-03-28T19:04:00+01:00">{before}</time>' in page
+    assert f'<time datetime="2026-03-30T20:04:00+02:00">{after}</time>' in page
+    # No time is left in the form the pages wrote before they followed the locale.
+    assert not re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", page)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """BigCommerce's REST API for one store, as the BigCommerce adapter uses it: the order, its
-products and shipments (v2), its refunds and metafields (v3), the staff notes (PUT v2 order) and
-the webhook subscriptions (v3 hooks). Every call is retried on network errors, 429 and 5xx; a 429
-waits what `X-Rate-Limit-Time-Reset-Ms` says.
+products and shipments (v2), its refunds and metafields (v3), the staff notes (PUT v2 order), the
+webhook subscriptions (v3 hooks) and the store's time zone (v2 store, read at install). Every call
+is retried on network errors, 429 and 5xx (as often as its policy says); a 429 waits what
+`X-Rate-Limit-Time-Reset-Ms` says.
 """
 
 import asyncio
@@ -59,6 +60,16 @@ class _Hooks(msgspec.Struct):
 
 class _HookOne(msgspec.Struct):
     data: Hook
+
+
+class _StoreTimeZone(msgspec.Struct):
+    name: str = ""
+
+
+class _StoreInfo(msgspec.Struct):
+    """What the app reads of `GET /v2/store`: its time zone's IANA name, nothing else."""
+
+    timezone: _StoreTimeZone | None = None
 
 
 class _Metafields(msgspec.Struct):
@@ -317,6 +328,15 @@ class StoreClient:
             messages=[f"{namespace}.{key} exists but cannot be read by this app"],
         )
 
+    # the store (v2)
+
+    async def time_zone(self) -> str:
+        """The store's time zone as its control panel's settings name it (`timezone.name`, an
+        IANA name); '' when the answer holds none."""
+        raw = await self.call("store", "GET", "/v2/store")
+        found = self._decode("store", raw, _store_info).timezone
+        return found.name if found is not None else ""
+
     # webhooks (v3)
 
     async def hooks(self) -> list[Hook]:
@@ -355,6 +375,7 @@ class StoreClient:
         return hooks
 
 
+_store_info = msgspec.json.Decoder(_StoreInfo).decode
 _metafields = msgspec.json.Decoder(_Metafields).decode
 _metafield_one = msgspec.json.Decoder(_MetafieldOne).decode
 _hooks = msgspec.json.Decoder(_Hooks).decode

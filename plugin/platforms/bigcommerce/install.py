@@ -26,6 +26,7 @@ from plugin.platforms.bigcommerce.signatures import (
 from plugin.platforms.bigcommerce.store_hash import control_panel_origin, store_hash_of
 from plugin.retries import RetryPolicy
 from plugin.store.records import Shop
+from plugin.web.forms import time_zone_problem
 from plugin.web.pages import Refused, allow_framing, message, service_of, set_session_cookie
 
 # The least that works: store_v2_orders ("Orders: modify") reads orders, their products,
@@ -109,6 +110,38 @@ async def subscribe(service: ServiceContext, shop: Shop, token: str) -> None:
     )
 
 
+async def _storefront_time_zone(service: ServiceContext, store_hash: str, token: str) -> str | None:
+    """The time zone the merchant chose in the store's control panel (Settings → General), for
+    a store installed for the first time (a reinstall keeps what the settings page holds); None
+    when it is not new, or the answer names no time zone this machine knows, or BigCommerce did
+    not answer: one try, since the install does not wait on it (the shop starts in UTC,
+    changeable on the settings page)."""
+    if await service.store.shop_by_domain(NAME, store_hash) is not None:
+        return None
+    client = StoreClient(
+        store_hash,
+        token,
+        http=service.storefront_http,
+        base_url=service.settings.bigcommerce.api_url,
+        retry=RetryPolicy(attempts=1),
+    )
+    try:
+        zone = await client.time_zone()
+    except (BigCommerceError, httpx2.HTTPError) as error:
+        code = error.code if isinstance(error, BigCommerceError) else type(error).__name__
+        log.warning(
+            "bigcommerce time zone not read", extra={"store_hash": store_hash, "error": code}
+        )
+        return None
+    if time_zone_problem(zone):
+        log.warning(
+            "bigcommerce time zone not known here",
+            extra={"store_hash": store_hash, "time_zone": zone[:64]},
+        )
+        return None
+    return zone
+
+
 async def _settings_page(request: Request, shop: Shop) -> Response:
     response = RedirectResponse(f"/admin/{shop.id}/settings", status_code=303)
     await set_session_cookie(request, response, shop.id, embedded=True)
@@ -174,8 +207,9 @@ async def callback(request: Request) -> Response:
                 "them on the order. " + _INSTALL_AGAIN,
                 f"granted scopes {grant.scope!r} lack some of {' '.join(OAUTH_SCOPES)}",
             )
+        zone = await _storefront_time_zone(service, store_hash, grant.access_token)
         shop = await service.shops.install(
-            platform=NAME, shop_domain=store_hash, token=grant.access_token
+            platform=NAME, shop_domain=store_hash, token=grant.access_token, time_zone=zone
         )
         await service.store.add_audit(
             shop.id,

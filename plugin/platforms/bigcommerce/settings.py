@@ -18,6 +18,9 @@ _METAFIELD = re.compile(r"[^.\s]{1,64}\.\S{1,64}")
 
 class BigCommerceSettings(OrderIdSettingsPage):
     template = Path(__file__).resolve().parent / "templates" / "settings.html"
+    time_zone_default = (
+        "your BigCommerce control panel's, read when the app was first installed (else UTC)"
+    )
     sources = SOURCES
 
     def field_problem(self, source: str, field: str) -> str | None:

@@ -50,6 +50,7 @@ _METAFIELD = re.compile(r"[A-Za-z0-9_-]{3,255}\.[A-Za-z0-9_-]{2,64}")
 
 class ShopifySettings(OrderIdSettingsPage):
     template = Path(__file__).resolve().parent / "templates" / "settings.html"
+    time_zone_default = "your Shopify admin's, read when the app was first installed (else UTC)"
     sources = SOURCES
 
     def field_problem(self, source: str, field: str) -> str | None:

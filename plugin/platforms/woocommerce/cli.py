@@ -1,13 +1,15 @@
 """WooCommerce's part of `klarna-capture shop`: a shop is added with its site's address and a
-REST API key (the consumer secret read like a password), and shown with them (the key only as
-set or not)."""
+REST API key (the consumer secret read like a password), in the time zone its WordPress names,
+and shown with them (the key only as set or not)."""
 
 import argparse
 from typing import Any
 
+import httpx2
+
 from plugin.platforms.base import NewShop, ReadSecret, ShopAdd, ShopAddRefused
 from plugin.platforms.woocommerce.api_key import ApiKey, api_key_problem, encode_api_key
-from plugin.platforms.woocommerce.site import normalize_site_url
+from plugin.platforms.woocommerce.site import normalize_site_url, site_time_zone
 from plugin.platforms.woocommerce.statuses import parse_statuses
 from plugin.store.records import Shop, ShopOptions
 
@@ -58,6 +60,11 @@ def api_token(args: argparse.Namespace, read_secret: ReadSecret) -> str:
     )
 
 
+async def time_zone(http: httpx2.AsyncClient, new: NewShop) -> str | None:
+    """The time zone the site's WordPress is set to, when it names one (site.site_time_zone)."""
+    return await site_time_zone(http, new.domain) if new.domain else None
+
+
 SHOP_ADD = ShopAdd(
     add_options=add_options,
     options=("--site-url", "--consumer-key", "--consumer-secret-stdin", "--capture-statuses"),
@@ -66,6 +73,7 @@ SHOP_ADD = ShopAdd(
     created="In WooCommerce → Settings → Advanced → Webhooks, add the topics Order updated "
     "and Order created with that delivery URL, that secret as their Secret, and API "
     "version WP REST API Integration v3.",
+    time_zone=time_zone,
 )
 
 

@@ -25,6 +25,11 @@ API_KEY_FIELDS = ("consumer_key", "consumer_secret")
 
 class WooCommerceSettings(SettingsPage):
     template = Path(__file__).resolve().parent / "templates" / "settings.html"
+    # WooCommerce's API does not say the zone; WordPress's index does, for a city (site.py).
+    time_zone_default = (
+        "your WordPress's (Settings → General), read when the shop was added if it names a city "
+        "there; else UTC, as an offset such as UTC+1 names no zone"
+    )
     # The outcome goes onto the WooCommerce order: the page offers no status URL.
     status_url = False
     write_only = API_KEY_FIELDS

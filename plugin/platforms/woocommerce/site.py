@@ -1,6 +1,33 @@
-"""A WooCommerce site's address: normalised as stored, and compared with the one a webhook names."""
+"""A WooCommerce site's address: normalised as stored, and compared with the one a webhook names;
+and the time zone its WordPress is set to, as its REST API's index says it."""
 
+import logging
 from urllib.parse import urlsplit
+
+import httpx2
+import msgspec
+
+from plugin import outbound
+from plugin.web.forms import time_zone_problem
+
+# WordPress's REST API index (`/wp-json/`), asked for its time zone alone: the whole index lists
+# every route of every plugin. It answers without the REST API key, which is not sent to it.
+INDEX_PATH = "/wp-json/"
+INDEX_QUERY = {"_fields": "timezone_string,gmt_offset"}
+# The index is asked once, while `shop add` waits: a short wait, then UTC.
+INDEX_TIMEOUT = httpx2.Timeout(5.0)
+
+log = logging.getLogger("plugin.platforms.woocommerce.site")
+
+
+class _Index(msgspec.Struct):
+    """What is read of the index: WordPress's Settings → General → Timezone. A city chosen
+    there is `timezone_string`'s IANA name; an offset chosen instead (UTC+1) leaves it empty and
+    sets only `gmt_offset`, which names no zone (UTC+1 is Paris's in winter and London's in
+    summer) and is not read."""
+
+    timezone_string: str | None = None
+
 
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 _DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -53,3 +80,44 @@ def _canonical(url: str) -> str:
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         netloc += f":{port}"
     return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+async def site_time_zone(http: httpx2.AsyncClient, site_url: str) -> str | None:
+    """The IANA time zone the site's WordPress names, for a new shop to start in; None when it
+    names none (an offset chosen, or no index: a site that turned it off or moved it), or one
+    this machine does not know, or the site did not answer as WordPress does. Logged, without
+    the site's answer, either way; never raised: the shop is added in UTC then."""
+    try:
+        response = await http.get(
+            site_url.rstrip("/") + INDEX_PATH,
+            params=INDEX_QUERY,
+            headers={"Accept": "application/json"},
+            timeout=INDEX_TIMEOUT,
+        )
+    except httpx2.HTTPError as exc:
+        log.warning(
+            "woocommerce time zone not read",
+            extra={"site_url": site_url, "error": outbound.describe(exc)},
+        )
+        return None
+    if not response.is_success:
+        log.warning(
+            "woocommerce time zone not read",
+            extra={"site_url": site_url, "error": f"HTTP {response.status_code}"},
+        )
+        return None
+    try:
+        zone = _index(response.content).timezone_string or ""
+    except msgspec.MsgspecError:
+        log.warning(
+            "woocommerce time zone not read",
+            extra={"site_url": site_url, "error": "not a WordPress REST API index"},
+        )
+        return None
+    if not zone or time_zone_problem(zone):
+        log.info("woocommerce site names no time zone known here", extra={"site_url": site_url})
+        return None
+    return zone
+
+
+_index = msgspec.json.Decoder(_Index).decode

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import httpx2
 import jwt
+import msgspec
 import pytest
 
 from plugin.app import create_app
@@ -24,12 +25,14 @@ from plugin.sandbox.bigcommerce import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     BigCommerceSandbox,
+    FaultSettings,
     Product,
     signed_payload_jwt,
 )
 from plugin.sandbox.server import serve_in_thread
 from plugin.service import open_service
 from plugin.shops import secret_context
+from plugin.store.records import ShopOptions
 from plugin.vault import Vault
 from plugin.worker import Backoff
 from tests.helpers import free_port, run_cli, wait_until
@@ -173,6 +176,69 @@ def test_an_install_stores_the_token_sealed_subscribes_and_opens_the_settings(
     settings_page = get(f"{service}{done.headers['location']}", cookie=session_of(done))
     assert settings_page.status_code == 200
     assert "HttpOnly" in (set_cookie(done, COOKIE) or "")
+
+
+def time_zone_of(settings: tuple[Settings, int]) -> str:
+    [shop] = shops(settings)
+    return msgspec.json.decode(shop["options"], type=ShopOptions).time_zone
+
+
+def store_reads(bigcommerce: BigCommerceSandbox) -> list[int]:
+    return [r.status for r in bigcommerce.requests if r.path == f"/stores/{STORE}/v2/store"]
+
+
+def test_a_new_store_takes_its_time_zone_from_bigcommerce_and_a_reinstall_keeps_the_shops(
+    settings: tuple[Settings, int], service: str, bigcommerce: BigCommerceSandbox
+) -> None:
+    bigcommerce.set_time_zone(STORE, "Europe/Stockholm")
+    assert install(service, bigcommerce).status_code == 303
+    assert time_zone_of(settings) == "Europe/Stockholm"
+    assert store_reads(bigcommerce) == [200]
+
+    # The control panel's setting changes later: a reinstall keeps what the shop holds (the
+    # merchant's choice on the settings page), without asking BigCommerce.
+    bigcommerce.set_time_zone(STORE, "Asia/Tokyo")
+    assert install(service, bigcommerce).status_code == 303
+    assert time_zone_of(settings) == "Europe/Stockholm"
+    assert store_reads(bigcommerce) == [200]
+
+
+@pytest.mark.parametrize("unusable", ["", "Mars/Olympus_Mons", "Europe/../../etc/passwd", "x" * 80])
+def test_a_time_zone_bigcommerce_names_that_this_machine_does_not_know_leaves_utc(
+    settings: tuple[Settings, int], service: str, bigcommerce: BigCommerceSandbox, unusable: str
+) -> None:
+    bigcommerce.set_time_zone(STORE, unusable)
+    assert install(service, bigcommerce).status_code == 303
+    assert time_zone_of(settings) == "UTC"
+
+
+@pytest.mark.parametrize("status", [503, 403])
+def test_an_install_does_not_wait_on_the_time_zone_when_bigcommerce_fails_to_say(
+    settings: tuple[Settings, int],
+    service: str,
+    bigcommerce: BigCommerceSandbox,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+) -> None:
+    caplog.set_level(logging.INFO)
+    bigcommerce.set_time_zone(STORE, "Europe/Stockholm")
+    # The token exchange is answered; the store API's first call (the time zone) fails, once:
+    # BigCommerce down, or the store information refused to the app's scope.
+    bigcommerce.set_faults(FaultSettings(fail_next=1, fail_status=status))
+    done = install(service, bigcommerce)
+    assert done.status_code == 303, done.text
+    assert time_zone_of(settings) == "UTC"
+    assert store_reads(bigcommerce) == [status]
+    assert {h["scope"] for h in bigcommerce.hooks(STORE)} == SCOPES
+    logged = [
+        f"{record.getMessage()} {record.__dict__}"
+        for record in caplog.records
+        if record.getMessage() == "bigcommerce time zone not read"
+    ]
+    assert len(logged) == 1
+    assert ("HTTP_503" if status == 503 else "UNAUTHORIZED") in logged[0]
+    token = token_of(shops(settings)[0])
+    assert token not in logged[0]
 
 
 def test_a_reinstall_keeps_the_shop_takes_the_new_token_and_subscribes_once(
