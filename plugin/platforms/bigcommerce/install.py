@@ -31,8 +31,11 @@ from plugin.web.pages import Refused, allow_framing, message, service_of, set_se
 
 # The least that works: store_v2_orders ("Orders: modify") reads orders, their products,
 # shipments and refunds, writes the staff notes and the order metafields, and lets the app
-# subscribe to the shipment, refund and order status webhooks. Nothing else is asked for.
+# subscribe to the shipment, refund and order status webhooks. The install needs nothing else.
 OAUTH_SCOPES = ("store_v2_orders",)
+# Asked for in the app's profile but not required: "Information & Settings: read-only" reads the
+# store's time zone at the first install; without it a new shop starts in UTC.
+OPTIONAL_SCOPES = ("store_v2_information_read_only",)
 CALLBACK_PATH = "/auth/bigcommerce/callback"
 LOAD_PATH = "/load"
 UNINSTALL_PATH = "/uninstall"

@@ -48,6 +48,6 @@ def test_the_manifest_names_the_scopes_and_webhooks_the_code_uses() -> None:
         "store/order/*",
     }
 
-    assert scopes == set(install.OAUTH_SCOPES)
+    assert scopes == {*install.OAUTH_SCOPES, *install.OPTIONAL_SCOPES}
     assert hooks == set(payloads.WEBHOOK_SCOPES)
     assert install.OAUTH_SCOPES == ("store_v2_orders",)
