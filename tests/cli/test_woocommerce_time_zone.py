@@ -3,11 +3,17 @@ WordPress names (its REST index's `timezone_string`, read over HTTP from the Woo
 and in UTC when it names only an offset, a zone this machine does not know, or does not answer:
 the shop is added either way."""
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 
 import msgspec
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.routing import Route
 
+from plugin.platforms.woocommerce.site import INDEX_SECONDS
 from plugin.sandbox.server import serve_in_thread
 from plugin.sandbox.woocommerce import FaultSettings, WooCommerceSandbox
 from plugin.sandbox.woocommerce import create_app as create_woocommerce_app
@@ -100,3 +106,59 @@ def test_an_unreachable_site_is_added_in_utc_and_its_secret_stays_out_of_the_out
     assert "time zone:      UTC" in done.stdout
     assert "woocommerce time zone not read" in done.stderr
     assert WOO_SECRET not in done.stdout + done.stderr
+
+
+async def _html_index(request: Request) -> Response:
+    # A site without pretty permalinks: /wp-json/ is a page of the theme, not the REST index.
+    return HTMLResponse("<!doctype html><title>Tomato farm</title><p>Welcome</p>")
+
+
+async def _trickling_index(request: Request) -> Response:
+    async def one_byte_at_a_time() -> AsyncIterator[bytes]:
+        for byte in b'{"timezone_string": "Europe/Stockholm"}':
+            await asyncio.sleep(0.5)
+            yield bytes([byte])
+
+    return StreamingResponse(one_byte_at_a_time(), media_type="application/json")
+
+
+@pytest.fixture(scope="module")
+def odd_sites() -> Iterator[str]:
+    app = Starlette(
+        routes=[
+            Route("/html/wp-json/", _html_index),
+            Route("/slow/wp-json/", _trickling_index),
+        ]
+    )
+    with serve_in_thread(app) as url:
+        yield url
+
+
+def test_a_site_whose_index_is_a_page_not_json_is_added_in_utc(
+    env: dict[str, str], odd_sites: str
+) -> None:
+    done = add_woocommerce_shop(
+        {**env, "KLARNA_CAPTURE_LOG_LEVEL": "INFO"},
+        "--site-url",
+        f"{odd_sites}/html",
+        "--consumer-key",
+        WOO_KEY,
+    )
+    assert "time zone:      UTC" in done.stdout
+    assert "not a WordPress REST API index" in done.stderr
+
+
+def test_a_site_answering_a_byte_at_a_time_is_given_up_on_in_the_index_s_own_time(
+    env: dict[str, str], odd_sites: str
+) -> None:
+    # Each byte comes within any read timeout; only a limit on the whole answer ends it, and the
+    # index's own (shorter than every storefront call's) is the one that does.
+    done = add_woocommerce_shop(
+        {**env, "KLARNA_CAPTURE_LOG_LEVEL": "INFO"},
+        "--site-url",
+        f"{odd_sites}/slow",
+        "--consumer-key",
+        WOO_KEY,
+    )
+    assert "time zone:      UTC" in done.stdout
+    assert f"no answer within {INDEX_SECONDS:g} s" in done.stderr

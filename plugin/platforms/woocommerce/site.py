@@ -1,6 +1,7 @@
 """A WooCommerce site's address: normalised as stored, and compared with the one a webhook names;
 and the time zone its WordPress is set to, as its REST API's index says it."""
 
+import asyncio
 import logging
 from urllib.parse import urlsplit
 
@@ -14,8 +15,9 @@ from plugin.web.forms import time_zone_problem
 # every route of every plugin. It answers without the REST API key, which is not sent to it.
 INDEX_PATH = "/wp-json/"
 INDEX_QUERY = {"_fields": "timezone_string,gmt_offset"}
-# The index is asked once, while `shop add` waits: a short wait, then UTC.
-INDEX_TIMEOUT = httpx2.Timeout(5.0)
+# The index is asked once, while `shop add` waits: a short wait in all (connect, a slow answer
+# trickling in), then UTC.
+INDEX_SECONDS = 5.0
 
 log = logging.getLogger("plugin.platforms.woocommerce.site")
 
@@ -88,16 +90,22 @@ async def site_time_zone(http: httpx2.AsyncClient, site_url: str) -> str | None:
     this machine does not know, or the site did not answer as WordPress does. Logged, without
     the site's answer, either way; never raised: the shop is added in UTC then."""
     try:
-        response = await http.get(
-            site_url.rstrip("/") + INDEX_PATH,
-            params=INDEX_QUERY,
-            headers={"Accept": "application/json"},
-            timeout=INDEX_TIMEOUT,
-        )
+        async with asyncio.timeout(INDEX_SECONDS):
+            response = await http.get(
+                site_url.rstrip("/") + INDEX_PATH,
+                params=INDEX_QUERY,
+                headers={"Accept": "application/json"},
+            )
     except httpx2.HTTPError as exc:
         log.warning(
             "woocommerce time zone not read",
             extra={"site_url": site_url, "error": outbound.describe(exc)},
+        )
+        return None
+    except TimeoutError:
+        log.warning(
+            "woocommerce time zone not read",
+            extra={"site_url": site_url, "error": f"no answer within {INDEX_SECONDS:g} s"},
         )
         return None
     if not response.is_success:
