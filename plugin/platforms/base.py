@@ -3,6 +3,7 @@ outcome written back onto the storefront's order where there is one), the errors
 API clients raise, and the description each platform gives the rest of the service."""
 
 import argparse
+import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast, get_args
@@ -27,7 +28,9 @@ from plugin.store.records import (
     Shop,
     ShopOptions,
 )
-from plugin.web.forms import SettingsPage
+from plugin.web.forms import SettingsPage, time_zone_problem
+
+log = logging.getLogger("plugin.platforms")
 
 
 class StorefrontError(OperationError):
@@ -89,6 +92,31 @@ class ApiError(OperationError):
             retryable=self.retryable,
             retry_after=self.retry_after,
         )
+
+
+async def first_install_time_zone(
+    service: ServiceContext, platform: str, domain: str, read: Callable[[], Awaitable[str]]
+) -> str | None:
+    """The time zone the merchant chose in their storefront's admin, read by `read` (one try of
+    the platform's bounded client: the install waits at most that client's deadline and never
+    fails because of it), for a shop installed for the first time; a reinstall keeps what the
+    settings page holds. None, and a warning naming the shop and the error code (never the
+    token), when the shop is not new, the storefront did not answer, or it names no time zone
+    this machine knows: the shop then starts in UTC, changeable on the settings page."""
+    if await service.store.shop_by_domain(platform, domain) is not None:
+        return None
+    try:
+        zone = await read()
+    except (ApiError, httpx2.HTTPError) as error:
+        code = error.code if isinstance(error, ApiError) else type(error).__name__
+        log.warning(f"{platform} time zone not read", extra={"shop": domain, "error": code})
+        return None
+    if time_zone_problem(zone):
+        log.warning(
+            f"{platform} time zone not known here", extra={"shop": domain, "time_zone": zone[:64]}
+        )
+        return None
+    return zone
 
 
 def shipping_method(options: ShopOptions) -> ShippingMethod | None:

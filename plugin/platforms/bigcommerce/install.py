@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
 from plugin.context import ServiceContext
+from plugin.platforms.base import first_install_time_zone
 from plugin.platforms.bigcommerce import NAME, payloads, signatures
 from plugin.platforms.bigcommerce.api import BigCommerceError, StoreClient
 from plugin.platforms.bigcommerce.oauth import BigCommerceOAuthError, exchange_code
@@ -26,7 +27,6 @@ from plugin.platforms.bigcommerce.signatures import (
 from plugin.platforms.bigcommerce.store_hash import control_panel_origin, store_hash_of
 from plugin.retries import RetryPolicy
 from plugin.store.records import Shop
-from plugin.web.forms import time_zone_problem
 from plugin.web.pages import Refused, allow_framing, message, service_of, set_session_cookie
 
 # The least that works: store_v2_orders ("Orders: modify") reads orders, their products,
@@ -114,13 +114,8 @@ async def subscribe(service: ServiceContext, shop: Shop, token: str) -> None:
 
 
 async def _storefront_time_zone(service: ServiceContext, store_hash: str, token: str) -> str | None:
-    """The time zone the merchant chose in the store's control panel (Settings → General), for
-    a store installed for the first time (a reinstall keeps what the settings page holds); None
-    when it is not new, or the answer names no time zone this machine knows, or BigCommerce did
-    not answer: one try, since the install does not wait on it (the shop starts in UTC,
-    changeable on the settings page)."""
-    if await service.store.shop_by_domain(NAME, store_hash) is not None:
-        return None
+    """The time zone of the store's control panel (Settings → General) for a new shop; see
+    first_install_time_zone."""
     client = StoreClient(
         store_hash,
         token,
@@ -128,21 +123,7 @@ async def _storefront_time_zone(service: ServiceContext, store_hash: str, token:
         base_url=service.settings.bigcommerce.api_url,
         retry=RetryPolicy(attempts=1),
     )
-    try:
-        zone = await client.time_zone()
-    except (BigCommerceError, httpx2.HTTPError) as error:
-        code = error.code if isinstance(error, BigCommerceError) else type(error).__name__
-        log.warning(
-            "bigcommerce time zone not read", extra={"store_hash": store_hash, "error": code}
-        )
-        return None
-    if time_zone_problem(zone):
-        log.warning(
-            "bigcommerce time zone not known here",
-            extra={"store_hash": store_hash, "time_zone": zone[:64]},
-        )
-        return None
-    return zone
+    return await first_install_time_zone(service, NAME, store_hash, client.time_zone)
 
 
 async def _settings_page(request: Request, shop: Shop) -> Response:

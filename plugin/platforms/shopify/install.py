@@ -13,8 +13,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from plugin.config import Settings
+from plugin.platforms.base import first_install_time_zone
 from plugin.platforms.shopify import NAME, signatures
-from plugin.platforms.shopify.api import AdminClient, ShopifyError
+from plugin.platforms.shopify.api import AdminClient
 from plugin.platforms.shopify.oauth import (
     AccessToken,
     ShopifyOAuthError,
@@ -23,7 +24,6 @@ from plugin.platforms.shopify.oauth import (
 )
 from plugin.retries import RetryPolicy
 from plugin.web.auth import INSTALL_STATE_COOKIE, INSTALL_STATE_SECONDS, InstallStateError
-from plugin.web.forms import time_zone_problem
 from plugin.web.pages import Refused, auth_of, message, service_of, set_session_cookie
 
 # The least that works: write_orders for the capture metafields and tags on an order (and it
@@ -130,13 +130,9 @@ def _grant_refused(error: ShopifyOAuthError) -> Refused:
 
 
 async def _storefront_time_zone(request: Request, shop: str, token: str) -> str | None:
-    """The time zone the merchant chose in their Shopify admin, for a shop installed for the
-    first time (a reinstall keeps what the settings page holds); None when it is not new, or
-    the answer is not a time zone this machine knows, or Shopify did not answer: one try, since
-    the install does not wait on it (the shop starts in UTC, changeable on the settings page)."""
+    """The time zone the merchant chose in their Shopify admin for a new shop; see
+    first_install_time_zone."""
     service = service_of(request)
-    if await service.store.shop_by_domain(NAME, shop) is not None:
-        return None
     client = AdminClient(
         shop,
         token,
@@ -145,12 +141,7 @@ async def _storefront_time_zone(request: Request, shop: str, token: str) -> str 
         base_url=service.settings.shopify.admin_url,
         retry=RetryPolicy(attempts=1),
     )
-    try:
-        zone = await client.time_zone()
-    except ShopifyError as error:
-        log.warning("shopify time zone not read", extra={"shop": shop, "error": error.code})
-        return None
-    return None if time_zone_problem(zone) else zone
+    return await first_install_time_zone(service, NAME, shop, client.time_zone)
 
 
 async def install(request: Request) -> Response:
