@@ -5,6 +5,7 @@ same moment in ISO 8601 with its offset, for machines (a page's `<time datetime>
 writes its own plain ISO form)."""
 
 import functools
+import re
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -46,9 +47,17 @@ def moment(at: float, time_zone: str | None, locale_name: str | None) -> str:
     day_part: str = format_skeleton("yMMMd", when, locale=parsed)
     time_part: str = format_time(when, "short", tzinfo=when.tzinfo, locale=parsed)
     # The locale's way of joining a date and a time (`{1}, {0}` in English, `{1} {0}` in Swedish).
-    pattern = str(get_datetime_format("medium", locale=parsed))
+    # Its words are quoted in CLDR's way (`{1} 'à' {0}` in Corsican; '' is a quote itself).
+    pattern = _QUOTED.sub(_unquoted, str(get_datetime_format("medium", locale=parsed)))
     shown = pattern.replace("{1}", day_part).replace("{0}", time_part)
     return f"{shown} {when.tzname() or ''}".rstrip()
+
+
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def _unquoted(quoted: re.Match[str]) -> str:
+    return quoted[1] or "'"
 
 
 def iso(at: float, time_zone: str | None) -> str:

@@ -323,6 +323,14 @@ def test_a_moment_is_written_in_a_zone_and_locale(
     assert dates.moment(at, time_zone, locale) == shown
 
 
+def test_the_words_a_locale_joins_a_date_and_a_time_with_are_written_without_their_quotes() -> None:
+    # Corsican joins them with a quoted word ({1} 'à' {0}), which is written as the word alone.
+    at = datetime(2026, 12, 3, 18, 4, tzinfo=UTC).timestamp()
+    shown = dates.moment(at, "Europe/Paris", "co")
+    assert " à 19:04 CET" in shown
+    assert "'" not in shown
+
+
 # 18:04 UTC on the Saturday before and the Monday after Europe's clocks went forward (29 March).
 BEFORE_DST = datetime(2026, 3, 28, 18, 4, tzinfo=UTC).timestamp()
 AFTER_DST = datetime(2026, 3, 30, 18, 4, tzinfo=UTC).timestamp()
