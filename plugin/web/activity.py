@@ -257,10 +257,11 @@ def decimal(amount: int | None, currency: str) -> str:
 
 
 def local(at: float | None, zone: ZoneInfo) -> str:
-    """A moment in the shop's time zone, to the second (the header names the zone)."""
+    """A moment in the shop's time zone, to the second, with its offset: the header names the
+    zone, and the offset tells apart the two hours that read alike when the clocks go back."""
     if at is None:
         return ""
-    return datetime.fromtimestamp(at, zone).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(at, zone).isoformat(sep=" ", timespec="seconds")
 
 
 def neutralise(cell: str) -> str:

@@ -367,6 +367,7 @@ def test_the_summary_chart_and_export_count_the_days_of_the_shops_time_zone(site
     assert header[7] == "Captured at (Asia/Kathmandu)"
     assert header[9] == "Last change (Asia/Kathmandu)"
     assert [(row[1], row[7][:16]) for row in rows] == [("after", f"{today} 00:01")]
+    assert rows[0][7].endswith("+05:45")  # Kathmandu's offset, written beside each time
     answer = browser.get(f"{browser.base}/activity/export?from={yesterday}&to={yesterday}")
     assert [row[1] for row in csv.reader(io.StringIO(answer.text))][1:] == ["before"]
 
