@@ -67,8 +67,6 @@ WOOCOMMERCE_NAME = "Tomato farm"
 BIGCOMMERCE_STORE = "demot0"  # a store hash: lowercase letters and digits
 MERCHANT_EMAIL = "merchant@example.com"
 MAIL_FROM = "capture@example.com"
-# A line that only prints when everything is seeded and the links are out: what a script (and the
-# test) waits for.
 # The BigCommerce hooks' scopes the demo's webhooks come by.
 SHIPPED = "store/shipment/created"
 REFUNDED = "store/order/refund/created"
@@ -79,6 +77,8 @@ SHOPS = (
     (WOOCOMMERCE_NAME, "WooCommerce"),
     (f"store {BIGCOMMERCE_STORE}", "BigCommerce"),
 )
+# A line that only prints when everything is seeded and the links are out: what a script (and the
+# test) waits for.
 READY = "Ready: the pages above stay up until Ctrl-C."
 
 
