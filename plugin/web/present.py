@@ -5,10 +5,8 @@ the link to an order in Klarna's merchant portal."""
 
 import re
 from urllib.parse import quote
-from zoneinfo import ZoneInfo
 
 import msgspec
-from babel import Locale
 from babel.numbers import format_currency, get_currency_symbol
 
 from plugin import dates, money
@@ -82,23 +80,13 @@ def amount(minor: int | None, currency: str, locale: str = LOCALE) -> str:
     except money.MoneyError:
         return f"{minor} {currency} (minor units)"
     code = currency.upper()
-    parsed = _locale(locale)
+    parsed = dates.locale(locale)
     shown: str = format_currency(value, code, locale=parsed, currency_digits=True)
     # A currency the locale writes by its code (SEK in English, KWD) and puts before the number
     # gets a space between the two, as the code would otherwise run into the digits.
     if get_currency_symbol(code, parsed) == code and shown.startswith(code):
         shown = code + "\xa0" + shown[len(code) :].lstrip()
     return shown
-
-
-def _locale(name: str) -> Locale:
-    """The Babel locale of a shop's stored identifier; English for one Babel does not know."""
-    return dates.locale(name)
-
-
-def zone(name: str | None) -> ZoneInfo:
-    """The shop's time zone; UTC when it names none this machine knows."""
-    return dates.zone(name)
 
 
 # Klarna's carrier codes (plugin.klarna.carriers) as their companies write their names.

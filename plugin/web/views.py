@@ -671,7 +671,7 @@ async def _summary(service: Service, shop: Shop, now: float) -> Summary:
     """Three indexed reads: the captures of the last CHART_DAYS days of the shop's time zone (by
     quarter hour, added up to its days), the shipments by job state with the dead letters by
     kind, and the shop's dead letters (at most DEAD_LIMIT) by error code and kind."""
-    zone = present.zone(shop.options.time_zone)
+    zone = dates.zone(shop.options.time_zone)
     today = activity_view.day_of(now, zone)
     first_day = today - activity_view.CHART_DAYS + 1
     since = activity_view.day_start(activity_view.local_date(first_day), zone)
@@ -796,9 +796,9 @@ async def activity(request: Request, service: Service, shop: Shop, session: Sess
             "summary": await _summary(service, shop, time.time()),
             "requeued": _requeued(request, shop),
             "today": activity_view.local_date(
-                activity_view.day_of(time.time(), present.zone(shop.options.time_zone))
+                activity_view.day_of(time.time(), dates.zone(shop.options.time_zone))
             ).isoformat(),
-            "time_zone": present.zone(shop.options.time_zone).key,
+            "time_zone": dates.zone(shop.options.time_zone).key,
             "csrf_token": request.state.csrf_token,
             "waiting": await _waiting_banner(service, shop),
         },
@@ -816,7 +816,7 @@ async def export_activity(
         first, last = activity_view.read_range(request.query_params)
     except activity_view.BadQuery as exc:
         return message(request, "Bad export", str(exc), 400)
-    zone = present.zone(shop.options.time_zone)
+    zone = dates.zone(shop.options.time_zone)
     start = activity_view.day_start(first, zone)
     # The end is the next day's start (a day of a change of offset is not 24 hours long).
     end = activity_view.day_start(last, zone) + activity_view.DAY
