@@ -7,6 +7,8 @@ from pathlib import Path
 
 import anyio.from_thread
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from plugin.app import create_app as create_service_app
 from plugin.config import Settings, load_settings
@@ -18,6 +20,22 @@ from plugin.sandbox.shopify import create_app as create_shopify_app
 from plugin.worker import Backoff
 from tests import postgres_cluster
 from tests.helpers import ALLOW_LOOPBACK, StatusInbox
+
+# Hypothesis's settings for the whole suite, here and on CI (where Hypothesis would otherwise load
+# its own "ci" profile, which derandomizes). No deadline per example, and no health check on how
+# fast examples come: the properties that drive a sandbox over HTTP or a store take what the shared
+# machine gives them, and either would be a timed assertion. Random, not derandomized: each run
+# tries new examples, and a failure prints the blob that reproduces it. The example counts stay
+# each property's own @settings, chosen for what it looks for; 100 where it sets none.
+hypothesis_settings.register_profile(
+    "klarna-capture",
+    max_examples=100,
+    deadline=None,
+    derandomize=False,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "klarna-capture"))
 
 
 @pytest.fixture
