@@ -157,12 +157,10 @@ async def seed(store: Store) -> list[str]:
         shop_id = f"shop_other_{i}"
         others = order_ids(10 + i, OTHER_JOBS)
         ids = await batched(partial(store.queue_order, shop_id, o, T0) for o in others)
+        trail = [("refund", "refunded", "{}")] * OTHER_TRAIL
         await batched(
-            partial(
-                store.add_audit, shop_id, order_subject(o), j, "refund", "refunded", "{}", T0 + k
-            )
+            partial(write_trail, store, shop_id, order_subject(o), j, trail)
             for o, j in zip(others, ids, strict=True)
-            for k in range(OTHER_TRAIL)
         )
         await seed_shipments(store, shop_id, [f"{o}-1" for o in others], trail=OTHER_TRAIL)
     dead = int(OTHER_SHOPS * OTHER_JOBS * OTHER_DEAD)
