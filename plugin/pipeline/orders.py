@@ -73,8 +73,6 @@ DAY = 86400.0
 # shows made is recorded, not sent. A call still planned is sent again with its stored key.
 # Klarna statuses in which an authorization still holds money that may be captured.
 _AUTHORIZED = ("AUTHORIZED", "PART_CAPTURED")
-# What the planner says of a refund of more than is captured: of an amount, or of a line's units.
-_ABOVE_WHAT_IS_CAPTURED = frozenset({"ABOVE_CAPTURED", "UNKNOWN_LINE", "ABOVE_CAPTURED_LINE"})
 
 _encoder = msgspec.json.Encoder()
 _capture_decoder = msgspec.json.Decoder(CaptureObject)
@@ -376,20 +374,6 @@ class Orders:
                 market=run.klarna.purchase_country,
             )
         except RefundRefused as refused:
-            if (
-                not refused.retryable
-                and refund.fulfillment_id is None
-                and refused.code in _ABOVE_WHAT_IS_CAPTURED
-                and await self._shipments_pending(run)
-            ):
-                # A refund that names no shipment (Shopify's never do) of more than is captured
-                # yet, while a shipment of the order is on its way to its capture: it may be of
-                # that shipment's units, so it waits for it rather than being refused for good.
-                refused = RefundRefused(
-                    refused.code,
-                    f"{refused.reason}; a shipment of the order is not captured yet",
-                    retryable=True,
-                )
             if refused.retryable:
                 # Not captured yet: the refund waits for its capture (the job is retried with
                 # backoff), and the order's other calls still run meanwhile.

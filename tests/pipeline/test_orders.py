@@ -235,51 +235,6 @@ async def test_a_refund_naming_a_shipment_not_captured_yet_waits_for_that_one(
     assert klarna_sandbox.orders[placed.order_id].refunds == []
 
 
-async def test_a_refund_naming_no_shipment_waits_while_one_of_the_order_is_on_its_way(
-    store: Store, shops: Shops, pipeline: Pipeline, klarna_sandbox: KlarnaSandbox
-) -> None:
-    # Shopify's refunds name line items, never the shipment: 15 tomatoes refunded while the
-    # second shipment of ten is still queued for its capture are more than is captured yet.
-    shop = await standard_shop(shops)
-    placed = klarna_sandbox.create_order(order_amount=12000, order_lines=[TOMATOES, TOMATOES])
-    await captured(store, pipeline, shop, placed.order_id, "1001-F1")
-    await receive(store, shop, shipment(placed.order_id, "1001-F2"))
-    await receive_order_event(
-        store, shop, refund(placed.order_id, amount=9000, lines=[("SKU-1", 15)])
-    )
-    job = await claim(store, "order")
-    with pytest.raises(JobFailure) as waiting:
-        await pipeline.tasks["order"].run(job)
-    assert (waiting.value.retryable, waiting.value.error.error_code) == (True, "ABOVE_CAPTURED")
-    assert klarna_sandbox.orders[placed.order_id].refunds == []
-    assert await store.order_operations(shop.id, [ORDER]) == []
-
-    second = await claim(store)
-    await pipeline.tasks["fulfillment"].run(second)
-    await store.finish_job(second.id, "test", time.time())
-    await pipeline.tasks["order"].run(job)
-
-    [made] = klarna_sandbox.orders[placed.order_id].refunds
-    assert made.refunded_amount == 9000
-    assert sum(line.quantity for line in made.order_lines) == 15
-
-
-async def test_a_refund_naming_no_shipment_of_more_than_was_captured_is_refused_once_all_are(
-    store: Store, shops: Shops, pipeline: Pipeline, klarna_sandbox: KlarnaSandbox
-) -> None:
-    # The same refund with nothing on its way: no capture can make it right, so it is refused.
-    shop = await standard_shop(shops)
-    placed = klarna_sandbox.create_order(order_amount=12000, order_lines=[TOMATOES, TOMATOES])
-    await captured(store, pipeline, shop, placed.order_id, "1001-F1")
-    await receive_order_event(
-        store, shop, refund(placed.order_id, amount=9000, lines=[("SKU-1", 15)])
-    )
-    with pytest.raises(JobFailure) as dead:
-        await run_order(store, pipeline)
-    assert (dead.value.retryable, dead.value.error.error_code) == (False, "ABOVE_CAPTURED")
-    assert klarna_sandbox.orders[placed.order_id].refunds == []
-
-
 async def test_a_refused_refund_is_reported_and_dead_without_holding_back_the_next_one(
     store: Store, shops: Shops, pipeline: Pipeline, klarna_sandbox: KlarnaSandbox
 ) -> None:
