@@ -11,11 +11,9 @@ import msgspec
 from playwright.sync_api import Page, expect
 
 from plugin.sandbox.klarna import KlarnaSandbox
+from tests.browser.support import PHONE
 from tests.browser.test_settings_browser import (
-    PHONE,
-    browser,
     env,
-    page,
     port,
     reload_until,
     row,
@@ -24,7 +22,7 @@ from tests.browser.test_settings_browser import (
 )
 from tests.helpers import TOMATOES, Server, Storefront, run_cli, shipment
 
-__all__ = ["browser", "env", "page", "port", "server"]  # fixtures
+__all__ = ["env", "port", "server"]  # fixtures
 
 
 def test_a_merchant_filters_searches_exports_and_retries_by_error_code(

@@ -21,11 +21,8 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Locator, Page, expect
 
 from plugin.sandbox.klarna import KlarnaSandbox
+from tests.browser.support import DESKTOP, PHONE
 from tests.browser.test_settings_browser import (
-    DESKTOP,
-    PHONE,
-    browser,
-    page,
     port,
     reload_until,
     row,
@@ -35,7 +32,7 @@ from tests.browser.test_settings_browser import (
 from tests.helpers import TOMATOES, Server, Storefront, refund, run_cli, shipment
 from tests.mail_server import Inbox, body, smtp_server
 
-__all__ = ["browser", "page", "port", "server"]  # fixtures
+__all__ = ["port", "server"]  # fixtures
 
 MERCHANT = "merchant@example.com"
 AXE = Axe()

@@ -16,26 +16,14 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Page, Route, expect
 
 from plugin.sandbox.shopify import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, session_token
+from tests.browser.support import ARTIFACTS, DESKTOP, PHONE
 from tests.browser.test_pages_browser import serious
 from tests.helpers import SANDBOX_PASSWORD, SANDBOX_USERNAME, Server, free_port
 from tests.web.support import shopify_query
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-DESKTOP: ViewportSize = {"width": 1280, "height": 900}
-PHONE: ViewportSize = {"width": 390, "height": 844}
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SHOP = "corner-shop.myshopify.com"
 CDN = "https://cdn.shopify.com/**"
 APP_BRIDGE = "https://cdn.shopify.com/shopifycloud/app-bridge.js"
@@ -70,26 +58,6 @@ def server(tmp_path: Path, klarna_url: str, shopify_admin_url: str, port: int) -
     started = Server(env, port)
     yield started
     started.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: scripts/test installs Debian's chromium"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport=DESKTOP)
-    context.set_default_timeout(10_000)
-    opened = context.new_page()
-    yield opened
-    context.close()
 
 
 def app_url(server: Server) -> str:
