@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
-from support import BACKENDS, Backend, Database, describe, postgres_server, stop_children_on_signals
+from support import (
+    Database,
+    add_backends_option,
+    chosen_backends,
+    describe,
+    postgres_server,
+    stop_children_on_signals,
+)
 
 from plugin.errors import JobError
 from plugin.store import Store, open_store
@@ -267,9 +274,7 @@ async def measure(database: Database, repetitions: int) -> dict[str, list[float]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--database", choices=(*BACKENDS, "both"), default="both", help="the store (default both)"
-    )
+    add_backends_option(parser)
     parser.add_argument(
         "--repetitions",
         type=lambda value: max(1, int(value)),
@@ -278,7 +283,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     stop_children_on_signals()
-    backends: tuple[Backend, ...] = BACKENDS if args.database == "both" else (args.database,)
+    backends = chosen_backends(args.database)
     results = []
     for backend in backends:
         print(f"backend: {describe(backend)}", flush=True)

@@ -22,7 +22,15 @@ import time
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
-from support import BACKENDS, Backend, Database, describe, postgres_server, stop_children_on_signals
+from support import (
+    Backend,
+    Database,
+    add_backends_option,
+    chosen_backends,
+    describe,
+    postgres_server,
+    stop_children_on_signals,
+)
 
 from plugin.store import Store, open_store
 
@@ -124,9 +132,7 @@ async def measure(database: Database, shops: int) -> tuple[list[list[float]], li
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--database", choices=(*BACKENDS, "both"), default="both", help="the store (default both)"
-    )
+    add_backends_option(parser)
     parser.add_argument(
         "--shops",
         type=lambda value: max(1, int(value)),
@@ -135,7 +141,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     stop_children_on_signals()
-    backends: tuple[Backend, ...] = BACKENDS if args.database == "both" else (args.database,)
+    backends = chosen_backends(args.database)
     start_rss, _ = rss_mb()
     print(f"RSS at start: {start_rss:.1f} MB", flush=True)
     tables = []

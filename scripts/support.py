@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx2
@@ -291,6 +291,18 @@ class Database:
                 self._conn = None
             self._runner.close()
             self._runner = None
+
+
+def add_backends_option(parser: argparse.ArgumentParser) -> None:
+    """`--database sqlite|postgres|both` (default both), for a benchmark that measures each."""
+    parser.add_argument(
+        "--database", choices=(*BACKENDS, "both"), default="both", help="the store (default both)"
+    )
+
+
+def chosen_backends(choice: str) -> tuple[Backend, ...]:
+    """The stores `--database` names: one, or both."""
+    return BACKENDS if choice == "both" else (cast(Backend, choice),)
 
 
 def describe(backend: Backend) -> str:
